@@ -1,0 +1,159 @@
+"""The ``rayops`` command line: parses arguments and calls library functions, nothing more."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rayops.config import PipelineConfig, load_config
+from rayops.errors import RayopsError
+from rayops.runtime import init_ray, setup_logging
+
+logger = logging.getLogger(__name__)
+
+app = typer.Typer(help="rayops: raw files in object storage -> a model served by Ray Serve.",
+                  no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+
+ConfigArg = Annotated[Path, typer.Argument(help="Pipeline config YAML.", exists=False)]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a config key, e.g. --set train.epochs=3 (repeatable).")]
+
+
+def _load(config: Path, overrides: list[str] | None) -> PipelineConfig:
+    setup_logging()
+    return load_config(config, overrides or [])
+
+
+def _echo(title: str, payload: dict[str, Any]) -> None:
+    typer.echo(f"{title}\n{json.dumps(payload, indent=2, default=str)}")
+
+
+@app.command()
+def validate(config: ConfigArg, overrides: SetOpt = None) -> None:
+    """Check a config file and print it with every default filled in."""
+    cfg = _load(config, overrides)
+    typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+
+
+@app.command()
+def ingest(config: ConfigArg, overrides: SetOpt = None) -> None:
+    """Read, validate and curate the raw data into a new dataset version."""
+    from rayops.data.ingest import ingest as run_ingest
+
+    cfg = _load(config, overrides)
+    init_ray()
+    version = run_ingest(cfg)
+    _echo(f"dataset {version.id} at {version.location.uri}",
+          {"rows": version.manifest["rows"],
+           "quarantine_reasons": version.manifest["quarantine_reasons"]})
+
+
+@app.command()
+def train(config: ConfigArg, overrides: SetOpt = None) -> None:
+    """Train on the latest dataset version, log to MLflow, register as champion."""
+    from rayops.pipeline import train_and_register
+
+    cfg = _load(config, overrides)
+    init_ray()
+    result = train_and_register(cfg, sweep=False)
+    _echo(f"registered {result.registered.name} v{result.registered.version} "
+          f"@{result.registered.alias} (run {result.run_id})", result.metrics)
+
+
+@app.command()
+def tune(config: ConfigArg, overrides: SetOpt = None) -> None:
+    """Sweep hyperparameters; the best trial's model is registered as champion."""
+    from rayops.pipeline import train_and_register
+
+    cfg = _load(config, overrides)
+    init_ray()
+    result = train_and_register(cfg, sweep=True)
+    _echo(f"best trial run {result.run_id} registered as {result.registered.name} "
+          f"v{result.registered.version} @{result.registered.alias}", result.metrics)
+
+
+@app.command()
+def deploy(config: ConfigArg, overrides: SetOpt = None,
+           block: Annotated[bool, typer.Option(help="Keep serving until Ctrl-C.")] = True) -> None:
+    """Serve the aliased model with Ray Serve."""
+    from rayops.serve import deploy as run_deploy
+
+    cfg = _load(config, overrides)
+    init_ray()
+    url = run_deploy(cfg)
+    typer.echo(f"serving {cfg.model_name}@{cfg.serve.model_alias} at {url}/predict")
+    if block:
+        _wait_forever()
+
+
+@app.command()
+def run(config: ConfigArg, overrides: SetOpt = None,
+        serve: Annotated[bool, typer.Option(help="Deploy at the end.")] = True,
+        block: Annotated[bool, typer.Option(help="Keep serving until Ctrl-C.")] = False) -> None:
+    """The whole pipeline: ingest -> train or sweep -> register -> deploy."""
+    from rayops.pipeline import run_pipeline
+
+    cfg = _load(config, overrides)
+    init_ray()
+    result = run_pipeline(cfg, deploy=serve)
+    _echo(f"model {result.model.registered.name} v{result.model.registered.version} "
+          f"@{result.model.registered.alias} from {result.dataset.id}", result.model.metrics)
+    if result.url:
+        typer.echo(f"serving at {result.url}/predict")
+        if block:
+            _wait_forever()
+
+
+@app.command()
+def demo(
+    rows: Annotated[int, typer.Option(min=500, help="Rows of synthetic churn data.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Seed of the data generator.")] = 7,
+    port: Annotated[int, typer.Option(help="HTTP port of Ray Serve.")] = 8000,
+    keep_running: Annotated[bool, typer.Option(help="Keep serving until Ctrl-C.")] = False,
+    overrides: SetOpt = None,
+) -> None:
+    """Generate demo data, run the whole pipeline, and query the served model over HTTP."""
+    from rayops.demo.run import run_demo
+
+    setup_logging()
+    run_demo(rows=rows, seed=seed, port=port, keep_running=keep_running,
+             overrides=overrides or [])
+
+
+def _wait_forever() -> None:
+    typer.echo("Press Ctrl-C to stop.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+
+
+def _rayops_error(exc: BaseException) -> RayopsError | None:
+    """Our error, also when Ray re-raises it wrapped from a task or a training worker."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, RayopsError):
+            return current
+        seen.add(id(current))
+        current = getattr(current, "cause", None) or current.__cause__
+    return None
+
+
+def main() -> None:
+    """Console entry point: library errors become one clear line and exit code 2."""
+    try:
+        app()
+    except Exception as exc:
+        error = _rayops_error(exc)
+        if error is None:
+            raise
+        typer.echo(f"error: {error}", err=True)
+        raise SystemExit(2) from None

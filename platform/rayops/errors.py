@@ -1,0 +1,45 @@
+"""One error hierarchy for rayops.
+
+Every error carries a plain message that quotes the offending value. Errors define
+``__reduce__`` so they survive being raised inside a Ray worker and re-raised on the driver.
+"""
+
+from __future__ import annotations
+
+
+class RayopsError(Exception):
+    """Base class for every error rayops raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return (self.__class__, (self.message,))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(RayopsError):
+    """The pipeline config is missing, unreadable or invalid."""
+
+
+class StorageError(RayopsError):
+    """A storage URI cannot be resolved or a path cannot be read or written."""
+
+
+class DataError(RayopsError):
+    """Input data does not match the declared schema or cannot be used."""
+
+
+class TrainingError(RayopsError):
+    """Training could not produce a usable model."""
+
+
+class TrackingError(RayopsError):
+    """MLflow tracking or the model registry cannot do what was asked."""
+
+
+class ServeError(RayopsError):
+    """A model cannot be deployed or queried."""

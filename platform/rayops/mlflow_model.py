@@ -1,0 +1,34 @@
+"""MLflow pyfunc entry point for rayops models (MLflow "models from code").
+
+MLflow executes this file when it loads a logged rayops model, which is why, unlike every
+other module, it registers the model object at import: that is MLflow's contract for
+models-from-code. Nothing here is imported by rayops itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+from rayops.predict import Predictor
+
+
+class RayopsModel(mlflow.pyfunc.PythonModel):
+    """Raw records (a DataFrame of feature columns) in, predictions out."""
+
+    def load_context(self, context: Any) -> None:
+        self.predictor = Predictor.load(Path(context.artifacts["bundle"]))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+        rows = self.predictor.predict(model_input)
+        return pd.DataFrame([
+            {"prediction": r["prediction"],
+             **{f"probability_{c}": p for c, p in r.get("probabilities", {}).items()}}
+            for r in rows
+        ])
+
+
+mlflow.models.set_model(RayopsModel())

@@ -1,0 +1,61 @@
+"""Apply a model bundle to raw records: validate, transform, predict, decode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from rayops.config import ColumnSpec
+from rayops.data.preprocess import Preprocessor
+from rayops.data.schema import ERROR_COLUMN, validate_frame
+from rayops.errors import DataError
+from rayops.models import Bundle
+
+
+class Predictor:
+    """Raw feature records in, class + probabilities (or a value) out."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.preprocessor = Preprocessor.from_dict(bundle.meta["preprocessor"])
+        self.schema = {n: ColumnSpec.model_validate(s) for n, s in bundle.meta["schema"].items()}
+        self.features = [n for n in self.schema if n != self.preprocessor.label]
+
+    @classmethod
+    def load(cls, folder: Path) -> Predictor:
+        return cls(Bundle.load(folder))
+
+    @property
+    def task(self) -> str:
+        return self.preprocessor.task
+
+    def matrix(self, records: pd.DataFrame) -> np.ndarray:
+        """Validated, transformed input matrix; raises DataError naming the bad record."""
+        features = {n: self.schema[n] for n in self.features}
+        typed = validate_frame(records[self.features], features, label="")
+        bad = typed[ERROR_COLUMN].notna()
+        if bad.any():
+            first = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(f"record {first}: {typed[ERROR_COLUMN].iloc[first]}")
+        return self.preprocessor.transform(typed)
+
+    @torch.inference_mode()
+    def predict_matrix(self, x: np.ndarray) -> list[dict[str, Any]]:
+        out = self.bundle.model(torch.from_numpy(x)).numpy()
+        if self.task == "regression":
+            values = self.preprocessor.decode_regression(out[:, 0])
+            return [{"prediction": float(v)} for v in values]
+        probs = torch.softmax(torch.from_numpy(out), dim=1).numpy()
+        classes = self.preprocessor.classes
+        return [
+            {"prediction": classes[int(row.argmax())],
+             "probabilities": {c: round(float(p), 6) for c, p in zip(classes, row, strict=True)}}
+            for row in probs
+        ]
+
+    def predict(self, records: pd.DataFrame) -> list[dict[str, Any]]:
+        return self.predict_matrix(self.matrix(records))

@@ -1,0 +1,45 @@
+"""Process setup done explicitly by entrypoints: logging, connecting to Ray, job arguments."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+
+from rayops.config import PipelineConfig, load_config
+
+logger = logging.getLogger(__name__)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """rayops messages at ``level`` on stderr; other libraries stay at WARNING."""
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("rayops").setLevel(level)
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to ``address`` (or RAY_ADDRESS, or the job's cluster), else start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Workers import rayops from the installed package; silence Ray's per-worker noise.
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
+             configure_logging=True)
+    logger.info("Ray resources: %s", ray.cluster_resources())
+
+
+def job_config(description: str, argv: Sequence[str] | None = None) -> PipelineConfig:
+    """Parse a job's ``--config PATH [--set KEY=VALUE ...]``, set up logging and Ray."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, help="Pipeline config YAML.")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="Override a config key (repeatable).")
+    args = parser.parse_args(argv)
+    setup_logging()
+    cfg = load_config(args.config, args.overrides)
+    init_ray()
+    return cfg

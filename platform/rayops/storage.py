@@ -1,0 +1,162 @@
+"""Resolve storage URIs to pyarrow filesystems, so a local folder is used exactly like a bucket.
+
+``s3://bucket/prefix`` (optionally with an endpoint URL for MinIO/moto), ``file:///abs/path``
+and plain local paths all become a :class:`Location`: a filesystem plus a path inside it.
+Every stage reads and writes through a Location, never through ``open()`` or boto3 directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from rayops.errors import StorageError
+
+if TYPE_CHECKING:
+    from rayops.config import StorageConfig
+
+
+@dataclass(frozen=True)
+class Location:
+    """A path inside a filesystem; ``uri`` is how it is shown to users."""
+
+    fs: pafs.FileSystem
+    path: str
+    uri: str
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def join(self, *parts: str) -> Location:
+        clean = [p.strip("/") for p in parts if p and p.strip("/")]
+        return Location(
+            self.fs,
+            posixpath.join(self.path, *clean) if clean else self.path,
+            "/".join([self.uri.rstrip("/"), *clean]) if clean else self.uri,
+        )
+
+    def exists(self) -> bool:
+        return self.fs.get_file_info(self.path).type != pafs.FileType.NotFound
+
+    def is_dir(self) -> bool:
+        return self.fs.get_file_info(self.path).type == pafs.FileType.Directory
+
+    def list_dir(self) -> list[str]:
+        """Names directly under this location (empty when it does not exist)."""
+        selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
+        return sorted(posixpath.basename(info.path) for info in self.fs.get_file_info(selector))
+
+    def list_files(self) -> list[pafs.FileInfo]:
+        """Every file below this location, recursively, sorted by path."""
+        info = self.fs.get_file_info(self.path)
+        if info.type == pafs.FileType.File:
+            return [info]
+        selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=True)
+        files = [i for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File]
+        return sorted(files, key=lambda i: i.path)
+
+    def makedirs(self) -> None:
+        self.fs.create_dir(self.path, recursive=True)
+
+    def read_bytes(self) -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise StorageError(f"{self.uri} does not exist") from None
+
+    def write_bytes(self, data: bytes) -> None:
+        parent = posixpath.dirname(self.path)
+        if parent:
+            self.fs.create_dir(parent, recursive=True)
+        with self.fs.open_output_stream(self.path) as f:
+            f.write(data)
+
+    def read_json(self) -> Any:
+        return json.loads(self.read_bytes())
+
+    def write_json(self, value: Any) -> None:
+        self.write_bytes(json.dumps(value, indent=2, sort_keys=True).encode())
+
+    def delete_dir(self) -> None:
+        if self.exists():
+            self.fs.delete_dir(self.path)
+
+    def download_dir(self, dest: Path) -> Path:
+        """Copy everything under this location into a local folder."""
+        dest.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(self.path, str(dest), source_filesystem=self.fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+        return dest
+
+    def upload_dir(self, src: Path) -> None:
+        """Copy a local folder's contents to this location."""
+        self.makedirs()
+        pafs.copy_files(str(src), self.path, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.fs)
+
+
+def s3_filesystem(endpoint_url: str | None = None, region: str | None = None) -> pafs.S3FileSystem:
+    """pyarrow's S3 client; credentials come from the environment (AWS_* variables)."""
+    kwargs: dict[str, Any] = {}
+    if endpoint_url:
+        parsed = urlparse(endpoint_url)
+        kwargs["endpoint_override"] = parsed.netloc + parsed.path.rstrip("/")
+        kwargs["scheme"] = parsed.scheme
+        # Path-style addressing lets a bucket on a bare host:port endpoint resolve.
+        kwargs["force_virtual_addressing"] = False
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    elif endpoint_url:
+        kwargs["region"] = "us-east-1"
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str, endpoint_url: str | None = None, region: str | None = None) -> Location:
+    """Turn a URI or local path into a :class:`Location`."""
+    if uri.startswith("s3://"):
+        path = uri[len("s3://") :].strip("/")
+        if not path:
+            raise StorageError(f"storage URI {uri!r} names no bucket")
+        return Location(s3_filesystem(endpoint_url, region), path, "s3://" + path)
+    if uri.startswith("file://"):
+        local = urlparse(uri).path
+        return Location(pafs.LocalFileSystem(), local, "file://" + local)
+    if "://" in uri:
+        scheme = uri.split("://", 1)[0]
+        raise StorageError(f"storage URI {uri!r}: scheme {scheme!r} is not supported; use s3://, "
+                           "file:// or a local path")
+    local = str(Path(uri).expanduser().resolve())
+    return Location(pafs.LocalFileSystem(), local, local)
+
+
+def resolve_under(root: Location, path_or_uri: str, endpoint_url: str | None = None,
+                  region: str | None = None) -> Location:
+    """A full URI or absolute path as given; anything else relative to ``root``."""
+    if "://" in path_or_uri or path_or_uri.startswith("/"):
+        return resolve(path_or_uri, endpoint_url, region)
+    return root.join(path_or_uri)
+
+
+def ensure_bucket(location: Location) -> None:
+    """Create the bucket (S3) or folder (local) at the root of ``location`` if missing."""
+    if location.is_local:
+        location.makedirs()
+        return
+    bucket = location.path.split("/", 1)[0]
+    if location.fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+        location.fs.create_dir(bucket)
+
+
+def root_of(storage: StorageConfig) -> Location:
+    """The storage root a pipeline config names."""
+    return resolve(storage.root, storage.endpoint_url, storage.region)

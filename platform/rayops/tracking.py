@@ -1,0 +1,212 @@
+"""MLflow: runs, nested trial runs, metrics, models and the registry with aliases.
+
+The tracking client is made where it is used, from the config, never at import. Models are
+logged as MLflow pyfunc models-from-code (``rayops/mlflow_model.py``) around a rayops bundle,
+so ``mlflow.pyfunc.load_model`` works and loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rayops import __version__
+from rayops.config import TrackingConfig
+from rayops.errors import TrackingError
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+TRIAL_TAG = "rayops.trial_id"
+MODEL_URI_TAG = "rayops.model_uri"
+_MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    version: str
+    alias: str
+    run_id: str
+    source: str
+
+
+def client(tracking: TrackingConfig) -> Any:
+    """An MlflowClient for the configured store (the global URI is set too, for log_model)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    if tracking.uri.startswith("sqlite:///"):
+        Path(tracking.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking.uri)
+    return MlflowClient(tracking_uri=tracking.uri)
+
+
+def experiment_id(tracking: TrackingConfig, name: str) -> str:
+    """The id of experiment ``name``, created (with the configured artifact root) if missing."""
+    mlflow_client = client(tracking)
+    found = mlflow_client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = tracking.artifact_location
+    if location is not None and "://" not in location:
+        Path(location).mkdir(parents=True, exist_ok=True)
+        location = Path(location).as_uri()
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=location)
+    except Exception:  # another process created it first
+        found = mlflow_client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": "3"}`` for MLflow params."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+def start_run(tracking: TrackingConfig, experiment: str, run_name: str,
+              params: Mapping[str, Any] | None = None, parent_run_id: str | None = None,
+              tags: Mapping[str, str] | None = None) -> str:
+    """Create a run (nested under ``parent_run_id`` if given) and log its params."""
+    from mlflow.entities import Param
+
+    mlflow_client = client(tracking)
+    all_tags = {"mlflow.runName": run_name, "rayops.version": __version__, **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = mlflow_client.create_run(experiment_id(tracking, experiment), tags=all_tags,
+                                   run_name=run_name)
+    run_id = run.info.run_id
+    flat = flatten(params or {})
+    items = [Param(k, v) for k, v in flat.items()]
+    for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        mlflow_client.log_batch(run_id, params=items[start : start + 100])
+    return run_id
+
+
+def log_metrics(tracking: TrackingConfig, run_id: str, metrics: Mapping[str, float],
+                step: int) -> None:
+    """Log numeric metrics at ``step``; retried because sqlite can be briefly locked."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    for attempt in range(5):
+        try:
+            client(tracking).log_batch(run_id, metrics=batch)
+            return
+        except Exception:
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def end_run(tracking: TrackingConfig, run_id: str, status: str = "FINISHED") -> None:
+    client(tracking).set_terminated(run_id, status=status)
+
+
+def log_model(tracking: TrackingConfig, run_id: str, bundle_dir: Path,
+              input_example: pd.DataFrame) -> str:
+    """Log a bundle as an MLflow pyfunc model on ``run_id``; returns the model URI."""
+    import mlflow
+    import torch
+
+    client(tracking)
+    torch_version = torch.__version__.split("+")[0]
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(_MODEL_CODE),
+            artifacts={"bundle": str(bundle_dir)},
+            input_example=input_example,
+            pip_requirements=[f"rayops=={__version__}", f"torch=={torch_version}"],
+        )
+    client(tracking).set_tag(run_id, MODEL_URI_TAG, info.model_uri)
+    return info.model_uri
+
+
+def register(tracking: TrackingConfig, name: str, model_uri: str, run_id: str,
+             alias: str = CHAMPION) -> RegisteredModel:
+    """Register ``model_uri`` as a new version of ``name`` and point ``alias`` at it."""
+    import mlflow
+
+    mlflow_client = client(tracking)
+    version = mlflow.register_model(model_uri, name, tags={"rayops.run_id": run_id})
+    mlflow_client.set_registered_model_alias(name, alias, version.version)
+    logger.info("Registered %s version %s as @%s", name, version.version, alias)
+    return RegisteredModel(name, str(version.version), alias, run_id, model_uri)
+
+
+def resolve_alias(tracking: TrackingConfig, name: str, alias: str) -> RegisteredModel:
+    """The model version ``alias`` points to; TrackingError if there is none."""
+    try:
+        version = client(tracking).get_model_version_by_alias(name, alias)
+    except Exception as exc:
+        raise TrackingError(
+            f"no model version of {name!r} has the alias {alias!r} in {tracking.uri}: {exc}"
+        ) from None
+    return RegisteredModel(name, str(version.version), alias, version.run_id or "",
+                           version.source)
+
+
+def download_bundle(tracking: TrackingConfig, model: RegisteredModel,
+                    dest: Path | None = None) -> Path:
+    """Download the registered version's rayops bundle folder; returns its local path."""
+    import mlflow
+
+    client(tracking)
+    target = dest or Path(tempfile.mkdtemp(prefix="rayops-model-"))
+    local = Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{model.name}/{model.version}", dst_path=str(target)
+    ))
+    found = sorted(local.rglob("bundle.json"))
+    if not found:
+        raise TrackingError(f"model {model.name} v{model.version} holds no rayops bundle")
+    return found[0].parent
+
+
+def trial_models(tracking: TrackingConfig, experiment: str,
+                 parent_run_id: str) -> dict[str, tuple[str, str]]:
+    """``{trial_id: (run_id, model_uri)}`` for the sweep's trials that logged a model."""
+    runs = client(tracking).search_runs(
+        [experiment_id(tracking, experiment)],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+    )
+    return {
+        run.data.tags[TRIAL_TAG]: (run.info.run_id, run.data.tags[MODEL_URI_TAG])
+        for run in runs
+        if TRIAL_TAG in run.data.tags and MODEL_URI_TAG in run.data.tags
+    }
+
+
+def close_unfinished_children(tracking: TrackingConfig, experiment: str,
+                              parent_run_id: str) -> int:
+    """Mark child runs still RUNNING (trials stopped early) as KILLED; returns how many."""
+    mlflow_client = client(tracking)
+    runs = mlflow_client.search_runs(
+        [experiment_id(tracking, experiment)],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and "
+        "attributes.status = 'RUNNING'",
+    )
+    for run in runs:
+        mlflow_client.set_tag(run.info.run_id, "rayops.stopped", "early-stopped by the scheduler")
+        mlflow_client.set_terminated(run.info.run_id, status="KILLED")
+    return len(runs)
