@@ -224,7 +224,7 @@ class ChoiceDim(_Dim):
 
 
 SearchDim = Annotated[
-    Union[UniformDim, LogUniformDim, RandIntDim, ChoiceDim], Field(discriminator="type")
+    UniformDim | LogUniformDim | RandIntDim | ChoiceDim, Field(discriminator="type")
 ]
 
 
@@ -320,6 +320,9 @@ class ServeConfig(_Section):
     model_alias: str = Field("champion", description="Registry alias of the model to serve.")
     cpus_per_replica: float = Field(0.5, gt=0.0, description="CPUs each replica reserves.")
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests one replica works on at once (>= max_batch_size)."
+    )
     max_batch_size: int = Field(32, ge=1, description="Requests merged into one model call.")
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, description="Wait to fill a batch.")
     max_records_per_request: int = Field(1000, ge=1, description="Records one request may send.")
@@ -330,6 +333,15 @@ class ServeConfig(_Section):
         if not v.startswith("/"):
             raise ValueError("must start with '/'")
         return v
+
+    @model_validator(mode="after")
+    def _batching(self) -> ServeConfig:
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) is below max_batch_size "
+                f"({self.max_batch_size}): a replica could never fill a batch"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -426,7 +438,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 def validate_config(raw: Any, source: str = "config") -> PipelineConfig:
     """Validate a parsed config mapping; errors name the key, the value and what is allowed."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:

@@ -6,12 +6,15 @@ so the request model always matches the model actually loaded. Requests are merg
 callers by ``@serve.batch`` into one vectorized model call.
 """
 
+import itertools
 import logging
 from typing import Annotated, Any, Literal, Optional
 
 import numpy as np
 import pandas as pd
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from ray import serve
 from ray.serve import Application
@@ -76,7 +79,7 @@ class ModelServer:
         """One model call for every request in the batch, split back per request."""
         merged = self.predictor.predict_matrix(np.concatenate(matrices, axis=0))
         bounds = np.cumsum([0, *(len(m) for m in matrices)])
-        return [merged[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+        return [merged[start:end] for start, end in itertools.pairwise(bounds)]
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self)
@@ -94,6 +97,7 @@ def create_app(server: ModelServer) -> FastAPI:
         records=(list[record], Field(min_length=1, max_length=server.max_records)),  # type: ignore[valid-type]
     )
     app = FastAPI(title=f"rayops: {server.info.name}", version=server.info.version)
+    app.add_exception_handler(RequestValidationError, _validation_error)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -112,6 +116,23 @@ def create_app(server: ModelServer) -> FastAPI:
     return app
 
 
+def _json_safe(value: Any) -> Any:
+    """Echo a bad input back without breaking JSON (NaN/inf) or the response size."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value if not isinstance(value, str) else value[:200]
+    return repr(value)[:200]
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 listing each problem: where (body, records, index, field), what, and the value."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", ""),
+               "input": _json_safe(e.get("input"))} for e in errors]
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
 def build_application(cfg: PipelineConfig) -> Application:
     """The Serve application for a pipeline config."""
     scaling = cfg.serve.autoscaling
@@ -119,6 +140,7 @@ def build_application(cfg: PipelineConfig) -> Application:
         serve.ingress()(ModelServer),
         name=f"{cfg.name}-model",
         ray_actor_options={"num_cpus": cfg.serve.cpus_per_replica},
+        max_ongoing_requests=cfg.serve.max_ongoing_requests,
         autoscaling_config={
             "min_replicas": scaling.min_replicas,
             "initial_replicas": max(scaling.min_replicas, 1),

@@ -111,7 +111,7 @@ def stats_batch(frame: pd.DataFrame, data: DataConfig) -> dict[str, np.ndarray]:
         "rows": len(frame),
         "train": int(train.sum()),
         "valid": int((good & ~train).sum()),
-        "errors": dict(Counter(schema.error_kind(r) for r in frame.loc[~good, schema.ERROR_COLUMN])),
+        "errors": dict(Counter(map(schema.error_kind, frame.loc[~good, schema.ERROR_COLUMN]))),
         "valid_labels": {str(k): int(v) for k, v in valid_labels.value_counts().items()},
         "fit": preprocess.batch_stats(frame.loc[train], data),
     }

@@ -28,10 +28,9 @@ def label_strings(labels: pd.Series) -> pd.Series:
     if pd.api.types.is_float_dtype(labels):
         values = labels.dropna()
         if bool((values == values.round()).all()):
-            return labels.astype("Int64").astype(str).where(labels.notna(), None)
-    return labels.astype(object).where(labels.notna(), None).map(
-        lambda v: v if v is None else str(v)
-    )
+            labels = labels.astype("Int64")
+    text = [None if pd.isna(v) else str(v) for v in labels.astype(object)]
+    return pd.Series(text, index=labels.index, dtype=object)
 
 
 def batch_stats(frame: pd.DataFrame, data: DataConfig) -> dict[str, Any]:

@@ -61,7 +61,7 @@ def run_demo(rows: int, seed: int, port: int, keep_running: bool, overrides: lis
     print("\n=== rayops demo ===")
     print(f"dataset:    {result.dataset.id}  rows {result.dataset.manifest['rows']}")
     print(f"model:      {reg.name} version {reg.version}  alias @{reg.alias}  (run {reg.run_id})")
-    print(f"metrics:    " + ", ".join(f"{k}={v:.3f}" for k, v in result.model.metrics.items()
+    print("metrics:    " + ", ".join(f"{k}={v:.3f}" for k, v in result.model.metrics.items()
                                       if k.startswith("valid_")))
     print(f"request:    POST {result.url}/predict  ({len(SAMPLE_RECORDS)} records)")
     print(f"response:   HTTP {response.status_code}")

@@ -1,0 +1,36 @@
+# rayops: `make demo` runs the whole platform, `make test` runs lint and every test.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.install-stamp
+# The exact pin takes the CPU wheel; a looser spec pulls a multi-GB CUDA build.
+# GPU users: see README ("GPU machines") and set TORCH_SPEC to the CUDA build they need.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install lint test demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+lint: install
+	$(BIN)/ruff check platform jobs tests
+
+test: install lint
+	$(BIN)/pytest
+
+demo: install
+	$(BIN)/rayops demo
+
+bench: install
+	@for script in tests/benchmarks/bench_*.py; do \
+		echo "== $$script"; $(BIN)/python $$script || exit 1; \
+	done
+
+clean:
+	rm -rf lake mlflow .pytest_cache .ruff_cache

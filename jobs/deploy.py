@@ -1,0 +1,11 @@
+"""ray job submit -- python jobs/deploy.py --config CONFIG: serve the champion model.
+
+On a running cluster the Serve application outlives this job.
+"""
+
+from rayops.runtime import job_config
+from rayops.serve import deploy
+
+if __name__ == "__main__":
+    cfg = job_config(__doc__)
+    print(f"serving {cfg.model_name}@{cfg.serve.model_alias} at {deploy(cfg)}/predict")

@@ -1,0 +1,25 @@
+"""Test-run isolation: a private HOME and Ray temp dir, so runs never share Ray state
+(auth tokens in ~/.ray, sessions in /tmp/ray) with each other or with the user."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_RUN_DIR = Path(tempfile.mkdtemp(prefix="rayops-test-"))
+(_RUN_DIR / "home").mkdir()
+os.environ["HOME"] = str(_RUN_DIR / "home")
+# Short path: Ray puts unix sockets under it and socket paths are limited to ~107 bytes.
+os.environ["RAY_TMPDIR"] = str(_RUN_DIR / "ray")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Dummy credentials for the local S3 endpoint; set before Ray starts so workers inherit them.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture(scope="session")
+def run_dir() -> Path:
+    return _RUN_DIR

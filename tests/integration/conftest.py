@@ -1,0 +1,178 @@
+"""Fixtures that start real services: a local Ray cluster, an S3 endpoint (moto server),
+PostgreSQL databases and an MLflow server. Named by what they start; each cleans up."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.integration
+
+REQUIRE_SERVICES = os.environ.get("RAYOPS_REQUIRE_SERVICES") == "1"
+POSTGRES_DSN = os.environ.get("RAYOPS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+BIN = Path(sys.executable).parent
+
+
+def service_missing(reason: str) -> None:
+    """Skip where a service is absent; fail instead when CI requires every service."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (RAYOPS_REQUIRE_SERVICES=1 forbids skipping)")
+    pytest.skip(reason)
+
+
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process serving {url} exited with {proc.returncode}")
+        try:
+            if requests.get(url, timeout=2).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout_s}s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def ray_start_4_cpus() -> Iterator[None]:
+    """A local Ray cluster for the session (4 logical CPUs on a 2-core machine)."""
+    import ray
+
+    ray.init(address="local", num_cpus=4, object_store_memory=1_500 * 1024**2,
+             include_dashboard=False, logging_level=logging.WARNING)
+    yield
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(run_dir: Path) -> Iterator[str]:
+    """A real S3 API on 127.0.0.1 (moto server in its own process)."""
+    port = free_port()
+    log = open(run_dir / "moto.log", "w")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url, 60, proc)
+    yield url
+    _stop(proc)
+    log.close()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A new, empty bucket on the S3 endpoint."""
+    import boto3
+
+    name = f"rayops-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def list_keys(s3_endpoint: str, bucket: str, prefix: str = "") -> list[str]:
+    import boto3
+
+    paginator = boto3.client("s3", endpoint_url=s3_endpoint).get_paginator("list_objects_v2")
+    return [o["Key"] for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
+            for o in page.get("Contents", [])]
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the PostgreSQL at 127.0.0.1:5432; dropped afterwards."""
+    import psycopg2
+
+    try:
+        admin = psycopg2.connect(POSTGRES_DSN, connect_timeout=3)
+    except psycopg2.OperationalError as exc:
+        service_missing(f"PostgreSQL not reachable at {POSTGRES_DSN}: {exc}")
+    admin.autocommit = True
+    name = f"rayops_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    yield POSTGRES_DSN.rsplit("/", 1)[0] + f"/{name}"
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(postgres_database: str, s3_endpoint: str, run_dir: Path) -> Iterator[dict]:
+    """`mlflow server` backed by PostgreSQL, proxying artifacts to a bucket on the S3 endpoint."""
+    import boto3
+
+    bucket = f"mlflow-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    port = free_port()
+    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
+    log = open(run_dir / "mlflow-server.log", "w")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", postgres_database,
+         "--artifacts-destination", f"s3://{bucket}/artifacts", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/health", 180, proc)
+    yield {"uri": url, "bucket": bucket}
+    _stop(proc)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def ray_head_cluster(run_dir: Path) -> Iterator[str]:
+    """A separate `ray start --head` cluster (not on 6379: Redis holds it); the dashboard
+    address for `ray job submit`."""
+    temp = Path(f"/tmp/rayops-head-{uuid.uuid4().hex[:6]}")
+    gcs, dashboard = free_port(), free_port()
+    ray = str(BIN / "ray")
+    subprocess.run(
+        [ray, "start", "--head", "--port", str(gcs), "--dashboard-port", str(dashboard),
+         "--dashboard-host", "127.0.0.1", "--num-cpus", "2", "--include-dashboard", "true",
+         "--temp-dir", str(temp), "--disable-usage-stats"],
+        check=True, capture_output=True, timeout=180,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        wait_http(f"{address}/api/version", 120)
+        yield address
+    finally:
+        _kill_processes_mentioning(str(temp))  # `ray stop` would stop every cluster here
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _kill_processes_mentioning(marker: str) -> None:
+    import psutil
+
+    victims = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(marker in arg for arg in proc.info["cmdline"] or []):
+            victims.append(proc)
+            proc.terminate()
+    _, alive = psutil.wait_procs(victims, timeout=15)
+    for proc in alive:
+        proc.kill()

@@ -1,0 +1,122 @@
+"""The whole path on the embedded defaults: local folder as the lake, sqlite MLflow,
+a local Ray cluster: ingest -> train (2 workers) -> sweep (2 trials) -> register -> serve."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+import requests
+from mlflow import MlflowClient
+
+from rayops import tracking
+from rayops.data.ingest import ingest, source_location
+from rayops.demo.run import SAMPLE_RECORDS
+from rayops.pipeline import train_and_register
+from tests.helpers import demo_config, free_port, write_demo_data
+from tests.integration.conftest import wait_http
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory, ray_start_4_cpus):
+    tmp = tmp_path_factory.mktemp("local")
+    config = demo_config(tmp, **{"serve.port": free_port(), "train.epochs": 4,
+                                 "tune.num_samples": 2})
+    write_demo_data(source_location(config), rows=4000)
+    return config
+
+
+@pytest.fixture(scope="module")
+def dataset(cfg):
+    return ingest(cfg)
+
+
+@pytest.fixture(scope="module")
+def trained(cfg, dataset):
+    return train_and_register(cfg, dataset, sweep=False)
+
+
+def test_ingest_accounts_for_every_row_and_keeps_rejects(dataset):
+    rows = dataset.manifest["rows"]
+    assert rows["read"] == 4000
+    assert rows["read"] == rows["train"] + rows["valid"] + rows["quarantined"] + rows[
+        "valid_unseen_label"]
+    assert 0.15 < rows["valid"] / (rows["train"] + rows["valid"]) < 0.25
+    reasons = dataset.manifest["quarantine_reasons"]
+    assert reasons["age: not a finite number"] > 0 and reasons["churned: missing label"] > 0
+    assert sum(reasons.values()) == rows["quarantined"]
+    quarantine = pq.read_table(dataset.split("quarantine").path).to_pandas()
+    assert len(quarantine) == rows["quarantined"]
+    assert quarantine["path"].str.endswith(".csv").all()
+    assert quarantine["_rayops_error"].str.contains(":").all()
+    train = pq.read_table(dataset.split("train").path)
+    assert train.num_rows == rows["train"]
+    assert dataset.location.join("manifest.json").exists()
+
+
+def test_ingest_again_on_unchanged_input_reuses_the_version(cfg, dataset):
+    assert ingest(cfg).id == dataset.id
+
+
+def _always_positive_f1(dataset) -> float:
+    counts = dataset.preprocessor.label_state["counts"]
+    p = counts["yes"] / sum(counts.values())
+    return 2 * p / (1 + p)
+
+
+def test_training_beats_baselines_and_registers_champion(cfg, dataset, trained):
+    assert trained.metrics["valid_f1"] > _always_positive_f1(dataset) + 0.05
+    counts = dataset.preprocessor.label_state["counts"]
+    majority = max(counts.values()) / sum(counts.values())
+    assert trained.metrics["valid_accuracy"] > majority + 0.03
+    champion = tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion")
+    assert champion.version == trained.registered.version and champion.run_id == trained.run_id
+    client = MlflowClient(cfg.tracking.uri)
+    run = client.get_run(trained.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.num_workers"] == "2"
+    assert run.data.tags["rayops.dataset_version"] == dataset.id
+    history = client.get_metric_history(trained.run_id, "valid_f1")
+    assert [m.step for m in history] == [1, 2, 3, 4]
+
+
+def test_sweep_logs_nested_trials_and_promotes_best(cfg, dataset, trained):
+    swept_cfg = cfg.with_overrides({"tune.enabled": True})
+    result = train_and_register(swept_cfg, dataset)
+    client = MlflowClient(cfg.tracking.uri)
+    best = client.get_run(result.run_id)
+    parent_id = best.data.tags["mlflow.parentRunId"]
+    children = client.search_runs([best.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert len(children) == 2
+    assert all(tracking.TRIAL_TAG in r.data.tags for r in children)
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
+    assert client.get_run(parent_id).data.tags["rayops.best_run_id"] == result.run_id
+    champion = tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion")
+    assert champion.run_id == result.run_id
+    assert int(champion.version) == int(trained.registered.version) + 1
+
+
+def test_served_champion_answers_http(cfg, trained):
+    from ray import serve as ray_serve
+
+    from rayops.serve import deploy
+
+    url = deploy(cfg)
+    try:
+        wait_http(f"{url}/health", 120)
+        response = requests.post(f"{url}/predict", json={"records": SAMPLE_RECORDS}, timeout=30)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        champion = tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion")
+        assert body["model"]["version"] == champion.version
+        risky, loyal = body["predictions"]
+        assert risky["probabilities"]["yes"] > loyal["probabilities"]["yes"]
+        assert loyal["prediction"] == "no"
+        bad = requests.post(f"{url}/predict", json={"records": [{**SAMPLE_RECORDS[0],
+                                                                   "age": "old"}]}, timeout=30)
+        assert bad.status_code == 422
+        assert bad.json()["detail"][0]["loc"] == ["body", "records", 0, "age"]
+    finally:
+        ray_serve.shutdown()

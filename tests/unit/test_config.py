@@ -1,0 +1,127 @@
+from pathlib import Path
+
+import pytest
+
+from rayops.config import load_config, parse_overrides, validate_config
+from rayops.demo import config_path
+from rayops.errors import ConfigError
+
+
+def _raw() -> dict:
+    return {
+        "name": "t",
+        "data": {
+            "label": "y",
+            "task": "classification",
+            "columns": {"x": {"type": "numeric"}, "y": {"type": "categorical"}},
+        },
+    }
+
+
+def test_demo_config_loads_with_absolute_paths():
+    cfg = load_config(config_path())
+    assert Path(cfg.storage.root).is_absolute()
+    assert cfg.tracking.uri.startswith("sqlite:////")
+    assert cfg.tracking.artifact_location.endswith("mlflow/artifacts")
+    assert "customer_id" not in cfg.data.feature_names
+    assert cfg.target_metric == ("valid_f1", "max")
+
+
+def test_jobs_example_is_the_packaged_demo_config():
+    jobs_copy = Path(__file__).parents[2] / "jobs" / "configs" / "churn.yaml"
+    assert load_config(jobs_copy) == load_config(config_path())
+
+
+def test_unknown_key_names_key_and_allowed_keys():
+    raw = _raw()
+    raw["train"] = {"epochz": 3}
+    with pytest.raises(ConfigError) as err:
+        validate_config(raw)
+    text = str(err.value)
+    assert "train.epochz: unknown key" in text
+    assert "epochs" in text and "batch_size" in text
+
+
+def test_bad_value_names_key_value_and_allowed():
+    raw = _raw()
+    raw["data"]["task"] = "clasification"
+    with pytest.raises(ConfigError) as err:
+        validate_config(raw)
+    text = str(err.value)
+    assert "data.task" in text and "'clasification'" in text
+    assert "'classification'" in text and "'regression'" in text
+
+
+def test_label_must_be_declared():
+    raw = _raw()
+    raw["data"]["label"] = "target"
+    with pytest.raises(ConfigError, match="label 'target' is not declared"):
+        validate_config(raw)
+
+
+def test_regression_needs_numeric_label():
+    raw = _raw()
+    raw["data"]["task"] = "regression"
+    with pytest.raises(ConfigError, match="regression.*numeric"):
+        validate_config(raw)
+
+
+def test_min_above_max_rejected():
+    raw = _raw()
+    raw["data"]["columns"]["x"] = {"type": "numeric", "min": 5, "max": 1}
+    with pytest.raises(ConfigError, match=r"min \(5.0\) is greater than max \(1.0\)"):
+        validate_config(raw)
+
+
+def test_search_space_key_must_be_tunable():
+    raw = _raw()
+    raw["tune"] = {"search_space": {"train.lr": {"type": "uniform", "low": 0, "high": 1}}}
+    with pytest.raises(ConfigError, match="'train.lr' is not a tunable.*train.learning_rate"):
+        validate_config(raw)
+
+
+def test_search_space_bounds_and_discriminator():
+    raw = _raw()
+    raw["tune"] = {"search_space": {"train.epochs": {"type": "randint", "low": 5, "high": 2}}}
+    with pytest.raises(ConfigError, match="low"):
+        validate_config(raw)
+    raw["tune"] = {"search_space": {"train.epochs": {"type": "normal"}}}
+    with pytest.raises(ConfigError, match="train.epochs"):
+        validate_config(raw)
+
+
+def test_overrides_are_typed_and_revalidated():
+    cfg = validate_config(_raw()).with_overrides({"train.epochs": 2, "model.hidden_sizes": [8]})
+    assert cfg.train.epochs == 2 and cfg.model.hidden_sizes == [8]
+    assert parse_overrides(["train.use_gpu=true", "train.learning_rate=0.01"]) == {
+        "train.use_gpu": True, "train.learning_rate": 0.01}
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_overrides(["train.epochs"])
+    with pytest.raises(ConfigError, match="train.epochs"):
+        validate_config(_raw()).with_overrides({"train.epochs": 0})
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_s3_root_needs_bucket_and_endpoint_scheme():
+    raw = _raw()
+    raw["storage"] = {"root": "s3://"}
+    with pytest.raises(ConfigError, match="needs a bucket"):
+        validate_config(raw)
+    raw["storage"] = {"root": "s3://b/p", "endpoint_url": "127.0.0.1:9000"}
+    with pytest.raises(ConfigError, match="storage.endpoint_url"):
+        validate_config(raw)
+
+
+def test_serve_batch_larger_than_ongoing_requests_rejected():
+    raw = _raw()
+    raw["serve"] = {"max_batch_size": 128, "max_ongoing_requests": 16}
+    with pytest.raises(ConfigError, match="max_ongoing_requests"):
+        validate_config(raw)
