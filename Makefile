@@ -27,8 +27,11 @@ test: install lint
 demo: install
 	$(BIN)/rayops demo
 
+BENCHMARKS := $(wildcard tests/benchmarks/bench_*.py)
+
 bench: install
-	@for script in tests/benchmarks/bench_*.py; do \
+	@test -n "$(BENCHMARKS)" || echo "no benchmark scripts in tests/benchmarks/ yet"
+	@for script in $(BENCHMARKS); do \
 		echo "== $$script"; $(BIN)/python $$script || exit 1; \
 	done
 

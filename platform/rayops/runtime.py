@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from rayops.config import PipelineConfig, load_config
 
@@ -26,9 +27,12 @@ def init_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    # Workers import rayops from the installed package; silence Ray's per-worker noise.
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
-             configure_logging=True)
+    options: dict[str, Any] = {"logging_level": logging.WARNING}
+    if address:
+        ray.init(address=address, **options)
+    else:
+        # A new local cluster: keep Ray's services on the loopback interface.
+        ray.init(_node_ip_address="127.0.0.1", **options)
     logger.info("Ray resources: %s", ray.cluster_resources())
 
 

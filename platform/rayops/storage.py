@@ -43,6 +43,9 @@ class Location:
             "/".join([self.uri.rstrip("/"), *clean]) if clean else self.uri,
         )
 
+    def parent(self) -> Location:
+        return Location(self.fs, posixpath.dirname(self.path), self.uri.rsplit("/", 1)[0])
+
     def exists(self) -> bool:
         return self.fs.get_file_info(self.path).type != pafs.FileType.NotFound
 
@@ -64,7 +67,9 @@ class Location:
         return sorted(files, key=lambda i: i.path)
 
     def makedirs(self) -> None:
-        self.fs.create_dir(self.path, recursive=True)
+        """Create the folder; object stores need none (and would get marker objects)."""
+        if self.is_local:
+            self.fs.create_dir(self.path, recursive=True)
 
     def read_bytes(self) -> bytes:
         try:
@@ -74,9 +79,7 @@ class Location:
             raise StorageError(f"{self.uri} does not exist") from None
 
     def write_bytes(self, data: bytes) -> None:
-        parent = posixpath.dirname(self.path)
-        if parent:
-            self.fs.create_dir(parent, recursive=True)
+        self.parent().makedirs()
         with self.fs.open_output_stream(self.path) as f:
             f.write(data)
 

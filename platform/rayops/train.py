@@ -251,7 +251,8 @@ def _input_example(version: DatasetVersion) -> pd.DataFrame:
         if feat["kind"] == "categorical":
             row[feat["name"]] = feat["categories"][0] if feat["categories"] else None
         elif feat["kind"] == "integer":
-            row[feat["name"]] = round(feat["mean"])
+            # As a float: MLflow's schema then accepts nulls in nullable integer columns.
+            row[feat["name"]] = float(round(feat["mean"]))
         elif feat["kind"] == "boolean":
             row[feat["name"]] = feat["mean"] >= 0.5
         else:

@@ -3,6 +3,7 @@ PostgreSQL databases and an MLflow server. Named by what they start; each cleans
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -61,6 +62,7 @@ def ray_start_4_cpus() -> Iterator[None]:
     import ray
 
     ray.init(address="local", num_cpus=4, object_store_memory=1_500 * 1024**2,
+             _node_ip_address="127.0.0.1",
              include_dashboard=False, logging_level=logging.WARNING)
     yield
     from ray import serve
@@ -114,7 +116,9 @@ def postgres_database() -> Iterator[str]:
     name = f"rayops_{uuid.uuid4().hex[:10]}"
     with admin.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name}")
-    yield POSTGRES_DSN.rsplit("/", 1)[0] + f"/{name}"
+    # SQLAlchemy (MLflow's store) is told the driver explicitly: psycopg2.
+    yield POSTGRES_DSN.replace("postgresql://", "postgresql+psycopg2://").rsplit("/", 1)[0] + (
+        f"/{name}")
     with admin.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     admin.close()
@@ -152,7 +156,9 @@ def ray_head_cluster(run_dir: Path) -> Iterator[str]:
     ray = str(BIN / "ray")
     subprocess.run(
         [ray, "start", "--head", "--port", str(gcs), "--dashboard-port", str(dashboard),
-         "--dashboard-host", "127.0.0.1", "--num-cpus", "2", "--include-dashboard", "true",
+         "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1",
+         "--ray-client-server-port", str(free_port()),
+         "--num-cpus", "2", "--include-dashboard", "true",
          "--temp-dir", str(temp), "--disable-usage-stats"],
         check=True, capture_output=True, timeout=180,
     )
@@ -161,18 +167,24 @@ def ray_head_cluster(run_dir: Path) -> Iterator[str]:
         wait_http(f"{address}/api/version", 120)
         yield address
     finally:
-        _kill_processes_mentioning(str(temp))  # `ray stop` would stop every cluster here
+        # `ray stop` would stop every cluster on the machine, the session's one too.
+        _kill_processes_mentioning([str(temp), f":{gcs}"])
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _kill_processes_mentioning(marker: str) -> None:
+def _kill_processes_mentioning(markers: list[str]) -> None:
+    """Terminate processes whose command line names a marker, and all their descendants."""
     import psutil
 
-    victims = []
+    victims: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["cmdline"]):
-        if any(marker in arg for arg in proc.info["cmdline"] or []):
-            victims.append(proc)
+        if any(m in arg for arg in proc.info["cmdline"] or [] for m in markers):
+            for member in [proc, *proc.children(recursive=True)]:
+                victims[member.pid] = member
+    for proc in victims.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()
-    _, alive = psutil.wait_procs(victims, timeout=15)
+    _, alive = psutil.wait_procs(list(victims.values()), timeout=15)
     for proc in alive:
-        proc.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
