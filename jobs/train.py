@@ -4,6 +4,4 @@ from rayops.pipeline import train_and_register
 from rayops.runtime import job_config
 
 if __name__ == "__main__":
-    result = train_and_register(job_config(__doc__), sweep=False)
-    print(f"registered {result.registered.name} v{result.registered.version} "
-          f"@{result.registered.alias} run={result.run_id} metrics={result.metrics}")
+    print(train_and_register(job_config(__doc__), sweep=False).summary())

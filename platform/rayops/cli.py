@@ -54,28 +54,24 @@ def ingest(config: ConfigArg, overrides: SetOpt = None) -> None:
            "quarantine_reasons": version.manifest["quarantine_reasons"]})
 
 
-@app.command()
-def train(config: ConfigArg, overrides: SetOpt = None) -> None:
-    """Train on the latest dataset version, log to MLflow, register as champion."""
+def _train(config: Path, overrides: list[str] | None, sweep: bool) -> None:
     from rayops.pipeline import train_and_register
 
     cfg = _load(config, overrides)
     init_ray()
-    result = train_and_register(cfg, sweep=False)
-    _echo(f"registered {result.registered.name} v{result.registered.version} "
-          f"@{result.registered.alias} (run {result.run_id})", result.metrics)
+    typer.echo(train_and_register(cfg, sweep=sweep).summary())
+
+
+@app.command()
+def train(config: ConfigArg, overrides: SetOpt = None) -> None:
+    """Train on the latest dataset version, log to MLflow, register as champion."""
+    _train(config, overrides, sweep=False)
 
 
 @app.command()
 def tune(config: ConfigArg, overrides: SetOpt = None) -> None:
     """Sweep hyperparameters; the best trial's model is registered as champion."""
-    from rayops.pipeline import train_and_register
-
-    cfg = _load(config, overrides)
-    init_ray()
-    result = train_and_register(cfg, sweep=True)
-    _echo(f"best trial run {result.run_id} registered as {result.registered.name} "
-          f"v{result.registered.version} @{result.registered.alias}", result.metrics)
+    _train(config, overrides, sweep=True)
 
 
 @app.command()
@@ -102,8 +98,7 @@ def run(config: ConfigArg, overrides: SetOpt = None,
     cfg = _load(config, overrides)
     init_ray()
     result = run_pipeline(cfg, deploy=serve)
-    _echo(f"model {result.model.registered.name} v{result.model.registered.version} "
-          f"@{result.model.registered.alias} from {result.dataset.id}", result.model.metrics)
+    typer.echo(result.model.summary())
     if result.url:
         typer.echo(f"serving at {result.url}/predict")
         if block:

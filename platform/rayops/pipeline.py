@@ -24,6 +24,14 @@ class ModelResult:
     registered: tracking.RegisteredModel
     dataset: str
 
+    def summary(self) -> str:
+        reg = self.registered
+        scores = ", ".join(
+            f"{k}={v:.4f}" for k, v in self.metrics.items() if k.startswith("valid_")
+        )
+        return (f"registered {reg.name} v{reg.version} @{reg.alias} from run {self.run_id} "
+                f"on {self.dataset}: {scores}")
+
 
 @dataclass(frozen=True)
 class PipelineResult:

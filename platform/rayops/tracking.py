@@ -123,9 +123,26 @@ def end_run(tracking: TrackingConfig, run_id: str, status: str = "FINISHED") -> 
     client(tracking).set_terminated(run_id, status=status)
 
 
+def input_signature(columns: Mapping[str, bool]) -> Any:
+    """The MLflow signature: feature names and whether each is required (non-nullable).
+
+    Types are left open (``any``): rayops validates values itself with messages that name
+    the record and field, and MLflow would refuse e.g. an int for a float column.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    return ModelSignature(inputs=Schema(
+        [ColSpec(AnyType(), name, required=required) for name, required in columns.items()]
+    ))
+
+
 def log_model(tracking: TrackingConfig, run_id: str, bundle_dir: Path,
-              input_example: pd.DataFrame) -> str:
-    """Log a bundle as an MLflow pyfunc model on ``run_id``; returns the model URI."""
+              input_example: pd.DataFrame, required: Mapping[str, bool]) -> str:
+    """Log a bundle as an MLflow pyfunc model on ``run_id``; returns the model URI.
+
+    ``required`` maps each input column to whether it must be present (non-nullable).
+    """
     import mlflow
     import torch
 
@@ -137,6 +154,7 @@ def log_model(tracking: TrackingConfig, run_id: str, bundle_dir: Path,
             python_model=str(_MODEL_CODE),
             artifacts={"bundle": str(bundle_dir)},
             input_example=input_example,
+            signature=input_signature(required),
             pip_requirements=[f"rayops=={__version__}", f"torch=={torch_version}"],
         )
     client(tracking).set_tag(run_id, MODEL_URI_TAG, info.model_uri)

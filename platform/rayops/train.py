@@ -251,8 +251,7 @@ def _input_example(version: DatasetVersion) -> pd.DataFrame:
         if feat["kind"] == "categorical":
             row[feat["name"]] = feat["categories"][0] if feat["categories"] else None
         elif feat["kind"] == "integer":
-            # As a float: MLflow's schema then accepts nulls in nullable integer columns.
-            row[feat["name"]] = float(round(feat["mean"]))
+            row[feat["name"]] = round(feat["mean"])
         elif feat["kind"] == "boolean":
             row[feat["name"]] = feat["mean"] >= 0.5
         else:
@@ -284,7 +283,10 @@ def fit_and_log(cfg: PipelineConfig, version: DatasetVersion,
     }
     with tempfile.TemporaryDirectory(prefix="rayops-") as folder:
         bundle_dir = Bundle(model, meta).save(Path(folder) / "bundle")
-        model_uri = tracking.log_model(cfg.tracking, run_id, bundle_dir, _input_example(version))
+        required = {name: not spec["nullable"] for name, spec in version.manifest["schema"].items()
+                    if name != cfg.data.label}
+        model_uri = tracking.log_model(cfg.tracking, run_id, bundle_dir, _input_example(version),
+                                       required)
     tracking.log_metrics(cfg.tracking, run_id, {f"best_{k}": v for k, v in best_metrics.items()},
                          step=int(best_metrics.get("epoch", 0)))
     return TrainOutcome(run_id, best_metrics, model_uri, checkpoint.path)
