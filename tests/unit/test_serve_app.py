@@ -92,3 +92,14 @@ def test_non_finite_number_is_422(client):
 def test_too_many_or_zero_records_is_422(client):
     assert client.post("/predict", json={"records": [GOOD] * 6}).status_code == 422
     assert client.post("/predict", json={"records": []}).status_code == 422
+
+
+def test_app_builder_for_serve_run_takes_typed_args():
+    from ray.serve import Application
+
+    from rayops.serve import AppArgs, build_app
+
+    app = build_app(AppArgs(config=str(config_path()), overrides=["serve.max_batch_size=8"]))
+    assert isinstance(app, Application)
+    with pytest.raises(ValueError, match="config"):
+        AppArgs.model_validate({"confg": "x.yaml"})
