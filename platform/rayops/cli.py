@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -42,16 +43,30 @@ def validate(config: ConfigArg, overrides: SetOpt = None) -> None:
 
 
 @app.command()
-def ingest(config: ConfigArg, overrides: SetOpt = None) -> None:
-    """Read, validate and curate the raw data into a new dataset version."""
-    from rayops.data.ingest import ingest as run_ingest
+def ingest(
+    config: ConfigArg,
+    overrides: SetOpt = None,
+    watch: Annotated[bool, typer.Option(help="Keep polling the source for new files.")] = False,
+    interval: Annotated[float, typer.Option(min=1.0, help="Seconds between polls.")] = 30.0,
+) -> None:
+    """Curate what is new in the raw source into a new dataset version."""
+    from rayops.data import ingest as data_ingest
 
     cfg = _load(config, overrides)
     init_ray()
-    version = run_ingest(cfg)
-    _echo(f"dataset {version.id} at {version.location.uri}",
-          {"rows": version.manifest["rows"],
-           "quarantine_reasons": version.manifest["quarantine_reasons"]})
+
+    def show(version: Any) -> None:
+        _echo(f"dataset {version.id} ({version.uri})",
+              {"rows": version.manifest["rows"],
+               "quarantine_reasons": version.manifest["quarantine_reasons"],
+               "unreadable": version.manifest["unreadable"]})
+
+    if not watch:
+        show(data_ingest.ingest(cfg))
+        return
+    typer.echo(f"watching {cfg.data.source} every {interval:.0f}s; Ctrl-C stops")
+    with contextlib.suppress(KeyboardInterrupt):
+        data_ingest.watch(cfg, interval, on_version=show)
 
 
 def _train(config: Path, overrides: list[str] | None, sweep: bool) -> None:

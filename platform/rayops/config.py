@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rayops.errors import ConfigError
 
@@ -54,6 +62,12 @@ class StorageConfig(_Section):
         "Credentials come from the environment (AWS_ACCESS_KEY_ID, ...), never from this file.",
     )
     region: str | None = Field(None, description="S3 region; the endpoint's default when unset.")
+    access_key_id: SecretStr | None = Field(
+        None, description="S3 access key. Prefer AWS_ACCESS_KEY_ID in the environment; a value "
+        "here is never printed, logged or sent to MLflow.",
+    )
+    secret_access_key: SecretStr | None = Field(None, description="S3 secret key (see above).")
+    session_token: SecretStr | None = Field(None, description="S3 session token (see above).")
 
     @field_validator("root")
     @classmethod
@@ -74,16 +88,25 @@ class StorageConfig(_Section):
 
 # --------------------------------------------------------------------------- data
 
-ColumnType = Literal["numeric", "integer", "categorical", "boolean"]
+ColumnType = Literal["numeric", "integer", "categorical", "text", "boolean", "datetime"]
+DatetimePart = Literal["hour", "weekday", "month", "year", "dayofyear"]
+DATETIME_PARTS: tuple[DatetimePart, ...] = ("hour", "weekday", "month", "year", "dayofyear")
 
 
 class ColumnSpec(_Section):
-    type: ColumnType = Field(description="How the column is parsed and encoded.")
+    type: ColumnType = Field(
+        description="numeric, integer, boolean; categorical or text (both one-hot over the "
+        "most frequent values); datetime (ISO 8601, expanded into calendar features)."
+    )
     nullable: bool = Field(True, description="Whether a missing value is allowed.")
     min: float | None = Field(None, description="Smallest allowed value (numeric, integer).")
     max: float | None = Field(None, description="Largest allowed value (numeric, integer).")
     values: list[str] | None = Field(
         None, description="Allowed categories (categorical); anything else is rejected."
+    )
+    expand: list[DatetimePart] | None = Field(
+        None, description="Calendar features of a datetime column; default: all of "
+        + ", ".join(DATETIME_PARTS) + "."
     )
 
     @model_validator(mode="after")
@@ -93,11 +116,20 @@ class ColumnSpec(_Section):
             raise ValueError(f"min/max apply to numeric or integer columns, not {self.type!r}")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
-        if self.values is not None and self.type != "categorical":
+        if self.values is not None and self.type not in ("categorical", "text"):
             raise ValueError(f"values apply to categorical columns, not {self.type!r}")
         if self.values is not None and not self.values:
             raise ValueError("values must list at least one category")
+        if self.expand is not None and self.type != "datetime":
+            raise ValueError(f"expand applies to datetime columns, not {self.type!r}")
+        if self.expand is not None and not self.expand:
+            raise ValueError("expand must list at least one calendar feature")
         return self
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The calendar features a datetime column becomes."""
+        return tuple(self.expand) if self.expand else DATETIME_PARTS
 
 
 class DataConfig(_Section):
@@ -129,6 +161,11 @@ class DataConfig(_Section):
         0.2, gt=0.0, lt=1.0, description="Share of rows held out for validation."
     )
     seed: int = Field(42, description="Seed of the deterministic train/validation split.")
+    max_quarantine_fraction: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="Fail the ingest, committing nothing, when a larger share of the rows "
+        "read breaks the schema.",
+    )
     dataset: str | None = Field(
         None, description="Name of the curated dataset; default: the pipeline name."
     )
@@ -151,6 +188,11 @@ class DataConfig(_Section):
         if not self.feature_names:
             raise ValueError("no feature columns left after features/exclude")
         label_type = self.columns[self.label].type
+        if self.task == "classification" and label_type in ("numeric", "datetime"):
+            raise ValueError(
+                f"task 'classification' needs a categorical, boolean or integer label; "
+                f"{self.label!r} is {label_type!r}"
+            )
         if self.task == "regression" and label_type not in ("numeric", "integer"):
             raise ValueError(
                 f"task 'regression' needs a numeric or integer label; {self.label!r} is "

@@ -11,7 +11,7 @@ import torch
 
 from rayops.config import ColumnSpec
 from rayops.data.preprocess import Preprocessor
-from rayops.data.schema import ERROR_COLUMN, validate_frame
+from rayops.data.schema import ERROR, validate_frame
 from rayops.errors import DataError
 from rayops.models import Bundle
 
@@ -36,11 +36,14 @@ class Predictor:
     def matrix(self, records: pd.DataFrame) -> np.ndarray:
         """Validated, transformed input matrix; raises DataError naming the bad record."""
         features = {n: self.schema[n] for n in self.features}
-        typed = validate_frame(records[self.features], features, label="")
-        bad = typed[ERROR_COLUMN].notna()
-        if bad.any():
-            first = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(f"record {first}: {typed[ERROR_COLUMN].iloc[first]}")
+        missing = [n for n in self.features if n not in records.columns]
+        if missing:
+            raise DataError(f"records lack the feature column(s) {missing}")
+        typed = validate_frame(records[self.features], features)
+        errors = typed.column(ERROR).to_pylist()
+        first = next((i for i, e in enumerate(errors) if e is not None), None)
+        if first is not None:
+            raise DataError(f"record {first}: {errors[first]}")
         return self.preprocessor.transform(typed)
 
     @torch.inference_mode()

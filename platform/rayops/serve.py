@@ -6,6 +6,7 @@ so the request model always matches the model actually loaded. Requests are merg
 callers by ``@serve.batch`` into one vectorized model call.
 """
 
+import datetime as dt
 import itertools
 import logging
 from typing import Annotated, Any, Literal, Optional
@@ -34,6 +35,8 @@ def _field_type(spec: ColumnSpec) -> Any:
         return Annotated[int, Field(strict=True, ge=spec.min, le=spec.max)]
     if spec.type == "boolean":
         return Annotated[bool, Field(strict=True)]
+    if spec.type == "datetime":
+        return dt.datetime  # ISO 8601 text in JSON
     if spec.values:
         return Literal[tuple(spec.values)]  # type: ignore[valid-type]
     return Annotated[str, Field(strict=True, max_length=512)]

@@ -107,9 +107,10 @@ class Location:
                         destination_filesystem=self.fs)
 
 
-def s3_filesystem(endpoint_url: str | None = None, region: str | None = None) -> pafs.S3FileSystem:
-    """pyarrow's S3 client; credentials come from the environment (AWS_* variables)."""
-    kwargs: dict[str, Any] = {}
+def s3_filesystem(endpoint_url: str | None = None, region: str | None = None,
+                  credentials: dict[str, str] | None = None) -> pafs.S3FileSystem:
+    """pyarrow's S3 client; credentials from ``credentials`` or else the environment."""
+    kwargs: dict[str, Any] = dict(credentials or {})
     if endpoint_url:
         parsed = urlparse(endpoint_url)
         kwargs["endpoint_override"] = parsed.netloc + parsed.path.rstrip("/")
@@ -124,13 +125,14 @@ def s3_filesystem(endpoint_url: str | None = None, region: str | None = None) ->
     return pafs.S3FileSystem(**kwargs)
 
 
-def resolve(uri: str, endpoint_url: str | None = None, region: str | None = None) -> Location:
+def resolve(uri: str, endpoint_url: str | None = None, region: str | None = None,
+            credentials: dict[str, str] | None = None) -> Location:
     """Turn a URI or local path into a :class:`Location`."""
     if uri.startswith("s3://"):
         path = uri[len("s3://") :].strip("/")
         if not path:
             raise StorageError(f"storage URI {uri!r} names no bucket")
-        return Location(s3_filesystem(endpoint_url, region), path, "s3://" + path)
+        return Location(s3_filesystem(endpoint_url, region, credentials), path, "s3://" + path)
     if uri.startswith("file://"):
         local = urlparse(uri).path
         return Location(pafs.LocalFileSystem(), local, "file://" + local)
@@ -142,11 +144,11 @@ def resolve(uri: str, endpoint_url: str | None = None, region: str | None = None
     return Location(pafs.LocalFileSystem(), local, local)
 
 
-def resolve_under(root: Location, path_or_uri: str, endpoint_url: str | None = None,
-                  region: str | None = None) -> Location:
-    """A full URI or absolute path as given; anything else relative to ``root``."""
+def resolve_under(root: Location, path_or_uri: str, storage: StorageConfig) -> Location:
+    """A full URI or absolute path as given (same endpoint and credentials as the root);
+    anything else relative to ``root``."""
     if "://" in path_or_uri or path_or_uri.startswith("/"):
-        return resolve(path_or_uri, endpoint_url, region)
+        return resolve(path_or_uri, storage.endpoint_url, storage.region, _credentials(storage))
     return root.join(path_or_uri)
 
 
@@ -160,6 +162,13 @@ def ensure_bucket(location: Location) -> None:
         location.fs.create_dir(bucket)
 
 
+def _credentials(storage: StorageConfig) -> dict[str, str]:
+    names = {"access_key_id": "access_key", "secret_access_key": "secret_key",
+             "session_token": "session_token"}
+    return {arg: secret.get_secret_value() for field, arg in names.items()
+            if (secret := getattr(storage, field)) is not None}
+
+
 def root_of(storage: StorageConfig) -> Location:
     """The storage root a pipeline config names."""
-    return resolve(storage.root, storage.endpoint_url, storage.region)
+    return resolve(storage.root, storage.endpoint_url, storage.region, _credentials(storage))

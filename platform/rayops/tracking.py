@@ -8,6 +8,7 @@ so ``mlflow.pyfunc.load_model`` works and loading never unpickles anything.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import time
 from collections.abc import Mapping
@@ -117,6 +118,16 @@ def log_metrics(tracking: TrackingConfig, run_id: str, metrics: Mapping[str, flo
             if attempt == 4:
                 raise
             time.sleep(0.2 * (attempt + 1))
+
+
+def metric_name(text: str) -> str:
+    """A string MLflow accepts as a metric key (letters, digits, _ - . / and spaces)."""
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", text)[:250]
+
+
+def log_dict(tracking: TrackingConfig, run_id: str, value: Mapping[str, Any],
+             artifact_file: str) -> None:
+    client(tracking).log_dict(run_id, dict(value), artifact_file)
 
 
 def end_run(tracking: TrackingConfig, run_id: str, status: str = "FINISHED") -> None:

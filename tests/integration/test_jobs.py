@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from rayops.data.ingest import source_location
+from rayops.data.ingest import file_source
 from tests.helpers import demo_config, write_demo_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -31,7 +31,7 @@ def _submit(address: str, workdir: Path, *job: str) -> subprocess.CompletedProce
 def test_ingest_and_train_jobs_on_a_cluster(tmp_path, ray_head_cluster):
     cfg = demo_config(tmp_path, **{"train.epochs": 2, "train.num_workers": 2,
                                    "train.cpus_per_worker": 0.5})
-    write_demo_data(source_location(cfg), rows=2000, files=2)
+    write_demo_data(file_source(cfg).location, rows=2000, files=2)
     workdir = tmp_path / "job"
     shutil.copytree(REPO / "jobs", workdir / "jobs", ignore=shutil.ignore_patterns("configs"))
     (workdir / "pipeline.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))

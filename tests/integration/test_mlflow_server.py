@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from rayops import tracking
-from rayops.data.ingest import ingest, source_location
+from rayops.data.ingest import file_source, ingest
 from rayops.demo.run import SAMPLE_RECORDS
 from rayops.pipeline import train_and_register
 from tests.helpers import demo_config, write_demo_data
@@ -22,7 +22,7 @@ def test_run_model_and_alias_live_in_the_server(tmp_path, ray_start_4_cpus, mlfl
 
     cfg = demo_config(tmp_path, **{"tracking.uri": mlflow_server["uri"], "train.epochs": 2,
                                    "tracking.experiment": "server-test"})
-    write_demo_data(source_location(cfg), rows=2000, files=2)
+    write_demo_data(file_source(cfg).location, rows=2000, files=2)
     result = train_and_register(cfg, ingest(cfg), sweep=False)
 
     client = MlflowClient(mlflow_server["uri"])

@@ -3,13 +3,12 @@ a local Ray cluster: ingest -> train (2 workers) -> sweep (2 trials) -> register
 
 from __future__ import annotations
 
-import pyarrow.parquet as pq
 import pytest
 import requests
 from mlflow import MlflowClient
 
 from rayops import tracking
-from rayops.data.ingest import ingest, source_location
+from rayops.data.ingest import file_source, ingest
 from rayops.demo.run import SAMPLE_RECORDS
 from rayops.pipeline import train_and_register
 from tests.helpers import demo_config, free_port, write_demo_data
@@ -23,7 +22,7 @@ def cfg(tmp_path_factory, ray_start_4_cpus):
     tmp = tmp_path_factory.mktemp("local")
     config = demo_config(tmp, **{"serve.port": free_port(), "train.epochs": 4,
                                  "tune.num_samples": 2})
-    write_demo_data(source_location(config), rows=4000)
+    write_demo_data(file_source(config).location, rows=4000)
     return config
 
 
@@ -40,19 +39,19 @@ def trained(cfg, dataset):
 def test_ingest_accounts_for_every_row_and_keeps_rejects(dataset):
     rows = dataset.manifest["rows"]
     assert rows["read"] == 4000
-    assert rows["read"] == rows["train"] + rows["valid"] + rows["quarantined"] + rows[
-        "valid_unseen_label"]
+    assert rows["read"] == rows["train"] + rows["valid"] + rows["quarantine"]
     assert 0.15 < rows["valid"] / (rows["train"] + rows["valid"]) < 0.25
     reasons = dataset.manifest["quarantine_reasons"]
-    assert reasons["age: not a finite number"] > 0 and reasons["churned: missing label"] > 0
-    assert sum(reasons.values()) == rows["quarantined"]
-    quarantine = pq.read_table(dataset.split("quarantine").path).to_pandas()
-    assert len(quarantine) == rows["quarantined"]
-    assert quarantine["path"].str.endswith(".csv").all()
-    assert quarantine["_rayops_error"].str.contains(":").all()
-    train = pq.read_table(dataset.split("train").path)
-    assert train.num_rows == rows["train"]
-    assert dataset.location.join("manifest.json").exists()
+    assert reasons["age: not a finite number"] > 0
+    assert reasons["churned: missing label (column is not nullable)"] > 0
+    assert sum(reasons.values()) == rows["quarantine"]
+    quarantine = dataset.read("quarantine").to_pandas()
+    assert len(quarantine) == rows["quarantine"]
+    assert quarantine["_source_file"].str.endswith(".csv").all()
+    assert (quarantine["_source_row"] >= 2).all()
+    assert quarantine["_error"].str.contains(": ").all() and quarantine["_raw"].notna().all()
+    assert dataset.read("train").count() == rows["train"]
+    assert dataset.uri.endswith("curated/churn/versions/v000001.json")
 
 
 def test_ingest_again_on_unchanged_input_reuses_the_version(cfg, dataset):

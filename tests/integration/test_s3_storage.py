@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rayops.data.ingest import ingest, source_location
+from rayops.data.ingest import file_source, ingest
 from rayops.pipeline import train_and_register
 from tests.helpers import demo_config, write_demo_data
 from tests.integration.conftest import list_keys
@@ -16,16 +16,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def test_ingest_and_train_through_s3(tmp_path, ray_start_4_cpus, s3_endpoint, s3_bucket):
     cfg = demo_config(tmp_path, **{"storage.root": f"s3://{s3_bucket}/lake",
                                    "storage.endpoint_url": s3_endpoint, "train.epochs": 2})
-    write_demo_data(source_location(cfg), rows=2000, files=2)
+    write_demo_data(file_source(cfg).location, rows=2000, files=2)
     assert sorted(list_keys(s3_endpoint, s3_bucket, "lake/raw/")) == [
         "lake/raw/churn/part-0000.csv", "lake/raw/churn/part-0001.csv"]
 
     version = ingest(cfg)
-    assert version.location.uri == f"s3://{s3_bucket}/lake/curated/churn/v000001"
-    keys = list_keys(s3_endpoint, s3_bucket, "lake/curated/churn/v000001/")
-    assert "lake/curated/churn/v000001/manifest.json" in keys
-    assert any(k.startswith("lake/curated/churn/v000001/train/") and k.endswith(".parquet")
-               for k in keys)
+    assert version.uri == f"s3://{s3_bucket}/lake/curated/churn/versions/v000001.json"
+    keys = list_keys(s3_endpoint, s3_bucket, "lake/curated/churn/")
+    assert "lake/curated/churn/versions/v000001.json" in keys
+    (part,) = version.manifest["parts"]
+    train = f"lake/curated/churn/parts/{part['id']}/rayops_split=train/"
+    assert any(k.startswith(train) and k.endswith(".parquet") for k in keys)
     assert version.manifest["rows"]["read"] == 2000
 
     result = train_and_register(cfg, version, sweep=False)

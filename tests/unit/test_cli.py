@@ -10,10 +10,10 @@ def _rayops(*args: str) -> subprocess.CompletedProcess:
 
 def test_invalid_config_fails_with_one_clear_line(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\ndata: {label: y, task: classification, columns: {y: {type: text}}}\n")
+    bad.write_text("name: x\ndata: {label: y, task: classification, columns: {y: {type: texty}}}\n")
     result = _rayops("validate", str(bad))
     assert result.returncode == 2
-    assert "data.columns.y.type" in result.stderr and "'text'" in result.stderr
+    assert "data.columns.y.type" in result.stderr and "'texty'" in result.stderr
     assert "Traceback" not in result.stderr
 
 

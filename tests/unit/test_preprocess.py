@@ -1,9 +1,10 @@
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 import pytest
 
 from rayops.config import validate_config
-from rayops.data.preprocess import OTHER, Preprocessor, batch_stats, fit, label_strings, merge_stats
+from rayops.data import stats
+from rayops.data.preprocess import OTHER, Preprocessor, fit
 from rayops.errors import DataError
 
 
@@ -12,70 +13,101 @@ def _data(task="classification", label_type="categorical"):
         "name": "t",
         "data": {"label": "y", "task": task, "columns": {
             "num": {"type": "numeric"}, "cat": {"type": "categorical"},
-            "flag": {"type": "boolean"}, "y": {"type": label_type}}},
+            "flag": {"type": "boolean"},
+            "when": {"type": "datetime", "expand": ["hour", "month"]},
+            "y": {"type": label_type}}},
     }).data
 
 
-def _frame(n=100, seed=0):
+def _table(n=100, seed=0) -> pa.Table:
     rng = np.random.default_rng(seed)
-    return pd.DataFrame({
+    when = (np.datetime64("2024-01-01T00:00") + rng.integers(0, 365 * 24, n).astype(
+        "timedelta64[h]")).astype("datetime64[us]")
+    return pa.table({
         "num": rng.normal(10, 2, n),
-        "cat": rng.choice(["a", "b", "c"], n).astype(object),
-        "flag": rng.integers(0, 2, n).astype(float),
-        "y": rng.choice(["no", "yes"], n).astype(object),
+        "cat": rng.choice(["a", "b", "c"], n),
+        "flag": rng.integers(0, 2, n).astype(bool),
+        "when": pa.array(when, pa.timestamp("us", tz="UTC")),
+        "y": rng.choice(["no", "yes"], n),
     })
 
 
-def test_merged_batch_stats_equal_whole_frame_stats():
-    data, frame = _data(), _frame()
-    whole = fit(batch_stats(frame, data), data)
-    parts = merge_stats([batch_stats(frame.iloc[:37], data), batch_stats(frame.iloc[37:], data)])
-    split = fit(parts, data)
-    assert whole.features[0]["mean"] == pytest.approx(split.features[0]["mean"])
-    assert whole.features[0]["std"] == pytest.approx(split.features[0]["std"])
-    assert whole.to_dict()["output_columns"] == split.to_dict()["output_columns"]
-    assert whole.features[0]["mean"] == pytest.approx(frame["num"].mean())
-    assert whole.features[0]["std"] == pytest.approx(frame["num"].std(ddof=0))
+def _columns(data):
+    return {n: data.columns[n] for n in [*data.feature_names, data.label]}
 
 
-def test_transform_standardizes_one_hots_and_imputes():
-    data, frame = _data(), _frame()
-    pre = fit(batch_stats(frame, data), data)
-    assert pre.output_columns == ["num", "cat=a", "cat=b", "cat=c", f"cat={OTHER}", "flag"]
-    x = pre.transform(frame)
-    assert x.dtype == np.float32 and x.shape == (100, 6)
+def _fit(data, table):
+    return fit(stats.table_stats(table, _columns(data), data.label, data.task), data)
+
+
+def test_merged_block_stats_equal_whole_table_stats():
+    data, table = _data(), _table()
+    whole = stats.table_stats(table, _columns(data), "y", "classification")
+    parts = stats.merge([stats.table_stats(table.slice(0, 37), _columns(data), "y",
+                                           "classification"),
+                         stats.table_stats(table.slice(37), _columns(data), "y",
+                                           "classification")])
+    for key in ("num", "when.hour", "flag"):
+        assert stats.mean_std(parts[key]) == pytest.approx(stats.mean_std(whole[key]))
+    assert parts["cat"]["counts"] == whole["cat"]["counts"]
+    assert stats.mean_std(whole["num"])[0] == pytest.approx(np.mean(table["num"]))
+    assert stats.mean_std(whole["num"])[1] == pytest.approx(np.std(table["num"]))
+
+
+def test_transform_standardizes_one_hots_expands_dates_and_imputes():
+    data, table = _data(), _table()
+    pre = _fit(data, table)
+    assert pre.output_columns == ["num", "cat=a", "cat=b", "cat=c", f"cat={OTHER}", "flag",
+                                  "when.hour", "when.month"]
+    x = pre.transform(table)
+    assert x.dtype == np.float32 and x.shape == (100, 8)
     assert abs(x[:, 0].mean()) < 1e-5 and x[:, 0].std() == pytest.approx(1.0, rel=1e-4)
     assert (x[:, 1:5].sum(axis=1) == 1).all()
-    unseen = pd.DataFrame({"num": [np.nan], "cat": ["zzz"], "flag": [np.nan]})
+    assert abs(x[:, 6].mean()) < 1e-5
+    unseen = pa.table({"num": pa.array([None], pa.float64()), "cat": ["zzz"],
+                       "flag": pa.array([None], pa.bool_()),
+                       "when": pa.array([None], pa.timestamp("us", tz="UTC"))})
     row = pre.transform(unseen)[0]
-    assert row[0] == 0.0 and row[4] == 1.0  # mean-imputed, unseen category -> OTHER
+    assert row[0] == 0.0 and row[4] == 1.0 and row[6] == 0.0  # mean-imputed, OTHER
 
 
 def test_state_round_trips_through_json_dict():
-    data, frame = _data(), _frame()
-    pre = fit(batch_stats(frame, data), data)
+    data, table = _data(), _table()
+    pre = _fit(data, table)
     again = Preprocessor.from_dict(pre.to_dict())
-    np.testing.assert_array_equal(again.transform(frame), pre.transform(frame))
+    np.testing.assert_array_equal(again.transform(table), pre.transform(table))
 
 
 def test_labels_encode_and_regression_decodes():
-    data, frame = _data(), _frame()
-    pre = fit(batch_stats(frame, data), data)
+    data, table = _data(), _table()
+    pre = _fit(data, table)
     assert pre.classes == ["no", "yes"]
-    assert list(pre.encode_label(pd.Series(["yes", "no", "maybe"], dtype=object))) == [1, 0, -1]
+    assert list(pre.encode_label(pa.chunked_array([["yes", "no", "maybe"]]))) == [1, 0, -1]
     reg = _data("regression", "numeric")
-    frame["y"] = frame["num"] * 3
-    rpre = fit(batch_stats(frame, reg), reg)
-    encoded = rpre.encode_label(frame["y"])
-    np.testing.assert_allclose(rpre.decode_regression(encoded), frame["y"], rtol=1e-5)
-
-
-def test_integer_labels_print_without_decimal():
-    assert list(label_strings(pd.Series([0.0, 1.0, np.nan]))) == ["0", "1", None]
+    table = table.set_column(4, "y", pa.array(np.asarray(table["num"]) * 3))
+    rpre = _fit(reg, table)
+    encoded = rpre.encode_label(table.column("y"))
+    np.testing.assert_allclose(rpre.decode_regression(encoded), table["y"], rtol=1e-5)
 
 
 def test_single_class_is_rejected():
-    data, frame = _data(), _frame()
-    frame["y"] = "no"
+    data = _data()
+    table = _table().set_column(4, "y", pa.array(["no"] * 100))
     with pytest.raises(DataError, match="1 class"):
-        fit(batch_stats(frame, data), data)
+        _fit(data, table)
+
+
+def test_profile_has_quantiles_histogram_frequencies_and_null_rates():
+    data = _data()
+    table = _table(2000)
+    table = table.set_column(0, "num", pa.array([None] * 200 + list(
+        np.asarray(table["num"])[200:])))
+    merged = stats.merge(stats.table_stats(table.slice(i, 500), _columns(data), "y",
+                                           "classification") for i in range(0, 2000, 500))
+    profile = stats.profile(merged)
+    num = profile["num"]
+    assert num["null_rate"] == pytest.approx(0.1)
+    assert num["quantiles"]["0.5"] == pytest.approx(10, abs=0.3)
+    assert sum(num["histogram"]["fractions"]) == pytest.approx(1.0)
+    assert set(profile["cat"]["frequencies"]) == {"a", "b", "c"}
+    assert profile["cat"]["frequencies"]["a"] == pytest.approx(1 / 3, abs=0.05)

@@ -3,12 +3,14 @@
 import math
 
 import numpy as np
-import pandas as pd
+import pyarrow.compute as pc
 import pytest
 from fastapi.testclient import TestClient
 
 from rayops.config import load_config
-from rayops.data.preprocess import batch_stats, fit
+from rayops.data.preprocess import fit
+from rayops.data.schema import ERROR, validate_frame
+from rayops.data.stats import table_stats
 from rayops.demo import churn, config_path
 from rayops.models import MLP, Bundle
 from rayops.predict import Predictor
@@ -30,15 +32,13 @@ class _Server:
 @pytest.fixture(scope="module")
 def client(tmp_path_factory) -> TestClient:
     cfg = load_config(config_path())
-    frame = churn.generate(400, 1).dropna(subset=["churned"])
-    frame = frame[frame["contract"] != "weekly"]
-    typed = frame.copy()
-    for name in ("age", "tenure_months", "monthly_charges", "total_charges", "support_calls"):
-        typed[name] = pd.to_numeric(typed[name], errors="coerce")
-    typed["paperless_billing"] = (typed["paperless_billing"] == "yes").astype(float)
-    pre = fit(batch_stats(typed, cfg.data), cfg.data)
-    arch = {"n_inputs": pre.n_features, "n_outputs": 2, "hidden_sizes": [4]}
     used = [*cfg.data.feature_names, cfg.data.label]
+    columns = {n: cfg.data.columns[n] for n in used}
+    raw = churn.generate(400, 1).map(lambda v: "" if v is None or v != v else str(v))
+    typed = validate_frame(raw, columns, cfg.data.label)
+    typed = typed.filter(pc.is_null(typed.column(ERROR)))
+    pre = fit(table_stats(typed, columns, cfg.data.label, cfg.data.task), cfg.data)
+    arch = {"n_inputs": pre.n_features, "n_outputs": 2, "hidden_sizes": [4]}
     meta = {"architecture": arch, "preprocessor": pre.to_dict(),
             "schema": {n: cfg.data.columns[n].model_dump() for n in used}}
     folder = Bundle(MLP(pre.n_features, 2, [4]), meta).save(tmp_path_factory.mktemp("b"))

@@ -1,8 +1,9 @@
 import pyarrow.fs as pafs
 import pytest
 
+from rayops.config import StorageConfig
 from rayops.errors import StorageError
-from rayops.storage import ensure_bucket, resolve, resolve_under
+from rayops.storage import ensure_bucket, resolve, resolve_under, root_of
 
 
 def test_local_location_round_trip(tmp_path):
@@ -30,9 +31,18 @@ def test_s3_uri_uses_endpoint_without_connecting():
 
 
 def test_resolve_under_keeps_full_uris(tmp_path):
-    root = resolve(str(tmp_path))
-    assert resolve_under(root, "raw/x").path == str(tmp_path / "raw" / "x")
-    assert resolve_under(root, "/abs/path").path == "/abs/path"
+    storage = StorageConfig(root=str(tmp_path))
+    root = root_of(storage)
+    assert resolve_under(root, "raw/x", storage).path == str(tmp_path / "raw" / "x")
+    assert resolve_under(root, "/abs/path", storage).path == "/abs/path"
+
+
+def test_credentials_from_config_are_used_but_never_shown():
+    storage = StorageConfig(root="s3://b/p", endpoint_url="http://127.0.0.1:9",
+                            access_key_id="AKIDSECRET", secret_access_key="VERYSECRET")
+    assert isinstance(root_of(storage).fs, pafs.S3FileSystem)
+    shown = repr(storage) + storage.model_dump_json()
+    assert "VERYSECRET" not in shown and "AKIDSECRET" not in shown
 
 
 @pytest.mark.parametrize(("uri", "message"), [

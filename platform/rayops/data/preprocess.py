@@ -1,82 +1,28 @@
 """The fitted transform from validated columns to the model's float matrix, and back.
 
-Fitting is split in two so it scales: :func:`batch_stats` runs on each block in parallel and
-:func:`fit` merges the partial statistics on the driver. The fitted :class:`Preprocessor`
-is plain JSON, saved with the curated dataset and with the model, so serving applies exactly
-the transform that training saw, and loading it never unpickles anything.
+Fitted from merged :mod:`rayops.data.stats` of the training split, so it scales and can be
+refitted when new data arrives without re-reading old data. The fitted
+:class:`Preprocessor` is plain JSON, saved with the curated dataset version and with every
+model, so serving applies exactly the transform training saw; loading it unpickles nothing.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from rayops.config import DataConfig
+from rayops.data.schema import label_strings
+from rayops.data.stats import calendar, mean_std
 from rayops.errors import DataError
 
 OTHER = "__other__"
 MAX_CATEGORIES = 64  # rarer categories share the OTHER slot: keeps the input layer small
-
-
-def label_strings(labels: pd.Series) -> pd.Series:
-    """Class labels as text; integral numbers print without a trailing '.0'."""
-    if pd.api.types.is_float_dtype(labels):
-        values = labels.dropna()
-        if bool((values == values.round()).all()):
-            labels = labels.astype("Int64")
-    text = [None if pd.isna(v) else str(v) for v in labels.astype(object)]
-    return pd.Series(text, index=labels.index, dtype=object)
-
-
-def batch_stats(frame: pd.DataFrame, data: DataConfig) -> dict[str, Any]:
-    """Mergeable statistics of one batch of validated, good training rows."""
-    stats: dict[str, Any] = {"rows": len(frame), "features": {}, "label": {}}
-    for name in [*data.feature_names, data.label]:
-        spec = data.columns[name]
-        col = frame[name]
-        if spec.type == "categorical" or (name == data.label and data.task == "classification"):
-            text = label_strings(col) if name == data.label else col
-            counts = text.dropna().astype(str).value_counts()
-            entry: dict[str, Any] = {"counts": {str(k): int(v) for k, v in counts.items()}}
-        else:
-            values = col.dropna().to_numpy(dtype="float64")
-            entry = {"n": int(values.size), "sum": float(values.sum()),
-                     "sumsq": float(np.square(values).sum())}
-        stats["label" if name == data.label else "features"][name] = entry
-    return stats
-
-
-def merge_stats(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Combine :func:`batch_stats` results (order does not matter)."""
-    merged: dict[str, Any] = {"rows": 0, "features": {}, "label": {}}
-    for part in parts:
-        merged["rows"] += part["rows"]
-        for group in ("features", "label"):
-            for name, entry in part[group].items():
-                target = merged[group].setdefault(name, {})
-                if "counts" in entry:
-                    counts = Counter(target.get("counts", {}))
-                    counts.update(entry["counts"])
-                    target["counts"] = dict(counts)
-                else:
-                    for key in ("n", "sum", "sumsq"):
-                        target[key] = target.get(key, 0) + entry[key]
-    return merged
-
-
-def _mean_std(entry: Mapping[str, float]) -> tuple[float, float]:
-    n = entry.get("n", 0)
-    if n == 0:
-        return 0.0, 1.0
-    mean = entry["sum"] / n
-    var = max(entry["sumsq"] / n - mean * mean, 0.0)
-    std = float(np.sqrt(var))
-    return float(mean), std if std > 1e-12 else 1.0
 
 
 @dataclass(frozen=True)
@@ -111,57 +57,73 @@ class Preprocessor:
                    label_state=dict(state["label_state"]),
                    output_columns=list(state["output_columns"]))
 
-    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+    def transform(self, table: pa.Table) -> np.ndarray:
         """Validated feature columns -> float32 matrix (nulls imputed, unknowns to OTHER)."""
         blocks: list[np.ndarray] = []
         for feat in self.features:
-            col = frame[feat["name"]]
-            if feat["kind"] == "categorical":
+            col = table.column(feat["name"])
+            if feat["kind"] in ("categorical", "text"):
                 cats = feat["categories"]
-                index = pd.Categorical(col.astype(object), categories=cats).codes
-                index = np.where(index < 0, len(cats), index)  # unseen or null -> OTHER
-                onehot = np.zeros((len(col), len(cats) + 1), dtype=np.float32)
-                onehot[np.arange(len(col)), index] = 1.0
+                vocabulary = pa.array(cats, pa.string())
+                index = pc.index_in(pc.cast(col, pa.string()), value_set=vocabulary)
+                codes = index.fill_null(len(cats)).to_numpy(zero_copy_only=False)
+                onehot = np.zeros((len(codes), len(cats) + 1), dtype=np.float32)
+                onehot[np.arange(len(codes)), codes] = 1.0
                 blocks.append(onehot)
+            elif feat["kind"] == "datetime":
+                for part in feat["parts"]:
+                    blocks.append(_scaled(calendar(col, part["part"]), part))
             else:
-                values = col.to_numpy(dtype="float64", na_value=np.nan)
-                scaled = (values - feat["mean"]) / feat["std"]
-                blocks.append(np.nan_to_num(scaled, nan=0.0).astype(np.float32)[:, None])
+                blocks.append(_scaled(pc.cast(col, pa.float64()), feat))
         if not blocks:
-            return np.zeros((len(frame), 0), dtype=np.float32)
+            return np.zeros((table.num_rows, 0), dtype=np.float32)
         return np.ascontiguousarray(np.concatenate(blocks, axis=1))
 
-    def encode_label(self, labels: pd.Series) -> np.ndarray:
+    def encode_label(self, labels: pa.ChunkedArray) -> np.ndarray:
         """Class index (int64, -1 for a class unseen in training) or standardized target."""
         if self.task == "classification":
-            codes = pd.Categorical(label_strings(labels), categories=self.classes).codes
-            return codes.astype(np.int64)
-        values = labels.to_numpy(dtype="float64")
+            index = pc.index_in(label_strings(labels), value_set=pa.array(self.classes))
+            return index.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        values = pc.cast(labels, pa.float64()).to_numpy(zero_copy_only=False)
         return ((values - self.label_state["mean"]) / self.label_state["std"]).astype(np.float32)
 
     def decode_regression(self, outputs: np.ndarray) -> np.ndarray:
         return outputs * self.label_state["std"] + self.label_state["mean"]
 
 
+def _scaled(values: pa.ChunkedArray, state: Mapping[str, float]) -> np.ndarray:
+    raw = values.to_numpy(zero_copy_only=False).astype(np.float64)
+    scaled = (raw - state["mean"]) / state["std"]
+    return np.nan_to_num(scaled, nan=0.0).astype(np.float32)[:, None]  # null -> the mean
+
+
+def _scale_state(stats: Mapping[str, Any], key: str) -> dict[str, float]:
+    mean, std = mean_std(stats.get(key, {}))
+    return {"mean": mean, "std": std}
+
+
 def fit(stats: Mapping[str, Any], data: DataConfig) -> Preprocessor:
-    """Build the :class:`Preprocessor` from merged training statistics."""
-    if stats["rows"] == 0:
+    """Build the :class:`Preprocessor` from merged training-split statistics."""
+    label_entry = stats.get(data.label, {})
+    if not label_entry.get("n"):
         raise DataError("no valid training rows to fit the preprocessing on")
     features: list[dict[str, Any]] = []
     output: list[str] = []
     for name in data.feature_names:
         spec = data.columns[name]
-        entry = stats["features"][name]
-        if spec.type == "categorical":
-            ranked = sorted(entry.get("counts", {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        if spec.type in ("categorical", "text"):
+            counts = stats.get(name, {}).get("counts", {})
+            ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
             cats = sorted(k for k, _ in ranked[:MAX_CATEGORIES])
-            features.append({"name": name, "kind": "categorical", "categories": cats})
+            features.append({"name": name, "kind": spec.type, "categories": cats})
             output += [f"{name}={c}" for c in cats] + [f"{name}={OTHER}"]
+        elif spec.type == "datetime":
+            parts = [{"part": p, **_scale_state(stats, f"{name}.{p}")} for p in spec.parts]
+            features.append({"name": name, "kind": "datetime", "parts": parts})
+            output += [f"{name}.{p}" for p in spec.parts]
         else:
-            mean, std = _mean_std(entry)
-            features.append({"name": name, "kind": spec.type, "mean": mean, "std": std})
+            features.append({"name": name, "kind": spec.type, **_scale_state(stats, name)})
             output.append(name)
-    label_entry = stats["label"][data.label]
     if data.task == "classification":
         classes = sorted(label_entry.get("counts", {}))
         if len(classes) < 2:
@@ -171,6 +133,5 @@ def fit(stats: Mapping[str, Any], data: DataConfig) -> Preprocessor:
             )
         label_state: dict[str, Any] = {"classes": classes, "counts": label_entry["counts"]}
     else:
-        mean, std = _mean_std(label_entry)
-        label_state = {"mean": mean, "std": std}
+        label_state = _scale_state(stats, data.label)
     return Preprocessor(data.task, data.label, features, label_state, output)

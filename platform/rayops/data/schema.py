@@ -1,138 +1,249 @@
 """Cast raw columns to their declared types and check them against the schema contract.
 
-Works on pandas batches (one Ray Data block at a time). A row that breaks the contract is
-kept, not dropped, with the first problem in :data:`ERROR_COLUMN`, so the caller can count
-and quarantine it: nothing is lost silently.
+Vectorized on Arrow tables (one Ray Data block at a time). Raw values may arrive as text
+(CSV, JSON with mixed types) or already typed (Parquet, JSON): both go through the same
+checks. A row that breaks the contract is kept with the first problem in :data:`ERROR`, so
+the caller can count and quarantine it: nothing is lost silently.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from rayops.config import ColumnSpec
-from rayops.errors import DataError
 
-ERROR_COLUMN = "_rayops_error"
-SPLIT_COLUMN = "_rayops_split"
-PATH_COLUMN = "path"  # added by Ray Data's include_paths=True
+ERROR = "_error"
+SPLIT = "rayops_split"  # a hive partition of the curated data: no leading '_' (hidden)
+SOURCE_FILE = "_source_file"
+SOURCE_ROW = "_source_row"
+RAW = "_raw"
+PROVENANCE = (SOURCE_FILE, SOURCE_ROW, RAW)
 
-_TRUE = {"true", "t", "yes", "y", "1", "1.0"}
-_FALSE = {"false", "f", "no", "n", "0", "0.0"}
 NULL_STRINGS = ["", "NA", "N/A", "n/a", "na", "null", "NULL", "None", "none", "NaN", "nan", "-"]
+_TRUE = ["true", "t", "yes", "y", "1", "1.0"]
+_FALSE = ["false", "f", "no", "n", "0", "0.0"]
+_NUMBER_RE = r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$"
+_NULL_STR = pa.scalar(None, pa.string())
+
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "numeric": pa.float64(),
+    "integer": pa.int64(),
+    "categorical": pa.string(),
+    "text": pa.string(),
+    "boolean": pa.bool_(),
+    "datetime": pa.timestamp("us", tz="UTC"),
+}
 
 
-def _as_text(series: pd.Series) -> pd.Series:
-    """Non-null values as stripped strings; nulls and null markers stay null."""
-    text = series.astype("string").str.strip()
-    return text.mask(text.isin(NULL_STRINGS))
+def _is_text(arr: pa.ChunkedArray) -> bool:
+    return pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
 
 
-def _cast_numeric(name: str, raw: pd.Series, spec: ColumnSpec) -> tuple[pd.Series, pd.Series]:
-    text = _as_text(raw) if raw.dtype == object or pd.api.types.is_string_dtype(raw) else None
-    if text is not None:
-        values = pd.to_numeric(text, errors="coerce").astype("float64")
-        bad = text.notna() & values.isna()
+def _text(arr: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Trimmed text with the usual null markers ('', 'NA', 'null', ...) turned into nulls."""
+    if not _is_text(arr):
+        arr = pc.cast(arr, pa.string())
+    trimmed = pc.utf8_trim_whitespace(arr)
+    return pc.if_else(pc.is_in(trimmed, value_set=pa.array(NULL_STRINGS)), _NULL_STR, trimmed)
+
+
+def _reason(mask: pa.ChunkedArray, name: str, problem: str, shown: pa.ChunkedArray) -> pa.Array:
+    """``"{name}: {problem} ('{value}')"`` where ``mask`` is true, null elsewhere."""
+    text = pc.binary_join_element_wise(f"{name}: {problem} ('", pc.cast(shown, pa.string()),
+                                       "')", "")
+    return pc.if_else(pc.fill_null(mask, False), text, _NULL_STR)
+
+
+def _cast_numeric(name: str, raw: pa.ChunkedArray, spec: ColumnSpec
+                  ) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    if _is_text(raw) or pa.types.is_null(raw.type):
+        shown = _text(raw)
+        ok = pc.match_substring_regex(shown, _NUMBER_RE)
+        values = pc.cast(pc.if_else(ok, shown, _NULL_STR), pa.float64())
+        reason = _reason(pc.invert(ok), name, "not a finite number", shown)
+    elif pa.types.is_integer(raw.type) or pa.types.is_floating(raw.type):
+        shown = raw
+        values = pc.cast(raw, pa.float64())
+        finite = pc.is_finite(values)
+        reason = _reason(pc.invert(finite), name, "not a finite number", raw)
+        values = pc.if_else(finite, values, pa.scalar(None, pa.float64()))
     else:
-        values = pd.to_numeric(raw, errors="coerce").astype("float64")
-        bad = pd.Series(False, index=raw.index)
-    finite = np.isfinite(values.to_numpy(dtype="float64", na_value=np.nan))
-    bad |= values.notna() & ~finite
-    reason = pd.Series(pd.NA, index=raw.index, dtype="string")
-    shown = (text if text is not None else raw.astype("string")).fillna("")
-    reason = reason.mask(bad, name + ": not a finite number ('" + shown + "')")
+        shown = pc.cast(raw, pa.string())
+        values = pa.nulls(len(raw), pa.float64())
+        reason = _reason(pc.is_valid(raw), name, f"not a number ({raw.type})", shown)
+    reason = pc.coalesce(reason, _range_reason(name, values, spec, shown))
     if spec.type == "integer":
-        frac = values.notna() & ~bad & (values != values.round())
-        reason = reason.mask(frac & reason.isna(), name + ": not an integer (" + shown + ")")
-        bad |= frac
-    values = values.mask(bad)
+        fraction = pc.not_equal(values, pc.floor(values))
+        reason = pc.coalesce(reason, _reason(fraction, name, "not an integer", shown))
+    good = pc.if_else(pc.is_null(reason), values, pa.scalar(None, pa.float64()))
+    return pc.cast(good, ARROW_TYPES[spec.type]), reason
+
+
+def _range_reason(name: str, values: pa.ChunkedArray, spec: ColumnSpec,
+                  shown: pa.ChunkedArray) -> pa.Array:
+    reason = pa.nulls(len(values), pa.string())
     if spec.min is not None:
-        low = values < spec.min
-        reason = reason.mask(low & reason.isna(), f"{name}: below min {spec.min} (" + shown + ")")
-        values = values.mask(low)
+        reason = _reason(pc.less(values, spec.min), name, f"below min {spec.min}", shown)
     if spec.max is not None:
-        high = values > spec.max
-        reason = reason.mask(high & reason.isna(), f"{name}: above max {spec.max} (" + shown + ")")
-        values = values.mask(high)
-    return values, reason
+        high = _reason(pc.greater(values, spec.max), name, f"above max {spec.max}", shown)
+        reason = pc.coalesce(reason, high)
+    return reason
 
 
-def _cast_categorical(name: str, raw: pd.Series, spec: ColumnSpec) -> tuple[pd.Series, pd.Series]:
-    values = _as_text(raw)
-    reason = pd.Series(pd.NA, index=raw.index, dtype="string")
+def _cast_categorical(name: str, raw: pa.ChunkedArray, spec: ColumnSpec
+                      ) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    values = _text(raw)
+    reason = pa.nulls(len(values), pa.string())
     if spec.values is not None:
-        unknown = values.notna() & ~values.isin(spec.values)
-        reason = reason.mask(unknown, name + ": unknown category ('" + values.fillna("") + "')")
-        values = values.mask(unknown)
-    return values.astype(object).where(values.notna(), None), reason
-
-
-def _cast_boolean(name: str, raw: pd.Series, spec: ColumnSpec) -> tuple[pd.Series, pd.Series]:
-    if pd.api.types.is_bool_dtype(raw):
-        return raw.astype("float64"), pd.Series(pd.NA, index=raw.index, dtype="string")
-    text = _as_text(raw).str.lower()
-    values = pd.Series(np.nan, index=raw.index, dtype="float64")
-    values = values.mask(text.isin(_TRUE), 1.0).mask(text.isin(_FALSE), 0.0)
-    bad = text.notna() & values.isna()
-    reason = pd.Series(pd.NA, index=raw.index, dtype="string")
-    reason = reason.mask(bad, name + ": not a boolean ('" + text.fillna("") + "')")
+        unknown = pc.invert(pc.is_in(values, value_set=pa.array(spec.values)))
+        reason = _reason(unknown, name, "unknown category", values)
+        values = pc.if_else(pc.is_null(reason), values, _NULL_STR)
     return values, reason
+
+
+def _cast_boolean(name: str, raw: pa.ChunkedArray, spec: ColumnSpec
+                  ) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    if pa.types.is_boolean(raw.type):
+        return raw, pa.nulls(len(raw), pa.string())
+    text = pc.utf8_lower(_text(raw))
+    true, false = pc.is_in(text, value_set=pa.array(_TRUE)), pc.is_in(text, value_set=pa.array(
+        _FALSE))
+    values = pc.if_else(true, True, pc.if_else(false, False, pa.scalar(None, pa.bool_())))
+    bad = pc.and_(pc.is_valid(text), pc.is_null(values))
+    return values, _reason(bad, name, "not a boolean", text)
+
+
+def _cast_datetime(name: str, raw: pa.ChunkedArray, spec: ColumnSpec
+                   ) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    target = ARROW_TYPES["datetime"]
+    if pa.types.is_timestamp(raw.type):
+        values = raw if raw.type.tz else pc.assume_timezone(raw, "UTC")
+        return pc.cast(values, target), pa.nulls(len(raw), pa.string())
+    text = _text(raw)
+    parsed = pd.to_datetime(text.to_pandas(), errors="coerce", utc=True, format="ISO8601")
+    values = pa.chunked_array([pa.Array.from_pandas(parsed, type=target)])
+    bad = pc.and_(pc.is_valid(text), pc.is_null(values))
+    return values, _reason(bad, name, "not an ISO 8601 datetime", text)
 
 
 _CASTERS = {
     "numeric": _cast_numeric,
     "integer": _cast_numeric,
     "categorical": _cast_categorical,
+    "text": _cast_categorical,
     "boolean": _cast_boolean,
+    "datetime": _cast_datetime,
 }
 
 
-def validate_frame(
-    frame: pd.DataFrame, columns: Mapping[str, ColumnSpec], label: str
-) -> pd.DataFrame:
-    """Typed columns in declared order plus :data:`ERROR_COLUMN` (null where the row is good).
+def _column(table: pa.Table, name: str) -> pa.ChunkedArray:
+    """The raw column, or all nulls when a file lacks it (the null checks then apply)."""
+    if name in table.column_names:
+        col = table.column(name)
+        return col if isinstance(col, pa.ChunkedArray) else pa.chunked_array([col])
+    return pa.chunked_array([pa.nulls(table.num_rows, pa.string())])
 
-    Numeric, integer and boolean columns come back as float64 with NaN for null; categorical
-    columns as Python strings or None.
+
+def validate_table(table: pa.Table, columns: Mapping[str, ColumnSpec], label: str | None
+                   ) -> pa.Table:
+    """Typed columns in declared order, the provenance columns present, and :data:`ERROR`.
+
+    ERROR is null where the row is good and holds the row's first problem otherwise.
+    An ERROR already set on input (a malformed line) is kept.
     """
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"declared column(s) {missing} are missing from the source data; "
-            f"found columns: {sorted(map(str, frame.columns))}"
-        )
-    out: dict[str, pd.Series] = {}
-    error = pd.Series(pd.NA, index=frame.index, dtype="string")
+    out: dict[str, pa.ChunkedArray] = {}
+    if ERROR in table.column_names:
+        error = pc.cast(table.column(ERROR), pa.string())
+    else:
+        error = pa.chunked_array([pa.nulls(table.num_rows, pa.string())])
     for name, spec in columns.items():
-        values, reason = _CASTERS[spec.type](name, frame[name], spec)
-        raw_null = values.isna() & reason.isna()
+        values, reason = _CASTERS[spec.type](name, _column(table, name), spec)
         if not spec.nullable or name == label:
             what = "label" if name == label else "value"
-            reason = reason.mask(raw_null, f"{name}: missing {what} (column is not nullable)")
-        error = error.fillna(reason)
+            missing = pc.and_(pc.is_null(values), pc.is_null(reason))
+            message = pa.scalar(f"{name}: missing {what} (column is not nullable)")
+            reason = pc.coalesce(reason, pc.if_else(missing, message, _NULL_STR))
+        error = pc.coalesce(error, reason)
         out[name] = values
-    result = pd.DataFrame(out, index=frame.index)
-    if PATH_COLUMN in frame.columns:
-        result[PATH_COLUMN] = frame[PATH_COLUMN].astype(str)
-    result[ERROR_COLUMN] = error.astype(object).where(error.notna(), None)
-    return result.reset_index(drop=True)
+    for name in PROVENANCE:
+        if name in table.column_names:
+            out[name] = table.column(name)
+    out[ERROR] = error
+    return pa.table(out)
+
+
+def validate_frame(frame: pd.DataFrame, columns: Mapping[str, ColumnSpec],
+                   label: str | None = None) -> pa.Table:
+    """:func:`validate_table` for records that arrive as a DataFrame (serving, tests)."""
+    arrays = {}
+    for name in frame.columns:
+        series = frame[name]
+        if series.dtype == object and series.map(type).nunique() > 1:
+            series = series.map(lambda v: v if v is None else str(v))  # mixed: judge as text
+        arrays[str(name)] = pa.array(series, from_pandas=True)
+    return validate_table(pa.table(arrays), columns, label)
+
+
+def label_strings(labels: pa.ChunkedArray | pa.Array | pd.Series) -> pa.ChunkedArray:
+    """Class labels as text; integral numbers print without a trailing '.0'."""
+    if isinstance(labels, pd.Series):
+        labels = pa.chunked_array([pa.array(labels, from_pandas=True)])
+    if isinstance(labels, pa.Array):
+        labels = pa.chunked_array([labels])
+    if pa.types.is_floating(labels.type):
+        valid = labels.drop_null()
+        if len(valid) == 0 or pc.all(pc.equal(valid, pc.floor(valid))).as_py():
+            labels = pc.cast(labels, pa.int64())
+    return pc.cast(labels, pa.string())
 
 
 def error_kind(reason: str) -> str:
     """The reason without the offending value: ``age: below min 18.0`` for counting."""
-    return reason.split(" (", 1)[0].split(" ('", 1)[0]
+    return reason.split(" ('", 1)[0]
 
 
-def assign_split(
-    frame: pd.DataFrame, columns: list[str], valid_fraction: float, seed: int
-) -> pd.Series:
+# --------------------------------------------------------------------------- split
+
+
+def _finalize(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: spreads every input bit over the whole word."""
+    with np.errstate(over="ignore"):
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return h ^ (h >> np.uint64(31))
+
+
+def _column_keys(arr: pa.ChunkedArray) -> np.ndarray:
+    """A uint64 per value, equal for equal values in any process (no Python hash())."""
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        encoded = pc.dictionary_encode(arr).combine_chunks()
+        words = [int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little")
+                 for v in encoded.dictionary.to_pylist()]
+        table = np.array([*words, 0x5BD1E995], dtype=np.uint64)  # last slot: null
+        idx = encoded.indices.fill_null(len(words)).to_numpy(zero_copy_only=False)
+        return table[idx]
+    if pa.types.is_timestamp(arr.type) or pa.types.is_boolean(arr.type):
+        arr = pc.cast(arr, pa.int64())
+    values = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
+    values = np.where(np.isnan(values), 1.2345e300, values)  # one key for every null
+    return values.view(np.uint64)
+
+
+def assign_split(table: pa.Table, columns: Sequence[str], valid_fraction: float, seed: int
+                 ) -> np.ndarray:
     """'train' or 'valid' per row from a hash of its values: deterministic, order-free.
 
     Identical rows always land in the same split, so duplicates cannot leak across it.
     """
-    key = f"{seed & 0xFFFFFFFFFFFF:016d}"[-16:]
-    hashed = pd.util.hash_pandas_object(frame[columns], index=False, hash_key=key)
-    bucket = (hashed.to_numpy() % np.uint64(1_000_000)).astype(np.float64) / 1_000_000
-    return pd.Series(np.where(bucket < valid_fraction, "valid", "train"), index=frame.index)
+    h = np.full(table.num_rows, np.uint64(seed & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for name in columns:
+            h = _finalize(h ^ _column_keys(table.column(name)))
+    bucket = (h % np.uint64(1_000_000)).astype(np.float64) / 1_000_000
+    return np.where(bucket < valid_fraction, "valid", "train")

@@ -1,24 +1,35 @@
-"""Curated, versioned datasets: ``{root}/curated/{dataset}/v000001/{train,valid,quarantine}``.
+"""Curated, versioned datasets, committed atomically.
 
-A version becomes visible only when its ``manifest.json`` is written, last, after all data
-files: readers list committed versions only, so a crash mid-write leaves nothing half-made
-that anyone could read. The manifest holds the row accounting, the schema, the fitted
-preprocessing state and a fingerprint of the inputs that produced it.
+Layout under ``{root}/curated/{dataset}/``::
+
+    parts/{part-id}/rayops_split={train,valid,quarantine}/*.parquet   immutable data
+    versions/v000001.json                                           the commit
+
+An ingest writes its rows into a new part (the staging prefix), then commits a version by
+writing its manifest: the parts it consists of (earlier versions' parts plus the new one),
+the source items consumed, row accounting, schema, fitted preprocessing state and reference
+profile. Readers only follow manifests, so a crash before the commit leaves nothing anyone
+can see; the orphaned part is removed by the next successful ingest.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import ray.data
+
 from rayops.config import PipelineConfig
 from rayops.data.preprocess import Preprocessor
+from rayops.data.schema import SPLIT
 from rayops.errors import DataError
 from rayops.storage import Location, root_of
 
-MANIFEST = "manifest.json"
-_VERSION_RE = re.compile(r"^v(\d{6})$")
+VERSIONS = "versions"
+PARTS = "parts"
+_VERSION_RE = re.compile(r"^v(\d{6})\.json$")
 
 
 @dataclass(frozen=True)
@@ -27,7 +38,7 @@ class DatasetVersion:
 
     name: str
     version: int
-    location: Location
+    root: Location
     manifest: dict[str, Any]
 
     @property
@@ -35,34 +46,39 @@ class DatasetVersion:
         return f"{self.name}/v{self.version:06d}"
 
     @property
+    def uri(self) -> str:
+        return self.root.join(VERSIONS, f"v{self.version:06d}.json").uri
+
+    @property
     def preprocessor(self) -> Preprocessor:
         return Preprocessor.from_dict(self.manifest["preprocessor"])
 
-    def split(self, name: str) -> Location:
-        return self.location.join(name)
+    def split_locations(self, split: str) -> list[Location]:
+        """Folders holding the split's rows, one per part that has any."""
+        return [self.root.join(PARTS, part["id"], f"{SPLIT}={split}")
+                for part in self.manifest["parts"] if part["rows"].get(split, 0) > 0]
+
+    def read(self, split: str) -> ray.data.Dataset:
+        """The split's typed rows as a lazy Ray Dataset."""
+        locations = self.split_locations(split)
+        if not locations:
+            raise DataError(f"dataset {self.id} has no {split!r} rows")
+        return ray.data.read_parquet([loc.path for loc in locations],
+                                     filesystem=locations[0].fs)
 
 
 def dataset_root(cfg: PipelineConfig) -> Location:
     return root_of(cfg.storage).join("curated", cfg.dataset_name)
 
 
-def version_dir(root: Location, version: int) -> Location:
-    return root.join(f"v{version:06d}")
-
-
-def _numbers(root: Location) -> list[int]:
-    return sorted(int(m.group(1)) for n in root.list_dir() if (m := _VERSION_RE.match(n)))
-
-
 def committed_versions(root: Location) -> list[int]:
-    """Version numbers whose manifest exists, oldest first."""
-    return [v for v in _numbers(root) if version_dir(root, v).join(MANIFEST).exists()]
+    """Committed version numbers, oldest first."""
+    names = root.join(VERSIONS).list_dir()
+    return sorted(int(m.group(1)) for n in names if (m := _VERSION_RE.match(n)))
 
 
-def next_version(root: Location) -> int:
-    """One past every version folder, committed or not, so a leftover is never reused."""
-    numbers = _numbers(root)
-    return (numbers[-1] + 1) if numbers else 1
+def _manifest_location(root: Location, version: int) -> Location:
+    return root.join(VERSIONS, f"v{version:06d}.json")
 
 
 def load_version(cfg: PipelineConfig, version: int | None = None) -> DatasetVersion:
@@ -80,20 +96,37 @@ def load_version(cfg: PipelineConfig, version: int | None = None) -> DatasetVers
             f"dataset {cfg.dataset_name!r} has no committed version {chosen}; "
             f"committed: {versions}"
         )
-    location = version_dir(root, chosen)
-    return DatasetVersion(cfg.dataset_name, chosen, location, location.join(MANIFEST).read_json())
+    manifest = _manifest_location(root, chosen).read_json()
+    return DatasetVersion(cfg.dataset_name, chosen, root, manifest)
 
 
-def find_by_fingerprint(cfg: PipelineConfig, fingerprint: str) -> DatasetVersion | None:
-    """The latest committed version built from exactly these inputs, if any."""
-    root = dataset_root(cfg)
-    for number in reversed(committed_versions(root)):
-        version = load_version(cfg, number)
-        if version.manifest.get("fingerprint") == fingerprint:
-            return version
-    return None
+def latest_version(cfg: PipelineConfig) -> DatasetVersion | None:
+    return load_version(cfg) if committed_versions(dataset_root(cfg)) else None
 
 
-def commit(location: Location, manifest: dict[str, Any]) -> None:
-    """Make a fully written version visible by writing its manifest last."""
-    location.join(MANIFEST).write_json(manifest)
+def new_part(root: Location) -> tuple[str, Location]:
+    """A fresh staging prefix for an ingest's rows."""
+    part_id = uuid.uuid4().hex[:16]
+    return part_id, root.join(PARTS, part_id)
+
+
+def commit(root: Location, manifest: dict[str, Any]) -> int:
+    """Make a fully written version visible by writing its manifest; returns its number."""
+    versions = committed_versions(root)
+    number = (versions[-1] + 1) if versions else 1
+    target = _manifest_location(root, number)
+    if target.exists():  # another ingest committed in between
+        raise DataError(f"version {number} of {root.uri} appeared during this ingest; retry")
+    target.write_json({**manifest, "version": number})
+    return number
+
+
+def remove_orphan_parts(root: Location) -> list[str]:
+    """Delete parts no committed version refers to (left by failed or crashed ingests)."""
+    used: set[str] = set()
+    for number in committed_versions(root):
+        used |= {p["id"] for p in _manifest_location(root, number).read_json()["parts"]}
+    orphans = [p for p in root.join(PARTS).list_dir() if p not in used]
+    for part_id in orphans:
+        root.join(PARTS, part_id).delete_dir()
+    return orphans

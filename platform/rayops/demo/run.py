@@ -10,7 +10,7 @@ import requests
 
 from rayops import demo
 from rayops.config import load_config
-from rayops.data.ingest import source_location
+from rayops.data.ingest import file_source
 from rayops.demo import churn
 from rayops.runtime import init_ray
 
@@ -47,7 +47,7 @@ def run_demo(rows: int, seed: int, port: int, keep_running: bool, overrides: lis
     from rayops.pipeline import run_pipeline
 
     cfg = load_config(demo.config_path(), [f"serve.port={port}", *overrides])
-    raw = source_location(cfg)
+    raw = file_source(cfg).location
     if not raw.list_files():
         logger.info("Writing %d rows of synthetic churn data to %s", rows, raw.uri)
         churn.write(churn.generate(rows, seed), raw)
