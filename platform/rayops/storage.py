@@ -73,14 +73,15 @@ class Location:
 
     def read_bytes(self) -> bytes:
         try:
-            with self.fs.open_input_stream(self.path) as f:
+            with self.fs.open_input_stream(self.path, compression=None) as f:
                 return f.read()
         except FileNotFoundError:
             raise StorageError(f"{self.uri} does not exist") from None
 
     def write_bytes(self, data: bytes) -> None:
         self.parent().makedirs()
-        with self.fs.open_output_stream(self.path) as f:
+        # compression=None: bytes are stored as given, even for names ending in .gz
+        with self.fs.open_output_stream(self.path, compression=None) as f:
             f.write(data)
 
     def read_json(self) -> Any:

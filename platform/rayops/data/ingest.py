@@ -68,10 +68,10 @@ def _raw_json(raw: pa.Table, typed: pa.Table, columns: list[str]) -> pa.ChunkedA
         pa.chunked_array([pa.nulls(typed.num_rows, pa.string())]))
     missing = pc.and_(pc.is_valid(typed.column(schema.ERROR)), pc.is_null(existing))
     picked = np.flatnonzero(missing.to_numpy(zero_copy_only=False))
-    if not picked.size:
+    present = [c for c in columns if c in raw.column_names]
+    if not picked.size or not present:
         return existing
     values = existing.to_pylist()
-    present = [c for c in columns if c in raw.column_names]
     for i, row in zip(picked, raw.select(present).take(picked).to_pylist(), strict=True):
         values[i] = json.dumps(row, default=str)
     return pa.chunked_array([pa.array(values, pa.string())])

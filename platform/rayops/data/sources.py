@@ -14,7 +14,9 @@ or JSON line that cannot be parsed becomes a quarantined row with its line numbe
 
 from __future__ import annotations
 
+import bz2
 import fnmatch
+import gzip
 import io
 import json
 import posixpath
@@ -36,7 +38,7 @@ from rayops.errors import DataError
 from rayops.storage import Location
 
 EXTENSIONS = {
-    "csv": (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".tsv"),
+    "csv": (".csv", ".csv.gz", ".csv.bz2", ".tsv"),
     "json": (".json", ".jsonl", ".ndjson", ".json.gz", ".jsonl.gz", ".ndjson.gz"),
     "parquet": (".parquet", ".pq"),
 }
@@ -151,8 +153,8 @@ def read_file(fs: Any, fmt: str, item: dict[str, Any], columns: list[str]) -> pa
             with fs.open_input_file(path) as f:
                 table = _parquet(f, in_file)
         else:
-            with fs.open_input_stream(path, compression="detect") as f:
-                data = f.read()
+            with fs.open_input_stream(path, compression=None) as f:
+                data = _decompress(path, f.read())
             table = _csv(data, in_file) if fmt == "csv" else _jsonl(data, in_file)
     except Exception as exc:  # corrupt, truncated, not this format: quarantine the file
         message = f"{UNREADABLE}: {type(exc).__name__}: {str(exc)[:300]}"
@@ -161,6 +163,15 @@ def read_file(fs: Any, fmt: str, item: dict[str, Any], columns: list[str]) -> pa
     for key, value in partitions.items():
         table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
     return table.append_column(SOURCE_FILE, pa.array([path] * table.num_rows, pa.string()))
+
+
+def _decompress(path: str, data: bytes) -> bytes:
+    """Whole-file decompression that fails on a truncated or corrupt archive."""
+    if path.endswith(".gz"):
+        return gzip.decompress(data)
+    if path.endswith(".bz2"):
+        return bz2.decompress(data)
+    return data
 
 
 def _parquet(f: Any, columns: list[str]) -> pa.Table:
@@ -173,7 +184,7 @@ def _csv(data: bytes, columns: list[str]) -> pa.Table:
     bad: list[dict[str, Any]] = []
 
     def on_invalid(row: Any) -> str:
-        bad.append({SOURCE_ROW: row.number, RAW: row.text[:2000],
+        bad.append({SOURCE_ROW: row.number, RAW: str(row.text)[:2000],
                     ERROR: f"malformed line: expected {row.expected_columns} fields, "
                            f"got {row.actual_columns}"})
         return "skip"

@@ -55,8 +55,12 @@ class DatasetVersion:
 
     def split_locations(self, split: str) -> list[Location]:
         """Folders holding the split's rows, one per part that has any."""
+        def has_rows(part: dict[str, Any]) -> bool:
+            unreadable = split == "quarantine" and bool(part.get("unreadable"))
+            return part["rows"].get(split, 0) > 0 or unreadable
+
         return [self.root.join(PARTS, part["id"], f"{SPLIT}={split}")
-                for part in self.manifest["parts"] if part["rows"].get(split, 0) > 0]
+                for part in self.manifest["parts"] if has_rows(part)]
 
     def read(self, split: str) -> ray.data.Dataset:
         """The split's typed rows as a lazy Ray Dataset."""
