@@ -136,6 +136,46 @@ def demo(
              overrides=overrides or [])
 
 
+schema_app = typer.Typer(help="Schema contracts.", no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
+
+
+@schema_app.command("infer")
+def schema_infer(
+    source: Annotated[str, typer.Argument(help="File, prefix or glob: s3://..., a path.")],
+    fmt: Annotated[str, typer.Option("--format", help="csv, json (lines) or parquet.")] = "csv",
+    label: Annotated[str | None, typer.Option(help="Column to predict (default: last).")] = None,
+    name: Annotated[str, typer.Option(help="Pipeline name.")] = "my-pipeline",
+    root: Annotated[str, typer.Option(help="storage.root of the proposed config.")] = "./lake",
+    endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint.")] = None,
+    sample_rows: Annotated[int, typer.Option(min=10, help="Rows to look at.")] = 10_000,
+    output: Annotated[Path | None, typer.Option(help="Write the YAML here (default: stdout).")
+                      ] = None,
+) -> None:
+    """Propose a pipeline config with a schema contract inferred from a sample."""
+    import yaml
+
+    from rayops.config import validate_config
+    from rayops.data.infer import propose_config
+    from rayops.data.sources import EXTENSIONS, FileSource
+    from rayops.storage import resolve
+
+    setup_logging()
+    if fmt not in EXTENSIONS:
+        raise typer.BadParameter(f"--format {fmt!r}: use one of {sorted(EXTENSIONS)}")
+    proposal = propose_config(FileSource(resolve(source, endpoint_url), fmt), name, label, root,
+                              sample_rows)
+    proposal["storage"]["endpoint_url"] = endpoint_url
+    validate_config(proposal)  # what we propose must load
+    text = "# Proposed by `rayops schema infer`: review types, nullability and exclusions.\n"
+    text += yaml.safe_dump(proposal, sort_keys=False)
+    if output is None:
+        typer.echo(text)
+    else:
+        output.write_text(text)
+        typer.echo(f"wrote {output}")
+
+
 def _wait_forever() -> None:
     typer.echo("Press Ctrl-C to stop.")
     try:

@@ -111,7 +111,8 @@ class Location:
 def s3_filesystem(endpoint_url: str | None = None, region: str | None = None,
                   credentials: dict[str, str] | None = None) -> pafs.S3FileSystem:
     """pyarrow's S3 client; credentials from ``credentials`` or else the environment."""
-    kwargs: dict[str, Any] = dict(credentials or {})
+    # ensure_bucket creates a missing bucket (never deletes one).
+    kwargs: dict[str, Any] = {**(credentials or {}), "allow_bucket_creation": True}
     if endpoint_url:
         parsed = urlparse(endpoint_url)
         kwargs["endpoint_override"] = parsed.netloc + parsed.path.rstrip("/")

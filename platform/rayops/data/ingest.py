@@ -1,8 +1,8 @@
-"""Raw source items -> validated, split, curated rows -> a committed dataset version.
+"""Raw source items -> a committed, curated dataset version.
 
-One streaming Ray Data pass reads new source items, validates every row against the schema
-contract and writes train/valid/quarantine rows into a new part; a second, columnar pass over
-that part counts rows and gathers statistics. Then the version is committed. For every run:
+Plans what is new in the source, curates it into a new part in one streaming pass
+(:mod:`rayops.data.curate`), checks the bad-row threshold, and commits a version whose
+manifest merges the new part with the earlier ones. For every run:
 rows read = rows kept (train + valid) + rows quarantined, checked and recorded.
 """
 
@@ -14,18 +14,14 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from rayops.config import ColumnSpec, DataConfig, PipelineConfig
-from rayops.data import schema, stats
+from rayops.config import DataConfig, PipelineConfig
+from rayops.data import stats
+from rayops.data.curate import PartSummary, describe, used_columns, write_part
 from rayops.data.preprocess import Preprocessor, fit
-from rayops.data.sources import UNREADABLE, FileSource, Source
+from rayops.data.sources import FileSource, Source
 from rayops.data.versions import (
     DatasetVersion,
     commit,
@@ -36,149 +32,14 @@ from rayops.data.versions import (
     remove_orphan_parts,
 )
 from rayops.errors import DataError
-from rayops.storage import Location, ensure_bucket, resolve_under, root_of
+from rayops.storage import ensure_bucket, resolve_under, root_of
 
 logger = logging.getLogger(__name__)
-
-
-def used_columns(data: DataConfig) -> dict[str, ColumnSpec]:
-    """The declared columns an ingest reads and keeps: features and label."""
-    return {name: data.columns[name] for name in [*data.feature_names, data.label]}
 
 
 def file_source(cfg: PipelineConfig) -> FileSource:
     location = resolve_under(root_of(cfg.storage), cfg.data.source, cfg.storage)
     return FileSource(location, cfg.data.format)
-
-
-# --------------------------------------------------------------------------- per block
-
-
-def _output_schema(columns: Mapping[str, ColumnSpec]) -> pa.Schema:
-    return pa.schema(
-        [(n, schema.ARROW_TYPES[s.type]) for n, s in columns.items()]
-        + [(schema.SOURCE_FILE, pa.string()), (schema.SOURCE_ROW, pa.int64()),
-           (schema.RAW, pa.string()), (schema.ERROR, pa.string()), (schema.SPLIT, pa.string())]
-    )
-
-
-def _raw_json(raw: pa.Table, typed: pa.Table, columns: list[str]) -> pa.ChunkedArray:
-    """RAW, filled for rejected rows that lack it with their original values as JSON."""
-    existing = typed.column(schema.RAW) if schema.RAW in typed.column_names else (
-        pa.chunked_array([pa.nulls(typed.num_rows, pa.string())]))
-    missing = pc.and_(pc.is_valid(typed.column(schema.ERROR)), pc.is_null(existing))
-    picked = np.flatnonzero(missing.to_numpy(zero_copy_only=False))
-    present = [c for c in columns if c in raw.column_names]
-    if not picked.size or not present:
-        return existing
-    values = existing.to_pylist()
-    for i, row in zip(picked, raw.select(present).take(picked).to_pylist(), strict=True):
-        values[i] = json.dumps(row, default=str)
-    return pa.chunked_array([pa.array(values, pa.string())])
-
-
-def validate_batch(raw: pa.Table, data: DataConfig) -> pa.Table:
-    """Typed columns, provenance, ERROR and the split ('train', 'valid', 'quarantine')."""
-    columns = used_columns(data)
-    typed = schema.validate_table(raw, columns, data.label)
-    error = typed.column(schema.ERROR)
-    if data.null_strategy == "drop":
-        for name in data.feature_names:
-            dropped = pa.scalar(f"{name}: null dropped (null_strategy=drop)")
-            nulls = pc.and_(pc.is_null(typed.column(name)), pc.is_null(error))
-            error = pc.if_else(nulls, dropped, error)
-    split = schema.assign_split(typed, list(columns), data.valid_fraction, data.seed)
-    split = np.where(pc.is_valid(error).to_numpy(zero_copy_only=False), "quarantine", split)
-    typed = typed.set_column(typed.column_names.index(schema.ERROR), schema.ERROR, error)
-    out = {n: typed.column(n) for n in columns}
-    for name in (schema.SOURCE_FILE, schema.SOURCE_ROW):
-        out[name] = typed.column(name) if name in typed.column_names else pa.nulls(
-            typed.num_rows)
-    out[schema.RAW] = _raw_json(raw, typed, list(columns))
-    out[schema.ERROR] = error
-    out[schema.SPLIT] = pa.array(split, pa.string())
-    return pa.table(out).cast(_output_schema(columns))
-
-
-def part_stats_batch(table: pa.Table, data: DataConfig) -> dict[str, np.ndarray]:
-    """One JSON row per block of a written part: counts by split and reason, train stats."""
-    split = table.column(schema.SPLIT)
-    errors = table.filter(pc.equal(split, "quarantine")).column(schema.ERROR).to_pylist()
-    unreadable = [(f, e) for f, e in zip(
-        table.filter(pc.equal(split, "quarantine")).column(schema.SOURCE_FILE).to_pylist(),
-        errors, strict=True) if e.startswith(UNREADABLE)]
-    train = table.filter(pc.equal(split, "train"))
-    valid_labels = pc.value_counts(pc.cast(
-        table.filter(pc.equal(split, "valid")).column(data.label), pa.string())).to_pylist()
-    summary = {
-        "train": train.num_rows,
-        "valid": int(pc.sum(pc.equal(split, "valid")).as_py() or 0),
-        "quarantine": len(errors) - len(unreadable),
-        "reasons": dict(Counter(schema.error_kind(e) for e in errors
-                                if not e.startswith(UNREADABLE))),
-        "unreadable": [{"path": f, "reason": e} for f, e in unreadable],
-        "valid_labels": {v["values"]: v["counts"] for v in valid_labels},
-        "stats": stats.table_stats(train, used_columns(data), data.label, data.task),
-    }
-    return {"summary": np.array([json.dumps(summary)])}
-
-
-# --------------------------------------------------------------------------- summary
-
-
-@dataclass(frozen=True)
-class PartSummary:
-    """What one ingest run read and where each row went."""
-
-    files: int
-    rows: dict[str, int]
-    reasons: dict[str, int]
-    unreadable: list[dict[str, str]]
-    valid_labels: dict[str, int]
-    stats: dict[str, Any] = field(repr=False)
-
-    @property
-    def read(self) -> int:
-        return self.rows["read"]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"files": self.files, "rows": self.rows, "reasons": self.reasons,
-                "unreadable": self.unreadable, "valid_labels": self.valid_labels,
-                "stats": self.stats}
-
-
-def summarize_part(location: Location, data: DataConfig, files: int) -> PartSummary:
-    import ray.data
-
-    if not location.list_files():  # nothing written: every item was empty
-        rows = {"read": 0, "train": 0, "valid": 0, "quarantine": 0}
-        return PartSummary(files, rows, {}, [], {}, {})
-    parts = [json.loads(s) for s in ray.data.read_parquet(
-        location.path, filesystem=location.fs
-    ).map_batches(part_stats_batch, batch_format="pyarrow", fn_kwargs={"data": data}
-                  ).to_pandas()["summary"]]
-    reasons: Counter[str] = Counter()
-    labels: Counter[str] = Counter()
-    for p in parts:
-        reasons.update(p["reasons"])
-        labels.update(p["valid_labels"])
-    rows = {k: sum(p[k] for p in parts) for k in ("train", "valid", "quarantine")}
-    rows["read"] = rows["train"] + rows["valid"] + rows["quarantine"]
-    if sum(reasons.values()) != rows["quarantine"]:
-        raise DataError(f"row accounting does not add up: {rows} vs reasons {dict(reasons)}")
-    unreadable = [u for p in parts for u in p["unreadable"]]
-    return PartSummary(files, rows, dict(reasons.most_common()), unreadable, dict(labels),
-                       stats.merge(p["stats"] for p in parts))
-
-
-def describe(summary: PartSummary) -> str:
-    r = summary.rows
-    lines = [f"files read: {summary.files} ({len(summary.unreadable)} unreadable)",
-             f"rows read: {r['read']} = kept {r['train'] + r['valid']} (train {r['train']}, "
-             f"valid {r['valid']}) + quarantined {r['quarantine']}"]
-    lines += [f"  quarantined {n}: {reason}" for reason, n in summary.reasons.items()]
-    lines += [f"  unreadable file {u['path']}: {u['reason']}" for u in summary.unreadable]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- planning
@@ -233,16 +94,6 @@ def _manifest(cfg: PipelineConfig, source: Source, parts: list[dict[str, Any]],
     }
 
 
-def _write_part(cfg: PipelineConfig, source: Source, items: list[dict[str, Any]],
-                location: Location) -> PartSummary:
-    raw = source.read(items, list(used_columns(cfg.data)))
-    validated = raw.map_batches(validate_batch, batch_format="pyarrow",
-                                fn_kwargs={"data": cfg.data})
-    validated.write_parquet(location.path, filesystem=location.fs,
-                            partition_cols=[schema.SPLIT])
-    return summarize_part(location, cfg.data, len(items))
-
-
 def _check_threshold(summary: PartSummary, data: DataConfig) -> None:
     bad = summary.rows["quarantine"]
     if summary.read and bad / summary.read > data.max_quarantine_fraction:
@@ -269,7 +120,7 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
 
     part_id, location = new_part(root)
     logger.info("Ingesting %d new item(s) from %s into part %s", len(todo), source.uri, part_id)
-    summary = _write_part(cfg, source, todo, location)
+    summary = write_part(source, todo, location, cfg.data)
     logger.info("Ingest summary:\n%s", describe(summary))
     try:
         _check_threshold(summary, cfg.data)

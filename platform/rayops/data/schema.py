@@ -28,7 +28,7 @@ PROVENANCE = (SOURCE_FILE, SOURCE_ROW, RAW)
 NULL_STRINGS = ["", "NA", "N/A", "n/a", "na", "null", "NULL", "None", "none", "NaN", "nan", "-"]
 _TRUE = ["true", "t", "yes", "y", "1", "1.0"]
 _FALSE = ["false", "f", "no", "n", "0", "0.0"]
-_NUMBER_RE = r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$"
+NUMBER_RE = r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$"
 _NULL_STR = pa.scalar(None, pa.string())
 
 ARROW_TYPES: dict[str, pa.DataType] = {
@@ -45,7 +45,7 @@ def _is_text(arr: pa.ChunkedArray) -> bool:
     return pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
 
 
-def _text(arr: pa.ChunkedArray) -> pa.ChunkedArray:
+def text_values(arr: pa.ChunkedArray) -> pa.ChunkedArray:
     """Trimmed text with the usual null markers ('', 'NA', 'null', ...) turned into nulls."""
     if not _is_text(arr):
         arr = pc.cast(arr, pa.string())
@@ -55,16 +55,19 @@ def _text(arr: pa.ChunkedArray) -> pa.ChunkedArray:
 
 def _reason(mask: pa.ChunkedArray, name: str, problem: str, shown: pa.ChunkedArray) -> pa.Array:
     """``"{name}: {problem} ('{value}')"`` where ``mask`` is true, null elsewhere."""
+    mask = pc.fill_null(mask, False)
+    if not pc.any(mask).as_py():  # the common case: skip building strings for every row
+        return pa.nulls(len(mask), pa.string())
     text = pc.binary_join_element_wise(f"{name}: {problem} ('", pc.cast(shown, pa.string()),
                                        "')", "")
-    return pc.if_else(pc.fill_null(mask, False), text, _NULL_STR)
+    return pc.if_else(mask, text, _NULL_STR)
 
 
 def _cast_numeric(name: str, raw: pa.ChunkedArray, spec: ColumnSpec
                   ) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
     if _is_text(raw) or pa.types.is_null(raw.type):
-        shown = _text(raw)
-        ok = pc.match_substring_regex(shown, _NUMBER_RE)
+        shown = text_values(raw)
+        ok = pc.match_substring_regex(shown, NUMBER_RE)
         values = pc.cast(pc.if_else(ok, shown, _NULL_STR), pa.float64())
         reason = _reason(pc.invert(ok), name, "not a finite number", shown)
     elif pa.types.is_integer(raw.type) or pa.types.is_floating(raw.type):
@@ -98,7 +101,7 @@ def _range_reason(name: str, values: pa.ChunkedArray, spec: ColumnSpec,
 
 def _cast_categorical(name: str, raw: pa.ChunkedArray, spec: ColumnSpec
                       ) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
-    values = _text(raw)
+    values = text_values(raw)
     reason = pa.nulls(len(values), pa.string())
     if spec.values is not None:
         unknown = pc.invert(pc.is_in(values, value_set=pa.array(spec.values)))
@@ -111,7 +114,7 @@ def _cast_boolean(name: str, raw: pa.ChunkedArray, spec: ColumnSpec
                   ) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
     if pa.types.is_boolean(raw.type):
         return raw, pa.nulls(len(raw), pa.string())
-    text = pc.utf8_lower(_text(raw))
+    text = pc.utf8_lower(text_values(raw))
     true, false = pc.is_in(text, value_set=pa.array(_TRUE)), pc.is_in(text, value_set=pa.array(
         _FALSE))
     values = pc.if_else(true, True, pc.if_else(false, False, pa.scalar(None, pa.bool_())))
@@ -125,7 +128,7 @@ def _cast_datetime(name: str, raw: pa.ChunkedArray, spec: ColumnSpec
     if pa.types.is_timestamp(raw.type):
         values = raw if raw.type.tz else pc.assume_timezone(raw, "UTC")
         return pc.cast(values, target), pa.nulls(len(raw), pa.string())
-    text = _text(raw)
+    text = text_values(raw)
     parsed = pd.to_datetime(text.to_pandas(), errors="coerce", utc=True, format="ISO8601")
     values = pa.chunked_array([pa.Array.from_pandas(parsed, type=target)])
     bad = pc.and_(pc.is_valid(text), pc.is_null(values))

@@ -104,8 +104,11 @@ class FileSource:
         return items
 
     def read(self, items: Sequence[dict[str, Any]], columns: Sequence[str]) -> ray.data.Dataset:
-        return ray.data.read_datasource(_FilesDatasource(self.location, self.fmt, list(items),
-                                                         list(columns)))
+        # One block per file: Ray then fuses read, validation and write into one task
+        # per file instead of splitting blocks and shipping raw rows between tasks.
+        return ray.data.read_datasource(
+            _FilesDatasource(self.location, self.fmt, list(items), list(columns)),
+            override_num_blocks=max(1, len(items)))
 
 
 # --------------------------------------------------------------------------- reading
@@ -143,11 +146,14 @@ def _reader(fs: Any, fmt: str, group: list[dict[str, Any]], columns: list[str]) 
     return read
 
 
-def read_file(fs: Any, fmt: str, item: dict[str, Any], columns: list[str]) -> pa.Table:
-    """All rows of one file, with provenance; an unreadable file is one ERROR row."""
+def read_file(fs: Any, fmt: str, item: dict[str, Any], columns: list[str] | None
+              ) -> pa.Table:
+    """All rows of one file (``columns`` of it, or every column when None), with
+    provenance; an unreadable file is one ERROR row."""
     path = item["path"]
     partitions = item.get("partitions", {})
-    in_file = [c for c in columns if c not in partitions]  # hive folders supply the rest
+    # hive folders supply their columns
+    in_file = None if columns is None else [c for c in columns if c not in partitions]
     try:
         if fmt == "parquet":
             with fs.open_input_file(path) as f:
@@ -174,14 +180,19 @@ def _decompress(path: str, data: bytes) -> bytes:
     return data
 
 
-def _parquet(f: Any, columns: list[str]) -> pa.Table:
+def _parquet(f: Any, columns: list[str] | None) -> pa.Table:
     available = pq.ParquetFile(f).schema_arrow.names
-    table = pq.read_table(f, columns=[c for c in columns if c in available])
+    table = pq.read_table(f, columns=[c for c in columns or available if c in available])
     return table.append_column(SOURCE_ROW, pa.array(range(1, table.num_rows + 1), pa.int64()))
 
 
-def _csv(data: bytes, columns: list[str]) -> pa.Table:
+def _csv(data: bytes, columns: list[str] | None) -> pa.Table:
     bad: list[dict[str, Any]] = []
+    if columns is None:  # every column of the header
+        header = pacsv.open_csv(io.BytesIO(data), read_options=pacsv.ReadOptions(
+            use_threads=False), parse_options=pacsv.ParseOptions(
+            invalid_row_handler=lambda row: "skip"))
+        columns = header.schema.names
 
     def on_invalid(row: Any) -> str:
         bad.append({SOURCE_ROW: row.number, RAW: str(row.text)[:2000],
@@ -213,10 +224,11 @@ def _good_line_numbers(good: int, bad_lines: list[int | None]) -> np.ndarray:
     return np.setdiff1d(candidates, skip, assume_unique=True)[:good]
 
 
-def _jsonl(data: bytes, columns: list[str]) -> pa.Table:
+def _jsonl(data: bytes, columns: list[str] | None) -> pa.Table:
     try:  # fast path: consistent types on every line
         table = pajson.read_json(io.BytesIO(data))
-        table = table.select([c for c in columns if c in table.column_names])
+        table = table.select([c for c in columns or table.column_names
+                              if c in table.column_names])
         return table.append_column(SOURCE_ROW, pa.array(range(1, table.num_rows + 1), pa.int64()))
     except pa.ArrowInvalid:
         pass
@@ -234,8 +246,10 @@ def _jsonl(data: bytes, columns: list[str]) -> pa.Table:
         if problem:
             records.append({SOURCE_ROW: number, RAW: line[:2000], ERROR: problem})
         else:
-            row = {c: _as_text(value.get(c)) for c in columns}
-            records.append({**row, SOURCE_ROW: number})
+            keys = columns if columns is not None else list(value)
+            records.append({**{c: _as_text(value.get(c)) for c in keys}, SOURCE_ROW: number})
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in records for k in r if not k.startswith("_")))
     schema = pa.schema([(c, pa.string()) for c in columns] + [
         (SOURCE_ROW, pa.int64()), (RAW, pa.string()), (ERROR, pa.string())])
     return pa.Table.from_pylist(records, schema=schema)

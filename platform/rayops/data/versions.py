@@ -22,6 +22,7 @@ from typing import Any
 import ray.data
 
 from rayops.config import PipelineConfig
+from rayops.data.context import data_context
 from rayops.data.preprocess import Preprocessor
 from rayops.data.schema import SPLIT
 from rayops.errors import DataError
@@ -67,8 +68,15 @@ class DatasetVersion:
         locations = self.split_locations(split)
         if not locations:
             raise DataError(f"dataset {self.id} has no {split!r} rows")
+        return read_parquet(locations)
+
+
+def read_parquet(locations: list[Location], columns: list[str] | None = None
+                 ) -> ray.data.Dataset:
+    """Ray Data's Parquet reader on curated folders (hive ``rayops_split=`` parsed)."""
+    with data_context():
         return ray.data.read_parquet([loc.path for loc in locations],
-                                     filesystem=locations[0].fs)
+                                     filesystem=locations[0].fs, columns=columns)
 
 
 def dataset_root(cfg: PipelineConfig) -> Location:

@@ -1,0 +1,196 @@
+"""Curating one batch of source items in a single streaming pass (Ray Data).
+
+Each task reads whole files, validates every row against the schema contract, assigns it to
+train, valid or quarantine, writes the rows into the part's Parquet folders and returns a
+small summary: row counts by split and reason, unreadable files, and the mergeable
+statistics of the training rows. Raw data never goes through the object store twice.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from ray.data.datasource import Datasink
+
+from rayops.config import ColumnSpec, DataConfig
+from rayops.data import schema, stats
+from rayops.data.context import data_context
+from rayops.data.sources import UNREADABLE, Source
+from rayops.errors import DataError
+from rayops.storage import Location
+
+SPLITS = ("train", "valid", "quarantine")
+
+
+def used_columns(data: DataConfig) -> dict[str, ColumnSpec]:
+    """The declared columns an ingest reads and keeps: features and label."""
+    return {name: data.columns[name] for name in [*data.feature_names, data.label]}
+
+
+# --------------------------------------------------------------------------- per block
+
+
+def _output_schema(columns: Mapping[str, ColumnSpec]) -> pa.Schema:
+    return pa.schema(
+        [(n, schema.ARROW_TYPES[s.type]) for n, s in columns.items()]
+        + [(schema.SOURCE_FILE, pa.string()), (schema.SOURCE_ROW, pa.int64()),
+           (schema.RAW, pa.string()), (schema.ERROR, pa.string()), (schema.SPLIT, pa.string())]
+    )
+
+
+def _raw_json(raw: pa.Table, typed: pa.Table, columns: list[str]) -> pa.ChunkedArray:
+    """RAW, filled for rejected rows that lack it with their original values as JSON."""
+    existing = typed.column(schema.RAW) if schema.RAW in typed.column_names else (
+        pa.chunked_array([pa.nulls(typed.num_rows, pa.string())]))
+    missing = pc.and_(pc.is_valid(typed.column(schema.ERROR)), pc.is_null(existing))
+    picked = np.flatnonzero(missing.to_numpy(zero_copy_only=False))
+    present = [c for c in columns if c in raw.column_names]
+    if not picked.size or not present:
+        return existing
+    values = existing.to_pylist()
+    for i, row in zip(picked, raw.select(present).take(picked).to_pylist(), strict=True):
+        values[i] = json.dumps(row, default=str)
+    return pa.chunked_array([pa.array(values, pa.string())])
+
+
+def validate_batch(raw: pa.Table, data: DataConfig) -> pa.Table:
+    """Typed columns, provenance, ERROR and the split ('train', 'valid', 'quarantine')."""
+    columns = used_columns(data)
+    typed = schema.validate_table(raw, columns, data.label)
+    error = typed.column(schema.ERROR)
+    if data.null_strategy == "drop":
+        for name in data.feature_names:
+            dropped = pa.scalar(f"{name}: null dropped (null_strategy=drop)")
+            nulls = pc.and_(pc.is_null(typed.column(name)), pc.is_null(error))
+            error = pc.if_else(nulls, dropped, error)
+    split = schema.assign_split(typed, list(columns), data.valid_fraction, data.seed)
+    split = np.where(pc.is_valid(error).to_numpy(zero_copy_only=False), "quarantine", split)
+    typed = typed.set_column(typed.column_names.index(schema.ERROR), schema.ERROR, error)
+    out = {n: typed.column(n) for n in columns}
+    for name in (schema.SOURCE_FILE, schema.SOURCE_ROW):
+        out[name] = typed.column(name) if name in typed.column_names else pa.nulls(
+            typed.num_rows)
+    out[schema.RAW] = _raw_json(raw, typed, list(columns))
+    out[schema.ERROR] = error
+    out[schema.SPLIT] = pa.array(split, pa.string())
+    return pa.table(out).cast(_output_schema(columns))
+
+
+def block_summary(table: pa.Table, data: DataConfig) -> dict[str, Any]:
+    """Counts by split and reason, unreadable files and training statistics of one block."""
+    split = table.column(schema.SPLIT)
+    rejected = table.filter(pc.equal(split, "quarantine"))
+    errors = rejected.column(schema.ERROR).to_pylist()
+    files = rejected.column(schema.SOURCE_FILE).to_pylist()
+    unreadable = [{"path": f, "reason": e} for f, e in zip(files, errors, strict=True)
+                  if e.startswith(UNREADABLE)]
+    train = table.filter(pc.equal(split, "train"))
+    valid = table.filter(pc.equal(split, "valid"))
+    labels = pc.value_counts(schema.label_strings(valid.column(data.label))).to_pylist()
+    return {
+        "rows": {"train": train.num_rows, "valid": valid.num_rows,
+                 "quarantine": len(errors) - len(unreadable)},
+        "reasons": dict(Counter(schema.error_kind(e) for e in errors
+                                if not e.startswith(UNREADABLE))),
+        "unreadable": unreadable,
+        "valid_labels": {v["values"]: v["counts"] for v in labels},
+        "stats": stats.table_stats(train, used_columns(data), data.label, data.task),
+    }
+
+
+@dataclass(frozen=True)
+class PartSummary:
+    """What one ingest run read and where each row went."""
+
+    files: int
+    rows: dict[str, int]
+    reasons: dict[str, int]
+    unreadable: list[dict[str, str]]
+    valid_labels: dict[str, int]
+    stats: dict[str, Any] = field(repr=False)
+
+    @property
+    def read(self) -> int:
+        return self.rows["read"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"files": self.files, "rows": self.rows, "reasons": self.reasons,
+                "unreadable": self.unreadable, "valid_labels": self.valid_labels,
+                "stats": self.stats}
+
+
+def merge_summaries(parts: Iterable[Mapping[str, Any]], files: int) -> PartSummary:
+    """One :class:`PartSummary` from block summaries; checks the row accounting."""
+    parts = list(parts)
+    reasons: Counter[str] = Counter()
+    labels: Counter[str] = Counter()
+    for p in parts:
+        reasons.update(p["reasons"])
+        labels.update(p["valid_labels"])
+    rows = {k: sum(p["rows"][k] for p in parts) for k in SPLITS}
+    rows["read"] = sum(rows.values())
+    if sum(reasons.values()) != rows["quarantine"]:
+        raise DataError(f"row accounting does not add up: {rows} vs reasons {dict(reasons)}")
+    return PartSummary(files, rows, dict(reasons.most_common()),
+                       [u for p in parts for u in p["unreadable"]], dict(labels),
+                       stats.merge(p["stats"] for p in parts))
+
+
+def write_block(table: pa.Table, location: Location, name: str) -> None:
+    """The block's rows into ``{location}/rayops_split={split}/{name}.parquet``."""
+    for split in SPLITS:
+        rows = table.filter(pc.equal(table.column(schema.SPLIT), split))
+        if rows.num_rows:
+            target = location.join(f"{schema.SPLIT}={split}", f"{name}.parquet")
+            target.parent().makedirs()
+            pq.write_table(rows.drop_columns([schema.SPLIT]), target.path, filesystem=target.fs)
+
+
+class PartSink(Datasink[list[dict[str, Any]]]):
+    """Writes validated blocks into a part and hands their summaries back to the driver."""
+
+    def __init__(self, location: Location, data: DataConfig) -> None:
+        self.location, self.data = location, data
+        self.summaries: list[dict[str, Any]] = []
+
+    def write(self, blocks: Iterable[Any], ctx: Any) -> list[dict[str, Any]]:
+        out = []
+        for block in blocks:
+            table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
+            write_block(table, self.location, uuid.uuid4().hex[:16])
+            out.append(block_summary(table, self.data))
+        return out
+
+    def on_write_complete(self, write_result: Any) -> None:
+        self.summaries = [s for task in write_result.write_returns for s in task]
+
+
+def write_part(source: Source, items: list[dict[str, Any]], location: Location,
+               data: DataConfig) -> PartSummary:
+    """The single streaming pass over ``items``: read, validate, write, summarize."""
+    with data_context():
+        raw = source.read(items, list(used_columns(data)))
+        validated = raw.map_batches(validate_batch, batch_format="pyarrow", batch_size=None,
+                                    fn_kwargs={"data": data})
+    sink = PartSink(location, data)
+    validated.write_datasink(sink)
+    return merge_summaries(sink.summaries, len(items))
+
+
+def describe(summary: PartSummary) -> str:
+    r = summary.rows
+    lines = [f"files read: {summary.files} ({len(summary.unreadable)} unreadable)",
+             f"rows read: {r['read']} = kept {r['train'] + r['valid']} (train {r['train']}, "
+             f"valid {r['valid']}) + quarantined {r['quarantine']}"]
+    lines += [f"  quarantined {n}: {reason}" for reason, n in summary.reasons.items()]
+    lines += [f"  unreadable file {u['path']}: {u['reason']}" for u in summary.unreadable]
+    return "\n".join(lines)

@@ -1,0 +1,93 @@
+"""Propose a schema contract from a sample of raw files (``rayops schema infer``).
+
+The proposal is a starting point the user edits: types from the values seen, the label
+non-nullable, id-like columns excluded. Every feature stays nullable, since a sample
+without nulls proves nothing about the next file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rayops.data.schema import ERROR, NUMBER_RE, text_values
+from rayops.data.sources import FileSource, read_file
+
+_BOOLEAN_WORDS = {"true", "false", "yes", "no", "t", "f", "y", "n"}
+MAX_CATEGORIES = 100
+FIT = 0.95  # share of sampled values that must fit a type for it to be proposed
+_DATETIME_RE = r"^\d{4}-\d{2}-\d{2}([T ][\d:.]+)?(Z|[+-][\d:]+)?$"
+
+
+def sample(source: FileSource, rows: int) -> pa.Table:
+    """Up to ``rows`` rows from the first files of the source (read on this machine)."""
+    tables: list[pa.Table] = []
+    for item in source.snapshot():
+        table = read_file(source.location.fs, source.fmt, item, columns=None)
+        if ERROR in table.column_names:  # drop malformed lines and unreadable files
+            table = table.filter(pc.is_null(table.column(ERROR)))
+        tables.append(table)
+        if sum(t.num_rows for t in tables) >= rows:
+            break
+    return pa.concat_tables(tables, promote_options="permissive").slice(0, rows)
+
+
+def infer_column(values: pa.ChunkedArray) -> dict[str, Any]:
+    """The column spec that fits every non-null sampled value."""
+    if pa.types.is_boolean(values.type):
+        return {"type": "boolean"}
+    if pa.types.is_integer(values.type):
+        return {"type": "integer"}
+    if pa.types.is_floating(values.type):
+        return {"type": "numeric"}
+    if pa.types.is_timestamp(values.type) or pa.types.is_date(values.type):
+        return {"type": "datetime"}
+    text = text_values(values).drop_null()
+    if len(text) == 0:
+        return {"type": "categorical"}
+
+    def share(mask: pa.ChunkedArray) -> float:
+        return float(pc.mean(pc.cast(mask, pa.float64())).as_py())
+
+    # A type wins when nearly every value fits it: the few that do not are the malformed
+    # values the contract should quarantine, not evidence of another type.
+    if share(pc.is_in(pc.utf8_lower(text), value_set=pa.array(sorted(_BOOLEAN_WORDS)))) >= FIT:
+        return {"type": "boolean"}
+    numeric = pc.match_substring_regex(text, NUMBER_RE)
+    if share(numeric) >= FIT:
+        numbers = pc.cast(text.filter(numeric), pa.float64())
+        integral = pc.all(pc.equal(numbers, pc.floor(numbers))).as_py()
+        return {"type": "integer" if integral else "numeric"}
+    if share(pc.match_substring_regex(text, _DATETIME_RE)) >= FIT:
+        return {"type": "datetime"}
+    distinct = len(pc.unique(text))
+    return {"type": "categorical" if distinct <= MAX_CATEGORIES else "text"}
+
+
+def _id_like(name: str, values: pa.ChunkedArray) -> bool:
+    distinct = len(pc.unique(values.drop_null()))
+    return distinct > 0.95 * max(len(values), 1) and ("id" in name.lower().split("_")
+                                                       or name.lower().endswith("id"))
+
+
+def propose_config(source: FileSource, name: str, label: str | None, root: str,
+                   rows: int = 10_000) -> dict[str, Any]:
+    """A pipeline config (as a dict) for the source, ready to be written as YAML."""
+    table = sample(source, rows)
+    names = [n for n in table.column_names if not n.startswith("_")]
+    columns = {n: infer_column(table.column(n)) for n in names}
+    chosen = label if label in columns else names[-1]
+    columns[chosen]["nullable"] = False
+    numeric_label = columns[chosen]["type"] in ("numeric",) or (
+        columns[chosen]["type"] == "integer"
+        and len(pc.unique(table.column(chosen))) > 20)
+    exclude = [n for n in names if n != chosen and _id_like(n, table.column(n))]
+    return {
+        "name": name,
+        "storage": {"root": root},
+        "data": {"source": source.uri, "format": source.fmt, "label": chosen,
+                 "task": "regression" if numeric_label else "classification",
+                 "exclude": exclude, "columns": columns},
+    }

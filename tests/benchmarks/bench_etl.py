@@ -1,0 +1,199 @@
+"""ETL throughput: rayops ingest (Ray Data) against a single-process pyarrow baseline.
+
+Both do the same work on the same raw CSV files (churn data with ~1% malformed values):
+read, validate against the schema contract, split, write train/valid/quarantine Parquet, and
+gather the statistics the preprocessing is fitted from. The baseline calls the same per-file
+and per-block functions in one process, so the ratio measures what Ray Data's parallelism
+gains and its overhead costs. Runs on the local default and on a moto S3 endpoint.
+
+    .venv/bin/python tests/benchmarks/bench_etl.py [--rows 5000000] [--skip-s3]
+
+The last line printed is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from rayops.config import PipelineConfig, load_config
+from rayops.data import stats
+from rayops.data.curate import (
+    block_summary,
+    merge_summaries,
+    used_columns,
+    validate_batch,
+    write_block,
+)
+from rayops.data.ingest import file_source, ingest
+from rayops.data.preprocess import fit
+from rayops.data.sources import read_file
+from rayops.demo import churn, config_path
+from rayops.storage import Location, ensure_bucket, root_of
+
+
+class PeakMemory:
+    """Peak resident memory of this process and all its children (Ray's workers too)."""
+
+    def __init__(self) -> None:
+        self.peak_tree = self.peak_self = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            try:
+                own = me.memory_info().rss
+                tree = own + sum(c.memory_info().rss for c in me.children(recursive=True))
+            except psutil.Error:
+                continue
+            self.peak_self, self.peak_tree = max(self.peak_self, own), max(self.peak_tree, tree)
+            time.sleep(0.2)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def generate(target: Location, rows: int, files: int) -> int:
+    per_file = rows // files
+    for i in range(files):
+        frame = churn.generate(per_file, seed=1000 + i)
+        churn.write(frame, target.join(f"batch-{i:04d}"), files=1)
+    return per_file * files
+
+
+def baseline(cfg: PipelineConfig, out: Location) -> int:
+    """The same read -> validate -> split -> write -> statistics, file by file, no Ray."""
+    source = file_source(cfg)
+    columns = list(used_columns(cfg.data))
+    items = source.snapshot()
+    summaries = []
+    for n, item in enumerate(items):
+        table = validate_batch(read_file(source.location.fs, "csv", item, columns), cfg.data)
+        write_block(table, out, f"{n:05d}")
+        summaries.append(block_summary(table, cfg.data))
+    summary = merge_summaries(summaries, len(items))
+    fit(stats.merge([summary.stats]), cfg.data)
+    return summary.read
+
+
+def measure(name: str, fn: Any) -> dict[str, Any]:
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        rows = fn()
+        seconds = time.perf_counter() - start
+    figures = {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
+               "peak_rss_mb": round(memory.peak_tree / 2**20),
+               "peak_driver_rss_mb": round(memory.peak_self / 2**20)}
+    print(f"{name:28s} {rows:>9,} rows in {seconds:7.1f}s = {figures['rows_per_s']:>9,} rows/s"
+          f"  peak RSS {figures['peak_rss_mb']:,} MB (driver {figures['peak_driver_rss_mb']} MB)",
+          flush=True)
+    return figures
+
+
+def warm_up(cfg: PipelineConfig) -> None:
+    """Pay the one-time costs outside the timed runs: the MLflow store's tables and Ray
+    workers importing rayops. Both are per cluster, not per row."""
+    small = cfg.with_overrides({"data.source": "warmup", "data.dataset": "warmup"})
+    generate(file_source(small).location, 4000, 4)
+    ingest(small)
+
+
+def run_store(label: str, cfg: PipelineConfig, rows: int, files: int) -> dict[str, Any]:
+    ensure_bucket(root_of(cfg.storage))
+    warm_up(cfg)
+    start = time.perf_counter()
+    written = generate(file_source(cfg).location, rows, files)
+    print(f"[{label}] generated {written:,} rows in {files} CSV files "
+          f"({time.perf_counter() - start:.0f}s)", flush=True)
+    base = measure(f"[{label}] pyarrow baseline", lambda: baseline(
+        cfg, root_of(cfg.storage).join("baseline")))
+    ray_figs = measure(f"[{label}] rayops ingest", lambda: ingest(cfg).manifest["rows"]["read"])
+    ratio = ray_figs["rows_per_s"] / base["rows_per_s"]
+    print(f"[{label}] ratio rayops/baseline = {ratio:.2f}", flush=True)
+    return {"baseline": base, "rayops": ray_figs, "ratio": round(ratio, 3)}
+
+
+def start_moto(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import requests
+
+    for _ in range(100):
+        try:
+            requests.get(f"http://127.0.0.1:{port}", timeout=1)
+            return proc
+        except requests.RequestException:
+            time.sleep(0.2)
+    raise RuntimeError("moto server did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=5_000_000)
+    parser.add_argument("--files", type=int, default=50)
+    parser.add_argument("--object-store-mb", type=int, default=256,
+                        help="Ray object store size; below the data size on purpose.")
+    parser.add_argument("--skip-s3", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    import ray
+
+    work = Path(tempfile.mkdtemp(prefix="rayops-bench-etl-"))
+    ray.init(num_cpus=os.cpu_count(), object_store_memory=args.object_store_mb * 2**20,
+             _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
+             include_dashboard=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    overrides = [f"tracking.uri=sqlite:///{work}/mlflow.db", "data.max_quarantine_fraction=0.5"]
+    results = {"local": run_store("local", load_config(config_path(), [
+        f"storage.root={work}/lake", *overrides]), args.rows, args.files)}
+    if not args.skip_s3:
+        port = 5599
+        moto = start_moto(port)
+        try:
+            cfg = load_config(config_path(), [
+                "storage.root=s3://bench/lake", f"storage.endpoint_url=http://127.0.0.1:{port}",
+                *overrides])
+            results["s3"] = run_store("s3", cfg, args.rows, args.files)
+        finally:
+            moto.terminate()
+    local = results["local"]
+    summary = {
+        "rayops_rows_per_s": local["rayops"]["rows_per_s"],
+        "baseline_rows_per_s": local["baseline"]["rows_per_s"],
+        "ratio": local["ratio"],
+        "peak_rss_mb": local["rayops"]["peak_rss_mb"],
+        "object_store_mb": args.object_store_mb,
+        "rows": args.rows,
+        "cpus": os.cpu_count(),
+        **({"s3_rayops_rows_per_s": results["s3"]["rayops"]["rows_per_s"],
+            "s3_baseline_rows_per_s": results["s3"]["baseline"]["rows_per_s"],
+            "s3_ratio": results["s3"]["ratio"],
+            "s3_peak_rss_mb": results["s3"]["rayops"]["peak_rss_mb"]} if "s3" in results
+           else {}),
+    }
+    ray.shutdown()
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

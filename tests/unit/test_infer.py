@@ -1,0 +1,40 @@
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from rayops.cli import app
+from rayops.config import load_config
+from rayops.data.infer import infer_column
+from rayops.demo import churn
+from rayops.storage import resolve
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    (["1", "2", None, "x"] + ["3"] * 96, "integer"),
+    (["1.5", "2"], "numeric"),
+    (["yes", "No", ""], "boolean"),
+    (["2024-01-01", "2024-02-03T10:00:00Z"], "datetime"),
+    (["a", "b", "a"], "categorical"),
+    ([f"free text {i}" for i in range(500)], "text"),
+])
+def test_infer_column_from_text(values, expected):
+    assert infer_column(pa.chunked_array([pa.array(values, pa.string())]))["type"] == expected
+
+
+def test_infer_typed_columns():
+    assert infer_column(pa.chunked_array([[1.5]]))["type"] == "numeric"
+    assert infer_column(pa.chunked_array([[True]]))["type"] == "boolean"
+
+
+def test_schema_infer_writes_a_config_that_loads(tmp_path):
+    churn.write(churn.generate(3000, 5), resolve(str(tmp_path / "raw")), files=2)
+    out = tmp_path / "proposed.yaml"
+    result = CliRunner().invoke(app, ["schema", "infer", str(tmp_path / "raw"), "--label",
+                                      "churned", "--name", "churn", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    cfg = load_config(out)
+    types = {n: s.type for n, s in cfg.data.columns.items()}
+    assert types["age"] == "integer" and types["monthly_charges"] == "numeric"
+    assert types["contract"] == "categorical" and types["paperless_billing"] == "boolean"
+    assert cfg.data.exclude == ["customer_id"] and cfg.data.task == "classification"
+    assert cfg.data.columns["churned"].nullable is False
