@@ -136,6 +136,28 @@ def demo(
              overrides=overrides or [])
 
 
+@app.command()
+def quarantine(
+    config: ConfigArg,
+    overrides: SetOpt = None,
+    version: Annotated[int | None, typer.Option(help="Dataset version (default: latest).")
+                       ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Rows to show.")] = 20,
+) -> None:
+    """Show rows a dataset version rejected: source file, line, reason, original values."""
+    from rayops.data.schema import ERROR, RAW, SOURCE_FILE, SOURCE_ROW
+    from rayops.data.versions import load_version
+
+    cfg = _load(config, overrides)
+    chosen = load_version(cfg, version)
+    rows = chosen.table("quarantine", limit)
+    typer.echo(f"{chosen.id}: {chosen.manifest['rows']['quarantine']} quarantined row(s), "
+               f"{len(chosen.manifest['unreadable'])} unreadable file(s)")
+    shown = rows.select([SOURCE_FILE, SOURCE_ROW, ERROR, RAW]).to_pylist() if rows.num_rows else []
+    for row in shown:
+        typer.echo(f"{row[SOURCE_FILE]}:{row[SOURCE_ROW] or '-'}  {row[ERROR]}  {row[RAW] or ''}")
+
+
 schema_app = typer.Typer(help="Schema contracts.", no_args_is_help=True)
 app.add_typer(schema_app, name="schema")
 

@@ -11,8 +11,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from mlflow import MlflowClient
+from typer.testing import CliRunner
 
+from rayops.cli import app
 from rayops.config import PipelineConfig, validate_config
 from rayops.data import ingest as ingest_module
 from rayops.data.ingest import file_source, ingest, watch
@@ -133,6 +136,12 @@ def test_every_kind_of_violation_is_quarantined_with_file_line_and_reason(tmp_pa
     assert quarantined.loc[48, "_raw"] == "1,1,a,y,extra"
     assert quarantined.loc[46, "_error"] == "c: unknown category ('zz')"
     assert '"c": "zz"' in quarantined.loc[46, "_raw"]
+    config_file = tmp_path / "t.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    shown = CliRunner().invoke(app, ["quarantine", str(config_file), "--limit", "3"])
+    assert shown.exit_code == 0, shown.output
+    assert "t/v000001: 7 quarantined row(s), 0 unreadable file(s)" in shown.output
+    assert len(shown.output.strip().splitlines()) == 4 and "data.csv:4" in shown.output
     kept = version.read("train").union(version.read("valid")).to_pandas()
     null_row = kept[kept["_source_row"] == 49].iloc[0]
     assert null_row["n"] == 7 and pd.isna(null_row["c"]) and pd.isna(null_row["x"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,18 @@ REPO = Path(__file__).parents[2]
 
 
 def _submit(address: str, workdir: Path, *job: str) -> subprocess.CompletedProcess:
+    """`ray job submit`, retried while the new cluster's job agent is still starting."""
     ray = str(Path(sys.executable).parent / "ray")
-    return subprocess.run(
-        [ray, "job", "submit", "--address", address, "--working-dir", str(workdir), "--",
-         sys.executable, *job],
-        capture_output=True, text=True, timeout=600,
-    )
+    deadline = time.monotonic() + 120
+    while True:
+        result = subprocess.run(
+            [ray, "job", "submit", "--address", address, "--working-dir", str(workdir), "--",
+             sys.executable, *job],
+            capture_output=True, text=True, timeout=600,
+        )
+        if "No available agent" not in result.stderr or time.monotonic() > deadline:
+            return result
+        time.sleep(2)
 
 
 def test_ingest_and_train_jobs_on_a_cluster(tmp_path, ray_head_cluster):

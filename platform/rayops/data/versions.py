@@ -19,6 +19,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.dataset as pads
 import ray.data
 
 from rayops.config import PipelineConfig
@@ -62,6 +64,15 @@ class DatasetVersion:
 
         return [self.root.join(PARTS, part["id"], f"{SPLIT}={split}")
                 for part in self.manifest["parts"] if has_rows(part)]
+
+    def table(self, split: str, limit: int | None = None) -> pa.Table:
+        """The split's rows read on this machine (for inspection; train with :meth:`read`)."""
+        locations = self.split_locations(split)
+        if not locations:
+            return pa.table({})
+        dataset = pads.dataset([pads.dataset(loc.path, filesystem=loc.fs, format="parquet")
+                                for loc in locations])
+        return dataset.head(limit) if limit is not None else dataset.to_table()
 
     def read(self, split: str) -> ray.data.Dataset:
         """The split's typed rows as a lazy Ray Dataset."""
