@@ -158,6 +158,11 @@ def ray_head_cluster(run_dir: Path) -> Iterator[str]:
         [ray, "start", "--head", "--port", str(gcs), "--dashboard-port", str(dashboard),
          "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1",
          "--ray-client-server-port", str(free_port()),
+         # Its own agent ports: the session's cluster already holds Ray's defaults.
+         "--dashboard-agent-listen-port", str(free_port()),
+         "--dashboard-agent-grpc-port", str(free_port()),
+         "--runtime-env-agent-port", str(free_port()),
+         "--metrics-export-port", str(free_port()),
          "--num-cpus", "2", "--include-dashboard", "true",
          "--temp-dir", str(temp), "--disable-usage-stats"],
         check=True, capture_output=True, timeout=180,
