@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -192,6 +193,7 @@ def main() -> None:
            else {}),
     }
     ray.shutdown()
+    shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(summary))
 
 
