@@ -160,6 +160,8 @@ def test_new_files_make_a_new_version_that_includes_them(store, ray_start_4_cpus
     new_part = second.manifest["parts"][-1]
     assert [Path(i["path"]).name for i in new_part["items"]] == ["day2.csv"]
     assert second.manifest["parts"][0] == first.manifest["parts"][0]
+    assert second.manifest["content_hash"] != first.manifest["content_hash"]
+    assert all(name.endswith(".parquet") for name in new_part["data_files"])
     assert load_version(cfg, 1).manifest["rows"]["read"] == 40  # the old version still reads
     assert second.manifest["profile"]["c"]["frequencies"]["b"] > first.manifest["profile"][
         "c"]["frequencies"]["b"]

@@ -32,7 +32,7 @@ from rayops.data.versions import (
     remove_orphan_parts,
 )
 from rayops.errors import DataError
-from rayops.storage import ensure_bucket, resolve_under, root_of
+from rayops.storage import Location, ensure_bucket, resolve_under, root_of
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,7 @@ def _manifest(cfg: PipelineConfig, source: Source, parts: list[dict[str, Any]],
         "dataset": cfg.dataset_name,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
         "config_hash": data_hash,
+        "content_hash": _content_hash(parts),
         "source": {"uri": source.uri, "format": cfg.data.format},
         "parts": parts,
         "rows": rows,
@@ -92,6 +93,19 @@ def _manifest(cfg: PipelineConfig, source: Source, parts: list[dict[str, Any]],
         "preprocessor": pre.to_dict(),
         "profile": stats.profile(merged),
     }
+
+
+def _data_files(location: Location) -> dict[str, int]:
+    """The part's Parquet files (relative path -> bytes), as written."""
+    prefix = location.path.rstrip("/") + "/"
+    return {info.path.removeprefix(prefix): int(info.size) for info in location.list_files()}
+
+
+def _content_hash(parts: list[dict[str, Any]]) -> str:
+    """Changes whenever any data file of the version differs in name or size."""
+    listing = sorted((p["id"], name, size) for p in parts for name, size in
+                     p.get("data_files", {}).items())
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 def _check_threshold(summary: PartSummary, data: DataConfig) -> None:
@@ -124,7 +138,8 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
     logger.info("Ingest summary:\n%s", describe(summary))
     try:
         _check_threshold(summary, cfg.data)
-        part = {"id": part_id, "items": todo, **summary.as_dict()}
+        part = {"id": part_id, "items": todo, "data_files": _data_files(location),
+                **summary.as_dict()}
         manifest = _manifest(cfg, source, [*kept_parts, part], data_hash)
     except DataError:
         location.delete_dir()
