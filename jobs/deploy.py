@@ -3,9 +3,9 @@
 On a running cluster the Serve application outlives this job.
 """
 
-from rayops.runtime import job_config
+from rayops.runtime import job_args
 from rayops.serve import deploy
 
 if __name__ == "__main__":
-    cfg = job_config(__doc__)
+    cfg = job_args(__doc__).cfg
     print(f"serving {cfg.model_name}@{cfg.serve.model_alias} at {deploy(cfg)}/predict")

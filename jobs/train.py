@@ -1,7 +1,9 @@
-"""ray job submit -- python jobs/train.py --config CONFIG: train and register as champion."""
+"""ray job submit -- python jobs/train.py --config CONFIG [--resume]: train, then gate the
+model against the champion."""
 
 from rayops.pipeline import train_and_register
-from rayops.runtime import job_config
+from rayops.runtime import job_args
 
 if __name__ == "__main__":
-    print(train_and_register(job_config(__doc__), sweep=False).summary())
+    args = job_args(__doc__)
+    print(train_and_register(args.cfg, sweep=False, resume=args.resume).summary())

@@ -1,7 +1,9 @@
-"""ray job submit -- python jobs/tune.py --config CONFIG: sweep; register the best trial."""
+"""ray job submit -- python jobs/tune.py --config CONFIG [--resume]: sweep, then gate the
+best model against the champion."""
 
 from rayops.pipeline import train_and_register
-from rayops.runtime import job_config
+from rayops.runtime import job_args
 
 if __name__ == "__main__":
-    print(train_and_register(job_config(__doc__), sweep=True).summary())
+    args = job_args(__doc__)
+    print(train_and_register(args.cfg, sweep=True, resume=args.resume).summary())

@@ -69,24 +69,29 @@ def ingest(
         data_ingest.watch(cfg, interval, on_version=show)
 
 
-def _train(config: Path, overrides: list[str] | None, sweep: bool) -> None:
+ResumeOpt = Annotated[bool, typer.Option(
+    help="Continue the last run of this pipeline whose driver died.")]
+
+
+def _train(config: Path, overrides: list[str] | None, sweep: bool, resume: bool) -> None:
     from rayops.pipeline import train_and_register
 
     cfg = _load(config, overrides)
     init_ray()
-    typer.echo(train_and_register(cfg, sweep=sweep).summary())
+    typer.echo(train_and_register(cfg, sweep=sweep, resume=resume).summary())
 
 
 @app.command()
-def train(config: ConfigArg, overrides: SetOpt = None) -> None:
-    """Train on the latest dataset version, log to MLflow, register as champion."""
-    _train(config, overrides, sweep=False)
+def train(config: ConfigArg, overrides: SetOpt = None, resume: ResumeOpt = False) -> None:
+    """Train on the latest dataset version; the model becomes challenger, and champion if
+    it beats the current one on the same validation data."""
+    _train(config, overrides, sweep=False, resume=resume)
 
 
 @app.command()
-def tune(config: ConfigArg, overrides: SetOpt = None) -> None:
-    """Sweep hyperparameters; the best trial's model is registered as champion."""
-    _train(config, overrides, sweep=True)
+def tune(config: ConfigArg, overrides: SetOpt = None, resume: ResumeOpt = False) -> None:
+    """Sweep hyperparameters; the best model is gated against the champion like `train`."""
+    _train(config, overrides, sweep=True, resume=resume)
 
 
 @app.command()

@@ -225,14 +225,56 @@ class TrainConfig(_Section):
         gt=0.0,
         description="CPUs each worker reserves. Fractions leave room for Ray Data on small hosts.",
     )
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict,
+        description="Extra Ray resources each worker reserves, e.g. {memory: 2e9} or a custom "
+        "accelerator resource; CPU and GPU come from cpus_per_worker and use_gpu.",
+    )
     epochs: int = Field(10, ge=1, le=10_000, description="Passes over the training data.")
-    batch_size: int = Field(128, ge=1, description="Rows per batch on each worker.")
-    learning_rate: float = Field(1e-3, gt=0.0, lt=10.0, description="AdamW learning rate.")
+    batch_size: int = Field(
+        128, ge=1,
+        description="Rows per batch on each worker; the global batch is batch_size x workers.",
+    )
+    learning_rate: float = Field(
+        1e-3, gt=0.0, lt=10.0, description="AdamW learning rate for a single worker."
+    )
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "sqrt",
+        description="How the learning rate grows with the global batch (x workers): sqrt "
+        "suits Adam-type optimizers, linear is the SGD rule (use with warmup_epochs).",
+    )
+    lr_schedule: Literal["constant", "cosine", "step"] = Field(
+        "cosine", description="Per-epoch decay after warmup (step: x0.1 at 50% and 75%)."
+    )
+    warmup_epochs: int = Field(0, ge=0, description="Epochs of linear warmup from lr/10.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="bf16 autocast (CPU or GPU) or fp16 autocast with a grad scaler (GPU).",
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1,
+        description="Stop after this many epochs without a better target metric.",
+    )
+    max_failures: int = Field(
+        2, ge=0, description="Worker-group failures survived by resuming from a checkpoint."
+    )
+    data_loading: Literal["auto", "memory", "stream"] = Field(
+        "auto",
+        description="memory: each worker keeps its shard as tensors after the first epoch "
+        "(fast); stream: Ray Data every epoch (larger than memory); auto: memory below "
+        "1 GiB per shard.",
+    )
     seed: int = Field(42, description="Seed for weights and shuffling.")
     checkpoints_to_keep: int = Field(
         2, ge=1, description="Best checkpoints kept in storage, ranked by the target metric."
     )
+
+    @property
+    def lr_factor(self) -> float:
+        """Learning-rate multiplier for the global batch of num_workers x batch_size."""
+        return {"none": 1.0, "linear": float(self.num_workers),
+                "sqrt": float(self.num_workers) ** 0.5}[self.lr_scaling]
 
 
 # --------------------------------------------------------------------------- tune
@@ -278,6 +320,12 @@ class SchedulerConfig(_Section):
 
 class TuneConfig(_Section):
     enabled: bool = Field(False, description="Run a sweep instead of a single training run.")
+    search: Literal["random", "grid", "optuna"] = Field(
+        "random",
+        description="random sampling (num_samples trials); grid (every combination of the "
+        "choice values, once; num_samples is ignored); optuna (TPE, learns from finished "
+        "trials).",
+    )
     num_samples: int = Field(4, ge=1, description="Trials to run.")
     max_concurrent_trials: int = Field(1, ge=1, description="Trials running at the same time.")
     metric: str | None = Field(
@@ -289,6 +337,11 @@ class TuneConfig(_Section):
         description="Dotted config keys under model. or train. mapped to a distribution.",
     )
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    final_model: Literal["reuse", "retrain"] = Field(
+        "reuse",
+        description="reuse the best trial's model, or retrain the best configuration once "
+        "more before it becomes the challenger.",
+    )
 
     @model_validator(mode="after")
     def _dims(self) -> TuneConfig:
@@ -297,6 +350,11 @@ class TuneConfig(_Section):
                 raise ValueError(f"search_space.{key}: low ({dim.low}) must be below high")
         if (self.metric is None) != (self.mode is None):
             raise ValueError("set both metric and mode, or neither")
+        if self.search == "grid":
+            ranged = [k for k, d in self.search_space.items() if not isinstance(d, ChoiceDim)]
+            if ranged:
+                raise ValueError(f"search 'grid' needs choice dimensions only; {ranged} are "
+                                 "ranges (use search 'random' or 'optuna')")
         return self
 
 

@@ -1,14 +1,14 @@
-"""The whole path as plain functions: ingest -> train or sweep -> register -> deploy."""
+"""The whole path as plain functions: ingest -> train or sweep -> gate -> deploy."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-from rayops import tracking
 from rayops.config import PipelineConfig
 from rayops.data.ingest import ingest
 from rayops.data.versions import DatasetVersion, load_version
+from rayops.promote import Decision, register_and_gate
 from rayops.train import run_training
 from rayops.tune import run_sweep
 
@@ -17,20 +17,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ModelResult:
-    """A trained (or swept) model, logged to MLflow and registered."""
+    """A trained (or swept) model, logged to MLflow, registered and gated."""
 
     run_id: str
     metrics: dict[str, float]
-    registered: tracking.RegisteredModel
+    decision: Decision
     dataset: str
 
     def summary(self) -> str:
-        reg = self.registered
         scores = ", ".join(
             f"{k}={v:.4f}" for k, v in self.metrics.items() if k.startswith("valid_")
         )
-        return (f"registered {reg.name} v{reg.version} @{reg.alias} from run {self.run_id} "
-                f"on {self.dataset}: {scores}")
+        return f"run {self.run_id} on {self.dataset}: {scores}\n{self.decision.summary()}"
 
 
 @dataclass(frozen=True)
@@ -41,18 +39,28 @@ class PipelineResult:
 
 
 def train_and_register(cfg: PipelineConfig, version: DatasetVersion | None = None,
-                       sweep: bool | None = None) -> ModelResult:
-    """A training run (or a sweep, when tune.enabled) whose best model becomes champion."""
-    version = version or load_version(cfg)
+                       sweep: bool | None = None, resume: bool = False) -> ModelResult:
+    """A training run (or a sweep, when tune.enabled) registered as challenger and promoted
+    to champion if it beats the current one on the same validation data."""
     if cfg.tune.enabled if sweep is None else sweep:
-        outcome = run_sweep(cfg, version)
-        run_id, metrics, model_uri = outcome.best_run_id, outcome.metrics, outcome.model_uri
+        swept = run_sweep(cfg, version, resume=resume)
+        run_id, metrics, model_uri = swept.best_run_id, swept.metrics, swept.model_uri
+        if cfg.tune.final_model == "retrain":
+            retrained = run_training(cfg.with_overrides(swept.best_config), version)
+            run_id, metrics, model_uri = retrained.run_id, retrained.metrics, retrained.model_uri
     else:
-        trained = run_training(cfg, version)
+        trained = run_training(cfg, version, resume=resume)
         run_id, metrics, model_uri = trained.run_id, trained.metrics, trained.model_uri
-    registered = tracking.register(cfg.tracking, cfg.model_name, model_uri, run_id,
-                                   alias=tracking.CHAMPION)
-    return ModelResult(run_id, metrics, registered, version.id)
+    version = load_version(cfg, _version_of_run(cfg, run_id))
+    decision = register_and_gate(cfg, model_uri, run_id, version)
+    return ModelResult(run_id, metrics, decision, version.id)
+
+
+def _version_of_run(cfg: PipelineConfig, run_id: str) -> int:
+    from rayops import tracking
+
+    tag = tracking.client(cfg.tracking).get_run(run_id).data.tags["rayops.dataset_version"]
+    return int(tag.rsplit("v", 1)[-1])
 
 
 def run_pipeline(cfg: PipelineConfig, deploy: bool = True) -> PipelineResult:
@@ -65,8 +73,7 @@ def run_pipeline(cfg: PipelineConfig, deploy: bool = True) -> PipelineResult:
     version = ingest(cfg)
     logger.info("[2/%d] %s on %s", steps, "sweep" if cfg.tune.enabled else "train", version.id)
     model = train_and_register(cfg, version)
-    logger.info("[3/%d] registered %s v%s as @%s", steps, model.registered.name,
-                model.registered.version, model.registered.alias)
+    logger.info("[3/%d] %s", steps, model.decision.summary())
     url = None
     if deploy:
         logger.info("[4/%d] deploy %s@%s with Ray Serve", steps, cfg.model_name,

@@ -47,8 +47,12 @@ class Predictor:
         return self.preprocessor.transform(typed)
 
     @torch.inference_mode()
+    def raw_outputs(self, x: np.ndarray) -> np.ndarray:
+        """The network's outputs (logits, or the standardized value) for a feature matrix."""
+        return self.bundle.model(torch.from_numpy(x)).numpy()
+
     def predict_matrix(self, x: np.ndarray) -> list[dict[str, Any]]:
-        out = self.bundle.model(torch.from_numpy(x)).numpy()
+        out = self.raw_outputs(x)
         if self.task == "regression":
             values = self.preprocessor.decode_regression(out[:, 0])
             return [{"prediction": float(v)} for v in values]

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rayops.config import PipelineConfig, load_config
@@ -36,14 +37,23 @@ def init_ray(address: str | None = None) -> None:
     logger.info("Ray resources: %s", ray.cluster_resources())
 
 
-def job_config(description: str, argv: Sequence[str] | None = None) -> PipelineConfig:
-    """Parse a job's ``--config PATH [--set KEY=VALUE ...]``, set up logging and Ray."""
+@dataclass(frozen=True)
+class JobArgs:
+    cfg: PipelineConfig
+    resume: bool
+
+
+def job_args(description: str, argv: Sequence[str] | None = None) -> JobArgs:
+    """Parse a job's ``--config PATH [--set KEY=VALUE ...] [--resume]``, set up logging
+    and connect to Ray."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="Pipeline config YAML.")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="Override a config key (repeatable).")
+    parser.add_argument("--resume", action="store_true",
+                        help="Continue the last run whose driver died (train, tune).")
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config(args.config, args.overrides)
     init_ray()
-    return cfg
+    return JobArgs(cfg, args.resume)

@@ -173,15 +173,34 @@ def log_model(tracking: TrackingConfig, run_id: str, bundle_dir: Path,
 
 
 def register(tracking: TrackingConfig, name: str, model_uri: str, run_id: str,
-             alias: str = CHAMPION) -> RegisteredModel:
+             alias: str = CHALLENGER) -> RegisteredModel:
     """Register ``model_uri`` as a new version of ``name`` and point ``alias`` at it."""
     import mlflow
 
-    mlflow_client = client(tracking)
     version = mlflow.register_model(model_uri, name, tags={"rayops.run_id": run_id})
-    mlflow_client.set_registered_model_alias(name, alias, version.version)
-    logger.info("Registered %s version %s as @%s", name, version.version, alias)
+    set_alias(tracking, name, alias, str(version.version))
     return RegisteredModel(name, str(version.version), alias, run_id, model_uri)
+
+
+def set_alias(tracking: TrackingConfig, name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version``: serving replicas following the alias switch over."""
+    client(tracking).set_registered_model_alias(name, alias, version)
+    logger.info("%s@%s -> version %s", name, alias, version)
+
+
+def tag_version(tracking: TrackingConfig, name: str, version: str,
+                tags: Mapping[str, str]) -> None:
+    mlflow_client = client(tracking)
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(name, version, key, value)
+
+
+def alias_or_none(tracking: TrackingConfig, name: str, alias: str) -> RegisteredModel | None:
+    """The version ``alias`` points to, or None when the model or the alias does not exist."""
+    try:
+        return resolve_alias(tracking, name, alias)
+    except TrackingError:
+        return None
 
 
 def resolve_alias(tracking: TrackingConfig, name: str, alias: str) -> RegisteredModel:
@@ -210,6 +229,15 @@ def download_bundle(tracking: TrackingConfig, model: RegisteredModel,
     if not found:
         raise TrackingError(f"model {model.name} v{model.version} holds no rayops bundle")
     return found[0].parent
+
+
+def trial_runs(tracking: TrackingConfig, experiment: str, parent_run_id: str) -> dict[str, str]:
+    """``{trial_id: run_id}`` of the sweep's trial runs."""
+    runs = client(tracking).search_runs(
+        [experiment_id(tracking, experiment)],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+    )
+    return {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs if TRIAL_TAG in r.data.tags}
 
 
 def trial_models(tracking: TrackingConfig, experiment: str,

@@ -1,12 +1,16 @@
 """Hyperparameter sweeps with Ray Tune over the very same training driver.
 
 Each trial is a Tune function trainable that calls :func:`rayops.train.fit_and_log` with a
-``TuneReportCallback`` (Train V2 cannot be passed to ``Tuner`` directly). Trials are nested
-MLflow runs under the sweep's parent run; ASHA stops weak trials early.
+``TuneReportCallback`` (Train V2 cannot be passed to ``Tuner`` directly); a trial may itself
+be a multi-worker TorchTrainer. Trials are nested MLflow runs under the sweep's parent run;
+ASHA stops weak trials early. The experiment lives under ``{storage.root}/tune/`` and a
+record under ``{storage.root}/runs/{pipeline}/sweep/``, so ``rayops tune CONFIG --resume``
+finishes a sweep whose driver died without rerunning finished trials.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +26,7 @@ from rayops.data.versions import DatasetVersion, load_version
 from rayops.errors import TrainingError
 from rayops.storage import root_of
 from rayops.train import fit_and_log, load_datasets, run_params
+from rayops.train.driver import runs_folder, unfinished_record, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -40,19 +45,32 @@ class SweepOutcome:
     trials: int
 
 
+def _distribution(dim: Any, grid: bool) -> Any:
+    if isinstance(dim, ChoiceDim):
+        return tune.grid_search(dim.values) if grid else tune.choice(dim.values)
+    if isinstance(dim, UniformDim):
+        return tune.uniform(dim.low, dim.high)
+    if isinstance(dim, LogUniformDim):
+        return tune.loguniform(dim.low, dim.high)
+    assert isinstance(dim, RandIntDim)
+    return tune.randint(dim.low, dim.high)
+
+
 def search_space(cfg: PipelineConfig) -> dict[str, Any]:
     """The config's search space as Tune distributions, keyed by dotted config keys."""
-    space: dict[str, Any] = {}
-    for key, dim in cfg.tune.search_space.items():
-        if isinstance(dim, UniformDim):
-            space[key] = tune.uniform(dim.low, dim.high)
-        elif isinstance(dim, LogUniformDim):
-            space[key] = tune.loguniform(dim.low, dim.high)
-        elif isinstance(dim, RandIntDim):
-            space[key] = tune.randint(dim.low, dim.high)
-        elif isinstance(dim, ChoiceDim):
-            space[key] = tune.choice(dim.values)
-    return space
+    grid = cfg.tune.search == "grid"
+    return {key: _distribution(dim, grid) for key, dim in cfg.tune.search_space.items()}
+
+
+def _search_algorithm(cfg: PipelineConfig) -> Any:
+    if cfg.tune.search != "optuna":
+        return None  # random sampling and grid search are Tune's built-in variant generator
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    metric, mode = cfg.target_metric
+    searcher = OptunaSearch(metric=metric, mode=mode, seed=cfg.train.seed)
+    return ConcurrencyLimiter(searcher, max_concurrent=cfg.tune.max_concurrent_trials)
 
 
 def _scheduler(cfg: PipelineConfig) -> Any:
@@ -65,18 +83,28 @@ def _scheduler(cfg: PipelineConfig) -> Any:
                          reduction_factor=cfg.tune.scheduler.reduction_factor)
 
 
+def _trial_run(cfg: PipelineConfig, version: DatasetVersion, config: dict[str, Any],
+               parent_run_id: str, trial_id: str) -> str:
+    """The trial's MLflow run: the one an interrupted attempt left, or a new one."""
+    existing = tracking.trial_runs(cfg.tracking, cfg.experiment_name, parent_run_id)
+    if trial_id in existing:
+        tracking.client(cfg.tracking).update_run(existing[trial_id], status="RUNNING")
+        return existing[trial_id]
+    return tracking.start_run(
+        cfg.tracking, cfg.experiment_name, f"trial-{trial_id}",
+        params={**run_params(cfg, version), "sampled": config}, parent_run_id=parent_run_id,
+        tags={tracking.TRIAL_TAG: trial_id, "rayops.dataset_version": version.id},
+    )
+
+
 def run_trial(config: dict[str, Any], *, base: PipelineConfig, version: DatasetVersion,
               datasets: dict[str, ray.data.Dataset], parent_run_id: str) -> None:
     """One trial: the base config with the sampled values, trained by the shared driver."""
     cfg = base.with_overrides(config)
     trial_id = tune.get_context().get_trial_id()
-    run_id = tracking.start_run(
-        cfg.tracking, cfg.experiment_name, f"trial-{trial_id}",
-        params={**run_params(cfg, version), "sampled": config},
-        parent_run_id=parent_run_id,
-        tags={tracking.TRIAL_TAG: trial_id, "rayops.dataset_version": version.id},
-    )
+    run_id = _trial_run(cfg, version, config, parent_run_id, trial_id)
     try:
+        # The same trainer name on a restarted trial lets Ray Train resume its checkpoint.
         fit_and_log(cfg, version, datasets, run_id, f"{cfg.name}-{trial_id}",
                     callbacks=[TuneReportCallback()])
     except BaseException:
@@ -85,24 +113,42 @@ def run_trial(config: dict[str, Any], *, base: PipelineConfig, version: DatasetV
     tracking.end_run(cfg.tracking, run_id)
 
 
-def _tuner(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str) -> tune.Tuner:
-    metric, mode = cfg.target_metric
+def _trainable(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str) -> Any:
     trainable = tune.with_parameters(run_trial, base=cfg, version=version,
                                      datasets=load_datasets(version),
                                      parent_run_id=parent_run_id)
+    return tune.with_resources(trainable, TRIAL_DRIVER_RESOURCES)
+
+
+def _tuner(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str, name: str
+           ) -> tune.Tuner:
+    metric, mode = cfg.target_metric
     storage = root_of(cfg.storage).join("tune")
+    samples = 1 if cfg.tune.search == "grid" else cfg.tune.num_samples  # grid: each once
     return tune.Tuner(
-        tune.with_resources(trainable, TRIAL_DRIVER_RESOURCES),
+        _trainable(cfg, version, parent_run_id),
         param_space=search_space(cfg),
-        tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=cfg.tune.num_samples,
+        tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=samples,
                                     max_concurrent_trials=cfg.tune.max_concurrent_trials,
+                                    search_alg=_search_algorithm(cfg),
                                     scheduler=_scheduler(cfg)),
         run_config=tune.RunConfig(
-            name=f"{cfg.name}-sweep-{parent_run_id[:8]}",
+            name=name,
             storage_path=storage.uri if storage.is_local else storage.path,
             storage_filesystem=None if storage.is_local else storage.fs,
         ),
     )
+
+
+def _restored(cfg: PipelineConfig, version: DatasetVersion, record: dict[str, Any]
+              ) -> tune.Tuner:
+    storage = root_of(cfg.storage).join("tune", record["name"])
+    path, fs = (storage.uri, None) if storage.is_local else (storage.path, storage.fs)
+    if not tune.Tuner.can_restore(path, storage_filesystem=fs):
+        raise TrainingError(f"the sweep at {storage.uri} cannot be restored")
+    return tune.Tuner.restore(path, _trainable(cfg, version, record["run_id"]),
+                              resume_unfinished=True, resume_errored=True,
+                              storage_filesystem=fs)
 
 
 def _best(cfg: PipelineConfig, results: Any, parent_run_id: str) -> tuple[Any, str, str]:
@@ -120,23 +166,56 @@ def _best(cfg: PipelineConfig, results: Any, parent_run_id: str) -> tuple[Any, s
     return best, run_id, model_uri
 
 
-def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None) -> SweepOutcome:
-    """A tracked sweep; returns the best trial's config, metrics and logged model."""
-    if not cfg.tune.search_space:
-        raise TrainingError("tune.search_space is empty: nothing to sweep")
-    version = version or load_version(cfg)
+def _start(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:
     parent = tracking.start_run(
         cfg.tracking, cfg.experiment_name, f"{cfg.name}-sweep",
         params={"tune": cfg.tune.model_dump(mode="json"), **run_params(cfg, version)},
         tags={"rayops.dataset_version": version.id, "rayops.kind": "sweep"},
     )
+    return {"name": f"{cfg.name}-sweep-{parent[:8]}", "run_id": parent,
+            "dataset_version": version.id, "status": "running",
+            "started_at": dt.datetime.now(dt.UTC).isoformat()}
+
+
+def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
+              resume: bool = False) -> SweepOutcome:
+    """A tracked sweep; returns the best trial's config, metrics and logged model.
+    ``resume`` finishes the last sweep whose driver died."""
+    if not cfg.tune.search_space:
+        raise TrainingError("tune.search_space is empty: nothing to sweep")
+    folder = runs_folder(cfg, "sweep")
+    record = unfinished_record(folder) if resume else None
+    if resume and record is None:
+        raise TrainingError(f"nothing to resume: no unfinished sweep of {cfg.name!r} under "
+                            f"{folder.uri}")
+    if record is not None:
+        version = load_version(cfg, int(record["dataset_version"].rsplit("v", 1)[-1]))
+        tracking.client(cfg.tracking).update_run(record["run_id"], status="RUNNING")
+        tuner = _restored(cfg, version, record)
+        logger.info("Resuming sweep %s (MLflow run %s)", record["name"], record["run_id"])
+    else:
+        version = version or load_version(cfg)
+        record = _start(cfg, version)
+        write_record(folder, record["name"], record)
+        tuner = _tuner(cfg, version, record["run_id"], record["name"])
+    parent = record["run_id"]
     try:
-        results = _tuner(cfg, version, parent).fit()
+        results = tuner.fit()
         best, best_run, model_uri = _best(cfg, results, parent)
+    except KeyboardInterrupt:
+        raise
     except BaseException:
         tracking.close_unfinished_children(cfg.tracking, cfg.experiment_name, parent)
         tracking.end_run(cfg.tracking, parent, status="FAILED")
+        write_record(folder, record["name"], {**record, "status": "failed"})
         raise
+    outcome = _finish(cfg, results, best, best_run, model_uri, parent)
+    write_record(folder, record["name"], {**record, "status": "finished"})
+    return outcome
+
+
+def _finish(cfg: PipelineConfig, results: Any, best: Any, best_run: str, model_uri: str,
+            parent: str) -> SweepOutcome:
     stopped = tracking.close_unfinished_children(cfg.tracking, cfg.experiment_name, parent)
     metric, _ = cfg.target_metric
     numbers = {k: float(v) for k, v in best.metrics.items()

@@ -29,7 +29,8 @@ def test_run_model_and_alias_live_in_the_server(tmp_path, ray_start_4_cpus, mlfl
     assert client.get_run(result.run_id).info.status == "FINISHED"
     assert len(client.get_metric_history(result.run_id, "valid_loss")) == 2
     champion = client.get_model_version_by_alias(cfg.model_name, "champion")
-    assert champion.version == result.registered.version
+    assert champion.version == result.decision.challenger.version  # the first champion
+    assert result.decision.promoted and result.decision.previous is None
     assert any("bundle.json" in key for key in
                list_keys(s3_endpoint, mlflow_server["bucket"], "artifacts/"))
 

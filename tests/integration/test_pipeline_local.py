@@ -70,17 +70,22 @@ def test_training_beats_baselines_and_registers_champion(cfg, dataset, trained):
     majority = max(counts.values()) / sum(counts.values())
     assert trained.metrics["valid_accuracy"] > majority + 0.03
     champion = tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion")
-    assert champion.version == trained.registered.version and champion.run_id == trained.run_id
+    assert trained.decision.promoted and trained.decision.previous is None
+    assert champion.version == trained.decision.challenger.version
+    assert champion.run_id == trained.run_id
     client = MlflowClient(cfg.tracking.uri)
+    artifacts = {a.path for a in client.list_artifacts(trained.run_id, "plots")}
+    assert artifacts == {"plots/loss_curves.png", "plots/confusion_matrix.png"}
     run = client.get_run(trained.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["train.num_workers"] == "2"
     assert run.data.tags["rayops.dataset_version"] == dataset.id
     history = client.get_metric_history(trained.run_id, "valid_f1")
     assert [m.step for m in history] == [1, 2, 3, 4]
+    assert run.data.metrics["samples_per_s"] > 0 and run.data.metrics["lr"] > 0
 
 
-def test_sweep_logs_nested_trials_and_promotes_best(cfg, dataset, trained):
+def test_sweep_logs_nested_trials_and_gates_the_best(cfg, dataset, trained):
     swept_cfg = cfg.with_overrides({"tune.enabled": True})
     result = train_and_register(swept_cfg, dataset)
     client = MlflowClient(cfg.tracking.uri)
@@ -92,9 +97,16 @@ def test_sweep_logs_nested_trials_and_promotes_best(cfg, dataset, trained):
     assert all(tracking.TRIAL_TAG in r.data.tags for r in children)
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
     assert client.get_run(parent_id).data.tags["rayops.best_run_id"] == result.run_id
+    decision = result.decision
+    challenger = tracking.resolve_alias(cfg.tracking, cfg.model_name, "challenger")
+    assert challenger.run_id == result.run_id
+    assert int(challenger.version) == int(trained.decision.challenger.version) + 1
     champion = tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion")
-    assert champion.run_id == result.run_id
-    assert int(champion.version) == int(trained.registered.version) + 1
+    assert decision.previous.version == trained.decision.challenger.version
+    if decision.challenger_score > decision.champion_score:
+        assert decision.promoted and champion.version == challenger.version
+    else:
+        assert not decision.promoted and champion.version == decision.previous.version
 
 
 def test_served_champion_answers_http(cfg, trained):

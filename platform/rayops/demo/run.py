@@ -57,10 +57,12 @@ def run_demo(rows: int, seed: int, port: int, keep_running: bool, overrides: lis
     _wait_ready(result.url)
     response = requests.post(f"{result.url}/predict", json={"records": SAMPLE_RECORDS},
                              timeout=30)
-    reg = result.model.registered
+    champion = result.model.decision.champion
     print("\n=== rayops demo ===")
     print(f"dataset:    {result.dataset.id}  rows {result.dataset.manifest['rows']}")
-    print(f"model:      {reg.name} version {reg.version}  alias @{reg.alias}  (run {reg.run_id})")
+    print(f"model:      {result.model.decision.summary()}")
+    print(f"serving:    {champion.name} version {champion.version}  alias @{champion.alias}  "
+          f"(run {champion.run_id})")
     print("metrics:    " + ", ".join(f"{k}={v:.3f}" for k, v in result.model.metrics.items()
                                       if k.startswith("valid_")))
     print(f"request:    POST {result.url}/predict  ({len(SAMPLE_RECORDS)} records)")

@@ -1,0 +1,246 @@
+"""The training driver: build the TorchTrainer, fit, log the best model to MLflow.
+
+Checkpoints go under ``{storage.root}/checkpoints/{run name}`` (local or S3). Each run also
+leaves a small record under ``{storage.root}/runs/{pipeline}/`` naming its MLflow run and
+dataset version, so ``rayops train CONFIG --resume`` continues a run whose driver died:
+same run name (Ray Train reloads its checkpoint list), same MLflow run, same data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import ray.data
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from rayops import tracking
+from rayops.config import PipelineConfig
+from rayops.data.context import data_context
+from rayops.data.preprocess import Preprocessor
+from rayops.data.versions import DatasetVersion, load_version
+from rayops.errors import TrainingError
+from rayops.models import Bundle, build_model, load_state_dict
+from rayops.storage import Location, root_of
+from rayops.train.loop import CHECKPOINT_FILE, train_fn_per_worker
+
+logger = logging.getLogger(__name__)
+
+CACHE_LIMIT_BYTES = 1 << 30  # data_loading=auto keeps a shard in memory below this
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What a finished training run produced."""
+
+    run_id: str
+    metrics: dict[str, float]
+    model_uri: str
+    checkpoint_path: str
+
+
+def model_inputs(table: pa.Table, state: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Typed curated rows -> the ``features`` matrix and encoded ``label`` the loop eats.
+    Validation rows whose class never occurs in training are left out."""
+    pre = Preprocessor.from_dict(state)
+    label = pre.encode_label(table.column(pre.label))
+    keep = label >= 0 if pre.task == "classification" else np.ones(len(label), dtype=bool)
+    return {"features": pre.transform(table.filter(pa.array(keep))), "label": label[keep]}
+
+
+def load_datasets(version: DatasetVersion) -> dict[str, ray.data.Dataset]:
+    """Model inputs of the curated splits, materialized once for the run (and shared by
+    every trial of a sweep): workers then read shards without competing with a streaming
+    read for CPUs."""
+    state = version.manifest["preprocessor"]
+    with data_context():
+        return {split: version.read(split).map_batches(
+            model_inputs, batch_format="pyarrow", fn_kwargs={"state": state}).materialize()
+            for split in ("train", "valid")}
+
+
+def architecture(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:
+    pre = version.preprocessor
+    return {"n_inputs": pre.n_features, "n_outputs": pre.n_outputs,
+            "hidden_sizes": list(cfg.model.hidden_sizes), "dropout": cfg.model.dropout,
+            "activation": cfg.model.activation}
+
+
+def _cache_shards(cfg: PipelineConfig, version: DatasetVersion) -> bool:
+    if cfg.train.data_loading != "auto":
+        return cfg.train.data_loading == "memory"
+    rows = version.manifest["rows"]["train"] + version.manifest["rows"]["valid"]
+    per_shard = rows * (version.preprocessor.n_features + 1) * 4 / cfg.train.num_workers
+    return per_shard < CACHE_LIMIT_BYTES
+
+
+def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
+                  datasets: dict[str, ray.data.Dataset], run_name: str, run_id: str | None,
+                  callbacks: Sequence[Any] = ()) -> TorchTrainer:
+    """The TorchTrainer for one training run."""
+    if cfg.train.precision == "fp16" and not cfg.train.use_gpu:
+        raise TrainingError("train.precision 'fp16' needs train.use_gpu: true; use 'bf16' on "
+                            "CPUs")
+    metric, mode = cfg.target_metric
+    checkpoints = root_of(cfg.storage).join("checkpoints")
+    resources = {**cfg.train.resources_per_worker, "CPU": cfg.train.cpus_per_worker}
+    if cfg.train.use_gpu:
+        resources["GPU"] = 1
+    meta = {"dataset": version.id, "architecture": architecture(cfg, version),
+            "preprocessor": version.manifest["preprocessor"]}
+    return TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"), "architecture": architecture(cfg, version),
+            "label_state": version.preprocessor.label_state, "run_id": run_id,
+            "cache": _cache_shards(cfg, version), "meta": meta,
+        },
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=checkpoints.path if not checkpoints.is_local else checkpoints.uri,
+            storage_filesystem=None if checkpoints.is_local else checkpoints.fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep,
+                                               checkpoint_score_attribute=metric,
+                                               checkpoint_score_order=mode),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=list(callbacks),
+        ),
+        datasets=datasets,
+    )
+
+
+def _best_checkpoint(result: Any, metric: str, mode: str) -> tuple[Checkpoint, dict[str, Any]]:
+    if result.error is not None:
+        raise TrainingError(f"training failed: {result.error}")
+    ranked = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
+    if not ranked:
+        raise TrainingError(f"training reported no checkpoint with metric {metric!r}")
+    pick = max if mode == "max" else min
+    return pick(ranked, key=lambda cm: cm[1][metric])
+
+
+def _input_example(version: DatasetVersion) -> pd.DataFrame:
+    """A plausible raw record (training means, most common categories)."""
+    row: dict[str, Any] = {}
+    for feat in version.preprocessor.features:
+        if feat["kind"] in ("categorical", "text"):
+            row[feat["name"]] = feat["categories"][0] if feat["categories"] else None
+        elif feat["kind"] == "integer":
+            row[feat["name"]] = round(feat["mean"])
+        elif feat["kind"] == "boolean":
+            row[feat["name"]] = feat["mean"] >= 0.5
+        elif feat["kind"] == "datetime":
+            row[feat["name"]] = "2024-01-01T00:00:00Z"
+        else:
+            row[feat["name"]] = round(feat["mean"], 3)
+    return pd.DataFrame([row])
+
+
+def _bundle(cfg: PipelineConfig, version: DatasetVersion, checkpoint: Checkpoint,
+            metrics: dict[str, float], run_id: str) -> Bundle:
+    with checkpoint.as_directory() as folder:
+        state = load_state_dict(Path(folder) / CHECKPOINT_FILE)
+    model = build_model(architecture(cfg, version))
+    model.load_state_dict(state["model"])
+    meta = {"architecture": architecture(cfg, version),
+            "preprocessor": version.manifest["preprocessor"],
+            "schema": version.manifest["schema"], "dataset": version.id, "metrics": metrics,
+            "run_id": run_id, "pipeline": cfg.name, "target_metric": cfg.target_metric[0]}
+    return Bundle(model, meta)
+
+
+def fit_and_log(cfg: PipelineConfig, version: DatasetVersion,
+                datasets: dict[str, ray.data.Dataset], run_id: str, run_name: str,
+                callbacks: Sequence[Any] = ()) -> TrainOutcome:
+    """Train, pick the best checkpoint, log it to MLflow as a model bundle with plots."""
+    from rayops import evaluate
+
+    metric, mode = cfg.target_metric
+    result = build_trainer(cfg, version, datasets, run_name, run_id, callbacks).fit()
+    checkpoint, best = _best_checkpoint(result, metric, mode)
+    numbers = {k: float(v) for k, v in best.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    bundle = _bundle(cfg, version, checkpoint, numbers, run_id)
+    with tempfile.TemporaryDirectory(prefix="rayops-") as folder:
+        bundle_dir = bundle.save(Path(folder) / "bundle")
+        required = {name: not spec["nullable"] for name, spec in version.manifest["schema"].items()
+                    if name != cfg.data.label}
+        model_uri = tracking.log_model(cfg.tracking, run_id, bundle_dir, _input_example(version),
+                                       required)
+    tracking.log_metrics(cfg.tracking, run_id, {f"best_{k}": v for k, v in numbers.items()},
+                         step=int(numbers.get("epoch", 0)))
+    evaluate.log_plots(cfg, run_id, bundle, version)
+    return TrainOutcome(run_id, numbers, model_uri, checkpoint.path)
+
+
+def run_params(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:
+    """What a training run logs as MLflow params (flattened later)."""
+    return {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(),
+            "data": {"dataset_version": version.id, "task": cfg.data.task,
+                     "label": cfg.data.label, "features": ",".join(cfg.data.feature_names)},
+            "dataset_rows": version.manifest["rows"]}
+
+
+# --------------------------------------------------------------------------- run records
+
+
+def runs_folder(cfg: PipelineConfig, kind: str) -> Location:
+    return root_of(cfg.storage).join("runs", cfg.name, kind)
+
+
+def write_record(folder: Location, name: str, record: dict[str, Any]) -> None:
+    folder.join(f"{name}.json").write_json(record)
+
+
+def unfinished_record(folder: Location) -> dict[str, Any] | None:
+    """The most recent run record still marked running (its driver died)."""
+    records = [folder.join(n).read_json() for n in folder.list_dir() if n.endswith(".json")]
+    running = [r for r in records if r.get("status") == "running"]
+    return max(running, key=lambda r: r["started_at"]) if running else None
+
+
+def run_training(cfg: PipelineConfig, version: DatasetVersion | None = None,
+                 resume: bool = False) -> TrainOutcome:
+    """One tracked training run; ``resume`` continues the last run whose driver died."""
+    folder = runs_folder(cfg, "train")
+    record = unfinished_record(folder) if resume else None
+    if resume and record is None:
+        raise TrainingError(f"nothing to resume: no unfinished training run of {cfg.name!r} "
+                            f"under {folder.uri}")
+    if record is not None:
+        version = load_version(cfg, int(record["dataset_version"].rsplit("v", 1)[-1]))
+        run_id, run_name = record["run_id"], record["name"]
+        tracking.client(cfg.tracking).update_run(run_id, status="RUNNING")
+        logger.info("Resuming %s (MLflow run %s) on %s", run_name, run_id, version.id)
+    else:
+        version = version or load_version(cfg)
+        run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, f"{cfg.name}-train",
+                                    params=run_params(cfg, version),
+                                    tags={"rayops.dataset_version": version.id})
+        run_name = f"{cfg.name}-train-{run_id[:8]}-{uuid.uuid4().hex[:4]}"
+        record = {"name": run_name, "run_id": run_id, "dataset_version": version.id,
+                  "status": "running", "started_at": dt.datetime.now(dt.UTC).isoformat()}
+        write_record(folder, run_name, record)
+    try:
+        outcome = fit_and_log(cfg, version, load_datasets(version), run_id, run_name)
+    except KeyboardInterrupt:  # interrupted, not failed: `--resume` picks it up
+        raise
+    except BaseException:
+        tracking.end_run(cfg.tracking, run_id, status="FAILED")
+        write_record(folder, run_name, {**record, "status": "failed"})
+        raise
+    tracking.end_run(cfg.tracking, run_id)
+    write_record(folder, run_name, {**record, "status": "finished"})
+    return outcome

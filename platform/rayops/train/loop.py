@@ -1,0 +1,280 @@
+"""The training loop every worker runs (a single run and each Tune trial alike).
+
+Reads its shard of the curated dataset, trains with DDP (gloo on CPU, NCCL on GPU) under the
+configured precision and learning-rate schedule, reports exact validation metrics every epoch
+(sufficient statistics all-reduced over workers), checkpoints on rank 0, stops early when the
+target metric stalls, and resumes from the latest checkpoint after a failure: epoch,
+optimizer, scheduler, early-stopping state and RNG state included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.train import Checkpoint
+
+from rayops import metrics as metric_fns
+from rayops import tracking
+from rayops.config import PipelineConfig, TrainConfig
+from rayops.models import build_model, load_state_dict
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def all_reduce(values: np.ndarray, device: torch.device) -> np.ndarray:
+    """Sum an array over every worker (identity with one worker)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    tensor = torch.as_tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.cpu().numpy()
+
+
+def lr_multiplier(train: TrainConfig) -> Any:
+    """Per-epoch factor on the scaled learning rate: warmup from 1/10, then the schedule."""
+    def factor(epoch: int) -> float:
+        if epoch < train.warmup_epochs:
+            return 0.1 + 0.9 * epoch / train.warmup_epochs
+        done = (epoch - train.warmup_epochs) / max(train.epochs - train.warmup_epochs, 1)
+        if train.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * done))
+        if train.lr_schedule == "step":
+            return 0.1 ** (int(done >= 0.5) + int(done >= 0.75))
+        return 1.0
+    return factor
+
+
+class Precision:
+    """Autocast and (for fp16 on GPU) a gradient scaler, or nothing for fp32."""
+
+    def __init__(self, precision: str, device: torch.device) -> None:
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.device_type = device.type
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=precision == "fp16" and device.type == "cuda")
+
+    def autocast(self) -> Any:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
+class ShardLoader:
+    """Batches of one worker's shard. With ``cache`` the first pass streams through Ray
+    Data (prefetching) and keeps the tensors; later epochs shuffle them in place, which is
+    what a hand-written PyTorch loop does and keeps the accelerator fed."""
+
+    def __init__(self, shard: Any, batch_size: int, device: torch.device,
+                 label_dtype: torch.dtype, cache: bool, seed: int) -> None:
+        self.shard, self.batch_size, self.device = shard, batch_size, device
+        self.label_dtype, self.cache, self.seed = label_dtype, cache, seed
+        self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def epoch(self, epoch: int, shuffle: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.cached is not None:
+            yield from self._from_cache(epoch, shuffle)
+            return
+        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for batch in self.shard.iter_torch_batches(
+            batch_size=self.batch_size, device=self.device, prefetch_batches=4,
+            dtypes={"features": torch.float32, "label": self.label_dtype},
+            local_shuffle_buffer_size=self.batch_size * 8 if shuffle else None,
+            local_shuffle_seed=self.seed + epoch if shuffle else None,
+        ):
+            pair = (batch["features"], batch["label"])
+            if self.cache:
+                parts.append(pair)
+            yield pair
+        if self.cache and parts:
+            self.cached = (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+
+    def _from_cache(self, epoch: int, shuffle: bool) -> Iterator[tuple[torch.Tensor,
+                                                                       torch.Tensor]]:
+        x, y = self.cached  # type: ignore[misc]
+        order = None
+        if shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
+            order = torch.randperm(len(x), generator=generator).to(x.device)
+        for start in range(0, len(x), self.batch_size):
+            index = order[start:start + self.batch_size] if order is not None else slice(
+                start, start + self.batch_size)
+            yield x[index], y[index]
+
+
+@dataclass
+class Progress:
+    """What resuming needs besides weights: where we are and how early stopping stands."""
+
+    epoch: int = 0
+    best: float | None = None
+    stale_epochs: int = 0
+
+    def update(self, value: float, mode: str) -> None:
+        better = self.best is None or (value > self.best if mode == "max" else value < self.best)
+        self.best, self.stale_epochs = (value, 0) if better else (self.best,
+                                                                   self.stale_epochs + 1)
+
+
+# --------------------------------------------------------------------------- epochs
+
+
+def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Any,
+                loader: ShardLoader, epoch: int, precision: Precision,
+                device: torch.device) -> tuple[float, float]:
+    """Mean training loss and the global number of samples seen this epoch."""
+    model.train()
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    for x, y in loader.epoch(epoch, shuffle=True):
+        optimizer.zero_grad(set_to_none=True)
+        with precision.autocast():
+            output = model(x)
+            loss = loss_fn(output.squeeze(1) if output.shape[1] == 1 else output, y)
+        precision.step(loss, optimizer)
+        sums[0] += loss.detach().double() * len(y)  # no host sync per batch
+        sums[1] += len(y)
+    total = all_reduce(sums.cpu().numpy(), device)
+    return float(total[0] / max(total[1], 1)), float(total[1])
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: ShardLoader, loss_fn: Any, n_out: int,
+             label_state: dict[str, Any], precision: Precision,
+             device: torch.device) -> dict[str, float]:
+    """Exact validation metrics over all workers' shards."""
+    model.eval()
+    classification = "classes" in label_state
+    stats = np.zeros(n_out * n_out if classification else 5)
+    loss_sums = np.zeros(2)
+    for x, y in loader.epoch(0, shuffle=False):
+        with precision.autocast():
+            output = model(x).float()
+        loss_sums += (float(loss_fn(output if classification else output.squeeze(1), y))
+                      * len(y), len(y))
+        if classification:
+            predicted = output.argmax(dim=1).cpu().numpy()
+            stats += metric_fns.confusion_matrix(predicted, y.cpu().numpy(), n_out).ravel()
+        else:
+            scale, shift = label_state["std"], label_state["mean"]
+            stats += metric_fns.regression_sums(output.squeeze(1).cpu().numpy() * scale + shift,
+                                                y.cpu().numpy() * scale + shift)
+    stats, loss_sums = all_reduce(stats, device), all_reduce(loss_sums, device)
+    values = (metric_fns.classification_metrics(stats.reshape(n_out, n_out))
+              if classification else metric_fns.regression_metrics(stats))
+    result = {f"valid_{k}": v for k, v in values.items()}
+    result["valid_loss"] = float(loss_sums[0] / max(loss_sums[1], 1))
+    return result
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+            ) -> Progress:
+    """Resume from the latest reported checkpoint (after a failure or a driver restart)."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return Progress()
+    with checkpoint.as_directory() as folder:
+        state = load_state_dict(Path(folder) / CHECKPOINT_FILE)
+    _unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    logger.warning("Resumed from the checkpoint of epoch %d", state["epoch"])
+    return Progress(int(state["epoch"]), state["best"], int(state["stale_epochs"]))
+
+
+@contextlib.contextmanager
+def checkpoint_of(rank: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                  scheduler: Any, progress: Progress, meta: dict[str, Any]
+                  ) -> Iterator[Checkpoint | None]:
+    """Rank 0 writes the checkpoint (weights, optimizer, scheduler, progress, RNG and the
+    preprocessing state); other ranks report metrics only."""
+    if rank != 0:
+        yield None
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "epoch": progress.epoch,
+                 "best": progress.best, "stale_epochs": progress.stale_epochs,
+                 "rng": torch.get_rng_state(), "meta": json.dumps(meta)}
+        torch.save(state, Path(folder) / CHECKPOINT_FILE)
+        yield Checkpoint.from_directory(folder)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train_fn_per_worker(config: dict[str, Any]) -> None:
+    """The training loop every worker runs."""
+    cfg = PipelineConfig.model_validate(config["cfg"])
+    train, spec, label_state = cfg.train, config["architecture"], config["label_state"]
+    metric, mode = cfg.target_metric
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(train.seed)
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(build_model(spec))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate * train.lr_factor,
+                                  weight_decay=train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(train))
+    progress = restore(model, optimizer, scheduler)
+    classification = cfg.data.task == "classification"
+    loss_fn = torch.nn.CrossEntropyLoss() if classification else torch.nn.MSELoss()
+    label_dtype = torch.int64 if classification else torch.float32
+    precision = Precision(train.precision, device)
+    seed = train.seed + 7919 * rank
+    train_loader = ShardLoader(ray.train.get_dataset_shard("train"), train.batch_size, device,
+                               label_dtype, config["cache"], seed)
+    valid_loader = ShardLoader(ray.train.get_dataset_shard("valid"), train.batch_size * 4,
+                               device, label_dtype, config["cache"], seed)
+
+    for epoch in range(progress.epoch, train.epochs):
+        started = time.perf_counter()
+        train_loss, samples = train_epoch(model, optimizer, loss_fn, train_loader, epoch,
+                                          precision, device)
+        seconds = time.perf_counter() - started
+        results = evaluate(model, valid_loader, loss_fn, spec["n_outputs"], label_state,
+                           precision, device)
+        results.update(epoch=epoch + 1, train_loss=train_loss, lr=scheduler.get_last_lr()[0],
+                       epoch_time_s=seconds, samples_per_s=samples / max(seconds, 1e-9))
+        scheduler.step()
+        progress.epoch = epoch + 1
+        progress.update(results[metric], mode)
+        with checkpoint_of(rank, model, optimizer, scheduler, progress, config["meta"]) as ckpt:
+            ray.train.report(results, checkpoint=ckpt)
+        if rank == 0 and config.get("run_id"):
+            tracking.log_metrics(cfg.tracking, config["run_id"], results, step=epoch + 1)
+        patience = train.early_stopping_patience
+        if patience is not None and progress.stale_epochs >= patience:
+            if rank == 0:
+                logger.warning("Early stop after epoch %d: %s did not improve for %d epochs",
+                               epoch + 1, metric, patience)
+            break
