@@ -240,6 +240,15 @@ def trial_runs(tracking: TrackingConfig, experiment: str, parent_run_id: str) ->
     return {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs if TRIAL_TAG in r.data.tags}
 
 
+def finished_with_model(tracking: TrackingConfig, run_id: str) -> dict[str, float] | None:
+    """A FINISHED run's best metrics if it logged a model, else None."""
+    run = client(tracking).get_run(run_id)
+    if run.info.status != "FINISHED" or MODEL_URI_TAG not in run.data.tags:
+        return None
+    return {k.removeprefix("best_"): v for k, v in run.data.metrics.items()
+            if k.startswith("best_")}
+
+
 def trial_models(tracking: TrackingConfig, experiment: str,
                  parent_run_id: str) -> dict[str, tuple[str, str]]:
     """``{trial_id: (run_id, model_uri)}`` for the sweep's trials that logged a model."""

@@ -76,8 +76,8 @@ def _search_algorithm(cfg: PipelineConfig) -> Any:
 def _scheduler(cfg: PipelineConfig) -> Any:
     if cfg.tune.scheduler.type == "fifo":
         return FIFOScheduler()
-    # max_t one past the last epoch: at max_t ASHA stops the trial, which would kill the
-    # trial before it logs its model after the final report.
+    # max_t one past the last epoch: the trial's final report (its best metrics, after the
+    # model is logged) is the one that reaches it, so ASHA never cuts a finishing trial.
     return ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs + 1,
                          grace_period=min(cfg.tune.scheduler.grace_period, cfg.train.epochs),
                          reduction_factor=cfg.tune.scheduler.reduction_factor)
@@ -85,10 +85,9 @@ def _scheduler(cfg: PipelineConfig) -> Any:
 
 def _trial_run(cfg: PipelineConfig, version: DatasetVersion, config: dict[str, Any],
                parent_run_id: str, trial_id: str) -> str:
-    """The trial's MLflow run: the one an interrupted attempt left, or a new one."""
+    """The trial's MLflow run: the one an earlier attempt left, or a new one."""
     existing = tracking.trial_runs(cfg.tracking, cfg.experiment_name, parent_run_id)
     if trial_id in existing:
-        tracking.client(cfg.tracking).update_run(existing[trial_id], status="RUNNING")
         return existing[trial_id]
     return tracking.start_run(
         cfg.tracking, cfg.experiment_name, f"trial-{trial_id}",
@@ -103,14 +102,22 @@ def run_trial(config: dict[str, Any], *, base: PipelineConfig, version: DatasetV
     cfg = base.with_overrides(config)
     trial_id = tune.get_context().get_trial_id()
     run_id = _trial_run(cfg, version, config, parent_run_id, trial_id)
+    finished = tracking.finished_with_model(cfg.tracking, run_id)
+    if finished is not None:  # done before the sweep's driver died: report, do not retrain
+        tune.report(finished)
+        return
+    tracking.client(cfg.tracking).update_run(run_id, status="RUNNING")
     try:
         # The same trainer name on a restarted trial lets Ray Train resume its checkpoint.
-        fit_and_log(cfg, version, datasets, run_id, f"{cfg.name}-{trial_id}",
-                    callbacks=[TuneReportCallback()])
+        outcome = fit_and_log(cfg, version, datasets, run_id, f"{cfg.name}-{trial_id}",
+                              callbacks=[TuneReportCallback()])
     except BaseException:
         tracking.end_run(cfg.tracking, run_id, status="FAILED")
         raise
     tracking.end_run(cfg.tracking, run_id)
+    # The best epoch's metrics as the trial's last result: trials are ranked by their best
+    # checkpoint, and a resumed trial whose training had already ended reports here.
+    tune.report(outcome.metrics)
 
 
 def _trainable(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str) -> Any:
@@ -202,7 +209,7 @@ def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
     try:
         results = tuner.fit()
         best, best_run, model_uri = _best(cfg, results, parent)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # stopped, not failed: `--resume` picks it up
         raise
     except BaseException:
         tracking.close_unfinished_children(cfg.tracking, cfg.experiment_name, parent)

@@ -65,3 +65,103 @@ def test_bad_config_fails_the_job_with_the_key_named(tmp_path, ray_head_cluster)
     result = _submit(ray_head_cluster, workdir, "jobs/ingest.py", "--config", "bad.yaml")
     assert result.returncode != 0
     assert "data.task" in result.stdout + result.stderr
+
+
+def _start(address: str, workdir: Path, submission_id: str, *job: str) -> None:
+    """Submit without waiting (retried while the job agent starts)."""
+    ray = str(Path(sys.executable).parent / "ray")
+    deadline = time.monotonic() + 120
+    while True:
+        result = subprocess.run(
+            [ray, "job", "submit", "--address", address, "--working-dir", str(workdir),
+             "--submission-id", submission_id, "--no-wait", "--", sys.executable, *job],
+            capture_output=True, text=True, timeout=120)
+        if result.returncode == 0:
+            return
+        if "No available agent" not in result.stderr or time.monotonic() > deadline:
+            raise AssertionError(result.stderr[-2000:])
+        time.sleep(2)
+
+
+def _stop(address: str, submission_id: str) -> None:
+    ray = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray, "job", "stop", "--address", address, submission_id],
+                   capture_output=True, text=True, timeout=120, check=True)
+
+
+def _wait_for(condition, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(0.5)
+
+
+def _job_dir(tmp_path: Path, cfg) -> Path:
+    workdir = tmp_path / "job"
+    shutil.copytree(REPO / "jobs", workdir / "jobs", ignore=shutil.ignore_patterns("configs"))
+    (workdir / "pipeline.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return workdir
+
+
+def test_training_driver_killed_then_resumed(tmp_path, ray_head_cluster):
+    from rayops.storage import root_of
+
+    cfg = demo_config(tmp_path, **{"train.epochs": 6, "train.cpus_per_worker": 0.5})
+    write_demo_data(file_source(cfg).location, rows=2000, files=2)
+    workdir = _job_dir(tmp_path, cfg)
+    first = _submit(ray_head_cluster, workdir, "jobs/ingest.py", "--config", "pipeline.yaml")
+    assert first.returncode == 0, first.stderr[-2000:]
+    checkpoints = root_of(cfg.storage).join("checkpoints")
+    _start(ray_head_cluster, workdir, "train-1", "jobs/train.py", "--config", "pipeline.yaml")
+    _wait_for(lambda: sum(i.path.endswith(".pt") for i in checkpoints.list_files()) >= 2)
+    _stop(ray_head_cluster, "train-1")  # the driver dies mid-run
+
+    resumed = _submit(ray_head_cluster, workdir, "jobs/train.py", "--config", "pipeline.yaml",
+                      "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    client = MlflowClient(cfg.tracking.uri)
+    experiment = client.get_experiment_by_name(cfg.experiment_name).experiment_id
+    runs = client.search_runs([experiment], "attributes.run_name = 'churn-train'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one run, continued
+    epochs = {m.value for m in client.get_metric_history(runs[0].info.run_id, "epoch")}
+    assert epochs == {1, 2, 3, 4, 5, 6}
+
+
+def test_sweep_driver_killed_then_resumed_without_rerunning_finished_trials(
+        tmp_path, ray_head_cluster):
+    from rayops import tracking
+
+    cfg = demo_config(tmp_path, **{"train.epochs": 2, "train.num_workers": 1,
+                                   "tune.enabled": True, "tune.num_samples": 3,
+                                   "tune.scheduler.type": "fifo"})
+    write_demo_data(file_source(cfg).location, rows=1500, files=1)
+    workdir = _job_dir(tmp_path, cfg)
+    assert _submit(ray_head_cluster, workdir, "jobs/ingest.py", "--config",
+                   "pipeline.yaml").returncode == 0
+    client = MlflowClient(cfg.tracking.uri)
+
+    def finished_trials() -> list:
+        experiment = client.get_experiment_by_name(cfg.experiment_name)
+        if experiment is None:
+            return []
+        runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
+        return [r for r in runs if tracking.TRIAL_TAG in r.data.tags]
+
+    _start(ray_head_cluster, workdir, "tune-1", "jobs/tune.py", "--config", "pipeline.yaml")
+    _wait_for(lambda: len(finished_trials()) >= 1)
+    _stop(ray_head_cluster, "tune-1")
+    done_before = {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in finished_trials()}
+
+    resumed = _submit(ray_head_cluster, workdir, "jobs/tune.py", "--config", "pipeline.yaml",
+                      "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    sweeps = client.search_runs([client.get_experiment_by_name(cfg.experiment_name)
+                                 .experiment_id], "tags.`rayops.kind` = 'sweep'")
+    assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED"
+    trials = tracking.trial_runs(cfg.tracking, cfg.experiment_name, sweeps[0].info.run_id)
+    assert len(trials) == 3
+    for trial_id, run_id in done_before.items():
+        assert trials[trial_id] == run_id
+        history = client.get_metric_history(run_id, "epoch")
+        assert sorted(m.value for m in history) == [1, 2]  # not trained again

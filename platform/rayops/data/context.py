@@ -6,6 +6,7 @@ datasets rayops builds inside :func:`data_context`, never the caller's own.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,10 +25,17 @@ RAYOPS_SETTINGS: dict[str, Any] = {
 
 
 @contextmanager
-def data_context(**overrides: Any) -> Iterator[ray.data.DataContext]:
-    """Temporarily apply :data:`RAYOPS_SETTINGS` (and ``overrides``) to the current context."""
+def data_context(preserve_order: bool = False, **overrides: Any
+                 ) -> Iterator[ray.data.DataContext]:
+    """Temporarily apply :data:`RAYOPS_SETTINGS` (and ``overrides``) to the current context.
+    ``preserve_order`` keeps blocks in input order (a seeded run then sees the same data
+    order every time)."""
     context = ray.data.DataContext.get_current()
     wanted = {**RAYOPS_SETTINGS, **overrides}
+    if preserve_order:
+        options = copy.copy(context.execution_options)
+        options.preserve_order = True
+        wanted["execution_options"] = options
     before = {key: getattr(context, key) for key in wanted}
     for key, value in wanted.items():
         setattr(context, key, value)

@@ -21,7 +21,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import ray.data
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.data import ExecutionOptions
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    DataConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchTrainer
 
 from rayops import tracking
@@ -63,7 +71,7 @@ def load_datasets(version: DatasetVersion) -> dict[str, ray.data.Dataset]:
     every trial of a sweep): workers then read shards without competing with a streaming
     read for CPUs."""
     state = version.manifest["preprocessor"]
-    with data_context():
+    with data_context(preserve_order=True):
         return {split: version.read(split).map_batches(
             model_inputs, batch_format="pyarrow", fn_kwargs={"state": state}).materialize()
             for split in ("train", "valid")}
@@ -118,7 +126,15 @@ def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
             callbacks=list(callbacks),
         ),
         datasets=datasets,
+        # Blocks reach each worker in a fixed order, so a seed reproduces a run.
+        dataset_config=DataConfig(execution_options=_ingest_options()),
     )
+
+
+def _ingest_options() -> ExecutionOptions:
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
 
 
 def _best_checkpoint(result: Any, metric: str, mode: str) -> tuple[Checkpoint, dict[str, Any]]:
@@ -235,7 +251,7 @@ def run_training(cfg: PipelineConfig, version: DatasetVersion | None = None,
         write_record(folder, run_name, record)
     try:
         outcome = fit_and_log(cfg, version, load_datasets(version), run_id, run_name)
-    except KeyboardInterrupt:  # interrupted, not failed: `--resume` picks it up
+    except (KeyboardInterrupt, SystemExit):  # stopped, not failed: `--resume` picks it up
         raise
     except BaseException:
         tracking.end_run(cfg.tracking, run_id, status="FAILED")

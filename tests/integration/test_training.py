@@ -1,0 +1,130 @@
+"""Training on a real Ray cluster: worker failures, checkpoints on the S3 endpoint, seeds,
+early stopping, precision, search algorithms."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+from mlflow import MlflowClient
+
+from rayops import tracking
+from rayops.data.ingest import file_source, ingest
+from rayops.errors import TrainingError
+from rayops.pipeline import train_and_register
+from rayops.storage import root_of
+from rayops.train import run_training
+from tests.helpers import demo_config, write_demo_data
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _dataset(cfg, rows=3000):
+    write_demo_data(file_source(cfg).location, rows=rows, files=2)
+    return ingest(cfg)
+
+
+class WorkerKiller(threading.Thread):
+    """Kills one Ray Train worker process (SIGKILL) once `after` new checkpoints exist."""
+
+    def __init__(self, cfg, after: int = 2) -> None:
+        super().__init__(daemon=True)
+        self.checkpoints = root_of(cfg.storage).join("checkpoints")
+        self.before = self._paths()
+        self.after, self.killed = after, None
+        self.done = threading.Event()
+
+    def _paths(self) -> set[str]:
+        return {i.path for i in self.checkpoints.list_files() if i.path.endswith(".pt")}
+
+    def run(self) -> None:
+        seen: set[str] = set()
+        while not self.done.is_set() and len(seen) < self.after:
+            seen |= self._paths() - self.before
+            time.sleep(0.2)
+        for proc in psutil.process_iter(["cmdline"]):
+            if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
+                os.kill(proc.pid, signal.SIGKILL)
+                self.killed = proc.pid
+                return
+
+
+def test_killed_worker_resumes_from_s3_checkpoint_and_matches_clean_run(
+        tmp_path, ray_start_4_cpus, s3_endpoint, s3_bucket):
+    cfg = demo_config(tmp_path, **{"storage.root": f"s3://{s3_bucket}/lake",
+                                   "storage.endpoint_url": s3_endpoint, "train.epochs": 5,
+                                   "train.max_failures": 1, "train.cpus_per_worker": 0.5})
+    version = _dataset(cfg)
+    clean = run_training(cfg, version)
+    killer = WorkerKiller(cfg, after=2)  # after the second epoch of this run
+    killer.start()
+    try:
+        failed_over = run_training(cfg, version)
+    finally:
+        killer.done.set()
+    assert killer.killed is not None, "no training worker was killed"
+    history = MlflowClient(cfg.tracking.uri).get_metric_history(failed_over.run_id, "epoch")
+    assert max(m.value for m in history) == 5  # all epochs, finished from a checkpoint
+    assert abs(failed_over.metrics["valid_f1"] - clean.metrics["valid_f1"]) < 0.05
+    assert failed_over.checkpoint_path.startswith(f"{s3_bucket}/lake/checkpoints/")
+
+
+def test_failures_beyond_max_failures_fail_the_run(tmp_path, ray_start_4_cpus):
+    cfg = demo_config(tmp_path, **{"train.epochs": 6, "train.max_failures": 0,
+                                   "train.cpus_per_worker": 0.5})
+    version = _dataset(cfg)
+    killer = WorkerKiller(cfg, after=1)
+    killer.start()
+    with pytest.raises(Exception) as failure:
+        run_training(cfg, version)
+    killer.done.set()
+    assert killer.killed is not None
+    assert "RayTrainWorker" in str(failure.value) or "died" in str(failure.value).lower() or (
+        "fail" in str(failure.value).lower())
+    runs = MlflowClient(cfg.tracking.uri).search_runs(
+        [tracking.experiment_id(cfg.tracking, cfg.experiment_name)],
+        "attributes.run_name = 'churn-train'")
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_same_seed_same_metrics_and_early_stopping(tmp_path, ray_start_4_cpus):
+    cfg = demo_config(tmp_path, **{"train.num_workers": 1, "train.epochs": 3,
+                                   "train.data_loading": "memory"})
+    version = _dataset(cfg, rows=2000)
+    first, second = run_training(cfg, version), run_training(cfg, version)
+    assert first.metrics["valid_loss"] == pytest.approx(second.metrics["valid_loss"], abs=1e-4)
+    assert first.metrics["valid_f1"] == pytest.approx(second.metrics["valid_f1"], abs=0.01)
+    stalled = cfg.with_overrides({"train.learning_rate": 1e-7, "train.epochs": 8,
+                                  "train.early_stopping_patience": 1,
+                                  "train.lr_schedule": "constant"})
+    stopped = run_training(stalled, version)
+    epochs = MlflowClient(cfg.tracking.uri).get_metric_history(stopped.run_id, "epoch")
+    assert max(m.value for m in epochs) < 8
+
+
+def test_bf16_on_cpu_trains_and_fp16_needs_a_gpu(tmp_path, ray_start_4_cpus):
+    cfg = demo_config(tmp_path, **{"train.num_workers": 1, "train.epochs": 2,
+                                   "train.precision": "bf16"})
+    version = _dataset(cfg, rows=2000)
+    assert run_training(cfg, version).metrics["valid_accuracy"] > 0.5
+    with pytest.raises(TrainingError, match="fp16.*use_gpu"):
+        run_training(cfg.with_overrides({"train.precision": "fp16"}), version)
+
+
+def test_optuna_sweep_with_two_worker_trials(tmp_path, ray_start_4_cpus):
+    cfg = demo_config(tmp_path, **{"train.epochs": 2, "train.cpus_per_worker": 0.5,
+                                   "tune.enabled": True, "tune.search": "optuna",
+                                   "tune.num_samples": 2, "tune.scheduler.type": "fifo"})
+    version = _dataset(cfg, rows=2000)
+    result = train_and_register(cfg, version)
+    client = MlflowClient(cfg.tracking.uri)
+    parent = client.get_run(result.run_id).data.tags["mlflow.parentRunId"]
+    trials = tracking.trial_runs(cfg.tracking, cfg.experiment_name, parent)
+    assert len(trials) == 2
+    params = [client.get_run(r).data.params for r in trials.values()]
+    assert all(p["train.num_workers"] == "2" for p in params)
+    assert len({p["train.learning_rate"] for p in params}) == 2  # TPE sampled two values
