@@ -138,7 +138,10 @@ def _tuner(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str, nam
         tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=samples,
                                     max_concurrent_trials=cfg.tune.max_concurrent_trials,
                                     search_alg=_search_algorithm(cfg),
-                                    scheduler=_scheduler(cfg)),
+                                    scheduler=_scheduler(cfg),
+                                    # one trial process serves trial after trial: no new
+                                    # process (and imports) per trial
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage.uri if storage.is_local else storage.path,

@@ -241,6 +241,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(train.seed)
     device = ray.train.torch.get_device()
+    if device.type == "cpu":  # as many intra-op threads as CPUs the worker reserved
+        torch.set_num_threads(max(1, int(train.cpus_per_worker)))
     model = ray.train.torch.prepare_model(build_model(spec))
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate * train.lr_factor,
                                   weight_decay=train.weight_decay)
@@ -265,6 +267,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                            precision, device)
         results.update(epoch=epoch + 1, train_loss=train_loss, lr=scheduler.get_last_lr()[0],
                        epoch_time_s=seconds, samples_per_s=samples / max(seconds, 1e-9))
+        if device.type == "cuda":
+            results["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         scheduler.step()
         progress.epoch = epoch + 1
         progress.update(results[metric], mode)
