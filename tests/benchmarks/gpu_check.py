@@ -90,7 +90,7 @@ def main() -> None:
     print(f"plain PyTorch on GPU (bf16)  {baseline:>12,.0f} samples/s", flush=True)
     util = Utilization()
     util.start()
-    one, wall = rayops_training(cfg, version)
+    one, _, wall = rayops_training(cfg, version)
     util.stop.set()
     from mlflow import MlflowClient
 
@@ -107,7 +107,7 @@ def main() -> None:
                "ratio": round(one / baseline, 3), "gpu_util_mean_pct": round(
                    sum(busy) / max(len(busy), 1), 1), "gpu_peak_memory_mb": round(peak, 1)}
     if gpus >= 2:
-        two, _ = rayops_training(cfg.with_overrides({"train.num_workers": 2}), version)
+        two, _, _ = rayops_training(cfg.with_overrides({"train.num_workers": 2}), version)
         summary["scaling_2_gpus"] = round(two / one, 3)
     ray.shutdown()
     shutil.rmtree(work, ignore_errors=True)
