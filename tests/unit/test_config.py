@@ -125,3 +125,20 @@ def test_serve_batch_larger_than_ongoing_requests_rejected():
     raw["serve"] = {"max_batch_size": 128, "max_ongoing_requests": 16}
     with pytest.raises(ConfigError, match="max_ongoing_requests"):
         validate_config(raw)
+
+
+def test_grid_search_takes_choices_only():
+    raw = _raw()
+    raw["tune"] = {"search": "grid",
+                   "search_space": {"train.learning_rate": {"type": "uniform", "low": 0,
+                                                            "high": 1}}}
+    with pytest.raises(ConfigError, match="grid.*choice"):
+        validate_config(raw)
+
+
+@pytest.mark.parametrize(("rule", "workers", "factor"), [
+    ("none", 4, 1.0), ("linear", 4, 4.0), ("sqrt", 4, 2.0)])
+def test_learning_rate_scaling_rule(rule, workers, factor):
+    cfg = validate_config(_raw()).with_overrides({"train.lr_scaling": rule,
+                                                  "train.num_workers": workers})
+    assert cfg.train.lr_factor == factor

@@ -1,0 +1,37 @@
+from ray import tune
+
+from rayops.config import validate_config
+from rayops.train.loop import Progress, lr_multiplier
+from rayops.tune import search_space
+
+
+def _cfg(search: str):
+    return validate_config({
+        "name": "t",
+        "data": {"label": "y", "task": "classification",
+                 "columns": {"x": {"type": "numeric"}, "y": {"type": "categorical"}}},
+        "tune": {"search": search, "search_space": {
+            "model.hidden_sizes": {"type": "choice", "values": [[8], [16, 8]]}}},
+    })
+
+
+def test_grid_search_enumerates_choices_and_random_samples_them():
+    assert search_space(_cfg("grid"))["model.hidden_sizes"] == tune.grid_search([[8], [16, 8]])
+    assert isinstance(search_space(_cfg("random"))["model.hidden_sizes"], tune.search.sample
+                      .Categorical)
+
+
+def test_learning_rate_warmup_then_cosine_and_step():
+    train = _cfg("random").with_overrides({"train.epochs": 10, "train.warmup_epochs": 2}).train
+    factor = lr_multiplier(train)
+    assert factor(0) == 0.1 and factor(1) == 0.55 and factor(2) == 1.0
+    assert factor(9) < 0.05
+    step = lr_multiplier(train.model_copy(update={"lr_schedule": "step", "warmup_epochs": 0}))
+    assert [step(e) for e in (0, 5, 8)] == [1.0, 0.1, 0.1 ** 2]
+
+
+def test_early_stopping_progress_counts_stale_epochs():
+    progress = Progress()
+    for value in (0.5, 0.6, 0.59, 0.58):
+        progress.update(value, "max")
+    assert progress.best == 0.6 and progress.stale_epochs == 2
