@@ -95,17 +95,98 @@ def tune(config: ConfigArg, overrides: SetOpt = None, resume: ResumeOpt = False)
 
 
 @app.command()
-def deploy(config: ConfigArg, overrides: SetOpt = None,
-           block: Annotated[bool, typer.Option(help="Keep serving until Ctrl-C.")] = True) -> None:
+def deploy(
+    config: ConfigArg,
+    overrides: SetOpt = None,
+    block: Annotated[bool, typer.Option(help="Keep serving until Ctrl-C.")] = True,
+    emit: Annotated[Path | None, typer.Option(
+        help="Write a Serve config file (for `serve deploy`/`serve run`) instead.")] = None,
+) -> None:
     """Serve the aliased model with Ray Serve."""
-    from rayops.serve import deploy as run_deploy
+    from rayops import serve
 
     cfg = _load(config, overrides)
+    if emit is not None:
+        import yaml
+
+        emit.write_text(yaml.safe_dump(serve.serve_config(cfg, config, overrides or []),
+                                       sort_keys=False))
+        typer.echo(f"wrote {emit}: serve deploy {emit}  (or: serve run {emit})")
+        return
     init_ray()
-    url = run_deploy(cfg)
+    url = serve.deploy(cfg)
     typer.echo(f"serving {cfg.model_name}@{cfg.serve.model_alias} at {url}/predict")
     if block:
         _wait_forever()
+
+
+def _tracking(config: Path | None, tracking_uri: str | None) -> Any:
+    from rayops.config import TrackingConfig
+
+    if config is not None:
+        return _load(config, None).tracking
+    if tracking_uri is None:
+        raise typer.BadParameter("give --config CONFIG or --tracking-uri URI")
+    setup_logging()
+    return TrackingConfig(uri=tracking_uri)
+
+
+StoreConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", help="Pipeline config (its MLflow store).")]
+TrackingUriOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI.")]
+
+
+@app.command()
+def promote(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Argument(help="Model version to serve.")],
+    config: StoreConfigOpt = None,
+    tracking_uri: TrackingUriOpt = None,
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "champion",
+) -> None:
+    """Point the alias at a version; running deployments switch to it without downtime."""
+    from rayops import tracking
+
+    previous = tracking.promote(_tracking(config, tracking_uri), model, version, alias)
+    was = f" (was v{previous.version})" if previous else ""
+    typer.echo(f"{model}@{alias} -> v{version}{was}")
+
+
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    config: StoreConfigOpt = None,
+    tracking_uri: TrackingUriOpt = None,
+    alias: Annotated[str, typer.Option(help="Alias to move back.")] = "champion",
+) -> None:
+    """Point the alias back at the version it served before the last promotion."""
+    from rayops import tracking
+
+    version = tracking.rollback(_tracking(config, tracking_uri), model, alias)
+    typer.echo(f"{model}@{alias} -> v{version}")
+
+
+@app.command()
+def predict(
+    file: Annotated[Path, typer.Argument(help="Records: .csv, .jsonl or a .json array.")],
+    url: Annotated[str, typer.Option(help="Base URL of the API, e.g. http://127.0.0.1:8000")],
+    output: Annotated[Path | None, typer.Option(help="Write JSON lines here (default: stdout).")
+                      ] = None,
+    chunk: Annotated[int, typer.Option(min=1, help="Records per request.")] = 500,
+    token_env: Annotated[str | None, typer.Option(
+        help="Environment variable holding the bearer token.")] = None,
+) -> None:
+    """Send a file of records to a running deployment and print or write the predictions."""
+    from rayops.serve.client import predict_file
+
+    setup_logging()
+    lines = predict_file(file, url, chunk, token_env)
+    if output is None:
+        for line in lines:
+            typer.echo(line)
+    else:
+        output.write_text("".join(f"{line}\n" for line in lines))
+        typer.echo(f"wrote {len(lines)} predictions to {output}")
 
 
 @app.command()

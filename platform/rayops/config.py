@@ -426,6 +426,25 @@ class ServeConfig(_Section):
     max_batch_size: int = Field(32, ge=1, description="Requests merged into one model call.")
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, description="Wait to fill a batch.")
     max_records_per_request: int = Field(1000, ge=1, description="Records one request may send.")
+    max_queued_requests: int = Field(
+        200, ge=-1,
+        description="Requests waiting for a replica beyond which new ones get 503 at once "
+        "(-1: unbounded).",
+    )
+    request_timeout_s: float = Field(30.0, gt=0.0, description="End-to-end HTTP timeout (408).")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body (413).")
+    model_poll_interval_s: float = Field(
+        5.0, ge=0.0,
+        description="How often replicas check where model_alias points; a move switches them "
+        "to the new version without dropping requests (0: never).",
+    )
+    auth_token_env: str | None = Field(
+        None, description="Name of an environment variable holding a bearer token to require "
+        "(the token itself never goes in this file).",
+    )
+    auth_token_file: str | None = Field(
+        None, description="Path of a file holding the bearer token (read by each replica).",
+    )
 
     @field_validator("route_prefix")
     @classmethod

@@ -69,7 +69,7 @@ def register_and_gate(cfg: PipelineConfig, model_uri: str, run_id: str,
     better = champion_score is None or (challenger_score > champion_score if mode == "max"
                                         else challenger_score < champion_score)
     if better:
-        tracking.set_alias(cfg.tracking, name, tracking.CHAMPION, challenger.version)
+        tracking.promote(cfg.tracking, name, challenger.version)
         champion = tracking.RegisteredModel(name, challenger.version, tracking.CHAMPION,
                                             run_id, model_uri)
     else:

@@ -182,6 +182,36 @@ def register(tracking: TrackingConfig, name: str, model_uri: str, run_id: str,
     return RegisteredModel(name, str(version.version), alias, run_id, model_uri)
 
 
+PREVIOUS_TAG = "rayops.previous_champion"
+
+
+def promote(tracking: TrackingConfig, name: str, version: str, alias: str = CHAMPION
+            ) -> RegisteredModel | None:
+    """Point ``alias`` at ``version``, remembering the version it left (for rollback).
+    Returns the version the alias pointed to before, if any."""
+    previous = alias_or_none(tracking, name, alias)
+    try:
+        client(tracking).get_model_version(name, version)
+    except Exception:
+        raise TrackingError(f"model {name!r} has no version {version!r}") from None
+    if previous is not None and previous.version != version:
+        tag_version(tracking, name, version, {f"{PREVIOUS_TAG}.{alias}": previous.version})
+    set_alias(tracking, name, alias, version)
+    return previous
+
+
+def rollback(tracking: TrackingConfig, name: str, alias: str = CHAMPION) -> str:
+    """Move ``alias`` back to the version it pointed to before the current one."""
+    current = resolve_alias(tracking, name, alias)
+    tags = client(tracking).get_model_version(name, current.version).tags
+    previous = tags.get(f"{PREVIOUS_TAG}.{alias}")
+    if not previous:
+        raise TrackingError(f"{name}@{alias} (version {current.version}) has no previous "
+                            "version to roll back to")
+    set_alias(tracking, name, alias, previous)
+    return previous
+
+
 def set_alias(tracking: TrackingConfig, name: str, alias: str, version: str) -> None:
     """Point ``alias`` at ``version``: serving replicas following the alias switch over."""
     client(tracking).set_registered_model_alias(name, alias, version)

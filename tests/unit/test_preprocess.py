@@ -111,3 +111,12 @@ def test_profile_has_quantiles_histogram_frequencies_and_null_rates():
     assert sum(num["histogram"]["fractions"]) == pytest.approx(1.0)
     assert set(profile["cat"]["frequencies"]) == {"a", "b", "c"}
     assert profile["cat"]["frequencies"]["a"] == pytest.approx(1 / 3, abs=0.05)
+
+
+def test_extreme_values_are_clipped_to_finite_inputs():
+    data, table = _data(), _table()
+    pre = _fit(data, table)
+    extreme = pa.table({"num": [1e308, -1e308], "cat": ["a", "b"], "flag": [True, False],
+                        "when": pa.array([None, None], pa.timestamp("us", tz="UTC"))})
+    x = pre.transform(extreme)
+    assert np.isfinite(x).all() and x[0, 0] == 1e4 and x[1, 0] == -1e4

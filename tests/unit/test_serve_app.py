@@ -2,7 +2,7 @@
 
 import math
 
-import numpy as np
+import pandas as pd
 import pyarrow.compute as pc
 import pytest
 from fastapi.testclient import TestClient
@@ -14,23 +14,41 @@ from rayops.data.stats import table_stats
 from rayops.demo import churn, config_path
 from rayops.models import MLP, Bundle
 from rayops.predict import Predictor
-from rayops.serve import ModelInfo, create_app
+from rayops.serve.app import create_app
+from rayops.serve.schema import record_model
+
+TOKEN = "s3cret-token"
 
 
 class _Server:
-    """Stands in for ModelServer: same attributes, batching replaced by a direct call."""
+    """Stands in for the Serve replica: same attributes, no Ray, no batching."""
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: Predictor, token: str | None = None) -> None:
         self.predictor = predictor
-        self.info = ModelInfo(name="m", version="1", alias="champion", run_id="r")
-        self.max_records = 5
+        self.record_model = record_model(predictor.schema, predictor.preprocessor.label)
+        self.max_records, self.max_body_bytes, self.token = 5, 4096, token
+        self.observed: list[int] = []
 
-    async def predict_batch(self, matrix: np.ndarray):
-        return self.predictor.predict_matrix(matrix)
+    async def predict(self, records):
+        frame = pd.DataFrame.from_records(records, columns=self.predictor.features)
+        return {"model": {"name": "m", "version": "1", "alias": "champion", "run_id": "r"},
+                "predictions": self.predictor.predict(frame)}
+
+    def metadata(self):
+        return {"model": {"name": "m", "version": "1", "alias": "champion", "run_id": "r"},
+                "task": "classification", "dataset": "d/v000001", "target_metric": "valid_f1",
+                "metrics": {}, "input_schema": self.record_model.model_json_schema(),
+                "served": {}}
+
+    def health(self):
+        return {"status": "ok"}
+
+    def observe(self, route, status, seconds):
+        self.observed.append(status)
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory) -> TestClient:
+def predictor(tmp_path_factory) -> Predictor:
     cfg = load_config(config_path())
     used = [*cfg.data.feature_names, cfg.data.label]
     columns = {n: cfg.data.columns[n] for n in used}
@@ -42,7 +60,12 @@ def client(tmp_path_factory) -> TestClient:
     meta = {"architecture": arch, "preprocessor": pre.to_dict(),
             "schema": {n: cfg.data.columns[n].model_dump() for n in used}}
     folder = Bundle(MLP(pre.n_features, 2, [4]), meta).save(tmp_path_factory.mktemp("b"))
-    return TestClient(create_app(_Server(Predictor.load(folder))))
+    return Predictor.load(folder)
+
+
+@pytest.fixture(scope="module")
+def client(predictor) -> TestClient:
+    return TestClient(create_app(_Server(predictor)))
 
 
 GOOD = {"age": 30, "tenure_months": 3, "monthly_charges": 80.5, "total_charges": 240.0,
@@ -94,6 +117,51 @@ def test_too_many_or_zero_records_is_422(client):
     assert client.post("/predict", json={"records": []}).status_code == 422
 
 
+def test_body_too_large_is_413_and_missing_length_411(client):
+    big = '{"records": [' + ",".join(['{"age": 30}'] * 400) + "]}"
+    response = client.post("/predict", content=big, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "limit of 4096" in response.json()["detail"]
+
+    def chunks():
+        yield b'{"records": []}'
+
+    chunked = client.post("/predict", content=chunks(),
+                          headers={"content-type": "application/json"})
+    assert chunked.status_code == 411
+
+
+def test_bearer_token_is_required_except_for_health(predictor):
+    secured = TestClient(create_app(_Server(predictor, token=TOKEN)))
+    assert secured.post("/predict", json={"records": [GOOD]}).status_code == 401
+    wrong = secured.post("/predict", json={"records": [GOOD]},
+                         headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"] == "Bearer"
+    assert secured.get("/metadata").status_code == 401
+    assert secured.get("/health").status_code == 200
+    ok = secured.post("/predict", json={"records": [GOOD]},
+                      headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200
+
+
+def test_unexpected_errors_are_500_without_a_traceback(predictor):
+    class Broken(_Server):
+        async def predict(self, records):
+            raise RuntimeError("secret internals /etc/passwd")
+
+    response = TestClient(create_app(Broken(predictor)), raise_server_exceptions=False).post(
+        "/predict", json={"records": [GOOD]})
+    assert response.status_code == 500
+    assert "internal error (reference" in response.json()["detail"]
+    assert "secret" not in response.text and "Traceback" not in response.text
+
+
+def test_metadata_describes_model_and_input_schema(client):
+    body = client.get("/metadata").json()
+    assert body["model"]["alias"] == "champion"
+    assert set(body["input_schema"]["properties"]) >= {"age", "contract", "region"}
+    assert "churned" not in body["input_schema"]["properties"]
+
+
 def test_app_builder_for_serve_run_takes_typed_args():
     from ray.serve import Application
 
@@ -103,3 +171,25 @@ def test_app_builder_for_serve_run_takes_typed_args():
     assert isinstance(app, Application)
     with pytest.raises(ValueError, match="config"):
         AppArgs.model_validate({"confg": "x.yaml"})
+
+
+def test_emitted_serve_config_is_valid_for_serve_deploy(tmp_path):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+    from typer.testing import CliRunner
+
+    from rayops.cli import app
+
+    out = tmp_path / "serve.yaml"
+    result = CliRunner().invoke(app, ["deploy", str(config_path()), "--emit", str(out),
+                                      "--set", "serve.max_queued_requests=7"])
+    assert result.exit_code == 0, result.output
+    emitted = yaml.safe_load(out.read_text())
+    parsed = ServeDeploySchema.parse_obj(emitted)
+    (application,) = parsed.applications
+    assert application.import_path == "rayops.serve:build_app"
+    assert application.args["overrides"] == ["serve.max_queued_requests=7"]
+    (deployment,) = application.deployments
+    assert deployment.max_queued_requests == 7
+    assert deployment.autoscaling_config["max_replicas"] == 2
+    assert parsed.http_options.host == "127.0.0.1"

@@ -23,6 +23,7 @@ from rayops.errors import DataError
 
 OTHER = "__other__"
 MAX_CATEGORIES = 64  # rarer categories share the OTHER slot: keeps the input layer small
+CLIP = 1e4  # largest standardized magnitude fed to the network
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,10 @@ class Preprocessor:
 def _scaled(values: pa.ChunkedArray, state: Mapping[str, float]) -> np.ndarray:
     raw = values.to_numpy(zero_copy_only=False).astype(np.float64)
     scaled = (raw - state["mean"]) / state["std"]
-    return np.nan_to_num(scaled, nan=0.0).astype(np.float32)[:, None]  # null -> the mean
+    # Nulls become the mean (0). A value 10,000 spreads out is an outlier the model cannot
+    # use anyway; clipping keeps float32 and the network's outputs finite.
+    scaled = np.clip(np.nan_to_num(scaled, nan=0.0), -CLIP, CLIP)
+    return scaled.astype(np.float32)[:, None]
 
 
 def _scale_state(stats: Mapping[str, Any], key: str) -> dict[str, float]:

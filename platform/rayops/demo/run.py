@@ -28,23 +28,12 @@ SAMPLE_RECORDS = [
 ]
 
 
-def _wait_ready(url: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/health", timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url}/health did not answer 200 within {timeout_s:.0f}s")
-
-
 def run_demo(rows: int, seed: int, port: int, keep_running: bool, overrides: list[str]) -> None:
     """Run the packaged churn demo from the current directory (./lake, ./mlflow)."""
     from ray import serve
 
     from rayops.pipeline import run_pipeline
+    from rayops.serve import wait_ready
 
     cfg = load_config(demo.config_path(), [f"serve.port={port}", *overrides])
     raw = file_source(cfg).location
@@ -54,7 +43,7 @@ def run_demo(rows: int, seed: int, port: int, keep_running: bool, overrides: lis
     init_ray()
     result = run_pipeline(cfg)
     assert result.url is not None
-    _wait_ready(result.url)
+    wait_ready(result.url)
     response = requests.post(f"{result.url}/predict", json={"records": SAMPLE_RECORDS},
                              timeout=30)
     champion = result.model.decision.champion

@@ -1,0 +1,216 @@
+"""The Serve deployment: a replica that serves the model an MLflow alias points to.
+
+Each replica loads the aliased version (weights and JSON, nothing unpickled), builds its API
+from that model's schema, merges concurrent requests into one vectorized model call
+(``@serve.batch``), and polls the alias: when it moves (``rayops promote``, ``rayops
+rollback`` or the MLflow UI) the replica loads the new version beside the old one and
+swaps in one assignment, so no request fails during an update.
+"""
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+from ray import serve
+
+from rayops import tracking
+from rayops.config import TrackingConfig
+from rayops.errors import DataError, ServeError
+from rayops.predict import Predictor
+from rayops.serve.app import create_app
+from rayops.serve.metrics import ServeMetrics
+from rayops.serve.schema import ModelInfo, record_model
+
+logger = logging.getLogger(__name__)
+
+
+class ReplicaSettings(BaseModel):
+    """What a replica needs; plain data so Serve can ship it to any node."""
+
+    model_config = ConfigDict(extra="forbid")
+    tracking: dict[str, Any]
+    model_name: str
+    alias: str
+    max_records: int
+    max_batch_size: int
+    batch_wait_timeout_s: float
+    max_body_bytes: int
+    poll_interval_s: float
+    auth_token_env: str | None = None
+    auth_token_file: str | None = None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    predictor: Predictor
+    info: ModelInfo
+
+
+def read_token(settings: ReplicaSettings) -> str | None:
+    """The bearer token from the named environment variable or file, if configured."""
+    if settings.auth_token_env:
+        token = os.environ.get(settings.auth_token_env, "").strip()
+        if not token:
+            raise ServeError(f"serve.auth_token_env names {settings.auth_token_env!r}, which "
+                             "is unset or empty on this node")
+        return token
+    if settings.auth_token_file:
+        token = Path(settings.auth_token_file).read_text().strip()
+        if not token:
+            raise ServeError(f"serve.auth_token_file {settings.auth_token_file!r} is empty")
+        return token
+    return None
+
+
+class ModelServer:
+    """One replica."""
+
+    async def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = ReplicaSettings.model_validate(settings)
+        self._tracking = TrackingConfig.model_validate(self.settings.tracking)
+        self.model = await asyncio.to_thread(self._load)
+        self.record_model = record_model(self.model.predictor.schema,
+                                         self.model.predictor.preprocessor.label)
+        self.max_records = self.settings.max_records
+        self.max_body_bytes = self.settings.max_body_bytes
+        self.token = read_token(self.settings)
+        self.stats: Counter[str] = Counter()
+        self.metrics = ServeMetrics()
+        self.predict_batch.set_max_batch_size(self.settings.max_batch_size)
+        self.predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        if self.settings.poll_interval_s > 0:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        logger.info("Replica serving %s v%s (@%s)", self.model.info.name,
+                    self.model.info.version, self.settings.alias)
+
+    def _load(self, known: tracking.RegisteredModel | None = None) -> LoadedModel:
+        registered = known or tracking.resolve_alias(self._tracking, self.settings.model_name,
+                                                     self.settings.alias)
+        predictor = Predictor.load(tracking.download_bundle(self._tracking, registered))
+        info = ModelInfo(name=registered.name, version=registered.version,
+                         alias=self.settings.alias, run_id=registered.run_id)
+        return LoadedModel(predictor, info)
+
+    # ------------------------------------------------------------------ model updates
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            try:
+                await asyncio.to_thread(self.refresh)
+            except Exception:
+                logger.exception("Checking %s@%s failed; still serving v%s",
+                                 self.settings.model_name, self.settings.alias,
+                                 self.model.info.version)
+
+    def refresh(self) -> bool:
+        """Swap in the version the alias points to now, if it moved. True if swapped."""
+        registered = tracking.resolve_alias(self._tracking, self.settings.model_name,
+                                            self.settings.alias)
+        if registered.version == self.model.info.version:
+            return False
+        candidate = self._load(registered)
+        if candidate.predictor.schema != self.model.predictor.schema:
+            logger.error("%s v%s expects other inputs than v%s; redeploy to serve it",
+                         registered.name, registered.version, self.model.info.version)
+            return False
+        self.model = candidate  # one assignment: in-flight batches keep the old model
+        logger.info("Now serving %s v%s (@%s)", registered.name, registered.version,
+                    self.settings.alias)
+        return True
+
+    # ------------------------------------------------------------------ predictions
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def predict_batch(self, requests: list[list[dict[str, Any]]]
+                            ) -> list[dict[str, Any] | DataError]:
+        """One validation, transform and model call for every request in the batch."""
+        model = self.model
+        self.metrics.batch_size.observe(len(requests))
+        self.stats["batches"] += 1
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(requests))
+        frame = pd.DataFrame.from_records(list(itertools.chain.from_iterable(requests)),
+                                          columns=model.predictor.features)
+        try:
+            predictions = model.predictor.predict(frame)
+        except DataError:  # find whose records failed; the others still get answers
+            return [self._one(model, records) for records in requests]
+        info = model.info.model_dump()
+        out: list[dict[str, Any] | DataError] = []
+        start = 0
+        for records in requests:
+            out.append({"model": info, "predictions": predictions[start:start + len(records)]})
+            start += len(records)
+        return out
+
+    @staticmethod
+    def _one(model: LoadedModel, records: list[dict[str, Any]]) -> dict[str, Any] | DataError:
+        try:
+            frame = pd.DataFrame.from_records(records, columns=model.predictor.features)
+            return {"model": model.info.model_dump(),
+                    "predictions": model.predictor.predict(frame)}
+        except DataError as exc:
+            return exc
+
+    async def predict(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        result = await self.predict_batch(records)
+        if isinstance(result, DataError):
+            raise result
+        self.stats["requests"] += 1
+        self.stats["records"] += len(records)
+        return result
+
+    # ------------------------------------------------------------------ introspection
+
+    def metadata(self) -> dict[str, Any]:
+        model = self.model
+        meta = model.predictor.bundle.meta
+        return {"model": model.info.model_dump(), "task": model.predictor.task,
+                "dataset": meta.get("dataset"), "target_metric": meta.get("target_metric"),
+                "metrics": {k: v for k, v in meta.get("metrics", {}).items()
+                            if k.startswith("valid_")},
+                "input_schema": self.record_model.model_json_schema(),
+                "served": dict(self.stats)}
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.model.info.model_dump()}
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.metrics.observe(route, status, seconds)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return create_app(self)
+
+
+def replica_settings(cfg: Any) -> dict[str, Any]:
+    s = cfg.serve
+    return ReplicaSettings(
+        tracking=cfg.tracking.model_dump(), model_name=cfg.model_name, alias=s.model_alias,
+        max_records=s.max_records_per_request, max_batch_size=s.max_batch_size,
+        batch_wait_timeout_s=s.batch_wait_timeout_s, max_body_bytes=s.max_body_bytes,
+        poll_interval_s=s.model_poll_interval_s, auth_token_env=s.auth_token_env,
+        auth_token_file=s.auth_token_file,
+    ).model_dump()
+
+
+def wait_ready(url: str, timeout_s: float = 120.0, token: str | None = None) -> None:
+    """Block until ``{url}/health`` answers 200."""
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise ServeError(f"{url}/health did not answer 200 within {timeout_s:.0f}s")

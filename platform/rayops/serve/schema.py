@@ -1,0 +1,68 @@
+"""Request and response bodies of the HTTP API, built from a model's input schema."""
+
+import datetime as dt
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from rayops.config import ColumnSpec
+
+
+def field_type(spec: ColumnSpec) -> Any:
+    """Strict pydantic types: a string where a number belongs is a 422, not a coercion."""
+    if spec.type == "numeric":
+        return Annotated[float, Field(strict=True, allow_inf_nan=False, ge=spec.min, le=spec.max)]
+    if spec.type == "integer":
+        return Annotated[int, Field(strict=True, ge=spec.min, le=spec.max)]
+    if spec.type == "boolean":
+        return Annotated[bool, Field(strict=True)]
+    if spec.type == "datetime":
+        return dt.datetime  # ISO 8601 text in JSON
+    if spec.values:
+        return Literal[tuple(spec.values)]  # type: ignore[valid-type]
+    return Annotated[str, Field(strict=True, max_length=512)]
+
+
+def record_model(schema: dict[str, ColumnSpec], label: str) -> type[BaseModel]:
+    """One input record: the features, typed; unknown keys refused; nullable ones optional."""
+    fields: dict[str, Any] = {}
+    for name, spec in schema.items():
+        if name == label:
+            continue
+        kind = field_type(spec)
+        fields[name] = (Optional[kind], None) if spec.nullable else (kind, ...)  # noqa: UP045
+    return create_model("Record", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def request_model(record: type[BaseModel], max_records: int) -> type[BaseModel]:
+    return create_model(
+        "PredictRequest", __config__=ConfigDict(extra="forbid"),
+        records=(list[record], Field(min_length=1, max_length=max_records)),  # type: ignore[valid-type]
+    )
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    alias: str
+    run_id: str
+
+
+class Prediction(BaseModel):
+    prediction: str | float
+    probabilities: dict[str, float] | None = None
+
+
+class PredictResponse(BaseModel):
+    model: ModelInfo
+    predictions: list[Prediction]
+
+
+class Metadata(BaseModel):
+    model: ModelInfo
+    task: str
+    dataset: str | None
+    target_metric: str | None
+    metrics: dict[str, float]
+    input_schema: dict[str, Any]
+    served: dict[str, int]

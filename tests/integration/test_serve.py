@@ -1,0 +1,284 @@
+"""Ray Serve over real HTTP: batching, autoscaling, backpressure, bad input, zero-downtime
+promotion, a killed replica, the bearer token, metrics, the client, and an OpenAPI fuzz."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+from rayops import tracking
+from rayops.data.ingest import file_source, ingest
+from rayops.demo.run import SAMPLE_RECORDS
+from rayops.pipeline import train_and_register
+from rayops.serve import deploy, wait_ready
+from tests.helpers import demo_config, free_port, write_demo_data
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+APP = "rayops"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, ray_start_4_cpus):
+    """Two registered versions of one model: v1 champion, v2 registered beside it."""
+    tmp = tmp_path_factory.mktemp("serve")
+    cfg = demo_config(tmp, **{"train.epochs": 2, "train.num_workers": 1,
+                              "serve.port": free_port(), "serve.cpus_per_replica": 0.1,
+                              "serve.model_poll_interval_s": 0.5})
+    write_demo_data(file_source(cfg).location, rows=2000, files=1)
+    version = ingest(cfg)
+    first = train_and_register(cfg, version)
+    second = train_and_register(cfg.with_overrides({"train.seed": 7}), version)
+    tracking.promote(cfg.tracking, cfg.model_name, first.decision.challenger.version)
+    yield cfg, first.decision.challenger.version, second.decision.challenger.version
+    from ray import serve
+
+    serve.shutdown()
+
+
+def _deploy(cfg, **overrides) -> str:
+    url = deploy(cfg.with_overrides(overrides))
+    wait_ready(url)
+    return url
+
+
+def _post(url: str, records=SAMPLE_RECORDS, **kwargs) -> requests.Response:
+    return requests.post(f"{url}/predict", json={"records": records}, timeout=30, **kwargs)
+
+
+def _replicas(name: str) -> int:
+    from ray import serve
+
+    deployment = serve.status().applications[APP].deployments[name]
+    return deployment.replica_states.get("RUNNING", 0)
+
+
+class Load:
+    """Concurrent clients posting until stopped; records status codes and model versions."""
+
+    def __init__(self, url: str, clients: int, records=SAMPLE_RECORDS) -> None:
+        self.url, self.clients, self.records = url, clients, records
+        self.statuses: Counter[int] = Counter()
+        self.versions: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        session = requests.Session()
+        while not self._stop.is_set():
+            try:
+                response = session.post(f"{self.url}/predict", json={"records": self.records},
+                                        timeout=30)
+            except requests.RequestException:
+                self.statuses[-1] += 1
+                continue
+            self.statuses[response.status_code] += 1
+            if response.status_code == 200:
+                self.versions[response.json()["model"]["version"]] += 1
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def _wait_for(condition, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.25)
+
+
+def test_batching_forms_batches_larger_than_one(trained):
+    cfg, _, _ = trained
+    url = _deploy(cfg, **{"serve.max_batch_size": 16, "serve.batch_wait_timeout_s": 0.05,
+                          "serve.autoscaling.min_replicas": 1,
+                          "serve.autoscaling.max_replicas": 1})
+    with ThreadPoolExecutor(32) as pool:
+        responses = list(pool.map(lambda _: _post(url), range(64)))
+    assert [r.status_code for r in responses] == [200] * 64
+    served = requests.get(f"{url}/metadata", timeout=10).json()["served"]
+    assert served["largest_batch"] > 1 and served["batches"] < served["requests"]
+
+
+def test_autoscaling_goes_up_under_load_and_back_down(trained):
+    cfg, _, _ = trained
+    name = f"{cfg.name}-model"
+    url = _deploy(cfg, **{"serve.autoscaling.min_replicas": 1,
+                          "serve.autoscaling.max_replicas": 2,
+                          "serve.autoscaling.target_ongoing_requests": 1,
+                          "serve.autoscaling.upscale_delay_s": 0.5,
+                          "serve.autoscaling.downscale_delay_s": 2,
+                          "serve.batch_wait_timeout_s": 0.02})
+    _wait_for(lambda: _replicas(name) == 1)
+    with Load(url, clients=8) as load:
+        _wait_for(lambda: _replicas(name) == 2)
+    assert set(load.statuses) == {200}
+    _wait_for(lambda: _replicas(name) == 1)
+
+
+def test_overload_is_refused_fast_and_the_service_stays_healthy(trained):
+    cfg, _, _ = trained
+    url = _deploy(cfg, **{"serve.max_ongoing_requests": 1, "serve.max_batch_size": 1,
+                          "serve.max_queued_requests": 1, "serve.batch_wait_timeout_s": 0.0,
+                          "serve.autoscaling.min_replicas": 1,
+                          "serve.autoscaling.max_replicas": 1})
+    big = SAMPLE_RECORDS * 500  # 1000 records: each request takes a while
+
+    def timed(_: int) -> tuple[int, float]:
+        started = time.perf_counter()
+        response = _post(url, big)
+        return response.status_code, time.perf_counter() - started
+
+    with ThreadPoolExecutor(40) as pool:
+        results = list(pool.map(timed, range(40)))
+    refused = [seconds for status, seconds in results if status == 503]
+    assert refused, Counter(s for s, _ in results)
+    assert {s for s, _ in results} <= {200, 503}
+    assert max(refused) < 5.0
+    assert requests.get(f"{url}/health", timeout=10).status_code == 200
+    assert _post(url).status_code == 200
+
+
+@pytest.mark.parametrize(("records", "status", "field"), [
+    ([{**SAMPLE_RECORDS[0], "age": "old"}], 422, "age"),
+    ([{**SAMPLE_RECORDS[0], "age": 300}], 422, "age"),
+    ([{**SAMPLE_RECORDS[0], "surprise": 1}], 422, "surprise"),
+    ([{k: v for k, v in SAMPLE_RECORDS[0].items() if k != "contract"}], 422, "contract"),
+    ([{**SAMPLE_RECORDS[0], "paperless_billing": "yes"}], 422, "paperless_billing"),
+    (SAMPLE_RECORDS * 600, 422, None),  # over max_records_per_request (1000)
+])
+def test_bad_input_gets_4xx_naming_the_field(trained, records, status, field):
+    cfg, _, _ = trained
+    url = _deploy(cfg)
+    response = _post(url, records)
+    assert response.status_code == status
+    if field:
+        assert any(d["loc"][-1] == field for d in response.json()["detail"])
+
+
+def test_non_finite_numbers_and_huge_bodies(trained):
+    cfg, _, _ = trained
+    url = _deploy(cfg, **{"serve.max_body_bytes": 10_000})
+    body = '{"records": [{"age": 30, "tenure_months": NaN}]}'
+    response = requests.post(f"{url}/predict", data=body, timeout=10,
+                             headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert any(d["loc"][-1] == "tenure_months" for d in response.json()["detail"])
+    assert _post(url, SAMPLE_RECORDS * 60).status_code == 413
+
+
+def test_promotion_under_load_has_no_failed_requests_and_rollback(trained):
+    cfg, first, second = trained
+    url = _deploy(cfg, **{"serve.autoscaling.min_replicas": 2,
+                          "serve.autoscaling.max_replicas": 2})
+    _wait_for(lambda: _replicas(f"{cfg.name}-model") == 2)
+    with Load(url, clients=4) as load:
+        time.sleep(1)
+        tracking.promote(cfg.tracking, cfg.model_name, second)
+        _wait_for(lambda: load.versions[second] > 20)
+        time.sleep(2)  # both replicas on the new version
+        seen = Counter(load.versions)
+        tracking.rollback(cfg.tracking, cfg.model_name)
+        _wait_for(lambda: load.versions[first] > seen[first] + 20)
+    assert set(load.statuses) == {200}, load.statuses
+    assert tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion").version == first
+
+
+def test_killed_replica_recovers(trained):
+    import ray
+    from ray import serve
+
+    cfg, _, _ = trained
+    name = f"{cfg.name}-model"
+    url = _deploy(cfg, **{"serve.autoscaling.min_replicas": 2,
+                          "serve.autoscaling.max_replicas": 2,
+                          "serve.max_ongoing_requests": 8, "serve.max_batch_size": 8})
+    _wait_for(lambda: _replicas(name) == 2)
+    with Load(url, clients=4) as load:
+        time.sleep(1)
+        replica = next(a for a in ray.util.list_named_actors(all_namespaces=True)
+                       if a["name"].startswith(f"SERVE_REPLICA::{APP}#{name}"))
+        ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]),
+                 no_restart=True)
+        time.sleep(1)
+        _wait_for(lambda: _replicas(name) == 2)
+        time.sleep(1)
+    failures = sum(n for status, n in load.statuses.items() if status != 200)
+    assert failures <= 8, load.statuses  # at most the killed replica's in-flight requests
+    assert load.statuses[200] > 0
+    assert serve.status().applications[APP].status == "RUNNING"
+
+
+def test_bearer_token_is_enforced(trained, tmp_path):
+    cfg, _, _ = trained
+    token_file = tmp_path / "token"
+    token_file.write_text("t0ken-value\n")
+    url = _deploy(cfg, **{"serve.auth_token_file": str(token_file)})
+    assert _post(url).status_code == 401
+    assert _post(url, headers={"Authorization": "Bearer t0ken-value"}).status_code == 200
+    assert requests.get(f"{url}/health", timeout=10).status_code == 200
+
+
+def test_metrics_and_the_predict_client(trained, tmp_path):
+    import ray
+    from typer.testing import CliRunner
+
+    from rayops.cli import app
+
+    cfg, _, _ = trained
+    url = _deploy(cfg)
+    records = tmp_path / "records.csv"
+    records.write_text("age,tenure_months,monthly_charges,total_charges,contract,"
+                       "internet_service,payment_method,support_calls,paperless_billing,region\n"
+                       "29,2,99.5,199.0,month-to-month,fiber,electronic_check,4,true,north\n"
+                       "58,64,45.2,2893.0,two-year,dsl,credit_card,0,false,\n")
+    result = CliRunner().invoke(app, ["predict", str(records), "--url", url])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 2 and '"prediction"' in lines[0]
+    port = ray._private.worker.global_worker.node.metrics_export_port
+
+    def exported() -> bool:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        return "rayops_requests" in text and "rayops_batch_size" in text
+
+    _wait_for(exported, timeout_s=60)
+
+
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_fuzzed_requests_never_get_a_5xx(trained, mode):
+    """Requests generated from the served OpenAPI spec: valid ones (positive) and ones that
+    break it (negative), 300 each; none may get a 5xx."""
+    cfg, _, _ = trained
+    url = _deploy(cfg)
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    strategy = schema["/predict"]["POST"].as_strategy(
+        generation_mode=schemathesis.GenerationMode(mode))
+    statuses: Counter[int] = Counter()
+    session = requests.Session()
+
+    @settings(max_examples=300, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(case=strategy)
+    def check(case) -> None:
+        response = case.call(base_url=url, session=session, timeout=30)
+        statuses[response.status_code] += 1
+        assert response.status_code < 500, (response.status_code, response.text[:300])
+
+    check()
+    assert sum(statuses.values()) >= 250, statuses
+    if mode == "negative":
+        assert set(statuses) <= {400, 411, 413, 415, 422}, statuses
