@@ -161,7 +161,10 @@ class ModelServer:
             return exc
 
     async def predict(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        result = await self.predict_batch(records)
+        if self.settings.max_batch_size == 1:  # batching off: no queue hop
+            result = self._one(self.model, records)
+        else:
+            result = await self.predict_batch(records)
         if isinstance(result, DataError):
             raise result
         self.stats["requests"] += 1

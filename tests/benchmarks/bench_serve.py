@@ -1,0 +1,219 @@
+"""Serving latency and throughput: rayops on Ray Serve against a bare FastAPI app.
+
+The same model bundle is served (a) by a bare FastAPI app under uvicorn (one process) that
+calls the model directly, with rayops' own routes and validation, and (b) by rayops on Ray
+Serve (one replica), with batching off and on. A bounded load generator on 127.0.0.1 sends
+requests of 2 records at concurrency 1, 16 and 64. A second, heavy model (two 4096-wide
+layers: each call reads ~130 MB of weights, so the per-call cost dominates) measures what
+batching gains.
+
+    .venv/bin/python tests/benchmarks/bench_serve.py
+
+The last line printed is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pandas as pd
+import requests
+
+from rayops import tracking
+from rayops.config import PipelineConfig, load_config
+from rayops.data.ingest import file_source, ingest
+from rayops.data.versions import DatasetVersion
+from rayops.demo import churn, config_path
+from rayops.demo.run import SAMPLE_RECORDS
+from rayops.models import MLP, Bundle
+
+LEVELS = {1: 300, 16: 1600, 64: 3200}  # concurrency -> requests sent
+
+BARE_APP = '''
+import sys
+import pandas as pd
+from rayops.predict import Predictor
+from rayops.serve.app import create_app
+from rayops.serve.schema import record_model
+
+predictor = Predictor.load(__import__("pathlib").Path(sys.argv[1]))
+INFO = {"name": "bench", "version": "1", "alias": "champion", "run_id": "-"}
+
+class Direct:
+    record_model = record_model(predictor.schema, predictor.preprocessor.label)
+    max_records, max_body_bytes, token = 1000, 1 << 20, None
+    async def predict(self, records):
+        frame = pd.DataFrame.from_records(records, columns=predictor.features)
+        return {"model": INFO, "predictions": predictor.predict(frame)}
+    def metadata(self): return {}
+    def health(self): return {"status": "ok"}
+    def observe(self, route, status, seconds): pass
+
+app = create_app(Direct())
+'''
+
+
+def make_bundle(version: DatasetVersion, hidden: list[int], folder: Path) -> Path:
+    pre = version.preprocessor
+    arch = {"n_inputs": pre.n_features, "n_outputs": pre.n_outputs, "hidden_sizes": hidden,
+            "dropout": 0.0, "activation": "relu"}
+    meta = {"architecture": arch, "preprocessor": version.manifest["preprocessor"],
+            "schema": version.manifest["schema"], "metrics": {}, "dataset": version.id}
+    return Bundle(MLP(pre.n_features, pre.n_outputs, hidden), meta).save(folder)
+
+
+def register(cfg: PipelineConfig, bundle: Path, name: str) -> None:
+    """Log and register the bundle as ``name@champion`` in the benchmark's MLflow store."""
+    run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, name)
+    example = pd.DataFrame(SAMPLE_RECORDS[:1])
+    required = {n: not s["nullable"] for n, s in
+                json.loads((bundle / "bundle.json").read_text())["schema"].items()
+                if n != cfg.data.label}
+    uri = tracking.log_model(cfg.tracking, run_id, bundle, example, required)
+    tracking.end_run(cfg.tracking, run_id)
+    registered = tracking.register(cfg.tracking, name, uri, run_id)
+    tracking.promote(cfg.tracking, name, registered.version)
+
+
+async def _load(url: str, concurrency: int, total: int) -> dict[str, float]:
+    """``total`` requests from ``concurrency`` clients; latency percentiles and rate."""
+    body = {"records": SAMPLE_RECORDS}
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    sent = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def client() -> None:
+            nonlocal sent
+            while sent < total:
+                sent += 1
+                started = time.perf_counter()
+                async with session.post(f"{url}/predict", json=body) as response:
+                    await response.read()
+                    statuses[response.status] = statuses.get(response.status, 0) + 1
+                latencies.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "rps": round(len(latencies) / wall, 1), "ok": statuses.get(200, 0) / len(latencies)}
+
+
+def measure(label: str, url: str) -> dict[int, dict[str, float]]:
+    asyncio.run(_load(url, 4, 100))  # warm-up
+    figures = {}
+    for concurrency, total in LEVELS.items():
+        figures[concurrency] = asyncio.run(_load(url, concurrency, total))
+        f = figures[concurrency]
+        print(f"{label:34s} c={concurrency:<3d} p50 {f['p50_ms']:7.2f} ms  p99 "
+              f"{f['p99_ms']:7.2f} ms  {f['rps']:8.1f} req/s  ok {f['ok']:.0%}", flush=True)
+    return figures
+
+
+def bare_fastapi(bundle: Path, work: Path, port: int) -> subprocess.Popen:
+    (work / "bare_app.py").write_text(BARE_APP.replace("sys.argv[1]", repr(str(bundle))))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "bare_app:app", "--host", "127.0.0.1", "--port",
+         str(port), "--log-level", "warning", "--no-access-log"],
+        cwd=work, env={**os.environ, "PYTHONPATH": str(work)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc
+
+
+def wait_up(url: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(url)
+
+
+def serve_model(cfg: PipelineConfig, model: str, batch: int) -> str:
+    from rayops.serve import deploy
+
+    url = deploy(cfg.with_overrides({
+        "tracking.registered_model": model, "serve.max_batch_size": batch,
+        "serve.batch_wait_timeout_s": 0.005 if batch > 1 else 0.0,
+        "serve.max_ongoing_requests": 128, "serve.max_queued_requests": -1,
+        "serve.autoscaling.min_replicas": 1, "serve.autoscaling.max_replicas": 1,
+        "serve.cpus_per_replica": 1, "serve.model_poll_interval_s": 0}))
+    wait_up(url)
+    return url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import ray
+    from ray import serve
+
+    work = Path(tempfile.mkdtemp(prefix="rayops-bench-serve-"))
+    port = 8765
+    cfg = load_config(config_path(), [f"storage.root={work}/lake",
+                                      f"tracking.uri=sqlite:///{work}/mlflow.db",
+                                      f"serve.port={port}"])
+    churn.write(churn.generate(5000, seed=4), file_source(cfg).location, files=1)
+    ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", include_dashboard=False,
+             logging_level=logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    version = ingest(cfg)
+    light = make_bundle(version, [64, 32], work / "light")
+    heavy = make_bundle(version, [4096, 4096], work / "heavy")
+    register(cfg, light, "bench-light")
+    register(cfg, heavy, "bench-heavy")
+
+    results: dict[str, Any] = {}
+    bare = bare_fastapi(light, work, 8766)
+    try:
+        wait_up("http://127.0.0.1:8766")
+        results["bare"] = measure("bare FastAPI (uvicorn)", "http://127.0.0.1:8766")
+    finally:
+        bare.terminate()
+        bare.wait()
+    results["serve"] = measure("rayops Serve, batching off",
+                               serve_model(cfg, "bench-light", 1))
+    results["serve_batched"] = measure("rayops Serve, batching on",
+                                       serve_model(cfg, "bench-light", 32))
+    heavy_off = measure("heavy model, batching off", serve_model(cfg, "bench-heavy", 1))
+    heavy_on = measure("heavy model, batching on", serve_model(cfg, "bench-heavy", 32))
+    serve.shutdown()
+    ray.shutdown()
+    shutil.rmtree(work, ignore_errors=True)
+
+    best_c64 = max(results["serve"][64]["rps"], results["serve_batched"][64]["rps"])
+    summary: dict[str, Any] = {
+        "p50_overhead_ms_c1": round(results["serve"][1]["p50_ms"] - results["bare"][1]["p50_ms"],
+                                    2),
+        "throughput_ratio_c64": round(best_c64 / results["bare"][64]["rps"], 3),
+        "batching_gain": round(heavy_on[64]["rps"] / heavy_off[64]["rps"], 2),
+        "cpus": os.cpu_count(),
+    }
+    for name, figures in [*results.items(), ("heavy_off", heavy_off), ("heavy_on", heavy_on)]:
+        for concurrency, f in figures.items():
+            for key in ("p50_ms", "p99_ms", "rps"):
+                summary[f"{name}_c{concurrency}_{key}"] = f[key]
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
