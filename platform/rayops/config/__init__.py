@@ -1,0 +1,212 @@
+"""The one pipeline config: a YAML file validated by pydantic before any work starts.
+
+Every section has defaults that run on a laptop (local Ray, a local folder as the object
+store, a local MLflow store). A wrong key or value fails at load time with a message that
+names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from rayops.config.base import _NAME_RE, StorageConfig, _Section, is_uri
+from rayops.config.data import DATETIME_PARTS, ColumnSpec, ColumnType, DataConfig, DatetimePart
+from rayops.config.serving import AutoscalingConfig, ServeConfig, TrackingConfig
+from rayops.config.training import (
+    ChoiceDim,
+    LogUniformDim,
+    ModelConfig,
+    RandIntDim,
+    SchedulerConfig,
+    SearchDim,
+    TrainConfig,
+    TuneConfig,
+    UniformDim,
+)
+from rayops.errors import ConfigError
+
+__all__ = [
+    "DATETIME_PARTS", "AutoscalingConfig", "ChoiceDim", "ColumnSpec", "ColumnType",
+    "DataConfig", "DatetimePart", "LogUniformDim", "ModelConfig", "PipelineConfig",
+    "RandIntDim", "SchedulerConfig", "SearchDim", "ServeConfig", "StorageConfig",
+    "TrackingConfig", "TrainConfig", "TuneConfig", "UniformDim", "is_uri", "load_config",
+    "parse_overrides", "validate_config",
+]
+
+
+class PipelineConfig(_Section):
+    name: str = Field(description="Pipeline name: letters, digits, '_', '-', '.'.")
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("use 1-63 letters, digits, '_', '-' or '.', starting alphanumeric")
+        return v
+
+    @model_validator(mode="after")
+    def _search_space_keys(self) -> PipelineConfig:
+        for key in self.tune.search_space:
+            section, _, field = key.partition(".")
+            owner = {"model": ModelConfig, "train": TrainConfig}.get(section)
+            if owner is None or field not in owner.model_fields:
+                allowed = [f"model.{f}" for f in ModelConfig.model_fields] + [
+                    f"train.{f}" for f in TrainConfig.model_fields
+                ]
+                raise ValueError(
+                    f"tune.search_space key {key!r} is not a tunable setting; "
+                    f"allowed: {', '.join(allowed)}"
+                )
+        return self
+
+    @property
+    def dataset_name(self) -> str:
+        return self.data.dataset or self.name
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def model_name(self) -> str:
+        return self.tracking.registered_model or self.name
+
+    @property
+    def target_metric(self) -> tuple[str, Literal["min", "max"]]:
+        """The metric that ranks checkpoints and trials, with its direction."""
+        if self.tune.metric is not None and self.tune.mode is not None:
+            return self.tune.metric, self.tune.mode
+        if self.data.task == "classification":
+            return "valid_f1", "max"
+        return "valid_rmse", "min"
+
+    def with_overrides(self, overrides: dict[str, Any]) -> PipelineConfig:
+        """A copy with dotted keys replaced (``{"train.epochs": 3}``), validated again."""
+        raw = self.model_dump()
+        for key, value in overrides.items():
+            _set_dotted(raw, key, value)
+        return validate_config(raw)
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turn ``["train.epochs=3", "tune.enabled=false"]`` into typed values (YAML scalars)."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {pair!r} is not KEY=VALUE (e.g. train.epochs=3)")
+        result[key.strip()] = yaml.safe_load(value) if value else ""
+    return result
+
+
+def validate_config(raw: Any, source: str = "config") -> PipelineConfig:
+    """Validate a parsed config mapping; errors name the key, the value and what is allowed."""
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read and validate a pipeline config file, applying ``KEY=VALUE`` overrides."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    if raw is None:
+        raise ConfigError(f"config file {str(path)!r} is empty")
+    if isinstance(raw, dict):
+        for key, value in parse_overrides(overrides or []).items():
+            _set_dotted(raw, key, value)
+    return validate_config(raw, source=str(path))
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} invalid setting(s):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(err["loc"][:-1])
+            hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
+            lines.append(f"  {loc}: unknown key{hint}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        shown = repr(err.get("input"))
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"  {loc}: {msg} (got {shown})")
+    return "\n".join(lines)
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section at ``loc``, walking models and dict values."""
+    annotation: Any = PipelineConfig
+    for part in loc:
+        annotation = _unwrap(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return []
+            annotation = field.annotation
+        elif typing.get_origin(annotation) is dict:
+            annotation = typing.get_args(annotation)[1]
+        else:
+            return []
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip Optional[...] and Annotated[...] around a model type."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return annotation
+            annotation = args[0]
+        else:
+            return annotation

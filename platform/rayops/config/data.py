@@ -1,0 +1,129 @@
+"""The data section: the schema contract and how raw data becomes a dataset."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import (
+    Field,
+    model_validator,
+)
+
+from rayops.config.base import _Section
+
+ColumnType = Literal["numeric", "integer", "categorical", "text", "boolean", "datetime"]
+DatetimePart = Literal["hour", "weekday", "month", "year", "dayofyear"]
+DATETIME_PARTS: tuple[DatetimePart, ...] = ("hour", "weekday", "month", "year", "dayofyear")
+
+
+class ColumnSpec(_Section):
+    type: ColumnType = Field(
+        description="numeric, integer, boolean; categorical or text (both one-hot over the "
+        "most frequent values); datetime (ISO 8601, expanded into calendar features)."
+    )
+    nullable: bool = Field(True, description="Whether a missing value is allowed.")
+    min: float | None = Field(None, description="Smallest allowed value (numeric, integer).")
+    max: float | None = Field(None, description="Largest allowed value (numeric, integer).")
+    values: list[str] | None = Field(
+        None, description="Allowed categories (categorical); anything else is rejected."
+    )
+    expand: list[DatetimePart] | None = Field(
+        None, description="Calendar features of a datetime column; default: all of "
+        + ", ".join(DATETIME_PARTS) + "."
+    )
+
+    @model_validator(mode="after")
+    def _constraints(self) -> ColumnSpec:
+        numeric = self.type in ("numeric", "integer")
+        if not numeric and (self.min is not None or self.max is not None):
+            raise ValueError(f"min/max apply to numeric or integer columns, not {self.type!r}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        if self.values is not None and self.type not in ("categorical", "text"):
+            raise ValueError(f"values apply to categorical columns, not {self.type!r}")
+        if self.values is not None and not self.values:
+            raise ValueError("values must list at least one category")
+        if self.expand is not None and self.type != "datetime":
+            raise ValueError(f"expand applies to datetime columns, not {self.type!r}")
+        if self.expand is not None and not self.expand:
+            raise ValueError("expand must list at least one calendar feature")
+        return self
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The calendar features a datetime column becomes."""
+        return tuple(self.expand) if self.expand else DATETIME_PARTS
+
+
+class DataConfig(_Section):
+    source: str = Field(
+        "raw",
+        description="Where the raw files are: a path under storage.root, or a full URI.",
+    )
+    format: Literal["csv", "json", "parquet"] = Field(
+        "csv", description="File format of the raw files (json means JSON Lines)."
+    )
+    label: str = Field(description="The column to predict.")
+    task: Literal["classification", "regression"] = Field(description="What kind of model.")
+    columns: dict[str, ColumnSpec] = Field(
+        description="The schema contract: every column that is used, with its type."
+    )
+    features: list[str] | None = Field(
+        None, description="Columns to use as features; default: every column but the label."
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Columns to drop even if declared (ids, columns that leak the label).",
+    )
+    null_strategy: Literal["impute", "drop"] = Field(
+        "impute",
+        description="impute: numeric nulls take the training mean, categorical nulls the "
+        "'other' bucket; drop: rows with a null feature are dropped.",
+    )
+    valid_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of rows held out for validation."
+    )
+    seed: int = Field(42, description="Seed of the deterministic train/validation split.")
+    max_quarantine_fraction: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="Fail the ingest, committing nothing, when a larger share of the rows "
+        "read breaks the schema.",
+    )
+    dataset: str | None = Field(
+        None, description="Name of the curated dataset; default: the pipeline name."
+    )
+
+    @model_validator(mode="after")
+    def _cross_fields(self) -> DataConfig:
+        declared = set(self.columns)
+        if self.label not in declared:
+            raise ValueError(
+                f"label {self.label!r} is not declared in columns; declared: {sorted(declared)}"
+            )
+        for key in ("features", "exclude"):
+            unknown = sorted(set(getattr(self, key) or []) - declared)
+            if unknown:
+                raise ValueError(
+                    f"{key} names undeclared columns {unknown}; declared: {sorted(declared)}"
+                )
+        if self.label in (self.features or []) or self.label in self.exclude:
+            raise ValueError(f"label {self.label!r} cannot also be a feature or excluded")
+        if not self.feature_names:
+            raise ValueError("no feature columns left after features/exclude")
+        label_type = self.columns[self.label].type
+        if self.task == "classification" and label_type in ("numeric", "datetime"):
+            raise ValueError(
+                f"task 'classification' needs a categorical, boolean or integer label; "
+                f"{self.label!r} is {label_type!r}"
+            )
+        if self.task == "regression" and label_type not in ("numeric", "integer"):
+            raise ValueError(
+                f"task 'regression' needs a numeric or integer label; {self.label!r} is "
+                f"{label_type!r}"
+            )
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        chosen = self.features if self.features is not None else list(self.columns)
+        return [c for c in chosen if c != self.label and c not in self.exclude]

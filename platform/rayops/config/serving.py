@@ -1,0 +1,115 @@
+"""The tracking and serve sections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import (
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from rayops.config.base import _absolute_local, _Section, is_uri
+
+
+class TrackingConfig(_Section):
+    uri: str = Field(
+        "sqlite:///mlflow/mlflow.db",
+        description="MLflow tracking URI: sqlite:///path (local file), http(s)://server, ...",
+    )
+    artifact_location: str | None = Field(
+        None,
+        description="Where a new experiment stores artifacts; default: next to a sqlite store, "
+        "the server's choice otherwise.",
+    )
+    experiment: str | None = Field(None, description="Experiment name; default: pipeline name.")
+    registered_model: str | None = Field(
+        None, description="Registry name of the model; default: the pipeline name."
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if v.startswith("sqlite:///"):
+            path = v[len("sqlite:///") :]
+            return "sqlite:///" + _absolute_local(path) if not path.startswith("/") else v
+        if not is_uri(v):
+            raise ValueError("must be a URI such as sqlite:///mlflow.db or http://127.0.0.1:5000")
+        return v
+
+    @model_validator(mode="after")
+    def _artifacts(self) -> TrackingConfig:
+        if self.artifact_location is None and self.uri.startswith("sqlite:///"):
+            store = Path(self.uri[len("sqlite:///") :])
+            object.__setattr__(self, "artifact_location", str(store.parent / "artifacts"))
+        elif self.artifact_location is not None:
+            object.__setattr__(self, "artifact_location", _absolute_local(self.artifact_location))
+        return self
+
+
+class AutoscalingConfig(_Section):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0.0)
+    upscale_delay_s: float = Field(10.0, ge=0.0)
+    downscale_delay_s: float = Field(60.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class ServeConfig(_Section):
+    app_name: str = Field("rayops", description="Name of the Serve application.")
+    route_prefix: str = Field("/", description="HTTP prefix of the API.")
+    host: str = Field("127.0.0.1", description="Interface the HTTP proxy binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the Serve proxy.")
+    model_alias: str = Field("champion", description="Registry alias of the model to serve.")
+    cpus_per_replica: float = Field(0.5, gt=0.0, description="CPUs each replica reserves.")
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests one replica works on at once (>= max_batch_size)."
+    )
+    max_batch_size: int = Field(32, ge=1, description="Requests merged into one model call.")
+    batch_wait_timeout_s: float = Field(0.005, ge=0.0, description="Wait to fill a batch.")
+    max_records_per_request: int = Field(1000, ge=1, description="Records one request may send.")
+    max_queued_requests: int = Field(
+        200, ge=-1,
+        description="Requests waiting for a replica beyond which new ones get 503 at once "
+        "(-1: unbounded).",
+    )
+    request_timeout_s: float = Field(30.0, gt=0.0, description="End-to-end HTTP timeout (408).")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body (413).")
+    model_poll_interval_s: float = Field(
+        5.0, ge=0.0,
+        description="How often replicas check where model_alias points; a move switches them "
+        "to the new version without dropping requests (0: never).",
+    )
+    auth_token_env: str | None = Field(
+        None, description="Name of an environment variable holding a bearer token to require "
+        "(the token itself never goes in this file).",
+    )
+    auth_token_file: str | None = Field(
+        None, description="Path of a file holding the bearer token (read by each replica).",
+    )
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+    @model_validator(mode="after")
+    def _batching(self) -> ServeConfig:
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) is below max_batch_size "
+                f"({self.max_batch_size}): a replica could never fill a batch"
+            )
+        return self

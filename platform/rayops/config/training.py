@@ -1,0 +1,158 @@
+"""The model, train and tune sections."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    Field,
+    model_validator,
+)
+
+from rayops.config.base import _Section
+
+
+class ModelConfig(_Section):
+    hidden_sizes: list[Annotated[int, Field(ge=1, le=8192)]] = Field(
+        [64, 32], min_length=1, description="Width of each hidden layer of the MLP."
+    )
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout after each hidden layer.")
+    activation: Literal["relu", "gelu", "tanh"] = Field("relu", description="Hidden activation.")
+
+
+class TrainConfig(_Section):
+    num_workers: int = Field(2, ge=1, description="Data-parallel (DDP) training workers.")
+    use_gpu: bool = Field(False, description="One GPU per worker; NCCL instead of gloo.")
+    cpus_per_worker: float = Field(
+        1.0,
+        gt=0.0,
+        description="CPUs each worker reserves. Fractions leave room for Ray Data on small hosts.",
+    )
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict,
+        description="Extra Ray resources each worker reserves, e.g. {memory: 2e9} or a custom "
+        "accelerator resource; CPU and GPU come from cpus_per_worker and use_gpu.",
+    )
+    epochs: int = Field(10, ge=1, le=10_000, description="Passes over the training data.")
+    batch_size: int = Field(
+        128, ge=1,
+        description="Rows per batch on each worker; the global batch is batch_size x workers.",
+    )
+    learning_rate: float = Field(
+        1e-3, gt=0.0, lt=10.0, description="AdamW learning rate for a single worker."
+    )
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "sqrt",
+        description="How the learning rate grows with the global batch (x workers): sqrt "
+        "suits Adam-type optimizers, linear is the SGD rule (use with warmup_epochs).",
+    )
+    lr_schedule: Literal["constant", "cosine", "step"] = Field(
+        "cosine", description="Per-epoch decay after warmup (step: x0.1 at 50% and 75%)."
+    )
+    warmup_epochs: int = Field(0, ge=0, description="Epochs of linear warmup from lr/10.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="bf16 autocast (CPU or GPU) or fp16 autocast with a grad scaler (GPU).",
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1,
+        description="Stop after this many epochs without a better target metric.",
+    )
+    max_failures: int = Field(
+        2, ge=0, description="Worker-group failures survived by resuming from a checkpoint."
+    )
+    data_loading: Literal["auto", "memory", "stream"] = Field(
+        "auto",
+        description="memory: each worker keeps its shard as tensors after the first epoch "
+        "(fast); stream: Ray Data every epoch (larger than memory); auto: memory below "
+        "1 GiB per shard.",
+    )
+    seed: int = Field(42, description="Seed for weights and shuffling.")
+    checkpoints_to_keep: int = Field(
+        2, ge=1, description="Best checkpoints kept in storage, ranked by the target metric."
+    )
+
+    @property
+    def lr_factor(self) -> float:
+        """Learning-rate multiplier for the global batch of num_workers x batch_size."""
+        return {"none": 1.0, "linear": float(self.num_workers),
+                "sqrt": float(self.num_workers) ** 0.5}[self.lr_scaling]
+
+
+class _Dim(_Section):
+    pass
+
+
+class UniformDim(_Dim):
+    type: Literal["uniform"]
+    low: float
+    high: float
+
+
+class LogUniformDim(_Dim):
+    type: Literal["loguniform"]
+    low: float = Field(gt=0.0)
+    high: float = Field(gt=0.0)
+
+
+class RandIntDim(_Dim):
+    type: Literal["randint"]
+    low: int
+    high: int = Field(description="Exclusive upper bound.")
+
+
+class ChoiceDim(_Dim):
+    type: Literal["choice"]
+    values: list[Any] = Field(min_length=1)
+
+
+SearchDim = Annotated[
+    UniformDim | LogUniformDim | RandIntDim | ChoiceDim, Field(discriminator="type")
+]
+
+
+class SchedulerConfig(_Section):
+    type: Literal["asha", "fifo"] = Field("asha", description="asha stops weak trials early.")
+    grace_period: int = Field(2, ge=1, description="Epochs every trial runs before it can stop.")
+    reduction_factor: float = Field(2.0, gt=1.0, description="ASHA's halving rate.")
+
+
+class TuneConfig(_Section):
+    enabled: bool = Field(False, description="Run a sweep instead of a single training run.")
+    search: Literal["random", "grid", "optuna"] = Field(
+        "random",
+        description="random sampling (num_samples trials); grid (every combination of the "
+        "choice values, once; num_samples is ignored); optuna (TPE, learns from finished "
+        "trials).",
+    )
+    num_samples: int = Field(4, ge=1, description="Trials to run.")
+    max_concurrent_trials: int = Field(1, ge=1, description="Trials running at the same time.")
+    metric: str | None = Field(
+        None, description="Metric to optimize; default valid_f1 (classification), valid_rmse."
+    )
+    mode: Literal["min", "max"] | None = Field(None, description="Direction of the metric.")
+    search_space: dict[str, SearchDim] = Field(
+        default_factory=dict,
+        description="Dotted config keys under model. or train. mapped to a distribution.",
+    )
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    final_model: Literal["reuse", "retrain"] = Field(
+        "reuse",
+        description="reuse the best trial's model, or retrain the best configuration once "
+        "more before it becomes the challenger.",
+    )
+
+    @model_validator(mode="after")
+    def _dims(self) -> TuneConfig:
+        for key, dim in self.search_space.items():
+            if isinstance(dim, (UniformDim, LogUniformDim, RandIntDim)) and dim.low >= dim.high:
+                raise ValueError(f"search_space.{key}: low ({dim.low}) must be below high")
+        if (self.metric is None) != (self.mode is None):
+            raise ValueError("set both metric and mode, or neither")
+        if self.search == "grid":
+            ranged = [k for k, d in self.search_space.items() if not isinstance(d, ChoiceDim)]
+            if ranged:
+                raise ValueError(f"search 'grid' needs choice dimensions only; {ranged} are "
+                                 "ranges (use search 'random' or 'optuna')")
+        return self
