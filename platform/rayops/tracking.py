@@ -294,14 +294,17 @@ def trial_models(tracking: TrackingConfig, experiment: str,
 
 
 def close_unfinished_children(tracking: TrackingConfig, experiment: str,
-                              parent_run_id: str) -> int:
-    """Mark child runs still RUNNING (trials stopped early) as KILLED; returns how many."""
+                              parent_run_id: str, stopped_trials: set[str] | None = None) -> int:
+    """Mark trial runs the scheduler stopped as KILLED: those still RUNNING, and those in
+    ``stopped_trials`` (Tune ended them without error) that an interrupted fit left FAILED.
+    Returns how many."""
     mlflow_client = client(tracking)
-    runs = mlflow_client.search_runs(
+    children = mlflow_client.search_runs(
         [experiment_id(tracking, experiment)],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and "
-        "attributes.status = 'RUNNING'",
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
     )
+    runs = [r for r in children if r.info.status == "RUNNING" or (
+        r.info.status == "FAILED" and r.data.tags.get(TRIAL_TAG) in (stopped_trials or set()))]
     for run in runs:
         mlflow_client.set_tag(run.info.run_id, "rayops.stopped", "early-stopped by the scheduler")
         mlflow_client.set_terminated(run.info.run_id, status="KILLED")

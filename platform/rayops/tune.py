@@ -26,7 +26,7 @@ from rayops.data.versions import DatasetVersion, load_version
 from rayops.errors import TrainingError
 from rayops.storage import root_of
 from rayops.train import fit_and_log, load_datasets, run_params
-from rayops.train.driver import runs_folder, unfinished_record, write_record
+from rayops.train.driver import resumable, runs_folder, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -194,15 +194,9 @@ def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
     if not cfg.tune.search_space:
         raise TrainingError("tune.search_space is empty: nothing to sweep")
     folder = runs_folder(cfg, "sweep")
-    record = unfinished_record(folder) if resume else None
-    if resume and record is None:
-        raise TrainingError(f"nothing to resume: no unfinished sweep of {cfg.name!r} under "
-                            f"{folder.uri}")
-    if record is not None:
-        version = load_version(cfg, int(record["dataset_version"].rsplit("v", 1)[-1]))
-        tracking.client(cfg.tracking).update_run(record["run_id"], status="RUNNING")
+    if resume:
+        record, version = resumable(cfg, "sweep")
         tuner = _restored(cfg, version, record)
-        logger.info("Resuming sweep %s (MLflow run %s)", record["name"], record["run_id"])
     else:
         version = version or load_version(cfg)
         record = _start(cfg, version)
@@ -226,7 +220,9 @@ def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
 
 def _finish(cfg: PipelineConfig, results: Any, best: Any, best_run: str, model_uri: str,
             parent: str) -> SweepOutcome:
-    stopped = tracking.close_unfinished_children(cfg.tracking, cfg.experiment_name, parent)
+    ended = {r.metrics.get("trial_id") for r in results if r.error is None and r.metrics}
+    stopped = tracking.close_unfinished_children(cfg.tracking, cfg.experiment_name, parent,
+                                                 ended)
     metric, _ = cfg.target_metric
     numbers = {k: float(v) for k, v in best.metrics.items()
                if isinstance(v, (int, float)) and k.startswith(("valid_", "train_"))}

@@ -30,7 +30,6 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pandas as pd
-import requests
 
 from rayops import tracking
 from rayops.config import PipelineConfig, load_config
@@ -39,6 +38,7 @@ from rayops.data.versions import DatasetVersion
 from rayops.demo import churn, config_path
 from rayops.demo.run import SAMPLE_RECORDS
 from rayops.models import MLP, Bundle
+from rayops.serve import wait_ready
 
 LEVELS = {1: 300, 16: 1600, 64: 3200}  # concurrency -> requests sent
 
@@ -135,18 +135,6 @@ def bare_fastapi(bundle: Path, work: Path, port: int) -> subprocess.Popen:
     return proc
 
 
-def wait_up(url: str, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(url)
-
-
 def serve_model(cfg: PipelineConfig, model: str, batch: int) -> str:
     from rayops.serve import deploy
 
@@ -156,7 +144,7 @@ def serve_model(cfg: PipelineConfig, model: str, batch: int) -> str:
         "serve.max_ongoing_requests": 128, "serve.max_queued_requests": -1,
         "serve.autoscaling.min_replicas": 1, "serve.autoscaling.max_replicas": 1,
         "serve.cpus_per_replica": 1, "serve.model_poll_interval_s": 0}))
-    wait_up(url)
+    wait_ready(url)
     return url
 
 
@@ -185,7 +173,7 @@ def main() -> None:
     results: dict[str, Any] = {}
     bare = bare_fastapi(light, work, 8766)
     try:
-        wait_up("http://127.0.0.1:8766")
+        wait_ready("http://127.0.0.1:8766")
         results["bare"] = measure("bare FastAPI (uvicorn)", "http://127.0.0.1:8766")
     finally:
         bare.terminate()

@@ -204,7 +204,7 @@ def replica_settings(cfg: Any) -> dict[str, Any]:
     ).model_dump()
 
 
-def wait_ready(url: str, timeout_s: float = 120.0, token: str | None = None) -> None:
+def wait_ready(url: str, timeout_s: float = 120.0) -> None:
     """Block until ``{url}/health`` answers 200."""
     import requests
 

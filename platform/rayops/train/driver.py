@@ -227,19 +227,28 @@ def unfinished_record(folder: Location) -> dict[str, Any] | None:
     return max(running, key=lambda r: r["started_at"]) if running else None
 
 
+def resumable(cfg: PipelineConfig, kind: str) -> tuple[dict[str, Any], DatasetVersion]:
+    """The record of the last ``kind`` run whose driver died, its dataset version, and its
+    MLflow run marked RUNNING again; TrainingError when there is none."""
+    folder = runs_folder(cfg, kind)
+    record = unfinished_record(folder)
+    if record is None:
+        raise TrainingError(f"nothing to resume: no unfinished {kind} run of {cfg.name!r} "
+                            f"under {folder.uri}")
+    version = load_version(cfg, int(record["dataset_version"].rsplit("v", 1)[-1]))
+    tracking.client(cfg.tracking).update_run(record["run_id"], status="RUNNING")
+    logger.info("Resuming %s (MLflow run %s) on %s", record["name"], record["run_id"],
+                version.id)
+    return record, version
+
+
 def run_training(cfg: PipelineConfig, version: DatasetVersion | None = None,
                  resume: bool = False) -> TrainOutcome:
     """One tracked training run; ``resume`` continues the last run whose driver died."""
     folder = runs_folder(cfg, "train")
-    record = unfinished_record(folder) if resume else None
-    if resume and record is None:
-        raise TrainingError(f"nothing to resume: no unfinished training run of {cfg.name!r} "
-                            f"under {folder.uri}")
-    if record is not None:
-        version = load_version(cfg, int(record["dataset_version"].rsplit("v", 1)[-1]))
+    if resume:
+        record, version = resumable(cfg, "train")
         run_id, run_name = record["run_id"], record["name"]
-        tracking.client(cfg.tracking).update_run(run_id, status="RUNNING")
-        logger.info("Resuming %s (MLflow run %s) on %s", run_name, run_id, version.id)
     else:
         version = version or load_version(cfg)
         run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, f"{cfg.name}-train",
