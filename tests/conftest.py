@@ -14,6 +14,9 @@ os.environ["HOME"] = str(_RUN_DIR / "home")
 os.environ["RAY_TMPDIR"] = str(_RUN_DIR / "ray")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Ray Train's controller notices a finished or failed worker group at this interval (2 s by
+# default); tests run dozens of short training runs.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 # Dummy credentials for the local S3 endpoint; set before Ray starts so workers inherit them.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")

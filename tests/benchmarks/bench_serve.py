@@ -114,10 +114,12 @@ async def _load(url: str, concurrency: int, total: int) -> dict[str, float]:
             "rps": round(len(latencies) / wall, 1), "ok": statuses.get(200, 0) / len(latencies)}
 
 
-def measure(label: str, url: str) -> dict[int, dict[str, float]]:
+def measure(label: str, url: str, levels: tuple[int, ...] = tuple(LEVELS)
+            ) -> dict[int, dict[str, float]]:
     asyncio.run(_load(url, 4, 100))  # warm-up
     figures = {}
-    for concurrency, total in LEVELS.items():
+    for concurrency in levels:
+        total = LEVELS[concurrency]
         figures[concurrency] = asyncio.run(_load(url, concurrency, total))
         f = figures[concurrency]
         print(f"{label:34s} c={concurrency:<3d} p50 {f['p50_ms']:7.2f} ms  p99 "
@@ -133,6 +135,32 @@ def bare_fastapi(bundle: Path, work: Path, port: int) -> subprocess.Popen:
         cwd=work, env={**os.environ, "PYTHONPATH": str(work)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return proc
+
+
+def serve_floor(port: int) -> str:
+    """Ray Serve's own request path with no work in it: a FastAPI echo deployment on one
+    replica. What it costs over bare uvicorn is Serve's floor, which no model code can beat."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    echo = FastAPI()
+
+    @serve.deployment(max_ongoing_requests=128)
+    @serve.ingress(echo)
+    class Echo:
+        @echo.post("/predict")
+        async def predict(self, body: dict) -> dict:
+            return body
+
+        @echo.get("/health")
+        async def health(self) -> dict:
+            return {"status": "ok"}
+
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(Echo.bind(), name="echo", route_prefix="/echo")
+    url = f"http://127.0.0.1:{port}/echo"
+    wait_ready(url)
+    return url
 
 
 def serve_model(cfg: PipelineConfig, model: str, batch: int) -> str:
@@ -178,6 +206,8 @@ def main() -> None:
     finally:
         bare.terminate()
         bare.wait()
+    floor = measure("Ray Serve echo (no model)", serve_floor(port), levels=(1,))
+    serve.delete("echo")
     results["serve"] = measure("rayops Serve, batching off",
                                serve_model(cfg, "bench-light", 1))
     results["serve_batched"] = measure("rayops Serve, batching on",
@@ -192,6 +222,9 @@ def main() -> None:
     summary: dict[str, Any] = {
         "p50_overhead_ms_c1": round(results["serve"][1]["p50_ms"] - results["bare"][1]["p50_ms"],
                                     2),
+        "serve_floor_c1_p50_ms": floor[1]["p50_ms"],
+        "p50_overhead_over_serve_floor_ms_c1": round(
+            results["serve"][1]["p50_ms"] - floor[1]["p50_ms"], 2),
         "throughput_ratio_c64": round(best_c64 / results["bare"][64]["rps"], 3),
         "batching_gain": round(heavy_on[64]["rps"] / heavy_off[64]["rps"], 2),
         "cpus": os.cpu_count(),
