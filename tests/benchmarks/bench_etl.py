@@ -20,15 +20,14 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import psutil
+from _setup import demo_config, start_bench
 
-from rayops.config import PipelineConfig, load_config
+from rayops.config import PipelineConfig
 from rayops.data import stats
 from rayops.data.curate import (
     block_summary,
@@ -40,7 +39,7 @@ from rayops.data.curate import (
 from rayops.data.ingest import file_source, ingest
 from rayops.data.preprocess import fit
 from rayops.data.sources import read_file
-from rayops.demo import churn, config_path
+from rayops.demo import churn
 from rayops.storage import Location, ensure_bucket, root_of
 
 
@@ -159,21 +158,16 @@ def main() -> None:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     import ray
 
-    work = Path(tempfile.mkdtemp(prefix="rayops-bench-etl-"))
-    ray.init(num_cpus=os.cpu_count(), object_store_memory=args.object_store_mb * 2**20,
-             _node_ip_address="127.0.0.1", logging_level=logging.WARNING,
-             include_dashboard=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    overrides = [f"tracking.uri=sqlite:///{work}/mlflow.db", "data.max_quarantine_fraction=0.5"]
-    results = {"local": run_store("local", load_config(config_path(), [
-        f"storage.root={work}/lake", *overrides]), args.rows, args.files)}
+    work = start_bench("bench-etl", object_store_memory=args.object_store_mb * 2**20)
+    quarantine = "data.max_quarantine_fraction=0.5"
+    results = {"local": run_store("local", demo_config(work, quarantine), args.rows,
+                                  args.files)}
     if not args.skip_s3:
         port = 5599
         moto = start_moto(port)
         try:
-            cfg = load_config(config_path(), [
-                "storage.root=s3://bench/lake", f"storage.endpoint_url=http://127.0.0.1:{port}",
-                *overrides])
+            cfg = demo_config(work, quarantine, "storage.root=s3://bench/lake",
+                              f"storage.endpoint_url=http://127.0.0.1:{port}")
             results["s3"] = run_store("s3", cfg, args.rows, args.files)
         finally:
             moto.terminate()

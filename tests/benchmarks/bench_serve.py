@@ -22,7 +22,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,13 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pandas as pd
+from _setup import demo_config, start_bench
 
 from rayops import tracking
-from rayops.config import PipelineConfig, load_config
+from rayops.config import PipelineConfig
 from rayops.data.ingest import file_source, ingest
 from rayops.data.versions import DatasetVersion
-from rayops.demo import churn, config_path
+from rayops.demo import churn
 from rayops.demo.run import SAMPLE_RECORDS
 from rayops.models import MLP, Bundle
 from rayops.serve import wait_ready
@@ -183,15 +183,10 @@ def main() -> None:
     import ray
     from ray import serve
 
-    work = Path(tempfile.mkdtemp(prefix="rayops-bench-serve-"))
+    work = start_bench("bench-serve")
     port = 8765
-    cfg = load_config(config_path(), [f"storage.root={work}/lake",
-                                      f"tracking.uri=sqlite:///{work}/mlflow.db",
-                                      f"serve.port={port}"])
+    cfg = demo_config(work, f"serve.port={port}")
     churn.write(churn.generate(5000, seed=4), file_source(cfg).location, files=1)
-    ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", include_dashboard=False,
-             logging_level=logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     version = ingest(cfg)
     light = make_bundle(version, [64, 32], work / "light")
     heavy = make_bundle(version, [4096, 4096], work / "heavy")

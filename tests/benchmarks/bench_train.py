@@ -17,17 +17,16 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+from _setup import demo_config, start_bench
 from mlflow import MlflowClient
 
-from rayops.config import PipelineConfig, load_config
+from rayops.config import PipelineConfig
 from rayops.data.ingest import file_source, ingest
 from rayops.data.versions import DatasetVersion
-from rayops.demo import churn, config_path
+from rayops.demo import churn
 from rayops.models import build_model
 from rayops.train import architecture, run_training
 from rayops.train.driver import model_inputs
@@ -80,16 +79,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     import ray
 
-    work = Path(tempfile.mkdtemp(prefix="rayops-bench-train-"))
-    ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", include_dashboard=False,
-             logging_level=logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    cfg = load_config(config_path(), [
-        f"storage.root={work}/lake", f"tracking.uri=sqlite:///{work}/mlflow.db",
-        f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}",
+    work = start_bench("bench-train")
+    cfg = demo_config(
+        work, f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}",
         "train.num_workers=1", "train.cpus_per_worker=1", "train.data_loading=memory",
-        "train.lr_scaling=none", "train.lr_schedule=constant", "train.checkpoints_to_keep=1",
-    ])
+        "train.lr_scaling=none", "train.lr_schedule=constant", "train.checkpoints_to_keep=1")
     churn.write(churn.generate(args.rows, seed=3), file_source(cfg).location, files=4)
     version = ingest(cfg)
     rows = version.manifest["rows"]["train"]

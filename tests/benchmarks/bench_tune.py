@@ -14,14 +14,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
-from pathlib import Path
+
+from _setup import demo_config, start_bench
 
 from rayops import tracking
-from rayops.config import load_config
 from rayops.data.ingest import file_source, ingest
-from rayops.demo import churn, config_path
+from rayops.demo import churn
 from rayops.tune import _start, _tuner
 
 
@@ -34,18 +33,13 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     import ray
 
-    work = Path(tempfile.mkdtemp(prefix="rayops-bench-tune-"))
-    ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", include_dashboard=False,
-             logging_level=logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    work = start_bench("bench-tune")
     cpus = os.cpu_count() or 2
-    cfg = load_config(config_path(), [
-        f"storage.root={work}/lake", f"tracking.uri=sqlite:///{work}/mlflow.db",
-        f"train.epochs={args.epochs}", "train.num_workers=1",
+    cfg = demo_config(
+        work, f"train.epochs={args.epochs}", "train.num_workers=1",
         f"train.cpus_per_worker={cpus / args.concurrency}", "train.checkpoints_to_keep=1",
         "tune.enabled=true", f"tune.num_samples={args.trials}",
-        f"tune.max_concurrent_trials={args.concurrency}", "tune.scheduler.type=fifo",
-    ])
+        f"tune.max_concurrent_trials={args.concurrency}", "tune.scheduler.type=fifo")
     churn.write(churn.generate(5000, seed=5), file_source(cfg).location, files=2)
     version = ingest(cfg)
     record = _start(cfg, version)

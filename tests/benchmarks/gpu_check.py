@@ -7,17 +7,15 @@ import json
 import logging
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import torch
+from _setup import demo_config, start_bench
 from bench_train import rayops_training  # the script folder is on sys.path
 
-from rayops.config import load_config
 from rayops.data.ingest import file_source, ingest
-from rayops.demo import churn, config_path
+from rayops.demo import churn
 from rayops.models import build_model
 from rayops.train import architecture
 from rayops.train.driver import model_inputs
@@ -71,19 +69,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4096)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    gpus = torch.cuda.device_count()
     import ray
 
-    gpus = torch.cuda.device_count()
-    work = Path(tempfile.mkdtemp(prefix="rayops-gpu-"))
-    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False,
-             logging_level=logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    cfg = load_config(config_path(), [
-        f"storage.root={work}/lake", f"tracking.uri=sqlite:///{work}/mlflow.db",
-        f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}",
+    work = start_bench("gpu", num_cpus=None)
+    cfg = demo_config(
+        work, f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}",
         "train.use_gpu=true", "train.precision=bf16", "train.num_workers=1",
-        "train.cpus_per_worker=2", "train.data_loading=memory", "model.hidden_sizes=[512,256]",
-    ])
+        "train.cpus_per_worker=2", "train.data_loading=memory", "model.hidden_sizes=[512,256]")
     churn.write(churn.generate(args.rows, seed=3), file_source(cfg).location, files=8)
     version = ingest(cfg)
     baseline = plain_gpu(cfg, version, args.batch_size, args.epochs)

@@ -1,0 +1,32 @@
+"""What every benchmark script starts with: a fresh work folder, a local Ray on 127.0.0.1,
+and the demo pipeline config with its object store and MLflow store in that folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rayops.config import PipelineConfig, load_config
+from rayops.demo import config_path
+
+
+def start_bench(name: str, **ray_options: Any) -> Path:
+    """A new ``rayops-{name}-*`` temp folder, after starting Ray (all CPUs, no dashboard, no
+    progress bars); ``ray_options`` go to ``ray.init``."""
+    import ray
+
+    work = Path(tempfile.mkdtemp(prefix=f"rayops-{name}-"))
+    ray.init(**{"num_cpus": os.cpu_count(), "_node_ip_address": "127.0.0.1",
+                "include_dashboard": False, "logging_level": logging.WARNING, **ray_options})
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    return work
+
+
+def demo_config(work: Path, *overrides: str) -> PipelineConfig:
+    """The demo config with ``storage.root`` and ``tracking.uri`` under ``work``, then
+    ``overrides`` (later ones win)."""
+    return load_config(config_path(), [f"storage.root={work}/lake",
+                                       f"tracking.uri=sqlite:///{work}/mlflow.db", *overrides])
