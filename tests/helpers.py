@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +35,13 @@ def demo_config(tmp: Path, **overrides: Any) -> PipelineConfig:
 
 def write_demo_data(target: Location, rows: int = 3000, seed: int = 7, files: int = 3) -> None:
     churn.write(churn.generate(rows, seed), target, files=files)
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float = 90, every_s: float = 0.25,
+             what: str = "condition") -> None:
+    """Poll ``condition`` until it is truthy; TimeoutError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {timeout_s:g}s")
+        time.sleep(every_s)

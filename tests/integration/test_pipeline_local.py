@@ -85,8 +85,10 @@ def test_training_beats_baselines_and_registers_champion(cfg, dataset, trained):
     assert run.data.metrics["samples_per_s"] > 0 and run.data.metrics["lr"] > 0
 
 
-def test_sweep_logs_nested_trials_and_gates_the_best(cfg, dataset, trained):
-    swept_cfg = cfg.with_overrides({"tune.enabled": True})
+def test_optuna_sweep_logs_nested_trials_and_gates_the_best(cfg, dataset, trained):
+    """Optuna TPE, two 2-worker trials at once, each a nested MLflow run."""
+    swept_cfg = cfg.with_overrides({"tune.enabled": True, "tune.search": "optuna",
+                                    "tune.max_concurrent_trials": 2})
     result = train_and_register(swept_cfg, dataset)
     client = MlflowClient(cfg.tracking.uri)
     best = client.get_run(result.run_id)
@@ -96,6 +98,8 @@ def test_sweep_logs_nested_trials_and_gates_the_best(cfg, dataset, trained):
     assert len(children) == 2
     assert all(tracking.TRIAL_TAG in r.data.tags for r in children)
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
+    assert all(r.data.params["train.num_workers"] == "2" for r in children)
+    assert len({r.data.params["train.learning_rate"] for r in children}) == 2  # TPE sampled
     assert client.get_run(parent_id).data.tags["rayops.best_run_id"] == result.run_id
     decision = result.decision
     challenger = tracking.resolve_alias(cfg.tracking, cfg.model_name, "challenger")

@@ -3,6 +3,7 @@ promotion, a killed replica, the bearer token, metrics, the client, and an OpenA
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -18,7 +19,7 @@ from rayops.data.ingest import file_source, ingest
 from rayops.demo.run import SAMPLE_RECORDS
 from rayops.pipeline import train_and_register
 from rayops.serve import deploy, wait_ready
-from tests.helpers import demo_config, free_port, write_demo_data
+from tests.helpers import demo_config, free_port, wait_for, write_demo_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -94,13 +95,6 @@ class Load:
             thread.join()
 
 
-def _wait_for(condition, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.25)
-
-
 def test_batching_forms_batches_larger_than_one(trained):
     cfg, _, _ = trained
     url = _deploy(cfg, **{"serve.max_batch_size": 16, "serve.batch_wait_timeout_s": 0.05,
@@ -122,11 +116,11 @@ def test_autoscaling_goes_up_under_load_and_back_down(trained):
                           "serve.autoscaling.upscale_delay_s": 0.5,
                           "serve.autoscaling.downscale_delay_s": 2,
                           "serve.batch_wait_timeout_s": 0.02})
-    _wait_for(lambda: _replicas(name) == 1)
+    wait_for(lambda: _replicas(name) == 1)
     with Load(url, clients=8) as load:
-        _wait_for(lambda: _replicas(name) == 2)
+        wait_for(lambda: _replicas(name) == 2)
     assert set(load.statuses) == {200}
-    _wait_for(lambda: _replicas(name) == 1)
+    wait_for(lambda: _replicas(name) == 1)
 
 
 def test_overload_is_refused_fast_and_the_service_stays_healthy(trained):
@@ -184,15 +178,15 @@ def test_promotion_under_load_has_no_failed_requests_and_rollback(trained):
     cfg, first, second = trained
     url = _deploy(cfg, **{"serve.autoscaling.min_replicas": 2,
                           "serve.autoscaling.max_replicas": 2})
-    _wait_for(lambda: _replicas(f"{cfg.name}-model") == 2)
+    wait_for(lambda: _replicas(f"{cfg.name}-model") == 2)
     with Load(url, clients=4) as load:
         time.sleep(1)
         tracking.promote(cfg.tracking, cfg.model_name, second)
-        _wait_for(lambda: load.versions[second] > 20)
+        wait_for(lambda: load.versions[second] > 20)
         time.sleep(2)  # both replicas on the new version
         seen = Counter(load.versions)
         tracking.rollback(cfg.tracking, cfg.model_name)
-        _wait_for(lambda: load.versions[first] > seen[first] + 20)
+        wait_for(lambda: load.versions[first] > seen[first] + 20)
     assert set(load.statuses) == {200}, load.statuses
     assert tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion").version == first
 
@@ -206,20 +200,27 @@ def test_killed_replica_recovers(trained):
     url = _deploy(cfg, **{"serve.autoscaling.min_replicas": 2,
                           "serve.autoscaling.max_replicas": 2,
                           "serve.max_ongoing_requests": 8, "serve.max_batch_size": 8})
-    _wait_for(lambda: _replicas(name) == 2)
+    wait_for(lambda: _replicas(name) == 2, what="2 running replicas")
+
+    def replicas() -> dict[str, str]:
+        return {a["name"]: a["namespace"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith(f"SERVE_REPLICA::{APP}#{name}")}
+
+    def recovered() -> bool:
+        app = serve.status().applications[APP]
+        return (victim not in replicas() and _replicas(name) == 2
+                and app.status == "RUNNING")
+
     with Load(url, clients=4) as load:
         time.sleep(1)
-        replica = next(a for a in ray.util.list_named_actors(all_namespaces=True)
-                       if a["name"].startswith(f"SERVE_REPLICA::{APP}#{name}"))
-        ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]),
-                 no_restart=True)
+        victim, namespace = sorted(replicas().items())[0]
+        ray.kill(ray.get_actor(victim, namespace=namespace), no_restart=True)
+        wait_for(recovered, what="a replacement replica and a RUNNING application")
+        served_before = load.statuses[200]
         time.sleep(1)
-        _wait_for(lambda: _replicas(name) == 2)
-        time.sleep(1)
+        assert load.statuses[200] > served_before  # still answering after the recovery
     failures = sum(n for status, n in load.statuses.items() if status != 200)
     assert failures <= 8, load.statuses  # at most the killed replica's in-flight requests
-    assert load.statuses[200] > 0
-    assert serve.status().applications[APP].status == "RUNNING"
 
 
 def test_bearer_token_is_enforced(trained, tmp_path):
@@ -245,17 +246,21 @@ def test_metrics_and_the_predict_client(trained, tmp_path):
                        "internet_service,payment_method,support_calls,paperless_billing,region\n"
                        "29,2,99.5,199.0,month-to-month,fiber,electronic_check,4,true,north\n"
                        "58,64,45.2,2893.0,two-year,dsl,credit_card,0,false,\n")
-    result = CliRunner().invoke(app, ["predict", str(records), "--url", url])
+    # Written to a file: Ray forwards replica logs to this process's stdout at any moment.
+    out = tmp_path / "predictions.jsonl"
+    result = CliRunner().invoke(app, ["predict", str(records), "--url", url, "--output", str(out)])
     assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 2 and '"prediction"' in lines[0]
+    assert "wrote 2 predictions" in result.output
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [sorted(a["probabilities"]) for a in answers] == [["no", "yes"]] * 2
+    assert all(a["prediction"] in ("no", "yes") for a in answers)
     port = ray._private.worker.global_worker.node.metrics_export_port
 
     def exported() -> bool:
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         return "rayops_requests" in text and "rayops_batch_size" in text
 
-    _wait_for(exported, timeout_s=60)
+    wait_for(exported, timeout_s=60)
 
 
 @pytest.mark.parametrize("mode", ["positive", "negative"])

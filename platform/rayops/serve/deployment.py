@@ -137,10 +137,8 @@ class ModelServer:
         self.metrics.batch_size.observe(len(requests))
         self.stats["batches"] += 1
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(requests))
-        frame = pd.DataFrame.from_records(list(itertools.chain.from_iterable(requests)),
-                                          columns=model.predictor.features)
         try:
-            predictions = model.predictor.predict(frame)
+            predictions = _predict(model, list(itertools.chain.from_iterable(requests)))
         except DataError:  # find whose records failed; the others still get answers
             return [self._one(model, records) for records in requests]
         info = model.info.model_dump()
@@ -154,9 +152,7 @@ class ModelServer:
     @staticmethod
     def _one(model: LoadedModel, records: list[dict[str, Any]]) -> dict[str, Any] | DataError:
         try:
-            frame = pd.DataFrame.from_records(records, columns=model.predictor.features)
-            return {"model": model.info.model_dump(),
-                    "predictions": model.predictor.predict(frame)}
+            return {"model": model.info.model_dump(), "predictions": _predict(model, records)}
         except DataError as exc:
             return exc
 
@@ -191,6 +187,12 @@ class ModelServer:
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_app(self)
+
+
+def _predict(model: LoadedModel, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Predictions for request records (DataError names the first bad record)."""
+    frame = pd.DataFrame.from_records(records, columns=model.predictor.features)
+    return model.predictor.predict(frame)
 
 
 def replica_settings(cfg: Any) -> dict[str, Any]:
