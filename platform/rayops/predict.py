@@ -66,3 +66,7 @@ class Predictor:
 
     def predict(self, records: pd.DataFrame) -> list[dict[str, Any]]:
         return self.predict_matrix(self.matrix(records))
+
+    def predict_records(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """:meth:`predict` for records as a request carries them (dicts of feature values)."""
+        return self.predict(pd.DataFrame.from_records(records, columns=self.features))

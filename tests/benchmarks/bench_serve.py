@@ -44,7 +44,6 @@ LEVELS = {1: 300, 16: 1600, 64: 3200}  # concurrency -> requests sent
 
 BARE_APP = '''
 import sys
-import pandas as pd
 from rayops.predict import Predictor
 from rayops.serve.app import create_app
 from rayops.serve.schema import record_model
@@ -56,8 +55,7 @@ class Direct:
     record_model = record_model(predictor.schema, predictor.preprocessor.label)
     max_records, max_body_bytes, token = 1000, 1 << 20, None
     async def predict(self, records):
-        frame = pd.DataFrame.from_records(records, columns=predictor.features)
-        return {"model": INFO, "predictions": predictor.predict(frame)}
+        return {"model": INFO, "predictions": predictor.predict_records(records)}
     def metadata(self): return {}
     def health(self): return {"status": "ok"}
     def observe(self, route, status, seconds): pass

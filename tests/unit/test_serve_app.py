@@ -2,7 +2,6 @@
 
 import math
 
-import pandas as pd
 import pyarrow.compute as pc
 import pytest
 from fastapi.testclient import TestClient
@@ -30,9 +29,8 @@ class _Server:
         self.observed: list[int] = []
 
     async def predict(self, records):
-        frame = pd.DataFrame.from_records(records, columns=self.predictor.features)
         return {"model": {"name": "m", "version": "1", "alias": "champion", "run_id": "r"},
-                "predictions": self.predictor.predict(frame)}
+                "predictions": self.predictor.predict_records(records)}
 
     def metadata(self):
         return {"model": {"name": "m", "version": "1", "alias": "champion", "run_id": "r"},

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 
@@ -138,7 +137,8 @@ class ModelServer:
         self.stats["batches"] += 1
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(requests))
         try:
-            predictions = _predict(model, list(itertools.chain.from_iterable(requests)))
+            predictions = model.predictor.predict_records(
+                list(itertools.chain.from_iterable(requests)))
         except DataError:  # find whose records failed; the others still get answers
             return [self._one(model, records) for records in requests]
         info = model.info.model_dump()
@@ -152,7 +152,8 @@ class ModelServer:
     @staticmethod
     def _one(model: LoadedModel, records: list[dict[str, Any]]) -> dict[str, Any] | DataError:
         try:
-            return {"model": model.info.model_dump(), "predictions": _predict(model, records)}
+            return {"model": model.info.model_dump(),
+                    "predictions": model.predictor.predict_records(records)}
         except DataError as exc:
             return exc
 
@@ -187,12 +188,6 @@ class ModelServer:
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_app(self)
-
-
-def _predict(model: LoadedModel, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Predictions for request records (DataError names the first bad record)."""
-    frame = pd.DataFrame.from_records(records, columns=model.predictor.features)
-    return model.predictor.predict(frame)
 
 
 def replica_settings(cfg: Any) -> dict[str, Any]:
