@@ -41,5 +41,13 @@ class TrackingError(RayopsError):
     """MLflow tracking or the model registry cannot do what was asked."""
 
 
+class ModelFilesMissing(TrackingError):
+    """A registered model version's files are gone from the artifact store."""
+
+
+class GateError(TrackingError):
+    """The promotion gate could not decide; nothing was promoted."""
+
+
 class ServeError(RayopsError):
     """A model cannot be deployed or queried."""

@@ -7,7 +7,21 @@ the whole validation set, not averages of per-worker values.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
+
+Mode = Literal["min", "max"]
+
+# Every metric a training run reports per epoch, by task, with the direction that is better.
+# Config keys that name a metric (tune.metric, gate.metric, gate.max_regression) are checked
+# against this table when the config loads.
+_COMMON: dict[str, Mode] = {"valid_loss": "min", "train_loss": "min"}
+TASK_METRICS: dict[str, dict[str, Mode]] = {
+    "classification": {"valid_accuracy": "max", "valid_precision": "max",
+                       "valid_recall": "max", "valid_f1": "max", **_COMMON},
+    "regression": {"valid_rmse": "min", "valid_mae": "min", "valid_r2": "max", **_COMMON},
+}
 
 
 def confusion_matrix(predicted: np.ndarray, actual: np.ndarray, n_classes: int) -> np.ndarray:

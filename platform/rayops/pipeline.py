@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from rayops.config import PipelineConfig
 from rayops.data.ingest import ingest
 from rayops.data.versions import DatasetVersion, load_version
-from rayops.promote import Decision, register_and_gate
+from rayops.gate import Decision, register_and_gate
 from rayops.train import run_training
 from rayops.tune import run_sweep
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,10 @@ from rayops.data.preprocess import Preprocessor
 from rayops.data.schema import ERROR, validate_frame
 from rayops.errors import DataError
 from rayops.models import Bundle
+
+if TYPE_CHECKING:
+    from rayops.config import TrackingConfig
+    from rayops.tracking import RegisteredModel
 
 
 class Predictor:
@@ -28,6 +33,15 @@ class Predictor:
     @classmethod
     def load(cls, folder: Path) -> Predictor:
         return cls(Bundle.load(folder))
+
+    @classmethod
+    def from_registry(cls, tracking_cfg: TrackingConfig, model: RegisteredModel) -> Predictor:
+        """A registered version's predictor; the downloaded files are removed once loaded
+        (the bundle lives in memory)."""
+        from rayops import tracking
+
+        with tempfile.TemporaryDirectory(prefix="rayops-model-") as folder:
+            return cls.load(tracking.download_bundle(tracking_cfg, model, Path(folder)))
 
     @property
     def task(self) -> str:

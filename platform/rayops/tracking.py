@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import pandas as pd
 
 from rayops import __version__
 from rayops.config import TrackingConfig
-from rayops.errors import TrackingError
+from rayops.errors import ModelFilesMissing, TrackingError
 
 logger = logging.getLogger(__name__)
 
@@ -226,38 +225,66 @@ def tag_version(tracking: TrackingConfig, name: str, version: str,
 
 
 def alias_or_none(tracking: TrackingConfig, name: str, alias: str) -> RegisteredModel | None:
-    """The version ``alias`` points to, or None when the model or the alias does not exist."""
+    """The version ``alias`` points to, or None when the model or the alias does not exist.
+    Any other failure (the server down, a timeout) raises: "cannot tell" is not "none"."""
     try:
         return resolve_alias(tracking, name, alias)
-    except TrackingError:
+    except AliasNotFound:
         return None
 
 
+def _not_found(exc: Exception) -> bool:
+    """MLflow's way of saying a model, version, alias or artifact does not exist."""
+    code = getattr(exc, "error_code", None)
+    if code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    return code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc)
+
+
+class AliasNotFound(TrackingError):
+    """The registered model or the alias does not exist."""
+
+
 def resolve_alias(tracking: TrackingConfig, name: str, alias: str) -> RegisteredModel:
-    """The model version ``alias`` points to; TrackingError if there is none."""
+    """The model version ``alias`` points to; AliasNotFound if there is none, TrackingError
+    if the registry cannot be asked."""
     try:
         version = client(tracking).get_model_version_by_alias(name, alias)
     except Exception as exc:
-        raise TrackingError(
-            f"no model version of {name!r} has the alias {alias!r} in {tracking.uri}: {exc}"
-        ) from None
+        if _not_found(exc):
+            raise AliasNotFound(f"no model version of {name!r} has the alias {alias!r} in "
+                                f"{tracking.uri}") from None
+        raise TrackingError(f"cannot read {name}@{alias} from the registry at {tracking.uri}: "
+                            f"{_short(exc)}") from None
     return RegisteredModel(name, str(version.version), alias, version.run_id or "",
                            version.source)
 
 
-def download_bundle(tracking: TrackingConfig, model: RegisteredModel,
-                    dest: Path | None = None) -> Path:
-    """Download the registered version's rayops bundle folder; returns its local path."""
+def _short(exc: Exception, limit: int = 300) -> str:
+    """One line of an exception for a message (MLflow's can span pages)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def download_bundle(tracking: TrackingConfig, model: RegisteredModel, dest: Path) -> Path:
+    """Download the registered version's rayops bundle folder into ``dest``; returns the
+    bundle's path. ModelFilesMissing when its files are gone, TrackingError when the store
+    cannot be read."""
     import mlflow
 
     client(tracking)
-    target = dest or Path(tempfile.mkdtemp(prefix="rayops-model-"))
-    local = Path(mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{model.name}/{model.version}", dst_path=str(target)
-    ))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{model.name}/{model.version}", dst_path=str(dest)))
+    except Exception as exc:
+        if _not_found(exc) or isinstance(exc, FileNotFoundError):
+            raise ModelFilesMissing(f"the files of {model.name} v{model.version} are gone: "
+                                    f"{_short(exc)}") from None
+        raise TrackingError(f"cannot download {model.name} v{model.version} from "
+                            f"{tracking.uri}: {_short(exc)}") from None
     found = sorted(local.rglob("bundle.json"))
     if not found:
-        raise TrackingError(f"model {model.name} v{model.version} holds no rayops bundle")
+        raise ModelFilesMissing(f"model {model.name} v{model.version} holds no rayops bundle")
     return found[0].parent
 
 

@@ -142,3 +142,45 @@ def test_learning_rate_scaling_rule(rule, workers, factor):
     cfg = validate_config(_raw()).with_overrides({"train.lr_scaling": rule,
                                                   "train.num_workers": workers})
     assert cfg.train.lr_factor == factor
+
+
+def test_defaults_are_resolved_like_written_values(tmp_path, monkeypatch):
+    """Only name, storage and data: the tracking section's defaults become absolute too."""
+    monkeypatch.chdir(tmp_path)
+    cfg = validate_config(_raw())
+    assert cfg.storage.root == str(tmp_path / "lake")
+    assert cfg.tracking.uri == f"sqlite:///{tmp_path}/mlflow/mlflow.db"
+    assert cfg.tracking.artifact_location == str(tmp_path / "mlflow" / "artifacts")
+    spelled = _raw() | {"tracking": {"uri": "sqlite:///mlflow/mlflow.db"},
+                        "storage": {"root": "./lake"}}
+    assert validate_config(spelled) == cfg
+
+
+@pytest.mark.parametrize(("section", "value", "key"), [
+    ({"tune": {"metric": "valid_f2"}}, "'valid_f2'", "tune.metric"),
+    ({"gate": {"metric": "valid_rmse"}}, "'valid_rmse'", "gate.metric"),
+    ({"gate": {"max_regression": {"recall": 0.1}}}, "'recall'", "gate.max_regression.recall"),
+])
+def test_metric_names_are_checked_against_the_task(section, value, key):
+    with pytest.raises(ConfigError) as err:
+        validate_config(_raw() | section)
+    text = str(err.value)
+    assert key in text and value in text and "valid_f1" in text and "valid_recall" in text
+
+
+def test_metric_direction_comes_from_the_metric():
+    cfg = validate_config(_raw() | {"tune": {"metric": "valid_loss"}})
+    assert cfg.target_metric == ("valid_loss", "min")
+    assert cfg.gate_metric == ("valid_loss", "min")  # the gate follows the target metric
+    gated = validate_config(_raw() | {"gate": {"metric": "valid_recall"}})
+    assert gated.gate_metric == ("valid_recall", "max")
+    assert gated.target_metric == ("valid_f1", "max")
+    with pytest.raises(ConfigError, match="tune.mode 'max' contradicts.*'valid_loss'"):
+        validate_config(_raw() | {"tune": {"metric": "valid_loss", "mode": "max"}})
+
+
+def test_gate_thresholds_are_validated():
+    with pytest.raises(ConfigError, match="gate.min_improvement"):
+        validate_config(_raw() | {"gate": {"min_improvement": -0.1}})
+    with pytest.raises(ConfigError, match="gate.max_regression.*>= 0"):
+        validate_config(_raw() | {"gate": {"max_regression": {"valid_recall": -1}}})

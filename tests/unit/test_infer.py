@@ -38,3 +38,14 @@ def test_schema_infer_writes_a_config_that_loads(tmp_path):
     assert types["contract"] == "categorical" and types["paperless_billing"] == "boolean"
     assert cfg.data.exclude == ["customer_id"] and cfg.data.task == "classification"
     assert cfg.data.columns["churned"].nullable is False
+
+
+def test_schema_infer_with_an_unknown_label_names_the_columns(tmp_path):
+    from tests.unit.test_cli import _rayops
+
+    churn.write(churn.generate(200, 5), resolve(str(tmp_path / "raw")), files=1)
+    result = _rayops("schema", "infer", str(tmp_path / "raw"), "--label", "churn")
+    assert result.returncode == 2
+    assert "--label 'churn' is not a column" in result.stderr
+    assert "churned" in result.stderr and "customer_id" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -26,7 +26,7 @@ class _Server:
         self.predictor = predictor
         self.record_model = record_model(predictor.schema, predictor.preprocessor.label)
         self.max_records, self.max_body_bytes, self.token = 5, 4096, token
-        self.observed: list[int] = []
+        self.observed: list[tuple[str, int]] = []
 
     async def predict(self, records):
         return {"model": {"name": "m", "version": "1", "alias": "champion", "run_id": "r"},
@@ -34,6 +34,10 @@ class _Server:
 
     def metadata(self):
         return {"model": {"name": "m", "version": "1", "alias": "champion", "run_id": "r"},
+                "alias_state": {"alias": "champion", "target_version": "1",
+                                "served_version": "1", "not_served": {},
+                                "registry_reachable": True, "registry_checked_s_ago": 0.5,
+                                "registry_error": None},
                 "task": "classification", "dataset": "d/v000001", "target_metric": "valid_f1",
                 "metrics": {}, "input_schema": self.record_model.model_json_schema(),
                 "served": {}}
@@ -42,7 +46,7 @@ class _Server:
         return {"status": "ok"}
 
     def observe(self, route, status, seconds):
-        self.observed.append(status)
+        self.observed.append((route, status))
 
 
 @pytest.fixture(scope="module")
@@ -141,16 +145,48 @@ def test_bearer_token_is_required_except_for_health(predictor):
     assert ok.status_code == 200
 
 
-def test_unexpected_errors_are_500_without_a_traceback(predictor):
-    class Broken(_Server):
-        async def predict(self, records):
-            raise RuntimeError("secret internals /etc/passwd")
+class _Broken(_Server):
+    async def predict(self, records):
+        raise RuntimeError("secret internals /etc/passwd")
 
-    response = TestClient(create_app(Broken(predictor)), raise_server_exceptions=False).post(
+
+def test_unexpected_errors_are_500_referencing_the_request_id(predictor):
+    response = TestClient(create_app(_Broken(predictor)), raise_server_exceptions=False).post(
         "/predict", json={"records": [GOOD]})
     assert response.status_code == 500
-    assert "internal error (reference" in response.json()["detail"]
+    request_id = response.headers["X-Request-ID"]
+    assert len(request_id) == 32
+    assert response.json()["detail"] == f"internal error (reference {request_id})"
     assert "secret" not in response.text and "Traceback" not in response.text
+    # Behind Serve's proxy the request already carries an id: that one is the reference.
+    given = TestClient(create_app(_Broken(predictor)), raise_server_exceptions=False).post(
+        "/predict", json={"records": [GOOD]}, headers={"X-Request-ID": "abc123"})
+    assert given.json()["detail"] == "internal error (reference abc123)"
+    assert "x-request-id" not in given.headers  # the proxy adds it to the response
+
+
+def test_every_response_is_counted_by_route_and_status(predictor):
+    server = _Server(predictor, token=TOKEN)
+    secured = TestClient(create_app(server))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def chunks():
+        yield b'{"records": []}'
+
+    secured.post("/predict", json={"records": [GOOD]}, headers=auth)
+    secured.post("/predict", json={"records": [GOOD]})
+    secured.post("/predict", json={"records": [{**GOOD, "age": "x"}]}, headers=auth)
+    secured.post("/predict", content="x" * 5000, headers=auth)
+    secured.post("/predict", content=chunks(), headers=auth)
+    secured.get("/health")
+    secured.get("/nowhere", headers=auth)
+    broken = _Broken(predictor)
+    TestClient(create_app(broken), raise_server_exceptions=False).post(
+        "/predict", json={"records": [GOOD]})
+    assert server.observed == [("/predict", 200), ("/predict", 401), ("/predict", 422),
+                               ("/predict", 413), ("/predict", 411), ("/health", 200),
+                               ("other", 404)]
+    assert broken.observed == [("/predict", 500)]
 
 
 def test_metadata_describes_model_and_input_schema(client):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
 import yaml
 from pydantic import (
@@ -23,6 +23,7 @@ from pydantic import (
 
 from rayops.config.base import _NAME_RE, StorageConfig, _Section, is_uri
 from rayops.config.data import DATETIME_PARTS, ColumnSpec, ColumnType, DataConfig, DatetimePart
+from rayops.config.gate import GateConfig
 from rayops.config.serving import AutoscalingConfig, ServeConfig, TrackingConfig
 from rayops.config.training import (
     ChoiceDim,
@@ -36,10 +37,11 @@ from rayops.config.training import (
     UniformDim,
 )
 from rayops.errors import ConfigError
+from rayops.metrics import TASK_METRICS, Mode
 
 __all__ = [
     "DATETIME_PARTS", "AutoscalingConfig", "ChoiceDim", "ColumnSpec", "ColumnType",
-    "DataConfig", "DatetimePart", "LogUniformDim", "ModelConfig", "PipelineConfig",
+    "DataConfig", "DatetimePart", "GateConfig", "LogUniformDim", "ModelConfig", "PipelineConfig",
     "RandIntDim", "SchedulerConfig", "SearchDim", "ServeConfig", "StorageConfig",
     "TrackingConfig", "TrainConfig", "TuneConfig", "UniformDim", "is_uri", "load_config",
     "parse_overrides", "validate_config",
@@ -53,6 +55,7 @@ class PipelineConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
 
@@ -78,6 +81,24 @@ class PipelineConfig(_Section):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _metric_names(self) -> PipelineConfig:
+        """Every key that names a metric must name one this task reports, so a typo fails
+        here instead of in the workers after the first epoch."""
+        known = TASK_METRICS[self.data.task]
+        named = {"tune.metric": self.tune.metric, "gate.metric": self.gate.metric}
+        named |= {f"gate.max_regression.{m}": m for m in self.gate.max_regression}
+        for key, metric in named.items():
+            if metric is not None and metric not in known:
+                raise ValueError(f"{key} {metric!r} is not a metric of a {self.data.task} "
+                                 f"run; use one of {', '.join(sorted(known))}")
+        if self.tune.metric and self.tune.mode and self.tune.mode != known[self.tune.metric]:
+            better = "higher" if known[self.tune.metric] == "max" else "lower"
+            raise ValueError(f"tune.mode {self.tune.mode!r} contradicts tune.metric "
+                             f"{self.tune.metric!r}, which is better {better}; use mode "
+                             f"{known[self.tune.metric]!r} or leave mode out")
+        return self
+
     @property
     def dataset_name(self) -> str:
         return self.data.dataset or self.name
@@ -91,13 +112,17 @@ class PipelineConfig(_Section):
         return self.tracking.registered_model or self.name
 
     @property
-    def target_metric(self) -> tuple[str, Literal["min", "max"]]:
+    def target_metric(self) -> tuple[str, Mode]:
         """The metric that ranks checkpoints and trials, with its direction."""
-        if self.tune.metric is not None and self.tune.mode is not None:
-            return self.tune.metric, self.tune.mode
-        if self.data.task == "classification":
-            return "valid_f1", "max"
-        return "valid_rmse", "min"
+        default = "valid_f1" if self.data.task == "classification" else "valid_rmse"
+        metric = self.tune.metric or default
+        return metric, TASK_METRICS[self.data.task][metric]
+
+    @property
+    def gate_metric(self) -> tuple[str, Mode]:
+        """The metric the promotion gate compares, with its direction."""
+        metric = self.gate.metric or self.target_metric[0]
+        return metric, TASK_METRICS[self.data.task][metric]
 
     def with_overrides(self, overrides: dict[str, Any]) -> PipelineConfig:
         """A copy with dotted keys replaced (``{"train.epochs": 3}``), validated again."""

@@ -18,7 +18,10 @@ _URI_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # validate_default: a default goes through the same validators as a value written in
+    # the file (relative paths resolved, URIs checked), so a config that leaves a section
+    # out behaves exactly like one that spells the defaults.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 def is_uri(value: str) -> bool:

@@ -90,6 +90,11 @@ class ServeConfig(_Section):
         description="How often replicas check where model_alias points; a move switches them "
         "to the new version without dropping requests (0: never).",
     )
+    registry_stale_after_s: float = Field(
+        60.0, gt=0.0,
+        description="A replica whose alias look-ups have failed for this long reports "
+        "status 'degraded' in /health (it keeps serving its model).",
+    )
     auth_token_env: str | None = Field(
         None, description="Name of an environment variable holding a bearer token to require "
         "(the token itself never goes in this file).",

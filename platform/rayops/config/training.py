@@ -129,9 +129,13 @@ class TuneConfig(_Section):
     num_samples: int = Field(4, ge=1, description="Trials to run.")
     max_concurrent_trials: int = Field(1, ge=1, description="Trials running at the same time.")
     metric: str | None = Field(
-        None, description="Metric to optimize; default valid_f1 (classification), valid_rmse."
+        None, description="Metric that ranks trials and checkpoints and drives early "
+        "stopping; default valid_f1 (classification), valid_rmse (regression).",
     )
-    mode: Literal["min", "max"] | None = Field(None, description="Direction of the metric.")
+    mode: Literal["min", "max"] | None = Field(
+        None, description="Direction of the metric; default: the direction in which it "
+        "gets better (max for f1, min for rmse).",
+    )
     search_space: dict[str, SearchDim] = Field(
         default_factory=dict,
         description="Dotted config keys under model. or train. mapped to a distribution.",
@@ -148,8 +152,6 @@ class TuneConfig(_Section):
         for key, dim in self.search_space.items():
             if isinstance(dim, (UniformDim, LogUniformDim, RandIntDim)) and dim.low >= dim.high:
                 raise ValueError(f"search_space.{key}: low ({dim.low}) must be below high")
-        if (self.metric is None) != (self.mode is None):
-            raise ValueError("set both metric and mode, or neither")
         if self.search == "grid":
             ranged = [k for k, d in self.search_space.items() if not isinstance(d, ChoiceDim)]
             if ranged:

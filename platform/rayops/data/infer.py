@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from rayops.data.schema import ERROR, NUMBER_RE, text_values
 from rayops.data.sources import FileSource, read_file
+from rayops.errors import DataError
 
 _BOOLEAN_WORDS = {"true", "false", "yes", "no", "t", "f", "y", "n"}
 MAX_CATEGORIES = 100
@@ -77,8 +78,11 @@ def propose_config(source: FileSource, name: str, label: str | None, root: str,
     """A pipeline config (as a dict) for the source, ready to be written as YAML."""
     table = sample(source, rows)
     names = [n for n in table.column_names if not n.startswith("_")]
+    if label is not None and label not in names:
+        raise DataError(f"--label {label!r} is not a column of {source.uri}; its columns: "
+                        f"{', '.join(names)}")
     columns = {n: infer_column(table.column(n)) for n in names}
-    chosen = label if label in columns else names[-1]
+    chosen = label if label is not None else names[-1]
     columns[chosen]["nullable"] = False
     numeric_label = columns[chosen]["type"] in ("numeric",) or (
         columns[chosen]["type"] == "integer"

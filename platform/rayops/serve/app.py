@@ -64,15 +64,29 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
                         for e in errors])
 
 
+REQUEST_ID = "x-request-id"
+ROUTES = ("/predict", "/metadata", "/health", "/docs", "/openapi.json")
+
+
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    """500 with a reference to the log line, never the exception itself."""
-    reference = uuid.uuid4().hex[:12]
-    logger.error("Unhandled error (ref %s) on %s", reference, request.url.path, exc_info=exc)
+    """500 whose reference is the request's X-Request-ID (in the access log too), never
+    the exception itself."""
+    reference = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
+    logger.error("Unhandled error (request %s) on %s", reference, request.url.path,
+                 exc_info=exc)
     return _error(500, f"internal error (reference {reference})")
 
 
+def route_of(path: str) -> str:
+    """The metrics label of a path: a known route, else "other" (bounded cardinality)."""
+    return next((r for r in ROUTES if path.endswith(r)), "other")
+
+
 class Guard:
-    """ASGI layer: body size (413/411) and bearer token (401) checked before reading."""
+    """ASGI layer around the routes: body size (413/411) and bearer token (401) checked
+    before the body is read; every response, refusals included, counted by route and
+    status; a request id on every request (Serve's proxy sets one; this adds it when
+    the app runs without the proxy)."""
 
     def __init__(self, app: Any, server: Server) -> None:
         self.app, self.server = app, server
@@ -85,11 +99,30 @@ class Guard:
                        send: Callable[[Any], Awaitable[None]]) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        started = time.perf_counter()
         headers = dict(scope.get("headers") or [])
+        generated = None
+        if REQUEST_ID.encode() not in headers:
+            generated = uuid.uuid4().hex
+            scope["headers"] = [*scope.get("headers", []), (REQUEST_ID.encode(),
+                                                            generated.encode())]
+        status = 500  # what the client sees if the app dies before it answers
+
+        async def counted_send(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if generated is not None:
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (b"x-request-id", generated.encode())]}
+            await send(message)
+
         refusal = self._refusal(scope, headers)
-        if refusal is not None:
-            return await refusal(scope, receive, send)
-        return await self.app(scope, receive, send)
+        try:
+            await (refusal or self.app)(scope, receive, counted_send)
+        finally:
+            self.server.observe(route_of(scope["path"]), status,
+                                time.perf_counter() - started)
 
     def _refusal(self, scope: dict[str, Any], headers: dict[bytes, bytes]) -> Any:
         token = self.server.token
@@ -106,7 +139,6 @@ class Guard:
                 return _error(413, f"body of {length.decode(errors='replace')} bytes is over "
                                    f"the limit of {self.server.max_body_bytes}")
         return None
-
 
 def create_app(server: Server) -> Any:
     """The replica's ASGI app: FastAPI routes wrapped in the :class:`Guard`."""
@@ -130,15 +162,12 @@ def create_app(server: Server) -> Any:
                          422: {"description": "invalid records (field and index named)"},
                          503: {"description": "overloaded: retry later"}})
     async def predict(body: body_model) -> Any:  # type: ignore[valid-type]
-        started = time.perf_counter()
         records = [r.model_dump() for r in body.records]  # type: ignore[attr-defined]
         try:
             result = await server.predict(records)
         except DataError as exc:
-            server.observe("/predict", 422, time.perf_counter() - started)
             return _error(422, [{"loc": ["body", "records"], "msg": str(exc),
                                  "type": "value_error"}])
-        server.observe("/predict", 200, time.perf_counter() - started)
         return JSONResponse(result)
 
     return Guard(app, server)

@@ -22,11 +22,11 @@ from ray import serve
 
 from rayops import tracking
 from rayops.config import TrackingConfig
-from rayops.errors import DataError, ServeError
+from rayops.errors import DataError, ModelFilesMissing, ServeError, TrainingError
 from rayops.predict import Predictor
 from rayops.serve.app import create_app
 from rayops.serve.metrics import ServeMetrics
-from rayops.serve.schema import ModelInfo, record_model
+from rayops.serve.schema import AliasState, Health, ModelInfo, record_model
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class ReplicaSettings(BaseModel):
     batch_wait_timeout_s: float
     max_body_bytes: int
     poll_interval_s: float
+    registry_stale_after_s: float
     auth_token_env: str | None = None
     auth_token_file: str | None = None
 
@@ -75,7 +76,12 @@ class ModelServer:
     async def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = ReplicaSettings.model_validate(settings)
         self._tracking = TrackingConfig.model_validate(self.settings.tracking)
-        self.model = await asyncio.to_thread(self._load)
+        self.registry_ok_at: float | None = None  # monotonic time of the last answer
+        self.registry_error: str | None = None
+        self.alias_target: str | None = None
+        registered = await asyncio.to_thread(self._resolve)
+        self.model = await asyncio.to_thread(self._load, registered)
+        self.refused: dict[str, str] = {}
         self.record_model = record_model(self.model.predictor.schema,
                                          self.model.predictor.preprocessor.label)
         self.max_records = self.settings.max_records
@@ -90,10 +96,20 @@ class ModelServer:
         logger.info("Replica serving %s v%s (@%s)", self.model.info.name,
                     self.model.info.version, self.settings.alias)
 
-    def _load(self, known: tracking.RegisteredModel | None = None) -> LoadedModel:
-        registered = known or tracking.resolve_alias(self._tracking, self.settings.model_name,
-                                                     self.settings.alias)
-        predictor = Predictor.load(tracking.download_bundle(self._tracking, registered))
+    def _resolve(self) -> tracking.RegisteredModel:
+        """Where the alias points now; remembers when the registry last answered."""
+        try:
+            registered = tracking.resolve_alias(self._tracking, self.settings.model_name,
+                                                self.settings.alias)
+        except Exception as exc:
+            self.registry_error = str(exc)
+            raise
+        self.registry_ok_at, self.registry_error = time.monotonic(), None
+        self.alias_target = registered.version
+        return registered
+
+    def _load(self, registered: tracking.RegisteredModel) -> LoadedModel:
+        predictor = Predictor.from_registry(self._tracking, registered)
         info = ModelInfo(name=registered.name, version=registered.version,
                          alias=self.settings.alias, run_id=registered.run_id)
         return LoadedModel(predictor, info)
@@ -105,26 +121,38 @@ class ModelServer:
             await asyncio.sleep(self.settings.poll_interval_s)
             try:
                 await asyncio.to_thread(self.refresh)
-            except Exception:
-                logger.exception("Checking %s@%s failed; still serving v%s",
-                                 self.settings.model_name, self.settings.alias,
-                                 self.model.info.version)
+            except Exception as exc:
+                logger.warning("Checking %s@%s failed; still serving v%s: %s",
+                               self.settings.model_name, self.settings.alias,
+                               self.model.info.version, exc)
 
     def refresh(self) -> bool:
-        """Swap in the version the alias points to now, if it moved. True if swapped."""
-        registered = tracking.resolve_alias(self._tracking, self.settings.model_name,
-                                            self.settings.alias)
-        if registered.version == self.model.info.version:
+        """Swap in the version the alias points to now, if it moved. True if swapped.
+
+        A version that cannot be served here (other input schema, files gone, not a rayops
+        bundle) is refused once: logged, shown in /health and /metadata, never downloaded
+        again. A registry or store that does not answer is retried at the next poll."""
+        registered = self._resolve()
+        version = registered.version
+        if version == self.model.info.version or version in self.refused:
             return False
-        candidate = self._load(registered)
+        try:
+            candidate = self._load(registered)
+        except (ModelFilesMissing, TrainingError) as exc:
+            return self._refuse(version, str(exc))
         if candidate.predictor.schema != self.model.predictor.schema:
-            logger.error("%s v%s expects other inputs than v%s; redeploy to serve it",
-                         registered.name, registered.version, self.model.info.version)
-            return False
+            return self._refuse(version, f"expects other inputs than v{self.model.info.version}"
+                                         "; redeploy to serve it")
         self.model = candidate  # one assignment: in-flight batches keep the old model
-        logger.info("Now serving %s v%s (@%s)", registered.name, registered.version,
-                    self.settings.alias)
+        logger.info("Now serving %s v%s (@%s)", registered.name, version, self.settings.alias)
         return True
+
+    def _refuse(self, version: str, reason: str) -> bool:
+        self.refused[version] = reason
+        logger.error("Not serving %s v%s (@%s points to it): %s; still serving v%s",
+                     self.settings.model_name, version, self.settings.alias, reason,
+                     self.model.info.version)
+        return False
 
     # ------------------------------------------------------------------ predictions
 
@@ -173,15 +201,31 @@ class ModelServer:
     def metadata(self) -> dict[str, Any]:
         model = self.model
         meta = model.predictor.bundle.meta
-        return {"model": model.info.model_dump(), "task": model.predictor.task,
+        return {"model": model.info.model_dump(), "alias_state": self.alias_state(),
+                "task": model.predictor.task,
                 "dataset": meta.get("dataset"), "target_metric": meta.get("target_metric"),
                 "metrics": {k: v for k, v in meta.get("metrics", {}).items()
                             if k.startswith("valid_")},
                 "input_schema": self.record_model.model_json_schema(),
                 "served": dict(self.stats)}
 
+    def alias_state(self) -> AliasState:
+        checked = self.registry_ok_at
+        ago = None if checked is None else round(time.monotonic() - checked, 1)
+        stale = ago is None or ago > self.settings.registry_stale_after_s
+        return AliasState(alias=self.settings.alias, target_version=self.alias_target,
+                          served_version=self.model.info.version, not_served=self.refused,
+                          registry_reachable=not stale, registry_checked_s_ago=ago,
+                          registry_error=self.registry_error)
+
     def health(self) -> dict[str, Any]:
-        return {"status": "ok", "model": self.model.info.model_dump()}
+        """Always 200 while the replica can answer; ``degraded`` when the registry has not
+        answered for ``serve.registry_stale_after_s`` or the alias points to a version this
+        replica does not serve."""
+        state = self.alias_state()
+        behind = state.target_version != state.served_version
+        status = "degraded" if behind or not state.registry_reachable else "ok"
+        return Health(status=status, model=self.model.info, alias=state).model_dump()
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.metrics.observe(route, status, seconds)
@@ -196,7 +240,8 @@ def replica_settings(cfg: Any) -> dict[str, Any]:
         tracking=cfg.tracking.model_dump(), model_name=cfg.model_name, alias=s.model_alias,
         max_records=s.max_records_per_request, max_batch_size=s.max_batch_size,
         batch_wait_timeout_s=s.batch_wait_timeout_s, max_body_bytes=s.max_body_bytes,
-        poll_interval_s=s.model_poll_interval_s, auth_token_env=s.auth_token_env,
+        poll_interval_s=s.model_poll_interval_s,
+        registry_stale_after_s=s.registry_stale_after_s, auth_token_env=s.auth_token_env,
         auth_token_file=s.auth_token_file,
     ).model_dump()
 

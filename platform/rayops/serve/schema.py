@@ -58,8 +58,30 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
+class AliasState(BaseModel):
+    """Where the alias points, what this replica serves, and why they differ."""
+
+    alias: str
+    target_version: str | None = Field(description="Version the alias pointed to at the "
+                                       "replica's last successful look-up.")
+    served_version: str
+    not_served: dict[str, str] = Field(description="Versions this replica refused, with the "
+                                       "reason (each is refused once, never re-downloaded).")
+    registry_reachable: bool
+    registry_checked_s_ago: float | None = Field(description="Seconds since the registry "
+                                                 "last answered.")
+    registry_error: str | None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    model: ModelInfo
+    alias: AliasState
+
+
 class Metadata(BaseModel):
     model: ModelInfo
+    alias_state: AliasState
     task: str
     dataset: str | None
     target_metric: str | None

@@ -1,0 +1,154 @@
+"""The promotion gate: a new model is registered as ``challenger`` and becomes ``champion``
+only if it beats the current champion on the same validation rows by the configured
+margins (``gate`` section).
+
+The gate fails closed. The one case that lets a challenger through without a comparison
+is a champion that cannot be compared at all: another task, label or input schema, or its
+files are gone; that reason is tagged on the version. Any other error (the store or the
+registry down, a timeout) fails the command: the challenger keeps ``challenger`` and
+``champion`` does not move.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from rayops import tracking
+from rayops.config import PipelineConfig
+from rayops.data.versions import DatasetVersion
+from rayops.errors import GateError, ModelFilesMissing, RayopsError
+from rayops.evaluate import score
+from rayops.metrics import TASK_METRICS
+from rayops.predict import Predictor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of the gate, with the scores both models got on the same rows."""
+
+    challenger: tracking.RegisteredModel
+    champion: tracking.RegisteredModel
+    previous: tracking.RegisteredModel | None
+    metric: str
+    challenger_score: float
+    champion_score: float | None
+    promoted: bool
+    reason: str
+    challenger_metrics: dict[str, float] = field(default_factory=dict)
+    champion_metrics: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        c = self.challenger
+        if self.champion_score is None:
+            return (f"{c.name} v{c.version} {self.metric}={self.challenger_score:.4f} "
+                    f"promoted to champion: {self.reason}")
+        assert self.previous is not None
+        verdict = "promoted to champion" if self.promoted else (
+            f"champion stays v{self.champion.version}")
+        return (f"challenger {c.name} v{c.version} {self.metric}={self.challenger_score:.4f} "
+                f"vs champion v{self.previous.version} {self.champion_score:.4f}: {verdict} "
+                f"({self.reason})")
+
+
+def not_comparable(challenger: Predictor, champion: Predictor) -> str | None:
+    """Why two models cannot be scored against each other, or None when they can."""
+    if challenger.task != champion.task:
+        return f"champion is a {champion.task} model, the challenger {challenger.task}"
+    if challenger.preprocessor.label != champion.preprocessor.label:
+        return (f"champion predicts {champion.preprocessor.label!r}, the challenger "
+                f"{challenger.preprocessor.label!r}")
+    if challenger.schema != champion.schema:
+        return "champion has another input schema"
+    return None
+
+
+def _improvement(challenger: float, champion: float, mode: str) -> float:
+    return challenger - champion if mode == "max" else champion - challenger
+
+
+def verdict(cfg: PipelineConfig, challenger: dict[str, float], champion: dict[str, float]
+            ) -> tuple[bool, str]:
+    """Whether the challenger's metrics clear the gate against the champion's, and why."""
+    gate = cfg.gate
+    metric, mode = cfg.gate_metric
+    gain = _improvement(challenger[metric], champion[metric], mode)
+    needed = max(gate.min_improvement, gate.min_relative_improvement * abs(champion[metric]))
+    if gain <= 0 or gain < needed:
+        return False, (f"{metric} improved by {gain:+.4f}, needs more than 0"
+                       + (f" and at least {needed:.4f}" if needed > 0 else ""))
+    directions = TASK_METRICS[cfg.data.task]
+    for other, allowance in gate.max_regression.items():
+        loss = -_improvement(challenger[other], champion[other], directions[other])
+        if loss > allowance:
+            return False, (f"{other} worsened by {loss:.4f}, more than gate.max_regression "
+                           f"allows ({allowance})")
+    return True, f"{metric} improved by {gain:+.4f}"
+
+
+def _champion(cfg: PipelineConfig, model: tracking.RegisteredModel) -> Predictor | None:
+    """The champion's predictor; None when its files are gone."""
+    try:
+        return Predictor.from_registry(cfg.tracking, model)
+    except ModelFilesMissing as exc:
+        logger.warning("%s", exc)
+        return None
+
+
+def register_and_gate(cfg: PipelineConfig, model_uri: str, run_id: str,
+                      version: DatasetVersion) -> Decision:
+    """Register as challenger; promote to champion when it clears the gate (or is first,
+    or the champion is not comparable). Errors fail closed with a :class:`GateError`."""
+    name = cfg.model_name
+    previous = tracking.alias_or_none(cfg.tracking, name, tracking.CHAMPION)
+    challenger = tracking.register(cfg.tracking, name, model_uri, run_id, tracking.CHALLENGER)
+    try:
+        return _decide(cfg, challenger, previous, version)
+    except RayopsError as exc:
+        raise GateError(f"gate of {name} v{challenger.version} failed, nothing promoted "
+                        f"(v{challenger.version} stays @challenger"
+                        + (f", @champion stays v{previous.version}" if previous else "")
+                        + f"): {exc}") from None
+    except Exception as exc:  # an outage we did not foresee: still fail closed
+        raise GateError(f"gate of {name} v{challenger.version} failed, nothing promoted: "
+                        f"{type(exc).__name__}: {exc}") from exc
+
+
+def _decide(cfg: PipelineConfig, challenger: tracking.RegisteredModel,
+            previous: tracking.RegisteredModel | None, version: DatasetVersion) -> Decision:
+    metric, _ = cfg.gate_metric
+    rows = version.table("valid")
+    mine = Predictor.from_registry(cfg.tracking, challenger)
+    ours = score(mine, rows).metrics
+    theirs: dict[str, float] = {}
+    if previous is None:
+        promoted, reason = True, "first champion"
+    elif (champion := _champion(cfg, previous)) is None:
+        promoted, reason = True, f"champion v{previous.version} not comparable: its files " \
+                                 "are gone"
+    elif (why := not_comparable(mine, champion)) is not None:
+        promoted, reason = True, f"champion v{previous.version} not comparable: {why}"
+    else:
+        theirs = score(champion, rows).metrics
+        promoted, reason = verdict(cfg, ours, theirs)
+    tracking.tag_version(cfg.tracking, challenger.name, challenger.version, {
+        "rayops.gate.dataset": version.id, "rayops.gate.metric": metric,
+        "rayops.gate.score": f"{ours[metric]:.6f}",
+        "rayops.gate.champion_score": f"{theirs[metric]:.6f}" if theirs else "",
+        "rayops.gate.reason": reason})
+    champion_model = previous
+    if promoted:
+        tracking.promote(cfg.tracking, challenger.name, challenger.version)
+        champion_model = tracking.RegisteredModel(challenger.name, challenger.version,
+                                                  tracking.CHAMPION, challenger.run_id,
+                                                  challenger.source)
+    # Tagged last: "true" only once the alias has really moved.
+    tracking.tag_version(cfg.tracking, challenger.name, challenger.version,
+                         {"rayops.gate.promoted": str(promoted).lower()})
+    assert champion_model is not None
+    decision = Decision(challenger, champion_model, previous, metric, ours[metric],
+                        theirs.get(metric), promoted, reason, ours, theirs)
+    logger.info(decision.summary())
+    return decision

@@ -1,0 +1,100 @@
+"""The replica's model-update rules, without Ray or a registry: a version that cannot be
+served is refused once; /health tells the served version from the alias target."""
+
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from rayops import tracking
+from rayops.errors import ModelFilesMissing
+from rayops.serve.deployment import LoadedModel, ModelServer, ReplicaSettings
+from rayops.serve.schema import ModelInfo
+
+
+def _info(version: str) -> ModelInfo:
+    return ModelInfo(name="m", version=version, alias="champion", run_id="r")
+
+
+def _registered(version: str) -> tracking.RegisteredModel:
+    return tracking.RegisteredModel("m", version, "champion", "r", "src")
+
+
+class Replica:
+    """A ModelServer whose registry look-up and download are scripted."""
+
+    def __init__(self, served: str = "1", stale_after_s: float = 60.0) -> None:
+        self.server = object.__new__(ModelServer)
+        self.server.settings = ReplicaSettings(
+            tracking={}, model_name="m", alias="champion", max_records=5, max_batch_size=1,
+            batch_wait_timeout_s=0.0, max_body_bytes=1024, poll_interval_s=1.0,
+            registry_stale_after_s=stale_after_s)
+        self.schema = {"x": "numeric"}
+        self.server.model = self._loaded(served, self.schema)
+        self.server.refused, self.server.registry_error = {}, None
+        self.server.registry_ok_at, self.server.alias_target = time.monotonic(), served
+        self.target = served
+        self.downloads: list[str] = []
+        self.failure: Exception | None = None
+        self.next_schema = self.schema
+        self.server._resolve = self._resolve
+        self.server._load = self._load
+
+    @staticmethod
+    def _loaded(version: str, schema: dict) -> LoadedModel:
+        return LoadedModel(SimpleNamespace(schema=schema), _info(version))
+
+    def _resolve(self) -> tracking.RegisteredModel:
+        self.server.registry_ok_at = time.monotonic()
+        self.server.alias_target = self.target
+        return _registered(self.target)
+
+    def _load(self, registered: tracking.RegisteredModel) -> LoadedModel:
+        self.downloads.append(registered.version)
+        if self.failure is not None:
+            raise self.failure
+        return self._loaded(registered.version, self.next_schema)
+
+
+def test_a_moved_alias_is_swapped_in():
+    replica = Replica()
+    replica.target = "2"
+    assert replica.server.refresh() is True
+    assert replica.server.model.info.version == "2"
+    assert replica.server.health()["status"] == "ok"
+
+
+@pytest.mark.parametrize("problem", ["schema", "files"])
+def test_a_version_that_cannot_be_served_is_refused_once(problem):
+    replica = Replica()
+    replica.target = "2"
+    if problem == "schema":
+        replica.next_schema = {"y": "numeric"}
+    else:
+        replica.failure = ModelFilesMissing("the files of m v2 are gone")
+    for _ in range(5):
+        assert replica.server.refresh() is False
+    assert replica.downloads == ["2"]  # not downloaded again on every poll
+    health = replica.server.health()
+    assert health["status"] == "degraded"
+    assert health["model"]["version"] == "1"
+    state = health["alias"]
+    assert state["target_version"] == "2" and state["served_version"] == "1"
+    expected = "other inputs" if problem == "schema" else "files of m v2 are gone"
+    assert expected in state["not_served"]["2"]
+    replica.target = "3"  # a later, servable version is still taken
+    replica.failure, replica.next_schema = None, replica.schema
+    assert replica.server.refresh() is True
+    assert replica.server.health()["status"] == "ok"
+
+
+def test_a_registry_that_stops_answering_shows_in_health():
+    replica = Replica(stale_after_s=30)
+    assert replica.server.health()["alias"]["registry_reachable"] is True
+    replica.server.registry_ok_at = time.monotonic() - 31
+    replica.server.registry_error = "cannot read m@champion from the registry"
+    health = replica.server.health()
+    assert health["status"] == "degraded"
+    assert health["alias"]["registry_reachable"] is False
+    assert health["alias"]["registry_checked_s_ago"] >= 31
+    assert "cannot read" in health["alias"]["registry_error"]
