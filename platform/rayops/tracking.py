@@ -101,22 +101,54 @@ def start_run(tracking: TrackingConfig, experiment: str, run_name: str,
     return run_id
 
 
+def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def log_metrics(tracking: TrackingConfig, run_id: str, metrics: Mapping[str, float],
-                step: int) -> None:
+                step: int, attempts: int = 5) -> None:
     """Log numeric metrics at ``step``; retried because sqlite can be briefly locked."""
+    log_history(tracking, run_id, {step: metrics}, attempts)
+
+
+def log_history(tracking: TrackingConfig, run_id: str,
+                history: Mapping[int, Mapping[str, float]], attempts: int = 5) -> None:
+    """Log several steps' metrics in batches of at most 1000 values (MLflow's limit)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    for attempt in range(5):
-        try:
-            client(tracking).log_batch(run_id, metrics=batch)
-            return
-        except Exception:
-            if attempt == 4:
-                raise
-            time.sleep(0.2 * (attempt + 1))
+    batch = [Metric(k, v, now, step) for step, metrics in history.items()
+             for k, v in _numeric(metrics).items()]
+    for start in range(0, len(batch), 1000):
+        for attempt in range(attempts):
+            try:
+                client(tracking).log_batch(run_id, metrics=batch[start:start + 1000])
+                break
+            except Exception:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+
+def logged_steps(tracking: TrackingConfig, run_id: str, key: str = "epoch") -> list[int]:
+    """The steps at which ``key`` was logged on the run, in logging order."""
+    return [m.step for m in client(tracking).get_metric_history(run_id, key)]
+
+
+def require_reachable(tracking: TrackingConfig, timeout_s: float = 5.0) -> None:
+    """Fail fast, in one line, when an MLflow server does not answer (MLflow's own retries
+    would take minutes). Local stores always answer."""
+    if not tracking.uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{tracking.uri.rstrip('/')}/health", timeout=timeout_s
+                     ).raise_for_status()
+    except requests.RequestException as exc:
+        raise TrackingError(f"MLflow at {tracking.uri} does not answer: {_short(exc)}"
+                            ) from None
 
 
 def metric_name(text: str) -> str:
@@ -169,6 +201,11 @@ def log_model(tracking: TrackingConfig, run_id: str, bundle_dir: Path,
         )
     client(tracking).set_tag(run_id, MODEL_URI_TAG, info.model_uri)
     return info.model_uri
+
+
+def logged_model_uri(tracking: TrackingConfig, run_id: str) -> str | None:
+    """The model a run already logged (a resumed run does not log it twice)."""
+    return client(tracking).get_run(run_id).data.tags.get(MODEL_URI_TAG)
 
 
 def register(tracking: TrackingConfig, name: str, model_uri: str, run_id: str,

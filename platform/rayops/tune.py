@@ -10,7 +10,7 @@ finishes a sweep whose driver died without rerunning finished trials.
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +26,7 @@ from rayops.data.versions import DatasetVersion, load_version
 from rayops.errors import TrainingError
 from rayops.storage import root_of
 from rayops.train import fit_and_log, load_datasets, run_params
-from rayops.train.driver import resumable, runs_folder, write_record
+from rayops.train.records import mark_failed, new_record, resumable, runs_folder, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ def run_trial(config: dict[str, Any], *, base: PipelineConfig, version: DatasetV
         outcome = fit_and_log(cfg, version, datasets, run_id, f"{cfg.name}-{trial_id}",
                               callbacks=[TuneReportCallback()])
     except BaseException:
-        tracking.end_run(cfg.tracking, run_id, status="FAILED")
+        with contextlib.suppress(Exception):  # MLflow may be what failed
+            tracking.end_run(cfg.tracking, run_id, status="FAILED")
         raise
     tracking.end_run(cfg.tracking, run_id)
     # The best epoch's metrics as the trial's last result: trials are ranked by their best
@@ -182,25 +183,23 @@ def _start(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:
         params={"tune": cfg.tune.model_dump(mode="json"), **run_params(cfg, version)},
         tags={"rayops.dataset_version": version.id, "rayops.kind": "sweep"},
     )
-    return {"name": f"{cfg.name}-sweep-{parent[:8]}", "run_id": parent,
-            "dataset_version": version.id, "status": "running",
-            "started_at": dt.datetime.now(dt.UTC).isoformat()}
+    return new_record(f"{cfg.name}-sweep-{parent[:8]}", parent, version)
 
 
 def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
               resume: bool = False) -> SweepOutcome:
     """A tracked sweep; returns the best trial's config, metrics and logged model.
-    ``resume`` finishes the last sweep whose driver died."""
+    ``resume`` finishes the last sweep that did not finish."""
     if not cfg.tune.search_space:
         raise TrainingError("tune.search_space is empty: nothing to sweep")
+    tracking.require_reachable(cfg.tracking)
     folder = runs_folder(cfg, "sweep")
     if resume:
         record, version = resumable(cfg, "sweep")
         tuner = _restored(cfg, version, record)
     else:
         version = version or load_version(cfg)
-        record = _start(cfg, version)
-        write_record(folder, record["name"], record)
+        record = write_record(folder, _start(cfg, version))
         tuner = _tuner(cfg, version, record["run_id"], record["name"])
     parent = record["run_id"]
     try:
@@ -209,12 +208,12 @@ def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
     except (KeyboardInterrupt, SystemExit):  # stopped, not failed: `--resume` picks it up
         raise
     except BaseException:
-        tracking.close_unfinished_children(cfg.tracking, cfg.experiment_name, parent)
-        tracking.end_run(cfg.tracking, parent, status="FAILED")
-        write_record(folder, record["name"], {**record, "status": "failed"})
+        with contextlib.suppress(Exception):  # MLflow may be what failed
+            tracking.close_unfinished_children(cfg.tracking, cfg.experiment_name, parent)
+        mark_failed(cfg, folder, record)
         raise
     outcome = _finish(cfg, results, best, best_run, model_uri, parent)
-    write_record(folder, record["name"], {**record, "status": "finished"})
+    write_record(folder, record, status="finished")
     return outcome
 
 

@@ -71,18 +71,50 @@ def ray_start_4_cpus() -> Iterator[None]:
     ray.shutdown()
 
 
+class MotoServer:
+    """A real S3 API on 127.0.0.1 (moto server in its own process) that a test can stop
+    and start again (a restarted server is empty: moto keeps its state in memory)."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port, self.log_path = free_port(), log_path
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> MotoServer:
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                          "-p", str(self.port)], stdout=log,
+                                         stderr=subprocess.STDOUT)
+        wait_http(self.url, 60, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+    def create_bucket(self, name: str | None = None) -> str:
+        import boto3
+
+        name = name or f"rayops-{uuid.uuid4().hex[:12]}"
+        boto3.client("s3", endpoint_url=self.url).create_bucket(Bucket=name)
+        return name
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint(run_dir: Path) -> Iterator[str]:
-    """A real S3 API on 127.0.0.1 (moto server in its own process)."""
-    port = free_port()
-    log = open(run_dir / "moto.log", "w")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url, 60, proc)
-    yield url
-    _stop(proc)
-    log.close()
+    """The session's S3 endpoint (never stopped by a test)."""
+    server = MotoServer(run_dir / "moto.log").start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def s3_server(run_dir: Path) -> Iterator[MotoServer]:
+    """A test's own S3 endpoint, which the test may stop to simulate an outage."""
+    server = MotoServer(run_dir / f"moto-{uuid.uuid4().hex[:6]}.log").start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
@@ -103,9 +135,10 @@ def list_keys(s3_endpoint: str, bucket: str, prefix: str = "") -> list[str]:
             for o in page.get("Contents", [])]
 
 
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
-    """A fresh database on the PostgreSQL at 127.0.0.1:5432; dropped afterwards."""
+@contextlib.contextmanager
+def _database() -> Iterator[str]:
+    """A fresh database on the PostgreSQL at 127.0.0.1:5432, as a SQLAlchemy URI; dropped
+    afterwards."""
     import psycopg2
 
     try:
@@ -116,12 +149,47 @@ def postgres_database() -> Iterator[str]:
     name = f"rayops_{uuid.uuid4().hex[:10]}"
     with admin.cursor() as cur:
         cur.execute(f"CREATE DATABASE {name}")
-    # SQLAlchemy (MLflow's store) is told the driver explicitly: psycopg2.
-    yield POSTGRES_DSN.replace("postgresql://", "postgresql+psycopg2://").rsplit("/", 1)[0] + (
-        f"/{name}")
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
+    try:
+        # SQLAlchemy (MLflow's store) is told the driver explicitly: psycopg2.
+        yield POSTGRES_DSN.replace("postgresql://", "postgresql+psycopg2://").rsplit(
+            "/", 1)[0] + f"/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    with _database() as uri:
+        yield uri
+
+
+class MlflowServer:
+    """`mlflow server` on a fixed port of 127.0.0.1, which a test may stop and start again
+    (its runs live in the backend store, so a restart keeps them)."""
+
+    def __init__(self, backend: str, artifacts: str, log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.backend, self.artifacts, self.log_path = backend, artifacts, log_path
+        self.env = {**os.environ, **(env or {})}
+        self.uri = f"http://127.0.0.1:{free_port()}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> MlflowServer:
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(
+                [str(BIN / "mlflow"), "server", "--backend-store-uri", self.backend,
+                 "--artifacts-destination", self.artifacts, "--host", "127.0.0.1",
+                 "--port", self.uri.rsplit(":", 1)[1], "--workers", "1"],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        wait_http(f"{self.uri}/health", 180, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
 
 
 @pytest.fixture(scope="session")
@@ -131,20 +199,24 @@ def mlflow_server(postgres_database: str, s3_endpoint: str, run_dir: Path) -> It
 
     bucket = f"mlflow-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
-    port = free_port()
-    env = {**os.environ, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint}
-    log = open(run_dir / "mlflow-server.log", "w")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", postgres_database,
-         "--artifacts-destination", f"s3://{bucket}/artifacts", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/health", 180, proc)
-    yield {"uri": url, "bucket": bucket}
-    _stop(proc)
-    log.close()
+    server = MlflowServer(postgres_database, f"s3://{bucket}/artifacts",
+                          run_dir / "mlflow-server.log", {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint})
+    server.start()
+    yield {"uri": server.uri, "bucket": bucket}
+    server.stop()
+
+
+@pytest.fixture
+def mlflow_server_restartable(tmp_path: Path) -> Iterator[MlflowServer]:
+    """A test's own `mlflow server` (its own PostgreSQL database, artifacts in a local
+    folder) that the test may stop to simulate an outage."""
+    with _database() as backend:
+        server = MlflowServer(backend, str(tmp_path / "mlflow-artifacts"),
+                              tmp_path / "mlflow-server.log").start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="module")

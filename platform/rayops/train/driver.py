@@ -8,7 +8,6 @@ same run name (Ray Train reloads its checkpoint list), same MLflow run, same dat
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import tempfile
 import uuid
@@ -38,10 +37,11 @@ from rayops.config import PipelineConfig
 from rayops.data.context import data_context
 from rayops.data.preprocess import Preprocessor
 from rayops.data.versions import DatasetVersion, load_version
-from rayops.errors import TrainingError
+from rayops.errors import TrackingError, TrainingError
 from rayops.models import Bundle, build_model, load_state_dict
-from rayops.storage import Location, root_of
-from rayops.train.loop import CHECKPOINT_FILE, train_fn_per_worker
+from rayops.storage import root_of
+from rayops.train.loop import CHECKPOINT_FILE, history_of, train_fn_per_worker
+from rayops.train.records import mark_failed, new_record, resumable, runs_folder, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -198,25 +198,63 @@ def _bundle(cfg: PipelineConfig, version: DatasetVersion, checkpoint: Checkpoint
 def fit_and_log(cfg: PipelineConfig, version: DatasetVersion,
                 datasets: dict[str, ray.data.Dataset], run_id: str, run_name: str,
                 callbacks: Sequence[Any] = ()) -> TrainOutcome:
-    """Train, pick the best checkpoint, log it to MLflow as a model bundle with plots."""
-    from rayops import evaluate
+    """Train, pick the best checkpoint, save its model bundle to storage, then complete the
+    MLflow run: every epoch's metrics it lacks, the model, the plots.
 
+    Training never waits on MLflow; when MLflow fails after training, the error says what
+    was not logged and ``--resume`` logs it without retraining (the trainer's name is
+    the same, so Ray Train finds the finished checkpoints and trains no further)."""
     metric, mode = cfg.target_metric
     result = build_trainer(cfg, version, datasets, run_name, run_id, callbacks).fit()
     checkpoint, best = _best_checkpoint(result, metric, mode)
     numbers = {k: float(v) for k, v in best.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     bundle = _bundle(cfg, version, checkpoint, numbers, run_id)
+    history = history_of(result.checkpoint)  # the latest checkpoint: every epoch so far
+    saved = root_of(cfg.storage).join("models", run_name)
     with tempfile.TemporaryDirectory(prefix="rayops-") as folder:
         bundle_dir = bundle.save(Path(folder) / "bundle")
-        required = {name: not spec["nullable"] for name, spec in version.manifest["schema"].items()
-                    if name != cfg.data.label}
-        model_uri = tracking.log_model(cfg.tracking, run_id, bundle_dir, _input_example(version),
-                                       required)
+        saved.upload_dir(bundle_dir)
+        try:
+            model_uri = _complete_run(cfg, version, run_id, bundle, bundle_dir, history)
+        except Exception as exc:
+            raise _not_logged(cfg, run_name, len(history), saved.uri, exc) from exc
+    return TrainOutcome(run_id, numbers, model_uri, checkpoint.path)
+
+
+def _not_logged(cfg: PipelineConfig, run_name: str, epochs: int, saved: str,
+                exc: Exception) -> TrackingError:
+    short = " ".join(str(exc).split())[:300]
+    return TrackingError(
+        f"{run_name} trained {epochs} epoch(s); its checkpoints and model bundle ({saved}) "
+        f"are in storage, but MLflow at {cfg.tracking.uri} failed ({short}): the epoch "
+        "metrics it lacks, the model and its plots are not logged. Once MLflow answers, "
+        "`--resume` logs them without retraining.")
+
+
+def _complete_run(cfg: PipelineConfig, version: DatasetVersion, run_id: str, bundle: Bundle,
+                  bundle_dir: Path, history: list[dict[str, float]]) -> str:
+    """Log what the MLflow run lacks; returns the model URI."""
+    from rayops import evaluate
+
+    tracking.require_reachable(cfg.tracking)
+    logged = set(tracking.logged_steps(cfg.tracking, run_id))
+    missing = {int(h["epoch"]): h for h in history if int(h["epoch"]) not in logged}
+    if missing:
+        logger.info("Logging %d epoch(s) of metrics MLflow did not get during training",
+                    len(missing))
+        tracking.log_history(cfg.tracking, run_id, missing)
+    model_uri = tracking.logged_model_uri(cfg.tracking, run_id)
+    if model_uri is None:
+        required = {name: not spec["nullable"] for name, spec in
+                    version.manifest["schema"].items() if name != cfg.data.label}
+        model_uri = tracking.log_model(cfg.tracking, run_id, bundle_dir,
+                                       _input_example(version), required)
+    numbers = bundle.meta["metrics"]
     tracking.log_metrics(cfg.tracking, run_id, {f"best_{k}": v for k, v in numbers.items()},
                          step=int(numbers.get("epoch", 0)))
     evaluate.log_plots(cfg, run_id, bundle, version)
-    return TrainOutcome(run_id, numbers, model_uri, checkpoint.path)
+    return model_uri
 
 
 def run_params(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:
@@ -227,63 +265,28 @@ def run_params(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:
             "dataset_rows": version.manifest["rows"]}
 
 
-# --------------------------------------------------------------------------- run records
-
-
-def runs_folder(cfg: PipelineConfig, kind: str) -> Location:
-    return root_of(cfg.storage).join("runs", cfg.name, kind)
-
-
-def write_record(folder: Location, name: str, record: dict[str, Any]) -> None:
-    folder.join(f"{name}.json").write_json(record)
-
-
-def unfinished_record(folder: Location) -> dict[str, Any] | None:
-    """The most recent run record still marked running (its driver died)."""
-    records = [folder.join(n).read_json() for n in folder.list_dir() if n.endswith(".json")]
-    running = [r for r in records if r.get("status") == "running"]
-    return max(running, key=lambda r: r["started_at"]) if running else None
-
-
-def resumable(cfg: PipelineConfig, kind: str) -> tuple[dict[str, Any], DatasetVersion]:
-    """The record of the last ``kind`` run whose driver died, its dataset version, and its
-    MLflow run marked RUNNING again; TrainingError when there is none."""
-    folder = runs_folder(cfg, kind)
-    record = unfinished_record(folder)
-    if record is None:
-        raise TrainingError(f"nothing to resume: no unfinished {kind} run of {cfg.name!r} "
-                            f"under {folder.uri}")
-    version = load_version(cfg, int(record["dataset_version"].rsplit("v", 1)[-1]))
-    tracking.client(cfg.tracking).update_run(record["run_id"], status="RUNNING")
-    logger.info("Resuming %s (MLflow run %s) on %s", record["name"], record["run_id"],
-                version.id)
-    return record, version
-
-
 def run_training(cfg: PipelineConfig, version: DatasetVersion | None = None,
                  resume: bool = False) -> TrainOutcome:
-    """One tracked training run; ``resume`` continues the last run whose driver died."""
+    """One tracked training run; ``resume`` continues the last one that did not finish."""
+    tracking.require_reachable(cfg.tracking)
     folder = runs_folder(cfg, "train")
     if resume:
         record, version = resumable(cfg, "train")
-        run_id, run_name = record["run_id"], record["name"]
     else:
         version = version or load_version(cfg)
         run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, f"{cfg.name}-train",
                                     params=run_params(cfg, version),
                                     tags={"rayops.dataset_version": version.id})
-        run_name = f"{cfg.name}-train-{run_id[:8]}-{uuid.uuid4().hex[:4]}"
-        record = {"name": run_name, "run_id": run_id, "dataset_version": version.id,
-                  "status": "running", "started_at": dt.datetime.now(dt.UTC).isoformat()}
-        write_record(folder, run_name, record)
+        name = f"{cfg.name}-train-{run_id[:8]}-{uuid.uuid4().hex[:4]}"
+        record = write_record(folder, new_record(name, run_id, version))
     try:
-        outcome = fit_and_log(cfg, version, load_datasets(version), run_id, run_name)
+        outcome = fit_and_log(cfg, version, load_datasets(version), record["run_id"],
+                              record["name"])
     except (KeyboardInterrupt, SystemExit):  # stopped, not failed: `--resume` picks it up
         raise
     except BaseException:
-        tracking.end_run(cfg.tracking, run_id, status="FAILED")
-        write_record(folder, run_name, {**record, "status": "failed"})
+        mark_failed(cfg, folder, record)
         raise
-    tracking.end_run(cfg.tracking, run_id)
-    write_record(folder, run_name, {**record, "status": "finished"})
+    tracking.end_run(cfg.tracking, record["run_id"])
+    write_record(folder, record, status="finished")
     return outcome

@@ -16,7 +16,7 @@ import math
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,9 @@ import torch.distributed as dist
 from ray.train import Checkpoint
 
 from rayops import metrics as metric_fns
-from rayops import tracking
 from rayops.config import PipelineConfig, TrainConfig
 from rayops.models import build_model, load_state_dict
+from rayops.train.metrics_writer import MetricsWriter
 
 logger = logging.getLogger(__name__)
 
@@ -134,16 +134,24 @@ class ShardLoader:
 
 @dataclass
 class Progress:
-    """What resuming needs besides weights: where we are and how early stopping stands."""
+    """What resuming needs besides weights: where we are, how early stopping stands, and
+    every epoch's metrics so far (the record MLflow is completed from)."""
 
     epoch: int = 0
     best: float | None = None
     stale_epochs: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
 
-    def update(self, value: float, mode: str) -> None:
+    def update(self, results: dict[str, float], metric: str, mode: str) -> None:
+        value = results[metric]
         better = self.best is None or (value > self.best if mode == "max" else value < self.best)
         self.best, self.stale_epochs = (value, 0) if better else (self.best,
                                                                    self.stale_epochs + 1)
+        self.epoch = int(results["epoch"])
+        self.history.append(dict(results))
+
+    def stopped_early(self, patience: int | None) -> bool:
+        return patience is not None and self.stale_epochs >= patience
 
 
 # --------------------------------------------------------------------------- epochs
@@ -217,7 +225,15 @@ def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler:
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     logger.warning("Resumed from the checkpoint of epoch %d", state["epoch"])
-    return Progress(int(state["epoch"]), state["best"], int(state["stale_epochs"]))
+    return Progress(int(state["epoch"]), state["best"], int(state["stale_epochs"]),
+                    json.loads(state.get("history", "[]")))
+
+
+def history_of(checkpoint: Checkpoint) -> list[dict[str, float]]:
+    """Every epoch's metrics up to a checkpoint, oldest first."""
+    with checkpoint.as_directory() as folder:
+        state = load_state_dict(Path(folder) / CHECKPOINT_FILE)
+    return json.loads(state.get("history", "[]"))
 
 
 @contextlib.contextmanager
@@ -233,6 +249,7 @@ def checkpoint_of(rank: int, model: torch.nn.Module, optimizer: torch.optim.Opti
         state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": progress.epoch,
                  "best": progress.best, "stale_epochs": progress.stale_epochs,
+                 "history": json.dumps(progress.history),
                  "rng": torch.get_rng_state(), "meta": json.dumps(meta)}
         torch.save(state, Path(folder) / CHECKPOINT_FILE)
         yield Checkpoint.from_directory(folder)
@@ -256,6 +273,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                                   weight_decay=train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(train))
     progress = restore(model, optimizer, scheduler)
+    resumed_from = progress.epoch
     classification = cfg.data.task == "classification"
     loss_fn = torch.nn.CrossEntropyLoss() if classification else torch.nn.MSELoss()
     label_dtype = torch.int64 if classification else torch.float32
@@ -270,30 +288,46 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         train_loader.load()
         valid_loader.load()
         loaded = train_loader.load_seconds + valid_loader.load_seconds
-
-    for epoch in range(progress.epoch, train.epochs):
-        started = time.perf_counter()
-        train_loss, samples = train_epoch(model, optimizer, loss_fn, train_loader, epoch,
-                                          precision, device)
-        seconds = time.perf_counter() - started
-        results = evaluate(model, valid_loader, loss_fn, spec["n_outputs"], label_state,
-                           precision, device)
-        results.update(epoch=epoch + 1, train_loss=train_loss, lr=scheduler.get_last_lr()[0],
-                       epoch_time_s=seconds, samples_per_s=samples / max(seconds, 1e-9))
-        if loaded:
-            results["data_load_s"], loaded = loaded, 0.0
-        if device.type == "cuda":
-            results["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        scheduler.step()
-        progress.epoch = epoch + 1
-        progress.update(results[metric], mode)
-        with checkpoint_of(rank, model, optimizer, scheduler, progress, config["meta"]) as ckpt:
-            ray.train.report(results, checkpoint=ckpt)
-        if rank == 0 and config.get("run_id"):
-            tracking.log_metrics(cfg.tracking, config["run_id"], results, step=epoch + 1)
-        patience = train.early_stopping_patience
-        if patience is not None and progress.stale_epochs >= patience:
-            if rank == 0:
+    writer = MetricsWriter(cfg.tracking, config["run_id"]) if (
+        rank == 0 and config.get("run_id")) else None
+    try:
+        for epoch in range(progress.epoch, train.epochs):
+            if progress.stopped_early(train.early_stopping_patience):
+                break  # a resumed run that had already stopped early trains no more
+            results = run_epoch(model, optimizer, scheduler, loss_fn, (train_loader,
+                                valid_loader), epoch, precision, device, spec, label_state)
+            if loaded:
+                results["data_load_s"], loaded = loaded, 0.0
+            results["resumed_from_epoch"] = resumed_from  # proves no epoch is trained twice
+            progress.update(results, metric, mode)
+            with checkpoint_of(rank, model, optimizer, scheduler, progress,
+                               config["meta"]) as ckpt:
+                ray.train.report(results, checkpoint=ckpt)
+            if writer is not None:
+                writer.put(epoch + 1, results)
+            if rank == 0 and progress.stopped_early(train.early_stopping_patience):
                 logger.warning("Early stop after epoch %d: %s did not improve for %d epochs",
-                               epoch + 1, metric, patience)
-            break
+                               epoch + 1, metric, train.early_stopping_patience)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+              loss_fn: Any, loaders: tuple[ShardLoader, ShardLoader], epoch: int,
+              precision: Precision, device: torch.device, spec: dict[str, Any],
+              label_state: dict[str, Any]) -> dict[str, float]:
+    """One epoch of training, then exact validation metrics; steps the LR schedule."""
+    train_loader, valid_loader = loaders
+    started = time.perf_counter()
+    train_loss, samples = train_epoch(model, optimizer, loss_fn, train_loader, epoch,
+                                      precision, device)
+    seconds = time.perf_counter() - started
+    results = evaluate(model, valid_loader, loss_fn, spec["n_outputs"], label_state,
+                       precision, device)
+    results.update(epoch=epoch + 1, train_loss=train_loss, lr=scheduler.get_last_lr()[0],
+                   epoch_time_s=seconds, samples_per_s=samples / max(seconds, 1e-9))
+    if device.type == "cuda":
+        results["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    scheduler.step()
+    return results

@@ -1,0 +1,68 @@
+"""Run records: what ``--resume`` needs to continue a training run or a sweep.
+
+Each run leaves a small JSON record under ``{storage.root}/runs/{pipeline}/{kind}/`` naming
+its Ray Train or Tune run, its MLflow run and its dataset version, with a status:
+``running`` (its driver may have died), ``failed`` (it stopped on an error: an outage, a
+failed ``log_model``, a worker beyond ``max_failures``) or ``finished``. The newest record
+that did not finish is what ``--resume`` continues, whatever stopped it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from rayops import tracking
+from rayops.config import PipelineConfig
+from rayops.data.versions import DatasetVersion, load_version
+from rayops.errors import TrainingError
+from rayops.storage import Location, root_of
+
+logger = logging.getLogger(__name__)
+
+
+def runs_folder(cfg: PipelineConfig, kind: str) -> Location:
+    return root_of(cfg.storage).join("runs", cfg.name, kind)
+
+
+def new_record(name: str, run_id: str, version: DatasetVersion) -> dict[str, Any]:
+    return {"name": name, "run_id": run_id, "dataset_version": version.id,
+            "status": "running", "started_at": dt.datetime.now(dt.UTC).isoformat()}
+
+
+def write_record(folder: Location, record: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    updated = {**record, **changes}
+    folder.join(f"{record['name']}.json").write_json(updated)
+    return updated
+
+
+def resumable(cfg: PipelineConfig, kind: str) -> tuple[dict[str, Any], DatasetVersion]:
+    """The newest ``kind`` run record if it did not finish, its dataset version, and its
+    MLflow run marked RUNNING again; TrainingError when there is nothing to resume."""
+    folder = runs_folder(cfg, kind)
+    records = [folder.join(n).read_json() for n in folder.list_dir() if n.endswith(".json")]
+    if not records:
+        raise TrainingError(f"nothing to resume: no {kind} run of {cfg.name!r} under "
+                            f"{folder.uri}")
+    record = max(records, key=lambda r: r["started_at"])
+    if record["status"] == "finished":
+        raise TrainingError(f"nothing to resume: the last {kind} run of {cfg.name!r} "
+                            f"({record['name']}) finished")
+    number = int(record["dataset_version"].rsplit("v", 1)[-1])
+    version = load_version(cfg, number)
+    tracking.client(cfg.tracking).update_run(record["run_id"], status="RUNNING")
+    logger.info("Resuming %s (MLflow run %s, %s) on %s", record["name"], record["run_id"],
+                record["status"], version.id)
+    return record, version
+
+
+def mark_failed(cfg: PipelineConfig, folder: Location, record: dict[str, Any]) -> None:
+    """Record a run that stopped on an error as resumable; mark its MLflow run FAILED when
+    MLflow answers (it may be the very thing that is down)."""
+    write_record(folder, record, status="failed")
+    try:
+        tracking.require_reachable(cfg.tracking)  # fast: MLflow's retries take minutes
+        tracking.end_run(cfg.tracking, record["run_id"], status="FAILED")
+    except Exception as exc:
+        logger.warning("MLflow run %s not marked FAILED: %s", record["run_id"], exc)

@@ -1,0 +1,70 @@
+"""The promotion gate against real stores: it fails closed when the champion cannot be
+read (the S3 endpoint holding its files is down), and lets a challenger through without a
+comparison only when the champion cannot be compared (its files are gone)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from rayops import tracking
+from rayops.data.ingest import file_source, ingest
+from rayops.errors import GateError
+from rayops.gate import register_and_gate
+from rayops.pipeline import train_and_register
+from rayops.train import run_training
+from tests.helpers import demo_config, write_demo_data
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SMALL = {"train.epochs": 2, "train.num_workers": 1}
+
+
+def _dataset(cfg):
+    write_demo_data(file_source(cfg).location, rows=1500, files=1)
+    return ingest(cfg)
+
+
+def test_gate_fails_closed_when_the_champions_store_is_down(tmp_path, ray_start_4_cpus,
+                                                            s3_server, monkeypatch):
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server.url)
+    bucket = s3_server.create_bucket()
+    local = demo_config(tmp_path, **SMALL)
+    on_s3 = local.with_overrides({"tracking.experiment": "artifacts-on-s3",
+                                  "tracking.artifact_location": f"s3://{bucket}/artifacts"})
+    version = _dataset(local)
+    first = train_and_register(on_s3, version)  # the champion's files live on the endpoint
+    assert first.decision.promoted
+    challenger = run_training(local, version)  # this one's files are local
+    s3_server.stop()  # the outage: the champion can no longer be scored
+
+    with pytest.raises(GateError) as failure:
+        register_and_gate(local, challenger.model_uri, challenger.run_id, version)
+    message = str(failure.value)
+    assert "nothing promoted" in message and "@champion stays v1" in message
+    assert "cannot download churn-classifier v1" in message
+    assert tracking.resolve_alias(local.tracking, local.model_name, "champion").version == "1"
+    assert tracking.resolve_alias(local.tracking, local.model_name, "challenger").version == "2"
+    tags = MlflowClient(local.tracking.uri).get_model_version(local.model_name, "2").tags
+    assert "rayops.gate.promoted" not in tags
+
+
+def test_a_champion_whose_files_are_gone_is_replaced_with_the_reason_tagged(
+        tmp_path, ray_start_4_cpus):
+    cfg = demo_config(tmp_path, **SMALL)
+    version = _dataset(cfg)
+    first = train_and_register(cfg, version)
+    shutil.rmtree(Path(cfg.tracking.artifact_location))  # every file of v1, gone
+
+    second = train_and_register(cfg.with_overrides({"train.seed": 3}), version)
+    decision = second.decision
+    assert decision.promoted and decision.previous.version == first.decision.challenger.version
+    assert decision.champion_score is None
+    assert "champion v1 not comparable: its files are gone" in decision.reason
+    assert tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion").version == "2"
+    tags = MlflowClient(cfg.tracking.uri).get_model_version(cfg.model_name, "2").tags
+    assert tags["rayops.gate.reason"] == decision.reason
+    assert tags["rayops.gate.promoted"] == "true"

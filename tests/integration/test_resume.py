@@ -1,0 +1,74 @@
+"""Training never waits on MLflow, and ``--resume`` completes a run that stopped after
+training: every epoch's metrics, the model and its registration, without retraining."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from mlflow import MlflowClient
+
+from rayops import tracking
+from rayops.data.ingest import file_source, ingest
+from rayops.errors import TrackingError
+from rayops.models import load_state_dict
+from rayops.pipeline import train_and_register
+from rayops.storage import root_of
+from tests.helpers import demo_config, wait_for, write_demo_data
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.postgres]
+
+EPOCHS = 4
+
+
+def _checkpoint_epochs(cfg) -> dict[str, int]:
+    """Every checkpoint file in storage and the epoch it holds."""
+    files = [i.path for i in root_of(cfg.storage).join("checkpoints").list_files()
+             if i.path.endswith("checkpoint.pt")]
+    return {path: int(load_state_dict(path)["epoch"]) for path in files}
+
+
+def test_mlflow_outage_stalls_no_worker_and_resume_logs_every_epoch(
+        tmp_path, ray_start_4_cpus, mlflow_server_restartable):
+    server = mlflow_server_restartable
+    cfg = demo_config(tmp_path, **{"tracking.uri": server.uri, "train.epochs": EPOCHS,
+                                   "train.num_workers": 2, "train.cpus_per_worker": 0.5,
+                                   "tracking.experiment": "outage"})
+    write_demo_data(file_source(cfg).location, rows=2000, files=2)
+    version = ingest(cfg)
+    runs = root_of(cfg.storage).join("checkpoints")
+
+    def outage() -> None:  # MLflow goes down as soon as the trainer starts
+        wait_for(lambda: bool(runs.list_dir()), timeout_s=300, every_s=0.1,
+                 what="the trainer's storage folder")
+        server.stop()
+
+    stopper = threading.Thread(target=outage, daemon=True)
+    stopper.start()
+    with pytest.raises(TrackingError) as failure:
+        train_and_register(cfg, version)
+    stopper.join()
+    message = str(failure.value)
+    assert "\n" not in message  # the CLI prints it as one line
+    assert f"trained {EPOCHS} epoch(s)" in message and server.uri in message
+    assert "not logged" in message and "`--resume` logs them without retraining" in message
+    # Every epoch was trained and checkpointed while MLflow was down.
+    before = _checkpoint_epochs(cfg)
+    assert max(before.values()) == EPOCHS
+    (bundle_folder,) = root_of(cfg.storage).join("models").list_dir()
+    assert root_of(cfg.storage).join("models", bundle_folder, "weights.pt").exists()
+
+    server.start()
+    result = train_and_register(cfg, resume=True)
+    assert _checkpoint_epochs(cfg) == before  # nothing was trained again
+    client = MlflowClient(server.uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(result.run_id, "epoch")] == list(
+        range(1, EPOCHS + 1))
+    assert len(client.get_metric_history(result.run_id, "valid_f1")) == EPOCHS
+    resumed = client.get_metric_history(result.run_id, "resumed_from_epoch")
+    assert {m.value for m in resumed} == {0}  # one uninterrupted pass of training
+    champion = tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion")
+    assert champion.run_id == result.run_id and result.decision.promoted
+    assert tracking.logged_model_uri(cfg.tracking, result.run_id) is not None
