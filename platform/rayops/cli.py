@@ -13,7 +13,7 @@ import typer
 
 from rayops.config import PipelineConfig, load_config
 from rayops.errors import RayopsError
-from rayops.runtime import init_ray, setup_logging
+from rayops.runtime import connect, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def ingest(
     from rayops.data import ingest as data_ingest
 
     cfg = _load(config, overrides)
-    init_ray()
+    connect(cfg)
 
     def show(version: Any) -> None:
         _echo(f"dataset {version.id} ({version.uri})",
@@ -77,7 +77,7 @@ def _train(config: Path, overrides: list[str] | None, sweep: bool, resume: bool)
     from rayops.pipeline import train_and_register
 
     cfg = _load(config, overrides)
-    init_ray()
+    connect(cfg)
     typer.echo(train_and_register(cfg, sweep=sweep, resume=resume).summary())
 
 
@@ -113,7 +113,7 @@ def deploy(
                                        sort_keys=False))
         typer.echo(f"wrote {emit}: serve deploy {emit}  (or: serve run {emit})")
         return
-    init_ray()
+    connect(cfg)
     url = serve.deploy(cfg)
     typer.echo(f"serving {cfg.model_name}@{cfg.serve.model_alias} at {url}/predict")
     if block:
@@ -197,7 +197,7 @@ def run(config: ConfigArg, overrides: SetOpt = None,
     from rayops.pipeline import run_pipeline
 
     cfg = _load(config, overrides)
-    init_ray()
+    connect(cfg)
     result = run_pipeline(cfg, deploy=serve)
     typer.echo(result.model.summary())
     if result.url:

@@ -37,6 +37,17 @@ def init_ray(address: str | None = None) -> None:
     logger.info("Ray resources: %s", ray.cluster_resources())
 
 
+def connect(cfg: PipelineConfig) -> None:
+    """Check that the object store and the tracking server answer, then connect to Ray:
+    an outage ends the command in seconds with one line, before any work starts."""
+    from rayops import tracking
+    from rayops.storage import ensure_bucket, root_of
+
+    ensure_bucket(root_of(cfg.storage))
+    tracking.require_reachable(cfg.tracking)
+    init_ray()
+
+
 @dataclass(frozen=True)
 class JobArgs:
     cfg: PipelineConfig
@@ -55,5 +66,5 @@ def job_args(description: str, argv: Sequence[str] | None = None) -> JobArgs:
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config(args.config, args.overrides)
-    init_ray()
+    connect(cfg)
     return JobArgs(cfg, args.resume)

@@ -29,3 +29,43 @@ def test_help_lists_every_verb():
     result = _rayops("--help")
     for verb in ("ingest", "train", "tune", "deploy", "run", "demo", "validate"):
         assert verb in result.stdout
+
+
+def _config_with(tmp_path, **sections) -> str:
+    import yaml
+
+    from rayops.config import load_config
+    from rayops.demo import config_path
+
+    raw = load_config(config_path()).model_dump(mode="json")
+    for key, value in sections.items():
+        raw[key] = {**raw[key], **value}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_an_object_store_that_is_down_ends_the_command_in_one_line(tmp_path):
+    from tests.helpers import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    config = _config_with(tmp_path, storage={"root": "s3://lake/rayops",
+                                             "endpoint_url": endpoint})
+    result = _rayops("ingest", config)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith("error: cannot create the bucket of s3://lake/rayops")
+    assert f"on endpoint {endpoint}" in lines[0]
+
+
+def test_a_tracking_server_that_is_down_ends_the_command_in_one_line(tmp_path):
+    from tests.helpers import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    config = _config_with(tmp_path, storage={"root": str(tmp_path / "lake")},
+                          tracking={"uri": uri})
+    result = _rayops("train", config)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"error: MLflow at {uri} does not answer")
+    assert len(result.stderr.strip().splitlines()) == 1

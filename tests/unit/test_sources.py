@@ -99,3 +99,18 @@ def test_glob_and_single_file(tmp_path):
 def test_empty_source_says_what_it_looked_for(tmp_path):
     with pytest.raises(DataError, match=r"no parquet files \(.parquet, .pq\) at"):
         FileSource(resolve(str(tmp_path)), "parquet").snapshot()
+
+
+def test_a_raw_file_that_cannot_be_fetched_fails_instead_of_being_quarantined(tmp_path):
+    """Storage failures must not mark a file consumed as 'unreadable'; bad content does."""
+    from rayops.errors import StorageError
+
+    folder = tmp_path / "looks-like-a-file.csv"
+    folder.mkdir()  # opening it fails in the filesystem, not in the parser
+    item = {"path": str(folder), "partitions": {}}
+    with pytest.raises(StorageError, match="cannot read raw file .*looks-like-a-file.csv"):
+        read_file(pafs.LocalFileSystem(), "csv", item, ["a"], endpoint=None)
+    corrupt = tmp_path / "corrupt.csv.gz"
+    corrupt.write_bytes(b"not gzip at all")
+    table = read_file(pafs.LocalFileSystem(), "csv", {"path": str(corrupt)}, ["a"])
+    assert table.num_rows == 1 and table.column(ERROR)[0].as_py().startswith(UNREADABLE)

@@ -32,6 +32,9 @@ def test_learning_rate_warmup_then_cosine_and_step():
 
 def test_early_stopping_progress_counts_stale_epochs():
     progress = Progress()
-    for value in (0.5, 0.6, 0.59, 0.58):
-        progress.update(value, "max")
+    for epoch, value in enumerate((0.5, 0.6, 0.59, 0.58), start=1):
+        progress.update({"epoch": epoch, "valid_f1": value}, "valid_f1", "max")
     assert progress.best == 0.6 and progress.stale_epochs == 2
+    assert progress.epoch == 4 and [h["epoch"] for h in progress.history] == [1, 2, 3, 4]
+    assert progress.stopped_early(2) and not progress.stopped_early(3)
+    assert not progress.stopped_early(None)

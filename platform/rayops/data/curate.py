@@ -152,7 +152,9 @@ def write_block(table: pa.Table, location: Location, name: str) -> None:
         if rows.num_rows:
             target = location.join(f"{schema.SPLIT}={split}", f"{name}.parquet")
             target.parent().makedirs()
-            pq.write_table(rows.drop_columns([schema.SPLIT]), target.path, filesystem=target.fs)
+            with target.io("write curated rows to"):
+                pq.write_table(rows.drop_columns([schema.SPLIT]), target.path,
+                               filesystem=target.fs)
 
 
 class PartSink(Datasink[list[dict[str, Any]]]):

@@ -34,7 +34,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from rayops.data.schema import ERROR, RAW, SOURCE_FILE, SOURCE_ROW
-from rayops.errors import DataError
+from rayops.errors import DataError, StorageError
 from rayops.storage import Location
 
 EXTENSIONS = {
@@ -121,6 +121,7 @@ class _FilesDatasource(Datasource):
                  columns: list[str]) -> None:
         super().__init__()
         self._fs, self._fmt, self._items, self._columns = location.fs, fmt, items, columns
+        self._endpoint = location.endpoint
 
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(int(i["size"] or 0) for i in self._items) * 2
@@ -135,32 +136,45 @@ class _FilesDatasource(Datasource):
         for group in groups:
             meta = BlockMetadata(num_rows=None, size_bytes=sum(int(i["size"] or 0) for i in group),
                                  input_files=[i["path"] for i in group], exec_stats=None)
-            tasks.append(ReadTask(_reader(self._fs, self._fmt, group, self._columns), meta))
+            tasks.append(ReadTask(_reader(self._fs, self._fmt, group, self._columns,
+                                          self._endpoint), meta))
         return tasks
 
 
-def _reader(fs: Any, fmt: str, group: list[dict[str, Any]], columns: list[str]) -> Any:
+def _reader(fs: Any, fmt: str, group: list[dict[str, Any]], columns: list[str],
+            endpoint: str | None) -> Any:
     def read() -> Iterator[pa.Table]:
         for item in group:
-            yield read_file(fs, fmt, item, columns)
+            yield read_file(fs, fmt, item, columns, endpoint)
     return read
 
 
-def read_file(fs: Any, fmt: str, item: dict[str, Any], columns: list[str] | None
-              ) -> pa.Table:
+def _fetch(fs: Any, path: str, endpoint: str | None) -> bytes:
+    try:
+        with fs.open_input_stream(path, compression=None) as f:
+            return f.read()
+    except OSError as exc:
+        where = f" on endpoint {endpoint}" if endpoint else ""
+        raise StorageError(f"cannot read raw file {path}{where}: "
+                           f"{' '.join(str(exc).split())[:300]}") from None
+
+
+def read_file(fs: Any, fmt: str, item: dict[str, Any], columns: list[str] | None,
+              endpoint: str | None = None) -> pa.Table:
     """All rows of one file (``columns`` of it, or every column when None), with
     provenance; an unreadable file is one ERROR row."""
     path = item["path"]
     partitions = item.get("partitions", {})
     # hive folders supply their columns
     in_file = None if columns is None else [c for c in columns if c not in partitions]
+    # A storage failure (after the S3 client's retries) fails the ingest: the file was not
+    # read, so it must not be marked consumed. Only content that cannot be parsed is.
+    data = _fetch(fs, path, endpoint)
     try:
         if fmt == "parquet":
-            with fs.open_input_file(path) as f:
-                table = _parquet(f, in_file)
+            table = _parquet(pa.BufferReader(data), in_file)
         else:
-            with fs.open_input_stream(path, compression=None) as f:
-                data = _decompress(path, f.read())
+            data = _decompress(path, data)
             table = _csv(data, in_file) if fmt == "csv" else _jsonl(data, in_file)
     except Exception as exc:  # corrupt, truncated, not this format: quarantine the file
         message = f"{UNREADABLE}: {type(exc).__name__}: {str(exc)[:300]}"
