@@ -45,3 +45,24 @@ def wait_for(condition: Callable[[], object], timeout_s: float = 90, every_s: fl
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not met within {timeout_s:g}s")
         time.sleep(every_s)
+
+
+def assert_resumed_once(client: Any, run_id: str, epochs: int) -> int:
+    """The run's epoch history is exactly 1..epochs in order (no epoch logged twice), and it
+    was resumed once, from the checkpoint of epoch k: the epochs after k all report
+    ``resumed_from_epoch`` k, so the first new epoch is k + 1. Returns k."""
+    steps = [m.step for m in client.get_metric_history(run_id, "epoch")]
+    assert steps == list(range(1, epochs + 1)), steps
+    resumed = {m.step: int(m.value) for m in client.get_metric_history(
+        run_id, "resumed_from_epoch")}
+    k = max(resumed.values())
+    assert 0 < k < epochs, resumed
+    assert resumed == {e: 0 if e <= k else k for e in range(1, epochs + 1)}, resumed
+    return k
+
+
+def majority_accuracy(version: Any) -> float:
+    """Accuracy of always predicting the most common training class: what a model that
+    learned nothing scores."""
+    counts = version.preprocessor.label_state["counts"]
+    return max(counts.values()) / sum(counts.values())

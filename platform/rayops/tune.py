@@ -128,8 +128,23 @@ def _trainable(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str)
     return tune.with_resources(trainable, TRIAL_DRIVER_RESOURCES)
 
 
-def _tuner(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str, name: str
-           ) -> tune.Tuner:
+def search_record(searcher: Any) -> dict[str, str]:
+    """What the search algorithm did, as tags for the sweep's run: for Optuna the sampler
+    and how many finished trials it learned from (proof that TPE, not chance, chose)."""
+    if searcher is None:
+        return {"rayops.search.sampler": "random/grid (Tune's variant generator)"}
+    study = getattr(getattr(searcher, "searcher", searcher), "_ot_study", None)
+    if study is None:
+        return {"rayops.search.sampler": type(searcher).__name__}
+    from optuna.trial import TrialState
+
+    told = sum(t.state == TrialState.COMPLETE for t in study.trials)
+    return {"rayops.search.sampler": type(study.sampler).__name__,
+            "rayops.search.trials_told": str(told)}
+
+
+def _tuner(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str, name: str,
+           searcher: Any) -> tune.Tuner:
     metric, mode = cfg.target_metric
     storage = root_of(cfg.storage).join("tune")
     samples = 1 if cfg.tune.search == "grid" else cfg.tune.num_samples  # grid: each once
@@ -138,7 +153,7 @@ def _tuner(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str, nam
         param_space=search_space(cfg),
         tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=samples,
                                     max_concurrent_trials=cfg.tune.max_concurrent_trials,
-                                    search_alg=_search_algorithm(cfg),
+                                    search_alg=searcher,
                                     scheduler=_scheduler(cfg),
                                     # one trial process serves trial after trial: no new
                                     # process (and imports) per trial
@@ -194,13 +209,15 @@ def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
         raise TrainingError("tune.search_space is empty: nothing to sweep")
     tracking.require_reachable(cfg.tracking)
     folder = runs_folder(cfg, "sweep")
+    searcher = None
     if resume:
         record, version = resumable(cfg, "sweep")
         tuner = _restored(cfg, version, record)
     else:
         version = version or load_version(cfg)
         record = write_record(folder, _start(cfg, version))
-        tuner = _tuner(cfg, version, record["run_id"], record["name"])
+        searcher = _search_algorithm(cfg)
+        tuner = _tuner(cfg, version, record["run_id"], record["name"], searcher)
     parent = record["run_id"]
     try:
         results = tuner.fit()
@@ -213,6 +230,10 @@ def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
         mark_failed(cfg, folder, record)
         raise
     outcome = _finish(cfg, results, best, best_run, model_uri, parent)
+    if not resume:  # a restored sweep's searcher lives inside Tune's experiment state
+        client = tracking.client(cfg.tracking)
+        for key, value in search_record(searcher).items():
+            client.set_tag(parent, key, value)
     write_record(folder, record, status="finished")
     return outcome
 

@@ -19,7 +19,12 @@ from rayops.errors import TrainingError
 from rayops.storage import root_of
 from rayops.train import run_training
 from rayops.train.driver import load_datasets
-from tests.helpers import demo_config, write_demo_data
+from tests.helpers import (
+    assert_resumed_once,
+    demo_config,
+    majority_accuracy,
+    write_demo_data,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,8 +73,8 @@ def test_killed_worker_resumes_from_s3_checkpoint_and_matches_clean_run(
     finally:
         killer.done.set()
     assert killer.killed is not None, "no training worker was killed"
-    history = MlflowClient(cfg.tracking.uri).get_metric_history(failed_over.run_id, "epoch")
-    assert max(m.value for m in history) == 5  # all epochs, finished from a checkpoint
+    # all epochs, each once, the ones after the failure resumed from the last checkpoint
+    assert assert_resumed_once(MlflowClient(cfg.tracking.uri), failed_over.run_id, 5) >= 2
     assert abs(failed_over.metrics["valid_f1"] - clean.metrics["valid_f1"]) < 0.05
     assert failed_over.checkpoint_path.startswith(f"{s3_bucket}/lake/checkpoints/")
 
@@ -99,7 +104,8 @@ def test_same_seed_same_metrics_bf16_and_early_stopping(tmp_path, ray_start_4_cp
     first, second = run_training(cfg, version), run_training(cfg, version)
     assert first.metrics["valid_loss"] == pytest.approx(second.metrics["valid_loss"], abs=1e-4)
     assert first.metrics["valid_f1"] == pytest.approx(second.metrics["valid_f1"], abs=0.01)
-    assert first.metrics["valid_accuracy"] > 0.5  # bf16 autocast on the CPU learns
+    # bf16 autocast on the CPU learns: better than always answering the majority class
+    assert first.metrics["valid_accuracy"] > majority_accuracy(version) + 0.02
     with pytest.raises(TrainingError, match="fp16.*use_gpu"):
         run_training(cfg.with_overrides({"train.precision": "fp16"}), version)
     stalled = cfg.with_overrides({"train.learning_rate": 1e-7, "train.epochs": 8,

@@ -25,10 +25,25 @@ def test_validate_prints_defaults(tmp_path):
     assert '"epochs": 2' in result.stdout and '"host": "127.0.0.1"' in result.stdout
 
 
-def test_help_lists_every_verb():
+VERBS = ("validate", "ingest", "train", "tune", "deploy", "promote", "rollback", "predict",
+         "run", "demo", "quarantine", "schema")
+
+
+def test_help_lists_every_verb_and_each_verb_has_help():
+    import typer
+    from typer.testing import CliRunner
+
+    from rayops.cli import app
+
     result = _rayops("--help")
-    for verb in ("ingest", "train", "tune", "deploy", "run", "demo", "validate"):
-        assert verb in result.stdout
+    assert result.returncode == 0, result.stderr
+    assert set(typer.main.get_command(app).commands) == set(VERBS)  # no verb untested
+    assert all(f"│ {verb} " in result.stdout for verb in VERBS), result.stdout
+    runner = CliRunner()
+    for verb in VERBS:
+        verb_help = runner.invoke(app, [verb, "--help"])
+        assert verb_help.exit_code == 0, (verb, verb_help.output)
+        assert f"Usage: rayops {verb}" in verb_help.output.replace("root ", "rayops ")
 
 
 def _config_with(tmp_path, **sections) -> str:

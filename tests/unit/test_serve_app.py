@@ -107,6 +107,15 @@ def test_invalid_record_is_422_naming_index_and_field(client, record, field):
     assert any(loc[:4] == ["body", "records", 1, field] for loc in locations), locations
 
 
+def test_whole_numbers_written_as_floats_are_integers(client):
+    """JSON Schema's integer includes 95.0; a fraction or a numeric string does not."""
+    assert client.post("/predict", json={"records": [{**GOOD, "age": 95.0}]}).status_code == 200
+    for bad in (95.5, "95", True):
+        response = client.post("/predict", json={"records": [{**GOOD, "age": bad}]})
+        assert response.status_code == 422, bad
+        assert response.json()["detail"][0]["loc"] == ["body", "records", 0, "age"]
+
+
 def test_non_finite_number_is_422(client):
     body = '{"records": [' + str(GOOD).replace("'", '"').replace("True", "true").replace(
         "80.5", "Infinity") + "]}"

@@ -2,6 +2,7 @@
 served is refused once; /health tells the served version from the alias target."""
 
 import time
+from collections import Counter
 from types import SimpleNamespace
 
 import pytest
@@ -32,6 +33,7 @@ class Replica:
         self.schema = {"x": "numeric"}
         self.server.model = self._loaded(served, self.schema)
         self.server.refused, self.server.registry_error = {}, None
+        self.server.stats = Counter()
         self.server.registry_ok_at, self.server.alias_target = time.monotonic(), served
         self.target = served
         self.downloads: list[str] = []

@@ -79,6 +79,7 @@ class ModelServer:
         self.registry_ok_at: float | None = None  # monotonic time of the last answer
         self.registry_error: str | None = None
         self.alias_target: str | None = None
+        self.stats: Counter[str] = Counter()
         registered = await asyncio.to_thread(self._resolve)
         self.model = await asyncio.to_thread(self._load, registered)
         self.refused: dict[str, str] = {}
@@ -87,7 +88,6 @@ class ModelServer:
         self.max_records = self.settings.max_records
         self.max_body_bytes = self.settings.max_body_bytes
         self.token = read_token(self.settings)
-        self.stats: Counter[str] = Counter()
         self.metrics = ServeMetrics()
         self.predict_batch.set_max_batch_size(self.settings.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
@@ -109,6 +109,7 @@ class ModelServer:
         return registered
 
     def _load(self, registered: tracking.RegisteredModel) -> LoadedModel:
+        self.stats["model_downloads"] += 1
         predictor = Predictor.from_registry(self._tracking, registered)
         info = ModelInfo(name=registered.name, version=registered.version,
                          alias=self.settings.alias, run_id=registered.run_id)

@@ -3,17 +3,24 @@
 import datetime as dt
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from rayops.config import ColumnSpec
+
+
+def _whole_number(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def field_type(spec: ColumnSpec) -> Any:
     """Strict pydantic types: a string where a number belongs is a 422, not a coercion."""
     if spec.type == "numeric":
         return Annotated[float, Field(strict=True, allow_inf_nan=False, ge=spec.min, le=spec.max)]
-    if spec.type == "integer":
-        return Annotated[int, Field(strict=True, ge=spec.min, le=spec.max)]
+    if spec.type == "integer":  # JSON's 95.0 is the integer 95; 95.5 and "95" are not
+        return Annotated[int, Field(strict=True, ge=spec.min, le=spec.max),
+                         BeforeValidator(_whole_number)]
     if spec.type == "boolean":
         return Annotated[bool, Field(strict=True)]
     if spec.type == "datetime":
