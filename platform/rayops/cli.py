@@ -13,7 +13,7 @@ import typer
 
 from rayops.config import PipelineConfig, load_config
 from rayops.errors import RayopsError
-from rayops.runtime import connect, setup_logging
+from rayops.runtime import Output, connect, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +26,38 @@ SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a config key, e.g. --set train.epochs=3 (repeatable).")]
 
 
+_output = Output(verbose=True, log_file=None)  # set once per process by `options`
+
+
+@app.callback()
+def options(verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Show Ray's and MLflow's own messages here instead of in "
+        "a log file.")] = False) -> None:
+    """rayops: raw files in object storage -> a model served by Ray Serve."""
+    global _output
+    _output = setup_logging(verbose)
+
+
 def _load(config: Path, overrides: list[str] | None) -> PipelineConfig:
-    setup_logging()
     return load_config(config, overrides or [])
+
+
+def _connect(cfg: PipelineConfig) -> None:
+    connect(cfg, _output)
+
+
+def _logs_line() -> None:
+    """Where the libraries' messages went, for the end of a long command."""
+    if _output.log_file is not None:
+        typer.echo(f"logs: {_output.log_file} (Ray workers: {_ray_logs()})", err=True)
+
+
+def _ray_logs() -> str:
+    import ray
+
+    if not ray.is_initialized():
+        return "not started"
+    return str(Path(ray._private.worker.global_worker.node.get_logs_dir_path()))
 
 
 def _echo(title: str, payload: dict[str, Any]) -> None:
@@ -53,7 +82,7 @@ def ingest(
     from rayops.data import ingest as data_ingest
 
     cfg = _load(config, overrides)
-    connect(cfg)
+    _connect(cfg)
 
     def show(version: Any) -> None:
         _echo(f"dataset {version.id} ({version.uri})",
@@ -63,6 +92,7 @@ def ingest(
 
     if not watch:
         show(data_ingest.ingest(cfg))
+        _logs_line()
         return
     typer.echo(f"watching {cfg.data.source} every {interval:.0f}s; Ctrl-C stops")
     with contextlib.suppress(KeyboardInterrupt):
@@ -77,8 +107,9 @@ def _train(config: Path, overrides: list[str] | None, sweep: bool, resume: bool)
     from rayops.pipeline import train_and_register
 
     cfg = _load(config, overrides)
-    connect(cfg)
+    _connect(cfg)
     typer.echo(train_and_register(cfg, sweep=sweep, resume=resume).summary())
+    _logs_line()
 
 
 @app.command()
@@ -113,7 +144,7 @@ def deploy(
                                        sort_keys=False))
         typer.echo(f"wrote {emit}: serve deploy {emit}  (or: serve run {emit})")
         return
-    connect(cfg)
+    _connect(cfg)
     url = serve.deploy(cfg)
     typer.echo(f"serving {cfg.model_name}@{cfg.serve.model_alias} at {url}/predict")
     if block:
@@ -127,7 +158,6 @@ def _tracking(config: Path | None, tracking_uri: str | None) -> Any:
         return _load(config, None).tracking
     if tracking_uri is None:
         raise typer.BadParameter("give --config CONFIG or --tracking-uri URI")
-    setup_logging()
     return TrackingConfig(uri=tracking_uri)
 
 
@@ -179,7 +209,6 @@ def predict(
     """Send a file of records to a running deployment and print or write the predictions."""
     from rayops.serve.client import predict_file
 
-    setup_logging()
     lines = predict_file(file, url, chunk, token_env)
     if output is None:
         for line in lines:
@@ -197,9 +226,10 @@ def run(config: ConfigArg, overrides: SetOpt = None,
     from rayops.pipeline import run_pipeline
 
     cfg = _load(config, overrides)
-    connect(cfg)
+    _connect(cfg)
     result = run_pipeline(cfg, deploy=serve)
     typer.echo(result.model.summary())
+    _logs_line()
     if result.url:
         typer.echo(f"serving at {result.url}/predict")
         if block:
@@ -217,9 +247,9 @@ def demo(
     """Generate demo data, run the whole pipeline, and query the served model over HTTP."""
     from rayops.demo.run import run_demo
 
-    setup_logging()
     run_demo(rows=rows, seed=seed, port=port, keep_running=keep_running,
-             overrides=overrides or [])
+             overrides=overrides or [], output=_output)
+    _logs_line()
 
 
 @app.command()
@@ -268,7 +298,6 @@ def schema_infer(
     from rayops.data.sources import EXTENSIONS, FileSource
     from rayops.storage import resolve
 
-    setup_logging()
     if fmt not in EXTENSIONS:
         raise typer.BadParameter(f"--format {fmt!r}: use one of {sorted(EXTENSIONS)}")
     proposal = propose_config(FileSource(resolve(source, endpoint_url), fmt), name, label, root,

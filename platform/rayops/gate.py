@@ -148,7 +148,5 @@ def _decide(cfg: PipelineConfig, challenger: tracking.RegisteredModel,
     tracking.tag_version(cfg.tracking, challenger.name, challenger.version,
                          {"rayops.gate.promoted": str(promoted).lower()})
     assert champion_model is not None
-    decision = Decision(challenger, champion_model, previous, metric, ours[metric],
-                        theirs.get(metric), promoted, reason, ours, theirs)
-    logger.info(decision.summary())
-    return decision
+    return Decision(challenger, champion_model, previous, metric, ours[metric],
+                    theirs.get(metric), promoted, reason, ours, theirs)

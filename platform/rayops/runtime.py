@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rayops.config import PipelineConfig, load_config
@@ -14,30 +16,82 @@ from rayops.config import PipelineConfig, load_config
 logger = logging.getLogger(__name__)
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    """rayops messages at ``level`` on stderr; other libraries stay at WARNING."""
-    logging.basicConfig(level=logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("rayops").setLevel(level)
+# Loggers of the libraries under rayops; quiet mode sends them to the log file. Ray's,
+# Ray Data's and Serve's get their console handlers when first imported.
+_LIBRARIES = ("ray", "ray.data", "ray.serve", "ray.tune", "ray.train", "mlflow", "alembic",
+              "urllib3", "optuna", "py.warnings", "filelock")
 
 
-def init_ray(address: str | None = None) -> None:
-    """Connect to ``address`` (or RAY_ADDRESS, or the job's cluster), else start a local one."""
+@dataclass(frozen=True)
+class Output:
+    """Where a process's messages go: rayops' progress to the console, and, unless
+    verbose, everything Ray and MLflow say to ``log_file``."""
+
+    verbose: bool
+    log_file: Path | None
+
+
+def setup_logging(verbose: bool = True) -> Output:
+    """rayops' progress on stderr as plain lines. Verbose: the libraries' messages too
+    (warnings and above). Quiet: theirs go to a log file (its path is returned) and Ray
+    workers' output stays in Ray's session logs."""
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(message)s"))
+    ours = logging.getLogger("rayops")
+    ours.handlers, ours.propagate = [console], False
+    ours.setLevel(logging.INFO)
+    if verbose:
+        logging.basicConfig(level=logging.WARNING,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return Output(True, None)
+    # MLflow and Ray configure their own loggers when first imported: ask MLflow not to,
+    # and import Ray now so that its handlers can be replaced.
+    os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Tune's status tables and experiment banners: rayops prints a line per trial instead.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import ray.data
+    import ray.serve  # noqa: F401
+
+    folder = Path(os.environ.get("RAYOPS_LOG_DIR", "~/.rayops/logs")).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    log_file = folder / f"rayops-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in _LIBRARIES:
+        library = logging.getLogger(name)
+        library.handlers, library.propagate = [handler], False
+        library.setLevel(logging.INFO)
+    logging.captureWarnings(True)
+    ours.addHandler(handler)
+    return Output(False, log_file)
+
+
+def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:
+    """Connect to ``address`` (or RAY_ADDRESS, or the job's cluster), else start a local
+    one. ``log_to_driver=False`` leaves Ray workers' output in Ray's session logs."""
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    options: dict[str, Any] = {"logging_level": logging.WARNING}
+    options: dict[str, Any] = {"logging_level": logging.WARNING,
+                               "log_to_driver": log_to_driver}
     if address:
         ray.init(address=address, **options)
     else:
         # A new local cluster: keep Ray's services on the loopback interface.
         ray.init(_node_ip_address="127.0.0.1", **options)
-    logger.info("Ray resources: %s", ray.cluster_resources())
+    if not log_to_driver:
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    resources = ray.cluster_resources()
+    logger.info("Ray: %s CPUs, %s GPUs (%s)", f"{resources.get('CPU', 0):g}",
+                f"{resources.get('GPU', 0):g}", address or "local")
 
 
-def connect(cfg: PipelineConfig) -> None:
+def connect(cfg: PipelineConfig, output: Output | None = None) -> None:
     """Check that the object store and the tracking server answer, then connect to Ray:
     an outage ends the command in seconds with one line, before any work starts."""
     from rayops import tracking
@@ -45,7 +99,7 @@ def connect(cfg: PipelineConfig) -> None:
 
     ensure_bucket(root_of(cfg.storage))
     tracking.require_reachable(cfg.tracking)
-    init_ray()
+    init_ray(log_to_driver=output is None or output.verbose)
 
 
 @dataclass(frozen=True)

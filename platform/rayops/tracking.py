@@ -7,6 +7,8 @@ so ``mlflow.pyfunc.load_model`` works and loading never unpickles anything.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
 import time
@@ -213,7 +215,9 @@ def register(tracking: TrackingConfig, name: str, model_uri: str, run_id: str,
     """Register ``model_uri`` as a new version of ``name`` and point ``alias`` at it."""
     import mlflow
 
-    version = mlflow.register_model(model_uri, name, tags={"rayops.run_id": run_id})
+    with contextlib.redirect_stderr(io.StringIO()) as said:  # MLflow prints, not logs
+        version = mlflow.register_model(model_uri, name, tags={"rayops.run_id": run_id})
+    logger.debug("%s", said.getvalue().strip())
     set_alias(tracking, name, alias, str(version.version))
     return RegisteredModel(name, str(version.version), alias, run_id, model_uri)
 
@@ -251,7 +255,7 @@ def rollback(tracking: TrackingConfig, name: str, alias: str = CHAMPION) -> str:
 def set_alias(tracking: TrackingConfig, name: str, alias: str, version: str) -> None:
     """Point ``alias`` at ``version``: serving replicas following the alias switch over."""
     client(tracking).set_registered_model_alias(name, alias, version)
-    logger.info("%s@%s -> version %s", name, alias, version)
+    logger.debug("%s@%s -> version %s", name, alias, version)
 
 
 def tag_version(tracking: TrackingConfig, name: str, version: str,

@@ -143,6 +143,28 @@ def search_record(searcher: Any) -> dict[str, str]:
             "rayops.search.trials_told": str(told)}
 
 
+class TrialLines(tune.Callback):
+    """One console line per finished or failed trial (Tune's own tables are off)."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
+                          **info: Any) -> None:
+        metric, _ = self.cfg.target_metric
+        result = trial.last_result or {}
+        value = result.get(metric)
+        shown = "n/a" if value is None else f"{value:.4f}"
+        sampled = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                            for k, v in trial.config.items())
+        logger.info("trial %s: best %s %s at epoch %d  (%s)", trial.trial_id, metric, shown,
+                    int(result.get("epoch", 0)), sampled)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any,
+                       **info: Any) -> None:
+        logger.warning("trial %s failed (details: %s)", trial.trial_id, trial.error_file)
+
+
 def _tuner(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str, name: str,
            searcher: Any) -> tune.Tuner:
     metric, mode = cfg.target_metric
@@ -159,7 +181,7 @@ def _tuner(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str, nam
                                     # process (and imports) per trial
                                     reuse_actors=True),
         run_config=tune.RunConfig(
-            name=name,
+            name=name, verbose=0, callbacks=[TrialLines(cfg)],
             storage_path=storage.uri if storage.is_local else storage.path,
             storage_filesystem=None if storage.is_local else storage.fs,
         ),
@@ -254,6 +276,7 @@ def _finish(cfg: PipelineConfig, results: Any, best: Any, best_run: str, model_u
     for key, value in best.config.items():
         client.log_param(parent, f"best.{key}", str(value))
     tracking.end_run(cfg.tracking, parent)
-    logger.info("Sweep done: %d trials (%d stopped early); best %s=%.4f with %s",
-                len(results), stopped, metric, numbers.get(metric, float("nan")), best.config)
+    logger.info("sweep done: %d trial(s), %d stopped early; best %s %.4f (trial %s)",
+                len(results), stopped, metric, numbers.get(metric, float("nan")),
+                best.metrics.get("trial_id"))
     return SweepOutcome(parent, best_run, dict(best.config), numbers, model_uri, len(results))

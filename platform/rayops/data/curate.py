@@ -188,11 +188,16 @@ def write_part(source: Source, items: list[dict[str, Any]], location: Location,
     return merge_summaries(sink.summaries, len(items))
 
 
-def describe(summary: PartSummary) -> str:
+def describe(summary: PartSummary, reasons: int | None = None) -> str:
+    """The part's row accounting, its ``reasons`` most common quarantine reasons (all when
+    None) and every unreadable file."""
     r = summary.rows
-    lines = [f"files read: {summary.files} ({len(summary.unreadable)} unreadable)",
-             f"rows read: {r['read']} = kept {r['train'] + r['valid']} (train {r['train']}, "
-             f"valid {r['valid']}) + quarantined {r['quarantine']}"]
-    lines += [f"  quarantined {n}: {reason}" for reason, n in summary.reasons.items()]
+    lines = [f"files read: {summary.files} ({len(summary.unreadable)} unreadable); rows read: "
+             f"{r['read']} = kept {r['train'] + r['valid']} + quarantined {r['quarantine']}"]
+    shown = list(summary.reasons.items())[:reasons]
+    lines += [f"  quarantined {n}: {reason}" for reason, n in shown]
+    if len(shown) < len(summary.reasons):
+        lines.append(f"  ... {len(summary.reasons) - len(shown)} more reason(s): "
+                     "`rayops quarantine CONFIG` lists the rows")
     lines += [f"  unreadable file {u['path']}: {u['reason']}" for u in summary.unreadable]
     return "\n".join(lines)

@@ -133,9 +133,9 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
         return previous
 
     part_id, location = new_part(root)
-    logger.info("Ingesting %d new item(s) from %s into part %s", len(todo), source.uri, part_id)
+    logger.info("ingesting %d new file(s) from %s", len(todo), source.uri)
     summary = write_part(source, todo, location, cfg.data)
-    logger.info("Ingest summary:\n%s", describe(summary))
+    logger.info("%s", describe(summary, reasons=3))
     try:
         _check_threshold(summary, cfg.data)
         part = {"id": part_id, "items": todo, "data_files": _data_files(location),
@@ -149,7 +149,9 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
     removed = remove_orphan_parts(root)
     if removed:
         logger.info("Removed %d orphaned part(s) of failed ingests", len(removed))
-    logger.info("Committed %s: %s", version.id, version.manifest["rows"])
+    rows = version.manifest["rows"]
+    logger.info("committed %s: %d train + %d valid rows", version.id, rows["train"],
+                rows["valid"])
     _track(cfg, version, summary)
     return version
 

@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import TYPE_CHECKING, Any
 
 import requests
 
 from rayops import demo
-from rayops.config import load_config
+from rayops.config import PipelineConfig, load_config
 from rayops.data.ingest import file_source
 from rayops.demo import churn
-from rayops.runtime import init_ray
+from rayops.errors import ServeError
+from rayops.runtime import Output, connect
+
+if TYPE_CHECKING:
+    from rayops.pipeline import PipelineResult
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +33,9 @@ SAMPLE_RECORDS = [
 ]
 
 
-def run_demo(rows: int, seed: int, port: int, keep_running: bool, overrides: list[str]) -> None:
+def run_demo(rows: int, seed: int, port: int, keep_running: bool, overrides: list[str],
+             output: Output | None = None) -> None:
     """Run the packaged churn demo from the current directory (./lake, ./mlflow)."""
-    from ray import serve
-
     from rayops.pipeline import run_pipeline
     from rayops.serve import wait_ready
 
@@ -40,38 +44,49 @@ def run_demo(rows: int, seed: int, port: int, keep_running: bool, overrides: lis
     if not raw.list_files():
         logger.info("Writing %d rows of synthetic churn data to %s", rows, raw.uri)
         churn.write(churn.generate(rows, seed), raw)
-    init_ray()
+    connect(cfg, output)
     result = run_pipeline(cfg)
     assert result.url is not None
     wait_ready(result.url)
     response = requests.post(f"{result.url}/predict", json={"records": SAMPLE_RECORDS},
                              timeout=30)
-    champion = result.model.decision.champion
-    print("\n=== rayops demo ===")
-    print(f"dataset:    {result.dataset.id}  rows {result.dataset.manifest['rows']}")
-    print(f"model:      {result.model.decision.summary()}")
-    print(f"serving:    {champion.name} version {champion.version}  alias @{champion.alias}  "
-          f"(run {champion.run_id})")
-    print("metrics:    " + ", ".join(f"{k}={v:.3f}" for k, v in result.model.metrics.items()
-                                      if k.startswith("valid_")))
-    print(f"request:    POST {result.url}/predict  ({len(SAMPLE_RECORDS)} records)")
-    print(f"response:   HTTP {response.status_code}")
-    print(json.dumps(response.json(), indent=2))
-    print(f"MLflow UI:  mlflow ui --backend-store-uri {cfg.tracking.uri}")
     if response.status_code != 200:
-        raise RuntimeError(f"the served model answered HTTP {response.status_code}")
+        raise ServeError(f"the served model answered HTTP {response.status_code}: "
+                         f"{response.text[:300]}")
+    _show(cfg, result, response.json())
     if keep_running:
-        print(f"\nServing at {result.url}. Try:\n  curl -s -X POST {result.url}/predict "
-              "-H 'content-type: application/json' -d '{\"records\": [" +
-              json.dumps(SAMPLE_RECORDS[0]) + "]}'\nPress Ctrl-C to stop.")
+        print(f"Serving at {result.url}; try:\n  {_curl(result.url)}\nPress Ctrl-C to stop.")
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
     else:
-        print("\nTo keep the service running and query it with curl: "
-              "`.venv/bin/rayops demo --keep-running`, then\n"
-              f"  curl -s -X POST {result.url}/predict -H 'content-type: application/json' "
-              "-d @- <<< '{\"records\": [" + json.dumps(SAMPLE_RECORDS[0]) + "]}'")
-    serve.shutdown()
+        print("To keep it serving: .venv/bin/rayops demo --keep-running, then\n  "
+              + _curl(result.url))
+    # No serve.shutdown(): leaving the process stops the local cluster, Serve included
+    # (shutting Serve down first only adds a raylet warning about its controller).
+
+
+def _show(cfg: PipelineConfig, result: PipelineResult, body: dict[str, Any]) -> None:
+    """The story in a dozen lines: data, model, gate, the served answer."""
+    rows = result.dataset.manifest["rows"]
+    champion = result.model.decision.champion
+    print("\n=== rayops demo ===")
+    print(f"data:     {result.dataset.id}: {rows['train']:,} train + {rows['valid']:,} valid "
+          f"rows, {rows['quarantine']:,} quarantined (see `rayops quarantine`)")
+    print("model:    " + ", ".join(f"{k}={v:.3f}" for k, v in result.model.metrics.items()
+                                   if k.startswith("valid_")))
+    print(f"gate:     {result.model.decision.summary()}")
+    print(f"serving:  {champion.name} v{champion.version} @champion at {result.url}/predict")
+    print(f"request:  POST /predict with {len(SAMPLE_RECORDS)} customers -> HTTP 200, "
+          f"answered by v{body['model']['version']}")
+    for record, answer in zip(SAMPLE_RECORDS, body["predictions"], strict=True):
+        print(f"  {record['contract']:>14}, {record['tenure_months']:>2} months: churn "
+              f"{answer['prediction']:<3} (p(yes)={answer['probabilities']['yes']:.2f})")
+    print(f"MLflow:   mlflow ui --backend-store-uri {cfg.tracking.uri}")
+
+
+def _curl(url: str) -> str:
+    return (f"curl -s -X POST {url}/predict -H 'content-type: application/json' "
+            "-d '{\"records\": [" + json.dumps(SAMPLE_RECORDS[0]) + "]}'")

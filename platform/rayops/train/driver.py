@@ -40,6 +40,7 @@ from rayops.data.versions import DatasetVersion, load_version
 from rayops.errors import TrackingError, TrainingError
 from rayops.models import Bundle, build_model, load_state_dict
 from rayops.storage import root_of
+from rayops.train.feed import epoch_feed
 from rayops.train.loop import CHECKPOINT_FILE, history_of, train_fn_per_worker
 from rayops.train.records import mark_failed, new_record, resumable, runs_folder, write_record
 
@@ -112,7 +113,7 @@ def _cache_shards(cfg: PipelineConfig, version: DatasetVersion) -> bool:
 
 def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
                   datasets: dict[str, ray.data.Dataset], run_name: str, run_id: str | None,
-                  callbacks: Sequence[Any] = ()) -> TorchTrainer:
+                  callbacks: Sequence[Any] = (), feed: Any = None) -> TorchTrainer:
     """The TorchTrainer for one training run."""
     if cfg.train.precision == "fp16" and not cfg.train.use_gpu:
         raise TrainingError("train.precision 'fp16' needs train.use_gpu: true; use 'bf16' on "
@@ -129,7 +130,7 @@ def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"), "architecture": architecture(cfg, version),
             "label_state": version.preprocessor.label_state, "run_id": run_id,
-            "cache": _cache_shards(cfg, version), "meta": meta,
+            "cache": _cache_shards(cfg, version), "meta": meta, "feed": feed,
         },
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker=resources),
@@ -205,7 +206,9 @@ def fit_and_log(cfg: PipelineConfig, version: DatasetVersion,
     was not logged and ``--resume`` logs it without retraining (the trainer's name is
     the same, so Ray Train finds the finished checkpoints and trains no further)."""
     metric, mode = cfg.target_metric
-    result = build_trainer(cfg, version, datasets, run_name, run_id, callbacks).fit()
+    with epoch_feed(cfg) as feed:
+        result = build_trainer(cfg, version, datasets, run_name, run_id, callbacks,
+                               feed).fit()
     checkpoint, best = _best_checkpoint(result, metric, mode)
     numbers = {k: float(v) for k, v in best.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -279,6 +282,8 @@ def run_training(cfg: PipelineConfig, version: DatasetVersion | None = None,
                                     tags={"rayops.dataset_version": version.id})
         name = f"{cfg.name}-train-{run_id[:8]}-{uuid.uuid4().hex[:4]}"
         record = write_record(folder, new_record(name, run_id, version))
+    logger.info("training %s: %d worker(s), %d epoch(s), %s", record["name"],
+                cfg.train.num_workers, cfg.train.epochs, version.id)
     try:
         outcome = fit_and_log(cfg, version, load_datasets(version), record["run_id"],
                               record["name"])

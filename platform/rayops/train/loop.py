@@ -305,6 +305,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 ray.train.report(results, checkpoint=ckpt)
             if writer is not None:
                 writer.put(epoch + 1, results)
+            if rank == 0 and config.get("feed") is not None:
+                config["feed"].put.remote(results)  # console line; never waited on
             if rank == 0 and progress.stopped_early(train.early_stopping_patience):
                 logger.warning("Early stop after epoch %d: %s did not improve for %d epochs",
                                epoch + 1, metric, train.early_stopping_patience)
