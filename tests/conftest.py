@@ -26,3 +26,31 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 @pytest.fixture(scope="session")
 def run_dir() -> Path:
     return _RUN_DIR
+
+
+_LOGGERS = ("rayops", "ray", "ray.data", "ray.serve", "ray.tune", "ray.train", "mlflow",
+            "alembic", "urllib3", "optuna", "py.warnings", "filelock")
+_ENV = ("MLFLOW_CONFIGURE_LOGGING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "RAY_AIR_NEW_OUTPUT",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
+@pytest.fixture(autouse=True)
+def _process_setup_restored():
+    """A test that runs the CLI in this process (CliRunner) sets up its console and log
+    file; put the loggers and variables back so the next test sees a library process."""
+    import logging
+
+    saved = {name: (lg.handlers[:], lg.propagate, lg.level)
+             for name in _LOGGERS if (lg := logging.getLogger(name))}
+    env = {key: os.environ.get(key) for key in _ENV}
+    yield
+    for name, (handlers, propagate, level) in saved.items():
+        lg = logging.getLogger(name)
+        lg.handlers, lg.propagate = handlers, propagate
+        lg.setLevel(level)
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    logging.captureWarnings(False)

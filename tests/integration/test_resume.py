@@ -64,8 +64,8 @@ def test_mlflow_outage_stalls_no_worker_and_resume_logs_every_epoch(
     client = MlflowClient(server.uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(result.run_id, "epoch")] == list(
-        range(1, EPOCHS + 1))
+    steps = [m.step for m in client.get_metric_history(result.run_id, "epoch")]
+    assert sorted(steps) == list(range(1, EPOCHS + 1))  # every epoch, each once
     assert len(client.get_metric_history(result.run_id, "valid_f1")) == EPOCHS
     resumed = client.get_metric_history(result.run_id, "resumed_from_epoch")
     assert {m.value for m in resumed} == {0}  # one uninterrupted pass of training

@@ -29,7 +29,7 @@ class MetricsWriter:
     """A bounded queue of ``(step, metrics)`` and the thread that drains it."""
 
     def __init__(self, tracking_cfg: TrackingConfig, run_id: str, maxsize: int = 1024,
-                 attempts: int = 3, backoff_s: float = 0.5) -> None:
+                 attempts: int = 5, backoff_s: float = 0.25) -> None:
         # This process only trains: MLflow's own HTTP retries (minutes against a server
         # that is down) would hold the thread, so the retries here are the only ones.
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
