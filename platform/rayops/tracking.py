@@ -329,6 +329,14 @@ def download_bundle(tracking: TrackingConfig, model: RegisteredModel, dest: Path
     return found[0].parent
 
 
+def runs_tagged(tracking: TrackingConfig, experiment: str, tags: Mapping[str, str]
+                ) -> list[str]:
+    """Ids of the experiment's runs that carry every one of ``tags``."""
+    clauses = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client(tracking).search_runs([experiment_id(tracking, experiment)], clauses)
+    return [r.info.run_id for r in runs]
+
+
 def trial_runs(tracking: TrackingConfig, experiment: str, parent_run_id: str) -> dict[str, str]:
     """``{trial_id: run_id}`` of the sweep's trial runs."""
     runs = client(tracking).search_runs(

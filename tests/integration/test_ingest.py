@@ -180,6 +180,14 @@ def test_rerun_on_unchanged_input_reuses_the_version(tmp_path, ray_start_4_cpus)
         "tags.`rayops.kind` = 'ingest'")
     assert len(runs) == 1
     assert runs[0].data.metrics["rows_read"] == 40 and runs[0].data.metrics["files_read"] == 1
+    # An ingest whose logging failed after the commit is logged by the next one.
+    client = MlflowClient(cfg.tracking.uri)
+    client.delete_run(runs[0].info.run_id)
+    assert ingest(cfg).id == first.id
+    relogged = client.search_runs([runs[0].info.experiment_id], "tags.`rayops.kind` = 'ingest'")
+    assert len(relogged) == 1 and relogged[0].info.run_id != runs[0].info.run_id
+    assert relogged[0].data.tags["rayops.dataset_version"] == first.id
+    assert relogged[0].data.metrics["rows_read"] == 40
 
 
 def test_crash_between_data_write_and_commit_leaves_no_version(store, ray_start_4_cpus,

@@ -121,15 +121,19 @@ def _check_threshold(summary: PartSummary, data: DataConfig) -> None:
 def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
     """Process what is new in the source into a new committed version (or reuse the
     latest when nothing is new)."""
+    from rayops import tracking
+
     root = dataset_root(cfg)
     ensure_bucket(root_of(cfg.storage))
+    tracking.require_reachable(cfg.tracking)  # before anything is committed
     source = source or file_source(cfg)
     items = source.snapshot()
     previous = latest_version(cfg)
     data_hash = config_hash(cfg.data)
     todo, kept_parts = plan(previous, items, data_hash)
     if previous is not None and not todo and kept_parts:
-        logger.info("Nothing new at %s: dataset %s is current", source.uri, previous.id)
+        logger.info("nothing new at %s: dataset %s is current", source.uri, previous.id)
+        _track(cfg, previous)  # in case logging failed after the commit
         return previous
 
     part_id, location = new_part(root)
@@ -152,20 +156,26 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
     rows = version.manifest["rows"]
     logger.info("committed %s: %d train + %d valid rows", version.id, rows["train"],
                 rows["valid"])
-    _track(cfg, version, summary)
+    _track(cfg, version)
     return version
 
 
-def _track(cfg: PipelineConfig, version: DatasetVersion, summary: PartSummary) -> None:
-    """Log the run's summary to MLflow (source and dataset ids only: never credentials)."""
+def _track(cfg: PipelineConfig, version: DatasetVersion) -> None:
+    """Log the ingest that made ``version`` (its newest part) to MLflow, once: source and
+    dataset ids only, never credentials."""
     from rayops import tracking
 
+    if tracking.runs_tagged(cfg.tracking, cfg.experiment_name, {
+            "rayops.kind": "ingest", "rayops.dataset_version": version.id}):
+        return
+    part = version.manifest["parts"][-1]
+    rows, reasons = part["rows"], part["reasons"]
     metrics: dict[str, float] = {
-        "files_read": summary.files, "files_unreadable": len(summary.unreadable),
-        "rows_read": summary.rows["read"], "rows_train": summary.rows["train"],
-        "rows_valid": summary.rows["valid"], "rows_quarantined": summary.rows["quarantine"],
+        "files_read": part["files"], "files_unreadable": len(part["unreadable"]),
+        "rows_read": rows["read"], "rows_train": rows["train"], "rows_valid": rows["valid"],
+        "rows_quarantined": rows["quarantine"],
     }
-    for reason, count in summary.reasons.items():
+    for reason, count in reasons.items():
         metrics[tracking.metric_name(f"quarantined.{reason}")] = count
     run_id = tracking.start_run(
         cfg.tracking, cfg.experiment_name, f"{cfg.name}-ingest",
@@ -175,7 +185,7 @@ def _track(cfg: PipelineConfig, version: DatasetVersion, summary: PartSummary) -
     )
     tracking.log_metrics(cfg.tracking, run_id, metrics, step=version.version)
     tracking.log_dict(cfg.tracking, run_id, version.manifest["rows"] | {
-        "quarantine_reasons": summary.reasons, "unreadable": summary.unreadable},
+        "quarantine_reasons": reasons, "unreadable": part["unreadable"]},
         "ingest_summary.json")
     tracking.end_run(cfg.tracking, run_id)
 

@@ -1,9 +1,9 @@
 """The training driver: build the TorchTrainer, fit, log the best model to MLflow.
 
-Checkpoints go under ``{storage.root}/checkpoints/{run name}`` (local or S3). Each run also
-leaves a small record under ``{storage.root}/runs/{pipeline}/`` naming its MLflow run and
-dataset version, so ``rayops train CONFIG --resume`` continues a run whose driver died:
-same run name (Ray Train reloads its checkpoint list), same MLflow run, same data.
+Checkpoints go under ``{storage.root}/checkpoints/{run name}`` (local or S3), the best
+model's bundle under ``{storage.root}/models/{run name}``. Each run leaves a record
+(:mod:`rayops.train.records`), so ``rayops train CONFIG --resume`` continues a run that did
+not finish: same run name (Ray Train reloads its checkpoint list), same MLflow run, same data.
 """
 
 from __future__ import annotations
