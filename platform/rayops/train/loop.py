@@ -278,16 +278,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     loss_fn = torch.nn.CrossEntropyLoss() if classification else torch.nn.MSELoss()
     label_dtype = torch.int64 if classification else torch.float32
     precision = Precision(train.precision, device)
-    seed = train.seed + 7919 * rank
-    train_loader = ShardLoader(ray.train.get_dataset_shard("train"), train.batch_size, device,
-                               label_dtype, config["cache"], seed)
-    valid_loader = ShardLoader(ray.train.get_dataset_shard("valid"), train.batch_size * 4,
-                               device, label_dtype, config["cache"], seed)
-    loaded = 0.0
-    if config["cache"]:  # pull both shards before the clock starts: that is data loading
-        train_loader.load()
-        valid_loader.load()
-        loaded = train_loader.load_seconds + valid_loader.load_seconds
+    train_loader, valid_loader, loaded = shard_loaders(train, device, label_dtype,
+                                                       config["cache"], rank)
     writer = MetricsWriter(cfg.tracking, config["run_id"]) if (
         rank == 0 and config.get("run_id")) else None
     try:
@@ -313,6 +305,22 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     finally:
         if writer is not None:
             writer.close()
+
+
+def shard_loaders(train: TrainConfig, device: torch.device, label_dtype: torch.dtype,
+                  cache: bool, rank: int) -> tuple[ShardLoader, ShardLoader, float]:
+    """This worker's train and validation loaders, and the seconds spent pulling cached
+    shards (before the clock starts: that is data loading, not training)."""
+    seed = train.seed + 7919 * rank
+    train_loader = ShardLoader(ray.train.get_dataset_shard("train"), train.batch_size, device,
+                               label_dtype, cache, seed)
+    valid_loader = ShardLoader(ray.train.get_dataset_shard("valid"), train.batch_size * 4,
+                               device, label_dtype, cache, seed)
+    if not cache:
+        return train_loader, valid_loader, 0.0
+    train_loader.load()
+    valid_loader.load()
+    return train_loader, valid_loader, train_loader.load_seconds + valid_loader.load_seconds
 
 
 def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
