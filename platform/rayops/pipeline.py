@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from rayops.config import PipelineConfig
 from rayops.data.ingest import ingest
-from rayops.data.versions import DatasetVersion, load_version
+from rayops.data.versions import DatasetVersion, load_version, version_number
 from rayops.gate import Decision, register_and_gate
 from rayops.train import run_training
 from rayops.tune import run_sweep
@@ -60,7 +60,7 @@ def _version_of_run(cfg: PipelineConfig, run_id: str) -> int:
     from rayops import tracking
 
     tag = tracking.client(cfg.tracking).get_run(run_id).data.tags["rayops.dataset_version"]
-    return int(tag.rsplit("v", 1)[-1])
+    return version_number(tag)
 
 
 def run_pipeline(cfg: PipelineConfig, deploy: bool = True) -> PipelineResult:

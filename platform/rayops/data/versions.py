@@ -90,6 +90,11 @@ def read_parquet(locations: list[Location], columns: list[str] | None = None
                                      filesystem=locations[0].fs, columns=columns)
 
 
+def version_number(version_id: str) -> int:
+    """``"churn/v000003"`` (a :attr:`DatasetVersion.id`) -> 3."""
+    return int(version_id.rsplit("v", 1)[-1])
+
+
 def dataset_root(cfg: PipelineConfig) -> Location:
     return root_of(cfg.storage).join("curated", cfg.dataset_name)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from rayops import tracking
 from rayops.config import PipelineConfig
-from rayops.data.versions import DatasetVersion, load_version
+from rayops.data.versions import DatasetVersion, load_version, version_number
 from rayops.errors import TrainingError
 from rayops.storage import Location, root_of
 
@@ -49,8 +49,7 @@ def resumable(cfg: PipelineConfig, kind: str) -> tuple[dict[str, Any], DatasetVe
     if record["status"] == "finished":
         raise TrainingError(f"nothing to resume: the last {kind} run of {cfg.name!r} "
                             f"({record['name']}) finished")
-    number = int(record["dataset_version"].rsplit("v", 1)[-1])
-    version = load_version(cfg, number)
+    version = load_version(cfg, version_number(record["dataset_version"]))
     tracking.client(cfg.tracking).update_run(record["run_id"], status="RUNNING")
     logger.info("Resuming %s (MLflow run %s, %s) on %s", record["name"], record["run_id"],
                 record["status"], version.id)
