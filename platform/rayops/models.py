@@ -7,6 +7,7 @@ input schema, metrics, dataset version). Serving and the MLflow pyfunc both load
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,12 +47,15 @@ def build_model(spec: dict[str, Any]) -> MLP:
                spec.get("dropout", 0.0), spec.get("activation", "relu"))
 
 
-def load_state_dict(path: Path) -> dict[str, Any]:
-    """Tensors only: ``weights_only=True`` refuses any pickled object."""
+def load_state_dict(source: Path | bytes, name: str | None = None) -> dict[str, Any]:
+    """Tensors only: ``weights_only=True`` refuses any pickled object. ``source`` is a file
+    or its bytes (then ``name`` says where they came from)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        opened = io.BytesIO(source) if isinstance(source, bytes) else source
+        return torch.load(opened, map_location="cpu", weights_only=True)
     except Exception as exc:  # the unpickler raises several types for a tampered file
-        raise TrainingError(f"refusing to load {str(path)!r}: not a plain weights file ({exc})"
+        shown = name or str(source)
+        raise TrainingError(f"refusing to load {shown!r}: not a plain weights file ({exc})"
                             ) from None
 
 

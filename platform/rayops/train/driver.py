@@ -41,7 +41,13 @@ from rayops.errors import TrackingError, TrainingError
 from rayops.models import Bundle, build_model, load_state_dict
 from rayops.storage import root_of
 from rayops.train.feed import epoch_feed
-from rayops.train.loop import CHECKPOINT_FILE, history_of, train_fn_per_worker
+from rayops.train.loop import (
+    CHECKPOINT_FILE,
+    checkpoints_of,
+    history_of,
+    latest_state,
+    train_fn_per_worker,
+)
 from rayops.train.records import mark_failed, new_record, resumable, runs_folder, write_record
 
 logger = logging.getLogger(__name__)
@@ -119,7 +125,7 @@ def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
         raise TrainingError("train.precision 'fp16' needs train.use_gpu: true; use 'bf16' on "
                             "CPUs")
     metric, mode = cfg.target_metric
-    checkpoints = root_of(cfg.storage).join("checkpoints")
+    checkpoints = checkpoints_of(cfg)
     resources = {**cfg.train.resources_per_worker, "CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
         resources["GPU"] = 1
@@ -131,6 +137,7 @@ def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
             "cfg": cfg.model_dump(mode="json"), "architecture": architecture(cfg, version),
             "label_state": version.preprocessor.label_state, "run_id": run_id,
             "cache": _cache_shards(cfg, version), "meta": meta, "feed": feed,
+            "run_name": run_name,
         },
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker=resources),
@@ -213,7 +220,8 @@ def fit_and_log(cfg: PipelineConfig, version: DatasetVersion,
     numbers = {k: float(v) for k, v in best.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     bundle = _bundle(cfg, version, checkpoint, numbers, run_id)
-    history = history_of(result.checkpoint)  # the latest checkpoint: every epoch so far
+    # The newest checkpoint holds every epoch's metrics so far.
+    history = history_of(latest_state(checkpoints_of(cfg, run_name), result.checkpoint))
     saved = root_of(cfg.storage).join("models", run_name)
     with tempfile.TemporaryDirectory(prefix="rayops-") as folder:
         bundle_dir = bundle.save(Path(folder) / "bundle")

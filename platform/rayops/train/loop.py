@@ -29,12 +29,15 @@ from ray.train import Checkpoint
 
 from rayops import metrics as metric_fns
 from rayops.config import PipelineConfig, TrainConfig
+from rayops.errors import RayopsError
 from rayops.models import build_model, load_state_dict
+from rayops.storage import Location, root_of
 from rayops.train.metrics_writer import MetricsWriter
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
+PROGRESS_FILE = "progress.json"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -212,14 +215,52 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-            ) -> Progress:
-    """Resume from the latest reported checkpoint (after a failure or a driver restart)."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+def checkpoints_of(cfg: PipelineConfig, run_name: str | None = None) -> Location:
+    """Where Ray Train keeps runs' checkpoints (``{root}/checkpoints/{run}``)."""
+    location = root_of(cfg.storage).join("checkpoints")
+    return location.join(run_name) if run_name else location
+
+
+def _stored(run: Location) -> list[tuple[int, Location]]:
+    """(epoch, folder) of every checkpoint rank 0 wrote for the run, newest first, whether
+    or not Ray Train registered it."""
+    found = []
+    for name in run.list_dir():
+        if not name.startswith("checkpoint_"):
+            continue
+        folder = run.join(name)
+        try:
+            found.append((int(folder.join(PROGRESS_FILE).read_json()["epoch"]), folder))
+        except (RayopsError, ValueError, KeyError):  # partly written: not a checkpoint yet
+            continue
+    return sorted(found, key=lambda item: -item[0])
+
+
+def latest_state(run: Location | None, registered: Checkpoint | None) -> dict[str, Any] | None:
+    """The newest checkpoint's state: the one Ray Train registered, or a newer one in
+    storage whose registration died with the driver. Training resumes after it, so an epoch
+    whose metrics may already be in MLflow is never trained (and logged) twice."""
+    state = None
+    if registered is not None:
+        with registered.as_directory() as folder:
+            state = load_state_dict(Path(folder) / CHECKPOINT_FILE)
+    for epoch, folder in _stored(run) if run is not None else []:
+        if state is not None and epoch <= int(state["epoch"]):
+            break
+        target = folder.join(CHECKPOINT_FILE)
+        try:
+            return load_state_dict(target.read_bytes(), target.uri)
+        except RayopsError:  # an upload cut short: an older checkpoint will do
+            continue
+    return state
+
+
+def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+            run: Location | None) -> Progress:
+    """Resume from the newest checkpoint (after a failure or a driver restart)."""
+    state = latest_state(run, ray.train.get_checkpoint())
+    if state is None:
         return Progress()
-    with checkpoint.as_directory() as folder:
-        state = load_state_dict(Path(folder) / CHECKPOINT_FILE)
     _unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -229,11 +270,9 @@ def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler:
                     json.loads(state.get("history", "[]")))
 
 
-def history_of(checkpoint: Checkpoint) -> list[dict[str, float]]:
-    """Every epoch's metrics up to a checkpoint, oldest first."""
-    with checkpoint.as_directory() as folder:
-        state = load_state_dict(Path(folder) / CHECKPOINT_FILE)
-    return json.loads(state.get("history", "[]"))
+def history_of(state: dict[str, Any] | None) -> list[dict[str, float]]:
+    """Every epoch's metrics up to a checkpoint's state, oldest first."""
+    return json.loads(state.get("history", "[]")) if state else []
 
 
 @contextlib.contextmanager
@@ -252,6 +291,8 @@ def checkpoint_of(rank: int, model: torch.nn.Module, optimizer: torch.optim.Opti
                  "history": json.dumps(progress.history),
                  "rng": torch.get_rng_state(), "meta": json.dumps(meta)}
         torch.save(state, Path(folder) / CHECKPOINT_FILE)
+        # Written last, read first: finding the newest checkpoint reads only this.
+        (Path(folder) / PROGRESS_FILE).write_text(json.dumps({"epoch": progress.epoch}))
         yield Checkpoint.from_directory(folder)
 
 
@@ -272,7 +313,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate * train.lr_factor,
                                   weight_decay=train.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(train))
-    progress = restore(model, optimizer, scheduler)
+    run = checkpoints_of(cfg, config["run_name"]) if config.get("run_name") else None
+    progress = restore(model, optimizer, scheduler, run)
     resumed_from = progress.epoch
     classification = cfg.data.task == "classification"
     loss_fn = torch.nn.CrossEntropyLoss() if classification else torch.nn.MSELoss()
