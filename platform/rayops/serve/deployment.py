@@ -80,9 +80,9 @@ class ModelServer:
         self.registry_error: str | None = None
         self.alias_target: str | None = None
         self.stats: Counter[str] = Counter()
+        self.refused: dict[str, str] = {}  # version -> why this replica cannot serve it
         registered = await asyncio.to_thread(self._resolve)
         self.model = await asyncio.to_thread(self._load, registered)
-        self.refused: dict[str, str] = {}
         self.record_model = record_model(self.model.predictor.schema,
                                          self.model.predictor.preprocessor.label)
         self.max_records = self.settings.max_records
@@ -120,12 +120,18 @@ class ModelServer:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.settings.poll_interval_s)
+            failing = self.registry_error is not None
             try:
                 await asyncio.to_thread(self.refresh)
             except Exception as exc:
-                logger.warning("Checking %s@%s failed; still serving v%s: %s",
-                               self.settings.model_name, self.settings.alias,
-                               self.model.info.version, exc)
+                if not failing:  # one line when the outage starts, not one per poll
+                    logger.warning("Checking %s@%s failed; still serving v%s until it "
+                                   "answers: %s", self.settings.model_name,
+                                   self.settings.alias, self.model.info.version, exc)
+            else:
+                if failing:
+                    logger.info("The registry answers again (%s@%s)",
+                                self.settings.model_name, self.settings.alias)
 
     def refresh(self) -> bool:
         """Swap in the version the alias points to now, if it moved. True if swapped.
@@ -141,6 +147,9 @@ class ModelServer:
             candidate = self._load(registered)
         except (ModelFilesMissing, TrainingError) as exc:
             return self._refuse(version, str(exc))
+        except Exception as exc:  # the store did not answer: tried again at the next poll
+            self.registry_error = f"cannot download v{version}: {exc}"
+            raise
         if candidate.predictor.schema != self.model.predictor.schema:
             return self._refuse(version, f"expects other inputs than v{self.model.info.version}"
                                          "; redeploy to serve it")
