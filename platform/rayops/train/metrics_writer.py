@@ -36,6 +36,10 @@ class MetricsWriter:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.tracking, self.run_id = tracking_cfg, run_id
         self.attempts, self.backoff_s = attempts, backoff_s
+        # Import MLflow and build its client now, before the loop's clock starts: done by
+        # the thread, the import (seconds of CPU) would slow the first epochs of a worker
+        # that has one CPU. Building a client sends nothing to the server.
+        tracking.client(tracking_cfg)
         self.unsent: list[int] = []
         self._queue: queue.Queue[tuple[int, dict[str, float]] | None] = queue.Queue(maxsize)
         self._thread = threading.Thread(target=self._drain, name="rayops-metrics", daemon=True)
