@@ -179,11 +179,11 @@ def serve_model(cfg: PipelineConfig, model: str, batch: int) -> str:
 
 
 def _serve_processes() -> int:
-    """Live Serve actors (proxy, controller, replicas): each is its own process."""
-    from ray.util.state import list_actors
+    """Live Serve actors (controller, proxy, replicas): each is its own process."""
+    import ray
 
-    return sum(1 for a in list_actors(filters=[("state", "=", "ALIVE")])
-               if a.class_name.startswith(("ServeController", "ProxyActor", "ServeReplica")))
+    return sum(1 for a in ray.util.list_named_actors(all_namespaces=True)
+               if a["name"].startswith(("SERVE_CONTROLLER", "SERVE_PROXY", "SERVE_REPLICA")))
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from rayops import tracking
 from rayops.data.ingest import file_source, ingest
 from rayops.errors import TrainingError
+from rayops.runtime import setup_logging
 from rayops.storage import root_of
 from rayops.train import run_training
 from rayops.train.driver import load_datasets
@@ -97,11 +98,17 @@ def test_failures_beyond_max_failures_fail_the_run(tmp_path, ray_start_4_cpus):
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
-def test_same_seed_same_metrics_bf16_and_early_stopping(tmp_path, ray_start_4_cpus):
+def test_same_seed_same_metrics_bf16_and_early_stopping(tmp_path, ray_start_4_cpus, capsys):
     cfg = demo_config(tmp_path, **{"train.num_workers": 1, "train.epochs": 3,
                                    "train.data_loading": "memory", "train.precision": "bf16"})
     version = _dataset(cfg, rows=2000)
-    first, second = run_training(cfg, version), run_training(cfg, version)
+    setup_logging(verbose=True)  # a console, as the CLI sets up: epoch lines are shown
+    capsys.readouterr()
+    first = run_training(cfg, version)
+    shown = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch")]
+    assert [line.split()[1] for line in shown] == ["1/3", "2/3", "3/3"], shown
+    assert all("valid_f1" in line and "valid_accuracy" in line for line in shown)
+    second = run_training(cfg, version)
     assert first.metrics["valid_loss"] == pytest.approx(second.metrics["valid_loss"], abs=1e-4)
     assert first.metrics["valid_f1"] == pytest.approx(second.metrics["valid_f1"], abs=0.01)
     # bf16 autocast on the CPU learns: better than always answering the majority class

@@ -1,0 +1,43 @@
+"""What a command prints: rayops' progress on the console, the libraries' messages in a log
+file (unless --verbose)."""
+
+import logging
+
+from rayops.config import load_config
+from rayops.demo import config_path
+from rayops.runtime import setup_logging
+from rayops.train.feed import console_enabled, epoch_line
+
+
+def test_quiet_mode_sends_library_messages_to_the_log_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RAYOPS_LOG_DIR", str(tmp_path))
+    assert not console_enabled()  # a library process shows no progress
+    output = setup_logging(verbose=False)
+    logging.getLogger("rayops.train").info("epoch 1/3 ...")
+    logging.getLogger("ray.data").info("Starting execution of Dataset")
+    logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables")
+    logging.getLogger("ray.serve").warning("Connecting to existing Serve app")
+    err = capsys.readouterr().err
+    assert err == "epoch 1/3 ...\n"  # our line, as is; nothing of Ray's or MLflow's
+    assert output.log_file is not None and output.log_file.parent == tmp_path
+    logged = output.log_file.read_text()
+    for line in ("Starting execution", "Creating initial MLflow", "existing Serve app",
+                 "epoch 1/3"):
+        assert line in logged
+    assert console_enabled()
+
+
+def test_verbose_mode_keeps_everything_on_the_console(capsys):
+    output = setup_logging(verbose=True)
+    assert output.log_file is None
+    logging.getLogger("rayops.gate").info("promoted")
+    assert capsys.readouterr().err == "promoted\n"
+
+
+def test_an_epoch_line_shows_the_losses_and_the_metrics_that_matter():
+    cfg = load_config(config_path(), ["train.epochs=8"])
+    line = epoch_line(cfg, {"epoch": 3, "train_loss": 0.41234, "valid_loss": 0.39876,
+                            "valid_f1": 0.66213, "valid_accuracy": 0.78111,
+                            "valid_recall": 0.5, "epoch_time_s": 1.27})
+    assert line == ("epoch 3/8  loss 0.4123 / 0.3988  valid_f1 0.6621  valid_accuracy 0.7811"
+                    "  1.3 s")
