@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,7 +86,9 @@ def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:
     if not log_to_driver:
         import ray.data
 
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        # Ray Data's bar is the progress bar of the long data steps (ingest, large reads):
+        # kept on a terminal, where it redraws in place; off in logs and pipes.
+        ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     resources = ray.cluster_resources()
     logger.info("Ray: %s CPUs, %s GPUs (%s)", f"{resources.get('CPU', 0):g}",
                 f"{resources.get('GPU', 0):g}", address or "local")
