@@ -7,6 +7,13 @@ Every error carries a plain message that quotes the offending value. Errors defi
 from __future__ import annotations
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's text on one line, for an error message (MLflow's, pyarrow's and
+    botocore's can span pages)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class RayopsError(Exception):
     """Base class for every error rayops raises on purpose."""
 

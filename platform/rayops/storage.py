@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from rayops.errors import StorageError
+from rayops.errors import StorageError, one_line
 
 if TYPE_CHECKING:
     from rayops.config import StorageConfig
@@ -62,8 +62,8 @@ class Location:
             raise
         except OSError as exc:
             where = f" on endpoint {self.endpoint}" if self.endpoint else ""
-            detail = " ".join(str(exc).split())[:300]
-            raise StorageError(f"cannot {operation} {self.uri}{where}: {detail}") from None
+            raise StorageError(f"cannot {operation} {self.uri}{where}: {one_line(exc)}"
+                               ) from None
 
     def exists(self) -> bool:
         with self.io("look up"):

@@ -21,7 +21,7 @@ import pandas as pd
 
 from rayops import __version__
 from rayops.config import TrackingConfig
-from rayops.errors import ModelFilesMissing, TrackingError
+from rayops.errors import ModelFilesMissing, TrackingError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def require_reachable(tracking: TrackingConfig, timeout_s: float = 5.0) -> None:
         requests.get(f"{tracking.uri.rstrip('/')}/health", timeout=timeout_s
                      ).raise_for_status()
     except requests.RequestException as exc:
-        raise TrackingError(f"MLflow at {tracking.uri} does not answer: {_short(exc)}"
+        raise TrackingError(f"MLflow at {tracking.uri} does not answer: {one_line(exc)}"
                             ) from None
 
 
@@ -296,15 +296,9 @@ def resolve_alias(tracking: TrackingConfig, name: str, alias: str) -> Registered
             raise AliasNotFound(f"no model version of {name!r} has the alias {alias!r} in "
                                 f"{tracking.uri}") from None
         raise TrackingError(f"cannot read {name}@{alias} from the registry at {tracking.uri}: "
-                            f"{_short(exc)}") from None
+                            f"{one_line(exc)}") from None
     return RegisteredModel(name, str(version.version), alias, version.run_id or "",
                            version.source)
-
-
-def _short(exc: Exception, limit: int = 300) -> str:
-    """One line of an exception for a message (MLflow's can span pages)."""
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def download_bundle(tracking: TrackingConfig, model: RegisteredModel, dest: Path) -> Path:
@@ -320,9 +314,9 @@ def download_bundle(tracking: TrackingConfig, model: RegisteredModel, dest: Path
     except Exception as exc:
         if _not_found(exc) or isinstance(exc, FileNotFoundError):
             raise ModelFilesMissing(f"the files of {model.name} v{model.version} are gone: "
-                                    f"{_short(exc)}") from None
+                                    f"{one_line(exc)}") from None
         raise TrackingError(f"cannot download {model.name} v{model.version} from "
-                            f"{tracking.uri}: {_short(exc)}") from None
+                            f"{tracking.uri}: {one_line(exc)}") from None
     found = sorted(local.rglob("bundle.json"))
     if not found:
         raise ModelFilesMissing(f"model {model.name} v{model.version} holds no rayops bundle")

@@ -34,7 +34,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from rayops.data.schema import ERROR, RAW, SOURCE_FILE, SOURCE_ROW
-from rayops.errors import DataError, StorageError
+from rayops.errors import DataError, StorageError, one_line
 from rayops.storage import Location
 
 EXTENSIONS = {
@@ -156,7 +156,7 @@ def _fetch(fs: Any, path: str, endpoint: str | None) -> bytes:
     except OSError as exc:
         where = f" on endpoint {endpoint}" if endpoint else ""
         raise StorageError(f"cannot read raw file {path}{where}: "
-                           f"{' '.join(str(exc).split())[:300]}") from None
+                           f"{one_line(exc)}") from None
 
 
 def read_file(fs: Any, fmt: str, item: dict[str, Any], columns: list[str] | None,

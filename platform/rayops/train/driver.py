@@ -37,7 +37,7 @@ from rayops.config import PipelineConfig
 from rayops.data.context import data_context
 from rayops.data.preprocess import Preprocessor
 from rayops.data.versions import DatasetVersion, load_version
-from rayops.errors import TrackingError, TrainingError
+from rayops.errors import TrackingError, TrainingError, one_line
 from rayops.models import Bundle, build_model, load_state_dict
 from rayops.storage import root_of
 from rayops.train.feed import epoch_feed
@@ -235,10 +235,9 @@ def fit_and_log(cfg: PipelineConfig, version: DatasetVersion,
 
 def _not_logged(cfg: PipelineConfig, run_name: str, epochs: int, saved: str,
                 exc: Exception) -> TrackingError:
-    short = " ".join(str(exc).split())[:300]
     return TrackingError(
         f"{run_name} trained {epochs} epoch(s); its checkpoints and model bundle ({saved}) "
-        f"are in storage, but MLflow at {cfg.tracking.uri} failed ({short}): the epoch "
+        f"are in storage, but MLflow at {cfg.tracking.uri} failed ({one_line(exc)}): the epoch "
         "metrics it lacks, the model and its plots are not logged. Once MLflow answers, "
         "`--resume` logs them without retraining.")
 
