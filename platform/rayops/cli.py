@@ -88,7 +88,8 @@ def ingest(
         _echo(f"dataset {version.id} ({version.uri})",
               {"rows": version.manifest["rows"],
                "quarantine_reasons": version.manifest["quarantine_reasons"],
-               "unreadable": version.manifest["unreadable"]})
+               "unreadable": version.manifest["unreadable"],
+               "failed_this_ingest": version.manifest["ingest"]["failed"]})
 
     if not watch:
         show(data_ingest.ingest(cfg))
@@ -261,17 +262,17 @@ def quarantine(
     limit: Annotated[int, typer.Option(min=1, help="Rows to show.")] = 20,
 ) -> None:
     """Show rows a dataset version rejected: source file, line, reason, original values."""
-    from rayops.data.schema import ERROR, RAW, SOURCE_FILE, SOURCE_ROW
     from rayops.data.versions import load_version
 
     cfg = _load(config, overrides)
     chosen = load_version(cfg, version)
-    rows = chosen.table("quarantine", limit)
+    rows = chosen.quarantine(limit)
     typer.echo(f"{chosen.id}: {chosen.manifest['rows']['quarantine']} quarantined row(s), "
-               f"{len(chosen.manifest['unreadable'])} unreadable file(s)")
-    shown = rows.select([SOURCE_FILE, SOURCE_ROW, ERROR, RAW]).to_pylist() if rows.num_rows else []
-    for row in shown:
-        typer.echo(f"{row[SOURCE_FILE]}:{row[SOURCE_ROW] or '-'}  {row[ERROR]}  {row[RAW] or ''}")
+               f"{len(chosen.manifest['unreadable'])} unreadable file(s) "
+               f"(table {chosen.root.join('quarantine').uri})")
+    for row in rows.to_pylist():
+        typer.echo(f"{row['source_file']}:{row['line'] or '-'}  {row['reason']}  "
+                   f"{row['raw'] or ''}")
 
 
 schema_app = typer.Typer(help="Schema contracts.", no_args_is_help=True)

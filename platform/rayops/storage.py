@@ -12,7 +12,7 @@ import json
 import os
 import posixpath
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -34,6 +34,20 @@ class Location:
     path: str
     uri: str
     endpoint: str | None = None
+    # How delta-rs (Rust, its own S3 client) reaches the same place: never shown.
+    options: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def table_uri(self) -> str:
+        """This location as delta-rs addresses it (with :attr:`options`)."""
+        return self.path if self.is_local else "s3://" + self.path
+
+    def child(self, path: str) -> Location:
+        """A location of this filesystem from a full path or URI delta-rs reports."""
+        for prefix in ("s3://", "file://"):
+            path = path.removeprefix(prefix)
+        return Location(self.fs, path, ("s3://" + path) if not self.is_local else path,
+                        self.endpoint, self.options)
 
     @property
     def is_local(self) -> bool:
@@ -45,12 +59,12 @@ class Location:
             self.fs,
             posixpath.join(self.path, *clean) if clean else self.path,
             "/".join([self.uri.rstrip("/"), *clean]) if clean else self.uri,
-            self.endpoint,
+            self.endpoint, self.options,
         )
 
     def parent(self) -> Location:
         return Location(self.fs, posixpath.dirname(self.path), self.uri.rsplit("/", 1)[0],
-                        self.endpoint)
+                        self.endpoint, self.options)
 
     @contextlib.contextmanager
     def io(self, operation: str) -> Iterator[None]:
@@ -168,6 +182,24 @@ def s3_filesystem(endpoint_url: str | None = None, region: str | None = None,
     return pafs.S3FileSystem(**kwargs)
 
 
+def delta_options(endpoint_url: str | None = None, region: str | None = None,
+                  credentials: dict[str, str] | None = None) -> dict[str, str]:
+    """delta-rs storage options for the same S3 place :func:`s3_filesystem` reaches.
+    Commits use S3's conditional writes (no lock service)."""
+    names = {"access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_ACCESS_KEY",
+             "session_token": "AWS_SESSION_TOKEN"}
+    options = {names[k]: v for k, v in (credentials or {}).items() if k in names}
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if endpoint_url:
+        options["AWS_ENDPOINT_URL"] = endpoint_url.rstrip("/")
+        options["AWS_ALLOW_HTTP"] = "true" if endpoint_url.startswith("http://") else "false"
+        options["AWS_FORCE_PATH_STYLE"] = "true"
+        region = region or "us-east-1"
+    if region:
+        options["AWS_REGION"] = region
+    return options
+
+
 def resolve(uri: str, endpoint_url: str | None = None, region: str | None = None,
             credentials: dict[str, str] | None = None) -> Location:
     """Turn a URI or local path into a :class:`Location`."""
@@ -176,7 +208,7 @@ def resolve(uri: str, endpoint_url: str | None = None, region: str | None = None
         if not path:
             raise StorageError(f"storage URI {uri!r} names no bucket")
         return Location(s3_filesystem(endpoint_url, region, credentials), path, "s3://" + path,
-                        endpoint_url)
+                        endpoint_url, delta_options(endpoint_url, region, credentials))
     if uri.startswith("file://"):
         local = urlparse(uri).path
         return Location(pafs.LocalFileSystem(), local, "file://" + local)

@@ -1,10 +1,14 @@
 """Ingest against real storage (a local folder and the moto S3 endpoint) on a real Ray
-cluster: quarantine, unreadable files, versions, incremental arrivals, crash safety."""
+cluster: quarantine, unreadable and failed files, versions as Delta table versions,
+incremental arrivals, crash safety, concurrent commits, retried write tasks."""
 
 from __future__ import annotations
 
 import gzip
 import io
+import os
+import threading
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,10 +21,13 @@ from typer.testing import CliRunner
 
 from rayops.cli import app
 from rayops.config import PipelineConfig, validate_config
+from deltalake import DeltaTable
+
 from rayops.data import ingest as ingest_module
 from rayops.data.ingest import file_source, ingest, watch
 from rayops.data.sources import UNREADABLE
-from rayops.data.versions import PARTS, committed_versions, dataset_root, load_version
+from rayops.data.table import CommitConflict
+from rayops.data.versions import QUARANTINE, ROWS, dataset_root, latest_version, load_version
 from rayops.errors import DataError
 from rayops.storage import Location
 
@@ -61,18 +68,45 @@ def raw_dir(cfg: PipelineConfig) -> Location:
     return file_source(cfg).location
 
 
-def assert_accounting(version) -> None:
-    """rows read = kept + quarantined, in the manifest, in every part, and on disk."""
+def delta_table(version, name: str = ROWS, at: int | None = None) -> DeltaTable:
+    """The dataset's table read by deltalake itself, not through rayops."""
+    location = version.root.join(name)
+    return DeltaTable(location.table_uri, version=at, storage_options=location.options or None)
+
+
+def counted_in_tables(version) -> dict[str, int]:
+    """Rows per split as deltalake reads the committed tables (rayops not involved)."""
+    rows = delta_table(version, at=version.version).to_pyarrow_table().to_pandas()
+    quarantine = delta_table(version, QUARANTINE).to_pyarrow_table().to_pandas()
+    mine = quarantine[quarantine["dataset_version"].between(version.base, version.version)]
+    counts = rows["rayops_split"].value_counts().to_dict()
+    return {"train": counts.get("train", 0), "valid": counts.get("valid", 0),
+            "quarantine": len(mine)}
+
+
+def assert_accounting(version, lines_in_files: int | None = None) -> None:
+    """rows read = kept + quarantined, in the manifest and in the tables deltalake reads,
+    and (when given) against the data lines counted in the source files."""
     rows = version.manifest["rows"]
     assert rows["read"] == rows["train"] + rows["valid"] + rows["quarantine"]
-    for part in version.manifest["parts"]:
-        r = part["rows"]
-        assert r["read"] == r["train"] + r["valid"] + r["quarantine"]
-        assert sum(part["reasons"].values()) == r["quarantine"]
-    for split in ("train", "valid", "quarantine"):
-        on_disk = version.read(split).count() if version.split_locations(split) else 0
-        unreadable = len(version.manifest["unreadable"]) if split == "quarantine" else 0
-        assert on_disk == rows[split] + unreadable, split
+    assert sum(version.manifest["quarantine_reasons"].values()) == rows["quarantine"]
+    counted = counted_in_tables(version)
+    unreadable = len(version.manifest["unreadable"])
+    assert counted == {"train": rows["train"], "valid": rows["valid"],
+                       "quarantine": rows["quarantine"] + unreadable}
+    if lines_in_files is not None:
+        assert rows["read"] == lines_in_files
+
+
+def data_lines(raw: Location) -> int:
+    """Data lines of the CSV files under ``raw`` (headers and blank lines not counted)."""
+    total = 0
+    for info in raw.list_files():
+        text = Location(raw.fs, info.path, info.path).read_bytes()
+        if info.path.endswith(".gz"):
+            text = gzip.decompress(text)
+        total += sum(1 for line in text.decode().splitlines()[1:] if line.strip())
+    return total
 
 
 def test_corrupt_file_is_quarantined_whole_and_the_rest_is_kept(store, ray_start_4_cpus):
@@ -87,8 +121,8 @@ def test_corrupt_file_is_quarantined_whole_and_the_rest_is_kept(store, ray_start
     assert version.manifest["rows"]["read"] == 80
     (bad,) = version.manifest["unreadable"]
     assert bad["path"].endswith("truncated.csv.gz") and bad["reason"].startswith(UNREADABLE)
-    quarantined = version.read("quarantine").to_pandas()
-    assert quarantined["_error"].str.startswith(UNREADABLE).sum() == 1
+    quarantined = version.quarantine().to_pandas()
+    assert quarantined["reason"].str.startswith(UNREADABLE).sum() == 1
 
 
 def test_corrupt_parquet_among_good_ones(tmp_path, ray_start_4_cpus):
@@ -131,11 +165,13 @@ def test_every_kind_of_violation_is_quarantined_with_file_line_and_reason(tmp_pa
     }
     rows = version.manifest["rows"]
     assert rows["read"] == 48 and rows["train"] + rows["valid"] == 41
-    quarantined = version.read("quarantine").to_pandas().set_index("_source_row")
+    assert_accounting(version, data_lines(raw_dir(cfg)))
+    quarantined = version.quarantine().to_pandas().set_index("line")
     assert sorted(quarantined.index) == list(range(42, 49))
-    assert quarantined.loc[48, "_raw"] == "1,1,a,y,extra"
-    assert quarantined.loc[46, "_error"] == "c: unknown category ('zz')"
-    assert '"c": "zz"' in quarantined.loc[46, "_raw"]
+    assert quarantined.loc[48, "raw"] == "1,1,a,y,extra"
+    assert quarantined.loc[46, "reason"] == "c: unknown category ('zz')"
+    assert '"c": "zz"' in quarantined.loc[46, "raw"]
+    assert set(quarantined["source_file"]) == {raw_dir(cfg).join("data.csv").path}
     config_file = tmp_path / "t.yaml"
     config_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     shown = CliRunner().invoke(app, ["quarantine", str(config_file), "--limit", "3"])
@@ -155,16 +191,21 @@ def test_new_files_make_a_new_version_that_includes_them(store, ray_start_4_cpus
     raw.join("day2.csv").write_bytes((HEADER + GOOD_ROWS.replace(",a,", ",b,")).encode())
     second = ingest(cfg)
     assert (first.version, second.version) == (1, 2)
-    assert_accounting(second)
+    assert_accounting(second, data_lines(raw))
     assert second.manifest["rows"]["read"] == 80
-    new_part = second.manifest["parts"][-1]
-    assert [Path(i["path"]).name for i in new_part["items"]] == ["day2.csv"]
-    assert second.manifest["parts"][0] == first.manifest["parts"][0]
-    assert second.manifest["content_hash"] != first.manifest["content_hash"]
-    assert all(name.endswith(".parquet") for name in new_part["data_files"])
-    assert load_version(cfg, 1).manifest["rows"]["read"] == 40  # the old version still reads
+    assert second.manifest["ingest"]["rows"]["read"] == 40  # only day2 was read
+    assert sorted(Path(k).name for k in second.state()["consumed"]) == ["day1.csv", "day2.csv"]
+    # Time travel: version 1 reads back as it was, through rayops and through deltalake.
+    old = load_version(cfg, 1)
+    assert old.manifest["rows"]["read"] == 40
+    assert len(old.table("train")) + len(old.table("valid")) == 40 - old.manifest["rows"][
+        "quarantine"]
+    assert delta_table(second, at=1).to_pyarrow_table().num_rows == len(old.table("train")) + len(
+        old.table("valid"))
     assert second.manifest["profile"]["c"]["frequencies"]["b"] > first.manifest["profile"][
         "c"]["frequencies"]["b"]
+    with pytest.raises(DataError, match="has no version 9; versions: 1 to 2"):
+        load_version(cfg, 9)
 
 
 def test_rerun_on_unchanged_input_reuses_the_version(tmp_path, ray_start_4_cpus):
@@ -172,9 +213,8 @@ def test_rerun_on_unchanged_input_reuses_the_version(tmp_path, ray_start_4_cpus)
     cfg = make_config(store)
     raw_dir(cfg).join("a.csv").write_bytes((HEADER + GOOD_ROWS).encode())
     first = ingest(cfg)
-    parts = dataset_root(cfg).join(PARTS).list_dir()
     again = ingest(cfg)
-    assert again.id == first.id and dataset_root(cfg).join(PARTS).list_dir() == parts
+    assert again.id == first.id and delta_table(again).version() == 1
     runs = MlflowClient(cfg.tracking.uri).search_runs(
         [MlflowClient(cfg.tracking.uri).get_experiment_by_name("t").experiment_id],
         "tags.`rayops.kind` = 'ingest'")
@@ -190,27 +230,30 @@ def test_rerun_on_unchanged_input_reuses_the_version(tmp_path, ray_start_4_cpus)
     assert relogged[0].data.metrics["rows_read"] == 40
 
 
-def test_crash_between_data_write_and_commit_leaves_no_version(store, ray_start_4_cpus,
-                                                               monkeypatch):
+def test_crash_between_data_write_and_commit_leaves_nothing_visible(store, ray_start_4_cpus,
+                                                                    monkeypatch):
     cfg = make_config(store)
     raw_dir(cfg).join("a.csv").write_bytes((HEADER + GOOD_ROWS).encode())
 
     def crash(*args, **kwargs):
         raise RuntimeError("injected crash before commit")
 
-    monkeypatch.setattr(ingest_module, "commit", crash)
+    monkeypatch.setattr(ingest_module.delta, "commit", crash)
     with pytest.raises(RuntimeError, match="injected crash"):
         ingest(cfg)
     root = dataset_root(cfg)
-    assert committed_versions(root) == []
-    assert len(root.join(PARTS).list_dir()) == 1  # written, but nobody can see it
+    written = [i for i in root.join(ROWS).list_files() if i.path.endswith(".parquet")]
+    assert written  # the files are there, but no version names them
+    assert latest_version(cfg) is None
     with pytest.raises(DataError, match="no committed version"):
         load_version(cfg)
     monkeypatch.undo()
     version = ingest(cfg)
     assert version.version == 1
-    assert_accounting(version)
-    assert root.join(PARTS).list_dir() == [version.manifest["parts"][0]["id"]]
+    assert_accounting(version, 40)
+    # The crashed ingest's files are younger than the retention window: clean-up keeps them.
+    ingest_module.clean_up(cfg, version)
+    assert all(root.join(ROWS).child(i.path).exists() for i in written)
 
 
 def test_too_many_bad_rows_fail_and_commit_nothing(tmp_path, ray_start_4_cpus):
@@ -220,8 +263,16 @@ def test_too_many_bad_rows_fail_and_commit_nothing(tmp_path, ray_start_4_cpus):
     raw_dir(cfg).join("a.csv").write_bytes((HEADER + GOOD_ROWS + bad).encode())
     with pytest.raises(DataError, match=r"10 of 50 rows \(20.0%\).*max_quarantine_fraction"):
         ingest(cfg)
-    root = dataset_root(cfg)
-    assert committed_versions(root) == [] and root.join(PARTS).list_dir() == []
+    assert latest_version(cfg) is None
+    assert delta_table_rows(cfg) == 0
+
+
+def delta_table_rows(cfg: PipelineConfig) -> int:
+    location = dataset_root(cfg).join(ROWS)
+    if not DeltaTable.is_deltatable(location.table_uri, location.options or None):
+        return 0
+    return DeltaTable(location.table_uri, storage_options=location.options or None
+                      ).to_pyarrow_table().num_rows
 
 
 def test_hive_partitioned_parquet_with_dates_and_jsonl(tmp_path, ray_start_4_cpus):

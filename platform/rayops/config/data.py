@@ -89,6 +89,17 @@ class DataConfig(_Section):
         description="Fail the ingest, committing nothing, when a larger share of the rows "
         "read breaks the schema.",
     )
+    max_failed_files: float = Field(
+        0, ge=0,
+        description="Files that may fail to be read (storage errors that outlast the retries) "
+        "before the ingest fails, committing nothing: a count (1, 2, ...) or, below 1, a "
+        "share of the files read. A failed file is not consumed: the next ingest reads it.",
+    )
+    retention_hours: int = Field(
+        168, ge=1,
+        description="Clean-up never removes a curated file younger than this: data of old "
+        "versions (time travel) and files of ingests that failed or are still writing.",
+    )
     dataset: str | None = Field(
         None, description="Name of the curated dataset; default: the pipeline name."
     )
@@ -122,6 +133,11 @@ class DataConfig(_Section):
                 f"{label_type!r}"
             )
         return self
+
+    def failed_files_allowed(self, files: int) -> int:
+        """How many of ``files`` may fail to be read (``max_failed_files``)."""
+        limit = self.max_failed_files
+        return int(limit * files) if limit < 1 else int(limit)
 
     @property
     def feature_names(self) -> list[str]:

@@ -1,15 +1,17 @@
 """Curating one batch of source items in a single streaming pass (Ray Data).
 
 Each task reads whole files, validates every row against the schema contract, assigns it to
-train, valid or quarantine, writes the rows into the part's Parquet folders and returns a
-small summary: row counts by split and reason, unreadable files, and the mergeable
-statistics of the training rows. Raw data never goes through the object store twice.
+train, valid or quarantine, writes kept rows into the curated table's folder and rejected
+rows into the quarantine table's, and returns the files it wrote (Delta add actions, not
+yet committed) with a small summary: row counts by split and reason, unreadable and failed
+files, and the mergeable statistics of the training rows. A task that Ray retries writes
+new files and returns only those: the failed attempt's files are committed by no one.
+Raw data never goes through the object store twice.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,17 +20,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from ray.data.datasource import Datasink
 
 from rayops.config import ColumnSpec, DataConfig
 from rayops.data import schema, stats
+from rayops.data import table as delta
 from rayops.data.context import data_context
-from rayops.data.sources import UNREADABLE, Source
+from rayops.data.sources import FAILED, UNREADABLE, Source
 from rayops.errors import DataError
 from rayops.storage import Location
 
 SPLITS = ("train", "valid", "quarantine")
+KEPT = ("train", "valid")
 
 
 def used_columns(data: DataConfig) -> dict[str, ColumnSpec]:
@@ -85,8 +88,22 @@ def validate_batch(raw: pa.Table, data: DataConfig) -> pa.Table:
     return pa.table(out).cast(_output_schema(columns))
 
 
+def _is_failed(table: pa.Table) -> pa.ChunkedArray:
+    """Rows that stand for a file that could not be fetched (not rows of the file)."""
+    return pc.fill_null(pc.starts_with(table.column(schema.ERROR), FAILED), False)
+
+
+def _failed(table: pa.Table) -> pa.Table:
+    return table.filter(_is_failed(table))
+
+
 def block_summary(table: pa.Table, data: DataConfig) -> dict[str, Any]:
     """Counts by split and reason, unreadable files and training statistics of one block."""
+    failed_rows = _failed(table)
+    failed = [{"path": f, "reason": e} for f, e in zip(
+        failed_rows.column(schema.SOURCE_FILE).to_pylist(),
+        failed_rows.column(schema.ERROR).to_pylist(), strict=True)]
+    table = table.filter(pc.invert(_is_failed(table)))
     split = table.column(schema.SPLIT)
     rejected = table.filter(pc.equal(split, "quarantine"))
     errors = rejected.column(schema.ERROR).to_pylist()
@@ -102,6 +119,7 @@ def block_summary(table: pa.Table, data: DataConfig) -> dict[str, Any]:
         "reasons": dict(Counter(schema.error_kind(e) for e in errors
                                 if not e.startswith(UNREADABLE))),
         "unreadable": unreadable,
+        "failed": failed,
         "valid_labels": {v["values"]: v["counts"] for v in labels},
         "stats": stats.table_stats(train, used_columns(data), data.label, data.task),
     }
@@ -115,6 +133,7 @@ class PartSummary:
     rows: dict[str, int]
     reasons: dict[str, int]
     unreadable: list[dict[str, str]]
+    failed: list[dict[str, str]]
     valid_labels: dict[str, int]
     stats: dict[str, Any] = field(repr=False)
 
@@ -124,8 +143,8 @@ class PartSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {"files": self.files, "rows": self.rows, "reasons": self.reasons,
-                "unreadable": self.unreadable, "valid_labels": self.valid_labels,
-                "stats": self.stats}
+                "unreadable": self.unreadable, "failed": self.failed,
+                "valid_labels": self.valid_labels}
 
 
 def merge_summaries(parts: Iterable[Mapping[str, Any]], files: int) -> PartSummary:
@@ -141,63 +160,104 @@ def merge_summaries(parts: Iterable[Mapping[str, Any]], files: int) -> PartSumma
     if sum(reasons.values()) != rows["quarantine"]:
         raise DataError(f"row accounting does not add up: {rows} vs reasons {dict(reasons)}")
     return PartSummary(files, rows, dict(reasons.most_common()),
-                       [u for p in parts for u in p["unreadable"]], dict(labels),
+                       [u for p in parts for u in p["unreadable"]],
+                       [f for p in parts for f in p["failed"]], dict(labels),
                        stats.merge(p["stats"] for p in parts))
 
 
-def write_block(table: pa.Table, location: Location, name: str) -> None:
-    """The block's rows into ``{location}/rayops_split={split}/{name}.parquet``."""
-    for split in SPLITS:
-        rows = table.filter(pc.equal(table.column(schema.SPLIT), split))
-        if rows.num_rows:
-            target = location.join(f"{schema.SPLIT}={split}", f"{name}.parquet")
-            target.parent().makedirs()
-            with target.io("write curated rows to"):
-                pq.write_table(rows.drop_columns([schema.SPLIT]), target.path,
-                               filesystem=target.fs)
+def quarantine_rows(rejected: pa.Table) -> pa.Table:
+    """Rejected rows as the quarantine table stores them (its partition column comes with
+    the commit)."""
+    return pa.table({
+        "source_file": rejected.column(schema.SOURCE_FILE),
+        "line": rejected.column(schema.SOURCE_ROW),
+        "reason": rejected.column(schema.ERROR),
+        "raw": rejected.column(schema.RAW),
+    })
+
+
+def write_block(table: pa.Table, rows: Location, quarantine: Location
+                ) -> dict[str, list[dict[str, Any]]]:
+    """The block's kept rows into the curated table's folder, its rejects into the
+    quarantine table's; returns the uncommitted files (add actions as dicts)."""
+    table = table.filter(pc.invert(_is_failed(table)))
+    split = table.column(schema.SPLIT)
+    written: dict[str, list[dict[str, Any]]] = {"rows": [], "quarantine": []}
+    for name in KEPT:
+        kept = table.filter(pc.equal(split, name))
+        if kept.num_rows:
+            kept = kept.drop_columns([schema.SPLIT, schema.RAW, schema.ERROR])
+            written["rows"].append(delta.action_to_dict(
+                delta.write_file(rows, kept, {schema.SPLIT: name})))
+    rejected = table.filter(pc.equal(split, "quarantine"))
+    if rejected.num_rows:
+        written["quarantine"].append(delta.action_to_dict(
+            delta.write_file(quarantine, quarantine_rows(rejected))))
+    return written
+
+
+@dataclass(frozen=True)
+class PartResult:
+    """What one curation pass wrote (uncommitted) and its summary."""
+
+    summary: PartSummary
+    rows_files: list[dict[str, Any]]
+    quarantine_files: list[dict[str, Any]]
 
 
 class PartSink(Datasink[list[dict[str, Any]]]):
-    """Writes validated blocks into a part and hands their summaries back to the driver."""
+    """Writes validated blocks' files and hands them, with summaries, back to the driver."""
 
-    def __init__(self, location: Location, data: DataConfig) -> None:
-        self.location, self.data = location, data
-        self.summaries: list[dict[str, Any]] = []
+    def __init__(self, rows: Location, quarantine: Location, data: DataConfig) -> None:
+        self.rows, self.quarantine, self.data = rows, quarantine, data
+        self.results: list[dict[str, Any]] = []
 
     def write(self, blocks: Iterable[Any], ctx: Any) -> list[dict[str, Any]]:
         out = []
         for block in blocks:
             table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
-            write_block(table, self.location, uuid.uuid4().hex[:16])
-            out.append(block_summary(table, self.data))
+            out.append({"files": write_block(table, self.rows, self.quarantine),
+                        "summary": block_summary(table, self.data)})
         return out
 
     def on_write_complete(self, write_result: Any) -> None:
-        self.summaries = [s for task in write_result.write_returns for s in task]
+        self.results = [r for task in write_result.write_returns for r in task]
 
 
-def write_part(source: Source, items: list[dict[str, Any]], location: Location,
-               data: DataConfig) -> PartSummary:
+def rows_schema(data: DataConfig) -> pa.Schema:
+    """The curated table's columns: the used columns typed, provenance, the split."""
+    full = _output_schema(used_columns(data))
+    return pa.schema([f for f in full if f.name not in (schema.RAW, schema.ERROR)])
+
+
+def write_part(source: Source, items: list[dict[str, Any]], rows: Location,
+               quarantine: Location, data: DataConfig) -> PartResult:
     """The single streaming pass over ``items``: read, validate, write, summarize."""
     with data_context():
         raw = source.read(items, list(used_columns(data)))
         validated = raw.map_batches(validate_batch, batch_format="pyarrow", batch_size=None,
                                     fn_kwargs={"data": data})
-    sink = PartSink(location, data)
+    sink = PartSink(rows, quarantine, data)
     validated.write_datasink(sink)
-    return merge_summaries(sink.summaries, len(items))
+    return PartResult(merge_summaries([r["summary"] for r in sink.results], len(items)),
+                      [f for r in sink.results for f in r["files"]["rows"]],
+                      [f for r in sink.results for f in r["files"]["quarantine"]])
 
 
 def describe(summary: PartSummary, reasons: int | None = None) -> str:
     """The part's row accounting, its ``reasons`` most common quarantine reasons (all when
     None) and every unreadable file."""
     r = summary.rows
-    lines = [f"files read: {summary.files} ({len(summary.unreadable)} unreadable); rows read: "
-             f"{r['read']} = kept {r['train'] + r['valid']} + quarantined {r['quarantine']}"]
+    lines = [f"files read: {summary.files - len(summary.failed)} of {summary.files} "
+             f"({len(summary.unreadable)} unreadable, {len(summary.failed)} failed); rows "
+             f"read: {r['read']} = kept {r['train'] + r['valid']} + quarantined "
+             f"{r['quarantine']}"]
     shown = list(summary.reasons.items())[:reasons]
     lines += [f"  quarantined {n}: {reason}" for reason, n in shown]
     if len(shown) < len(summary.reasons):
         lines.append(f"  ... {len(summary.reasons) - len(shown)} more reason(s): "
                      "`rayops quarantine CONFIG` lists the rows")
     lines += [f"  unreadable file {u['path']}: {u['reason']}" for u in summary.unreadable]
+    lines += [f"  failed file {f['path']} (read again next time): {f['reason']}"
+              for f in summary.failed]
     return "\n".join(lines)

@@ -1,9 +1,14 @@
-"""Raw source items -> a committed, curated dataset version.
+"""Raw source items -> a committed, curated dataset version (a Delta table version).
 
-Plans what is new in the source, curates it into a new part in one streaming pass
-(:mod:`rayops.data.curate`), checks the bad-row threshold, and commits a version whose
-manifest merges the new part with the earlier ones. For every run:
-rows read = rows kept (train + valid) + rows quarantined, checked and recorded.
+Plans what is new in the source against the latest version's consumed files, curates it in
+one streaming pass (:mod:`rayops.data.curate`: files written, nothing visible), checks the
+bad-row and failed-file thresholds, writes the next state file, and commits: one new
+version of the curated table whose metadata is the version's manifest. For every run:
+rows read = rows kept (train + valid) + rows quarantined, checked and recorded; files that
+could not be fetched are reported as failed and are read again by the next ingest.
+
+The work of one ingest does not grow with the dataset's history: it opens the table (one
+checkpoint and at most nine log entries), reads the latest manifest and one state file.
 """
 
 from __future__ import annotations
@@ -13,28 +18,38 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from deltalake import Transaction
+
 from rayops.config import DataConfig, PipelineConfig
 from rayops.data import stats
-from rayops.data.curate import PartSummary, describe, used_columns, write_part
+from rayops.data import table as delta
+from rayops.data.curate import PartSummary, describe, rows_schema, used_columns, write_part
 from rayops.data.preprocess import Preprocessor, fit
+from rayops.data.schema import SPLIT
 from rayops.data.sources import FileSource, Source
 from rayops.data.versions import (
+    QUARANTINE,
+    ROWS,
+    STATE,
     DatasetVersion,
-    commit,
+    complete_quarantine,
     dataset_root,
-    latest_version,
-    load_version,
-    new_part,
-    remove_orphan_parts,
+    version_of,
 )
 from rayops.errors import DataError
-from rayops.storage import Location, ensure_bucket, resolve_under, root_of
+from rayops.storage import ensure_bucket, resolve_under, root_of
 
 logger = logging.getLogger(__name__)
+VACUUM_EVERY = 10  # versions between two clean-ups of unreferenced files
+
+
+class FilesFailed(DataError):
+    """Source files could not be fetched; nothing was committed, they are read next time."""
 
 
 def file_source(cfg: PipelineConfig) -> FileSource:
@@ -50,65 +65,33 @@ def config_hash(data: DataConfig) -> str:
                           ).hexdigest()[:16]
 
 
-def plan(previous: DatasetVersion | None, items: list[dict[str, Any]], data_hash: str
-         ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(items to read, earlier parts to keep). Only new items are read when nothing that
-    was consumed changed; otherwise everything is rebuilt."""
+def plan(previous: DatasetVersion | None, consumed: dict[str, dict[str, Any]],
+         items: list[dict[str, Any]], data_hash: str) -> tuple[list[dict[str, Any]], bool]:
+    """(items to read, whether the dataset is rebuilt). Only new items are read when
+    nothing that was consumed changed and the data config is the same."""
     if previous is None or previous.manifest.get("config_hash") != data_hash:
-        return items, []
-    consumed = {i["key"]: i for part in previous.manifest["parts"] for i in part["items"]}
+        return items, True
     current = {i["key"]: i for i in items}
     changed = [k for k, old in consumed.items() if current.get(k) != old]
     if changed:
         logger.warning("%d consumed item(s) changed or vanished (e.g. %s): rebuilding",
                        len(changed), changed[0])
-        return items, []
-    return [i for k, i in current.items() if k not in consumed], list(previous.manifest["parts"])
+        return items, True
+    return [i for k, i in current.items() if k not in consumed], False
 
 
-# --------------------------------------------------------------------------- ingest
+# --------------------------------------------------------------------------- thresholds
 
 
-def _manifest(cfg: PipelineConfig, source: Source, parts: list[dict[str, Any]],
-              data_hash: str) -> dict[str, Any]:
-    merged = stats.merge(p["stats"] for p in parts)
-    pre: Preprocessor = fit(merged, cfg.data)
-    labels: Counter[str] = Counter()
-    for p in parts:
-        labels.update(p["valid_labels"])
-    unseen = sum(n for k, n in labels.items() if k not in pre.classes) if pre.classes else 0
-    rows = {k: sum(p["rows"][k] for p in parts) for k in ("read", "train", "valid", "quarantine")}
-    rows["valid_unseen_label"] = unseen
-    return {
-        "dataset": cfg.dataset_name,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(),
-        "config_hash": data_hash,
-        "content_hash": _content_hash(parts),
-        "source": {"uri": source.uri, "format": cfg.data.format},
-        "parts": parts,
-        "rows": rows,
-        "quarantine_reasons": dict(sum((Counter(p["reasons"]) for p in parts), Counter())),
-        "unreadable": [u for p in parts for u in p["unreadable"]],
-        "schema": {n: s.model_dump() for n, s in used_columns(cfg.data).items()},
-        "preprocessor": pre.to_dict(),
-        "profile": stats.profile(merged),
-    }
-
-
-def _data_files(location: Location) -> dict[str, int]:
-    """The part's Parquet files (relative path -> bytes), as written."""
-    prefix = location.path.rstrip("/") + "/"
-    return {info.path.removeprefix(prefix): int(info.size) for info in location.list_files()}
-
-
-def _content_hash(parts: list[dict[str, Any]]) -> str:
-    """Changes whenever any data file of the version differs in name or size."""
-    listing = sorted((p["id"], name, size) for p in parts for name, size in
-                     p.get("data_files", {}).items())
-    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
-
-
-def _check_threshold(summary: PartSummary, data: DataConfig) -> None:
+def _check_thresholds(summary: PartSummary, data: DataConfig) -> None:
+    failed, allowed = len(summary.failed), data.failed_files_allowed(summary.files)
+    if failed > allowed or (failed and failed == summary.files):
+        first = summary.failed[0]
+        raise FilesFailed(
+            f"{failed} of {summary.files} file(s) could not be read (data.max_failed_files="
+            f"{data.max_failed_files} allows {allowed}); nothing was committed and the next "
+            f"ingest reads them again. First: {first['path']}: {first['reason']}"
+        )
     bad = summary.rows["quarantine"]
     if summary.read and bad / summary.read > data.max_quarantine_fraction:
         raise DataError(
@@ -116,6 +99,47 @@ def _check_threshold(summary: PartSummary, data: DataConfig) -> None:
             f"data.max_quarantine_fraction={data.max_quarantine_fraction}; nothing was "
             f"committed. Top reasons: {dict(list(summary.reasons.items())[:5])}"
         )
+
+
+# --------------------------------------------------------------------------- the manifest
+
+
+def _manifest(cfg: PipelineConfig, source: Source, previous: DatasetVersion | None,
+              rebuild: bool, summary: PartSummary, merged: dict[str, Any],
+              quarantine_files: list[dict[str, Any]], state_name: str, ingest_id: str
+              ) -> dict[str, Any]:
+    """What the commit records: totals since the last rebuild, this ingest's accounting,
+    the schema contract, the preprocessing fitted on every training row and the profile."""
+    before = None if rebuild or previous is None else previous.manifest
+    pre: Preprocessor = fit(merged, cfg.data)
+    labels = Counter(before["valid_labels"] if before else {})
+    labels.update(summary.valid_labels)
+    reasons = Counter(before["quarantine_reasons"] if before else {})
+    reasons.update(summary.reasons)
+    rows = {k: (before["rows"][k] if before else 0) + summary.rows[k]
+            for k in ("read", "train", "valid", "quarantine")}
+    rows["valid_unseen_label"] = (sum(n for k, n in labels.items() if k not in pre.classes)
+                                  if pre.classes else 0)
+    return {
+        "dataset": cfg.dataset_name,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        "config_hash": config_hash(cfg.data),
+        "source": {"uri": source.uri, "format": cfg.data.format},
+        "base": None if before is None else previous.base,  # type: ignore[union-attr]
+        "rows": rows,
+        "valid_labels": dict(labels),
+        "quarantine_reasons": dict(reasons.most_common()),
+        "unreadable": [*(before["unreadable"] if before else []), *summary.unreadable],
+        "schema": {n: s.model_dump() for n, s in used_columns(cfg.data).items()},
+        "preprocessor": pre.to_dict(),
+        "profile": stats.profile(merged),
+        "state": state_name,
+        "ingest": {"id": ingest_id, **summary.as_dict()},
+        "quarantine_files": quarantine_files,
+    }
+
+
+# --------------------------------------------------------------------------- ingest
 
 
 def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
@@ -127,37 +151,75 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
     ensure_bucket(root_of(cfg.storage))
     tracking.require_reachable(cfg.tracking)  # before anything is committed
     source = source or file_source(cfg)
+    rows_location, quarantine_location = root.join(ROWS), root.join(QUARANTINE)
+    # The version this ingest plans against is the one its commit is checked against: a
+    # commit by anyone else in between makes this one fail whole (CommitConflict).
+    table = delta.ensure_table(rows_location, rows_schema(cfg.data), [SPLIT])
+    previous = version_of(cfg, table)
+    consumed: dict[str, dict[str, Any]] = {}
+    earlier_stats: list[dict[str, Any]] = []
+    if previous is not None:
+        complete_quarantine(previous)  # in case the ingest that made it died before
+        state = previous.state()
+        consumed, earlier_stats = state["consumed"], [state["stats"]]
     items = source.snapshot()
-    previous = latest_version(cfg)
-    data_hash = config_hash(cfg.data)
-    todo, kept_parts = plan(previous, items, data_hash)
-    if previous is not None and not todo and kept_parts:
+    todo, rebuild = plan(previous, consumed, items, config_hash(cfg.data))
+    if previous is not None and not todo:
         logger.info("nothing new at %s: dataset %s is current", source.uri, previous.id)
         _track(cfg, previous)  # in case logging failed after the commit
         return previous
 
-    part_id, location = new_part(root)
-    logger.info("ingesting %d new file(s) from %s", len(todo), source.uri)
-    summary = write_part(source, todo, location, cfg.data)
+    logger.info("ingesting %d %sfile(s) from %s", len(todo), "" if rebuild else "new ",
+                source.uri)
+    result = write_part(source, todo, rows_location, quarantine_location, cfg.data)
+    summary = result.summary
     logger.info("%s", describe(summary, reasons=3))
-    try:
-        _check_threshold(summary, cfg.data)
-        part = {"id": part_id, "items": todo, "data_files": _data_files(location),
-                **summary.as_dict()}
-        manifest = _manifest(cfg, source, [*kept_parts, part], data_hash)
-    except DataError:
-        location.delete_dir()
-        raise
-    number = commit(root, manifest)
-    version = load_version(cfg, number)
-    removed = remove_orphan_parts(root)
-    if removed:
-        logger.info("Removed %d orphaned part(s) of failed ingests", len(removed))
-    rows = version.manifest["rows"]
+    _check_thresholds(summary, cfg.data)  # raises: the files written stay invisible
+
+    failed = {f["path"] for f in summary.failed}
+    if rebuild:
+        consumed, earlier_stats = {}, []
+    consumed = {**consumed, **{i["key"]: i for i in todo if i["path"] not in failed}}
+    merged = stats.merge([*earlier_stats, summary.stats])
+    ingest_id = uuid.uuid4().hex[:16]
+    state_name = f"{ingest_id}.json"
+    root.join(STATE, state_name).write_json({"stats": merged, "consumed": consumed})
+    manifest = _manifest(cfg, source, previous, rebuild, summary, merged,
+                         result.quarantine_files, state_name, ingest_id)
+    sequence = (table.transaction_version(delta.INGEST_APP) or 0) + 1
+    number = delta.commit(
+        rows_location, table, [delta.action_from_dict(a) for a in result.rows_files],
+        mode="overwrite" if rebuild else "append", schema=rows_schema(cfg.data),
+        partition_by=[SPLIT], metadata={"rayops.manifest": json.dumps(manifest)},
+        transaction=Transaction(delta.INGEST_APP, sequence))
+    version = DatasetVersion(cfg.dataset_name, number, root, manifest)
+    complete_quarantine(version)
+    rows = manifest["rows"]
     logger.info("committed %s: %d train + %d valid rows", version.id, rows["train"],
                 rows["valid"])
+    if number % VACUUM_EVERY == 0:
+        clean_up(cfg, version)
     _track(cfg, version)
     return version
+
+
+def clean_up(cfg: PipelineConfig, latest: DatasetVersion) -> None:
+    """Remove files older than ``data.retention_hours`` that no version within that window
+    needs: data of superseded versions, files of failed or retried writes, old state files."""
+    hours = cfg.data.retention_hours
+    removed = [*delta.vacuum(latest.root.join(ROWS), hours),
+               *delta.vacuum(latest.root.join(QUARANTINE), hours)]
+    cutoff = time.time() - hours * 3600
+    for info in latest.root.join(STATE).list_files():
+        if info.path.endswith(latest.manifest["state"]) or info.mtime is None:
+            continue
+        if info.mtime.timestamp() < cutoff:
+            with latest.root.io("clean up"):
+                latest.root.fs.delete_file(info.path)
+            removed.append(info.path)
+    if removed:
+        logger.info("removed %d file(s) older than %d h that no version needs", len(removed),
+                    hours)
 
 
 def _track(cfg: PipelineConfig, version: DatasetVersion) -> None:
@@ -168,10 +230,11 @@ def _track(cfg: PipelineConfig, version: DatasetVersion) -> None:
     if tracking.runs_tagged(cfg.tracking, cfg.experiment_name, {
             "rayops.kind": "ingest", "rayops.dataset_version": version.id}):
         return
-    part = version.manifest["parts"][-1]
+    part = version.manifest["ingest"]
     rows, reasons = part["rows"], part["reasons"]
     metrics: dict[str, float] = {
-        "files_read": part["files"], "files_unreadable": len(part["unreadable"]),
+        "files_read": part["files"] - len(part["failed"]),
+        "files_unreadable": len(part["unreadable"]), "files_failed": len(part["failed"]),
         "rows_read": rows["read"], "rows_train": rows["train"], "rows_valid": rows["valid"],
         "rows_quarantined": rows["quarantine"],
     }
@@ -185,18 +248,26 @@ def _track(cfg: PipelineConfig, version: DatasetVersion) -> None:
     )
     tracking.log_metrics(cfg.tracking, run_id, metrics, step=version.version)
     tracking.log_dict(cfg.tracking, run_id, version.manifest["rows"] | {
-        "quarantine_reasons": reasons, "unreadable": part["unreadable"]},
-        "ingest_summary.json")
+        "quarantine_reasons": reasons, "unreadable": part["unreadable"],
+        "failed": part["failed"]}, "ingest_summary.json")
     tracking.end_run(cfg.tracking, run_id)
 
 
 def watch(cfg: PipelineConfig, interval_s: float, polls: int | None = None,
           on_version: Callable[[DatasetVersion], None] | None = None) -> None:
-    """Poll the source and ingest each arrival (``polls`` bounds the loop for tests)."""
+    """Poll the source and ingest each arrival (``polls`` bounds the loop for tests).
+    A poll that lost a commit race or could not fetch files commits nothing and is retried
+    at the next poll; any other error ends the watch."""
     seen: int | None = None
     count = 0
     while polls is None or count < polls:
-        version = ingest(cfg)
+        try:
+            version = ingest(cfg)
+        except (delta.CommitConflict, FilesFailed) as exc:
+            logger.warning("%s; trying again in %s s", exc, interval_s)
+            count += 1
+            time.sleep(interval_s)
+            continue
         if version.version != seen:
             seen = version.version
             if on_version:

@@ -7,9 +7,11 @@ landing-zone implementation; a message-queue source (Kafka through
 ``ray.data.read_kafka``, with offsets as its snapshot items) plugs in behind the same two
 methods.
 
-Every file is read whole by one task, so a file that cannot be read (corrupt Parquet,
-truncated gzip) is quarantined whole with its reason while the other files go on, and a CSV
-or JSON line that cannot be parsed becomes a quarantined row with its line number.
+Every file is read whole by one task, so a file that cannot be parsed (corrupt Parquet,
+truncated gzip, not UTF-8) is quarantined whole with its reason while the other files go on,
+and a CSV or JSON line that cannot be parsed becomes a quarantined row with its line number.
+A file the store fails to deliver (throttling, a dropped connection) is fetched again with
+backoff; one that still fails is reported as *failed*: not consumed, read again next time.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import fnmatch
 import gzip
 import io
 import json
+import logging
 import posixpath
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -43,6 +47,13 @@ EXTENSIONS = {
     "parquet": (".parquet", ".pq"),
 }
 UNREADABLE = "unreadable file"
+FAILED = "failed to read"
+# Fetch attempts of one raw file, on top of the S3 client's own retries, and the first wait
+# between them (doubled each time): a store that recovers within seconds loses nothing.
+FETCH_ATTEMPTS = 3
+FETCH_BACKOFF_S = 1.0
+
+logger = logging.getLogger(__name__)
 _GLOB_CHARS = set("*?[")
 
 
@@ -149,14 +160,24 @@ def _reader(fs: Any, fmt: str, group: list[dict[str, Any]], columns: list[str],
     return read
 
 
-def _fetch(fs: Any, path: str, endpoint: str | None) -> bytes:
-    try:
-        with fs.open_input_stream(path, compression=None) as f:
-            return f.read()
-    except OSError as exc:
-        where = f" on endpoint {endpoint}" if endpoint else ""
-        raise StorageError(f"cannot read raw file {path}{where}: "
-                           f"{one_line(exc)}") from None
+def _fetch(fs: Any, path: str, endpoint: str | None, attempts: int = FETCH_ATTEMPTS,
+           backoff_s: float = FETCH_BACKOFF_S) -> bytes:
+    """The file's bytes, retried with backoff; StorageError when every attempt failed."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with fs.open_input_stream(path, compression=None) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise StorageError(f"raw file {path} disappeared before it was read") from None
+        except OSError as exc:
+            if attempt == attempts:
+                where = f" on endpoint {endpoint}" if endpoint else ""
+                raise StorageError(f"cannot read raw file {path}{where} after {attempts} "
+                                   f"attempts: {one_line(exc)}") from None
+            logger.warning("reading %s failed (attempt %d of %d), retrying: %s", path, attempt,
+                           attempts, one_line(exc))
+            time.sleep(backoff_s * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
 
 
 def read_file(fs: Any, fmt: str, item: dict[str, Any], columns: list[str] | None,
@@ -167,9 +188,12 @@ def read_file(fs: Any, fmt: str, item: dict[str, Any], columns: list[str] | None
     partitions = item.get("partitions", {})
     # hive folders supply their columns
     in_file = None if columns is None else [c for c in columns if c not in partitions]
-    # A storage failure (after the S3 client's retries) fails the ingest: the file was not
-    # read, so it must not be marked consumed. Only content that cannot be parsed is.
-    data = _fetch(fs, path, endpoint)
+    # A storage failure that outlasts the retries is not the file's fault: it is reported
+    # as failed (not consumed, not quarantined). Only content that cannot be parsed is.
+    try:
+        data = _fetch(fs, path, endpoint)
+    except StorageError as exc:
+        return _marker(path, f"{FAILED}: {exc}")
     try:
         if fmt == "parquet":
             table = _parquet(pa.BufferReader(data), in_file)
@@ -177,12 +201,16 @@ def read_file(fs: Any, fmt: str, item: dict[str, Any], columns: list[str] | None
             data = _decompress(path, data)
             table = _csv(data, in_file) if fmt == "csv" else _jsonl(data, in_file)
     except Exception as exc:  # corrupt, truncated, not this format: quarantine the file
-        message = f"{UNREADABLE}: {type(exc).__name__}: {str(exc)[:300]}"
-        return pa.table({SOURCE_FILE: [path], SOURCE_ROW: pa.array([None], pa.int64()),
-                         RAW: pa.array([None], pa.string()), ERROR: [message]})
+        return _marker(path, f"{UNREADABLE}: {type(exc).__name__}: {str(exc)[:300]}")
     for key, value in partitions.items():
         table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
     return table.append_column(SOURCE_FILE, pa.array([path] * table.num_rows, pa.string()))
+
+
+def _marker(path: str, message: str) -> pa.Table:
+    """One row standing for a whole file that gave no rows."""
+    return pa.table({SOURCE_FILE: [path], SOURCE_ROW: pa.array([None], pa.int64()),
+                     RAW: pa.array([None], pa.string()), ERROR: [message]})
 
 
 def _decompress(path: str, data: bytes) -> bytes:
@@ -247,7 +275,8 @@ def _jsonl(data: bytes, columns: list[str] | None) -> pa.Table:
     except pa.ArrowInvalid:
         pass
     records: list[dict[str, Any]] = []
-    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+    text = data.decode("utf-8")  # not UTF-8: the whole file is unreadable
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:

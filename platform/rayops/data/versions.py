@@ -1,43 +1,60 @@
-"""Curated, versioned datasets, committed atomically.
+"""Curated datasets as Delta Lake tables; a dataset version is a table version.
 
 Layout under ``{root}/curated/{dataset}/``::
 
-    parts/{part-id}/rayops_split={train,valid,quarantine}/*.parquet   immutable data
-    versions/v000001.json                                           the commit
+    rows/          Delta table of the kept rows, partitioned by rayops_split (train, valid);
+                   each ingest's commit carries its manifest as commit metadata
+                   (``rayops.manifest``: row accounting, schema contract, preprocessing
+                   state, reference profile, failed files, the state file's name)
+    quarantine/    Delta table of the rejected rows: source_file, line, reason, raw,
+                   dataset_version (partition)
+    state/*.json   per commit: the consumed source files and mergeable statistics that the
+                   next incremental ingest starts from (immutable, named in the manifest)
 
-An ingest writes its rows into a new part (the staging prefix), then commits a version by
-writing its manifest: the parts it consists of (earlier versions' parts plus the new one),
-the source items consumed, row accounting, schema, fitted preprocessing state and reference
-profile. Readers only follow manifests, so a crash before the commit leaves nothing anyone
-can see; the orphaned part is removed by the next successful ingest.
+An ingest writes its files first, then commits ``rows`` (the commit point: a crash before
+it leaves nothing visible), then appends its rejects to ``quarantine`` under an application
+transaction id equal to the dataset version, so that append happens exactly once whoever
+completes it: the ingest itself, or the next reader or ingest if it died in between.
+Anything can read any version back (``DeltaTable(uri, version=N)``) without rayops.
 """
 
 from __future__ import annotations
 
-import re
-import uuid
+import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 import ray.data
+from deltalake import DeltaTable, Transaction
 
 from rayops.config import PipelineConfig
+from rayops.data import table as delta
 from rayops.data.context import data_context
 from rayops.data.preprocess import Preprocessor
 from rayops.data.schema import SPLIT
 from rayops.errors import DataError
 from rayops.storage import Location, root_of
 
-VERSIONS = "versions"
-PARTS = "parts"
-_VERSION_RE = re.compile(r"^v(\d{6})\.json$")
+logger = logging.getLogger(__name__)
+
+ROWS = "rows"
+QUARANTINE = "quarantine"
+STATE = "state"
+MANIFEST_KEY = "rayops.manifest"
+QUARANTINE_APP = "rayops.quarantine"
+DATASET_VERSION = "dataset_version"
+QUARANTINE_SCHEMA = pa.schema([("source_file", pa.string()), ("line", pa.int64()),
+                               ("reason", pa.string()), ("raw", pa.string()),
+                               (DATASET_VERSION, pa.int64())])
+_HISTORY_SCAN = 50  # maintenance commits (vacuum) between two ingest commits, at most
 
 
 @dataclass(frozen=True)
 class DatasetVersion:
-    """A committed curated dataset version and its manifest."""
+    """A committed curated dataset version (a version of its ``rows`` table)."""
 
     name: str
     version: int
@@ -50,44 +67,61 @@ class DatasetVersion:
 
     @property
     def uri(self) -> str:
-        return self.root.join(VERSIONS, f"v{self.version:06d}.json").uri
+        return f"{self.root.join(ROWS).uri}@v{self.version}"
+
+    @property
+    def base(self) -> int:
+        """The version this one's data was last rebuilt in (all earlier rows replaced)."""
+        return int(self.manifest["base"] or self.version)
 
     @property
     def preprocessor(self) -> Preprocessor:
         return Preprocessor.from_dict(self.manifest["preprocessor"])
 
-    def split_locations(self, split: str) -> list[Location]:
-        """Folders holding the split's rows, one per part that has any."""
-        def has_rows(part: dict[str, Any]) -> bool:
-            unreadable = split == "quarantine" and bool(part.get("unreadable"))
-            return part["rows"].get(split, 0) > 0 or unreadable
-
-        return [self.root.join(PARTS, part["id"], f"{SPLIT}={split}")
-                for part in self.manifest["parts"] if has_rows(part)]
+    def split_files(self, split: str) -> list[Location]:
+        """The Parquet files holding the split's rows in this version."""
+        rows = self.root.join(ROWS)
+        table = delta.open_table(rows, self.version)
+        if table is None:
+            raise DataError(f"dataset {self.id}: its table {rows.uri} is gone")
+        uris = table.file_uris(partition_filters=[(SPLIT, "=", split)])
+        return [rows.child(uri) for uri in sorted(uris)]
 
     def table(self, split: str, limit: int | None = None) -> pa.Table:
-        """The split's rows read on this machine (for inspection; train with :meth:`read`)."""
-        locations = self.split_locations(split)
-        if not locations:
+        """The split's rows read on this machine (for inspection; train with :meth:`read`).
+        ``"quarantine"`` gives :meth:`quarantine`."""
+        if split == QUARANTINE:
+            return self.quarantine(limit)
+        files = self.split_files(split)
+        if not files:
             return pa.table({})
-        dataset = pads.dataset([pads.dataset(loc.path, filesystem=loc.fs, format="parquet")
-                                for loc in locations])
-        return dataset.head(limit) if limit is not None else dataset.to_table()
+        dataset = pads.dataset([f.path for f in files], filesystem=files[0].fs,
+                               format="parquet")
+        with files[0].io("read"):
+            return dataset.head(limit) if limit is not None else dataset.to_table()
 
     def read(self, split: str) -> ray.data.Dataset:
         """The split's typed rows as a lazy Ray Dataset."""
-        locations = self.split_locations(split)
-        if not locations:
+        files = self.split_files(split)
+        if not files:
             raise DataError(f"dataset {self.id} has no {split!r} rows")
-        return read_parquet(locations)
+        with data_context():
+            return ray.data.read_parquet([f.path for f in files], filesystem=files[0].fs)
 
+    def quarantine(self, limit: int | None = None) -> pa.Table:
+        """Rows this version rejected (since its last rebuild): source_file, line, reason,
+        raw, dataset_version."""
+        table = complete_quarantine(self)
+        low, high = self.base, self.version
+        since_rebuild = ((pads.field(DATASET_VERSION) >= low)
+                         & (pads.field(DATASET_VERSION) <= high))
+        with self.root.join(QUARANTINE).io("read"):
+            scanner = table.to_pyarrow_dataset().scanner(filter=since_rebuild)
+            return scanner.head(limit) if limit is not None else scanner.to_table()
 
-def read_parquet(locations: list[Location], columns: list[str] | None = None
-                 ) -> ray.data.Dataset:
-    """Ray Data's Parquet reader on curated folders (hive ``rayops_split=`` parsed)."""
-    with data_context():
-        return ray.data.read_parquet([loc.path for loc in locations],
-                                     filesystem=locations[0].fs, columns=columns)
+    def state(self) -> dict[str, Any]:
+        """The consumed source files and mergeable statistics this version ends with."""
+        return self.root.join(STATE, self.manifest["state"]).read_json()
 
 
 def version_number(version_id: str) -> int:
@@ -99,62 +133,82 @@ def dataset_root(cfg: PipelineConfig) -> Location:
     return root_of(cfg.storage).join("curated", cfg.dataset_name)
 
 
-def committed_versions(root: Location) -> list[int]:
-    """Committed version numbers, oldest first."""
-    names = root.join(VERSIONS).list_dir()
-    return sorted(int(m.group(1)) for n in names if (m := _VERSION_RE.match(n)))
+def _commit_info(rows: Location, version: int) -> dict[str, Any]:
+    """The commitInfo of one log entry, read from the log itself (delta-rs' history()
+    numbers entries from the newest commit, whatever version the table was loaded at)."""
+    entry = rows.join("_delta_log", f"{version:020d}.json").read_bytes()
+    for line in entry.decode().splitlines():
+        action = json.loads(line) if line.strip() else {}
+        if "commitInfo" in action:
+            return action["commitInfo"]
+    return {}
 
 
-def _manifest_location(root: Location, version: int) -> Location:
-    return root.join(VERSIONS, f"v{version:06d}.json")
+def _ingest_commit(rows: Location, table: DeltaTable) -> tuple[int, dict[str, Any]] | None:
+    """(version, manifest) of the newest ingest commit at or before the table's version."""
+    at = table.version()
+    for number in range(at, max(0, at - _HISTORY_SCAN), -1):
+        info = _commit_info(rows, number)
+        if MANIFEST_KEY in info:
+            return number, json.loads(info[MANIFEST_KEY])
+    return None
 
 
 def load_version(cfg: PipelineConfig, version: int | None = None) -> DatasetVersion:
     """A committed version (the latest when ``version`` is None)."""
     root = dataset_root(cfg)
-    versions = committed_versions(root)
-    if not versions:
+    rows = root.join(ROWS)
+    latest = delta.open_table(rows)
+    found = _ingest_commit(rows, latest) if latest is not None else None
+    if latest is None or found is None:
         raise DataError(
             f"dataset {cfg.dataset_name!r} has no committed version under {root.uri}; "
             "run `rayops ingest CONFIG` first"
         )
-    chosen = versions[-1] if version is None else version
-    if chosen not in versions:
-        raise DataError(
-            f"dataset {cfg.dataset_name!r} has no committed version {chosen}; "
-            f"committed: {versions}"
-        )
-    manifest = _manifest_location(root, chosen).read_json()
-    return DatasetVersion(cfg.dataset_name, chosen, root, manifest)
+    if version is not None and version != latest.version():
+        if not 1 <= version <= latest.version():
+            raise DataError(f"dataset {cfg.dataset_name!r} has no version {version}; "
+                            f"versions: 1 to {found[0]} (latest)")
+        at = delta.open_table(rows, version)
+        found = _ingest_commit(rows, at) if at is not None else None
+        if found is None:
+            raise DataError(f"dataset {cfg.dataset_name!r} has no version {version}")
+        if found[0] != version:
+            logger.info("version %d of %s is maintenance: its data is version %d's",
+                        version, rows.uri, found[0])
+    number, manifest = found
+    return DatasetVersion(cfg.dataset_name, number, root, manifest)
 
 
 def latest_version(cfg: PipelineConfig) -> DatasetVersion | None:
-    return load_version(cfg) if committed_versions(dataset_root(cfg)) else None
+    table = delta.open_table(dataset_root(cfg).join(ROWS))
+    return version_of(cfg, table) if table is not None else None
 
 
-def new_part(root: Location) -> tuple[str, Location]:
-    """A fresh staging prefix for an ingest's rows."""
-    part_id = uuid.uuid4().hex[:16]
-    return part_id, root.join(PARTS, part_id)
+def version_of(cfg: PipelineConfig, table: DeltaTable) -> DatasetVersion | None:
+    """The dataset version a loaded rows table is at (None before the first ingest)."""
+    found = _ingest_commit(dataset_root(cfg).join(ROWS), table)
+    if found is None:
+        return None
+    return DatasetVersion(cfg.dataset_name, found[0], dataset_root(cfg), found[1])
 
 
-def commit(root: Location, manifest: dict[str, Any]) -> int:
-    """Make a fully written version visible by writing its manifest; returns its number."""
-    versions = committed_versions(root)
-    number = (versions[-1] + 1) if versions else 1
-    target = _manifest_location(root, number)
-    if target.exists():  # another ingest committed in between
-        raise DataError(f"version {number} of {root.uri} appeared during this ingest; retry")
-    target.write_json({**manifest, "version": number})
-    return number
-
-
-def remove_orphan_parts(root: Location) -> list[str]:
-    """Delete parts no committed version refers to (left by failed or crashed ingests)."""
-    used: set[str] = set()
-    for number in committed_versions(root):
-        used |= {p["id"] for p in _manifest_location(root, number).read_json()["parts"]}
-    orphans = [p for p in root.join(PARTS).list_dir() if p not in used]
-    for part_id in orphans:
-        root.join(PARTS, part_id).delete_dir()
-    return orphans
+def complete_quarantine(version: DatasetVersion) -> DeltaTable:
+    """Append the version's rejected rows to the quarantine table unless that is done
+    (exactly once: the append carries the version as its transaction id)."""
+    location = version.root.join(QUARANTINE)
+    table = delta.ensure_table(location, QUARANTINE_SCHEMA, [DATASET_VERSION])
+    if (table.transaction_version(QUARANTINE_APP) or 0) >= version.version:
+        return table
+    actions = [delta.action_from_dict(a, {DATASET_VERSION: str(version.version)})
+               for a in version.manifest["quarantine_files"]]
+    try:
+        delta.commit(location, table, actions, mode="append", schema=QUARANTINE_SCHEMA,
+                     partition_by=[DATASET_VERSION],
+                     metadata={"rayops.dataset_version": str(version.version)},
+                     transaction=Transaction(QUARANTINE_APP, version.version))
+    except delta.CommitConflict:
+        table.update_incremental()  # someone else completed it at the same moment
+        if (table.transaction_version(QUARANTINE_APP) or 0) < version.version:
+            raise
+    return table
