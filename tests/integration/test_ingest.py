@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
-import threading
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -16,17 +13,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from deltalake import DeltaTable
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from rayops.cli import app
 from rayops.config import PipelineConfig, validate_config
-from deltalake import DeltaTable
-
 from rayops.data import ingest as ingest_module
 from rayops.data.ingest import file_source, ingest, watch
 from rayops.data.sources import UNREADABLE
-from rayops.data.table import CommitConflict
 from rayops.data.versions import QUARANTINE, ROWS, dataset_root, latest_version, load_version
 from rayops.errors import DataError
 from rayops.storage import Location

@@ -89,7 +89,7 @@ def _check_thresholds(summary: PartSummary, data: DataConfig) -> None:
         first = summary.failed[0]
         raise FilesFailed(
             f"{failed} of {summary.files} file(s) could not be read (data.max_failed_files="
-            f"{data.max_failed_files} allows {allowed}); nothing was committed and the next "
+            f"{data.max_failed_files:g} allows {allowed}); nothing was committed and the next "
             f"ingest reads them again. First: {first['path']}: {first['reason']}"
         )
     bad = summary.rows["quarantine"]

@@ -136,6 +136,8 @@ def vacuum(location: Location, retention_hours: int) -> list[str]:
     if table is None:
         return []
     try:
-        return table.vacuum(retention_hours=retention_hours, dry_run=False, full=True)
+        # The window is the user's (data.retention_hours), not the table's default week.
+        return table.vacuum(retention_hours=retention_hours, dry_run=False, full=True,
+                            enforce_retention_duration=False)
     except Exception as exc:
         raise _storage_error(location, "clean up", exc) from None
