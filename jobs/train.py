@@ -1,9 +1,10 @@
-"""ray job submit -- python jobs/train.py --config CONFIG [--resume]: train, then gate the
-model against the champion."""
+"""ray job submit -- python jobs/train.py --config CONFIG [--resume] [--dataset-version N]:
+train, then gate the model against the champion."""
 
 from rayops.pipeline import train_and_register
 from rayops.runtime import job_args
 
 if __name__ == "__main__":
     args = job_args(__doc__)
-    print(train_and_register(args.cfg, sweep=False, resume=args.resume).summary())
+    print(train_and_register(args.cfg, sweep=False, resume=args.resume,
+                             dataset_version=args.dataset_version).summary())

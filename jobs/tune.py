@@ -6,4 +6,5 @@ from rayops.runtime import job_args
 
 if __name__ == "__main__":
     args = job_args(__doc__)
-    print(train_and_register(args.cfg, sweep=True, resume=args.resume).summary())
+    print(train_and_register(args.cfg, sweep=True, resume=args.resume,
+                             dataset_version=args.dataset_version).summary())

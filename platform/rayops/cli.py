@@ -102,28 +102,35 @@ def ingest(
 
 ResumeOpt = Annotated[bool, typer.Option(
     help="Continue the last run of this pipeline whose driver died.")]
+DatasetVersionOpt = Annotated[int | None, typer.Option(
+    min=1, help="Curated dataset version (a Delta table version) to train on; default: "
+    "the latest.")]
 
 
-def _train(config: Path, overrides: list[str] | None, sweep: bool, resume: bool) -> None:
+def _train(config: Path, overrides: list[str] | None, sweep: bool, resume: bool,
+           dataset_version: int | None) -> None:
     from rayops.pipeline import train_and_register
 
     cfg = _load(config, overrides)
     _connect(cfg)
-    typer.echo(train_and_register(cfg, sweep=sweep, resume=resume).summary())
+    typer.echo(train_and_register(cfg, sweep=sweep, resume=resume,
+                                  dataset_version=dataset_version).summary())
     _logs_line()
 
 
 @app.command()
-def train(config: ConfigArg, overrides: SetOpt = None, resume: ResumeOpt = False) -> None:
-    """Train on the latest dataset version; the model becomes challenger, and champion if
-    it beats the current one on the same validation data."""
-    _train(config, overrides, sweep=False, resume=resume)
+def train(config: ConfigArg, overrides: SetOpt = None, resume: ResumeOpt = False,
+          dataset_version: DatasetVersionOpt = None) -> None:
+    """Train on the latest dataset version (or --dataset-version N); the model becomes
+    challenger, and champion if it beats the current one on the same validation data."""
+    _train(config, overrides, sweep=False, resume=resume, dataset_version=dataset_version)
 
 
 @app.command()
-def tune(config: ConfigArg, overrides: SetOpt = None, resume: ResumeOpt = False) -> None:
+def tune(config: ConfigArg, overrides: SetOpt = None, resume: ResumeOpt = False,
+         dataset_version: DatasetVersionOpt = None) -> None:
     """Sweep hyperparameters; the best model is gated against the champion like `train`."""
-    _train(config, overrides, sweep=True, resume=resume)
+    _train(config, overrides, sweep=True, resume=resume, dataset_version=dataset_version)
 
 
 @app.command()

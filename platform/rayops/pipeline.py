@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from rayops.config import PipelineConfig
 from rayops.data.ingest import ingest
 from rayops.data.versions import DatasetVersion, load_version, version_number
+from rayops.errors import ConfigError
 from rayops.gate import Decision, register_and_gate
 from rayops.train import run_training
 from rayops.tune import run_sweep
@@ -39,9 +40,16 @@ class PipelineResult:
 
 
 def train_and_register(cfg: PipelineConfig, version: DatasetVersion | None = None,
-                       sweep: bool | None = None, resume: bool = False) -> ModelResult:
+                       sweep: bool | None = None, resume: bool = False,
+                       dataset_version: int | None = None) -> ModelResult:
     """A training run (or a sweep, when tune.enabled) registered as challenger and promoted
-    to champion if it beats the current one on the same validation data."""
+    to champion if it beats the current one on the same validation data. It trains on
+    ``version``, else on ``dataset_version`` (a table version), else on the latest."""
+    if version is None and dataset_version is not None:
+        if resume:
+            raise ConfigError("--resume continues on the dataset version the run started "
+                              f"on; drop --dataset-version {dataset_version}")
+        version = load_version(cfg, dataset_version)
     if cfg.tune.enabled if sweep is None else sweep:
         swept = run_sweep(cfg, version, resume=resume)
         run_id, metrics, model_uri = swept.best_run_id, swept.metrics, swept.model_uri

@@ -109,19 +109,22 @@ def connect(cfg: PipelineConfig, output: Output | None = None) -> None:
 class JobArgs:
     cfg: PipelineConfig
     resume: bool
+    dataset_version: int | None = None
 
 
 def job_args(description: str, argv: Sequence[str] | None = None) -> JobArgs:
-    """Parse a job's ``--config PATH [--set KEY=VALUE ...] [--resume]``, set up logging
-    and connect to Ray."""
+    """Parse a job's ``--config PATH [--set KEY=VALUE ...] [--resume] [--dataset-version N]``,
+    set up logging and connect to Ray."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="Pipeline config YAML.")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="Override a config key (repeatable).")
     parser.add_argument("--resume", action="store_true",
                         help="Continue the last run whose driver died (train, tune).")
+    parser.add_argument("--dataset-version", type=int, default=None, metavar="N",
+                        help="Train on this curated dataset version (default: the latest).")
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config(args.config, args.overrides)
     connect(cfg)
-    return JobArgs(cfg, args.resume)
+    return JobArgs(cfg, args.resume, args.dataset_version)

@@ -1,12 +1,17 @@
 """ETL throughput: rayops ingest (Ray Data) against a single-process pyarrow baseline.
 
 Both do the same work on the same raw CSV files (churn data with ~1% malformed values):
-read, validate against the schema contract, split, write train/valid/quarantine Parquet, and
-gather the statistics the preprocessing is fitted from. The baseline calls the same per-file
-and per-block functions in one process, so the ratio measures what Ray Data's parallelism
-gains and its overhead costs. Runs on the local default and on a moto S3 endpoint.
+read, validate against the schema contract, split, write the curated and quarantine Parquet
+files, gather the statistics the preprocessing is fitted from and commit one Delta table
+version. The baseline calls the same per-file and per-block functions in one process, so the
+ratio measures what Ray Data's parallelism gains and its overhead costs. Runs on the local
+default and on a moto S3 endpoint.
 
-    .venv/bin/python tests/benchmarks/bench_etl.py [--rows 5000000] [--skip-s3]
+The incremental case ingests ``--arrivals`` small files one at a time (as ``ingest --watch``
+does) and reports the time of the last ingest over the first: the work of one ingest must
+not grow with the dataset's history.
+
+    .venv/bin/python tests/benchmarks/bench_etl.py [--rows 5000000] [--skip-s3] [--arrivals 50]
 
 The last line printed is one JSON object with the figures.
 """
@@ -29,15 +34,18 @@ from _setup import demo_config, start_bench
 
 from rayops.config import PipelineConfig
 from rayops.data import stats
+from rayops.data import table as delta
 from rayops.data.curate import (
     block_summary,
     merge_summaries,
+    rows_schema,
     used_columns,
     validate_batch,
     write_block,
 )
 from rayops.data.ingest import file_source, ingest
 from rayops.data.preprocess import fit
+from rayops.data.schema import SPLIT
 from rayops.data.sources import read_file
 from rayops.demo import churn
 from rayops.storage import Location, ensure_bucket, root_of
@@ -84,13 +92,19 @@ def baseline(cfg: PipelineConfig, out: Location) -> int:
     source = file_source(cfg)
     columns = list(used_columns(cfg.data))
     items = source.snapshot()
-    summaries = []
-    for n, item in enumerate(items):
+    summaries, written = [], []
+    rows_table = out.join("rows")
+    for item in items:
         table = validate_batch(read_file(source.location.fs, "csv", item, columns), cfg.data)
-        write_block(table, out, f"{n:05d}")
+        written += write_block(table, rows_table, out.join("quarantine"))["rows"]
         summaries.append(block_summary(table, cfg.data))
     summary = merge_summaries(summaries, len(items))
     fit(stats.merge([summary.stats]), cfg.data)
+    schema = rows_schema(cfg.data)
+    table = delta.ensure_table(rows_table, schema, [SPLIT])
+    delta.commit(rows_table, table, [delta.action_from_dict(a) for a in written],
+                 mode="append", schema=schema, partition_by=[SPLIT], metadata={},
+                 transaction=delta.Transaction("bench", 1))
     return summary.read
 
 
@@ -131,6 +145,33 @@ def run_store(label: str, cfg: PipelineConfig, rows: int, files: int) -> dict[st
     return {"baseline": base, "rayops": ray_figs, "ratio": round(ratio, 3)}
 
 
+def incremental(cfg: PipelineConfig, arrivals: int, rows_per_file: int) -> dict[str, Any]:
+    """``arrivals`` small files, each ingested on its own; seconds per ingest."""
+    cfg = cfg.with_overrides({"data.source": "arrivals", "data.dataset": "arrivals"})
+    location = file_source(cfg).location
+    seconds = []
+    for i in range(arrivals):
+        churn.write(churn.generate(rows_per_file, seed=5000 + i), location.join(f"a{i:04d}"),
+                    files=1)
+        start = time.perf_counter()
+        version = ingest(cfg)
+        seconds.append(time.perf_counter() - start)
+        if i in (0, arrivals - 1) or (i + 1) % 10 == 0:
+            print(f"  arrival {i + 1:3d}: {seconds[-1]:.2f}s (version {version.version})",
+                  flush=True)
+    figures = {"arrivals": arrivals, "first_s": round(seconds[0], 3),
+               "last_s": round(seconds[-1], 3),
+               "median_first_10_s": round(sorted(seconds[:10])[5], 3),
+               "median_last_10_s": round(sorted(seconds[-10:])[5], 3),
+               "last_over_first": round(seconds[-1] / seconds[0], 3)}
+    figures["median_last_over_first_10"] = round(
+        figures["median_last_10_s"] / figures["median_first_10_s"], 3)
+    print(f"incremental: {arrivals} arrivals of {rows_per_file} rows, first {seconds[0]:.2f}s, "
+          f"last {seconds[-1]:.2f}s, ratio {figures['last_over_first']:.2f} (medians of 10: "
+          f"{figures['median_last_over_first_10']:.2f})", flush=True)
+    return figures
+
+
 def start_moto(port: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                              str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -152,6 +193,8 @@ def main() -> None:
     parser.add_argument("--object-store-mb", type=int, default=256,
                         help="Ray object store size; below the data size on purpose.")
     parser.add_argument("--skip-s3", action="store_true")
+    parser.add_argument("--arrivals", type=int, default=50)
+    parser.add_argument("--arrival-rows", type=int, default=2000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
@@ -162,6 +205,7 @@ def main() -> None:
     quarantine = "data.max_quarantine_fraction=0.5"
     results = {"local": run_store("local", demo_config(work, quarantine), args.rows,
                                   args.files)}
+    steps = incremental(demo_config(work, quarantine), args.arrivals, args.arrival_rows)
     if not args.skip_s3:
         port = 5599
         moto = start_moto(port)
@@ -180,6 +224,10 @@ def main() -> None:
         "object_store_mb": args.object_store_mb,
         "rows": args.rows,
         "cpus": os.cpu_count(),
+        "incremental_last_over_first": steps["last_over_first"],
+        "incremental_median_last_over_first_10": steps["median_last_over_first_10"],
+        "incremental_first_s": steps["first_s"],
+        "incremental_last_s": steps["last_s"],
         **({"s3_rayops_rows_per_s": results["s3"]["rayops"]["rows_per_s"],
             "s3_baseline_rows_per_s": results["s3"]["baseline"]["rows_per_s"],
             "s3_ratio": results["s3"]["ratio"],

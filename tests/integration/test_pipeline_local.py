@@ -51,13 +51,14 @@ def test_ingest_accounts_for_every_row_and_keeps_rejects(cfg, dataset):
     assert reasons["age: not a finite number"] > 0
     assert reasons["churned: missing label (column is not nullable)"] > 0
     assert sum(reasons.values()) == rows["quarantine"]
-    quarantine = dataset.read("quarantine").to_pandas()
+    quarantine = dataset.quarantine().to_pandas()
     assert len(quarantine) == rows["quarantine"]
-    assert quarantine["_source_file"].str.endswith(".csv").all()
-    assert (quarantine["_source_row"] >= 2).all()
-    assert quarantine["_error"].str.contains(": ").all() and quarantine["_raw"].notna().all()
+    assert quarantine["source_file"].str.endswith(".csv").all()
+    assert (quarantine["line"] >= 2).all()
+    assert quarantine["reason"].str.contains(": ").all() and quarantine["raw"].notna().all()
+    assert (quarantine["dataset_version"] == 1).all()
     assert dataset.read("train").count() == rows["train"]
-    assert dataset.uri.endswith("curated/churn/versions/v000001.json")
+    assert dataset.uri.endswith("curated/churn/rows@v1")
 
 
 def test_ingest_again_on_unchanged_input_reuses_the_version(cfg, dataset):
@@ -143,3 +144,16 @@ def test_served_champion_answers_http(cfg, trained):
         assert bad.json()["detail"][0]["loc"] == ["body", "records", 0, "age"]
     finally:
         ray_serve.shutdown()
+
+
+def test_training_on_an_earlier_dataset_version_records_it(cfg, dataset, trained):
+    """After new rows arrive (version 2), --dataset-version 1 trains on version 1's rows."""
+    write_demo_data(file_source(cfg).location.join("later"), rows=600, seed=3)
+    newer = ingest(cfg)
+    assert newer.version == 2 and newer.manifest["rows"]["read"] == 4600
+    result = train_and_register(cfg.with_overrides({"train.epochs": 1}), sweep=False,
+                                dataset_version=1)
+    run = MlflowClient(cfg.tracking.uri).get_run(result.run_id)
+    assert result.dataset == dataset.id == run.data.tags["rayops.dataset_version"]
+    assert run.data.params["data.dataset_uri"].endswith("curated/churn/rows@v1")
+    assert run.data.params["dataset_rows.read"] == "4000"

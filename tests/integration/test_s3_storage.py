@@ -21,12 +21,14 @@ def test_ingest_and_train_through_s3(tmp_path, ray_start_4_cpus, s3_endpoint, s3
         "lake/raw/churn/part-0000.csv", "lake/raw/churn/part-0001.csv"]
 
     version = ingest(cfg)
-    assert version.uri == f"s3://{s3_bucket}/lake/curated/churn/versions/v000001.json"
+    assert version.uri == f"s3://{s3_bucket}/lake/curated/churn/rows@v1"
     keys = list_keys(s3_endpoint, s3_bucket, "lake/curated/churn/")
-    assert "lake/curated/churn/versions/v000001.json" in keys
-    (part,) = version.manifest["parts"]
-    train = f"lake/curated/churn/parts/{part['id']}/rayops_split=train/"
-    assert any(k.startswith(train) and k.endswith(".parquet") for k in keys)
+    assert "lake/curated/churn/rows/_delta_log/00000000000000000001.json" in keys
+    assert any(k.startswith("lake/curated/churn/rows/rayops_split=train/")
+               and k.endswith(".parquet") for k in keys)
+    assert any(k.startswith("lake/curated/churn/quarantine/") and k.endswith(".parquet")
+               for k in keys)
+    assert sum(k.startswith("lake/curated/churn/state/") for k in keys) == 1
     assert version.manifest["rows"]["read"] == 2000
 
     result = train_and_register(cfg, version, sweep=False)

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rayops.data.schema import ERROR, RAW, SOURCE_FILE, SOURCE_ROW
-from rayops.data.sources import UNREADABLE, FileSource, read_file
+from rayops.data.sources import FAILED, UNREADABLE, FileSource, read_file
 from rayops.errors import DataError
 from rayops.storage import resolve
 
@@ -101,15 +101,35 @@ def test_empty_source_says_what_it_looked_for(tmp_path):
         FileSource(resolve(str(tmp_path)), "parquet").snapshot()
 
 
-def test_a_raw_file_that_cannot_be_fetched_fails_instead_of_being_quarantined(tmp_path):
-    """Storage failures must not mark a file consumed as 'unreadable'; bad content does."""
-    from rayops.errors import StorageError
+class _Flaky:
+    """The local disk, failing the first ``failures`` opens like a dropped connection."""
 
-    folder = tmp_path / "looks-like-a-file.csv"
-    folder.mkdir()  # opening it fails in the filesystem, not in the parser
-    item = {"path": str(folder), "partitions": {}}
-    with pytest.raises(StorageError, match="cannot read raw file .*looks-like-a-file.csv"):
-        read_file(pafs.LocalFileSystem(), "csv", item, ["a"], endpoint=None)
+    def __init__(self, failures: int) -> None:
+        self.failures, self.opens = failures, 0
+
+    def open_input_stream(self, path, compression=None):
+        self.opens += 1
+        if self.opens <= self.failures:
+            raise OSError("connection reset by peer")
+        return pafs.LocalFileSystem().open_input_stream(path, compression=compression)
+
+
+def test_a_raw_file_that_cannot_be_fetched_is_retried_then_failed_not_quarantined(
+        tmp_path, monkeypatch):
+    """Storage failures are retried with backoff; one that outlasts the retries marks the
+    file failed (read again next time), never 'unreadable'; bad content is unreadable."""
+    monkeypatch.setattr("rayops.data.sources.FETCH_BACKOFF_S", 0.01)
+    good = tmp_path / "good.csv"
+    good.write_text("a\n1\n2\n")
+    recovers = _Flaky(failures=2)
+    table = read_file(recovers, "csv", {"path": str(good)}, ["a"])
+    assert recovers.opens == 3 and table.column("a").to_pylist() == ["1", "2"]
+    down = _Flaky(failures=99)
+    table = read_file(down, "csv", {"path": str(good)}, ["a"], endpoint="http://s3:9000")
+    assert down.opens == 3 and table.num_rows == 1
+    reason = table.column(ERROR)[0].as_py()
+    assert reason.startswith(FAILED) and "on endpoint http://s3:9000 after 3 attempts" in reason
+    assert "connection reset by peer" in reason
     corrupt = tmp_path / "corrupt.csv.gz"
     corrupt.write_bytes(b"not gzip at all")
     table = read_file(pafs.LocalFileSystem(), "csv", {"path": str(corrupt)}, ["a"])

@@ -158,8 +158,9 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
     previous = version_of(cfg, table)
     consumed: dict[str, dict[str, Any]] = {}
     earlier_stats: list[dict[str, Any]] = []
+    quarantine = None
     if previous is not None:
-        complete_quarantine(previous)  # in case the ingest that made it died before
+        quarantine = complete_quarantine(previous)  # in case its ingest died before
         state = previous.state()
         consumed, earlier_stats = state["consumed"], [state["stats"]]
     items = source.snapshot()
@@ -193,7 +194,9 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
         partition_by=[SPLIT], metadata={"rayops.manifest": json.dumps(manifest)},
         transaction=Transaction(delta.INGEST_APP, sequence))
     version = DatasetVersion(cfg.dataset_name, number, root, manifest)
-    complete_quarantine(version)
+    if quarantine is not None:
+        quarantine.update_incremental()
+    complete_quarantine(version, quarantine)
     rows = manifest["rows"]
     logger.info("committed %s: %d train + %d valid rows", version.id, rows["train"],
                 rows["valid"])

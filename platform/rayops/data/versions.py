@@ -193,11 +193,13 @@ def version_of(cfg: PipelineConfig, table: DeltaTable) -> DatasetVersion | None:
     return DatasetVersion(cfg.dataset_name, found[0], dataset_root(cfg), found[1])
 
 
-def complete_quarantine(version: DatasetVersion) -> DeltaTable:
-    """Append the version's rejected rows to the quarantine table unless that is done
-    (exactly once: the append carries the version as its transaction id)."""
+def complete_quarantine(version: DatasetVersion, table: DeltaTable | None = None
+                        ) -> DeltaTable:
+    """Append the version's rejected rows to the quarantine table (``table``, opened here
+    when None) unless that is done (exactly once: the append carries the version as its
+    transaction id)."""
     location = version.root.join(QUARANTINE)
-    table = delta.ensure_table(location, QUARANTINE_SCHEMA, [DATASET_VERSION])
+    table = table or delta.ensure_table(location, QUARANTINE_SCHEMA, [DATASET_VERSION])
     if (table.transaction_version(QUARANTINE_APP) or 0) >= version.version:
         return table
     actions = [delta.action_from_dict(a, {DATASET_VERSION: str(version.version)})

@@ -270,7 +270,8 @@ def _complete_run(cfg: PipelineConfig, version: DatasetVersion, run_id: str, bun
 def run_params(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:
     """What a training run logs as MLflow params (flattened later)."""
     return {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(),
-            "data": {"dataset_version": version.id, "task": cfg.data.task,
+            "data": {"dataset_version": version.id, "dataset_uri": version.uri,
+                     "task": cfg.data.task,
                      "label": cfg.data.label, "features": ",".join(cfg.data.feature_names)},
             "dataset_rows": version.manifest["rows"]}
 
