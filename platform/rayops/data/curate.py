@@ -93,17 +93,14 @@ def _is_failed(table: pa.Table) -> pa.ChunkedArray:
     return pc.fill_null(pc.starts_with(table.column(schema.ERROR), FAILED), False)
 
 
-def _failed(table: pa.Table) -> pa.Table:
-    return table.filter(_is_failed(table))
-
-
 def block_summary(table: pa.Table, data: DataConfig) -> dict[str, Any]:
     """Counts by split and reason, unreadable files and training statistics of one block."""
-    failed_rows = _failed(table)
+    failing = _is_failed(table)
+    failed_rows = table.filter(failing)
     failed = [{"path": f, "reason": e} for f, e in zip(
         failed_rows.column(schema.SOURCE_FILE).to_pylist(),
         failed_rows.column(schema.ERROR).to_pylist(), strict=True)]
-    table = table.filter(pc.invert(_is_failed(table)))
+    table = table.filter(pc.invert(failing))
     split = table.column(schema.SPLIT)
     rejected = table.filter(pc.equal(split, "quarantine"))
     errors = rejected.column(schema.ERROR).to_pylist()
