@@ -184,3 +184,17 @@ def test_gate_thresholds_are_validated():
         validate_config(_raw() | {"gate": {"min_improvement": -0.1}})
     with pytest.raises(ConfigError, match="gate.max_regression.*>= 0"):
         validate_config(_raw() | {"gate": {"max_regression": {"valid_recall": -1}}})
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.3.7", "::", "serve.internal"])
+def test_serving_beyond_loopback_requires_a_bearer_token(host):
+    with pytest.raises(ConfigError, match=rf"serve: .*host '{host}' is reachable from other "
+                                          r"machines: set auth_token_env or auth_token_file"):
+        validate_config(_raw() | {"serve": {"host": host}})
+    cfg = validate_config(_raw() | {"serve": {"host": host, "auth_token_env": "API_TOKEN"}})
+    assert cfg.serve.host == host
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_loopback_serving_needs_no_token(host):
+    assert validate_config(_raw() | {"serve": {"host": host}}).serve.auth_token_env is None

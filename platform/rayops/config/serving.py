@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from pathlib import Path
 
 from pydantic import (
@@ -64,6 +66,15 @@ class AutoscalingConfig(_Section):
         return self
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost: may resolve anywhere
+        return False
+
+
 class ServeConfig(_Section):
     app_name: str = Field("rayops", description="Name of the Serve application.")
     route_prefix: str = Field("/", description="HTTP prefix of the API.")
@@ -109,6 +120,18 @@ class ServeConfig(_Section):
         if not v.startswith("/"):
             raise ValueError("must start with '/'")
         return v
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> ServeConfig:
+        """An API reachable from other machines must ask for a bearer token."""
+        if not _is_loopback(self.host) and not (self.auth_token_env or self.auth_token_file):
+            raise ValueError(
+                f"host {self.host!r} is reachable from other machines: set auth_token_env or "
+                "auth_token_file so that requests need a bearer token (or keep host "
+                "127.0.0.1 and reach the API through a tunnel or a load balancer that "
+                "authenticates)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _batching(self) -> ServeConfig:
