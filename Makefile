@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.install-stamp
 # GPU users: see README ("GPU machines") and set TORCH_SPEC to the CUDA build they need.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install lint test demo bench clean
+.PHONY: install lint test demo bench image clean
 
 install: $(STAMP)
 
@@ -26,6 +26,15 @@ test: install lint
 
 demo: install
 	$(BIN)/rayops demo
+
+# Container images for cluster nodes (needs Docker): rayops:<version>-cpu and -gpu.
+IMAGE   ?= rayops
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+image:
+	docker build --build-arg FLAVOR=cpu -t $(IMAGE):$(VERSION)-cpu .
+	docker build --build-arg FLAVOR=gpu --build-arg TORCH_INDEX=https://pypi.org/simple \
+		-t $(IMAGE):$(VERSION)-gpu .
 
 BENCHMARKS := $(wildcard tests/benchmarks/bench_*.py)
 
