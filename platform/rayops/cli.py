@@ -148,8 +148,7 @@ def deploy(
     if emit is not None:
         import yaml
 
-        emit.write_text(yaml.safe_dump(serve.serve_config(cfg, config, overrides or []),
-                                       sort_keys=False))
+        emit.write_text(yaml.safe_dump(serve.serve_config(cfg), sort_keys=False))
         typer.echo(f"wrote {emit}: serve deploy {emit}  (or: serve run {emit})")
         return
     _connect(cfg)

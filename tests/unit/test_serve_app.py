@@ -212,16 +212,20 @@ def test_app_builder_for_serve_run_takes_typed_args():
 
     app = build_app(AppArgs(config=str(config_path()), overrides=["serve.max_batch_size=8"]))
     assert isinstance(app, Application)
-    with pytest.raises(ValueError, match="config"):
+    with pytest.raises(ValueError, match="confg\n  Extra inputs are not permitted"):
         AppArgs.model_validate({"confg": "x.yaml"})
+    with pytest.raises(ValueError, match="exactly one of 'pipeline'.*and 'config'"):
+        AppArgs.model_validate({})
 
 
 def test_emitted_serve_config_is_valid_for_serve_deploy(tmp_path):
     import yaml
+    from ray.serve import Application
     from ray.serve.schema import ServeDeploySchema
     from typer.testing import CliRunner
 
     from rayops.cli import app
+    from rayops.serve import AppArgs, build_app
 
     out = tmp_path / "serve.yaml"
     result = CliRunner().invoke(app, ["deploy", str(config_path()), "--emit", str(out),
@@ -231,7 +235,15 @@ def test_emitted_serve_config_is_valid_for_serve_deploy(tmp_path):
     parsed = ServeDeploySchema.parse_obj(emitted)
     (application,) = parsed.applications
     assert application.import_path == "rayops.serve:build_app"
-    assert application.args["overrides"] == ["serve.max_queued_requests=7"]
+    # The pipeline config travels inline, overrides applied: no path of this machine in it.
+    assert set(application.args) == {"pipeline"}
+    assert str(config_path()) not in out.read_text()
+    inline = AppArgs.model_validate(application.args)
+    from rayops.config import validate_config
+
+    expected = load_config(config_path(), ["serve.max_queued_requests=7"])
+    assert validate_config(inline.pipeline) == expected
+    assert isinstance(build_app(inline), Application)
     (deployment,) = application.deployments
     assert deployment.max_queued_requests == 7
     assert deployment.autoscaling_config["max_replicas"] == 2

@@ -5,14 +5,13 @@
 the connected cluster; ``serve_config`` writes the equivalent Serve config file.
 """
 
-from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 from ray.serve import Application
 
-from rayops.config import PipelineConfig, load_config
+from rayops.config import PipelineConfig, load_config, parse_overrides, validate_config
 from rayops.serve.deployment import ModelServer, replica_settings, wait_ready
 
 __all__ = ["AppArgs", "ModelServer", "build_app", "build_application", "deploy",
@@ -45,16 +44,38 @@ def build_application(cfg: PipelineConfig) -> Application:
 
 
 class AppArgs(BaseModel):
-    """Arguments of :func:`build_app`, e.g. ``serve run rayops.serve:build_app config=x.yaml``."""
+    """Arguments of :func:`build_app`: the pipeline config inline (what ``deploy --emit``
+    writes, so the Serve config needs no file on the cluster), or the path of a config file
+    that exists where Serve runs (``serve run rayops.serve:build_app config=x.yaml``)."""
 
     model_config = ConfigDict(extra="forbid")
-    config: str = Field(description="Path of the pipeline config file.")
+    pipeline: dict[str, Any] | None = Field(None, description="The pipeline config itself.")
+    config: str | None = Field(None, description="Path of the pipeline config file.")
     overrides: list[str] = Field(default_factory=list, description="KEY=VALUE overrides.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "AppArgs":
+        if (self.pipeline is None) == (self.config is None):
+            raise ValueError("give exactly one of 'pipeline' (the config inline) and 'config' "
+                             "(a path)")
+        return self
 
 
 def build_app(args: AppArgs) -> Application:
     """Import path for ``serve run`` / ``serve deploy``."""
+    if args.pipeline is not None:
+        cfg = validate_config(args.pipeline, "serve application args 'pipeline'")
+        return build_application(cfg.with_overrides(parse_overrides(args.overrides))
+                                 if args.overrides else cfg)
+    assert args.config is not None
     return build_application(load_config(args.config, args.overrides))
+
+
+def inline_config(cfg: PipelineConfig) -> dict[str, Any]:
+    """The validated config as plain data for another machine: credentials left out (they
+    come from that machine's environment), every default written out."""
+    return cfg.model_dump(mode="json", exclude={"storage": {
+        "access_key_id", "secret_access_key", "session_token"}})
 
 
 def _http_options(cfg: PipelineConfig) -> dict[str, Any]:
@@ -71,8 +92,9 @@ def deploy(cfg: PipelineConfig) -> str:
     return f"http://{host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}"
 
 
-def serve_config(cfg: PipelineConfig, config_path: Path, overrides: list[str]) -> dict[str, Any]:
-    """A Serve config file (``serve deploy`` / ``serve run``) equivalent to ``deploy``."""
+def serve_config(cfg: PipelineConfig) -> dict[str, Any]:
+    """A Serve config file (``serve deploy`` / ``serve run``) equivalent to ``deploy``; the
+    pipeline config (overrides applied) travels inline, so no local path is in it."""
     options = deployment_options(cfg)
     name = options.pop("name")
     return {
@@ -82,7 +104,7 @@ def serve_config(cfg: PipelineConfig, config_path: Path, overrides: list[str]) -
             "name": cfg.serve.app_name,
             "route_prefix": cfg.serve.route_prefix,
             "import_path": "rayops.serve:build_app",
-            "args": {"config": str(config_path.resolve()), "overrides": overrides},
+            "args": {"pipeline": inline_config(cfg)},
             "deployments": [{"name": name, **options}],
         }],
     }
