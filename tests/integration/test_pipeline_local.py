@@ -124,8 +124,9 @@ def test_optuna_sweep_logs_nested_trials_and_gates_the_best(cfg, dataset, traine
 
 def test_served_champion_answers_http(cfg, trained):
     from ray import serve as ray_serve
+    from ray.serve.schema import ServeDeploySchema
 
-    from rayops.serve import deploy
+    from rayops.serve import AppArgs, build_app, deploy, serve_config
 
     url = deploy(cfg)
     try:
@@ -142,6 +143,21 @@ def test_served_champion_answers_http(cfg, trained):
                                                                    "age": "old"}]}, timeout=30)
         assert bad.status_code == 422
         assert bad.json()["detail"][0]["loc"] == ["body", "records", 0, "age"]
+
+        # What `deploy --emit` writes, built from its import path and args as `serve deploy`
+        # builds it, answers on the same cluster: the config needs no file of this machine.
+        emitted = serve_config(cfg.with_overrides({"serve.app_name": "emitted",
+                                                   "serve.route_prefix": "/emitted"}))
+        (application,) = ServeDeploySchema.parse_obj(emitted).applications
+        assert application.import_path == "rayops.serve:build_app"
+        ray_serve.run(build_app(AppArgs.model_validate(application.args)),
+                      name=application.name, route_prefix=application.route_prefix,
+                      blocking=False)
+        wait_http(f"{url}/emitted/health", 120)
+        answer = requests.post(f"{url}/emitted/predict", json={"records": SAMPLE_RECORDS},
+                               timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"]["version"] == champion.version
     finally:
         ray_serve.shutdown()
 
