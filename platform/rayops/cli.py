@@ -260,6 +260,34 @@ def demo(
 
 
 @app.command()
+def k8s(
+    config: ConfigArg,
+    image: Annotated[str, typer.Option(
+        help="rayops' image without the -cpu/-gpu suffix, e.g. registry/rayops:0.1.0.")],
+    cluster: Annotated[Path, typer.Option(
+        help="cluster.yaml whose node types become the worker groups.")] = Path("cluster.yaml"),
+    redis: Annotated[str, typer.Option(
+        help="Redis for the RayService's GCS fault tolerance (host:port).")] = "redis:6379",
+    output: Annotated[Path, typer.Option(help="Folder for the manifests.")] = Path("k8s"),
+    overrides: SetOpt = None,
+) -> None:
+    """Write KubeRay manifests: ConfigMap, RayCluster, RayJob (ingest and train) and
+    RayService (serving, GCS fault tolerance with Redis), token authentication on."""
+    import yaml
+
+    from rayops.k8s import manifests
+
+    cfg = _load(config, overrides)
+    output.mkdir(parents=True, exist_ok=True)
+    for manifest in manifests(cfg, image, cluster, redis_address=redis):
+        target = output / f"{manifest['kind'].lower()}.yaml"
+        target.write_text(yaml.safe_dump(manifest, sort_keys=False))
+        typer.echo(f"wrote {target}")
+    typer.echo(f"kubectl apply -f {output}/configmap.yaml -f {output}/raycluster.yaml "
+               f"(or rayjob.yaml, rayservice.yaml)")
+
+
+@app.command()
 def quarantine(
     config: ConfigArg,
     overrides: SetOpt = None,

@@ -1,0 +1,156 @@
+"""KubeRay manifests for a pipeline: a RayCluster, a RayJob that ingests and trains on its
+own cluster, and a RayService that serves the champion (``rayops k8s CONFIG``).
+
+The worker groups mirror ``cluster.yaml``'s node types (name, CPUs, GPUs, min and max), so
+AWS and Kubernetes run the same shape; every pod runs rayops' image (``make image``); the
+pipeline config travels in a ConfigMap, the Serve config inline in ``serveConfigV2``.
+Ray's token authentication is on (``authOptions``); the RayService's GCS keeps its state
+in Redis (``gcsFaultToleranceOptions``), so a restarted head pod finds its applications.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rayops.config import PipelineConfig
+from rayops.errors import ConfigError
+
+RAY_VERSION = "2.60.0"  # the version pyproject.toml pins (a test checks it)
+API_VERSION = "ray.io/v1"
+CONFIG_MOUNT = "/home/ray/pipeline"
+CODE = "/home/ray/rayops"
+
+
+def _group_name(node_type: str) -> str:
+    return node_type.replace("_", "-")
+
+
+def node_groups(cluster_yaml: Path) -> list[dict[str, Any]]:
+    """The worker node types of ``cluster.yaml``: name, CPUs, GPUs, min and max workers."""
+    try:
+        cluster = yaml.safe_load(cluster_yaml.read_text())
+        head = cluster["head_node_type"]
+        types = cluster["available_node_types"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read node types from {cluster_yaml}: {exc}") from None
+    return [{"name": name, "cpus": int(t["resources"].get("CPU", 1)),
+             "gpus": int(t["resources"].get("GPU", 0)), "min": int(t.get("min_workers", 0)),
+             "max": int(t.get("max_workers", 0))}
+            for name, t in types.items() if name != head]
+
+
+def _container(name: str, image: str, cpus: int, gpus: int, ports: list[tuple[str, int]]
+               ) -> dict[str, Any]:
+    limits: dict[str, Any] = {"cpu": str(cpus), "memory": f"{cpus * 4}Gi"}
+    if gpus:
+        limits["nvidia.com/gpu"] = str(gpus)
+    container: dict[str, Any] = {
+        "name": name, "image": image,
+        "resources": {"requests": dict(limits), "limits": limits},
+        "volumeMounts": [{"name": "pipeline", "mountPath": CONFIG_MOUNT}],
+    }
+    if ports:
+        container["ports"] = [{"name": n, "containerPort": p} for n, p in ports]
+    return container
+
+
+def _pod(container: dict[str, Any], config_map: str) -> dict[str, Any]:
+    return {"spec": {"containers": [container],
+                     "volumes": [{"name": "pipeline", "configMap": {"name": config_map}}]}}
+
+
+def cluster_spec(image: str, groups: list[dict[str, Any]], config_map: str) -> dict[str, Any]:
+    """A RayCluster spec: an autoscaling head and one worker group per node type."""
+    head = _container("ray-head", f"{image}-cpu", 4, 0,
+                      [("gcs", 6379), ("dashboard", 8265), ("serve", 8000)])
+    workers = []
+    for group in groups:
+        flavour = "gpu" if group["gpus"] else "cpu"
+        workers.append({
+            "groupName": _group_name(group["name"]),
+            "replicas": group["min"], "minReplicas": group["min"],
+            "maxReplicas": group["max"],
+            "rayStartParams": {},
+            "template": _pod(_container("ray-worker", f"{image}-{flavour}", group["cpus"],
+                                        group["gpus"], []), config_map),
+        })
+    return {
+        "rayVersion": RAY_VERSION,
+        "enableInTreeAutoscaling": True,
+        "authOptions": {"mode": "token"},
+        # Inside the pod: KubeRay reaches the dashboard through its ClusterIP service, which
+        # is not exposed outside the Kubernetes cluster; token authentication guards it.
+        "headGroupSpec": {"rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+                          "template": _pod(head, config_map)},
+        "workerGroupSpecs": workers,
+    }
+
+
+def _check_portable(cfg: PipelineConfig) -> None:
+    """Pods share no disk with this machine: the lake and MLflow must be services."""
+    if not cfg.storage.root.startswith("s3://"):
+        raise ConfigError(f"storage.root {cfg.storage.root!r} is a local folder: pods on "
+                          "Kubernetes need an object store (s3://bucket/prefix)")
+    if not cfg.tracking.uri.startswith(("http://", "https://")):
+        raise ConfigError(f"tracking.uri {cfg.tracking.uri!r} is not an MLflow server: pods "
+                          "on Kubernetes need one (http://mlflow.<namespace>:5000)")
+
+
+def _with_serve_token(spec: dict[str, Any], cfg: PipelineConfig) -> None:
+    """Every container gets the bearer token from the Secret ``{name}-serve-token``."""
+    env_name = cfg.serve.auth_token_env
+    if env_name is None:
+        return
+    templates = [spec["headGroupSpec"]["template"],
+                 *(g["template"] for g in spec["workerGroupSpecs"])]
+    for template in templates:
+        for container in template["spec"]["containers"]:
+            container.setdefault("env", []).append({"name": env_name, "valueFrom": {
+                "secretKeyRef": {"name": f"{cfg.name}-serve-token", "key": "token"}}})
+
+
+def manifests(cfg: PipelineConfig, image: str, cluster_yaml: Path,
+              redis_address: str = "redis:6379", redis_secret: str = "rayops-redis"
+              ) -> list[dict[str, Any]]:
+    """ConfigMap, RayCluster, RayJob and RayService for ``cfg``; ``image`` without the
+    ``-cpu``/``-gpu`` suffix (e.g. ``registry/rayops:0.1.0``)."""
+    from rayops.serve import inline_config, serve_config
+
+    _check_portable(cfg)
+    # Serve's proxy listens on the pod's address (KubeRay's serve Service routes to it), so
+    # the config must ask for a bearer token: the config refuses to load otherwise.
+    serving = cfg.with_overrides({"serve.host": "0.0.0.0"})
+    name = cfg.name
+    config_map = f"{name}-pipeline"
+    groups = node_groups(cluster_yaml)
+    spec = cluster_spec(image, groups, config_map)
+    service_spec = copy.deepcopy(spec)
+    _with_serve_token(service_spec, serving)
+    service_spec["gcsFaultToleranceOptions"] = {
+        "redisAddress": redis_address,
+        "redisPassword": {"valueFrom": {"secretKeyRef": {"name": redis_secret,
+                                                         "key": "password"}}},
+        "externalStorageNamespace": name,
+    }
+    pipeline_yaml = yaml.safe_dump(inline_config(cfg), sort_keys=False)
+    config = f"{CONFIG_MOUNT}/pipeline.yaml"
+    return [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": config_map},
+         "data": {"pipeline.yaml": pipeline_yaml}},
+        {"apiVersion": API_VERSION, "kind": "RayCluster", "metadata": {"name": name},
+         "spec": copy.deepcopy(spec)},
+        {"apiVersion": API_VERSION, "kind": "RayJob", "metadata": {"name": f"{name}-pipeline"},
+         # Ingest, then train and gate; serving is the RayService's, which follows the
+         # champion alias, so this cluster can go away when the job ends.
+         "spec": {"entrypoint": f"python {CODE}/jobs/ingest.py --config {config} && "
+                                f"python {CODE}/jobs/train.py --config {config}",
+                  "shutdownAfterJobFinishes": True, "ttlSecondsAfterFinished": 3600,
+                  "rayClusterSpec": copy.deepcopy(spec)}},
+        {"apiVersion": API_VERSION, "kind": "RayService", "metadata": {"name": f"{name}-serve"},
+         "spec": {"serveConfigV2": yaml.safe_dump(serve_config(serving), sort_keys=False),
+                  "rayClusterConfig": service_spec}},
+    ]
