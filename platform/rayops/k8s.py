@@ -43,9 +43,14 @@ def node_groups(cluster_yaml: Path) -> list[dict[str, Any]]:
             for name, t in types.items() if name != head]
 
 
+# A pod cannot ask for a whole node: the kubelet and system daemons keep some of it.
+MEMORY_GI_PER_CPU = 3
+
+
 def _container(name: str, image: str, cpus: int, gpus: int, ports: list[tuple[str, int]]
                ) -> dict[str, Any]:
-    limits: dict[str, Any] = {"cpu": str(cpus), "memory": f"{cpus * 4}Gi"}
+    usable = max(1, cpus - 1)  # of the node type's CPUs, one left to the node itself
+    limits: dict[str, Any] = {"cpu": str(usable), "memory": f"{usable * MEMORY_GI_PER_CPU}Gi"}
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
     container: dict[str, Any] = {

@@ -131,7 +131,8 @@ def test_versions_images_and_groups_match_the_pins_and_cluster_yaml(generated):
             assert container["image"] == f"{IMAGE}-{'gpu' if gpus else 'cpu'}"
             assert container["resources"]["limits"].get("nvidia.com/gpu") == (
                 str(gpus) if gpus else None)
-            assert container["resources"]["limits"]["cpu"] == str(node["resources"]["CPU"])
+            # a node type's CPUs but one (the kubelet's): the pod fits on its node
+            assert container["resources"]["limits"]["cpu"] == str(node["resources"]["CPU"] - 1)
             assert (group["minReplicas"], group["maxReplicas"]) == (
                 node["min_workers"], node["max_workers"])
         (head,) = spec["headGroupSpec"]["template"]["spec"]["containers"]
