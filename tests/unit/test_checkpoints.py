@@ -40,3 +40,20 @@ def test_the_registered_checkpoint_when_storage_has_nothing_newer(tmp_path):
         "epoch"] == 2
     assert latest_state(resolve(str(tmp_path / "empty")), None) is None
     assert history_of(None) == []
+
+
+def test_a_snapshot_cut_short_by_a_killed_driver_is_set_aside(tmp_path):
+    """Ray Train refuses to start from an empty or truncated snapshot
+    (CheckpointManagerInitializationError); the run resumes from stored checkpoints."""
+    from rayops.train.loop import SNAPSHOT_FILE, set_aside_broken_snapshot
+
+    run = tmp_path / "run"
+    _write(run / "checkpoint_a", 1)
+    (run / SNAPSHOT_FILE).write_text("")
+    assert set_aside_broken_snapshot(resolve(str(run)))
+    assert not (run / SNAPSHOT_FILE).exists()
+    assert [p.name.startswith(f"{SNAPSHOT_FILE}.broken-") for p in run.iterdir()].count(True) == 1
+    (run / SNAPSHOT_FILE).write_text('{"checkpoint_results": []}')
+    assert not set_aside_broken_snapshot(resolve(str(run)))  # a whole one stays
+    assert (run / SNAPSHOT_FILE).exists()
+    assert not set_aside_broken_snapshot(resolve(str(tmp_path / "new-run")))  # none yet

@@ -46,6 +46,7 @@ from rayops.train.loop import (
     checkpoints_of,
     history_of,
     latest_state,
+    set_aside_broken_snapshot,
     train_fn_per_worker,
 )
 from rayops.train.records import mark_failed, new_record, resumable, runs_folder, write_record
@@ -126,6 +127,7 @@ def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
                             "CPUs")
     metric, mode = cfg.target_metric
     checkpoints = checkpoints_of(cfg)
+    set_aside_broken_snapshot(checkpoints.join(run_name))
     resources = {**cfg.train.resources_per_worker, "CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
         resources["GPU"] = 1

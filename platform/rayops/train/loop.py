@@ -221,6 +221,30 @@ def checkpoints_of(cfg: PipelineConfig, run_name: str | None = None) -> Location
     return location.join(run_name) if run_name else location
 
 
+# Ray Train's record of a run's checkpoints, rewritten after each one (Train V2's name).
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+
+
+def set_aside_broken_snapshot(run: Location) -> bool:
+    """A driver killed while Ray Train rewrote its snapshot leaves it empty or cut short,
+    and Ray Train then refuses to start the run. Move such a file aside (the run resumes
+    from the newest checkpoint in storage, see :func:`latest_state`); True when it did."""
+    snapshot = run.join(SNAPSHOT_FILE)
+    if not snapshot.exists():
+        return False
+    try:
+        json.loads(snapshot.read_bytes())
+        return False
+    except ValueError:
+        aside = run.join(f"{SNAPSHOT_FILE}.broken-{int(time.time())}")
+        with run.io("set aside the broken snapshot in"):
+            run.fs.move(snapshot.path, aside.path)
+        logger.warning("Ray Train's snapshot %s was cut short (its driver died while writing "
+                       "it); set aside as %s, resuming from the newest stored checkpoint",
+                       snapshot.uri, aside.uri)
+        return True
+
+
 def _stored(run: Location) -> list[tuple[int, Location]]:
     """(epoch, folder) of every checkpoint rank 0 wrote for the run, newest first, whether
     or not Ray Train registered it."""
