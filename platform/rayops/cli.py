@@ -287,6 +287,41 @@ def k8s(
                f"(or rayjob.yaml, rayservice.yaml)")
 
 
+@app.command("simulated-cluster")
+def simulated_cluster(
+    cluster: Annotated[Path, typer.Option(
+        help="cluster.yaml whose node types the simulation takes.")] = Path("cluster.yaml"),
+    port: Annotated[int, typer.Option(help="The head's GCS port (Redis may hold 6379).")
+                    ] = 6380,
+    idle_timeout_minutes: Annotated[float | None, typer.Option(
+        help="Idle workers are removed after this (default: cluster.yaml's).")] = None,
+    output: Annotated[Path, typer.Option(help="Autoscaling config to write.")
+                      ] = Path("simulated-cluster.yaml"),
+) -> None:
+    """Write an autoscaling config with cluster.yaml's node types for Ray's fake
+    multi-node provider and print the `ray start` that runs it on this machine: the real
+    autoscaler launching and removing local nodes, token authentication on."""
+    import yaml
+
+    from rayops.cluster import (
+        SIMULATED_ENV,
+        read_shape,
+        shell_line,
+        simulated_config,
+        simulated_start_command,
+    )
+
+    shape = read_shape(cluster)
+    output.write_text(yaml.safe_dump(
+        simulated_config(shape, port, idle_timeout_minutes), sort_keys=False))
+    typer.echo(f"wrote {output}: head {shape.head.resources}, "
+               + ", ".join(f"{t.name} {t.resources} x{t.min_workers}-{t.max_workers}"
+                           for t in shape.workers))
+    typer.echo("ray get-auth-token --generate   # once: ~/.ray/auth_token")
+    typer.echo(shell_line(simulated_start_command(shape, output, port), SIMULATED_ENV))
+    typer.echo("ray stop   # ends it, simulated nodes included")
+
+
 @app.command()
 def quarantine(
     config: ConfigArg,

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from rayops.cluster import read_shape
 from rayops.config import PipelineConfig
 from rayops.errors import ConfigError
 
@@ -31,16 +32,8 @@ def _group_name(node_type: str) -> str:
 
 def node_groups(cluster_yaml: Path) -> list[dict[str, Any]]:
     """The worker node types of ``cluster.yaml``: name, CPUs, GPUs, min and max workers."""
-    try:
-        cluster = yaml.safe_load(cluster_yaml.read_text())
-        head = cluster["head_node_type"]
-        types = cluster["available_node_types"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read node types from {cluster_yaml}: {exc}") from None
-    return [{"name": name, "cpus": int(t["resources"].get("CPU", 1)),
-             "gpus": int(t["resources"].get("GPU", 0)), "min": int(t.get("min_workers", 0)),
-             "max": int(t.get("max_workers", 0))}
-            for name, t in types.items() if name != head]
+    return [{"name": t.name, "cpus": t.cpus, "gpus": t.gpus, "min": t.min_workers,
+             "max": t.max_workers} for t in read_shape(cluster_yaml).workers]
 
 
 # A pod cannot ask for a whole node: the kubelet and system daemons keep some of it.

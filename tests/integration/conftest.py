@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -261,7 +262,38 @@ def _kill_processes_mentioning(markers: list[str]) -> None:
     for proc in victims.values():
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()
-    _, alive = psutil.wait_procs(list(victims.values()), timeout=15)
+    # Ray's GCS server ignores SIGTERM for a while; a test cluster needs no graceful end.
+    _, alive = psutil.wait_procs(list(victims.values()), timeout=5)
     for proc in alive:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
+
+
+REPO = Path(__file__).parents[2]
+
+
+def job_dir(tmp_path: Path, cfg: Any) -> Path:
+    """A `--working-dir` for a job: the thin entrypoints and ``cfg`` as pipeline.yaml."""
+    import yaml
+
+    workdir = tmp_path / "job"
+    shutil.copytree(REPO / "jobs", workdir / "jobs", ignore=shutil.ignore_patterns("configs"))
+    (workdir / "pipeline.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return workdir
+
+
+def submit_job(address: str, workdir: Path | None, *job: str,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`ray job submit` (waits for the end), retried while a new cluster's job agent is
+    still starting; without ``workdir``, no working directory travels."""
+    deadline = time.monotonic() + 120
+    sent = ["--working-dir", str(workdir)] if workdir is not None else []
+    while True:
+        result = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", address, *sent, "--",
+             sys.executable, *job],
+            capture_output=True, text=True, timeout=600, env=env,
+        )
+        if "No available agent" not in result.stderr or time.monotonic() > deadline:
+            return result
+        time.sleep(2)

@@ -2,53 +2,33 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow import MlflowClient
 
 from rayops.data.ingest import file_source, ingest
 from tests.helpers import assert_resumed_once, demo_config, wait_for, write_demo_data
+from tests.integration.conftest import job_dir, submit_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-REPO = Path(__file__).parents[2]
-
-
-def _submit(address: str, workdir: Path, *job: str) -> subprocess.CompletedProcess:
-    """`ray job submit`, retried while the new cluster's job agent is still starting."""
-    ray = str(Path(sys.executable).parent / "ray")
-    deadline = time.monotonic() + 120
-    while True:
-        result = subprocess.run(
-            [ray, "job", "submit", "--address", address, "--working-dir", str(workdir), "--",
-             sys.executable, *job],
-            capture_output=True, text=True, timeout=600,
-        )
-        if "No available agent" not in result.stderr or time.monotonic() > deadline:
-            return result
-        time.sleep(2)
 
 
 def test_ingest_and_train_jobs_on_a_cluster(tmp_path, ray_head_cluster):
     cfg = demo_config(tmp_path, **{"train.epochs": 2, "train.num_workers": 2,
                                    "train.cpus_per_worker": 0.5})
     write_demo_data(file_source(cfg).location, rows=2000, files=2)
-    workdir = tmp_path / "job"
-    shutil.copytree(REPO / "jobs", workdir / "jobs", ignore=shutil.ignore_patterns("configs"))
-    (workdir / "pipeline.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    workdir = job_dir(tmp_path, cfg)
 
-    ingest = _submit(ray_head_cluster, workdir, "jobs/ingest.py", "--config", "pipeline.yaml")
+    ingest = submit_job(ray_head_cluster, workdir, "jobs/ingest.py", "--config", "pipeline.yaml")
     assert ingest.returncode == 0, ingest.stdout[-3000:] + ingest.stderr[-3000:]
     assert "dataset churn/v000001" in ingest.stdout
 
-    train = _submit(ray_head_cluster, workdir, "jobs/train.py", "--config", "pipeline.yaml",
-                    "--set", "train.epochs=1")
+    train = submit_job(ray_head_cluster, workdir, "jobs/train.py", "--config", "pipeline.yaml",
+                       "--set", "train.epochs=1")
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     assert "succeeded" in (train.stdout + train.stderr).lower()
     client = MlflowClient(cfg.tracking.uri)
@@ -59,10 +39,9 @@ def test_ingest_and_train_jobs_on_a_cluster(tmp_path, ray_head_cluster):
 
 
 def test_bad_config_fails_the_job_with_the_key_named(tmp_path, ray_head_cluster):
-    workdir = tmp_path / "job"
-    shutil.copytree(REPO / "jobs", workdir / "jobs", ignore=shutil.ignore_patterns("configs"))
+    workdir = job_dir(tmp_path, demo_config(tmp_path))
     (workdir / "bad.yaml").write_text("name: x\ndata: {label: y, task: guess, columns: {}}\n")
-    result = _submit(ray_head_cluster, workdir, "jobs/ingest.py", "--config", "bad.yaml")
+    result = submit_job(ray_head_cluster, workdir, "jobs/ingest.py", "--config", "bad.yaml")
     assert result.returncode != 0
     assert "data.task" in result.stdout + result.stderr
 
@@ -89,13 +68,6 @@ def _stop(address: str, submission_id: str) -> None:
                    capture_output=True, text=True, timeout=120, check=True)
 
 
-def _job_dir(tmp_path: Path, cfg) -> Path:
-    workdir = tmp_path / "job"
-    shutil.copytree(REPO / "jobs", workdir / "jobs", ignore=shutil.ignore_patterns("configs"))
-    (workdir / "pipeline.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    return workdir
-
-
 def test_training_driver_killed_then_resumed(tmp_path, ray_start_4_cpus, ray_head_cluster):
     from rayops.storage import root_of
 
@@ -105,15 +77,15 @@ def test_training_driver_killed_then_resumed(tmp_path, ray_start_4_cpus, ray_hea
     cfg = demo_config(tmp_path, **{"train.epochs": epochs, "train.cpus_per_worker": 0.5})
     write_demo_data(file_source(cfg).location, rows=2000, files=2)
     ingest(cfg)  # here: the ingest job has its own test; this one is about the train job
-    workdir = _job_dir(tmp_path, cfg)
+    workdir = job_dir(tmp_path, cfg)
     checkpoints = root_of(cfg.storage).join("checkpoints")
     _start(ray_head_cluster, workdir, "train-1", "jobs/train.py", "--config", "pipeline.yaml")
     wait_for(lambda: sum(i.path.endswith(".pt") for i in checkpoints.list_files()) >= 1,
              timeout_s=300, every_s=0.1, what="a first checkpoint")
     _stop(ray_head_cluster, "train-1")  # the driver dies mid-run
 
-    resumed = _submit(ray_head_cluster, workdir, "jobs/train.py", "--config", "pipeline.yaml",
-                      "--resume")
+    resumed = submit_job(ray_head_cluster, workdir, "jobs/train.py", "--config",
+                         "pipeline.yaml", "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     client = MlflowClient(cfg.tracking.uri)
     experiment = client.get_experiment_by_name(cfg.experiment_name).experiment_id
@@ -134,7 +106,7 @@ def test_sweep_driver_killed_then_resumed_without_rerunning_finished_trials(
                                    "tune.scheduler.type": "fifo"})
     write_demo_data(file_source(cfg).location, rows=1500, files=1)
     ingest(cfg)
-    workdir = _job_dir(tmp_path, cfg)
+    workdir = job_dir(tmp_path, cfg)
     client = MlflowClient(cfg.tracking.uri)
 
     def finished_trials() -> list:
@@ -149,8 +121,8 @@ def test_sweep_driver_killed_then_resumed_without_rerunning_finished_trials(
     _stop(ray_head_cluster, "tune-1")
     done_before = {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in finished_trials()}
 
-    resumed = _submit(ray_head_cluster, workdir, "jobs/tune.py", "--config", "pipeline.yaml",
-                      "--resume")
+    resumed = submit_job(ray_head_cluster, workdir, "jobs/tune.py", "--config",
+                         "pipeline.yaml", "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     sweeps = client.search_runs([client.get_experiment_by_name(cfg.experiment_name)
                                  .experiment_id], "tags.`rayops.kind` = 'sweep'")

@@ -90,3 +90,20 @@ def test_token_authentication_on_every_node_and_only_code_synced():
     assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
     assert {".venv", "lake", "mlflow"} <= set(config["rsync_exclude"])
     assert ".gitignore" in config["rsync_filter"]
+
+
+def test_jobs_on_the_head_learn_where_its_mlflow_server_listens():
+    import subprocess
+
+    commands = _config()["head_start_ray_commands"]
+    server = next(c for c in commands if "mlflow server" in c)
+    start = next(c for c in commands if "ray start --head" in c)
+    port = re.search(r"--port (\d+)", server).group(1)
+    # Exported in the `ray start` command itself: the raylet and the job drivers it starts
+    # inherit it (each command of the list runs in its own shell).
+    probe = start.split("ray start")[0] + 'echo "$RAYOPS_MLFLOW_URI"'
+    uri = subprocess.run(["bash", "-c", probe], capture_output=True, text=True,
+                         timeout=30).stdout.strip()
+    assert re.fullmatch(rf"http://[0-9a-f.:]+:{port}", uri), uri
+    example = (ROOT / "jobs" / "configs" / "churn-s3.yaml").read_text()
+    assert "uri: ${RAYOPS_MLFLOW_URI" in example

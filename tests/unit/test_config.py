@@ -198,3 +198,30 @@ def test_serving_beyond_loopback_requires_a_bearer_token(host):
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
 def test_loopback_serving_needs_no_token(host):
     assert validate_config(_raw() | {"serve": {"host": host}}).serve.auth_token_env is None
+
+
+def test_environment_references_are_resolved_where_the_config_loads(tmp_path, monkeypatch):
+    import yaml
+
+    raw = _raw()
+    raw["tracking"] = {"uri": "http://${RAYOPS_TEST_HEAD}:5000"}
+    raw["storage"] = {"root": "s3://${RAYOPS_TEST_BUCKET:-lake}/rayops"}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("RAYOPS_TEST_HEAD", "10.0.3.7")
+    cfg = load_config(path)
+    assert cfg.tracking.uri == "http://10.0.3.7:5000"
+    assert cfg.storage.root == "s3://lake/rayops"  # the default after :-
+    monkeypatch.setenv("RAYOPS_TEST_BUCKET", "team-bucket")
+    assert load_config(path).storage.root == "s3://team-bucket/rayops"
+    monkeypatch.delenv("RAYOPS_TEST_HEAD")
+    with pytest.raises(ConfigError, match=r"tracking\.uri: .*RAYOPS_TEST_HEAD, which is not set"):
+        load_config(path)
+
+
+def test_the_s3_example_tracks_to_the_heads_server_when_the_head_says_where(monkeypatch):
+    example = Path(__file__).parents[2] / "jobs" / "configs" / "churn-s3.yaml"
+    monkeypatch.delenv("RAYOPS_MLFLOW_URI", raising=False)
+    assert load_config(example).tracking.uri == "http://127.0.0.1:5000"  # a laptop + MinIO
+    monkeypatch.setenv("RAYOPS_MLFLOW_URI", "http://10.0.3.7:5000")  # cluster.yaml's head
+    assert load_config(example).tracking.uri == "http://10.0.3.7:5000"

@@ -7,6 +7,8 @@ names the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -182,7 +184,33 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     if isinstance(raw, dict):
         for key, value in parse_overrides(overrides or []).items():
             _set_dotted(raw, key, value)
+        raw = _interpolate(raw, "")
     return validate_config(raw, source=str(path))
+
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, key: str) -> Any:
+    """``${NAME}`` and ``${NAME:-default}`` in string values, from the environment of the
+    process that loads the config (a job's driver resolves them once; workers get values)."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def resolve(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{key}: {value!r} names the environment variable {name}, which "
+                          f"is not set here; set it or write ${{{name}:-default}}")
+
+    return _ENV_REFERENCE.sub(resolve, value)
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
