@@ -1,11 +1,13 @@
-"""ray job submit -- python jobs/deploy.py --config CONFIG: serve the champion model.
+"""ray job submit -- python jobs/deploy.py --config CONFIG [--base-dir DIR]: serve the
+champion model.
 
 On a running cluster the Serve application outlives this job.
 """
 
-from rayops.runtime import job_args
+from rayops.runtime import job_args, job_failures_in_one_line
 from rayops.serve import deploy
 
 if __name__ == "__main__":
-    cfg = job_args(__doc__).cfg
-    print(f"serving {cfg.model_name}@{cfg.serve.model_alias} at {deploy(cfg)}/predict")
+    with job_failures_in_one_line():
+        cfg = job_args(__doc__).cfg
+        print(f"serving {cfg.model_name}@{cfg.serve.model_alias} at {deploy(cfg)}/predict")

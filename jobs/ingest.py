@@ -1,8 +1,10 @@
-"""ray job submit -- python jobs/ingest.py --config CONFIG: curate the raw data."""
+"""ray job submit -- python jobs/ingest.py --config CONFIG [--base-dir DIR]: curate the raw
+data."""
 
 from rayops.data.ingest import ingest
-from rayops.runtime import job_args
+from rayops.runtime import job_args, job_failures_in_one_line
 
 if __name__ == "__main__":
-    version = ingest(job_args(__doc__).cfg)
-    print(f"dataset {version.id}: {version.manifest['rows']}")
+    with job_failures_in_one_line():
+        version = ingest(job_args(__doc__).cfg)
+        print(f"dataset {version.id}: {version.manifest['rows']}")

@@ -1,8 +1,10 @@
-"""ray job submit -- python jobs/pipeline.py --config CONFIG: every stage, then serve."""
+"""ray job submit -- python jobs/pipeline.py --config CONFIG [--base-dir DIR]: every stage,
+then serve."""
 
 from rayops.pipeline import run_pipeline
-from rayops.runtime import job_args
+from rayops.runtime import job_args, job_failures_in_one_line
 
 if __name__ == "__main__":
-    result = run_pipeline(job_args(__doc__).cfg)
-    print(f"{result.model.summary()}\nserving at {result.url}")
+    with job_failures_in_one_line():
+        result = run_pipeline(job_args(__doc__).cfg)
+        print(f"{result.model.summary()}\nserving at {result.url}")

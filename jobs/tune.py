@@ -1,10 +1,12 @@
-"""ray job submit -- python jobs/tune.py --config CONFIG [--resume]: sweep, then gate the
-best model against the champion."""
+"""ray job submit -- python jobs/tune.py --config CONFIG [--base-dir DIR] [--resume]: sweep,
+then gate the best model against the champion."""
 
 from rayops.pipeline import train_and_register
-from rayops.runtime import job_args
+from rayops.runtime import job_args, job_failures_in_one_line, say_how_to_resume_when_stopped
 
 if __name__ == "__main__":
-    args = job_args(__doc__)
-    print(train_and_register(args.cfg, sweep=True, resume=args.resume,
-                             dataset_version=args.dataset_version).summary())
+    with job_failures_in_one_line():
+        args = job_args(__doc__)
+        say_how_to_resume_when_stopped()
+        print(train_and_register(args.cfg, sweep=True, resume=args.resume,
+                                 dataset_version=args.dataset_version).summary())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import shlex
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,8 +14,9 @@ from typing import Annotated, Any
 import typer
 
 from rayops.config import PipelineConfig, load_config
-from rayops.errors import RayopsError
-from rayops.runtime import Output, connect, setup_logging
+from rayops.errors import rayops_error_in
+from rayops.runtime import Output, connect, say_how_to_resume_when_stopped, setup_logging
+from rayops.submit import DEFAULT_ADDRESS, DRIVER_CPUS
 
 logger = logging.getLogger(__name__)
 
@@ -27,19 +30,26 @@ SetOpt = Annotated[list[str] | None, typer.Option(
 
 
 _output = Output(verbose=True, log_file=None)  # set once per process by `options`
+_base_dir: Path | None = None  # set once per process by `options`
 
 
 @app.callback()
-def options(verbose: Annotated[bool, typer.Option(
+def options(
+    verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Show Ray's and MLflow's own messages here instead of in "
-        "a log file.")] = False) -> None:
+        "a log file.")] = False,
+    base_dir: Annotated[Path | None, typer.Option(
+        help="Resolve the config's relative paths against this folder instead of the "
+        "working directory (what `rayops submit` passes to a job).")] = None,
+) -> None:
     """rayops: raw files in object storage -> a model served by Ray Serve."""
-    global _output
+    global _output, _base_dir
     _output = setup_logging(verbose)
+    _base_dir = base_dir
 
 
 def _load(config: Path, overrides: list[str] | None) -> PipelineConfig:
-    return load_config(config, overrides or [])
+    return load_config(config, overrides or [], base_dir=_base_dir)
 
 
 def _connect(cfg: PipelineConfig) -> None:
@@ -113,6 +123,8 @@ def _train(config: Path, overrides: list[str] | None, sweep: bool, resume: bool,
 
     cfg = _load(config, overrides)
     _connect(cfg)
+    submitted_as = os.environ.get(SUBMITTED_AS_ENV)
+    say_how_to_resume_when_stopped(shlex.split(submitted_as) if submitted_as else None)
     typer.echo(train_and_register(cfg, sweep=sweep, resume=resume,
                                   dataset_version=dataset_version).summary())
     _logs_line()
@@ -287,6 +299,47 @@ def k8s(
                f"(or rayjob.yaml, rayservice.yaml)")
 
 
+# The `rayops submit` command line a job came from (to say how to resume it).
+SUBMITTED_AS_ENV = "RAYOPS_SUBMITTED_AS"
+
+
+@app.command()
+def submit(
+    stage: Annotated[str, typer.Argument(
+        help="ingest, train, tune, deploy or pipeline (every stage, then serve).")],
+    config: ConfigArg,
+    overrides: SetOpt = None,
+    address: Annotated[str, typer.Option(
+        envvar="RAY_API_SERVER_ADDRESS",
+        help="The cluster's dashboard (Ray job API).")] = DEFAULT_ADDRESS,
+    wait: Annotated[bool, typer.Option(
+        help="Follow the job's log until it ends (exit status: the job's).")] = True,
+    resume: ResumeOpt = False,
+    dataset_version: DatasetVersionOpt = None,
+    driver_cpus: Annotated[float, typer.Option(
+        min=0.0, help="CPUs the job's driver reserves (its own work: planning, "
+        "evaluation, logging).")] = DRIVER_CPUS,
+) -> None:
+    """Submit a stage as a Ray job: only the config travels, relative paths mean this
+    folder (a cluster on this machine) or are refused (another address)."""
+    from rayops import submit as jobs
+
+    argv = ["rayops", "submit", stage, str(config), *(f"--set={o}" for o in overrides or [])]
+    submission = jobs.submit(stage, config, overrides, address, resume=resume,
+                             dataset_version=dataset_version, driver_cpus=driver_cpus,
+                             env={SUBMITTED_AS_ENV: shlex.join(argv)})
+    typer.echo(f"submitted {submission.submission_id} to {address}: {stage} of "
+               f"{submission.metadata['rayops.pipeline']} ({config})")
+    typer.echo(f"follow: ray job logs -f --address {address} {submission.submission_id}")
+    typer.echo(f"stop:   ray job stop --address {address} {submission.submission_id}")
+    if not wait:
+        return
+    status = jobs.follow(submission)
+    typer.echo(f"job {submission.submission_id}: {status}")
+    if status != "SUCCEEDED":
+        raise SystemExit(1)
+
+
 @app.command("simulated-cluster")
 def simulated_cluster(
     cluster: Annotated[Path, typer.Option(
@@ -392,24 +445,12 @@ def _wait_forever() -> None:
         typer.echo("stopped")
 
 
-def _rayops_error(exc: BaseException) -> RayopsError | None:
-    """Our error, also when Ray re-raises it wrapped from a task or a training worker."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, RayopsError):
-            return current
-        seen.add(id(current))
-        current = getattr(current, "cause", None) or current.__cause__
-    return None
-
-
 def main() -> None:
     """Console entry point: library errors become one clear line and exit code 2."""
     try:
         app()
     except Exception as exc:
-        error = _rayops_error(exc)
+        error = rayops_error_in(exc)
         if error is None:
             raise
         typer.echo(f"error: {error}", err=True)

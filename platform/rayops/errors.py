@@ -14,6 +14,18 @@ def one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def rayops_error_in(exc: BaseException) -> RayopsError | None:
+    """Our error, also when Ray re-raises it wrapped from a task or a training worker."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, RayopsError):
+            return current
+        seen.add(id(current))
+        current = getattr(current, "cause", None) or current.__cause__
+    return None
+
+
 class RayopsError(Exception):
     """Base class for every error rayops raises on purpose."""
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rayops.config import PipelineConfig, load_config
+from rayops.errors import rayops_error_in
 
 logger = logging.getLogger(__name__)
 
@@ -113,18 +116,58 @@ class JobArgs:
 
 
 def job_args(description: str, argv: Sequence[str] | None = None) -> JobArgs:
-    """Parse a job's ``--config PATH [--set KEY=VALUE ...] [--resume] [--dataset-version N]``,
-    set up logging and connect to Ray."""
+    """Parse a job's ``--config PATH [--set KEY=VALUE ...] [--base-dir DIR] [--resume]
+    [--dataset-version N]``, set up logging and connect to Ray."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="Pipeline config YAML.")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="Override a config key (repeatable).")
+    parser.add_argument("--base-dir", default=None, metavar="DIR",
+                        help="Resolve the config's relative paths against DIR (the folder "
+                        'you submit from: --base-dir "$PWD"), not the job\'s working copy.')
     parser.add_argument("--resume", action="store_true",
                         help="Continue the last run whose driver died (train, tune).")
     parser.add_argument("--dataset-version", type=int, default=None, metavar="N",
                         help="Train on this curated dataset version (default: the latest).")
     args = parser.parse_args(argv)
     setup_logging()
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, base_dir=args.base_dir)
     connect(cfg)
     return JobArgs(cfg, args.resume, args.dataset_version)
+
+
+def in_ray_job() -> bool:
+    """True in the driver of a Ray job (`ray job submit`), which the job supervisor starts
+    with its job config in the environment."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+@contextlib.contextmanager
+def job_failures_in_one_line() -> Iterator[None]:
+    """A failed job ends its log with one line, its reason, and exits with 2 (the CLI's
+    convention); an error rayops did not expect keeps its traceback."""
+    try:
+        yield
+    except Exception as exc:
+        error = rayops_error_in(exc)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def say_how_to_resume_when_stopped(command: Sequence[str] | None = None) -> None:
+    """In a Ray job: `ray job stop` sends SIGTERM; say that the run can be continued and how
+    (``command``, default this job's own, with ``--resume``), then end as the signal would:
+    what is stored stays as it is, which --resume needs."""
+    if not in_ray_job():
+        return
+    again = list(command) if command else ["python", *sys.argv]
+    again = [a for a in again if a != "--resume"] + ["--resume"]
+
+    def stopped(signum: int, frame: Any) -> None:
+        print(f"stopped: the run is resumable; submit it again with --resume: "
+              f"{' '.join(again)}", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stopped)

@@ -225,3 +225,19 @@ def test_the_s3_example_tracks_to_the_heads_server_when_the_head_says_where(monk
     assert load_config(example).tracking.uri == "http://127.0.0.1:5000"  # a laptop + MinIO
     monkeypatch.setenv("RAYOPS_MLFLOW_URI", "http://10.0.3.7:5000")  # cluster.yaml's head
     assert load_config(example).tracking.uri == "http://10.0.3.7:5000"
+
+
+def test_relative_paths_inside_a_ray_job_copy_stop_the_job_with_the_key(tmp_path, monkeypatch):
+    copy = tmp_path / "session" / "runtime_resources" / "working_dir_files" / "_ray_pkg_1a2b"
+    copy.mkdir(parents=True)
+    monkeypatch.chdir(copy)
+    with pytest.raises(ConfigError, match=r"storage\.root resolves to .*_ray_pkg_1a2b/lake, "
+                                          r"inside Ray's temporary copy.*--base-dir"):
+        load_config(config_path())
+    base = tmp_path / "checkout"
+    cfg = load_config(config_path(), base_dir=base)  # what the job's --base-dir says
+    assert cfg.storage.root == str(base / "lake")
+    assert cfg.tracking.uri == f"sqlite:///{base}/mlflow/mlflow.db"
+    absolute = load_config(config_path(), [f"storage.root={tmp_path}/lake",
+                                           f"tracking.uri=sqlite:///{tmp_path}/m.db"])
+    assert absolute.storage.root == str(tmp_path / "lake")  # absolute paths are fine

@@ -41,3 +41,44 @@ def test_an_epoch_line_shows_the_losses_and_the_metrics_that_matter():
                             "valid_recall": 0.5, "epoch_time_s": 1.27})
     assert line == ("epoch 3/8  loss 0.4123 / 0.3988  valid_f1 0.6621  valid_accuracy 0.7811"
                     "  1.3 s")
+
+
+JOB = """
+import os, signal, sys, time
+from rayops.errors import DataError
+from rayops.runtime import job_failures_in_one_line, say_how_to_resume_when_stopped
+
+with job_failures_in_one_line():
+    if sys.argv[1] == "stop":
+        say_how_to_resume_when_stopped()
+        print("training", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)
+    raise RuntimeError("wrapped") from DataError("no csv files at /lake/raw/churn")
+"""
+
+
+def _job(*args, env=None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", JOB, *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_a_failed_job_ends_with_its_reason_on_one_line():
+    result = _job("fail")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: no csv files at /lake/raw/churn")
+
+
+def test_a_stopped_training_job_says_it_is_resumable_and_how():
+    stopped = _job("stop", "--config", "c.yaml", env={"RAY_JOB_CONFIG_JSON_ENV_VAR": "{}"})
+    assert stopped.returncode == 143  # 128 + SIGTERM, as the signal itself would end it
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        "stopped: the run is resumable; submit it again with --resume: "
+        "python -c stop --config c.yaml --resume")
+    outside_a_job = _job("stop")  # a terminal's Ctrl-C/kill keeps its usual meaning
+    assert outside_a_job.returncode == -15 and "resumable" not in outside_a_job.stderr

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from rayops.config.base import _NAME_RE, StorageConfig, _Section, is_uri
+from rayops.config.base import _NAME_RE, BASE_DIR, StorageConfig, _Section, is_uri
 from rayops.config.data import DATETIME_PARTS, ColumnSpec, ColumnType, DataConfig, DatetimePart
 from rayops.config.gate import GateConfig
 from rayops.config.serving import AutoscalingConfig, ServeConfig, TrackingConfig
@@ -46,7 +46,7 @@ __all__ = [
     "DataConfig", "DatetimePart", "GateConfig", "LogUniformDim", "ModelConfig", "PipelineConfig",
     "RandIntDim", "SchedulerConfig", "SearchDim", "ServeConfig", "StorageConfig",
     "TrackingConfig", "TrainConfig", "TuneConfig", "UniformDim", "is_uri", "load_config",
-    "parse_overrides", "validate_config",
+    "local_paths", "parse_overrides", "validate_config",
 ]
 
 
@@ -170,8 +170,10 @@ def validate_config(raw: Any, source: str = "config") -> PipelineConfig:
         raise ConfigError(_format_validation_error(exc, source)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
-    """Read and validate a pipeline config file, applying ``KEY=VALUE`` overrides."""
+def load_config(path: str | Path, overrides: list[str] | None = None,
+                base_dir: str | Path | None = None) -> PipelineConfig:
+    """Read and validate a pipeline config file, applying ``KEY=VALUE`` overrides; relative
+    local paths resolve against ``base_dir`` (default: the working directory)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -185,7 +187,49 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
         for key, value in parse_overrides(overrides or []).items():
             _set_dotted(raw, key, value)
         raw = _interpolate(raw, "")
-    return validate_config(raw, source=str(path))
+    token = BASE_DIR.set(Path(base_dir).expanduser().resolve() if base_dir else None)
+    try:
+        cfg = validate_config(raw, source=str(path))
+    finally:
+        BASE_DIR.reset(token)
+    if base_dir is None:
+        _refuse_paths_into_a_job_copy(cfg)
+    return cfg
+
+
+def local_paths(cfg: PipelineConfig) -> dict[str, str]:
+    """The config's keys that name a folder or file on this machine, resolved."""
+    paths = {}
+    if not is_uri(cfg.storage.root):
+        paths["storage.root"] = cfg.storage.root
+    if cfg.tracking.uri.startswith("sqlite:///"):
+        paths["tracking.uri"] = cfg.tracking.uri[len("sqlite:///"):]
+    if cfg.tracking.artifact_location and not is_uri(cfg.tracking.artifact_location):
+        paths["tracking.artifact_location"] = cfg.tracking.artifact_location
+    return paths
+
+
+# Ray unpacks a job's --working-dir into its session folder and runs the job there.
+_RAY_WORKING_DIR_COPY = ("runtime_resources", "working_dir_files")
+
+
+def _refuse_paths_into_a_job_copy(cfg: PipelineConfig) -> None:
+    """Inside a Ray job, a relative path resolves into Ray's temporary copy of the working
+    directory: not the user's lake or MLflow store, and gone when the job ends."""
+    cwd = Path.cwd()
+    if not all(part in cwd.parts for part in _RAY_WORKING_DIR_COPY):
+        return
+    copy = cwd
+    while copy.parent.name != "working_dir_files" and copy.parent != copy:
+        copy = copy.parent
+    for key, value in local_paths(cfg).items():
+        if Path(value).is_relative_to(copy):
+            raise ConfigError(
+                f"{key} resolves to {value}, inside Ray's temporary copy of the job's working "
+                "directory, which does not hold your data and goes away with the job: add "
+                '--base-dir "$PWD" to the job\'s command (relative paths then mean the folder '
+                "you submit from, on a cluster on this machine), submit with `rayops submit`, "
+                "or write an s3:// URI or an absolute path every node shares")
 
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from pathlib import Path
 
 from pydantic import (
@@ -29,11 +30,19 @@ def is_uri(value: str) -> bool:
     return bool(_URI_SCHEME_RE.match(value))
 
 
+# What relative local paths resolve against while a config loads: the working directory,
+# unless a job names the folder it was submitted from (``--base-dir``).
+BASE_DIR: ContextVar[Path | None] = ContextVar("rayops_config_base_dir", default=None)
+
+
 def _absolute_local(value: str) -> str:
-    """Resolve a local relative path against the working directory at load time."""
+    """Resolve a local relative path against the base directory at load time."""
     if is_uri(value):
         return value
-    return str(Path(value).expanduser().resolve())
+    path, base = Path(value).expanduser(), BASE_DIR.get()
+    if base is not None and not path.is_absolute():
+        path = base / path
+    return str(path.resolve())
 
 
 class StorageConfig(_Section):
