@@ -116,7 +116,7 @@ class JobArgs:
 
 
 def job_args(description: str, argv: Sequence[str] | None = None) -> JobArgs:
-    """Parse a job's ``--config PATH [--set KEY=VALUE ...] [--base-dir DIR] [--resume]
+    """Parse a job's ``--config PATH [--set KEY=VALUE ...] [--base-dir DIR] [--verbose] [--resume]
     [--dataset-version N]``, set up logging and connect to Ray."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="Pipeline config YAML.")
@@ -129,10 +129,13 @@ def job_args(description: str, argv: Sequence[str] | None = None) -> JobArgs:
                         help="Continue the last run whose driver died (train, tune).")
     parser.add_argument("--dataset-version", type=int, default=None, metavar="N",
                         help="Train on this curated dataset version (default: the latest).")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Ray's and MLflow's own messages in the job's log too.")
     args = parser.parse_args(argv)
-    setup_logging()
+    # The CLI's short progress; the libraries' messages go to a file on the driver's node.
+    output = setup_logging(verbose=args.verbose)
     cfg = load_config(args.config, args.overrides, base_dir=args.base_dir)
-    connect(cfg)
+    connect(cfg, output)
     return JobArgs(cfg, args.resume, args.dataset_version)
 
 

@@ -92,11 +92,10 @@ class Simulated:
         return [n for n in reply.json()["data"]["result"]["result"] if n["state"] == "ALIVE"]
 
     def _monitor(self) -> str:
-        # The autoscaler logs each event once per update: keep the first of a repeat.
+        """The autoscaler's event summaries (one line per event in its own log)."""
         text = (self.logs / "monitor.log").read_text(errors="replace")
-        lines = [ln.split(":event_summary:", 1)[1] for ln in text.splitlines()
-                 if ":event_summary:" in ln]
-        return "\n".join(ln for i, ln in enumerate(lines) if i == 0 or ln != lines[i - 1])
+        return "\n".join(ln.split(":event_summary:", 1)[1] for ln in text.splitlines()
+                         if ":event_summary:" in ln)
 
 
 @pytest.fixture(scope="module")

@@ -77,8 +77,17 @@ def test_instance_profiles_are_least_privilege():
         s3 = [s for s in policy["Statement"] if any(
             a.startswith("s3:") for a in s["Action"])]
         assert all("RAYOPS_BUCKET" in s["Resource"] for s in s3), who
-    worker_actions = {a for s in policies["worker"]["Statement"] for a in s["Action"]}
-    assert all(a.startswith("s3:") for a in worker_actions)  # no EC2, no IAM
+    pull = {"ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
+            "ecr:BatchCheckLayerAvailability", "ecr:GetAuthorizationToken"}
+    worker_actions = {a for s in policies["worker"]["Statement"] for a in (
+        s["Action"] if isinstance(s["Action"], list) else [s["Action"]])}
+    assert all(a.startswith("s3:") or a in pull for a in worker_actions)  # no EC2, no IAM
+    for policy in policies.values():  # both pull rayops' image, and only that one
+        (image,) = [s for s in policy["Statement"] if s["Sid"] == "PullTheImage"]
+        assert image["Resource"] == "arn:aws:ecr:us-west-2:RAYOPS_ACCOUNT:repository/rayops"
+    registry = _config()["docker"]["image"].split("/")[0]
+    login = " ".join(_config()["initialization_commands"])  # before Docker pulls
+    assert f"docker login --username AWS --password-stdin {registry}" in login
     head_actions = {a for s in policies["head"]["Statement"] for a in (
         s["Action"] if isinstance(s["Action"], list) else [s["Action"]])}
     assert "ec2:RunInstances" in head_actions and "iam:PassRole" in head_actions
