@@ -5,9 +5,11 @@ installed where the job runs: the venv of a cluster on this machine, the image o
 cluster). The job runs the same command as the CLI (``python -m rayops STAGE
 pipeline.yaml``), so it prints the same progress and ends with the same one-line error.
 
-Paths mean what they mean here: on a cluster on this machine, relative paths resolve
-against the folder you submit from (``--base-dir``); on another address a relative path
-cannot be right, and the submission is refused with the key named before anything runs.
+Paths mean what they mean here: on a cluster whose nodes all run on this machine, relative
+paths resolve against the folder you submit from (``--base-dir``) and the job runs this
+Python; on any other cluster (another address, or a remote head tunnelled to 127.0.0.1) a
+relative path cannot be right, and the submission is refused with the key named before
+anything runs.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from rayops.config import load_config, local_paths
-from rayops.errors import ConfigError
+from rayops.errors import ConfigError, RayopsError, one_line
 
 # The CLI command each stage runs in its job.
 STAGES: dict[str, list[str]] = {
@@ -49,9 +51,37 @@ class Submission:
 
 
 def is_loopback(address: str) -> bool:
-    """A dashboard address on this machine."""
+    """A dashboard address on this machine (its cluster may still be elsewhere: `ray
+    dashboard cluster.yaml` forwards a remote head's dashboard to 127.0.0.1:8265)."""
     host = urlparse(address if "://" in address else f"http://{address}").hostname
     return host in {"127.0.0.1", "localhost", "::1"}
+
+
+def this_machines_addresses() -> set[str]:
+    import psutil
+
+    return {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values()
+            for a in addrs}
+
+
+def cluster_is_this_machine(address: str) -> bool:
+    """Every alive node of the cluster behind ``address`` runs on this machine: its paths
+    and its Python are ours. Asks the cluster (token-authenticated state API)."""
+    if not is_loopback(address):
+        return False
+    from ray.util.state import list_nodes
+
+    try:
+        nodes = list_nodes(address=address, filters=[("state", "=", "ALIVE")],
+                           raise_on_missing_output=False)
+    except Exception as exc:  # any failure: the dashboard did not answer
+        raise RayopsError(f"cannot ask the Ray cluster at {address} for its nodes: "
+                         f"{one_line(exc)}") from None
+    return all_on_this_machine([n.node_ip for n in nodes])
+
+
+def all_on_this_machine(node_ips: list[str]) -> bool:
+    return bool(node_ips) and set(node_ips) <= this_machines_addresses()
 
 
 def relative_keys(config: Path, overrides: list[str]) -> dict[str, str]:
@@ -86,16 +116,19 @@ def entrypoint(stage: str, local: bool, overrides: list[str], resume: bool,
 def submit(stage: str, config: Path, overrides: list[str] | None = None,
            address: str = DEFAULT_ADDRESS, resume: bool = False,
            dataset_version: int | None = None, driver_cpus: float = DRIVER_CPUS,
-           env: dict[str, str] | None = None, client: Any = None) -> Submission:
-    """Validate, then submit ``stage`` of ``config`` to the Ray cluster at ``address``."""
+           env: dict[str, str] | None = None, on_this_machine: bool | None = None,
+           client: Any = None) -> Submission:
+    """Validate, then submit ``stage`` of ``config`` to the Ray cluster at ``address``
+    (``on_this_machine``: whether its nodes run here; default: ask the cluster)."""
     overrides = list(overrides or [])
     cfg = load_config(config, overrides)  # a bad config fails here, before anything travels
-    local = is_loopback(address)
+    local = cluster_is_this_machine(address) if on_this_machine is None else on_this_machine
     if not local:
         for key, value in relative_keys(config, overrides).items():
             raise ConfigError(
                 f"{key} is a relative path (here: {value}), which means nothing on the cluster "
-                f"at {address}: use an s3:// URI, or an absolute path every node shares")
+                f"at {address}, whose nodes are not this machine: use an s3:// URI, or an "
+                "absolute path every node shares")
     command = entrypoint(stage, local, overrides, resume, dataset_version)
     text = config.read_bytes() + "\n".join(overrides).encode()
     metadata = {"rayops.pipeline": cfg.name, "rayops.stage": stage,

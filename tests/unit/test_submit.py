@@ -10,7 +10,15 @@ import yaml
 
 from rayops.demo import config_path
 from rayops.errors import ConfigError
-from rayops.submit import entrypoint, is_loopback, relative_keys, submit
+from rayops.submit import (
+    all_on_this_machine,
+    cluster_is_this_machine,
+    entrypoint,
+    is_loopback,
+    relative_keys,
+    submit,
+    this_machines_addresses,
+)
 
 
 class RecordingClient:
@@ -27,16 +35,24 @@ class RecordingClient:
         return kwargs["submission_id"]
 
 
-def test_loopback_addresses():
+def test_a_cluster_is_this_machine_only_if_every_node_is():
     assert is_loopback("http://127.0.0.1:8265") and is_loopback("localhost:8265")
     assert not is_loopback("http://10.0.3.7:8265")
-    assert not is_loopback("https://ray.example.com")
+    assert not cluster_is_this_machine("https://ray.example.com")  # not even asked
+    here = sorted(this_machines_addresses())
+    assert "127.0.0.1" in here
+    assert all_on_this_machine(["127.0.0.1", here[-1]])
+    # `ray dashboard cluster.yaml` tunnels a head on AWS to 127.0.0.1:8265: its nodes are not
+    # this machine, so neither its paths nor this venv's Python mean anything there.
+    assert not all_on_this_machine(["127.0.0.1", "203.0.113.9"])
+    assert not all_on_this_machine([])
 
 
 def test_a_relative_path_is_refused_for_another_address_before_anything_is_sent():
     client = RecordingClient()
     with pytest.raises(ConfigError, match=r"storage\.root is a relative path .* s3://"):
-        submit("train", config_path(), address="http://10.0.3.7:8265", client=client)
+        submit("train", config_path(), address="http://127.0.0.1:8265", on_this_machine=False,
+               client=client)
     assert client.calls == []
 
 
@@ -45,7 +61,7 @@ def test_absolute_paths_and_uris_travel_to_another_address(tmp_path):
     overrides = [f"storage.root={tmp_path}/lake", "tracking.uri=http://10.0.3.7:5000"]
     assert relative_keys(config_path(), overrides) == {}
     sent = submit("tune", config_path(), overrides, address="http://10.0.3.7:8265",
-                  client=client)
+                  on_this_machine=False, client=client)
     (call,) = client.calls
     assert call["files"] == ["pipeline.yaml"]  # only the config travels
     assert call["pipeline"]["name"] == "churn"
