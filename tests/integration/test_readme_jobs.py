@@ -41,6 +41,7 @@ def readme_session() -> list[str]:
 def test_the_readme_job_session_runs_as_written(tmp_path, ray_start_4_cpus):
     folder = tmp_path / "rayops"
     shutil.copytree(REPO / "jobs", folder / "jobs")
+    shutil.copy(REPO / ".gitignore", folder)  # Ray leaves ignored files out of a working dir
     (folder / ".venv").symlink_to(BIN.parent)
     # What `make demo` leaves: raw files in the lake and the version its ingest made.
     cfg = load_config(folder / "jobs" / "configs" / "churn.yaml", base_dir=folder)
