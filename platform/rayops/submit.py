@@ -64,6 +64,19 @@ def this_machines_addresses() -> set[str]:
             for a in addrs}
 
 
+def use_the_token_if_there_is_one() -> None:
+    """What `ray start` and `ray.init()` do: with RAY_AUTH_MODE unset and a token on this
+    machine (~/.ray/auth_token, RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH), send it. (Ray's job
+    CLI needs RAY_AUTH_MODE=token in the environment for that.)"""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    from ray._private.authentication.authentication_token_setup import _enable_token_auth
+    from ray._raylet import AuthenticationTokenLoader
+
+    if AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        _enable_token_auth()
+
+
 def cluster_is_this_machine(address: str) -> bool:
     """Every alive node of the cluster behind ``address`` runs on this machine: its paths
     and its Python are ours. Asks the cluster (token-authenticated state API)."""
@@ -122,6 +135,7 @@ def submit(stage: str, config: Path, overrides: list[str] | None = None,
     (``on_this_machine``: whether its nodes run here; default: ask the cluster)."""
     overrides = list(overrides or [])
     cfg = load_config(config, overrides)  # a bad config fails here, before anything travels
+    use_the_token_if_there_is_one()
     local = cluster_is_this_machine(address) if on_this_machine is None else on_this_machine
     if not local:
         for key, value in relative_keys(config, overrides).items():

@@ -64,7 +64,11 @@ def test_the_readme_job_session_runs_as_written(tmp_path, ray_start_4_cpus):
                 f" --metrics-export-port {free_port()} --disable-usage-stats")
         lines.append(line)
     script = "set -ex\n" + "\n".join(lines) + "\n"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    # A user's shell after `make demo`: a token in ~/.ray/auth_token (the test's HOME has one
+    # from the session's ray.init()), none of Ray's variables that this process has set.
+    assert (Path.home() / ".ray" / "auth_token").exists()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_"))}
     try:
         run = subprocess.run(["bash", "-c", script], cwd=folder, env=env,
                              capture_output=True, text=True, timeout=900)
