@@ -2,9 +2,9 @@
 data."""
 
 from rayops.data.ingest import ingest
-from rayops.runtime import job_args, job_failures_in_one_line
+from rayops.runtime import errors_in_one_line, job_args
 
 if __name__ == "__main__":
-    with job_failures_in_one_line():
+    with errors_in_one_line():
         version = ingest(job_args(__doc__).cfg)
         print(f"dataset {version.id}: {version.manifest['rows']}")

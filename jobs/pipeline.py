@@ -2,9 +2,9 @@
 then serve."""
 
 from rayops.pipeline import run_pipeline
-from rayops.runtime import job_args, job_failures_in_one_line
+from rayops.runtime import errors_in_one_line, job_args
 
 if __name__ == "__main__":
-    with job_failures_in_one_line():
+    with errors_in_one_line():
         result = run_pipeline(job_args(__doc__).cfg)
         print(f"{result.model.summary()}\nserving at {result.url}")

@@ -2,10 +2,10 @@
 [--dataset-version N]: train, then gate the model against the champion."""
 
 from rayops.pipeline import train_and_register
-from rayops.runtime import job_args, job_failures_in_one_line, say_how_to_resume_when_stopped
+from rayops.runtime import errors_in_one_line, job_args, say_how_to_resume_when_stopped
 
 if __name__ == "__main__":
-    with job_failures_in_one_line():
+    with errors_in_one_line():
         args = job_args(__doc__)
         say_how_to_resume_when_stopped()
         print(train_and_register(args.cfg, sweep=False, resume=args.resume,

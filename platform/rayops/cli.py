@@ -14,8 +14,13 @@ from typing import Annotated, Any
 import typer
 
 from rayops.config import PipelineConfig, load_config
-from rayops.errors import rayops_error_in
-from rayops.runtime import Output, connect, say_how_to_resume_when_stopped, setup_logging
+from rayops.runtime import (
+    Output,
+    connect,
+    errors_in_one_line,
+    say_how_to_resume_when_stopped,
+    setup_logging,
+)
 from rayops.submit import DEFAULT_ADDRESS, DRIVER_CPUS
 
 logger = logging.getLogger(__name__)
@@ -447,11 +452,5 @@ def _wait_forever() -> None:
 
 def main() -> None:
     """Console entry point: library errors become one clear line and exit code 2."""
-    try:
+    with errors_in_one_line():
         app()
-    except Exception as exc:
-        error = rayops_error_in(exc)
-        if error is None:
-            raise
-        typer.echo(f"error: {error}", err=True)
-        raise SystemExit(2) from None

@@ -146,9 +146,9 @@ def in_ray_job() -> bool:
 
 
 @contextlib.contextmanager
-def job_failures_in_one_line() -> Iterator[None]:
-    """A failed job ends its log with one line, its reason, and exits with 2 (the CLI's
-    convention); an error rayops did not expect keeps its traceback."""
+def errors_in_one_line() -> Iterator[None]:
+    """A failed command or job ends with one line on stderr, its reason, and exit code 2;
+    an error rayops did not expect keeps its traceback."""
     try:
         yield
     except Exception as exc:

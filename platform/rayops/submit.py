@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from rayops.config import load_config, local_paths
+from rayops.config import PipelineConfig, load_config, local_paths
 from rayops.errors import ConfigError, RayopsError, one_line
 
 # The CLI command each stage runs in its job.
@@ -97,10 +97,12 @@ def all_on_this_machine(node_ips: list[str]) -> bool:
     return bool(node_ips) and set(node_ips) <= this_machines_addresses()
 
 
-def relative_keys(config: Path, overrides: list[str]) -> dict[str, str]:
+def relative_keys(config: Path, overrides: list[str], loaded: PipelineConfig | None = None
+                  ) -> dict[str, str]:
     """Keys whose value is a relative local path: they resolve differently from two
-    folders. Values as they resolve from the working directory."""
-    here = local_paths(load_config(config, overrides))
+    folders. Values as they resolve from the working directory (``loaded``: the config
+    already loaded from there)."""
+    here = local_paths(loaded or load_config(config, overrides))
     elsewhere = local_paths(load_config(config, overrides, base_dir="/nonexistent-base"))
     return {key: value for key, value in here.items() if elsewhere.get(key) != value}
 
@@ -138,7 +140,7 @@ def submit(stage: str, config: Path, overrides: list[str] | None = None,
     use_the_token_if_there_is_one()
     local = cluster_is_this_machine(address) if on_this_machine is None else on_this_machine
     if not local:
-        for key, value in relative_keys(config, overrides).items():
+        for key, value in relative_keys(config, overrides, cfg).items():
             raise ConfigError(
                 f"{key} is a relative path (here: {value}), which means nothing on the cluster "
                 f"at {address}, whose nodes are not this machine: use an s3:// URI, or an "

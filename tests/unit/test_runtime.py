@@ -46,9 +46,9 @@ def test_an_epoch_line_shows_the_losses_and_the_metrics_that_matter():
 JOB = """
 import os, signal, sys, time
 from rayops.errors import DataError
-from rayops.runtime import job_failures_in_one_line, say_how_to_resume_when_stopped
+from rayops.runtime import errors_in_one_line, say_how_to_resume_when_stopped
 
-with job_failures_in_one_line():
+with errors_in_one_line():
     if sys.argv[1] == "stop":
         say_how_to_resume_when_stopped()
         print("training", flush=True)
