@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.install-stamp
 # The exact pin takes the CPU wheel; a looser spec pulls a multi-GB CUDA build.
 # GPU users: see README ("GPU machines") and set TORCH_SPEC to the CUDA build they need.
 TORCH_SPEC ?= torch==2.13.0
+# The xgboost model family. xgboost-cpu is 6 MB; GPU users set XGBOOST_SPEC=xgboost (CUDA,
+# with NCCL: about 500 MB).
+XGBOOST_SPEC ?= xgboost-cpu==3.2.0
 
 .PHONY: install lint test demo bench image clean
 
@@ -15,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev]" "$(XGBOOST_SPEC)"
 	touch $(STAMP)
 
 lint: install
@@ -34,6 +37,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 image:
 	docker build --build-arg FLAVOR=cpu -t $(IMAGE):$(VERSION)-cpu .
 	docker build --build-arg FLAVOR=gpu --build-arg TORCH_INDEX=https://pypi.org/simple \
+		--build-arg XGBOOST_SPEC=xgboost==3.2.0 \
 		-t $(IMAGE):$(VERSION)-gpu .
 
 BENCHMARKS := $(wildcard tests/benchmarks/bench_*.py)

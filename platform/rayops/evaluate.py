@@ -39,7 +39,7 @@ def score(predictor: Predictor, table: pa.Table) -> Scores:
     pre = predictor.preprocessor
     label = pre.encode_label(table.column(pre.label))
     keep = label >= 0 if pre.task == "classification" else np.ones(len(label), dtype=bool)
-    outputs = predictor.raw_outputs(pre.transform(table.filter(pa.array(keep))))
+    outputs = predictor.outputs(pre.transform(table.filter(pa.array(keep))))
     if pre.task == "classification":
         predicted = outputs.argmax(axis=1)
         matrix = metric_fns.confusion_matrix(predicted, label[keep], len(pre.classes))

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from rayops.config import ColumnSpec
 from rayops.data.preprocess import Preprocessor
@@ -60,17 +59,17 @@ class Predictor:
             raise DataError(f"record {first}: {errors[first]}")
         return self.preprocessor.transform(typed)
 
-    @torch.inference_mode()
-    def raw_outputs(self, x: np.ndarray) -> np.ndarray:
-        """The network's outputs (logits, or the standardized value) for a feature matrix."""
-        return self.bundle.model(torch.from_numpy(x)).numpy()
+    def outputs(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities, or the standardized value as one column, for a feature
+        matrix (whatever the model family)."""
+        return self.bundle.model.outputs(x, self.task == "classification")
 
     def predict_matrix(self, x: np.ndarray) -> list[dict[str, Any]]:
-        out = self.raw_outputs(x)
+        out = self.outputs(x)
         if self.task == "regression":
             values = self.preprocessor.decode_regression(out[:, 0])
             return [{"prediction": float(v)} for v in values]
-        probs = torch.softmax(torch.from_numpy(out), dim=1).numpy()
+        probs = out
         classes = self.preprocessor.classes
         return [
             {"prediction": classes[int(row.argmax())],

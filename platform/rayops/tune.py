@@ -78,8 +78,10 @@ def _scheduler(cfg: PipelineConfig) -> Any:
         return FIFOScheduler()
     # max_t one past the last epoch: the trial's final report (its best metrics, after the
     # model is logged) is the one that reaches it, so ASHA never cuts a finishing trial.
-    return ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs + 1,
-                         grace_period=min(cfg.tune.scheduler.grace_period, cfg.train.epochs),
+    boost = cfg.model.xgboost  # a sweep across families: the longer of the two
+    reports = max(cfg.train.epochs, boost.max_rounds // boost.report_every + 1)
+    return ASHAScheduler(time_attr="training_iteration", max_t=reports + 1,
+                         grace_period=min(cfg.tune.scheduler.grace_period, reports),
                          reduction_factor=cfg.tune.scheduler.reduction_factor)
 
 

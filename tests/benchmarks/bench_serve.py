@@ -38,7 +38,7 @@ from rayops.data.ingest import file_source, ingest
 from rayops.data.versions import DatasetVersion
 from rayops.demo import churn
 from rayops.demo.run import SAMPLE_RECORDS
-from rayops.models import MLP, Bundle
+from rayops.models import MLP, Bundle, MLPModel
 from rayops.serve import wait_ready
 
 LEVELS = {1: 300, 16: 1600, 64: 3200}  # concurrency -> requests sent
@@ -71,7 +71,7 @@ def make_bundle(version: DatasetVersion, hidden: list[int], folder: Path) -> Pat
             "dropout": 0.0, "activation": "relu"}
     meta = {"architecture": arch, "preprocessor": version.manifest["preprocessor"],
             "schema": version.manifest["schema"], "metrics": {}, "dataset": version.id}
-    return Bundle(MLP(pre.n_features, pre.n_outputs, hidden), meta).save(folder)
+    return Bundle(MLPModel(MLP(pre.n_features, pre.n_outputs, hidden)), meta).save(folder)
 
 
 def register(cfg: PipelineConfig, bundle: Path, name: str) -> None:

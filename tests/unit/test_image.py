@@ -51,11 +51,13 @@ def test_base_image_is_rays_for_the_pinned_version_and_python_311():
     assert "--build-arg FLAVOR=gpu" in makefile and "--build-arg FLAVOR=cpu" in makefile
 
 
-def test_install_matches_pyproject_and_the_makefiles_torch_pin():
+def test_install_matches_pyproject_and_the_makefiles_torch_and_xgboost_pins():
     (run,) = [a for w, a in instructions() if w == "RUN"]
-    assert '"${TORCH_SPEC}"' in run and run.rstrip().endswith("pip install --no-cache-dir .")
-    torch_pin = re.search(r"^TORCH_SPEC \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M)
-    assert torch_pin and arg_defaults()["TORCH_SPEC"] == torch_pin.group(1)
+    assert '"${TORCH_SPEC}"' in run
+    assert run.rstrip().endswith('pip install --no-cache-dir . "${XGBOOST_SPEC}"')
+    for arg in ("TORCH_SPEC", "XGBOOST_SPEC"):
+        pin = re.search(rf"^{arg} \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+        assert pin and arg_defaults()[arg] == pin.group(1), arg
     copied = [a.split()[-2] for w, a in instructions() if w == "COPY"]
     assert {"platform", "jobs"} <= set(copied)  # the package pyproject.toml builds
     assert ("ENV", "RAY_AUTH_MODE=token") in instructions()

@@ -11,7 +11,7 @@ from rayops.data.preprocess import fit
 from rayops.data.schema import ERROR, validate_frame
 from rayops.data.stats import table_stats
 from rayops.demo import churn, config_path
-from rayops.models import MLP, Bundle
+from rayops.models import MLP, Bundle, MLPModel
 from rayops.predict import Predictor
 from rayops.serve.app import create_app
 from rayops.serve.schema import record_model
@@ -61,7 +61,8 @@ def predictor(tmp_path_factory) -> Predictor:
     arch = {"n_inputs": pre.n_features, "n_outputs": 2, "hidden_sizes": [4]}
     meta = {"architecture": arch, "preprocessor": pre.to_dict(),
             "schema": {n: cfg.data.columns[n].model_dump() for n in used}}
-    folder = Bundle(MLP(pre.n_features, 2, [4]), meta).save(tmp_path_factory.mktemp("b"))
+    model = MLPModel(MLP(pre.n_features, 2, [4]))
+    folder = Bundle(model, meta).save(tmp_path_factory.mktemp("b"))
     return Predictor.load(folder)
 
 

@@ -71,12 +71,9 @@ class PipelineConfig(_Section):
     @model_validator(mode="after")
     def _search_space_keys(self) -> PipelineConfig:
         for key in self.tune.search_space:
-            section, _, field = key.partition(".")
-            owner = {"model": ModelConfig, "train": TrainConfig}.get(section)
-            if owner is None or field not in owner.model_fields:
-                allowed = [f"model.{f}" for f in ModelConfig.model_fields] + [
-                    f"train.{f}" for f in TrainConfig.model_fields
-                ]
+            if not _tunable(key):
+                allowed = [*_setting_keys("model", ModelConfig),
+                           *_setting_keys("train", TrainConfig)]
                 raise ValueError(
                     f"tune.search_space key {key!r} is not a tunable setting; "
                     f"allowed: {', '.join(allowed)}"
@@ -132,6 +129,22 @@ class PipelineConfig(_Section):
         for key, value in overrides.items():
             _set_dotted(raw, key, value)
         return validate_config(raw)
+
+
+def _setting_keys(prefix: str, section: type[_Section]) -> list[str]:
+    """Every dotted setting under a section (``model.xgboost.max_depth``...)."""
+    keys = []
+    for name, info in section.model_fields.items():
+        nested = info.annotation
+        if isinstance(nested, type) and issubclass(nested, _Section):
+            keys += _setting_keys(f"{prefix}.{name}", nested)
+        else:
+            keys.append(f"{prefix}.{name}")
+    return keys
+
+
+def _tunable(key: str) -> bool:
+    return key in _setting_keys("model", ModelConfig) + _setting_keys("train", TrainConfig)
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:

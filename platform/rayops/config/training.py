@@ -12,12 +12,43 @@ from pydantic import (
 from rayops.config.base import _Section
 
 
+class BoostingConfig(_Section):
+    """Gradient-boosted trees (model.family: xgboost). The defaults are XGBoost's own except
+    a smaller learning rate with many more rounds: early stopping on the validation split
+    picks the length, which is what makes defaults work across datasets."""
+
+    learning_rate: float = Field(0.05, gt=0.0, le=1.0, description="Shrinkage (eta).")
+    max_depth: int = Field(6, ge=0, le=64, description="Deepest tree (0: no limit).")
+    min_child_weight: float = Field(1.0, ge=0.0, description="Smallest hessian in a leaf.")
+    subsample: float = Field(0.8, gt=0.0, le=1.0, description="Rows sampled per tree.")
+    colsample_bytree: float = Field(0.8, gt=0.0, le=1.0,
+                                    description="Columns sampled per tree.")
+    reg_lambda: float = Field(1.0, ge=0.0, description="L2 penalty on leaf weights.")
+    max_bin: int = Field(256, ge=2, description="Histogram bins per feature.")
+    max_rounds: int = Field(2000, ge=1, le=100_000,
+                            description="Most boosting rounds; early stopping usually ends "
+                            "far sooner.")
+    early_stopping_rounds: int | None = Field(
+        50, ge=1, description="Stop after this many rounds without a lower validation loss "
+        "and keep the best round (null: run max_rounds).")
+    report_every: int = Field(25, ge=1, description="Rounds between reports (metrics, a "
+                              "checkpoint, a step for Tune's scheduler).")
+
+
 class ModelConfig(_Section):
-    hidden_sizes: list[Annotated[int, Field(ge=1, le=8192)]] = Field(
-        [64, 32], min_length=1, description="Width of each hidden layer of the MLP."
-    )
+    family: Literal["mlp", "xgboost"] = Field(
+        "mlp", description="mlp: a PyTorch network trained with DDP; xgboost: gradient-"
+        "boosted trees with Ray Train's XGBoostTrainer.")
+    hidden_sizes: list[Annotated[int, Field(ge=1, le=8192)]] | None = Field(
+        None, min_length=1, description="Width of each hidden layer of the MLP; null sizes "
+        "them from the number of inputs (two layers, 64 to 512 wide).")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout after each hidden layer.")
     activation: Literal["relu", "gelu", "tanh"] = Field("relu", description="Hidden activation.")
+    embedding_min_categories: int | None = Field(
+        16, ge=2, description="Categorical columns with at least this many values (the "
+        "'other' slot included) get a learned embedding in the MLP instead of entering "
+        "one-hot; null: one-hot only.")
+    xgboost: BoostingConfig = Field(default_factory=BoostingConfig)
 
 
 class TrainConfig(_Section):
@@ -33,7 +64,10 @@ class TrainConfig(_Section):
         description="Extra Ray resources each worker reserves, e.g. {memory: 2e9} or a custom "
         "accelerator resource; CPU and GPU come from cpus_per_worker and use_gpu.",
     )
-    epochs: int = Field(10, ge=1, le=10_000, description="Passes over the training data.")
+    epochs: int = Field(
+        100, ge=1, le=10_000,
+        description="Most passes over the training data (MLP); early stopping usually ends "
+        "a run far sooner.")
     batch_size: int = Field(
         128, ge=1,
         description="Rows per batch on each worker; the global batch is batch_size x workers.",
@@ -46,9 +80,12 @@ class TrainConfig(_Section):
         description="How the learning rate grows with the global batch (x workers): sqrt "
         "suits Adam-type optimizers, linear is the SGD rule (use with warmup_epochs).",
     )
-    lr_schedule: Literal["constant", "cosine", "step"] = Field(
-        "cosine", description="Per-epoch decay after warmup (step: x0.1 at 50% and 75%)."
-    )
+    lr_schedule: Literal["plateau", "constant", "cosine", "step"] = Field(
+        "plateau",
+        description="plateau: halve the rate when the target metric has not improved for a "
+        "third of early_stopping_patience epochs (suits runs whose length early stopping "
+        "decides); cosine, step (x0.1 at 50% and 75%) and constant follow the epochs, "
+        "after warmup.")
     warmup_epochs: int = Field(0, ge=0, description="Epochs of linear warmup from lr/10.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
@@ -56,8 +93,9 @@ class TrainConfig(_Section):
         description="bf16 autocast (CPU or GPU) or fp16 autocast with a grad scaler (GPU).",
     )
     early_stopping_patience: int | None = Field(
-        None, ge=1,
-        description="Stop after this many epochs without a better target metric.",
+        10, ge=1,
+        description="Stop after this many epochs without a better target metric (the best "
+        "epoch's checkpoint is the model); null: train every epoch.",
     )
     max_failures: int = Field(
         2, ge=0, description="Worker-group failures survived by resuming from a checkpoint."
@@ -72,6 +110,18 @@ class TrainConfig(_Section):
     checkpoints_to_keep: int = Field(
         2, ge=1, description="Best checkpoints kept in storage, ranked by the target metric."
     )
+
+    @model_validator(mode="after")
+    def _schedule(self) -> TrainConfig:
+        if self.lr_schedule == "plateau" and self.warmup_epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) needs an lr_schedule that "
+                             "follows the epochs (cosine, step or constant), not 'plateau'")
+        return self
+
+    @property
+    def plateau_patience(self) -> int:
+        """Stale epochs before a plateau schedule halves the learning rate."""
+        return max(1, (self.early_stopping_patience or 9) // 3)
 
     @property
     def lr_factor(self) -> float:

@@ -31,6 +31,7 @@ from ray.train import (
     ScalingConfig,
 )
 from ray.train.torch import TorchTrainer
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from rayops import tracking
 from rayops.config import PipelineConfig
@@ -38,8 +39,11 @@ from rayops.data.context import data_context
 from rayops.data.preprocess import Preprocessor
 from rayops.data.versions import DatasetVersion, load_version
 from rayops.errors import TrackingError, TrainingError, one_line
-from rayops.models import Bundle, build_model, load_state_dict
+from rayops.models import Bundle, MLPModel, Model, build_model, load_state_dict
+from rayops.models.mlp import auto_hidden_sizes, embeddings_for
+from rayops.models.xgboost import XGBoostModel, require_xgboost
 from rayops.storage import root_of
+from rayops.train.boosted import history_of as boosted_history
 from rayops.train.feed import epoch_feed
 from rayops.train.loop import (
     CHECKPOINT_FILE,
@@ -104,10 +108,22 @@ def _in_blocks(columns: dict[str, np.ndarray], blocks: int = 8) -> ray.data.Data
 
 
 def architecture(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:
-    pre = version.preprocessor
-    return {"n_inputs": pre.n_features, "n_outputs": pre.n_outputs,
-            "hidden_sizes": list(cfg.model.hidden_sizes), "dropout": cfg.model.dropout,
-            "activation": cfg.model.activation}
+    """The model's shape, stored with checkpoints and bundles (``family`` says which)."""
+    pre, model = version.preprocessor, cfg.model
+    shape = {"family": model.family, "n_inputs": pre.n_features, "n_outputs": pre.n_outputs}
+    if model.family == "xgboost":
+        return {**shape, **model.xgboost.model_dump()}
+    return {**shape, "hidden_sizes": list(model.hidden_sizes or auto_hidden_sizes(
+                pre.n_features)),
+            "dropout": model.dropout, "activation": model.activation,
+            "embeddings": embeddings_for(pre.features, model.embedding_min_categories)}
+
+
+def length_of(cfg: PipelineConfig) -> tuple[int, str]:
+    """The most steps a run takes, and what a step is: MLP epochs or boosting rounds."""
+    if cfg.model.family == "xgboost":
+        return cfg.model.xgboost.max_rounds, "rounds"
+    return cfg.train.epochs, "epochs"
 
 
 def _cache_shards(cfg: PipelineConfig, version: DatasetVersion) -> bool:
@@ -120,8 +136,8 @@ def _cache_shards(cfg: PipelineConfig, version: DatasetVersion) -> bool:
 
 def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
                   datasets: dict[str, ray.data.Dataset], run_name: str, run_id: str | None,
-                  callbacks: Sequence[Any] = (), feed: Any = None) -> TorchTrainer:
-    """The TorchTrainer for one training run."""
+                  callbacks: Sequence[Any] = (), feed: Any = None) -> DataParallelTrainer:
+    """The trainer for one training run: a TorchTrainer (mlp) or an XGBoostTrainer."""
     if cfg.train.precision == "fp16" and not cfg.train.use_gpu:
         raise TrainingError("train.precision 'fp16' needs train.use_gpu: true; use 'bf16' on "
                             "CPUs")
@@ -133,8 +149,9 @@ def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
         resources["GPU"] = 1
     meta = {"dataset": version.id, "architecture": architecture(cfg, version),
             "preprocessor": version.manifest["preprocessor"]}
-    return TorchTrainer(
-        train_fn_per_worker,
+    trainer, loop = _trainer_of(cfg)
+    return trainer(
+        loop,
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"), "architecture": architecture(cfg, version),
             "label_state": version.preprocessor.label_state, "run_id": run_id,
@@ -157,6 +174,17 @@ def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
         # Blocks reach each worker in a fixed order, so a seed reproduces a run.
         dataset_config=DataConfig(execution_options=_ingest_options()),
     )
+
+
+def _trainer_of(cfg: PipelineConfig) -> tuple[Any, Any]:
+    if cfg.model.family == "xgboost":
+        require_xgboost()
+        from ray.train.xgboost import XGBoostTrainer
+
+        from rayops.train.boosted import xgboost_fn_per_worker
+
+        return XGBoostTrainer, xgboost_fn_per_worker
+    return TorchTrainer, train_fn_per_worker
 
 
 def _ingest_options() -> ExecutionOptions:
@@ -192,12 +220,20 @@ def _input_example(version: DatasetVersion) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
+def _trained_model(cfg: PipelineConfig, version: DatasetVersion, checkpoint: Checkpoint
+                   ) -> Model:
+    with checkpoint.as_directory() as folder:
+        if cfg.model.family == "xgboost":
+            return XGBoostModel.load(Path(folder), architecture(cfg, version))
+        state = load_state_dict(Path(folder) / CHECKPOINT_FILE)
+    network = build_model(architecture(cfg, version))
+    network.load_state_dict(state["model"])
+    return MLPModel(network)
+
+
 def _bundle(cfg: PipelineConfig, version: DatasetVersion, checkpoint: Checkpoint,
             metrics: dict[str, float], run_id: str) -> Bundle:
-    with checkpoint.as_directory() as folder:
-        state = load_state_dict(Path(folder) / CHECKPOINT_FILE)
-    model = build_model(architecture(cfg, version))
-    model.load_state_dict(state["model"])
+    model = _trained_model(cfg, version, checkpoint)
     meta = {"architecture": architecture(cfg, version),
             "preprocessor": version.manifest["preprocessor"],
             "schema": version.manifest["schema"], "dataset": version.id, "metrics": metrics,
@@ -223,7 +259,8 @@ def fit_and_log(cfg: PipelineConfig, version: DatasetVersion,
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     bundle = _bundle(cfg, version, checkpoint, numbers, run_id)
     # The newest checkpoint holds every epoch's metrics so far.
-    history = history_of(latest_state(checkpoints_of(cfg, run_name), result.checkpoint))
+    history = (boosted_history(result.checkpoint) if cfg.model.family == "xgboost" else
+               history_of(latest_state(checkpoints_of(cfg, run_name), result.checkpoint)))
     saved = root_of(cfg.storage).join("models", run_name)
     with tempfile.TemporaryDirectory(prefix="rayops-") as folder:
         bundle_dir = bundle.save(Path(folder) / "bundle")
@@ -292,8 +329,8 @@ def run_training(cfg: PipelineConfig, version: DatasetVersion | None = None,
                                     tags={"rayops.dataset_version": version.id})
         name = f"{cfg.name}-train-{run_id[:8]}-{uuid.uuid4().hex[:4]}"
         record = write_record(folder, new_record(name, run_id, version))
-    logger.info("training %s: %d worker(s), %d epoch(s), %s", record["name"],
-                cfg.train.num_workers, cfg.train.epochs, version.id)
+    logger.info("training %s: %s, %d worker(s), up to %d %s, %s", record["name"],
+                cfg.model.family, cfg.train.num_workers, *length_of(cfg), version.id)
     try:
         outcome = fit_and_log(cfg, version, load_datasets(version), record["run_id"],
                               record["name"])

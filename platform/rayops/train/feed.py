@@ -47,7 +47,9 @@ def epoch_line(cfg: PipelineConfig, metrics: dict[str, float]) -> str:
     second = "valid_accuracy" if cfg.data.task == "classification" else "valid_r2"
     shown = [m for m in dict.fromkeys([metric, second]) if m in TASK_METRICS[cfg.data.task]]
     scores = "  ".join(f"{m} {metrics[m]:.4f}" for m in shown if m in metrics)
-    return (f"epoch {int(metrics['epoch'])}/{cfg.train.epochs}  loss "
+    step = ("round", cfg.model.xgboost.max_rounds) if cfg.model.family == "xgboost" else (
+        "epoch", cfg.train.epochs)
+    return (f"{step[0]} {int(metrics['epoch'])}/{step[1]}  loss "
             f"{metrics.get('train_loss', float('nan')):.4f} / "
             f"{metrics.get('valid_loss', float('nan')):.4f}  {scores}  "
             f"{metrics.get('epoch_time_s', 0.0):.1f} s")

@@ -30,7 +30,7 @@ from ray.train import Checkpoint
 from rayops import metrics as metric_fns
 from rayops.config import PipelineConfig, TrainConfig
 from rayops.errors import RayopsError
-from rayops.models import build_model, load_state_dict
+from rayops.models.mlp import build_model, load_state_dict
 from rayops.storage import Location, root_of
 from rayops.train.metrics_writer import MetricsWriter
 
@@ -64,6 +64,21 @@ def lr_multiplier(train: TrainConfig) -> Any:
             return 0.1 ** (int(done >= 0.5) + int(done >= 0.75))
         return 1.0
     return factor
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, mode: str) -> Any:
+    """The learning-rate schedule: on a plateau of the target metric, or per epoch."""
+    if train.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=0.5, patience=train.plateau_patience - 1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(train))
+
+
+def step_schedule(scheduler: Any, results: dict[str, float], metric: str) -> None:
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(results[metric])
+    else:
+        scheduler.step()
 
 
 class Precision:
@@ -336,7 +351,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(build_model(spec))
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate * train.lr_factor,
                                   weight_decay=train.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(train))
+    scheduler = make_scheduler(optimizer, train, mode)
     run = checkpoints_of(cfg, config["run_name"]) if config.get("run_name") else None
     progress = restore(model, optimizer, scheduler, run)
     resumed_from = progress.epoch
@@ -358,6 +373,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 results["data_load_s"], loaded = loaded, 0.0
             results["resumed_from_epoch"] = resumed_from  # proves no epoch is trained twice
             progress.update(results, metric, mode)
+            step_schedule(scheduler, results, metric)
             with checkpoint_of(rank, model, optimizer, scheduler, progress,
                                config["meta"]) as ckpt:
                 ray.train.report(results, checkpoint=ckpt)
@@ -393,7 +409,7 @@ def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule
               loss_fn: Any, loaders: tuple[ShardLoader, ShardLoader], epoch: int,
               precision: Precision, device: torch.device, spec: dict[str, Any],
               label_state: dict[str, Any]) -> dict[str, float]:
-    """One epoch of training, then exact validation metrics; steps the LR schedule."""
+    """One epoch of training, then exact validation metrics."""
     train_loader, valid_loader = loaders
     started = time.perf_counter()
     train_loss, samples = train_epoch(model, optimizer, loss_fn, train_loader, epoch,
@@ -405,5 +421,4 @@ def run_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule
                    epoch_time_s=seconds, samples_per_s=samples / max(seconds, 1e-9))
     if device.type == "cuda":
         results["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    scheduler.step()
     return results

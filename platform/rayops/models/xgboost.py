@@ -1,0 +1,72 @@
+"""Gradient-boosted trees (XGBoost) as a model family.
+
+The booster is stored in XGBoost's own UBJSON format (``model.ubj``) and loaded with
+``Booster.load_model``: a file that is not a JSON/UBJSON document (a pickle, say) is refused
+before XGBoost reads it, so loading a model never unpickles anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rayops.errors import TrainingError
+
+if TYPE_CHECKING:
+    import xgboost
+
+MODEL_FILE = "model.ubj"
+# JSON and UBJSON documents both open an object with "{"; a pickle starts with 0x80.
+_DOCUMENT_START = b"{"
+
+
+def require_xgboost() -> Any:
+    """The xgboost module, or an error that says how to install it."""
+    try:
+        import xgboost
+    except ImportError:
+        raise TrainingError(
+            "model.family 'xgboost' needs the xgboost package: pip install xgboost-cpu "
+            "(CPU only, small) or xgboost (with CUDA, for use_gpu)") from None
+    return xgboost
+
+
+def load_booster(raw: bytes, name: str) -> xgboost.Booster:
+    """A booster from the bytes of a JSON/UBJSON model file; refuses anything else."""
+    if not raw.startswith(_DOCUMENT_START):
+        raise TrainingError(f"refusing to load {name!r}: not an XGBoost JSON/UBJSON model "
+                            f"(starts with {raw[:4]!r}; pickled models are never loaded)")
+    xgb = require_xgboost()
+    booster = xgb.Booster()
+    try:
+        booster.load_model(bytearray(raw))
+    except xgb.core.XGBoostError as exc:
+        raise TrainingError(f"refusing to load {name!r}: not a valid XGBoost model "
+                            f"({str(exc).splitlines()[0]})") from None
+    return booster
+
+
+class XGBoostModel:
+    """The family interface over a trained booster (see :class:`rayops.models.Bundle`)."""
+
+    family = "xgboost"
+
+    def __init__(self, booster: xgboost.Booster) -> None:
+        self.booster = booster
+
+    @classmethod
+    def load(cls, folder: Path, spec: dict[str, Any]) -> XGBoostModel:
+        path = folder / MODEL_FILE
+        if not path.exists():
+            raise TrainingError(f"{str(folder)!r} holds no {MODEL_FILE}")
+        return cls(load_booster(path.read_bytes(), str(path)))
+
+    def save(self, folder: Path) -> None:
+        self.booster.save_model(str(folder / MODEL_FILE))
+
+    def outputs(self, x: np.ndarray, classification: bool) -> np.ndarray:
+        """Class probabilities, or the standardized value as one column."""
+        out = np.asarray(self.booster.inplace_predict(x))
+        return out if classification else out.reshape(-1, 1)
