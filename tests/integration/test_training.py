@@ -115,12 +115,17 @@ def test_same_seed_same_metrics_bf16_and_early_stopping(tmp_path, ray_start_4_cp
     assert first.metrics["valid_accuracy"] > majority_accuracy(version) + 0.02
     with pytest.raises(TrainingError, match="fp16.*use_gpu"):
         run_training(cfg.with_overrides({"train.precision": "fp16"}), version)
-    stalled = cfg.with_overrides({"train.learning_rate": 1e-7, "train.epochs": 8,
-                                  "train.early_stopping_patience": 1,
+    # A rate too high to settle: validation stops improving, the run stops 2 epochs after
+    # its best one, and the model it keeps is the best epoch's, not the last.
+    stalled = cfg.with_overrides({"train.learning_rate": 0.05, "train.epochs": 12,
+                                  "train.early_stopping_patience": 2,
                                   "train.lr_schedule": "constant"})
     stopped = run_training(stalled, version)
-    epochs = MlflowClient(cfg.tracking.uri).get_metric_history(stopped.run_id, "epoch")
-    assert max(m.value for m in epochs) < 8
+    f1 = {int(m.step): m.value for m in MlflowClient(cfg.tracking.uri).get_metric_history(
+        stopped.run_id, "valid_f1")}
+    best = max(f1, key=lambda epoch: (f1[epoch], -epoch))
+    assert max(f1) < 12 and best == max(f1) - 2, f1
+    assert stopped.metrics["epoch"] == best and stopped.metrics["valid_f1"] == f1[best]
 
 
 def test_driver_side_and_distributed_loading_give_the_same_inputs(tmp_path, ray_start_4_cpus):

@@ -38,7 +38,8 @@ class _Server:
                                 "served_version": "1", "not_served": {},
                                 "registry_reachable": True, "registry_checked_s_ago": 0.5,
                                 "registry_error": None},
-                "task": "classification", "dataset": "d/v000001", "target_metric": "valid_f1",
+                "task": "classification", "family": "mlp", "dataset": "d/v000001",
+                "target_metric": "valid_f1",
                 "metrics": {}, "input_schema": self.record_model.model_json_schema(),
                 "served": {}}
 

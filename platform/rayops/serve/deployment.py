@@ -212,7 +212,7 @@ class ModelServer:
         model = self.model
         meta = model.predictor.bundle.meta
         return {"model": model.info.model_dump(), "alias_state": self.alias_state(),
-                "task": model.predictor.task,
+                "task": model.predictor.task, "family": model.predictor.bundle.family,
                 "dataset": meta.get("dataset"), "target_metric": meta.get("target_metric"),
                 "metrics": {k: v for k, v in meta.get("metrics", {}).items()
                             if k.startswith("valid_")},

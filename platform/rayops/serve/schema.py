@@ -90,6 +90,7 @@ class Metadata(BaseModel):
     model: ModelInfo
     alias_state: AliasState
     task: str
+    family: str = Field(description="The model family: mlp or xgboost.")
     dataset: str | None
     target_metric: str | None
     metrics: dict[str, float]

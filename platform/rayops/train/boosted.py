@@ -231,7 +231,7 @@ def xgboost_fn_per_worker(config: dict[str, Any]) -> None:
         best = model[: stopping.best_round] if stopping.best_round else model
         history = {d: _last_loss(best, m, d) for d, m in (("train", dtrain), ("valid", dvalid))}
         reporter.report(best, rounds, history["train"], history["valid"],
-                        {"best_round": float(stopping.best_round or rounds)})
+                        {"kept_rounds": float(stopping.best_round or rounds)})
     finally:
         reporter.close()
 
