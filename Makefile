@@ -43,6 +43,7 @@ image:
 BENCHMARKS := $(wildcard tests/benchmarks/bench_*.py)
 
 bench: install
+	$(BIN)/python -m pip install -q -e ".[dev,bench]" "$(XGBOOST_SPEC)"
 	@test -n "$(BENCHMARKS)" || echo "no benchmark scripts in tests/benchmarks/ yet"
 	@for script in $(BENCHMARKS); do \
 		echo "== $$script"; $(BIN)/python $$script || exit 1; \

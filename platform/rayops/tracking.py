@@ -12,7 +12,7 @@ import io
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,10 +182,12 @@ def input_signature(columns: Mapping[str, bool]) -> Any:
 
 
 def log_model(tracking: TrackingConfig, run_id: str, bundle_dir: Path,
-              input_example: pd.DataFrame, required: Mapping[str, bool]) -> str:
+              input_example: pd.DataFrame, required: Mapping[str, bool],
+              requirements: Sequence[str] = ()) -> str:
     """Log a bundle as an MLflow pyfunc model on ``run_id``; returns the model URI.
 
-    ``required`` maps each input column to whether it must be present (non-nullable).
+    ``required`` maps each input column to whether it must be present (non-nullable);
+    ``requirements`` are pip requirements the model family adds to rayops and torch.
     """
     import mlflow
     import torch
@@ -199,7 +201,8 @@ def log_model(tracking: TrackingConfig, run_id: str, bundle_dir: Path,
             artifacts={"bundle": str(bundle_dir)},
             input_example=input_example,
             signature=input_signature(required),
-            pip_requirements=[f"rayops=={__version__}", f"torch=={torch_version}"],
+            pip_requirements=[f"rayops=={__version__}", f"torch=={torch_version}",
+                              *requirements],
         )
     client(tracking).set_tag(run_id, MODEL_URI_TAG, info.model_uri)
     return info.model_uri

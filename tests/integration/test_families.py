@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import mlflow
+import pandas as pd
 import pytest
 import requests
 from mlflow import MlflowClient
@@ -136,3 +138,10 @@ def test_an_xgboost_classifier_is_gated_and_served(tmp_path_factory, regression,
     assert risky["probabilities"]["yes"] > loyal["probabilities"]["yes"]
     assert sum(risky["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert loyal["prediction"] == "no"
+    # The registered model loads as an MLflow pyfunc (no rayops server) and agrees.
+    tracking.client(cfg.tracking)  # points MLflow's registry at this test's store
+    frame = mlflow.pyfunc.load_model(f"models:/{cfg.model_name}@champion").predict(
+        pd.DataFrame(SAMPLE_RECORDS))
+    assert list(frame["prediction"]) == [p["prediction"] for p in body["predictions"]]
+    assert frame["probability_yes"].tolist() == pytest.approx(
+        [p["probabilities"]["yes"] for p in body["predictions"]], abs=1e-5)

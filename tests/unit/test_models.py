@@ -51,8 +51,8 @@ def test_wide_categoricals_get_embeddings_and_hidden_sizes_follow_the_inputs():
                 {"name": "plan", "kind": "categorical", "categories": ["x", "y"]}]
     assert embeddings_for(features, 16) == [[1, 41, embedding_dim(41)]] == [[1, 41, 13]]
     assert embeddings_for(features, None) == []
-    assert auto_hidden_sizes(10) == [64, 32] and auto_hidden_sizes(100) == [256, 128]
-    assert auto_hidden_sizes(5000) == [512, 256]
+    assert auto_hidden_sizes(10) == [256, 256] and auto_hidden_sizes(300) == [1024, 1024]
+    assert auto_hidden_sizes(200) == [512, 512] and auto_hidden_sizes(5000) == [1024, 1024]
     n_inputs = 1 + 41 + 2 + 3
     model = MLP(n_inputs, 2, [8], embeddings=embeddings_for(features, 16)).eval()
     assert model.net[0].in_features == n_inputs - 41 + 13

@@ -8,10 +8,10 @@ from rayops.data.preprocess import OTHER, Preprocessor, fit
 from rayops.errors import DataError
 
 
-def _data(task="classification", label_type="categorical"):
+def _data(task="classification", label_type="categorical", scaling="standard"):
     return validate_config({
         "name": "t",
-        "data": {"label": "y", "task": task, "columns": {
+        "data": {"label": "y", "task": task, "scaling": scaling, "columns": {
             "num": {"type": "numeric"}, "cat": {"type": "categorical"},
             "flag": {"type": "boolean"},
             "when": {"type": "datetime", "expand": ["hour", "month"]},
@@ -120,3 +120,31 @@ def test_extreme_values_are_clipped_to_finite_inputs():
                         "when": pa.array([None, None], pa.timestamp("us", tz="UTC"))})
     x = pre.transform(extreme)
     assert np.isfinite(x).all() and x[0, 0] == 1e4 and x[1, 0] == -1e4
+
+
+def test_quantile_scaling_gaussianizes_skew_and_marks_where_training_had_nulls():
+    data = _data(scaling="quantile")
+    rng = np.random.default_rng(1)
+    skewed = rng.lognormal(0, 2, 3000)  # a price-like column: most small, a few huge
+    skewed[rng.uniform(size=3000) < 0.1] = np.nan
+    table = _table(3000).set_column(0, "num", pa.array(skewed, from_pandas=True))
+    pre = _fit(data, table)
+    assert pre.output_columns[:2] == ["num", "num.missing"]
+    x = pre.transform(table)
+    present = ~np.isnan(skewed)
+    scores = x[present, 0]
+    # knots from the 256-value sample statistics keep per block: quantiles within ~6%
+    assert abs(np.median(scores)) < 0.2 and 0.85 < scores.std() < 1.15
+    assert np.abs(scores).max() < 3.2  # the huge values are no longer outliers
+    assert (np.diff(scores[np.argsort(skewed[present])]) >= 0).all()  # order kept
+    np.testing.assert_array_equal(x[:, 1], ~present)
+    assert (x[~present, 0] == 0).all()  # a null takes the median's score
+    both = _fit(_data(scaling="both"), table)
+    assert both.output_columns[:3] == ["num", "num.z", "num.missing"]
+    twin = both.transform(table)[:, 1]
+    assert twin[present].mean() == pytest.approx(0.0, abs=1e-4)  # the standardized value
+    assert twin[present].max() > 10  # keeps the tail's scale, which the quantile hides
+    no_nulls = _fit(data, _table(300))
+    assert "num.missing" not in no_nulls.output_columns
+    constant = _table(300).set_column(0, "num", pa.array(np.full(300, 5.0)))
+    assert "knots" not in _fit(data, constant).features[0]  # standardized instead

@@ -77,8 +77,17 @@ class DataConfig(_Section):
     )
     null_strategy: Literal["impute", "drop"] = Field(
         "impute",
-        description="impute: numeric nulls take the training mean, categorical nulls the "
-        "'other' bucket; drop: rows with a null feature are dropped.",
+        description="impute: numeric nulls take the training median (quantile scaling) or "
+        "mean (standard), with a 0/1 'missing' input next to each numeric column that had "
+        "nulls in training; categorical nulls the 'other' bucket; drop: rows with a null "
+        "feature are dropped.",
+    )
+    scaling: Literal["both", "quantile", "standard"] = Field(
+        "both",
+        description="How numeric features enter the model. quantile: mapped through the "
+        "training distribution onto a normal one (robust to skew and outliers); standard: "
+        "(x - mean) / std (keeps the scale of a tail the label may follow); both: two inputs "
+        "per column, the network takes what helps. Trees do not care.",
     )
     valid_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="Share of rows held out for validation."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -41,8 +42,11 @@ class ModelConfig(_Section):
         "boosted trees with Ray Train's XGBoostTrainer.")
     hidden_sizes: list[Annotated[int, Field(ge=1, le=8192)]] | None = Field(
         None, min_length=1, description="Width of each hidden layer of the MLP; null sizes "
-        "them from the number of inputs (two layers, 64 to 512 wide).")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout after each hidden layer.")
+        "them from the number of inputs (two layers, 256 to 1024 wide).")
+    dropout: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Dropout after each hidden layer. Off by default: early stopping already "
+        "keeps the best epoch, and on txhousing dropout 0.1 cost 1.5% RMSE.")
     activation: Literal["relu", "gelu", "tanh"] = Field("relu", description="Hidden activation.")
     embedding_min_categories: int | None = Field(
         16, ge=2, description="Categorical columns with at least this many values (the "
@@ -68,9 +72,11 @@ class TrainConfig(_Section):
         100, ge=1, le=10_000,
         description="Most passes over the training data (MLP); early stopping usually ends "
         "a run far sooner.")
-    batch_size: int = Field(
-        128, ge=1,
-        description="Rows per batch on each worker; the global batch is batch_size x workers.",
+    batch_size: int | None = Field(
+        None, ge=1,
+        description="Rows per batch on each worker; the global batch is batch_size x workers. "
+        "null: from the training rows, about 32 steps per epoch on each worker, between 16 "
+        "and 256 rows (a small table still takes enough steps per epoch to learn).",
     )
     learning_rate: float = Field(
         1e-3, gt=0.0, lt=10.0, description="AdamW learning rate for a single worker."
@@ -117,6 +123,13 @@ class TrainConfig(_Section):
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) needs an lr_schedule that "
                              "follows the epochs (cosine, step or constant), not 'plateau'")
         return self
+
+    def batch_for(self, train_rows: int) -> int:
+        """The batch size per worker: the configured one, or one sized from the rows."""
+        if self.batch_size is not None:
+            return self.batch_size
+        per_worker = train_rows / self.num_workers / 32
+        return int(min(256, max(16, 2 ** math.floor(math.log2(max(per_worker, 1))))))
 
     @property
     def plateau_patience(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from rayops.errors import DataError
 OTHER = "__other__"
 MAX_CATEGORIES = 64  # rarer categories share the OTHER slot: keeps the input layer small
 CLIP = 1e4  # largest standardized magnitude fed to the network
+QUANTILE_KNOTS = 65  # quantile scaling's resolution: steps of 1/64 of the distribution
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,13 @@ class Preprocessor:
                 for part in feat["parts"]:
                     blocks.append(_scaled(calendar(col, part["part"]), part))
             else:
-                blocks.append(_scaled(pc.cast(col, pa.float64()), feat))
+                values = pc.cast(col, pa.float64())
+                blocks.append(_scaled(values, feat))
+                if feat.get("also_standard"):
+                    blocks.append(_scaled(values, {"mean": feat["mean"], "std": feat["std"]}))
+                if feat.get("missing"):
+                    blocks.append(col.is_null().to_numpy(zero_copy_only=False)
+                                  .astype(np.float32)[:, None])
         if not blocks:
             return np.zeros((table.num_rows, 0), dtype=np.float32)
         return np.ascontiguousarray(np.concatenate(blocks, axis=1))
@@ -92,11 +100,15 @@ class Preprocessor:
         return outputs * self.label_state["std"] + self.label_state["mean"]
 
 
-def _scaled(values: pa.ChunkedArray, state: Mapping[str, float]) -> np.ndarray:
+def _scaled(values: pa.ChunkedArray, state: Mapping[str, Any]) -> np.ndarray:
     raw = values.to_numpy(zero_copy_only=False).astype(np.float64)
-    scaled = (raw - state["mean"]) / state["std"]
-    # Nulls become the mean (0). A value 10,000 spreads out is an outlier the model cannot
-    # use anyway; clipping keeps float32 and the network's outputs finite.
+    if "knots" in state:  # quantile scaling; a value outside the training range takes the end
+        scaled = np.interp(raw, state["knots"], state["scores"])
+    else:
+        scaled = (raw - state["mean"]) / state["std"]
+    # Nulls become the median (quantile scaling) or the mean (standard): both 0. A value
+    # 10,000 spreads out is an outlier the model cannot use anyway; clipping keeps float32
+    # and the network's outputs finite.
     scaled = np.clip(np.nan_to_num(scaled, nan=0.0), -CLIP, CLIP)
     return scaled.astype(np.float32)[:, None]
 
@@ -104,6 +116,41 @@ def _scaled(values: pa.ChunkedArray, state: Mapping[str, float]) -> np.ndarray:
 def _scale_state(stats: Mapping[str, Any], key: str) -> dict[str, float]:
     mean, std = mean_std(stats.get(key, {}))
     return {"mean": mean, "std": std}
+
+
+def quantile_state(entry: Mapping[str, Any], knots: int = QUANTILE_KNOTS
+                   ) -> dict[str, list[float]]:
+    """Knots mapping a column's training distribution (its weighted sample in the merged
+    statistics) onto standard-normal scores; empty when the column barely varies. Tied
+    knots (a column with few distinct values) share the mean of their scores."""
+    sample = np.asarray(entry.get("sample", []), dtype=np.float64)
+    weight = np.asarray(entry.get("weight", []), dtype=np.float64)
+    if sample.size < 2:
+        return {}
+    order = np.argsort(sample, kind="stable")
+    sample, weight = sample[order], weight[order]
+    rank = (np.cumsum(weight) - 0.5 * weight) / weight.sum()  # mid-rank probabilities
+    levels = np.linspace(0.0, 1.0, knots)
+    where = np.interp(levels, rank, sample)
+    normal = NormalDist()
+    scores = np.array([normal.inv_cdf(p) for p in np.clip(levels, 1e-3, 1 - 1e-3)])
+    unique, inverse = np.unique(where, return_inverse=True)
+    if unique.size < 2:
+        return {}
+    shared = np.bincount(inverse, weights=scores) / np.bincount(inverse)
+    return {"knots": unique.tolist(), "scores": shared.tolist()}
+
+
+def _numeric_state(stats: Mapping[str, Any], name: str, kind: str, data: DataConfig
+                   ) -> dict[str, Any]:
+    entry = stats.get(name, {})
+    state: dict[str, Any] = {"name": name, "kind": kind, **_scale_state(stats, name)}
+    if kind != "boolean" and data.scaling in ("quantile", "both"):
+        state.update(quantile_state(entry))
+        state["also_standard"] = data.scaling == "both" and "knots" in state
+    if data.null_strategy == "impute" and entry.get("rows", 0) > entry.get("n", 0):
+        state["missing"] = True  # nulls in training: the model sees where they were
+    return state
 
 
 def fit(stats: Mapping[str, Any], data: DataConfig) -> Preprocessor:
@@ -126,8 +173,10 @@ def fit(stats: Mapping[str, Any], data: DataConfig) -> Preprocessor:
             features.append({"name": name, "kind": "datetime", "parts": parts})
             output += [f"{name}.{p}" for p in spec.parts]
         else:
-            features.append({"name": name, "kind": spec.type, **_scale_state(stats, name)})
-            output.append(name)
+            features.append(_numeric_state(stats, name, spec.type, data))
+            state = features[-1]
+            output += [name, *([f"{name}.z"] if state.get("also_standard") else []),
+                       *([f"{name}.missing"] if state.get("missing") else [])]
     if data.task == "classification":
         classes = sorted(label_entry.get("counts", {}))
         if len(classes) < 2:

@@ -33,6 +33,19 @@ def require_xgboost() -> Any:
     return xgboost
 
 
+def pip_requirements() -> list[str]:
+    """The XGBoost distribution installed here (xgboost-cpu, or xgboost with CUDA), pinned,
+    for the MLflow model's requirements."""
+    from importlib import metadata
+
+    for distribution in ("xgboost-cpu", "xgboost"):
+        try:
+            return [f"{distribution}=={metadata.version(distribution)}"]
+        except metadata.PackageNotFoundError:
+            continue
+    return ["xgboost"]
+
+
 def load_booster(raw: bytes, name: str) -> xgboost.Booster:
     """A booster from the bytes of a JSON/UBJSON model file; refuses anything else."""
     if not raw.startswith(_DOCUMENT_START):
