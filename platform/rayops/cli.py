@@ -402,6 +402,75 @@ def quarantine(
                    f"{row['raw'] or ''}")
 
 
+@app.command()
+def monitor(
+    config: ConfigArg,
+    records: Annotated[Path | None, typer.Option(
+        help="Records to judge: a CSV, JSON Lines or Parquet file of feature columns (and "
+        "optionally a 'prediction' column). Default: the prediction log's last window.")
+    ] = None,
+    window_hours: Annotated[float, typer.Option(
+        min=0.01, help="The prediction log's window, in hours.")] = 24.0,
+    fmt: Annotated[str, typer.Option("--format", help="csv, json (lines) or parquet.")
+                   ] = "csv",
+    overrides: SetOpt = None,
+    alias: Annotated[str, typer.Option(help="The model whose training data is the "
+                                            "reference.")] = "champion",
+    output: Annotated[Path | None, typer.Option(help="Also write drift_report.json and "
+                                                     ".html here.")] = None,
+    fail_on_drift: Annotated[bool, typer.Option(help="Exit with status 3 when the window "
+                                                     "has drifted (for schedulers).")] = False,
+) -> None:
+    """Drift of a window of records against the serving model's training profile (PSI and
+    Jensen-Shannon distance per feature); the report is logged to MLflow."""
+    from rayops.monitor.report import (
+        monitor_records,
+        read_records,
+        read_window,
+        table_lines,
+        write_reports,
+    )
+
+    cfg = _load(config, overrides)
+    window = (read_window(cfg, window_hours) if records is None
+              else read_records(records, fmt))
+    result = monitor_records(cfg, window, alias)
+    for line in table_lines(result):
+        typer.echo(line)
+    if output is not None:
+        for path in write_reports(result, output):
+            typer.echo(f"wrote {path}")
+    typer.echo(f"MLflow run {result.run_id} (experiment {cfg.experiment_name})")
+    if fail_on_drift and result.report.verdict == "drift":
+        raise typer.Exit(3)
+
+
+@app.command()
+def feedback(
+    config: ConfigArg,
+    labels: Annotated[Path, typer.Argument(help="True labels: a CSV, JSON Lines or Parquet "
+                                                "file with request_id, label and optionally "
+                                                "record_index.")],
+    fmt: Annotated[str, typer.Option("--format", help="csv, json (lines) or parquet.")
+                   ] = "csv",
+    overrides: SetOpt = None,
+    window_hours: Annotated[float | None, typer.Option(
+        help="Live metrics over the records served in this many hours (default: all).")
+    ] = None,
+) -> None:
+    """Append true labels for served records, then show each model version's live
+    metrics (the labels joined with the prediction log)."""
+    from rayops.monitor.feedback import append_feedback, live_metrics
+    from rayops.monitor.report import read_records
+
+    cfg = _load(config, overrides)
+    appended = append_feedback(cfg, read_records(labels, fmt))
+    typer.echo(f"appended {appended} label(s)")
+    for version, values in sorted(live_metrics(cfg, window_hours).items()):
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "labelled")
+        typer.echo(f"v{version}: {int(values['labelled'])} labelled record(s)  {shown}")
+
+
 schema_app = typer.Typer(help="Schema contracts.", no_args_is_help=True)
 app.add_typer(schema_app, name="schema")
 

@@ -55,7 +55,7 @@ INFO = {"name": "bench", "version": "1", "alias": "champion", "run_id": "-"}
 class Direct:
     record_model = record_model(predictor.schema, predictor.preprocessor.label)
     max_records, max_body_bytes, token = 1000, 1 << 20, None
-    async def predict(self, records):
+    async def predict(self, records, request_id=None):
         return {"model": INFO, "predictions": predictor.predict_records(records)}
     def metadata(self): return {}
     def health(self): return {"status": "ok"}

@@ -3,6 +3,8 @@ a local Ray cluster: ingest -> train (2 workers) -> sweep (2 trials) -> register
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import requests
 from mlflow import MlflowClient
@@ -173,3 +175,47 @@ def test_training_on_an_earlier_dataset_version_records_it(cfg, dataset, trained
     assert result.dataset == dataset.id == run.data.tags["rayops.dataset_version"]
     assert run.data.params["data.dataset_uri"].endswith("curated/churn/rows@v1")
     assert run.data.params["dataset_rows.read"] == "4000"
+
+
+def test_monitor_flags_a_shifted_window_against_the_champions_training_data(
+        cfg, trained, tmp_path):
+    """A month of exports whose prices and contracts moved: `rayops monitor` names exactly
+    those features, an unshifted month passes, and the report is in MLflow."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from rayops.cli import app
+    from rayops.demo import churn
+    from rayops.monitor.report import monitor_records
+
+    def month(seed: int):
+        frame = churn.generate(3000, seed).drop(columns=["customer_id", "churned"])
+        return frame.astype(object).where(frame.notna(), None)
+
+    same = monitor_records(cfg, month(11), log=False)
+    assert same.report.verdict == "ok", [(f.name, f.psi) for f in same.report.features]
+    assert same.rejected > 0  # the generator's malformed values: counted, not judged
+    shifted = month(12)
+    shifted["monthly_charges"] = [None if v is None or isinstance(v, str) else float(v) + 40
+                                  for v in shifted["monthly_charges"]]
+    shifted["contract"] = "month-to-month"
+    shifted.to_csv(tmp_path / "month.csv", index=False)
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    result = CliRunner().invoke(app, ["monitor", str(tmp_path / "pipeline.yaml"), "--records",
+                                      str(tmp_path / "month.csv"), "--output",
+                                      str(tmp_path / "report"), "--fail-on-drift"])
+    assert result.exit_code == 3, result.output
+    verdicts = {line.split()[0]: line.split()[1] for line in result.output.splitlines()[2:]
+                if line.split() and line.split()[0] in churn.generate(1, 0).columns}
+    drifted = sorted(name for name, verdict in verdicts.items() if verdict == "drift")
+    assert drifted == ["contract", "monthly_charges"], result.output
+    report = json.loads((tmp_path / "report" / "drift_report.json").read_text())
+    assert report["verdict"] == "drift" and sorted(report["drifted"]) == drifted
+    assert "<svg" in (tmp_path / "report" / "drift_report.html").read_text()
+    client = MlflowClient(cfg.tracking.uri)
+    (run,) = client.search_runs([tracking.experiment_id(cfg.tracking, cfg.experiment_name)],
+                                "tags.`rayops.kind` = 'monitor'")
+    assert run.data.tags["rayops.drift_verdict"] == "drift"
+    assert run.data.metrics["psi.contract"] > 0.25 > run.data.metrics["psi.age"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "drift")} == {
+        "drift/drift_report.json", "drift/drift_report.html"}

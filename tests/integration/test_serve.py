@@ -332,3 +332,41 @@ def test_fuzzed_requests_never_get_a_5xx(trained, mode):
         assert set(statuses) == {200}, statuses
     if mode == "negative":
         assert set(statuses) <= {400, 411, 413, 415, 422}, statuses
+
+
+def test_served_requests_land_in_the_prediction_log_and_ten_rows_are_not_a_verdict(trained):
+    from rayops.monitor.feedback import live_metrics
+    from rayops.monitor.report import monitor_records, read_window
+
+    cfg = trained[0]
+    url = _deploy(cfg)
+    ids = [f"logged-{i}" for i in range(5)]
+    for request_id in ids:
+        response = _post(url, headers={"X-Request-ID": request_id})
+        assert response.status_code == 200 and response.json()["request_id"] == request_id
+
+    def logged():
+        window = read_window(cfg, hours=1)
+        return window[window["request_id"].isin(ids)]
+
+    wait_for(lambda: len(logged()) == 10, 30, what="10 logged records")
+    window = logged().sort_values(["request_id", "record_index"])
+    assert window[["age", "contract"]].to_dict("records")[:2] == [
+        {"age": r["age"], "contract": r["contract"]} for r in SAMPLE_RECORDS]
+    assert set(window["prediction"]) <= {"yes", "no"}
+    metadata = requests.get(f"{url}/metadata", timeout=10).json()
+    assert metadata["served"]["log_sampled"] >= 2 and "log_dropped" not in metadata["served"]
+    result = monitor_records(cfg, window, log=False)
+    assert result.report.verdict == "insufficient data"
+
+    # Their true labels come back through the API and join the log by request id.
+    truth = [{"request_id": r, "record_index": i, "label": "yes" if i == 0 else "no"}
+             for r in ids for i in range(2)]
+    response = requests.post(f"{url}/feedback", json={"labels": truth}, timeout=30)
+    assert response.status_code == 202 and response.json() == {"accepted": 10, "dropped": 0}
+    wait_for(lambda: sum(v["labelled"] for v in live_metrics(cfg, hours=1).values()) >= 10,
+             30, what="10 labelled records")
+    expected = sum(p == t["label"] for p, t in zip(
+        window["prediction"], truth, strict=True))
+    (metrics,) = live_metrics(cfg, hours=1).values()  # one version served them
+    assert metrics["live_accuracy"] == pytest.approx(expected / 10)

@@ -28,9 +28,14 @@ class _Server:
         self.max_records, self.max_body_bytes, self.token = 5, 4096, token
         self.observed: list[tuple[str, int]] = []
 
-    async def predict(self, records):
+    async def predict(self, records, request_id=None):
         return {"model": {"name": "m", "version": "1", "alias": "champion", "run_id": "r"},
-                "predictions": self.predictor.predict_records(records)}
+                "predictions": self.predictor.predict_records(records),
+                "request_id": request_id}
+
+    def feedback(self, labels):
+        self.labels = labels
+        return {"accepted": len(labels) - 1, "dropped": 1}
 
     def metadata(self):
         return {"model": {"name": "m", "version": "1", "alias": "champion", "run_id": "r"},
@@ -157,7 +162,7 @@ def test_bearer_token_is_required_except_for_health(predictor):
 
 
 class _Broken(_Server):
-    async def predict(self, records):
+    async def predict(self, records, request_id=None):
         raise RuntimeError("secret internals /etc/passwd")
 
 
@@ -250,3 +255,21 @@ def test_emitted_serve_config_is_valid_for_serve_deploy(tmp_path):
     assert deployment.max_queued_requests == 7
     assert deployment.autoscaling_config["max_replicas"] == 2
     assert parsed.http_options.host == "127.0.0.1"
+
+
+def test_feedback_is_accepted_with_202_and_bad_labels_are_422(client, predictor):
+    answer = client.post("/predict", json={"records": [GOOD]}, headers={"X-Request-ID": "r-1"})
+    assert answer.json()["request_id"] == "r-1"
+    labels = [{"request_id": "r-1", "label": "yes"}, {"request_id": "r-2", "record_index": 3,
+                                                       "label": 12.5}]
+    response = client.post("/feedback", json={"labels": labels})
+    assert response.status_code == 202 and response.json() == {"accepted": 1, "dropped": 1}
+    assert client.app.server.labels == [{**labels[0], "record_index": 0}, labels[1]]
+    for bad, field in (({"request_id": "", "label": "yes"}, "request_id"),
+                       ({"request_id": "r", "label": None}, "label"),
+                       ({"request_id": "r", "label": "yes", "record_index": -1}, "record_index"),
+                       ({"request_id": "r", "label": "yes", "extra": 1}, "extra")):
+        refused = client.post("/feedback", json={"labels": [bad]})
+        assert refused.status_code == 422, bad
+        assert field in refused.json()["detail"][0]["loc"], refused.json()
+    assert client.post("/feedback", json={"labels": []}).status_code == 422

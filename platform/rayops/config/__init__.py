@@ -26,6 +26,7 @@ from pydantic import (
 from rayops.config.base import _NAME_RE, BASE_DIR, StorageConfig, _Section, is_uri
 from rayops.config.data import DATETIME_PARTS, ColumnSpec, ColumnType, DataConfig, DatetimePart
 from rayops.config.gate import GateConfig
+from rayops.config.monitor import MonitorConfig
 from rayops.config.serving import AutoscalingConfig, ServeConfig, TrackingConfig
 from rayops.config.training import (
     ChoiceDim,
@@ -43,7 +44,8 @@ from rayops.metrics import TASK_METRICS, Mode
 
 __all__ = [
     "DATETIME_PARTS", "AutoscalingConfig", "ChoiceDim", "ColumnSpec", "ColumnType",
-    "DataConfig", "DatetimePart", "GateConfig", "LogUniformDim", "ModelConfig", "PipelineConfig",
+    "DataConfig", "DatetimePart", "GateConfig", "LogUniformDim", "ModelConfig", "MonitorConfig",
+    "PipelineConfig",
     "RandIntDim", "SchedulerConfig", "SearchDim", "ServeConfig", "StorageConfig",
     "TrackingConfig", "TrainConfig", "TuneConfig", "UniformDim", "is_uri", "load_config",
     "local_paths", "parse_overrides", "validate_config",
@@ -60,6 +62,7 @@ class PipelineConfig(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     @field_validator("name")
     @classmethod
@@ -78,6 +81,14 @@ class PipelineConfig(_Section):
                     f"tune.search_space key {key!r} is not a tunable setting; "
                     f"allowed: {', '.join(allowed)}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _key_features(self) -> PipelineConfig:
+        unknown = [f for f in self.monitor.key_features if f not in self.data.feature_names]
+        if unknown:
+            raise ValueError(f"monitor.key_features {unknown} are not features of this "
+                             f"pipeline; its features: {', '.join(self.data.feature_names)}")
         return self
 
     @model_validator(mode="after")

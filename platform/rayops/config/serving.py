@@ -100,6 +100,14 @@ class ServeConfig(_Section):
         description="How often replicas check where model_alias points; a move switches them "
         "to the new version without dropping requests (0: never).",
     )
+    log_predictions: bool = Field(
+        True, description="Append served records and answers to the prediction log, "
+        "{storage.root}/predictions/{name} (a Delta table), off the request path.")
+    log_sample_rate: float = Field(
+        1.0, ge=0.0, le=1.0, description="Share of requests the prediction log keeps.")
+    log_queue_rows: int = Field(
+        10_000, ge=1, description="Rows a replica holds for the prediction log; beyond, "
+        "rows are dropped and counted, never a request slowed or failed.")
     registry_stale_after_s: float = Field(
         60.0, gt=0.0,
         description="A replica whose alias look-ups have failed for this long reports "

@@ -19,7 +19,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from rayops.errors import DataError
-from rayops.serve.schema import Metadata, PredictResponse, request_model
+from rayops.serve.schema import (
+    FeedbackResponse,
+    Metadata,
+    PredictResponse,
+    feedback_model,
+    request_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +40,10 @@ class Server(Protocol):
     max_body_bytes: int
     token: str | None
 
-    async def predict(self, records: list[dict[str, Any]]) -> dict[str, Any]: ...
+    async def predict(self, records: list[dict[str, Any]], request_id: str | None = None
+                      ) -> dict[str, Any]: ...
+
+    def feedback(self, labels: list[dict[str, Any]]) -> dict[str, int] | None: ...
 
     def metadata(self) -> dict[str, Any]: ...
 
@@ -65,7 +74,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 REQUEST_ID = "x-request-id"
-ROUTES = ("/predict", "/metadata", "/health", "/docs", "/openapi.json")
+ROUTES = ("/predict", "/feedback", "/metadata", "/health", "/docs", "/openapi.json")
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -143,6 +152,7 @@ class Guard:
 def create_app(server: Server) -> Any:
     """The replica's ASGI app: FastAPI routes wrapped in the :class:`Guard`."""
     body_model = request_model(server.record_model, server.max_records)
+    labels_model = feedback_model(server.max_records)
     app = FastAPI(title="rayops model API", description="Predictions from the registry's "
                   "aliased model; see GET /metadata for the model and its input schema.")
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -161,13 +171,23 @@ def create_app(server: Server) -> Any:
                          413: {"description": "body too large"},
                          422: {"description": "invalid records (field and index named)"},
                          503: {"description": "overloaded: retry later"}})
-    async def predict(body: body_model) -> Any:  # type: ignore[valid-type]
+    async def predict(body: body_model, request: Request) -> Any:  # type: ignore[valid-type]
         records = [r.model_dump() for r in body.records]  # type: ignore[attr-defined]
         try:
-            result = await server.predict(records)
+            result = await server.predict(records, request.headers.get(REQUEST_ID))
         except DataError as exc:
             return _error(422, [{"loc": ["body", "records"], "msg": str(exc),
                                  "type": "value_error"}])
         return JSONResponse(result)
+
+    @app.post("/feedback", status_code=202, response_model=FeedbackResponse,
+              responses={401: {"description": "missing or wrong bearer token"},
+                         422: {"description": "invalid labels (field and index named)"},
+                         503: {"description": "this deployment keeps no prediction log"}})
+    async def feedback(body: labels_model) -> Any:  # type: ignore[valid-type]
+        counts = server.feedback([item.model_dump() for item in body.labels])  # type: ignore[attr-defined]
+        if counts is None:
+            return _error(503, "feedback is off: serve.log_predictions is false")
+        return JSONResponse(counts, status_code=202)
 
     return Guard(app, server)

@@ -8,6 +8,7 @@ swaps in one assignment, so no request fails during an update.
 """
 
 import asyncio
+import datetime as dt
 import itertools
 import logging
 import os
@@ -21,12 +22,20 @@ from pydantic import BaseModel, ConfigDict
 from ray import serve
 
 from rayops import tracking
-from rayops.config import TrackingConfig
+from rayops.config import StorageConfig, TrackingConfig
 from rayops.errors import DataError, ModelFilesMissing, ServeError, TrainingError
 from rayops.predict import Predictor
 from rayops.serve.app import create_app
 from rayops.serve.metrics import ServeMetrics
+from rayops.serve.prediction_log import (
+    FEEDBACK_SCHEMA,
+    AppendLog,
+    PredictionLog,
+    feedback_row,
+    log_locations,
+)
 from rayops.serve.schema import AliasState, Health, ModelInfo, record_model
+from rayops.storage import root_of
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +55,11 @@ class ReplicaSettings(BaseModel):
     registry_stale_after_s: float
     auth_token_env: str | None = None
     auth_token_file: str | None = None
+    # the prediction log: where (storage settings without secrets), how much
+    log_storage: dict[str, Any] | None = None
+    log_table: str = ""
+    log_sample_rate: float = 1.0
+    log_queue_rows: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,9 @@ def read_token(settings: ReplicaSettings) -> str | None:
 class ModelServer:
     """One replica."""
 
+    log: PredictionLog | None = None  # set in __init__ when the config keeps a log
+    labels: AppendLog | None = None  # the feedback table's queue, beside the log
+
     async def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = ReplicaSettings.model_validate(settings)
         self._tracking = TrackingConfig.model_validate(self.settings.tracking)
@@ -89,6 +106,7 @@ class ModelServer:
         self.max_body_bytes = self.settings.max_body_bytes
         self.token = read_token(self.settings)
         self.metrics = ServeMetrics()
+        self.log, self.labels = prediction_log(self.settings)
         self.predict_batch.set_max_batch_size(self.settings.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         if self.settings.poll_interval_s > 0:
@@ -195,7 +213,9 @@ class ModelServer:
         except DataError as exc:
             return exc
 
-    async def predict(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+    async def predict(self, records: list[dict[str, Any]], request_id: str | None = None
+                      ) -> dict[str, Any]:
+        started = time.perf_counter()
         if self.settings.max_batch_size == 1:  # batching off: no queue hop
             result = self._one(self.model, records)
         else:
@@ -204,7 +224,26 @@ class ModelServer:
             raise result
         self.stats["requests"] += 1
         self.stats["records"] += len(records)
-        return result
+        if self.log is not None:
+            info = result["model"]
+            self.log.record(request_id, info["name"], info["version"], records,
+                            result["predictions"], (time.perf_counter() - started) * 1e3)
+        return {**result, "request_id": request_id}
+
+    def feedback(self, labels: list[dict[str, Any]]) -> dict[str, int] | None:
+        """Queue true labels for the feedback table (None: this deployment logs nothing)."""
+        if self.labels is None:
+            return None
+        now = dt.datetime.now(dt.UTC)
+        accepted = sum(self.labels.put(feedback_row(item["request_id"], item["record_index"],
+                                                    item["label"], now)) for item in labels)
+        return {"accepted": accepted, "dropped": len(labels) - accepted}
+
+    def __del__(self) -> None:
+        """Serve's graceful shutdown: what the logs hold is written first."""
+        for log in (self.log, self.labels):
+            if log is not None:
+                log.close()
 
     # ------------------------------------------------------------------ introspection
 
@@ -217,7 +256,16 @@ class ModelServer:
                 "metrics": {k: v for k, v in meta.get("metrics", {}).items()
                             if k.startswith("valid_")},
                 "input_schema": self.record_model.model_json_schema(),
-                "served": dict(self.stats)}
+                "served": dict(self.stats) | self.log_counts()}
+
+    def log_counts(self) -> dict[str, int]:
+        """The prediction log's rows: queued (sampled), dropped, written, failed writes."""
+        if self.log is None:
+            return {}
+        counts = {f"log_{k}": v for k, v in self.log.counts.items()}
+        if self.labels is not None:
+            counts |= {f"feedback_{k}": v for k, v in self.labels.counts.items()}
+        return counts
 
     def alias_state(self) -> AliasState:
         checked = self.registry_ok_at
@@ -253,7 +301,23 @@ def replica_settings(cfg: Any) -> dict[str, Any]:
         poll_interval_s=s.model_poll_interval_s,
         registry_stale_after_s=s.registry_stale_after_s, auth_token_env=s.auth_token_env,
         auth_token_file=s.auth_token_file,
+        log_storage=cfg.storage.model_dump(
+            mode="json", exclude={"access_key_id", "secret_access_key", "session_token"},
+        ) if s.log_predictions else None,
+        log_table=cfg.name, log_sample_rate=s.log_sample_rate,
+        log_queue_rows=s.log_queue_rows,
     ).model_dump()
+
+
+def prediction_log(settings: ReplicaSettings
+                   ) -> tuple[PredictionLog | None, AppendLog | None]:
+    """The replica's prediction log and feedback queue, when the config keeps a log."""
+    if settings.log_storage is None:
+        return None, None
+    predictions, feedback = log_locations(root_of(StorageConfig.model_validate(
+        settings.log_storage)), settings.log_table)
+    return (PredictionLog(predictions, settings.log_sample_rate, settings.log_queue_rows),
+            AppendLog(feedback, FEEDBACK_SCHEMA, settings.log_queue_rows))
 
 
 def wait_ready(url: str, timeout_s: float = 120.0) -> None:

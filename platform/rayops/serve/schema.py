@@ -3,7 +3,16 @@
 import datetime as dt
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    create_model,
+)
 
 from rayops.config import ColumnSpec
 
@@ -48,6 +57,28 @@ def request_model(record: type[BaseModel], max_records: int) -> type[BaseModel]:
     )
 
 
+class FeedbackItem(BaseModel):
+    """A true label for one served record."""
+
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(min_length=1, max_length=200,
+                            description="The X-Request-ID the prediction was answered under.")
+    record_index: int = Field(0, ge=0, description="The record's place in that request.")
+    label: StrictStr | StrictBool | StrictInt | Annotated[float, Field(allow_inf_nan=False)]
+
+
+def feedback_model(max_labels: int) -> type[BaseModel]:
+    return create_model(
+        "FeedbackRequest", __config__=ConfigDict(extra="forbid"),
+        labels=(list[FeedbackItem], Field(min_length=1, max_length=max_labels)),
+    )
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int = Field(description="Labels queued for the feedback table.")
+    dropped: int = Field(description="Labels the full queue could not take (send again).")
+
+
 class ModelInfo(BaseModel):
     name: str
     version: str
@@ -63,6 +94,9 @@ class Prediction(BaseModel):
 class PredictResponse(BaseModel):
     model: ModelInfo
     predictions: list[Prediction]
+    request_id: str | None = Field(
+        None, description="This request's X-Request-ID: the key its records have in the "
+        "prediction log.")
 
 
 class AliasState(BaseModel):

@@ -1,0 +1,1 @@
+"""Monitoring served traffic: drift against a dataset version's reference profile."""

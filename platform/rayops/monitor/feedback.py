@@ -1,0 +1,124 @@
+"""True labels that arrive after the prediction, and the live metrics they give.
+
+Labels come from ``POST /feedback`` on the served API (batched off the request path, like
+the prediction log) or in bulk from ``rayops feedback CONFIG FILE``; both append to
+``{storage.root}/feedback/{pipeline}``. A label names the request (its X-Request-ID) and the
+record's place in it. Joined with the prediction log on those two keys (the newest label
+wins when one is sent twice), they give each model version's metrics on live traffic:
+accuracy, precision, recall and F1, or RMSE, MAE and R², with how many labelled records
+they rest on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from rayops import metrics as metric_fns
+from rayops.config import PipelineConfig
+from rayops.data.table import open_table
+from rayops.errors import DataError
+from rayops.serve.prediction_log import FEEDBACK_SCHEMA, feedback_row, log_locations
+from rayops.storage import Location, root_of
+
+
+def prediction_table(cfg: PipelineConfig) -> Location:
+    """Where Serve's replicas append what they served (``serve.prediction_log``)."""
+    return log_locations(root_of(cfg.storage), cfg.name)[0]
+
+
+def feedback_table(cfg: PipelineConfig) -> Location:
+    return log_locations(root_of(cfg.storage), cfg.name)[1]
+
+
+def append_feedback(cfg: PipelineConfig, labels: pd.DataFrame) -> int:
+    """Append labels (columns ``request_id``, ``label``, optional ``record_index``); every
+    row is checked first, so a bad file appends nothing. Returns the rows appended."""
+    from deltalake import write_deltalake
+
+    missing = {"request_id", "label"} - set(labels.columns)
+    if missing:
+        raise DataError(f"feedback lacks the column(s) {sorted(missing)}; it needs "
+                        "request_id, label and optionally record_index")
+    now = dt.datetime.now(dt.UTC)
+    rows = []
+    for line, item in enumerate(labels.to_dict("records"), start=1):
+        request_id, label = item.get("request_id"), item.get("label")
+        index = item.get("record_index")
+        if request_id is None or not str(request_id).strip():
+            raise DataError(f"feedback row {line}: request_id is empty")
+        if label is None or (isinstance(label, float) and not np.isfinite(label)):
+            raise DataError(f"feedback row {line} ({request_id}): label is missing "
+                            f"(got {label!r})")
+        try:
+            index = 0 if index is None else int(index)
+        except (TypeError, ValueError):
+            raise DataError(f"feedback row {line} ({request_id}): record_index {index!r} "
+                            "is not an integer") from None
+        rows.append(feedback_row(str(request_id), index, _plain(label), now))
+    if not rows:
+        return 0
+    location = feedback_table(cfg)
+    write_deltalake(location.table_uri,
+                    pa.Table.from_pylist([dict(zip(FEEDBACK_SCHEMA.names, r, strict=True))
+                                          for r in rows], FEEDBACK_SCHEMA),
+                    mode="append", partition_by=["date"],
+                    storage_options=location.options or None)
+    return len(rows)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _read(location: Location, columns: list[str], since: dt.datetime | None) -> pd.DataFrame:
+    table = open_table(location)
+    if table is None:
+        return pd.DataFrame(columns=columns)
+    filters = [("date", ">=", since.date().isoformat())] if since else None
+    rows = table.to_pyarrow_table(columns=[*columns, "time"], filters=filters).to_pandas()
+    if since is not None:
+        rows = rows[rows["time"] >= pd.Timestamp(since)]
+    return rows
+
+
+def live_metrics(cfg: PipelineConfig, hours: float | None = None
+                 ) -> dict[str, dict[str, float]]:
+    """Each served model version's metrics on the labelled records of the window (all
+    time when ``hours`` is None), keyed by version."""
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours) if hours else None
+    keys = ["request_id", "record_index"]
+    served = _read(prediction_table(cfg), [*keys, "model_version", "prediction"], since)
+    labels = _read(feedback_table(cfg), [*keys, "label"], None)
+    labels = labels.sort_values("time").drop_duplicates(keys, keep="last")
+    joined = served.drop(columns="time").merge(labels.drop(columns="time"), on=keys)
+    out = {}
+    for version, rows in joined.groupby("model_version"):
+        predicted = [json.loads(p) for p in rows["prediction"]]
+        actual = [json.loads(a) for a in rows["label"]]
+        out[str(version)] = {"labelled": float(len(rows)),
+                             **_metrics(cfg.data.task, predicted, actual,
+                                        cfg.data.columns[cfg.data.label].values)}
+    return out
+
+
+def _metrics(task: str, predicted: list[Any], actual: list[Any],
+             declared: list[str] | None = None) -> dict[str, float]:
+    """Live metrics; ``declared`` classes keep a binary task's positive class the one
+    training used even when a window holds one class only."""
+    if task == "regression":
+        values = metric_fns.regression_metrics(metric_fns.regression_sums(
+            np.asarray(predicted, dtype=np.float64), np.asarray(actual, dtype=np.float64)))
+    else:
+        classes = sorted({*(declared or []), *(str(v) for v in [*predicted, *actual])})
+        index = {c: i for i, c in enumerate(classes)}
+        confusion = metric_fns.confusion_matrix(
+            np.array([index[str(p)] for p in predicted]),
+            np.array([index[str(a)] for a in actual]), len(classes))
+        values = metric_fns.classification_metrics(confusion)
+    return {f"live_{k}": v for k, v in values.items()}
