@@ -65,7 +65,9 @@ def test_training_driver_killed_then_resumed(tmp_path, ray_start_4_cpus, ray_hea
     # Enough epochs that `ray job stop` lands mid-training: an epoch here takes well under
     # a second, and a driver stopped after its last epoch would leave nothing to resume.
     epochs = 24
-    cfg = demo_config(tmp_path, **{"train.epochs": epochs, "train.cpus_per_worker": 0.5})
+    # every epoch runs (no early stopping): the test counts them
+    cfg = demo_config(tmp_path, **{"train.epochs": epochs, "train.cpus_per_worker": 0.5,
+                                   "train.early_stopping_patience": "null"})
     write_demo_data(file_source(cfg).location, rows=2000, files=2)
     ingest(cfg)  # here: the ingest job has its own test; this one is about the train job
     workdir = job_dir(tmp_path, cfg)

@@ -203,14 +203,16 @@ def test_monitor_flags_a_shifted_window_against_the_champions_training_data(
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     result = CliRunner().invoke(app, ["monitor", str(tmp_path / "pipeline.yaml"), "--records",
                                       str(tmp_path / "month.csv"), "--output",
-                                      str(tmp_path / "report"), "--fail-on-drift"])
-    assert result.exit_code == 3, result.output
+                                      str(tmp_path / "report"), "--fail-on-drift",
+                                      "--set", "monitor.key_features=[contract]"])
+    assert result.exit_code == 3, result.output  # 2 of 10 is below 30%, but a key feature
     verdicts = {line.split()[0]: line.split()[1] for line in result.output.splitlines()[2:]
                 if line.split() and line.split()[0] in churn.generate(1, 0).columns}
     drifted = sorted(name for name, verdict in verdicts.items() if verdict == "drift")
     assert drifted == ["contract", "monthly_charges"], result.output
     report = json.loads((tmp_path / "report" / "drift_report.json").read_text())
     assert report["verdict"] == "drift" and sorted(report["drifted"]) == drifted
+    assert report["reasons"] == ["key feature(s) drifted: contract"]
     assert "<svg" in (tmp_path / "report" / "drift_report.html").read_text()
     client = MlflowClient(cfg.tracking.uri)
     (run,) = client.search_runs([tracking.experiment_id(cfg.tracking, cfg.experiment_name)],

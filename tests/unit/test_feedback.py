@@ -24,6 +24,7 @@ def _served(cfg, version: str, answers: list, first: int = 0) -> None:
 
 def test_labels_join_the_prediction_log_per_model_version(tmp_path):
     cfg = _cfg(tmp_path)
+    assert live_metrics(cfg) == {}  # nothing served, nothing labelled yet
     _served(cfg, "1", ["yes", "yes", "no", "no"])
     _served(cfg, "2", ["yes", "no"], first=4)
     labels = pd.DataFrame({"request_id": ["r0", "r1", "r2", "r3", "r4", "r9"],

@@ -78,8 +78,8 @@ def _plain(value: Any) -> Any:
 
 def _read(location: Location, columns: list[str], since: dt.datetime | None) -> pd.DataFrame:
     table = open_table(location)
-    if table is None:
-        return pd.DataFrame(columns=columns)
+    if table is None:  # nothing served (or labelled) yet
+        return pd.DataFrame(columns=[*columns, "time"])
     filters = [("date", ">=", since.date().isoformat())] if since else None
     rows = table.to_pyarrow_table(columns=[*columns, "time"], filters=filters).to_pandas()
     if since is not None:
