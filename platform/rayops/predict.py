@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from rayops.config import ColumnSpec
 from rayops.data.preprocess import Preprocessor
-from rayops.data.schema import ERROR, validate_frame
+from rayops.data.schema import ERROR, validate_frame, validate_records
 from rayops.errors import DataError
 from rayops.models import Bundle
 
@@ -52,11 +53,14 @@ class Predictor:
         missing = [n for n in self.features if n not in records.columns]
         if missing:
             raise DataError(f"records lack the feature column(s) {missing}")
-        typed = validate_frame(records[self.features], features)
-        errors = typed.column(ERROR).to_pylist()
-        first = next((i for i, e in enumerate(errors) if e is not None), None)
-        if first is not None:
-            raise DataError(f"record {first}: {errors[first]}")
+        return self._checked(validate_frame(records[self.features], features))
+
+    def _checked(self, typed: pa.Table) -> np.ndarray:
+        errors = typed.column(ERROR)
+        if errors.null_count < len(errors):
+            listed = errors.to_pylist()
+            first = next(i for i, e in enumerate(listed) if e is not None)
+            raise DataError(f"record {first}: {listed[first]}")
         return self.preprocessor.transform(typed)
 
     def outputs(self, x: np.ndarray) -> np.ndarray:
@@ -82,4 +86,5 @@ class Predictor:
 
     def predict_records(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """:meth:`predict` for records as a request carries them (dicts of feature values)."""
-        return self.predict(pd.DataFrame.from_records(records, columns=self.features))
+        features = {n: self.schema[n] for n in self.features}
+        return self.predict_matrix(self._checked(validate_records(records, features)))

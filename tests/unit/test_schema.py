@@ -11,6 +11,7 @@ from rayops.data.schema import (
     error_kind,
     label_strings,
     validate_frame,
+    validate_records,
     validate_table,
 )
 
@@ -111,3 +112,25 @@ def test_split_is_deterministic_order_free_and_near_fraction():
     same_rows = pa.table({"a": [5, 5], "b": ["x", "x"]})
     first, second = assign_split(same_rows, ["a", "b"], 0.5, seed=3)
     assert first == second
+
+
+def test_records_validate_as_their_dataframe_does():
+    """The serving path skips the DataFrame; it must judge every record the same way."""
+    records = [
+        {"age": 30, "charges": 1.5, "plan": "a", "paperless": True, "signup": "2024-03-05",
+         "note": "hi", "label": "y"},
+        {"age": 31.0, "charges": 2, "plan": "c", "paperless": None, "signup": None,
+         "note": None, "label": "n"},                      # int/float mixes, unknown plan
+        {"age": "abc", "charges": -1.0, "plan": None, "paperless": "yes",
+         "signup": "soon", "note": 5, "label": "y"},       # text in numbers, below min
+        {"charges": 3.0, "plan": "b", "label": "y"},       # keys missing: age not nullable
+        {"age": 200, "charges": None, "plan": "b", "paperless": False,
+         "signup": "2024-01-01T00:00:00Z", "note": "x", "label": None},
+    ]
+    direct = validate_records(records, SPECS, "label")
+    framed = validate_frame(pd.DataFrame.from_records(records, columns=list(SPECS)), SPECS,
+                            "label")
+    assert direct.column(ERROR).to_pylist() == framed.column(ERROR).to_pylist()
+    for name in SPECS:
+        assert direct.column(name).to_pylist() == framed.column(name).to_pylist(), name
+    assert direct.column(ERROR).to_pylist()[0] is None

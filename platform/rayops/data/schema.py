@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -190,6 +191,25 @@ def validate_frame(frame: pd.DataFrame, columns: Mapping[str, ColumnSpec],
         if series.dtype == object and series.map(type).nunique() > 1:
             series = series.map(lambda v: v if v is None else str(v))  # mixed: judge as text
         arrays[str(name)] = pa.array(series, from_pandas=True)
+    return validate_table(pa.table(arrays), columns, label)
+
+
+def validate_records(records: Sequence[Mapping[str, Any]], columns: Mapping[str, ColumnSpec],
+                     label: str | None = None) -> pa.Table:
+    """:func:`validate_table` for records as a request carries them (dicts), without a
+    DataFrame in between: for one or two records, building and indexing the DataFrame cost
+    more than validating. A column mixing types is judged as text, as in
+    :func:`validate_frame`; a record without a column has a null there."""
+    arrays = {}
+    for name in columns:
+        values = [record.get(name) for record in records]
+        kinds = {type(v) for v in values if v is not None}
+        if kinds <= {int, float} and len(kinds) == 2:
+            arrays[name] = pa.array(values, pa.float64())
+        elif len(kinds) > 1:
+            arrays[name] = pa.array([v if v is None else str(v) for v in values], pa.string())
+        else:
+            arrays[name] = pa.array(values, pa.string() if not kinds else None)
     return validate_table(pa.table(arrays), columns, label)
 
 
