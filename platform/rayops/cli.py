@@ -471,6 +471,27 @@ def feedback(
         typer.echo(f"v{version}: {int(values['labelled'])} labelled record(s)  {shown}")
 
 
+@app.command()
+def operate(
+    config: ConfigArg,
+    overrides: SetOpt = None,
+    cycles: Annotated[int | None, typer.Option(
+        min=1, help="Stop after this many cycles (default: run until stopped).")] = None,
+) -> None:
+    """The retraining loop: each cycle ingests, monitors drift, decides, retrains, gates
+    (validation rows and the labelled window), shadows, promotes and watches (rolling back
+    on a breach). A stopped operator resumes its cycle when started again."""
+    from rayops.operate import operate as run_loop
+
+    cfg = _load(config, overrides)
+    _connect(cfg)
+    with contextlib.suppress(KeyboardInterrupt):
+        state = run_loop(cfg, cycles, say=typer.echo)
+        typer.echo(f"stopped after cycle {state.cycle}: "
+                   f"{state.facts.get('outcome', 'no retrain')}")
+    _logs_line()
+
+
 schema_app = typer.Typer(help="Schema contracts.", no_args_is_help=True)
 app.add_typer(schema_app, name="schema")
 

@@ -56,6 +56,10 @@ class TrainingError(RayopsError):
     """Training could not produce a usable model."""
 
 
+class PredictionError(RayopsError):
+    """A model could not answer valid input (non-finite outputs: a diverged model)."""
+
+
 class TrackingError(RayopsError):
     """MLflow tracking or the model registry cannot do what was asked."""
 

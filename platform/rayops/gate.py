@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
 from rayops import tracking
 from rayops.config import PipelineConfig
 from rayops.data.versions import DatasetVersion
@@ -39,15 +41,17 @@ class Decision:
     reason: str
     challenger_metrics: dict[str, float] = field(default_factory=dict)
     champion_metrics: dict[str, float] = field(default_factory=dict)
+    passed: bool = False  # cleared the gate (promoted unless the caller promotes later)
 
     def summary(self) -> str:
         c = self.challenger
+        verdict = "promoted to champion" if self.promoted else (
+            "passed the gate, stays @challenger for now" if self.passed else
+            f"champion stays v{self.champion.version}")
         if self.champion_score is None:
             return (f"{c.name} v{c.version} {self.metric}={self.challenger_score:.4f} "
-                    f"promoted to champion: {self.reason}")
+                    f"{verdict}: {self.reason}")
         assert self.previous is not None
-        verdict = "promoted to champion" if self.promoted else (
-            f"champion stays v{self.champion.version}")
         return (f"challenger {c.name} v{c.version} {self.metric}={self.challenger_score:.4f} "
                 f"vs champion v{self.previous.version} {self.champion_score:.4f}: {verdict} "
                 f"({self.reason})")
@@ -98,14 +102,15 @@ def _champion(cfg: PipelineConfig, model: tracking.RegisteredModel) -> Predictor
 
 
 def register_and_gate(cfg: PipelineConfig, model_uri: str, run_id: str,
-                      version: DatasetVersion) -> Decision:
+                      version: DatasetVersion, promote: bool = True) -> Decision:
     """Register as challenger; promote to champion when it clears the gate (or is first,
-    or the champion is not comparable). Errors fail closed with a :class:`GateError`."""
+    or the champion is not comparable). Errors fail closed with a :class:`GateError`.
+    ``promote=False`` only judges: the operate loop shadows a model that passed first."""
     name = cfg.model_name
     previous = tracking.alias_or_none(cfg.tracking, name, tracking.CHAMPION)
     challenger = tracking.register(cfg.tracking, name, model_uri, run_id, tracking.CHALLENGER)
     try:
-        return _decide(cfg, challenger, previous, version)
+        return _decide(cfg, challenger, previous, version, promote)
     except RayopsError as exc:
         raise GateError(f"gate of {name} v{challenger.version} failed, nothing promoted "
                         f"(v{challenger.version} stays @challenger"
@@ -117,7 +122,8 @@ def register_and_gate(cfg: PipelineConfig, model_uri: str, run_id: str,
 
 
 def _decide(cfg: PipelineConfig, challenger: tracking.RegisteredModel,
-            previous: tracking.RegisteredModel | None, version: DatasetVersion) -> Decision:
+            previous: tracking.RegisteredModel | None, version: DatasetVersion,
+            promote: bool = True) -> Decision:
     metric, _ = cfg.gate_metric
     rows = version.table("valid")
     mine = Predictor.from_registry(cfg.tracking, challenger)
@@ -133,6 +139,7 @@ def _decide(cfg: PipelineConfig, challenger: tracking.RegisteredModel,
     else:
         theirs = score(champion, rows).metrics
         promoted, reason = verdict(cfg, ours, theirs)
+    passed, promoted = promoted, promoted and promote
     tracking.tag_version(cfg.tracking, challenger.name, challenger.version, {
         "rayops.gate.dataset": version.id, "rayops.gate.metric": metric,
         "rayops.gate.score": f"{ours[metric]:.6f}",
@@ -146,7 +153,26 @@ def _decide(cfg: PipelineConfig, challenger: tracking.RegisteredModel,
                                                   challenger.source)
     # Tagged last: "true" only once the alias has really moved.
     tracking.tag_version(cfg.tracking, challenger.name, challenger.version,
-                         {"rayops.gate.promoted": str(promoted).lower()})
-    assert champion_model is not None
+                         {"rayops.gate.passed": str(passed).lower(),
+                          "rayops.gate.promoted": str(promoted).lower()})
+    if champion_model is None:  # the first model, judged only: nothing to serve before it
+        champion_model = challenger
     return Decision(challenger, champion_model, previous, metric, ours[metric],
-                    theirs.get(metric), promoted, reason, ours, theirs)
+                    theirs.get(metric), promoted, reason, ours, theirs, passed)
+
+
+def window_verdict(cfg: PipelineConfig, challenger: Predictor, champion: Predictor,
+                   rows: pa.Table) -> tuple[bool, str, dict[str, float]]:
+    """The challenger against the champion on the labelled window of served traffic: it
+    may be at most ``operate.window_tolerance`` worse on the gate metric."""
+    metric, mode = cfg.gate_metric
+    ours, theirs = score(challenger, rows).metrics[metric], score(champion, rows).metrics[metric]
+    gain = _improvement(ours, theirs, mode)
+    scores = {f"window_{metric}_challenger": ours, f"window_{metric}_champion": theirs}
+    if gain < -cfg.operate.window_tolerance:
+        return False, (f"on {rows.num_rows} labelled served records {metric} is "
+                       f"{ours:.4f} against the champion's {theirs:.4f} (worse by "
+                       f"{-gain:.4f}, operate.window_tolerance {cfg.operate.window_tolerance})"
+                       ), scores
+    return True, (f"on {rows.num_rows} labelled served records {metric} {ours:.4f} vs the "
+                  f"champion's {theirs:.4f}"), scores

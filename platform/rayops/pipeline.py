@@ -41,7 +41,8 @@ class PipelineResult:
 
 def train_and_register(cfg: PipelineConfig, version: DatasetVersion | None = None,
                        sweep: bool | None = None, resume: bool = False,
-                       dataset_version: int | None = None) -> ModelResult:
+                       dataset_version: int | None = None, promote: bool = True
+                       ) -> ModelResult:
     """A training run (or a sweep, when tune.enabled) registered as challenger and promoted
     to champion if it beats the current one on the same validation data. It trains on
     ``version``, else on ``dataset_version`` (a table version), else on the latest."""
@@ -60,7 +61,7 @@ def train_and_register(cfg: PipelineConfig, version: DatasetVersion | None = Non
         trained = run_training(cfg, version, resume=resume)
         run_id, metrics, model_uri = trained.run_id, trained.metrics, trained.model_uri
     version = load_version(cfg, _version_of_run(cfg, run_id))
-    decision = register_and_gate(cfg, model_uri, run_id, version)
+    decision = register_and_gate(cfg, model_uri, run_id, version, promote)
     return ModelResult(run_id, metrics, decision, version.id)
 
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 from rayops.config import ColumnSpec
 from rayops.data.preprocess import Preprocessor
 from rayops.data.schema import ERROR, validate_frame, validate_records
-from rayops.errors import DataError
+from rayops.errors import DataError, PredictionError
 from rayops.models import Bundle
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ class Predictor:
         self.preprocessor = Preprocessor.from_dict(bundle.meta["preprocessor"])
         self.schema = {n: ColumnSpec.model_validate(s) for n, s in bundle.meta["schema"].items()}
         self.features = [n for n in self.schema if n != self.preprocessor.label]
+        self.feature_specs = {n: self.schema[n] for n in self.features}  # per request
 
     @classmethod
     def load(cls, folder: Path) -> Predictor:
@@ -49,11 +50,10 @@ class Predictor:
 
     def matrix(self, records: pd.DataFrame) -> np.ndarray:
         """Validated, transformed input matrix; raises DataError naming the bad record."""
-        features = {n: self.schema[n] for n in self.features}
         missing = [n for n in self.features if n not in records.columns]
         if missing:
             raise DataError(f"records lack the feature column(s) {missing}")
-        return self._checked(validate_frame(records[self.features], features))
+        return self._checked(validate_frame(records[self.features], self.feature_specs))
 
     def _checked(self, typed: pa.Table) -> np.ndarray:
         errors = typed.column(ERROR)
@@ -66,19 +66,23 @@ class Predictor:
     def outputs(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities, or the standardized value as one column, for a feature
         matrix (whatever the model family)."""
-        return self.bundle.model.outputs(x, self.task == "classification")
+        out = self.bundle.model.outputs(x, self.task == "classification")
+        if not np.isfinite(out).all():  # a diverged model: fail, never answer NaN
+            bad = int((~np.isfinite(out)).any(axis=1).sum())
+            raise PredictionError(f"the model gave non-finite outputs for {bad} of "
+                                  f"{len(out)} record(s)")
+        return out
 
     def predict_matrix(self, x: np.ndarray) -> list[dict[str, Any]]:
         out = self.outputs(x)
         if self.task == "regression":
             values = self.preprocessor.decode_regression(out[:, 0])
             return [{"prediction": float(v)} for v in values]
-        probs = out
         classes = self.preprocessor.classes
         return [
             {"prediction": classes[int(row.argmax())],
              "probabilities": {c: round(float(p), 6) for c, p in zip(classes, row, strict=True)}}
-            for row in probs
+            for row in out
         ]
 
     def predict(self, records: pd.DataFrame) -> list[dict[str, Any]]:
@@ -86,5 +90,5 @@ class Predictor:
 
     def predict_records(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """:meth:`predict` for records as a request carries them (dicts of feature values)."""
-        features = {n: self.schema[n] for n in self.features}
-        return self.predict_matrix(self._checked(validate_records(records, features)))
+        return self.predict_matrix(self._checked(validate_records(records,
+                                                                  self.feature_specs)))

@@ -113,11 +113,12 @@ class JobArgs:
     cfg: PipelineConfig
     resume: bool
     dataset_version: int | None = None
+    cycles: int | None = None
 
 
 def job_args(description: str, argv: Sequence[str] | None = None) -> JobArgs:
     """Parse a job's ``--config PATH [--set KEY=VALUE ...] [--base-dir DIR] [--verbose] [--resume]
-    [--dataset-version N]``, set up logging and connect to Ray."""
+    [--dataset-version N] [--cycles N]``, set up logging and connect to Ray."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True, help="Pipeline config YAML.")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
@@ -129,6 +130,8 @@ def job_args(description: str, argv: Sequence[str] | None = None) -> JobArgs:
                         help="Continue the last run whose driver died (train, tune).")
     parser.add_argument("--dataset-version", type=int, default=None, metavar="N",
                         help="Train on this curated dataset version (default: the latest).")
+    parser.add_argument("--cycles", type=int, default=None, metavar="N",
+                        help="Stop the operate loop after N cycles (default: never).")
     parser.add_argument("--verbose", action="store_true",
                         help="Ray's and MLflow's own messages in the job's log too.")
     args = parser.parse_args(argv)
@@ -136,7 +139,7 @@ def job_args(description: str, argv: Sequence[str] | None = None) -> JobArgs:
     output = setup_logging(verbose=args.verbose)
     cfg = load_config(args.config, args.overrides, base_dir=args.base_dir)
     connect(cfg, output)
-    return JobArgs(cfg, args.resume, args.dataset_version)
+    return JobArgs(cfg, args.resume, args.dataset_version, args.cycles)
 
 
 def in_ray_job() -> bool:

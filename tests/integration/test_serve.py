@@ -378,3 +378,134 @@ def test_served_requests_land_in_the_prediction_log_and_ten_rows_are_not_a_verdi
         window["prediction"], truth, strict=True))
     (metrics,) = live_metrics(cfg, hours=1).values()  # one version served them
     assert metrics["live_accuracy"] == pytest.approx(expected / 10)
+
+
+# --------------------------------------------------------------------------- shadow, canary
+
+def _log_rows(cfg, since):
+    from rayops.monitor.feedback import prediction_table
+    from rayops.operate.loop import LOG_COLUMNS
+    from rayops.serve.prediction_log import read_log
+
+    rows = read_log(prediction_table(cfg), LOG_COLUMNS, since)
+    return rows.to_pandas() if rows is not None else None
+
+
+def _shadow_version(url: str) -> str | None:
+    shadow = requests.get(f"{url}/metadata", timeout=10).json()["shadow"]
+    return shadow and shadow["model"]["version"]
+
+
+def test_a_shadow_sees_mirrored_traffic_and_a_canary_key_sticks(trained):
+    import datetime as dt
+
+    from rayops.operate.signals import shadow_stats
+    from rayops.serve.deployment import in_share
+
+    cfg, first, second = trained  # v2 is @challenger
+    since = dt.datetime.now(dt.UTC)
+    url = _deploy(cfg, **{"serve.mirror_fraction": 1.0, "serve.canary_fraction": 0.3,
+                          "serve.autoscaling.min_replicas": 1,
+                          "serve.autoscaling.max_replicas": 1})
+    assert _shadow_version(url) == second
+    answered = {}
+    for i in range(40):
+        headers = {"X-Rayops-Key": f"user-{i % 20}", "X-Request-ID": f"shadowed-{i}"}
+        response = _post(url, headers=headers)
+        assert response.status_code == 200
+        answered[i] = response.json()["model"]["version"]
+    # each key's side is fixed by its hash: 20 keys, each asked twice, same answer both times
+    assert answered == {i: second if in_share(f"user-{i % 20}", 0.3) else first
+                        for i in range(40)}
+    canary = sum(v == second for v in answered.values())
+    assert 0 < canary < 40
+
+    def mirrored() -> bool:
+        rows = _log_rows(cfg, since)
+        return rows is not None and (rows["role"] == "shadow").sum() >= (40 - canary) * 2
+
+    wait_for(mirrored, 30, what="the mirrored requests in the log")
+    rows = _log_rows(cfg, since)
+    stats = shadow_stats(rows, second, "classification", 0.1)
+    # every champion answer was mirrored; canary answers were not (they are v2's already)
+    assert stats.shadow.records == stats.compared == (40 - canary) * 2
+    assert stats.shadow.errors == 0 and stats.agreement is not None
+    assert set(rows.loc[rows["role"] == "canary", "model_version"]) == {second}
+
+
+def _diverged(cfg, source: str) -> str:
+    """A copy of ``source`` whose weights are NaN (a training run that diverged),
+    registered as challenger; returns its version."""
+    import tempfile
+    from pathlib import Path
+
+    import pandas as pd
+    import torch
+
+    from rayops.predict import Predictor
+
+    with tempfile.TemporaryDirectory() as folder:
+        model = tracking.RegisteredModel(cfg.model_name, source, "", "", "")
+        predictor = Predictor.load(tracking.download_bundle(cfg.tracking, model,
+                                                            Path(folder) / "in"))
+        with torch.no_grad():
+            for weights in predictor.bundle.model.network.parameters():
+                weights.fill_(float("nan"))
+        bundle_dir = predictor.bundle.save(Path(folder) / "nan")
+        run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, "diverged")
+        uri = tracking.log_model(cfg.tracking, run_id, bundle_dir,
+                                 pd.DataFrame(SAMPLE_RECORDS),
+                                 {n: False for n in predictor.features})
+        tracking.end_run(cfg.tracking, run_id)
+    return tracking.register(cfg.tracking, cfg.model_name, uri, run_id).version
+
+
+def test_a_failing_shadow_and_champion_cost_no_request_and_are_rolled_back(trained):
+    """A diverged model in shadow fails on every mirror and is refused; promoted anyway, its
+    failures are answered by the previous champion under load, and the loop's watch rolls
+    it back: not one non-2xx."""
+    import datetime as dt
+
+    from rayops.operate import Operator
+    from rayops.operate.signals import shadow_stats, shadow_verdict
+    from rayops.operate.state import CycleState, now_iso
+
+    cfg, first, second = trained
+    broken = _diverged(cfg, first)
+    since = dt.datetime.now(dt.UTC)
+    settings = {"serve.mirror_fraction": 1.0, "serve.autoscaling.min_replicas": 1,
+                "serve.autoscaling.max_replicas": 1}
+    url = _deploy(cfg, **settings)
+    assert _shadow_version(url) == broken
+    for i in range(10):
+        response = _post(url, headers={"X-Request-ID": f"mirrored-{i}"})
+        assert response.status_code == 200 and response.json()["model"]["version"] == first
+
+    def shadowed() -> bool:
+        rows = _log_rows(cfg, since)
+        return rows is not None and (rows["model_version"] == broken).sum() >= 20
+
+    wait_for(shadowed, 30, what="the shadow's rows")
+    stats = shadow_stats(_log_rows(cfg, since), broken, "classification", 0.1)
+    assert stats.shadow.errors == stats.shadow.records == 20
+    passed, why = shadow_verdict(cfg.operate.shadow.model_copy(update={"min_records": 20}),
+                                 stats)
+    assert not passed and "failed on 100.0%" in why
+
+    operated = cfg.with_overrides({**settings, "operate.rollback.watch_s": 60,
+                                   "operate.rollback.min_records": 10})
+    operator = Operator(operated, poll_s=0.5)
+    with Load(url, clients=4) as load:
+        tracking.promote(cfg.tracking, cfg.model_name, broken)
+        state = CycleState(1, "watch", None, {"champion": first, "challenger": broken,
+                                              "promoted_at": now_iso()})
+        assert operator._watch(state) == "done"
+        assert "rolled back to v" + first in state.facts["outcome"]
+        served = load.versions[first]
+        wait_for(lambda: load.versions[first] > served + 20)
+    assert set(load.statuses) == {200}, load.statuses
+    assert tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion").version == first
+    metadata = requests.get(f"{url}/metadata", timeout=10).json()
+    assert metadata["served"]["champion_errors"] >= 10
+    assert metadata["served"]["fallback_answers"] >= 10
+    tracking.set_alias(cfg.tracking, cfg.model_name, "challenger", second)

@@ -28,7 +28,7 @@ class _Server:
         self.max_records, self.max_body_bytes, self.token = 5, 4096, token
         self.observed: list[tuple[str, int]] = []
 
-    async def predict(self, records, request_id=None):
+    async def predict(self, records, request_id=None, key=None):
         return {"model": {"name": "m", "version": "1", "alias": "champion", "run_id": "r"},
                 "predictions": self.predictor.predict_records(records),
                 "request_id": request_id}
@@ -162,7 +162,7 @@ def test_bearer_token_is_required_except_for_health(predictor):
 
 
 class _Broken(_Server):
-    async def predict(self, records, request_id=None):
+    async def predict(self, records, request_id=None, key=None):
         raise RuntimeError("secret internals /etc/passwd")
 
 
@@ -273,3 +273,17 @@ def test_feedback_is_accepted_with_202_and_bad_labels_are_422(client, predictor)
         assert refused.status_code == 422, bad
         assert field in refused.json()["detail"][0]["loc"], refused.json()
     assert client.post("/feedback", json={"labels": []}).status_code == 422
+
+
+def test_a_diverged_model_fails_instead_of_answering_nan(predictor, tmp_path):
+    import torch
+
+    from rayops.errors import PredictionError
+
+    diverged = Predictor.load(predictor.bundle.save(tmp_path / "copy"))
+    with torch.no_grad():
+        for weights in diverged.bundle.model.network.parameters():
+            weights.fill_(float("nan"))
+    with pytest.raises(PredictionError, match="non-finite outputs for 2 of 2 record"):
+        diverged.predict_records([GOOD, GOOD])
+    assert predictor.predict_records([GOOD])[0]["prediction"] in ("yes", "no")

@@ -27,6 +27,7 @@ from rayops.config.base import _NAME_RE, BASE_DIR, StorageConfig, _Section, is_u
 from rayops.config.data import DATETIME_PARTS, ColumnSpec, ColumnType, DataConfig, DatetimePart
 from rayops.config.gate import GateConfig
 from rayops.config.monitor import MonitorConfig
+from rayops.config.operate import OperateConfig, RollbackConfig, ShadowGateConfig
 from rayops.config.serving import AutoscalingConfig, ServeConfig, TrackingConfig
 from rayops.config.training import (
     ChoiceDim,
@@ -43,12 +44,35 @@ from rayops.errors import ConfigError
 from rayops.metrics import TASK_METRICS, Mode
 
 __all__ = [
-    "DATETIME_PARTS", "AutoscalingConfig", "ChoiceDim", "ColumnSpec", "ColumnType",
-    "DataConfig", "DatetimePart", "GateConfig", "LogUniformDim", "ModelConfig", "MonitorConfig",
+    "DATETIME_PARTS",
+    "AutoscalingConfig",
+    "ChoiceDim",
+    "ColumnSpec",
+    "ColumnType",
+    "DataConfig",
+    "DatetimePart",
+    "GateConfig",
+    "LogUniformDim",
+    "ModelConfig",
+    "MonitorConfig",
+    "OperateConfig",
     "PipelineConfig",
-    "RandIntDim", "SchedulerConfig", "SearchDim", "ServeConfig", "StorageConfig",
-    "TrackingConfig", "TrainConfig", "TuneConfig", "UniformDim", "is_uri", "load_config",
-    "local_paths", "parse_overrides", "validate_config",
+    "RandIntDim",
+    "RollbackConfig",
+    "SchedulerConfig",
+    "SearchDim",
+    "ServeConfig",
+    "ShadowGateConfig",
+    "StorageConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "TuneConfig",
+    "UniformDim",
+    "is_uri",
+    "load_config",
+    "local_paths",
+    "parse_overrides",
+    "validate_config",
 ]
 
 
@@ -63,6 +87,7 @@ class PipelineConfig(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    operate: OperateConfig = Field(default_factory=OperateConfig)
 
     @field_validator("name")
     @classmethod

@@ -108,6 +108,20 @@ class ServeConfig(_Section):
     log_queue_rows: int = Field(
         10_000, ge=1, description="Rows a replica holds for the prediction log; beyond, "
         "rows are dropped and counted, never a request slowed or failed.")
+    shadow_alias: str = Field(
+        "challenger", description="Registry alias of the model that shadows (and, with "
+        "canary_fraction, partly serves) beside model_alias's, when it names another "
+        "version.")
+    mirror_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of requests also sent to the shadow model "
+        "after the answer: its answers go to the prediction log, never to the client.")
+    canary_fraction: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of request keys the shadow model answers "
+        "(sticky: a hash of the X-Rayops-Key header, else of the request id); on an error "
+        "the model_alias model answers instead.")
+    max_mirror_in_flight: int = Field(
+        4, ge=1, description="Mirrored requests a replica works on at once; beyond, a mirror "
+        "is skipped and counted.")
     registry_stale_after_s: float = Field(
         60.0, gt=0.0,
         description="A replica whose alias look-ups have failed for this long reports "
@@ -138,6 +152,16 @@ class ServeConfig(_Section):
                 "127.0.0.1 and reach the API through a tunnel or a load balancer that "
                 "authenticates)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _shadow(self) -> ServeConfig:
+        if self.shadow_alias == self.model_alias:
+            raise ValueError(f"shadow_alias {self.shadow_alias!r} is model_alias: the shadow "
+                             "must be another alias")
+        if self.mirror_fraction > 0 and not self.log_predictions:
+            raise ValueError(f"mirror_fraction {self.mirror_fraction} needs log_predictions: "
+                             "true (a mirror's answers go only to the prediction log)")
         return self
 
     @model_validator(mode="after")

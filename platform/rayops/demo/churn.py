@@ -20,8 +20,9 @@ PAYMENTS = ["electronic_check", "mailed_check", "bank_transfer", "credit_card"]
 REGIONS = ["north", "south", "east", "west"]
 
 
-def _churn_probability(df: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
-    logit = (
+def _churn_probability(df: pd.DataFrame, rng: np.random.Generator,
+                       extra: np.ndarray | float = 0.0) -> np.ndarray:
+    logit = extra + (
         -1.2
         + 1.6 * (df["contract"] == "month-to-month")
         - 1.0 * (df["contract"] == "two-year")
@@ -40,6 +41,32 @@ def _churn_probability(df: pd.DataFrame, rng: np.random.Generator) -> np.ndarray
 def generate(rows: int, seed: int = 7) -> pd.DataFrame:
     """A clean-ish frame of ``rows`` customers, then corrupted like real exports are."""
     rng = np.random.default_rng(seed)
+    df = _customers(rows, seed, rng)
+    churn = rng.uniform(size=rows) < _churn_probability(df, rng)
+    df["churned"] = np.where(churn, "yes", "no")
+    return _corrupt(df.astype(object), rng)
+
+
+NEW_PAYMENT = "wallet"
+
+
+def later_month(rows: int, seed: int = 11) -> pd.DataFrame:
+    """A later month's exports with a documented shift: prices up by 40 (a price change),
+    four in five customers on month-to-month contracts, and a new payment method,
+    ``wallet`` (a third of customers), whose customers churn more. A model trained before
+    has never seen ``wallet``; one retrained on this month learns it."""
+    rng = np.random.default_rng(seed)
+    df = _customers(rows, seed, rng)
+    df["monthly_charges"] = np.round(df["monthly_charges"] + 40, 2)
+    df["contract"] = rng.choice(CONTRACTS, rows, p=[0.80, 0.12, 0.08])
+    wallet = rng.uniform(size=rows) < 0.35
+    df.loc[wallet, "payment_method"] = NEW_PAYMENT
+    churn = rng.uniform(size=rows) < _churn_probability(df, rng, 1.5 * wallet - 0.8)
+    df["churned"] = np.where(churn, "yes", "no")
+    return _corrupt(df.astype(object), rng)
+
+
+def _customers(rows: int, seed: int, rng: np.random.Generator) -> pd.DataFrame:
     tenure = rng.integers(0, 73, rows)
     monthly = np.round(rng.uniform(18, 120, rows), 2)
     df = pd.DataFrame({
@@ -55,9 +82,7 @@ def generate(rows: int, seed: int = 7) -> pd.DataFrame:
         "paperless_billing": rng.choice(["yes", "no"], rows, p=[0.6, 0.4]),
         "region": rng.choice(REGIONS, rows),
     })
-    churn = rng.uniform(size=rows) < _churn_probability(df, rng)
-    df["churned"] = np.where(churn, "yes", "no")
-    return _corrupt(df.astype(object), rng)
+    return df
 
 
 def _corrupt(df: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:

@@ -23,6 +23,10 @@ OTHER_BUCKET = "__other__"
 SMOOTHING = 1e-4  # probability of an empty bin: PSI of a bin seen on one side stays finite
 
 
+# How a verdict is logged as a number (MLflow metrics, Prometheus gauges).
+VERDICT_CODES = {"insufficient data": -1.0, "ok": 0.0, "warn": 1.0, "drift": 2.0}
+
+
 @dataclass(frozen=True)
 class DriftThresholds:
     """When a feature warns or drifts, and when the whole window does."""

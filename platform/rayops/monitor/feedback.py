@@ -18,12 +18,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rayops import metrics as metric_fns
-from rayops.config import PipelineConfig
-from rayops.data.table import open_table
+from rayops.config import ColumnSpec, PipelineConfig
+from rayops.data.schema import ERROR, validate_records
 from rayops.errors import DataError
-from rayops.serve.prediction_log import FEEDBACK_SCHEMA, feedback_row, log_locations
+from rayops.serve.prediction_log import (
+    FEEDBACK_SCHEMA,
+    append_rows,
+    feedback_row,
+    log_locations,
+    read_log,
+)
 from rayops.storage import Location, root_of
 
 
@@ -39,8 +46,6 @@ def feedback_table(cfg: PipelineConfig) -> Location:
 def append_feedback(cfg: PipelineConfig, labels: pd.DataFrame) -> int:
     """Append labels (columns ``request_id``, ``label``, optional ``record_index``); every
     row is checked first, so a bad file appends nothing. Returns the rows appended."""
-    from deltalake import write_deltalake
-
     missing = {"request_id", "label"} - set(labels.columns)
     if missing:
         raise DataError(f"feedback lacks the column(s) {sorted(missing)}; it needs "
@@ -63,12 +68,7 @@ def append_feedback(cfg: PipelineConfig, labels: pd.DataFrame) -> int:
         rows.append(feedback_row(str(request_id), index, _plain(label), now))
     if not rows:
         return 0
-    location = feedback_table(cfg)
-    write_deltalake(location.table_uri,
-                    pa.Table.from_pylist([dict(zip(FEEDBACK_SCHEMA.names, r, strict=True))
-                                          for r in rows], FEEDBACK_SCHEMA),
-                    mode="append", partition_by=["date"],
-                    storage_options=location.options or None)
+    append_rows(feedback_table(cfg), rows, FEEDBACK_SCHEMA)
     return len(rows)
 
 
@@ -77,14 +77,10 @@ def _plain(value: Any) -> Any:
 
 
 def _read(location: Location, columns: list[str], since: dt.datetime | None) -> pd.DataFrame:
-    table = open_table(location)
-    if table is None:  # nothing served (or labelled) yet
+    rows = read_log(location, columns, since)
+    if rows is None:  # nothing served (or labelled) yet
         return pd.DataFrame(columns=[*columns, "time"])
-    filters = [("date", ">=", since.date().isoformat())] if since else None
-    rows = table.to_pyarrow_table(columns=[*columns, "time"], filters=filters).to_pandas()
-    if since is not None:
-        rows = rows[rows["time"] >= pd.Timestamp(since)]
-    return rows
+    return rows.to_pandas()
 
 
 def live_metrics(cfg: PipelineConfig, hours: float | None = None
@@ -94,6 +90,7 @@ def live_metrics(cfg: PipelineConfig, hours: float | None = None
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours) if hours else None
     keys = ["request_id", "record_index"]
     served = _read(prediction_table(cfg), [*keys, "model_version", "prediction"], since)
+    served = served[served["prediction"].notna()]  # records the model failed on
     labels = _read(feedback_table(cfg), [*keys, "label"], None)
     labels = labels.sort_values("time").drop_duplicates(keys, keep="last")
     joined = served.drop(columns="time").merge(labels.drop(columns="time"), on=keys)
@@ -122,3 +119,24 @@ def _metrics(task: str, predicted: list[Any], actual: list[Any],
             np.array([index[str(a)] for a in actual]), len(classes))
         values = metric_fns.classification_metrics(confusion)
     return {f"live_{k}": v for k, v in values.items()}
+
+
+def labelled_window(cfg: PipelineConfig, schema: dict[str, ColumnSpec], hours: float
+                    ) -> pa.Table:
+    """The served records of the last ``hours`` that have a true label, typed by
+    ``schema`` (features and label), one row per record: what the gate scores a challenger
+    and the champion on, beside the validation rows. Records the schema rejects are left
+    out."""
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
+    keys = ["request_id", "record_index"]
+    served = _read(prediction_table(cfg), [*keys, "record", "prediction", "role"], since)
+    served = served[served["prediction"].notna() & (served["role"].fillna("champion")
+                                                    != "shadow")].drop_duplicates(keys)
+    labels = _read(feedback_table(cfg), [*keys, "label"], None)
+    labels = labels.sort_values("time").drop_duplicates(keys, keep="last")
+    joined = served.drop(columns="time").merge(labels.drop(columns="time"), on=keys)
+    label = cfg.data.label
+    records = [{**json.loads(r), label: json.loads(v)}
+               for r, v in zip(joined["record"], joined["label"], strict=True)]
+    typed = validate_records(records, schema, label)
+    return typed.filter(pc.is_null(typed.column(ERROR))).drop_columns([ERROR])

@@ -27,16 +27,15 @@ from rayops import tracking
 from rayops.config import ColumnSpec, PipelineConfig
 from rayops.data.schema import ERROR, validate_frame
 from rayops.data.stats import numeric_columns
-from rayops.data.table import open_table
 from rayops.data.versions import load_version, version_number
 from rayops.errors import DataError
-from rayops.monitor.drift import DriftReport, DriftThresholds, dataset_drift
+from rayops.monitor.drift import VERDICT_CODES, DriftReport, DriftThresholds, dataset_drift
 from rayops.monitor.feedback import prediction_table
+from rayops.serve.prediction_log import read_log
 
 logger = logging.getLogger(__name__)
 
 PREDICTION = "prediction"
-VERDICT_CODES = {"insufficient data": -1.0, "ok": 0.0, "warn": 1.0, "drift": 2.0}
 
 
 @dataclass(frozen=True)
@@ -77,13 +76,16 @@ def read_window(cfg: PipelineConfig, hours: float) -> pd.DataFrame:
     record, its feature columns plus ``prediction``, ``request_id``, ``record_index`` and
     ``model_version``."""
     location = prediction_table(cfg)
-    table = open_table(location)
-    if table is None:
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
+    rows = read_log(location, ["record", "prediction", "request_id", "record_index",
+                               "model_version", "role"], since)
+    if rows is None:
         raise DataError(f"no prediction log at {location.uri} yet: serve the model (with "
                         "serve.log_predictions: true) or pass --records FILE")
-    since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
-    rows = table.to_pyarrow_table(filters=[("date", ">=", since.date().isoformat())])
-    rows = rows.filter(pc.greater_equal(rows["time"], pa.scalar(since, rows["time"].type)))
+    # what clients got: a shadow's answers and failed records are not served traffic
+    rows = rows.filter(pc.and_(pc.invert(pc.fill_null(pc.equal(rows["role"], "shadow"),
+                                                      False)),
+                               pc.is_valid(rows["prediction"])))
     frame = pd.DataFrame.from_records([json.loads(r) for r in rows["record"].to_pylist()])
     frame[PREDICTION] = [json.loads(p) for p in rows["prediction"].to_pylist()]
     for column in ("request_id", "record_index", "model_version"):

@@ -40,8 +40,8 @@ class Server(Protocol):
     max_body_bytes: int
     token: str | None
 
-    async def predict(self, records: list[dict[str, Any]], request_id: str | None = None
-                      ) -> dict[str, Any]: ...
+    async def predict(self, records: list[dict[str, Any]], request_id: str | None = None,
+                      key: str | None = None) -> dict[str, Any]: ...
 
     def feedback(self, labels: list[dict[str, Any]]) -> dict[str, int] | None: ...
 
@@ -74,6 +74,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 REQUEST_ID = "x-request-id"
+ROUTING_KEY = "x-rayops-key"  # sticky canary assignment (a user or session id)
 ROUTES = ("/predict", "/feedback", "/metadata", "/health", "/docs", "/openapi.json")
 
 
@@ -174,7 +175,8 @@ def create_app(server: Server) -> Any:
     async def predict(body: body_model, request: Request) -> Any:  # type: ignore[valid-type]
         records = [r.model_dump() for r in body.records]  # type: ignore[attr-defined]
         try:
-            result = await server.predict(records, request.headers.get(REQUEST_ID))
+            result = await server.predict(records, request.headers.get(REQUEST_ID),
+                                          request.headers.get(ROUTING_KEY))
         except DataError as exc:
             return _error(422, [{"loc": ["body", "records"], "msg": str(exc),
                                  "type": "value_error"}])

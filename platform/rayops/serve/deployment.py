@@ -12,7 +12,9 @@ import datetime as dt
 import itertools
 import logging
 import os
+import random
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from ray import serve
 
 from rayops import tracking
 from rayops.config import StorageConfig, TrackingConfig
-from rayops.errors import DataError, ModelFilesMissing, ServeError, TrainingError
+from rayops.errors import DataError, ModelFilesMissing, ServeError, TrainingError, one_line
 from rayops.predict import Predictor
 from rayops.serve.app import create_app
 from rayops.serve.metrics import ServeMetrics
@@ -60,12 +62,25 @@ class ReplicaSettings(BaseModel):
     log_table: str = ""
     log_sample_rate: float = 1.0
     log_queue_rows: int = 10_000
+    # the shadow / canary beside the served model
+    shadow_alias: str = "challenger"
+    mirror_fraction: float = 0.0
+    canary_fraction: float = 0.0
+    max_mirror_in_flight: int = 4
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     predictor: Predictor
     info: ModelInfo
+
+
+class ModelFailed(Exception):
+    """A model raised on valid input (not bad records): which model, and its error."""
+
+    def __init__(self, model: LoadedModel, error: Exception) -> None:
+        super().__init__(str(error))
+        self.model, self.error = model, error
 
 
 def read_token(settings: ReplicaSettings) -> str | None:
@@ -89,6 +104,8 @@ class ModelServer:
 
     log: PredictionLog | None = None  # set in __init__ when the config keeps a log
     labels: AppendLog | None = None  # the feedback table's queue, beside the log
+    shadow: LoadedModel | None = None  # shadow_alias's model, when it is another version
+    previous: LoadedModel | None = None  # the model served before the last swap
 
     async def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = ReplicaSettings.model_validate(settings)
@@ -100,6 +117,9 @@ class ModelServer:
         self.refused: dict[str, str] = {}  # version -> why this replica cannot serve it
         registered = await asyncio.to_thread(self._resolve)
         self.model = await asyncio.to_thread(self._load, registered)
+        self._mirrors: set[asyncio.Task[None]] = set()
+        if self.watches_shadow:
+            await asyncio.to_thread(self._refresh_shadow)
         self.record_model = record_model(self.model.predictor.schema,
                                          self.model.predictor.preprocessor.label)
         self.max_records = self.settings.max_records
@@ -126,12 +146,17 @@ class ModelServer:
         self.alias_target = registered.version
         return registered
 
-    def _load(self, registered: tracking.RegisteredModel) -> LoadedModel:
+    def _load(self, registered: tracking.RegisteredModel, alias: str | None = None
+              ) -> LoadedModel:
         self.stats["model_downloads"] += 1
         predictor = Predictor.from_registry(self._tracking, registered)
         info = ModelInfo(name=registered.name, version=registered.version,
-                         alias=self.settings.alias, run_id=registered.run_id)
+                         alias=alias or self.settings.alias, run_id=registered.run_id)
         return LoadedModel(predictor, info)
+
+    @property
+    def watches_shadow(self) -> bool:
+        return self.settings.mirror_fraction > 0 or self.settings.canary_fraction > 0
 
     # ------------------------------------------------------------------ model updates
 
@@ -156,13 +181,25 @@ class ModelServer:
 
         A version that cannot be served here (other input schema, files gone, not a rayops
         bundle) is refused once: logged, shown in /health and /metadata, never downloaded
-        again. A registry or store that does not answer is retried at the next poll."""
+        again. A registry or store that does not answer is retried at the next poll. The
+        shadow alias is followed the same way, after the served one."""
+        swapped = self._refresh_served()
+        if self.watches_shadow:
+            self._refresh_shadow()
+        return swapped
+
+    def _refresh_served(self) -> bool:
         registered = self._resolve()
         version = registered.version
         if version == self.model.info.version or version in self.refused:
             return False
+        shadow = self.shadow
         try:
-            candidate = self._load(registered)
+            if shadow is not None and shadow.info.version == version:  # promoted: no download
+                candidate = LoadedModel(shadow.predictor, shadow.info.model_copy(
+                    update={"alias": self.settings.alias}))
+            else:
+                candidate = self._load(registered)
         except (ModelFilesMissing, TrainingError) as exc:
             return self._refuse(version, str(exc))
         except Exception as exc:  # the store did not answer: tried again at the next poll
@@ -171,9 +208,44 @@ class ModelServer:
         if candidate.predictor.schema != self.model.predictor.schema:
             return self._refuse(version, f"expects other inputs than v{self.model.info.version}"
                                          "; redeploy to serve it")
-        self.model = candidate  # one assignment: in-flight batches keep the old model
+        # One assignment: in-flight batches keep the old model, which stays loaded as the
+        # fallback while the new one proves itself.
+        self.previous, self.model = self.model, candidate
         logger.info("Now serving %s v%s (@%s)", registered.name, version, self.settings.alias)
         return True
+
+    def _refresh_shadow(self) -> None:
+        """Follow ``shadow_alias``: load its version beside the served one (None when the
+        alias is unset or names the served version). Never fails the served model."""
+        alias = self.settings.shadow_alias
+        try:
+            registered = tracking.alias_or_none(self._tracking, self.settings.model_name, alias)
+        except Exception as exc:  # the registry's outage is reported by the served alias
+            logger.debug("Cannot read %s@%s: %s", self.settings.model_name, alias, exc)
+            return
+        if registered is None or registered.version == self.model.info.version:
+            self.shadow = None
+            return
+        version = registered.version
+        if (self.shadow is not None and self.shadow.info.version == version) or \
+                version in self.refused:
+            return
+        try:
+            candidate = self._load(registered, alias)
+        except (ModelFilesMissing, TrainingError) as exc:
+            self._refuse(version, str(exc))
+            return
+        except Exception as exc:
+            logger.warning("Cannot load the shadow %s v%s (@%s), tried again at the next "
+                           "poll: %s", registered.name, version, alias, exc)
+            return
+        if candidate.predictor.schema != self.model.predictor.schema:
+            self._refuse(version, f"expects other inputs than v{self.model.info.version}")
+            return
+        self.shadow = candidate
+        logger.info("Shadow %s v%s (@%s) beside v%s: mirror %.0f%%, canary %.0f%%",
+                    registered.name, version, alias, self.model.info.version,
+                    100 * self.settings.mirror_fraction, 100 * self.settings.canary_fraction)
 
     def _refuse(self, version: str, reason: str) -> bool:
         self.refused[version] = reason
@@ -186,7 +258,7 @@ class ModelServer:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def predict_batch(self, requests: list[list[dict[str, Any]]]
-                            ) -> list[dict[str, Any] | DataError]:
+                            ) -> list[dict[str, Any] | DataError | ModelFailed]:
         """One validation, transform and model call for every request in the batch."""
         model = self.model
         self.metrics.batch_size.observe(len(requests))
@@ -197,6 +269,8 @@ class ModelServer:
                 list(itertools.chain.from_iterable(requests)))
         except DataError:  # find whose records failed; the others still get answers
             return [self._one(model, records) for records in requests]
+        except Exception as exc:  # each request learns which model failed
+            return [ModelFailed(model, exc) for _ in requests]
         info = model.info.model_dump()
         out: list[dict[str, Any] | DataError] = []
         start = 0
@@ -206,29 +280,98 @@ class ModelServer:
         return out
 
     @staticmethod
-    def _one(model: LoadedModel, records: list[dict[str, Any]]) -> dict[str, Any] | DataError:
+    def _one(model: LoadedModel, records: list[dict[str, Any]]
+             ) -> dict[str, Any] | DataError | ModelFailed:
         try:
             return {"model": model.info.model_dump(),
                     "predictions": model.predictor.predict_records(records)}
         except DataError as exc:
             return exc
+        except Exception as exc:
+            return ModelFailed(model, exc)
 
-    async def predict(self, records: list[dict[str, Any]], request_id: str | None = None
-                      ) -> dict[str, Any]:
+    async def predict(self, records: list[dict[str, Any]], request_id: str | None = None,
+                      key: str | None = None) -> dict[str, Any]:
+        """The served model's answer (the canary's, for a canary key). A model error other
+        than bad input is answered by the model served before (the previous champion after
+        a swap, the champion for a canary) and logged; a mirror to the shadow runs after
+        the answer, off the request's path."""
         started = time.perf_counter()
-        if self.settings.max_batch_size == 1:  # batching off: no queue hop
-            result = self._one(self.model, records)
-        else:
-            result = await self.predict_batch(records)
-        if isinstance(result, DataError):
-            raise result
+        model, shadow, role = self.model, self.shadow, "champion"
+        if shadow is not None and in_share(key or request_id, self.settings.canary_fraction):
+            model, role = shadow, "canary"
+        try:
+            result = await self._answer(model, records, batched=role == "champion")
+        except ModelFailed as failure:  # the model that failed (a batch's may be newer)
+            failed = failure.model
+            fallback = self.previous if failed is self.model else self.model
+            self._failed(failed, role, records, request_id, failure.error, started)
+            if fallback is None or fallback is failed:
+                raise failure.error from None
+            model, role = fallback, "fallback"
+            result = await self._answer(model, records, batched=False)
         self.stats["requests"] += 1
         self.stats["records"] += len(records)
+        if role != "champion":
+            self.stats[f"{role}_answers"] += 1
+        mirrored = (shadow is not None and role == "champion" and self.log is not None
+                    and in_share(None, self.settings.mirror_fraction))
         if self.log is not None:
             info = result["model"]
             self.log.record(request_id, info["name"], info["version"], records,
-                            result["predictions"], (time.perf_counter() - started) * 1e3)
+                            result["predictions"], (time.perf_counter() - started) * 1e3,
+                            role, sampled=mirrored or None)
+        if mirrored:
+            assert shadow is not None
+            self._mirror(shadow, records, request_id)
         return {**result, "request_id": request_id}
+
+    async def _answer(self, model: LoadedModel, records: list[dict[str, Any]],
+                      batched: bool) -> dict[str, Any]:
+        if batched and self.settings.max_batch_size > 1:
+            result = await self.predict_batch(records)
+        else:  # batching off, or a model other than the served one: no queue hop
+            result = self._one(model, records)
+        if isinstance(result, (DataError, ModelFailed)):
+            raise result
+        return result
+
+    def _failed(self, model: LoadedModel, role: str, records: list[dict[str, Any]],
+                request_id: str | None, exc: Exception, started: float) -> None:
+        self.stats[f"{role}_errors"] += 1
+        logger.error("%s v%s (%s) failed on request %s: %s", model.info.name,
+                     model.info.version, role, request_id, one_line(exc))
+        if self.log is not None:
+            self.log.record(request_id, model.info.name, model.info.version, records, None,
+                            (time.perf_counter() - started) * 1e3, role, one_line(exc),
+                            sampled=True)
+
+    def _mirror(self, shadow: LoadedModel, records: list[dict[str, Any]],
+                request_id: str | None) -> None:
+        """Send the request to the shadow in the background; skipped (and counted) when
+        ``max_mirror_in_flight`` mirrors are running already."""
+        if len(self._mirrors) >= self.settings.max_mirror_in_flight:
+            self.stats["mirror_skipped"] += 1
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._shadow_call(shadow, records, request_id))
+        self._mirrors.add(task)
+        task.add_done_callback(self._mirrors.discard)
+
+    async def _shadow_call(self, shadow: LoadedModel, records: list[dict[str, Any]],
+                           request_id: str | None) -> None:
+        assert self.log is not None
+        started = time.perf_counter()
+        predictions, error = None, None
+        try:
+            predictions = await asyncio.to_thread(shadow.predictor.predict_records, records)
+        except Exception as exc:  # a shadow's failure is data for the gate, not an outage
+            error = one_line(exc)
+            self.stats["shadow_errors"] += 1
+        self.stats["mirrored"] += 1
+        self.log.record(request_id, shadow.info.name, shadow.info.version, records,
+                        predictions, (time.perf_counter() - started) * 1e3, "shadow", error,
+                        sampled=True)
 
     def feedback(self, labels: list[dict[str, Any]]) -> dict[str, int] | None:
         """Queue true labels for the feedback table (None: this deployment logs nothing)."""
@@ -240,7 +383,8 @@ class ModelServer:
         return {"accepted": accepted, "dropped": len(labels) - accepted}
 
     def __del__(self) -> None:
-        """Serve's graceful shutdown: what the logs hold is written first."""
+        """Serve's graceful shutdown: what the logs hold is written first (mirrors still
+        running are not waited for)."""
         for log in (self.log, self.labels):
             if log is not None:
                 log.close()
@@ -256,7 +400,17 @@ class ModelServer:
                 "metrics": {k: v for k, v in meta.get("metrics", {}).items()
                             if k.startswith("valid_")},
                 "input_schema": self.record_model.model_json_schema(),
+                "shadow": self.shadow_state(),
                 "served": dict(self.stats) | self.log_counts()}
+
+    def shadow_state(self) -> dict[str, Any] | None:
+        """The model beside the served one, and the share of traffic it sees."""
+        shadow = self.shadow
+        if shadow is None:
+            return None
+        return {"model": shadow.info.model_dump(),
+                "mirror_fraction": self.settings.mirror_fraction,
+                "canary_fraction": self.settings.canary_fraction}
 
     def log_counts(self) -> dict[str, int]:
         """The prediction log's rows: queued (sampled), dropped, written, failed writes."""
@@ -292,6 +446,18 @@ class ModelServer:
         return create_app(self)
 
 
+def in_share(key: str | None, fraction: float) -> bool:
+    """Whether a request falls in a share of traffic: by a stable hash of ``key`` (the same
+    key always lands on the same side), at random without one."""
+    if fraction <= 0.0:
+        return False
+    if fraction >= 1.0:
+        return True
+    if key is None:
+        return random.random() < fraction
+    return zlib.crc32(key.encode()) % 10_000 < fraction * 10_000
+
+
 def replica_settings(cfg: Any) -> dict[str, Any]:
     s = cfg.serve
     return ReplicaSettings(
@@ -305,7 +471,9 @@ def replica_settings(cfg: Any) -> dict[str, Any]:
             mode="json", exclude={"access_key_id", "secret_access_key", "session_token"},
         ) if s.log_predictions else None,
         log_table=cfg.name, log_sample_rate=s.log_sample_rate,
-        log_queue_rows=s.log_queue_rows,
+        log_queue_rows=s.log_queue_rows, shadow_alias=s.shadow_alias,
+        mirror_fraction=s.mirror_fraction, canary_fraction=s.canary_fraction,
+        max_mirror_in_flight=s.max_mirror_in_flight,
     ).model_dump()
 
 

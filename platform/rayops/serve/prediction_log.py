@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rayops.errors import one_line
 from rayops.storage import Location
@@ -49,8 +50,46 @@ SCHEMA = pa.schema([
     ("record", pa.string()),       # the raw record as the client sent it, JSON
     ("prediction", pa.string()),   # the answer's prediction, JSON
     ("latency_ms", pa.float64()),
+    # who answered: "champion", "canary" (a canary share's answer), "fallback" (the previous
+    # champion, after the current one failed), "shadow" (mirrored, never returned)
+    ("role", pa.string()),
+    ("error", pa.string()),        # why the model failed on this record (prediction null)
 ])
+ROLES = ("champion", "canary", "fallback", "shadow")
 _STOP = object()
+
+
+def append_rows(location: Location, rows: Sequence[tuple[Any, ...]], schema: pa.Schema
+                ) -> None:
+    """Append rows (tuples in the schema's column order) to the day-partitioned Delta table
+    at ``location``; a table written by an older rayops gains the new columns."""
+    from deltalake import write_deltalake
+
+    table = pa.Table.from_pylist([dict(zip(schema.names, row, strict=True)) for row in rows],
+                                 schema)
+    write_deltalake(location.table_uri, table, mode="append", partition_by=["date"],
+                    schema_mode="merge", storage_options=location.options or None)
+
+
+def read_log(location: Location, columns: Sequence[str], since: dt.datetime | None = None
+             ) -> pa.Table | None:
+    """The rows of a log table since ``since`` (all when None), only ``columns`` (and
+    ``time``); None when nothing was ever written there."""
+    from rayops.data.table import open_table
+
+    table = open_table(location)
+    if table is None:
+        return None
+    filters = [("date", ">=", since.date().isoformat())] if since else None
+    wanted = list(dict.fromkeys([*columns, "time"]))
+    present = {f.name for f in table.schema().fields}
+    rows = table.to_pyarrow_table(columns=[c for c in wanted if c in present], filters=filters)
+    for name in wanted:  # a column an older rayops did not write: all null
+        if name not in rows.column_names:
+            rows = rows.append_column(name, pa.nulls(rows.num_rows, pa.string()))
+    if since is not None:
+        rows = rows.filter(pc.greater_equal(rows["time"], pa.scalar(since, rows["time"].type)))
+    return rows
 
 
 def log_locations(root: Location, pipeline: str) -> tuple[Location, Location]:
@@ -99,15 +138,8 @@ class AppendLog:
                 self._write()
 
     def _write(self) -> None:
-        from deltalake import write_deltalake
-
-        rows = pa.Table.from_pylist(
-            [dict(zip(self.schema.names, row, strict=True)) for row in self._pending],
-            self.schema)
         try:
-            write_deltalake(self.location.table_uri, rows, mode="append",
-                            partition_by=["date"],
-                            storage_options=self.location.options or None)
+            append_rows(self.location, self._pending, self.schema)
         except Exception as exc:  # kept for the next batch, up to the queue's size
             self.counts["failed_writes"] += 1
             logger.warning("Could not append %d row(s) to %s (kept for the next attempt): "
@@ -146,20 +178,29 @@ class PredictionLog(AppendLog):
         self.sample_rate = sample_rate
 
     def record(self, request_id: str | None, model_name: str, model_version: str,
-               records: Sequence[dict[str, Any]], predictions: Sequence[dict[str, Any]],
-               latency_ms: float) -> None:
-        """Queue one request's rows (if sampled); never blocks, never raises."""
+               records: Sequence[dict[str, Any]], predictions: Sequence[dict[str, Any]] | None,
+               latency_ms: float, role: str = "champion", error: str | None = None,
+               sampled: bool | None = None) -> None:
+        """Queue one request's rows (if sampled; ``sampled`` decides it for the caller);
+        ``predictions`` None with the ``error`` that stopped the model. Never blocks, never
+        raises."""
         try:
-            if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
+            if not (self.sampled() if sampled is None else sampled):
                 return
             now = dt.datetime.now(dt.UTC)
-            for index, (record, answer) in enumerate(zip(records, predictions,
-                                                         strict=False)):
-                self.put((now, now.date().isoformat(), request_id, index, model_name,
-                          model_version, json.dumps(record, default=str),
-                          json.dumps(answer.get("prediction"), default=str), latency_ms))
+            date = now.date().isoformat()
+            for index, record in enumerate(records):
+                answer = predictions[index].get("prediction") if predictions else None
+                self.put((now, date, request_id, index, model_name, model_version,
+                          json.dumps(record, default=str),
+                          None if predictions is None else json.dumps(answer, default=str),
+                          latency_ms, role, error))
         except Exception:  # logging must never fail a request
             self.counts["dropped"] += len(records)
+
+    def sampled(self) -> bool:
+        """Whether this request goes in the log (``serve.log_sample_rate``)."""
+        return self.sample_rate >= 1.0 or random.random() < self.sample_rate
 
 
 def feedback_row(request_id: str, record_index: int, label: Any,

@@ -129,4 +129,7 @@ class Metadata(BaseModel):
     target_metric: str | None
     metrics: dict[str, float]
     input_schema: dict[str, Any]
+    shadow: dict[str, Any] | None = Field(
+        None, description="The model beside the served one (serve.shadow_alias) and the "
+        "share of traffic mirrored to it or answered by it.")
     served: dict[str, int]

@@ -12,9 +12,11 @@ trees, with its early-stopping state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,38 +146,24 @@ class Reporter:
         return {f"valid_{k}": v for k, v in values.items()}
 
     def _checkpoint(self, model: Any, rounds: int) -> Any:
-        return _Saved(model, rounds, self.stopping) if self.rank == 0 else _Nothing()
+        return (_saved(model, rounds, self.stopping) if self.rank == 0
+                else contextlib.nullcontext())
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
 
 
-class _Saved:
+@contextlib.contextmanager
+def _saved(model: Any, rounds: int, stopping: Stopping) -> Iterator[Checkpoint]:
     """Rank 0's checkpoint folder: the trees, the early-stopping state, the round."""
-
-    def __init__(self, model: Any, rounds: int, stopping: Stopping) -> None:
-        self.model, self.rounds, self.stopping = model, rounds, stopping
-
-    def __enter__(self) -> Checkpoint:
-        self.folder = tempfile.TemporaryDirectory()
-        path = Path(self.folder.name)
-        self.model.save_model(str(path / MODEL_FILE))
-        (path / HISTORY_FILE).write_text(self.stopping.to_json())
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder)
+        model.save_model(str(path / MODEL_FILE))
+        (path / HISTORY_FILE).write_text(stopping.to_json())
         # Written last, read first (as the MLP's): the round the checkpoint holds.
-        (path / PROGRESS_FILE).write_text(json.dumps({"epoch": self.rounds}))
-        return Checkpoint.from_directory(str(path))
-
-    def __exit__(self, *exc: object) -> None:
-        self.folder.cleanup()
-
-
-class _Nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+        (path / PROGRESS_FILE).write_text(json.dumps({"epoch": rounds}))
+        yield Checkpoint.from_directory(str(path))
 
 
 def _last(log: dict[str, Any], data: str) -> float:

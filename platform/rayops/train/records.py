@@ -37,17 +37,21 @@ def write_record(folder: Location, record: dict[str, Any], **changes: Any) -> di
     return updated
 
 
+class NothingToResume(TrainingError):
+    """No run of this kind stopped unfinished."""
+
+
 def resumable(cfg: PipelineConfig, kind: str) -> tuple[dict[str, Any], DatasetVersion]:
     """The newest ``kind`` run record if it did not finish, its dataset version, and its
     MLflow run marked RUNNING again; TrainingError when there is nothing to resume."""
     folder = runs_folder(cfg, kind)
     records = [folder.join(n).read_json() for n in folder.list_dir() if n.endswith(".json")]
     if not records:
-        raise TrainingError(f"nothing to resume: no {kind} run of {cfg.name!r} under "
+        raise NothingToResume(f"nothing to resume: no {kind} run of {cfg.name!r} under "
                             f"{folder.uri}")
     record = max(records, key=lambda r: r["started_at"])
     if record["status"] == "finished":
-        raise TrainingError(f"nothing to resume: the last {kind} run of {cfg.name!r} "
+        raise NothingToResume(f"nothing to resume: the last {kind} run of {cfg.name!r} "
                             f"({record['name']}) finished")
     version = load_version(cfg, version_number(record["dataset_version"]))
     tracking.client(cfg.tracking).update_run(record["run_id"], status="RUNNING")

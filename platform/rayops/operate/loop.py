@@ -1,0 +1,391 @@
+"""The retraining loop: cycles of ingest -> monitor -> decide -> retrain -> gate -> shadow
+-> promote -> watch, each cycle one MLflow run (tagged ``rayops.kind=operate``) with its
+inputs, decision, reasons and outcome.
+
+The cycle's state is saved after every step (and a long step's progress within it), so an
+operator that crashed or was stopped resumes the cycle at the step it was in: a training
+run continues from its checkpoints, a shadow keeps its start time. Only the holder of the
+pipeline's lease runs it, and promotion moves ``champion`` only while the lease is held and
+the alias still names the version the challenger was gated against. Any error a step did
+not expect stops the operator with the cycle unfinished: nothing is promoted on it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rayops import tracking
+from rayops.config import PipelineConfig
+from rayops.data.ingest import ingest
+from rayops.data.table import open_table
+from rayops.data.versions import load_version, version_number
+from rayops.errors import ConfigError
+from rayops.gate import window_verdict
+from rayops.monitor.feedback import (
+    feedback_table,
+    labelled_window,
+    live_metrics,
+    prediction_table,
+)
+from rayops.monitor.gauges import drift_gauges
+from rayops.monitor.report import monitor_records, read_window
+from rayops.operate.signals import (
+    Signals,
+    decide,
+    rollback_breach,
+    served_stats,
+    shadow_stats,
+    shadow_verdict,
+)
+from rayops.operate.state import CycleState, Lease, OperateError, StateStore, now_iso
+from rayops.pipeline import train_and_register
+from rayops.predict import Predictor
+from rayops.serve.prediction_log import read_log
+from rayops.storage import root_of
+from rayops.train.records import NothingToResume
+
+logger = logging.getLogger(__name__)
+
+LOG_COLUMNS = ["request_id", "record_index", "model_version", "role", "prediction", "error",
+               "latency_ms"]
+
+
+def check_config(cfg: PipelineConfig) -> None:
+    """What the loop needs from the rest of the config, said before the first cycle."""
+    op, serve = cfg.operate, cfg.serve
+    if op.shadow.enabled and serve.mirror_fraction == 0 and serve.canary_fraction == 0:
+        raise ConfigError("operate.shadow.enabled needs serve.mirror_fraction > 0 (the share "
+                          "of requests the challenger sees in shadow), e.g. 0.01; or set "
+                          "operate.shadow.enabled: false")
+    if (op.shadow.enabled or op.rollback.watch_s > 0) and not serve.log_predictions:
+        raise ConfigError("operate.shadow and operate.rollback read the prediction log: set "
+                          "serve.log_predictions: true")
+    if serve.shadow_alias != tracking.CHALLENGER:
+        raise ConfigError(f"serve.shadow_alias is {serve.shadow_alias!r}, but the loop "
+                          f"registers new models as {tracking.CHALLENGER!r}: the replicas "
+                          "would never shadow them")
+
+
+class Operator:
+    """Runs a pipeline's cycles; ``say`` prints its progress lines."""
+
+    def __init__(self, cfg: PipelineConfig, say: Callable[[str], None] | None = None,
+                 poll_s: float = 2.0) -> None:
+        check_config(cfg)
+        self.cfg = cfg
+        folder = root_of(cfg.storage).join("operate", cfg.name)
+        self.store = StateStore(folder)
+        self.lease = Lease(folder, cfg.operate.lease_s)
+        self.say = say or logger.info
+        self.poll_s = poll_s
+        self.metric, self.mode = cfg.gate_metric
+        self.gauges = drift_gauges()
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, cycles: int | None = None) -> CycleState:
+        """Run cycles (forever when None) every ``operate.interval_s``; a cycle left
+        unfinished by a stopped operator is finished first."""
+        self.lease.acquire(wait_s=self.cfg.operate.lease_s)
+        try:
+            state, done = self.store.load(), 0
+            while cycles is None or done < cycles:
+                if done:
+                    self.say(f"next cycle in {self.cfg.operate.interval_s:.0f} s")
+                    time.sleep(self.cfg.operate.interval_s)
+                state = self.cycle(self.store.load())
+                done += 1
+            return state
+        finally:
+            self.lease.release()
+
+    def cycle(self, state: CycleState) -> CycleState:
+        """Finish ``state``'s cycle, or run a new one when it is finished."""
+        if state.finished:
+            state = self._start(state)
+        else:
+            self.say(f"[cycle {state.cycle}] resuming at step {state.step!r}")
+        while not state.finished:
+            step = state.step
+            try:
+                state.step = getattr(self, f"_{step}")(state)
+            except BaseException as exc:  # the cycle stays at this step, for a resume
+                self._tag(state, {"rayops.operate.stopped_at": step,
+                                  "rayops.operate.error": f"{type(exc).__name__}: {exc}"[:500]})
+                raise
+            self.store.save(state)
+            self._tag(state, {"rayops.operate.step": state.step})
+        self._finish(state)
+        return state
+
+    def _start(self, previous: CycleState) -> CycleState:
+        number = previous.cycle + 1
+        run_id = tracking.start_run(
+            self.cfg.tracking, self.cfg.experiment_name, f"{self.cfg.name}-operate-{number}",
+            params={"operate": self.cfg.operate.model_dump(mode="json")},
+            tags={"rayops.kind": "operate", "rayops.operate.cycle": str(number)})
+        state = CycleState(number, "ingest", run_id, {"started_at": now_iso()},
+                           previous.drift_streak, previous.cycles_since_retrain,
+                           previous.last_retrain_at)
+        self.store.save(state)
+        self.say(f"[cycle {number}] started (MLflow run {run_id})")
+        return state
+
+    def _finish(self, state: CycleState) -> None:
+        facts = state.facts
+        outcome = facts.get("outcome", "no retrain")
+        self.say(f"[cycle {state.cycle}] {outcome}")
+        if state.run_id is None or facts.get("logged"):
+            return
+        numbers = {k: float(v) for k, v in facts.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tracking.log_metrics(self.cfg.tracking, state.run_id, numbers, step=state.cycle)
+        tracking.log_dict(self.cfg.tracking, state.run_id, facts, "operate/cycle.json")
+        self._tag(state, {"rayops.operate.outcome": outcome[:500],
+                          "rayops.operate.reasons": "; ".join(
+                              facts.get("reasons", []))[:500] or "none"})
+        tracking.end_run(self.cfg.tracking, state.run_id)
+        facts["logged"] = True
+        self.store.save(state)
+
+    def _tag(self, state: CycleState, tags: dict[str, str]) -> None:
+        if state.run_id is not None:
+            client = tracking.client(self.cfg.tracking)
+            for key, value in tags.items():
+                client.set_tag(state.run_id, key, value)
+
+    def _save(self, state: CycleState) -> None:
+        """Keep what a step found so far (a resumed step starts from it)."""
+        self.store.save(state)
+
+    # ------------------------------------------------------------------ the steps
+
+    def _ingest(self, state: CycleState) -> str:
+        version = ingest(self.cfg)
+        state.facts["dataset"] = version.id
+        self.say(f"[cycle {state.cycle}] ingest: dataset {version.id} "
+                 f"({version.manifest['rows']['train']} training rows)")
+        return "monitor"
+
+    def _monitor(self, state: CycleState) -> str:
+        hours = self.cfg.operate.window_hours
+        if open_table(prediction_table(self.cfg)) is None:
+            verdict, detail = None, "nothing served yet"
+        else:
+            window = read_window(self.cfg, hours)
+            if window.empty:
+                verdict, detail = "insufficient data", f"no request in the last {hours:g} h"
+            else:
+                result = monitor_records(self.cfg, window)
+                verdict = result.report.verdict
+                detail = (f"{result.report.rows} records, drifted: "
+                          f"{', '.join(result.report.drifted) or 'none'} "
+                          f"(MLflow run {result.run_id})")
+                state.facts["monitor_run_id"] = result.run_id
+                if self.gauges is not None:
+                    self.gauges.set(self.cfg.name, result.report)
+        if verdict == "drift":
+            state.drift_streak += 1
+        elif verdict in ("ok", "warn"):
+            state.drift_streak = 0
+        state.facts["drift"] = verdict or "no traffic"
+        state.facts["drift_streak"] = state.drift_streak
+        self.say(f"[cycle {state.cycle}] monitor: {verdict or 'no traffic'} ({detail}); "
+                 f"drifted windows in a row: {state.drift_streak}")
+        return "decide"
+
+    def _decide(self, state: CycleState) -> str:
+        champion = tracking.alias_or_none(self.cfg.tracking, self.cfg.model_name,
+                                          tracking.CHAMPION)
+        live = None
+        if champion is not None:
+            values = live_metrics(self.cfg, self.cfg.operate.window_hours).get(
+                champion.version, {})
+            live = values.get(f"live_{self.metric.removeprefix('valid_')}")
+        signals = Signals(state.facts.get("drift"), state.drift_streak,
+                          self._new_labels(state), live, state.cycles_since_retrain)
+        reasons = decide(self.cfg.operate, self.metric, self.mode, signals)
+        if champion is None:
+            reasons.append("no champion yet")
+        state.facts.update(new_labels=signals.new_labels, reasons=reasons)
+        if live is not None:
+            state.facts["live_metric"] = live
+        if not reasons:
+            state.cycles_since_retrain += 1
+            state.facts["outcome"] = "no retrain: no signal"
+            self.say(f"[cycle {state.cycle}] decide: no retrain ({signals.new_labels} new "
+                     f"labels, live metric {live if live is not None else 'n/a'})")
+            return "done"
+        self.say(f"[cycle {state.cycle}] decide: retrain, because " + "; ".join(reasons))
+        return "retrain"
+
+    def _new_labels(self, state: CycleState) -> int:
+        since = (dt.datetime.fromisoformat(state.last_retrain_at)
+                 if state.last_retrain_at else None)
+        rows = read_log(feedback_table(self.cfg), ["request_id"], since)
+        return 0 if rows is None else rows.num_rows
+
+    def _retrain(self, state: CycleState) -> str:
+        facts = state.facts
+        resume = "retrain_started_at" in facts
+        if not resume:
+            facts["retrain_started_at"] = now_iso()
+            previous = tracking.alias_or_none(self.cfg.tracking, self.cfg.model_name,
+                                              tracking.CHAMPION)
+            facts["champion"] = previous.version if previous else None
+            self._save(state)
+        version = load_version(self.cfg, version_number(facts["dataset"]))
+        kind = "sweep" if self.cfg.operate.sweep else "training"
+        self.say(f"[cycle {state.cycle}] retrain: {kind} on {version.id}"
+                 + (" (continuing the stopped run)" if resume else ""))
+        try:
+            result = train_and_register(self.cfg, None if resume else version,
+                                        sweep=self.cfg.operate.sweep, resume=resume,
+                                        promote=False)
+        except NothingToResume:  # stopped before its run began: start it
+            result = train_and_register(self.cfg, version, sweep=self.cfg.operate.sweep,
+                                        promote=False)
+        decision = result.decision
+        state.cycles_since_retrain, state.last_retrain_at = 0, facts["retrain_started_at"]
+        facts.update(challenger=decision.challenger.version, train_run_id=result.run_id,
+                     gate_passed=decision.passed, gate_reason=decision.reason,
+                     challenger_score=decision.challenger_score)
+        if decision.champion_score is not None:
+            facts["champion_score"] = decision.champion_score
+        self.say(f"[cycle {state.cycle}] gate: {decision.summary()}")
+        if not decision.passed:
+            facts["outcome"] = (f"v{decision.challenger.version} refused by the gate: "
+                                f"{decision.reason}")
+            return "done"
+        return "gate" if facts["champion"] else "promote"  # a first model: nothing to shadow
+
+    def _gate(self, state: CycleState) -> str:
+        """The challenger against the champion on the labelled window of served traffic."""
+        facts = state.facts
+        champion = self._predictor(facts["champion"])
+        rows = labelled_window(self.cfg, champion.schema, self.cfg.operate.window_hours)
+        if rows.num_rows < self.cfg.operate.window_min_labels:
+            facts["window_gate"] = (f"skipped: {rows.num_rows} labelled served record(s), "
+                                    f"fewer than operate.window_min_labels "
+                                    f"({self.cfg.operate.window_min_labels})")
+            self.say(f"[cycle {state.cycle}] window gate {facts['window_gate']}")
+            return "shadow"
+        passed, reason, scores = window_verdict(
+            self.cfg, self._predictor(facts["challenger"]), champion, rows)
+        facts.update(scores, window_gate=reason)
+        self.say(f"[cycle {state.cycle}] window gate: {'passed' if passed else 'refused'}, "
+                 f"{reason}")
+        if not passed:
+            facts["outcome"] = f"v{facts['challenger']} refused on the labelled window: {reason}"
+            return "done"
+        return "shadow"
+
+    def _predictor(self, version: str) -> Predictor:
+        model = tracking.RegisteredModel(self.cfg.model_name, version, "", "", "")
+        return Predictor.from_registry(self.cfg.tracking, model)
+
+    def _shadow(self, state: CycleState) -> str:
+        facts, cfg = state.facts, self.cfg.operate.shadow
+        if not cfg.enabled:
+            return "promote"
+        challenger = facts["challenger"]
+        if "shadow_started_at" not in facts:
+            facts["shadow_started_at"] = now_iso()
+            self._save(state)
+        started = dt.datetime.fromisoformat(facts["shadow_started_at"])
+        deadline = started + dt.timedelta(seconds=cfg.max_wait_s)
+        self.say(f"[cycle {state.cycle}] shadow: v{challenger} beside the champion "
+                 f"v{facts['champion']} until {cfg.min_records} mirrored records (at most "
+                 f"until {deadline:%H:%M:%S} UTC)")
+        said = 0.0
+        while True:
+            self._same_alias(tracking.CHALLENGER, challenger, "shadow")
+            rows = read_log(prediction_table(self.cfg), LOG_COLUMNS, started)
+            stats = shadow_stats(rows.to_pandas() if rows is not None else _empty(),
+                                 challenger, self.cfg.data.task, cfg.regression_tolerance)
+            over = dt.datetime.now(dt.UTC) >= deadline
+            if stats.shadow.records >= cfg.min_records or over:
+                break
+            if time.monotonic() - said > 30:
+                self.say(f"[cycle {state.cycle}] shadow: {stats.shadow.records} of "
+                         f"{cfg.min_records} mirrored records")
+                said = time.monotonic()
+            time.sleep(self.poll_s)
+        passed, reason = shadow_verdict(cfg, stats)
+        facts.update(shadow=stats.to_dict(), shadow_verdict=reason)
+        self.say(f"[cycle {state.cycle}] shadow: {'passed' if passed else 'refused'}, {reason}")
+        if not passed:
+            facts["outcome"] = f"v{challenger} not promoted: {reason}"
+            return "done"
+        return "promote"
+
+    def _same_alias(self, alias: str, version: str | None, step: str) -> None:
+        """Fail closed when someone else moved an alias this cycle relies on."""
+        now = tracking.alias_or_none(self.cfg.tracking, self.cfg.model_name, alias)
+        found = now.version if now else None
+        if found != version:
+            raise OperateError(f"{self.cfg.model_name}@{alias} moved to "
+                               f"{'v' + found if found else 'nothing'} during the {step} "
+                               f"step (this cycle expected "
+                               f"{'v' + version if version else 'none'}): another operator or "
+                               "a person changed it; nothing promoted")
+
+    def _promote(self, state: CycleState) -> str:
+        facts = state.facts
+        if not self.lease.held():
+            raise OperateError(f"this operator lost its lease ({self.lease.location.uri}); "
+                               "nothing promoted")
+        self._same_alias(tracking.CHAMPION, facts["champion"], "promote")
+        tracking.promote(self.cfg.tracking, self.cfg.model_name, facts["challenger"])
+        facts["promoted_at"] = now_iso()
+        state.drift_streak = 0
+        facts["outcome"] = f"v{facts['challenger']} promoted to champion"
+        self.say(f"[cycle {state.cycle}] promote: {self.cfg.model_name} v{facts['challenger']} "
+                 f"is champion (was {'v' + facts['champion'] if facts['champion'] else 'none'})")
+        return "watch"
+
+    def _watch(self, state: CycleState) -> str:
+        """Watch the new champion's served records; roll back on a breach."""
+        facts, cfg = state.facts, self.cfg.operate.rollback
+        if cfg.watch_s == 0 or not facts.get("champion"):
+            return "done"
+        version = facts["challenger"]
+        promoted = dt.datetime.fromisoformat(facts["promoted_at"])
+        until = promoted + dt.timedelta(seconds=cfg.watch_s)
+        self.say(f"[cycle {state.cycle}] watch: v{version}'s served traffic until "
+                 f"{until:%H:%M:%S} UTC")
+        while True:
+            rows = read_log(prediction_table(self.cfg), LOG_COLUMNS, promoted)
+            stats = served_stats(rows.to_pandas() if rows is not None else _empty(), version,
+                                 ("champion",))
+            breach = rollback_breach(cfg, stats)
+            if breach is not None:
+                self._same_alias(tracking.CHAMPION, version, "watch")
+                back = tracking.rollback(self.cfg.tracking, self.cfg.model_name)
+                facts.update(rolled_back=breach, outcome=f"v{version} promoted, then rolled "
+                             f"back to v{back}: {breach}")
+                self.say(f"[cycle {state.cycle}] rollback: {breach}; champion is v{back} again")
+                return "done"
+            if dt.datetime.now(dt.UTC) >= until:
+                facts["watched"] = {"records": stats.records, "errors": stats.errors,
+                                    "p95_ms": stats.p95_ms}
+                self.say(f"[cycle {state.cycle}] watch: v{version} held up on "
+                         f"{stats.records} served records ({stats.errors} failed)")
+                return "done"
+            time.sleep(self.poll_s)
+
+
+def _empty() -> Any:
+    import pandas as pd
+
+    return pd.DataFrame(columns=[*LOG_COLUMNS, "time"])
+
+
+def operate(cfg: PipelineConfig, cycles: int | None = None,
+            say: Callable[[str], None] | None = None) -> CycleState:
+    """Run the loop on the connected Ray cluster (``cycles`` None: until stopped)."""
+    return Operator(cfg, say).run(cycles)

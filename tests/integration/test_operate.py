@@ -1,0 +1,145 @@
+"""The operate loop end to end on small data: a later month with a documented shift is
+served (with feedback) and arrives as new files; the loop finds the drift, ingests,
+retrains, gates (validation rows and the labelled window), is stopped in the middle of the
+shadow, resumes there in a new operator, promotes, and the served version changes, with
+not one non-2xx answer on the way."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import pyarrow.compute as pc
+import pytest
+import requests
+
+from rayops import tracking
+from rayops.data.ingest import file_source
+from rayops.data.schema import ERROR, validate_frame
+from rayops.demo import churn
+from rayops.operate import Operator
+from rayops.pipeline import run_pipeline
+from tests.helpers import demo_config, free_port, wait_for, write_demo_data
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+class Traffic:
+    """A client sending the later month's records one per request, and each record's true
+    label right after its answer; counts status codes and served versions."""
+
+    def __init__(self, url: str, records: list[dict], labels: list[str]) -> None:
+        self.url, self.records, self.labels = url, records, labels
+        self.statuses: Counter[int] = Counter()
+        self.versions: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        session, i = requests.Session(), 0
+        while not self._stop.is_set():
+            record, label = self.records[i % len(self.records)], self.labels[i % len(self.labels)]
+            request_id = f"month2-{i}"
+            try:
+                answer = session.post(f"{self.url}/predict", json={"records": [record]},
+                                      headers={"X-Request-ID": request_id}, timeout=30)
+                self.statuses[answer.status_code] += 1
+                if answer.status_code == 200:
+                    self.versions[answer.json()["model"]["version"]] += 1
+                    told = session.post(f"{self.url}/feedback", timeout=30, json={
+                        "labels": [{"request_id": request_id, "label": label}]})
+                    self.statuses[told.status_code] += 1
+            except requests.RequestException:
+                self.statuses[-1] += 1
+            i += 1
+
+    def sent(self) -> int:
+        return sum(self.versions.values())
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Stopped(BaseException):
+    """The operator stopped from outside (what a killed driver leaves behind)."""
+
+
+def test_the_loop_retrains_on_drift_resumes_a_stopped_cycle_and_promotes(
+        tmp_path, request, ray_start_4_cpus):
+    from ray import serve
+
+    cfg = demo_config(tmp_path, **{
+        "train.epochs": 1, "train.num_workers": 1, "serve.port": free_port(),
+        "serve.cpus_per_replica": 0.1, "serve.model_poll_interval_s": 0.5,
+        "serve.mirror_fraction": 1.0, "serve.autoscaling.min_replicas": 1,
+        "serve.autoscaling.max_replicas": 1, "monitor.min_rows": 40,
+        "operate.drift_windows": 1, "operate.min_new_labels": "null",
+        "operate.window_min_labels": 30, "operate.window_tolerance": 0.1,
+        "operate.shadow.min_records": 20, "operate.shadow.max_wait_s": 120,
+        "operate.shadow.min_agreement": 0.5, "operate.shadow.max_p95_latency_ratio": 10,
+        "operate.rollback.watch_s": 3, "operate.rollback.min_records": 5,
+        "operate.lease_s": 10})
+    source = file_source(cfg).location
+    write_demo_data(source, rows=2000, files=1)
+    first = run_pipeline(cfg)  # v1: one epoch on the first month, served
+    request.addfinalizer(serve.shutdown)
+    champion = first.model.decision.challenger.version
+    assert first.url is not None
+
+    month = churn.later_month(600)
+    churn.write(month, source.join("month-2"), files=1)
+    as_text = month.map(lambda v: "" if v is None or v != v else str(v))
+    typed = validate_frame(as_text, cfg.data.columns, cfg.data.label)
+    good = pc.is_null(typed.column(ERROR)).to_numpy(zero_copy_only=False)
+    clean = month[good]
+    records = clean.drop(columns=[cfg.data.label, "customer_id"]).astype(object)
+    records["paperless_billing"] = records["paperless_billing"] == "yes"  # JSON booleans
+    records = records.where(records.notna(), None).to_dict("records")
+    labels = list(clean[cfg.data.label])
+
+    retrained = cfg.with_overrides({"train.epochs": 6})  # the operator trains longer
+    lines: list[str] = []
+
+    def stop_in_shadow(line: str) -> None:
+        lines.append(line)
+        if "shadow: v" in line and "beside the champion" in line:
+            raise Stopped(line)
+
+    with Traffic(first.url, records, labels) as traffic:
+        wait_for(lambda: traffic.sent() >= 60, 60, what="60 answered requests")
+        with pytest.raises(Stopped):
+            Operator(retrained, say=stop_in_shadow, poll_s=0.5).run(cycles=1)
+        state = Operator(retrained).store.load()
+        assert (state.cycle, state.step) == (1, "shadow")
+        assert state.facts["drift"] == "drift" and state.facts["gate_passed"]
+        challenger = state.facts["challenger"]
+        assert state.facts["champion"] == champion and challenger != champion
+        assert "window_gate" in state.facts and "shadow_started_at" in state.facts
+        assert any("decide: retrain, because drift in 1 consecutive" in x for x in lines)
+
+        resumed: list[str] = []
+        final = Operator(retrained, say=resumed.append, poll_s=0.5).run(cycles=1)
+        assert resumed[0] == "[cycle 1] resuming at step 'shadow'"
+        assert not any("retrain:" in x for x in resumed)  # nothing trained twice
+        assert final.facts["outcome"] == f"v{challenger} promoted to champion", resumed
+        assert final.facts["shadow"]["shadow"]["errors"] == 0
+        before = traffic.versions[challenger]
+        wait_for(lambda: traffic.versions[challenger] > before + 10, 60,
+                 what="answers from the promoted version")
+    assert set(traffic.statuses) <= {200, 202}, traffic.statuses
+    assert tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion").version == \
+        challenger
+    runs = tracking.client(cfg.tracking).search_runs(
+        [tracking.experiment_id(cfg.tracking, cfg.experiment_name)],
+        "tags.`rayops.kind` = 'operate'")
+    (run,) = runs
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["rayops.operate.outcome"] == f"v{challenger} promoted to champion"
+    every = tracking.client(cfg.tracking).search_runs(
+        [tracking.experiment_id(cfg.tracking, cfg.experiment_name)])
+    assert [r.info.run_name for r in every].count(f"{cfg.name}-train") == 2  # v1, v2 only
