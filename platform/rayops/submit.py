@@ -34,6 +34,7 @@ from rayops.errors import ConfigError, RayopsError, one_line
 STAGES: dict[str, list[str]] = {
     "ingest": ["ingest"], "train": ["train"], "tune": ["tune"],
     "deploy": ["deploy", "--no-block"], "pipeline": ["run"],
+    "operate": ["operate"],  # runs until stopped; resubmitted, it resumes its cycle
 }
 RESUMABLE = ("train", "tune")
 # The driver's own share: it plans Ray Data reads, evaluates and logs to MLflow. Reserved so
