@@ -266,13 +266,17 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the data generator.")] = 7,
     port: Annotated[int, typer.Option(help="HTTP port of Ray Serve.")] = 8000,
     keep_running: Annotated[bool, typer.Option(help="Keep serving until Ctrl-C.")] = False,
+    operate: Annotated[bool, typer.Option(
+        "--operate", help="Then a later month with a shift arrives and is served with "
+        "feedback; one operate cycle finds the drift, retrains, gates, shadows and "
+        "promotes.")] = False,
     overrides: SetOpt = None,
 ) -> None:
     """Generate demo data, run the whole pipeline, and query the served model over HTTP."""
     from rayops.demo.run import run_demo
 
     run_demo(rows=rows, seed=seed, port=port, keep_running=keep_running,
-             overrides=overrides or [], output=_output)
+             overrides=overrides or [], output=_output, operate=operate)
     _logs_line()
 
 

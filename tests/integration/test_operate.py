@@ -6,63 +6,16 @@ not one non-2xx answer on the way."""
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
-
-import pyarrow.compute as pc
 import pytest
-import requests
 
 from rayops import tracking
 from rayops.data.ingest import file_source
-from rayops.data.schema import ERROR, validate_frame
-from rayops.demo import churn
+from rayops.demo.operate import Traffic, later_month_records, write_later_month
 from rayops.operate import Operator
 from rayops.pipeline import run_pipeline
 from tests.helpers import demo_config, free_port, wait_for, write_demo_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-class Traffic:
-    """A client sending the later month's records one per request, and each record's true
-    label right after its answer; counts status codes and served versions."""
-
-    def __init__(self, url: str, records: list[dict], labels: list[str]) -> None:
-        self.url, self.records, self.labels = url, records, labels
-        self.statuses: Counter[int] = Counter()
-        self.versions: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        session, i = requests.Session(), 0
-        while not self._stop.is_set():
-            record, label = self.records[i % len(self.records)], self.labels[i % len(self.labels)]
-            request_id = f"month2-{i}"
-            try:
-                answer = session.post(f"{self.url}/predict", json={"records": [record]},
-                                      headers={"X-Request-ID": request_id}, timeout=30)
-                self.statuses[answer.status_code] += 1
-                if answer.status_code == 200:
-                    self.versions[answer.json()["model"]["version"]] += 1
-                    told = session.post(f"{self.url}/feedback", timeout=30, json={
-                        "labels": [{"request_id": request_id, "label": label}]})
-                    self.statuses[told.status_code] += 1
-            except requests.RequestException:
-                self.statuses[-1] += 1
-            i += 1
-
-    def sent(self) -> int:
-        return sum(self.versions.values())
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 class Stopped(BaseException):
@@ -91,16 +44,8 @@ def test_the_loop_retrains_on_drift_resumes_a_stopped_cycle_and_promotes(
     champion = first.model.decision.challenger.version
     assert first.url is not None
 
-    month = churn.later_month(600)
-    churn.write(month, source.join("month-2"), files=1)
-    as_text = month.map(lambda v: "" if v is None or v != v else str(v))
-    typed = validate_frame(as_text, cfg.data.columns, cfg.data.label)
-    good = pc.is_null(typed.column(ERROR)).to_numpy(zero_copy_only=False)
-    clean = month[good]
-    records = clean.drop(columns=[cfg.data.label, "customer_id"]).astype(object)
-    records["paperless_billing"] = records["paperless_billing"] == "yes"  # JSON booleans
-    records = records.where(records.notna(), None).to_dict("records")
-    labels = list(clean[cfg.data.label])
+    write_later_month(cfg, 600, 11)  # the new month's export arrives
+    records, labels = later_month_records(cfg, 600, 11)  # and its customers are served
 
     retrained = cfg.with_overrides({"train.epochs": 6})  # the operator trains longer
     lines: list[str] = []
@@ -111,7 +56,7 @@ def test_the_loop_retrains_on_drift_resumes_a_stopped_cycle_and_promotes(
             raise Stopped(line)
 
     with Traffic(first.url, records, labels) as traffic:
-        wait_for(lambda: traffic.sent() >= 60, 60, what="60 answered requests")
+        wait_for(lambda: traffic.answered >= 60, 60, what="60 answered requests")
         with pytest.raises(Stopped):
             Operator(retrained, say=stop_in_shadow, poll_s=0.5).run(cycles=1)
         state = Operator(retrained).store.load()
@@ -128,6 +73,7 @@ def test_the_loop_retrains_on_drift_resumes_a_stopped_cycle_and_promotes(
         assert not any("retrain:" in x for x in resumed)  # nothing trained twice
         assert final.facts["outcome"] == f"v{challenger} promoted to champion", resumed
         assert final.facts["shadow"]["shadow"]["errors"] == 0
+        print("\n".join([*lines, *resumed]))  # the loop's story, under pytest -s
         before = traffic.versions[challenger]
         wait_for(lambda: traffic.versions[challenger] > before + 10, 60,
                  what="answers from the promoted version")

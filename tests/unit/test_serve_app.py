@@ -26,6 +26,7 @@ class _Server:
         self.predictor = predictor
         self.record_model = record_model(predictor.schema, predictor.preprocessor.label)
         self.max_records, self.max_body_bytes, self.token = 5, 4096, token
+        self.in_flight = 0
         self.observed: list[tuple[str, int]] = []
 
     async def predict(self, records, request_id=None, key=None):

@@ -21,7 +21,7 @@ class ShadowGateConfig(_Section):
         2.0, gt=0.0, description="Largest p95 latency over the champion's on the same "
         "requests.")
     min_agreement: float = Field(
-        0.8, ge=0.0, le=1.0, description="Smallest share of mirrored records on which it "
+        0.7, ge=0.0, le=1.0, description="Smallest share of mirrored records on which it "
         "agrees with the champion (same class; for regression within regression_tolerance).")
     regression_tolerance: float = Field(
         0.1, ge=0.0, description="Relative difference within which two regression "

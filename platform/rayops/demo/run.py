@@ -34,12 +34,15 @@ SAMPLE_RECORDS = [
 
 
 def run_demo(rows: int, seed: int, port: int, keep_running: bool, overrides: list[str],
-             output: Output | None = None) -> None:
-    """Run the packaged churn demo from the current directory (./lake, ./mlflow)."""
+             output: Output | None = None, operate: bool = False) -> None:
+    """Run the packaged churn demo from the current directory (./lake, ./mlflow); with
+    ``operate``, then one cycle of the operate loop on a later, shifted month."""
+    from rayops.demo.operate import OPERATE_OVERRIDES, run_operate
     from rayops.pipeline import run_pipeline
     from rayops.serve import wait_ready
 
-    cfg = load_config(demo.config_path(), [f"serve.port={port}", *overrides])
+    extra = OPERATE_OVERRIDES if operate else []
+    cfg = load_config(demo.config_path(), [f"serve.port={port}", *extra, *overrides])
     raw = file_source(cfg).location
     if not raw.list_files():
         logger.info("Writing %d rows of synthetic churn data to %s", rows, raw.uri)
@@ -54,6 +57,8 @@ def run_demo(rows: int, seed: int, port: int, keep_running: bool, overrides: lis
         raise ServeError(f"the served model answered HTTP {response.status_code}: "
                          f"{response.text[:300]}")
     _show(cfg, result, response.json())
+    if operate:
+        run_operate(cfg, result.url, max(rows // 4, 1000))
     if keep_running:
         print(f"Serving at {result.url}; try:\n  {_curl(result.url)}\nPress Ctrl-C to stop.")
         try:

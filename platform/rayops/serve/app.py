@@ -39,6 +39,7 @@ class Server(Protocol):
     max_records: int
     max_body_bytes: int
     token: str | None
+    in_flight: int  # requests being answered now (this app counts them)
 
     async def predict(self, records: list[dict[str, Any]], request_id: str | None = None,
                       key: str | None = None) -> dict[str, Any]: ...
@@ -128,9 +129,11 @@ class Guard:
             await send(message)
 
         refusal = self._refusal(scope, headers)
+        self.server.in_flight += 1
         try:
             await (refusal or self.app)(scope, receive, counted_send)
         finally:
+            self.server.in_flight -= 1
             self.server.observe(route_of(scope["path"]), status,
                                 time.perf_counter() - started)
 

@@ -118,6 +118,7 @@ class ModelServer:
         registered = await asyncio.to_thread(self._resolve)
         self.model = await asyncio.to_thread(self._load, registered)
         self._mirrors: set[asyncio.Task[None]] = set()
+        self.in_flight = 0  # requests this replica is working on (counted by the app)
         if self.watches_shadow:
             await asyncio.to_thread(self._refresh_shadow)
         self.record_model = record_model(self.model.predictor.schema,
@@ -300,8 +301,11 @@ class ModelServer:
         model, shadow, role = self.model, self.shadow, "champion"
         if shadow is not None and in_share(key or request_id, self.settings.canary_fraction):
             model, role = shadow, "canary"
+        # A request alone in the replica is answered at once: a batch would only wait
+        # batch_wait_timeout_s for company that is not coming.
         try:
-            result = await self._answer(model, records, batched=role == "champion")
+            result = await self._answer(model, records,
+                                        batched=role == "champion" and self.in_flight > 1)
         except ModelFailed as failure:  # the model that failed (a batch's may be newer)
             failed = failure.model
             fallback = self.previous if failed is self.model else self.model
