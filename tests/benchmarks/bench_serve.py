@@ -185,7 +185,24 @@ def serve_model(cfg: PipelineConfig, model: str, batch: int, log: bool = True,
         "serve.autoscaling.min_replicas": 1, "serve.autoscaling.max_replicas": 1,
         "serve.cpus_per_replica": 1, "serve.model_poll_interval_s": 0}))
     wait_ready(url)
+    _only_the_new_replica(cfg)
     return url
+
+
+def _only_the_new_replica(cfg: PipelineConfig, timeout_s: float = 120.0) -> None:
+    """Wait until the previous config's replica has stopped: one still draining its queue
+    on the same cores would be measured as this one's cost."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(cfg.serve.app_name)
+        states = [dict(d.replica_states) for d in app.deployments.values()] if app else []
+        if states and all(s == {"RUNNING": 1} for s in states):
+            time.sleep(2)  # its processes settle
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"the previous replica did not stop within {timeout_s:.0f} s")
 
 
 def _serve_processes() -> int:

@@ -53,15 +53,15 @@ NEW_PAYMENT = "wallet"
 def later_month(rows: int, seed: int = 11) -> pd.DataFrame:
     """A later month's exports with a documented shift: prices up by 40 (a price change),
     four in five customers on month-to-month contracts, and a new payment method,
-    ``wallet`` (a third of customers), whose customers churn more. A model trained before
+    ``wallet`` (two in five customers), whose customers churn much more. A model trained before
     has never seen ``wallet``; one retrained on this month learns it."""
     rng = np.random.default_rng(seed)
     df = _customers(rows, seed, rng)
     df["monthly_charges"] = np.round(df["monthly_charges"] + 40, 2)
     df["contract"] = rng.choice(CONTRACTS, rows, p=[0.80, 0.12, 0.08])
-    wallet = rng.uniform(size=rows) < 0.35
+    wallet = rng.uniform(size=rows) < 0.4
     df.loc[wallet, "payment_method"] = NEW_PAYMENT
-    churn = rng.uniform(size=rows) < _churn_probability(df, rng, 1.5 * wallet - 0.8)
+    churn = rng.uniform(size=rows) < _churn_probability(df, rng, 2.5 * wallet - 1.5)
     df["churned"] = np.where(churn, "yes", "no")
     return _corrupt(df.astype(object), rng)
 

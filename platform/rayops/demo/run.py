@@ -58,7 +58,7 @@ def run_demo(rows: int, seed: int, port: int, keep_running: bool, overrides: lis
                          f"{response.text[:300]}")
     _show(cfg, result, response.json())
     if operate:
-        run_operate(cfg, result.url, max(rows // 4, 1000))
+        run_operate(cfg, result.url, rows)  # a month as large as the first
     if keep_running:
         print(f"Serving at {result.url}; try:\n  {_curl(result.url)}\nPress Ctrl-C to stop.")
         try:

@@ -301,7 +301,7 @@ class Operator:
         self.say(f"[cycle {state.cycle}] shadow: v{challenger} beside the champion "
                  f"v{facts['champion']} until {cfg.min_records} mirrored records (at most "
                  f"until {deadline:%H:%M:%S} UTC)")
-        said = 0.0
+        said = time.monotonic()
         while True:
             self._same_alias(tracking.CHALLENGER, challenger, "shadow")
             rows = read_log(prediction_table(self.cfg), LOG_COLUMNS, started)
