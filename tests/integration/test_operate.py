@@ -27,14 +27,17 @@ def test_the_loop_retrains_on_drift_resumes_a_stopped_cycle_and_promotes(
     from ray import serve
 
     cfg = demo_config(tmp_path, **{
-        "train.epochs": 1, "train.num_workers": 1, "serve.port": free_port(),
+        # v1 barely learns (one epoch at a tiny rate): the retrained model beats it on any
+        # draw of the data, so the gates' verdicts are not what this test leaves to chance
+        "train.epochs": 1, "train.learning_rate": 1e-6, "train.num_workers": 1,
+        "serve.port": free_port(),
         "serve.cpus_per_replica": 0.1, "serve.model_poll_interval_s": 0.5,
         "serve.mirror_fraction": 1.0, "serve.autoscaling.min_replicas": 1,
         "serve.autoscaling.max_replicas": 1, "monitor.min_rows": 40,
         "operate.drift_windows": 1, "operate.min_new_labels": "null",
         "operate.window_min_labels": 30, "operate.window_tolerance": 0.1,
         "operate.shadow.min_records": 20, "operate.shadow.max_wait_s": 120,
-        "operate.shadow.min_agreement": 0.5, "operate.shadow.max_p95_latency_ratio": 10,
+        "operate.shadow.min_agreement": 0.0, "operate.shadow.max_p95_latency_ratio": 10,
         "operate.rollback.watch_s": 3, "operate.rollback.min_records": 5,
         "operate.lease_s": 10})
     source = file_source(cfg).location
@@ -47,7 +50,7 @@ def test_the_loop_retrains_on_drift_resumes_a_stopped_cycle_and_promotes(
     write_later_month(cfg, 600, 11)  # the new month's export arrives
     records, labels = later_month_records(cfg, 600, 11)  # and its customers are served
 
-    retrained = cfg.with_overrides({"train.epochs": 6})  # the operator trains longer
+    retrained = cfg.with_overrides({"train.epochs": 6, "train.learning_rate": 1e-3})
     lines: list[str] = []
 
     def stop_in_shadow(line: str) -> None:
@@ -57,8 +60,12 @@ def test_the_loop_retrains_on_drift_resumes_a_stopped_cycle_and_promotes(
 
     with Traffic(first.url, records, labels) as traffic:
         wait_for(lambda: traffic.answered >= 60, 60, what="60 answered requests")
-        with pytest.raises(Stopped):
+        try:
             Operator(retrained, say=stop_in_shadow, poll_s=0.5).run(cycles=1)
+        except Stopped:
+            pass
+        else:
+            pytest.fail("the cycle ended before the shadow step:\n" + "\n".join(lines))
         state = Operator(retrained).store.load()
         assert (state.cycle, state.step) == (1, "shadow")
         assert state.facts["drift"] == "drift" and state.facts["gate_passed"]

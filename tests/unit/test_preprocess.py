@@ -148,3 +148,35 @@ def test_quantile_scaling_gaussianizes_skew_and_marks_where_training_had_nulls()
     assert "num.missing" not in no_nulls.output_columns
     constant = _table(300).set_column(0, "num", pa.array(np.full(300, 5.0)))
     assert "knots" not in _fit(data, constant).features[0]  # standardized instead
+
+
+def test_the_request_path_transform_equals_validation_then_transform():
+    """A replica skips the second validation of records its request schema checked:
+    transform_rows on what the schema hands over is the Arrow path's matrix, exactly."""
+    from rayops.data.schema import validate_records
+    from rayops.serve.schema import record_model
+
+    data = _data(scaling="both")
+    rng = np.random.default_rng(2)
+    table = _table(400, seed=3)
+    num = rng.lognormal(0, 1, 400)
+    num[rng.uniform(size=400) < 0.2] = np.nan  # nulls in training: a missing column
+    pre = _fit(data, table.set_column(0, "num", pa.array(num, from_pandas=True)))
+    assert "num.missing" in pre.output_columns and "num.z" in pre.output_columns
+    schema = _columns(data)
+    record = record_model(schema, "y")
+    raw = [{"num": float(v) if rng.uniform() > 0.2 else None,
+            "cat": str(rng.choice(["a", "b", "c", "never seen", None])) if rng.uniform() > 0.1
+            else None,
+            "flag": bool(rng.integers(0, 2)) if rng.uniform() > 0.1 else None,
+            "when": rng.choice(["2024-03-01T05:30:00", "2024-12-31T23:59:59+00:00",
+                                "2024-06-15T12:00:00+02:00", None])}
+           for v in rng.lognormal(0, 3, 200)]
+    raw += [{"num": 0, "cat": "a", "flag": True, "when": "2024-01-01T00:00:00Z"},  # an int
+            {"num": 1e308, "cat": None, "flag": False, "when": None}]  # clipped
+    typed = [record.model_validate(r).model_dump() for r in raw]
+    arrow = pre.transform(validate_records(raw, {n: schema[n] for n in data.feature_names}))
+    fast = pre.transform_rows(typed)
+    assert fast.dtype == np.float32 and fast.shape == (len(raw), pre.n_features)
+    np.testing.assert_array_equal(fast, arrow)
+    assert fast[:, pre.output_columns.index(f"cat={OTHER}")].sum() > 0  # unknowns, nulls

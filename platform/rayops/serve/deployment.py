@@ -267,7 +267,7 @@ class ModelServer:
         self.stats["batches"] += 1
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(requests))
         try:
-            predictions = model.predictor.predict_records(
+            predictions = model.predictor.predict_valid(
                 list(itertools.chain.from_iterable(requests)))
         except DataError:  # find whose records failed; the others still get answers
             return [self._one(model, records) for records in requests]
@@ -286,7 +286,7 @@ class ModelServer:
              ) -> dict[str, Any] | DataError | ModelFailed:
         try:
             return {"model": model.info.model_dump(),
-                    "predictions": model.predictor.predict_records(records)}
+                    "predictions": model.predictor.predict_valid(records)}
         except DataError as exc:
             return exc
         except Exception as exc:
@@ -368,7 +368,7 @@ class ModelServer:
         assert self.log is not None
         predictions, error, took_ms = None, None, 0.0
         try:
-            predictions, took_ms = await asyncio.to_thread(_timed, shadow.predictor.predict_records,
+            predictions, took_ms = await asyncio.to_thread(_timed, shadow.predictor.predict_valid,
                                                            records)
         except Exception as exc:  # a shadow's failure is data for the gate, not an outage
             error = one_line(exc)
