@@ -10,7 +10,12 @@ import pytest
 
 from rayops import tracking
 from rayops.data.ingest import file_source
-from rayops.demo.operate import Traffic, later_month_records, write_later_month
+from rayops.demo.operate import (
+    Traffic,
+    later_month_records,
+    wait_logged,
+    write_later_month,
+)
 from rayops.operate import Operator
 from rayops.pipeline import run_pipeline
 from tests.helpers import demo_config, free_port, wait_for, write_demo_data
@@ -59,7 +64,7 @@ def test_the_loop_retrains_on_drift_resumes_a_stopped_cycle_and_promotes(
             raise Stopped(line)
 
     with Traffic(first.url, records, labels) as traffic:
-        wait_for(lambda: traffic.answered >= 60, 60, what="60 answered requests")
+        wait_logged(cfg, 60)  # the monitor's window holds the new month's records
         try:
             Operator(retrained, say=stop_in_shadow, poll_s=0.5).run(cycles=1)
         except Stopped:

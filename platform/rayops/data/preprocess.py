@@ -95,40 +95,49 @@ class Preprocessor:
         (a request's records after its schema check: numbers, known categories, datetimes,
         None where nullable): plain Python and numpy, no Arrow, for the small-request path.
         Gives the same matrix as ``transform(validate_records(rows, ...))``."""
-        out = np.zeros((len(rows), self.n_features), dtype=np.float32)
-        at = 0
-        for feat, codes in zip(self.features, self._codes, strict=True):
+        work = np.zeros((len(rows), self.n_features), dtype=np.float64)
+        everyone = np.arange(len(rows))
+        for feat, at, codes, scales in self._plan:
             values = [row.get(feat["name"]) for row in rows]
             if codes is not None:  # one-hot; a null or an unknown category is OTHER
                 other = len(codes)
-                out[np.arange(len(rows)), at + np.array(
-                    [codes.get(v, other) for v in values], dtype=np.int64)] = 1.0
-                at += other + 1
+                work[everyone, at + np.array([codes.get(v, other) for v in values])] = 1.0
             elif feat["kind"] == "datetime":
                 stamps = pa.chunked_array([pa.array([_utc(v) for v in values],
                                                     ARROW_TYPES["datetime"])])
-                for part in feat["parts"]:
-                    out[:, at] = _scale(calendar(stamps, part["part"]).to_numpy(
-                        zero_copy_only=False).astype(np.float64), part)
-                    at += 1
+                for i, (part, scale) in enumerate(zip(feat["parts"], scales, strict=True)):
+                    work[:, at + i] = scale(calendar(stamps, part["part"]).to_numpy(
+                        zero_copy_only=False).astype(np.float64))
             else:
                 raw = np.array([np.nan if v is None else float(v) for v in values],
                                dtype=np.float64)
-                out[:, at] = _scale(raw, feat)
-                at += 1
-                if feat.get("also_standard"):
-                    out[:, at] = _scale(raw, {"mean": feat["mean"], "std": feat["std"]})
-                    at += 1
+                for i, scale in enumerate(scales):
+                    work[:, at + i] = scale(raw)
                 if feat.get("missing"):
-                    out[:, at] = [v is None for v in values]
-                    at += 1
-        return out
+                    work[:, at + len(scales)] = [v is None for v in values]
+        return _finish(work)
 
     @cached_property
-    def _codes(self) -> list[dict[str, int] | None]:
-        """Per feature: category -> one-hot column (None for a non-categorical feature)."""
-        return [{c: i for i, c in enumerate(feat["categories"])}
-                if feat["kind"] in ("categorical", "text") else None for feat in self.features]
+    def _plan(self) -> list[tuple[dict[str, Any], int, dict[str, int] | None, list[Any]]]:
+        """Per feature, for :meth:`transform_rows`: its first output column, its one-hot
+        codes (category -> offset) or the scalings of its columns (raw float64 -> scaled,
+        before the clip that :func:`_finish` applies to all)."""
+        plan, at = [], 0
+        for feat in self.features:
+            if feat["kind"] in ("categorical", "text"):
+                codes = {c: i for i, c in enumerate(feat["categories"])}
+                plan.append((feat, at, codes, []))
+                at += len(codes) + 1
+            elif feat["kind"] == "datetime":
+                plan.append((feat, at, None, [_scaling(p) for p in feat["parts"]]))
+                at += len(feat["parts"])
+            else:
+                scales = [_scaling(feat)]
+                if feat.get("also_standard"):
+                    scales.append(_scaling({"mean": feat["mean"], "std": feat["std"]}))
+                plan.append((feat, at, None, scales))
+                at += len(scales) + bool(feat.get("missing"))
+        return plan
 
     def encode_label(self, labels: pa.ChunkedArray) -> np.ndarray:
         """Class index (int64, -1 for a class unseen in training) or standardized target."""
@@ -143,20 +152,25 @@ class Preprocessor:
 
 
 def _scaled(values: pa.ChunkedArray, state: Mapping[str, Any]) -> np.ndarray:
-    return _scale(values.to_numpy(zero_copy_only=False).astype(np.float64), state)[:, None]
+    raw = values.to_numpy(zero_copy_only=False).astype(np.float64)
+    return _finish(_scaling(state)(raw)[:, None])
 
 
-def _scale(raw: np.ndarray, state: Mapping[str, Any]) -> np.ndarray:
-    """float64 values (NaN for null) -> the model's float32 column."""
+def _scaling(state: Mapping[str, Any]) -> Any:
+    """float64 values (NaN for null) -> scaled float64 values (NaN stays NaN)."""
     if "knots" in state:  # quantile scaling; a value outside the training range takes the end
-        scaled = np.interp(raw, state["knots"], state["scores"])
-    else:
-        scaled = (raw - state["mean"]) / state["std"]
-    # Nulls become the median (quantile scaling) or the mean (standard): both 0. A value
-    # 10,000 spreads out is an outlier the model cannot use anyway; clipping keeps float32
-    # and the network's outputs finite.
-    scaled = np.clip(np.nan_to_num(scaled, nan=0.0), -CLIP, CLIP)
-    return scaled.astype(np.float32)
+        knots, scores = np.asarray(state["knots"]), np.asarray(state["scores"])
+        return lambda raw: np.interp(raw, knots, scores)
+    mean, std = state["mean"], state["std"]
+    return lambda raw: (raw - mean) / std
+
+
+def _finish(scaled: np.ndarray) -> np.ndarray:
+    """Nulls become the median (quantile scaling) or the mean (standard): both 0. A value
+    10,000 spreads out is an outlier the model cannot use anyway; clipping keeps float32
+    and the network's outputs finite."""
+    scaled[np.isnan(scaled)] = 0.0
+    return np.clip(scaled, -CLIP, CLIP).astype(np.float32)
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:

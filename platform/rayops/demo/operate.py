@@ -96,6 +96,26 @@ class Traffic:
         self._thread.join()
 
 
+def wait_logged(cfg: PipelineConfig, rows: int, timeout_s: float = 60.0) -> None:
+    """Block until the prediction log holds ``rows`` rows (replicas append every
+    ``serve.log_flush_interval_s``)."""
+    import time
+
+    from rayops.monitor.feedback import prediction_table
+    from rayops.serve.prediction_log import read_log
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        table = read_log(prediction_table(cfg), ["request_id"])
+        if table is not None and table.num_rows >= rows:
+            return
+        if time.monotonic() > deadline:
+            found = 0 if table is None else table.num_rows
+            raise TimeoutError(f"the prediction log holds {found} rows after {timeout_s:.0f} "
+                               f"s, not {rows}")
+        time.sleep(0.5)
+
+
 def run_operate(cfg: PipelineConfig, url: str, rows: int, seed: int = 11) -> None:
     """The later month served and ingested, one operate cycle, the outcome on screen."""
     import time
@@ -111,7 +131,7 @@ def run_operate(cfg: PipelineConfig, url: str, rows: int, seed: int = 11) -> Non
         needed = max(cfg.monitor.min_rows, cfg.operate.window_min_labels) + 50
         while traffic.answered < needed:
             time.sleep(0.5)
-        time.sleep(3)  # the prediction log appends every 2 s
+        wait_logged(cfg, needed)
         print(f"traffic: {traffic.answered} requests of the new month answered, labels sent "
               "back; the loop runs one cycle:")
         before = dict(traffic.versions)

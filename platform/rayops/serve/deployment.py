@@ -62,7 +62,7 @@ class ReplicaSettings(BaseModel):
     log_table: str = ""
     log_sample_rate: float = 1.0
     log_queue_rows: int = 10_000
-    log_flush_interval_s: float = 2.0
+    log_flush_interval_s: float = 5.0
     # the shadow / canary beside the served model
     shadow_alias: str = "challenger"
     mirror_fraction: float = 0.0
