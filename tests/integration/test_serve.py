@@ -146,6 +146,13 @@ def test_overload_is_refused_fast_and_the_service_stays_healthy(trained):
     assert _post(url).status_code == 200
 
 
+@pytest.fixture(scope="module")
+def default_url(trained) -> str:
+    """The default deployment, deployed once for the cases of one parametrized test (they
+    run one after another; a test between them would redeploy with its own settings)."""
+    return _deploy(trained[0])
+
+
 @pytest.mark.parametrize(("records", "status", "field"), [
     ([{**SAMPLE_RECORDS[0], "age": "old"}], 422, "age"),
     ([{**SAMPLE_RECORDS[0], "age": 300}], 422, "age"),
@@ -154,10 +161,8 @@ def test_overload_is_refused_fast_and_the_service_stays_healthy(trained):
     ([{**SAMPLE_RECORDS[0], "paperless_billing": "yes"}], 422, "paperless_billing"),
     (SAMPLE_RECORDS * 600, 422, None),  # over max_records_per_request (1000)
 ])
-def test_bad_input_gets_4xx_naming_the_field(trained, records, status, field):
-    cfg, _, _ = trained
-    url = _deploy(cfg)
-    response = _post(url, records)
+def test_bad_input_gets_4xx_naming_the_field(default_url, records, status, field):
+    response = _post(default_url, records)
     assert response.status_code == status
     if field:
         assert any(d["loc"][-1] == field for d in response.json()["detail"])
