@@ -180,3 +180,4 @@ def test_the_request_path_transform_equals_validation_then_transform():
     assert fast.dtype == np.float32 and fast.shape == (len(raw), pre.n_features)
     np.testing.assert_array_equal(fast, arrow)
     assert fast[:, pre.output_columns.index(f"cat={OTHER}")].sum() > 0  # unknowns, nulls
+    assert pre.transform_rows([]).shape == (0, pre.n_features)

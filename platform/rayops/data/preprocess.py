@@ -101,7 +101,8 @@ class Preprocessor:
             values = [row.get(feat["name"]) for row in rows]
             if codes is not None:  # one-hot; a null or an unknown category is OTHER
                 other = len(codes)
-                work[everyone, at + np.array([codes.get(v, other) for v in values])] = 1.0
+                work[everyone, at + np.array([codes.get(v, other) for v in values],
+                                             dtype=np.int64)] = 1.0
             elif feat["kind"] == "datetime":
                 stamps = pa.chunked_array([pa.array([_utc(v) for v in values],
                                                     ARROW_TYPES["datetime"])])
