@@ -76,11 +76,27 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _read(location: Location, columns: list[str], since: dt.datetime | None) -> pd.DataFrame:
+def read_frame(location: Location, columns: list[str], since: dt.datetime | None = None
+               ) -> pd.DataFrame:
+    """:func:`read_log` as a DataFrame; empty (with the columns) before the first append."""
     rows = read_log(location, columns, since)
     if rows is None:  # nothing served (or labelled) yet
         return pd.DataFrame(columns=[*columns, "time"])
     return rows.to_pandas()
+
+
+_KEYS = ["request_id", "record_index"]  # what a label names: the request and the record
+
+
+def _labelled(cfg: PipelineConfig, columns: list[str], since: dt.datetime | None
+              ) -> pd.DataFrame:
+    """Served records (``columns`` of the log, since ``since``) that have a true label,
+    joined with the newest label sent for each; records the model failed on are left out."""
+    served = read_frame(prediction_table(cfg), [*_KEYS, *columns], since)
+    served = served[served["prediction"].notna()]
+    labels = read_frame(feedback_table(cfg), [*_KEYS, "label"])
+    labels = labels.sort_values("time").drop_duplicates(_KEYS, keep="last")
+    return served.drop(columns="time").merge(labels.drop(columns="time"), on=_KEYS)
 
 
 def live_metrics(cfg: PipelineConfig, hours: float | None = None
@@ -88,12 +104,7 @@ def live_metrics(cfg: PipelineConfig, hours: float | None = None
     """Each served model version's metrics on the labelled records of the window (all
     time when ``hours`` is None), keyed by version."""
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours) if hours else None
-    keys = ["request_id", "record_index"]
-    served = _read(prediction_table(cfg), [*keys, "model_version", "prediction"], since)
-    served = served[served["prediction"].notna()]  # records the model failed on
-    labels = _read(feedback_table(cfg), [*keys, "label"], None)
-    labels = labels.sort_values("time").drop_duplicates(keys, keep="last")
-    joined = served.drop(columns="time").merge(labels.drop(columns="time"), on=keys)
+    joined = _labelled(cfg, ["model_version", "prediction"], since)
     out = {}
     for version, rows in joined.groupby("model_version"):
         predicted = [json.loads(p) for p in rows["prediction"]]
@@ -128,13 +139,8 @@ def labelled_window(cfg: PipelineConfig, schema: dict[str, ColumnSpec], hours: f
     and the champion on, beside the validation rows. Records the schema rejects are left
     out."""
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
-    keys = ["request_id", "record_index"]
-    served = _read(prediction_table(cfg), [*keys, "record", "prediction", "role"], since)
-    served = served[served["prediction"].notna() & (served["role"].fillna("champion")
-                                                    != "shadow")].drop_duplicates(keys)
-    labels = _read(feedback_table(cfg), [*keys, "label"], None)
-    labels = labels.sort_values("time").drop_duplicates(keys, keep="last")
-    joined = served.drop(columns="time").merge(labels.drop(columns="time"), on=keys)
+    joined = _labelled(cfg, ["record", "prediction", "role"], since)
+    joined = joined[joined["role"].fillna("champion") != "shadow"].drop_duplicates(_KEYS)
     label = cfg.data.label
     records = [{**json.loads(r), label: json.loads(v)}
                for r, v in zip(joined["record"], joined["label"], strict=True)]

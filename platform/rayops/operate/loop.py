@@ -16,7 +16,6 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from rayops import tracking
 from rayops.config import PipelineConfig
@@ -30,6 +29,7 @@ from rayops.monitor.feedback import (
     labelled_window,
     live_metrics,
     prediction_table,
+    read_frame,
 )
 from rayops.monitor.gauges import drift_gauges
 from rayops.monitor.report import monitor_records, read_window
@@ -158,10 +158,6 @@ class Operator:
             for key, value in tags.items():
                 client.set_tag(state.run_id, key, value)
 
-    def _save(self, state: CycleState) -> None:
-        """Keep what a step found so far (a resumed step starts from it)."""
-        self.store.save(state)
-
     # ------------------------------------------------------------------ the steps
 
     def _ingest(self, state: CycleState) -> str:
@@ -237,7 +233,7 @@ class Operator:
             previous = tracking.alias_or_none(self.cfg.tracking, self.cfg.model_name,
                                               tracking.CHAMPION)
             facts["champion"] = previous.version if previous else None
-            self._save(state)
+            self.store.save(state)  # a resumed step starts from it
         version = load_version(self.cfg, version_number(facts["dataset"]))
         kind = "sweep" if self.cfg.operate.sweep else "training"
         self.say(f"[cycle {state.cycle}] retrain: {kind} on {version.id}"
@@ -295,7 +291,7 @@ class Operator:
         challenger = facts["challenger"]
         if "shadow_started_at" not in facts:
             facts["shadow_started_at"] = now_iso()
-            self._save(state)
+            self.store.save(state)  # a resumed step starts from it
         started = dt.datetime.fromisoformat(facts["shadow_started_at"])
         deadline = started + dt.timedelta(seconds=cfg.max_wait_s)
         self.say(f"[cycle {state.cycle}] shadow: v{challenger} beside the champion "
@@ -304,8 +300,7 @@ class Operator:
         said = time.monotonic()
         while True:
             self._same_alias(tracking.CHALLENGER, challenger, "shadow")
-            rows = read_log(prediction_table(self.cfg), LOG_COLUMNS, started)
-            stats = shadow_stats(rows.to_pandas() if rows is not None else _empty(),
+            stats = shadow_stats(read_frame(prediction_table(self.cfg), LOG_COLUMNS, started),
                                  challenger, self.cfg.data.task, cfg.regression_tolerance)
             over = dt.datetime.now(dt.UTC) >= deadline
             if stats.shadow.records >= cfg.min_records or over:
@@ -359,9 +354,8 @@ class Operator:
         self.say(f"[cycle {state.cycle}] watch: v{version}'s served traffic until "
                  f"{until:%H:%M:%S} UTC")
         while True:
-            rows = read_log(prediction_table(self.cfg), LOG_COLUMNS, promoted)
-            stats = served_stats(rows.to_pandas() if rows is not None else _empty(), version,
-                                 ("champion",))
+            stats = served_stats(read_frame(prediction_table(self.cfg), LOG_COLUMNS, promoted),
+                                 version, ("champion",))
             breach = rollback_breach(cfg, stats)
             if breach is not None:
                 self._same_alias(tracking.CHAMPION, version, "watch")
@@ -377,12 +371,6 @@ class Operator:
                          f"{stats.records} served records ({stats.errors} failed)")
                 return "done"
             time.sleep(self.poll_s)
-
-
-def _empty() -> Any:
-    import pandas as pd
-
-    return pd.DataFrame(columns=[*LOG_COLUMNS, "time"])
 
 
 def operate(cfg: PipelineConfig, cycles: int | None = None,
