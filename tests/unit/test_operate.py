@@ -148,6 +148,8 @@ def test_the_loop_says_what_it_needs_from_serve(tmp_path):
 
     with pytest.raises(ConfigError, match=r"needs serve.mirror_fraction > 0"):
         check_config(demo_config(tmp_path))
+    with pytest.raises(ConfigError, match=r"needs serve.mirror_fraction > 0"):
+        check_config(demo_config(tmp_path, **{"serve.canary_fraction": 0.1}))
     check_config(demo_config(tmp_path, **{"serve.mirror_fraction": 0.01}))
     check_config(demo_config(tmp_path, **{"operate.shadow.enabled": "false"}))
     with pytest.raises(ConfigError, match="shadow_alias"):

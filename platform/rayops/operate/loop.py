@@ -57,10 +57,12 @@ LOG_COLUMNS = ["request_id", "record_index", "model_version", "role", "predictio
 def check_config(cfg: PipelineConfig) -> None:
     """What the loop needs from the rest of the config, said before the first cycle."""
     op, serve = cfg.operate, cfg.serve
-    if op.shadow.enabled and serve.mirror_fraction == 0 and serve.canary_fraction == 0:
+    if op.shadow.enabled and serve.mirror_fraction == 0:
+        # a canary's answers alone cannot be compared with the champion's: only mirrored
+        # records give the agreement the shadow gate needs
         raise ConfigError("operate.shadow.enabled needs serve.mirror_fraction > 0 (the share "
-                          "of requests the challenger sees in shadow), e.g. 0.01; or set "
-                          "operate.shadow.enabled: false")
+                          "of requests the challenger sees in shadow), e.g. 0.01, also "
+                          "beside a canary_fraction; or set operate.shadow.enabled: false")
     if (op.shadow.enabled or op.rollback.watch_s > 0) and not serve.log_predictions:
         raise ConfigError("operate.shadow and operate.rollback read the prediction log: set "
                           "serve.log_predictions: true")
