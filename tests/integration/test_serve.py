@@ -388,12 +388,10 @@ def test_served_requests_land_in_the_prediction_log_and_ten_rows_are_not_a_verdi
 # --------------------------------------------------------------------------- shadow, canary
 
 def _log_rows(cfg, since):
-    from rayops.monitor.feedback import prediction_table
+    from rayops.monitor.feedback import prediction_table, read_frame
     from rayops.operate.loop import LOG_COLUMNS
-    from rayops.serve.prediction_log import read_log
 
-    rows = read_log(prediction_table(cfg), LOG_COLUMNS, since)
-    return rows.to_pandas() if rows is not None else None
+    return read_frame(prediction_table(cfg), LOG_COLUMNS, since)
 
 
 def _shadow_version(url: str) -> str | None:
@@ -428,7 +426,7 @@ def test_a_shadow_sees_mirrored_traffic_and_a_canary_key_sticks(trained):
     assert 0 < canary < 40
 
     time.sleep(1)  # the last mirror's thread
-    assert _log_rows(cfg, since) is None or len(_log_rows(cfg, since)) == 0
+    assert _log_rows(cfg, since).empty
     from ray import serve
 
     serve.delete(APP)  # a clean replica shutdown writes what the log holds
@@ -491,7 +489,7 @@ def test_a_failing_shadow_and_champion_cost_no_request_and_are_rolled_back(train
 
     def shadowed() -> bool:
         rows = _log_rows(cfg, since)
-        return rows is not None and (rows["model_version"] == broken).sum() >= 20
+        return (rows["model_version"] == broken).sum() >= 20
 
     wait_for(shadowed, 30, what="the shadow's rows")
     stats = shadow_stats(_log_rows(cfg, since), broken, "classification", 0.1)

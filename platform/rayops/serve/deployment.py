@@ -195,21 +195,13 @@ class ModelServer:
         version = registered.version
         if version == self.model.info.version or version in self.refused:
             return False
-        shadow = self.shadow
         try:
-            if shadow is not None and shadow.info.version == version:  # promoted: no download
-                candidate = LoadedModel(shadow.predictor, shadow.info.model_copy(
-                    update={"alias": self.settings.alias}))
-            else:
-                candidate = self._load(registered)
-        except (ModelFilesMissing, TrainingError) as exc:
-            return self._refuse(version, str(exc))
+            candidate = self._candidate(registered, self.settings.alias)
         except Exception as exc:  # the store did not answer: tried again at the next poll
             self.registry_error = f"cannot download v{version}: {exc}"
             raise
-        if candidate.predictor.schema != self.model.predictor.schema:
-            return self._refuse(version, f"expects other inputs than v{self.model.info.version}"
-                                         "; redeploy to serve it")
+        if candidate is None:
+            return False
         # One assignment: in-flight batches keep the old model, which stays loaded as the
         # fallback while the new one proves itself.
         self.previous, self.model = self.model, candidate
@@ -233,28 +225,45 @@ class ModelServer:
                 version in self.refused:
             return
         try:
-            candidate = self._load(registered, alias)
-        except (ModelFilesMissing, TrainingError) as exc:
-            self._refuse(version, str(exc))
-            return
+            candidate = self._candidate(registered, alias)
         except Exception as exc:
             logger.warning("Cannot load the shadow %s v%s (@%s), tried again at the next "
                            "poll: %s", registered.name, version, alias, exc)
             return
-        if candidate.predictor.schema != self.model.predictor.schema:
-            self._refuse(version, f"expects other inputs than v{self.model.info.version}")
-            return
-        self.shadow = candidate
-        logger.info("Shadow %s v%s (@%s) beside v%s: mirror %.0f%%, canary %.0f%%",
-                    registered.name, version, alias, self.model.info.version,
-                    100 * self.settings.mirror_fraction, 100 * self.settings.canary_fraction)
+        if candidate is not None:
+            self.shadow = candidate
+            logger.info("Shadow %s v%s (@%s) beside v%s: mirror %.0f%%, canary %.0f%%",
+                        registered.name, version, alias, self.model.info.version,
+                        100 * self.settings.mirror_fraction,
+                        100 * self.settings.canary_fraction)
 
-    def _refuse(self, version: str, reason: str) -> bool:
+    def _candidate(self, registered: tracking.RegisteredModel, alias: str
+                   ) -> LoadedModel | None:
+        """``registered`` loaded to serve as ``alias`` (the shadow's model when the shadow
+        is promoted: no download), or None when this replica refuses it, once: its files
+        gone, not a rayops bundle, or other inputs than the served model's. A store that
+        does not answer raises: tried again at the next poll."""
+        version, shadow = registered.version, self.shadow
+        if shadow is not None and shadow.info.version == version:
+            candidate = LoadedModel(shadow.predictor,
+                                    shadow.info.model_copy(update={"alias": alias}))
+        else:
+            try:
+                candidate = self._load(registered, alias)
+            except (ModelFilesMissing, TrainingError) as exc:
+                self._refuse(version, str(exc))
+                return None
+        if candidate.predictor.schema != self.model.predictor.schema:
+            self._refuse(version, f"expects other inputs than v{self.model.info.version}; "
+                                  "redeploy to serve it")
+            return None
+        return candidate
+
+    def _refuse(self, version: str, reason: str) -> None:
         self.refused[version] = reason
         logger.error("Not serving %s v%s (@%s points to it): %s; still serving v%s",
                      self.settings.model_name, version, self.settings.alias, reason,
                      self.model.info.version)
-        return False
 
     # ------------------------------------------------------------------ predictions
 
