@@ -51,7 +51,8 @@ class Replica:
         self.server.alias_target = self.target
         return _registered(self.target)
 
-    def _load(self, registered: tracking.RegisteredModel) -> LoadedModel:
+    def _load(self, registered: tracking.RegisteredModel, alias: str | None = None
+              ) -> LoadedModel:
         self.downloads.append(registered.version)
         if self.failure is not None:
             raise self.failure
