@@ -64,31 +64,25 @@ class Preprocessor:
 
     def transform(self, table: pa.Table) -> np.ndarray:
         """Validated feature columns -> float32 matrix (nulls imputed, unknowns to OTHER)."""
-        blocks: list[np.ndarray] = []
-        for feat in self.features:
+        work = np.zeros((table.num_rows, self.n_features), dtype=np.float64)
+        everyone = np.arange(table.num_rows)
+        for feat, at, codes, scales in self._plan:
             col = table.column(feat["name"])
-            if feat["kind"] in ("categorical", "text"):
-                cats = feat["categories"]
-                vocabulary = pa.array(cats, pa.string())
-                index = pc.index_in(pc.cast(col, pa.string()), value_set=vocabulary)
-                codes = index.fill_null(len(cats)).to_numpy(zero_copy_only=False)
-                onehot = np.zeros((len(codes), len(cats) + 1), dtype=np.float32)
-                onehot[np.arange(len(codes)), codes] = 1.0
-                blocks.append(onehot)
+            if codes is not None:  # one-hot; a null or an unknown category is OTHER
+                index = pc.index_in(pc.cast(col, pa.string()),
+                                    value_set=pa.array(feat["categories"], pa.string()))
+                work[everyone, at + index.fill_null(len(codes)).to_numpy(
+                    zero_copy_only=False).astype(np.int64)] = 1.0
             elif feat["kind"] == "datetime":
-                for part in feat["parts"]:
-                    blocks.append(_scaled(calendar(col, part["part"]), part))
+                for i, (part, scale) in enumerate(zip(feat["parts"], scales, strict=True)):
+                    work[:, at + i] = scale(_floats(calendar(col, part["part"])))
             else:
-                values = pc.cast(col, pa.float64())
-                blocks.append(_scaled(values, feat))
-                if feat.get("also_standard"):
-                    blocks.append(_scaled(values, {"mean": feat["mean"], "std": feat["std"]}))
+                raw = _floats(pc.cast(col, pa.float64()))
+                for i, scale in enumerate(scales):
+                    work[:, at + i] = scale(raw)
                 if feat.get("missing"):
-                    blocks.append(col.is_null().to_numpy(zero_copy_only=False)
-                                  .astype(np.float32)[:, None])
-        if not blocks:
-            return np.zeros((table.num_rows, 0), dtype=np.float32)
-        return np.ascontiguousarray(np.concatenate(blocks, axis=1))
+                    work[:, at + len(scales)] = col.is_null().to_numpy(zero_copy_only=False)
+        return _finish(work)
 
     def transform_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """:meth:`transform` for a few records whose values are already typed and valid
@@ -107,8 +101,7 @@ class Preprocessor:
                 stamps = pa.chunked_array([pa.array([_utc(v) for v in values],
                                                     ARROW_TYPES["datetime"])])
                 for i, (part, scale) in enumerate(zip(feat["parts"], scales, strict=True)):
-                    work[:, at + i] = scale(calendar(stamps, part["part"]).to_numpy(
-                        zero_copy_only=False).astype(np.float64))
+                    work[:, at + i] = scale(_floats(calendar(stamps, part["part"])))
             else:
                 raw = np.array([np.nan if v is None else float(v) for v in values],
                                dtype=np.float64)
@@ -120,7 +113,7 @@ class Preprocessor:
 
     @cached_property
     def _plan(self) -> list[tuple[dict[str, Any], int, dict[str, int] | None, list[Any]]]:
-        """Per feature, for :meth:`transform_rows`: its first output column, its one-hot
+        """Per feature, for both transforms: its first output column, its one-hot
         codes (category -> offset) or the scalings of its columns (raw float64 -> scaled,
         before the clip that :func:`_finish` applies to all)."""
         plan, at = [], 0
@@ -152,9 +145,9 @@ class Preprocessor:
         return outputs * self.label_state["std"] + self.label_state["mean"]
 
 
-def _scaled(values: pa.ChunkedArray, state: Mapping[str, Any]) -> np.ndarray:
-    raw = values.to_numpy(zero_copy_only=False).astype(np.float64)
-    return _finish(_scaling(state)(raw)[:, None])
+def _floats(values: pa.ChunkedArray) -> np.ndarray:
+    """A float64 column as numpy (NaN for null)."""
+    return values.to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def _scaling(state: Mapping[str, Any]) -> Any:
