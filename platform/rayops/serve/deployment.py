@@ -25,7 +25,7 @@ from ray import serve
 
 from rayops import tracking
 from rayops.config import StorageConfig, TrackingConfig
-from rayops.errors import DataError, ModelFilesMissing, ServeError, TrainingError, one_line
+from rayops.errors import ModelFilesMissing, ServeError, TrainingError, one_line
 from rayops.predict import Predictor
 from rayops.serve.app import create_app
 from rayops.serve.metrics import ServeMetrics
@@ -269,8 +269,9 @@ class ModelServer:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def predict_batch(self, requests: list[list[dict[str, Any]]]
-                            ) -> list[dict[str, Any] | DataError | ModelFailed]:
-        """One validation, transform and model call for every request in the batch."""
+                            ) -> list[dict[str, Any] | ModelFailed]:
+        """One transform and model call for every request in the batch (the records were
+        validated by the request schema: nothing here refuses a record)."""
         model = self.model
         self.metrics.batch_size.observe(len(requests))
         self.stats["batches"] += 1
@@ -278,12 +279,10 @@ class ModelServer:
         try:
             predictions = model.predictor.predict_valid(
                 list(itertools.chain.from_iterable(requests)))
-        except DataError:  # find whose records failed; the others still get answers
-            return [self._one(model, records) for records in requests]
         except Exception as exc:  # each request learns which model failed
             return [ModelFailed(model, exc) for _ in requests]
         info = model.info.model_dump()
-        out: list[dict[str, Any] | DataError] = []
+        out: list[dict[str, Any] | ModelFailed] = []
         start = 0
         for records in requests:
             out.append({"model": info, "predictions": predictions[start:start + len(records)]})
@@ -292,12 +291,10 @@ class ModelServer:
 
     @staticmethod
     def _one(model: LoadedModel, records: list[dict[str, Any]]
-             ) -> dict[str, Any] | DataError | ModelFailed:
+             ) -> dict[str, Any] | ModelFailed:
         try:
             return {"model": model.info.model_dump(),
                     "predictions": model.predictor.predict_valid(records)}
-        except DataError as exc:
-            return exc
         except Exception as exc:
             return ModelFailed(model, exc)
 
@@ -346,7 +343,7 @@ class ModelServer:
             result = await self.predict_batch(records)
         else:  # batching off, or a model other than the served one: no queue hop
             result = self._one(model, records)
-        if isinstance(result, (DataError, ModelFailed)):
+        if isinstance(result, ModelFailed):
             raise result
         return result
 
