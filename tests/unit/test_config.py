@@ -214,6 +214,8 @@ def test_environment_references_are_resolved_where_the_config_loads(tmp_path, mo
     assert cfg.storage.root == "s3://lake/rayops"  # the default after :-
     monkeypatch.setenv("RAYOPS_TEST_BUCKET", "team-bucket")
     assert load_config(path).storage.root == "s3://team-bucket/rayops"
+    monkeypatch.setenv("RAYOPS_TEST_BUCKET", "")  # set but empty: the shell's :- default too
+    assert load_config(path).storage.root == "s3://lake/rayops"
     monkeypatch.delenv("RAYOPS_TEST_HEAD")
     with pytest.raises(ConfigError, match=r"tracking\.uri: .*RAYOPS_TEST_HEAD, which is not set"):
         load_config(path)

@@ -286,7 +286,8 @@ _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 def _interpolate(value: Any, key: str) -> Any:
     """``${NAME}`` and ``${NAME:-default}`` in string values, from the environment of the
-    process that loads the config (a job's driver resolves them once; workers get values)."""
+    process that loads the config (a job's driver resolves them once; workers get values).
+    As in the shell, ``:-`` takes the default when the variable is unset *or empty*."""
     if isinstance(value, dict):
         return {k: _interpolate(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
     if isinstance(value, list):
@@ -296,10 +297,10 @@ def _interpolate(value: Any, key: str) -> Any:
 
     def resolve(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
+        if default is not None:
+            return os.environ.get(name) or default
         if name in os.environ:
             return os.environ[name]
-        if default is not None:
-            return default
         raise ConfigError(f"{key}: {value!r} names the environment variable {name}, which "
                           f"is not set here; set it or write ${{{name}:-default}}")
 
