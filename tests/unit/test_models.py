@@ -24,16 +24,25 @@ def test_bundle_round_trip(tmp_path):
 
 
 class _Payload:
+    """Unpickling it runs a shell command that leaves a marker file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
     def __reduce__(self):
-        return (os.system, ("echo pwned",))
+        return (os.system, (f"touch {self.marker}",))
 
 
 def test_tampered_weights_with_pickled_code_are_refused(tmp_path):
-    path = tmp_path / WEIGHTS
-    with open(path, "wb") as f:
-        pickle.dump({"model": _Payload()}, f)
+    # A real torch.save file (zip, right magic number) whose pickle holds the payload: a
+    # plain torch.load(weights_only=False) loads it without complaint, running the payload.
+    marker, path = tmp_path / "pwned", tmp_path / WEIGHTS
+    torch.save({"w": torch.ones(2), "hook": _Payload(marker)}, path)
     with pytest.raises(TrainingError, match="refusing to load"):
         load_state_dict(path)
+    with pytest.raises(TrainingError, match="refusing to load"):
+        load_state_dict(path.read_bytes(), name="checkpoint.pt")
+    assert not marker.exists(), "the payload ran"
     torch.save({"w": torch.ones(2), "epoch": 3}, path)
     assert load_state_dict(path)["epoch"] == 3
 
@@ -87,9 +96,10 @@ def test_an_xgboost_model_file_with_a_pickled_payload_is_refused(tmp_path):
     booster, _ = _booster()
     meta = {"architecture": {"family": "xgboost", "n_inputs": 4, "n_outputs": 2}}
     Bundle(XGBoostModel(booster), meta).save(tmp_path)
-    (tmp_path / MODEL_FILE).write_bytes(pickle.dumps(_Payload()))
+    (tmp_path / MODEL_FILE).write_bytes(pickle.dumps(_Payload(tmp_path / "pwned")))
     with pytest.raises(TrainingError, match="not an XGBoost JSON/UBJSON model"):
         Bundle.load(tmp_path)
+    assert not (tmp_path / "pwned").exists()
     (tmp_path / MODEL_FILE).write_bytes(b"{ not a model")
     with pytest.raises(TrainingError, match="not a valid XGBoost model"):
         Bundle.load(tmp_path)
