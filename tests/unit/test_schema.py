@@ -134,3 +134,23 @@ def test_records_validate_as_their_dataframe_does():
     for name in SPECS:
         assert direct.column(name).to_pylist() == framed.column(name).to_pylist(), name
     assert direct.column(ERROR).to_pylist()[0] is None
+
+
+def test_integers_beyond_64_bits_are_refused_by_name_not_an_overflow():
+    """A 400-digit number in an integer column without bounds: a quarantined row (or a 422
+    when served), never an OverflowError that fails the whole batch."""
+    specs = {"calls": ColumnSpec(type="integer"), "amount": ColumnSpec(type="numeric")}
+    huge = int("9" * 400)
+    table = validate_table(pa.Table.from_pylist([
+        {"calls": str(huge), "amount": "1"}, {"calls": str(2**53 + 2), "amount": "1"},
+        {"calls": str(-(2**53)), "amount": "9" * 400}, {"calls": "-5", "amount": "2"}]),
+        specs, None)
+    assert [e and e.split(" (")[0] for e in table.column(ERROR).to_pylist()] == [
+        "calls: not a finite number", "calls: beyond +-9007199254740992",
+        "amount: not a finite number", None]
+    records = validate_records([{"calls": huge, "amount": 1.0}, {"calls": 3, "amount": 2.0},
+                                {"calls": 1, "amount": huge}], specs)
+    assert records.column("calls").to_pylist()[1] == 3
+    errors = records.column(ERROR).to_pylist()
+    assert errors[0].startswith("calls: not a finite number") and errors[1] is None
+    assert errors[2].startswith("amount: not a finite number")

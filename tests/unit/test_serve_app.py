@@ -288,3 +288,27 @@ def test_a_diverged_model_fails_instead_of_answering_nan(predictor, tmp_path):
     with pytest.raises(PredictionError, match="non-finite outputs for 2 of 2 record"):
         diverged.predict_records([GOOD, GOOD])
     assert predictor.predict_records([GOOD])[0]["prediction"] in ("yes", "no")
+
+
+def test_a_huge_integer_is_a_422_naming_the_field_not_a_500():
+    from fastapi import FastAPI
+
+    from rayops.config import ColumnSpec
+    from rayops.serve.schema import request_model
+
+    record = record_model({"calls": ColumnSpec(type="integer"),
+                           "y": ColumnSpec(type="categorical")}, "y")
+    app = FastAPI()
+
+    @app.post("/p")
+    def handler(body: request_model(record, 5)) -> dict:  # type: ignore[valid-type]
+        return {"calls": [float(r.calls) for r in body.records]}
+
+    client = TestClient(app)
+    assert client.post("/p", json={"records": [{"calls": -(2**53)}]}).status_code == 200
+    response = client.post("/p", content='{"records": [{"calls": 1}, {"calls": ' + "9" * 400
+                           + "}]}", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    (detail,) = response.json()["detail"]
+    assert detail["loc"] == ["body", "records", 1, "calls"]
+    assert "less than or equal to 9007199254740992" in detail["msg"]

@@ -9,7 +9,7 @@ import pytest
 
 from rayops import tracking
 from rayops.errors import ModelFilesMissing
-from rayops.serve.deployment import LoadedModel, ModelServer, ReplicaSettings
+from rayops.serve.deployment import LoadedModel, ModelFailed, ModelServer, ReplicaSettings
 from rayops.serve.schema import ModelInfo
 
 
@@ -101,3 +101,36 @@ def test_a_registry_that_stops_answering_shows_in_health():
     assert health["alias"]["registry_reachable"] is False
     assert health["alias"]["registry_checked_s_ago"] >= 31
     assert "cannot read" in health["alias"]["registry_error"]
+
+
+class _Picky:
+    """A model that fails on any batch holding a record marked bad."""
+
+    schema = {"x": "numeric"}
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def predict_valid(self, records):
+        self.calls.append(len(records))
+        if any(r["x"] == "bad" for r in records):
+            raise OverflowError("int too large to convert to float")
+        return [{"prediction": r["x"]} for r in records]
+
+
+def test_one_failing_request_does_not_fail_the_others_in_its_batch():
+    import asyncio
+
+    replica = Replica()
+    server, model = replica.server, _Picky()
+    server.model = LoadedModel(model, _info("1"))
+    server.metrics = SimpleNamespace(batch_size=SimpleNamespace(observe=lambda n: None))
+    # the batch Serve's queue hands over: three requests of one record each
+    batch = ModelServer.predict_batch.__wrapped__(server, [[{"x": 1}], [{"x": "bad"}],
+                                                           [{"x": 3}]])
+    good, failed, other = asyncio.run(batch)
+    assert model.calls[0] == 3  # one model call for the batch, which failed
+    assert good["predictions"] == [{"prediction": 1}]
+    assert other["predictions"] == [{"prediction": 3}]
+    assert isinstance(failed, ModelFailed) and "too large" in str(failed.error)
+    assert server.stats["batches_split"] == 1

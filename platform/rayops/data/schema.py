@@ -42,6 +42,12 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 }
 
 
+# The largest integer magnitude an integer column takes: every value is read as float64
+# (validation, the model's input), which holds integers exactly up to 2**53 and loses
+# digits beyond it; a 400-digit number would overflow it altogether.
+MAX_INTEGER = 2**53
+
+
 def _is_text(arr: pa.ChunkedArray) -> bool:
     return pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)
 
@@ -74,17 +80,22 @@ def _cast_numeric(name: str, raw: pa.ChunkedArray, spec: ColumnSpec
     elif pa.types.is_integer(raw.type) or pa.types.is_floating(raw.type):
         shown = raw
         values = pc.cast(raw, pa.float64())
-        finite = pc.is_finite(values)
-        reason = _reason(pc.invert(finite), name, "not a finite number", raw)
-        values = pc.if_else(finite, values, pa.scalar(None, pa.float64()))
+        reason = pa.nulls(len(raw), pa.string())
     else:
         shown = pc.cast(raw, pa.string())
         values = pa.nulls(len(raw), pa.float64())
         reason = _reason(pc.is_valid(raw), name, f"not a number ({raw.type})", shown)
+    # "1e999" or 400 digits of text parse as infinity
+    finite = pc.is_finite(values)
+    reason = pc.coalesce(reason, _reason(pc.invert(finite), name, "not a finite number", shown))
+    values = pc.if_else(finite, values, pa.scalar(None, pa.float64()))
     reason = pc.coalesce(reason, _range_reason(name, values, spec, shown))
     if spec.type == "integer":
         fraction = pc.not_equal(values, pc.floor(values))
         reason = pc.coalesce(reason, _reason(fraction, name, "not an integer", shown))
+        outside = pc.greater(pc.abs(values), float(MAX_INTEGER))
+        reason = pc.coalesce(reason, _reason(outside, name, f"beyond +-{MAX_INTEGER} (2**53, "
+                                             "where integers lose digits)", shown))
     good = pc.if_else(pc.is_null(reason), values, pa.scalar(None, pa.float64()))
     return pc.cast(good, ARROW_TYPES[spec.type]), reason
 
@@ -204,6 +215,8 @@ def validate_records(records: Sequence[Mapping[str, Any]], columns: Mapping[str,
     for name in columns:
         values = [record.get(name) for record in records]
         kinds = {type(v) for v in values if v is not None}
+        if int in kinds and any(isinstance(v, int) and abs(v) > MAX_INTEGER for v in values):
+            kinds.add(str)  # beyond int64 (400 digits, say): judged as text, then refused
         if kinds <= {int, float} and len(kinds) == 2:
             arrays[name] = pa.array(values, pa.float64())
         elif len(kinds) > 1:

@@ -279,8 +279,11 @@ class ModelServer:
         try:
             predictions = model.predictor.predict_valid(
                 list(itertools.chain.from_iterable(requests)))
-        except Exception as exc:  # each request learns which model failed
-            return [ModelFailed(model, exc) for _ in requests]
+        except Exception:
+            # One request's records must not fail the others batched with it (nor count as
+            # their model errors): each is answered alone, and only the failing one fails.
+            self.stats["batches_split"] += 1
+            return [self._one(model, records) for records in requests]
         info = model.info.model_dump()
         out: list[dict[str, Any] | ModelFailed] = []
         start = 0

@@ -15,6 +15,7 @@ from pydantic import (
 )
 
 from rayops.config import ColumnSpec
+from rayops.data.schema import MAX_INTEGER
 
 
 def _whole_number(value: Any) -> Any:
@@ -28,7 +29,10 @@ def field_type(spec: ColumnSpec) -> Any:
     if spec.type == "numeric":
         return Annotated[float, Field(strict=True, allow_inf_nan=False, ge=spec.min, le=spec.max)]
     if spec.type == "integer":  # JSON's 95.0 is the integer 95; 95.5 and "95" are not
-        return Annotated[int, Field(strict=True, ge=spec.min, le=spec.max),
+        # without bounds a 400-digit number would pass and overflow float() in the model
+        low = -MAX_INTEGER if spec.min is None else max(spec.min, -MAX_INTEGER)
+        high = MAX_INTEGER if spec.max is None else min(spec.max, MAX_INTEGER)
+        return Annotated[int, Field(strict=True, ge=low, le=high),
                          BeforeValidator(_whole_number)]
     if spec.type == "boolean":
         return Annotated[bool, Field(strict=True)]
