@@ -6,11 +6,21 @@ Every error carries a plain message that quotes the offending value. Errors defi
 
 from __future__ import annotations
 
+import re
+
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of every URL in it (``scheme://user:password@``)
+    replaced by ``***``: a tracking URI may carry them, and messages reach logs and APIs."""
+    return _USERINFO.sub(r"\1***@", text)
+
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """An exception's text on one line, for an error message (MLflow's, pyarrow's and
-    botocore's can span pages)."""
-    text = " ".join(str(exc).split())
+    botocore's can span pages), without credentials."""
+    text = redact(" ".join(str(exc).split()))
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 from rayops import __version__
 from rayops.config import TrackingConfig
-from rayops.errors import ModelFilesMissing, TrackingError, one_line
+from rayops.errors import ModelFilesMissing, TrackingError, one_line, redact
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,8 @@ def require_reachable(tracking: TrackingConfig, timeout_s: float = 5.0) -> None:
         requests.get(f"{tracking.uri.rstrip('/')}/health", timeout=timeout_s
                      ).raise_for_status()
     except requests.RequestException as exc:
-        raise TrackingError(f"MLflow at {tracking.uri} does not answer: {one_line(exc)}"
+        raise TrackingError(f"MLflow at {redact(tracking.uri)} does not answer: "
+                            f"{one_line(exc)}"
                             ) from None
 
 
@@ -297,8 +298,9 @@ def resolve_alias(tracking: TrackingConfig, name: str, alias: str) -> Registered
     except Exception as exc:
         if _not_found(exc):
             raise AliasNotFound(f"no model version of {name!r} has the alias {alias!r} in "
-                                f"{tracking.uri}") from None
-        raise TrackingError(f"cannot read {name}@{alias} from the registry at {tracking.uri}: "
+                                f"{redact(tracking.uri)}") from None
+        raise TrackingError(f"cannot read {name}@{alias} from the registry at "
+                            f"{redact(tracking.uri)}: "
                             f"{one_line(exc)}") from None
     return RegisteredModel(name, str(version.version), alias, version.run_id or "",
                            version.source)
@@ -319,7 +321,7 @@ def download_bundle(tracking: TrackingConfig, model: RegisteredModel, dest: Path
             raise ModelFilesMissing(f"the files of {model.name} v{model.version} are gone: "
                                     f"{one_line(exc)}") from None
         raise TrackingError(f"cannot download {model.name} v{model.version} from "
-                            f"{tracking.uri}: {one_line(exc)}") from None
+                            f"{redact(tracking.uri)}: {one_line(exc)}") from None
     found = sorted(local.rglob("bundle.json"))
     if not found:
         raise ModelFilesMissing(f"model {model.name} v{model.version} holds no rayops bundle")

@@ -84,7 +84,8 @@ def test_a_version_that_cannot_be_served_is_refused_once(problem):
     state = health["alias"]
     assert state["target_version"] == "2" and state["served_version"] == "1"
     expected = "other inputs" if problem == "schema" else "files of m v2 are gone"
-    assert expected in state["not_served"]["2"]
+    assert state["not_served"] == {"2": "refused: see /metadata"}  # the open route
+    assert expected in replica.server.alias_state().not_served["2"]
     replica.target = "3"  # a later, servable version is still taken
     replica.failure, replica.next_schema = None, replica.schema
     assert replica.server.refresh() is True
@@ -95,12 +96,29 @@ def test_a_registry_that_stops_answering_shows_in_health():
     replica = Replica(stale_after_s=30)
     assert replica.server.health()["alias"]["registry_reachable"] is True
     replica.server.registry_ok_at = time.monotonic() - 31
-    replica.server.registry_error = "cannot read m@champion from the registry"
+    replica.server.registry_error = ("cannot read m@champion from the registry at "
+                                     "https://ops:hunter2@mlflow.internal:5000: timed out")
     health = replica.server.health()
     assert health["status"] == "degraded"
     assert health["alias"]["registry_reachable"] is False
     assert health["alias"]["registry_checked_s_ago"] >= 31
-    assert "cannot read" in health["alias"]["registry_error"]
+    # /health is open: it says the registry is down, not where it is or how to log in
+    assert health["alias"]["registry_error"].startswith("the registry did not answer")
+    assert "hunter2" not in str(health) and "mlflow.internal" not in str(health)
+    detail = replica.server.alias_state().registry_error  # what /metadata shows
+    assert "mlflow.internal" in detail and "hunter2" not in detail and "ops:" not in detail
+
+
+def test_a_tracking_uri_with_credentials_never_reaches_an_error_message():
+    """A real registry call against a closed port, through the real MLflow client."""
+    from rayops.config import TrackingConfig
+    from rayops.errors import TrackingError
+    from tests.helpers import free_port
+
+    uri = f"http://ops:hunter2@127.0.0.1:{free_port()}"
+    with pytest.raises(TrackingError) as raised:
+        tracking.require_reachable(TrackingConfig(uri=uri), timeout_s=1)
+    assert "hunter2" not in str(raised.value) and "127.0.0.1" in str(raised.value)
 
 
 class _Picky:

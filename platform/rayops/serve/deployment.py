@@ -25,7 +25,7 @@ from ray import serve
 
 from rayops import tracking
 from rayops.config import StorageConfig, TrackingConfig
-from rayops.errors import ModelFilesMissing, ServeError, TrainingError, one_line
+from rayops.errors import ModelFilesMissing, ServeError, TrainingError, one_line, redact
 from rayops.predict import Predictor
 from rayops.serve.app import create_app
 from rayops.serve.metrics import ServeMetrics
@@ -441,16 +441,22 @@ class ModelServer:
         return AliasState(alias=self.settings.alias, target_version=self.alias_target,
                           served_version=self.model.info.version, not_served=self.refused,
                           registry_reachable=not stale, registry_checked_s_ago=ago,
-                          registry_error=self.registry_error)
+                          registry_error=self.registry_error and redact(self.registry_error))
 
     def health(self) -> dict[str, Any]:
         """Always 200 while the replica can answer; ``degraded`` when the registry has not
         answered for ``serve.registry_stale_after_s`` or the alias points to a version this
-        replica does not serve."""
+        replica does not serve. The route is open (load balancers probe it without a
+        token), so it names no error: those (registry address, store paths) are in
+        /metadata, behind the token, and in the replica's log."""
         state = self.alias_state()
         behind = state.target_version != state.served_version
         status = "degraded" if behind or not state.registry_reachable else "ok"
-        return Health(status=status, model=self.model.info, alias=state).model_dump()
+        shown = state.model_copy(update={
+            "not_served": dict.fromkeys(state.not_served, "refused: see /metadata"),
+            "registry_error": None if state.registry_error is None else (
+                "the registry did not answer: see /metadata or the replica's log")})
+        return Health(status=status, model=self.model.info, alias=shown).model_dump()
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.metrics.observe(route, status, seconds)

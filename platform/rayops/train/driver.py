@@ -39,7 +39,7 @@ from rayops.config import PipelineConfig
 from rayops.data.context import data_context
 from rayops.data.preprocess import Preprocessor
 from rayops.data.versions import DatasetVersion, load_version
-from rayops.errors import TrackingError, TrainingError, one_line
+from rayops.errors import TrackingError, TrainingError, one_line, redact
 from rayops.models import Bundle, MLPModel, Model, build_model, load_state_dict
 from rayops.models.mlp import auto_hidden_sizes, embeddings_for
 from rayops.models.xgboost import XGBoostModel, require_xgboost
@@ -287,7 +287,7 @@ def _not_logged(cfg: PipelineConfig, run_name: str, epochs: int, saved: str,
                 exc: Exception) -> TrackingError:
     return TrackingError(
         f"{run_name} trained {epochs} epoch(s); its checkpoints and model bundle ({saved}) "
-        f"are in storage, but MLflow at {cfg.tracking.uri} failed ({one_line(exc)}): the epoch "
+        f"are in storage, but MLflow at {redact(cfg.tracking.uri)} failed ({one_line(exc)}): the epoch "
         "metrics it lacks, the model and its plots are not logged. Once MLflow answers, "
         "`--resume` logs them without retraining.")
 
