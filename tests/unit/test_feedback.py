@@ -51,3 +51,19 @@ def test_regression_feedback_and_a_bad_file_appends_nothing(tmp_path):
     with pytest.raises(DataError, match="lacks the column"):
         append_feedback(cfg, pd.DataFrame({"id": ["r0"], "label": [1.0]}))
     assert live_metrics(cfg)["3"]["labelled"] == 2  # nothing of the bad files landed
+
+
+def test_one_string_label_of_a_regression_model_does_not_stop_its_live_metrics(tmp_path):
+    """A label stored before the API checked types (or by any writer of the table): left
+    out of the metrics with a warning, never a numpy ValueError on every cycle."""
+    from rayops.monitor.feedback import feedback_table
+    from rayops.serve.prediction_log import FEEDBACK_SCHEMA, append_rows, feedback_row
+
+    cfg = _cfg(tmp_path, "regression")
+    _served(cfg, "3", [10.0, 20.0, 30.0])
+    append_rows(feedback_table(cfg), [feedback_row("r0", 0, 12.0), feedback_row("r1", 0, "n/a"),
+                                      feedback_row("r2", 0, True)], FEEDBACK_SCHEMA)
+    live = live_metrics(cfg)["3"]
+    assert live["labelled"] == 1 and live["live_mae"] == pytest.approx(2.0)
+    with pytest.raises(DataError, match=r"feedback row 1 \(r1\): label 'n/a' is not a number"):
+        append_feedback(cfg, pd.DataFrame({"request_id": ["r1"], "label": ["n/a"]}))

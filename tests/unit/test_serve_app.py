@@ -26,6 +26,7 @@ class _Server:
         self.predictor = predictor
         self.record_model = record_model(predictor.schema, predictor.preprocessor.label)
         self.max_records, self.max_body_bytes, self.token = 5, 4096, token
+        self.task = predictor.task
         self.in_flight = 0
         self.observed: list[tuple[str, int]] = []
 
@@ -312,3 +313,17 @@ def test_a_huge_integer_is_a_422_naming_the_field_not_a_500():
     (detail,) = response.json()["detail"]
     assert detail["loc"] == ["body", "records", 1, "calls"]
     assert "less than or equal to 9007199254740992" in detail["msg"]
+
+
+def test_a_regression_models_feedback_takes_numbers_only(predictor):
+    server = _Server(predictor)
+    server.task = "regression"
+    client = TestClient(create_app(server))
+    ok = client.post("/feedback", json={"labels": [{"request_id": "r", "label": 12},
+                                                   {"request_id": "s", "label": 3.5}]})
+    assert ok.status_code == 202
+    assert [item["label"] for item in server.labels] == [12.0, 3.5]
+    for bad in ("12", "high", True, None):
+        refused = client.post("/feedback", json={"labels": [{"request_id": "r", "label": bad}]})
+        assert refused.status_code == 422, bad
+        assert refused.json()["detail"][0]["loc"][:4] == ["body", "labels", 0, "label"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,8 @@ from rayops.serve.prediction_log import (
     read_log,
 )
 from rayops.storage import Location, root_of
+
+logger = logging.getLogger(__name__)
 
 
 def prediction_table(cfg: PipelineConfig) -> Location:
@@ -60,6 +63,9 @@ def append_feedback(cfg: PipelineConfig, labels: pd.DataFrame) -> int:
         if label is None or (isinstance(label, float) and not np.isfinite(label)):
             raise DataError(f"feedback row {line} ({request_id}): label is missing "
                             f"(got {label!r})")
+        if task_label(cfg.data.task, _plain(label)) is None:
+            raise DataError(f"feedback row {line} ({request_id}): label {label!r} is not a "
+                            f"number, which a {cfg.data.task} model's labels are")
         try:
             index = 0 if index is None else int(index)
         except (TypeError, ValueError):
@@ -74,6 +80,16 @@ def append_feedback(cfg: PipelineConfig, labels: pd.DataFrame) -> int:
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def task_label(task: str, value: Any) -> Any:
+    """A true label as the task reads it, or None when it cannot be one: regression takes
+    a finite number (not text, not a boolean); classification any class name (as text)."""
+    if task != "regression":
+        return None if value is None else str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if np.isfinite(value) else None
 
 
 def read_frame(location: Location, columns: list[str], since: dt.datetime | None = None
@@ -105,10 +121,17 @@ def live_metrics(cfg: PipelineConfig, hours: float | None = None
     time when ``hours`` is None), keyed by version."""
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours) if hours else None
     joined = _labelled(cfg, ["model_version", "prediction"], since)
+    joined["label"] = [task_label(cfg.data.task, json.loads(a)) for a in joined["label"]]
+    unusable = joined["label"].isna()
+    if unusable.any():  # a label that cannot be this task's: left out, never a crash
+        logger.warning("%d label(s) of %s are not %s labels and are left out of the live "
+                       "metrics (e.g. request %s)", int(unusable.sum()), cfg.name,
+                       cfg.data.task, joined.loc[unusable, "request_id"].iloc[0])
+        joined = joined[~unusable]
     out = {}
     for version, rows in joined.groupby("model_version"):
         predicted = [json.loads(p) for p in rows["prediction"]]
-        actual = [json.loads(a) for a in rows["label"]]
+        actual = list(rows["label"])
         out[str(version)] = {"labelled": float(len(rows)),
                              **_metrics(cfg.data.task, predicted, actual,
                                         cfg.data.columns[cfg.data.label].values)}

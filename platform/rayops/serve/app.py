@@ -36,6 +36,7 @@ class Server(Protocol):
     """What the app needs from the replica that owns it."""
 
     record_model: type[BaseModel]
+    task: str  # the served model's: what a true label must be
     max_records: int
     max_body_bytes: int
     token: str | None
@@ -156,7 +157,7 @@ class Guard:
 def create_app(server: Server) -> Any:
     """The replica's ASGI app: FastAPI routes wrapped in the :class:`Guard`."""
     body_model = request_model(server.record_model, server.max_records)
-    labels_model = feedback_model(server.max_records)
+    labels_model = feedback_model(server.max_records, server.task)
     app = FastAPI(title="rayops model API", description="Predictions from the registry's "
                   "aliased model; see GET /metadata for the model and its input schema.")
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -124,6 +124,7 @@ class ModelServer:
             await asyncio.to_thread(self._refresh_shadow)
         self.record_model = record_model(self.model.predictor.schema,
                                          self.model.predictor.preprocessor.label)
+        self.task = self.model.predictor.task  # fixed: a version of other inputs is refused
         self.max_records = self.settings.max_records
         self.max_body_bytes = self.settings.max_body_bytes
         self.token = read_token(self.settings)

@@ -71,10 +71,17 @@ class FeedbackItem(BaseModel):
     label: StrictStr | StrictBool | StrictInt | Annotated[float, Field(allow_inf_nan=False)]
 
 
-def feedback_model(max_labels: int) -> type[BaseModel]:
+class RegressionFeedbackItem(FeedbackItem):
+    """A regression model's true label: a finite number (text would stop its metrics)."""
+
+    label: Annotated[float, Field(strict=True, allow_inf_nan=False)]  # type: ignore[assignment]
+
+
+def feedback_model(max_labels: int, task: str = "classification") -> type[BaseModel]:
+    item = RegressionFeedbackItem if task == "regression" else FeedbackItem
     return create_model(
         "FeedbackRequest", __config__=ConfigDict(extra="forbid"),
-        labels=(list[FeedbackItem], Field(min_length=1, max_length=max_labels)),
+        labels=(list[item], Field(min_length=1, max_length=max_labels)),  # type: ignore[valid-type]
     )
 
 
