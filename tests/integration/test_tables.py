@@ -111,6 +111,38 @@ def test_two_ingests_planned_on_the_same_version_one_commits_the_other_conflicts
     assert ingest(cfg).version == 2  # rerun: nothing new, nothing duplicated
 
 
+def test_the_operate_loop_plans_again_after_losing_a_commit_race(store, ray_start_4_cpus,
+                                                                 monkeypatch):  # noqa: F811
+    """`ingest --watch` beside `rayops operate` (a documented pairing): the watch commits
+    between the operator's plan and its commit; the operator's ingest step plans again
+    instead of ending the loop."""
+    from rayops.operate import Operator
+    from rayops.operate.state import CycleState
+
+    cfg = make_config(store).with_overrides({"operate.shadow.enabled": False})
+    raw = raw_dir(cfg)
+    raw.join("a.csv").write_bytes((HEADER + rows_with_ids(0, 40)).encode())
+    ingest(cfg)
+    raw.join("b.csv").write_bytes((HEADER + rows_with_ids(40, 40)).encode())
+    write_part, raced = ingest_module.write_part, []
+
+    def the_watch_commits_first(*args, **kwargs):
+        result = write_part(*args, **kwargs)
+        if not raced:
+            raced.append(True)
+            watch = threading.Thread(target=ingest, args=(cfg,))
+            watch.start()
+            watch.join(120)
+        return result
+
+    monkeypatch.setattr(ingest_module, "write_part", the_watch_commits_first)
+    state = CycleState(cycle=1, step="ingest")
+    assert Operator(cfg)._ingest(state) == "monitor"
+    assert state.facts["dataset"].endswith("v000002")  # the watch's version; none of its own
+    latest = latest_version(cfg)
+    assert latest.version == 2 and ids_in_table(latest) == list(range(80))
+
+
 def test_two_ingests_started_at_the_same_moment(store, ray_start_4_cpus):  # noqa: F811
     cfg = make_config(store)
     raw = raw_dir(cfg)

@@ -256,6 +256,23 @@ def _track(cfg: PipelineConfig, version: DatasetVersion) -> None:
     tracking.end_run(cfg.tracking, run_id)
 
 
+def ingest_retrying(cfg: PipelineConfig, attempts: int = 3, wait_s: float = 1.0
+                    ) -> DatasetVersion:
+    """:func:`ingest`, run again when it lost a commit race: another ingest (``ingest
+    --watch`` beside the operate loop, say) committed first, so this one plans again
+    against that version and reads only what is still new. Any other error is raised."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return ingest(cfg)
+        except delta.CommitConflict as exc:
+            if attempt == attempts:
+                raise
+            logger.warning("%s; planning again (attempt %d of %d)", exc, attempt + 1,
+                           attempts)
+            time.sleep(wait_s)
+    raise AssertionError("unreachable")
+
+
 def watch(cfg: PipelineConfig, interval_s: float, polls: int | None = None,
           on_version: Callable[[DatasetVersion], None] | None = None) -> None:
     """Poll the source and ingest each arrival (``polls`` bounds the loop for tests).

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from rayops import tracking
 from rayops.config import PipelineConfig
-from rayops.data.ingest import ingest
+from rayops.data.ingest import ingest_retrying
 from rayops.data.table import open_table
 from rayops.data.versions import load_version, version_number
 from rayops.errors import ConfigError
@@ -163,7 +163,7 @@ class Operator:
     # ------------------------------------------------------------------ the steps
 
     def _ingest(self, state: CycleState) -> str:
-        version = ingest(self.cfg)
+        version = ingest_retrying(self.cfg)  # beside `ingest --watch`, a lost race is normal
         state.facts["dataset"] = version.id
         self.say(f"[cycle {state.cycle}] ingest: dataset {version.id} "
                  f"({version.manifest['rows']['train']} training rows)")
