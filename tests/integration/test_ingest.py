@@ -5,6 +5,7 @@ incremental arrivals, crash safety, concurrent commits, retried write tasks."""
 from __future__ import annotations
 
 import gzip
+import os
 import io
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 from rayops.cli import app
 from rayops.config import PipelineConfig, validate_config
 from rayops.data import ingest as ingest_module
-from rayops.data.ingest import file_source, ingest, watch
+from rayops.data.ingest import SourceFilesVanished, file_source, ingest, watch
 from rayops.data.sources import UNREADABLE
 from rayops.data.versions import QUARANTINE, ROWS, dataset_root, latest_version, load_version
 from rayops.errors import DataError
@@ -201,6 +202,33 @@ def test_new_files_make_a_new_version_that_includes_them(store, ray_start_4_cpus
         "c"]["frequencies"]["b"]
     with pytest.raises(DataError, match="has no version 9; versions: 1 to 2"):
         load_version(cfg, 9)
+
+
+def test_a_vanished_source_file_never_silently_shrinks_the_dataset(tmp_path, ray_start_4_cpus):
+    """A consumed raw file expires (a lifecycle rule): the next ingest stops, committing
+    nothing, unless data.vanished_files says to keep its rows or to rebuild without them."""
+    store = {"root": str(tmp_path / "lake"), "endpoint_url": None, "tmp": tmp_path}
+    cfg = make_config(store)
+    raw = raw_dir(cfg)
+    raw.join("day1.csv").write_bytes((HEADER + GOOD_ROWS).encode())
+    raw.join("day2.csv").write_bytes((HEADER + GOOD_ROWS.replace(",a,", ",b,")).encode())
+    first = ingest(cfg)
+    kept = first.manifest["rows"]["train"] + first.manifest["rows"]["valid"]
+    os.remove(raw.join("day1.csv").path)
+    raw.join("day3.csv").write_bytes((HEADER + GOOD_ROWS).encode())
+    with pytest.raises(SourceFilesVanished, match=r"1 source file\(s\) that t/v000001 "
+                                                  r"consumed are gone .*day1\.csv.*nothing "
+                                                  r"was committed.*vanished_files: keep"):
+        ingest(cfg)
+    assert latest_version(cfg).version == 1
+    keep = cfg.with_overrides({"data.vanished_files": "keep"})
+    second = ingest(keep)  # day3 appended, day1's rows kept; no rebuild for the setting
+    assert second.version == 2 and second.manifest["ingest"]["rows"]["read"] == 40
+    assert second.manifest["rows"]["train"] + second.manifest["rows"]["valid"] > kept
+    drop = cfg.with_overrides({"data.vanished_files": "drop"})
+    raw.join("day4.csv").write_bytes((HEADER + GOOD_ROWS).encode())
+    third = ingest(drop)  # rebuilt from day2, day3, day4
+    assert third.manifest["ingest"]["rows"]["read"] == 120 and third.manifest["base"] is None
 
 
 def test_rerun_on_unchanged_input_reuses_the_version(tmp_path, ray_start_4_cpus):

@@ -112,6 +112,13 @@ class DataConfig(_Section):
     dataset: str | None = Field(
         None, description="Name of the curated dataset; default: the pipeline name."
     )
+    vanished_files: Literal["fail", "keep", "drop"] = Field(
+        "fail",
+        description="A source file an earlier version consumed is gone (lifecycle expiry, "
+        "archiving). fail: the ingest stops, committing nothing, and names the files; keep: "
+        "their rows stay in the dataset (raw files that expire on purpose); drop: the "
+        "dataset is rebuilt without them.",
+    )
 
     @model_validator(mode="after")
     def _cross_fields(self) -> DataConfig:

@@ -60,23 +60,53 @@ def file_source(cfg: PipelineConfig) -> FileSource:
 # --------------------------------------------------------------------------- planning
 
 
+# Settings that say how to ingest, not what the curated rows are: changing them rebuilds
+# nothing (and a setting added later leaves existing datasets' hash as it was).
+_NOT_HASHED = {"vanished_files"}
+
+
 def config_hash(data: DataConfig) -> str:
-    return hashlib.sha256(json.dumps(data.model_dump(mode="json"), sort_keys=True).encode()
-                          ).hexdigest()[:16]
+    described = data.model_dump(mode="json", exclude=_NOT_HASHED)
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class SourceFilesVanished(DataError):
+    """Files an earlier version consumed are gone from the source; nothing was committed."""
 
 
 def plan(previous: DatasetVersion | None, consumed: dict[str, dict[str, Any]],
-         items: list[dict[str, Any]], data_hash: str) -> tuple[list[dict[str, Any]], bool]:
+         items: list[dict[str, Any]], data_hash: str, vanished_files: str = "fail"
+         ) -> tuple[list[dict[str, Any]], bool]:
     """(items to read, whether the dataset is rebuilt). Only new items are read when
-    nothing that was consumed changed and the data config is the same."""
-    if previous is None or previous.manifest.get("config_hash") != data_hash:
-        return items, True
+    nothing that was consumed changed and the data config is the same. Consumed items that
+    are gone follow ``data.vanished_files``: never silently dropped."""
     current = {i["key"]: i for i in items}
-    changed = [k for k, old in consumed.items() if current.get(k) != old]
-    if changed:
-        logger.warning("%d consumed item(s) changed or vanished (e.g. %s): rebuilding",
-                       len(changed), changed[0])
+    if previous is None:
         return items, True
+    gone = sorted(k for k in consumed if k not in current)
+    rebuild = previous.manifest.get("config_hash") != data_hash
+    changed = [k for k, old in consumed.items() if k in current and current[k] != old]
+    if gone and (vanished_files == "fail" or (vanished_files == "keep" and (rebuild or changed))):
+        why = ("a rebuild (" + ("the data config changed" if rebuild else
+                                f"{changed[0]} changed") + ") would lose their rows; "
+               if vanished_files == "keep" else "")
+        raise SourceFilesVanished(
+            f"{len(gone)} source file(s) that {previous.id} consumed are gone from the "
+            f"source (e.g. {gone[0]}): {why}nothing was committed. Restore them, or set "
+            "data.vanished_files: keep (their rows stay: raw files that expire on purpose) "
+            "or drop (rebuild without their rows)")
+    if gone and vanished_files == "drop":
+        logger.warning("%d consumed file(s) are gone (e.g. %s): rebuilding without their "
+                       "rows (data.vanished_files: drop)", len(gone), gone[0])
+        return items, True
+    if rebuild or changed:
+        if changed:
+            logger.warning("%d consumed file(s) changed (e.g. %s): rebuilding", len(changed),
+                           changed[0])
+        return items, True
+    if gone:
+        logger.info("%d consumed file(s) are gone; their rows stay (data.vanished_files: "
+                    "keep)", len(gone))
     return [i for k, i in current.items() if k not in consumed], False
 
 
@@ -164,7 +194,8 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
         state = previous.state()
         consumed, earlier_stats = state["consumed"], [state["stats"]]
     items = source.snapshot()
-    todo, rebuild = plan(previous, consumed, items, config_hash(cfg.data))
+    todo, rebuild = plan(previous, consumed, items, config_hash(cfg.data),
+                         cfg.data.vanished_files)
     if previous is not None and not todo:
         logger.info("nothing new at %s: dataset %s is current", source.uri, previous.id)
         _track(cfg, previous)  # in case logging failed after the commit
