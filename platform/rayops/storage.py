@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import posixpath
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,8 +128,34 @@ class Location:
     def read_json(self) -> Any:
         return json.loads(self.read_bytes())
 
+    def put_if_absent(self, data: bytes) -> bool:
+        """Write ``data`` here only if nothing is here yet, atomically: True if this call
+        wrote it, False if something already was (another writer won). The primitive Delta
+        commits use: a hard link of a complete temporary file locally (never a partial
+        file), a conditional PUT (``If-None-Match: *``) on S3."""
+        if self.is_local:
+            return _link_if_absent(self, data)
+        bucket, _, key = self.path.partition("/")
+        try:
+            _s3_client(self.options).put_object(Bucket=bucket, Key=key, Body=data,
+                                                IfNoneMatch="*")
+        except Exception as exc:
+            status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get(
+                "HTTPStatusCode")
+            # 412: the object exists; 409: another conditional write of it is in flight
+            if status in (409, 412):
+                return False
+            where = f" on endpoint {self.endpoint}" if self.endpoint else ""
+            raise StorageError(f"cannot write {self.uri}{where}: {one_line(exc)}") from None
+        return True
+
     def write_json(self, value: Any) -> None:
         self.write_bytes(json.dumps(value, indent=2, sort_keys=True).encode())
+
+    def delete(self) -> None:
+        """Remove this file (gone already is fine)."""
+        with contextlib.suppress(FileNotFoundError), self.io("delete"):
+            self.fs.delete_file(self.path)
 
     def delete_dir(self) -> None:
         if self.exists():
@@ -149,6 +176,40 @@ class Location:
         with self.io("upload to"):
             pafs.copy_files(str(src), self.path, source_filesystem=pafs.LocalFileSystem(),
                             destination_filesystem=self.fs)
+
+
+def _link_if_absent(location: Location, data: bytes) -> bool:
+    location.parent().makedirs()
+    staged = f"{location.path}.{uuid.uuid4().hex}.tmp"
+    try:
+        with location.io("write"):
+            Path(staged).write_bytes(data)
+            try:
+                os.link(staged, location.path)  # atomic; fails if the name exists
+            except FileExistsError:
+                return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(staged)
+    return True
+
+
+def _s3_client(options: dict[str, str]) -> Any:
+    """boto3's S3 client for the place :func:`delta_options` describes (pyarrow's client
+    has no conditional writes)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3", endpoint_url=options.get("AWS_ENDPOINT_URL"),
+        region_name=options.get("AWS_REGION"),
+        aws_access_key_id=options.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=options.get("AWS_SECRET_ACCESS_KEY"),
+        aws_session_token=options.get("AWS_SESSION_TOKEN"),
+        config=Config(retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+                      connect_timeout=S3_CONNECT_TIMEOUT_S, read_timeout=S3_REQUEST_TIMEOUT_S,
+                      s3={"addressing_style": "path"} if "AWS_ENDPOINT_URL" in options
+                      else None))
 
 
 # Transient S3 errors (throttling, resets, 5xx, a restarting endpoint) are retried with

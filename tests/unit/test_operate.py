@@ -132,13 +132,17 @@ def test_one_operator_per_pipeline_and_a_crashed_ones_lease_expires(tmp_path):
         first.release()
     second.acquire()  # released: free at once
     second.release()
-    # a crashed operator never releases: the next one waits for the lease to expire
+    # a crashed operator never releases (nor renews): the next one waits for it to expire
     crashed, successor = Lease(folder, lease_s=1.0), Lease(folder, lease_s=60)
-    crashed._write()
+    crashed.acquire()
+    crashed._stop.set()  # its renewing thread dies with it
     started = time.monotonic()
     successor.acquire(wait_s=5)
     assert successor.held() and time.monotonic() - started >= 0.5
+    assert not crashed.held()  # back from the dead, it must not promote
     successor.release()
+    # only the newest few records are kept
+    assert len((folder.join("lease")).list_dir()) <= Lease.KEEP + 1
 
 
 def test_the_loop_says_what_it_needs_from_serve(tmp_path):

@@ -4,8 +4,10 @@ pipeline), both small JSON objects under ``{storage.root}/operate/{pipeline}/``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import json
 import logging
 import os
 import socket
@@ -77,34 +79,66 @@ class StateStore:
 
 class Lease:
     """One operator per pipeline: a claim that expires ``lease_s`` after its last renewal
-    (a thread renews it every third of that). Taking it checks that no other live operator
-    holds it, writes it, and reads it back; promotion checks it is still held."""
+    (a thread renews it every third of that); promotion checks it is still held.
+
+    The claim is a numbered series of small JSON records (``lease/00000000000000000007.json``)
+    and the newest one says who holds it. Every take, renewal and release writes the next
+    number with a put-if-absent (:meth:`Location.put_if_absent`: the primitive Delta
+    commits use), so of two operators that read the same record and both write the next,
+    exactly one succeeds, on a local folder and on S3 alike; a record is never seen half
+    written."""
+
+    KEEP = 3  # records kept behind the newest (older ones are removed)
 
     def __init__(self, folder: Location, lease_s: float) -> None:
-        self.location = folder.join("lease.json")
+        self.location = folder.join("lease")
         self.lease_s = lease_s
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.number: int | None = None  # the record this operator wrote last
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _read(self) -> dict[str, Any] | None:
+    def _newest(self) -> tuple[int, dict[str, Any]]:
+        """The newest record's number and content; (0, {}) before the first."""
+        numbers = [int(n[:-5]) for n in self.location.list_dir()
+                   if n.endswith(".json") and n[:-5].isdigit()]
+        if not numbers:
+            return 0, {}
+        newest = max(numbers)
         try:
-            return self.location.read_json() if self.location.exists() else None
-        except (StorageError, ValueError):
-            return None
+            return newest, self._record(newest).read_json()
+        except ValueError as exc:  # written whole or not at all: this is not ours
+            raise OperateError(f"the lease record {self._record(newest).uri} is not JSON "
+                               f"({exc}); remove it if no operator runs") from None
 
-    def _holder(self) -> dict[str, Any] | None:
-        """Another operator's live claim, if any."""
-        held = self._read()
-        if held and held.get("owner") != self.owner and held.get("expires", 0) > time.time():
-            return held
-        return None
+    def _record(self, number: int) -> Location:
+        return self.location.join(f"{number:020d}.json")
+
+    def _claim(self, after: int, expires: float) -> bool:
+        """Write record ``after + 1``; False when another operator wrote it first."""
+        record = {"owner": self.owner, "renewed": now_iso(), "expires": expires}
+        if not self._record(after + 1).put_if_absent(json.dumps(record).encode()):
+            return False
+        self.number = after + 1
+        for old in range(max(1, after - self.KEEP), after - self.KEEP + 1):
+            with contextlib.suppress(StorageError):
+                self._record(old).delete()
+        return True
+
+    def _live_holder(self, record: dict[str, Any]) -> bool:
+        return bool(record) and record.get("owner") != self.owner and \
+            record.get("expires", 0) > time.time()
 
     def acquire(self, wait_s: float = 0.0) -> None:
         """Take the lease, waiting up to ``wait_s`` for another operator's to expire."""
         deadline = time.monotonic() + wait_s
         said = False
-        while (held := self._holder()) is not None:
+        while True:
+            number, held = self._newest()
+            if not self._live_holder(held):
+                if self._claim(number, time.time() + self.lease_s):
+                    break
+                continue  # another operator wrote the next record first: read it
             left = held["expires"] - time.time()
             if time.monotonic() + left > deadline:
                 raise OperateError(
@@ -116,34 +150,30 @@ class Lease:
                             "expire", left, held["owner"])
                 said = True
             time.sleep(min(max(left, 0.1), 1.0))
-        self._write()
-        if not self.held():
-            raise OperateError(f"another operator took the lease at {self.location.uri} at "
-                               "the same moment; only one may run")
         self._thread = threading.Thread(target=self._renew, name="rayops-lease", daemon=True)
         self._thread.start()
-
-    def _write(self) -> None:
-        self.location.write_json({"owner": self.owner, "renewed": now_iso(),
-                                  "expires": time.time() + self.lease_s})
 
     def _renew(self) -> None:
         while not self._stop.wait(self.lease_s / 3):
             try:
-                if self.held():
-                    self._write()
+                number, _ = self._newest()
+                if number != self.number or not self._claim(number,
+                                                             time.time() + self.lease_s):
+                    logger.warning("This operator lost its lease at %s", self.location.uri)
+                    return
             except Exception as exc:  # confirmed before promoting: a lost lease stops it
                 logger.warning("Could not renew the operate lease: %s", exc)
 
     def held(self) -> bool:
-        held = self._read()
-        return bool(held and held.get("owner") == self.owner
-                    and held.get("expires", 0) > time.time())
+        """Whether the newest record is this operator's own, unexpired."""
+        number, record = self._newest()
+        return number == self.number and record.get("owner") == self.owner and \
+            record.get("expires", 0) > time.time()
 
     def release(self) -> None:
+        """Give the lease up at once (a record that expired when written)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self.held():
-            with self.location.io("delete"):
-                self.location.fs.delete_file(self.location.path)
+        if self.number is not None and self.held():
+            self._claim(self.number, 0.0)
