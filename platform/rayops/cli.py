@@ -481,13 +481,24 @@ def operate(
     overrides: SetOpt = None,
     cycles: Annotated[int | None, typer.Option(
         min=1, help="Stop after this many cycles (default: run until stopped).")] = None,
+    abandon: Annotated[bool, typer.Option(
+        "--abandon", help="End the unfinished cycle where it stands (nothing promoted; its "
+        "challenger, if not promoted, withdrawn from @challenger), then exit.")] = False,
+    restart_cycle: Annotated[bool, typer.Option(
+        "--restart-cycle", help="Abandon the unfinished cycle, then run cycles as usual "
+        "(the next one starts fresh).")] = False,
 ) -> None:
     """The retraining loop: each cycle ingests, monitors drift, decides, retrains, gates
     (validation rows and the labelled window), shadows, promotes and watches (rolling back
     on a breach). A stopped operator resumes its cycle when started again."""
+    from rayops.operate import Operator
     from rayops.operate import operate as run_loop
 
     cfg = _load(config, overrides)
+    if abandon or restart_cycle:
+        Operator(cfg, say=typer.echo).abandon()
+        if abandon:
+            return
     _connect(cfg)
     with contextlib.suppress(KeyboardInterrupt):
         state = run_loop(cfg, cycles, say=typer.echo)

@@ -1,12 +1,15 @@
-"""The promotion gate: a new model is registered as ``challenger`` and becomes ``champion``
-only if it beats the current champion on the same validation rows by the configured
-margins (``gate`` section).
+"""The promotion gate: a new model is registered, scored against the current champion on
+the same validation rows, and becomes ``challenger`` (and ``champion``, when promoting)
+only if it beats it by the configured margins (``gate`` section).
 
-The gate fails closed. The one case that lets a challenger through without a comparison
-is a champion that cannot be compared at all: another task, label or input schema, or its
+The gate fails closed. ``@challenger`` only ever names a version that passed, so a
+replica's canary or shadow never serves a model the gate refused (replicas check the
+version's ``rayops.gate.passed`` tag too). Both models are scored on the same rows whenever
+both can read them (another range, nullability or set of categories does not stop that);
+a challenger goes through without a comparison only when the champion truly cannot be
+scored: another task or label, a feature the rows lack or read as another type, or its
 files are gone; that reason is tagged on the version. Any other error (the store or the
-registry down, a timeout) fails the command: the challenger keeps ``challenger`` and
-``champion`` does not move.
+registry down, a timeout) fails the command: nothing moves.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ import logging
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rayops import tracking
 from rayops.config import PipelineConfig
+from rayops.data.schema import label_strings
 from rayops.data.versions import DatasetVersion
 from rayops.errors import GateError, ModelFilesMissing, RayopsError
 from rayops.evaluate import score
@@ -57,16 +62,35 @@ class Decision:
                 f"({self.reason})")
 
 
-def not_comparable(challenger: Predictor, champion: Predictor) -> str | None:
-    """Why two models cannot be scored against each other, or None when they can."""
+def not_comparable(challenger: Predictor, champion: Predictor, rows: pa.Table) -> str | None:
+    """Why the champion cannot be scored on the challenger's validation ``rows``, or None
+    when both models can be (their schemas may still differ in ranges, nullability or
+    categories: each model applies its own preprocessing to the same typed rows)."""
     if challenger.task != champion.task:
         return f"champion is a {champion.task} model, the challenger {challenger.task}"
     if challenger.preprocessor.label != champion.preprocessor.label:
         return (f"champion predicts {champion.preprocessor.label!r}, the challenger "
                 f"{challenger.preprocessor.label!r}")
-    if challenger.schema != champion.schema:
-        return "champion has another input schema"
+    missing = [f for f in champion.features if f not in rows.column_names]
+    if missing:
+        return f"champion reads feature(s) {missing}, which the validation rows lack"
+    for name in champion.features:
+        theirs, ours = champion.schema[name].type, challenger.schema.get(name)
+        if ours is not None and ours.type != theirs:
+            return f"feature {name!r} is {theirs} for the champion, {ours.type} now"
     return None
+
+
+def common_rows(challenger: Predictor, champion: Predictor, rows: pa.Table) -> pa.Table:
+    """The rows both models can be scored on: for classifiers that know other classes,
+    those whose label both know (a row of a class one never saw would count only against
+    it, or only for the other)."""
+    if challenger.task != "classification" or \
+            challenger.preprocessor.classes == champion.preprocessor.classes:
+        return rows
+    known = sorted(set(challenger.preprocessor.classes) & set(champion.preprocessor.classes))
+    labels = label_strings(rows.column(challenger.preprocessor.label))
+    return rows.filter(pc.is_in(labels, value_set=pa.array(known, pa.string())))
 
 
 def _improvement(challenger: float, champion: float, mode: str) -> float:
@@ -103,18 +127,21 @@ def _champion(cfg: PipelineConfig, model: tracking.RegisteredModel) -> Predictor
 
 def register_and_gate(cfg: PipelineConfig, model_uri: str, run_id: str,
                       version: DatasetVersion, promote: bool = True) -> Decision:
-    """Register as challenger; promote to champion when it clears the gate (or is first,
-    or the champion is not comparable). Errors fail closed with a :class:`GateError`.
-    ``promote=False`` only judges: the operate loop shadows a model that passed first."""
+    """Register the model (once per run: a resumed caller gates the version it registered
+    before); if it clears the gate (or is first, or the champion is not comparable) point
+    ``challenger`` at it, and ``champion`` when ``promote``. Errors fail closed with a
+    :class:`GateError`. ``promote=False`` only judges: the operate loop shadows a model
+    that passed first."""
     name = cfg.model_name
     previous = tracking.alias_or_none(cfg.tracking, name, tracking.CHAMPION)
-    challenger = tracking.register(cfg.tracking, name, model_uri, run_id, tracking.CHALLENGER)
+    challenger = tracking.registered_version_of_run(cfg.tracking, name, run_id) or \
+        tracking.register(cfg.tracking, name, model_uri, run_id, version.id)
     try:
         return _decide(cfg, challenger, previous, version, promote)
     except RayopsError as exc:
         raise GateError(f"gate of {name} v{challenger.version} failed, nothing promoted "
-                        f"(v{challenger.version} stays @challenger"
-                        + (f", @champion stays v{previous.version}" if previous else "")
+                        f"(v{challenger.version} stays registered, unjudged"
+                        + (f"; @champion stays v{previous.version}" if previous else "")
                         + f"): {exc}") from None
     except Exception as exc:  # an outage we did not foresee: still fail closed
         raise GateError(f"gate of {name} v{challenger.version} failed, nothing promoted: "
@@ -127,25 +154,19 @@ def _decide(cfg: PipelineConfig, challenger: tracking.RegisteredModel,
     metric, _ = cfg.gate_metric
     rows = version.table("valid")
     mine = Predictor.from_registry(cfg.tracking, challenger)
-    ours = score(mine, rows).metrics
-    theirs: dict[str, float] = {}
-    if previous is None:
-        promoted, reason = True, "first champion"
-    elif (champion := _champion(cfg, previous)) is None:
-        promoted, reason = True, f"champion v{previous.version} not comparable: its files " \
-                                 "are gone"
-    elif (why := not_comparable(mine, champion)) is not None:
-        promoted, reason = True, f"champion v{previous.version} not comparable: {why}"
-    else:
-        theirs = score(champion, rows).metrics
-        promoted, reason = verdict(cfg, ours, theirs)
-    passed, promoted = promoted, promoted and promote
+    ours, theirs, passed, reason = _scores(cfg, mine, previous, rows)
+    promoted = passed and promote
     tracking.tag_version(cfg.tracking, challenger.name, challenger.version, {
         "rayops.gate.dataset": version.id, "rayops.gate.metric": metric,
         "rayops.gate.score": f"{ours[metric]:.6f}",
         "rayops.gate.champion_score": f"{theirs[metric]:.6f}" if theirs else "",
-        "rayops.gate.reason": reason})
+        "rayops.gate.reason": reason,
+        # before @challenger moves: a replica canaries only a version tagged as passed
+        tracking.PASSED_TAG: str(passed).lower()})
     champion_model = previous
+    if passed:
+        tracking.set_alias(cfg.tracking, challenger.name, tracking.CHALLENGER,
+                           challenger.version)
     if promoted:
         tracking.promote(cfg.tracking, challenger.name, challenger.version)
         champion_model = tracking.RegisteredModel(challenger.name, challenger.version,
@@ -153,12 +174,35 @@ def _decide(cfg: PipelineConfig, challenger: tracking.RegisteredModel,
                                                   challenger.source)
     # Tagged last: "true" only once the alias has really moved.
     tracking.tag_version(cfg.tracking, challenger.name, challenger.version,
-                         {"rayops.gate.passed": str(passed).lower(),
-                          "rayops.gate.promoted": str(promoted).lower()})
+                         {"rayops.gate.promoted": str(promoted).lower()})
     if champion_model is None:  # the first model, judged only: nothing to serve before it
         champion_model = challenger
     return Decision(challenger, champion_model, previous, metric, ours[metric],
                     theirs.get(metric), promoted, reason, ours, theirs, passed)
+
+
+def _scores(cfg: PipelineConfig, mine: Predictor, previous: tracking.RegisteredModel | None,
+            rows: pa.Table) -> tuple[dict[str, float], dict[str, float], bool, str]:
+    """(challenger's metrics, champion's on the same rows, passed, why)."""
+    ours = score(mine, rows).metrics
+    if previous is None:
+        return ours, {}, True, "first champion"
+    champion = _champion(cfg, previous)
+    if champion is None:
+        return ours, {}, True, (f"champion v{previous.version} not comparable: its files "
+                                "are gone")
+    why = not_comparable(mine, champion, rows)
+    if why is not None:
+        return ours, {}, True, f"champion v{previous.version} not comparable: {why}"
+    common = common_rows(mine, champion, rows)
+    if common.num_rows < rows.num_rows:
+        ours = score(mine, common).metrics
+    theirs = score(champion, common).metrics
+    passed, reason = verdict(cfg, ours, theirs)
+    if common.num_rows < rows.num_rows:
+        reason += (f"; on the {common.num_rows} of {rows.num_rows} validation rows whose "
+                   "class both models know")
+    return ours, theirs, passed, reason
 
 
 def window_verdict(cfg: PipelineConfig, challenger: Predictor, champion: Predictor,

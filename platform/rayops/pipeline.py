@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rayops.config import PipelineConfig
 from rayops.data.ingest import ingest
@@ -11,6 +13,7 @@ from rayops.data.versions import DatasetVersion, load_version, version_number
 from rayops.errors import ConfigError
 from rayops.gate import Decision, register_and_gate
 from rayops.train import run_training
+from rayops.train.records import NothingToResume
 from rayops.tune import run_sweep
 
 logger = logging.getLogger(__name__)
@@ -41,34 +44,53 @@ class PipelineResult:
 
 def train_and_register(cfg: PipelineConfig, version: DatasetVersion | None = None,
                        sweep: bool | None = None, resume: bool = False,
-                       dataset_version: int | None = None, promote: bool = True
-                       ) -> ModelResult:
-    """A training run (or a sweep, when tune.enabled) registered as challenger and promoted
-    to champion if it beats the current one on the same validation data. It trains on
-    ``version``, else on ``dataset_version`` (a table version), else on the latest."""
+                       dataset_version: int | None = None, promote: bool = True,
+                       record_name: str | None = None) -> ModelResult:
+    """A training run (or a sweep, when tune.enabled) registered and gated: if it beats the
+    current champion on the same validation data it becomes ``challenger``, and
+    ``champion`` when ``promote``. It trains on ``version``, else on ``dataset_version``
+    (a table version), else on the latest. ``record_name`` names the run (a caller that
+    must find its own run again: with ``resume`` it continues that run, or starts it on
+    ``version`` if it never began)."""
     if version is None and dataset_version is not None:
         if resume:
             raise ConfigError("--resume continues on the dataset version the run started "
                               f"on; drop --dataset-version {dataset_version}")
         version = load_version(cfg, dataset_version)
     if cfg.tune.enabled if sweep is None else sweep:
-        swept = run_sweep(cfg, version, resume=resume)
+        swept = _continued(run_sweep, cfg, version, resume, record_name)
         run_id, metrics, model_uri = swept.best_run_id, swept.metrics, swept.model_uri
         if cfg.tune.final_model == "retrain":
-            retrained = run_training(cfg.with_overrides(swept.best_config), version)
+            final = f"{record_name}-final" if record_name else None
+            retrained = _continued(run_training, cfg.with_overrides(swept.best_config),
+                                   version, resume and final is not None, final)
             run_id, metrics, model_uri = retrained.run_id, retrained.metrics, retrained.model_uri
     else:
-        trained = run_training(cfg, version, resume=resume)
+        trained = _continued(run_training, cfg, version, resume, record_name)
         run_id, metrics, model_uri = trained.run_id, trained.metrics, trained.model_uri
     version = load_version(cfg, _version_of_run(cfg, run_id))
     decision = register_and_gate(cfg, model_uri, run_id, version, promote)
     return ModelResult(run_id, metrics, decision, version.id)
 
 
+def _continued(run: Callable[..., Any], cfg: PipelineConfig, version: DatasetVersion | None,
+               resume: bool, record_name: str | None) -> Any:
+    """``run`` (a training run or a sweep) resumed, or new. A named run that never began
+    (its caller stopped before it) starts now, under that name."""
+    if not resume:
+        return run(cfg, version, record_name=record_name)
+    try:
+        return run(cfg, None, resume=True, record_name=record_name)
+    except NothingToResume:
+        if record_name is None:
+            raise
+        return run(cfg, version, record_name=record_name)
+
+
 def _version_of_run(cfg: PipelineConfig, run_id: str) -> int:
     from rayops import tracking
 
-    tag = tracking.client(cfg.tracking).get_run(run_id).data.tags["rayops.dataset_version"]
+    tag = tracking.client(cfg.tracking).get_run(run_id).data.tags[tracking.DATASET_TAG]
     return version_number(tag)
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,15 @@ MODEL_URI_TAG = "rayops.model_uri"
 _MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 
 
+# Tags on a model version: the gate's verdict (set before @challenger moves to it), and why
+# a version that passed was withdrawn later (refused in shadow or on served traffic, rolled
+# back, its cycle abandoned). A replica canaries or shadows only a passed version that was
+# not withdrawn.
+PASSED_TAG = "rayops.gate.passed"
+WITHDRAWN_TAG = "rayops.withdrawn"
+DATASET_TAG = "rayops.dataset_version"
+
+
 @dataclass(frozen=True)
 class RegisteredModel:
     name: str
@@ -39,6 +49,12 @@ class RegisteredModel:
     alias: str
     run_id: str
     source: str
+    tags: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def gated(self) -> bool:
+        """Passed the gate and not withdrawn since: fit to answer real traffic."""
+        return self.tags.get(PASSED_TAG) == "true" and WITHDRAWN_TAG not in self.tags
 
 
 def client(tracking: TrackingConfig) -> Any:
@@ -215,15 +231,53 @@ def logged_model_uri(tracking: TrackingConfig, run_id: str) -> str | None:
 
 
 def register(tracking: TrackingConfig, name: str, model_uri: str, run_id: str,
-             alias: str = CHALLENGER) -> RegisteredModel:
-    """Register ``model_uri`` as a new version of ``name`` and point ``alias`` at it."""
+             dataset_version: str | None = None, alias: str | None = None
+             ) -> RegisteredModel:
+    """Register ``model_uri`` as a new version of ``name`` (no alias: the gate points
+    ``challenger`` at it only if it passes; ``alias`` for a person's explicit choice)."""
     import mlflow
 
+    tags = {"rayops.run_id": run_id, **({DATASET_TAG: dataset_version} if dataset_version
+                                        else {})}
+    client(tracking)
     with contextlib.redirect_stderr(io.StringIO()) as said:  # MLflow prints, not logs
-        version = mlflow.register_model(model_uri, name, tags={"rayops.run_id": run_id})
+        version = mlflow.register_model(model_uri, name, tags=tags)
     logger.debug("%s", said.getvalue().strip())
-    set_alias(tracking, name, alias, str(version.version))
-    return RegisteredModel(name, str(version.version), alias, run_id, model_uri)
+    if alias is not None:
+        set_alias(tracking, name, alias, str(version.version))
+    return RegisteredModel(name, str(version.version), alias or "", run_id, model_uri, tags)
+
+
+def registered_version_of_run(tracking: TrackingConfig, name: str, run_id: str
+                              ) -> RegisteredModel | None:
+    """The version of ``name`` a run's model was registered as, if it was (a resumed
+    caller gates that one instead of registering the model twice)."""
+    try:
+        found = client(tracking).search_model_versions(
+            f"name = '{name}' and run_id = '{run_id}'")
+    except Exception as exc:
+        if _not_found(exc):
+            return None
+        raise TrackingError(f"cannot search the versions of {name!r} in "
+                            f"{redact(tracking.uri)}: {one_line(exc)}") from None
+    if not found:
+        return None
+    first = min(found, key=lambda v: int(v.version))
+    return RegisteredModel(name, str(first.version), "", run_id, first.source,
+                           dict(first.tags or {}))
+
+
+def withdraw(tracking: TrackingConfig, name: str, version: str, why: str) -> bool:
+    """Take a version that passed the gate off live traffic: tag why, and remove
+    ``challenger`` if it names the version (replicas stop its canary and shadow). True
+    when the alias was removed."""
+    tag_version(tracking, name, version, {WITHDRAWN_TAG: why[:500]})
+    current = alias_or_none(tracking, name, CHALLENGER)
+    if current is None or current.version != version:
+        return False
+    client(tracking).delete_registered_model_alias(name, CHALLENGER)
+    logger.info("%s@%s removed: v%s %s", name, CHALLENGER, version, why)
+    return True
 
 
 PREVIOUS_TAG = "rayops.previous_champion"
@@ -244,15 +298,17 @@ def promote(tracking: TrackingConfig, name: str, version: str, alias: str = CHAM
     return previous
 
 
-def rollback(tracking: TrackingConfig, name: str, alias: str = CHAMPION) -> str:
-    """Move ``alias`` back to the version it pointed to before the current one."""
+def rollback(tracking: TrackingConfig, name: str, alias: str = CHAMPION,
+             why: str = "rolled back") -> str:
+    """Move ``alias`` back to the version it pointed to before the current one; the version
+    it leaves is withdrawn (no canary or shadow serves it again)."""
     current = resolve_alias(tracking, name, alias)
-    tags = client(tracking).get_model_version(name, current.version).tags
-    previous = tags.get(f"{PREVIOUS_TAG}.{alias}")
+    previous = current.tags.get(f"{PREVIOUS_TAG}.{alias}")
     if not previous:
         raise TrackingError(f"{name}@{alias} (version {current.version}) has no previous "
                             "version to roll back to")
     set_alias(tracking, name, alias, previous)
+    withdraw(tracking, name, current.version, f"{why} (@{alias} back to v{previous})")
     return previous
 
 
@@ -303,7 +359,7 @@ def resolve_alias(tracking: TrackingConfig, name: str, alias: str) -> Registered
                             f"{redact(tracking.uri)}: "
                             f"{one_line(exc)}") from None
     return RegisteredModel(name, str(version.version), alias, version.run_id or "",
-                           version.source)
+                           version.source, dict(version.tags or {}))
 
 
 def download_bundle(tracking: TrackingConfig, model: RegisteredModel, dest: Path) -> Path:
@@ -336,13 +392,44 @@ def runs_tagged(tracking: TrackingConfig, experiment: str, tags: Mapping[str, st
     return [r.info.run_id for r in runs]
 
 
-def trial_runs(tracking: TrackingConfig, experiment: str, parent_run_id: str) -> dict[str, str]:
-    """``{trial_id: run_id}`` of the sweep's trial runs."""
+TRIAL_CONFIG_TAG = "rayops.trial_config"  # the values a trial sampled, JSON
+
+
+@dataclass(frozen=True)
+class TrialRun:
+    """A sweep trial as MLflow holds it: what a resumed sweep and the pick of the best
+    trial read (never Tune's pickled experiment state)."""
+
+    trial_id: str
+    run_id: str
+    status: str
+    config: dict[str, Any]  # the sampled values ({} for a trial of an older rayops)
+    model_uri: str | None
+    best: dict[str, float]  # the best epoch's metrics, without the best_ prefix
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "FINISHED" and self.model_uri is not None
+
+
+def sweep_trials(tracking: TrackingConfig, experiment: str, parent_run_id: str
+                 ) -> list[TrialRun]:
+    """The sweep's trial runs."""
     runs = client(tracking).search_runs(
         [experiment_id(tracking, experiment)],
         filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
     )
-    return {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs if TRIAL_TAG in r.data.tags}
+    return [TrialRun(run.data.tags[TRIAL_TAG], run.info.run_id, run.info.status,
+                     json.loads(run.data.tags.get(TRIAL_CONFIG_TAG, "{}")),
+                     run.data.tags.get(MODEL_URI_TAG),
+                     {k.removeprefix("best_"): v for k, v in run.data.metrics.items()
+                      if k.startswith("best_")})
+            for run in runs if TRIAL_TAG in run.data.tags]
+
+
+def trial_runs(tracking: TrackingConfig, experiment: str, parent_run_id: str) -> dict[str, str]:
+    """``{trial_id: run_id}`` of the sweep's trial runs."""
+    return {t.trial_id: t.run_id for t in sweep_trials(tracking, experiment, parent_run_id)}
 
 
 def finished_with_model(tracking: TrackingConfig, run_id: str) -> dict[str, float] | None:
@@ -357,15 +444,8 @@ def finished_with_model(tracking: TrackingConfig, run_id: str) -> dict[str, floa
 def trial_models(tracking: TrackingConfig, experiment: str,
                  parent_run_id: str) -> dict[str, tuple[str, str]]:
     """``{trial_id: (run_id, model_uri)}`` for the sweep's trials that logged a model."""
-    runs = client(tracking).search_runs(
-        [experiment_id(tracking, experiment)],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-    )
-    return {
-        run.data.tags[TRIAL_TAG]: (run.info.run_id, run.data.tags[MODEL_URI_TAG])
-        for run in runs
-        if TRIAL_TAG in run.data.tags and MODEL_URI_TAG in run.data.tags
-    }
+    return {t.trial_id: (t.run_id, t.model_uri)
+            for t in sweep_trials(tracking, experiment, parent_run_id) if t.model_uri}
 
 
 def close_unfinished_children(tracking: TrackingConfig, experiment: str,

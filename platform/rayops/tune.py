@@ -2,16 +2,26 @@
 
 Each trial is a Tune function trainable that calls :func:`rayops.train.fit_and_log` with a
 ``TuneReportCallback`` (Train V2 cannot be passed to ``Tuner`` directly); a trial may itself
-be a multi-worker TorchTrainer. Trials are nested MLflow runs under the sweep's parent run;
-ASHA stops weak trials early. The experiment lives under ``{storage.root}/tune/`` and a
-record under ``{storage.root}/runs/{pipeline}/sweep/``, so ``rayops tune CONFIG --resume``
-finishes a sweep whose driver died without rerunning finished trials.
+be a multi-worker TorchTrainer. Trials are nested MLflow runs under the sweep's parent run,
+each tagged with the values it sampled; ASHA stops weak trials early. The experiment lives
+under ``{storage.root}/tune/`` and a record under ``{storage.root}/runs/{pipeline}/sweep/``.
+
+``rayops tune CONFIG --resume`` finishes a sweep whose driver died without rerunning
+finished trials, and without reading Tune's experiment state: that state (``tuner.pkl``,
+the searcher's) is pickled, and unpickling what a worker may write would let it run code on
+the head. The resumed sweep reads MLflow instead: unfinished trials run again under their
+own ids and sampled values (Ray Train continues each from its checkpoints, which are JSON,
+weights-only tensors or UBJSON), trials never started are sampled anew (Optuna told of every
+finished trial's result), and the best trial is picked from every trial's logged metrics.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,14 +72,20 @@ def search_space(cfg: PipelineConfig) -> dict[str, Any]:
     return {key: _distribution(dim, grid) for key, dim in cfg.tune.search_space.items()}
 
 
-def _search_algorithm(cfg: PipelineConfig) -> Any:
+def _search_algorithm(cfg: PipelineConfig, told: list[tracking.TrialRun] | None = None
+                      ) -> Any:
+    """Optuna's TPE (told the results of ``told`` trials, when a sweep resumes), or None
+    for random and grid search (Tune's own variant generator)."""
     if cfg.tune.search != "optuna":
-        return None  # random sampling and grid search are Tune's built-in variant generator
+        return None
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     metric, mode = cfg.target_metric
-    searcher = OptunaSearch(metric=metric, mode=mode, seed=cfg.train.seed)
+    known = [t for t in told or [] if metric in t.best and t.config]
+    searcher = OptunaSearch(metric=metric, mode=mode, seed=cfg.train.seed,
+                            points_to_evaluate=[t.config for t in known] or None,
+                            evaluated_rewards=[t.best[metric] for t in known] or None)
     return ConcurrencyLimiter(searcher, max_concurrent=cfg.tune.max_concurrent_trials)
 
 
@@ -85,7 +101,23 @@ def _scheduler(cfg: PipelineConfig) -> Any:
                          reduction_factor=cfg.tune.scheduler.reduction_factor)
 
 
-def _trial_run(cfg: PipelineConfig, version: DatasetVersion, config: dict[str, Any],
+# What a trial gets beside its sampled values when a sweep resumes: the id and values of a
+# trial that did not finish (run again as itself), or a grid point still to run.
+RESUME_KEY = "rayops.resume"
+POINT_KEY = "rayops.point"
+
+
+def sampled_values(config: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """(the id of the trial to run again, or None; the values the trial runs with) from
+    what Tune hands the trainable."""
+    resumed = config.get(RESUME_KEY)
+    if resumed is not None:
+        return resumed["trial"], dict(resumed["config"])
+    values = {k: v for k, v in config.items() if k != POINT_KEY}
+    return None, {**values, **config.get(POINT_KEY, {})}
+
+
+def _trial_run(cfg: PipelineConfig, version: DatasetVersion, sampled: dict[str, Any],
                parent_run_id: str, trial_id: str) -> str:
     """The trial's MLflow run: the one an earlier attempt left, or a new one."""
     existing = tracking.trial_runs(cfg.tracking, cfg.experiment_name, parent_run_id)
@@ -93,17 +125,19 @@ def _trial_run(cfg: PipelineConfig, version: DatasetVersion, config: dict[str, A
         return existing[trial_id]
     return tracking.start_run(
         cfg.tracking, cfg.experiment_name, f"trial-{trial_id}",
-        params={**run_params(cfg, version), "sampled": config}, parent_run_id=parent_run_id,
-        tags={tracking.TRIAL_TAG: trial_id, "rayops.dataset_version": version.id},
+        params={**run_params(cfg, version), "sampled": sampled}, parent_run_id=parent_run_id,
+        tags={tracking.TRIAL_TAG: trial_id, tracking.DATASET_TAG: version.id,
+              tracking.TRIAL_CONFIG_TAG: json.dumps(sampled, sort_keys=True)},
     )
 
 
 def run_trial(config: dict[str, Any], *, base: PipelineConfig, version: DatasetVersion,
               datasets: dict[str, ray.data.Dataset], parent_run_id: str) -> None:
     """One trial: the base config with the sampled values, trained by the shared driver."""
-    cfg = base.with_overrides(config)
-    trial_id = tune.get_context().get_trial_id()
-    run_id = _trial_run(cfg, version, config, parent_run_id, trial_id)
+    resumed, sampled = sampled_values(config)
+    cfg = base.with_overrides(sampled)
+    trial_id = resumed or tune.get_context().get_trial_id()
+    run_id = _trial_run(cfg, version, sampled, parent_run_id, trial_id)
     finished = tracking.finished_with_model(cfg.tracking, run_id)
     if finished is not None:  # done before the sweep's driver died: report, do not retrain
         tune.report(finished)
@@ -157,10 +191,11 @@ class TrialLines(tune.Callback):
         result = trial.last_result or {}
         value = result.get(metric)
         shown = "n/a" if value is None else f"{value:.4f}"
+        resumed, values = sampled_values(trial.config)
         sampled = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                            for k, v in trial.config.items())
-        logger.info("trial %s: best %s %s at epoch %d  (%s)", trial.trial_id, metric, shown,
-                    int(result.get("epoch", 0)), sampled)
+                            for k, v in values.items())
+        logger.info("trial %s: best %s %s at epoch %d  (%s)", resumed or trial.trial_id,
+                    metric, shown, int(result.get("epoch", 0)), sampled)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any,
                        **info: Any) -> None:
@@ -168,13 +203,12 @@ class TrialLines(tune.Callback):
 
 
 def _tuner(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str, name: str,
-           searcher: Any) -> tune.Tuner:
+           searcher: Any, param_space: dict[str, Any], samples: int) -> tune.Tuner:
     metric, mode = cfg.target_metric
     storage = root_of(cfg.storage).join("tune")
-    samples = 1 if cfg.tune.search == "grid" else cfg.tune.num_samples  # grid: each once
     return tune.Tuner(
         _trainable(cfg, version, parent_run_id),
-        param_space=search_space(cfg),
+        param_space=param_space,
         tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=samples,
                                     max_concurrent_trials=cfg.tune.max_concurrent_trials,
                                     search_alg=searcher,
@@ -190,62 +224,103 @@ def _tuner(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str, nam
     )
 
 
-def _restored(cfg: PipelineConfig, version: DatasetVersion, record: dict[str, Any]
-              ) -> tune.Tuner:
-    storage = root_of(cfg.storage).join("tune", record["name"])
-    path, fs = (storage.uri, None) if storage.is_local else (storage.path, storage.fs)
-    if not tune.Tuner.can_restore(path, storage_filesystem=fs):
-        raise TrainingError(f"the sweep at {storage.uri} cannot be restored")
-    return tune.Tuner.restore(path, _trainable(cfg, version, record["run_id"]),
-                              resume_unfinished=True, resume_errored=True,
-                              storage_filesystem=fs)
+def _fresh(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str, name: str
+           ) -> tuple[tune.Tuner, Any]:
+    """The tuner of a new sweep, and its search algorithm."""
+    searcher = _search_algorithm(cfg)
+    samples = 1 if cfg.tune.search == "grid" else cfg.tune.num_samples  # grid: each once
+    return _tuner(cfg, version, parent_run_id, name, searcher, search_space(cfg),
+                  samples), searcher
 
 
-def _best(cfg: PipelineConfig, results: Any, parent_run_id: str) -> tuple[Any, str, str]:
-    """Best trial that logged a model (an early-stopped trial logs none)."""
+def grid_points(cfg: PipelineConfig) -> list[dict[str, Any]]:
+    """Every combination of a grid search's choices (the other dimensions are sampled)."""
+    choices = {k: d.values for k, d in cfg.tune.search_space.items()
+               if isinstance(d, ChoiceDim)}
+    return [dict(zip(choices, combo, strict=True))
+            for combo in itertools.product(*choices.values())]
+
+
+def _resumed(cfg: PipelineConfig, version: DatasetVersion, record: dict[str, Any]
+             ) -> list[tuple[tune.Tuner, Any]]:
+    """The tuners that finish a sweep from what MLflow holds: one runs the trials that did
+    not finish again (each as itself, from its checkpoints), one the trials never started."""
+    parent = record["run_id"]
+    trials = tracking.sweep_trials(cfg.tracking, cfg.experiment_name, parent)
+    if any(not t.config for t in trials if not t.finished):
+        raise TrainingError(f"sweep {record['name']} was started by an older rayops whose "
+                            "trials did not record their values; start a new sweep")
+    tuners, suffix = [], uuid.uuid4().hex[:6]
+    again = [{"trial": t.trial_id, "config": t.config} for t in trials if not t.finished]
+    if again:
+        logger.info("running %d unfinished trial(s) again: %s", len(again),
+                    ", ".join(p["trial"] for p in again))
+        space = {RESUME_KEY: tune.grid_search(again)}
+        tuners.append((_tuner(cfg, version, parent, f"{record['name']}-again-{suffix}", None,
+                              space, 1), None))
+    started = [json.dumps(t.config, sort_keys=True) for t in trials]
+    if cfg.tune.search == "grid":
+        todo = [p for p in grid_points(cfg) if not any(
+            all(json.loads(c).get(k) == v for k, v in p.items()) for c in started)]
+        if todo:
+            space = {**{k: v for k, v in search_space(cfg).items()
+                        if not isinstance(cfg.tune.search_space[k], ChoiceDim)},
+                     POINT_KEY: tune.grid_search(todo)}
+            tuners.append((_tuner(cfg, version, parent, f"{record['name']}-rest-{suffix}",
+                                  None, space, 1), None))
+    elif (left := cfg.tune.num_samples - len(trials)) > 0:
+        searcher = _search_algorithm(cfg, [t for t in trials if t.finished])
+        tuners.append((_tuner(cfg, version, parent, f"{record['name']}-rest-{suffix}",
+                              searcher, search_space(cfg), left), searcher))
+    return tuners
+
+
+def _best(cfg: PipelineConfig, parent_run_id: str) -> tracking.TrialRun:
+    """The best trial that logged a model (an early-stopped trial logs none), by the
+    metrics every trial logged to MLflow."""
     metric, mode = cfg.target_metric
-    models = tracking.trial_models(cfg.tracking, cfg.experiment_name, parent_run_id)
-    scored = [r for r in results if r.metrics and metric in r.metrics
-              and r.metrics.get("trial_id") in models]
+    trials = tracking.sweep_trials(cfg.tracking, cfg.experiment_name, parent_run_id)
+    scored = [t for t in trials if t.model_uri and metric in t.best]
     if not scored:
-        raise TrainingError(f"no trial of the sweep finished with a model; errors: "
-                            f"{[str(r.error) for r in results if r.error]}")
+        raise TrainingError(f"no trial of the sweep finished with a model; trials: "
+                            f"{sorted((t.trial_id, t.status) for t in trials)}")
     pick = max if mode == "max" else min
-    best = pick(scored, key=lambda r: r.metrics[metric])
-    run_id, model_uri = models[best.metrics["trial_id"]]
-    return best, run_id, model_uri
+    return pick(scored, key=lambda t: t.best[metric])
 
 
-def _start(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:
+def _start(cfg: PipelineConfig, version: DatasetVersion, name: str | None
+           ) -> dict[str, Any]:
     parent = tracking.start_run(
         cfg.tracking, cfg.experiment_name, f"{cfg.name}-sweep",
         params={"tune": cfg.tune.model_dump(mode="json"), **run_params(cfg, version)},
-        tags={"rayops.dataset_version": version.id, "rayops.kind": "sweep"},
+        tags={tracking.DATASET_TAG: version.id, "rayops.kind": "sweep"},
     )
-    return new_record(f"{cfg.name}-sweep-{parent[:8]}", parent, version)
+    return new_record(name or f"{cfg.name}-sweep-{parent[:8]}", parent, version)
 
 
 def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
-              resume: bool = False) -> SweepOutcome:
+              resume: bool = False, record_name: str | None = None) -> SweepOutcome:
     """A tracked sweep; returns the best trial's config, metrics and logged model.
-    ``resume`` finishes the last sweep that did not finish."""
+    ``resume`` finishes the last sweep that did not finish (``record_name``: that sweep,
+    and its outcome if it finished already); a new sweep takes ``record_name`` as its
+    name when given."""
     if not cfg.tune.search_space:
         raise TrainingError("tune.search_space is empty: nothing to sweep")
     tracking.require_reachable(cfg.tracking)
     folder = runs_folder(cfg, "sweep")
-    searcher = None
     if resume:
-        record, version = resumable(cfg, "sweep")
-        tuner = _restored(cfg, version, record)
+        record, version = resumable(cfg, "sweep", record_name)
+        if record["status"] == "finished":
+            return _outcome(cfg, _best(cfg, record["run_id"]), record["run_id"])
+        tuners = _resumed(cfg, version, record)
     else:
         version = version or load_version(cfg)
-        record = write_record(folder, _start(cfg, version))
-        searcher = _search_algorithm(cfg)
-        tuner = _tuner(cfg, version, record["run_id"], record["name"], searcher)
+        record = write_record(folder, _start(cfg, version, record_name))
+        tuners = [_fresh(cfg, version, record["run_id"], record["name"])]
     parent = record["run_id"]
     try:
-        results = tuner.fit()
-        best, best_run, model_uri = _best(cfg, results, parent)
+        results = [result for tuner, _ in tuners for result in tuner.fit()]
+        best = _best(cfg, parent)
     except (KeyboardInterrupt, SystemExit):  # stopped, not failed: `--resume` picks it up
         raise
     except BaseException:
@@ -253,32 +328,50 @@ def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
             tracking.close_unfinished_children(cfg.tracking, cfg.experiment_name, parent)
         mark_failed(cfg, folder, record)
         raise
-    outcome = _finish(cfg, results, best, best_run, model_uri, parent)
-    if not resume:  # a restored sweep's searcher lives inside Tune's experiment state
+    outcome = _finish(cfg, results, best, parent)
+    searchers = [searcher for _, searcher in tuners if searcher is not None]
+    if searchers or not resume:  # a resume that sampled nothing keeps the sweep's tags
         client = tracking.client(cfg.tracking)
-        for key, value in search_record(searcher).items():
+        for key, value in search_record(searchers[-1] if searchers else None).items():
             client.set_tag(parent, key, value)
     write_record(folder, record, status="finished")
     return outcome
 
 
-def _finish(cfg: PipelineConfig, results: Any, best: Any, best_run: str, model_uri: str,
-            parent: str) -> SweepOutcome:
-    ended = {r.metrics.get("trial_id") for r in results if r.error is None and r.metrics}
+def _ended(results: list[Any]) -> set[str]:
+    """The trials Tune ended without an error (finished, or stopped by the scheduler), by
+    the id their MLflow run carries."""
+    ended = set()
+    for result in results:
+        if result.error is None and result.metrics:
+            resumed, _ = sampled_values(result.config or {})
+            ended.add(resumed or result.metrics.get("trial_id"))
+    return ended
+
+
+def _finish(cfg: PipelineConfig, results: list[Any], best: tracking.TrialRun, parent: str
+            ) -> SweepOutcome:
     stopped = tracking.close_unfinished_children(cfg.tracking, cfg.experiment_name, parent,
-                                                 ended)
-    metric, _ = cfg.target_metric
-    numbers = {k: float(v) for k, v in best.metrics.items()
-               if isinstance(v, (int, float)) and k.startswith(("valid_", "train_"))}
-    tracking.log_metrics(cfg.tracking, parent, {f"best_{k}": v for k, v in numbers.items()},
-                         step=0)
+                                                 _ended(results))
+    outcome = _outcome(cfg, best, parent)
+    tracking.log_metrics(cfg.tracking, parent,
+                         {f"best_{k}": v for k, v in outcome.metrics.items()}, step=0)
     client = tracking.client(cfg.tracking)
-    client.set_tag(parent, "rayops.best_run_id", best_run)
-    client.set_tag(parent, tracking.MODEL_URI_TAG, model_uri)
+    client.set_tag(parent, "rayops.best_run_id", best.run_id)
+    client.set_tag(parent, tracking.MODEL_URI_TAG, best.model_uri)
     for key, value in best.config.items():
         client.log_param(parent, f"best.{key}", str(value))
     tracking.end_run(cfg.tracking, parent)
+    metric, _ = cfg.target_metric
     logger.info("sweep done: %d trial(s), %d stopped early; best %s %.4f (trial %s)",
-                len(results), stopped, metric, numbers.get(metric, float("nan")),
-                best.metrics.get("trial_id"))
-    return SweepOutcome(parent, best_run, dict(best.config), numbers, model_uri, len(results))
+                outcome.trials, stopped, metric, outcome.metrics.get(metric, float("nan")),
+                best.trial_id)
+    return outcome
+
+
+def _outcome(cfg: PipelineConfig, best: tracking.TrialRun, parent: str) -> SweepOutcome:
+    numbers = {k: float(v) for k, v in best.best.items() if k.startswith(("valid_", "train_"))}
+    trials = len(tracking.sweep_trials(cfg.tracking, cfg.experiment_name, parent))
+    assert best.model_uri is not None
+    return SweepOutcome(parent, best.run_id, dict(best.config), numbers, best.model_uri,
+                        trials)

@@ -90,6 +90,10 @@ def register(cfg: PipelineConfig, bundle: Path, name: str, alias: str = "champio
     registered = tracking.register(cfg.tracking, name, uri, run_id)
     if alias == "champion":
         tracking.promote(cfg.tracking, name, registered.version)
+    else:  # a challenger as the gate leaves one: passed, then aliased (replicas check both)
+        tracking.tag_version(cfg.tracking, name, registered.version,
+                             {tracking.PASSED_TAG: "true"})
+        tracking.set_alias(cfg.tracking, name, alias, registered.version)
 
 
 async def _load(url: str, concurrency: int, total: int) -> dict[str, Any]:

@@ -45,9 +45,11 @@ def test_gate_fails_closed_when_the_champions_store_is_down(tmp_path, ray_start_
         register_and_gate(local, challenger.model_uri, challenger.run_id, version)
     message = str(failure.value)
     assert "nothing promoted" in message and "@champion stays v1" in message
+    assert "v2 stays registered, unjudged" in message
     assert "cannot download churn-classifier v1" in message
     assert tracking.resolve_alias(local.tracking, local.model_name, "champion").version == "1"
-    assert tracking.resolve_alias(local.tracking, local.model_name, "challenger").version == "2"
+    # @challenger never names a model the gate did not pass: still v1, the first champion
+    assert tracking.resolve_alias(local.tracking, local.model_name, "challenger").version == "1"
     tags = MlflowClient(local.tracking.uri).get_model_version(local.model_name, "2").tags
     assert "rayops.gate.promoted" not in tags
 

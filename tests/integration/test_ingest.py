@@ -5,8 +5,8 @@ incremental arrivals, crash safety, concurrent commits, retried write tasks."""
 from __future__ import annotations
 
 import gzip
-import os
 import io
+import os
 from pathlib import Path
 
 import pandas as pd

@@ -3,6 +3,7 @@ failures and stops (the README's ingest and train jobs run in test_readme_jobs.p
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -94,6 +95,7 @@ def test_training_driver_killed_then_resumed(tmp_path, ray_start_4_cpus, ray_hea
 def test_sweep_driver_killed_then_resumed_without_rerunning_finished_trials(
         tmp_path, ray_start_4_cpus, ray_head_cluster):
     from rayops import tracking
+    from rayops.storage import root_of
 
     # Two trials, one at a time: the driver is stopped once the first has finished, while
     # the second runs; the resumed sweep keeps the first and runs the second again.
@@ -117,6 +119,11 @@ def test_sweep_driver_killed_then_resumed_without_rerunning_finished_trials(
     wait_for(lambda: len(finished_trials()) >= 1, timeout_s=300, what="a finished trial")
     _stop(ray_head_cluster, "tune-1")
     done_before = {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in finished_trials()}
+    # Any code that can write the bucket plants payloads in Tune's pickled experiment
+    # state (tuner.pkl, the searcher's): resuming must not unpickle them.
+    marker = tmp_path / "pwned"
+    planted = _plant_payloads(root_of(cfg.storage).join("tune"), marker)
+    assert any(p.endswith("tuner.pkl") for p in planted), planted
 
     resumed = submit_job(ray_head_cluster, workdir, "jobs/tune.py", "--config",
                          "pipeline.yaml", "--resume")
@@ -130,3 +137,23 @@ def test_sweep_driver_killed_then_resumed_without_rerunning_finished_trials(
         assert trials[trial_id] == run_id
         history = client.get_metric_history(run_id, "epoch")
         assert sorted(m.value for m in history) == [1, 2]  # not trained again
+    assert not marker.exists(), "resuming the sweep unpickled a planted payload"
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _plant_payloads(folder, marker: Path) -> list[str]:
+    """Every pickle under ``folder`` replaced by one that runs code when loaded."""
+    import pickle
+
+    payload = pickle.dumps(_Payload(marker))
+    planted = [info.path for info in folder.list_files() if info.path.endswith(".pkl")]
+    for path in planted:
+        Path(path).write_bytes(payload)
+    return planted

@@ -1,10 +1,13 @@
 """The operate loop end to end on small data: a later month with a documented shift is
 served (with feedback) and arrives as new files; the loop finds the drift, ingests,
-retrains, gates (validation rows and the labelled window), is stopped in the middle of the
-shadow, resumes there in a new operator, promotes, and the served version changes, with
-not one non-2xx answer on the way."""
+is stopped as its retraining starts (while a person's training run is left unfinished
+beside it), resumes its own run, gates (validation rows and the labelled window), is
+stopped in the middle of the shadow, resumes there in a new operator, promotes, and the
+served version changes, with not one non-2xx answer on the way."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 
@@ -18,6 +21,7 @@ from rayops.demo.operate import (
 )
 from rayops.operate import Operator
 from rayops.pipeline import run_pipeline
+from rayops.storage import Location
 from tests.helpers import demo_config, free_port, wait_for, write_demo_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -58,19 +62,22 @@ def test_the_loop_retrains_on_drift_resumes_a_stopped_cycle_and_promotes(
     retrained = cfg.with_overrides({"train.epochs": 6, "train.learning_rate": 1e-3})
     lines: list[str] = []
 
-    def stop_in_shadow(line: str) -> None:
-        lines.append(line)
-        if "shadow: v" in line and "beside the champion" in line:
-            raise Stopped(line)
+    def stop_at(words: str) -> Callable[[str], None]:
+        def say(line: str) -> None:
+            lines.append(line)
+            if words in line:
+                raise Stopped(line)
+        return say
 
     with Traffic(first.url, records, labels) as traffic:
         wait_logged(cfg, 60)  # the monitor's window holds the new month's records
-        try:
-            Operator(retrained, say=stop_in_shadow, poll_s=0.5).run(cycles=1)
-        except Stopped:
-            pass
-        else:
-            pytest.fail("the cycle ended before the shadow step:\n" + "\n".join(lines))
+        _stopped(Operator(retrained, say=stop_at("retrain: training on"), poll_s=0.5), lines)
+        state = Operator(retrained).store.load()
+        assert state.step == "retrain" and "retrain_record" in state.facts
+        # Meanwhile a person's training run on the older dataset version stopped unfinished:
+        # the newest unfinished record of the pipeline, which the resumed cycle must not take.
+        manual = _unfinished_manual_run(cfg, first.dataset)
+        _stopped(Operator(retrained, say=stop_at("beside the champion"), poll_s=0.5), lines)
         state = Operator(retrained).store.load()
         assert (state.cycle, state.step) == (1, "shadow")
         assert state.facts["drift"] == "drift" and state.facts["gate_passed"]
@@ -78,6 +85,9 @@ def test_the_loop_retrains_on_drift_resumes_a_stopped_cycle_and_promotes(
         assert state.facts["champion"] == champion and challenger != champion
         assert "window_gate" in state.facts and "shadow_started_at" in state.facts
         assert any("decide: retrain, because drift in 1 consecutive" in x for x in lines)
+        gated = tracking.client(cfg.tracking).get_model_version(cfg.model_name, challenger)
+        assert gated.tags["rayops.gate.dataset"] == state.facts["dataset"] != first.dataset.id
+        assert manual.read_json()["status"] == "running"  # untouched
 
         resumed: list[str] = []
         final = Operator(retrained, say=resumed.append, poll_s=0.5).run(cycles=1)
@@ -100,4 +110,25 @@ def test_the_loop_retrains_on_drift_resumes_a_stopped_cycle_and_promotes(
     assert run.data.tags["rayops.operate.outcome"] == f"v{challenger} promoted to champion"
     every = tracking.client(cfg.tracking).search_runs(
         [tracking.experiment_id(cfg.tracking, cfg.experiment_name)])
-    assert [r.info.run_name for r in every].count(f"{cfg.name}-train") == 2  # v1, v2 only
+    # v1, v2 and the person's run, which no operator continued
+    assert [r.info.run_name for r in every].count(f"{cfg.name}-train") == 3
+
+
+def _stopped(operator: Operator, lines: list[str]) -> None:
+    try:
+        operator.run(cycles=1)
+    except Stopped:
+        return
+    pytest.fail("the cycle ended before the step it was to stop in:\n" + "\n".join(lines))
+
+
+def _unfinished_manual_run(cfg, version) -> Location:
+    """A training run started by hand (`rayops train`) whose driver died before it trained:
+    its MLflow run and its record, the newest of the pipeline's unfinished ones."""
+    from rayops.train.records import new_record, runs_folder, write_record
+
+    run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, f"{cfg.name}-train",
+                                tags={tracking.DATASET_TAG: version.id})
+    folder = runs_folder(cfg, "train")
+    write_record(folder, new_record(f"{cfg.name}-train-by-hand", run_id, version))
+    return folder.join(f"{cfg.name}-train-by-hand.json")

@@ -113,15 +113,17 @@ def test_optuna_sweep_logs_nested_trials_and_gates_the_best(cfg, dataset, traine
     assert sweep["rayops.search.sampler"] == "TPESampler"
     assert sweep["rayops.search.trials_told"] == "2"
     decision = result.decision
+    assert decision.challenger.run_id == result.run_id
+    assert int(decision.challenger.version) == int(trained.decision.challenger.version) + 1
     challenger = tracking.resolve_alias(cfg.tracking, cfg.model_name, "challenger")
-    assert challenger.run_id == result.run_id
-    assert int(challenger.version) == int(trained.decision.challenger.version) + 1
     champion = tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion")
     assert decision.previous.version == trained.decision.challenger.version
     if decision.challenger_score > decision.champion_score:
-        assert decision.promoted and champion.version == challenger.version
-    else:
+        assert decision.promoted
+        assert champion.version == challenger.version == decision.challenger.version
+    else:  # refused: it never becomes @challenger
         assert not decision.promoted and champion.version == decision.previous.version
+        assert challenger.version != decision.challenger.version
 
 
 def test_served_champion_answers_http(cfg, trained):

@@ -406,7 +406,7 @@ def test_a_shadow_sees_mirrored_traffic_and_a_canary_key_sticks(trained):
     from rayops.serve.deployment import in_share
 
     cfg, first, second = trained
-    tracking.set_alias(cfg.tracking, cfg.model_name, "challenger", second)
+    _as_challenger(cfg, second)
     since = dt.datetime.now(dt.UTC)
     url = _deploy(cfg, **{"serve.mirror_fraction": 1.0, "serve.canary_fraction": 0.3,
                           "serve.autoscaling.min_replicas": 1,
@@ -441,7 +441,7 @@ def test_a_shadow_sees_mirrored_traffic_and_a_canary_key_sticks(trained):
 
 def _diverged(cfg, source: str) -> str:
     """A copy of ``source`` whose weights are NaN (a training run that diverged),
-    registered as challenger; returns its version."""
+    registered as a challenger that passed; returns its version."""
     import tempfile
     from pathlib import Path
 
@@ -463,7 +463,17 @@ def _diverged(cfg, source: str) -> str:
                                  pd.DataFrame(SAMPLE_RECORDS),
                                  {n: False for n in predictor.features})
         tracking.end_run(cfg.tracking, run_id)
-    return tracking.register(cfg.tracking, cfg.model_name, uri, run_id).version
+    registered = tracking.register(cfg.tracking, cfg.model_name, uri, run_id)
+    # as if it had passed the gate (a diverged model scores NaN and would fail it)
+    _as_challenger(cfg, registered.version)
+    return registered.version
+
+
+def _as_challenger(cfg, version: str) -> None:
+    """``version`` as a challenger that passed the gate (whatever the gate said of it in the
+    fixture): replicas shadow and canary only a version the registry says passed."""
+    tracking.tag_version(cfg.tracking, cfg.model_name, version, {tracking.PASSED_TAG: "true"})
+    tracking.set_alias(cfg.tracking, cfg.model_name, tracking.CHALLENGER, version)
 
 
 def test_a_failing_shadow_and_champion_cost_no_request_and_are_rolled_back(trained):
@@ -514,4 +524,4 @@ def test_a_failing_shadow_and_champion_cost_no_request_and_are_rolled_back(train
     metadata = requests.get(f"{url}/metadata", timeout=10).json()
     assert metadata["served"]["champion_errors"] >= 10
     assert metadata["served"]["fallback_answers"] >= 10
-    tracking.set_alias(cfg.tracking, cfg.model_name, "challenger", second)
+    _as_challenger(cfg, second)

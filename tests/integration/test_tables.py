@@ -111,8 +111,8 @@ def test_two_ingests_planned_on_the_same_version_one_commits_the_other_conflicts
     assert ingest(cfg).version == 2  # rerun: nothing new, nothing duplicated
 
 
-def test_the_operate_loop_plans_again_after_losing_a_commit_race(store, ray_start_4_cpus,
-                                                                 monkeypatch):  # noqa: F811
+def test_the_operate_loop_plans_again_after_losing_a_commit_race(
+        store, ray_start_4_cpus, monkeypatch):  # noqa: F811
     """`ingest --watch` beside `rayops operate` (a documented pairing): the watch commits
     between the operator's plan and its commit; the operator's ingest step plans again
     instead of ending the loop."""

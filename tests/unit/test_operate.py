@@ -173,3 +173,101 @@ def test_canary_share_is_sticky_by_key_and_near_its_fraction():
     assert 0.22 < sum(first) / len(keys) < 0.28
     assert not any(in_share(k, 0.0) for k in keys[:100])
     assert all(in_share(k, 1.0) for k in keys[:100])
+
+
+# --------------------------------------------------------------------------- the registry moves
+
+
+def _registry(tmp_path, versions: int = 3):
+    """A real MLflow registry (sqlite) holding ``versions`` versions of the demo's model:
+    v1 champion, v2 a challenger that passed the gate (what a cycle in its shadow left)."""
+    from rayops import tracking
+    from tests.helpers import demo_config
+
+    cfg = demo_config(tmp_path, **{"serve.mirror_fraction": 0.1,
+                                   "operate.rollback.watch_s": 0})
+    client = tracking.client(cfg.tracking)
+    client.create_registered_model(cfg.model_name)
+    for i in range(versions):
+        client.create_model_version(cfg.model_name, source=f"file:///models/{i}")
+        tracking.tag_version(cfg.tracking, cfg.model_name, str(i + 1),
+                             {tracking.PASSED_TAG: "true"})
+    tracking.promote(cfg.tracking, cfg.model_name, "1")
+    tracking.set_alias(cfg.tracking, cfg.model_name, tracking.CHALLENGER, "2")
+    return cfg
+
+
+def _resumed_at(cfg, step: str, **facts):
+    from rayops.operate import Operator
+    from rayops.operate.state import now_iso
+
+    state = CycleState(1, step, None, {"champion": "1", "challenger": "2",
+                                       "shadow_started_at": now_iso(), **facts})
+    Operator(cfg).store.save(state)
+    lines: list[str] = []
+    return Operator(cfg, say=lines.append, poll_s=0.05).run(cycles=1), lines
+
+
+def test_an_alias_moved_during_a_shadow_ends_the_cycle_instead_of_failing_every_resume(
+        tmp_path):
+    """Someone runs `rayops train` during the shadow: its model passes and becomes
+    @challenger. The resumed cycle ends, nothing promoted, saying why; the next cycle is
+    free to start (before, every restart failed its alias check again)."""
+    from rayops import tracking
+
+    cfg = _registry(tmp_path)
+    tracking.set_alias(cfg.tracking, cfg.model_name, tracking.CHALLENGER, "3")
+    final, lines = _resumed_at(cfg, "shadow")
+    assert final.finished and lines[0] == "[cycle 1] resuming at step 'shadow'"
+    assert final.facts["outcome"].startswith("v2 not promoted: @challenger is v3 since")
+    assert tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion").version == "1"
+    # the champion moved instead (a person promoted v3): the promotion step ends the cycle
+    tracking.set_alias(cfg.tracking, cfg.model_name, tracking.CHALLENGER, "2")
+    tracking.promote(cfg.tracking, cfg.model_name, "3")
+    final, _ = _resumed_at(cfg, "promote")
+    assert "@champion moved to v3 since the gate" in final.facts["outcome"]
+    assert tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion").version == "3"
+
+
+def test_an_operator_that_died_after_moving_the_alias_resumes_into_the_watch(tmp_path):
+    from rayops import tracking
+
+    cfg = _registry(tmp_path)
+    tracking.promote(cfg.tracking, cfg.model_name, "2")  # moved; the state was not saved
+    final, lines = _resumed_at(cfg, "promote")
+    assert final.facts["outcome"] == "v2 promoted to champion"
+    assert "[cycle 1] promote: v2 is champion already" in lines
+    assert "promoted_at" in final.facts
+
+
+def test_a_cycle_abandoned_by_hand_withdraws_its_challenger(tmp_path):
+    from rayops import tracking
+    from rayops.operate import Operator
+
+    cfg = _registry(tmp_path)
+    Operator(cfg).store.save(CycleState(1, "shadow", None, {"champion": "1",
+                                                            "challenger": "2"}))
+    lines: list[str] = []
+    state = Operator(cfg, say=lines.append).abandon()
+    assert state.finished and Operator(cfg).store.load().finished
+    assert state.facts["outcome"] == "abandoned by hand at step 'shadow'; v2 withdrawn"
+    assert tracking.alias_or_none(cfg.tracking, cfg.model_name, "challenger") is None
+    tags = tracking.client(cfg.tracking).get_model_version(cfg.model_name, "2").tags
+    assert "abandoned" in tags[tracking.WITHDRAWN_TAG]
+    assert Operator(cfg, say=lines.append).abandon().cycle == 1  # nothing left: says so
+    assert lines[-1] == "[cycle 1] finished already: nothing to abandon"
+
+
+def test_a_rollback_withdraws_the_version_it_leaves(tmp_path):
+    """After a rollback @challenger still named the rolled-back version, and replicas with a
+    canary share kept serving it to users."""
+    from rayops import tracking
+
+    cfg = _registry(tmp_path)
+    tracking.promote(cfg.tracking, cfg.model_name, "2")
+    assert tracking.rollback(cfg.tracking, cfg.model_name) == "1"
+    assert tracking.alias_or_none(cfg.tracking, cfg.model_name, "challenger") is None
+    withdrawn = tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion")
+    assert withdrawn.version == "1" and withdrawn.gated
+    tags = tracking.client(cfg.tracking).get_model_version(cfg.model_name, "2").tags
+    assert tags[tracking.WITHDRAWN_TAG].startswith("rolled back (@champion back to v1)")

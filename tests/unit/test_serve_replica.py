@@ -152,3 +152,31 @@ def test_one_failing_request_does_not_fail_the_others_in_its_batch():
     assert other["predictions"] == [{"prediction": 3}]
     assert isinstance(failed, ModelFailed) and "too large" in str(failed.error)
     assert server.stats["batches_split"] == 1
+
+
+def test_a_canary_serves_only_a_version_the_registry_says_passed(tmp_path):
+    """canary_fraction 1.0: every request would go to @challenger's model. A version the
+    gate refused (pointed at by hand), or one withdrawn since, gets no traffic at all."""
+    from rayops.config import TrackingConfig
+
+    config = TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db")
+    client = tracking.client(config)
+    client.create_registered_model("m")
+    for i in range(2):
+        client.create_model_version("m", source=f"file:///models/{i}")
+    tracking.set_alias(config, "m", "champion", "1")
+    tracking.tag_version(config, "m", "2", {tracking.PASSED_TAG: "false"})
+    tracking.set_alias(config, "m", "challenger", "2")  # a person's mistake, or a stale alias
+
+    replica = Replica()
+    server = replica.server
+    server.settings = server.settings.model_copy(update={"canary_fraction": 1.0})
+    server._tracking, server.shadow, server.ungated = config, None, set()
+    server._refresh_shadow()
+    assert server.shadow is None and replica.downloads == []  # refused, never loaded
+    tracking.tag_version(config, "m", "2", {tracking.PASSED_TAG: "true"})
+    server._refresh_shadow()
+    assert server.shadow is not None and server.shadow.info.version == "2"
+    tracking.withdraw(config, "m", "2", "refused in shadow")
+    server._refresh_shadow()
+    assert server.shadow is None  # the alias is gone: the canary stops

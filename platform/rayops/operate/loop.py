@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import uuid
 from collections.abc import Callable
 
 from rayops import tracking
@@ -46,7 +47,6 @@ from rayops.pipeline import train_and_register
 from rayops.predict import Predictor
 from rayops.serve.prediction_log import read_log
 from rayops.storage import root_of
-from rayops.train.records import NothingToResume
 
 logger = logging.getLogger(__name__)
 
@@ -229,24 +229,22 @@ class Operator:
 
     def _retrain(self, state: CycleState) -> str:
         facts = state.facts
-        resume = "retrain_started_at" in facts
-        if not resume:
+        resume = "retrain_record" in facts
+        if not resume:  # this cycle's own run, named before it starts: a resume finds it
             facts["retrain_started_at"] = now_iso()
             previous = tracking.alias_or_none(self.cfg.tracking, self.cfg.model_name,
                                               tracking.CHAMPION)
             facts["champion"] = previous.version if previous else None
-            self.store.save(state)  # a resumed step starts from it
+            facts["retrain_record"] = f"{self.cfg.name}-operate-{state.cycle}-" \
+                                      f"{uuid.uuid4().hex[:6]}"
+            self.store.save(state)
         version = load_version(self.cfg, version_number(facts["dataset"]))
         kind = "sweep" if self.cfg.operate.sweep else "training"
         self.say(f"[cycle {state.cycle}] retrain: {kind} on {version.id}"
-                 + (" (continuing the stopped run)" if resume else ""))
-        try:
-            result = train_and_register(self.cfg, None if resume else version,
-                                        sweep=self.cfg.operate.sweep, resume=resume,
-                                        promote=False)
-        except NothingToResume:  # stopped before its run began: start it
-            result = train_and_register(self.cfg, version, sweep=self.cfg.operate.sweep,
-                                        promote=False)
+                 + (f" (continuing {facts['retrain_record']})" if resume else ""))
+        result = train_and_register(self.cfg, version, sweep=self.cfg.operate.sweep,
+                                    resume=resume, promote=False,
+                                    record_name=facts["retrain_record"])
         decision = result.decision
         state.cycles_since_retrain, state.last_retrain_at = 0, facts["retrain_started_at"]
         facts.update(challenger=decision.challenger.version, train_run_id=result.run_id,
@@ -264,6 +262,8 @@ class Operator:
     def _gate(self, state: CycleState) -> str:
         """The challenger against the champion on the labelled window of served traffic."""
         facts = state.facts
+        if (moved := self._world_moved(state, "window gate")) is not None:
+            return moved
         champion = self._predictor(facts["champion"])
         rows = labelled_window(self.cfg, champion.schema, self.cfg.operate.window_hours)
         if rows.num_rows < self.cfg.operate.window_min_labels:
@@ -278,9 +278,41 @@ class Operator:
         self.say(f"[cycle {state.cycle}] window gate: {'passed' if passed else 'refused'}, "
                  f"{reason}")
         if not passed:
-            facts["outcome"] = f"v{facts['challenger']} refused on the labelled window: {reason}"
-            return "done"
+            return self._refused(state, f"refused on the labelled window: {reason}")
         return "shadow"
+
+    def _refused(self, state: CycleState, why: str) -> str:
+        """End the cycle on a challenger refused after the gate: it leaves @challenger, so
+        no canary or shadow serves it again."""
+        version = state.facts["challenger"]
+        tracking.withdraw(self.cfg.tracking, self.cfg.model_name, version,
+                          f"{why} (operate cycle {state.cycle})")
+        state.facts["outcome"] = f"v{version} {why}"
+        return "done"
+
+    def _world_moved(self, state: CycleState, step: str) -> str | None:
+        """Before a step acts on its challenger: "done" (the cycle ends, nothing promoted,
+        and says why) when the registry no longer holds what this cycle gated: @challenger
+        moved or was removed (another operator, a person, an abandoned cycle), or @champion
+        is no longer the version the challenger was gated against. None when all is as the
+        cycle left it. A resumed operator re-checks here instead of failing forever."""
+        facts = state.facts
+        challenger = self._alias(tracking.CHALLENGER)
+        champion = self._alias(tracking.CHAMPION)
+        if challenger != facts["challenger"]:
+            why = (f"@challenger is {'v' + challenger if challenger else 'unset'} since")
+        elif champion != facts["champion"]:
+            why = f"@champion moved to v{champion} since the gate"
+        else:
+            return None
+        facts["outcome"] = (f"v{facts['challenger']} not promoted: {why} (before the {step}; "
+                            "another operator or a person); the next cycle judges again")
+        self.say(f"[cycle {state.cycle}] {facts['outcome']}")
+        return "done"
+
+    def _alias(self, alias: str) -> str | None:
+        found = tracking.alias_or_none(self.cfg.tracking, self.cfg.model_name, alias)
+        return found.version if found else None
 
     def _predictor(self, version: str) -> Predictor:
         model = tracking.RegisteredModel(self.cfg.model_name, version, "", "", "")
@@ -301,7 +333,8 @@ class Operator:
                  f"until {deadline:%H:%M:%S} UTC)")
         said = time.monotonic()
         while True:
-            self._same_alias(tracking.CHALLENGER, challenger, "shadow")
+            if (moved := self._world_moved(state, "shadow")) is not None:
+                return moved
             stats = shadow_stats(read_frame(prediction_table(self.cfg), LOG_COLUMNS, started),
                                  challenger, self.cfg.data.task, cfg.regression_tolerance)
             over = dt.datetime.now(dt.UTC) >= deadline
@@ -316,33 +349,29 @@ class Operator:
         facts.update(shadow=stats.to_dict(), shadow_verdict=reason)
         self.say(f"[cycle {state.cycle}] shadow: {'passed' if passed else 'refused'}, {reason}")
         if not passed:
-            facts["outcome"] = f"v{challenger} not promoted: {reason}"
-            return "done"
+            return self._refused(state, f"not promoted: {reason}")
         return "promote"
-
-    def _same_alias(self, alias: str, version: str | None, step: str) -> None:
-        """Fail closed when someone else moved an alias this cycle relies on."""
-        now = tracking.alias_or_none(self.cfg.tracking, self.cfg.model_name, alias)
-        found = now.version if now else None
-        if found != version:
-            raise OperateError(f"{self.cfg.model_name}@{alias} moved to "
-                               f"{'v' + found if found else 'nothing'} during the {step} "
-                               f"step (this cycle expected "
-                               f"{'v' + version if version else 'none'}): another operator or "
-                               "a person changed it; nothing promoted")
 
     def _promote(self, state: CycleState) -> str:
         facts = state.facts
         if not self.lease.held():
             raise OperateError(f"this operator lost its lease ({self.lease.location.uri}); "
                                "nothing promoted")
-        self._same_alias(tracking.CHAMPION, facts["champion"], "promote")
-        tracking.promote(self.cfg.tracking, self.cfg.model_name, facts["challenger"])
-        facts["promoted_at"] = now_iso()
+        if self._alias(tracking.CHAMPION) == facts["challenger"]:
+            # moved before the state was saved (this operator died in between), or by a
+            # person: either way the challenger serves now, and the watch follows
+            self.say(f"[cycle {state.cycle}] promote: v{facts['challenger']} is champion "
+                     "already")
+        else:
+            if (moved := self._world_moved(state, "promotion")) is not None:
+                return moved
+            tracking.promote(self.cfg.tracking, self.cfg.model_name, facts["challenger"])
+            self.say(f"[cycle {state.cycle}] promote: {self.cfg.model_name} "
+                     f"v{facts['challenger']} is champion (was "
+                     f"{'v' + facts['champion'] if facts['champion'] else 'none'})")
+        facts.setdefault("promoted_at", now_iso())
         state.drift_streak = 0
         facts["outcome"] = f"v{facts['challenger']} promoted to champion"
-        self.say(f"[cycle {state.cycle}] promote: {self.cfg.model_name} v{facts['challenger']} "
-                 f"is champion (was {'v' + facts['champion'] if facts['champion'] else 'none'})")
         return "watch"
 
     def _watch(self, state: CycleState) -> str:
@@ -356,12 +385,19 @@ class Operator:
         self.say(f"[cycle {state.cycle}] watch: v{version}'s served traffic until "
                  f"{until:%H:%M:%S} UTC")
         while True:
+            if (now := self._alias(tracking.CHAMPION)) != version:  # rolled back, or moved
+                facts["outcome"] = (f"v{version} promoted; @champion is "
+                                    f"{'v' + now if now else 'unset'} since (a rollback "
+                                    "before this operator stopped, or a person): watch ended")
+                self.say(f"[cycle {state.cycle}] {facts['outcome']}")
+                return "done"
             stats = served_stats(read_frame(prediction_table(self.cfg), LOG_COLUMNS, promoted),
                                  version, ("champion",))
             breach = rollback_breach(cfg, stats)
             if breach is not None:
-                self._same_alias(tracking.CHAMPION, version, "watch")
-                back = tracking.rollback(self.cfg.tracking, self.cfg.model_name)
+                back = tracking.rollback(self.cfg.tracking, self.cfg.model_name,
+                                         why=f"rolled back by operate cycle {state.cycle}: "
+                                             f"{breach}")
                 facts.update(rolled_back=breach, outcome=f"v{version} promoted, then rolled "
                              f"back to v{back}: {breach}")
                 self.say(f"[cycle {state.cycle}] rollback: {breach}; champion is v{back} again")
@@ -373,6 +409,34 @@ class Operator:
                          f"{stats.records} served records ({stats.errors} failed)")
                 return "done"
             time.sleep(self.poll_s)
+
+    # ------------------------------------------------------------------ by hand
+
+    def abandon(self, why: str = "abandoned by hand") -> CycleState:
+        """End the unfinished cycle where it stands (``rayops operate --abandon``): its
+        challenger, if not promoted, leaves @challenger; nothing is promoted; the next
+        cycle starts fresh. Takes the lease first: a running operator is not overruled."""
+        self.lease.acquire()
+        try:
+            state = self.store.load()
+            if state.finished:
+                self.say(f"[cycle {state.cycle}] finished already: nothing to abandon")
+                return state
+            step, facts = state.step, state.facts
+            facts["outcome"] = f"{why} at step {step!r}"
+            if facts.get("challenger") and step in ("gate", "shadow", "promote") and \
+                    self._alias(tracking.CHAMPION) != facts["challenger"]:
+                tracking.withdraw(self.cfg.tracking, self.cfg.model_name, facts["challenger"],
+                                  f"its operate cycle {state.cycle} was {why}")
+                facts["outcome"] += f"; v{facts['challenger']} withdrawn"
+            state.step = "done"
+            self.store.save(state)
+            self._tag(state, {"rayops.operate.step": "done",
+                              "rayops.operate.abandoned_at": step})
+            self._finish(state)
+            return state
+        finally:
+            self.lease.release()
 
 
 def operate(cfg: PipelineConfig, cycles: int | None = None,

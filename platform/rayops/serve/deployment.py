@@ -116,6 +116,7 @@ class ModelServer:
         self.alias_target: str | None = None
         self.stats: Counter[str] = Counter()
         self.refused: dict[str, str] = {}  # version -> why this replica cannot serve it
+        self.ungated: set[str] = set()  # shadow-alias versions the gate did not pass
         registered = await asyncio.to_thread(self._resolve)
         self.model = await asyncio.to_thread(self._load, registered)
         self._mirrors: set[asyncio.Task[None]] = set()
@@ -219,6 +220,14 @@ class ModelServer:
             logger.debug("Cannot read %s@%s: %s", self.settings.model_name, alias, exc)
             return
         if registered is None or registered.version == self.model.info.version:
+            self.shadow = None
+            return
+        if not registered.gated:  # refused, withdrawn, or set by hand to an ungated version
+            if registered.version not in self.ungated:
+                self.ungated.add(registered.version)
+                logger.error("No shadow or canary traffic for %s v%s (@%s points to it): "
+                             "the gate did not pass it, or it was withdrawn since",
+                             registered.name, registered.version, alias)
             self.shadow = None
             return
         version = registered.version

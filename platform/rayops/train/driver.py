@@ -287,9 +287,9 @@ def _not_logged(cfg: PipelineConfig, run_name: str, epochs: int, saved: str,
                 exc: Exception) -> TrackingError:
     return TrackingError(
         f"{run_name} trained {epochs} epoch(s); its checkpoints and model bundle ({saved}) "
-        f"are in storage, but MLflow at {redact(cfg.tracking.uri)} failed ({one_line(exc)}): the epoch "
-        "metrics it lacks, the model and its plots are not logged. Once MLflow answers, "
-        "`--resume` logs them without retraining.")
+        f"are in storage, but MLflow at {redact(cfg.tracking.uri)} failed ({one_line(exc)}): "
+        "the epoch metrics it lacks, the model and its plots are not logged. Once MLflow "
+        "answers, `--resume` logs them without retraining.")
 
 
 def _complete_run(cfg: PipelineConfig, version: DatasetVersion, run_id: str, bundle: Bundle,
@@ -328,18 +328,22 @@ def run_params(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:
 
 
 def run_training(cfg: PipelineConfig, version: DatasetVersion | None = None,
-                 resume: bool = False) -> TrainOutcome:
-    """One tracked training run; ``resume`` continues the last one that did not finish."""
+                 resume: bool = False, record_name: str | None = None) -> TrainOutcome:
+    """One tracked training run; ``resume`` continues the last one that did not finish
+    (``record_name``: that run, and its outcome if it finished already). A new run takes
+    ``record_name`` as its name when given."""
     tracking.require_reachable(cfg.tracking)
     folder = runs_folder(cfg, "train")
     if resume:
-        record, version = resumable(cfg, "train")
+        record, version = resumable(cfg, "train", record_name)
+        if record["status"] == "finished":
+            return _finished_outcome(cfg, record)
     else:
         version = version or load_version(cfg)
         run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, f"{cfg.name}-train",
                                     params=run_params(cfg, version),
-                                    tags={"rayops.dataset_version": version.id})
-        name = f"{cfg.name}-train-{run_id[:8]}-{uuid.uuid4().hex[:4]}"
+                                    tags={tracking.DATASET_TAG: version.id})
+        name = record_name or f"{cfg.name}-train-{run_id[:8]}-{uuid.uuid4().hex[:4]}"
         record = write_record(folder, new_record(name, run_id, version))
     logger.info("training %s: %s, %d worker(s), up to %d %s, %s", record["name"],
                 cfg.model.family, cfg.train.num_workers, *length_of(cfg), version.id)
@@ -354,3 +358,14 @@ def run_training(cfg: PipelineConfig, version: DatasetVersion | None = None,
     tracking.end_run(cfg.tracking, record["run_id"])
     write_record(folder, record, status="finished")
     return outcome
+
+
+def _finished_outcome(cfg: PipelineConfig, record: dict[str, Any]) -> TrainOutcome:
+    """What a run that finished before its caller stopped produced, from MLflow."""
+    run_id = record["run_id"]
+    metrics = tracking.finished_with_model(cfg.tracking, run_id)
+    model_uri = tracking.logged_model_uri(cfg.tracking, run_id)
+    if metrics is None or model_uri is None:
+        raise TrainingError(f"run {record['name']} is recorded as finished but MLflow run "
+                            f"{run_id} holds no model")
+    return TrainOutcome(run_id, metrics, model_uri, "")

@@ -41,22 +41,34 @@ class NothingToResume(TrainingError):
     """No run of this kind stopped unfinished."""
 
 
-def resumable(cfg: PipelineConfig, kind: str) -> tuple[dict[str, Any], DatasetVersion]:
-    """The newest ``kind`` run record if it did not finish, its dataset version, and its
-    MLflow run marked RUNNING again; TrainingError when there is nothing to resume."""
+def resumable(cfg: PipelineConfig, kind: str, name: str | None = None
+              ) -> tuple[dict[str, Any], DatasetVersion]:
+    """The run record ``name`` (a caller that named its run, like the operate loop: it
+    continues its own run, never another), or else the newest ``kind`` record if it did
+    not finish; its dataset version; its MLflow run marked RUNNING again when it did not
+    finish. NothingToResume when there is no such record (or, unnamed, it finished)."""
     folder = runs_folder(cfg, kind)
-    records = [folder.join(n).read_json() for n in folder.list_dir() if n.endswith(".json")]
-    if not records:
-        raise NothingToResume(f"nothing to resume: no {kind} run of {cfg.name!r} under "
-                            f"{folder.uri}")
-    record = max(records, key=lambda r: r["started_at"])
-    if record["status"] == "finished":
-        raise NothingToResume(f"nothing to resume: the last {kind} run of {cfg.name!r} "
-                            f"({record['name']}) finished")
+    if name is not None:
+        location = folder.join(f"{name}.json")
+        if not location.exists():
+            raise NothingToResume(f"nothing to resume: no {kind} run {name!r} under "
+                                  f"{folder.uri}")
+        record = location.read_json()
+    else:
+        records = [folder.join(n).read_json() for n in folder.list_dir()
+                   if n.endswith(".json")]
+        if not records:
+            raise NothingToResume(f"nothing to resume: no {kind} run of {cfg.name!r} under "
+                                  f"{folder.uri}")
+        record = max(records, key=lambda r: r["started_at"])
+        if record["status"] == "finished":
+            raise NothingToResume(f"nothing to resume: the last {kind} run of {cfg.name!r} "
+                                  f"({record['name']}) finished")
     version = load_version(cfg, version_number(record["dataset_version"]))
-    tracking.client(cfg.tracking).update_run(record["run_id"], status="RUNNING")
-    logger.info("Resuming %s (MLflow run %s, %s) on %s", record["name"], record["run_id"],
-                record["status"], version.id)
+    if record["status"] != "finished":
+        tracking.client(cfg.tracking).update_run(record["run_id"], status="RUNNING")
+        logger.info("Resuming %s (MLflow run %s, %s) on %s", record["name"],
+                    record["run_id"], record["status"], version.id)
     return record, version
 
 
