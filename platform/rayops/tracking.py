@@ -267,6 +267,28 @@ def registered_version_of_run(tracking: TrackingConfig, name: str, run_id: str
                            dict(first.tags or {}))
 
 
+def trained_datasets(tracking: TrackingConfig, name: str) -> dict[str, str | None]:
+    """``{model version: the dataset version it trained on}`` for every registered version
+    of ``name`` (None where neither the version nor its run says): the dataset versions
+    that must stay readable while those models are registered."""
+    mlflow_client = client(tracking)
+    try:
+        versions = mlflow_client.search_model_versions(f"name = '{name}'")
+    except Exception as exc:
+        if _not_found(exc):
+            return {}
+        raise TrackingError(f"cannot list the versions of {name!r} in "
+                            f"{redact(tracking.uri)}: {one_line(exc)}") from None
+    found: dict[str, str | None] = {}
+    for version in versions:
+        dataset = (version.tags or {}).get(DATASET_TAG)
+        if dataset is None and version.run_id:  # registered before versions were tagged
+            with contextlib.suppress(Exception):
+                dataset = mlflow_client.get_run(version.run_id).data.tags.get(DATASET_TAG)
+        found[str(version.version)] = dataset
+    return found
+
+
 def withdraw(tracking: TrackingConfig, name: str, version: str, why: str) -> bool:
     """Take a version that passed the gate off live traffic: tag why, and remove
     ``challenger`` if it names the version (replicas stop its canary and shadow). True

@@ -360,6 +360,65 @@ def test_clean_up_keeps_young_files_and_removes_old_unreferenced_ones(tmp_path,
     assert_accounting(version, 40)  # nothing the version needs was touched
 
 
+def _age(folder: Path, days: float = 40) -> None:
+    """Every file below ``folder`` last written ``days`` ago, and every remove action in its
+    Delta logs dated then: what a month and more of history leaves."""
+    then = time.time() - days * 86400
+    for path in folder.rglob("*"):
+        if path.suffix == ".json" and path.parent.name == "_delta_log":
+            actions = [json.loads(line) for line in path.read_text().splitlines() if line]
+            for action in actions:
+                if "remove" in action:
+                    action["remove"]["deletionTimestamp"] = int(then * 1000)
+            path.write_text("".join(json.dumps(a) + "\n" for a in actions))
+        if path.is_file():
+            os.utime(path, (then, then))
+
+
+def test_a_version_a_registered_model_trained_on_outlives_log_retention(tmp_path,
+                                                                      ray_start_4_cpus):
+    """The champion trained on v1; a month later the data was rebuilt (v1's files are
+    superseded) and ten arrivals made checkpoints. v1 still reads back (delta-rs no longer
+    deletes old log entries at a checkpoint; clean-up keeps the versions registered models
+    trained on, and their files); once no registered model needs it, the log is bounded."""
+    from rayops import tracking
+    from rayops.data.versions import load_version
+
+    cfg = make_config({"root": str(tmp_path / "lake"), "endpoint_url": None, "tmp": tmp_path})
+    raw = raw_dir(cfg)
+    raw.join("a.csv").write_bytes((HEADER + rows_with_ids(0, 40)).encode())
+    first = ingest(cfg)
+    trained_rows = ids_in_table(first)
+    client = tracking.client(cfg.tracking)
+    client.create_registered_model(cfg.model_name)
+    client.create_model_version(cfg.model_name, source="file:///champion",
+                                tags={tracking.DATASET_TAG: first.id})
+    raw.join("a.csv").write_bytes((HEADER + rows_with_ids(1000, 40)).encode())  # replaced
+    assert ingest(cfg).manifest["base"] is None  # v2 rebuilt: v1's files are removed there
+    table = Path(dataset_root(cfg).path)
+    _age(table)
+    for i in range(9):  # nine arrivals: a checkpoint, and the clean-up at the tenth version
+        raw.join(f"new-{i}.csv").write_bytes((HEADER + rows_with_ids(2000 + i * 40, 40)
+                                              ).encode())
+        latest = ingest(cfg)
+    _age(table)
+    ingest_module.clean_up(cfg, latest)  # everything is old now: only v1 protects
+    old = load_version(cfg, 1)
+    assert old.manifest["rows"] == first.manifest["rows"]
+    ids = sorted(old.table("train").column("n").to_pylist()
+                 + old.table("valid").column("n").to_pylist())
+    assert ids == trained_rows  # its data files, superseded a month ago, are still there
+    assert load_version(cfg, latest.version).manifest["rows"]["read"] == 40 * 10
+
+    client.delete_registered_model(cfg.model_name)  # no model needs v1 any more
+    ingest_module.clean_up(cfg, latest)
+    logs = sorted(p.name for p in (table / ROWS / "_delta_log").iterdir())
+    assert logs[0].endswith(".checkpoint.parquet") and int(logs[0][:20]) > 1, logs  # bounded
+    with pytest.raises(Exception):  # noqa: B017  (delta-rs or rayops: v1 is gone)
+        load_version(cfg, 1).table("train")
+    assert ids_in_table(load_version(cfg, latest.version)) == ids_in_table(latest)
+
+
 # --------------------------------------------------------------------------- other engines
 
 DUCKDB_QUERY = """

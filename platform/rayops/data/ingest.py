@@ -39,9 +39,10 @@ from rayops.data.versions import (
     DatasetVersion,
     complete_quarantine,
     dataset_root,
+    version_number,
     version_of,
 )
-from rayops.errors import DataError
+from rayops.errors import DataError, RayopsError
 from rayops.storage import ensure_bucket, resolve_under, root_of
 
 logger = logging.getLogger(__name__)
@@ -232,18 +233,58 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
     logger.info("committed %s: %d train + %d valid rows", version.id, rows["train"],
                 rows["valid"])
     if number % VACUUM_EVERY == 0:
-        clean_up(cfg, version)
+        try:
+            clean_up(cfg, version)
+        except RayopsError as exc:  # committed already: a failed clean-up removes less
+            logger.warning("clean-up of %s stopped, the rest is kept: %s", version.id, exc)
     _track(cfg, version)
     return version
 
 
 def clean_up(cfg: PipelineConfig, latest: DatasetVersion) -> None:
-    """Remove files older than ``data.retention_hours`` that no version within that window
-    needs: data of superseded versions, files of failed or retried writes, old state files."""
+    """Remove what no version needs: data files of versions older than
+    ``data.retention_hours`` (files of failed or retried writes too), log entries before
+    them, old state files. Every version a registered model trained on stays readable, with
+    everything after it, for as long as that model is registered (the monitor and the gate
+    read it back); when the registry cannot say which those are, nothing is removed."""
     hours = cfg.data.retention_hours
-    removed = [*delta.vacuum(latest.root.join(ROWS), hours),
-               *delta.vacuum(latest.root.join(QUARANTINE), hours)]
     cutoff = time.time() - hours * 3600
+    try:
+        trained = trained_versions(cfg)
+    except RayopsError as exc:
+        logger.warning("clean-up skipped, nothing removed: %s", exc)
+        return
+    rows, quarantine = latest.root.join(ROWS), latest.root.join(QUARANTINE)
+    young = delta.first_young_version(rows, cutoff)
+    keep_from = min([*trained, *([young] if young is not None else []), latest.version])
+    removed = [*delta.vacuum(rows, hours, trained), *delta.vacuum(quarantine, hours),
+               *delta.expire_log(rows, keep_from)]
+    young = delta.first_young_version(quarantine, cutoff)
+    if young is not None:  # the quarantine table is read at its latest version only
+        removed += delta.expire_log(quarantine, young)
+    removed += _old_state_files(latest, cutoff)
+    if removed:
+        logger.info("removed %d file(s) older than %d h that no version needs (kept: every "
+                    "version from v%d on)", len(removed), hours, keep_from)
+
+
+def trained_versions(cfg: PipelineConfig) -> list[int]:
+    """The versions of this dataset that registered models trained on."""
+    from rayops import tracking
+
+    datasets = tracking.trained_datasets(cfg.tracking, cfg.model_name)
+    unknown = sorted(v for v, dataset in datasets.items() if dataset is None)
+    if unknown:
+        raise DataError(f"{cfg.model_name} version(s) {unknown} do not say which dataset "
+                        f"version they trained on (tag {tracking.DATASET_TAG} on the version, "
+                        "e.g. churn/v000003), so clean-up cannot tell what must stay")
+    prefix = f"{cfg.dataset_name}/v"
+    return sorted({version_number(d) for d in datasets.values()
+                   if d is not None and d.startswith(prefix)})
+
+
+def _old_state_files(latest: DatasetVersion, cutoff: float) -> list[str]:
+    removed = []
     for info in latest.root.join(STATE).list_files():
         if info.path.endswith(latest.manifest["state"]) or info.mtime is None:
             continue
@@ -251,9 +292,7 @@ def clean_up(cfg: PipelineConfig, latest: DatasetVersion) -> None:
             with latest.root.io("clean up"):
                 latest.root.fs.delete_file(info.path)
             removed.append(info.path)
-    if removed:
-        logger.info("removed %d file(s) older than %d h that no version needs", len(removed),
-                    hours)
+    return removed
 
 
 def _track(cfg: PipelineConfig, version: DatasetVersion) -> None:

@@ -11,12 +11,15 @@ than the retention window, never sooner (an ingest may still be writing them).
 from __future__ import annotations
 
 import json
+import posixpath
+import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
@@ -29,8 +32,12 @@ from rayops.storage import Location
 # table version and both try to commit conflict, and the second fails whole.
 INGEST_APP = "rayops.ingest"
 # A checkpoint every 10 commits: opening a table reads at most one checkpoint and nine
-# log entries, however long its history.
-TABLE_CONFIGURATION = {"delta.checkpointInterval": "10"}
+# log entries, however long its history. delta-rs would also delete, at each checkpoint,
+# the log entries older than delta.logRetentionDuration (30 days), whatever version a
+# registered model trained on; rayops expires the log itself (:func:`expire_log`).
+LOG_CLEANUP = "delta.enableExpiredLogCleanup"
+TABLE_CONFIGURATION = {"delta.checkpointInterval": "10", LOG_CLEANUP: "false"}
+_LOG_FILE = re.compile(r"^(\d{20})\.(json|checkpoint|crc)")
 
 
 class CommitConflict(DataError):
@@ -61,7 +68,7 @@ def ensure_table(location: Location, schema: pa.Schema, partition_by: list[str])
     """Open the table, creating it empty (version 0) when it does not exist."""
     table = open_table(location)
     if table is not None:
-        return table
+        return _own_log_cleanup(location, table)
     try:
         DeltaTable.create(location.table_uri, schema, mode="ignore", partition_by=partition_by,
                           configuration=TABLE_CONFIGURATION,
@@ -73,6 +80,22 @@ def ensure_table(location: Location, schema: pa.Schema, partition_by: list[str])
         raise _storage_error(location, "create", exc) from None
     table = open_table(location)
     assert table is not None
+    return table
+
+
+def _own_log_cleanup(location: Location, table: DeltaTable) -> DeltaTable:
+    """A table made before rayops expired its log itself: delta-rs' own clean-up turned off
+    (one metadata commit, once)."""
+    if table.metadata().configuration.get(LOG_CLEANUP) == "false":
+        return table
+    try:
+        table.alter.set_table_properties({LOG_CLEANUP: "false"})
+    except Exception as exc:  # another writer may have done it at the same moment
+        again = open_table(location)
+        if again is None or again.metadata().configuration.get(LOG_CLEANUP) != "false":
+            raise _storage_error(location, "configure", exc) from None
+        return again
+    table.update_incremental()
     return table
 
 
@@ -129,15 +152,52 @@ def commit(location: Location, table: DeltaTable, actions: list[AddAction], *, m
     return table.version()
 
 
-def vacuum(location: Location, retention_hours: int) -> list[str]:
-    """Delete files no version within the retention window needs, and files no version
-    ever named (failed or retried writes) once they are older than the window."""
+def vacuum(location: Location, retention_hours: int, keep_versions: Sequence[int] = ()
+           ) -> list[str]:
+    """Delete files no version within the retention window (nor any of ``keep_versions``)
+    needs, and files no version ever named (failed or retried writes) once they are older
+    than the window."""
     table = open_table(location)
     if table is None:
         return []
     try:
         # The window is the user's (data.retention_hours), not the table's default week.
         return table.vacuum(retention_hours=retention_hours, dry_run=False, full=True,
-                            enforce_retention_duration=False)
+                            enforce_retention_duration=False,
+                            keep_versions=sorted(keep_versions) or None)
     except Exception as exc:
         raise _storage_error(location, "clean up", exc) from None
+
+
+def _log_files(location: Location) -> list[tuple[int, str, pafs.FileInfo]]:
+    """(version, kind, file) of every numbered file in the table's log."""
+    found = []
+    for info in location.join("_delta_log").list_files():
+        match = _LOG_FILE.match(posixpath.basename(info.path))
+        if match:
+            found.append((int(match[1]), match[2], info))
+    return found
+
+
+def first_young_version(location: Location, cutoff: float) -> int | None:
+    """The oldest version whose log entry was written after ``cutoff`` (a Unix time)."""
+    young = [v for v, kind, info in _log_files(location)
+             if kind == "json" and info.mtime is not None and info.mtime.timestamp() >= cutoff]
+    return min(young, default=None)
+
+
+def expire_log(location: Location, keep_from: int) -> list[str]:
+    """Remove the log entries and checkpoints before the newest checkpoint at or below
+    ``keep_from``: every version from ``keep_from`` on still loads (that checkpoint and the
+    entries after it), older ones may not."""
+    files = _log_files(location)
+    checkpoints = [v for v, kind, _ in files if kind == "checkpoint" and v <= keep_from]
+    if not checkpoints:
+        return []
+    floor, removed = max(checkpoints), []
+    for version, _, info in files:
+        if version < floor:
+            with location.io("clean up the log of"):
+                location.fs.delete_file(info.path)
+            removed.append(info.path)
+    return removed
