@@ -84,3 +84,7 @@ class GateError(TrackingError):
 
 class ServeError(RayopsError):
     """A model cannot be deployed or queried."""
+
+
+class LabelsNotStored(ServeError):
+    """True labels sent to a replica could not be stored; the sender may send them again."""

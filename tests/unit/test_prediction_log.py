@@ -33,9 +33,9 @@ def test_served_rows_reach_the_table_and_a_clean_close_writes_what_is_queued(tmp
 
 
 class SlowStore(PredictionLog):
-    def _write(self) -> None:
+    def _write(self, *waiting) -> None:
         time.sleep(0.3)  # a store that answers slowly
-        super()._write()
+        super()._write(*waiting)
 
 
 def test_overload_drops_and_counts_and_never_blocks_a_request(tmp_path):
@@ -64,3 +64,29 @@ def test_sampling_and_a_store_that_fails(tmp_path):
     time.sleep(0.5)
     failing.close(timeout_s=2)
     assert failing.counts["failed_writes"] >= 1 and failing.counts["written"] == 0
+
+
+def test_labels_put_to_be_stored_are_in_the_table_when_their_future_completes(tmp_path):
+    """What /feedback waits on before its 202: one commit for every sender waiting, and a
+    store that fails tells each of them (nothing claimed stored that is not)."""
+    from concurrent.futures import wait
+
+    from rayops.errors import StorageError
+    from rayops.serve.prediction_log import FEEDBACK_SCHEMA, AppendLog, feedback_row
+
+    labels = AppendLog(resolve(str(tmp_path / "feedback")), FEEDBACK_SCHEMA,
+                       flush_interval_s=60)  # only a stored put wakes the writer
+    futures = [labels.put_stored([feedback_row(f"r{i}", 0, "yes"), feedback_row(f"r{i}", 1,
+                                                                                  "no")])
+               for i in range(3)]
+    wait(futures, timeout=30)
+    assert [f.result() for f in futures] == [2, 2, 2]
+    assert len(_rows(tmp_path / "feedback")) == 6  # stored before anyone was told so
+    labels.close()
+    (tmp_path / "blocked").write_text("a file where the table's folder should be")
+    failing = AppendLog(resolve(str(tmp_path / "blocked" / "feedback")), FEEDBACK_SCHEMA,
+                        flush_interval_s=60)
+    refused = failing.put_stored([feedback_row("r", 0, "yes")])
+    wait([refused], timeout=30)
+    assert isinstance(refused.exception(), StorageError)
+    failing.close(timeout_s=2)

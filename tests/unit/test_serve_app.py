@@ -35,9 +35,14 @@ class _Server:
                 "predictions": self.predictor.predict_records(records),
                 "request_id": request_id}
 
-    def feedback(self, labels):
+    async def feedback(self, labels):
+        if getattr(self, "store_down", False):
+            from rayops.errors import LabelsNotStored
+
+            raise LabelsNotStored(f"{len(labels)} label(s) not stored: the store is down; "
+                                  "send them again")
         self.labels = labels
-        return {"accepted": len(labels) - 1, "dropped": 1}
+        return {"accepted": len(labels)}
 
     def metadata(self):
         return {"model": {"name": "m", "version": "1", "alias": "champion", "run_id": "r"},
@@ -265,8 +270,13 @@ def test_feedback_is_accepted_with_202_and_bad_labels_are_422(client, predictor)
     labels = [{"request_id": "r-1", "label": "yes"}, {"request_id": "r-2", "record_index": 3,
                                                        "label": 12.5}]
     response = client.post("/feedback", json={"labels": labels})
-    assert response.status_code == 202 and response.json() == {"accepted": 1, "dropped": 1}
+    assert response.status_code == 202 and response.json() == {"accepted": 2}
     assert client.app.server.labels == [{**labels[0], "record_index": 0}, labels[1]]
+    client.app.server.store_down = True  # not stored: a 503 saying so, never a 202
+    refused = client.post("/feedback", json={"labels": labels})
+    client.app.server.store_down = False
+    assert refused.status_code == 503 and "2 label(s) not stored" in refused.json()["detail"]
+    assert refused.headers["retry-after"] == "1"
     for bad, field in (({"request_id": "", "label": "yes"}, "request_id"),
                        ({"request_id": "r", "label": None}, "label"),
                        ({"request_id": "r", "label": "yes", "record_index": -1}, "record_index"),

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from rayops.errors import DataError
+from rayops.errors import DataError, LabelsNotStored
 from rayops.serve.schema import (
     FeedbackResponse,
     Metadata,
@@ -45,7 +45,7 @@ class Server(Protocol):
     async def predict(self, records: list[dict[str, Any]], request_id: str | None = None,
                       key: str | None = None) -> dict[str, Any]: ...
 
-    def feedback(self, labels: list[dict[str, Any]]) -> dict[str, int] | None: ...
+    async def feedback(self, labels: list[dict[str, Any]]) -> dict[str, int] | None: ...
 
     def metadata(self) -> dict[str, Any]: ...
 
@@ -189,9 +189,13 @@ def create_app(server: Server) -> Any:
     @app.post("/feedback", status_code=202, response_model=FeedbackResponse,
               responses={401: {"description": "missing or wrong bearer token"},
                          422: {"description": "invalid labels (field and index named)"},
-                         503: {"description": "this deployment keeps no prediction log"}})
+                         503: {"description": "not stored (send again), or this deployment "
+                               "keeps no prediction log"}})
     async def feedback(body: labels_model) -> Any:  # type: ignore[valid-type]
-        counts = server.feedback([item.model_dump() for item in body.labels])  # type: ignore[attr-defined]
+        try:
+            counts = await server.feedback([item.model_dump() for item in body.labels])  # type: ignore[attr-defined]
+        except LabelsNotStored as exc:
+            return _error(503, str(exc), {"Retry-After": "1"})
         if counts is None:
             return _error(503, "feedback is off: serve.log_predictions is false")
         return JSONResponse(counts, status_code=202)

@@ -25,7 +25,14 @@ from ray import serve
 
 from rayops import tracking
 from rayops.config import StorageConfig, TrackingConfig
-from rayops.errors import ModelFilesMissing, ServeError, TrainingError, one_line, redact
+from rayops.errors import (
+    LabelsNotStored,
+    ModelFilesMissing,
+    ServeError,
+    TrainingError,
+    one_line,
+    redact,
+)
 from rayops.predict import Predictor
 from rayops.serve.app import create_app
 from rayops.serve.metrics import ServeMetrics
@@ -74,6 +81,11 @@ class ReplicaSettings(BaseModel):
 class LoadedModel:
     predictor: Predictor
     info: ModelInfo
+
+
+# How long /feedback waits for its labels' commit before answering 503 (a commit takes
+# 20-80 ms; a store that does not answer is retried by pyarrow and delta-rs meanwhile).
+FEEDBACK_TIMEOUT_S = 30.0
 
 
 class ModelFailed(Exception):
@@ -396,14 +408,22 @@ class ModelServer:
         self.log.record(request_id, shadow.info.name, shadow.info.version, records,
                         predictions, took_ms, "shadow", error, sampled=True)
 
-    def feedback(self, labels: list[dict[str, Any]]) -> dict[str, int] | None:
-        """Queue true labels for the feedback table (None: this deployment logs nothing)."""
+    async def feedback(self, labels: list[dict[str, Any]]) -> dict[str, int] | None:
+        """Store true labels in the feedback table; returns once they are stored (one commit
+        shared by every request waiting then), so a 202 is never lost with the replica.
+        None: this deployment logs nothing. LabelsNotStored when they could not be."""
         if self.labels is None:
             return None
         now = dt.datetime.now(dt.UTC)
-        accepted = sum(self.labels.put(feedback_row(item["request_id"], item["record_index"],
-                                                    item["label"], now)) for item in labels)
-        return {"accepted": accepted, "dropped": len(labels) - accepted}
+        rows = [feedback_row(item["request_id"], item["record_index"], item["label"], now)
+                for item in labels]
+        try:
+            stored = await asyncio.wait_for(asyncio.wrap_future(self.labels.put_stored(rows)),
+                                            FEEDBACK_TIMEOUT_S)
+        except Exception as exc:
+            raise LabelsNotStored(f"{len(rows)} label(s) not stored: {one_line(exc)}; "
+                                  "send them again (a label sent twice counts once)") from None
+        return {"accepted": stored}
 
     def __del__(self) -> None:
         """Serve's graceful shutdown: what the logs hold is written first (mirrors still

@@ -21,12 +21,14 @@ import random
 import threading
 from collections import Counter, deque
 from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rayops.errors import one_line
+from rayops.errors import StorageError, one_line
 from rayops.storage import Location
 
 logger = logging.getLogger(__name__)
@@ -96,11 +98,21 @@ def log_locations(root: Location, pipeline: str) -> tuple[Location, Location]:
     return root.join("predictions", pipeline), root.join("feedback", pipeline)
 
 
+@dataclass(frozen=True)
+class _Waiting:
+    """Rows whose sender waits until they are stored (a group commit)."""
+
+    rows: Sequence[tuple[Any, ...]]
+    stored: Future[int]
+
+
 class AppendLog:
     """A bounded buffer of rows and the thread that appends them to a Delta table.
 
     A request only appends to a deque (atomic, no lock, no thread woken): the writer wakes
-    every ``flush_interval_s``, or once ``flush_rows`` rows wait, and takes them all."""
+    every ``flush_interval_s``, or once ``flush_rows`` rows wait, and takes them all. Rows
+    put with :meth:`put_stored` wake it at once, and their future completes only when the
+    commit holding them has landed (every sender waiting then shares one commit)."""
 
     def __init__(self, location: Location, schema: pa.Schema, max_queue: int = 10_000,
                  flush_rows: int = 2_000, flush_interval_s: float = 2.0) -> None:
@@ -127,25 +139,48 @@ class AppendLog:
             self._due.set()
         return True
 
+    def put_stored(self, rows: Sequence[tuple[Any, ...]]) -> Future[int]:
+        """Queue rows to be written now; the future gives how many once they are stored in
+        the table, or fails with why they are not (a full queue, a failed commit: the
+        sender may send them again)."""
+        stored: Future[int] = Future()
+        if self._closing or len(self._rows) + len(rows) > self.max_queue:
+            stored.set_exception(StorageError(f"the queue for {self.location.uri} is full "
+                                              "or closing"))
+            return stored
+        self._rows.append(_Waiting(rows, stored))
+        self.counts["sampled"] += len(rows)
+        self._due.set()
+        return stored
+
     def _run(self) -> None:
         while True:
             self._due.wait(self.flush_interval_s)
             self._due.clear()
             closing = self._closing
+            waiting: list[_Waiting] = []
             while self._rows:
-                self._pending.append(self._rows.popleft())
+                item = self._rows.popleft()
+                if isinstance(item, _Waiting):
+                    self._pending.extend(item.rows)
+                    waiting.append(item)
+                else:
+                    self._pending.append(item)
             if self._pending:
-                self._write()
+                self._write(waiting)
             if closing:
                 return
 
-    def _write(self) -> None:
+    def _write(self, waiting: Sequence[_Waiting] = ()) -> None:
         try:
             append_rows(self.location, self._pending, self.schema)
         except Exception as exc:  # kept for the next batch, up to the queue's size
             self.counts["failed_writes"] += 1
             logger.warning("Could not append %d row(s) to %s (kept for the next attempt): "
                            "%s", len(self._pending), self.location.uri, one_line(exc))
+            for item in waiting:  # their senders are told; a second send counts once
+                item.stored.set_exception(StorageError(
+                    f"cannot append to {self.location.uri}: {one_line(exc)}"))
             overflow = len(self._pending) - self.max_queue
             if overflow > 0:
                 self.counts["dropped"] += overflow
@@ -153,6 +188,8 @@ class AppendLog:
             return
         self.counts["written"] += len(self._pending)
         self._pending = []
+        for item in waiting:
+            item.stored.set_result(len(item.rows))
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Write what is queued, then stop the thread (a replica's clean shutdown)."""

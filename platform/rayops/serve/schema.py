@@ -86,8 +86,8 @@ def feedback_model(max_labels: int, task: str = "classification") -> type[BaseMo
 
 
 class FeedbackResponse(BaseModel):
-    accepted: int = Field(description="Labels queued for the feedback table.")
-    dropped: int = Field(description="Labels the full queue could not take (send again).")
+    accepted: int = Field(description="Labels stored in the feedback table (the answer comes "
+                         "once they are: a 202 is never lost with a replica).")
 
 
 class ModelInfo(BaseModel):
