@@ -34,3 +34,39 @@ def test_write_splits_into_files(tmp_path):
     assert len(uris) == 3 and all(u.endswith(".jsonl") for u in uris)
     lines = sum(len(target.join(u.rsplit("/", 1)[1]).read_bytes().splitlines()) for u in uris)
     assert lines == 100
+
+
+def _typed(cfg, frame):
+    import pyarrow.compute as pc
+
+    columns = {n: cfg.data.columns[n] for n in [*cfg.data.feature_names, cfg.data.label]}
+    text = frame.map(lambda v: "" if v is None or v != v else str(v))
+    typed = validate_frame(text, columns, cfg.data.label)
+    return typed.filter(pc.is_null(typed.column(ERROR))), columns
+
+
+def test_every_operate_demo_brings_a_month_that_drifts_from_whatever_the_champion_saw(
+        tmp_path):
+    """`rayops demo --operate` in a lake where it ran before: the next month is new (its
+    prices higher again) and the monitor's verdict on it is drift, against a champion that
+    trained on the first month and every later month so far (it sat on the threshold)."""
+    from rayops.data import stats
+    from rayops.demo.operate import OPERATE_OVERRIDES, later_month_records, next_month
+    from rayops.demo.operate import write_later_month as write_month
+    from rayops.monitor.drift import dataset_drift
+    from rayops.monitor.report import thresholds_of, window_columns
+
+    cfg = load_config(config_path(), [f"storage.root={tmp_path}", *OPERATE_OVERRIDES])
+    seen = [churn.generate(3000, 7)]
+    for month in (1, 2, 3):
+        assert next_month(cfg) == month
+        typed, columns = _typed(cfg, pd.concat(seen))
+        profile = stats.profile(stats.table_stats(typed, columns, cfg.data.label,
+                                                  cfg.data.task))
+        records, _ = later_month_records(cfg, 600, 10 + month, month)
+        window, _ = window_columns(pd.DataFrame(records), columns, cfg.data.label)
+        report = dataset_drift(profile, window, thresholds_of(cfg))
+        assert report.verdict == "drift", (month, report.reasons)
+        assert "monthly_charges" in report.drifted
+        write_month(cfg, 600, 10 + month, month)
+        seen.append(churn.later_month(600, 10 + month, month))  # the champion learns it

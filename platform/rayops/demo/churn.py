@@ -50,14 +50,15 @@ def generate(rows: int, seed: int = 7) -> pd.DataFrame:
 NEW_PAYMENT = "wallet"
 
 
-def later_month(rows: int, seed: int = 11) -> pd.DataFrame:
-    """A later month's exports with a documented shift: prices up by 40 (a price change),
-    four in five customers on month-to-month contracts, and a new payment method,
-    ``wallet`` (two in five customers), whose customers churn much more. A model trained before
-    has never seen ``wallet``; one retrained on this month learns it."""
+def later_month(rows: int, seed: int = 11, month: int = 1) -> pd.DataFrame:
+    """A later month's exports with a documented shift: prices up by 40 a month (a price
+    change each month: +40 in the first later month, +80 in the second...), four in five
+    customers on month-to-month contracts, and a new payment method, ``wallet`` (two in
+    five customers), whose customers churn much more. A model trained before has never
+    seen ``wallet`` (nor this month's prices); one retrained on this month learns them."""
     rng = np.random.default_rng(seed)
     df = _customers(rows, seed, rng)
-    df["monthly_charges"] = np.round(df["monthly_charges"] + 40, 2)
+    df["monthly_charges"] = np.round(df["monthly_charges"] + 40 * month, 2)
     df["contract"] = rng.choice(CONTRACTS, rows, p=[0.80, 0.12, 0.08])
     wallet = rng.uniform(size=rows) < 0.4
     df.loc[wallet, "payment_method"] = NEW_PAYMENT

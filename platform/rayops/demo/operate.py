@@ -20,22 +20,33 @@ from rayops.demo import churn
 
 # What the demo changes in the loop's defaults, so that one cycle shows every step in
 # minutes: one drifted window is enough, a fifth of requests is mirrored, a short watch.
+# Prices are the feature this business watches (a key feature: its drift alone is drift),
+# so the verdict does not hang on how many other features moved since the champion trained.
 OPERATE_OVERRIDES = [
     "serve.mirror_fraction=0.2", "operate.drift_windows=1", "operate.min_new_labels=null",
     "operate.window_hours=1", "operate.window_min_labels=100",
     "operate.shadow.min_records=100", "operate.shadow.max_wait_s=300",
     "operate.rollback.watch_s=10", "tune.enabled=false",
+    "monitor.key_features=[monthly_charges]",
 ]
+MONTH_FOLDER = "month-{}"  # each later month's export, beside the first month's files
 
 
-def later_month_records(cfg: PipelineConfig, rows: int, seed: int
+def next_month(cfg: PipelineConfig) -> int:
+    """Which later month arrives now: one more than the raw folder holds, so every run of
+    the demo brings a month the champion has not seen, whatever ran before."""
+    names = file_source(cfg).location.list_dir()
+    return 1 + sum(name.startswith(MONTH_FOLDER.format("")) for name in names)
+
+
+def later_month_records(cfg: PipelineConfig, rows: int, seed: int, month: int = 1
                         ) -> tuple[list[dict[str, Any]], list[Any]]:
     """The later month's customers as an API client sends them (records the schema
     contract accepts, JSON types) and their true labels."""
-    month = churn.later_month(rows, seed)
-    as_text = month.map(lambda v: "" if v is None or v != v else str(v))
+    frame = churn.later_month(rows, seed, month)
+    as_text = frame.map(lambda v: "" if v is None or v != v else str(v))
     typed = validate_frame(as_text, cfg.data.columns, cfg.data.label)
-    good = month[pc.is_null(typed.column(ERROR)).to_numpy(zero_copy_only=False)]
+    good = frame[pc.is_null(typed.column(ERROR)).to_numpy(zero_copy_only=False)]
     records = good[cfg.data.feature_names].astype(object)
     if "paperless_billing" in records:
         records["paperless_billing"] = records["paperless_billing"] == "yes"
@@ -43,10 +54,11 @@ def later_month_records(cfg: PipelineConfig, rows: int, seed: int
     return records.to_dict("records"), list(good[cfg.data.label])
 
 
-def write_later_month(cfg: PipelineConfig, rows: int, seed: int) -> list[str]:
+def write_later_month(cfg: PipelineConfig, rows: int, seed: int, month: int = 1
+                      ) -> list[str]:
     """The later month's export, beside the first month's raw files."""
-    return churn.write(churn.later_month(rows, seed), file_source(cfg).location.join(
-        f"month-{seed}"), files=1)
+    return churn.write(churn.later_month(rows, seed, month), file_source(cfg).location.join(
+        MONTH_FOLDER.format(month)), files=1)
 
 
 class Traffic:
@@ -116,17 +128,18 @@ def wait_logged(cfg: PipelineConfig, rows: int, timeout_s: float = 60.0) -> None
         time.sleep(0.5)
 
 
-def run_operate(cfg: PipelineConfig, url: str, rows: int, seed: int = 11) -> None:
-    """The later month served and ingested, one operate cycle, the outcome on screen."""
+def run_operate(cfg: PipelineConfig, url: str, rows: int) -> None:
+    """The next later month served and ingested, one operate cycle, the outcome on screen."""
     import time
 
     from rayops.operate import Operator
 
-    records, labels = later_month_records(cfg, rows, seed)
-    written = write_later_month(cfg, rows, seed)
-    print(f"\n=== operate: a later month arrives ({rows:,} customers, {written[0]}) ===")
-    print("shift: prices up by 40, most customers on month-to-month contracts, a new "
-          f"payment method {churn.NEW_PAYMENT!r} whose customers churn more")
+    month = next_month(cfg)
+    records, labels = later_month_records(cfg, rows, 10 + month, month)
+    written = write_later_month(cfg, rows, 10 + month, month)
+    print(f"\n=== operate: later month {month} arrives ({rows:,} customers, {written[0]}) ===")
+    print(f"shift: prices up by {40 * month}, most customers on month-to-month contracts, a "
+          f"new payment method {churn.NEW_PAYMENT!r} whose customers churn more")
     with Traffic(url, records, labels) as traffic:
         needed = max(cfg.monitor.min_rows, cfg.operate.window_min_labels) + 50
         while traffic.answered < needed:

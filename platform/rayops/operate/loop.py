@@ -216,7 +216,7 @@ class Operator:
             state.cycles_since_retrain += 1
             state.facts["outcome"] = "no retrain: no signal"
             self.say(f"[cycle {state.cycle}] decide: no retrain ({signals.new_labels} new "
-                     f"labels, live metric {live if live is not None else 'n/a'})")
+                     f"labels, live metric {'n/a' if live is None else f'{live:.4f}'})")
             return "done"
         self.say(f"[cycle {state.cycle}] decide: retrain, because " + "; ".join(reasons))
         return "retrain"
