@@ -68,5 +68,9 @@ def test_every_operate_demo_brings_a_month_that_drifts_from_whatever_the_champio
         report = dataset_drift(profile, window, thresholds_of(cfg))
         assert report.verdict == "drift", (month, report.reasons)
         assert "monthly_charges" in report.drifted
+        # and a payment method no earlier month had: something a retrained model can learn
+        new = churn.new_payment(month)
+        assert new in {r["payment_method"] for r in records}
+        assert new not in set(pd.concat(seen)["payment_method"])
         write_month(cfg, 600, 10 + month, month)
         seen.append(churn.later_month(600, 10 + month, month))  # the champion learns it

@@ -47,21 +47,27 @@ def generate(rows: int, seed: int = 7) -> pd.DataFrame:
     return _corrupt(df.astype(object), rng)
 
 
-NEW_PAYMENT = "wallet"
+NEW_PAYMENTS = ["wallet", "bnpl", "crypto"]  # one more each later month, then numbered
+
+
+def new_payment(month: int) -> str:
+    """The payment method that later month ``month`` (1, 2, ...) brings."""
+    return NEW_PAYMENTS[month - 1] if month <= len(NEW_PAYMENTS) else f"wallet-{month}"
 
 
 def later_month(rows: int, seed: int = 11, month: int = 1) -> pd.DataFrame:
-    """A later month's exports with a documented shift: prices up by 40 a month (a price
-    change each month: +40 in the first later month, +80 in the second...), four in five
-    customers on month-to-month contracts, and a new payment method, ``wallet`` (two in
-    five customers), whose customers churn much more. A model trained before has never
-    seen ``wallet`` (nor this month's prices); one retrained on this month learns them."""
+    """A later month's exports with a documented shift: prices up by 40 a month (+40 in the
+    first later month, +80 in the second...), four in five customers on month-to-month
+    contracts, and a new payment method each month (:func:`new_payment`: ``wallet``, then
+    ``bnpl``...; two in five customers) whose customers churn much more. A model trained
+    before has never seen that method (nor this month's prices); one retrained on this
+    month learns them."""
     rng = np.random.default_rng(seed)
     df = _customers(rows, seed, rng)
     df["monthly_charges"] = np.round(df["monthly_charges"] + 40 * month, 2)
     df["contract"] = rng.choice(CONTRACTS, rows, p=[0.80, 0.12, 0.08])
     wallet = rng.uniform(size=rows) < 0.4
-    df.loc[wallet, "payment_method"] = NEW_PAYMENT
+    df.loc[wallet, "payment_method"] = new_payment(month)
     churn = rng.uniform(size=rows) < _churn_probability(df, rng, 2.5 * wallet - 1.5)
     df["churned"] = np.where(churn, "yes", "no")
     return _corrupt(df.astype(object), rng)

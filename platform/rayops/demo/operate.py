@@ -139,7 +139,7 @@ def run_operate(cfg: PipelineConfig, url: str, rows: int) -> None:
     written = write_later_month(cfg, rows, 10 + month, month)
     print(f"\n=== operate: later month {month} arrives ({rows:,} customers, {written[0]}) ===")
     print(f"shift: prices up by {40 * month}, most customers on month-to-month contracts, a "
-          f"new payment method {churn.NEW_PAYMENT!r} whose customers churn more")
+          f"new payment method {churn.new_payment(month)!r} whose customers churn more")
     with Traffic(url, records, labels) as traffic:
         needed = max(cfg.monitor.min_rows, cfg.operate.window_min_labels) + 50
         while traffic.answered < needed:
