@@ -300,7 +300,7 @@ class Operator:
         challenger = self._alias(tracking.CHALLENGER)
         champion = self._alias(tracking.CHAMPION)
         if challenger != facts["challenger"]:
-            why = (f"@challenger is {'v' + challenger if challenger else 'unset'} since")
+            why = f"@challenger is {'v' + challenger if challenger else 'unset'} since"
         elif champion != facts["champion"]:
             why = f"@champion moved to v{champion} since the gate"
         else:

@@ -120,9 +120,9 @@ class Lease:
         if not self._record(after + 1).put_if_absent(json.dumps(record).encode()):
             return False
         self.number = after + 1
-        for old in range(max(1, after - self.KEEP), after - self.KEEP + 1):
+        if after - self.KEEP >= 1:  # each claim removes one old record: KEEP stay behind
             with contextlib.suppress(StorageError):
-                self._record(old).delete()
+                self._record(after - self.KEEP).delete()
         return True
 
     def _live_holder(self, record: dict[str, Any]) -> bool:
