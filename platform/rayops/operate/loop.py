@@ -77,7 +77,6 @@ class Operator:
 
     def __init__(self, cfg: PipelineConfig, say: Callable[[str], None] | None = None,
                  poll_s: float = 2.0) -> None:
-        check_config(cfg)
         self.cfg = cfg
         folder = root_of(cfg.storage).join("operate", cfg.name)
         self.store = StateStore(folder)
@@ -92,6 +91,7 @@ class Operator:
     def run(self, cycles: int | None = None) -> CycleState:
         """Run cycles (forever when None) every ``operate.interval_s``; a cycle left
         unfinished by a stopped operator is finished first."""
+        check_config(self.cfg)
         self.lease.acquire(wait_s=self.cfg.operate.lease_s)
         try:
             state, done = self.store.load(), 0
