@@ -91,8 +91,11 @@ class Location:
     def list_dir(self) -> list[str]:
         """Names directly under this location (empty when it does not exist)."""
         selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=False)
-        with self.io("list"):
-            infos = self.fs.get_file_info(selector)
+        try:
+            with self.io("list"):
+                infos = self.fs.get_file_info(selector)
+        except FileNotFoundError:  # created by another process while this one listed it
+            return []
         return sorted(posixpath.basename(info.path) for info in infos)
 
     def list_files(self) -> list[pafs.FileInfo]:

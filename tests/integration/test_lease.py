@@ -30,21 +30,24 @@ def folder(request, tmp_path) -> Location:
 def _race(folder: Location, operators: int) -> list[Lease]:
     """``operators`` take the lease at the same moment; those that got it."""
     leases = [Lease(folder, lease_s=60) for _ in range(operators)]
-    start, won = threading.Barrier(operators), []
+    start, won, failed = threading.Barrier(operators), [], []
 
     def take(lease: Lease) -> None:
         start.wait()
         try:
             lease.acquire()
             won.append(lease)
-        except OperateError:
+        except OperateError:  # the one clear answer a losing operator may get
             pass
+        except Exception as exc:
+            failed.append(exc)
 
     threads = [threading.Thread(target=take, args=(lease,)) for lease in leases]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
+    assert not failed, failed
     return won
 
 
