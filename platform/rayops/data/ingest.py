@@ -331,16 +331,13 @@ def ingest_retrying(cfg: PipelineConfig, attempts: int = 3, wait_s: float = 1.0
     """:func:`ingest`, run again when it lost a commit race: another ingest (``ingest
     --watch`` beside the operate loop, say) committed first, so this one plans again
     against that version and reads only what is still new. Any other error is raised."""
-    for attempt in range(1, attempts + 1):
+    for attempt in range(2, attempts + 1):
         try:
             return ingest(cfg)
         except delta.CommitConflict as exc:
-            if attempt == attempts:
-                raise
-            logger.warning("%s; planning again (attempt %d of %d)", exc, attempt + 1,
-                           attempts)
+            logger.warning("%s; planning again (attempt %d of %d)", exc, attempt, attempts)
             time.sleep(wait_s)
-    raise AssertionError("unreachable")
+    return ingest(cfg)
 
 
 def watch(cfg: PipelineConfig, interval_s: float, polls: int | None = None,
