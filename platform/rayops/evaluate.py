@@ -34,22 +34,25 @@ class Scores:
     classes: list[str]
 
 
-def score(predictor: Predictor, table: pa.Table) -> Scores:
-    """Metrics of ``predictor`` on typed rows that carry the label."""
+def score(predictor: Predictor, table: pa.Table, classes: list[str] | None = None) -> Scores:
+    """Metrics of ``predictor`` on typed rows that carry the label. ``classes`` (a superset
+    of the model's, for a classifier): count over these, so that two models that know
+    other classes are measured alike (same classes, same binary or macro average)."""
     pre = predictor.preprocessor
+    classes = classes or pre.classes
     label = pre.encode_label(table.column(pre.label))
     keep = label >= 0 if pre.task == "classification" else np.ones(len(label), dtype=bool)
     outputs = predictor.outputs(pre.transform(table.filter(pa.array(keep))))
     if pre.task == "classification":
-        predicted = outputs.argmax(axis=1)
-        matrix = metric_fns.confusion_matrix(predicted, label[keep], len(pre.classes))
+        to_common = np.array([classes.index(c) for c in pre.classes], dtype=np.int64)
+        predicted, actual = to_common[outputs.argmax(axis=1)], to_common[label[keep]]
+        matrix = metric_fns.confusion_matrix(predicted, actual, len(classes))
         values = metric_fns.classification_metrics(matrix)
-        actual = label[keep]
     else:
         predicted = pre.decode_regression(outputs[:, 0])
         actual = pre.decode_regression(label[keep])
         values = metric_fns.regression_metrics(metric_fns.regression_sums(predicted, actual))
-    return Scores({f"valid_{k}": v for k, v in values.items()}, actual, predicted, pre.classes)
+    return Scores({f"valid_{k}": v for k, v in values.items()}, actual, predicted, classes)
 
 
 def _figures(scores: Scores, history: dict[str, list[tuple[int, float]]]) -> dict[str, Any]:

@@ -82,12 +82,8 @@ def not_comparable(challenger: Predictor, champion: Predictor, rows: pa.Table) -
 
 
 def common_rows(challenger: Predictor, champion: Predictor, rows: pa.Table) -> pa.Table:
-    """The rows both models can be scored on: for classifiers that know other classes,
-    those whose label both know (a row of a class one never saw would count only against
-    it, or only for the other)."""
-    if challenger.task != "classification" or \
-            challenger.preprocessor.classes == champion.preprocessor.classes:
-        return rows
+    """For classifiers that know other classes, the rows whose label both know (a row of a
+    class one never saw would count only against it, or only for the other)."""
     known = sorted(set(challenger.preprocessor.classes) & set(champion.preprocessor.classes))
     labels = label_strings(rows.column(challenger.preprocessor.label))
     return rows.filter(pc.is_in(labels, value_set=pa.array(known, pa.string())))
@@ -194,14 +190,19 @@ def _scores(cfg: PipelineConfig, mine: Predictor, previous: tracking.RegisteredM
     why = not_comparable(mine, champion, rows)
     if why is not None:
         return ours, {}, True, f"champion v{previous.version} not comparable: {why}"
-    common = common_rows(mine, champion, rows)
-    if common.num_rows < rows.num_rows:
-        ours = score(mine, common).metrics
-    theirs = score(champion, common).metrics
+    if mine.task == "classification" and \
+            mine.preprocessor.classes != champion.preprocessor.classes:
+        # counted over every class either knows, on the rows whose class both know
+        common = common_rows(mine, champion, rows)
+        classes = sorted({*mine.preprocessor.classes, *champion.preprocessor.classes})
+        ours, theirs = score(mine, common, classes).metrics, \
+            score(champion, common, classes).metrics
+        passed, reason = verdict(cfg, ours, theirs)
+        return ours, theirs, passed, (f"{reason}; on the {common.num_rows} of "
+                                      f"{rows.num_rows} validation rows whose class both "
+                                      f"models know, over the classes {classes}")
+    theirs = score(champion, rows).metrics
     passed, reason = verdict(cfg, ours, theirs)
-    if common.num_rows < rows.num_rows:
-        reason += (f"; on the {common.num_rows} of {rows.num_rows} validation rows whose "
-                   "class both models know")
     return ours, theirs, passed, reason
 
 

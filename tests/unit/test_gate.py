@@ -84,24 +84,33 @@ def churn():
     return columns, typed, pre, without_region
 
 
-def _logged(cfg, churn, tmp_path, seed: int = 0, schema_changes=None, drop=()) -> tuple:
-    """An MLP bundle with seeded weights logged to the config's MLflow store: (uri, run)."""
+def _logged(cfg, churn, tmp_path, seed: int = 0, schema_changes=None, drop=(),
+            classes=None) -> tuple:
+    """An MLP bundle with seeded weights logged to the config's MLflow store: (uri, run);
+    ``classes``: a classifier that knows these classes instead."""
     import pandas as pd
     import torch
 
     from rayops import tracking
+    from rayops.data.preprocess import Preprocessor
     from rayops.models import MLP, Bundle, MLPModel
 
     columns, typed, pre, without_region = churn
     pre = without_region if "region" in drop else pre
+    if classes is not None:
+        state = pre.to_dict()
+        pre = Preprocessor.from_dict({**state, "label_state": {
+            "classes": classes, "counts": dict.fromkeys(classes, 1)}})
     schema = {n: s.model_dump() for n, s in columns.items() if n not in drop}
     for name, change in (schema_changes or {}).items():
         schema[name] = {**schema[name], **change}
     torch.manual_seed(seed)
-    model = MLPModel(MLP(pre.n_features, 2, [8]))
-    meta = {"architecture": {"n_inputs": pre.n_features, "n_outputs": 2, "hidden_sizes": [8]},
+    model = MLPModel(MLP(pre.n_features, pre.n_outputs, [8]))
+    meta = {"architecture": {"n_inputs": pre.n_features, "n_outputs": pre.n_outputs,
+                             "hidden_sizes": [8]},
             "preprocessor": pre.to_dict(), "schema": schema}
-    folder = Bundle(model, meta).save(tmp_path / f"bundle-{seed}-{len(schema_changes or {})}")
+    folder = Bundle(model, meta).save(
+        tmp_path / f"bundle-{seed}-{len(schema_changes or {})}-{len(drop)}-{pre.n_outputs}")
     run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, "test")
     example = pd.DataFrame(typed.slice(0, 1).to_pylist())
     uri = tracking.log_model(cfg.tracking, run_id, folder, example,
@@ -152,3 +161,29 @@ def test_models_of_slightly_other_schemas_are_scored_on_the_same_rows(tmp_path, 
     assert decision.promoted and decision.champion_score is None
     assert "champion reads feature(s) ['region'], which the validation rows lack" in \
         decision.reason
+
+
+def test_classifiers_that_know_other_classes_are_scored_on_the_rows_both_know(tmp_path,
+                                                                              churn):
+    """A new class ("paused") appears in the labels: the challenger knows it, the champion
+    never saw it. Both are scored on the rows whose class both know, not the champion on
+    fewer rows than the challenger."""
+    import pyarrow.compute as pc
+
+    from rayops.gate import register_and_gate
+    from tests.helpers import demo_config
+
+    cfg = demo_config(tmp_path)
+    rows = churn[1]
+    label = rows.column("churned")
+    paused = pa.array([i % 10 == 0 for i in range(rows.num_rows)])
+    rows = rows.set_column(rows.schema.get_field_index("churned"), "churned",
+                           pc.if_else(paused, "paused", label))
+    version = _Version(rows)
+    register_and_gate(cfg, *_logged(cfg, churn, tmp_path, seed=0), version)
+    decision = register_and_gate(cfg, *_logged(cfg, churn, tmp_path, seed=0,
+                                               classes=["no", "paused", "yes"]), version)
+    assert decision.champion_score is not None
+    kept = rows.num_rows - sum(paused.to_pylist())
+    assert f"on the {kept} of {rows.num_rows} validation rows whose class both models know" \
+        in decision.reason
