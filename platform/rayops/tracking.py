@@ -248,18 +248,24 @@ def register(tracking: TrackingConfig, name: str, model_uri: str, run_id: str,
     return RegisteredModel(name, str(version.version), alias or "", run_id, model_uri, tags)
 
 
+def _versions(tracking: TrackingConfig, name: str, run_id: str | None = None) -> list[Any]:
+    """The registered versions of ``name`` (of one run's model when ``run_id``); none when
+    the model does not exist, TrackingError when the registry cannot be asked."""
+    query = f"name = '{name}'" + (f" and run_id = '{run_id}'" if run_id else "")
+    try:
+        return list(client(tracking).search_model_versions(query))
+    except Exception as exc:
+        if _not_found(exc):
+            return []
+        raise TrackingError(f"cannot list the versions of {name!r} in "
+                            f"{redact(tracking.uri)}: {one_line(exc)}") from None
+
+
 def registered_version_of_run(tracking: TrackingConfig, name: str, run_id: str
                               ) -> RegisteredModel | None:
     """The version of ``name`` a run's model was registered as, if it was (a resumed
     caller gates that one instead of registering the model twice)."""
-    try:
-        found = client(tracking).search_model_versions(
-            f"name = '{name}' and run_id = '{run_id}'")
-    except Exception as exc:
-        if _not_found(exc):
-            return None
-        raise TrackingError(f"cannot search the versions of {name!r} in "
-                            f"{redact(tracking.uri)}: {one_line(exc)}") from None
+    found = _versions(tracking, name, run_id)
     if not found:
         return None
     first = min(found, key=lambda v: int(v.version))
@@ -272,15 +278,8 @@ def trained_datasets(tracking: TrackingConfig, name: str) -> dict[str, str | Non
     of ``name`` (None where neither the version nor its run says): the dataset versions
     that must stay readable while those models are registered."""
     mlflow_client = client(tracking)
-    try:
-        versions = mlflow_client.search_model_versions(f"name = '{name}'")
-    except Exception as exc:
-        if _not_found(exc):
-            return {}
-        raise TrackingError(f"cannot list the versions of {name!r} in "
-                            f"{redact(tracking.uri)}: {one_line(exc)}") from None
     found: dict[str, str | None] = {}
-    for version in versions:
+    for version in _versions(tracking, name):
         dataset = (version.tags or {}).get(DATASET_TAG)
         if dataset is None and version.run_id:  # registered before versions were tagged
             with contextlib.suppress(Exception):
@@ -443,10 +442,14 @@ def sweep_trials(tracking: TrackingConfig, experiment: str, parent_run_id: str
     )
     return [TrialRun(run.data.tags[TRIAL_TAG], run.info.run_id, run.info.status,
                      json.loads(run.data.tags.get(TRIAL_CONFIG_TAG, "{}")),
-                     run.data.tags.get(MODEL_URI_TAG),
-                     {k.removeprefix("best_"): v for k, v in run.data.metrics.items()
-                      if k.startswith("best_")})
+                     run.data.tags.get(MODEL_URI_TAG), _best_metrics(run))
             for run in runs if TRIAL_TAG in run.data.tags]
+
+
+def _best_metrics(run: Any) -> dict[str, float]:
+    """The best epoch's metrics a run logged (``best_valid_f1`` -> ``valid_f1``)."""
+    return {k.removeprefix("best_"): v for k, v in run.data.metrics.items()
+            if k.startswith("best_")}
 
 
 def trial_runs(tracking: TrackingConfig, experiment: str, parent_run_id: str) -> dict[str, str]:
@@ -459,8 +462,7 @@ def finished_with_model(tracking: TrackingConfig, run_id: str) -> dict[str, floa
     run = client(tracking).get_run(run_id)
     if run.info.status != "FINISHED" or MODEL_URI_TAG not in run.data.tags:
         return None
-    return {k.removeprefix("best_"): v for k, v in run.data.metrics.items()
-            if k.startswith("best_")}
+    return _best_metrics(run)
 
 
 def trial_models(tracking: TrackingConfig, experiment: str,
