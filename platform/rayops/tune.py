@@ -258,10 +258,9 @@ def _resumed(cfg: PipelineConfig, version: DatasetVersion, record: dict[str, Any
         space = {RESUME_KEY: tune.grid_search(again)}
         tuners.append((_tuner(cfg, version, parent, f"{record['name']}-again-{suffix}", None,
                               space, 1), None))
-    started = [json.dumps(t.config, sort_keys=True) for t in trials]
     if cfg.tune.search == "grid":
         todo = [p for p in grid_points(cfg) if not any(
-            all(json.loads(c).get(k) == v for k, v in p.items()) for c in started)]
+            all(t.config.get(k) == v for k, v in p.items()) for t in trials)]
         if todo:
             space = {**{k: v for k, v in search_space(cfg).items()
                         if not isinstance(cfg.tune.search_space[k], ChoiceDim)},
@@ -275,9 +274,9 @@ def _resumed(cfg: PipelineConfig, version: DatasetVersion, record: dict[str, Any
     return tuners
 
 
-def _best(cfg: PipelineConfig, parent_run_id: str) -> tracking.TrialRun:
+def _best(cfg: PipelineConfig, parent_run_id: str) -> tuple[tracking.TrialRun, int]:
     """The best trial that logged a model (an early-stopped trial logs none), by the
-    metrics every trial logged to MLflow."""
+    metrics every trial logged to MLflow; and how many trials the sweep ran."""
     metric, mode = cfg.target_metric
     trials = tracking.sweep_trials(cfg.tracking, cfg.experiment_name, parent_run_id)
     scored = [t for t in trials if t.model_uri and metric in t.best]
@@ -285,7 +284,7 @@ def _best(cfg: PipelineConfig, parent_run_id: str) -> tracking.TrialRun:
         raise TrainingError(f"no trial of the sweep finished with a model; trials: "
                             f"{sorted((t.trial_id, t.status) for t in trials)}")
     pick = max if mode == "max" else min
-    return pick(scored, key=lambda t: t.best[metric])
+    return pick(scored, key=lambda t: t.best[metric]), len(trials)
 
 
 def _start(cfg: PipelineConfig, version: DatasetVersion, name: str | None
@@ -311,7 +310,7 @@ def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
     if resume:
         record, version = resumable(cfg, "sweep", record_name)
         if record["status"] == "finished":
-            return _outcome(cfg, _best(cfg, record["run_id"]), record["run_id"])
+            return _outcome(*_best(cfg, record["run_id"]), record["run_id"])
         tuners = _resumed(cfg, version, record)
     else:
         version = version or load_version(cfg)
@@ -320,7 +319,7 @@ def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
     parent = record["run_id"]
     try:
         results = [result for tuner, _ in tuners for result in tuner.fit()]
-        best = _best(cfg, parent)
+        best, trials = _best(cfg, parent)
     except (KeyboardInterrupt, SystemExit):  # stopped, not failed: `--resume` picks it up
         raise
     except BaseException:
@@ -328,7 +327,7 @@ def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
             tracking.close_unfinished_children(cfg.tracking, cfg.experiment_name, parent)
         mark_failed(cfg, folder, record)
         raise
-    outcome = _finish(cfg, results, best, parent)
+    outcome = _finish(cfg, results, best, trials, parent)
     searchers = [searcher for _, searcher in tuners if searcher is not None]
     if searchers or not resume:  # a resume that sampled nothing keeps the sweep's tags
         client = tracking.client(cfg.tracking)
@@ -349,11 +348,11 @@ def _ended(results: list[Any]) -> set[str]:
     return ended
 
 
-def _finish(cfg: PipelineConfig, results: list[Any], best: tracking.TrialRun, parent: str
-            ) -> SweepOutcome:
+def _finish(cfg: PipelineConfig, results: list[Any], best: tracking.TrialRun, trials: int,
+            parent: str) -> SweepOutcome:
     stopped = tracking.close_unfinished_children(cfg.tracking, cfg.experiment_name, parent,
                                                  _ended(results))
-    outcome = _outcome(cfg, best, parent)
+    outcome = _outcome(best, trials, parent)
     tracking.log_metrics(cfg.tracking, parent,
                          {f"best_{k}": v for k, v in outcome.metrics.items()}, step=0)
     client = tracking.client(cfg.tracking)
@@ -369,9 +368,8 @@ def _finish(cfg: PipelineConfig, results: list[Any], best: tracking.TrialRun, pa
     return outcome
 
 
-def _outcome(cfg: PipelineConfig, best: tracking.TrialRun, parent: str) -> SweepOutcome:
+def _outcome(best: tracking.TrialRun, trials: int, parent: str) -> SweepOutcome:
     numbers = {k: float(v) for k, v in best.best.items() if k.startswith(("valid_", "train_"))}
-    trials = len(tracking.sweep_trials(cfg.tracking, cfg.experiment_name, parent))
     assert best.model_uri is not None
     return SweepOutcome(parent, best.run_id, dict(best.config), numbers, best.model_uri,
                         trials)
