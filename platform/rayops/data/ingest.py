@@ -289,8 +289,7 @@ def _old_state_files(latest: DatasetVersion, cutoff: float) -> list[str]:
         if info.path.endswith(latest.manifest["state"]) or info.mtime is None:
             continue
         if info.mtime.timestamp() < cutoff:
-            with latest.root.io("clean up"):
-                latest.root.fs.delete_file(info.path)
+            latest.root.child(info.path).delete()
             removed.append(info.path)
     return removed
 

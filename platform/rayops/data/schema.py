@@ -216,7 +216,7 @@ def validate_records(records: Sequence[Mapping[str, Any]], columns: Mapping[str,
         values = [record.get(name) for record in records]
         kinds = {type(v) for v in values if v is not None}
         if int in kinds and any(isinstance(v, int) and abs(v) > MAX_INTEGER for v in values):
-            kinds.add(str)  # beyond int64 (400 digits, say): judged as text, then refused
+            kinds.add(str)  # past 2**53 (400 digits, say): judged as text, then refused
         if kinds <= {int, float} and len(kinds) == 2:
             arrays[name] = pa.array(values, pa.float64())
         elif len(kinds) > 1:

@@ -197,7 +197,6 @@ def expire_log(location: Location, keep_from: int) -> list[str]:
     floor, removed = max(checkpoints), []
     for version, _, info in files:
         if version < floor:
-            with location.io("clean up the log of"):
-                location.fs.delete_file(info.path)
+            location.child(info.path).delete()
             removed.append(info.path)
     return removed
