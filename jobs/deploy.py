@@ -1,13 +1,14 @@
-"""ray job submit -- python jobs/deploy.py --config CONFIG [--base-dir DIR]: serve the
-champion model.
+"""`rayops deploy` as a Ray job, with its options only (`--help` lists them):
 
-On a running cluster the Serve application outlives this job.
+    ray job submit --working-dir . -- \
+        python jobs/deploy.py CONFIG --base-dir "$PWD"
+
+The Serve application outlives the job.
 """
 
-from rayops.runtime import errors_in_one_line, job_args
-from rayops.serve import deploy
+import sys
+
+from rayops.cli import main
 
 if __name__ == "__main__":
-    with errors_in_one_line():
-        cfg = job_args(__doc__).cfg
-        print(f"serving {cfg.model_name}@{cfg.serve.model_alias} at {deploy(cfg)}/predict")
+    main(["deploy", *sys.argv[1:]])

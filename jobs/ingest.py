@@ -1,10 +1,12 @@
-"""ray job submit -- python jobs/ingest.py --config CONFIG [--base-dir DIR]: curate the raw
-data."""
+"""`rayops ingest` as a Ray job, with its options only (`--help` lists them):
 
-from rayops.data.ingest import ingest
-from rayops.runtime import errors_in_one_line, job_args
+    ray job submit --working-dir . -- \
+        python jobs/ingest.py CONFIG --base-dir "$PWD" [--set KEY=VALUE]
+"""
+
+import sys
+
+from rayops.cli import main
 
 if __name__ == "__main__":
-    with errors_in_one_line():
-        version = ingest(job_args(__doc__).cfg)
-        print(f"dataset {version.id}: {version.manifest['rows']}")
+    main(["ingest", *sys.argv[1:]])

@@ -1,10 +1,14 @@
-"""ray job submit -- python jobs/pipeline.py --config CONFIG [--base-dir DIR]: every stage,
-then serve."""
+"""`rayops run` as a Ray job, with its options only (`--help` lists them):
 
-from rayops.pipeline import run_pipeline
-from rayops.runtime import errors_in_one_line, job_args
+    ray job submit --working-dir . -- \
+        python jobs/pipeline.py CONFIG --base-dir "$PWD"
+
+Every stage, then serve.
+"""
+
+import sys
+
+from rayops.cli import main
 
 if __name__ == "__main__":
-    with errors_in_one_line():
-        result = run_pipeline(job_args(__doc__).cfg)
-        print(f"{result.model.summary()}\nserving at {result.url}")
+    main(["run", *sys.argv[1:]])

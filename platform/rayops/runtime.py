@@ -1,8 +1,8 @@
-"""Process setup done explicitly by entrypoints: logging, connecting to Ray, job arguments."""
+"""Process setup done explicitly by entrypoints: logging, connecting to Ray, and how a
+command ends (one line on error; how to resume when a job is stopped)."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rayops.config import PipelineConfig, load_config
+from rayops.config import PipelineConfig
 from rayops.errors import rayops_error_in
 
 logger = logging.getLogger(__name__)
@@ -106,40 +106,6 @@ def connect(cfg: PipelineConfig, output: Output | None = None) -> None:
     ensure_bucket(root_of(cfg.storage))
     tracking.require_reachable(cfg.tracking)
     init_ray(log_to_driver=output is None or output.verbose)
-
-
-@dataclass(frozen=True)
-class JobArgs:
-    cfg: PipelineConfig
-    resume: bool
-    dataset_version: int | None = None
-    cycles: int | None = None
-
-
-def job_args(description: str, argv: Sequence[str] | None = None) -> JobArgs:
-    """Parse a job's ``--config PATH [--set KEY=VALUE ...] [--base-dir DIR] [--verbose] [--resume]
-    [--dataset-version N] [--cycles N]``, set up logging and connect to Ray."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", required=True, help="Pipeline config YAML.")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="Override a config key (repeatable).")
-    parser.add_argument("--base-dir", default=None, metavar="DIR",
-                        help="Resolve the config's relative paths against DIR (the folder "
-                        'you submit from: --base-dir "$PWD"), not the job\'s working copy.')
-    parser.add_argument("--resume", action="store_true",
-                        help="Continue the last run whose driver died (train, tune).")
-    parser.add_argument("--dataset-version", type=int, default=None, metavar="N",
-                        help="Train on this curated dataset version (default: the latest).")
-    parser.add_argument("--cycles", type=int, default=None, metavar="N",
-                        help="Stop the operate loop after N cycles (default: never).")
-    parser.add_argument("--verbose", action="store_true",
-                        help="Ray's and MLflow's own messages in the job's log too.")
-    args = parser.parse_args(argv)
-    # The CLI's short progress; the libraries' messages go to a file on the driver's node.
-    output = setup_logging(verbose=args.verbose)
-    cfg = load_config(args.config, args.overrides, base_dir=args.base_dir)
-    connect(cfg, output)
-    return JobArgs(cfg, args.resume, args.dataset_version, args.cycles)
 
 
 def in_ray_job() -> bool:

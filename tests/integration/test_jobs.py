@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def test_bad_config_fails_the_job_with_the_key_named(tmp_path, ray_head_cluster):
     workdir = job_dir(tmp_path, demo_config(tmp_path))
     (workdir / "bad.yaml").write_text("name: x\ndata: {label: y, task: guess, columns: {}}\n")
-    result = submit_job(ray_head_cluster, workdir, "jobs/ingest.py", "--config", "bad.yaml")
+    result = submit_job(ray_head_cluster, workdir, "jobs/ingest.py", "bad.yaml")
     assert result.returncode != 0
     job_id = re.search(r"Job '(raysubmit_\w+)' failed", result.stdout + result.stderr)[1]
     # The job's reason, not a traceback: the config error's list of invalid settings.
@@ -73,17 +73,17 @@ def test_training_driver_killed_then_resumed(tmp_path, ray_start_4_cpus, ray_hea
     ingest(cfg)  # here: the ingest job has its own test; this one is about the train job
     workdir = job_dir(tmp_path, cfg)
     checkpoints = root_of(cfg.storage).join("checkpoints")
-    _start(ray_head_cluster, workdir, "train-1", "jobs/train.py", "--config", "pipeline.yaml")
+    _start(ray_head_cluster, workdir, "train-1", "jobs/train.py", "pipeline.yaml")
     wait_for(lambda: sum(i.path.endswith(".pt") for i in checkpoints.list_files()) >= 1,
              timeout_s=300, every_s=0.1, what="a first checkpoint")
     _stop(ray_head_cluster, "train-1")  # the driver dies mid-run
     wait_for(lambda: "resumable" in _last_log_line(ray_head_cluster, "train-1"), timeout_s=30,
              what="the stopped job's last line")
     assert _last_log_line(ray_head_cluster, "train-1").endswith(
-        "python jobs/train.py --config pipeline.yaml --resume")
+        "python jobs/train.py pipeline.yaml --resume")
 
-    resumed = submit_job(ray_head_cluster, workdir, "jobs/train.py", "--config",
-                         "pipeline.yaml", "--resume")
+    resumed = submit_job(ray_head_cluster, workdir, "jobs/train.py", "pipeline.yaml",
+                         "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     client = MlflowClient(cfg.tracking.uri)
     experiment = client.get_experiment_by_name(cfg.experiment_name).experiment_id
@@ -115,7 +115,7 @@ def test_sweep_driver_killed_then_resumed_without_rerunning_finished_trials(
         runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
         return [r for r in runs if tracking.TRIAL_TAG in r.data.tags]
 
-    _start(ray_head_cluster, workdir, "tune-1", "jobs/tune.py", "--config", "pipeline.yaml")
+    _start(ray_head_cluster, workdir, "tune-1", "jobs/tune.py", "pipeline.yaml")
     wait_for(lambda: len(finished_trials()) >= 1, timeout_s=300, what="a finished trial")
     _stop(ray_head_cluster, "tune-1")
     done_before = {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in finished_trials()}
@@ -125,8 +125,8 @@ def test_sweep_driver_killed_then_resumed_without_rerunning_finished_trials(
     planted = _plant_payloads(root_of(cfg.storage).join("tune"), marker)
     assert any(p.endswith("tuner.pkl") for p in planted), planted
 
-    resumed = submit_job(ray_head_cluster, workdir, "jobs/tune.py", "--config",
-                         "pipeline.yaml", "--resume")
+    resumed = submit_job(ray_head_cluster, workdir, "jobs/tune.py", "pipeline.yaml",
+                         "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     sweeps = client.search_runs([client.get_experiment_by_name(cfg.experiment_name)
                                  .experiment_id], "tags.`rayops.kind` = 'sweep'")

@@ -21,7 +21,12 @@ import pytest
 import requests
 import yaml
 
-from rayops.cluster import SIMULATED_ENV, read_shape, simulated_config, simulated_start_command
+from rayops.launch.cluster import (
+    SIMULATED_ENV,
+    read_shape,
+    simulated_config,
+    simulated_start_command,
+)
 from tests.helpers import free_port, wait_for
 from tests.integration.conftest import (
     BIN,

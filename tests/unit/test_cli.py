@@ -85,3 +85,28 @@ def test_a_tracking_server_that_is_down_ends_the_command_in_one_line(tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"error: MLflow at {uri} does not answer")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# Each job with an option of another stage's: refused, not silently ignored.
+FOREIGN = {"ingest": "--cycles=3", "train": "--watch", "tune": "--cycles=3",
+           "deploy": "--resume", "operate": "--dataset-version=2", "pipeline": "--resume"}
+
+
+def test_each_job_runs_its_stage_and_rejects_options_that_are_not_its_own(
+        monkeypatch, capsys):
+    import runpy
+    from pathlib import Path
+
+    import pytest
+
+    jobs = Path(__file__).parents[2] / "jobs"
+    assert {p.stem for p in jobs.glob("*.py")} == set(FOREIGN)  # no job untested
+    for job, option in FOREIGN.items():
+        stage = "run" if job == "pipeline" else job
+        monkeypatch.setattr(sys, "argv", [f"jobs/{job}.py", "pipeline.yaml", option])
+        with pytest.raises(SystemExit) as refused:
+            runpy.run_path(str(jobs / f"{job}.py"), run_name="__main__")
+        assert refused.value.code == 2, job
+        err = capsys.readouterr().err
+        assert f"Usage: rayops {stage} " in err and "No such option" in err, (job, err)
+        assert option.split("=")[0] in err, (job, err)

@@ -9,8 +9,8 @@ from ray.autoscaler._private.util import validate_config
 from typer.testing import CliRunner
 
 from rayops.cli import app
-from rayops.cluster import SIMULATED_HEAD, read_shape, simulated_config
 from rayops.errors import ConfigError
+from rayops.launch.cluster import SIMULATED_HEAD, read_shape, simulated_config
 
 CLUSTER = Path(__file__).parents[2] / "cluster.yaml"
 

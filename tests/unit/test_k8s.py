@@ -17,7 +17,7 @@ from rayops.cli import app
 from rayops.config import load_config, validate_config
 from rayops.demo import config_path
 from rayops.errors import ConfigError
-from rayops.k8s import RAY_VERSION, manifests
+from rayops.launch.kuberay import RAY_VERSION, manifests
 
 ROOT = Path(__file__).parents[2]
 CLUSTER = ROOT / "cluster.yaml"
@@ -138,8 +138,8 @@ def test_versions_images_and_groups_match_the_pins_and_cluster_yaml(generated):
         (head,) = spec["headGroupSpec"]["template"]["spec"]["containers"]
         assert head["image"] == f"{IMAGE}-cpu"
     job = generated["RayJob"]["spec"]
-    assert "jobs/ingest.py --config /home/ray/pipeline/pipeline.yaml" in job["entrypoint"]
-    assert "jobs/train.py" in job["entrypoint"]
+    assert job["entrypoint"] == ("python -m rayops ingest /home/ray/pipeline/pipeline.yaml && "
+                                 "python -m rayops train /home/ray/pipeline/pipeline.yaml")
     pipeline = yaml.safe_load(generated["ConfigMap"]["data"]["pipeline.yaml"])
     assert pipeline["storage"]["root"] == "s3://lake-bucket/rayops"
 

@@ -10,7 +10,7 @@ import yaml
 
 from rayops.demo import config_path
 from rayops.errors import ConfigError
-from rayops.submit import (
+from rayops.launch.jobs import (
     all_on_this_machine,
     cluster_is_this_machine,
     entrypoint,
@@ -78,9 +78,9 @@ def test_a_local_cluster_runs_this_interpreter_with_this_folder_as_the_base():
     command = entrypoint("pipeline", local=True, overrides=["train.epochs=2"], resume=False,
                          dataset_version=None)
     assert command[:3] == [sys.executable, "-m", "rayops"]
-    assert command[3:5] == ["--base-dir", os.getcwd()]
-    assert command[5:] == ["run", "pipeline.yaml", "--set", "train.epochs=2"]
-    assert entrypoint("deploy", True, [], False, None)[5:7] == ["deploy", "--no-block"]
+    assert command[3:] == ["run", "pipeline.yaml", "--base-dir", os.getcwd(), "--set",
+                           "train.epochs=2"]
+    assert entrypoint("deploy", True, [], False, None)[3:5] == ["deploy", "pipeline.yaml"]
 
 
 def test_stage_and_resume_are_checked():

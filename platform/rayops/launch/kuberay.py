@@ -16,14 +16,13 @@ from typing import Any
 
 import yaml
 
-from rayops.cluster import read_shape
 from rayops.config import PipelineConfig
 from rayops.errors import ConfigError
+from rayops.launch.cluster import read_shape
 
 RAY_VERSION = "2.60.0"  # the version pyproject.toml pins (a test checks it)
 API_VERSION = "ray.io/v1"
 CONFIG_MOUNT = "/home/ray/pipeline"
-CODE = "/home/ray/rayops"
 
 
 def _group_name(node_type: str) -> str:
@@ -144,8 +143,8 @@ def manifests(cfg: PipelineConfig, image: str, cluster_yaml: Path,
         {"apiVersion": API_VERSION, "kind": "RayJob", "metadata": {"name": f"{name}-pipeline"},
          # Ingest, then train and gate; serving is the RayService's, which follows the
          # champion alias, so this cluster can go away when the job ends.
-         "spec": {"entrypoint": f"python {CODE}/jobs/ingest.py --config {config} && "
-                                f"python {CODE}/jobs/train.py --config {config}",
+         "spec": {"entrypoint": f"python -m rayops ingest {config} && "
+                                f"python -m rayops train {config}",
                   "shutdownAfterJobFinishes": True, "ttlSecondsAfterFinished": 3600,
                   "rayClusterSpec": copy.deepcopy(spec)}},
         {"apiVersion": API_VERSION, "kind": "RayService", "metadata": {"name": f"{name}-serve"},

@@ -33,7 +33,7 @@ from rayops.errors import ConfigError, RayopsError, one_line
 # The CLI command each stage runs in its job.
 STAGES: dict[str, list[str]] = {
     "ingest": ["ingest"], "train": ["train"], "tune": ["tune"],
-    "deploy": ["deploy", "--no-block"], "pipeline": ["run"],
+    "deploy": ["deploy"], "pipeline": ["run"],
     "operate": ["operate"],  # runs until stopped; resubmitted, it resumes its cycle
 }
 RESUMABLE = ("train", "tune")
@@ -116,10 +116,10 @@ def entrypoint(stage: str, local: bool, overrides: list[str], resume: bool,
         raise ConfigError(f"--resume continues a train or tune run, not {stage!r}")
     # A cluster on this machine runs this very interpreter (and its venv): `python` on the
     # PATH of whoever started Ray may be another one. A cluster's nodes run the image's.
-    command = [sys.executable if local else "python", "-m", "rayops"]
+    command = [sys.executable if local else "python", "-m", "rayops", *STAGES[stage],
+               "pipeline.yaml"]
     if local:
         command += ["--base-dir", os.getcwd()]
-    command += [*STAGES[stage], "pipeline.yaml"]
     for override in overrides:
         command += ["--set", override]
     if resume:
