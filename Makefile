@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 # with NCCL: about 500 MB).
 XGBOOST_SPEC ?= xgboost-cpu==3.2.0
 
-.PHONY: install lint test demo bench image clean
+.PHONY: install lint test test-fast demo bench image clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ lint: install
 
 test: install lint
 	$(BIN)/pytest
+
+# The inner loop: unit and contract tests, no Ray cluster, no services (under 3 minutes).
+test-fast: install lint
+	$(BIN)/pytest tests/unit -m "not integration and not gpu"
 
 demo: install
 	$(BIN)/rayops demo

@@ -54,3 +54,16 @@ def _process_setup_restored():
         else:
             os.environ[key] = value
     logging.captureWarnings(False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests need CUDA: skipped, with the reason, on a machine without it."""
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    if not gpu_tests:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    for item in gpu_tests:
+        item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch sees none)"))

@@ -8,54 +8,34 @@ matrix or predicted-vs-actual plot of a new model.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from rayops import metrics as metric_fns
 from rayops import tracking
 from rayops.config import PipelineConfig
 from rayops.data.versions import DatasetVersion
 from rayops.models import Bundle
 from rayops.predict import Predictor
+from rayops.tasks import Scored
+from rayops.tasks import scoring as metric_fns
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Scores:
-    """Validation metrics (named as in training: ``valid_f1``...) and the raw outputs."""
-
-    metrics: dict[str, float]
-    actual: np.ndarray
-    predicted: np.ndarray
-    classes: list[str]
-
-
-def score(predictor: Predictor, table: pa.Table, classes: list[str] | None = None) -> Scores:
+def score(predictor: Predictor, table: pa.Table, classes: list[str] | None = None) -> Scored:
     """Metrics of ``predictor`` on typed rows that carry the label. ``classes`` (a superset
     of the model's, for a classifier): count over these, so that two models that know
     other classes are measured alike (same classes, same binary or macro average)."""
     pre = predictor.preprocessor
-    classes = classes or pre.classes
     label = pre.encode_label(table.column(pre.label))
-    keep = label >= 0 if pre.task == "classification" else np.ones(len(label), dtype=bool)
+    keep = pre.rules.known(label)
     outputs = predictor.outputs(pre.transform(table.filter(pa.array(keep))))
-    if pre.task == "classification":
-        to_common = np.array([classes.index(c) for c in pre.classes], dtype=np.int64)
-        predicted, actual = to_common[outputs.argmax(axis=1)], to_common[label[keep]]
-        matrix = metric_fns.confusion_matrix(predicted, actual, len(classes))
-        values = metric_fns.classification_metrics(matrix)
-    else:
-        predicted = pre.decode_regression(outputs[:, 0])
-        actual = pre.decode_regression(label[keep])
-        values = metric_fns.regression_metrics(metric_fns.regression_sums(predicted, actual))
-    return Scores({f"valid_{k}": v for k, v in values.items()}, actual, predicted, classes)
+    return pre.rules.score(outputs, label[keep], pre.label_state, classes)
 
 
-def _figures(scores: Scores, history: dict[str, list[tuple[int, float]]]) -> dict[str, Any]:
+def _figures(scores: Scored, history: dict[str, list[tuple[int, float]]]) -> dict[str, Any]:
     import matplotlib
 
     matplotlib.use("Agg")  # no display: render to files
@@ -95,10 +75,8 @@ def log_plots(cfg: PipelineConfig, run_id: str, bundle: Bundle, version: Dataset
     """Loss curves and the confusion matrix / predicted-vs-actual plot, as run artifacts."""
     import matplotlib.pyplot as plt
 
-    client = tracking.client(cfg.tracking)
-    history = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
-               for key in ("train_loss", "valid_loss")}
+    history = tracking.metric_history(cfg.tracking, run_id, ("train_loss", "valid_loss"))
     scores = score(Predictor(bundle), version.table("valid"))
     for name, figure in _figures(scores, history).items():
-        client.log_figure(run_id, figure, name)
+        tracking.log_figure(cfg.tracking, run_id, figure, name)
         plt.close(figure)

@@ -22,12 +22,12 @@ import pyarrow.compute as pc
 
 from rayops import tracking
 from rayops.config import PipelineConfig
-from rayops.data.schema import label_strings
 from rayops.data.versions import DatasetVersion
 from rayops.errors import GateError, ModelFilesMissing, RayopsError
 from rayops.evaluate import score
-from rayops.metrics import TASK_METRICS
 from rayops.predict import Predictor
+from rayops.tasks import task_of
+from rayops.tasks.scoring import label_strings
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def verdict(cfg: PipelineConfig, challenger: dict[str, float], champion: dict[st
     if gain <= 0 or gain < needed:
         return False, (f"{metric} improved by {gain:+.4f}, needs more than 0"
                        + (f" and at least {needed:.4f}" if needed > 0 else ""))
-    directions = TASK_METRICS[cfg.data.task]
+    directions = task_of(cfg.data.task).metrics
     for other, allowance in gate.max_regression.items():
         loss = -_improvement(challenger[other], champion[other], directions[other])
         if loss > allowance:
@@ -153,10 +153,10 @@ def _decide(cfg: PipelineConfig, challenger: tracking.RegisteredModel,
     ours, theirs, passed, reason = _scores(cfg, mine, previous, rows)
     promoted = passed and promote
     tracking.tag_version(cfg.tracking, challenger.name, challenger.version, {
-        "rayops.gate.dataset": version.id, "rayops.gate.metric": metric,
-        "rayops.gate.score": f"{ours[metric]:.6f}",
-        "rayops.gate.champion_score": f"{theirs[metric]:.6f}" if theirs else "",
-        "rayops.gate.reason": reason,
+        tracking.GATE_DATASET_TAG: version.id, tracking.GATE_METRIC_TAG: metric,
+        tracking.GATE_SCORE_TAG: f"{ours[metric]:.6f}",
+        tracking.GATE_CHAMPION_SCORE_TAG: f"{theirs[metric]:.6f}" if theirs else "",
+        tracking.GATE_REASON_TAG: reason,
         # before @challenger moves: a replica canaries only a version tagged as passed
         tracking.PASSED_TAG: str(passed).lower()})
     champion_model = previous
@@ -170,7 +170,7 @@ def _decide(cfg: PipelineConfig, challenger: tracking.RegisteredModel,
                                                   challenger.source)
     # Tagged last: "true" only once the alias has really moved.
     tracking.tag_version(cfg.tracking, challenger.name, challenger.version,
-                         {"rayops.gate.promoted": str(promoted).lower()})
+                         {tracking.PROMOTED_TAG: str(promoted).lower()})
     if champion_model is None:  # the first model, judged only: nothing to serve before it
         champion_model = challenger
     return Decision(challenger, champion_model, previous, metric, ours[metric],
@@ -190,8 +190,7 @@ def _scores(cfg: PipelineConfig, mine: Predictor, previous: tracking.RegisteredM
     why = not_comparable(mine, champion, rows)
     if why is not None:
         return ours, {}, True, f"champion v{previous.version} not comparable: {why}"
-    if mine.task == "classification" and \
-            mine.preprocessor.classes != champion.preprocessor.classes:
+    if mine.preprocessor.classes != champion.preprocessor.classes:
         # counted over every class either knows, on the rows whose class both know
         common = common_rows(mine, champion, rows)
         classes = sorted({*mine.preprocessor.classes, *champion.preprocessor.classes})

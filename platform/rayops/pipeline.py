@@ -9,7 +9,7 @@ from typing import Any
 
 from rayops.config import PipelineConfig
 from rayops.data.ingest import ingest
-from rayops.data.versions import DatasetVersion, load_version, version_number
+from rayops.data.versions import DatasetVersion, load_version
 from rayops.errors import ConfigError
 from rayops.gate import Decision, register_and_gate
 from rayops.train import run_training
@@ -60,15 +60,20 @@ def train_and_register(cfg: PipelineConfig, version: DatasetVersion | None = Non
     if cfg.tune.enabled if sweep is None else sweep:
         swept = _continued(run_sweep, cfg, version, resume, record_name)
         run_id, metrics, model_uri = swept.best_run_id, swept.metrics, swept.model_uri
+        trained_on = swept.dataset_version
         if cfg.tune.final_model == "retrain":
             final = f"{record_name}-final" if record_name else None
             retrained = _continued(run_training, cfg.with_overrides(swept.best_config),
-                                   version, resume and final is not None, final)
+                                   version or load_version(cfg, trained_on),
+                                   resume and final is not None, final)
             run_id, metrics, model_uri = retrained.run_id, retrained.metrics, retrained.model_uri
+            trained_on = retrained.dataset_version
     else:
         trained = _continued(run_training, cfg, version, resume, record_name)
         run_id, metrics, model_uri = trained.run_id, trained.metrics, trained.model_uri
-    version = load_version(cfg, _version_of_run(cfg, run_id))
+        trained_on = trained.dataset_version
+    if version is None or version.version != trained_on:  # a resumed run's own version
+        version = load_version(cfg, trained_on)
     decision = register_and_gate(cfg, model_uri, run_id, version, promote)
     return ModelResult(run_id, metrics, decision, version.id)
 
@@ -85,13 +90,6 @@ def _continued(run: Callable[..., Any], cfg: PipelineConfig, version: DatasetVer
         if record_name is None:
             raise
         return run(cfg, version, record_name=record_name)
-
-
-def _version_of_run(cfg: PipelineConfig, run_id: str) -> int:
-    from rayops import tracking
-
-    tag = tracking.client(cfg.tracking).get_run(run_id).data.tags[tracking.DATASET_TAG]
-    return version_number(tag)
 
 
 def run_pipeline(cfg: PipelineConfig, deploy: bool = True) -> PipelineResult:

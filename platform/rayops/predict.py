@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from rayops.config import ColumnSpec
 from rayops.data.preprocess import Preprocessor
-from rayops.data.schema import ERROR, validate_frame, validate_records
+from rayops.data.validate import ERROR, validate_frame, validate_records
 from rayops.errors import DataError, PredictionError
 from rayops.models import Bundle
 
@@ -66,7 +66,7 @@ class Predictor:
     def outputs(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities, or the standardized value as one column, for a feature
         matrix (whatever the model family)."""
-        out = self.bundle.model.outputs(x, self.task == "classification")
+        out = self.bundle.model.outputs(x, self.preprocessor.rules.probabilities)
         if not np.isfinite(out).all():  # a diverged model: fail, never answer NaN
             bad = int((~np.isfinite(out)).any(axis=1).sum())
             raise PredictionError(f"the model gave non-finite outputs for {bad} of "
@@ -74,23 +74,15 @@ class Predictor:
         return out
 
     def predict_matrix(self, x: np.ndarray) -> list[dict[str, Any]]:
-        out = self.outputs(x)
-        if self.task == "regression":
-            values = self.preprocessor.decode_regression(out[:, 0])
-            return [{"prediction": float(v)} for v in values]
-        classes = self.preprocessor.classes
-        return [
-            {"prediction": classes[int(row.argmax())],
-             "probabilities": {c: round(float(p), 6) for c, p in zip(classes, row, strict=True)}}
-            for row in out
-        ]
+        pre = self.preprocessor
+        return pre.rules.answers(self.outputs(x), pre.label_state)
 
     def predict(self, records: pd.DataFrame) -> list[dict[str, Any]]:
         return self.predict_matrix(self.matrix(records))
 
     def predict_valid(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """:meth:`predict_records` for records the request's schema (built by
-        :func:`rayops.serve.schema.record_model` from this model's schema) has already
+        :func:`rayops.serve.bodies.record_model` from this model's schema) has already
         checked: typed, in range, known categories, present where required. Skips the
         second validation and Arrow: the small-request path of a replica."""
         return self.predict_matrix(self.preprocessor.transform_rows(records))

@@ -53,6 +53,7 @@ class SweepOutcome:
     metrics: dict[str, float]
     model_uri: str
     trials: int
+    dataset_version: int  # the curated table version every trial trained on
 
 
 def _distribution(dim: Any, grid: bool) -> Any:
@@ -142,7 +143,7 @@ def run_trial(config: dict[str, Any], *, base: PipelineConfig, version: DatasetV
     if finished is not None:  # done before the sweep's driver died: report, do not retrain
         tune.report(finished)
         return
-    tracking.client(cfg.tracking).update_run(run_id, status="RUNNING")
+    tracking.reopen_run(cfg.tracking, run_id)
     try:
         # The same trainer name on a restarted trial lets Ray Train resume its checkpoint.
         outcome = fit_and_log(cfg, version, datasets, run_id, f"{cfg.name}-{trial_id}",
@@ -168,15 +169,15 @@ def search_record(searcher: Any) -> dict[str, str]:
     """What the search algorithm did, as tags for the sweep's run: for Optuna the sampler
     and how many finished trials it learned from (proof that TPE, not chance, chose)."""
     if searcher is None:
-        return {"rayops.search.sampler": "random/grid (Tune's variant generator)"}
+        return {tracking.SAMPLER_TAG: "random/grid (Tune's variant generator)"}
     study = getattr(getattr(searcher, "searcher", searcher), "_ot_study", None)
     if study is None:
-        return {"rayops.search.sampler": type(searcher).__name__}
+        return {tracking.SAMPLER_TAG: type(searcher).__name__}
     from optuna.trial import TrialState
 
     told = sum(t.state == TrialState.COMPLETE for t in study.trials)
-    return {"rayops.search.sampler": type(study.sampler).__name__,
-            "rayops.search.trials_told": str(told)}
+    return {tracking.SAMPLER_TAG: type(study.sampler).__name__,
+            tracking.TRIALS_TOLD_TAG: str(told)}
 
 
 class TrialLines(tune.Callback):
@@ -292,7 +293,7 @@ def _start(cfg: PipelineConfig, version: DatasetVersion, name: str | None
     parent = tracking.start_run(
         cfg.tracking, cfg.experiment_name, f"{cfg.name}-sweep",
         params={"tune": cfg.tune.model_dump(mode="json"), **run_params(cfg, version)},
-        tags={tracking.DATASET_TAG: version.id, "rayops.kind": "sweep"},
+        tags={tracking.DATASET_TAG: version.id, tracking.KIND_TAG: "sweep"},
     )
     return new_record(name or f"{cfg.name}-sweep-{parent[:8]}", parent, version)
 
@@ -327,12 +328,11 @@ def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
             tracking.close_unfinished_children(cfg.tracking, cfg.experiment_name, parent)
         mark_failed(cfg, folder, record)
         raise
-    outcome = _finish(cfg, results, best, trials, parent)
+    outcome = _finish(cfg, results, best, trials, parent, version)
     searchers = [searcher for _, searcher in tuners if searcher is not None]
     if searchers or not resume:  # a resume that sampled nothing keeps the sweep's tags
-        client = tracking.client(cfg.tracking)
-        for key, value in search_record(searchers[-1] if searchers else None).items():
-            client.set_tag(parent, key, value)
+        tracking.set_tags(cfg.tracking, parent,
+                          search_record(searchers[-1] if searchers else None))
     write_record(folder, record, status="finished")
     return outcome
 
@@ -349,17 +349,15 @@ def _ended(results: list[Any]) -> set[str]:
 
 
 def _finish(cfg: PipelineConfig, results: list[Any], best: tracking.TrialRun, trials: int,
-            parent: str) -> SweepOutcome:
+            parent: str, version: DatasetVersion) -> SweepOutcome:
     stopped = tracking.close_unfinished_children(cfg.tracking, cfg.experiment_name, parent,
                                                  _ended(results))
-    outcome = _outcome(best, trials, parent)
+    outcome = _outcome(best, trials, parent, version)
     tracking.log_metrics(cfg.tracking, parent,
                          {f"best_{k}": v for k, v in outcome.metrics.items()}, step=0)
-    client = tracking.client(cfg.tracking)
-    client.set_tag(parent, "rayops.best_run_id", best.run_id)
-    client.set_tag(parent, tracking.MODEL_URI_TAG, best.model_uri)
-    for key, value in best.config.items():
-        client.log_param(parent, f"best.{key}", str(value))
+    tracking.set_tags(cfg.tracking, parent, {tracking.BEST_RUN_TAG: best.run_id,
+                                             tracking.MODEL_URI_TAG: best.model_uri})
+    tracking.log_params(cfg.tracking, parent, {f"best.{k}": v for k, v in best.config.items()})
     tracking.end_run(cfg.tracking, parent)
     metric, _ = cfg.target_metric
     logger.info("sweep done: %d trial(s), %d stopped early; best %s %.4f (trial %s)",
@@ -368,8 +366,9 @@ def _finish(cfg: PipelineConfig, results: list[Any], best: tracking.TrialRun, tr
     return outcome
 
 
-def _outcome(best: tracking.TrialRun, trials: int, parent: str) -> SweepOutcome:
+def _outcome(best: tracking.TrialRun, trials: int, parent: str, version: DatasetVersion
+             ) -> SweepOutcome:
     numbers = {k: float(v) for k, v in best.best.items() if k.startswith(("valid_", "train_"))}
     assert best.model_uri is not None
     return SweepOutcome(parent, best.run_id, dict(best.config), numbers, best.model_uri,
-                        trials)
+                        trials, version.version)

@@ -45,8 +45,8 @@ from rayops.data.curate import (
 )
 from rayops.data.ingest import file_source, ingest
 from rayops.data.preprocess import fit
-from rayops.data.schema import SPLIT
 from rayops.data.sources import read_file
+from rayops.data.validate import SPLIT
 from rayops.demo import churn
 from rayops.storage import Location, ensure_bucket, root_of
 

@@ -33,12 +33,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 from _setup import start_bench
 
-from rayops import metrics as metric_fns
 from rayops.config import PipelineConfig, validate_config
 from rayops.data.infer import propose_config
 from rayops.data.ingest import ingest
@@ -114,20 +112,18 @@ def baseline(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, float]:
                   if cfg.data.columns[n].type in ("categorical", "text")}
     y_train = pre.encode_label(train.column(pre.label))
     y_valid = pre.encode_label(valid.column(pre.label))
-    keep = y_valid >= 0 if pre.task == "classification" else np.ones(len(y_valid), bool)
+    task = pre.rules
+    keep = task.known(y_valid)
     x_train = _frame(train, version, cfg, categories)
     x_valid = _frame(valid, version, cfg, categories)[keep]
-    if pre.task == "classification":
-        model = HistGradientBoostingClassifier(categorical_features="from_dtype", random_state=0)
-        predicted = model.fit(x_train, y_train).predict(x_valid)
-        values = metric_fns.classification_metrics(metric_fns.confusion_matrix(
-            predicted, y_valid[keep], len(pre.classes)))
-    else:
-        model = HistGradientBoostingRegressor(categorical_features="from_dtype", random_state=0)
-        predicted = pre.decode_regression(model.fit(x_train, y_train).predict(x_valid))
-        values = metric_fns.regression_metrics(metric_fns.regression_sums(
-            predicted, pre.decode_regression(y_valid[keep])))
-    return {f"valid_{k}": v for k, v in values.items()}
+    # The task's own scoring, on what gradient boosting outputs: class probabilities, or
+    # the standardized value as one column.
+    learner = (HistGradientBoostingClassifier if task.probabilities
+               else HistGradientBoostingRegressor)
+    fitted = learner(categorical_features="from_dtype", random_state=0).fit(x_train, y_train)
+    outputs = (fitted.predict_proba(x_valid) if task.probabilities
+               else fitted.predict(x_valid)[:, None])
+    return task.score(outputs, y_valid[keep], pre.label_state).metrics
 
 
 def ratio(cfg: PipelineConfig, mine: float, theirs: float) -> float:

@@ -51,7 +51,7 @@ BARE_APP = '''
 import sys
 from rayops.predict import Predictor
 from rayops.serve.app import create_app
-from rayops.serve.schema import record_model
+from rayops.serve.bodies import record_model
 
 predictor = Predictor.load(__import__("pathlib").Path(sys.argv[1]))
 INFO = {"name": "bench", "version": "1", "alias": "champion", "run_id": "-"}

@@ -121,14 +121,20 @@ def test_a_sweep_across_families_records_the_winner_and_both_serve_over_http(reg
             .num_boosted_rounds() == boosted["best_kept_rounds"]
 
 
-def test_an_xgboost_classifier_is_gated_and_served(tmp_path_factory, regression, port):
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory, regression, port):
+    """An XGBoost churn classifier, the champion of its registered model."""
     tmp = tmp_path_factory.mktemp("classifier")
     cfg = demo_config(tmp, **{"model.family": "xgboost", "serve.port": port,
                               "serve.app_name": "churn", "serve.route_prefix": "/churn",
                               **FAST_TREES})
     write_demo_data(file_source(cfg).location, rows=2000)
     version = ingest(cfg)
-    result = train_and_register(cfg, version, sweep=False)
+    return cfg, version, train_and_register(cfg, version, sweep=False)
+
+
+def test_an_xgboost_classifier_is_gated_and_served(classifier):
+    cfg, version, result = classifier
     assert result.decision.promoted
     assert result.metrics["valid_accuracy"] > majority_accuracy(version) + 0.02
     url = _served(cfg)
@@ -145,3 +151,34 @@ def test_an_xgboost_classifier_is_gated_and_served(tmp_path_factory, regression,
     assert list(frame["prediction"]) == [p["prediction"] for p in body["predictions"]]
     assert frame["probability_yes"].tolist() == pytest.approx(
         [p["probabilities"]["yes"] for p in body["predictions"]], abs=1e-5)
+
+
+PLUGIN = "tests.integration.centroid_family"
+
+
+def test_a_family_registered_by_a_plugin_is_trained_gated_and_served(classifier, port):
+    """A family rayops has never heard of (it lives in this test suite) trains on Ray
+    Train, is gated against the XGBoost champion on the same rows, and is served."""
+    cfg, version, _ = classifier
+    mine = cfg.with_overrides({"model.family": "centroid", "model.plugins": [PLUGIN],
+                               "train.num_workers": 2, "serve.model_alias": "centroid",
+                               "serve.app_name": "centroid", "serve.route_prefix": "/centroid"})
+    result = train_and_register(mine, version, sweep=False)
+    decision = result.decision
+    assert 0.0 < result.metrics["valid_accuracy"] <= 1.0
+    assert decision.champion_score is not None  # scored beside the champion, same rows
+    assert decision.metric == "valid_f1" and decision.reason
+    champion = tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion")
+    assert champion.version == decision.champion.version
+    tracking.set_alias(cfg.tracking, cfg.model_name, "centroid", decision.challenger.version)
+
+    url = _served(mine)
+    assert requests.get(f"{url}/metadata", timeout=10).json()["family"] == "centroid"
+    body = _answer(url, SAMPLE_RECORDS)
+    assert body["model"]["version"] == decision.challenger.version
+    risky, loyal = body["predictions"]
+    assert sum(risky["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    local = Predictor.from_registry(cfg.tracking, decision.challenger)
+    assert [p["prediction"] for p in body["predictions"]] == [
+        p["prediction"] for p in local.predict_records(SAMPLE_RECORDS)]
+    assert risky["probabilities"]["yes"] > loyal["probabilities"]["yes"]

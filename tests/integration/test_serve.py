@@ -401,7 +401,7 @@ def test_served_requests_land_in_the_prediction_log_and_ten_rows_are_not_a_verdi
 
 def _log_rows(cfg, since):
     from rayops.monitor.feedback import prediction_table, read_frame
-    from rayops.operate.loop import LOG_COLUMNS
+    from rayops.operate.proving import LOG_COLUMNS
 
     return read_frame(prediction_table(cfg), LOG_COLUMNS, since)
 
@@ -415,7 +415,7 @@ def test_a_shadow_sees_mirrored_traffic_and_a_canary_key_sticks(trained):
     import datetime as dt
 
     from rayops.operate.signals import shadow_stats
-    from rayops.serve.deployment import in_share
+    from rayops.serve.routing import in_share
 
     cfg, first, second = trained
     _as_challenger(cfg, second)

@@ -137,3 +137,19 @@ def test_driver_side_and_distributed_loading_give_the_same_inputs(tmp_path, ray_
         assert len(a) == len(b) == version.manifest["rows"][split] > 0
         assert np.array_equal(np.stack(a["features"]), np.stack(b["features"]))
         assert np.array_equal(a["label"].to_numpy(), b["label"].to_numpy())
+
+
+@pytest.mark.gpu
+def test_ddp_on_gpus_with_bf16_learns(tmp_path, ray_start_4_cpus):
+    """A CUDA machine only (skipped elsewhere): two workers, one GPU each, NCCL, bf16."""
+    import ray
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus < 1:
+        pytest.skip("the Ray cluster has no GPU")
+    cfg = demo_config(tmp_path, **{"train.use_gpu": True, "train.precision": "bf16",
+                                   "train.num_workers": min(gpus, 2), "train.epochs": 4})
+    version = _dataset(cfg)
+    outcome = run_training(cfg, version)
+    assert outcome.metrics["valid_accuracy"] > majority_accuracy(version)
+    assert outcome.metrics["gpu_peak_memory_mb"] > 0

@@ -6,8 +6,8 @@ import json
 import torch
 from ray.train import Checkpoint
 
+from rayops.models.checkpoints import CHECKPOINT_FILE, PROGRESS_FILE, history_of, latest_state
 from rayops.storage import resolve
-from rayops.train.loop import CHECKPOINT_FILE, PROGRESS_FILE, history_of, latest_state
 
 
 def _write(folder, epoch: int, complete: bool = True):
@@ -45,7 +45,7 @@ def test_the_registered_checkpoint_when_storage_has_nothing_newer(tmp_path):
 def test_a_snapshot_cut_short_by_a_killed_driver_is_set_aside(tmp_path):
     """Ray Train refuses to start from an empty or truncated snapshot
     (CheckpointManagerInitializationError); the run resumes from stored checkpoints."""
-    from rayops.train.loop import SNAPSHOT_FILE, set_aside_broken_snapshot
+    from rayops.models.checkpoints import SNAPSHOT_FILE, set_aside_broken_snapshot
 
     run = tmp_path / "run"
     _write(run / "checkpoint_a", 1)

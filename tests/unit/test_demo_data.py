@@ -1,7 +1,7 @@
 import pandas as pd
 
 from rayops.config import load_config
-from rayops.data.schema import ERROR, validate_frame
+from rayops.data.validate import ERROR, validate_frame
 from rayops.demo import churn, config_path
 from rayops.storage import resolve
 

@@ -65,8 +65,8 @@ def churn():
 
     from rayops.config import load_config
     from rayops.data.preprocess import fit
-    from rayops.data.schema import ERROR, validate_frame
     from rayops.data.stats import table_stats
+    from rayops.data.validate import ERROR, validate_frame
     from rayops.demo import churn as demo
     from rayops.demo import config_path
 

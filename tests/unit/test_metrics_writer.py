@@ -3,7 +3,7 @@
 import time
 
 from rayops.config import TrackingConfig
-from rayops.train.metrics_writer import MetricsWriter
+from rayops.models.metrics_writer import MetricsWriter
 from tests.helpers import free_port
 
 

@@ -87,7 +87,7 @@ def test_xgboost_bundle_round_trip_gives_the_same_probabilities(tmp_path):
     assert (tmp_path / MODEL_FILE).read_bytes()[:1] == b"{"
     loaded = Bundle.load(tmp_path)
     assert loaded.family == "xgboost"
-    probabilities = loaded.model.outputs(x, classification=True)
+    probabilities = loaded.model.outputs(x, probabilities=True)
     np.testing.assert_allclose(probabilities, booster.inplace_predict(x), rtol=1e-6)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 

@@ -165,7 +165,7 @@ def test_the_loop_says_what_it_needs_from_serve(tmp_path):
 
 
 def test_canary_share_is_sticky_by_key_and_near_its_fraction():
-    from rayops.serve.deployment import in_share
+    from rayops.serve.routing import in_share
 
     keys = [f"user-{i}" for i in range(4000)]
     first = [in_share(k, 0.25) for k in keys]

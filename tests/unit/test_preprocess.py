@@ -87,7 +87,8 @@ def test_labels_encode_and_regression_decodes():
     table = table.set_column(4, "y", pa.array(np.asarray(table["num"]) * 3))
     rpre = _fit(reg, table)
     encoded = rpre.encode_label(table.column("y"))
-    np.testing.assert_allclose(rpre.decode_regression(encoded), table["y"], rtol=1e-5)
+    np.testing.assert_allclose(rpre.rules.decode(rpre.label_state, encoded), table["y"],
+                               rtol=1e-5)
 
 
 def test_single_class_is_rejected():
@@ -153,8 +154,8 @@ def test_quantile_scaling_gaussianizes_skew_and_marks_where_training_had_nulls()
 def test_the_request_path_transform_equals_validation_then_transform():
     """A replica skips the second validation of records its request schema checked:
     transform_rows on what the schema hands over is the Arrow path's matrix, exactly."""
-    from rayops.data.schema import validate_records
-    from rayops.serve.schema import record_model
+    from rayops.data.validate import validate_records
+    from rayops.serve.bodies import record_model
 
     data = _data(scaling="both")
     rng = np.random.default_rng(2)

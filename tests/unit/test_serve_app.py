@@ -8,13 +8,13 @@ from fastapi.testclient import TestClient
 
 from rayops.config import load_config
 from rayops.data.preprocess import fit
-from rayops.data.schema import ERROR, validate_frame
 from rayops.data.stats import table_stats
+from rayops.data.validate import ERROR, validate_frame
 from rayops.demo import churn, config_path
 from rayops.models import MLP, Bundle, MLPModel
 from rayops.predict import Predictor
 from rayops.serve.app import create_app
-from rayops.serve.schema import record_model
+from rayops.serve.bodies import record_model
 
 TOKEN = "s3cret-token"
 
@@ -305,7 +305,7 @@ def test_a_huge_integer_is_a_422_naming_the_field_not_a_500():
     from fastapi import FastAPI
 
     from rayops.config import ColumnSpec
-    from rayops.serve.schema import request_model
+    from rayops.serve.bodies import request_model
 
     record = record_model({"calls": ColumnSpec(type="integer"),
                            "y": ColumnSpec(type="categorical")}, "y")

@@ -8,9 +8,13 @@ from types import SimpleNamespace
 import pytest
 
 from rayops import tracking
+from rayops.config import ServeConfig
 from rayops.errors import ModelFilesMissing
-from rayops.serve.deployment import LoadedModel, ModelFailed, ModelServer, ReplicaSettings
-from rayops.serve.schema import ModelInfo
+from rayops.serve.aliases import AliasFollower, LoadedModel
+from rayops.serve.bodies import ModelInfo
+from rayops.serve.deployment import ModelFailed, ModelServer
+from rayops.serve.routing import route
+from rayops.serve.settings import ReplicaSettings
 
 
 def _info(version: str) -> ModelInfo:
@@ -22,33 +26,33 @@ def _registered(version: str) -> tracking.RegisteredModel:
 
 
 class Replica:
-    """A ModelServer whose registry look-up and download are scripted."""
+    """A ModelServer whose alias follower's registry look-up and download are scripted."""
 
     def __init__(self, served: str = "1", stale_after_s: float = 60.0) -> None:
+        settings = ReplicaSettings(model_name="m", serve=ServeConfig(
+            max_records_per_request=5, max_batch_size=1, batch_wait_timeout_s=0.0,
+            max_body_bytes=1024, model_poll_interval_s=1.0,
+            registry_stale_after_s=stale_after_s))
         self.server = object.__new__(ModelServer)
-        self.server.settings = ReplicaSettings(
-            tracking={}, model_name="m", alias="champion", max_records=5, max_batch_size=1,
-            batch_wait_timeout_s=0.0, max_body_bytes=1024, poll_interval_s=1.0,
-            registry_stale_after_s=stale_after_s)
+        self.server.settings, self.server.stats = settings, Counter()
+        self.aliases = self.server.aliases = AliasFollower(settings, self.server.stats)
         self.schema = {"x": "numeric"}
-        self.server.model = self._loaded(served, self.schema)
-        self.server.refused, self.server.registry_error = {}, None
-        self.server.stats = Counter()
-        self.server.registry_ok_at, self.server.alias_target = time.monotonic(), served
+        self.aliases.model = self._loaded(served, self.schema)
+        self.aliases.registry_ok_at, self.aliases.alias_target = time.monotonic(), served
         self.target = served
         self.downloads: list[str] = []
         self.failure: Exception | None = None
         self.next_schema = self.schema
-        self.server._resolve = self._resolve
-        self.server._load = self._load
+        self.aliases.resolve = self._resolve
+        self.aliases.load = self._load
 
     @staticmethod
     def _loaded(version: str, schema: dict) -> LoadedModel:
         return LoadedModel(SimpleNamespace(schema=schema), _info(version))
 
     def _resolve(self) -> tracking.RegisteredModel:
-        self.server.registry_ok_at = time.monotonic()
-        self.server.alias_target = self.target
+        self.aliases.registry_ok_at = time.monotonic()
+        self.aliases.alias_target = self.target
         return _registered(self.target)
 
     def _load(self, registered: tracking.RegisteredModel, alias: str | None = None
@@ -95,8 +99,8 @@ def test_a_version_that_cannot_be_served_is_refused_once(problem):
 def test_a_registry_that_stops_answering_shows_in_health():
     replica = Replica(stale_after_s=30)
     assert replica.server.health()["alias"]["registry_reachable"] is True
-    replica.server.registry_ok_at = time.monotonic() - 31
-    replica.server.registry_error = ("cannot read m@champion from the registry at "
+    replica.aliases.registry_ok_at = time.monotonic() - 31
+    replica.aliases.registry_error = ("cannot read m@champion from the registry at "
                                      "https://ops:hunter2@mlflow.internal:5000: timed out")
     health = replica.server.health()
     assert health["status"] == "degraded"
@@ -141,7 +145,7 @@ def test_one_failing_request_does_not_fail_the_others_in_its_batch():
 
     replica = Replica()
     server, model = replica.server, _Picky()
-    server.model = LoadedModel(model, _info("1"))
+    replica.aliases.model = LoadedModel(model, _info("1"))
     server.metrics = SimpleNamespace(batch_size=SimpleNamespace(observe=lambda n: None))
     # the batch Serve's queue hands over: three requests of one record each
     batch = ModelServer.predict_batch.__wrapped__(server, [[{"x": 1}], [{"x": "bad"}],
@@ -169,14 +173,16 @@ def test_a_canary_serves_only_a_version_the_registry_says_passed(tmp_path):
     tracking.set_alias(config, "m", "challenger", "2")  # a person's mistake, or a stale alias
 
     replica = Replica()
-    server = replica.server
-    server.settings = server.settings.model_copy(update={"canary_fraction": 1.0})
-    server._tracking, server.shadow, server.ungated = config, None, set()
-    server._refresh_shadow()
-    assert server.shadow is None and replica.downloads == []  # refused, never loaded
+    aliases = replica.aliases
+    aliases.settings = aliases.settings.model_copy(update={"tracking": config})
+    aliases.serve = aliases.serve.model_copy(update={"canary_fraction": 1.0})
+    aliases.refresh_shadow()
+    assert aliases.shadow is None and replica.downloads == []  # refused, never loaded
     tracking.tag_version(config, "m", "2", {tracking.PASSED_TAG: "true"})
-    server._refresh_shadow()
-    assert server.shadow is not None and server.shadow.info.version == "2"
+    aliases.refresh_shadow()
+    assert aliases.shadow is not None and aliases.shadow.info.version == "2"
+    assert route(aliases, "any caller")[1] == "canary"
     tracking.withdraw(config, "m", "2", "refused in shadow")
-    server._refresh_shadow()
-    assert server.shadow is None  # the alias is gone: the canary stops
+    aliases.refresh_shadow()
+    assert aliases.shadow is None  # the alias is gone: the canary stops
+    assert route(aliases, "any caller")[1] == "champion"

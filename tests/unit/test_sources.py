@@ -7,8 +7,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from rayops.data.schema import ERROR, RAW, SOURCE_FILE, SOURCE_ROW
 from rayops.data.sources import FAILED, UNREADABLE, FileSource, read_file
+from rayops.data.validate import ERROR, RAW, SOURCE_FILE, SOURCE_ROW
 from rayops.errors import DataError
 from rayops.storage import resolve
 

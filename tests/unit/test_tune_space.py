@@ -4,7 +4,8 @@ from ray import tune
 
 from rayops.config import validate_config
 from rayops.errors import ConfigError
-from rayops.train.loop import Progress, lr_multiplier, make_scheduler, step_schedule
+from rayops.models.checkpoints import Progress
+from rayops.models.torch_loop import lr_multiplier, make_scheduler, step_schedule
 from rayops.tune import search_space
 
 

@@ -6,10 +6,13 @@ from typing import Literal
 
 from pydantic import (
     Field,
+    field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from rayops.config.base import _Section
+from rayops.tasks import task_names, task_of
 
 ColumnType = Literal["numeric", "integer", "categorical", "text", "boolean", "datetime"]
 DatetimePart = Literal["hour", "weekday", "month", "year", "dayofyear"]
@@ -64,7 +67,17 @@ class DataConfig(_Section):
         "csv", description="File format of the raw files (json means JSON Lines)."
     )
     label: str = Field(description="The column to predict.")
-    task: Literal["classification", "regression"] = Field(description="What kind of model.")
+    task: str = Field(description="What kind of model: classification or regression (or a "
+                      "task a plugin registers).")
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task not in task_names():
+            expected = " or ".join(repr(name) for name in task_names())
+            raise PydanticCustomError("literal_error", "Input should be {expected}",
+                                      {"expected": expected})
+        return task
+
     columns: dict[str, ColumnSpec] = Field(
         description="The schema contract: every column that is used, with its type."
     )
@@ -137,17 +150,9 @@ class DataConfig(_Section):
             raise ValueError(f"label {self.label!r} cannot also be a feature or excluded")
         if not self.feature_names:
             raise ValueError("no feature columns left after features/exclude")
-        label_type = self.columns[self.label].type
-        if self.task == "classification" and label_type in ("numeric", "datetime"):
-            raise ValueError(
-                f"task 'classification' needs a categorical, boolean or integer label; "
-                f"{self.label!r} is {label_type!r}"
-            )
-        if self.task == "regression" and label_type not in ("numeric", "integer"):
-            raise ValueError(
-                f"task 'regression' needs a numeric or integer label; {self.label!r} is "
-                f"{label_type!r}"
-            )
+        wrong_label = task_of(self.task).label_error(self.label, self.columns[self.label].type)
+        if wrong_label:
+            raise ValueError(wrong_label)
         return self
 
     def failed_files_allowed(self, files: int) -> int:

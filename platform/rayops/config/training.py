@@ -11,6 +11,8 @@ from pydantic import (
 )
 
 from rayops.config.base import _Section
+from rayops.errors import ConfigError
+from rayops.families import family_names, import_plugins
 
 
 class BoostingConfig(_Section):
@@ -37,9 +39,13 @@ class BoostingConfig(_Section):
 
 
 class ModelConfig(_Section):
-    family: Literal["mlp", "xgboost"] = Field(
+    family: str = Field(
         "mlp", description="mlp: a PyTorch network trained with DDP; xgboost: gradient-"
-        "boosted trees with Ray Train's XGBoostTrainer.")
+        "boosted trees with Ray Train's XGBoostTrainer; or a family a plugin registers.")
+    plugins: list[str] = Field(
+        default_factory=list, description="Python modules that register more model families "
+        "(rayops.families.register_family); imported wherever the config is validated and "
+        "in every replica.")
     hidden_sizes: list[Annotated[int, Field(ge=1, le=8192)]] | None = Field(
         None, min_length=1, description="Width of each hidden layer of the MLP; null sizes "
         "them from the number of inputs (two layers, 256 to 1024 wide).")
@@ -53,6 +59,18 @@ class ModelConfig(_Section):
         "'other' slot included) get a learned embedding in the MLP instead of entering "
         "one-hot; null: one-hot only.")
     xgboost: BoostingConfig = Field(default_factory=BoostingConfig)
+
+    @model_validator(mode="after")
+    def _known_family(self) -> ModelConfig:
+        try:
+            import_plugins(self.plugins)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if self.family not in family_names():
+            raise ValueError(f"model.family {self.family!r} is not a known family; known: "
+                             f"{', '.join(family_names())} (a plugin's: list its module in "
+                             "model.plugins)")
+        return self
 
 
 class TrainConfig(_Section):

@@ -23,12 +23,14 @@ import pyarrow.compute as pc
 from ray.data.datasource import Datasink
 
 from rayops.config import ColumnSpec, DataConfig
-from rayops.data import schema, stats
+from rayops.data import stats
 from rayops.data import table as delta
+from rayops.data import validate as schema
 from rayops.data.context import data_context
 from rayops.data.sources import FAILED, UNREADABLE, Source
 from rayops.errors import DataError
 from rayops.storage import Location
+from rayops.tasks.scoring import label_strings
 
 SPLITS = ("train", "valid", "quarantine")
 KEPT = ("train", "valid")
@@ -109,7 +111,7 @@ def block_summary(table: pa.Table, data: DataConfig) -> dict[str, Any]:
                   if e.startswith(UNREADABLE)]
     train = table.filter(pc.equal(split, "train"))
     valid = table.filter(pc.equal(split, "valid"))
-    labels = pc.value_counts(schema.label_strings(valid.column(data.label))).to_pylist()
+    labels = pc.value_counts(label_strings(valid.column(data.label))).to_pylist()
     return {
         "rows": {"train": train.num_rows, "valid": valid.num_rows,
                  "quarantine": len(errors) - len(unreadable)},

@@ -12,8 +12,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rayops.data.schema import ERROR, NUMBER_RE, text_values
 from rayops.data.sources import FileSource, read_file
+from rayops.data.validate import ERROR, NUMBER_RE, text_values
 from rayops.errors import DataError
 
 _BOOLEAN_WORDS = {"true", "false", "yes", "no", "t", "f", "y", "n"}

@@ -30,9 +30,10 @@ from rayops.data import stats
 from rayops.data import table as delta
 from rayops.data.curate import PartSummary, describe, rows_schema, used_columns, write_part
 from rayops.data.preprocess import Preprocessor, fit
-from rayops.data.schema import SPLIT
 from rayops.data.sources import FileSource, Source
+from rayops.data.validate import SPLIT
 from rayops.data.versions import (
+    MANIFEST_KEY,
     QUARANTINE,
     ROWS,
     STATE,
@@ -209,36 +210,51 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
     logger.info("%s", describe(summary, reasons=3))
     _check_thresholds(summary, cfg.data)  # raises: the files written stay invisible
 
-    failed = {f["path"] for f in summary.failed}
     if rebuild:
         consumed, earlier_stats = {}, []
-    consumed = {**consumed, **{i["key"]: i for i in todo if i["path"] not in failed}}
-    merged = stats.merge([*earlier_stats, summary.stats])
+    version = _commit(cfg, source, table, previous, rebuild, result,
+                      {**consumed, **{i["key"]: i for i in todo
+                                      if i["path"] not in {f["path"] for f in summary.failed}}},
+                      stats.merge([*earlier_stats, summary.stats]))
+    _after_commit(cfg, version, quarantine)
+    return version
+
+
+def _commit(cfg: PipelineConfig, source: Source, table: Any, previous: DatasetVersion | None,
+            rebuild: bool, result: Any, consumed: dict[str, dict[str, Any]],
+            merged: dict[str, Any]) -> DatasetVersion:
+    """Write this ingest's state file (merged statistics, consumed files), then commit the
+    written rows with the manifest: one Delta commit, or none."""
+    root = dataset_root(cfg)
     ingest_id = uuid.uuid4().hex[:16]
     state_name = f"{ingest_id}.json"
     root.join(STATE, state_name).write_json({"stats": merged, "consumed": consumed})
-    manifest = _manifest(cfg, source, previous, rebuild, summary, merged,
+    manifest = _manifest(cfg, source, previous, rebuild, result.summary, merged,
                          result.quarantine_files, state_name, ingest_id)
     sequence = (table.transaction_version(delta.INGEST_APP) or 0) + 1
     number = delta.commit(
-        rows_location, table, [delta.action_from_dict(a) for a in result.rows_files],
+        root.join(ROWS), table, [delta.action_from_dict(a) for a in result.rows_files],
         mode="overwrite" if rebuild else "append", schema=rows_schema(cfg.data),
-        partition_by=[SPLIT], metadata={"rayops.manifest": json.dumps(manifest)},
+        partition_by=[SPLIT], metadata={MANIFEST_KEY: json.dumps(manifest)},
         transaction=Transaction(delta.INGEST_APP, sequence))
-    version = DatasetVersion(cfg.dataset_name, number, root, manifest)
+    return DatasetVersion(cfg.dataset_name, number, root, manifest)
+
+
+def _after_commit(cfg: PipelineConfig, version: DatasetVersion, quarantine: Any) -> None:
+    """The quarantine table, the clean-up and MLflow: what follows a commit (a failure
+    here loses nothing the commit holds)."""
     if quarantine is not None:
         quarantine.update_incremental()
     complete_quarantine(version, quarantine)
-    rows = manifest["rows"]
+    rows = version.manifest["rows"]
     logger.info("committed %s: %d train + %d valid rows", version.id, rows["train"],
                 rows["valid"])
-    if number % VACUUM_EVERY == 0:
+    if version.version % VACUUM_EVERY == 0:
         try:
             clean_up(cfg, version)
         except RayopsError as exc:  # committed already: a failed clean-up removes less
             logger.warning("clean-up of %s stopped, the rest is kept: %s", version.id, exc)
     _track(cfg, version)
-    return version
 
 
 def clean_up(cfg: PipelineConfig, latest: DatasetVersion) -> None:
@@ -300,7 +316,7 @@ def _track(cfg: PipelineConfig, version: DatasetVersion) -> None:
     from rayops import tracking
 
     if tracking.runs_tagged(cfg.tracking, cfg.experiment_name, {
-            "rayops.kind": "ingest", "rayops.dataset_version": version.id}):
+            tracking.KIND_TAG: "ingest", tracking.DATASET_TAG: version.id}):
         return
     part = version.manifest["ingest"]
     rows, reasons = part["rows"], part["reasons"]
@@ -316,7 +332,7 @@ def _track(cfg: PipelineConfig, version: DatasetVersion) -> None:
         cfg.tracking, cfg.experiment_name, f"{cfg.name}-ingest",
         params={"dataset_version": version.id, "source": version.manifest["source"]["uri"],
                 "format": cfg.data.format},
-        tags={"rayops.kind": "ingest", "rayops.dataset_version": version.id},
+        tags={tracking.KIND_TAG: "ingest", tracking.DATASET_TAG: version.id},
     )
     tracking.log_metrics(cfg.tracking, run_id, metrics, step=version.version)
     tracking.log_dict(cfg.tracking, run_id, version.manifest["rows"] | {

@@ -20,9 +20,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayops.config import DataConfig
-from rayops.data.schema import ARROW_TYPES, label_strings
-from rayops.data.stats import calendar, mean_std
+from rayops.data.stats import calendar
+from rayops.data.validate import ARROW_TYPES
 from rayops.errors import DataError
+from rayops.tasks import Task, task_of
+from rayops.tasks.scoring import mean_std
 
 OTHER = "__other__"
 MAX_CATEGORIES = 64  # rarer categories share the OTHER slot: keeps the input layer small
@@ -45,8 +47,13 @@ class Preprocessor:
         return len(self.output_columns)
 
     @property
+    def rules(self) -> Task:
+        """The task this preprocessing was fitted for."""
+        return task_of(self.task)
+
+    @property
     def n_outputs(self) -> int:
-        return len(self.label_state["classes"]) if self.task == "classification" else 1
+        return self.rules.n_outputs(self.label_state)
 
     @property
     def classes(self) -> list[str]:
@@ -134,15 +141,9 @@ class Preprocessor:
         return plan
 
     def encode_label(self, labels: pa.ChunkedArray) -> np.ndarray:
-        """Class index (int64, -1 for a class unseen in training) or standardized target."""
-        if self.task == "classification":
-            index = pc.index_in(label_strings(labels), value_set=pa.array(self.classes))
-            return index.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-        values = pc.cast(labels, pa.float64()).to_numpy(zero_copy_only=False)
-        return ((values - self.label_state["mean"]) / self.label_state["std"]).astype(np.float32)
-
-    def decode_regression(self, outputs: np.ndarray) -> np.ndarray:
-        return outputs * self.label_state["std"] + self.label_state["mean"]
+        """Labels as the model learns them (the task's encoding: a class index, -1 for a
+        class unseen in training; or the standardized target)."""
+        return self.rules.encode_label(self.label_state, labels)
 
 
 def _floats(values: pa.ChunkedArray) -> np.ndarray:
@@ -238,14 +239,5 @@ def fit(stats: Mapping[str, Any], data: DataConfig) -> Preprocessor:
             state = features[-1]
             output += [name, *([f"{name}.z"] if state.get("also_standard") else []),
                        *([f"{name}.missing"] if state.get("missing") else [])]
-    if data.task == "classification":
-        classes = sorted(label_entry.get("counts", {}))
-        if len(classes) < 2:
-            raise DataError(
-                f"label {data.label!r} has {len(classes)} class(es) in the training data "
-                f"({classes}); classification needs at least 2"
-            )
-        label_state: dict[str, Any] = {"classes": classes, "counts": label_entry["counts"]}
-    else:
-        label_state = _scale_state(stats, data.label)
+    label_state = task_of(data.task).fit_label(data.label, label_entry)
     return Preprocessor(data.task, data.label, features, label_state, output)

@@ -37,7 +37,7 @@ import ray.data
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from rayops.data.schema import ERROR, RAW, SOURCE_FILE, SOURCE_ROW
+from rayops.data.validate import ERROR, RAW, SOURCE_FILE, SOURCE_ROW
 from rayops.errors import DataError, StorageError, one_line
 from rayops.storage import Location
 

@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayops.config import ColumnSpec
-from rayops.data.schema import label_strings
+from rayops.tasks import task_of
+from rayops.tasks.scoring import label_strings, mean_std
 
 SAMPLE_PER_BLOCK = 256
 SAMPLE_MAX = 4096  # values kept for quantiles; error of a quantile ~ 1/sqrt(4096)
@@ -73,7 +74,7 @@ def table_stats(table: pa.Table, columns: Mapping[str, ColumnSpec],
     for name, spec in columns.items():
         col = table.column(name)
         as_categories = spec.type in ("categorical", "text") or (
-            name == label and task == "classification")
+            name == label and task is not None and task_of(task).categorical_label)
         if as_categories:
             text = label_strings(col) if name == label else pc.cast(col, pa.string())
             out[name] = _categorical(text, table.num_rows)
@@ -119,16 +120,6 @@ def merge(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                 target[field] = pick(known) if known else None
             _merge_sample(target, entry)
     return merged
-
-
-def mean_std(entry: Mapping[str, Any]) -> tuple[float, float]:
-    """Mean and population standard deviation (1.0 where there is no spread)."""
-    n = entry.get("n", 0)
-    if n == 0:
-        return 0.0, 1.0
-    mean = entry["sum"] / n
-    std = float(np.sqrt(max(entry["sumsq"] / n - mean * mean, 0.0)))
-    return float(mean), std if std > 1e-12 else 1.0
 
 
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)

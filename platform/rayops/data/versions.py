@@ -34,9 +34,10 @@ from rayops.config import PipelineConfig
 from rayops.data import table as delta
 from rayops.data.context import data_context
 from rayops.data.preprocess import Preprocessor
-from rayops.data.schema import SPLIT
+from rayops.data.validate import SPLIT
 from rayops.errors import DataError
 from rayops.storage import Location, root_of
+from rayops.tracking.tags import DATASET_TAG
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ def complete_quarantine(version: DatasetVersion, table: DeltaTable | None = None
     try:
         delta.commit(location, table, actions, mode="append", schema=QUARANTINE_SCHEMA,
                      partition_by=[DATASET_VERSION],
-                     metadata={"rayops.dataset_version": str(version.version)},
+                     metadata={DATASET_TAG: str(version.version)},
                      transaction=Transaction(QUARANTINE_APP, version.version))
     except delta.CommitConflict:
         table.update_incremental()  # someone else completed it at the same moment

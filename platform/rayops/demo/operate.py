@@ -15,7 +15,7 @@ import requests
 
 from rayops.config import PipelineConfig
 from rayops.data.ingest import file_source
-from rayops.data.schema import ERROR, validate_frame
+from rayops.data.validate import ERROR, validate_frame
 from rayops.demo import churn
 
 # What the demo changes in the loop's defaults, so that one cycle shows every step in

@@ -1,8 +1,10 @@
 """Model families and the on-disk bundle every family shares: model files plus JSON, never
 a pickle.
 
-A bundle is a folder with the family's model file (``weights.pt``, a state dict loaded with
-``torch.load(weights_only=True)``; or ``model.ubj``, an XGBoost UBJSON document) and
+A family (:class:`rayops.models.family.Family`, found by name in :mod:`rayops.families`)
+trains on Ray Train, saves and loads its model and predicts: ``mlp`` (a PyTorch network,
+``weights.pt`` loaded with ``torch.load(weights_only=True)``) and ``xgboost`` (``model.ubj``,
+an XGBoost UBJSON document). A bundle is a folder with the family's model files and
 ``bundle.json`` (architecture with its ``family``, fitted preprocessing, input schema,
 metrics, dataset version). Serving, the gate and the MLflow pyfunc load it the same way.
 """
@@ -12,43 +14,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 from rayops.errors import TrainingError
+from rayops.families import family_named
+from rayops.models.family import Family, LoopConfig, Model
 from rayops.models.mlp import MLP, WEIGHTS, MLPModel, build_model, load_state_dict
 
 BUNDLE = "bundle.json"
-FAMILIES = ("mlp", "xgboost")
-
-
-class Model(Protocol):
-    """What ``predict``, ``evaluate`` and serving need of a trained model."""
-
-    family: str
-
-    def save(self, folder: Path) -> None: ...
-
-    def outputs(self, x: np.ndarray, classification: bool) -> np.ndarray:
-        """Class probabilities (rows sum to 1), or the standardized value as one column."""
-        ...
 
 
 def family_of(spec: dict[str, Any]) -> str:
     return str(spec.get("family", "mlp"))  # bundles from before families were MLPs
-
-
-def _load_model(folder: Path, spec: dict[str, Any]) -> Model:
-    family = family_of(spec)
-    if family == "mlp":
-        return MLPModel.load(folder, spec)
-    if family == "xgboost":
-        from rayops.models.xgboost import XGBoostModel
-
-        return XGBoostModel.load(folder, spec)
-    raise TrainingError(f"{str(folder)!r}: unknown model family {family!r} "
-                        f"(known: {', '.join(FAMILIES)})")
 
 
 @dataclass(frozen=True)
@@ -74,8 +51,13 @@ class Bundle:
         if not meta_path.exists():
             raise TrainingError(f"{str(folder)!r} is not a rayops model bundle (no {BUNDLE})")
         meta = json.loads(meta_path.read_text())
-        return cls(_load_model(folder, meta["architecture"]), meta)
+        spec = meta["architecture"]
+        try:
+            family = family_named(family_of(spec))
+        except Exception as exc:
+            raise TrainingError(f"{str(folder)!r}: {exc}") from None
+        return cls(family.load(folder, spec), meta)
 
 
-__all__ = ["BUNDLE", "FAMILIES", "MLP", "WEIGHTS", "Bundle", "MLPModel", "Model",
+__all__ = ["BUNDLE", "MLP", "WEIGHTS", "Bundle", "Family", "LoopConfig", "MLPModel", "Model",
            "build_model", "family_of", "load_state_dict"]

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from rayops.errors import TrainingError
+from rayops.families import register_family
+from rayops.models.family import Family
+
+if TYPE_CHECKING:
+    from ray.train import Checkpoint
+
+    from rayops.config import PipelineConfig
 
 WEIGHTS = "weights.pt"
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -109,7 +117,7 @@ def load_state_dict(source: Path | bytes, name: str | None = None) -> dict[str, 
 
 
 class MLPModel:
-    """The family interface over a trained MLP (see :class:`rayops.models.Bundle`)."""
+    """A trained MLP as a :class:`rayops.models.family.Model`."""
 
     family = "mlp"
 
@@ -126,6 +134,51 @@ class MLPModel:
         torch.save(self.network.state_dict(), folder / WEIGHTS)
 
     @torch.inference_mode()
-    def outputs(self, x: np.ndarray, classification: bool) -> np.ndarray:
+    def outputs(self, x: np.ndarray, probabilities: bool) -> np.ndarray:
         out = self.network(torch.from_numpy(x))
-        return torch.softmax(out, dim=1).numpy() if classification else out.numpy()
+        return torch.softmax(out, dim=1).numpy() if probabilities else out.numpy()
+
+
+class MLPFamily(Family):
+    """A PyTorch network trained with DDP (:mod:`rayops.models.torch_loop`)."""
+
+    name = "mlp"
+    tasks = ("classification", "regression")
+    step = "epoch"
+
+    def architecture(self, cfg: PipelineConfig, n_inputs: int, n_outputs: int,
+                     features: list[dict[str, Any]]) -> dict[str, Any]:
+        model = cfg.model
+        return {"family": self.name, "n_inputs": n_inputs, "n_outputs": n_outputs,
+                "hidden_sizes": list(model.hidden_sizes or auto_hidden_sizes(n_inputs)),
+                "dropout": model.dropout, "activation": model.activation,
+                "embeddings": embeddings_for(features, model.embedding_min_categories)}
+
+    def length(self, cfg: PipelineConfig) -> int:
+        return cfg.train.epochs
+
+    def trainer(self) -> tuple[Any, Callable[[dict[str, Any]], None]]:
+        from ray.train.torch import TorchTrainer
+
+        from rayops.models.torch_loop import train_fn_per_worker
+
+        return TorchTrainer, train_fn_per_worker
+
+    def trained_model(self, folder: Path, architecture: dict[str, Any]) -> MLPModel:
+        from rayops.models.checkpoints import CHECKPOINT_FILE
+
+        network = build_model(architecture)
+        network.load_state_dict(load_state_dict(folder / CHECKPOINT_FILE)["model"])
+        return MLPModel(network)
+
+    def history(self, cfg: PipelineConfig, run_name: str, newest: Checkpoint | None
+                ) -> list[dict[str, float]]:
+        from rayops.models.checkpoints import checkpoints_of, history_of, latest_state
+
+        return history_of(latest_state(checkpoints_of(cfg, run_name), newest))
+
+    def load(self, folder: Path, architecture: dict[str, Any]) -> MLPModel:
+        return MLPModel.load(folder, architecture)
+
+
+register_family(MLPFamily())

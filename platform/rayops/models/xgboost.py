@@ -7,15 +7,21 @@ before XGBoost reads it, so loading a model never unpickles anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rayops.errors import TrainingError
+from rayops.families import register_family
+from rayops.models.family import Family
 
 if TYPE_CHECKING:
     import xgboost
+    from ray.train import Checkpoint
+
+    from rayops.config import PipelineConfig
 
 MODEL_FILE = "model.ubj"
 # JSON and UBJSON documents both open an object with "{"; a pickle starts with 0x80.
@@ -62,7 +68,7 @@ def load_booster(raw: bytes, name: str) -> xgboost.Booster:
 
 
 class XGBoostModel:
-    """The family interface over a trained booster (see :class:`rayops.models.Bundle`)."""
+    """A trained booster as a :class:`rayops.models.family.Model`."""
 
     family = "xgboost"
 
@@ -79,7 +85,50 @@ class XGBoostModel:
     def save(self, folder: Path) -> None:
         self.booster.save_model(str(folder / MODEL_FILE))
 
-    def outputs(self, x: np.ndarray, classification: bool) -> np.ndarray:
+    def outputs(self, x: np.ndarray, probabilities: bool) -> np.ndarray:
         """Class probabilities, or the standardized value as one column."""
         out = np.asarray(self.booster.inplace_predict(x))
-        return out if classification else out.reshape(-1, 1)
+        return out if probabilities else out.reshape(-1, 1)
+
+
+class XGBoostFamily(Family):
+    """Gradient-boosted trees with Ray Train's XGBoostTrainer
+    (:mod:`rayops.models.xgboost_loop`)."""
+
+    name = "xgboost"
+    tasks = ("classification", "regression")
+    step = "round"
+
+    def architecture(self, cfg: PipelineConfig, n_inputs: int, n_outputs: int,
+                     features: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"family": self.name, "n_inputs": n_inputs, "n_outputs": n_outputs,
+                **cfg.model.xgboost.model_dump()}
+
+    def length(self, cfg: PipelineConfig) -> int:
+        return cfg.model.xgboost.max_rounds
+
+    def trainer(self) -> tuple[Any, Callable[[dict[str, Any]], None]]:
+        require_xgboost()
+        from ray.train.xgboost import XGBoostTrainer
+
+        from rayops.models.xgboost_loop import xgboost_fn_per_worker
+
+        return XGBoostTrainer, xgboost_fn_per_worker
+
+    def trained_model(self, folder: Path, architecture: dict[str, Any]) -> XGBoostModel:
+        return XGBoostModel.load(folder, architecture)  # a checkpoint holds model.ubj too
+
+    def history(self, cfg: PipelineConfig, run_name: str, newest: Checkpoint | None
+                ) -> list[dict[str, float]]:
+        from rayops.models.xgboost_loop import history_of
+
+        return history_of(newest)
+
+    def load(self, folder: Path, architecture: dict[str, Any]) -> XGBoostModel:
+        return XGBoostModel.load(folder, architecture)
+
+    def pip_requirements(self) -> list[str]:
+        return pip_requirements()
+
+
+register_family(XGBoostFamily())

@@ -21,9 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rayops import metrics as metric_fns
 from rayops.config import ColumnSpec, PipelineConfig
-from rayops.data.schema import ERROR, validate_records
+from rayops.data.validate import ERROR, validate_records
 from rayops.errors import DataError
 from rayops.serve.prediction_log import (
     FEEDBACK_SCHEMA,
@@ -33,6 +32,7 @@ from rayops.serve.prediction_log import (
     read_log,
 )
 from rayops.storage import Location, root_of
+from rayops.tasks import task_of
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ def append_feedback(cfg: PipelineConfig, labels: pd.DataFrame) -> int:
         raise DataError(f"feedback lacks the column(s) {sorted(missing)}; it needs "
                         "request_id, label and optionally record_index")
     now = dt.datetime.now(dt.UTC)
+    task = task_of(cfg.data.task)
     rows = []
     for line, item in enumerate(labels.to_dict("records"), start=1):
         request_id, label = item.get("request_id"), item.get("label")
@@ -63,7 +64,7 @@ def append_feedback(cfg: PipelineConfig, labels: pd.DataFrame) -> int:
         if label is None or (isinstance(label, float) and not np.isfinite(label)):
             raise DataError(f"feedback row {line} ({request_id}): label is missing "
                             f"(got {label!r})")
-        if task_label(cfg.data.task, _plain(label)) is None:
+        if task.true_label(_plain(label)) is None:
             raise DataError(f"feedback row {line} ({request_id}): label {label!r} is not a "
                             f"number, which a {cfg.data.task} model's labels are")
         try:
@@ -80,16 +81,6 @@ def append_feedback(cfg: PipelineConfig, labels: pd.DataFrame) -> int:
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
-
-
-def task_label(task: str, value: Any) -> Any:
-    """A true label as the task reads it, or None when it cannot be one: regression takes
-    a finite number (not text, not a boolean); classification any class name (as text)."""
-    if task != "regression":
-        return None if value is None else str(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if np.isfinite(value) else None
 
 
 def read_frame(location: Location, columns: list[str], since: dt.datetime | None = None
@@ -121,7 +112,8 @@ def live_metrics(cfg: PipelineConfig, hours: float | None = None
     time when ``hours`` is None), keyed by version."""
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours) if hours else None
     joined = _labelled(cfg, ["model_version", "prediction"], since)
-    joined["label"] = [task_label(cfg.data.task, json.loads(a)) for a in joined["label"]]
+    task = task_of(cfg.data.task)
+    joined["label"] = [task.true_label(json.loads(a)) for a in joined["label"]]
     unusable = joined["label"].isna()
     if unusable.any():  # a label that cannot be this task's: left out, never a crash
         logger.warning("%d label(s) of %s are not %s labels and are left out of the live "
@@ -133,26 +125,9 @@ def live_metrics(cfg: PipelineConfig, hours: float | None = None
         predicted = [json.loads(p) for p in rows["prediction"]]
         actual = list(rows["label"])
         out[str(version)] = {"labelled": float(len(rows)),
-                             **_metrics(cfg.data.task, predicted, actual,
-                                        cfg.data.columns[cfg.data.label].values)}
+                             **task.live_metrics(predicted, actual,
+                                                 cfg.data.columns[cfg.data.label].values)}
     return out
-
-
-def _metrics(task: str, predicted: list[Any], actual: list[Any],
-             declared: list[str] | None = None) -> dict[str, float]:
-    """Live metrics; ``declared`` classes keep a binary task's positive class the one
-    training used even when a window holds one class only."""
-    if task == "regression":
-        values = metric_fns.regression_metrics(metric_fns.regression_sums(
-            np.asarray(predicted, dtype=np.float64), np.asarray(actual, dtype=np.float64)))
-    else:
-        classes = sorted({*(declared or []), *(str(v) for v in [*predicted, *actual])})
-        index = {c: i for i, c in enumerate(classes)}
-        confusion = metric_fns.confusion_matrix(
-            np.array([index[str(p)] for p in predicted]),
-            np.array([index[str(a)] for a in actual]), len(classes))
-        values = metric_fns.classification_metrics(confusion)
-    return {f"live_{k}": v for k, v in values.items()}
 
 
 def labelled_window(cfg: PipelineConfig, schema: dict[str, ColumnSpec], hours: float

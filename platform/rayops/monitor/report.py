@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 
 from rayops import tracking
 from rayops.config import ColumnSpec, PipelineConfig
-from rayops.data.schema import ERROR, validate_frame
 from rayops.data.stats import numeric_columns
+from rayops.data.validate import ERROR, validate_frame
 from rayops.data.versions import load_version, version_number
 from rayops.errors import DataError
 from rayops.monitor.drift import VERDICT_CODES, DriftReport, DriftThresholds, dataset_drift
@@ -121,8 +121,7 @@ def monitor_records(cfg: PipelineConfig, records: pd.DataFrame, alias: str = "ch
                     log: bool = True) -> MonitorResult:
     """Drift of ``records`` against the training profile of the model ``alias`` names."""
     model = tracking.resolve_alias(cfg.tracking, cfg.model_name, alias)
-    run = tracking.client(cfg.tracking).get_run(model.run_id)
-    dataset = run.data.tags["rayops.dataset_version"]
+    dataset = tracking.run_tags(cfg.tracking, model.run_id)[tracking.DATASET_TAG]
     version = load_version(cfg, version_number(dataset))
     schema = {n: ColumnSpec.model_validate(s) for n, s in version.manifest["schema"].items()}
     profile = dict(version.manifest["profile"])
@@ -142,14 +141,14 @@ def _log(cfg: PipelineConfig, result: MonitorResult) -> str:
         cfg.tracking, cfg.experiment_name, f"{cfg.name}-monitor",
         params={"model_version": result.model.version, "dataset": result.dataset,
                 "rows": result.report.rows, "monitor": cfg.monitor.model_dump()},
-        tags={"rayops.kind": "monitor", "rayops.drift_verdict": result.report.verdict})
+        tags={tracking.KIND_TAG: "monitor", tracking.DRIFT_VERDICT_TAG: result.report.verdict})
     metrics = {"drift_verdict": VERDICT_CODES[result.report.verdict],
                "rejected_records": float(result.rejected)}
     metrics |= {f"psi.{f.name}": f.psi for f in result.report.features if f.psi is not None}
     tracking.log_metrics(cfg.tracking, run_id, metrics, step=0)
     with tempfile.TemporaryDirectory(prefix="rayops-monitor-") as folder:
         for path in write_reports(result, Path(folder)):
-            tracking.client(cfg.tracking).log_artifact(run_id, str(path), "drift")
+            tracking.log_artifact(cfg.tracking, run_id, path, "drift")
     tracking.end_run(cfg.tracking, run_id)
     return run_id
 

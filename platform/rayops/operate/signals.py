@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from rayops.config import OperateConfig, RollbackConfig, ShadowGateConfig
+from rayops.tasks import task_of
 
 SERVED_ROLES = ("champion", "canary", "fallback")  # what clients got, a shadow's aside
 
@@ -82,16 +83,10 @@ def served_stats(rows: pd.DataFrame, version: str, roles: tuple[str, ...]) -> Se
     return ServedStats(len(mine), int(mine["error"].notna().sum()), _p95(mine))
 
 
-def _agree(task: str, shadow: Any, champion: Any, tolerance: float) -> bool:
-    if task == "classification":
-        return bool(shadow == champion)
-    a, b = float(shadow), float(champion)
-    return abs(a - b) <= tolerance * max(abs(b), 1e-9)
-
-
 def shadow_stats(rows: pd.DataFrame, version: str, task: str, tolerance: float) -> ShadowStats:
     """How the shadow ``version`` did on mirrored records, against the champion's answers to
-    the same records (joined on request id and record index)."""
+    the same records (joined on request id and record index); whether two answers agree is
+    the ``task``'s to say (within ``tolerance`` for a number)."""
     role = rows["role"].fillna("champion")
     shadow = rows[(role == "shadow") & (rows["model_version"] == version)]
     served = rows[role.isin(SERVED_ROLES) & rows["prediction"].notna()]
@@ -99,7 +94,8 @@ def shadow_stats(rows: pd.DataFrame, version: str, task: str, tolerance: float) 
     pairs = shadow[shadow["prediction"].notna()].merge(
         served[[*keys, "prediction"]].drop_duplicates(keys), on=keys,
         suffixes=("_shadow", "_champion"))
-    agreed = [_agree(task, json.loads(s), json.loads(c), tolerance)
+    agree = task_of(task).agree
+    agreed = [agree(json.loads(s), json.loads(c), tolerance)
               for s, c in zip(pairs["prediction_shadow"], pairs["prediction_champion"],
                               strict=True)]
     champion = served[served["request_id"].isin(set(shadow["request_id"]))]

@@ -12,7 +12,8 @@ from ray import serve
 from ray.serve import Application
 
 from rayops.config import PipelineConfig, load_config, parse_overrides, validate_config
-from rayops.serve.deployment import ModelServer, replica_settings, wait_ready
+from rayops.serve.deployment import ModelServer, wait_ready
+from rayops.serve.settings import replica_settings
 
 __all__ = ["AppArgs", "ModelServer", "build_app", "build_application", "deploy",
            "serve_config", "wait_ready"]

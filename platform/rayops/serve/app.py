@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from rayops.errors import DataError, LabelsNotStored
-from rayops.serve.schema import (
+from rayops.serve.bodies import (
     FeedbackResponse,
     Metadata,
     PredictResponse,

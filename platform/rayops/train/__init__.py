@@ -1,8 +1,8 @@
-"""Training with Ray Train V2: one loop on every worker, one driver for runs and trials.
+"""Training with Ray Train V2: one driver for runs and trials.
 
-``loop.train_fn_per_worker`` runs on each DDP worker; ``driver.fit_and_log`` builds the
-TorchTrainer, picks the best checkpoint and logs the model. A single run and every Tune trial
-go through these same two functions.
+``driver.fit_and_log`` builds the model family's trainer (its loop runs on every worker:
+:mod:`rayops.models.torch_loop` for the MLP), picks the best checkpoint and logs the model.
+A single run and every Tune trial go through these same functions.
 """
 
 from rayops.train.driver import (
@@ -14,7 +14,6 @@ from rayops.train.driver import (
     run_params,
     run_training,
 )
-from rayops.train.loop import train_fn_per_worker
 
 __all__ = [
     "TrainOutcome",
@@ -24,5 +23,4 @@ __all__ = [
     "load_datasets",
     "run_params",
     "run_training",
-    "train_fn_per_worker",
 ]

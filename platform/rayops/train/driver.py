@@ -31,30 +31,19 @@ from ray.train import (
     RunConfig,
     ScalingConfig,
 )
-from ray.train.torch import TorchTrainer
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from rayops import tracking
 from rayops.config import PipelineConfig
 from rayops.data.context import data_context
 from rayops.data.preprocess import Preprocessor
-from rayops.data.versions import DatasetVersion, load_version
+from rayops.data.versions import DatasetVersion, load_version, version_number
 from rayops.errors import TrackingError, TrainingError, one_line, redact
-from rayops.models import Bundle, MLPModel, Model, build_model, load_state_dict
-from rayops.models.mlp import auto_hidden_sizes, embeddings_for
-from rayops.models.xgboost import XGBoostModel, require_xgboost
-from rayops.models.xgboost import pip_requirements as xgboost_requirements
+from rayops.families import family_named
+from rayops.models import Bundle, LoopConfig, Model
+from rayops.models.checkpoints import checkpoints_of, set_aside_broken_snapshot
 from rayops.storage import root_of
-from rayops.train.boosted import history_of as boosted_history
 from rayops.train.feed import epoch_feed
-from rayops.train.loop import (
-    CHECKPOINT_FILE,
-    checkpoints_of,
-    history_of,
-    latest_state,
-    set_aside_broken_snapshot,
-    train_fn_per_worker,
-)
 from rayops.train.records import mark_failed, new_record, resumable, runs_folder, write_record
 
 logger = logging.getLogger(__name__)
@@ -76,6 +65,7 @@ class TrainOutcome:
     metrics: dict[str, float]
     model_uri: str
     checkpoint_path: str
+    dataset_version: int  # the curated table version it trained on
 
 
 def model_inputs(table: pa.Table, state: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -83,7 +73,7 @@ def model_inputs(table: pa.Table, state: dict[str, Any]) -> dict[str, np.ndarray
     Validation rows whose class never occurs in training are left out."""
     pre = Preprocessor.from_dict(state)
     label = pre.encode_label(table.column(pre.label))
-    keep = label >= 0 if pre.task == "classification" else np.ones(len(label), dtype=bool)
+    keep = pre.rules.known(label)
     return {"features": pre.transform(table.filter(pa.array(keep))), "label": label[keep]}
 
 
@@ -116,21 +106,15 @@ def _in_blocks(columns: dict[str, np.ndarray], blocks: int = 8) -> ray.data.Data
 
 def architecture(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:
     """The model's shape, stored with checkpoints and bundles (``family`` says which)."""
-    pre, model = version.preprocessor, cfg.model
-    shape = {"family": model.family, "n_inputs": pre.n_features, "n_outputs": pre.n_outputs}
-    if model.family == "xgboost":
-        return {**shape, **model.xgboost.model_dump()}
-    return {**shape, "hidden_sizes": list(model.hidden_sizes or auto_hidden_sizes(
-                pre.n_features)),
-            "dropout": model.dropout, "activation": model.activation,
-            "embeddings": embeddings_for(pre.features, model.embedding_min_categories)}
+    pre = version.preprocessor
+    return family_named(cfg.model.family).architecture(cfg, pre.n_features, pre.n_outputs,
+                                                       pre.features)
 
 
 def length_of(cfg: PipelineConfig) -> tuple[int, str]:
-    """The most steps a run takes, and what a step is: MLP epochs or boosting rounds."""
-    if cfg.model.family == "xgboost":
-        return cfg.model.xgboost.max_rounds, "rounds"
-    return cfg.train.epochs, "epochs"
+    """The most steps a run takes, and what a step is (an MLP's epochs, boosting rounds)."""
+    family = family_named(cfg.model.family)
+    return family.length(cfg), f"{family.step}s"
 
 
 def _cache_shards(cfg: PipelineConfig, version: DatasetVersion) -> bool:
@@ -154,17 +138,16 @@ def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
     resources = {**cfg.train.resources_per_worker, "CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
         resources["GPU"] = 1
-    meta = {"dataset": version.id, "architecture": architecture(cfg, version),
-            "preprocessor": version.manifest["preprocessor"]}
-    trainer, loop = _trainer_of(cfg)
+    shape = architecture(cfg, version)
+    loop = LoopConfig(cfg, shape, version.preprocessor.label_state,
+                      meta={"dataset": version.id, "architecture": shape,
+                            "preprocessor": version.manifest["preprocessor"]},
+                      run_id=run_id, run_name=run_name, cache=_cache_shards(cfg, version),
+                      feed=feed)
+    trainer, loop_per_worker = family_named(cfg.model.family).trainer()
     return trainer(
-        loop,
-        train_loop_config={
-            "cfg": cfg.model_dump(mode="json"), "architecture": architecture(cfg, version),
-            "label_state": version.preprocessor.label_state, "run_id": run_id,
-            "cache": _cache_shards(cfg, version), "meta": meta, "feed": feed,
-            "run_name": run_name,
-        },
+        loop_per_worker,
+        train_loop_config=loop.for_ray(),
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -181,17 +164,6 @@ def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
         # Blocks reach each worker in a fixed order, so a seed reproduces a run.
         dataset_config=DataConfig(execution_options=_ingest_options()),
     )
-
-
-def _trainer_of(cfg: PipelineConfig) -> tuple[Any, Any]:
-    if cfg.model.family == "xgboost":
-        require_xgboost()
-        from ray.train.xgboost import XGBoostTrainer
-
-        from rayops.train.boosted import xgboost_fn_per_worker
-
-        return XGBoostTrainer, xgboost_fn_per_worker
-    return TorchTrainer, train_fn_per_worker
 
 
 def _ingest_options() -> ExecutionOptions:
@@ -230,12 +202,8 @@ def _input_example(version: DatasetVersion) -> pd.DataFrame:
 def _trained_model(cfg: PipelineConfig, version: DatasetVersion, checkpoint: Checkpoint
                    ) -> Model:
     with checkpoint.as_directory() as folder:
-        if cfg.model.family == "xgboost":
-            return XGBoostModel.load(Path(folder), architecture(cfg, version))
-        state = load_state_dict(Path(folder) / CHECKPOINT_FILE)
-    network = build_model(architecture(cfg, version))
-    network.load_state_dict(state["model"])
-    return MLPModel(network)
+        return family_named(cfg.model.family).trained_model(Path(folder),
+                                                            architecture(cfg, version))
 
 
 def _bundle(cfg: PipelineConfig, version: DatasetVersion, checkpoint: Checkpoint,
@@ -270,8 +238,7 @@ def fit_and_log(cfg: PipelineConfig, version: DatasetVersion,
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
     bundle = _bundle(cfg, version, checkpoint, numbers, run_id)
     # The newest checkpoint holds every epoch's metrics so far.
-    history = (boosted_history(result.checkpoint) if cfg.model.family == "xgboost" else
-               history_of(latest_state(checkpoints_of(cfg, run_name), result.checkpoint)))
+    history = family_named(cfg.model.family).history(cfg, run_name, result.checkpoint)
     saved = root_of(cfg.storage).join("models", run_name)
     with tempfile.TemporaryDirectory(prefix="rayops-") as folder:
         bundle_dir = bundle.save(Path(folder) / "bundle")
@@ -280,7 +247,7 @@ def fit_and_log(cfg: PipelineConfig, version: DatasetVersion,
             model_uri = _complete_run(cfg, version, run_id, bundle, bundle_dir, history)
         except Exception as exc:
             raise _not_logged(cfg, run_name, len(history), saved.uri, exc) from exc
-    return TrainOutcome(run_id, numbers, model_uri, checkpoint.path)
+    return TrainOutcome(run_id, numbers, model_uri, checkpoint.path, version.version)
 
 
 def _not_logged(cfg: PipelineConfig, run_name: str, epochs: int, saved: str,
@@ -308,7 +275,7 @@ def _complete_run(cfg: PipelineConfig, version: DatasetVersion, run_id: str, bun
     if model_uri is None:
         required = {name: not spec["nullable"] for name, spec in
                     version.manifest["schema"].items() if name != cfg.data.label}
-        extra = xgboost_requirements() if bundle.family == "xgboost" else []
+        extra = family_named(bundle.family).pip_requirements()
         model_uri = tracking.log_model(cfg.tracking, run_id, bundle_dir,
                                        _input_example(version), required, extra)
     numbers = bundle.meta["metrics"]
@@ -368,4 +335,5 @@ def _finished_outcome(cfg: PipelineConfig, record: dict[str, Any]) -> TrainOutco
     if metrics is None or model_uri is None:
         raise TrainingError(f"run {record['name']} is recorded as finished but MLflow run "
                             f"{run_id} holds no model")
-    return TrainOutcome(run_id, metrics, model_uri, "")
+    return TrainOutcome(run_id, metrics, model_uri, "",
+                        version_number(record["dataset_version"]))

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from rayops.config import PipelineConfig
-from rayops.metrics import TASK_METRICS
+from rayops.families import family_named
+from rayops.tasks import task_of
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +45,10 @@ def console_enabled() -> bool:
 def epoch_line(cfg: PipelineConfig, metrics: dict[str, float]) -> str:
     """``epoch 3/8  loss 0.412 / 0.398  valid_f1 0.662  valid_accuracy 0.781  1.3 s``."""
     metric, _ = cfg.target_metric
-    second = "valid_accuracy" if cfg.data.task == "classification" else "valid_r2"
-    shown = [m for m in dict.fromkeys([metric, second]) if m in TASK_METRICS[cfg.data.task]]
+    task, family = task_of(cfg.data.task), family_named(cfg.model.family)
+    shown = [m for m in dict.fromkeys([metric, task.shown_metric]) if m in task.metrics]
     scores = "  ".join(f"{m} {metrics[m]:.4f}" for m in shown if m in metrics)
-    step = ("round", cfg.model.xgboost.max_rounds) if cfg.model.family == "xgboost" else (
-        "epoch", cfg.train.epochs)
-    return (f"{step[0]} {int(metrics['epoch'])}/{step[1]}  loss "
+    return (f"{family.step} {int(metrics['epoch'])}/{family.length(cfg)}  loss "
             f"{metrics.get('train_loss', float('nan')):.4f} / "
             f"{metrics.get('valid_loss', float('nan')):.4f}  {scores}  "
             f"{metrics.get('epoch_time_s', 0.0):.1f} s")

@@ -66,7 +66,7 @@ def resumable(cfg: PipelineConfig, kind: str, name: str | None = None
                                   f"({record['name']}) finished")
     version = load_version(cfg, version_number(record["dataset_version"]))
     if record["status"] != "finished":
-        tracking.client(cfg.tracking).update_run(record["run_id"], status="RUNNING")
+        tracking.reopen_run(cfg.tracking, record["run_id"])
         logger.info("Resuming %s (MLflow run %s, %s) on %s", record["name"],
                     record["run_id"], record["status"], version.id)
     return record, version

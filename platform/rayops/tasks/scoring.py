@@ -1,4 +1,4 @@
-"""Validation metrics computed from sufficient statistics.
+"""Metrics computed from sufficient statistics (what every task's metrics are made of).
 
 Each worker turns its validation shard into small count/sum arrays; the arrays are summed
 across workers (all-reduce) and only then turned into metrics, so F1 and R^2 are exact for
@@ -7,21 +7,13 @@ the whole validation set, not averages of per-worker values.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
-
-Mode = Literal["min", "max"]
-
-# Every metric a training run reports per epoch, by task, with the direction that is better.
-# Config keys that name a metric (tune.metric, gate.metric, gate.max_regression) are checked
-# against this table when the config loads.
-_COMMON: dict[str, Mode] = {"valid_loss": "min", "train_loss": "min"}
-TASK_METRICS: dict[str, dict[str, Mode]] = {
-    "classification": {"valid_accuracy": "max", "valid_precision": "max",
-                       "valid_recall": "max", "valid_f1": "max", **_COMMON},
-    "regression": {"valid_rmse": "min", "valid_mae": "min", "valid_r2": "max", **_COMMON},
-}
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 def confusion_matrix(predicted: np.ndarray, actual: np.ndarray, n_classes: int) -> np.ndarray:
@@ -72,3 +64,27 @@ def regression_metrics(sums: np.ndarray) -> dict[str, float]:
         "mae": sae / n,
         "r2": 1.0 - sse / sst if sst > 0 else 0.0,
     }
+
+
+def mean_std(entry: Mapping[str, Any]) -> tuple[float, float]:
+    """Mean and population standard deviation of a column's merged statistics (``n``,
+    ``sum``, ``sumsq``); 1.0 where there is no spread."""
+    n = entry.get("n", 0)
+    if n == 0:
+        return 0.0, 1.0
+    mean = entry["sum"] / n
+    std = float(np.sqrt(max(entry["sumsq"] / n - mean * mean, 0.0)))
+    return float(mean), std if std > 1e-12 else 1.0
+
+
+def label_strings(labels: pa.ChunkedArray | pa.Array | pd.Series) -> pa.ChunkedArray:
+    """Class labels as text; integral numbers print without a trailing '.0'."""
+    if isinstance(labels, pd.Series):
+        labels = pa.chunked_array([pa.array(labels, from_pandas=True)])
+    if isinstance(labels, pa.Array):
+        labels = pa.chunked_array([labels])
+    if pa.types.is_floating(labels.type):
+        valid = labels.drop_null()
+        if len(valid) == 0 or pc.all(pc.equal(valid, pc.floor(valid))).as_py():
+            labels = pc.cast(labels, pa.int64())
+    return pc.cast(labels, pa.string())

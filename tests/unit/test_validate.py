@@ -5,15 +5,15 @@ import pyarrow as pa
 import pytest
 
 from rayops.config import ColumnSpec
-from rayops.data.schema import (
+from rayops.data.validate import (
     ERROR,
     assign_split,
     error_kind,
-    label_strings,
     validate_frame,
     validate_records,
     validate_table,
 )
+from rayops.tasks.scoring import label_strings
 
 SPECS = {
     "age": ColumnSpec(type="integer", nullable=False, min=18, max=110),

@@ -226,19 +226,6 @@ def validate_records(records: Sequence[Mapping[str, Any]], columns: Mapping[str,
     return validate_table(pa.table(arrays), columns, label)
 
 
-def label_strings(labels: pa.ChunkedArray | pa.Array | pd.Series) -> pa.ChunkedArray:
-    """Class labels as text; integral numbers print without a trailing '.0'."""
-    if isinstance(labels, pd.Series):
-        labels = pa.chunked_array([pa.array(labels, from_pandas=True)])
-    if isinstance(labels, pa.Array):
-        labels = pa.chunked_array([labels])
-    if pa.types.is_floating(labels.type):
-        valid = labels.drop_null()
-        if len(valid) == 0 or pc.all(pc.equal(valid, pc.floor(valid))).as_py():
-            labels = pc.cast(labels, pa.int64())
-    return pc.cast(labels, pa.string())
-
-
 def error_kind(reason: str) -> str:
     """The reason without the offending value: ``age: below min 18.0`` for counting."""
     return reason.split(" ('", 1)[0]

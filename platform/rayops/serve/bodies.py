@@ -8,14 +8,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    StrictBool,
-    StrictInt,
-    StrictStr,
     create_model,
 )
 
 from rayops.config import ColumnSpec
-from rayops.data.schema import MAX_INTEGER
+from rayops.data.validate import MAX_INTEGER
+from rayops.tasks import task_of
 
 
 def _whole_number(value: Any) -> Any:
@@ -62,23 +60,19 @@ def request_model(record: type[BaseModel], max_records: int) -> type[BaseModel]:
 
 
 class FeedbackItem(BaseModel):
-    """A true label for one served record."""
+    """A true label for one served record (its type: the task's, see :func:`feedback_model`)."""
 
     model_config = ConfigDict(extra="forbid")
     request_id: str = Field(min_length=1, max_length=200,
                             description="The X-Request-ID the prediction was answered under.")
     record_index: int = Field(0, ge=0, description="The record's place in that request.")
-    label: StrictStr | StrictBool | StrictInt | Annotated[float, Field(allow_inf_nan=False)]
-
-
-class RegressionFeedbackItem(FeedbackItem):
-    """A regression model's true label: a finite number (text would stop its metrics)."""
-
-    label: Annotated[float, Field(strict=True, allow_inf_nan=False)]  # type: ignore[assignment]
 
 
 def feedback_model(max_labels: int, task: str = "classification") -> type[BaseModel]:
-    item = RegressionFeedbackItem if task == "regression" else FeedbackItem
+    """The /feedback body: labels of the type the ``task`` reads (a regression model's must
+    be finite numbers: text would stop its metrics)."""
+    item = create_model("FeedbackLabel", __base__=FeedbackItem,
+                        label=(task_of(task).feedback_label, ...))
     return create_model(
         "FeedbackRequest", __config__=ConfigDict(extra="forbid"),
         labels=(list[item], Field(min_length=1, max_length=max_labels)),  # type: ignore[valid-type]

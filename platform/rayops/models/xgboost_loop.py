@@ -25,15 +25,24 @@ import numpy as np
 import ray.train
 from ray.train import Checkpoint
 
-from rayops import metrics as metric_fns
 from rayops.config import PipelineConfig
+from rayops.models.family import LoopConfig
+from rayops.models.metrics_writer import MetricsWriter
 from rayops.models.xgboost import MODEL_FILE, load_booster, require_xgboost
-from rayops.train.metrics_writer import MetricsWriter
 
 logger = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.json"
 PROGRESS_FILE = "progress.json"
+
+
+# Per task: XGBoost's objective and eval metric, and the power that turns the eval metric
+# into the loss the MLP reports (log loss as is; RMSE squared, the MLP's MSE).
+OBJECTIVES: dict[str, tuple[dict[str, str], float]] = {
+    # softprob for two classes too: one output layout (probabilities per class) for all
+    "classification": ({"objective": "multi:softprob", "eval_metric": "mlogloss"}, 1.0),
+    "regression": ({"objective": "reg:squarederror", "eval_metric": "rmse"}, 2.0),
+}
 
 
 def booster_params(cfg: PipelineConfig, n_outputs: int) -> dict[str, Any]:
@@ -47,11 +56,10 @@ def booster_params(cfg: PipelineConfig, n_outputs: int) -> dict[str, Any]:
         "colsample_bytree": boost.colsample_bytree, "lambda": boost.reg_lambda,
         "max_bin": boost.max_bin,
     }
-    if cfg.data.task == "classification":
-        # softprob for two classes too: one output layout (probabilities per class) for all
-        params.update(objective="multi:softprob", num_class=n_outputs, eval_metric="mlogloss")
-    else:
-        params.update(objective="reg:squarederror", eval_metric="rmse")
+    objective, _ = OBJECTIVES[cfg.data.task]
+    params.update(objective)
+    if objective["objective"].startswith("multi:"):
+        params["num_class"] = n_outputs
     return params
 
 
@@ -89,14 +97,13 @@ class Reporter:
     """An XGBoost callback: early stopping on the validation loss, and every
     ``report_every`` rounds a report (metrics + checkpoint) to Ray Train."""
 
-    def __init__(self, config: dict[str, Any], valid: tuple[np.ndarray, np.ndarray],
+    def __init__(self, loop: LoopConfig, valid: tuple[np.ndarray, np.ndarray],
                  stopping: Stopping) -> None:
         xgb = require_xgboost()
-        self.cfg = PipelineConfig.model_validate(config["cfg"])
-        self.config, self.valid, self.stopping = config, valid, stopping
+        self.cfg, self.loop, self.valid, self.stopping = loop.cfg, loop, valid, stopping
         self.rank = ray.train.get_context().get_world_rank()
-        self.writer = MetricsWriter(self.cfg.tracking, config["run_id"]) if (
-            self.rank == 0 and config.get("run_id")) else None
+        self.writer = MetricsWriter(self.cfg.tracking, loop.run_id) if (
+            self.rank == 0 and loop.run_id) else None
         self.callback = type("RayopsReport", (xgb.callback.TrainingCallback,), {
             "after_iteration": lambda _, model, epoch, log: self.after_round(model, epoch,
                                                                               log)})()
@@ -114,8 +121,7 @@ class Reporter:
 
     def report(self, model: Any, rounds: int, train_loss: float, valid_loss: float,
                extra: dict[str, float] | None = None) -> None:
-        classification = self.cfg.data.task == "classification"
-        square = 1.0 if classification else 2.0  # MSE, like the MLP's loss
+        _, square = OBJECTIVES[self.cfg.data.task]
         results = self.metrics(model)
         results.update(epoch=rounds, train_loss=train_loss ** square,
                        valid_loss=valid_loss ** square, **(extra or {}))
@@ -124,26 +130,17 @@ class Reporter:
             ray.train.report(results, checkpoint=checkpoint)
         if self.writer is not None:
             self.writer.put(rounds, results)
-        if self.rank == 0 and self.config.get("feed") is not None:
-            self.config["feed"].put.remote(results)
+        if self.rank == 0 and self.loop.feed is not None:
+            self.loop.feed.put.remote(results)
 
     def metrics(self, model: Any) -> dict[str, float]:
         """Exact validation metrics over every worker's shard."""
         x, y = self.valid
-        label_state = self.config["label_state"]
-        n_out = self.config["architecture"]["n_outputs"]
+        task, state = self.loop.task, self.loop.label_state
+        n_out = self.loop.architecture["n_outputs"]
         out = np.asarray(model.inplace_predict(x)) if len(x) else np.zeros((0, n_out))
-        if "classes" in label_state:
-            predicted = out.reshape(len(x), n_out).argmax(axis=1)
-            stats = metric_fns.confusion_matrix(predicted, y.astype(np.int64), n_out).ravel()
-            stats = _all_reduce(stats.astype(np.float64))
-            values = metric_fns.classification_metrics(stats.reshape(n_out, n_out))
-        else:
-            scale, shift = label_state["std"], label_state["mean"]
-            stats = _all_reduce(metric_fns.regression_sums(
-                out.reshape(-1) * scale + shift, y * scale + shift))
-            values = metric_fns.regression_metrics(stats)
-        return {f"valid_{k}": v for k, v in values.items()}
+        stats = task.sufficient_stats(out.reshape(len(x), n_out), y, state)
+        return task.metrics_of(_all_reduce(stats.astype(np.float64)), state)
 
     def _checkpoint(self, model: Any, rounds: int) -> Any:
         return (_saved(model, rounds, self.stopping) if self.rank == 0
@@ -201,17 +198,17 @@ def history_of(checkpoint: Checkpoint | None) -> list[dict[str, float]]:
 def xgboost_fn_per_worker(config: dict[str, Any]) -> None:
     """The XGBoost family's training loop on every worker."""
     xgb = require_xgboost()
-    cfg = PipelineConfig.model_validate(config["cfg"])
-    boost = cfg.model.xgboost
+    loop = LoopConfig.of(config)
+    cfg, boost = loop.cfg, loop.cfg.model.xgboost
     train_x, train_y = _arrays(ray.train.get_dataset_shard("train"))
     valid_x, valid_y = _arrays(ray.train.get_dataset_shard("valid"))
     dtrain = xgb.DMatrix(train_x, label=train_y)
     dvalid = xgb.DMatrix(valid_x, label=valid_y)
     booster, stopping = restored(ray.train.get_checkpoint())
-    reporter = Reporter(config, (valid_x, valid_y), stopping)
+    reporter = Reporter(loop, (valid_x, valid_y), stopping)
     done = booster.num_boosted_rounds() if booster is not None else 0
     try:
-        model = xgb.train(booster_params(cfg, config["architecture"]["n_outputs"]), dtrain,
+        model = xgb.train(booster_params(cfg, loop.architecture["n_outputs"]), dtrain,
                           num_boost_round=max(boost.max_rounds - done, 0),
                           evals=[(dtrain, "train"), (dvalid, "valid")], xgb_model=booster,
                           callbacks=[reporter.callback], verbose_eval=False)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from rayops.metrics import (
+from rayops.tasks.scoring import (
     classification_metrics,
     confusion_matrix,
     regression_metrics,

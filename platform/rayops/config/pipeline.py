@@ -1,0 +1,136 @@
+"""The pipeline config: one section per stage, and the checks that need two sections."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from rayops.config.base import _NAME_RE, StorageConfig, _Section
+from rayops.config.data import DataConfig
+from rayops.config.gate import GateConfig
+from rayops.config.monitor import MonitorConfig
+from rayops.config.operate import OperateConfig
+from rayops.config.serving import ServeConfig, TrackingConfig
+from rayops.config.training import ModelConfig, TrainConfig, TuneConfig
+from rayops.families import registered
+from rayops.tasks import Mode, task_of
+
+
+class PipelineConfig(_Section):
+    name: str = Field(description="Pipeline name: letters, digits, '_', '-', '.'.")
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    operate: OperateConfig = Field(default_factory=OperateConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("use 1-63 letters, digits, '_', '-' or '.', starting alphanumeric")
+        return v
+
+    @model_validator(mode="after")
+    def _search_space_keys(self) -> PipelineConfig:
+        for key in self.tune.search_space:
+            if not _tunable(key):
+                allowed = [*_setting_keys("model", ModelConfig),
+                           *_setting_keys("train", TrainConfig)]
+                raise ValueError(
+                    f"tune.search_space key {key!r} is not a tunable setting; "
+                    f"allowed: {', '.join(allowed)}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _key_features(self) -> PipelineConfig:
+        unknown = [f for f in self.monitor.key_features if f not in self.data.feature_names]
+        if unknown:
+            raise ValueError(f"monitor.key_features {unknown} are not features of this "
+                             f"pipeline; its features: {', '.join(self.data.feature_names)}")
+        return self
+
+    @model_validator(mode="after")
+    def _family_fits_the_task(self) -> PipelineConfig:
+        family = registered(self.model.family)  # rayops' own learn every task it has
+        if family is not None and self.data.task not in family.tasks:
+            raise ValueError(f"model.family {self.model.family!r} learns "
+                             f"{', '.join(family.tasks)}, not data.task {self.data.task!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _metric_names(self) -> PipelineConfig:
+        """Every key that names a metric must name one this task reports, so a typo fails
+        here instead of in the workers after the first epoch."""
+        known = task_of(self.data.task).metrics
+        named = {"tune.metric": self.tune.metric, "gate.metric": self.gate.metric}
+        named |= {f"gate.max_regression.{m}": m for m in self.gate.max_regression}
+        for key, metric in named.items():
+            if metric is not None and metric not in known:
+                raise ValueError(f"{key} {metric!r} is not a metric of a {self.data.task} "
+                                 f"run; use one of {', '.join(sorted(known))}")
+        if self.tune.metric and self.tune.mode and self.tune.mode != known[self.tune.metric]:
+            better = "higher" if known[self.tune.metric] == "max" else "lower"
+            raise ValueError(f"tune.mode {self.tune.mode!r} contradicts tune.metric "
+                             f"{self.tune.metric!r}, which is better {better}; use mode "
+                             f"{known[self.tune.metric]!r} or leave mode out")
+        return self
+
+    @property
+    def dataset_name(self) -> str:
+        return self.data.dataset or self.name
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def model_name(self) -> str:
+        return self.tracking.registered_model or self.name
+
+    @property
+    def target_metric(self) -> tuple[str, Mode]:
+        """The metric that ranks checkpoints and trials, with its direction."""
+        task = task_of(self.data.task)
+        metric = self.tune.metric or task.default_metric
+        return metric, task.metrics[metric]
+
+    @property
+    def gate_metric(self) -> tuple[str, Mode]:
+        """The metric the promotion gate compares, with its direction."""
+        metric = self.gate.metric or self.target_metric[0]
+        return metric, task_of(self.data.task).metrics[metric]
+
+    def with_overrides(self, overrides: dict[str, Any]) -> PipelineConfig:
+        """A copy with dotted keys replaced (``{"train.epochs": 3}``), validated again."""
+        from rayops.config.loading import set_dotted, validate_config
+
+        raw = self.model_dump()
+        for key, value in overrides.items():
+            set_dotted(raw, key, value)
+        return validate_config(raw)
+
+
+def _setting_keys(prefix: str, section: type[_Section]) -> list[str]:
+    """Every dotted setting under a section (``model.xgboost.max_depth``...)."""
+    keys = []
+    for name, info in section.model_fields.items():
+        nested = info.annotation
+        if isinstance(nested, type) and issubclass(nested, _Section):
+            keys += _setting_keys(f"{prefix}.{name}", nested)
+        else:
+            keys.append(f"{prefix}.{name}")
+    return keys
+
+
+def _tunable(key: str) -> bool:
+    return key in _setting_keys("model", ModelConfig) + _setting_keys("train", TrainConfig)
+
+
