@@ -25,7 +25,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import ray.data
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -35,8 +34,15 @@ from rayops.config import ChoiceDim, LogUniformDim, PipelineConfig, RandIntDim, 
 from rayops.data.versions import DatasetVersion, load_version
 from rayops.errors import TrainingError
 from rayops.storage import root_of
-from rayops.train import fit_and_log, load_datasets, run_params
-from rayops.train.records import mark_failed, new_record, resumable, runs_folder, write_record
+from rayops.train import ModelInputs, fit_and_log, load_inputs, run_params
+from rayops.train.records import (
+    RunRecord,
+    mark_failed,
+    new_record,
+    resumable,
+    runs_folder,
+    write_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +139,7 @@ def _trial_run(cfg: PipelineConfig, version: DatasetVersion, sampled: dict[str, 
 
 
 def run_trial(config: dict[str, Any], *, base: PipelineConfig, version: DatasetVersion,
-              datasets: dict[str, ray.data.Dataset], parent_run_id: str) -> None:
+              inputs: ModelInputs, parent_run_id: str) -> None:
     """One trial: the base config with the sampled values, trained by the shared driver."""
     resumed, sampled = sampled_values(config)
     cfg = base.with_overrides(sampled)
@@ -146,7 +152,7 @@ def run_trial(config: dict[str, Any], *, base: PipelineConfig, version: DatasetV
     tracking.reopen_run(cfg.tracking, run_id)
     try:
         # The same trainer name on a restarted trial lets Ray Train resume its checkpoint.
-        outcome = fit_and_log(cfg, version, datasets, run_id, f"{cfg.name}-{trial_id}",
+        outcome = fit_and_log(cfg, version, inputs, run_id, f"{cfg.name}-{trial_id}",
                               callbacks=[TuneReportCallback()])
     except BaseException:
         with contextlib.suppress(Exception):  # MLflow may be what failed
@@ -160,7 +166,7 @@ def run_trial(config: dict[str, Any], *, base: PipelineConfig, version: DatasetV
 
 def _trainable(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str) -> Any:
     trainable = tune.with_parameters(run_trial, base=cfg, version=version,
-                                     datasets=load_datasets(version),
+                                     inputs=load_inputs(version),
                                      parent_run_id=parent_run_id)
     return tune.with_resources(trainable, TRIAL_DRIVER_RESOURCES)
 
@@ -242,14 +248,14 @@ def grid_points(cfg: PipelineConfig) -> list[dict[str, Any]]:
             for combo in itertools.product(*choices.values())]
 
 
-def _resumed(cfg: PipelineConfig, version: DatasetVersion, record: dict[str, Any]
+def _resumed(cfg: PipelineConfig, version: DatasetVersion, record: RunRecord
              ) -> list[tuple[tune.Tuner, Any]]:
     """The tuners that finish a sweep from what MLflow holds: one runs the trials that did
     not finish again (each as itself, from its checkpoints), one the trials never started."""
-    parent = record["run_id"]
+    parent = record.run_id
     trials = tracking.sweep_trials(cfg.tracking, cfg.experiment_name, parent)
     if any(not t.config for t in trials if not t.finished):
-        raise TrainingError(f"sweep {record['name']} was started by an older rayops whose "
+        raise TrainingError(f"sweep {record.name} was started by an older rayops whose "
                             "trials did not record their values; start a new sweep")
     tuners, suffix = [], uuid.uuid4().hex[:6]
     again = [{"trial": t.trial_id, "config": t.config} for t in trials if not t.finished]
@@ -257,7 +263,7 @@ def _resumed(cfg: PipelineConfig, version: DatasetVersion, record: dict[str, Any
         logger.info("running %d unfinished trial(s) again: %s", len(again),
                     ", ".join(p["trial"] for p in again))
         space = {RESUME_KEY: tune.grid_search(again)}
-        tuners.append((_tuner(cfg, version, parent, f"{record['name']}-again-{suffix}", None,
+        tuners.append((_tuner(cfg, version, parent, f"{record.name}-again-{suffix}", None,
                               space, 1), None))
     if cfg.tune.search == "grid":
         todo = [p for p in grid_points(cfg) if not any(
@@ -266,11 +272,11 @@ def _resumed(cfg: PipelineConfig, version: DatasetVersion, record: dict[str, Any
             space = {**{k: v for k, v in search_space(cfg).items()
                         if not isinstance(cfg.tune.search_space[k], ChoiceDim)},
                      POINT_KEY: tune.grid_search(todo)}
-            tuners.append((_tuner(cfg, version, parent, f"{record['name']}-rest-{suffix}",
+            tuners.append((_tuner(cfg, version, parent, f"{record.name}-rest-{suffix}",
                                   None, space, 1), None))
     elif (left := cfg.tune.num_samples - len(trials)) > 0:
         searcher = _search_algorithm(cfg, [t for t in trials if t.finished])
-        tuners.append((_tuner(cfg, version, parent, f"{record['name']}-rest-{suffix}",
+        tuners.append((_tuner(cfg, version, parent, f"{record.name}-rest-{suffix}",
                               searcher, search_space(cfg), left), searcher))
     return tuners
 
@@ -289,7 +295,7 @@ def _best(cfg: PipelineConfig, parent_run_id: str) -> tuple[tracking.TrialRun, i
 
 
 def _start(cfg: PipelineConfig, version: DatasetVersion, name: str | None
-           ) -> dict[str, Any]:
+           ) -> RunRecord:
     parent = tracking.start_run(
         cfg.tracking, cfg.experiment_name, f"{cfg.name}-sweep",
         params={"tune": cfg.tune.model_dump(mode="json"), **run_params(cfg, version)},
@@ -310,14 +316,14 @@ def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
     folder = runs_folder(cfg, "sweep")
     if resume:
         record, version = resumable(cfg, "sweep", record_name)
-        if record["status"] == "finished":
-            return _outcome(*_best(cfg, record["run_id"]), record["run_id"])
+        if record.finished:
+            return _outcome(*_best(cfg, record.run_id), record.run_id)
         tuners = _resumed(cfg, version, record)
     else:
         version = version or load_version(cfg)
         record = write_record(folder, _start(cfg, version, record_name))
-        tuners = [_fresh(cfg, version, record["run_id"], record["name"])]
-    parent = record["run_id"]
+        tuners = [_fresh(cfg, version, record.run_id, record.name)]
+    parent = record.run_id
     try:
         results = [result for tuner, _ in tuners for result in tuner.fit()]
         best, trials = _best(cfg, parent)

@@ -139,7 +139,7 @@ def run_store(label: str, cfg: PipelineConfig, rows: int, files: int) -> dict[st
           f"({time.perf_counter() - start:.0f}s)", flush=True)
     base = measure(f"[{label}] pyarrow baseline", lambda: baseline(
         cfg, root_of(cfg.storage).join("baseline")))
-    ray_figs = measure(f"[{label}] rayops ingest", lambda: ingest(cfg).manifest["rows"]["read"])
+    ray_figs = measure(f"[{label}] rayops ingest", lambda: ingest(cfg).manifest.rows.read)
     ratio = ray_figs["rows_per_s"] / base["rows_per_s"]
     print(f"[{label}] ratio rayops/baseline = {ratio:.2f}", flush=True)
     return {"baseline": base, "rayops": ray_figs, "ratio": round(ratio, 3)}

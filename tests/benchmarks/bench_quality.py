@@ -139,8 +139,8 @@ def run_dataset(work: Path, name: str) -> dict[str, Any]:
     version = ingest(cfg)
     metric, _ = cfg.target_metric
     second = "valid_accuracy" if cfg.data.task == "classification" else "valid_r2"
-    figures: dict[str, Any] = {"rows": version.manifest["rows"]["train"]
-                               + version.manifest["rows"]["valid"],
+    figures: dict[str, Any] = {"rows": version.manifest.rows.train
+                               + version.manifest.rows.valid,
                                "task": cfg.data.task, "metric": metric}
     started = time.perf_counter()
     theirs = baseline(cfg, version)

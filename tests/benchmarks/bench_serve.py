@@ -73,8 +73,8 @@ def make_bundle(version: DatasetVersion, hidden: list[int], folder: Path) -> Pat
     pre = version.preprocessor
     arch = {"n_inputs": pre.n_features, "n_outputs": pre.n_outputs, "hidden_sizes": hidden,
             "dropout": 0.0, "activation": "relu"}
-    meta = {"architecture": arch, "preprocessor": version.manifest["preprocessor"],
-            "schema": version.manifest["schema"], "metrics": {}, "dataset": version.id}
+    meta = {"architecture": arch, "preprocessor": version.manifest.preprocessor,
+            "schema": version.manifest.columns, "metrics": {}, "dataset": version.id}
     return Bundle(MLPModel(MLP(pre.n_features, pre.n_outputs, hidden)), meta).save(folder)
 
 

@@ -40,7 +40,7 @@ def plain_pytorch(cfg: PipelineConfig, version: DatasetVersion) -> tuple[list[fl
     begun = time.perf_counter()
     torch.set_num_threads(int(cfg.train.cpus_per_worker))
     torch.manual_seed(cfg.train.seed)
-    inputs = model_inputs(version.table("train"), version.manifest["preprocessor"])
+    inputs = model_inputs(version.table("train"), version.manifest.preprocessor)
     x, y = torch.from_numpy(inputs["features"]), torch.from_numpy(inputs["label"])
     model = build_model(architecture(cfg, version))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate)
@@ -93,7 +93,7 @@ def main() -> None:
         "train.lr_scaling=none", "train.lr_schedule=constant", "train.checkpoints_to_keep=1")
     churn.write(churn.generate(args.rows, seed=3), file_source(cfg).location, files=4)
     version = ingest(cfg)
-    rows = version.manifest["rows"]["train"]
+    rows = version.manifest.rows.train
     print(f"{rows:,} training rows, {args.epochs} epochs, batch {args.batch_size}, "
           f"1 thread per process", flush=True)
 

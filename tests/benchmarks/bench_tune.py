@@ -48,11 +48,11 @@ def main() -> None:
     # same TorchTrainer, MLflow run and logged model a trial has).
     alone = _timed(lambda: run_training(cfg, version))
     record = _start(cfg, version)
-    tuner = _tuner(cfg, version, record["run_id"], record["name"], None)
+    tuner = _tuner(cfg, version, record.run_id, record.name, None)
     started = time.perf_counter()
     results = tuner.fit()
     wall = time.perf_counter() - started
-    tracking.end_run(cfg.tracking, record["run_id"])
+    tracking.end_run(cfg.tracking, record.run_id)
     trials = sum(1 for r in results if r.metrics)
     ideal = alone * trials / args.concurrency
     print(f"{trials} trials, concurrency {args.concurrency}: wall {wall:.1f}s; one trial "

@@ -41,7 +41,7 @@ class Utilization(threading.Thread):
 
 def plain_gpu(cfg, version, batch: int, epochs: int) -> float:
     device = torch.device("cuda")
-    inputs = model_inputs(version.table("train"), version.manifest["preprocessor"])
+    inputs = model_inputs(version.table("train"), version.manifest.preprocessor)
     x = torch.from_numpy(inputs["features"]).to(device)
     y = torch.from_numpy(inputs["label"]).to(device)
     model = build_model(architecture(cfg, version)).to(device)
@@ -83,7 +83,7 @@ def main() -> None:
     print(f"plain PyTorch on GPU (bf16)  {baseline:>12,.0f} samples/s", flush=True)
     util = Utilization()
     util.start()
-    rows = version.manifest["rows"]["train"]
+    rows = version.manifest.rows.train
     epochs, wall = rayops_training(cfg, version)
     one = rate(rows, epochs)
     util.stop.set()

@@ -39,10 +39,9 @@ class CentroidModel:
         return (scores / scores.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _shard(name: str) -> tuple[np.ndarray, np.ndarray]:
-    batches = list(ray.train.get_dataset_shard(name).iter_batches(batch_format="numpy"))
-    return (np.concatenate([b["features"] for b in batches]).astype(np.float64),
-            np.concatenate([b["label"] for b in batches]).astype(np.int64))
+def _shard(loop: LoopConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = loop.arrays(split)
+    return x.astype(np.float64), y.astype(np.int64)
 
 
 def centroid_loop(config: dict[str, Any]) -> None:
@@ -52,14 +51,14 @@ def centroid_loop(config: dict[str, Any]) -> None:
 
     loop = LoopConfig.of(config)
     task, state = loop.task, loop.label_state
-    x, y = _shard("train")
+    x, y = _shard(loop, "train")
     n = task.n_outputs(state)
     sums = np.stack([x[y == c].sum(axis=0) for c in range(n)])
     counts = np.array([(y == c).sum() for c in range(n)], dtype=np.float64)
     device = torch.device("cpu")
     sums, counts = all_reduce(sums, device), all_reduce(counts, device)
     model = CentroidModel(sums / np.maximum(counts, 1)[:, None])
-    vx, vy = _shard("valid")
+    vx, vy = _shard(loop, "valid")
     stats = all_reduce(task.sufficient_stats(model.outputs(vx, True), vy, state), device)
     metrics = {**task.metrics_of(stats, state), "epoch": 1, "valid_loss": 0.0, "train_loss": 0.0}
     if ray.train.get_context().get_world_rank() != 0:

@@ -160,12 +160,6 @@ def _database() -> Iterator[str]:
         admin.close()
 
 
-@pytest.fixture(scope="session")
-def postgres_database() -> Iterator[str]:
-    with _database() as uri:
-        yield uri
-
-
 class MlflowServer:
     """`mlflow server` on a fixed port of 127.0.0.1, which a test may stop and start again
     (its runs live in the backend store, so a restart keeps them)."""
@@ -175,6 +169,7 @@ class MlflowServer:
         self.backend, self.artifacts, self.log_path = backend, artifacts, log_path
         self.env = {**os.environ, **(env or {})}
         self.uri = f"http://127.0.0.1:{free_port()}"
+        self.bucket = ""  # where its artifacts live, when on the S3 endpoint
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> MlflowServer:
@@ -193,29 +188,21 @@ class MlflowServer:
             self.proc = None
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(postgres_database: str, s3_endpoint: str, run_dir: Path) -> Iterator[dict]:
-    """`mlflow server` backed by PostgreSQL, proxying artifacts to a bucket on the S3 endpoint."""
+@pytest.fixture
+def mlflow_server(tmp_path: Path, s3_endpoint: str) -> Iterator[MlflowServer]:
+    """A test's own `mlflow server`: its own PostgreSQL database as the backend store,
+    artifacts proxied to a new bucket on the S3 endpoint (``server.bucket``). The test may
+    stop it to simulate an outage; a restart keeps its runs and artifacts."""
     import boto3
 
     bucket = f"mlflow-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
-    server = MlflowServer(postgres_database, f"s3://{bucket}/artifacts",
-                          run_dir / "mlflow-server.log", {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint})
-    server.start()
-    yield {"uri": server.uri, "bucket": bucket}
-    server.stop()
-
-
-@pytest.fixture
-def mlflow_server_restartable(tmp_path: Path) -> Iterator[MlflowServer]:
-    """A test's own `mlflow server` (its own PostgreSQL database, artifacts in a local
-    folder) that the test may stop to simulate an outage."""
     with _database() as backend:
-        server = MlflowServer(backend, str(tmp_path / "mlflow-artifacts"),
-                              tmp_path / "mlflow-server.log").start()
+        server = MlflowServer(backend, f"s3://{bucket}/artifacts", tmp_path / "mlflow.log",
+                              {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint})
+        server.bucket = bucket
         try:
-            yield server
+            yield server.start()
         finally:
             server.stop()
 

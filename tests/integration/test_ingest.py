@@ -83,15 +83,15 @@ def counted_in_tables(version) -> dict[str, int]:
 def assert_accounting(version, lines_in_files: int | None = None) -> None:
     """rows read = kept + quarantined, in the manifest and in the tables deltalake reads,
     and (when given) against the data lines counted in the source files."""
-    rows = version.manifest["rows"]
-    assert rows["read"] == rows["train"] + rows["valid"] + rows["quarantine"]
-    assert sum(version.manifest["quarantine_reasons"].values()) == rows["quarantine"]
+    rows = version.manifest.rows
+    assert rows.read == rows.train + rows.valid + rows.quarantine
+    assert sum(version.manifest.quarantine_reasons.values()) == rows.quarantine
     counted = counted_in_tables(version)
-    unreadable = len(version.manifest["unreadable"])
-    assert counted == {"train": rows["train"], "valid": rows["valid"],
-                       "quarantine": rows["quarantine"] + unreadable}
+    unreadable = len(version.manifest.unreadable)
+    assert counted == {"train": rows.train, "valid": rows.valid,
+                       "quarantine": rows.quarantine + unreadable}
     if lines_in_files is not None:
-        assert rows["read"] == lines_in_files
+        assert rows.read == lines_in_files
 
 
 def data_lines(raw: Location) -> int:
@@ -114,8 +114,8 @@ def test_corrupt_file_is_quarantined_whole_and_the_rest_is_kept(store, ray_start
                                                            )[:-60])
     version = ingest(cfg)
     assert_accounting(version)
-    assert version.manifest["rows"]["read"] == 80
-    (bad,) = version.manifest["unreadable"]
+    assert version.manifest.rows.read == 80
+    (bad,) = version.manifest.unreadable
     assert bad["path"].endswith("truncated.csv.gz") and bad["reason"].startswith(UNREADABLE)
     quarantined = version.quarantine().to_pandas()
     assert quarantined["reason"].str.startswith(UNREADABLE).sum() == 1
@@ -133,9 +133,9 @@ def test_corrupt_parquet_among_good_ones(tmp_path, ray_start_4_cpus):
     raw.join("corrupt.parquet").write_bytes(buf.getvalue()[:40] + b"\x00" * 64)
     version = ingest(cfg)
     assert_accounting(version)
-    assert version.manifest["rows"]["read"] == 30
-    assert version.manifest["quarantine_reasons"] == {"x: below min 0.0": 1}
-    assert version.manifest["unreadable"][0]["path"].endswith("corrupt.parquet")
+    assert version.manifest.rows.read == 30
+    assert version.manifest.quarantine_reasons == {"x: below min 0.0": 1}
+    assert version.manifest.unreadable[0]["path"].endswith("corrupt.parquet")
 
 
 def test_every_kind_of_violation_is_quarantined_with_file_line_and_reason(tmp_path,
@@ -153,14 +153,14 @@ def test_every_kind_of_violation_is_quarantined_with_file_line_and_reason(tmp_pa
     raw_dir(cfg).join("data.csv").write_bytes((HEADER + GOOD_ROWS + bad).encode())
     version = ingest(cfg)
     assert_accounting(version)
-    assert version.manifest["quarantine_reasons"] == {
+    assert version.manifest.quarantine_reasons == {
         "x: not a finite number": 1, "x: below min 0.0": 1, "n: not an integer": 1,
         "n: missing value (column is not nullable)": 1, "c: unknown category": 1,
         "y: missing label (column is not nullable)": 1,
         "malformed line: expected 4 fields, got 5": 1,
     }
-    rows = version.manifest["rows"]
-    assert rows["read"] == 48 and rows["train"] + rows["valid"] == 41
+    rows = version.manifest.rows
+    assert rows.read == 48 and rows.kept == 41
     assert_accounting(version, data_lines(raw_dir(cfg)))
     quarantined = version.quarantine().to_pandas().set_index("line")
     assert sorted(quarantined.index) == list(range(42, 49))
@@ -188,17 +188,16 @@ def test_new_files_make_a_new_version_that_includes_them(store, ray_start_4_cpus
     second = ingest(cfg)
     assert (first.version, second.version) == (1, 2)
     assert_accounting(second, data_lines(raw))
-    assert second.manifest["rows"]["read"] == 80
-    assert second.manifest["ingest"]["rows"]["read"] == 40  # only day2 was read
+    assert second.manifest.rows.read == 80
+    assert second.manifest.ingest.rows.read == 40  # only day2 was read
     assert sorted(Path(k).name for k in second.state()["consumed"]) == ["day1.csv", "day2.csv"]
     # Time travel: version 1 reads back as it was, through rayops and through deltalake.
     old = load_version(cfg, 1)
-    assert old.manifest["rows"]["read"] == 40
-    assert len(old.table("train")) + len(old.table("valid")) == 40 - old.manifest["rows"][
-        "quarantine"]
+    assert old.manifest.rows.read == 40
+    assert len(old.table("train")) + len(old.table("valid")) == 40 - old.manifest.rows.quarantine
     assert delta_table(second, at=1).to_pyarrow_table().num_rows == len(old.table("train")) + len(
         old.table("valid"))
-    assert second.manifest["profile"]["c"]["frequencies"]["b"] > first.manifest["profile"][
+    assert second.manifest.profile["c"]["frequencies"]["b"] > first.manifest.profile[
         "c"]["frequencies"]["b"]
     with pytest.raises(DataError, match="has no version 9; versions: 1 to 2"):
         load_version(cfg, 9)
@@ -213,7 +212,7 @@ def test_a_vanished_source_file_never_silently_shrinks_the_dataset(tmp_path, ray
     raw.join("day1.csv").write_bytes((HEADER + GOOD_ROWS).encode())
     raw.join("day2.csv").write_bytes((HEADER + GOOD_ROWS.replace(",a,", ",b,")).encode())
     first = ingest(cfg)
-    kept = first.manifest["rows"]["train"] + first.manifest["rows"]["valid"]
+    kept = first.manifest.rows.train + first.manifest.rows.valid
     os.remove(raw.join("day1.csv").path)
     raw.join("day3.csv").write_bytes((HEADER + GOOD_ROWS).encode())
     with pytest.raises(SourceFilesVanished, match=r"1 source file\(s\) that t/v000001 "
@@ -223,12 +222,12 @@ def test_a_vanished_source_file_never_silently_shrinks_the_dataset(tmp_path, ray
     assert latest_version(cfg).version == 1
     keep = cfg.with_overrides({"data.vanished_files": "keep"})
     second = ingest(keep)  # day3 appended, day1's rows kept; no rebuild for the setting
-    assert second.version == 2 and second.manifest["ingest"]["rows"]["read"] == 40
-    assert second.manifest["rows"]["train"] + second.manifest["rows"]["valid"] > kept
+    assert second.version == 2 and second.manifest.ingest.rows.read == 40
+    assert second.manifest.rows.train + second.manifest.rows.valid > kept
     drop = cfg.with_overrides({"data.vanished_files": "drop"})
     raw.join("day4.csv").write_bytes((HEADER + GOOD_ROWS).encode())
     third = ingest(drop)  # rebuilt from day2, day3, day4
-    assert third.manifest["ingest"]["rows"]["read"] == 120 and third.manifest["base"] is None
+    assert third.manifest.ingest.rows.read == 120 and third.manifest.base is None
 
 
 def test_rerun_on_unchanged_input_reuses_the_version(tmp_path, ray_start_4_cpus):
@@ -317,9 +316,9 @@ def test_hive_partitioned_parquet_with_dates_and_jsonl(tmp_path, ray_start_4_cpu
         raw.join(f"region={region}", "data.parquet").write_bytes(buf.getvalue())
     version = ingest(cfg)
     assert_accounting(version)
-    assert version.manifest["rows"]["read"] == 8
-    assert version.manifest["quarantine_reasons"] == {"when: not an ISO 8601 datetime": 2}
-    assert set(version.manifest["profile"]["region"]["frequencies"]) == {"eu", "us"}
+    assert version.manifest.rows.read == 8
+    assert version.manifest.quarantine_reasons == {"when: not an ISO 8601 datetime": 2}
+    assert set(version.manifest.profile["region"]["frequencies"]) == {"eu", "us"}
     assert "when.month" in version.preprocessor.output_columns
 
     json_cfg = cfg.with_overrides({"data.format": "json", "data.source": "raw-json",
@@ -330,8 +329,8 @@ def test_hive_partitioned_parquet_with_dates_and_jsonl(tmp_path, ray_start_4_cpu
     raw_dir(json_cfg).join("a.jsonl").write_bytes("\n".join(lines * 3).encode())
     json_version = ingest(json_cfg)
     assert_accounting(json_version)
-    assert json_version.manifest["rows"]["read"] == 12
-    assert json_version.manifest["quarantine_reasons"] == {
+    assert json_version.manifest.rows.read == 12
+    assert json_version.manifest.quarantine_reasons == {
         "malformed line: Expecting value": 3}
 
 
@@ -343,7 +342,7 @@ def test_watch_ingests_each_arrival(tmp_path, ray_start_4_cpus):
     seen = []
 
     def arrived(version) -> None:
-        seen.append(version.manifest["rows"]["read"])
+        seen.append(version.manifest.rows.read)
         raw.join(f"{len(seen)}.csv").write_bytes((HEADER + GOOD_ROWS).encode())
 
     watch(cfg, interval_s=0.1, polls=3, on_version=arrived)

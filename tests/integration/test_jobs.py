@@ -60,53 +60,27 @@ def _stop(address: str, submission_id: str) -> None:
                    capture_output=True, text=True, timeout=120, check=True)
 
 
-def test_training_driver_killed_then_resumed(tmp_path, ray_start_4_cpus, ray_head_cluster):
-    from rayops.storage import root_of
-
-    # Enough epochs that `ray job stop` lands mid-training: an epoch here takes well under
-    # a second, and a driver stopped after its last epoch would leave nothing to resume.
-    epochs = 24
-    # every epoch runs (no early stopping): the test counts them
-    cfg = demo_config(tmp_path, **{"train.epochs": epochs, "train.cpus_per_worker": 0.5,
-                                   "train.early_stopping_patience": "null"})
-    write_demo_data(file_source(cfg).location, rows=2000, files=2)
-    ingest(cfg)  # here: the ingest job has its own test; this one is about the train job
-    workdir = job_dir(tmp_path, cfg)
-    checkpoints = root_of(cfg.storage).join("checkpoints")
-    _start(ray_head_cluster, workdir, "train-1", "jobs/train.py", "pipeline.yaml")
-    wait_for(lambda: sum(i.path.endswith(".pt") for i in checkpoints.list_files()) >= 1,
-             timeout_s=300, every_s=0.1, what="a first checkpoint")
-    _stop(ray_head_cluster, "train-1")  # the driver dies mid-run
-    wait_for(lambda: "resumable" in _last_log_line(ray_head_cluster, "train-1"), timeout_s=30,
-             what="the stopped job's last line")
-    assert _last_log_line(ray_head_cluster, "train-1").endswith(
-        "python jobs/train.py pipeline.yaml --resume")
-
-    resumed = submit_job(ray_head_cluster, workdir, "jobs/train.py", "pipeline.yaml",
-                         "--resume")
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    client = MlflowClient(cfg.tracking.uri)
-    experiment = client.get_experiment_by_name(cfg.experiment_name).experiment_id
-    runs = client.search_runs([experiment], "attributes.run_name = 'churn-train'")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one run, continued
-    assert_resumed_once(client, runs[0].info.run_id, epochs=epochs)
-
-
-def test_sweep_driver_killed_then_resumed_without_rerunning_finished_trials(
-        tmp_path, ray_start_4_cpus, ray_head_cluster):
+def test_sweep_driver_killed_mid_trial_then_resumed(tmp_path, ray_start_4_cpus,
+                                                   ray_head_cluster):
+    """Two trials, one at a time: the job is stopped once the first has finished and the
+    second has a checkpoint. The stopped job says how to resume; the resumed sweep keeps the
+    first trial (not trained again) and continues the second from its checkpoint, each
+    epoch trained and logged once (the path `rayops train --resume` takes too: both go
+    through the same driver), without unpickling what Tune stored."""
     from rayops import tracking
     from rayops.storage import root_of
 
-    # Two trials, one at a time: the driver is stopped once the first has finished, while
-    # the second runs; the resumed sweep keeps the first and runs the second again.
-    cfg = demo_config(tmp_path, **{"train.epochs": 2, "train.num_workers": 1,
+    epochs = 40  # enough that the stop lands mid-trial: an epoch here takes ~0.3 s
+    cfg = demo_config(tmp_path, **{"train.epochs": epochs, "train.num_workers": 1,
+                                   "train.early_stopping_patience": "null",
                                    "tune.enabled": True, "tune.num_samples": 2,
                                    "tune.max_concurrent_trials": 1,
                                    "tune.scheduler.type": "fifo"})
     write_demo_data(file_source(cfg).location, rows=1500, files=1)
-    ingest(cfg)
+    ingest(cfg)  # here: the ingest job has its own test; this one is about the sweep job
     workdir = job_dir(tmp_path, cfg)
     client = MlflowClient(cfg.tracking.uri)
+    checkpoints = root_of(cfg.storage).join("checkpoints")
 
     def finished_trials() -> list:
         experiment = client.get_experiment_by_name(cfg.experiment_name)
@@ -115,9 +89,20 @@ def test_sweep_driver_killed_then_resumed_without_rerunning_finished_trials(
         runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
         return [r for r in runs if tracking.TRIAL_TAG in r.data.tags]
 
+    def second_trial_checkpointed() -> bool:
+        done = {r.data.tags[tracking.TRIAL_TAG] for r in finished_trials()}
+        started = {info.path.split("/checkpoints/", 1)[1].split("/", 1)[0]
+                   for info in checkpoints.list_files() if info.path.endswith(".pt")}
+        return len(done) == 1 and any(not name.endswith(tuple(done)) for name in started)
+
     _start(ray_head_cluster, workdir, "tune-1", "jobs/tune.py", "pipeline.yaml")
-    wait_for(lambda: len(finished_trials()) >= 1, timeout_s=300, what="a finished trial")
-    _stop(ray_head_cluster, "tune-1")
+    wait_for(second_trial_checkpointed, timeout_s=300, every_s=0.2,
+             what="a finished trial and a checkpoint of the second")
+    _stop(ray_head_cluster, "tune-1")  # the driver dies mid-trial
+    wait_for(lambda: "resumable" in _last_log_line(ray_head_cluster, "tune-1"), timeout_s=30,
+             what="the stopped job's last line")
+    assert _last_log_line(ray_head_cluster, "tune-1").endswith(
+        "python jobs/tune.py pipeline.yaml --resume")
     done_before = {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in finished_trials()}
     # Any code that can write the bucket plants payloads in Tune's pickled experiment
     # state (tuner.pkl, the searcher's): resuming must not unpickle them.
@@ -136,7 +121,10 @@ def test_sweep_driver_killed_then_resumed_without_rerunning_finished_trials(
     for trial_id, run_id in done_before.items():
         assert trials[trial_id] == run_id
         history = client.get_metric_history(run_id, "epoch")
-        assert sorted(m.value for m in history) == [1, 2]  # not trained again
+        assert sorted(m.value for m in history) == list(range(1, epochs + 1))  # not again
+    (continued,) = [run_id for trial_id, run_id in trials.items() if trial_id not in done_before]
+    assert client.get_run(continued).info.status == "FINISHED"  # one run, continued
+    assert_resumed_once(client, continued, epochs=epochs)
     assert not marker.exists(), "resuming the sweep unpickled a planted payload"
 
 

@@ -39,27 +39,27 @@ def trained(cfg, dataset):
 
 
 def test_ingest_accounts_for_every_row_and_keeps_rejects(cfg, dataset):
-    rows = dataset.manifest["rows"]
+    rows = dataset.manifest.rows
     sources = file_source(cfg).location
     in_sources = sum(len(sources.join(name).read_bytes().splitlines()) - 1  # header
                      for name in sources.list_dir())
     on_disk = {split: dataset.table(split).num_rows for split in ("train", "valid",
                                                                   "quarantine")}
-    assert in_sources == 4000 == rows["read"]
+    assert in_sources == 4000 == rows.read
     assert in_sources == on_disk["train"] + on_disk["valid"] + on_disk["quarantine"]
-    assert on_disk == {k: rows[k] for k in on_disk}
-    assert 0.15 < rows["valid"] / (rows["train"] + rows["valid"]) < 0.25
-    reasons = dataset.manifest["quarantine_reasons"]
+    assert on_disk == {k: getattr(rows, k) for k in on_disk}
+    assert 0.15 < rows.valid / (rows.train + rows.valid) < 0.25
+    reasons = dataset.manifest.quarantine_reasons
     assert reasons["age: not a finite number"] > 0
     assert reasons["churned: missing label (column is not nullable)"] > 0
-    assert sum(reasons.values()) == rows["quarantine"]
+    assert sum(reasons.values()) == rows.quarantine
     quarantine = dataset.quarantine().to_pandas()
-    assert len(quarantine) == rows["quarantine"]
+    assert len(quarantine) == rows.quarantine
     assert quarantine["source_file"].str.endswith(".csv").all()
     assert (quarantine["line"] >= 2).all()
     assert quarantine["reason"].str.contains(": ").all() and quarantine["raw"].notna().all()
     assert (quarantine["dataset_version"] == 1).all()
-    assert dataset.read("train").count() == rows["train"]
+    assert dataset.read("train").count() == rows.train
     assert dataset.uri.endswith("curated/churn/rows@v1")
 
 
@@ -92,13 +92,21 @@ def test_training_beats_baselines_and_registers_champion(cfg, dataset, trained):
     assert run.data.metrics["samples_per_s"] > 0 and run.data.metrics["lr"] > 0
 
 
-def test_optuna_sweep_logs_nested_trials_and_gates_the_best(cfg, dataset, trained):
-    """Optuna TPE, two 2-worker trials at once, each a nested MLflow run."""
+def test_optuna_sweep_on_an_earlier_version_logs_nested_trials_and_gates_the_best(
+        cfg, dataset, trained):
+    """Optuna TPE, two 2-worker trials at once, each a nested MLflow run; after new rows
+    arrive (version 2), --dataset-version 1 sweeps on version 1's rows and records it."""
+    write_demo_data(file_source(cfg).location.join("later"), rows=600, seed=3)
+    newer = ingest(cfg)
+    assert newer.version == 2 and newer.manifest.rows.read == 4600
     swept_cfg = cfg.with_overrides({"tune.enabled": True, "tune.search": "optuna",
                                     "tune.max_concurrent_trials": 2})
-    result = train_and_register(swept_cfg, dataset)
+    result = train_and_register(swept_cfg, dataset_version=1)
     client = MlflowClient(cfg.tracking.uri)
     best = client.get_run(result.run_id)
+    assert result.dataset == dataset.id == best.data.tags["rayops.dataset_version"]
+    assert best.data.params["data.dataset_uri"].endswith("curated/churn/rows@v1")
+    assert best.data.params["dataset_rows.read"] == "4000"
     parent_id = best.data.tags["mlflow.parentRunId"]
     children = client.search_runs([best.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent_id}'")
@@ -164,19 +172,6 @@ def test_served_champion_answers_http(cfg, trained):
         assert answer.json()["model"]["version"] == champion.version
     finally:
         ray_serve.shutdown()
-
-
-def test_training_on_an_earlier_dataset_version_records_it(cfg, dataset, trained):
-    """After new rows arrive (version 2), --dataset-version 1 trains on version 1's rows."""
-    write_demo_data(file_source(cfg).location.join("later"), rows=600, seed=3)
-    newer = ingest(cfg)
-    assert newer.version == 2 and newer.manifest["rows"]["read"] == 4600
-    result = train_and_register(cfg.with_overrides({"train.epochs": 1}), sweep=False,
-                                dataset_version=1)
-    run = MlflowClient(cfg.tracking.uri).get_run(result.run_id)
-    assert result.dataset == dataset.id == run.data.tags["rayops.dataset_version"]
-    assert run.data.params["data.dataset_uri"].endswith("curated/churn/rows@v1")
-    assert run.data.params["dataset_rows.read"] == "4000"
 
 
 def test_monitor_flags_a_shifted_window_against_the_champions_training_data(

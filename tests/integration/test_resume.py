@@ -1,20 +1,25 @@
 """Training never waits on MLflow, and ``--resume`` completes a run that stopped after
-training: every epoch's metrics, the model and its registration, without retraining."""
+training: every epoch's metrics, the model and its registration, without retraining; against
+a real `mlflow server` (PostgreSQL backend, artifacts proxied to S3)."""
 
 from __future__ import annotations
 
 import threading
 
+import mlflow
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
 from rayops import tracking
 from rayops.data.ingest import file_source, ingest
+from rayops.demo.run import SAMPLE_RECORDS
 from rayops.errors import TrackingError
 from rayops.models import load_state_dict
 from rayops.pipeline import train_and_register
 from rayops.storage import root_of
 from tests.helpers import demo_config, wait_for, write_demo_data
+from tests.integration.conftest import list_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.postgres]
 
@@ -29,8 +34,8 @@ def _checkpoint_epochs(cfg) -> dict[str, int]:
 
 
 def test_mlflow_outage_stalls_no_worker_and_resume_logs_every_epoch(
-        tmp_path, ray_start_4_cpus, mlflow_server_restartable):
-    server = mlflow_server_restartable
+        tmp_path, ray_start_4_cpus, mlflow_server, s3_endpoint):
+    server = mlflow_server
     cfg = demo_config(tmp_path, **{"tracking.uri": server.uri, "train.epochs": EPOCHS,
                                    "train.num_workers": 2, "train.cpus_per_worker": 0.5,
                                    "tracking.experiment": "outage"})
@@ -72,3 +77,15 @@ def test_mlflow_outage_stalls_no_worker_and_resume_logs_every_epoch(
     champion = tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion")
     assert champion.run_id == result.run_id and result.decision.promoted
     assert tracking.logged_model_uri(cfg.tracking, result.run_id) is not None
+
+    # The run, the model and the alias live in the server (PostgreSQL backend, artifacts
+    # proxied to S3): MLflow's own pyfunc loads the champion from there and predicts.
+    assert any("bundle.json" in key for key in
+               list_keys(s3_endpoint, server.bucket, "artifacts/"))
+    mlflow.set_tracking_uri(server.uri)
+    model = mlflow.pyfunc.load_model(f"models:/{cfg.model_name}@champion")
+    predictions = model.predict(pd.DataFrame(SAMPLE_RECORDS))
+    assert list(predictions["prediction"])[1] == "no"
+    assert predictions["probability_yes"][0] > predictions["probability_yes"][1]
+    bundle = tracking.download_bundle(cfg.tracking, champion, tmp_path / "dl")
+    assert (bundle / "weights.pt").exists()

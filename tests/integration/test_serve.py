@@ -28,7 +28,8 @@ APP = "rayops"
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, ray_start_4_cpus):
-    """Two registered versions of one model: v1 champion, v2 registered beside it."""
+    """Two registered versions of one model: v1 champion, v2 registered beside it (the same
+    trained model registered again: what differs between them here is the version)."""
     tmp = tmp_path_factory.mktemp("serve")
     cfg = demo_config(tmp, **{"train.epochs": 2, "train.num_workers": 1,
                               "serve.port": free_port(), "serve.cpus_per_replica": 0.1,
@@ -36,9 +37,11 @@ def trained(tmp_path_factory, ray_start_4_cpus):
     write_demo_data(file_source(cfg).location, rows=2000, files=1)
     version = ingest(cfg)
     first = train_and_register(cfg, version)
-    second = train_and_register(cfg.with_overrides({"train.seed": 7}), version)
-    tracking.promote(cfg.tracking, cfg.model_name, first.decision.challenger.version)
-    yield cfg, first.decision.challenger.version, second.decision.challenger.version
+    second = tracking.register(cfg.tracking, cfg.model_name, first.decision.challenger.source,
+                               first.run_id,
+                               version.id)
+    assert first.decision.promoted
+    yield cfg, first.decision.challenger.version, second.version
     from ray import serve
 
     serve.shutdown()

@@ -127,6 +127,26 @@ def test_serve_batch_larger_than_ongoing_requests_rejected():
         validate_config(raw)
 
 
+def test_fp16_needs_a_gpu_and_says_so_before_anything_runs():
+    raw = _raw()
+    raw["train"] = {"precision": "fp16"}
+    with pytest.raises(ConfigError, match=r"train: .*precision 'fp16' needs use_gpu: true"):
+        validate_config(raw)
+    raw["train"] = {"precision": "fp16", "use_gpu": True}
+    assert validate_config(raw).train.precision == "fp16"
+
+
+def test_an_unknown_family_or_plugin_is_named_with_its_key():
+    raw = _raw()
+    raw["model"] = {"family": "forest"}
+    with pytest.raises(ConfigError, match=r"model.family: 'forest' is not a known family; "
+                                          r"known: mlp, xgboost"):
+        validate_config(raw)
+    raw["model"] = {"family": "centroid", "plugins": ["no_such_plugin"]}
+    with pytest.raises(ConfigError, match=r"model.plugins: cannot import 'no_such_plugin'"):
+        validate_config(raw)
+
+
 def test_grid_search_takes_choices_only():
     raw = _raw()
     raw["tune"] = {"search": "grid",

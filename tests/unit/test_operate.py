@@ -147,8 +147,10 @@ def test_one_operator_per_pipeline_and_a_crashed_ones_lease_expires(tmp_path):
 
 def test_the_loop_says_what_it_needs_from_serve(tmp_path):
     from rayops.errors import ConfigError
-    from rayops.operate import check_config
     from tests.helpers import demo_config
+
+    def check_config(cfg):
+        cfg.check_operate()
 
     with pytest.raises(ConfigError, match=r"needs serve.mirror_fraction > 0"):
         check_config(demo_config(tmp_path))

@@ -51,8 +51,8 @@ def quarantine(
     setup_logging(verbose=False)
     chosen = load_version(load(config, overrides, base_dir), version)
     rows = chosen.quarantine(limit)
-    typer.echo(f"{chosen.id}: {chosen.manifest['rows']['quarantine']} quarantined row(s), "
-               f"{len(chosen.manifest['unreadable'])} unreadable file(s) "
+    typer.echo(f"{chosen.id}: {chosen.manifest.rows.quarantine} quarantined row(s), "
+               f"{len(chosen.manifest.unreadable)} unreadable file(s) "
                f"(table {chosen.root.join('quarantine').uri})")
     for row in rows.to_pylist():
         typer.echo(f"{row['source_file']}:{row['line'] or '-'}  {row['reason']}  "

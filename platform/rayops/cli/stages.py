@@ -55,10 +55,10 @@ def ingest(
 
     def show(version: Any) -> None:
         echo_json(f"dataset {version.id} ({version.uri})",
-                  {"rows": version.manifest["rows"],
-                   "quarantine_reasons": version.manifest["quarantine_reasons"],
-                   "unreadable": version.manifest["unreadable"],
-                   "failed_this_ingest": version.manifest["ingest"]["failed"]})
+                  {"rows": version.manifest.rows.model_dump(),
+                   "quarantine_reasons": version.manifest.quarantine_reasons,
+                   "unreadable": version.manifest.unreadable,
+                   "failed_this_ingest": version.manifest.ingest.failed})
 
     if not watch:
         show(data_ingest.ingest(cfg))

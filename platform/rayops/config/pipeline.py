@@ -11,8 +11,9 @@ from rayops.config.data import DataConfig
 from rayops.config.gate import GateConfig
 from rayops.config.monitor import MonitorConfig
 from rayops.config.operate import OperateConfig
-from rayops.config.serving import ServeConfig, TrackingConfig
+from rayops.config.serving import CHALLENGER, ServeConfig, TrackingConfig
 from rayops.config.training import ModelConfig, TrainConfig, TuneConfig
+from rayops.errors import ConfigError
 from rayops.families import registered
 from rayops.tasks import Mode, task_of
 
@@ -82,6 +83,26 @@ class PipelineConfig(_Section):
                              f"{self.tune.metric!r}, which is better {better}; use mode "
                              f"{known[self.tune.metric]!r} or leave mode out")
         return self
+
+    def check_operate(self) -> None:
+        """What the operate loop needs from the serve section, checked when a loop starts
+        (a pipeline that never operates need not mirror traffic): ConfigError naming the
+        keys."""
+        op, serve = self.operate, self.serve
+        if op.shadow.enabled and serve.mirror_fraction == 0:
+            # a canary's answers alone cannot be compared with the champion's: only mirrored
+            # records give the agreement the shadow gate needs
+            raise ConfigError("operate.shadow.enabled needs serve.mirror_fraction > 0 (the "
+                              "share of requests the challenger sees in shadow), e.g. 0.01, "
+                              "also beside a canary_fraction; or set operate.shadow.enabled: "
+                              "false")
+        if (op.shadow.enabled or op.rollback.watch_s > 0) and not serve.log_predictions:
+            raise ConfigError("operate.shadow and operate.rollback read the prediction log: "
+                              "set serve.log_predictions: true")
+        if serve.shadow_alias != CHALLENGER:
+            raise ConfigError(f"serve.shadow_alias is {serve.shadow_alias!r}, but the loop "
+                              f"registers new models as {CHALLENGER!r}: the replicas would "
+                              "never shadow them")
 
     @property
     def dataset_name(self) -> str:

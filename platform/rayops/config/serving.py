@@ -13,6 +13,11 @@ from pydantic import (
 
 from rayops.config.base import _absolute_local, _Section, is_uri
 
+# The registry aliases rayops moves: what serving answers with, and what passed the gate
+# beside it (rayops.tracking names them too).
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
 
 class TrackingConfig(_Section):
     uri: str = Field(
@@ -79,7 +84,7 @@ class ServeConfig(_Section):
     route_prefix: str = Field("/", description="HTTP prefix of the API.")
     host: str = Field("127.0.0.1", description="Interface the HTTP proxy binds to.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the Serve proxy.")
-    model_alias: str = Field("champion", description="Registry alias of the model to serve.")
+    model_alias: str = Field(CHAMPION, description="Registry alias of the model to serve.")
     cpus_per_replica: float = Field(0.5, gt=0.0, description="CPUs each replica reserves.")
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     max_ongoing_requests: int = Field(
@@ -113,7 +118,7 @@ class ServeConfig(_Section):
         "table (each append is one commit, ~20-80 ms of CPU); a clean shutdown writes the "
         "rest.")
     shadow_alias: str = Field(
-        "challenger", description="Registry alias of the model that shadows (and, with "
+        CHALLENGER, description="Registry alias of the model that shadows (and, with "
         "canary_fraction, partly serves) beside model_alias's, when it names another "
         "version.")
     mirror_fraction: float = Field(

@@ -5,10 +5,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    Field,
-    model_validator,
-)
+from pydantic import Field, field_validator, model_validator
 
 from rayops.config.base import _Section
 from rayops.errors import ConfigError
@@ -39,13 +36,14 @@ class BoostingConfig(_Section):
 
 
 class ModelConfig(_Section):
-    family: str = Field(
-        "mlp", description="mlp: a PyTorch network trained with DDP; xgboost: gradient-"
-        "boosted trees with Ray Train's XGBoostTrainer; or a family a plugin registers.")
+    # plugins come first: they are imported before family is checked against the registry
     plugins: list[str] = Field(
         default_factory=list, description="Python modules that register more model families "
         "(rayops.families.register_family); imported wherever the config is validated and "
         "in every replica.")
+    family: str = Field(
+        "mlp", description="mlp: a PyTorch network trained with DDP; xgboost: gradient-"
+        "boosted trees with Ray Train's XGBoostTrainer; or a family a plugin registers.")
     hidden_sizes: list[Annotated[int, Field(ge=1, le=8192)]] | None = Field(
         None, min_length=1, description="Width of each hidden layer of the MLP; null sizes "
         "them from the number of inputs (two layers, 256 to 1024 wide).")
@@ -60,17 +58,23 @@ class ModelConfig(_Section):
         "one-hot; null: one-hot only.")
     xgboost: BoostingConfig = Field(default_factory=BoostingConfig)
 
-    @model_validator(mode="after")
-    def _known_family(self) -> ModelConfig:
+    @field_validator("plugins")
+    @classmethod
+    def _importable(cls, plugins: list[str]) -> list[str]:
         try:
-            import_plugins(self.plugins)
+            import_plugins(plugins)
         except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-        if self.family not in family_names():
-            raise ValueError(f"model.family {self.family!r} is not a known family; known: "
+            raise ValueError(str(exc).removeprefix("model.plugins: ")) from None
+        return plugins
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, family: str) -> str:
+        if family not in family_names():
+            raise ValueError(f"{family!r} is not a known family; known: "
                              f"{', '.join(family_names())} (a plugin's: list its module in "
                              "model.plugins)")
-        return self
+        return family
 
 
 class TrainConfig(_Section):
@@ -134,6 +138,13 @@ class TrainConfig(_Section):
     checkpoints_to_keep: int = Field(
         2, ge=1, description="Best checkpoints kept in storage, ranked by the target metric."
     )
+
+    @model_validator(mode="after")
+    def _precision(self) -> TrainConfig:
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ValueError("precision 'fp16' needs use_gpu: true (its gradient scaler is "
+                             "CUDA's); use 'bf16' on CPUs")
+        return self
 
     @model_validator(mode="after")
     def _schedule(self) -> TrainConfig:

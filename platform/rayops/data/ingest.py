@@ -29,6 +29,7 @@ from rayops.config import DataConfig, PipelineConfig
 from rayops.data import stats
 from rayops.data import table as delta
 from rayops.data.curate import PartSummary, describe, rows_schema, used_columns, write_part
+from rayops.data.manifest import Manifest
 from rayops.data.preprocess import Preprocessor, fit
 from rayops.data.sources import FileSource, Source
 from rayops.data.validate import SPLIT
@@ -86,7 +87,7 @@ def plan(previous: DatasetVersion | None, consumed: dict[str, dict[str, Any]],
     if previous is None:
         return items, True
     gone = sorted(k for k in consumed if k not in current)
-    rebuild = previous.manifest.get("config_hash") != data_hash
+    rebuild = previous.manifest.config_hash != data_hash
     changed = [k for k, old in consumed.items() if k in current and current[k] != old]
     if gone and (vanished_files == "fail" or (vanished_files == "keep" and (rebuild or changed))):
         why = ("a rebuild (" + ("the data config changed" if rebuild else
@@ -139,20 +140,20 @@ def _check_thresholds(summary: PartSummary, data: DataConfig) -> None:
 def _manifest(cfg: PipelineConfig, source: Source, previous: DatasetVersion | None,
               rebuild: bool, summary: PartSummary, merged: dict[str, Any],
               quarantine_files: list[dict[str, Any]], state_name: str, ingest_id: str
-              ) -> dict[str, Any]:
+              ) -> Manifest:
     """What the commit records: totals since the last rebuild, this ingest's accounting,
     the schema contract, the preprocessing fitted on every training row and the profile."""
     before = None if rebuild or previous is None else previous.manifest
     pre: Preprocessor = fit(merged, cfg.data)
-    labels = Counter(before["valid_labels"] if before else {})
+    labels = Counter(before.valid_labels if before else {})
     labels.update(summary.valid_labels)
-    reasons = Counter(before["quarantine_reasons"] if before else {})
+    reasons = Counter(before.quarantine_reasons if before else {})
     reasons.update(summary.reasons)
-    rows = {k: (before["rows"][k] if before else 0) + summary.rows[k]
+    rows = {k: (getattr(before.rows, k) if before else 0) + summary.rows[k]
             for k in ("read", "train", "valid", "quarantine")}
     rows["valid_unseen_label"] = (sum(n for k, n in labels.items() if k not in pre.classes)
                                   if pre.classes else 0)
-    return {
+    return Manifest.model_validate({
         "dataset": cfg.dataset_name,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
         "config_hash": config_hash(cfg.data),
@@ -161,14 +162,14 @@ def _manifest(cfg: PipelineConfig, source: Source, previous: DatasetVersion | No
         "rows": rows,
         "valid_labels": dict(labels),
         "quarantine_reasons": dict(reasons.most_common()),
-        "unreadable": [*(before["unreadable"] if before else []), *summary.unreadable],
+        "unreadable": [*(before.unreadable if before else []), *summary.unreadable],
         "schema": {n: s.model_dump() for n, s in used_columns(cfg.data).items()},
         "preprocessor": pre.to_dict(),
         "profile": stats.profile(merged),
         "state": state_name,
         "ingest": {"id": ingest_id, **summary.as_dict()},
         "quarantine_files": quarantine_files,
-    }
+    })
 
 
 # --------------------------------------------------------------------------- ingest
@@ -235,7 +236,7 @@ def _commit(cfg: PipelineConfig, source: Source, table: Any, previous: DatasetVe
     number = delta.commit(
         root.join(ROWS), table, [delta.action_from_dict(a) for a in result.rows_files],
         mode="overwrite" if rebuild else "append", schema=rows_schema(cfg.data),
-        partition_by=[SPLIT], metadata={MANIFEST_KEY: json.dumps(manifest)},
+        partition_by=[SPLIT], metadata={MANIFEST_KEY: manifest.to_json()},
         transaction=Transaction(delta.INGEST_APP, sequence))
     return DatasetVersion(cfg.dataset_name, number, root, manifest)
 
@@ -246,9 +247,9 @@ def _after_commit(cfg: PipelineConfig, version: DatasetVersion, quarantine: Any)
     if quarantine is not None:
         quarantine.update_incremental()
     complete_quarantine(version, quarantine)
-    rows = version.manifest["rows"]
-    logger.info("committed %s: %d train + %d valid rows", version.id, rows["train"],
-                rows["valid"])
+    rows = version.manifest.rows
+    logger.info("committed %s: %d train + %d valid rows", version.id, rows.train,
+                rows.valid)
     if version.version % VACUUM_EVERY == 0:
         try:
             clean_up(cfg, version)
@@ -302,7 +303,7 @@ def trained_versions(cfg: PipelineConfig) -> list[int]:
 def _old_state_files(latest: DatasetVersion, cutoff: float) -> list[str]:
     removed = []
     for info in latest.root.join(STATE).list_files():
-        if info.path.endswith(latest.manifest["state"]) or info.mtime is None:
+        if info.path.endswith(latest.manifest.state) or info.mtime is None:
             continue
         if info.mtime.timestamp() < cutoff:
             latest.root.child(info.path).delete()
@@ -318,26 +319,26 @@ def _track(cfg: PipelineConfig, version: DatasetVersion) -> None:
     if tracking.runs_tagged(cfg.tracking, cfg.experiment_name, {
             tracking.KIND_TAG: "ingest", tracking.DATASET_TAG: version.id}):
         return
-    part = version.manifest["ingest"]
-    rows, reasons = part["rows"], part["reasons"]
+    part = version.manifest.ingest
+    rows = part.rows
     metrics: dict[str, float] = {
-        "files_read": part["files"] - len(part["failed"]),
-        "files_unreadable": len(part["unreadable"]), "files_failed": len(part["failed"]),
-        "rows_read": rows["read"], "rows_train": rows["train"], "rows_valid": rows["valid"],
-        "rows_quarantined": rows["quarantine"],
+        "files_read": part.files - len(part.failed),
+        "files_unreadable": len(part.unreadable), "files_failed": len(part.failed),
+        "rows_read": rows.read, "rows_train": rows.train, "rows_valid": rows.valid,
+        "rows_quarantined": rows.quarantine,
     }
-    for reason, count in reasons.items():
+    for reason, count in part.reasons.items():
         metrics[tracking.metric_name(f"quarantined.{reason}")] = count
     run_id = tracking.start_run(
         cfg.tracking, cfg.experiment_name, f"{cfg.name}-ingest",
-        params={"dataset_version": version.id, "source": version.manifest["source"]["uri"],
+        params={"dataset_version": version.id, "source": version.manifest.source.uri,
                 "format": cfg.data.format},
         tags={tracking.KIND_TAG: "ingest", tracking.DATASET_TAG: version.id},
     )
     tracking.log_metrics(cfg.tracking, run_id, metrics, step=version.version)
-    tracking.log_dict(cfg.tracking, run_id, version.manifest["rows"] | {
-        "quarantine_reasons": reasons, "unreadable": part["unreadable"],
-        "failed": part["failed"]}, "ingest_summary.json")
+    tracking.log_dict(cfg.tracking, run_id, version.manifest.rows.model_dump() | {
+        "quarantine_reasons": part.reasons, "unreadable": part.unreadable,
+        "failed": part.failed}, "ingest_summary.json")
     tracking.end_run(cfg.tracking, run_id)
 
 

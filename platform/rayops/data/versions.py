@@ -33,6 +33,7 @@ from deltalake import DeltaTable, Transaction
 from rayops.config import PipelineConfig
 from rayops.data import table as delta
 from rayops.data.context import data_context
+from rayops.data.manifest import Manifest
 from rayops.data.preprocess import Preprocessor
 from rayops.data.validate import SPLIT
 from rayops.errors import DataError
@@ -60,7 +61,7 @@ class DatasetVersion:
     name: str
     version: int
     root: Location
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def id(self) -> str:
@@ -73,11 +74,11 @@ class DatasetVersion:
     @property
     def base(self) -> int:
         """The version this one's data was last rebuilt in (all earlier rows replaced)."""
-        return int(self.manifest["base"] or self.version)
+        return int(self.manifest.base or self.version)
 
     @property
     def preprocessor(self) -> Preprocessor:
-        return Preprocessor.from_dict(self.manifest["preprocessor"])
+        return Preprocessor.from_dict(self.manifest.preprocessor)
 
     def split_files(self, split: str) -> list[Location]:
         """The Parquet files holding the split's rows in this version."""
@@ -122,7 +123,7 @@ class DatasetVersion:
 
     def state(self) -> dict[str, Any]:
         """The consumed source files and mergeable statistics this version ends with."""
-        return self.root.join(STATE, self.manifest["state"]).read_json()
+        return self.root.join(STATE, self.manifest.state).read_json()
 
 
 def version_number(version_id: str) -> int:
@@ -145,13 +146,13 @@ def _commit_info(rows: Location, version: int) -> dict[str, Any]:
     return {}
 
 
-def _ingest_commit(rows: Location, table: DeltaTable) -> tuple[int, dict[str, Any]] | None:
+def _ingest_commit(rows: Location, table: DeltaTable) -> tuple[int, Manifest] | None:
     """(version, manifest) of the newest ingest commit at or before the table's version."""
     at = table.version()
     for number in range(at, max(0, at - _HISTORY_SCAN), -1):
         info = _commit_info(rows, number)
         if MANIFEST_KEY in info:
-            return number, json.loads(info[MANIFEST_KEY])
+            return number, Manifest.from_json(info[MANIFEST_KEY])
     return None
 
 
@@ -204,7 +205,7 @@ def complete_quarantine(version: DatasetVersion, table: DeltaTable | None = None
     if (table.transaction_version(QUARANTINE_APP) or 0) >= version.version:
         return table
     actions = [delta.action_from_dict(a, {DATASET_VERSION: str(version.version)})
-               for a in version.manifest["quarantine_files"]]
+               for a in version.manifest.quarantine_files]
     try:
         delta.commit(location, table, actions, mode="append", schema=QUARANTINE_SCHEMA,
                      partition_by=[DATASET_VERSION],

@@ -75,11 +75,11 @@ def run_demo(rows: int, seed: int, port: int, keep_running: bool, overrides: lis
 
 def _show(cfg: PipelineConfig, result: PipelineResult, body: dict[str, Any]) -> None:
     """The story in a dozen lines: data, model, gate, the served answer."""
-    rows = result.dataset.manifest["rows"]
+    rows = result.dataset.manifest.rows
     champion = result.model.decision.champion
     print("\n=== rayops demo ===")
-    print(f"data:     {result.dataset.id}: {rows['train']:,} train + {rows['valid']:,} valid "
-          f"rows, {rows['quarantine']:,} quarantined (see `rayops quarantine`)")
+    print(f"data:     {result.dataset.id}: {rows.train:,} train + {rows.valid:,} valid "
+          f"rows, {rows.quarantine:,} quarantined (see `rayops quarantine`)")
     print("model:    " + ", ".join(f"{k}={v:.3f}" for k, v in result.model.metrics.items()
                                    if k.startswith("valid_")))
     print(f"gate:     {result.model.decision.summary()}")

@@ -52,6 +52,10 @@ class LoopConfig:
     run_name: str | None = None  # names the run's checkpoint folder (resume reads it)
     cache: bool = False  # keep the shard in memory (see train.data_loading)
     feed: Any = None  # the console's mailbox (an actor handle), or None
+    # Small data travels through Ray's object store: per split, a reference to the model
+    # inputs ({"features", "label"} arrays), each worker taking its rows; None means Ray
+    # Data shards (ray.train.get_dataset_shard).
+    in_memory: dict[str, Any] | None = None
 
     @property
     def task(self) -> Task:
@@ -64,6 +68,34 @@ class LoopConfig:
     def of(cls, config: dict[str, Any]) -> LoopConfig:
         """The loop configuration inside Ray Train's ``train_loop_config``."""
         return config["loop"]
+
+    def shard(self, split: str) -> Any:
+        """This worker's rows of ``split``: ``(features, label)`` arrays when the driver
+        sent the inputs through the object store, else its Ray Data shard. Every worker gets
+        as many training rows as the others (DDP steps in lockstep); validation rows are
+        all used."""
+        import ray
+        import ray.train
+
+        if self.in_memory is None:
+            return ray.train.get_dataset_shard(split)
+        context = ray.train.get_context()
+        rank, world = context.get_world_rank(), context.get_world_size()
+        columns = ray.get(self.in_memory[split])
+        rows = len(columns["label"])
+        end = rows // world * world if split == "train" else rows
+        return columns["features"][rank:end:world], columns["label"][rank:end:world]
+
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """This worker's rows of ``split`` as ``(features, label)`` arrays, either way."""
+        shard = self.shard(split)
+        if isinstance(shard, tuple):
+            return shard
+        batches = list(shard.iter_batches(batch_size=None, batch_format="numpy"))
+        if not batches:
+            return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.float32)
+        return (np.concatenate([b["features"] for b in batches]),
+                np.concatenate([b["label"] for b in batches]))
 
 
 class Family(ABC):

@@ -94,15 +94,17 @@ class Precision:
 
 
 class ShardLoader:
-    """Batches of one worker's shard. With ``cache`` the shard is pulled once, whole blocks
-    at a time through Ray Data, and kept as tensors on the device; every epoch then shuffles
-    them in place, which is what a hand-written PyTorch loop does and keeps the accelerator
-    fed. Without it every epoch streams through Ray Data with prefetching."""
+    """Batches of one worker's shard: ``(features, label)`` arrays the driver sent through
+    the object store, or a Ray Data shard. With ``cache`` (always for arrays) the shard is
+    pulled once, whole blocks at a time, and kept as tensors on the device; every epoch then
+    shuffles them in place, which is what a hand-written PyTorch loop does and keeps the
+    accelerator fed. Without it every epoch streams through Ray Data with prefetching."""
 
     def __init__(self, shard: Any, batch_size: int, device: torch.device,
                  label_dtype: torch.dtype, cache: bool, seed: int) -> None:
         self.shard, self.batch_size, self.device = shard, batch_size, device
-        self.label_dtype, self.cache, self.seed = label_dtype, cache, seed
+        self.label_dtype, self.seed = label_dtype, seed
+        self.cache = cache or isinstance(shard, tuple)
         self.cached: tuple[torch.Tensor, torch.Tensor] | None = None
         self.load_seconds = 0.0
 
@@ -116,9 +118,14 @@ class ShardLoader:
 
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
         started = time.perf_counter()
-        blocks = list(self._batches(None, None))
-        self.cached = (torch.cat([b["features"] for b in blocks]),
-                       torch.cat([b["label"] for b in blocks]))
+        if isinstance(self.shard, tuple):
+            x, y = self.shard
+            self.cached = (torch.as_tensor(x, dtype=torch.float32, device=self.device),
+                           torch.as_tensor(y, dtype=self.label_dtype, device=self.device))
+        else:
+            blocks = list(self._batches(None, None))
+            self.cached = (torch.cat([b["features"] for b in blocks]),
+                           torch.cat([b["label"] for b in blocks]))
         self.load_seconds = time.perf_counter() - started
         return self.cached
 
@@ -222,8 +229,7 @@ def _worker(loop: LoopConfig) -> Worker:
     scheduler = make_scheduler(optimizer, train, loop.cfg.target_metric[1])
     run = checkpoints_of(loop.cfg, loop.run_name) if loop.run_name else None
     progress = restore(model, optimizer, scheduler, run)
-    train_loader, valid_loader, loaded = shard_loaders(
-        train, device, loop.task.torch_label_dtype(), loop.cache, rank)
+    train_loader, valid_loader, loaded = shard_loaders(loop, device, rank)
     return Worker(model, optimizer, scheduler, loop.task.torch_loss(),
                   (train_loader, valid_loader), Precision(train.precision, device), device,
                   progress, rank, loaded)
@@ -262,16 +268,17 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             writer.close()
 
 
-def shard_loaders(train: TrainConfig, device: torch.device, label_dtype: torch.dtype,
-                  cache: bool, rank: int) -> tuple[ShardLoader, ShardLoader, float]:
+def shard_loaders(loop: LoopConfig, device: torch.device, rank: int
+                  ) -> tuple[ShardLoader, ShardLoader, float]:
     """This worker's train and validation loaders, and the seconds spent pulling cached
     shards (before the clock starts: that is data loading, not training)."""
+    train, label_dtype = loop.cfg.train, loop.task.torch_label_dtype()
     seed = train.seed + 7919 * rank
-    train_loader = ShardLoader(ray.train.get_dataset_shard("train"), train.batch_size, device,
-                               label_dtype, cache, seed)
-    valid_loader = ShardLoader(ray.train.get_dataset_shard("valid"), train.batch_size * 4,
-                               device, label_dtype, cache, seed)
-    if not cache:
+    train_loader = ShardLoader(loop.shard("train"), train.batch_size, device, label_dtype,
+                               loop.cache, seed)
+    valid_loader = ShardLoader(loop.shard("valid"), train.batch_size * 4, device, label_dtype,
+                               loop.cache, seed)
+    if not train_loader.cache:
         return train_loader, valid_loader, 0.0
     train_loader.load()
     valid_loader.load()

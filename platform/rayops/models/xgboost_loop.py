@@ -63,12 +63,9 @@ def booster_params(cfg: PipelineConfig, n_outputs: int) -> dict[str, Any]:
     return params
 
 
-def _arrays(shard: Any) -> tuple[np.ndarray, np.ndarray]:
-    batches = list(shard.iter_batches(batch_size=None, batch_format="numpy"))
-    if not batches:
-        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.float32)
-    return (np.concatenate([b["features"] for b in batches]).astype(np.float32),
-            np.concatenate([b["label"] for b in batches]).astype(np.float32))
+def _arrays(loop: LoopConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = loop.arrays(split)
+    return x.astype(np.float32), y.astype(np.float32)
 
 
 @dataclass
@@ -200,8 +197,8 @@ def xgboost_fn_per_worker(config: dict[str, Any]) -> None:
     xgb = require_xgboost()
     loop = LoopConfig.of(config)
     cfg, boost = loop.cfg, loop.cfg.model.xgboost
-    train_x, train_y = _arrays(ray.train.get_dataset_shard("train"))
-    valid_x, valid_y = _arrays(ray.train.get_dataset_shard("valid"))
+    train_x, train_y = _arrays(loop, "train")
+    valid_x, valid_y = _arrays(loop, "valid")
     dtrain = xgb.DMatrix(train_x, label=train_y)
     dvalid = xgb.DMatrix(valid_x, label=valid_y)
     booster, stopping = restored(ray.train.get_checkpoint())

@@ -123,8 +123,8 @@ def monitor_records(cfg: PipelineConfig, records: pd.DataFrame, alias: str = "ch
     model = tracking.resolve_alias(cfg.tracking, cfg.model_name, alias)
     dataset = tracking.run_tags(cfg.tracking, model.run_id)[tracking.DATASET_TAG]
     version = load_version(cfg, version_number(dataset))
-    schema = {n: ColumnSpec.model_validate(s) for n, s in version.manifest["schema"].items()}
-    profile = dict(version.manifest["profile"])
+    schema = {n: ColumnSpec.model_validate(s) for n, s in version.manifest.columns.items()}
+    profile = dict(version.manifest.profile)
     label = cfg.data.label
     if label in profile:
         profile[PREDICTION] = profile[label]  # predictions against the training labels

@@ -23,7 +23,6 @@ from rayops.config import PipelineConfig
 from rayops.data.ingest import ingest_retrying
 from rayops.data.table import open_table
 from rayops.data.versions import load_version, version_number
-from rayops.errors import ConfigError
 from rayops.gate import window_verdict
 from rayops.monitor.feedback import (
     feedback_table,
@@ -45,24 +44,6 @@ from rayops.storage import root_of
 
 logger = logging.getLogger(__name__)
 
-def check_config(cfg: PipelineConfig) -> None:
-    """What the loop needs from the rest of the config, said before the first cycle."""
-    op, serve = cfg.operate, cfg.serve
-    if op.shadow.enabled and serve.mirror_fraction == 0:
-        # a canary's answers alone cannot be compared with the champion's: only mirrored
-        # records give the agreement the shadow gate needs
-        raise ConfigError("operate.shadow.enabled needs serve.mirror_fraction > 0 (the share "
-                          "of requests the challenger sees in shadow), e.g. 0.01, also "
-                          "beside a canary_fraction; or set operate.shadow.enabled: false")
-    if (op.shadow.enabled or op.rollback.watch_s > 0) and not serve.log_predictions:
-        raise ConfigError("operate.shadow and operate.rollback read the prediction log: set "
-                          "serve.log_predictions: true")
-    if serve.shadow_alias != tracking.CHALLENGER:
-        raise ConfigError(f"serve.shadow_alias is {serve.shadow_alias!r}, but the loop "
-                          f"registers new models as {tracking.CHALLENGER!r}: the replicas "
-                          "would never shadow them")
-
-
 class Operator(Proving):
     """Runs a pipeline's cycles; ``say`` prints its progress lines."""
 
@@ -82,7 +63,7 @@ class Operator(Proving):
     def run(self, cycles: int | None = None) -> CycleState:
         """Run cycles (forever when None) every ``operate.interval_s``; a cycle left
         unfinished by a stopped operator is finished first."""
-        check_config(self.cfg)
+        self.cfg.check_operate()
         self.lease.acquire(wait_s=self.cfg.operate.lease_s)
         try:
             state, done = self.store.load(), 0
@@ -155,7 +136,7 @@ class Operator(Proving):
         version = ingest_retrying(self.cfg)  # beside `ingest --watch`, a lost race is normal
         state.facts["dataset"] = version.id
         self.say(f"[cycle {state.cycle}] ingest: dataset {version.id} "
-                 f"({version.manifest['rows']['train']} training rows)")
+                 f"({version.manifest.rows.train} training rows)")
         return "monitor"
 
     def _monitor(self, state: CycleState) -> str:

@@ -4,8 +4,8 @@ one constant each, so every reader and writer names the same key."""
 from __future__ import annotations
 
 # The aliases: what serving answers with, and what passed the gate beside it.
-CHAMPION = "champion"
-CHALLENGER = "challenger"
+from rayops.config.serving import CHALLENGER as CHALLENGER
+from rayops.config.serving import CHAMPION as CHAMPION
 
 # On every run.
 KIND_TAG = "rayops.kind"  # ingest, sweep, operate, monitor (a training run has none)

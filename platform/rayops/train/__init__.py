@@ -6,21 +6,23 @@ A single run and every Tune trial go through these same functions.
 """
 
 from rayops.train.driver import (
+    ModelInputs,
     TrainOutcome,
     architecture,
     build_trainer,
     fit_and_log,
-    load_datasets,
+    load_inputs,
     run_params,
     run_training,
 )
 
 __all__ = [
+    "ModelInputs",
     "TrainOutcome",
     "architecture",
     "build_trainer",
     "fit_and_log",
-    "load_datasets",
+    "load_inputs",
     "run_params",
     "run_training",
 ]

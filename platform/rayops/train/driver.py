@@ -22,7 +22,6 @@ import pandas as pd
 import pyarrow as pa
 import ray.data
 from ray.data import ExecutionOptions
-from ray.data.block import BlockAccessor
 from ray.train import (
     Checkpoint,
     CheckpointConfig,
@@ -44,7 +43,14 @@ from rayops.models import Bundle, LoopConfig, Model
 from rayops.models.checkpoints import checkpoints_of, set_aside_broken_snapshot
 from rayops.storage import root_of
 from rayops.train.feed import epoch_feed
-from rayops.train.records import mark_failed, new_record, resumable, runs_folder, write_record
+from rayops.train.records import (
+    RunRecord,
+    mark_failed,
+    new_record,
+    resumable,
+    runs_folder,
+    write_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +60,7 @@ logger = logging.getLogger(__name__)
 # The controller reads the variable from the driver's environment; a value the user set wins.
 POLL_ENV, POLL_INTERVAL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25"
 CACHE_LIMIT_BYTES = 1 << 30  # data_loading=auto keeps a shard in memory below this
-LOCAL_LOAD_ROWS = 200_000  # load_datasets reads a dataset this small on the driver
+LOCAL_LOAD_ROWS = 200_000  # load_inputs reads a dataset this small on the driver
 
 
 @dataclass(frozen=True)
@@ -77,31 +83,31 @@ def model_inputs(table: pa.Table, state: dict[str, Any]) -> dict[str, np.ndarray
     return {"features": pre.transform(table.filter(pa.array(keep))), "label": label[keep]}
 
 
-def load_datasets(version: DatasetVersion, local_rows: int = LOCAL_LOAD_ROWS
-                  ) -> dict[str, ray.data.Dataset]:
-    """Model inputs of the curated splits, materialized once for the run (and shared by
-    every trial of a sweep): workers then read shards without competing with a streaming
-    read for CPUs. A dataset of at most ``local_rows`` rows is read and transformed on the
-    driver (seconds faster than scheduling read tasks); a larger one by
-    Ray Data across the cluster."""
-    state = version.manifest["preprocessor"]
-    rows = version.manifest["rows"]
-    if rows["train"] + rows["valid"] <= local_rows:
-        return {split: _in_blocks(model_inputs(version.table(split), state))
-                for split in ("train", "valid")}
+@dataclass(frozen=True)
+class ModelInputs:
+    """The model inputs of the curated splits, read once for a run (and shared by every
+    trial of a sweep): as arrays in Ray's object store (``in_memory``, one reference per
+    split, each worker taking its rows) or as materialized Ray Datasets that Ray Train
+    splits between workers."""
+
+    datasets: dict[str, ray.data.Dataset]
+    in_memory: dict[str, Any] | None = None
+
+
+def load_inputs(version: DatasetVersion, local_rows: int = LOCAL_LOAD_ROWS) -> ModelInputs:
+    """A dataset of at most ``local_rows`` rows is read and transformed on the driver and
+    put in the object store: workers start without Ray Data's split coordinators (seconds a
+    run on a small table). A larger one is read by Ray Data across the cluster and
+    materialized, so workers read shards without competing with a streaming read for CPUs."""
+    state = version.manifest.preprocessor
+    rows = version.manifest.rows
+    if rows.train + rows.valid <= local_rows:
+        return ModelInputs({}, {split: ray.put(model_inputs(version.table(split), state))
+                                for split in ("train", "valid")})
     with data_context(preserve_order=True):
-        return {split: version.read(split).map_batches(
+        return ModelInputs({split: version.read(split).map_batches(
             model_inputs, batch_format="pyarrow", fn_kwargs={"state": state}).materialize()
-            for split in ("train", "valid")}
-
-
-def _in_blocks(columns: dict[str, np.ndarray], blocks: int = 8) -> ray.data.Dataset:
-    """A small in-memory dataset, in a few blocks so every worker's shard gets some."""
-    rows = len(columns["label"])
-    step = max(1, -(-rows // blocks))
-    return ray.data.from_arrow([
-        BlockAccessor.batch_to_block({k: v[start:start + step] for k, v in columns.items()})
-        for start in range(0, max(rows, 1), step)])
+            for split in ("train", "valid")})
 
 
 def architecture(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:
@@ -120,18 +126,15 @@ def length_of(cfg: PipelineConfig) -> tuple[int, str]:
 def _cache_shards(cfg: PipelineConfig, version: DatasetVersion) -> bool:
     if cfg.train.data_loading != "auto":
         return cfg.train.data_loading == "memory"
-    rows = version.manifest["rows"]["train"] + version.manifest["rows"]["valid"]
+    rows = version.manifest.rows.train + version.manifest.rows.valid
     per_shard = rows * (version.preprocessor.n_features + 1) * 4 / cfg.train.num_workers
     return per_shard < CACHE_LIMIT_BYTES
 
 
 def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
-                  datasets: dict[str, ray.data.Dataset], run_name: str, run_id: str | None,
+                  inputs: ModelInputs, run_name: str, run_id: str | None,
                   callbacks: Sequence[Any] = (), feed: Any = None) -> DataParallelTrainer:
     """The trainer for one training run: a TorchTrainer (mlp) or an XGBoostTrainer."""
-    if cfg.train.precision == "fp16" and not cfg.train.use_gpu:
-        raise TrainingError("train.precision 'fp16' needs train.use_gpu: true; use 'bf16' on "
-                            "CPUs")
     metric, mode = cfg.target_metric
     checkpoints = checkpoints_of(cfg)
     set_aside_broken_snapshot(checkpoints.join(run_name))
@@ -141,9 +144,9 @@ def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
     shape = architecture(cfg, version)
     loop = LoopConfig(cfg, shape, version.preprocessor.label_state,
                       meta={"dataset": version.id, "architecture": shape,
-                            "preprocessor": version.manifest["preprocessor"]},
+                            "preprocessor": version.manifest.preprocessor},
                       run_id=run_id, run_name=run_name, cache=_cache_shards(cfg, version),
-                      feed=feed)
+                      feed=feed, in_memory=inputs.in_memory)
     trainer, loop_per_worker = family_named(cfg.model.family).trainer()
     return trainer(
         loop_per_worker,
@@ -160,7 +163,7 @@ def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             callbacks=list(callbacks),
         ),
-        datasets=datasets,
+        datasets=inputs.datasets,
         # Blocks reach each worker in a fixed order, so a seed reproduces a run.
         dataset_config=DataConfig(execution_options=_ingest_options()),
     )
@@ -210,14 +213,14 @@ def _bundle(cfg: PipelineConfig, version: DatasetVersion, checkpoint: Checkpoint
             metrics: dict[str, float], run_id: str) -> Bundle:
     model = _trained_model(cfg, version, checkpoint)
     meta = {"architecture": architecture(cfg, version),
-            "preprocessor": version.manifest["preprocessor"],
-            "schema": version.manifest["schema"], "dataset": version.id, "metrics": metrics,
+            "preprocessor": version.manifest.preprocessor,
+            "schema": version.manifest.columns, "dataset": version.id, "metrics": metrics,
             "run_id": run_id, "pipeline": cfg.name, "target_metric": cfg.target_metric[0]}
     return Bundle(model, meta)
 
 
 def fit_and_log(cfg: PipelineConfig, version: DatasetVersion,
-                datasets: dict[str, ray.data.Dataset], run_id: str, run_name: str,
+                inputs: ModelInputs, run_id: str, run_name: str,
                 callbacks: Sequence[Any] = ()) -> TrainOutcome:
     """Train, pick the best checkpoint, save its model bundle to storage, then complete the
     MLflow run: every epoch's metrics it lacks, the model, the plots.
@@ -228,10 +231,10 @@ def fit_and_log(cfg: PipelineConfig, version: DatasetVersion,
     metric, mode = cfg.target_metric
     os.environ.setdefault(POLL_ENV, POLL_INTERVAL_S)
     if cfg.train.batch_size is None:
-        rows = version.manifest["rows"]["train"]
+        rows = version.manifest.rows.train
         cfg = cfg.with_overrides({"train.batch_size": cfg.train.batch_for(rows)})
     with epoch_feed(cfg) as feed:
-        result = build_trainer(cfg, version, datasets, run_name, run_id, callbacks,
+        result = build_trainer(cfg, version, inputs, run_name, run_id, callbacks,
                                feed).fit()
     checkpoint, best = _best_checkpoint(result, metric, mode)
     numbers = {k: float(v) for k, v in best.items()
@@ -274,7 +277,7 @@ def _complete_run(cfg: PipelineConfig, version: DatasetVersion, run_id: str, bun
     model_uri = tracking.logged_model_uri(cfg.tracking, run_id)
     if model_uri is None:
         required = {name: not spec["nullable"] for name, spec in
-                    version.manifest["schema"].items() if name != cfg.data.label}
+                    version.manifest.columns.items() if name != cfg.data.label}
         extra = family_named(bundle.family).pip_requirements()
         model_uri = tracking.log_model(cfg.tracking, run_id, bundle_dir,
                                        _input_example(version), required, extra)
@@ -291,7 +294,7 @@ def run_params(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:
             "data": {"dataset_version": version.id, "dataset_uri": version.uri,
                      "task": cfg.data.task,
                      "label": cfg.data.label, "features": ",".join(cfg.data.feature_names)},
-            "dataset_rows": version.manifest["rows"]}
+            "dataset_rows": version.manifest.rows.model_dump()}
 
 
 def run_training(cfg: PipelineConfig, version: DatasetVersion | None = None,
@@ -303,7 +306,7 @@ def run_training(cfg: PipelineConfig, version: DatasetVersion | None = None,
     folder = runs_folder(cfg, "train")
     if resume:
         record, version = resumable(cfg, "train", record_name)
-        if record["status"] == "finished":
+        if record.finished:
             return _finished_outcome(cfg, record)
     else:
         version = version or load_version(cfg)
@@ -312,28 +315,28 @@ def run_training(cfg: PipelineConfig, version: DatasetVersion | None = None,
                                     tags={tracking.DATASET_TAG: version.id})
         name = record_name or f"{cfg.name}-train-{run_id[:8]}-{uuid.uuid4().hex[:4]}"
         record = write_record(folder, new_record(name, run_id, version))
-    logger.info("training %s: %s, %d worker(s), up to %d %s, %s", record["name"],
+    logger.info("training %s: %s, %d worker(s), up to %d %s, %s", record.name,
                 cfg.model.family, cfg.train.num_workers, *length_of(cfg), version.id)
     try:
-        outcome = fit_and_log(cfg, version, load_datasets(version), record["run_id"],
-                              record["name"])
+        outcome = fit_and_log(cfg, version, load_inputs(version), record.run_id,
+                              record.name)
     except (KeyboardInterrupt, SystemExit):  # stopped, not failed: `--resume` picks it up
         raise
     except BaseException:
         mark_failed(cfg, folder, record)
         raise
-    tracking.end_run(cfg.tracking, record["run_id"])
+    tracking.end_run(cfg.tracking, record.run_id)
     write_record(folder, record, status="finished")
     return outcome
 
 
-def _finished_outcome(cfg: PipelineConfig, record: dict[str, Any]) -> TrainOutcome:
+def _finished_outcome(cfg: PipelineConfig, record: RunRecord) -> TrainOutcome:
     """What a run that finished before its caller stopped produced, from MLflow."""
-    run_id = record["run_id"]
+    run_id = record.run_id
     metrics = tracking.finished_with_model(cfg.tracking, run_id)
     model_uri = tracking.logged_model_uri(cfg.tracking, run_id)
     if metrics is None or model_uri is None:
-        raise TrainingError(f"run {record['name']} is recorded as finished but MLflow run "
+        raise TrainingError(f"run {record.name} is recorded as finished but MLflow run "
                             f"{run_id} holds no model")
     return TrainOutcome(run_id, metrics, model_uri, "",
-                        version_number(record["dataset_version"]))
+                        version_number(record.dataset_version))

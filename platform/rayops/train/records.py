@@ -9,9 +9,11 @@ that did not finish is what ``--resume`` continues, whatever stopped it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from rayops import tracking
 from rayops.config import PipelineConfig
@@ -26,14 +28,39 @@ def runs_folder(cfg: PipelineConfig, kind: str) -> Location:
     return root_of(cfg.storage).join("runs", cfg.name, kind)
 
 
-def new_record(name: str, run_id: str, version: DatasetVersion) -> dict[str, Any]:
-    return {"name": name, "run_id": run_id, "dataset_version": version.id,
-            "status": "running", "started_at": dt.datetime.now(dt.UTC).isoformat()}
+Status = Literal["running", "failed", "finished"]
 
 
-def write_record(folder: Location, record: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    updated = {**record, **changes}
-    folder.join(f"{record['name']}.json").write_json(updated)
+@dataclass(frozen=True)
+class RunRecord:
+    """One run's record (a training run or a sweep), as stored in its JSON file."""
+
+    name: str  # the Ray Train / Tune run's name: its checkpoints' folder
+    run_id: str  # the MLflow run (a sweep's parent run)
+    dataset_version: str  # a DatasetVersion.id
+    status: Status = "running"
+    started_at: str = dataclasses.field(
+        default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def new_record(name: str, run_id: str, version: DatasetVersion) -> RunRecord:
+    return RunRecord(name, run_id, version.id)
+
+
+def write_record(folder: Location, record: RunRecord, status: Status | None = None
+                 ) -> RunRecord:
+    """Store ``record`` (with ``status`` when given) as ``{name}.json``; returns it."""
+    updated = dataclasses.replace(record, status=status or record.status)
+    folder.join(f"{record.name}.json").write_json(dataclasses.asdict(updated))
     return updated
 
 
@@ -42,7 +69,7 @@ class NothingToResume(TrainingError):
 
 
 def resumable(cfg: PipelineConfig, kind: str, name: str | None = None
-              ) -> tuple[dict[str, Any], DatasetVersion]:
+              ) -> tuple[RunRecord, DatasetVersion]:
     """The run record ``name`` (a caller that named its run, like the operate loop: it
     continues its own run, never another), or else the newest ``kind`` record if it did
     not finish; its dataset version; its MLflow run marked RUNNING again when it did not
@@ -53,31 +80,31 @@ def resumable(cfg: PipelineConfig, kind: str, name: str | None = None
         if not location.exists():
             raise NothingToResume(f"nothing to resume: no {kind} run {name!r} under "
                                   f"{folder.uri}")
-        record = location.read_json()
+        record = RunRecord.from_dict(location.read_json())
     else:
-        records = [folder.join(n).read_json() for n in folder.list_dir()
-                   if n.endswith(".json")]
+        records = [RunRecord.from_dict(folder.join(n).read_json())
+                   for n in folder.list_dir() if n.endswith(".json")]
         if not records:
             raise NothingToResume(f"nothing to resume: no {kind} run of {cfg.name!r} under "
                                   f"{folder.uri}")
-        record = max(records, key=lambda r: r["started_at"])
-        if record["status"] == "finished":
+        record = max(records, key=lambda r: r.started_at)
+        if record.finished:
             raise NothingToResume(f"nothing to resume: the last {kind} run of {cfg.name!r} "
-                                  f"({record['name']}) finished")
-    version = load_version(cfg, version_number(record["dataset_version"]))
-    if record["status"] != "finished":
-        tracking.reopen_run(cfg.tracking, record["run_id"])
-        logger.info("Resuming %s (MLflow run %s, %s) on %s", record["name"],
-                    record["run_id"], record["status"], version.id)
+                                  f"({record.name}) finished")
+    version = load_version(cfg, version_number(record.dataset_version))
+    if not record.finished:
+        tracking.reopen_run(cfg.tracking, record.run_id)
+        logger.info("Resuming %s (MLflow run %s, %s) on %s", record.name,
+                    record.run_id, record.status, version.id)
     return record, version
 
 
-def mark_failed(cfg: PipelineConfig, folder: Location, record: dict[str, Any]) -> None:
+def mark_failed(cfg: PipelineConfig, folder: Location, record: RunRecord) -> None:
     """Record a run that stopped on an error as resumable; mark its MLflow run FAILED when
     MLflow answers (it may be the very thing that is down)."""
     write_record(folder, record, status="failed")
     try:
         tracking.require_reachable(cfg.tracking)  # fast: MLflow's retries take minutes
-        tracking.end_run(cfg.tracking, record["run_id"], status="FAILED")
+        tracking.end_run(cfg.tracking, record.run_id, status="FAILED")
     except Exception as exc:
-        logger.warning("MLflow run %s not marked FAILED: %s", record["run_id"], exc)
+        logger.warning("MLflow run %s not marked FAILED: %s", record.run_id, exc)
