@@ -119,9 +119,9 @@ class ShardLoader:
     def load(self) -> tuple[torch.Tensor, torch.Tensor]:
         started = time.perf_counter()
         if isinstance(self.shard, tuple):
-            x, y = self.shard
-            self.cached = (torch.as_tensor(x, dtype=torch.float32, device=self.device),
-                           torch.as_tensor(y, dtype=self.label_dtype, device=self.device))
+            x, y = self.shard  # views of read-only object-store buffers: copied here
+            self.cached = (torch.tensor(x, dtype=torch.float32, device=self.device),
+                           torch.tensor(y, dtype=self.label_dtype, device=self.device))
         else:
             blocks = list(self._batches(None, None))
             self.cached = (torch.cat([b["features"] for b in blocks]),
