@@ -101,7 +101,7 @@ def load_inputs(version: DatasetVersion, local_rows: int = LOCAL_LOAD_ROWS) -> M
     materialized, so workers read shards without competing with a streaming read for CPUs."""
     state = version.manifest.preprocessor
     rows = version.manifest.rows
-    if rows.train + rows.valid <= local_rows:
+    if rows.kept <= local_rows:
         return ModelInputs({}, {split: ray.put(model_inputs(version.table(split), state))
                                 for split in ("train", "valid")})
     with data_context(preserve_order=True):
@@ -126,7 +126,7 @@ def length_of(cfg: PipelineConfig) -> tuple[int, str]:
 def _cache_shards(cfg: PipelineConfig, version: DatasetVersion) -> bool:
     if cfg.train.data_loading != "auto":
         return cfg.train.data_loading == "memory"
-    rows = version.manifest.rows.train + version.manifest.rows.valid
+    rows = version.manifest.rows.kept
     per_shard = rows * (version.preprocessor.n_features + 1) * 4 / cfg.train.num_workers
     return per_shard < CACHE_LIMIT_BYTES
 
