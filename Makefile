@@ -24,12 +24,16 @@ $(STAMP): pyproject.toml
 lint: install
 	$(BIN)/ruff check platform jobs tests
 
+# Two processes (pytest-xdist), each with its own Ray cluster and services; whole modules
+# go to one process, so module fixtures are made once. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+
 test: install lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The inner loop: unit and contract tests, no Ray cluster, no services (under 3 minutes).
 test-fast: install lint
-	$(BIN)/pytest tests/unit -m "not integration and not gpu"
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile tests/unit -m "not integration and not gpu"
 
 demo: install
 	$(BIN)/rayops demo

@@ -17,6 +17,13 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # Ray Train's controller notices a finished or failed worker group at this interval (2 s by
 # default); tests run dozens of short training runs.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# Ray Train's preemption watcher (an actor per run polling for spot-instance notices) has
+# nothing to watch on one machine; each run's extra process costs ~2 s of CPU.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# Serve replicas and handles report their load for autoscaling every 10 s by default; the
+# autoscaling test looks back 2 s.
+os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
 # Dummy credentials for the local S3 endpoint; set before Ray starts so workers inherit them.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -56,8 +63,24 @@ def _process_setup_restored():
     logging.captureWarnings(False)
 
 
+# The slowest modules first (as `--durations` measures them), then the rest of the
+# integration tests, then the unit tests: `make test` hands whole modules to two processes
+# (pytest-xdist, --dist loadfile) in this order, so the long ones do not start last.
+SLOWEST_FIRST = ("test_serve", "test_jobs", "test_families", "test_training",
+                 "test_readme_jobs", "test_resume", "test_pipeline_local",
+                 "test_simulated_cluster", "test_tables", "test_operate")
+
+
+def _schedule_rank(item: pytest.Item) -> tuple[int, int]:
+    module = item.path.stem
+    rank = SLOWEST_FIRST.index(module) if module in SLOWEST_FIRST else len(SLOWEST_FIRST)
+    return rank, "unit" in item.path.parts
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``gpu`` tests need CUDA: skipped, with the reason, on a machine without it."""
+    """Modules longest first (a stable sort: tests keep their order within a module);
+    ``gpu`` tests need CUDA: skipped, with the reason, on a machine without it."""
+    items.sort(key=_schedule_rank)
     gpu_tests = [item for item in items if "gpu" in item.keywords]
     if not gpu_tests:
         return

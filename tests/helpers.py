@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +21,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_EMPTY_STORE: list[Path] = []  # an empty MLflow sqlite store, made once per test process
+
+
+def fresh_tracking_store(db: Path) -> None:
+    """An empty MLflow sqlite store at ``db`` (unless one is there): a copy of one made
+    once per process, since MLflow's schema migrations take ~2 s of CPU for each new store."""
+    if db.exists():
+        return
+    if not _EMPTY_STORE:
+        from mlflow import MlflowClient
+
+        made = Path(tempfile.mkdtemp(prefix="rayops-mlflow-")) / "mlflow.db"
+        MlflowClient(f"sqlite:///{made}").search_experiments()
+        _EMPTY_STORE.append(made)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_EMPTY_STORE[0], db)
+
+
 def demo_config(tmp: Path, **overrides: Any) -> PipelineConfig:
     """The packaged demo config with its stores under ``tmp`` and small, fast settings."""
+    fresh_tracking_store(tmp / "mlflow" / "mlflow.db")
     base = {
         "storage.root": str(tmp / "lake"),
         "tracking.uri": f"sqlite:///{tmp}/mlflow/mlflow.db",
@@ -28,6 +49,7 @@ def demo_config(tmp: Path, **overrides: Any) -> PipelineConfig:
         "train.batch_size": 128,
         "train.learning_rate": 0.005,
         "tune.enabled": False,
+        "serve.access_log": False,  # thousands of requests: no line each in the test log
     }
     base.update(overrides)
     return load_config(config_path(), [f"{k}={v}" for k, v in base.items()])

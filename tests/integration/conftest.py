@@ -64,7 +64,11 @@ def ray_start_4_cpus() -> Iterator[None]:
 
     ray.init(address="local", num_cpus=4, object_store_memory=1_500 * 1024**2,
              _node_ip_address="127.0.0.1",
-             include_dashboard=False, logging_level=logging.WARNING)
+             include_dashboard=False, logging_level=logging.WARNING,
+             # Workers' output stays in the session's logs (under RAY_TMPDIR): streamed to
+             # this process it cost CPU and filled the log between tests; errors still
+             # arrive with their tracebacks.
+             log_to_driver=False)
     yield
     from ray import serve
 
@@ -167,7 +171,8 @@ class MlflowServer:
     def __init__(self, backend: str, artifacts: str, log_path: Path,
                  env: dict[str, str] | None = None) -> None:
         self.backend, self.artifacts, self.log_path = backend, artifacts, log_path
-        self.env = {**os.environ, **(env or {})}
+        # MLflow's job runner (huey consumers, for its GenAI jobs) is not what tests serve.
+        self.env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
         self.uri = f"http://127.0.0.1:{free_port()}"
         self.bucket = ""  # where its artifacts live, when on the S3 endpoint
         self.proc: subprocess.Popen | None = None
@@ -214,7 +219,7 @@ def ray_head_cluster(run_dir: Path) -> Iterator[str]:
     temp = Path(f"/tmp/rayops-head-{uuid.uuid4().hex[:6]}")
     gcs, dashboard = free_port(), free_port()
     ray = str(BIN / "ray")
-    subprocess.run(
+    started = subprocess.run(
         [ray, "start", "--head", "--port", str(gcs), "--dashboard-port", str(dashboard),
          "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1",
          "--ray-client-server-port", str(free_port()),
@@ -225,8 +230,9 @@ def ray_head_cluster(run_dir: Path) -> Iterator[str]:
          "--metrics-export-port", str(free_port()),
          "--num-cpus", "2", "--include-dashboard", "true",
          "--temp-dir", str(temp), "--disable-usage-stats"],
-        check=True, capture_output=True, timeout=180,
+        capture_output=True, text=True, timeout=180,
     )
+    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
     address = f"http://127.0.0.1:{dashboard}"
     try:
         wait_http(f"{address}/api/version", 120)

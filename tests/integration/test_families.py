@@ -46,6 +46,7 @@ def regression(tmp_path_factory, ray_start_4_cpus, port):
         "tracking.registered_model": "charges", "serve.port": port,
         "serve.app_name": "charges", "serve.route_prefix": "/charges",
         "serve.model_poll_interval_s": 1, "tune.enabled": True, "tune.search": "grid",
+        "train.num_workers": 1,  # two workers at once: the classifier's XGBoost below
         "tune.max_concurrent_trials": 2, "tune.scheduler.type": "fifo",
         "tune.search_space": {"model.family": {"type": "choice",
                                                "values": ["mlp", "xgboost"]}},

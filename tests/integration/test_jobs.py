@@ -70,7 +70,7 @@ def test_sweep_driver_killed_mid_trial_then_resumed(tmp_path, ray_start_4_cpus,
     from rayops import tracking
     from rayops.storage import root_of
 
-    epochs = 40  # enough that the stop lands mid-trial: an epoch here takes ~0.3 s
+    epochs = 24  # enough that the stop lands mid-trial: an epoch here takes 0.3-0.5 s
     cfg = demo_config(tmp_path, **{"train.epochs": epochs, "train.num_workers": 1,
                                    "train.early_stopping_patience": "null",
                                    "tune.enabled": True, "tune.num_samples": 2,

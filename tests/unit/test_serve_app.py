@@ -243,7 +243,9 @@ def test_emitted_serve_config_is_valid_for_serve_deploy(tmp_path):
 
     out = tmp_path / "serve.yaml"
     result = CliRunner().invoke(app, ["deploy", str(config_path()), "--emit", str(out),
-                                      "--set", "serve.max_queued_requests=7"])
+                                      "--set", "serve.max_queued_requests=7",
+                                      "--set", "serve.access_log=false",
+                                      "--set", "serve.autoscaling.look_back_period_s=5"])
     assert result.exit_code == 0, result.output
     emitted = yaml.safe_load(out.read_text())
     parsed = ServeDeploySchema.parse_obj(emitted)
@@ -255,12 +257,16 @@ def test_emitted_serve_config_is_valid_for_serve_deploy(tmp_path):
     inline = AppArgs.model_validate(application.args)
     from rayops.config import validate_config
 
-    expected = load_config(config_path(), ["serve.max_queued_requests=7"])
+    expected = load_config(config_path(), ["serve.max_queued_requests=7",
+                                           "serve.access_log=false",
+                                           "serve.autoscaling.look_back_period_s=5"])
     assert validate_config(inline.pipeline) == expected
     assert isinstance(build_app(inline), Application)
     (deployment,) = application.deployments
     assert deployment.max_queued_requests == 7
     assert deployment.autoscaling_config["max_replicas"] == 2
+    assert deployment.autoscaling_config["look_back_period_s"] == 5
+    assert deployment.logging_config.enable_access_log is False
     assert parsed.http_options.host == "127.0.0.1"
 
 

@@ -60,6 +60,9 @@ class AutoscalingConfig(_Section):
     target_ongoing_requests: float = Field(2.0, gt=0.0)
     upscale_delay_s: float = Field(10.0, ge=0.0)
     downscale_delay_s: float = Field(60.0, ge=0.0)
+    look_back_period_s: float = Field(
+        30.0, gt=0.0, description="Window over which replicas' ongoing requests are averaged "
+        "before a scaling decision (Serve's default: 30 s).")
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingConfig:
@@ -100,6 +103,9 @@ class ServeConfig(_Section):
     )
     request_timeout_s: float = Field(30.0, gt=0.0, description="End-to-end HTTP timeout (408).")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body (413).")
+    access_log: bool = Field(
+        True, description="Each replica logs a line per request (Ray Serve's access log); "
+        "off spares the log pipeline at high request rates.")
     model_poll_interval_s: float = Field(
         5.0, ge=0.0,
         description="How often replicas check where model_alias points; a move switches them "

@@ -27,6 +27,7 @@ def deployment_options(cfg: PipelineConfig) -> dict[str, Any]:
         "ray_actor_options": {"num_cpus": s.cpus_per_replica},
         "max_ongoing_requests": s.max_ongoing_requests,
         "max_queued_requests": s.max_queued_requests,
+        "logging_config": {"enable_access_log": s.access_log},
         "autoscaling_config": {
             "min_replicas": s.autoscaling.min_replicas,
             "initial_replicas": max(s.autoscaling.min_replicas, 1),
@@ -34,6 +35,7 @@ def deployment_options(cfg: PipelineConfig) -> dict[str, Any]:
             "target_ongoing_requests": s.autoscaling.target_ongoing_requests,
             "upscale_delay_s": s.autoscaling.upscale_delay_s,
             "downscale_delay_s": s.autoscaling.downscale_delay_s,
+            "look_back_period_s": s.autoscaling.look_back_period_s,
         },
     }
 
