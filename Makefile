@@ -14,11 +14,16 @@ XGBOOST_SPEC ?= xgboost-cpu==3.2.0
 
 install: $(STAMP)
 
+# pip takes torch (it reads this machine's pip settings, which point at the CPU wheel on
+# disk); uv installs the rest and compiles it on both cores: 50 s instead of pip's 160.
+PURELIB := import sysconfig; print(sysconfig.get_paths()["purelib"])
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]" "$(XGBOOST_SPEC)"
+	$(BIN)/python -m pip install -q --upgrade pip uv
+	$(BIN)/python -m pip install -q --no-compile "$(TORCH_SPEC)"
+	$(BIN)/python -m compileall -q -j 0 -x '/py31[2-9]_' "$$($(BIN)/python -c '$(PURELIB)')/torch" > /dev/null
+	$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode -e ".[dev]" "$(XGBOOST_SPEC)"
 	touch $(STAMP)
 
 lint: install
@@ -51,7 +56,7 @@ image:
 BENCHMARKS := $(wildcard tests/benchmarks/bench_*.py)
 
 bench: install
-	$(BIN)/python -m pip install -q -e ".[dev,bench]" "$(XGBOOST_SPEC)"
+	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[dev,bench]" "$(XGBOOST_SPEC)"
 	@test -n "$(BENCHMARKS)" || echo "no benchmark scripts in tests/benchmarks/ yet"
 	@for script in $(BENCHMARKS); do \
 		echo "== $$script"; $(BIN)/python $$script || exit 1; \

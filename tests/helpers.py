@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import shutil
 import socket
 import tempfile
@@ -21,22 +23,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-_EMPTY_STORE: list[Path] = []  # an empty MLflow sqlite store, made once per test process
+@functools.cache
+def _empty_store() -> Path:
+    """An empty MLflow sqlite store, made once per test process (removed at its exit)."""
+    from mlflow import MlflowClient
+
+    folder = Path(tempfile.mkdtemp(prefix="rayops-mlflow-"))
+    atexit.register(shutil.rmtree, folder, True)
+    MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    return folder / "mlflow.db"
 
 
 def fresh_tracking_store(db: Path) -> None:
     """An empty MLflow sqlite store at ``db`` (unless one is there): a copy of one made
     once per process, since MLflow's schema migrations take ~2 s of CPU for each new store."""
-    if db.exists():
-        return
-    if not _EMPTY_STORE:
-        from mlflow import MlflowClient
-
-        made = Path(tempfile.mkdtemp(prefix="rayops-mlflow-")) / "mlflow.db"
-        MlflowClient(f"sqlite:///{made}").search_experiments()
-        _EMPTY_STORE.append(made)
-    db.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_EMPTY_STORE[0], db)
+    if not db.exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_empty_store(), db)
 
 
 def demo_config(tmp: Path, **overrides: Any) -> PipelineConfig:
