@@ -15,7 +15,7 @@ XGBOOST_SPEC ?= xgboost-cpu==3.2.0
 install: $(STAMP)
 
 # pip takes torch (it reads this machine's pip settings, which point at the CPU wheel on
-# disk); uv installs the rest and compiles it on both cores: 50 s instead of pip's 160.
+# disk); uv installs the rest and compiles it on both cores: about 60 s instead of pip's 160.
 PURELIB := import sysconfig; print(sysconfig.get_paths()["purelib"])
 
 $(STAMP): pyproject.toml
