@@ -20,6 +20,12 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 # Ray Train's preemption watcher (an actor per run polling for spot-instance notices) has
 # nothing to watch on one machine; each run's extra process costs ~2 s of CPU.
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# Ray Train's metrics callbacks (Prometheus gauges per run) feed no dashboard in tests.
+os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+# Ray's log monitor lists every cluster's log folder ten times a second while it holds
+# under 1000 files; tests keep worker output in the logs (log_to_driver=False): every 5 s.
+os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
+os.environ.setdefault("LOG_NAME_UPDATE_INTERVAL_S", "5")
 # Serve replicas and handles report their load for autoscaling every 10 s by default; the
 # autoscaling test looks back 2 s.
 os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "0.5")
@@ -67,7 +73,7 @@ def _process_setup_restored():
 # integration tests, then the unit tests: `make test` hands whole modules to two processes
 # (pytest-xdist, --dist loadfile) in this order, so the long ones do not start last.
 SLOWEST_FIRST = ("test_serve", "test_jobs", "test_families", "test_training",
-                 "test_readme_jobs", "test_resume", "test_pipeline_local",
+                 "test_resume", "test_pipeline_local",
                  "test_simulated_cluster", "test_tables", "test_operate")
 
 

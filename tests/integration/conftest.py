@@ -76,6 +76,22 @@ def ray_start_4_cpus() -> Iterator[None]:
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def _serve_port(ray_start_4_cpus) -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def serve_port(_serve_port: int) -> Iterator[int]:
+    """Serve's HTTP port in this process: Serve (its controller and proxy) stays up from one
+    module to the next; the applications a module deployed are deleted after its tests."""
+    yield _serve_port
+    from ray import serve
+
+    for name in serve.status().applications:
+        serve.delete(name)
+
+
 class MotoServer:
     """A real S3 API on 127.0.0.1 (moto server in its own process) that a test can stop
     and start again (a restarted server is empty: moto keeps its state in memory)."""
@@ -210,37 +226,6 @@ def mlflow_server(tmp_path: Path, s3_endpoint: str) -> Iterator[MlflowServer]:
             yield server.start()
         finally:
             server.stop()
-
-
-@pytest.fixture(scope="module")
-def ray_head_cluster(run_dir: Path) -> Iterator[str]:
-    """A separate `ray start --head` cluster (not on 6379: Redis holds it); the dashboard
-    address for `ray job submit`."""
-    temp = Path(f"/tmp/rayops-head-{uuid.uuid4().hex[:6]}")
-    gcs, dashboard = free_port(), free_port()
-    ray = str(BIN / "ray")
-    started = subprocess.run(
-        [ray, "start", "--head", "--port", str(gcs), "--dashboard-port", str(dashboard),
-         "--dashboard-host", "127.0.0.1", "--node-ip-address", "127.0.0.1",
-         "--ray-client-server-port", str(free_port()),
-         # Its own agent ports: the session's cluster already holds Ray's defaults.
-         "--dashboard-agent-listen-port", str(free_port()),
-         "--dashboard-agent-grpc-port", str(free_port()),
-         "--runtime-env-agent-port", str(free_port()),
-         "--metrics-export-port", str(free_port()),
-         "--num-cpus", "2", "--include-dashboard", "true",
-         "--temp-dir", str(temp), "--disable-usage-stats"],
-        capture_output=True, text=True, timeout=180,
-    )
-    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
-        wait_http(f"{address}/api/version", 120)
-        yield address
-    finally:
-        # `ray stop` would stop every cluster on the machine, the session's one too.
-        _kill_processes_mentioning([str(temp), f":{gcs}"])
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _kill_processes_mentioning(markers: list[str]) -> None:

@@ -5,8 +5,6 @@ in test_pipeline_local."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import mlflow
 import pandas as pd
 import pytest
@@ -18,7 +16,7 @@ from rayops.data.ingest import file_source, ingest
 from rayops.demo.run import SAMPLE_RECORDS
 from rayops.pipeline import train_and_register
 from rayops.predict import Predictor
-from tests.helpers import demo_config, free_port, majority_accuracy, wait_for, write_demo_data
+from tests.helpers import demo_config, majority_accuracy, wait_for, write_demo_data
 from tests.integration.conftest import wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -28,22 +26,13 @@ FAST_TREES = {"model.xgboost.max_rounds": 200, "model.xgboost.learning_rate": 0.
 
 
 @pytest.fixture(scope="module")
-def port(ray_start_4_cpus) -> Iterator[int]:
-    """Serve's HTTP port for this module's applications, shut down after its tests."""
-    from ray import serve
-
-    yield free_port()
-    serve.shutdown()
-
-
-@pytest.fixture(scope="module")
-def regression(tmp_path_factory, ray_start_4_cpus, port):
+def regression(tmp_path_factory, ray_start_4_cpus, serve_port):
     """Total charges from the churn exports (tenure x monthly charges, with noise), swept
     across both families, one trial each."""
     tmp = tmp_path_factory.mktemp("regression")
     cfg = demo_config(tmp, **{
         "data.label": "total_charges", "data.task": "regression",
-        "tracking.registered_model": "charges", "serve.port": port,
+        "tracking.registered_model": "charges", "serve.port": serve_port,
         "serve.app_name": "charges", "serve.route_prefix": "/charges",
         "serve.model_poll_interval_s": 1, "tune.enabled": True, "tune.search": "grid",
         "train.num_workers": 1,  # two workers at once: the classifier's XGBoost below
@@ -123,10 +112,10 @@ def test_a_sweep_across_families_records_the_winner_and_both_serve_over_http(reg
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory, regression, port):
+def classifier(tmp_path_factory, regression, serve_port):
     """An XGBoost churn classifier, the champion of its registered model."""
     tmp = tmp_path_factory.mktemp("classifier")
-    cfg = demo_config(tmp, **{"model.family": "xgboost", "serve.port": port,
+    cfg = demo_config(tmp, **{"model.family": "xgboost", "serve.port": serve_port,
                               "serve.app_name": "churn", "serve.route_prefix": "/churn",
                               **FAST_TREES})
     write_demo_data(file_source(cfg).location, rows=2000)
@@ -157,7 +146,7 @@ def test_an_xgboost_classifier_is_gated_and_served(classifier):
 PLUGIN = "tests.integration.centroid_family"
 
 
-def test_a_family_registered_by_a_plugin_is_trained_gated_and_served(classifier, port):
+def test_a_family_registered_by_a_plugin_is_trained_gated_and_served(classifier):
     """A family rayops has never heard of (it lives in this test suite) trains on Ray
     Train, is gated against the XGBoost champion on the same rows, and is served."""
     cfg, version, _ = classifier

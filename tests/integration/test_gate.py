@@ -5,6 +5,8 @@ outage and the loss are two moments of the same champion."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from mlflow import MlflowClient
 
@@ -13,7 +15,8 @@ from rayops.data.ingest import file_source, ingest
 from rayops.errors import GateError
 from rayops.gate import register_and_gate
 from rayops.pipeline import train_and_register
-from rayops.train import run_training
+from rayops.storage import root_of
+from rayops.train.driver import _input_example
 from tests.helpers import demo_config, write_demo_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -36,11 +39,12 @@ def test_gate_fails_closed_in_an_outage_then_replaces_a_champion_whose_files_are
     version = _dataset(local)
     first = train_and_register(on_s3, version)  # the champion's files live on the endpoint
     assert first.decision.promoted
-    challenger = run_training(local, version)  # this one's files are local
+    # the challenger's files are local
+    challenger_run, challenger_uri = _logged_again(local, version, tmp_path / "bundle")
     s3_server.stop()  # the outage: the champion can no longer be scored
 
     with pytest.raises(GateError) as failure:
-        register_and_gate(local, challenger.model_uri, challenger.run_id, version)
+        register_and_gate(local, challenger_uri, challenger_run, version)
     message = str(failure.value)
     assert "nothing promoted" in message and "@champion stays v1" in message
     assert "v2 stays registered, unjudged" in message
@@ -55,7 +59,7 @@ def test_gate_fails_closed_in_an_outage_then_replaces_a_champion_whose_files_are
     # moto server is empty; the bucket is back, without them): the same call, retried,
     # judges v2 (never a second registration) and replaces v1, with the reason tagged.
     s3_server.start().create_bucket(bucket)
-    decision = register_and_gate(local, challenger.model_uri, challenger.run_id, version)
+    decision = register_and_gate(local, challenger_uri, challenger_run, version)
     assert decision.challenger.version == "2" and decision.previous.version == "1"
     assert decision.promoted and decision.champion_score is None
     assert "champion v1 not comparable: its files are gone" in decision.reason
@@ -63,3 +67,17 @@ def test_gate_fails_closed_in_an_outage_then_replaces_a_champion_whose_files_are
     tags = client.get_model_version(local.model_name, "2").tags
     assert tags["rayops.gate.reason"] == decision.reason
     assert tags["rayops.gate.promoted"] == "true"
+
+
+def _logged_again(cfg, version, dest: Path) -> tuple[str, str]:
+    """The model bundle the first run saved, logged as the model of a new run in ``cfg``'s
+    experiment (artifacts in its local store): a challenger whose files are local, without
+    training a second time. Returns its run id and model URI."""
+    (folder,) = root_of(cfg.storage).join("models").list_dir()
+    bundle = root_of(cfg.storage).join("models", folder).download_dir(dest)
+    run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, f"{cfg.name}-train")
+    required = {name: not spec["nullable"] for name, spec in version.manifest.columns.items()
+                if name != cfg.data.label}
+    uri = tracking.log_model(cfg.tracking, run_id, bundle, _input_example(version), required)
+    tracking.end_run(cfg.tracking, run_id)
+    return run_id, uri

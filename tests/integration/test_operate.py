@@ -22,7 +22,7 @@ from rayops.demo.operate import (
 from rayops.operate import Operator
 from rayops.pipeline import run_pipeline
 from rayops.storage import Location
-from tests.helpers import demo_config, free_port, wait_for, write_demo_data
+from tests.helpers import demo_config, wait_for, write_demo_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,14 +32,12 @@ class Stopped(BaseException):
 
 
 def test_the_loop_retrains_on_drift_resumes_a_stopped_cycle_and_promotes(
-        tmp_path, request, ray_start_4_cpus):
-    from ray import serve
-
+        tmp_path, serve_port):
     cfg = demo_config(tmp_path, **{
         # v1 barely learns (one epoch at a tiny rate): the retrained model beats it on any
         # draw of the data, so the gates' verdicts are not what this test leaves to chance
         "train.epochs": 1, "train.learning_rate": 1e-6, "train.num_workers": 1,
-        "serve.port": free_port(),
+        "serve.port": serve_port,
         "serve.cpus_per_replica": 0.1, "serve.model_poll_interval_s": 0.5,
         "serve.mirror_fraction": 1.0, "serve.autoscaling.min_replicas": 1,
         "serve.autoscaling.max_replicas": 1, "monitor.min_rows": 40,
@@ -52,7 +50,6 @@ def test_the_loop_retrains_on_drift_resumes_a_stopped_cycle_and_promotes(
     source = file_source(cfg).location
     write_demo_data(source, rows=2000, files=1)
     first = run_pipeline(cfg)  # v1: one epoch on the first month, served
-    request.addfinalizer(serve.shutdown)
     champion = first.model.decision.challenger.version
     assert first.url is not None
 

@@ -19,7 +19,7 @@ from rayops.data.ingest import file_source, ingest
 from rayops.demo.run import SAMPLE_RECORDS
 from rayops.pipeline import train_and_register
 from rayops.serve import deploy, wait_ready
-from tests.helpers import demo_config, free_port, wait_for, write_demo_data
+from tests.helpers import demo_config, wait_for, write_demo_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -27,12 +27,12 @@ APP = "rayops"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, ray_start_4_cpus):
+def trained(tmp_path_factory, serve_port):
     """Two registered versions of one model: v1 champion, v2 registered beside it (the same
     trained model registered again: what differs between them here is the version)."""
     tmp = tmp_path_factory.mktemp("serve")
     cfg = demo_config(tmp, **{"train.epochs": 2, "train.num_workers": 1,
-                              "serve.port": free_port(), "serve.cpus_per_replica": 0.1,
+                              "serve.port": serve_port, "serve.cpus_per_replica": 0.1,
                               "serve.model_poll_interval_s": 0.5})
     write_demo_data(file_source(cfg).location, rows=2000, files=1)
     version = ingest(cfg)
@@ -41,10 +41,7 @@ def trained(tmp_path_factory, ray_start_4_cpus):
                                first.run_id,
                                version.id)
     assert first.decision.promoted
-    yield cfg, first.decision.challenger.version, second.version
-    from ray import serve
-
-    serve.shutdown()
+    return cfg, first.decision.challenger.version, second.version
 
 
 _running: dict[str, str] = {}  # the settings of the deployment running now -> its URL
@@ -287,6 +284,31 @@ def test_fuzzed_requests_never_get_a_5xx(trained, mode):
         assert set(statuses) == {200}, statuses
     if mode == "negative":
         assert set(statuses) <= {400, 411, 413, 415, 422}, statuses
+
+
+def test_the_emitted_config_deploys_beside_it_and_answers(trained):
+    """What `deploy --emit` writes, built from its import path and args as `serve deploy`
+    builds it, answers on the same cluster: the config needs no file of this machine."""
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    from rayops.serve import AppArgs, build_app, serve_config
+
+    cfg, first, _ = trained
+    url = _deploy(cfg)
+    emitted = serve_config(cfg.with_overrides({"serve.app_name": "emitted",
+                                               "serve.route_prefix": "/emitted"}))
+    (application,) = ServeDeploySchema.parse_obj(emitted).applications
+    assert application.import_path == "rayops.serve:build_app"
+    serve.run(build_app(AppArgs.model_validate(application.args)), name=application.name,
+              route_prefix=application.route_prefix, blocking=False)
+    try:
+        wait_ready(f"{url}/emitted")
+        answer = _post(f"{url}/emitted")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"]["version"] == first
+    finally:
+        serve.delete(application.name)
 
 
 # ------------------------------------- a bearer token and a body limit, one deployment

@@ -41,8 +41,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 IDLE_TIMEOUT_MINUTES = 0.1
 
 # DDP as a training job asks for it: 2 workers of 3 CPUs (more than the 4-CPU head has),
-# with a GPU each when argv[2] is "gpu". gloo and CPU tensors: the simulated GPUs are
-# resources only (torch here is the CPU build). Each worker writes where it ran.
+# first without GPUs, then with a GPU each (one job, two trainers in turn). gloo and CPU
+# tensors: the simulated GPUs are resources only (torch here is the CPU build). Each worker
+# writes where it ran; after each trainer, the job writes the nodes alive and the node
+# types the autoscaler had launched so far.
 DDP_JOB = """
 import json, pathlib, sys, ray, ray.train, torch
 from ray.train import RunConfig, ScalingConfig
@@ -62,15 +64,18 @@ def loop(config):
         "node": ray.get_runtime_context().get_node_id(), "gpus": ray.get_gpu_ids(),
         "loss": loss.item()}))
 
-out, gpu = pathlib.Path(sys.argv[1]), sys.argv[2] == "gpu"
-out.mkdir(parents=True)
-TorchTrainer(loop, train_loop_config={"out": str(out)},
-             scaling_config=ScalingConfig(num_workers=2, use_gpu=gpu,
-                                          resources_per_worker={"CPU": 3, "GPU": int(gpu)}),
-             torch_config=TorchConfig(backend="gloo"),
-             run_config=RunConfig(storage_path=str(out), name="ddp")).fit()
-pathlib.Path(out, "nodes.json").write_text(json.dumps(
-    {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}))
+folder, monitor_log = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+for kind in ("cpu", "gpu"):
+    out, gpu = folder / kind, kind == "gpu"
+    out.mkdir(parents=True)
+    TorchTrainer(loop, train_loop_config={"out": str(out)},
+                 scaling_config=ScalingConfig(num_workers=2, use_gpu=gpu,
+                                              resources_per_worker={"CPU": 3, "GPU": int(gpu)}),
+                 torch_config=TorchConfig(backend="gloo"),
+                 run_config=RunConfig(storage_path=str(out), name="ddp")).fit()
+    pathlib.Path(out, "nodes.json").write_text(json.dumps(
+        {n["NodeID"]: n["Resources"] for n in ray.nodes() if n["Alive"]}))
+    pathlib.Path(out, "monitor.log").write_text(monitor_log.read_text(errors="replace"))
 """
 
 
@@ -81,10 +86,11 @@ class Simulated:
     env: dict[str, str]
     logs: Path
 
-    def launched(self) -> list[str]:
-        """Node types the autoscaler added, in order (its event summary lines)."""
+    def launched(self, monitor_log: Path | None = None) -> list[str]:
+        """Node types the autoscaler added, in order (its event summary lines), from its
+        log now or from a copy of it taken earlier."""
         return [t for n, t in re.findall(r"Adding (\d+) node\(s\) of type (\S+)\.",
-                                         self._monitor()) for _ in range(int(n))]
+                                         self._monitor(monitor_log)) for _ in range(int(n))]
 
     def removed(self) -> list[str]:
         return [t for n, t in re.findall(r"Removing (\d+) nodes of type (\S+) \(idle\)",
@@ -96,9 +102,9 @@ class Simulated:
         reply.raise_for_status()
         return [n for n in reply.json()["data"]["result"]["result"] if n["state"] == "ALIVE"]
 
-    def _monitor(self) -> str:
+    def _monitor(self, monitor_log: Path | None = None) -> str:
         """The autoscaler's event summaries (one line per event in its own log)."""
-        text = (self.logs / "monitor.log").read_text(errors="replace")
+        text = (monitor_log or self.logs / "monitor.log").read_text(errors="replace")
         return "\n".join(ln.split(":event_summary:", 1)[1] for ln in text.splitlines()
                          if ":event_summary:" in ln)
 
@@ -146,29 +152,33 @@ def test_the_simulation_has_cluster_yaml_shape_and_refuses_requests_without_the_
     assert denied.returncode != 0
 
 
-def _run_ddp(sim: Simulated, folder: Path, kind: str) -> list[dict]:
-    """Run the DDP job; for each worker, the resources of the node it ran on."""
-    # No --working-dir: simulated nodes share this machine's disk and one Ray session
-    # folder, where a node's runtime-env agent deletes a working dir once its own workers
-    # are done with it, under a driver still using it.
-    script = folder / "ddp_job.py"
-    script.write_text(DDP_JOB)
-    job = submit_job(sim.address, None, str(script), str(folder / kind), kind, env=sim.env)
-    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-    workers = [json.loads(p.read_text()) for p in sorted((folder / kind).glob("worker-*.json"))]
-    nodes = json.loads((folder / kind / "nodes.json").read_text())
+def _workers(folder: Path) -> list[dict]:
+    """For each worker of one trainer, the resources of the node it ran on."""
+    workers = [json.loads(p.read_text()) for p in sorted(folder.glob("worker-*.json"))]
+    nodes = json.loads((folder / "nodes.json").read_text())
     assert len(workers) == 2 and all(w["loss"] < 1.0 for w in workers)  # both trained
     return [{**nodes[w["node"]], "gpu_ids": w["gpus"]} for w in workers]
 
 
-def test_jobs_launch_only_the_node_types_they_need_and_idle_nodes_go(
+def test_trainers_launch_only_the_node_types_they_need_and_idle_nodes_go(
         tmp_path, simulated_cluster):
     sim = simulated_cluster
-    for node in _run_ddp(sim, tmp_path, "cpu"):
-        assert node["CPU"] == 16 and "GPU" not in node  # cluster.yaml's cpu_worker
-    assert sim.launched() and set(sim.launched()) == {"cpu_worker"}  # never a GPU node
+    # No --working-dir: simulated nodes share this machine's disk and one Ray session
+    # folder, where a node's runtime-env agent deletes a working dir once its own workers
+    # are done with it, under a driver still using it.
+    script = tmp_path / "ddp_job.py"
+    script.write_text(DDP_JOB)
+    job = submit_job(sim.address, None, str(script), str(tmp_path),
+                     str(sim.logs / "monitor.log"), env=sim.env)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
 
-    for node in _run_ddp(sim, tmp_path, "gpu"):
+    for node in _workers(tmp_path / "cpu"):
+        assert node["CPU"] == 16 and "GPU" not in node  # cluster.yaml's cpu_worker
+    # by the end of the CPU trainer: never a GPU node
+    after_cpu = sim.launched(tmp_path / "cpu" / "monitor.log")
+    assert after_cpu and set(after_cpu) == {"cpu_worker"}
+
+    for node in _workers(tmp_path / "gpu"):
         assert node["CPU"] == 48 and node["GPU"] == 4  # cluster.yaml's gpu_worker
         assert len(node["gpu_ids"]) == 1
     assert sim.launched().count("gpu_worker") == 1  # 2 workers x 1 GPU: one 4-GPU node

@@ -462,14 +462,14 @@ def test_duckdb_reads_a_curated_version_without_rayops(store, ray_start_4_cpus):
 
 # --------------------------------------------------------------------------- bounded work
 
-ARRIVALS = 30  # three checkpoints: enough history to show it is not read
+ARRIVALS = 21  # two checkpoints behind the last ingest: history it must not read
 
 
 def test_the_metadata_one_ingest_reads_does_not_grow_with_history(s3_server,
                                                                   ray_start_4_cpus, tmp_path):
     """Counted from the S3 endpoint's own request log: the log entries, checkpoints, log
     listings and state files one ingest GETs, after 10, ARRIVALS - 10 and ARRIVALS
-    arrivals ingested one by one (about 30 s)."""
+    arrivals ingested one by one (about 20 s)."""
     bucket = s3_server.create_bucket()
     cfg = make_config({"root": f"s3://{bucket}/lake", "endpoint_url": s3_server.url,
                        "tmp": tmp_path})

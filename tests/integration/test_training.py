@@ -36,6 +36,14 @@ def _dataset(cfg, rows=3000):
     return ingest(cfg)
 
 
+@pytest.fixture(scope="module")
+def local(tmp_path_factory, ray_start_4_cpus):
+    """A local lake with one curated version (2000 rows) that the tests below train on,
+    each in its own MLflow experiment (every run has its own checkpoint folder)."""
+    cfg = demo_config(tmp_path_factory.mktemp("training"))
+    return cfg, _dataset(cfg, rows=2000)
+
+
 class WorkerKiller(threading.Thread):
     """Kills one Ray Train worker process (SIGKILL) once `after` new checkpoints exist."""
 
@@ -61,7 +69,7 @@ class WorkerKiller(threading.Thread):
                 return
 
 
-def test_killed_worker_resumes_from_s3_checkpoint_and_matches_clean_run(
+def test_killed_worker_resumes_from_s3_checkpoint(
         tmp_path, ray_start_4_cpus, s3_endpoint, s3_bucket):
     cfg = demo_config(tmp_path, **{"storage.root": f"s3://{s3_bucket}/lake",
                                    "storage.endpoint_url": s3_endpoint, "train.epochs": 5,
@@ -79,7 +87,6 @@ def test_killed_worker_resumes_from_s3_checkpoint_and_matches_clean_run(
                for k in keys)
     assert sum(k.startswith("lake/curated/churn/state/") for k in keys) == 1
     assert version.manifest.rows.read == 3000
-    clean = run_training(cfg, version)
     killer = WorkerKiller(cfg, after=2)  # after the second epoch of this run
     killer.start()
     try:
@@ -89,16 +96,17 @@ def test_killed_worker_resumes_from_s3_checkpoint_and_matches_clean_run(
     assert killer.killed is not None, "no training worker was killed"
     # all epochs, each once, the ones after the failure resumed from the last checkpoint
     assert assert_resumed_once(MlflowClient(cfg.tracking.uri), failed_over.run_id, 5) >= 2
-    assert abs(failed_over.metrics["valid_f1"] - clean.metrics["valid_f1"]) < 0.05
+    # what the restored model and optimizer went on to learn: better than the majority
+    assert failed_over.metrics["valid_accuracy"] > majority_accuracy(version) + 0.02
     assert failed_over.checkpoint_path.startswith(f"{s3_bucket}/lake/checkpoints/")
     checkpoints = list_keys(s3_endpoint, s3_bucket, "lake/checkpoints/")
     assert any(k.endswith("checkpoint.pt") for k in checkpoints), checkpoints
 
 
-def test_failures_beyond_max_failures_fail_the_run(tmp_path, ray_start_4_cpus):
-    cfg = demo_config(tmp_path, **{"train.epochs": 6, "train.max_failures": 0,
-                                   "train.cpus_per_worker": 0.5})
-    version = _dataset(cfg)
+def test_failures_beyond_max_failures_fail_the_run(local):
+    base, version = local
+    cfg = base.with_overrides({"tracking.experiment": "max-failures", "train.epochs": 6,
+                               "train.max_failures": 0, "train.cpus_per_worker": 0.5})
     killer = WorkerKiller(cfg, after=1)
     killer.start()
     with pytest.raises(Exception) as failure:
@@ -113,16 +121,16 @@ def test_failures_beyond_max_failures_fail_the_run(tmp_path, ray_start_4_cpus):
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
-def test_same_seed_same_metrics_bf16_and_early_stopping(tmp_path, ray_start_4_cpus, capsys):
+def test_same_seed_same_metrics_bf16_and_early_stopping(local, capsys):
     """Two runs with one seed: the same metrics. A rate too high to settle: validation
     stops improving, each run stops 2 epochs after its best one and keeps the best epoch's
     model, not the last; in bf16 on the CPU it still learns."""
-    cfg = demo_config(tmp_path, **{"train.num_workers": 1, "train.epochs": 12,
-                                   "train.data_loading": "memory", "train.precision": "bf16",
-                                   "train.learning_rate": 0.05,
-                                   "train.early_stopping_patience": 2,
-                                   "train.lr_schedule": "constant"})
-    version = _dataset(cfg, rows=2000)
+    base, version = local
+    cfg = base.with_overrides({"tracking.experiment": "seed", "train.num_workers": 1,
+                               "train.epochs": 12, "train.data_loading": "memory",
+                               "train.precision": "bf16", "train.learning_rate": 0.05,
+                               "train.early_stopping_patience": 2,
+                               "train.lr_schedule": "constant"})
     setup_logging(verbose=True)  # a console, as the CLI sets up: epoch lines are shown
     capsys.readouterr()
     first = run_training(cfg, version)
@@ -141,8 +149,8 @@ def test_same_seed_same_metrics_bf16_and_early_stopping(tmp_path, ray_start_4_cp
     assert first.metrics["valid_f1"] == pytest.approx(second.metrics["valid_f1"], abs=0.01)
 
 
-def test_driver_side_and_distributed_loading_give_the_same_inputs(tmp_path, ray_start_4_cpus):
-    version = _dataset(demo_config(tmp_path), rows=1500)
+def test_driver_side_and_distributed_loading_give_the_same_inputs(local):
+    _, version = local
     small = load_inputs(version)  # read on the driver, into the object store
     large = load_inputs(version, local_rows=0)  # read by Ray Data tasks
     assert small.datasets == {} and large.in_memory is None

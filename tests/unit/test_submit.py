@@ -1,5 +1,5 @@
 """`rayops submit`: what travels, what the job runs, and what is refused before anything
-is submitted (the job itself runs in tests/integration/test_readme_jobs.py)."""
+is submitted (the job itself runs in tests/integration/test_jobs.py)."""
 
 import os
 import sys

@@ -148,6 +148,8 @@ def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
                       run_id=run_id, run_name=run_name, cache=_cache_shards(cfg, version),
                       feed=feed, in_memory=inputs.in_memory)
     trainer, loop_per_worker = family_named(cfg.model.family).trainer()
+    if not inputs.datasets:
+        trainer = without_dataset_manager(trainer)
     return trainer(
         loop_per_worker,
         train_loop_config=loop.for_ray(),
@@ -167,6 +169,23 @@ def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
         # Blocks reach each worker in a fixed order, so a seed reproduces a run.
         dataset_config=DataConfig(execution_options=_ingest_options()),
     )
+
+
+def without_dataset_manager(trainer: type[DataParallelTrainer]) -> type[DataParallelTrainer]:
+    """``trainer`` without Ray Train's datasets callback, for a run whose tables travel in
+    the object store (no Ray Datasets): Ray 2.60 starts a DatasetManager actor, one more
+    process per run, even when there is no dataset to split."""
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    class Trainer(trainer):  # type: ignore[misc, valid-type]
+        def _create_default_callbacks(self) -> list[Any]:
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+    Trainer.__name__ = Trainer.__qualname__ = trainer.__name__
+    return Trainer
 
 
 def _ingest_options() -> ExecutionOptions:
