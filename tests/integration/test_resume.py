@@ -37,7 +37,7 @@ def test_mlflow_outage_stalls_no_worker_and_resume_logs_every_epoch(
         tmp_path, ray_start_4_cpus, mlflow_server, s3_endpoint):
     server = mlflow_server
     cfg = demo_config(tmp_path, **{"tracking.uri": server.uri, "train.epochs": EPOCHS,
-                                   "train.num_workers": 2, "train.cpus_per_worker": 0.5,
+                                   "train.num_workers": 1,
                                    "tracking.experiment": "outage"})
     write_demo_data(file_source(cfg).location, rows=2000, files=2)
     version = ingest(cfg)

@@ -261,7 +261,7 @@ def test_served_requests_land_in_the_prediction_log_and_ten_rows_are_not_a_verdi
 @pytest.mark.parametrize("mode", ["positive", "negative"])
 def test_fuzzed_requests_never_get_a_5xx(trained, mode):
     """Requests generated from the served OpenAPI spec: valid ones (positive) and ones that
-    break it (negative), 300 each; none may get a 5xx."""
+    break it (negative), 150 each; none may get a 5xx."""
     cfg, _, _ = trained
     url = _deploy(cfg)
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
@@ -270,7 +270,7 @@ def test_fuzzed_requests_never_get_a_5xx(trained, mode):
     statuses: Counter[int] = Counter()
     session = requests.Session()
 
-    @settings(max_examples=300, deadline=None, database=None,
+    @settings(max_examples=150, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(case=strategy)
     def check(case) -> None:
@@ -279,7 +279,7 @@ def test_fuzzed_requests_never_get_a_5xx(trained, mode):
         assert response.status_code < 500, (response.status_code, response.text[:300])
 
     check()
-    assert sum(statuses.values()) >= 250, statuses
+    assert sum(statuses.values()) >= 125, statuses
     if mode == "positive":  # every request that follows the spec is answered
         assert set(statuses) == {200}, statuses
     if mode == "negative":

@@ -105,7 +105,7 @@ def test_killed_worker_resumes_from_s3_checkpoint(
 
 def test_failures_beyond_max_failures_fail_the_run(local):
     base, version = local
-    cfg = base.with_overrides({"tracking.experiment": "max-failures", "train.epochs": 6,
+    cfg = base.with_overrides({"tracking.experiment": "max-failures", "train.epochs": 30,
                                "train.max_failures": 0, "train.cpus_per_worker": 0.5})
     killer = WorkerKiller(cfg, after=1)
     killer.start()
