@@ -179,10 +179,8 @@ def without_dataset_manager(trainer: type[DataParallelTrainer]) -> type[DataPara
 
     class Trainer(trainer):  # type: ignore[misc, valid-type]
         def _create_default_callbacks(self) -> list[Any]:
-            callbacks = super()._create_default_callbacks()
-            if self.datasets:
-                return callbacks
-            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+            return [c for c in super()._create_default_callbacks()
+                    if not isinstance(c, DatasetsCallback)]
 
     Trainer.__name__ = Trainer.__qualname__ = trainer.__name__
     return Trainer
