@@ -16,7 +16,7 @@ from rayops.errors import GateError
 from rayops.gate import register_and_gate
 from rayops.pipeline import train_and_register
 from rayops.storage import root_of
-from rayops.train.driver import _input_example
+from rayops.train.driver import log_bundle
 from tests.helpers import demo_config, write_demo_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -76,8 +76,6 @@ def _logged_again(cfg, version, dest: Path) -> tuple[str, str]:
     (folder,) = root_of(cfg.storage).join("models").list_dir()
     bundle = root_of(cfg.storage).join("models", folder).download_dir(dest)
     run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, f"{cfg.name}-train")
-    required = {name: not spec["nullable"] for name, spec in version.manifest.columns.items()
-                if name != cfg.data.label}
-    uri = tracking.log_model(cfg.tracking, run_id, bundle, _input_example(version), required)
+    uri = log_bundle(cfg, version, run_id, bundle, cfg.model.family)
     tracking.end_run(cfg.tracking, run_id)
     return run_id, uri

@@ -291,18 +291,23 @@ def _complete_run(cfg: PipelineConfig, version: DatasetVersion, run_id: str, bun
         logger.info("Logging %d epoch(s) of metrics MLflow did not get during training",
                     len(missing))
         tracking.log_history(cfg.tracking, run_id, missing)
-    model_uri = tracking.logged_model_uri(cfg.tracking, run_id)
-    if model_uri is None:
-        required = {name: not spec["nullable"] for name, spec in
-                    version.manifest.columns.items() if name != cfg.data.label}
-        extra = family_named(bundle.family).pip_requirements()
-        model_uri = tracking.log_model(cfg.tracking, run_id, bundle_dir,
-                                       _input_example(version), required, extra)
+    model_uri = tracking.logged_model_uri(cfg.tracking, run_id) or \
+        log_bundle(cfg, version, run_id, bundle_dir, bundle.family)
     numbers = bundle.meta["metrics"]
     tracking.log_metrics(cfg.tracking, run_id, {f"best_{k}": v for k, v in numbers.items()},
                          step=int(numbers.get("epoch", 0)))
     evaluate.log_plots(cfg, run_id, bundle, version)
     return model_uri
+
+
+def log_bundle(cfg: PipelineConfig, version: DatasetVersion, run_id: str, bundle_dir: Path,
+               family: str) -> str:
+    """Log a saved bundle as the MLflow model of ``run_id``: its input signature and example
+    from ``version``, the family's pip requirements. Returns the model URI."""
+    required = {name: not spec["nullable"] for name, spec in
+                version.manifest.columns.items() if name != cfg.data.label}
+    return tracking.log_model(cfg.tracking, run_id, bundle_dir, _input_example(version),
+                              required, family_named(family).pip_requirements())
 
 
 def run_params(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:
