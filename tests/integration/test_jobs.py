@@ -178,18 +178,22 @@ def _stop(cluster: Session, submission_id: str) -> None:
 
 
 def test_sweep_driver_killed_mid_trial_then_resumed(tmp_path, cluster):
-    """Two trials, one at a time: the job is stopped once the first has finished and the
-    second has a checkpoint. The stopped job says how to resume; the resumed sweep keeps the
-    first trial (not trained again) and continues the second from its checkpoint, each
-    epoch trained and logged once (the path `rayops train --resume` takes too: both go
-    through the same driver), without unpickling what Tune stored."""
+    """Two trials, one at a time (a grid: 2 epochs, then 16): the job is stopped once the
+    first has finished and the second has a checkpoint. The stopped job says how to
+    resume; the resumed sweep keeps the first trial (not trained again) and continues the
+    second from its checkpoint, each epoch trained and logged once (the path `rayops train
+    --resume` takes too: both go through the same driver), without unpickling what Tune
+    stored."""
     from rayops import tracking
     from rayops.storage import root_of
 
-    epochs = 16  # enough that the stop lands mid-trial: an epoch here takes 0.3-1 s
+    first, epochs = 2, 16  # the second trial's: enough that the stop lands mid-trial (an
+    # epoch here takes 0.3-1 s); the first trial only has to finish
     cfg = demo_config(tmp_path, **{"train.epochs": epochs, "train.num_workers": 1,
                                    "train.early_stopping_patience": "null",
-                                   "tune.enabled": True, "tune.num_samples": 2,
+                                   "tune.enabled": True, "tune.search": "grid",
+                                   "tune.search_space": {"train.epochs": {
+                                       "type": "choice", "values": [first, epochs]}},
                                    "tune.max_concurrent_trials": 1,
                                    "tune.scheduler.type": "fifo"})
     write_demo_data(file_source(cfg).location, rows=1500, files=1)
@@ -237,7 +241,7 @@ def test_sweep_driver_killed_mid_trial_then_resumed(tmp_path, cluster):
     for trial_id, run_id in done_before.items():
         assert trials[trial_id] == run_id
         history = client.get_metric_history(run_id, "epoch")
-        assert sorted(m.value for m in history) == list(range(1, epochs + 1))  # not again
+        assert sorted(m.value for m in history) == list(range(1, first + 1))  # not again
     (continued,) = [run_id for trial_id, run_id in trials.items() if trial_id not in done_before]
     assert client.get_run(continued).info.status == "FINISHED"  # one run, continued
     assert_resumed_once(client, continued, epochs=epochs)

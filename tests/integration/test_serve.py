@@ -108,16 +108,71 @@ class Load:
             thread.join()
 
 
+# One replica that batches: the next two tests share it.
+ONE_REPLICA = {"serve.max_batch_size": 16, "serve.batch_wait_timeout_s": 0.05,
+               "serve.autoscaling.min_replicas": 1, "serve.autoscaling.max_replicas": 1}
+
+
 def test_batching_forms_batches_larger_than_one(trained):
     cfg, _, _ = trained
-    url = _deploy(cfg, **{"serve.max_batch_size": 16, "serve.batch_wait_timeout_s": 0.05,
-                          "serve.autoscaling.min_replicas": 1,
-                          "serve.autoscaling.max_replicas": 1})
+    url = _deploy(cfg, **ONE_REPLICA)
     with ThreadPoolExecutor(32) as pool:
         responses = list(pool.map(lambda _: _post(url), range(64)))
     assert [r.status_code for r in responses] == [200] * 64
     served = requests.get(f"{url}/metadata", timeout=10).json()["served"]
     assert served["largest_batch"] > 1 and served["batches"] < served["requests"]
+
+
+@pytest.fixture(scope="module")
+def other_inputs(trained, tmp_path_factory):
+    """A version of the same model that reads no `region` column: v1's bundle with
+    `region` left out of its input schema, logged and registered beside it (replicas
+    compare inputs before they serve a version; the gate's view of such a model, "not
+    comparable", is tests/unit/test_gate.py's)."""
+    import pandas as pd
+
+    from rayops.models import BUNDLE
+
+    cfg, first, _ = trained
+    champion = tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion")
+    assert champion.version == first
+    bundle = tracking.download_bundle(cfg.tracking, champion, tmp_path_factory.mktemp("narrow"))
+    meta = json.loads((bundle / BUNDLE).read_text())
+    del meta["schema"]["region"]
+    (bundle / BUNDLE).write_text(json.dumps(meta))
+    example = pd.DataFrame([{k: v for k, v in SAMPLE_RECORDS[0].items() if k != "region"}])
+    run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, f"{cfg.name}-no-region")
+    uri = tracking.log_model(cfg.tracking, run_id, bundle, example,
+                             dict.fromkeys(example.columns, False))
+    tracking.end_run(cfg.tracking, run_id)
+    return tracking.register(cfg.tracking, cfg.model_name, uri, run_id).version
+
+
+def test_a_version_with_other_inputs_is_refused_once_and_reported(trained, other_inputs):
+    import tempfile
+    from pathlib import Path
+
+    cfg, first, _ = trained
+    url = _deploy(cfg, **ONE_REPLICA)  # the batching test's deployment
+
+    def health() -> dict:
+        return requests.get(f"{url}/health", timeout=10).json()
+
+    try:
+        tracking.promote(cfg.tracking, cfg.model_name, other_inputs)
+        wait_for(lambda: health()["status"] == "degraded", what="the refusal in /health")
+        time.sleep(2)  # four more polls of the alias
+        state = health()["alias"]
+        assert state["target_version"] == other_inputs and state["served_version"] == first
+        assert state["not_served"] == {other_inputs: "refused: see /metadata"}  # open route
+        metadata = requests.get(f"{url}/metadata", timeout=10).json()
+        assert metadata["served"]["model_downloads"] == 2  # the first, and one try of this one
+        assert "expects other inputs" in metadata["alias_state"]["not_served"][other_inputs]
+        assert _post(url).json()["model"]["version"] == first  # still answering
+        assert not list(Path(tempfile.gettempdir()).glob("rayops-model-*"))
+    finally:
+        tracking.promote(cfg.tracking, cfg.model_name, first)
+    wait_for(lambda: health()["status"] == "ok", what="a healthy replica again")
 
 
 # Serve still compares the look-back with its deprecated metrics_interval_s (10 s); the
@@ -210,54 +265,6 @@ def test_metrics_and_the_predict_client(trained, tmp_path):
     wait_for(exported, timeout_s=60)
 
 
-def test_served_requests_land_in_the_prediction_log_and_ten_rows_are_not_a_verdict(trained):
-    import pandas as pd
-
-    from rayops.errors import DataError
-    from rayops.monitor.feedback import live_metrics
-    from rayops.monitor.report import monitor_records, read_window
-
-    cfg = trained[0]
-    url = _deploy(cfg)
-    ids = [f"logged-{i}" for i in range(5)]
-    for request_id in ids:
-        response = _post(url, headers={"X-Request-ID": request_id})
-        assert response.status_code == 200 and response.json()["request_id"] == request_id
-
-    def logged():
-        try:
-            window = read_window(cfg, hours=1)
-        except DataError:  # no table before the first append
-            return window_of_nothing
-        return window[window["request_id"].isin(ids)]
-
-    window_of_nothing = pd.DataFrame(columns=["request_id"])
-
-    wait_for(lambda: len(logged()) == 10, 30, what="10 logged records")
-    window = logged().sort_values(["request_id", "record_index"])
-    assert window[["age", "contract"]].to_dict("records")[:2] == [
-        {"age": r["age"], "contract": r["contract"]} for r in SAMPLE_RECORDS]
-    assert set(window["prediction"]) <= {"yes", "no"}
-    metadata = requests.get(f"{url}/metadata", timeout=10).json()
-    assert metadata["served"]["log_sampled"] >= 2 and "log_dropped" not in metadata["served"]
-    result = monitor_records(cfg, window, log=False)
-    assert result.report.verdict == "insufficient data"
-
-    # Their true labels come back through the API and join the log by request id.
-    truth = [{"request_id": r, "record_index": i, "label": "yes" if i == 0 else "no"}
-             for r in ids for i in range(2)]
-    response = requests.post(f"{url}/feedback", json={"labels": truth}, timeout=30)
-    assert response.status_code == 202 and response.json() == {"accepted": 10}
-    # the replica dies right after its 202: the labels were stored before it answered
-    _kill_replicas(f"{cfg.name}-model")
-    _deployment_gone()
-    assert sum(v["labelled"] for v in live_metrics(cfg, hours=1).values()) == 10
-    expected = sum(p == t["label"] for p, t in zip(
-        window["prediction"], truth, strict=True))
-    (metrics,) = live_metrics(cfg, hours=1).values()  # one version served them
-    assert metrics["live_accuracy"] == pytest.approx(expected / 10)
-
-
 @pytest.mark.parametrize("mode", ["positive", "negative"])
 def test_fuzzed_requests_never_get_a_5xx(trained, mode):
     """Requests generated from the served OpenAPI spec: valid ones (positive) and ones that
@@ -309,6 +316,55 @@ def test_the_emitted_config_deploys_beside_it_and_answers(trained):
         assert answer.json()["model"]["version"] == first
     finally:
         serve.delete(application.name)
+
+
+# Last of the default deployment's tests: it kills the replicas.
+def test_served_requests_land_in_the_prediction_log_and_ten_rows_are_not_a_verdict(trained):
+    import pandas as pd
+
+    from rayops.errors import DataError
+    from rayops.monitor.feedback import live_metrics
+    from rayops.monitor.report import monitor_records, read_window
+
+    cfg = trained[0]
+    url = _deploy(cfg)
+    ids = [f"logged-{i}" for i in range(5)]
+    for request_id in ids:
+        response = _post(url, headers={"X-Request-ID": request_id})
+        assert response.status_code == 200 and response.json()["request_id"] == request_id
+
+    def logged():
+        try:
+            window = read_window(cfg, hours=1)
+        except DataError:  # no table before the first append
+            return window_of_nothing
+        return window[window["request_id"].isin(ids)]
+
+    window_of_nothing = pd.DataFrame(columns=["request_id"])
+
+    wait_for(lambda: len(logged()) == 10, 30, what="10 logged records")
+    window = logged().sort_values(["request_id", "record_index"])
+    assert window[["age", "contract"]].to_dict("records")[:2] == [
+        {"age": r["age"], "contract": r["contract"]} for r in SAMPLE_RECORDS]
+    assert set(window["prediction"]) <= {"yes", "no"}
+    metadata = requests.get(f"{url}/metadata", timeout=10).json()
+    assert metadata["served"]["log_sampled"] >= 2 and "log_dropped" not in metadata["served"]
+    result = monitor_records(cfg, window, log=False)
+    assert result.report.verdict == "insufficient data"
+
+    # Their true labels come back through the API and join the log by request id.
+    truth = [{"request_id": r, "record_index": i, "label": "yes" if i == 0 else "no"}
+             for r in ids for i in range(2)]
+    response = requests.post(f"{url}/feedback", json={"labels": truth}, timeout=30)
+    assert response.status_code == 202 and response.json() == {"accepted": 10}
+    # the replica dies right after its 202: the labels were stored before it answered
+    _kill_replicas(f"{cfg.name}-model")
+    _deployment_gone()
+    assert sum(v["labelled"] for v in live_metrics(cfg, hours=1).values()) == 10
+    expected = sum(p == t["label"] for p, t in zip(
+        window["prediction"], truth, strict=True))
+    (metrics,) = live_metrics(cfg, hours=1).values()  # one version served them
+    assert metrics["live_accuracy"] == pytest.approx(expected / 10)
 
 
 # ------------------------------------- a bearer token and a body limit, one deployment
@@ -405,52 +461,6 @@ def test_killed_replica_recovers(trained):
     _deployment_gone()
     failures = sum(n for status, n in load.statuses.items() if status != 200)
     assert failures <= 8, load.statuses  # at most the killed replica's in-flight requests
-
-
-# ---------------------------------------------------- a version replicas cannot serve
-
-@pytest.fixture(scope="module")
-def other_inputs(trained):
-    """A version of the same model trained without the `region` column: the gate lets it
-    through (not comparable), and replicas cannot serve it in place of the first."""
-    cfg, first, _ = trained
-    narrower = cfg.with_overrides({"data.dataset": "churn-no-region",
-                                   "data.exclude": ["customer_id", "region"]})
-    result = train_and_register(narrower, ingest(narrower))
-    decision = result.decision
-    assert decision.promoted and decision.champion_score is None
-    assert decision.reason.endswith("not comparable: champion reads feature(s) ['region'], "
-                                    "which the validation rows lack")
-    tracking.promote(cfg.tracking, cfg.model_name, first)
-    return decision.challenger.version
-
-
-def test_a_version_with_other_inputs_is_refused_once_and_reported(trained, other_inputs):
-    import tempfile
-    from pathlib import Path
-
-    cfg, first, _ = trained
-    url = _deploy(cfg, **{"serve.autoscaling.min_replicas": 1,
-                          "serve.autoscaling.max_replicas": 1})
-
-    def health() -> dict:
-        return requests.get(f"{url}/health", timeout=10).json()
-
-    try:
-        tracking.promote(cfg.tracking, cfg.model_name, other_inputs)
-        wait_for(lambda: health()["status"] == "degraded", what="the refusal in /health")
-        time.sleep(2)  # four more polls of the alias
-        state = health()["alias"]
-        assert state["target_version"] == other_inputs and state["served_version"] == first
-        assert state["not_served"] == {other_inputs: "refused: see /metadata"}  # open route
-        metadata = requests.get(f"{url}/metadata", timeout=10).json()
-        assert metadata["served"]["model_downloads"] == 2  # the first, and one try of this one
-        assert "expects other inputs" in metadata["alias_state"]["not_served"][other_inputs]
-        assert _post(url).json()["model"]["version"] == first  # still answering
-        assert not list(Path(tempfile.gettempdir()).glob("rayops-model-*"))
-    finally:
-        tracking.promote(cfg.tracking, cfg.model_name, first)
-    wait_for(lambda: health()["status"] == "ok", what="a healthy replica again")
 
 
 # --------------------------------------------------------------------------- shadow, canary
