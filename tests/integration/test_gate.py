@@ -14,15 +14,10 @@ from rayops import tracking
 from rayops.data.ingest import file_source, ingest
 from rayops.errors import GateError
 from rayops.gate import register_and_gate
-from rayops.pipeline import train_and_register
-from rayops.storage import root_of
 from rayops.train.driver import log_bundle
-from tests.helpers import demo_config, write_demo_data
+from tests.helpers import demo_config, untrained_bundle, write_demo_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-SMALL = {"train.epochs": 2, "train.num_workers": 1}
-
 
 def _dataset(cfg):
     write_demo_data(file_source(cfg).location, rows=1500, files=1)
@@ -33,14 +28,14 @@ def test_gate_fails_closed_in_an_outage_then_replaces_a_champion_whose_files_are
         tmp_path, ray_start_4_cpus, s3_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server.url)
     bucket = s3_server.create_bucket()
-    local = demo_config(tmp_path, **SMALL)
+    local = demo_config(tmp_path)
     on_s3 = local.with_overrides({"tracking.experiment": "artifacts-on-s3",
                                   "tracking.artifact_location": f"s3://{bucket}/artifacts"})
     version = _dataset(local)
-    first = train_and_register(on_s3, version)  # the champion's files live on the endpoint
-    assert first.decision.promoted
-    # the challenger's files are local
-    challenger_run, challenger_uri = _logged_again(local, version, tmp_path / "bundle")
+    # the champion's files live on the endpoint, the challenger's are local
+    first = register_and_gate(on_s3, *_logged(on_s3, version, tmp_path / "v1", 0), version)
+    assert first.promoted
+    challenger_uri, challenger_run = _logged(local, version, tmp_path / "v2", 1)
     s3_server.stop()  # the outage: the champion can no longer be scored
 
     with pytest.raises(GateError) as failure:
@@ -69,13 +64,12 @@ def test_gate_fails_closed_in_an_outage_then_replaces_a_champion_whose_files_are
     assert tags["rayops.gate.promoted"] == "true"
 
 
-def _logged_again(cfg, version, dest: Path) -> tuple[str, str]:
-    """The model bundle the first run saved, logged as the model of a new run in ``cfg``'s
-    experiment (artifacts in its local store): a challenger whose files are local, without
-    training a second time. Returns its run id and model URI."""
-    (folder,) = root_of(cfg.storage).join("models").list_dir()
-    bundle = root_of(cfg.storage).join("models", folder).download_dir(dest)
+def _logged(cfg, version, folder: Path, seed: int) -> tuple[str, str]:
+    """A seeded, untrained model of ``version``'s inputs logged as the model of a new run in
+    ``cfg``'s experiment, as training logs one (the gate scores it like any other).
+    Returns its model URI and run id."""
     run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, f"{cfg.name}-train")
-    uri = log_bundle(cfg, version, run_id, bundle, cfg.model.family)
+    uri = log_bundle(cfg, version, run_id, untrained_bundle(cfg, version, folder, seed),
+                     cfg.model.family)
     tracking.end_run(cfg.tracking, run_id)
-    return run_id, uri
+    return uri, run_id

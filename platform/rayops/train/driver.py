@@ -131,6 +131,18 @@ def _cache_shards(cfg: PipelineConfig, version: DatasetVersion) -> bool:
     return per_shard < CACHE_LIMIT_BYTES
 
 
+def loop_config(cfg: PipelineConfig, version: DatasetVersion, inputs: ModelInputs,
+                run_name: str | None, run_id: str | None, feed: Any = None) -> LoopConfig:
+    """What every worker's loop gets: the config, the model's shape, the fitted label and
+    preprocessing, where its checkpoints and metrics go (None: nowhere) and its inputs."""
+    shape = architecture(cfg, version)
+    return LoopConfig(cfg, shape, version.preprocessor.label_state,
+                      meta={"dataset": version.id, "architecture": shape,
+                            "preprocessor": version.manifest.preprocessor},
+                      run_id=run_id, run_name=run_name, cache=_cache_shards(cfg, version),
+                      feed=feed, in_memory=inputs.in_memory)
+
+
 def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
                   inputs: ModelInputs, run_name: str, run_id: str | None,
                   callbacks: Sequence[Any] = (), feed: Any = None) -> DataParallelTrainer:
@@ -141,12 +153,7 @@ def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
     resources = {**cfg.train.resources_per_worker, "CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
         resources["GPU"] = 1
-    shape = architecture(cfg, version)
-    loop = LoopConfig(cfg, shape, version.preprocessor.label_state,
-                      meta={"dataset": version.id, "architecture": shape,
-                            "preprocessor": version.manifest.preprocessor},
-                      run_id=run_id, run_name=run_name, cache=_cache_shards(cfg, version),
-                      feed=feed, in_memory=inputs.in_memory)
+    loop = loop_config(cfg, version, inputs, run_name, run_id, feed)
     trainer, loop_per_worker = family_named(cfg.model.family).trainer()
     if not inputs.datasets:
         trainer = without_dataset_manager(trainer)
