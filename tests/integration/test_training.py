@@ -45,7 +45,9 @@ def local(tmp_path_factory, ray_start_4_cpus):
 
 
 class WorkerKiller(threading.Thread):
-    """Kills one Ray Train worker process (SIGKILL) once `after` new checkpoints exist."""
+    """Kills one Ray Train worker process (SIGKILL) of this test process's Ray cluster (its
+    working directory is under that cluster's temp dir: the other test process trains too)
+    once `after` new checkpoints exist."""
 
     def __init__(self, cfg, after: int = 2) -> None:
         super().__init__(daemon=True)
@@ -62,11 +64,18 @@ class WorkerKiller(threading.Thread):
         while not self.done.is_set() and len(seen) < self.after:
             seen |= self._paths() - self.before
             time.sleep(0.2)
+        ours = os.environ["RAY_TMPDIR"]  # tests/conftest.py: one per test process
         for proc in psutil.process_iter(["cmdline"]):
-            if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
-                os.kill(proc.pid, signal.SIGKILL)
-                self.killed = proc.pid
-                return
+            if not any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
+                continue
+            try:
+                if not proc.cwd().startswith(ours):
+                    continue
+            except psutil.Error:  # gone, or not ours to read
+                continue
+            os.kill(proc.pid, signal.SIGKILL)
+            self.killed = proc.pid
+            return
 
 
 def test_killed_worker_resumes_from_s3_checkpoint(
@@ -105,7 +114,9 @@ def test_killed_worker_resumes_from_s3_checkpoint(
 
 def test_failures_beyond_max_failures_fail_the_run(local):
     base, version = local
-    cfg = base.with_overrides({"tracking.experiment": "max-failures", "train.epochs": 30,
+    # The kill lands after the first epoch; the epochs after it are there so that it
+    # lands before the end even on a slow machine (an epoch here can take 0.1 s).
+    cfg = base.with_overrides({"tracking.experiment": "max-failures", "train.epochs": 300,
                                "train.max_failures": 0, "train.cpus_per_worker": 0.5})
     killer = WorkerKiller(cfg, after=1)
     killer.start()
