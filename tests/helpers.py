@@ -94,18 +94,16 @@ def majority_accuracy(version: Any) -> float:
     return max(counts.values()) / sum(counts.values())
 
 
-def untrained_bundle(cfg: PipelineConfig, version: Any, folder: Path, seed: int = 0) -> Path:
-    """A model bundle of ``version``'s inputs laid out as a training run saves one, with
-    seeded untrained MLP weights: a registered model for tests of what happens around a
-    model (the gate, the registry), without a training run."""
+def untrained_bundle(cfg: PipelineConfig, version: Any, run_id: str, folder: Path,
+                     seed: int = 0) -> Path:
+    """The bundle a run of ``cfg`` on ``version`` saves, with seeded untrained MLP weights:
+    a registered model for tests of what happens around a model (the gate, the registry),
+    without a training run."""
     import torch
 
-    from rayops.models import Bundle, MLPModel, build_model
-    from rayops.train.driver import architecture
+    from rayops.models import MLPModel, build_model
+    from rayops.train.driver import architecture, bundle_of
 
-    shape = architecture(cfg, version)
     torch.manual_seed(seed)
-    meta = {"architecture": shape, "preprocessor": version.manifest.preprocessor,
-            "schema": version.manifest.columns, "dataset": version.id, "metrics": {},
-            "pipeline": cfg.name, "target_metric": cfg.target_metric[0]}
-    return Bundle(MLPModel(build_model(shape)), meta).save(folder)
+    model = MLPModel(build_model(architecture(cfg, version)))
+    return bundle_of(cfg, version, model, {}, run_id).save(folder)

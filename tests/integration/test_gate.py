@@ -19,6 +19,7 @@ from tests.helpers import demo_config, untrained_bundle, write_demo_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+
 def _dataset(cfg):
     write_demo_data(file_source(cfg).location, rows=1500, files=1)
     return ingest(cfg)
@@ -69,7 +70,7 @@ def _logged(cfg, version, folder: Path, seed: int) -> tuple[str, str]:
     ``cfg``'s experiment, as training logs one (the gate scores it like any other).
     Returns its model URI and run id."""
     run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, f"{cfg.name}-train")
-    uri = log_bundle(cfg, version, run_id, untrained_bundle(cfg, version, folder, seed),
-                     cfg.model.family)
+    uri = log_bundle(cfg, version, run_id,
+                     untrained_bundle(cfg, version, run_id, folder, seed), cfg.model.family)
     tracking.end_run(cfg.tracking, run_id)
     return uri, run_id

@@ -233,9 +233,9 @@ def _trained_model(cfg: PipelineConfig, version: DatasetVersion, checkpoint: Che
                                                             architecture(cfg, version))
 
 
-def _bundle(cfg: PipelineConfig, version: DatasetVersion, checkpoint: Checkpoint,
-            metrics: dict[str, float], run_id: str) -> Bundle:
-    model = _trained_model(cfg, version, checkpoint)
+def bundle_of(cfg: PipelineConfig, version: DatasetVersion, model: Model,
+              metrics: dict[str, float], run_id: str) -> Bundle:
+    """``model`` as the bundle a run of ``cfg`` on ``version`` saves."""
     meta = {"architecture": architecture(cfg, version),
             "preprocessor": version.manifest.preprocessor,
             "schema": version.manifest.columns, "dataset": version.id, "metrics": metrics,
@@ -263,7 +263,7 @@ def fit_and_log(cfg: PipelineConfig, version: DatasetVersion,
     checkpoint, best = _best_checkpoint(result, metric, mode)
     numbers = {k: float(v) for k, v in best.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    bundle = _bundle(cfg, version, checkpoint, numbers, run_id)
+    bundle = bundle_of(cfg, version, _trained_model(cfg, version, checkpoint), numbers, run_id)
     # The newest checkpoint holds every epoch's metrics so far.
     history = family_named(cfg.model.family).history(cfg, run_name, result.checkpoint)
     saved = root_of(cfg.storage).join("models", run_name)
