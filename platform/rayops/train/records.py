@@ -52,6 +52,34 @@ class RunRecord:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+class BadRecord(TrainingError):
+    """A run record that cannot be read: nothing is resumed from it."""
+
+
+_REQUIRED = ("name", "run_id", "dataset_version")
+
+
+def read_record(location: Location) -> RunRecord:
+    """The record stored at ``location``; BadRecord naming the file and what is wrong with
+    it (not JSON, a missing key, an unknown status) rather than guessing what it meant."""
+    try:
+        data = location.read_json()
+    except ValueError as exc:
+        raise BadRecord(f"run record {location.uri} is not JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise BadRecord(f"run record {location.uri} is not a JSON object (got "
+                        f"{type(data).__name__})")
+    missing = [key for key in _REQUIRED if not isinstance(data.get(key), str)]
+    if missing:
+        raise BadRecord(f"run record {location.uri} lacks {', '.join(missing)} "
+                        f"(has: {', '.join(sorted(data)) or 'nothing'})")
+    status = data.get("status", "running")
+    if status not in ("running", "failed", "finished"):
+        raise BadRecord(f"run record {location.uri}: status {status!r} is not one of "
+                        "running, failed, finished")
+    return RunRecord.from_dict(data)
+
+
 def new_record(name: str, run_id: str, version: DatasetVersion) -> RunRecord:
     return RunRecord(name, run_id, version.id)
 
@@ -80,9 +108,9 @@ def resumable(cfg: PipelineConfig, kind: str, name: str | None = None
         if not location.exists():
             raise NothingToResume(f"nothing to resume: no {kind} run {name!r} under "
                                   f"{folder.uri}")
-        record = RunRecord.from_dict(location.read_json())
+        record = read_record(location)
     else:
-        records = [RunRecord.from_dict(folder.join(n).read_json())
+        records = [read_record(folder.join(n))
                    for n in folder.list_dir() if n.endswith(".json")]
         if not records:
             raise NothingToResume(f"nothing to resume: no {kind} run of {cfg.name!r} under "
