@@ -29,7 +29,8 @@ def score(predictor: Predictor, table: pa.Table, classes: list[str] | None = Non
     of the model's, for a classifier): count over these, so that two models that know
     other classes are measured alike (same classes, same binary or macro average)."""
     pre = predictor.preprocessor
-    label = pre.encode_label(table.column(pre.label))
+    table = pre.examples(table, "valid")
+    label = pre.targets(table)
     keep = pre.rules.known(label)
     outputs = predictor.outputs(pre.transform(table.filter(pa.array(keep))))
     return pre.rules.score(outputs, label[keep], pre.label_state, classes)
@@ -76,7 +77,7 @@ def log_plots(cfg: PipelineConfig, run_id: str, bundle: Bundle, version: Dataset
     import matplotlib.pyplot as plt
 
     history = tracking.metric_history(cfg.tracking, run_id, ("train_loss", "valid_loss"))
-    scores = score(Predictor(bundle), version.table("valid"))
+    scores = score(Predictor(bundle), version.scored_rows())
     for name, figure in _figures(scores, history).items():
         tracking.log_figure(cfg.tracking, run_id, figure, name)
         plt.close(figure)

@@ -148,7 +148,7 @@ def _decide(cfg: PipelineConfig, challenger: tracking.RegisteredModel,
             previous: tracking.RegisteredModel | None, version: DatasetVersion,
             promote: bool = True) -> Decision:
     metric, _ = cfg.gate_metric
-    rows = version.table("valid")
+    rows = version.scored_rows()
     mine = Predictor.from_registry(cfg.tracking, challenger)
     ours, theirs, passed, reason = _scores(cfg, mine, previous, rows)
     promoted = passed and promote

@@ -13,16 +13,20 @@ from typing import Any
 import mlflow
 import pandas as pd
 
+from rayops.forecast import forecast_frame
 from rayops.predict import Predictor
 
 
 class RayopsModel(mlflow.pyfunc.PythonModel):
-    """Raw records (a DataFrame of feature columns) in, predictions out."""
+    """Raw records (a DataFrame of feature columns) in, predictions out; for a forecaster,
+    observations of series in, forecasts out (:func:`rayops.forecast.forecast_frame`)."""
 
     def load_context(self, context: Any) -> None:
         self.predictor = Predictor.load(Path(context.artifacts["bundle"]))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+        if self.predictor.preprocessor.series is not None:  # observations in, forecasts out
+            return forecast_frame(self.predictor, model_input)
         rows = self.predictor.predict(model_input)
         return pd.DataFrame([
             {"prediction": r["prediction"],

@@ -7,6 +7,7 @@ names the key, the value and what is allowed.
 
 from rayops.config.base import StorageConfig, is_uri
 from rayops.config.data import DATETIME_PARTS, ColumnSpec, ColumnType, DataConfig, DatetimePart
+from rayops.config.forecast import ForecastConfig, duration_seconds
 from rayops.config.gate import GateConfig
 from rayops.config.loading import load_config, local_paths, parse_overrides, validate_config
 from rayops.config.monitor import MonitorConfig
@@ -33,6 +34,7 @@ __all__ = [
     "ColumnType",
     "DataConfig",
     "DatetimePart",
+    "ForecastConfig",
     "GateConfig",
     "LogUniformDim",
     "ModelConfig",
@@ -50,6 +52,7 @@ __all__ = [
     "TrainConfig",
     "TuneConfig",
     "UniformDim",
+    "duration_seconds",
     "is_uri",
     "load_config",
     "local_paths",

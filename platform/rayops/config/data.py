@@ -12,6 +12,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from rayops.config.base import _Section
+from rayops.config.forecast import ForecastConfig
 from rayops.tasks import task_names, task_of
 
 ColumnType = Literal["numeric", "integer", "categorical", "text", "boolean", "datetime"]
@@ -125,6 +126,9 @@ class DataConfig(_Section):
     dataset: str | None = Field(
         None, description="Name of the curated dataset; default: the pipeline name."
     )
+    forecast: ForecastConfig | None = Field(
+        None, description="The series of a forecasting task (data.task: forecasting): "
+        "timestamp, series, frequency, horizon... (see the README's Forecasting section).")
     vanished_files: Literal["fail", "keep", "drop"] = Field(
         "fail",
         description="A source file an earlier version consumed is gone (lifecycle expiry, "
@@ -150,9 +154,11 @@ class DataConfig(_Section):
             raise ValueError(f"label {self.label!r} cannot also be a feature or excluded")
         if not self.feature_names:
             raise ValueError("no feature columns left after features/exclude")
-        wrong_label = task_of(self.task).label_error(self.label, self.columns[self.label].type)
-        if wrong_label:
-            raise ValueError(wrong_label)
+        task = task_of(self.task)
+        wrong = task.label_error(self.label, self.columns[self.label].type) or \
+            task.data_error(self)
+        if wrong:
+            raise ValueError(wrong)
         return self
 
     def failed_files_allowed(self, files: int) -> int:

@@ -27,6 +27,7 @@ from rayops.data import stats
 from rayops.data import table as delta
 from rayops.data import validate as schema
 from rayops.data.context import data_context
+from rayops.data.series import off_grid
 from rayops.data.sources import FAILED, UNREADABLE, Source
 from rayops.errors import DataError
 from rayops.storage import Location
@@ -77,7 +78,11 @@ def validate_batch(raw: pa.Table, data: DataConfig) -> pa.Table:
             dropped = pa.scalar(f"{name}: null dropped (null_strategy=drop)")
             nulls = pc.and_(pc.is_null(typed.column(name)), pc.is_null(error))
             error = pc.if_else(nulls, dropped, error)
-    split = schema.assign_split(typed, list(columns), data.valid_fraction, data.seed)
+    if data.forecast is None:
+        split = schema.assign_split(typed, list(columns), data.valid_fraction, data.seed)
+    else:  # observations of series: held out by time when examples are built
+        split = np.full(typed.num_rows, "train")
+        error = _off_grid(typed, data, error)
     split = np.where(pc.is_valid(error).to_numpy(zero_copy_only=False), "quarantine", split)
     typed = typed.set_column(typed.column_names.index(schema.ERROR), schema.ERROR, error)
     out = {n: typed.column(n) for n in columns}
@@ -88,6 +93,21 @@ def validate_batch(raw: pa.Table, data: DataConfig) -> pa.Table:
     out[schema.ERROR] = error
     out[schema.SPLIT] = pa.array(split, pa.string())
     return pa.table(out).cast(_output_schema(columns))
+
+
+def _off_grid(typed: pa.Table, data: DataConfig, error: pa.ChunkedArray) -> pa.ChunkedArray:
+    """``error`` with a reason for each timestamp off the series' grid of steps."""
+    f = data.forecast
+    assert f is not None
+    stamps = typed.column(f.timestamp)
+    bad = pa.array(off_grid(stamps, f.step_s) & pc.is_valid(stamps).to_numpy(
+        zero_copy_only=False))
+    if not bad.true_count:
+        return error
+    shown = pc.strftime(stamps, format="%Y-%m-%dT%H:%M:%S")
+    reason = pc.binary_join_element_wise(
+        f"{f.timestamp}: not on the {f.frequency} grid of steps ('", shown, "')", "")
+    return pc.if_else(pc.and_(bad, pc.is_null(error)), reason, error)
 
 
 def _is_failed(table: pa.Table) -> pa.ChunkedArray:

@@ -30,6 +30,7 @@ from rayops.data import stats
 from rayops.data import table as delta
 from rayops.data.curate import PartSummary, describe, rows_schema, used_columns, write_part
 from rayops.data.manifest import Manifest
+from rayops.data.observations import fit_series, observations, settled
 from rayops.data.preprocess import Preprocessor, fit
 from rayops.data.sources import FileSource, Source
 from rayops.data.validate import SPLIT
@@ -139,12 +140,11 @@ def _check_thresholds(summary: PartSummary, data: DataConfig) -> None:
 
 def _manifest(cfg: PipelineConfig, source: Source, previous: DatasetVersion | None,
               rebuild: bool, summary: PartSummary, merged: dict[str, Any],
-              quarantine_files: list[dict[str, Any]], state_name: str, ingest_id: str
-              ) -> Manifest:
+              pre: Preprocessor, quarantine_files: list[dict[str, Any]], state_name: str,
+              ingest_id: str) -> Manifest:
     """What the commit records: totals since the last rebuild, this ingest's accounting,
     the schema contract, the preprocessing fitted on every training row and the profile."""
     before = None if rebuild or previous is None else previous.manifest
-    pre: Preprocessor = fit(merged, cfg.data)
     labels = Counter(before.valid_labels if before else {})
     labels.update(summary.valid_labels)
     reasons = Counter(before.quarantine_reasons if before else {})
@@ -207,30 +207,36 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
     logger.info("ingesting %d %sfile(s) from %s", len(todo), "" if rebuild else "new ",
                 source.uri)
     result = write_part(source, todo, rows_location, quarantine_location, cfg.data)
+    existing = None if rebuild or previous is None or cfg.data.forecast is None else \
+        previous.table("train")
+    result = settled(result, existing, rows_location, quarantine_location, cfg.data)
     summary = result.summary
     logger.info("%s", describe(summary, reasons=3))
     _check_thresholds(summary, cfg.data)  # raises: the files written stay invisible
 
     if rebuild:
         consumed, earlier_stats = {}, []
+    merged = stats.merge([*earlier_stats, summary.stats])
+    pre = fit(merged, cfg.data) if cfg.data.forecast is None else \
+        fit_series(observations(result, existing, rows_location), cfg.data)
     version = _commit(cfg, source, table, previous, rebuild, result,
                       {**consumed, **{i["key"]: i for i in todo
                                       if i["path"] not in {f["path"] for f in summary.failed}}},
-                      stats.merge([*earlier_stats, summary.stats]))
+                      merged, pre)
     _after_commit(cfg, version, quarantine)
     return version
 
 
 def _commit(cfg: PipelineConfig, source: Source, table: Any, previous: DatasetVersion | None,
             rebuild: bool, result: Any, consumed: dict[str, dict[str, Any]],
-            merged: dict[str, Any]) -> DatasetVersion:
+            merged: dict[str, Any], pre: Preprocessor) -> DatasetVersion:
     """Write this ingest's state file (merged statistics, consumed files), then commit the
     written rows with the manifest: one Delta commit, or none."""
     root = dataset_root(cfg)
     ingest_id = uuid.uuid4().hex[:16]
     state_name = f"{ingest_id}.json"
     root.join(STATE, state_name).write_json({"stats": merged, "consumed": consumed})
-    manifest = _manifest(cfg, source, previous, rebuild, result.summary, merged,
+    manifest = _manifest(cfg, source, previous, rebuild, result.summary, merged, pre,
                          result.quarantine_files, state_name, ingest_id)
     sequence = (table.transaction_version(delta.INGEST_APP) or 0) + 1
     number = delta.commit(

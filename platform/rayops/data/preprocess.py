@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayops.config import DataConfig
+from rayops.data.series import VALIDATION_KEY, SeriesLayout, all_examples, example_dataset
 from rayops.data.stats import calendar
 from rayops.data.validate import ARROW_TYPES
 from rayops.errors import DataError
@@ -41,6 +42,9 @@ class Preprocessor:
     features: list[dict[str, Any]]
     label_state: dict[str, Any]
     output_columns: list[str] = field(default_factory=list)
+    # Series (a forecasting dataset): how observations become examples, the transform's
+    # input ({"layout": SeriesLayout as a dict, "examples": {split: about how many}}).
+    series: dict[str, Any] | None = None
 
     @property
     def n_features(self) -> int:
@@ -61,13 +65,40 @@ class Preprocessor:
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task, "label": self.label, "features": self.features,
-                "label_state": self.label_state, "output_columns": self.output_columns}
+                "label_state": self.label_state, "output_columns": self.output_columns,
+                "series": self.series}
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> Preprocessor:
         return cls(task=state["task"], label=state["label"], features=list(state["features"]),
                    label_state=dict(state["label_state"]),
-                   output_columns=list(state["output_columns"]))
+                   output_columns=list(state["output_columns"]),
+                   series=state.get("series"))
+
+    def reads_from(self, split: str) -> str:
+        """The curated split whose rows give ``split``'s examples: itself, or for series
+        every observation (they are all curated as 'train'; the time split is made here)."""
+        return split if self.series is None else "train"
+
+    def examples(self, rows: pa.Table, split: str) -> pa.Table:
+        """The rows a model reads for ``split``: curated rows as they are, or for series
+        the examples built from their observations (the validation period's start from
+        the rows' metadata when they carry it, else this preprocessing's own)."""
+        if self.series is None:
+            return rows
+        layout = SeriesLayout.from_dict(self.series["layout"])
+        start = (rows.schema.metadata or {}).get(VALIDATION_KEY)
+        if start is not None:
+            layout = SeriesLayout.from_dict({**layout.to_dict(),
+                                             "validation_start": start.decode()})
+        return all_examples(rows, layout, split)
+
+    def example_dataset(self, rows: Any, split: str) -> Any:
+        """:meth:`examples` of a Ray Dataset of curated rows, built by Ray Data (for series:
+        one task per group of series)."""
+        if self.series is None:
+            return rows
+        return example_dataset(rows, SeriesLayout.from_dict(self.series["layout"]), split)
 
     def transform(self, table: pa.Table) -> np.ndarray:
         """Validated feature columns -> float32 matrix (nulls imputed, unknowns to OTHER)."""
@@ -144,6 +175,10 @@ class Preprocessor:
         """Labels as the model learns them (the task's encoding: a class index, -1 for a
         class unseen in training; or the standardized target)."""
         return self.rules.encode_label(self.label_state, labels)
+
+    def targets(self, table: pa.Table) -> np.ndarray:
+        """What the loops and metrics read of labelled rows (:meth:`Task.targets`)."""
+        return self.rules.targets(self.label_state, table, self.label)
 
 
 def _floats(values: pa.ChunkedArray) -> np.ndarray:

@@ -35,6 +35,7 @@ from rayops.data import table as delta
 from rayops.data.context import data_context
 from rayops.data.manifest import Manifest
 from rayops.data.preprocess import Preprocessor
+from rayops.data.series import VALIDATION_KEY
 from rayops.data.validate import SPLIT
 from rayops.errors import DataError
 from rayops.storage import Location, root_of
@@ -79,6 +80,26 @@ class DatasetVersion:
     @property
     def preprocessor(self) -> Preprocessor:
         return Preprocessor.from_dict(self.manifest.preprocessor)
+
+    @property
+    def examples(self) -> dict[str, int]:
+        """About how many examples each split gives a model: its rows, or for series the
+        count estimated when the preprocessing was fitted."""
+        series = self.manifest.preprocessor.get("series")
+        if series:
+            return dict(series["examples"])
+        return {"train": self.manifest.rows.train, "valid": self.manifest.rows.valid}
+
+    def scored_rows(self) -> pa.Table:
+        """The labelled rows models are scored on (the gate, evaluation plots): the
+        validation split, or for series every observation, carrying the start of the
+        validation period (each model builds its own examples of it)."""
+        pre = self.preprocessor
+        if pre.series is None:
+            return self.table("valid")
+        rows = self.table(pre.reads_from("valid"))
+        start = pre.series["layout"]["validation_start"]
+        return rows.replace_schema_metadata({VALIDATION_KEY: start.encode()})
 
     def split_files(self, split: str) -> list[Location]:
         """The Parquet files holding the split's rows in this version."""

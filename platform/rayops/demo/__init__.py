@@ -1,9 +1,12 @@
-"""The built-in demo: a synthetic customer-churn dataset and the config that runs on it."""
+"""The built-in demos: synthetic data and the config that runs on it, per workload: customer
+churn (classification, ``churn``) and hourly demand per city zone (forecasting, ``demand``)."""
 
 from importlib import resources
 from pathlib import Path
 
+WORKLOADS = {"classification": "churn", "forecasting": "demand"}
 
-def config_path() -> Path:
-    """Path of the packaged demo pipeline config."""
-    return Path(str(resources.files("rayops.demo").joinpath("churn.yaml")))
+
+def config_path(name: str = "churn") -> Path:
+    """Path of a packaged demo pipeline config (``churn`` or ``demand``)."""
+    return Path(str(resources.files("rayops.demo").joinpath(f"{name}.yaml")))

@@ -143,7 +143,7 @@ class MLPFamily(Family):
     """A PyTorch network trained with DDP (:mod:`rayops.models.torch_loop`)."""
 
     name = "mlp"
-    tasks = ("classification", "regression")
+    tasks = ("classification", "regression", "forecasting")
     step = "epoch"
 
     def architecture(self, cfg: PipelineConfig, n_inputs: int, n_outputs: int,

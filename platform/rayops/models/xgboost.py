@@ -86,9 +86,10 @@ class XGBoostModel:
         self.booster.save_model(str(folder / MODEL_FILE))
 
     def outputs(self, x: np.ndarray, probabilities: bool) -> np.ndarray:
-        """Class probabilities, or the standardized value as one column."""
+        """Class probabilities, or the task's encoded values (one column, or one per
+        quantile of a forecast)."""
         out = np.asarray(self.booster.inplace_predict(x))
-        return out if probabilities else out.reshape(-1, 1)
+        return out if probabilities else out.reshape(len(x), -1)
 
 
 class XGBoostFamily(Family):
@@ -96,7 +97,7 @@ class XGBoostFamily(Family):
     (:mod:`rayops.models.xgboost_loop`)."""
 
     name = "xgboost"
-    tasks = ("classification", "regression")
+    tasks = ("classification", "regression", "forecasting")
     step = "round"
 
     def architecture(self, cfg: PipelineConfig, n_inputs: int, n_outputs: int,

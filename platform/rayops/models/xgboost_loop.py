@@ -29,6 +29,7 @@ from rayops.config import PipelineConfig
 from rayops.models.family import LoopConfig
 from rayops.models.metrics_writer import MetricsWriter
 from rayops.models.xgboost import MODEL_FILE, load_booster, require_xgboost
+from rayops.tasks.forecasting import QUANTILES
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ OBJECTIVES: dict[str, tuple[dict[str, str], float]] = {
     # softprob for two classes too: one output layout (probabilities per class) for all
     "classification": ({"objective": "multi:softprob", "eval_metric": "mlogloss"}, 1.0),
     "regression": ({"objective": "reg:squarederror", "eval_metric": "rmse"}, 2.0),
+    # one output per quantile, each learned with its pinball loss (the MLP's loss)
+    "forecasting": ({"objective": "reg:quantileerror", "eval_metric": "quantile",
+                     "quantile_alpha": list(QUANTILES)}, 1.0),
 }
 
 
@@ -199,8 +203,8 @@ def xgboost_fn_per_worker(config: dict[str, Any]) -> None:
     cfg, boost = loop.cfg, loop.cfg.model.xgboost
     train_x, train_y = _arrays(loop, "train")
     valid_x, valid_y = _arrays(loop, "valid")
-    dtrain = xgb.DMatrix(train_x, label=train_y)
-    dvalid = xgb.DMatrix(valid_x, label=valid_y)
+    dtrain = xgb.DMatrix(train_x, label=loop.task.learned(train_y))
+    dvalid = xgb.DMatrix(valid_x, label=loop.task.learned(valid_y))
     booster, stopping = restored(ray.train.get_checkpoint())
     reporter = Reporter(loop, (valid_x, valid_y), stopping)
     done = booster.num_boosted_rounds() if booster is not None else 0

@@ -1,10 +1,11 @@
-"""Tasks, looked up by name: ``classification`` and ``regression`` (:mod:`.tabular`) are
-rayops' own; :func:`register_task` adds another (forecasting, recommendation). See
-:class:`rayops.tasks.base.Task` for what a task decides."""
+"""Tasks, looked up by name: ``classification`` and ``regression`` (:mod:`.tabular`) and
+``forecasting`` (:mod:`.forecasting`) are rayops' own; :func:`register_task` adds another
+(recommendation). See :class:`rayops.tasks.base.Task` for what a task decides."""
 
 from __future__ import annotations
 
 from rayops.tasks.base import LOSSES, Mode, Scored, Task
+from rayops.tasks.forecasting import Forecasting
 from rayops.tasks.tabular import Classification, Regression
 
 __all__ = ["LOSSES", "Mode", "Scored", "Task", "register_task", "task_names", "task_of"]
@@ -35,3 +36,4 @@ def task_of(name: str) -> Task:
 
 register_task(Classification())
 register_task(Regression())
+register_task(Forecasting())

@@ -60,6 +60,13 @@ class Task(ABC):
         return (f"task {self.name!r} needs a {self.label_kinds} label; {label!r} is "
                 f"{label_type!r}")
 
+    def data_error(self, data: Any) -> str | None:
+        """What the data section (a DataConfig) lacks or has too much of for this task,
+        or None."""
+        if getattr(data, "forecast", None) is not None:
+            return f"data.forecast applies to data.task 'forecasting', not {self.name!r}"
+        return None
+
     # ---------------------------------------------------------------- labels
 
     @abstractmethod
@@ -71,12 +78,22 @@ class Task(ABC):
         """Labels as a model learns them (class index, -1 for an unseen class; or the
         standardized value)."""
 
+    def targets(self, state: Mapping[str, Any], table: pa.Table, label: str) -> np.ndarray:
+        """What the loops and the metrics read of labelled rows: the encoded label, and for
+        a task whose metrics need more of each row (a forecast's scale), more columns."""
+        return self.encode_label(state, table.column(label))
+
+    def learned(self, targets: np.ndarray) -> np.ndarray:
+        """The part of :meth:`targets` a model fits (a tree library takes it as its label)."""
+        return targets
+
     @abstractmethod
     def n_outputs(self, state: Mapping[str, Any]) -> int:
         """Width of a model's output."""
 
     def known(self, encoded: np.ndarray) -> np.ndarray:
-        """The rows a model can be scored on (a class unseen in training cannot)."""
+        """The rows a model can be scored on (a class unseen in training cannot), from
+        :meth:`targets`."""
         return np.ones(len(encoded), dtype=bool)
 
     # ---------------------------------------------------------------- metrics

@@ -78,7 +78,7 @@ def model_inputs(table: pa.Table, state: dict[str, Any]) -> dict[str, np.ndarray
     """Typed curated rows -> the ``features`` matrix and encoded ``label`` the loop eats.
     Validation rows whose class never occurs in training are left out."""
     pre = Preprocessor.from_dict(state)
-    label = pre.encode_label(table.column(pre.label))
+    label = pre.targets(table)
     keep = pre.rules.known(label)
     return {"features": pre.transform(table.filter(pa.array(keep))), "label": label[keep]}
 
@@ -99,13 +99,14 @@ def load_inputs(version: DatasetVersion, local_rows: int = LOCAL_LOAD_ROWS) -> M
     put in the object store: workers start without Ray Data's split coordinators (seconds a
     run on a small table). A larger one is read by Ray Data across the cluster and
     materialized, so workers read shards without competing with a streaming read for CPUs."""
-    state = version.manifest.preprocessor
-    rows = version.manifest.rows
-    if rows.kept <= local_rows:
-        return ModelInputs({}, {split: ray.put(model_inputs(version.table(split), state))
-                                for split in ("train", "valid")})
+    state, pre = version.manifest.preprocessor, version.preprocessor
+    if sum(version.examples.values()) <= local_rows:
+        return ModelInputs({}, {split: ray.put(model_inputs(
+            pre.examples(version.table(pre.reads_from(split)), split), state))
+            for split in ("train", "valid")})
     with data_context(preserve_order=True):
-        return ModelInputs({split: version.read(split).map_batches(
+        return ModelInputs({split: pre.example_dataset(
+            version.read(pre.reads_from(split)), split).map_batches(
             model_inputs, batch_format="pyarrow", fn_kwargs={"state": state}).materialize()
             for split in ("train", "valid")})
 
@@ -126,7 +127,7 @@ def length_of(cfg: PipelineConfig) -> tuple[int, str]:
 def _cache_shards(cfg: PipelineConfig, version: DatasetVersion) -> bool:
     if cfg.train.data_loading != "auto":
         return cfg.train.data_loading == "memory"
-    rows = version.manifest.rows.kept
+    rows = sum(version.examples.values())
     per_shard = rows * (version.preprocessor.n_features + 1) * 4 / cfg.train.num_workers
     return per_shard < CACHE_LIMIT_BYTES
 
@@ -255,7 +256,7 @@ def fit_and_log(cfg: PipelineConfig, version: DatasetVersion,
     metric, mode = cfg.target_metric
     os.environ.setdefault(POLL_ENV, POLL_INTERVAL_S)
     if cfg.train.batch_size is None:
-        rows = version.manifest.rows.train
+        rows = version.examples["train"]
         cfg = cfg.with_overrides({"train.batch_size": cfg.train.batch_for(rows)})
     with epoch_feed(cfg) as feed:
         result = build_trainer(cfg, version, inputs, run_name, run_id, callbacks,
@@ -311,10 +312,29 @@ def log_bundle(cfg: PipelineConfig, version: DatasetVersion, run_id: str, bundle
                family: str) -> str:
     """Log a saved bundle as the MLflow model of ``run_id``: its input signature and example
     from ``version``, the family's pip requirements. Returns the model URI."""
-    required = {name: not spec["nullable"] for name, spec in
-                version.manifest.columns.items() if name != cfg.data.label}
-    return tracking.log_model(cfg.tracking, run_id, bundle_dir, _input_example(version),
-                              required, family_named(family).pip_requirements())
+    example, required = model_input(version)
+    return tracking.log_model(cfg.tracking, run_id, bundle_dir, example, required,
+                              family_named(family).pip_requirements())
+
+
+def model_input(version: DatasetVersion) -> tuple[pd.DataFrame, dict[str, bool]]:
+    """What the MLflow model reads: an example, and whether each column must be present.
+    A tabular model reads records of its features; a forecaster reads observations of a
+    series (the label given where known, left empty at the steps to forecast)."""
+    columns = version.manifest.columns
+    label = version.preprocessor.label
+    if version.preprocessor.series is None:
+        return _input_example(version), {name: not spec["nullable"]
+                                         for name, spec in columns.items() if name != label}
+    lookback = version.preprocessor.series["layout"]
+    rows = version.table(version.preprocessor.reads_from("valid"),
+                         limit=max(*lookback["periods"], lookback["lags"]) + 1).to_pandas()
+    for name, spec in columns.items():
+        if spec["type"] == "datetime":
+            rows[name] = rows[name].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    rows.loc[rows.index[-1], label] = None  # the step to forecast
+    return rows[list(columns)], {name: not spec["nullable"] and name != label
+                                 for name, spec in columns.items()}
 
 
 def run_params(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:

@@ -1,0 +1,193 @@
+"""What an ingest of observations of series does before its commit.
+
+Rows are checked one at a time by the streaming pass; two things need the whole series:
+
+- a second observation of a series at a step it already has (in the dataset, or earlier in
+  this ingest) is quarantined with its reason; the first one stays;
+- the layout (:class:`rayops.data.series.SeriesLayout`: the validation period, each
+  series' level and MASE scale) and the preprocessing of the examples are fitted on the
+  version's observations, and saved in its manifest like a tabular dataset's preprocessing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rayops.config import ColumnSpec, DataConfig
+from rayops.data import stats
+from rayops.data import table as delta
+from rayops.data.curate import PartResult, PartSummary, quarantine_rows
+from rayops.data.preprocess import Preprocessor, fit
+from rayops.data.series import SeriesLayout, all_examples, fit_layout
+from rayops.data.validate import ERROR, RAW, SOURCE_FILE, SOURCE_ROW, SPLIT
+from rayops.errors import DataError
+from rayops.storage import Location
+
+logger = logging.getLogger(__name__)
+FIT_EXAMPLES = 200_000  # the preprocessing of examples is fitted on about this many
+
+
+def _read(location: Location, actions: list[dict[str, Any]]) -> list[pa.Table]:
+    tables = []
+    for action in actions:
+        target = location.join(action["path"])
+        with target.io("read curated rows from"):
+            tables.append(pq.read_table(target.path, filesystem=target.fs))
+    return tables
+
+
+def _keys(table: pa.Table, data: DataConfig) -> pd.Series:
+    f = data.forecast
+    assert f is not None
+    parts = [pc.cast(table.column(s), pa.string()).to_pandas() for s in f.series]
+    parts.append(pc.cast(table.column(f.timestamp), pa.int64()).to_pandas().astype(str))
+    return pd.Series(["\x1f".join(v) for v in zip(*parts, strict=True)], dtype=object) \
+        if parts else pd.Series([], dtype=object)
+
+
+def _describe(row: dict[str, Any], data: DataConfig) -> str:
+    f = data.forecast
+    assert f is not None
+    named = [f"{s}={row[s]}" for s in f.series] + [f"{f.timestamp}={row[f.timestamp]}"]
+    return ", ".join(named)
+
+
+def _duplicates(existing: pa.Table | None, parts: list[pa.Table], data: DataConfig
+                ) -> list[np.ndarray]:
+    """Per part, the rows that repeat an observation of the dataset or of an earlier row
+    (by source file and line) of this ingest."""
+    seen = set(_keys(existing, data)) if existing is not None and existing.num_rows else set()
+    order = []
+    for i, part in enumerate(parts):
+        frame = pd.DataFrame({"file": part.column(SOURCE_FILE).to_pandas(),
+                              "line": part.column(SOURCE_ROW).to_pandas(),
+                              "key": _keys(part, data), "part": i,
+                              "row": np.arange(part.num_rows)})
+        order.append(frame)
+    marks = [np.zeros(p.num_rows, dtype=bool) for p in parts]
+    if not order:
+        return marks
+    rows = pd.concat(order).sort_values(["file", "line", "part", "row"], kind="stable")
+    repeated = rows["key"].duplicated() | rows["key"].isin(seen)
+    for part, row in zip(rows["part"][repeated], rows["row"][repeated], strict=True):
+        marks[part][row] = True
+    return marks
+
+
+def _quarantined(rows: pa.Table, data: DataConfig) -> pa.Table:
+    f = data.forecast
+    assert f is not None
+    records = rows.drop_columns([SPLIT]).to_pylist() if SPLIT in rows.column_names else \
+        rows.to_pylist()
+    reasons = [f"{f.timestamp}: duplicate of an observation of the same series and step "
+               f"('{_describe(r, data)}')" for r in records]
+    raw = [json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, default=str)
+           for r in records]
+    return quarantine_rows(rows.append_column(RAW, pa.array(raw, pa.string()))
+                           .append_column(ERROR, pa.array(reasons, pa.string())))
+
+
+def drop_duplicates(result: PartResult, existing: pa.Table | None, rows: Location,
+                    quarantine: Location, data: DataConfig) -> PartResult:
+    """The part with every repeated observation moved to the quarantine: files that hold
+    one are written again without it (the first files, never committed, are left to the
+    clean-up)."""
+    parts = _read(rows, result.rows_files)
+    marks = _duplicates(existing, parts, data)
+    moved = int(sum(m.sum() for m in marks))
+    if not moved:
+        return result
+    files, quarantined = [], list(result.quarantine_files)
+    for action, part, mark in zip(result.rows_files, parts, marks, strict=True):
+        if not mark.any():
+            files.append(action)
+            continue
+        kept = part.filter(pa.array(~mark))
+        if kept.num_rows:
+            files.append(delta.action_to_dict(delta.write_file(
+                rows, kept.drop_columns([SPLIT]) if SPLIT in kept.column_names else kept,
+                action["partition_values"])))
+        quarantined.append(delta.action_to_dict(delta.write_file(
+            quarantine, _quarantined(part.filter(pa.array(mark)), data))))
+    s = result.summary
+    counts = dict(s.rows)
+    counts["train"] -= moved
+    counts["quarantine"] += moved
+    reasons = dict(s.reasons)
+    kind = f"{data.forecast.timestamp}: duplicate of an observation of the same series " \
+        "and step"  # type: ignore[union-attr]
+    reasons[kind] = reasons.get(kind, 0) + moved
+    logger.info("quarantined %d repeated observation(s) (same series and step)", moved)
+    summary = PartSummary(s.files, counts, dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+                          s.unreadable, s.failed, s.valid_labels, s.stats)
+    return replace(result, summary=summary, rows_files=files, quarantine_files=quarantined)
+
+
+def settled(result: PartResult, existing: pa.Table | None, rows: Location,
+            quarantine: Location, data: DataConfig) -> PartResult:
+    """The part, with what needs whole series done: for series, observations that repeat
+    a step moved to the quarantine (:func:`drop_duplicates`); other data as it is."""
+    if data.forecast is None:
+        return result
+    return drop_duplicates(result, existing, rows, quarantine, data)
+
+
+def observations(result: PartResult, existing: pa.Table | None, rows: Location
+                 ) -> pa.Table:
+    """The version's observations: those kept before and this part's."""
+    tables = [t.drop_columns([SPLIT]) if SPLIT in t.column_names else t
+              for t in _read(rows, result.rows_files)]
+    if existing is not None and existing.num_rows:
+        tables.insert(0, existing.select(tables[0].column_names) if tables else existing)
+    return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+
+
+def _sparser(every: int, periods: list[int], factor: int) -> int:
+    """An origin stride at least ``every * factor`` that shares no factor with the cycles
+    (so sampled origins still fall on every phase of a day and a week)."""
+    stride = max(every * factor, 1)
+    while any(math.gcd(stride, p) > 1 for p in periods) and stride > 1:
+        stride += 1
+    return stride
+
+
+def fit_series(observed: pa.Table, data: DataConfig) -> Preprocessor:
+    """The layout and the preprocessing of the examples, fitted on a sample of the
+    training examples (origins spread over every phase of the cycles)."""
+    layout = fit_layout(observed, data)
+    per_origin = layout.horizon / layout.origin_every
+    factor = max(1, math.ceil(observed.num_rows * per_origin / FIT_EXAMPLES))
+    sample = replace(layout, origin_every=_sparser(layout.origin_every, layout.periods,
+                                                   factor) if factor > 1 else
+                     layout.origin_every)
+    train = all_examples(observed, sample, "train")
+    if not train.num_rows:
+        raise DataError(
+            f"no training examples: each series needs {layout.lookback} steps of history "
+            f"before its first origin and a target before the validation period (from "
+            f"{layout.validation_start}); the data spans too little time")
+    specs = {n: ColumnSpec.model_validate(s) for n, s in layout.feature_specs().items()}
+    specs[data.label] = ColumnSpec(type="numeric")
+    merged = stats.table_stats(train, specs, data.label, data.task)
+    examples = DataConfig.model_construct(
+        label=data.label, task=data.task, columns=specs, features=None, exclude=[],
+        null_strategy="impute", scaling=data.scaling)
+    pre = fit(merged, examples)
+    scale = sample.origin_every / layout.origin_every
+    counts = {"train": int(train.num_rows * scale),
+              "valid": len(layout.levels) * data.forecast.validation_steps}  # type: ignore[union-attr]
+    return replace(pre, series={"layout": layout.to_dict(), "examples": counts})
+
+
+def layout_of(pre: Preprocessor) -> SeriesLayout | None:
+    return SeriesLayout.from_dict(pre.series["layout"]) if pre.series else None

@@ -1,0 +1,156 @@
+"""Forecasts from a forecasting model: a series' history in, a value and quantiles per
+future step out.
+
+The history ends at the forecast's origin; each future step comes with its covariates known
+in advance. The examples are built exactly as in training (:mod:`rayops.data.series`), so a
+forecast reads nothing after its origin. Errors name what is wrong (an unknown series, a
+history too short for the lags, a step off the grid) and are the caller's 422.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rayops.data.series import (
+    TARGET,
+    SeriesLayout,
+    example_table,
+    examples,
+    off_grid,
+    panel,
+)
+from rayops.data.validate import ERROR, validate_records
+from rayops.errors import DataError
+from rayops.predict import Predictor
+
+
+def layout_of(predictor: Predictor) -> SeriesLayout:
+    """The layout a forecasting model was trained with (a DataError for another model)."""
+    series = predictor.preprocessor.series
+    if series is None:
+        raise DataError(f"this is a {predictor.task} model: it does not forecast")
+    return SeriesLayout.from_dict(series["layout"])
+
+
+def series_key(layout: SeriesLayout, series: Mapping[str, Any] | None) -> list[Any]:
+    """The series' column values, checked against the layout and the series it knows."""
+    given = dict(series or {})
+    missing = [s for s in layout.series if s not in given]
+    extra = sorted(set(given) - set(layout.series))
+    if missing or extra:
+        named = ", ".join(layout.series) or "none: the model forecasts one series"
+        raise DataError(f"series: expected the column(s) {named}"
+                        + (f"; missing {missing}" if missing else "")
+                        + (f"; unknown {extra}" if extra else ""))
+    values = [given[s] for s in layout.series]
+    if layout.key(values) not in layout.levels:
+        shown = ", ".join(f"{s}={v!r}" for s, v in zip(layout.series, values, strict=True))
+        raise DataError(f"series: unknown series {shown}; the model knows "
+                        f"{len(layout.levels)} series")
+    return values
+
+
+def _typed(records: Sequence[Mapping[str, Any]], predictor: Predictor, columns: list[str],
+           what: str) -> pa.Table:
+    specs = {n: predictor.schema[n] for n in columns}
+    typed = validate_records(records, specs)
+    errors = typed.column(ERROR).to_pylist()
+    bad = next((i for i, e in enumerate(errors) if e is not None), None)
+    if bad is not None:
+        raise DataError(f"{what}[{bad}]: {errors[bad]}")
+    return typed
+
+
+def forecast(predictor: Predictor, series: Mapping[str, Any] | None,
+             history: Sequence[Mapping[str, Any]], future: Sequence[Mapping[str, Any]]
+             ) -> list[dict[str, Any]]:
+    """One answer per future step: ``{"ts", "value", "quantiles"}``."""
+    layout = layout_of(predictor)
+    values = series_key(layout, series)
+    if not future:
+        raise DataError("future: give at least one step to forecast")
+    if len(future) > layout.horizon:
+        raise DataError(f"future: {len(future)} steps, the model forecasts at most "
+                        f"{layout.horizon} (its horizon)")
+    ts, label = layout.timestamp, layout.label
+    past = _typed(history, predictor, [ts, label, *[k for k in layout.known
+                                                    if any(k in r for r in history)]],
+                  "history")
+    ahead = _typed(future, predictor, [ts, *layout.known], "future")
+    for name, table in (("history", past), ("future", ahead)):
+        off = np.flatnonzero(off_grid(table.column(ts), layout.step_s))
+        if off.size:
+            raise DataError(f"{name}[{off[0]}].{ts}: not on the model's grid of "
+                            f"{layout.step_s} s steps")
+    return _answers(predictor, layout, values, past, ahead)
+
+
+def _answers(predictor: Predictor, layout: SeriesLayout, values: list[Any], past: pa.Table,
+             ahead: pa.Table) -> list[dict[str, Any]]:
+    ts = layout.timestamp
+    stamps = pc.cast(past.column(ts), pa.int64()).to_numpy(zero_copy_only=False)
+    if not len(stamps):
+        raise DataError(f"history: no observations; {layout.lookback} steps are needed")
+    origin = int(stamps.max())
+    span = (origin - int(stamps.min())) // layout.step_us + 1
+    if span < layout.lookback:
+        raise DataError(f"history: {span} step(s) up to {_iso(origin)}; the model reads "
+                        f"{layout.lookback} steps of history (its lags), give at least that")
+    wanted = pc.cast(ahead.column(ts), pa.int64()).to_numpy(zero_copy_only=False)
+    expected = origin + layout.step_us * np.arange(1, len(wanted) + 1)
+    if not np.array_equal(wanted, expected):
+        at = int(np.flatnonzero(wanted != expected)[0])
+        raise DataError(f"future[{at}].{ts}: expected {_iso(int(expected[at]))}, the step "
+                        f"after the last one before it (history ends {_iso(origin)})")
+    rows = pa.concat_tables([_observed(past, layout), _observed(ahead, layout)],
+                            promote_options="default")
+    p = panel(rows, layout)
+    built = examples(p, values, np.array([len(p) - len(wanted) - 1]), len(wanted), layout)
+    table = example_table(built, layout)
+    outputs = predictor.outputs(predictor.preprocessor.transform(table))
+    answers = predictor.preprocessor.rules.answers(outputs * layout.levels[layout.key(values)],
+                                                   predictor.preprocessor.label_state)
+    return [{"ts": _iso(int(t)), **a} for t, a in zip(built[TARGET], answers, strict=True)]
+
+
+def _observed(rows: pa.Table, layout: SeriesLayout) -> pa.Table:
+    """The observation columns a panel reads (nulls for what a part lacks)."""
+    wanted = [layout.timestamp, layout.label, *layout.known]
+    columns = {n: rows.column(n) if n in rows.column_names else pa.nulls(rows.num_rows)
+               for n in wanted}
+    return pa.table({n: c if n != layout.label else pc.cast(c, pa.float64())
+                     for n, c in columns.items()})
+
+
+def _iso(micros: int) -> str:
+    return np.datetime_as_string(np.datetime64(micros, "us"), unit="s") + "Z"
+
+
+def forecast_frame(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
+    """Forecasts for a frame of observations of one or more series (the MLflow model's
+    input): per series, the rows with a label are its history and the rows without one
+    the steps to forecast. One row per forecast step: the series' columns, the timestamp,
+    ``value`` and ``p10``, ``p50``, ``p90``."""
+    layout = layout_of(predictor)
+    groups = frame.groupby(layout.series, sort=False) if layout.series else [((), frame)]
+    out = []
+    for values, rows in groups:
+        named = values if isinstance(values, tuple) else (values,)
+        series = dict(zip(layout.series, named, strict=True)) or None
+        known = rows[layout.label].notna().to_numpy()
+        records = rows.astype(object).where(rows.notna(), None).to_dict("records")
+        history = [r for r, k in zip(records, known, strict=True) if k]
+        future = [{n: v for n, v in r.items() if n != layout.label}
+                  for r, k in zip(records, known, strict=True) if not k]
+        for answer in forecast(predictor, series, history, future):
+            quantiles = {f"p{round(float(q) * 100)}": v
+                         for q, v in answer["quantiles"].items()}
+            out.append({**(series or {}), layout.timestamp: answer["ts"],
+                        "value": answer["value"], **quantiles})
+    return pd.DataFrame(out)
