@@ -141,7 +141,8 @@ def test_bad_config_fails_the_job_with_the_key_named(tmp_path, cluster):
     job_id = re.search(r"Job '(raysubmit_\w+)' failed", result.stdout + result.stderr)[1]
     # The job's reason, not a traceback: the config error's list of invalid settings.
     last = _last_log_line(cluster, job_id)
-    assert last == "  data.task: Input should be 'classification' or 'regression' (got 'guess')"
+    assert last == ("  data.task: Input should be 'classification' or 'forecasting' or "
+                    "'regression' (got 'guess')")
 
 
 def _start(cluster: Session, workdir: Path, submission_id: str, *job: str) -> None:
