@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from rayops.tasks import scoring
 from rayops.tasks.base import LOSSES, Scored, Task
+from rayops.tasks.tabular import Regression
 
 # Every forecast gives these quantiles: fixed, so the metrics that measure them have names.
 QUANTILES = (0.1, 0.5, 0.9)
@@ -182,20 +182,10 @@ class Forecasting(Task):
                                for q, v in zip(QUANTILES, row, strict=True)}}
                 for row in sorted_quantiles(outputs)]
 
-    def true_label(self, value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return None
-        return float(value) if np.isfinite(value) else None
-
-    def live_metrics(self, predicted: list[Any], actual: list[Any],
-                     declared: list[str] | None) -> dict[str, float]:
-        values = scoring.regression_metrics(scoring.regression_sums(
-            np.asarray(predicted, dtype=np.float64), np.asarray(actual, dtype=np.float64)))
-        return {f"live_{k}": v for k, v in values.items()}
-
-    def agree(self, shadow: Any, champion: Any, tolerance: float) -> bool:
-        a, b = float(shadow), float(champion)
-        return abs(a - b) <= tolerance * max(abs(b), 1e-9)
+    # a forecast's served value is a number, judged like a regression's
+    true_label = Regression.true_label
+    live_metrics = Regression.live_metrics
+    agree = Regression.agree
 
     def torch_loss(self) -> Any:
         from rayops.tasks.pinball import PinballLoss
