@@ -10,6 +10,7 @@ history too short for the lags, a step off the grid) and are the caller's 422.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -67,10 +68,20 @@ def _typed(records: Sequence[Mapping[str, Any]], predictor: Predictor, columns: 
     return typed
 
 
-def forecast(predictor: Predictor, series: Mapping[str, Any] | None,
-             history: Sequence[Mapping[str, Any]], future: Sequence[Mapping[str, Any]]
-             ) -> list[dict[str, Any]]:
-    """One answer per future step: ``{"ts", "value", "quantiles"}``."""
+@dataclass(frozen=True)
+class Prepared:
+    """One request's examples, ready for the model: what :func:`answer` needs."""
+
+    examples: pa.Table
+    level: float  # the series' level: outputs are multiplied by it
+    steps: np.ndarray  # the forecast steps' timestamps (microseconds, UTC)
+
+
+def prepare(predictor: Predictor, series: Mapping[str, Any] | None,
+            history: Sequence[Mapping[str, Any]] | pa.Table,
+            future: Sequence[Mapping[str, Any]]) -> Prepared:
+    """Check a forecast request and build its examples. ``history``: records as a request
+    carries them, or typed observations of the series (the curated data)."""
     layout = layout_of(predictor)
     values = series_key(layout, series)
     if not future:
@@ -79,20 +90,20 @@ def forecast(predictor: Predictor, series: Mapping[str, Any] | None,
         raise DataError(f"future: {len(future)} steps, the model forecasts at most "
                         f"{layout.horizon} (its horizon)")
     ts, label = layout.timestamp, layout.label
-    past = _typed(history, predictor, [ts, label, *[k for k in layout.known
-                                                    if any(k in r for r in history)]],
-                  "history")
+    past = history if isinstance(history, pa.Table) else _typed(
+        history, predictor, [ts, label, *[k for k in layout.known
+                                          if any(k in r for r in history)]], "history")
     ahead = _typed(future, predictor, [ts, *layout.known], "future")
     for name, table in (("history", past), ("future", ahead)):
         off = np.flatnonzero(off_grid(table.column(ts), layout.step_s))
         if off.size:
             raise DataError(f"{name}[{off[0]}].{ts}: not on the model's grid of "
                             f"{layout.step_s} s steps")
-    return _answers(predictor, layout, values, past, ahead)
+    return _prepared(layout, values, past, ahead)
 
 
-def _answers(predictor: Predictor, layout: SeriesLayout, values: list[Any], past: pa.Table,
-             ahead: pa.Table) -> list[dict[str, Any]]:
+def _prepared(layout: SeriesLayout, values: list[Any], past: pa.Table, ahead: pa.Table
+              ) -> Prepared:
     ts = layout.timestamp
     stamps = pc.cast(past.column(ts), pa.int64()).to_numpy(zero_copy_only=False)
     if not len(stamps):
@@ -102,6 +113,8 @@ def _answers(predictor: Predictor, layout: SeriesLayout, values: list[Any], past
     if span < layout.lookback:
         raise DataError(f"history: {span} step(s) up to {_iso(origin)}; the model reads "
                         f"{layout.lookback} steps of history (its lags), give at least that")
+    if len(np.unique(stamps)) < len(stamps):
+        raise DataError(f"history: two observations at the same {ts}")
     wanted = pc.cast(ahead.column(ts), pa.int64()).to_numpy(zero_copy_only=False)
     expected = origin + layout.step_us * np.arange(1, len(wanted) + 1)
     if not np.array_equal(wanted, expected):
@@ -112,11 +125,30 @@ def _answers(predictor: Predictor, layout: SeriesLayout, values: list[Any], past
                             promote_options="default")
     p = panel(rows, layout)
     built = examples(p, values, np.array([len(p) - len(wanted) - 1]), len(wanted), layout)
-    table = example_table(built, layout)
-    outputs = predictor.outputs(predictor.preprocessor.transform(table))
-    answers = predictor.preprocessor.rules.answers(outputs * layout.levels[layout.key(values)],
-                                                   predictor.preprocessor.label_state)
-    return [{"ts": _iso(int(t)), **a} for t, a in zip(built[TARGET], answers, strict=True)]
+    return Prepared(example_table(built, layout), layout.levels[layout.key(values)],
+                    np.asarray(built[TARGET]))
+
+
+def answer(predictor: Predictor, requests: Sequence[Prepared]) -> list[list[dict[str, Any]]]:
+    """The answers to prepared requests, from one transform and one model call for all
+    (a replica's batch): per request, ``{"ts", "value", "quantiles"}`` per step."""
+    pre = predictor.preprocessor
+    table = pa.concat_tables([r.examples for r in requests])
+    outputs = predictor.outputs(pre.transform(table))
+    out, start = [], 0
+    for r in requests:
+        part = outputs[start:start + len(r.steps)] * r.level
+        start += len(r.steps)
+        out.append([{"ts": _iso(int(t)), **a} for t, a in zip(
+            r.steps, pre.rules.answers(part, pre.label_state), strict=True)])
+    return out
+
+
+def forecast(predictor: Predictor, series: Mapping[str, Any] | None,
+             history: Sequence[Mapping[str, Any]] | pa.Table,
+             future: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One answer per future step: ``{"ts", "value", "quantiles"}``."""
+    return answer(predictor, [prepare(predictor, series, history, future)])[0]
 
 
 def _observed(rows: pa.Table, layout: SeriesLayout) -> pa.Table:

@@ -25,13 +25,14 @@ ZONES, WEEKS = 6, 5
 
 
 @pytest.fixture(scope="module")
-def cfg(tmp_path_factory, ray_start_4_cpus):
+def cfg(tmp_path_factory, serve_port):
     tmp = tmp_path_factory.mktemp("forecasting")
     fresh_tracking_store(tmp / "mlflow" / "mlflow.db")
     config = load_config(config_path("demand"), [
         f"storage.root={tmp / 'lake'}", f"tracking.uri=sqlite:///{tmp}/mlflow/mlflow.db",
         "data.forecast.validation=1w", "model.xgboost.max_rounds=150",
-        "serve.access_log=false"])
+        "serve.access_log=false", f"serve.port={serve_port}",
+        "serve.cpus_per_replica=0.1"])
     demand.write(demand.generate(zone_count=ZONES, weeks=WEEKS), file_source(config).location)
     return config
 
@@ -84,10 +85,18 @@ def test_the_forecaster_beats_the_seasonal_naive_forecast(trained):
     assert trained.decision.metric == "valid_mae" and trained.decision.promoted
 
 
-def test_a_second_model_is_gated_on_valid_mae_against_the_champion(cfg, dataset, trained):
-    weaker = cfg.with_overrides({"model.xgboost.max_rounds": 3})
-    second = train_and_register(weaker, dataset, sweep=False)
-    d = second.decision
+def test_a_second_model_is_gated_on_valid_mae_against_the_champion(cfg, dataset, trained,
+                                                                    tmp_path):
+    from rayops import tracking
+    from rayops.gate import register_and_gate
+    from rayops.train.driver import log_bundle
+    from tests.helpers import untrained_bundle
+
+    mlp = cfg.with_overrides({"model.family": "mlp"})  # an untrained network of the same inputs
+    run_id = tracking.start_run(mlp.tracking, mlp.experiment_name, f"{mlp.name}-train")
+    uri = log_bundle(mlp, dataset, run_id, untrained_bundle(mlp, dataset, run_id, tmp_path),
+                     "mlp")
+    d = register_and_gate(mlp, uri, run_id, dataset)
     assert d.metric == "valid_mae" and not d.promoted
     assert d.champion_score == pytest.approx(trained.metrics["valid_mae"], rel=1e-6)
     assert d.challenger_score > d.champion_score
@@ -123,3 +132,43 @@ def test_the_registered_model_forecasts_a_day_ahead(cfg, dataset, trained):
         forecast(predictor, {"zone": "Z01"}, history[-100:], future)
     with pytest.raises(DataError, match=r"future\[0\].ts: expected"):
         forecast(predictor, {"zone": "Z01"}, history, future[1:])
+
+
+def test_the_served_model_answers_forecasts_over_http(cfg, dataset, trained):
+    import requests
+
+    from rayops.serve import deploy
+
+    url = deploy(cfg)
+    history, future, ahead = _history(cfg, dataset, "Z02")
+    body = {"series": {"zone": "Z02"}, "history": history, "future": future}
+    answer = requests.post(f"{url}/forecast", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["model"]["version"] == str(trained.decision.champion.version)
+    steps = result["forecast"]
+    assert [s["ts"] for s in steps] == [f["ts"].replace("+00:00", "Z") for f in future]
+    assert all(s["quantiles"]["0.1"] <= s["value"] <= s["quantiles"]["0.9"] for s in steps)
+    # no history: the series' latest curated observations, which end where ``future`` starts
+    # in this dataset only for the last day; send the day after the data instead
+    last = pd.Timestamp(ahead["ts"].max())
+    tomorrow = [{"ts": (last + pd.Timedelta(hours=h)).isoformat(), "temp": 10.0,
+                 "holiday": False} for h in range(1, 25)]
+    curated = requests.post(f"{url}/forecast", json={"series": {"zone": "Z02"},
+                                                      "future": tomorrow}, timeout=60)
+    assert curated.status_code == 200, curated.text
+    assert len(curated.json()["forecast"]) == 24
+
+    def refused(change: dict) -> dict:
+        response = requests.post(f"{url}/forecast", json={**body, **change}, timeout=60)
+        assert response.status_code == 422, response.text
+        return response.json()["detail"][0]
+
+    assert "unknown series zone='Q9'" in refused({"series": {"zone": "Q9"}})["msg"]
+    short = refused({"history": history[-30:]})
+    assert short["loc"] == ["body", "history"] and "168 steps of history" in short["msg"]
+    typo = refused({"future": [{**future[0], "temp": "warm"}]})
+    assert typo["loc"][:4] == ["body", "future", 0, "temp"]
+    too_far = refused({"future": future + future[:1]})
+    assert too_far["loc"] == ["body", "future"]
+    assert requests.post(f"{url}/predict", json={"records": [{}]}, timeout=30).status_code == 404

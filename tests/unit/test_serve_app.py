@@ -25,6 +25,7 @@ class _Server:
     def __init__(self, predictor: Predictor, token: str | None = None) -> None:
         self.predictor = predictor
         self.record_model = record_model(predictor.schema, predictor.preprocessor.label)
+        self.forecast_body = None  # a classifier: /predict, no /forecast
         self.max_records, self.max_body_bytes, self.token = 5, 4096, token
         self.task = predictor.task
         self.in_flight = 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ import pyarrow.dataset as pads
 import ray.data
 from deltalake import DeltaTable, Transaction
 
-from rayops.config import PipelineConfig
+from rayops.config import PipelineConfig, StorageConfig
 from rayops.data import table as delta
 from rayops.data.context import data_context
 from rayops.data.manifest import Manifest
@@ -101,6 +102,20 @@ class DatasetVersion:
         start = pre.series["layout"]["validation_start"]
         return rows.replace_schema_metadata({VALIDATION_KEY: start.encode()})
 
+    def series_rows(self, series: Mapping[str, Any]) -> pa.Table:
+        """The observations of one series (its columns' values) in this version."""
+        files = self.split_files(self.preprocessor.reads_from("valid"))
+        if not files:
+            return pa.table({})
+        where = None
+        for name, value in series.items():
+            test = pads.field(name) == value
+            where = test if where is None else where & test
+        dataset = pads.dataset([f.path for f in files], filesystem=files[0].fs,
+                               format="parquet")
+        with files[0].io("read"):
+            return dataset.to_table(filter=where)
+
     def split_files(self, split: str) -> list[Location]:
         """The Parquet files holding the split's rows in this version."""
         rows = self.root.join(ROWS)
@@ -153,7 +168,12 @@ def version_number(version_id: str) -> int:
 
 
 def dataset_root(cfg: PipelineConfig) -> Location:
-    return root_of(cfg.storage).join("curated", cfg.dataset_name)
+    return dataset_location(cfg.storage, cfg.dataset_name)
+
+
+def dataset_location(storage: StorageConfig, name: str) -> Location:
+    """Where the curated dataset ``name`` lives under a storage root."""
+    return root_of(storage).join("curated", name)
 
 
 def _commit_info(rows: Location, version: int) -> dict[str, Any]:
@@ -204,8 +224,15 @@ def load_version(cfg: PipelineConfig, version: int | None = None) -> DatasetVers
 
 
 def latest_version(cfg: PipelineConfig) -> DatasetVersion | None:
-    table = delta.open_table(dataset_root(cfg).join(ROWS))
-    return version_of(cfg, table) if table is not None else None
+    return latest_at(dataset_root(cfg), cfg.dataset_name)
+
+
+def latest_at(root: Location, name: str) -> DatasetVersion | None:
+    """The latest version of the dataset ``name`` under ``root`` (None before the first
+    ingest): for readers without the pipeline config, such as a replica."""
+    table = delta.open_table(root.join(ROWS))
+    found = _ingest_commit(root.join(ROWS), table) if table is not None else None
+    return DatasetVersion(name, found[0], root, found[1]) if found is not None else None
 
 
 def version_of(cfg: PipelineConfig, table: DeltaTable) -> DatasetVersion | None:

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from rayops.errors import DataError, LabelsNotStored
 from rayops.serve.bodies import (
     FeedbackResponse,
+    ForecastResponse,
     Metadata,
     PredictResponse,
     feedback_model,
@@ -36,6 +37,7 @@ class Server(Protocol):
     """What the app needs from the replica that owns it."""
 
     record_model: type[BaseModel]
+    forecast_body: type[BaseModel] | None  # a forecaster's /forecast body; None: /predict
     task: str  # the served model's: what a true label must be
     max_records: int
     max_body_bytes: int
@@ -44,6 +46,9 @@ class Server(Protocol):
 
     async def predict(self, records: list[dict[str, Any]], request_id: str | None = None,
                       key: str | None = None) -> dict[str, Any]: ...
+
+    async def forecast(self, body: dict[str, Any], request_id: str | None = None,
+                       key: str | None = None) -> dict[str, Any]: ...
 
     async def feedback(self, labels: list[dict[str, Any]]) -> dict[str, int] | None: ...
 
@@ -77,7 +82,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 REQUEST_ID = "x-request-id"
 ROUTING_KEY = "x-rayops-key"  # sticky canary assignment (a user or session id)
-ROUTES = ("/predict", "/feedback", "/metadata", "/health", "/docs", "/openapi.json")
+ROUTES = ("/predict", "/forecast", "/feedback", "/metadata", "/health", "/docs", "/openapi.json")
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -156,7 +161,6 @@ class Guard:
 
 def create_app(server: Server) -> Any:
     """The replica's ASGI app: FastAPI routes wrapped in the :class:`Guard`."""
-    body_model = request_model(server.record_model, server.max_records)
     labels_model = feedback_model(server.max_records, server.task)
     app = FastAPI(title="rayops model API", description="Predictions from the registry's "
                   "aliased model; see GET /metadata for the model and its input schema.")
@@ -171,20 +175,10 @@ def create_app(server: Server) -> Any:
     async def metadata() -> dict[str, Any]:
         return server.metadata()
 
-    @app.post("/predict", response_model=PredictResponse,
-              responses={401: {"description": "missing or wrong bearer token"},
-                         413: {"description": "body too large"},
-                         422: {"description": "invalid records (field and index named)"},
-                         503: {"description": "overloaded: retry later"}})
-    async def predict(body: body_model, request: Request) -> Any:  # type: ignore[valid-type]
-        records = [r.model_dump() for r in body.records]  # type: ignore[attr-defined]
-        try:
-            result = await server.predict(records, request.headers.get(REQUEST_ID),
-                                          request.headers.get(ROUTING_KEY))
-        except DataError as exc:
-            return _error(422, [{"loc": ["body", "records"], "msg": str(exc),
-                                 "type": "value_error"}])
-        return JSONResponse(result)
+    if server.forecast_body is not None:
+        _forecast_route(app, server)
+    else:
+        _predict_route(app, server)
 
     @app.post("/feedback", status_code=202, response_model=FeedbackResponse,
               responses={401: {"description": "missing or wrong bearer token"},
@@ -201,3 +195,44 @@ def create_app(server: Server) -> Any:
         return JSONResponse(counts, status_code=202)
 
     return Guard(app, server)
+
+
+def _predict_route(app: FastAPI, server: Server) -> None:
+    """POST /predict: records of the model's features in, a prediction each out."""
+    body_model = request_model(server.record_model, server.max_records)
+
+    @app.post("/predict", response_model=PredictResponse,
+              responses={401: {"description": "missing or wrong bearer token"},
+                         413: {"description": "body too large"},
+                         422: {"description": "invalid records (field and index named)"},
+                         503: {"description": "overloaded: retry later"}})
+    async def predict(body: body_model, request: Request) -> Any:  # type: ignore[valid-type]
+        records = [r.model_dump() for r in body.records]  # type: ignore[attr-defined]
+        try:
+            result = await server.predict(records, request.headers.get(REQUEST_ID),
+                                          request.headers.get(ROUTING_KEY))
+        except DataError as exc:
+            return _error(422, [{"loc": ["body", "records"], "msg": str(exc),
+                                 "type": "value_error"}])
+        return JSONResponse(result)
+
+
+def _forecast_route(app: FastAPI, server: Server) -> None:
+    """POST /forecast: a series, its history (or none: the latest curated data) and the
+    future steps in, a value and quantiles per step out."""
+    body_model = server.forecast_body
+
+    @app.post("/forecast", response_model=ForecastResponse,
+              responses={401: {"description": "missing or wrong bearer token"},
+                         413: {"description": "body too large"},
+                         422: {"description": "invalid body, unknown series or a history "
+                               "too short (what and where named)"}})
+    async def forecast(body: body_model, request: Request) -> Any:  # type: ignore[valid-type]
+        try:
+            result = await server.forecast(body.model_dump(), request.headers.get(REQUEST_ID),  # type: ignore[attr-defined]
+                                           request.headers.get(ROUTING_KEY))
+        except DataError as exc:
+            where = str(exc).split(":", 1)[0].split("[", 1)[0].split(".", 1)[0]
+            return _error(422, [{"loc": ["body", where], "msg": str(exc),
+                                 "type": "value_error"}])
+        return JSONResponse(result)

@@ -59,6 +59,45 @@ def request_model(record: type[BaseModel], max_records: int) -> type[BaseModel]:
     )
 
 
+def _optional(kind: Any) -> tuple[Any, Any]:
+    return (Optional[kind], None)  # noqa: UP045
+
+
+def forecast_model(schema: dict[str, ColumnSpec], layout: dict[str, Any], max_history: int
+                   ) -> type[BaseModel]:
+    """The /forecast body of a forecaster trained with ``layout``: the series (its columns,
+    typed), the history (timestamp, label, known covariates; optional: without it the
+    latest curated data is read) and the future steps with their known covariates."""
+    ts, label, known = layout["timestamp"], layout["label"], list(layout["known"])
+    history = create_model(
+        "HistoryStep", __config__=ConfigDict(extra="forbid"),
+        **{ts: (dt.datetime, ...), label: _optional(field_type(schema[label])),
+           **{k: _optional(field_type(schema[k])) for k in known}})
+    future = create_model(
+        "FutureStep", __config__=ConfigDict(extra="forbid"), **{ts: (dt.datetime, ...)},
+        **{k: _optional(field_type(schema[k])) if schema[k].nullable
+           else (field_type(schema[k]), ...) for k in known})
+    fields: dict[str, Any] = {
+        "history": (Optional[list[history]], Field(  # type: ignore[valid-type]  # noqa: UP045
+            None, max_length=max_history, description="The series' latest observations, "
+            "oldest first; omitted: the latest curated data")),
+        "future": (list[future], Field(  # type: ignore[valid-type]
+            min_length=1, max_length=int(layout["horizon"]),
+            description="The steps to forecast, each with its covariates known in advance")),
+    }
+    if layout["series"]:
+        series = create_model("Series", __config__=ConfigDict(extra="forbid"),
+                              **{c: (field_type(schema[c]), ...) for c in layout["series"]})
+        fields["series"] = (series, ...)
+    return create_model("ForecastRequest", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+class ForecastStep(BaseModel):
+    ts: str = Field(description="The step forecast (ISO 8601, UTC).")
+    value: float = Field(description="The forecast: the median.")
+    quantiles: dict[str, float] = Field(description="P10, P50 and P90 (keys 0.1, 0.5, 0.9).")
+
+
 class FeedbackItem(BaseModel):
     """A true label for one served record (its type: the task's, see :func:`feedback_model`)."""
 
@@ -102,6 +141,12 @@ class PredictResponse(BaseModel):
     request_id: str | None = Field(
         None, description="This request's X-Request-ID: the key its records have in the "
         "prediction log.")
+
+
+class ForecastResponse(BaseModel):
+    forecast: list[ForecastStep]
+    model: ModelInfo
+    request_id: str | None = None
 
 
 class AliasState(BaseModel):

@@ -18,9 +18,11 @@ from ray import serve
 
 from rayops.errors import LabelsNotStored, ServeError, one_line
 from rayops.families import import_plugins
+from rayops.forecast import Prepared, answer, layout_of, prepare
 from rayops.serve.aliases import AliasFollower, LoadedModel
 from rayops.serve.app import create_app
-from rayops.serve.bodies import AliasState, Health, record_model
+from rayops.serve.bodies import AliasState, Health, forecast_model, record_model
+from rayops.serve.history import CuratedHistory
 from rayops.serve.prediction_log import AppendLog, PredictionLog, feedback_row
 from rayops.serve.prometheus import ServeMetrics
 from rayops.serve.routing import Mirror, fallback, in_share, route
@@ -58,6 +60,11 @@ class ModelServer:
         self.in_flight = 0  # requests this replica is working on (counted by the app)
         served = self.aliases.model.predictor
         self.record_model = record_model(served.schema, served.preprocessor.label)
+        series = served.preprocessor.series  # a forecaster answers /forecast instead
+        self.forecast_body = None if series is None else forecast_model(
+            served.schema, series["layout"], serve_cfg.max_records_per_request)
+        self.history = CuratedHistory(self.settings.data_storage, self.settings.dataset,
+                                      serve_cfg.model_poll_interval_s or 30.0)
         self.task = served.task  # fixed: a version of other inputs is refused
         self.max_records = serve_cfg.max_records_per_request
         self.max_body_bytes = serve_cfg.max_body_bytes
@@ -66,8 +73,9 @@ class ModelServer:
         self.log, self.labels = prediction_log(self.settings)
         if self.log is not None:
             self.mirror = Mirror(self.log, serve_cfg.max_mirror_in_flight, self.stats)
-        self.predict_batch.set_max_batch_size(serve_cfg.max_batch_size)
-        self.predict_batch.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
+        for batched in (self.predict_batch, self.forecast_batch):
+            batched.set_max_batch_size(serve_cfg.max_batch_size)
+            batched.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
         if serve_cfg.model_poll_interval_s > 0:
             self._watcher = asyncio.get_running_loop().create_task(self.aliases.watch())
         logger.info("Replica serving %s v%s (@%s)", self.model.info.name,
@@ -179,6 +187,49 @@ class ModelServer:
                             (time.perf_counter() - started) * 1e3, role, one_line(exc),
                             sampled=True)
 
+    # ------------------------------------------------------------------ forecasts
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def forecast_batch(self, items: list[tuple[LoadedModel, Prepared]]
+                             ) -> list[list[dict[str, Any]] | Exception]:
+        """One transform and model call per model for every forecast in the batch (a
+        request prepared with the model it was routed to is answered by that model)."""
+        self.metrics.batch_size.observe(len(items))
+        self.stats["forecast_batches"] += 1
+        groups: dict[int, list[int]] = {}
+        for i, (model, _) in enumerate(items):
+            groups.setdefault(id(model), []).append(i)
+        out: list[list[dict[str, Any]] | Exception] = [[] for _ in items]
+        for indexes in groups.values():
+            model = items[indexes[0]][0]
+            try:
+                answers = answer(model.predictor, [items[i][1] for i in indexes])
+            except Exception as exc:  # one model's failure is its requests' only
+                answers = [exc] * len(indexes)  # type: ignore[list-item]
+            for i, found in zip(indexes, answers, strict=True):
+                out[i] = found
+        return out
+
+    async def forecast(self, body: dict[str, Any], request_id: str | None = None,
+                       key: str | None = None) -> dict[str, Any]:
+        """The served model's forecast (the canary's, for a canary key) of the steps in
+        ``body["future"]``; without ``history`` the series' latest curated observations
+        are read. A DataError (unknown series, too short a history) is the caller's 422."""
+        model, _ = route(self.aliases, key or request_id)
+        layout = layout_of(model.predictor)
+        history = body.get("history")
+        if history is None:
+            history = await asyncio.to_thread(self.history.rows, layout, body.get("series"))
+        prepared = prepare(model.predictor, body.get("series"), history, body["future"])
+        if self.in_flight > 1 and self.settings.serve.max_batch_size > 1:
+            result = await self.forecast_batch((model, prepared))
+        else:
+            result = answer(model.predictor, [prepared])[0]
+        if isinstance(result, Exception):
+            raise result
+        self.stats["forecasts"] += 1
+        return {"forecast": result, "model": model.info.model_dump(), "request_id": request_id}
+
     async def feedback(self, labels: list[dict[str, Any]]) -> dict[str, int] | None:
         """Store true labels in the feedback table; returns once they are stored (one commit
         shared by every request waiting then), so a 202 is never lost with the replica.
@@ -213,7 +264,7 @@ class ModelServer:
                 "dataset": meta.get("dataset"), "target_metric": meta.get("target_metric"),
                 "metrics": {k: v for k, v in meta.get("metrics", {}).items()
                             if k.startswith("valid_")},
-                "input_schema": self.record_model.model_json_schema(),
+                "input_schema": (self.forecast_body or self.record_model).model_json_schema(),
                 "shadow": self.shadow_state(),
                 "served": dict(self.stats) | self.log_counts()}
 

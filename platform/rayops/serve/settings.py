@@ -28,6 +28,10 @@ class ReplicaSettings(BaseModel):
     log_storage: StorageConfig | None = Field(
         None, description="Where the prediction log is (no credentials); None: no log.")
     log_table: str = Field("", description="The log's table name (the pipeline's).")
+    data_storage: StorageConfig | None = Field(
+        None, description="Where the curated dataset is (no credentials): a forecast "
+        "request without history reads the series' latest observations there.")
+    dataset: str = Field("", description="The curated dataset's name.")
     plugins: list[str] = Field(default_factory=list, description="model.plugins")
 
 
@@ -37,6 +41,7 @@ def replica_settings(cfg: PipelineConfig) -> dict[str, Any]:
     return ReplicaSettings(
         serve=cfg.serve, tracking=cfg.tracking, model_name=cfg.model_name,
         log_storage=storage if cfg.serve.log_predictions else None, log_table=cfg.name,
+        data_storage=storage, dataset=cfg.dataset_name,
         plugins=list(cfg.model.plugins)).model_dump(mode="json")
 
 

@@ -1,0 +1,52 @@
+"""The latest curated observations of a series: the history of a /forecast request that
+sends none. The dataset's latest version is looked up at most every ``refresh_s`` seconds;
+a series' rows are read from it on each such request (one series, pushed down to Parquet).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rayops.config import StorageConfig
+from rayops.data.series import SeriesLayout
+from rayops.data.versions import DatasetVersion, dataset_location, latest_at
+from rayops.errors import DataError
+
+
+class CuratedHistory:
+    """Reads series' latest observations from the curated dataset ``dataset``."""
+
+    def __init__(self, storage: StorageConfig | None, dataset: str, refresh_s: float) -> None:
+        self.storage, self.dataset, self.refresh_s = storage, dataset, max(refresh_s, 1.0)
+        self._version: DatasetVersion | None = None
+        self._looked_at = 0.0
+        self._lock = threading.Lock()
+
+    def latest(self) -> DatasetVersion | None:
+        with self._lock:
+            if self.storage is not None and (
+                    self._version is None or time.monotonic() - self._looked_at > self.refresh_s):
+                self._version = latest_at(dataset_location(self.storage, self.dataset),
+                                          self.dataset)
+                self._looked_at = time.monotonic()
+            return self._version
+
+    def rows(self, layout: SeriesLayout, series: Mapping[str, Any] | None) -> pa.Table:
+        """The series' observations of the last ``lookback`` steps the data holds."""
+        version = self.latest()
+        if version is None:
+            raise DataError(f"history: none sent, and the curated dataset {self.dataset!r} "
+                            "has no version to read it from: send the series' history")
+        rows = version.series_rows(dict(series or {}))
+        if not rows.num_rows:
+            raise DataError(f"history: none sent, and {version.id} holds no observation of "
+                            "this series: send its history")
+        micros = pc.cast(rows.column(layout.timestamp), pa.int64())
+        since = pc.max(micros).as_py() - (layout.lookback - 1) * layout.step_us
+        return rows.filter(pc.greater_equal(micros, since))
