@@ -110,3 +110,19 @@ def test_each_job_runs_its_stage_and_rejects_options_that_are_not_its_own(
         err = capsys.readouterr().err
         assert f"Usage: rayops {stage} " in err and "No such option" in err, (job, err)
         assert option.split("=")[0] in err, (job, err)
+
+
+def test_demo_names_the_workloads_it_has_and_the_forecasting_config_loads():
+    from typer.testing import CliRunner
+
+    from rayops.cli import app
+    from rayops.config import load_config
+    from rayops.demo import config_path
+
+    result = CliRunner().invoke(app, ["demo", "--workload", "weather"])
+    assert result.exit_code == 2
+    shown = " ".join(result.output.replace("│", " ").split())  # unboxed, unwrapped
+    assert "'weather'; use one of classification, forecasting" in shown
+    cfg = load_config(config_path("demand"))
+    assert cfg.data.task == "forecasting" and cfg.target_metric == ("valid_mae", "min")
+    assert cfg.data.forecast.lookback == 168 and cfg.tune.enabled

@@ -191,13 +191,21 @@ def demo(
         "--operate", help="Then a later month with a shift arrives and is served with "
         "feedback; one operate cycle finds the drift, retrains, gates, shadows and "
         "promotes.")] = False,
+    workload: Annotated[str, typer.Option(
+        help="classification: customer churn from CSV exports; forecasting: hourly demand "
+        "per city zone, a day ahead.")] = "classification",
     overrides: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Generate demo data, run the whole pipeline, and query the served model over HTTP."""
+    from rayops.demo import WORKLOADS
+
+    if workload not in WORKLOADS:
+        raise typer.BadParameter(f"{workload!r}; use one of {', '.join(WORKLOADS)}",
+                                 param_hint="--workload")
     from rayops.demo.run import run_demo
 
     output = setup_logging(verbose)
     run_demo(rows=rows, seed=seed, port=port, keep_running=keep_running,
-             overrides=overrides or [], output=output, operate=operate)
+             overrides=overrides or [], output=output, operate=operate, workload=workload)
     logs_line(output)

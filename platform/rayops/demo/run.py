@@ -13,7 +13,8 @@ from rayops import demo
 from rayops.config import PipelineConfig, load_config
 from rayops.data.ingest import file_source
 from rayops.demo import churn
-from rayops.errors import ServeError
+from rayops.demo import forecasting as demand_demo
+from rayops.errors import ConfigError, ServeError
 from rayops.runtime import Output, connect
 
 if TYPE_CHECKING:
@@ -34,41 +35,56 @@ SAMPLE_RECORDS = [
 
 
 def run_demo(rows: int, seed: int, port: int, keep_running: bool, overrides: list[str],
-             output: Output | None = None, operate: bool = False) -> None:
-    """Run the packaged churn demo from the current directory (./lake, ./mlflow); with
-    ``operate``, then one cycle of the operate loop on a later, shifted month."""
+             output: Output | None = None, operate: bool = False,
+             workload: str = "classification") -> None:
+    """Run a packaged demo from the current directory (./lake, ./mlflow): the churn
+    classifier, or with ``workload="forecasting"`` the hourly demand forecaster; with
+    ``operate`` (churn), then one cycle of the operate loop on a later, shifted month."""
     from rayops.demo.operate import OPERATE_OVERRIDES, run_operate
     from rayops.pipeline import run_pipeline
     from rayops.serve import wait_ready
 
+    forecasting = workload == "forecasting"
+    if operate and forecasting:
+        raise ConfigError("--operate runs on the churn demo; leave out --workload")
     extra = OPERATE_OVERRIDES if operate else []
-    cfg = load_config(demo.config_path(), [f"serve.port={port}", *extra, *overrides])
+    cfg = load_config(demo.config_path(demo.WORKLOADS[workload]),
+                      [f"serve.port={port}", *extra, *overrides])
     raw = file_source(cfg).location
     if not raw.list_files():
-        logger.info("Writing %d rows of synthetic churn data to %s", rows, raw.uri)
-        churn.write(churn.generate(rows, seed), raw)
+        logger.info("Writing synthetic %s data to %s", workload, raw.uri)
+        if forecasting:
+            demand_demo.write_data(raw, seed)
+        else:
+            churn.write(churn.generate(rows, seed), raw)
     connect(cfg, output)
     result = run_pipeline(cfg)
     assert result.url is not None
     wait_ready(result.url)
-    response = requests.post(f"{result.url}/predict", json={"records": SAMPLE_RECORDS},
-                             timeout=30)
+    route, body = (("forecast", demand_demo.request(result, seed)) if forecasting
+                   else ("predict", {"records": SAMPLE_RECORDS}))
+    response = requests.post(f"{result.url}/{route}", json=body, timeout=30)
     if response.status_code != 200:
         raise ServeError(f"the served model answered HTTP {response.status_code}: "
                          f"{response.text[:300]}")
-    _show(cfg, result, response.json())
+    if forecasting:
+        demand_demo.show(cfg, result, body, response.json())
+    else:
+        _show(cfg, result, response.json())
     if operate:
         run_operate(cfg, result.url, rows)  # a month as large as the first
+    curl = demand_demo.curl(result.url, body) if forecasting else _curl(result.url)
     if keep_running:
-        print(f"Serving at {result.url}; try:\n  {_curl(result.url)}\nPress Ctrl-C to stop.")
+        print(f"Serving at {result.url}; try:\n  {curl}\nPress Ctrl-C to stop.")
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
     else:
-        print("To keep it serving: .venv/bin/rayops demo --keep-running, then\n  "
-              + _curl(result.url))
+        flag = " --workload forecasting" if forecasting else ""
+        print(f"To keep it serving: .venv/bin/rayops demo{flag} --keep-running, then\n  "
+              + curl)
     # No serve.shutdown(): leaving the process stops the local cluster, Serve included
     # (shutting Serve down first only adds a raylet warning about its controller).
 
