@@ -26,7 +26,7 @@ from rayops.data.series import (
     off_grid,
     panel,
 )
-from rayops.data.validate import ERROR, validate_records
+from rayops.data.validate import first_error, validate_records
 from rayops.errors import DataError
 from rayops.predict import Predictor
 
@@ -61,10 +61,9 @@ def _typed(records: Sequence[Mapping[str, Any]], predictor: Predictor, columns: 
            what: str) -> pa.Table:
     specs = {n: predictor.schema[n] for n in columns}
     typed = validate_records(records, specs)
-    errors = typed.column(ERROR).to_pylist()
-    bad = next((i for i, e in enumerate(errors) if e is not None), None)
+    bad = first_error(typed)
     if bad is not None:
-        raise DataError(f"{what}[{bad}]: {errors[bad]}")
+        raise DataError(f"{what}[{bad[0]}]: {bad[1]}")
     return typed
 
 

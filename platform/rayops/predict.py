@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from rayops.config import ColumnSpec
 from rayops.data.preprocess import Preprocessor
-from rayops.data.validate import ERROR, validate_frame, validate_records
+from rayops.data.validate import first_error, validate_frame, validate_records
 from rayops.errors import DataError, PredictionError
 from rayops.models import Bundle
 
@@ -56,11 +56,9 @@ class Predictor:
         return self._checked(validate_frame(records[self.features], self.feature_specs))
 
     def _checked(self, typed: pa.Table) -> np.ndarray:
-        errors = typed.column(ERROR)
-        if errors.null_count < len(errors):
-            listed = errors.to_pylist()
-            first = next(i for i, e in enumerate(listed) if e is not None)
-            raise DataError(f"record {first}: {listed[first]}")
+        bad = first_error(typed)
+        if bad is not None:
+            raise DataError(f"record {bad[0]}: {bad[1]}")
         return self.preprocessor.transform(typed)
 
     def outputs(self, x: np.ndarray) -> np.ndarray:

@@ -28,8 +28,8 @@ from rayops.data import stats
 from rayops.data import table as delta
 from rayops.data.curate import PartResult, PartSummary, quarantine_rows
 from rayops.data.preprocess import Preprocessor, fit
-from rayops.data.series import SeriesLayout, all_examples, fit_layout
-from rayops.data.validate import ERROR, RAW, SOURCE_FILE, SOURCE_ROW, SPLIT
+from rayops.data.series import all_examples, fit_layout
+from rayops.data.validate import ERROR, RAW, SOURCE_FILE, SOURCE_ROW
 from rayops.errors import DataError
 from rayops.storage import Location
 
@@ -87,8 +87,7 @@ def _duplicates(existing: pa.Table | None, parts: list[pa.Table], data: DataConf
 def _quarantined(rows: pa.Table, data: DataConfig) -> pa.Table:
     f = data.forecast
     assert f is not None
-    records = rows.drop_columns([SPLIT]).to_pylist() if SPLIT in rows.column_names else \
-        rows.to_pylist()
+    records = rows.to_pylist()
     reasons = [f"{f.timestamp}: duplicate of an observation of the same series and step "
                f"('{_describe(r, data)}')" for r in records]
     raw = [json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, default=str)
@@ -115,8 +114,7 @@ def drop_duplicates(result: PartResult, existing: pa.Table | None, rows: Locatio
         kept = part.filter(pa.array(~mark))
         if kept.num_rows:
             files.append(delta.action_to_dict(delta.write_file(
-                rows, kept.drop_columns([SPLIT]) if SPLIT in kept.column_names else kept,
-                action["partition_values"])))
+                rows, kept, action["partition_values"])))
         quarantined.append(delta.action_to_dict(delta.write_file(
             quarantine, _quarantined(part.filter(pa.array(mark)), data))))
     s = result.summary
@@ -145,8 +143,7 @@ def settled(result: PartResult, existing: pa.Table | None, rows: Location,
 def observations(result: PartResult, existing: pa.Table | None, rows: Location
                  ) -> pa.Table:
     """The version's observations: those kept before and this part's."""
-    tables = [t.drop_columns([SPLIT]) if SPLIT in t.column_names else t
-              for t in _read(rows, result.rows_files)]
+    tables = _read(rows, result.rows_files)  # a part's files hold no split column
     if existing is not None and existing.num_rows:
         tables.insert(0, existing.select(tables[0].column_names) if tables else existing)
     return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
@@ -188,6 +185,3 @@ def fit_series(observed: pa.Table, data: DataConfig) -> Preprocessor:
               "valid": len(layout.levels) * data.forecast.validation_steps}  # type: ignore[union-attr]
     return replace(pre, series={"layout": layout.to_dict(), "examples": counts})
 
-
-def layout_of(pre: Preprocessor) -> SeriesLayout | None:
-    return SeriesLayout.from_dict(pre.series["layout"]) if pre.series else None

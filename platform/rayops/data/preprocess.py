@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from statistics import NormalDist
 from typing import Any
@@ -89,8 +89,7 @@ class Preprocessor:
         layout = SeriesLayout.from_dict(self.series["layout"])
         start = (rows.schema.metadata or {}).get(VALIDATION_KEY)
         if start is not None:
-            layout = SeriesLayout.from_dict({**layout.to_dict(),
-                                             "validation_start": start.decode()})
+            layout = replace(layout, validation_start=start.decode())
         return all_examples(rows, layout, split)
 
     def example_dataset(self, rows: Any, split: str) -> Any:

@@ -226,6 +226,16 @@ def validate_records(records: Sequence[Mapping[str, Any]], columns: Mapping[str,
     return validate_table(pa.table(arrays), columns, label)
 
 
+def first_error(typed: pa.Table) -> tuple[int, str] | None:
+    """The first row :func:`validate_table` rejected, and why (None: every row is valid)."""
+    errors = typed.column(ERROR)
+    if errors.null_count == len(errors):
+        return None
+    listed = errors.to_pylist()
+    first = next(i for i, e in enumerate(listed) if e is not None)
+    return first, listed[first]
+
+
 def error_kind(reason: str) -> str:
     """The reason without the offending value: ``age: below min 18.0`` for counting."""
     return reason.split(" ('", 1)[0]

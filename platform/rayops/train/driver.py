@@ -36,6 +36,7 @@ from rayops import tracking
 from rayops.config import PipelineConfig
 from rayops.data.context import data_context
 from rayops.data.preprocess import Preprocessor
+from rayops.data.series import SeriesLayout
 from rayops.data.versions import DatasetVersion, load_version, version_number
 from rayops.errors import TrackingError, TrainingError, one_line, redact
 from rayops.families import family_named
@@ -326,9 +327,12 @@ def model_input(version: DatasetVersion) -> tuple[pd.DataFrame, dict[str, bool]]
     if version.preprocessor.series is None:
         return _input_example(version), {name: not spec["nullable"]
                                          for name, spec in columns.items() if name != label}
-    lookback = version.preprocessor.series["layout"]
-    rows = version.table(version.preprocessor.reads_from("valid"),
-                         limit=max(*lookback["periods"], lookback["lags"]) + 1).to_pandas()
+    layout = SeriesLayout.from_dict(version.preprocessor.series["layout"])
+    first = version.table(version.preprocessor.reads_from("valid"), limit=1)
+    one = version.series_rows({s: first.column(s)[0].as_py() for s in layout.series})
+    # one series' last steps: enough history for its lags, and the step after them
+    rows = one.sort_by(layout.timestamp).to_pandas().tail(layout.lookback + 1)
+    rows = rows.reset_index(drop=True)
     for name, spec in columns.items():
         if spec["type"] == "datetime":
             rows[name] = rows[name].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
