@@ -185,3 +185,11 @@ def forecast_frame(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
             out.append({**(series or {}), layout.timestamp: answer["ts"],
                         "value": answer["value"], **quantiles})
     return pd.DataFrame(out)
+
+
+def step_records(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A forecast request as the prediction log keeps it: one record per future step, the
+    series' columns and the step's timestamp and covariates (what monitoring compares with
+    the training data, and what a step's feedback names by its index)."""
+    series = dict(body.get("series") or {})
+    return [{**series, **step} for step in body["future"]]

@@ -32,7 +32,9 @@ def cfg(tmp_path_factory, serve_port):
         f"storage.root={tmp / 'lake'}", f"tracking.uri=sqlite:///{tmp}/mlflow/mlflow.db",
         "data.forecast.validation=1w", "model.xgboost.max_rounds=150",
         "serve.access_log=false", f"serve.port={serve_port}",
-        "serve.cpus_per_replica=0.1"])
+        "serve.cpus_per_replica=0.1", "serve.mirror_fraction=1.0",
+        "serve.model_poll_interval_s=0.5", "serve.log_flush_interval_s=0.5",
+        "serve.autoscaling.min_replicas=1", "serve.autoscaling.max_replicas=1"])
     demand.write(demand.generate(zone_count=ZONES, weeks=WEEKS), file_source(config).location)
     return config
 
@@ -45,6 +47,13 @@ def dataset(cfg):
 @pytest.fixture(scope="module")
 def trained(cfg, dataset):
     return train_and_register(cfg, dataset, sweep=False)
+
+
+@pytest.fixture(scope="module")
+def url(cfg, trained):
+    from rayops.serve import deploy
+
+    return deploy(cfg)
 
 
 def test_ingest_quarantines_repeated_and_off_grid_observations(dataset):
@@ -134,12 +143,9 @@ def test_the_registered_model_forecasts_a_day_ahead(cfg, dataset, trained):
         forecast(predictor, {"zone": "Z01"}, history, future[1:])
 
 
-def test_the_served_model_answers_forecasts_over_http(cfg, dataset, trained):
+def test_the_served_model_answers_forecasts_over_http(cfg, dataset, trained, url):
     import requests
 
-    from rayops.serve import deploy
-
-    url = deploy(cfg)
     history, future, ahead = _history(cfg, dataset, "Z02")
     body = {"series": {"zone": "Z02"}, "history": history, "future": future}
     answer = requests.post(f"{url}/forecast", json=body, timeout=60)
@@ -172,3 +178,100 @@ def test_the_served_model_answers_forecasts_over_http(cfg, dataset, trained):
     too_far = refused({"future": future + future[:1]})
     assert too_far["loc"] == ["body", "future"]
     assert requests.post(f"{url}/predict", json={"records": [{}]}, timeout=30).status_code == 404
+
+
+def _diverged(cfg, dataset, folder) -> str:
+    """A forecaster whose weights are NaN, registered as a challenger that passed (as if
+    its gate had not looked): every forecast it makes fails."""
+    import torch
+
+    from rayops import tracking
+    from rayops.train.driver import log_bundle
+    from tests.helpers import untrained_bundle
+
+    mlp = cfg.with_overrides({"model.family": "mlp"})
+    run_id = tracking.start_run(mlp.tracking, mlp.experiment_name, "diverged")
+    predictor = Predictor.load(untrained_bundle(mlp, dataset, run_id, folder / "untrained"))
+    with torch.no_grad():
+        for weights in predictor.bundle.model.network.parameters():
+            weights.fill_(float("nan"))
+    uri = log_bundle(mlp, dataset, run_id, predictor.bundle.save(folder / "nan"), "mlp")
+    tracking.end_run(mlp.tracking, run_id)
+    version = tracking.register(cfg.tracking, cfg.model_name, uri, run_id).version
+    tracking.tag_version(cfg.tracking, cfg.model_name, version, {tracking.PASSED_TAG: "true"})
+    tracking.set_alias(cfg.tracking, cfg.model_name, tracking.CHALLENGER, version)
+    return version
+
+
+def test_served_forecasts_are_mirrored_logged_labelled_and_monitored(cfg, dataset, trained,
+                                                                       url, tmp_path):
+    """Each served step is a record of the prediction log: the shadow's forecasts land
+    beside it, a model that fails is answered for by the one before, actuals sent as
+    feedback give live metrics, the monitor compares the steps' inputs with the training
+    data, and the operate loop's window gate leaves forecasts to the validation period."""
+    import datetime as dt
+
+    import requests
+
+    from rayops import tracking
+    from rayops.monitor.feedback import live_metrics, prediction_table, read_frame
+    from rayops.monitor.report import monitor_records, read_window
+    from rayops.operate import Operator
+    from rayops.operate.proving import LOG_COLUMNS
+    from rayops.operate.signals import shadow_stats
+    from rayops.operate.state import CycleState
+    from tests.helpers import wait_for
+
+    since = dt.datetime.now(dt.UTC)
+    champion = str(trained.decision.champion.version)
+    broken = _diverged(cfg, dataset, tmp_path)
+
+    def metadata() -> dict:
+        return requests.get(f"{url}/metadata", timeout=10).json()
+
+    wait_for(lambda: (metadata()["shadow"] or {}).get("model", {}).get("version") == broken,
+             60, what="the diverged challenger loaded as the shadow")
+    history, future, ahead = _history(cfg, dataset, "Z02")
+    body = {"series": {"zone": "Z02"}, "history": history, "future": future}
+    served = requests.post(f"{url}/forecast", json=body, timeout=60,
+                           headers={"X-Request-ID": "fc-mirrored"})
+    assert served.status_code == 200, served.text
+    assert served.json()["model"]["version"] == champion
+
+    def log() -> pd.DataFrame:
+        rows = read_frame(prediction_table(cfg), LOG_COLUMNS, since)
+        return rows[rows["request_id"] == "fc-mirrored"]
+
+    wait_for(lambda: len(log()) == 48, 60, what="the forecast's and the shadow's steps")
+    stats = shadow_stats(log(), broken, "forecasting", 0.1)
+    assert stats.shadow.records == stats.shadow.errors == 24
+
+    tracking.set_alias(cfg.tracking, cfg.model_name, tracking.CHAMPION, broken)  # it serves
+    wait_for(lambda: metadata()["model"]["version"] == broken, 60, what="the swap")
+    failed = requests.post(f"{url}/forecast", json=body, timeout=60)
+    assert failed.status_code == 200 and failed.json()["model"]["version"] == champion
+    assert failed.json()["forecast"] == served.json()["forecast"]
+    assert metadata()["served"]["fallback_answers"] >= 1
+    tracking.set_alias(cfg.tracking, cfg.model_name, tracking.CHAMPION, champion)
+    wait_for(lambda: metadata()["model"]["version"] == champion, 60, what="the swap back")
+
+    actual = ahead["demand"].to_numpy()
+    labels = [{"request_id": "fc-mirrored", "record_index": i, "label": float(a)}
+              for i, a in enumerate(actual)]
+    stored = requests.post(f"{url}/feedback", json={"labels": labels}, timeout=60)
+    assert stored.status_code == 202 and stored.json()["accepted"] == 24
+    live = live_metrics(cfg)[champion]
+    values = np.array([s["value"] for s in served.json()["forecast"]])
+    assert live["labelled"] == 24
+    assert live["live_mae"] == pytest.approx(np.mean(np.abs(values - actual)), rel=1e-4)
+
+    window = read_window(cfg, 1.0)
+    assert len(window) >= 48  # the two forecasts; the shadow's failures are not served
+    report = monitor_records(cfg, window, log=False)
+    assert report.rejected == 0
+    assert {f.name for f in report.report.features} == {"zone", "temp", "holiday",
+                                                        "prediction"}
+
+    state = CycleState(1, "gate", None, {"champion": champion, "challenger": broken})
+    assert Operator(cfg)._gate(state) == "shadow"
+    assert state.facts["window_gate"].startswith("not applicable to forecasting")

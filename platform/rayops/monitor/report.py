@@ -32,6 +32,7 @@ from rayops.errors import DataError
 from rayops.monitor.drift import VERDICT_CODES, DriftReport, DriftThresholds, dataset_drift
 from rayops.monitor.feedback import prediction_table
 from rayops.serve.prediction_log import read_log
+from rayops.tasks import task_of
 
 logger = logging.getLogger(__name__)
 
@@ -93,10 +94,12 @@ def read_window(cfg: PipelineConfig, hours: float) -> pd.DataFrame:
     return frame.astype(object).where(frame.notna(), None)
 
 
-def window_columns(records: pd.DataFrame, schema: dict[str, ColumnSpec], label: str
+def window_columns(records: pd.DataFrame, schema: dict[str, ColumnSpec], label: str,
+                   unmonitored: set[str] | frozenset[str] = frozenset()
                    ) -> tuple[dict[str, list[Any]], int]:
     """The window's values keyed as the profile keys them (datetime features by calendar
-    part), and how many records the schema contract rejected."""
+    part), and how many records the schema contract rejected; ``unmonitored`` columns are
+    checked, not compared."""
     features = {n: s for n, s in schema.items() if n != label}
     missing = [n for n in features if n not in records.columns]
     if missing:
@@ -105,6 +108,8 @@ def window_columns(records: pd.DataFrame, schema: dict[str, ColumnSpec], label: 
     good = typed.filter(pc.is_null(typed.column(ERROR)))
     columns: dict[str, list[Any]] = {}
     for name, spec in features.items():
+        if name in unmonitored:
+            continue
         column = good.column(name)
         if spec.type in ("categorical", "text"):
             columns[name] = pc.cast(column, pa.string()).to_pylist()
@@ -128,7 +133,8 @@ def monitor_records(cfg: PipelineConfig, records: pd.DataFrame, alias: str = "ch
     label = cfg.data.label
     if label in profile:
         profile[PREDICTION] = profile[label]  # predictions against the training labels
-    columns, rejected = window_columns(records, schema, label)
+    columns, rejected = window_columns(records, schema, label,
+                                       task_of(cfg.data.task).unmonitored(cfg.data))
     report = dataset_drift(profile, columns, thresholds_of(cfg))
     result = MonitorResult(model, dataset, rejected, report)
     if log:

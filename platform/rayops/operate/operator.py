@@ -41,6 +41,7 @@ from rayops.operate.state import CycleState, Lease, StateStore, now_iso
 from rayops.pipeline import train_and_register
 from rayops.serve.prediction_log import read_log
 from rayops.storage import root_of
+from rayops.tasks import task_of
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +235,11 @@ class Operator(Proving):
         facts = state.facts
         if (moved := self._world_moved(state, "window gate")) is not None:
             return moved
+        if not task_of(self.cfg.data.task).scores_served_records:
+            facts["window_gate"] = (f"not applicable to {self.cfg.data.task}: the gate "
+                                    "scored both models on the newest validation period")
+            self.say(f"[cycle {state.cycle}] window gate {facts['window_gate']}")
+            return "shadow"
         champion = self._predictor(facts["champion"])
         rows = labelled_window(self.cfg, champion.schema, self.cfg.operate.window_hours)
         if rows.num_rows < self.cfg.operate.window_min_labels:

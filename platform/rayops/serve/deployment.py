@@ -16,9 +16,10 @@ from typing import Any
 
 from ray import serve
 
-from rayops.errors import LabelsNotStored, ServeError, one_line
+from rayops.errors import DataError, LabelsNotStored, ServeError, one_line
 from rayops.families import import_plugins
-from rayops.forecast import Prepared, answer, layout_of, prepare
+from rayops.forecast import Prepared, answer, layout_of, prepare, step_records
+from rayops.predict import Predictor
 from rayops.serve.aliases import AliasFollower, LoadedModel
 from rayops.serve.app import create_app
 from rayops.serve.bodies import AliasState, Health, forecast_model, record_model
@@ -214,21 +215,66 @@ class ModelServer:
                        key: str | None = None) -> dict[str, Any]:
         """The served model's forecast (the canary's, for a canary key) of the steps in
         ``body["future"]``; without ``history`` the series' latest curated observations
-        are read. A DataError (unknown series, too short a history) is the caller's 422."""
-        model, _ = route(self.aliases, key or request_id)
+        are read. A DataError (unknown series, too short a history) is the caller's 422;
+        a model error is answered by the model served before, as for /predict. Each step
+        is a record of the prediction log (its ``record_index``, which feedback names)."""
+        started = time.perf_counter()
+        shadow = self.shadow
+        model, role = route(self.aliases, key or request_id)
+        try:
+            steps = await self._forecast(model, body, batched=role == "champion")
+        except ModelFailed as failure:
+            self._failed(failure.model, role, step_records(body), request_id, failure.error,
+                         started)
+            instead = fallback(self.aliases, failure.model)
+            if instead is None:
+                raise failure.error from None
+            model, role = instead, "fallback"
+            steps = await self._forecast(model, body, batched=False)
+        self.stats["forecasts"] += 1
+        if role != "champion":
+            self.stats[f"{role}_answers"] += 1
+        mirrored = (shadow is not None and role == "champion" and self.mirror is not None
+                    and in_share(None, self.settings.serve.mirror_fraction))
+        if self.log is not None:
+            self.log.record(request_id, model.info.name, model.info.version,
+                            step_records(body), [{"prediction": s["value"]} for s in steps],
+                            (time.perf_counter() - started) * 1e3, role,
+                            sampled=mirrored or None)
+        if mirrored:
+            assert shadow is not None and self.mirror is not None
+            self.mirror.send(shadow, step_records(body), request_id,
+                             lambda predictor: self._shadow_forecast(predictor, body))
+        return {"forecast": steps, "model": model.info.model_dump(), "request_id": request_id}
+
+    async def _forecast(self, model: LoadedModel, body: dict[str, Any], batched: bool
+                        ) -> list[dict[str, Any]]:
         layout = layout_of(model.predictor)
         history = body.get("history")
         if history is None:
             history = await asyncio.to_thread(self.history.rows, layout, body.get("series"))
-        prepared = prepare(model.predictor, body.get("series"), history, body["future"])
-        if self.in_flight > 1 and self.settings.serve.max_batch_size > 1:
-            result = await self.forecast_batch((model, prepared))
-        else:
-            result = answer(model.predictor, [prepared])[0]
+        try:  # a bad request is the caller's (422); anything else is the model's
+            prepared = prepare(model.predictor, body.get("series"), history, body["future"])
+            if batched and self.in_flight > 1 and self.settings.serve.max_batch_size > 1:
+                result = await self.forecast_batch((model, prepared))
+            else:
+                result = answer(model.predictor, [prepared])[0]
+        except DataError:
+            raise
+        except Exception as exc:
+            result = exc
         if isinstance(result, Exception):
-            raise result
-        self.stats["forecasts"] += 1
-        return {"forecast": result, "model": model.info.model_dump(), "request_id": request_id}
+            raise ModelFailed(model, result)
+        return result
+
+    def _shadow_forecast(self, predictor: Predictor, body: dict[str, Any]
+                         ) -> list[dict[str, Any]]:
+        """The shadow's forecast of a mirrored request (in a thread, off the request)."""
+        history = body.get("history")
+        if history is None:
+            history = self.history.rows(layout_of(predictor), body.get("series"))
+        prepared = prepare(predictor, body.get("series"), history, body["future"])
+        return [{"prediction": s["value"]} for s in answer(predictor, [prepared])[0]]
 
     async def feedback(self, labels: list[dict[str, Any]]) -> dict[str, int] | None:
         """Store true labels in the feedback table; returns once they are stored (one commit

@@ -9,9 +9,11 @@ import random
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from rayops.errors import one_line
+from rayops.predict import Predictor
 from rayops.serve.aliases import AliasFollower, LoadedModel
 from rayops.serve.prediction_log import PredictionLog
 
@@ -60,21 +62,27 @@ class Mirror:
         self.running: set[asyncio.Task[None]] = set()
 
     def send(self, shadow: LoadedModel, records: list[dict[str, Any]],
-             request_id: str | None) -> None:
-        """Skipped (and counted) when ``max_in_flight`` mirrors are running already."""
+             request_id: str | None,
+             answers: Callable[[Predictor], list[dict[str, Any]]] | None = None) -> None:
+        """Skipped (and counted) when ``max_in_flight`` mirrors are running already.
+        ``answers``: how the shadow answers the request (a forecast's steps), one answer
+        per record; its predictions of ``records`` by default."""
         if len(self.running) >= self.max_in_flight:
             self.stats["mirror_skipped"] += 1
             return
-        task = asyncio.get_running_loop().create_task(self._call(shadow, records, request_id))
+        call = answers or (lambda predictor: predictor.predict_valid(records))
+        task = asyncio.get_running_loop().create_task(
+            self._call(shadow, records, request_id, call))
         self.running.add(task)
         task.add_done_callback(self.running.discard)
 
     async def _call(self, shadow: LoadedModel, records: list[dict[str, Any]],
-                    request_id: str | None) -> None:
+                    request_id: str | None,
+                    answers: Callable[[Predictor], list[dict[str, Any]]]) -> None:
         predictions, error, took_ms = None, None, 0.0
         try:
             predictions, took_ms = await asyncio.to_thread(
-                timed, shadow.predictor.predict_valid, records)
+                timed, answers, shadow.predictor)
         except Exception as exc:  # a shadow's failure is data for the gate, not an outage
             error = one_line(exc)
             self.stats["shadow_errors"] += 1

@@ -52,6 +52,9 @@ class Task(ABC):
     categorical_label: ClassVar[bool]  # the label is profiled as categories, not numbers
     probabilities: ClassVar[bool]  # models output a probability per class
     feedback_label: ClassVar[Any]  # the annotation of a true label in a /feedback body
+    # A served record can be scored alone with its true label: the operate loop's window
+    # gate scores a challenger and the champion on the labelled served records.
+    scores_served_records: ClassVar[bool] = True
 
     def label_error(self, label: str, label_type: str) -> str | None:
         """Why ``label`` of ``label_type`` cannot be this task's label, or None."""
@@ -59,6 +62,11 @@ class Task(ABC):
             return None
         return (f"task {self.name!r} needs a {self.label_kinds} label; {label!r} is "
                 f"{label_type!r}")
+
+    def unmonitored(self, data: Any) -> set[str]:
+        """Feature columns the drift monitor leaves out (a DataConfig's): served values that
+        are not meant to follow the training data's distribution."""
+        return set()
 
     def data_error(self, data: Any) -> str | None:
         """What the data section (a DataConfig) lacks or has too much of for this task,

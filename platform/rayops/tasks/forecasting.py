@@ -97,6 +97,13 @@ class Forecasting(Task):
     categorical_label = False
     probabilities = False
     feedback_label = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+    # A step needs its series' history to be forecast: the gate scores a challenger on the
+    # validation period instead, which holds the newest actuals once they are ingested.
+    scores_served_records = False
+
+    def unmonitored(self, data: Any) -> set[str]:
+        """The timestamp: a forecast's steps always lie after the training data."""
+        return {data.forecast.timestamp}
 
     def data_error(self, data: Any) -> str | None:
         f = data.forecast
