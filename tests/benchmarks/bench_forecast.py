@@ -10,7 +10,9 @@ with the ``bench`` extra, read here without importing the packages):
   in advance; forecast a day ahead, the last 8 weeks held out;
 - ``taylor``: pmdarima's taylor, half-hourly electricity demand in England and Wales,
   June to August 2000 (Taylor 2003); forecast a day (48 steps) ahead, the last 2 weeks
-  held out.
+  held out;
+- ``generated``: the forecasting demo's hourly demand of 24 zones over 12 weeks, with its
+  config (``rayops demo --workload forecasting``), to compare the families on it too.
 
 Each goes through ``ingest`` and ``run_training`` (each family on its defaults); the
 baseline is fitted on the same training examples (``loss="absolute_error"``, the median,
@@ -83,7 +85,18 @@ def taylor() -> tuple[pd.DataFrame, dict[str, Any]]:
     return frame, {"label": "demand", "columns": columns, "forecast": forecast}
 
 
-DATASETS = {"bikeshare": bikeshare, "taylor": taylor}
+def generated() -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The forecasting demo's data and config (24 zones, 12 weeks, malformed rows too)."""
+    import yaml
+
+    from rayops.demo import config_path, demand
+
+    data = yaml.safe_load(config_path("demand").read_text())["data"]
+    kept = {k: data[k] for k in ("label", "columns", "forecast")}
+    return demand.generate(zone_count=24, weeks=12), kept
+
+
+DATASETS = {"bikeshare": bikeshare, "taylor": taylor, "generated": generated}
 
 
 def _config(root: Path, name: str, data: dict[str, Any], family: str) -> PipelineConfig:

@@ -30,7 +30,8 @@ def cfg(tmp_path_factory, serve_port):
     fresh_tracking_store(tmp / "mlflow" / "mlflow.db")
     config = load_config(config_path("demand"), [
         f"storage.root={tmp / 'lake'}", f"tracking.uri=sqlite:///{tmp}/mlflow/mlflow.db",
-        "data.forecast.validation=1w", "model.xgboost.max_rounds=150",
+        "data.forecast.validation=1w", "model.family=xgboost",
+        "model.xgboost.max_rounds=150",
         "serve.access_log=false", f"serve.port={serve_port}",
         "serve.cpus_per_replica=0.1", "serve.mirror_fraction=1.0",
         "serve.model_poll_interval_s=0.5", "serve.log_flush_interval_s=0.5",

@@ -145,6 +145,29 @@ def test_bad_config_fails_the_job_with_the_key_named(tmp_path, cluster):
                     "'regression' (got 'guess')")
 
 
+def test_a_forecasting_pipeline_runs_as_a_job(tmp_path, cluster):
+    """The forecasting example config (jobs/configs/demand.yaml) through `rayops run` as a
+    Ray job: ingest, training on Ray Train, the gate on valid_mae, the registry."""
+    from rayops.demo import demand
+    from tests.helpers import fresh_tracking_store
+
+    fresh_tracking_store(tmp_path / "mlflow.db")
+    cfg = load_config(REPO / "jobs" / "configs" / "demand.yaml", [
+        f"storage.root={tmp_path / 'lake'}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        "tune.enabled=false", "model.family=xgboost", "model.xgboost.max_rounds=60",
+        "data.forecast.validation=1w"])
+    demand.write(demand.generate(zone_count=3, weeks=4), file_source(cfg).location)
+    result = submit_job(cluster.address, job_dir(tmp_path, cfg), "jobs/pipeline.py",
+                        "pipeline.yaml", "--no-serve", env=cluster.env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-5000:]
+    summary = next(line for line in out.splitlines() if "valid_naive_mae=" in line)
+    assert "valid_mae=" in summary and "valid_mase=" in summary, summary
+    champion = MlflowClient(cfg.tracking.uri).get_model_version_by_alias(cfg.model_name,
+                                                                         "champion")
+    assert champion.tags["rayops.gate.metric"] == "valid_mae", champion.tags
+
+
 def _start(cluster: Session, workdir: Path, submission_id: str, *job: str) -> None:
     """Submit without waiting (retried while the job agent starts)."""
     deadline = time.monotonic() + 120
