@@ -88,3 +88,8 @@ class ServeError(RayopsError):
 
 class LabelsNotStored(ServeError):
     """True labels sent to a replica could not be stored; the sender may send them again."""
+
+
+class HistoryUnavailable(ServeError):
+    """A forecast sent no history and the curated data could not be read: the sender may
+    retry, or send the history."""

@@ -165,6 +165,9 @@ def test_the_served_model_answers_forecasts_over_http(cfg, dataset, trained, url
                                                       "future": tomorrow}, timeout=60)
     assert curated.status_code == 200, curated.text
     assert len(curated.json()["forecast"]) == 24
+    unknown = requests.post(f"{url}/forecast", json={"series": {"zone": "Q9"},
+                                                      "future": tomorrow}, timeout=60)
+    assert unknown.status_code == 422 and "unknown series zone='Q9'" in unknown.text
 
     def refused(change: dict) -> dict:
         response = requests.post(f"{url}/forecast", json={**body, **change}, timeout=60)

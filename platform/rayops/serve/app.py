@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from rayops.errors import DataError, LabelsNotStored
+from rayops.errors import DataError, HistoryUnavailable, LabelsNotStored
 from rayops.serve.bodies import (
     FeedbackResponse,
     ForecastResponse,
@@ -226,7 +226,9 @@ def _forecast_route(app: FastAPI, server: Server) -> None:
               responses={401: {"description": "missing or wrong bearer token"},
                          413: {"description": "body too large"},
                          422: {"description": "invalid body, unknown series or a history "
-                               "too short (what and where named)"}})
+                               "too short (what and where named)"},
+                         503: {"description": "no history sent and the curated data could "
+                               "not be read: send it, or retry"}})
     async def forecast(body: body_model, request: Request) -> Any:  # type: ignore[valid-type]
         try:
             result = await server.forecast(body.model_dump(), request.headers.get(REQUEST_ID),  # type: ignore[attr-defined]
@@ -235,4 +237,6 @@ def _forecast_route(app: FastAPI, server: Server) -> None:
             where = str(exc).split(":", 1)[0].split("[", 1)[0].split(".", 1)[0]
             return _error(422, [{"loc": ["body", where], "msg": str(exc),
                                  "type": "value_error"}])
+        except HistoryUnavailable as exc:
+            return _error(503, str(exc), {"Retry-After": "1"})
         return JSONResponse(result)

@@ -18,7 +18,14 @@ from ray import serve
 
 from rayops.errors import DataError, LabelsNotStored, ServeError, one_line
 from rayops.families import import_plugins
-from rayops.forecast import Prepared, answer, layout_of, prepare, step_records
+from rayops.forecast import (
+    Prepared,
+    answer,
+    layout_of,
+    prepare,
+    series_key,
+    step_records,
+)
 from rayops.predict import Predictor
 from rayops.serve.aliases import AliasFollower, LoadedModel
 from rayops.serve.app import create_app
@@ -251,7 +258,8 @@ class ModelServer:
                         ) -> list[dict[str, Any]]:
         layout = layout_of(model.predictor)
         history = body.get("history")
-        if history is None:
+        if history is None:  # a series the model knows (422 if not), then its curated rows
+            series_key(layout, body.get("series"))
             history = await asyncio.to_thread(self.history.rows, layout, body.get("series"))
         try:  # a bad request is the caller's (422); anything else is the model's
             prepared = prepare(model.predictor, body.get("series"), history, body["future"])

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from rayops.config import StorageConfig
 from rayops.data.series import SeriesLayout
 from rayops.data.versions import DatasetVersion, dataset_location, latest_at
-from rayops.errors import DataError
+from rayops.errors import DataError, HistoryUnavailable, one_line
 
 
 class CuratedHistory:
@@ -38,12 +38,19 @@ class CuratedHistory:
             return self._version
 
     def rows(self, layout: SeriesLayout, series: Mapping[str, Any] | None) -> pa.Table:
-        """The series' observations of the last ``lookback`` steps the data holds."""
-        version = self.latest()
-        if version is None:
+        """The series' observations of the last ``lookback`` steps the data holds. A store
+        that cannot be read is a HistoryUnavailable (the caller's 503), never a model's
+        failure: another model would not read it either."""
+        try:
+            version = self.latest()
+            rows = None if version is None else version.series_rows(dict(series or {}))
+        except Exception as exc:
+            raise HistoryUnavailable(
+                f"history: none sent, and the curated dataset {self.dataset!r} could not be "
+                f"read ({one_line(exc)}): send the series' history, or retry") from None
+        if version is None or rows is None:
             raise DataError(f"history: none sent, and the curated dataset {self.dataset!r} "
                             "has no version to read it from: send the series' history")
-        rows = version.series_rows(dict(series or {}))
         if not rows.num_rows:
             raise DataError(f"history: none sent, and {version.id} holds no observation of "
                             "this series: send its history")
