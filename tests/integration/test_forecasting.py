@@ -211,8 +211,8 @@ def test_served_forecasts_are_mirrored_logged_labelled_and_monitored(cfg, datase
                                                                        url, tmp_path):
     """Each served step is a record of the prediction log: the shadow's forecasts land
     beside it, a model that fails is answered for by the one before, actuals sent as
-    feedback give live metrics, the monitor compares the steps' inputs with the training
-    data, and the operate loop's window gate leaves forecasts to the validation period."""
+    feedback give live metrics, and the monitor compares the steps' inputs with the
+    training data."""
     import datetime as dt
 
     import requests
@@ -220,10 +220,8 @@ def test_served_forecasts_are_mirrored_logged_labelled_and_monitored(cfg, datase
     from rayops import tracking
     from rayops.monitor.feedback import live_metrics, prediction_table, read_frame
     from rayops.monitor.report import monitor_records, read_window
-    from rayops.operate import Operator
     from rayops.operate.proving import LOG_COLUMNS
     from rayops.operate.signals import shadow_stats
-    from rayops.operate.state import CycleState
     from tests.helpers import wait_for
 
     since = dt.datetime.now(dt.UTC)
@@ -276,6 +274,73 @@ def test_served_forecasts_are_mirrored_logged_labelled_and_monitored(cfg, datase
     assert {f.name for f in report.report.features} == {"zone", "temp", "holiday",
                                                         "prediction"}
 
-    state = CycleState(1, "gate", None, {"champion": champion, "challenger": broken})
-    assert Operator(cfg)._gate(state) == "shadow"
-    assert state.facts["window_gate"].startswith("not applicable to forecasting")
+
+
+def test_an_operate_cycle_retrains_on_the_actuals_shadows_and_promotes(cfg, dataset,
+                                                                       trained, url):
+    """One cycle of the loop on the forecaster, under traffic: the actuals sent as feedback
+    retrain it with a sweep ranked on valid_mae, the gate compares on valid_mae (the window
+    gate does not apply), the new model forecasts in shadow beside the champion, then
+    serves; every request answered."""
+    import threading
+    import time
+    from collections import Counter
+
+    import requests
+
+    from rayops import tracking
+    from rayops.operate import Operator
+    from tests.helpers import wait_for
+
+    champion = str(trained.decision.champion.version)
+    operated = cfg.with_overrides({
+        "model.xgboost.max_rounds": 300,  # more rounds than the champion's 150: it improves
+        "operate.sweep": True, "tune.max_concurrent_trials": 2,  # a sweep, on valid_mae
+        "tune.search_space": {"model.xgboost.max_depth": {"type": "choice", "values": [4, 6]}},
+        "operate.min_new_labels": 20, "operate.shadow.min_records": 48,
+        "operate.shadow.max_wait_s": 90, "operate.rollback.watch_s": 0,
+        # a better model's forecasts differ from the champion's, and a shared CPU's latency
+        # is noise: the shadow is judged here on its failures
+        "operate.shadow.min_agreement": 0.0, "operate.shadow.max_p95_latency_ratio": 10})
+    history, future, _ = _history(cfg, dataset, "Z02")
+    body = {"series": {"zone": "Z02"}, "history": history, "future": future}
+    statuses: Counter[int] = Counter()
+    versions: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                answer = session.post(f"{url}/forecast", json=body, timeout=60)
+                statuses[answer.status_code] += 1
+                if answer.status_code == 200:
+                    versions[answer.json()["model"]["version"]] += 1
+                time.sleep(0.05)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    lines: list[str] = []
+    try:
+        state = Operator(operated, say=lines.append, poll_s=0.5).run(cycles=1)
+        facts = state.facts
+        challenger = facts.get("challenger")
+        assert facts["outcome"] == f"v{challenger} promoted to champion", lines
+        wait_for(lambda: versions[challenger] > 0, 60, what="the promoted version answering")
+    finally:
+        stop.set()
+        sender.join(60)
+    assert any("24 new labelled records" in r for r in facts["reasons"]), facts["reasons"]
+    assert facts["champion"] == champion and facts["gate_passed"]
+    assert facts["window_gate"].startswith("not applicable to forecasting")
+    shadow = facts["shadow"]["shadow"]
+    assert shadow["records"] >= 48 and shadow["errors"] == 0, facts["shadow"]
+    assert set(statuses) == {200}, statuses
+    client = tracking.client(cfg.tracking)
+    best = client.get_run(facts["train_run_id"])
+    trials = client.search_runs([best.info.experiment_id], "tags.mlflow.parentRunId = "
+                                f"'{best.data.tags['mlflow.parentRunId']}'")
+    lowest = {t.info.run_id: min(m.value for m in client.get_metric_history(t.info.run_id,
+                                                                            "valid_mae"))
+              for t in trials}
+    assert len(lowest) == 2 and lowest[best.info.run_id] == min(lowest.values())
+    assert facts["challenger_score"] == pytest.approx(lowest[best.info.run_id], rel=1e-4)

@@ -222,7 +222,8 @@ class TuneConfig(_Section):
     max_concurrent_trials: int = Field(1, ge=1, description="Trials running at the same time.")
     metric: str | None = Field(
         None, description="Metric that ranks trials and checkpoints and drives early "
-        "stopping; default valid_f1 (classification), valid_rmse (regression).",
+        "stopping; default valid_f1 (classification), valid_rmse (regression), valid_mae "
+        "(forecasting).",
     )
     mode: Literal["min", "max"] | None = Field(
         None, description="Direction of the metric; default: the direction in which it "
