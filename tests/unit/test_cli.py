@@ -123,6 +123,9 @@ def test_demo_names_the_workloads_it_has_and_the_forecasting_config_loads():
     assert result.exit_code == 2
     shown = " ".join(result.output.replace("│", " ").split())  # unboxed, unwrapped
     assert "'weather'; use one of classification, forecasting" in shown
+    refused = CliRunner().invoke(app, ["demo", "--workload", "forecasting", "--operate"])
+    assert refused.exit_code != 0  # before any data is written or Ray starts
+    assert "--operate runs on the churn demo, not forecasting" in str(refused.exception)
     cfg = load_config(config_path("demand"))
     assert cfg.data.task == "forecasting" and cfg.target_metric == ("valid_mae", "min")
     assert cfg.data.forecast.lookback == 168 and cfg.tune.enabled

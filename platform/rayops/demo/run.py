@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import requests
@@ -19,6 +21,7 @@ from rayops.runtime import Output, connect
 
 if TYPE_CHECKING:
     from rayops.pipeline import PipelineResult
+    from rayops.storage import Location
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,31 @@ SAMPLE_RECORDS = [
 ]
 
 
+@dataclass(frozen=True)
+class Scenario:
+    """What one workload's demo does around the pipeline they share: its data, its request
+    to the served model, and how the answer is shown."""
+
+    route: str  # the served endpoint the demo calls
+    write: Callable[[Location, int, int], None]  # synthetic raw data: (where, rows, seed)
+    request: Callable[[PipelineResult, int], dict[str, Any]]  # the body sent
+    show: Callable[[PipelineConfig, PipelineResult, dict[str, Any], dict[str, Any]], None]
+    curl: Callable[[str, dict[str, Any]], str]  # the same request, for a shell
+    operates: bool = False  # --operate runs a cycle of the loop on it
+
+
+def _scenarios() -> dict[str, Scenario]:
+    return {
+        "classification": Scenario(
+            "predict", lambda raw, rows, seed: churn.write(churn.generate(rows, seed), raw),
+            lambda result, seed: {"records": SAMPLE_RECORDS}, _show,
+            lambda url, body: _curl(url), operates=True),
+        "forecasting": Scenario(
+            "forecast", lambda raw, rows, seed: demand_demo.write_data(raw, seed),
+            demand_demo.request, demand_demo.show, demand_demo.curl),
+    }
+
+
 def run_demo(rows: int, seed: int, port: int, keep_running: bool, overrides: list[str],
              output: Output | None = None, operate: bool = False,
              workload: str = "classification") -> None:
@@ -44,52 +72,51 @@ def run_demo(rows: int, seed: int, port: int, keep_running: bool, overrides: lis
     from rayops.pipeline import run_pipeline
     from rayops.serve import wait_ready
 
-    forecasting = workload == "forecasting"
-    if operate and forecasting:
-        raise ConfigError("--operate runs on the churn demo; leave out --workload")
-    extra = OPERATE_OVERRIDES if operate else []
+    scenario = _scenarios()[workload]
+    if operate and not scenario.operates:
+        raise ConfigError(f"--operate runs on the churn demo, not {workload}: leave out "
+                          "--workload")
     cfg = load_config(demo.config_path(demo.WORKLOADS[workload]),
-                      [f"serve.port={port}", *extra, *overrides])
+                      [f"serve.port={port}", *(OPERATE_OVERRIDES if operate else []),
+                       *overrides])
     raw = file_source(cfg).location
     if not raw.list_files():
         logger.info("Writing synthetic %s data to %s", workload, raw.uri)
-        if forecasting:
-            demand_demo.write_data(raw, seed)
-        else:
-            churn.write(churn.generate(rows, seed), raw)
+        scenario.write(raw, rows, seed)
     connect(cfg, output)
     result = run_pipeline(cfg)
     assert result.url is not None
     wait_ready(result.url)
-    route, body = (("forecast", demand_demo.request(result, seed)) if forecasting
-                   else ("predict", {"records": SAMPLE_RECORDS}))
-    response = requests.post(f"{result.url}/{route}", json=body, timeout=30)
+    body = scenario.request(result, seed)
+    response = requests.post(f"{result.url}/{scenario.route}", json=body, timeout=30)
     if response.status_code != 200:
         raise ServeError(f"the served model answered HTTP {response.status_code}: "
                          f"{response.text[:300]}")
-    if forecasting:
-        demand_demo.show(cfg, result, body, response.json())
-    else:
-        _show(cfg, result, response.json())
+    scenario.show(cfg, result, body, response.json())
     if operate:
         run_operate(cfg, result.url, rows)  # a month as large as the first
-    curl = demand_demo.curl(result.url, body) if forecasting else _curl(result.url)
+    _serving(result.url, scenario.curl(result.url, body), keep_running,
+             "" if workload == "classification" else f" --workload {workload}")
+
+
+def _serving(url: str, curl: str, keep_running: bool, flag: str) -> None:
+    """Keep serving until Ctrl-C, or say how to."""
     if keep_running:
-        print(f"Serving at {result.url}; try:\n  {curl}\nPress Ctrl-C to stop.")
+        print(f"Serving at {url}; try:\n  {curl}\nPress Ctrl-C to stop.")
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
     else:
-        flag = " --workload forecasting" if forecasting else ""
         print(f"To keep it serving: .venv/bin/rayops demo{flag} --keep-running, then\n  "
               + curl)
     # No serve.shutdown(): leaving the process stops the local cluster, Serve included
     # (shutting Serve down first only adds a raylet warning about its controller).
 
 
-def _show(cfg: PipelineConfig, result: PipelineResult, body: dict[str, Any]) -> None:
+def _show(cfg: PipelineConfig, result: PipelineResult, sent: dict[str, Any],
+          body: dict[str, Any]) -> None:
     """The story in a dozen lines: data, model, gate, the served answer."""
     rows = result.dataset.manifest.rows
     champion = result.model.decision.champion
