@@ -163,3 +163,24 @@ def test_metrics_against_the_seasonal_naive_forecast():
     assert m["valid_naive_mae"] == pytest.approx((2 + 10 + 5 + 0) / 4)
     assert m["valid_coverage_80"] == pytest.approx(0.75)  # 20 is above [15, 19]
     assert m["valid_below_p50"] == pytest.approx(0.5)
+
+
+def test_the_values_a_model_reads_share_one_scale():
+    """Lags, each cycle's value and means are all values over the series' level, so they
+    are scaled alike: a feature that barely varied in training (a week's mean over a short,
+    steady history) does not blow up the network's input once it moves (on three weeks of
+    taylor's half-hours, scaled one by one: MASE 11.5; alike: 1.5)."""
+    from rayops.data.observations import fit_series
+
+    frame = _observations(weeks=4)
+    pre = fit_series(pa.Table.from_pandas(frame, preserve_index=False),
+                     DataConfig.model_validate(_data()))
+    layout = series.SeriesLayout.from_dict(pre.series["layout"])
+    states = {f["name"]: f for f in pre.features if f["name"] in layout.value_features}
+    assert set(states) == set(layout.value_features) and "fx.mean_168" in states
+    latest = states["fx.last_0"]
+    for name, state in states.items():
+        assert (state["mean"], state["std"]) == (latest["mean"], latest["std"]), name
+    own = series.all_examples(pa.Table.from_pandas(frame, preserve_index=False), layout,
+                              "train").column("fx.mean_168").to_numpy()
+    assert latest["std"] > 20 * np.nanstd(own)  # its own spread: 20 times narrower

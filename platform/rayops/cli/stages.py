@@ -124,7 +124,10 @@ def deploy(
         return
     cfg, _ = start(config, overrides, base_dir, verbose)
     url = serve.deploy(cfg)
-    typer.echo(f"serving {cfg.model_name}@{cfg.serve.model_alias} at {url}/predict")
+    from rayops.tasks import task_of
+
+    typer.echo(f"serving {cfg.model_name}@{cfg.serve.model_alias} at "
+               f"{url}{task_of(cfg.data.task).route}")
     if (not in_ray_job()) if block is None else block:
         wait_forever()
 
@@ -136,13 +139,14 @@ def run(config: ConfigArg, overrides: SetOpt = None,
         base_dir: BaseDirOpt = None, verbose: VerboseOpt = False) -> None:
     """The whole pipeline: ingest -> train or sweep -> register -> deploy."""
     from rayops.pipeline import run_pipeline
+    from rayops.tasks import task_of
 
     cfg, output = start(config, overrides, base_dir, verbose)
     result = run_pipeline(cfg, deploy=serve)
     typer.echo(result.model.summary())
     logs_line(output)
     if result.url:
-        typer.echo(f"serving at {result.url}/predict")
+        typer.echo(f"serving at {result.url}{task_of(cfg.data.task).route}")
         if block:
             wait_forever()
 

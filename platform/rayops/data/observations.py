@@ -28,7 +28,7 @@ from rayops.data import stats
 from rayops.data import table as delta
 from rayops.data.curate import PartResult, PartSummary, quarantine_rows
 from rayops.data.preprocess import Preprocessor, fit
-from rayops.data.series import all_examples, fit_layout
+from rayops.data.series import SeriesLayout, all_examples, fit_layout
 from rayops.data.validate import ERROR, RAW, SOURCE_FILE, SOURCE_ROW
 from rayops.errors import DataError
 from rayops.storage import Location
@@ -158,6 +158,20 @@ def _sparser(every: int, periods: list[int], factor: int) -> int:
     return stride
 
 
+def _shared_scale(merged: dict[str, Any], layout: SeriesLayout) -> dict[str, Any]:
+    """The statistics the value features (lags, each cycle's value and means) are scaled
+    by: all of them the latest value's, since all are the series' values over its level.
+    Each scaled by its own spread, a feature that barely varied in training (a week's mean
+    over a short history) would blow up the network's input once it moves; in one scale it
+    stays in proportion. Each keeps its own count of missing values."""
+    reference = merged.get(layout.value_features[0], {})
+    for name in layout.value_features[1:]:
+        own = merged.get(name, {})
+        missing = own.get("rows", 0) - own.get("n", 0)
+        merged[name] = {**reference, "rows": reference.get("n", 0) + missing}
+    return merged
+
+
 def fit_series(observed: pa.Table, data: DataConfig) -> Preprocessor:
     """The layout and the preprocessing of the examples, fitted on a sample of the
     training examples (origins spread over every phase of the cycles)."""
@@ -175,7 +189,7 @@ def fit_series(observed: pa.Table, data: DataConfig) -> Preprocessor:
             f"{layout.validation_start}); the data spans too little time")
     specs = {n: ColumnSpec.model_validate(s) for n, s in layout.feature_specs().items()}
     specs[data.label] = ColumnSpec(type="numeric")
-    merged = stats.table_stats(train, specs, data.label, data.task)
+    merged = _shared_scale(stats.table_stats(train, specs, data.label, data.task), layout)
     examples = DataConfig.model_construct(
         label=data.label, task=data.task, columns=specs, features=None, exclude=[],
         null_strategy="impute", scaling=data.scaling)

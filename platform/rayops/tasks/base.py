@@ -52,6 +52,7 @@ class Task(ABC):
     categorical_label: ClassVar[bool]  # the label is profiled as categories, not numbers
     probabilities: ClassVar[bool]  # models output a probability per class
     feedback_label: ClassVar[Any]  # the annotation of a true label in a /feedback body
+    route: ClassVar[str] = "/predict"  # where a served model of this task answers
     # A served record can be scored alone with its true label: the operate loop's window
     # gate scores a challenger and the champion on the labelled served records.
     scores_served_records: ClassVar[bool] = True

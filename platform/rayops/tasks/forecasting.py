@@ -100,6 +100,7 @@ class Forecasting(Task):
     # A step needs its series' history to be forecast: the gate scores a challenger on the
     # validation period instead, which holds the newest actuals once they are ingested.
     scores_served_records = False
+    route = "/forecast"
 
     def unmonitored(self, data: Any) -> set[str]:
         """The timestamp: a forecast's steps always lie after the training data."""
