@@ -227,12 +227,12 @@ class ModelServer:
         is a record of the prediction log (its ``record_index``, which feedback names)."""
         started = time.perf_counter()
         shadow = self.shadow
+        records = step_records(body)  # what the log keeps of it: one record per step
         model, role = route(self.aliases, key or request_id)
         try:
             steps = await self._forecast(model, body, batched=role == "champion")
         except ModelFailed as failure:
-            self._failed(failure.model, role, step_records(body), request_id, failure.error,
-                         started)
+            self._failed(failure.model, role, records, request_id, failure.error, started)
             instead = fallback(self.aliases, failure.model)
             if instead is None:
                 raise failure.error from None
@@ -244,13 +244,13 @@ class ModelServer:
         mirrored = (shadow is not None and role == "champion" and self.mirror is not None
                     and in_share(None, self.settings.serve.mirror_fraction))
         if self.log is not None:
-            self.log.record(request_id, model.info.name, model.info.version,
-                            step_records(body), [{"prediction": s["value"]} for s in steps],
+            self.log.record(request_id, model.info.name, model.info.version, records,
+                            [{"prediction": s["value"]} for s in steps],
                             (time.perf_counter() - started) * 1e3, role,
                             sampled=mirrored or None)
         if mirrored:
             assert shadow is not None and self.mirror is not None
-            self.mirror.send(shadow, step_records(body), request_id,
+            self.mirror.send(shadow, records, request_id,
                              lambda predictor: self._shadow_forecast(predictor, body))
         return {"forecast": steps, "model": model.info.model_dump(), "request_id": request_id}
 
