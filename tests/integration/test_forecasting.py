@@ -278,10 +278,10 @@ def test_served_forecasts_are_mirrored_logged_labelled_and_monitored(cfg, datase
 
 def test_an_operate_cycle_retrains_on_the_actuals_shadows_and_promotes(cfg, dataset,
                                                                        trained, url):
-    """One cycle of the loop on the forecaster, under traffic: the actuals sent as feedback
+    """One cycle of the loop on the forecaster: the actuals sent as feedback
     retrain it with a sweep ranked on valid_mae, the gate compares on valid_mae (the window
     gate does not apply), the new model forecasts in shadow beside the champion, then
-    serves; every request answered."""
+    serves; under traffic from the shadow on, every request answered."""
     import threading
     import time
     from collections import Counter
@@ -315,20 +315,26 @@ def test_an_operate_cycle_retrains_on_the_actuals_shadows_and_promotes(cfg, data
                 statuses[answer.status_code] += 1
                 if answer.status_code == 200:
                     versions[answer.json()["model"]["version"]] += 1
-                time.sleep(0.05)
+                time.sleep(0.1)
 
     sender = threading.Thread(target=traffic, daemon=True)
-    sender.start()
     lines: list[str] = []
+
+    def say(line: str) -> None:  # traffic from the shadow on: training has the CPUs before
+        lines.append(line)
+        if "beside the champion" in line:
+            sender.start()
+
     try:
-        state = Operator(operated, say=lines.append, poll_s=0.5).run(cycles=1)
+        state = Operator(operated, say=say, poll_s=0.5).run(cycles=1)
         facts = state.facts
         challenger = facts.get("challenger")
         assert facts["outcome"] == f"v{challenger} promoted to champion", lines
         wait_for(lambda: versions[challenger] > 0, 60, what="the promoted version answering")
     finally:
         stop.set()
-        sender.join(60)
+        if sender.is_alive():
+            sender.join(60)
     assert any("24 new labelled records" in r for r in facts["reasons"]), facts["reasons"]
     assert facts["champion"] == champion and facts["gate_passed"]
     assert facts["window_gate"].startswith("not applicable to forecasting")
