@@ -63,12 +63,14 @@ def _figures(scores: Scored, history: dict[str, list[tuple[int, float]]]) -> dic
                yticklabels=scores.classes, xlabel="predicted", ylabel="actual",
                title="Confusion matrix (validation)")
         figures["plots/confusion_matrix.png"] = fig
-    else:
+    elif len(scores.actual):  # a recommender's ranks have no predicted-vs-actual
         ax.scatter(scores.actual, scores.predicted, s=4, alpha=0.4)
         low, high = float(np.min(scores.actual)), float(np.max(scores.actual))
         ax.plot([low, high], [low, high], color="black", linewidth=1)
         ax.set(xlabel="actual", ylabel="predicted", title="Predicted vs actual (validation)")
         figures["plots/predicted_vs_actual.png"] = fig
+    else:
+        plt.close(fig)
     return figures
 
 

@@ -19,7 +19,12 @@ Family = Any
 
 _FAMILIES: dict[str, Family] = {}
 # rayops' own, imported when first asked for (xgboost is an optional dependency).
-_BUILT_IN = {"mlp": "rayops.models.mlp", "xgboost": "rayops.models.xgboost"}
+_BUILT_IN = {"mlp": "rayops.models.mlp", "xgboost": "rayops.models.xgboost",
+             "bpr": "rayops.models.recommend", "sasrec": "rayops.models.recommend"}
+# The tasks each of rayops' own families learns, known without importing it.
+BUILT_IN_TASKS = {"mlp": ("classification", "regression", "forecasting"),
+                  "xgboost": ("classification", "regression", "forecasting"),
+                  "bpr": ("recommendation",), "sasrec": ("recommendation",)}
 
 
 def register_family(family: Family) -> Family:
@@ -34,6 +39,13 @@ def register_family(family: Family) -> Family:
 
 def family_names() -> list[str]:
     return sorted({*_BUILT_IN, *_FAMILIES})
+
+
+def tasks_of(name: str) -> tuple[str, ...] | None:
+    """The tasks family ``name`` learns, without importing rayops' own; None for a family
+    that is neither built in nor registered."""
+    family = _FAMILIES.get(name)
+    return tuple(family.tasks) if family is not None else BUILT_IN_TASKS.get(name)
 
 
 def registered(name: str) -> Family | None:

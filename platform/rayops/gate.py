@@ -26,7 +26,6 @@ from rayops.data.versions import DatasetVersion
 from rayops.errors import GateError, ModelFilesMissing, RayopsError
 from rayops.evaluate import score
 from rayops.predict import Predictor
-from rayops.tasks import task_of
 from rayops.tasks.scoring import label_strings
 
 logger = logging.getLogger(__name__)
@@ -103,7 +102,7 @@ def verdict(cfg: PipelineConfig, challenger: dict[str, float], champion: dict[st
     if gain <= 0 or gain < needed:
         return False, (f"{metric} improved by {gain:+.4f}, needs more than 0"
                        + (f" and at least {needed:.4f}" if needed > 0 else ""))
-    directions = task_of(cfg.data.task).metrics
+    directions = cfg.metrics
     for other, allowance in gate.max_regression.items():
         loss = -_improvement(challenger[other], champion[other], directions[other])
         if loss > allowance:

@@ -15,11 +15,14 @@ import pandas as pd
 
 from rayops.forecast import forecast_frame
 from rayops.predict import Predictor
+from rayops.recommend import recommend_frame
 
 
 class RayopsModel(mlflow.pyfunc.PythonModel):
     """Raw records (a DataFrame of feature columns) in, predictions out; for a forecaster,
-    observations of series in, forecasts out (:func:`rayops.forecast.forecast_frame`)."""
+    observations of series in, forecasts out (:func:`rayops.forecast.forecast_frame`); for
+    a recommender, users' interactions in, their top items out
+    (:func:`rayops.recommend.recommend_frame`)."""
 
     def load_context(self, context: Any) -> None:
         self.predictor = Predictor.load(Path(context.artifacts["bundle"]))
@@ -27,6 +30,8 @@ class RayopsModel(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         if self.predictor.preprocessor.series is not None:  # observations in, forecasts out
             return forecast_frame(self.predictor, model_input)
+        if self.predictor.preprocessor.interactions is not None:  # a user's, top items out
+            return recommend_frame(self.predictor, model_input)
         rows = self.predictor.predict(model_input)
         return pd.DataFrame([
             {"prediction": r["prediction"],

@@ -140,7 +140,7 @@ def test_an_unknown_family_or_plugin_is_named_with_its_key():
     raw = _raw()
     raw["model"] = {"family": "forest"}
     with pytest.raises(ConfigError, match=r"model.family: 'forest' is not a known family; "
-                                          r"known: mlp, xgboost"):
+                                          r"known: bpr, mlp, sasrec, xgboost"):
         validate_config(raw)
     raw["model"] = {"family": "centroid", "plugins": ["no_such_plugin"]}
     with pytest.raises(ConfigError, match=r"model.plugins: cannot import 'no_such_plugin'"):

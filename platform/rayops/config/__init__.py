@@ -13,6 +13,7 @@ from rayops.config.loading import load_config, local_paths, parse_overrides, val
 from rayops.config.monitor import MonitorConfig
 from rayops.config.operate import OperateConfig, RollbackConfig, ShadowGateConfig
 from rayops.config.pipeline import PipelineConfig
+from rayops.config.recommend import RecommendConfig
 from rayops.config.serving import AutoscalingConfig, ServeConfig, TrackingConfig
 from rayops.config.training import (
     ChoiceDim,
@@ -42,6 +43,7 @@ __all__ = [
     "OperateConfig",
     "PipelineConfig",
     "RandIntDim",
+    "RecommendConfig",
     "RollbackConfig",
     "SchedulerConfig",
     "SearchDim",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     Field,
@@ -13,6 +13,7 @@ from pydantic_core import PydanticCustomError
 
 from rayops.config.base import _Section
 from rayops.config.forecast import ForecastConfig
+from rayops.config.recommend import RecommendConfig
 from rayops.tasks import task_names, task_of
 
 ColumnType = Literal["numeric", "integer", "categorical", "text", "boolean", "datetime"]
@@ -67,9 +68,21 @@ class DataConfig(_Section):
     format: Literal["csv", "json", "parquet"] = Field(
         "csv", description="File format of the raw files (json means JSON Lines)."
     )
-    label: str = Field(description="The column to predict.")
-    task: str = Field(description="What kind of model: classification or regression (or a "
-                      "task a plugin registers).")
+    label: str = Field(description="The column to predict (for a recommendation task, "
+                       "data.recommend.item: it may be left out).")
+    task: str = Field(description="What kind of model: classification, regression, "
+                      "forecasting or recommendation (or a task a plugin registers).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _item_is_the_label(cls, values: Any) -> Any:
+        """A recommender predicts the item: ``label`` defaults to ``recommend.item``."""
+        if isinstance(values, dict) and "label" not in values:
+            recommend = values.get("recommend")
+            if isinstance(recommend, dict) and "item" in recommend:
+                return {**values, "label": recommend["item"]}
+        return values
+
     @field_validator("task")
     @classmethod
     def _known_task(cls, task: str) -> str:
@@ -129,6 +142,10 @@ class DataConfig(_Section):
     forecast: ForecastConfig | None = Field(
         None, description="The series of a forecasting task (data.task: forecasting): "
         "timestamp, series, frequency, horizon... (see the README's Forecasting section).")
+    recommend: RecommendConfig | None = Field(
+        None, description="The interactions of a recommendation task (data.task: "
+        "recommendation): user, item, timestamp, rating, k... (see the README's "
+        "Recommendations section).")
     vanished_files: Literal["fail", "keep", "drop"] = Field(
         "fail",
         description="A source file an earlier version consumed is gone (lifecycle expiry, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
@@ -14,8 +15,8 @@ from rayops.config.operate import OperateConfig
 from rayops.config.serving import CHALLENGER, ServeConfig, TrackingConfig
 from rayops.config.training import ModelConfig, TrainConfig, TuneConfig
 from rayops.errors import ConfigError
-from rayops.families import registered
-from rayops.tasks import Mode, task_of
+from rayops.families import tasks_of
+from rayops.tasks import Mode, task_names, task_of
 
 
 class PipelineConfig(_Section):
@@ -58,19 +59,31 @@ class PipelineConfig(_Section):
                              f"pipeline; its features: {', '.join(self.data.feature_names)}")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _task_default_family(cls, values: Any) -> Any:
+        """model.family defaults to the task's own (a recommender is no MLP)."""
+        if not isinstance(values, dict) or not isinstance(values.get("data"), dict):
+            return values
+        model = values.get("model") or {}
+        task = values["data"].get("task")
+        if isinstance(model, dict) and "family" not in model and task in task_names():
+            return {**values, "model": {**model, "family": task_of(task).default_family}}
+        return values
+
     @model_validator(mode="after")
     def _family_fits_the_task(self) -> PipelineConfig:
-        family = registered(self.model.family)  # rayops' own learn every task it has
-        if family is not None and self.data.task not in family.tasks:
+        tasks = tasks_of(self.model.family)
+        if tasks is not None and self.data.task not in tasks:
             raise ValueError(f"model.family {self.model.family!r} learns "
-                             f"{', '.join(family.tasks)}, not data.task {self.data.task!r}")
+                             f"{', '.join(tasks)}, not data.task {self.data.task!r}")
         return self
 
     @model_validator(mode="after")
     def _metric_names(self) -> PipelineConfig:
         """Every key that names a metric must name one this task reports, so a typo fails
         here instead of in the workers after the first epoch."""
-        known = task_of(self.data.task).metrics
+        known = self.metrics
         named = {"tune.metric": self.tune.metric, "gate.metric": self.gate.metric}
         named |= {f"gate.max_regression.{m}": m for m in self.gate.max_regression}
         for key, metric in named.items():
@@ -119,15 +132,19 @@ class PipelineConfig(_Section):
     @property
     def target_metric(self) -> tuple[str, Mode]:
         """The metric that ranks checkpoints and trials, with its direction."""
-        task = task_of(self.data.task)
-        metric = self.tune.metric or task.default_metric
-        return metric, task.metrics[metric]
+        metric = self.tune.metric or task_of(self.data.task).default_metric_for(self.data)
+        return metric, self.metrics[metric]
 
     @property
     def gate_metric(self) -> tuple[str, Mode]:
         """The metric the promotion gate compares, with its direction."""
         metric = self.gate.metric or self.target_metric[0]
-        return metric, task_of(self.data.task).metrics[metric]
+        return metric, self.metrics[metric]
+
+    @property
+    def metrics(self) -> Mapping[str, Mode]:
+        """Every metric a run reports, with the direction that is better."""
+        return task_of(self.data.task).metrics_for(self.data)
 
     def with_overrides(self, overrides: dict[str, Any]) -> PipelineConfig:
         """A copy with dotted keys replaced (``{"train.epochs": 3}``), validated again."""

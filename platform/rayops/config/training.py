@@ -35,6 +35,24 @@ class BoostingConfig(_Section):
                               "checkpoint, a step for Tune's scheduler).")
 
 
+class RecommenderModelConfig(_Section):
+    """The recommenders' networks (model.family: bpr or sasrec)."""
+
+    dim: int = Field(64, ge=2, le=4096, description="Width of the user and item "
+                     "embeddings (and of SASRec's attention).")
+    blocks: int = Field(2, ge=1, le=24, description="SASRec's self-attention blocks.")
+    heads: int = Field(1, ge=1, le=64, description="SASRec's attention heads (dim must "
+                       "divide by it).")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="SASRec's dropout on the "
+                           "embeddings and in each block.")
+
+    @model_validator(mode="after")
+    def _heads(self) -> RecommenderModelConfig:
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} does not divide by heads {self.heads}")
+        return self
+
+
 class ModelConfig(_Section):
     # plugins come first: they are imported before family is checked against the registry
     plugins: list[str] = Field(
@@ -43,7 +61,8 @@ class ModelConfig(_Section):
         "in every replica.")
     family: str = Field(
         "mlp", description="mlp: a PyTorch network trained with DDP; xgboost: gradient-"
-        "boosted trees with Ray Train's XGBoostTrainer; or a family a plugin registers.")
+        "boosted trees with Ray Train's XGBoostTrainer; for recommendation (its default: "
+        "sasrec) bpr or sasrec; or a family a plugin registers.")
     hidden_sizes: list[Annotated[int, Field(ge=1, le=8192)]] | None = Field(
         None, min_length=1, description="Width of each hidden layer of the MLP; null sizes "
         "them from the number of inputs (two layers, 256 to 1024 wide).")
@@ -57,6 +76,7 @@ class ModelConfig(_Section):
         "'other' slot included) get a learned embedding in the MLP instead of entering "
         "one-hot; null: one-hot only.")
     xgboost: BoostingConfig = Field(default_factory=BoostingConfig)
+    recommender: RecommenderModelConfig = Field(default_factory=RecommenderModelConfig)
 
     @field_validator("plugins")
     @classmethod

@@ -78,11 +78,13 @@ def validate_batch(raw: pa.Table, data: DataConfig) -> pa.Table:
             dropped = pa.scalar(f"{name}: null dropped (null_strategy=drop)")
             nulls = pc.and_(pc.is_null(typed.column(name)), pc.is_null(error))
             error = pc.if_else(nulls, dropped, error)
-    if data.forecast is None:
-        split = schema.assign_split(typed, list(columns), data.valid_fraction, data.seed)
-    else:  # observations of series: held out by time when examples are built
+    if data.forecast is not None:  # observations of series: held out by time later
         split = np.full(typed.num_rows, "train")
         error = _off_grid(typed, data, error)
+    elif data.recommend is not None:  # interactions: each user's last held out later
+        split = np.full(typed.num_rows, "train")
+    else:
+        split = schema.assign_split(typed, list(columns), data.valid_fraction, data.seed)
     split = np.where(pc.is_valid(error).to_numpy(zero_copy_only=False), "quarantine", split)
     typed = typed.set_column(typed.column_names.index(schema.ERROR), schema.ERROR, error)
     out = {n: typed.column(n) for n in columns}

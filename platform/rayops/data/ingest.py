@@ -30,7 +30,7 @@ from rayops.data import stats
 from rayops.data import table as delta
 from rayops.data.curate import PartSummary, describe, rows_schema, used_columns, write_part
 from rayops.data.manifest import Manifest
-from rayops.data.observations import fit_series, observations, settled
+from rayops.data.observations import fit_interactions, fit_series, observations, settled
 from rayops.data.preprocess import Preprocessor, fit
 from rayops.data.sources import FileSource, Source
 from rayops.data.validate import SPLIT
@@ -207,8 +207,8 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
     logger.info("ingesting %d %sfile(s) from %s", len(todo), "" if rebuild else "new ",
                 source.uri)
     result = write_part(source, todo, rows_location, quarantine_location, cfg.data)
-    existing = None if rebuild or previous is None or cfg.data.forecast is None else \
-        previous.table("train")
+    whole = cfg.data.forecast is not None or cfg.data.recommend is not None
+    existing = None if rebuild or previous is None or not whole else previous.table("train")
     result = settled(result, existing, rows_location, quarantine_location, cfg.data)
     summary = result.summary
     logger.info("%s", describe(summary, reasons=3))
@@ -217,8 +217,12 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
     if rebuild:
         consumed, earlier_stats = {}, []
     merged = stats.merge([*earlier_stats, summary.stats])
-    pre = fit(merged, cfg.data) if cfg.data.forecast is None else \
-        fit_series(observations(result, existing, rows_location), cfg.data)
+    if cfg.data.forecast is not None:
+        pre = fit_series(observations(result, existing, rows_location), cfg.data)
+    elif cfg.data.recommend is not None:
+        pre = fit_interactions(observations(result, existing, rows_location), cfg.data)
+    else:
+        pre = fit(merged, cfg.data)
     version = _commit(cfg, source, table, previous, rebuild, result,
                       {**consumed, **{i["key"]: i for i in todo
                                       if i["path"] not in {f["path"] for f in summary.failed}}},

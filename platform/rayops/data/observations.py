@@ -1,4 +1,4 @@
-"""What an ingest of observations of series does before its commit.
+"""What an ingest of observations of series (or of interactions) does before its commit.
 
 Rows are checked one at a time by the streaming pass; two things need the whole series:
 
@@ -7,6 +7,9 @@ Rows are checked one at a time by the streaming pass; two things need the whole 
 - the layout (:class:`rayops.data.series.SeriesLayout`: the validation period, each
   series' level and MASE scale) and the preprocessing of the examples are fitted on the
   version's observations, and saved in its manifest like a tabular dataset's preprocessing.
+
+Interactions need the whole dataset too: their layout (:class:`InteractionLayout`, the
+catalogue and the users) is fitted on every curated interaction (:func:`fit_interactions`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from rayops.config import ColumnSpec, DataConfig
 from rayops.data import stats
 from rayops.data import table as delta
 from rayops.data.curate import PartResult, PartSummary, quarantine_rows
+from rayops.data.interactions import InteractionLayout, interaction_examples
 from rayops.data.preprocess import Preprocessor, fit
 from rayops.data.series import SeriesLayout, all_examples, fit_layout
 from rayops.data.validate import ERROR, RAW, SOURCE_FILE, SOURCE_ROW
@@ -199,3 +203,30 @@ def fit_series(observed: pa.Table, data: DataConfig) -> Preprocessor:
               "valid": len(layout.levels) * data.forecast.validation_steps}  # type: ignore[union-attr]
     return replace(pre, series={"layout": layout.to_dict(), "examples": counts})
 
+
+
+# Slots travel to the model as float32, exact up to 2**24.
+MAX_SLOTS = 1 << 24
+
+
+def fit_interactions(observed: pa.Table, data: DataConfig) -> Preprocessor:
+    """The layout of every curated interaction: the catalogue, the users, and about how
+    many training and validation examples they give."""
+    layout = InteractionLayout.fit(observed, data)
+    for name, ids in (("items", layout.items), ("users", layout.users)):
+        if len(ids) >= MAX_SLOTS:
+            raise DataError(f"{len(ids)} {name}: rayops ranks at most {MAX_SLOTS - 1:,}")
+    valid = interaction_examples(observed, layout, "valid").num_rows
+    if not valid:
+        raise DataError(
+            f"no user has {layout.min_interactions} positive interactions "
+            f"(data.recommend.min_interactions): nothing to validate a recommender on")
+    train = interaction_examples(observed, layout, "train").num_rows
+    r = data.recommend
+    assert r is not None
+    features = [{"name": r.user, "kind": "id", "ids": len(layout.users)},
+                {"name": r.item, "kind": "id", "ids": len(layout.items)}]
+    return Preprocessor(data.task, data.label, features,
+                        {"k": r.k, "items": layout.items, "history": r.history},
+                        interactions={"layout": layout.to_dict(),
+                                      "examples": {"train": train, "valid": valid}})

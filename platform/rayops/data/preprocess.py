@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayops.config import DataConfig
+from rayops.data.interactions import InteractionLayout, inputs_of, interaction_examples
 from rayops.data.series import VALIDATION_KEY, SeriesLayout, all_examples, example_dataset
 from rayops.data.stats import calendar
 from rayops.data.validate import ARROW_TYPES
@@ -45,10 +46,26 @@ class Preprocessor:
     # Series (a forecasting dataset): how observations become examples, the transform's
     # input ({"layout": SeriesLayout as a dict, "examples": {split: about how many}}).
     series: dict[str, Any] | None = None
+    # Interactions (a recommendation dataset): {"layout": InteractionLayout as a dict,
+    # "examples": {split: about how many}}; examples are built from every interaction.
+    interactions: dict[str, Any] | None = None
 
     @property
     def n_features(self) -> int:
         return len(self.output_columns)
+
+    @property
+    def built(self) -> dict[str, Any] | None:
+        """How examples are built from curated rows (series, interactions), or None:
+        models read the rows themselves."""
+        return self.series or self.interactions
+
+    @property
+    def layout(self) -> InteractionLayout:
+        """A recommendation dataset's layout."""
+        assert self.interactions is not None
+        return InteractionLayout.from_dict(self.interactions["layout"],
+                                           self.label_state["items"])
 
     @property
     def rules(self) -> Task:
@@ -66,24 +83,28 @@ class Preprocessor:
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task, "label": self.label, "features": self.features,
                 "label_state": self.label_state, "output_columns": self.output_columns,
-                "series": self.series}
+                "series": self.series, "interactions": self.interactions}
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> Preprocessor:
         return cls(task=state["task"], label=state["label"], features=list(state["features"]),
                    label_state=dict(state["label_state"]),
                    output_columns=list(state["output_columns"]),
-                   series=state.get("series"))
+                   series=state.get("series"), interactions=state.get("interactions"))
 
     def reads_from(self, split: str) -> str:
         """The curated split whose rows give ``split``'s examples: itself, or for series
-        every observation (they are all curated as 'train'; the time split is made here)."""
-        return split if self.series is None else "train"
+        every observation, for interactions every interaction (they are all curated as
+        'train'; the split, by time, is made here)."""
+        return split if self.built is None else "train"
 
     def examples(self, rows: pa.Table, split: str) -> pa.Table:
         """The rows a model reads for ``split``: curated rows as they are, or for series
         the examples built from their observations (the validation period's start from
-        the rows' metadata when they carry it, else this preprocessing's own)."""
+        the rows' metadata when they carry it, else this preprocessing's own), or for
+        interactions the users' sequences (train) or held-out items (valid)."""
+        if self.interactions is not None:
+            return interaction_examples(rows, self.layout, split)
         if self.series is None:
             return rows
         layout = SeriesLayout.from_dict(self.series["layout"])
@@ -95,12 +116,18 @@ class Preprocessor:
     def example_dataset(self, rows: Any, split: str) -> Any:
         """:meth:`examples` of a Ray Dataset of curated rows, built by Ray Data (for series:
         one task per group of series)."""
+        if self.interactions is not None:
+            raise DataError("interactions are laid out in memory (each user's history "
+                            "whole): load_inputs reads them on the driver")
         if self.series is None:
             return rows
         return example_dataset(rows, SeriesLayout.from_dict(self.series["layout"]), split)
 
     def transform(self, table: pa.Table) -> np.ndarray:
-        """Validated feature columns -> float32 matrix (nulls imputed, unknowns to OTHER)."""
+        """Validated feature columns -> float32 matrix (nulls imputed, unknowns to OTHER);
+        for interactions, the slots of the users and items of the examples."""
+        if self.interactions is not None:
+            return inputs_of(table)
         work = np.zeros((table.num_rows, self.n_features), dtype=np.float64)
         everyone = np.arange(table.num_rows)
         for feat, at, codes, scales in self._plan:

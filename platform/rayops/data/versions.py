@@ -86,9 +86,10 @@ class DatasetVersion:
     def examples(self) -> dict[str, int]:
         """About how many examples each split gives a model: its rows, or for series the
         count estimated when the preprocessing was fitted."""
-        series = self.manifest.preprocessor.get("series")
-        if series:
-            return dict(series["examples"])
+        built = self.manifest.preprocessor.get("series") or \
+            self.manifest.preprocessor.get("interactions")
+        if built:
+            return dict(built["examples"])
         return {"train": self.manifest.rows.train, "valid": self.manifest.rows.valid}
 
     def scored_rows(self) -> pa.Table:
@@ -96,14 +97,17 @@ class DatasetVersion:
         validation split, or for series every observation, carrying the start of the
         validation period (each model builds its own examples of it)."""
         pre = self.preprocessor
-        if pre.series is None:
+        if pre.built is None:
             return self.table("valid")
         rows = self.table(pre.reads_from("valid"))
+        if pre.series is None:  # interactions: each model holds out its own
+            return rows
         start = pre.series["layout"]["validation_start"]
         return rows.replace_schema_metadata({VALIDATION_KEY: start.encode()})
 
-    def series_rows(self, series: Mapping[str, Any]) -> pa.Table:
-        """The observations of one series (its columns' values) in this version."""
+    def rows_where(self, series: Mapping[str, Any]) -> pa.Table:
+        """The rows with these columns' values (a series' observations, a user's
+        interactions) in this version."""
         files = self.split_files(self.preprocessor.reads_from("valid"))
         if not files:
             return pa.table({})

@@ -29,7 +29,7 @@ def write_data(target: Location, seed: int) -> None:
 def request(result: PipelineResult, seed: int) -> dict[str, Any]:
     """The next day after the data, for one zone: no history (the replica reads the
     curated data), the forecast temperatures and holidays of the day."""
-    observed = result.dataset.series_rows({"zone": ZONE}).to_pandas()
+    observed = result.dataset.rows_where({"zone": ZONE}).to_pandas()
     last = observed["ts"].max()
     hours = pd.date_range(last + pd.Timedelta(hours=1), periods=24, freq="h")
     start = pd.Timestamp(demand.START)
@@ -46,7 +46,7 @@ def show(cfg: PipelineConfig, result: PipelineResult, body: dict[str, Any],
     """The story: data, model against seasonal naive, gate, the served forecast."""
     rows, metrics = result.dataset.manifest.rows, result.model.metrics
     champion = result.model.decision.champion
-    observed = result.dataset.series_rows({"zone": ZONE}).to_pandas().set_index("ts")
+    observed = result.dataset.rows_where({"zone": ZONE}).to_pandas().set_index("ts")
     print("\n=== rayops demo: forecasting ===")
     print(f"data:     {result.dataset.id}: {rows.train:,} hourly observations of {ZONES} "
           f"zones, {rows.quarantine:,} quarantined (see `rayops quarantine`)")

@@ -133,6 +133,16 @@ class Family(ABC):
     def load(self, folder: Path, architecture: dict[str, Any]) -> Model:
         """The model a bundle folder holds (its own files, never a pickle)."""
 
+    def network(self, architecture: dict[str, Any]) -> Any:
+        """The PyTorch network, for a family trained by the shared loop
+        (:mod:`rayops.models.torch_loop`)."""
+        raise NotImplementedError(f"family {self.name!r} brings its own loop")
+
+    def objective(self, loop: LoopConfig) -> Any:
+        """What the shared loop minimises and reports for :meth:`network` (see
+        :class:`rayops.models.torch_loop.Objective`)."""
+        raise NotImplementedError(f"family {self.name!r} brings its own loop")
+
     def pip_requirements(self) -> list[str]:
         """What the MLflow model needs installed beyond rayops' own requirements."""
         return []

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from rayops.errors import TrainingError
-from rayops.families import register_family
+from rayops.families import BUILT_IN_TASKS, register_family
 from rayops.models.family import Family
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ class MLPFamily(Family):
     """A PyTorch network trained with DDP (:mod:`rayops.models.torch_loop`)."""
 
     name = "mlp"
-    tasks = ("classification", "regression", "forecasting")
+    tasks = BUILT_IN_TASKS["mlp"]
     step = "epoch"
 
     def architecture(self, cfg: PipelineConfig, n_inputs: int, n_outputs: int,
@@ -163,6 +163,14 @@ class MLPFamily(Family):
         from rayops.models.torch_loop import train_fn_per_worker
 
         return TorchTrainer, train_fn_per_worker
+
+    def network(self, architecture: dict[str, Any]) -> nn.Module:
+        return build_model(architecture)
+
+    def objective(self, loop: Any) -> Any:
+        from rayops.models.torch_loop import Objective
+
+        return Objective(loop.task.torch_loss())
 
     def trained_model(self, folder: Path, architecture: dict[str, Any]) -> MLPModel:
         from rayops.models.checkpoints import CHECKPOINT_FILE

@@ -24,10 +24,10 @@ import torch
 import torch.distributed as dist
 
 from rayops.config import TrainConfig
+from rayops.families import family_named
 from rayops.models.checkpoints import Progress, checkpoint_of, checkpoints_of, restore
 from rayops.models.family import LoopConfig
 from rayops.models.metrics_writer import MetricsWriter
-from rayops.models.mlp import build_model
 from rayops.tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -149,11 +149,33 @@ class ShardLoader:
             yield x[index], y[index]
 
 
+class Objective:
+    """What the loop minimises and reports for a network: the task's loss on its outputs
+    (a recommender brings its own: :class:`rayops.models.recommend.RankingObjective`)."""
+
+    def __init__(self, loss_fn: Any) -> None:
+        self.loss_fn = loss_fn
+
+    @staticmethod
+    def _flat(output: torch.Tensor) -> torch.Tensor:
+        return output.squeeze(1) if output.shape[1] == 1 else output
+
+    def train_loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+                   ) -> torch.Tensor:
+        return self.loss_fn(self._flat(model(x)), y)
+
+    def evaluate(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[torch.Tensor, float]:
+        """The outputs the task's metrics read, and the batch's summed loss."""
+        output = self._flat(model(x).float())
+        return output, float(self.loss_fn(output, y)) * len(y)
+
+
 # --------------------------------------------------------------------------- epochs
 
 
-def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Any,
-                loader: ShardLoader, epoch: int, precision: Precision,
+def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                objective: Objective, loader: ShardLoader, epoch: int, precision: Precision,
                 device: torch.device) -> tuple[float, float]:
     """Mean training loss and the global number of samples seen this epoch."""
     model.train()
@@ -162,8 +184,7 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_f
     for x, y in loader.epoch(epoch, shuffle=True):
         optimizer.zero_grad(set_to_none=True)
         with precision.autocast():
-            output = model(x)
-            loss = loss_fn(output.squeeze(1) if output.shape[1] == 1 else output, y)
+            loss = objective.train_loss(model, x, y)
         precision.step(loss, optimizer)
         loss_total.add_(loss.detach(), alpha=len(y))  # one op, no host sync per batch
         count += len(y)
@@ -172,7 +193,7 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_f
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: ShardLoader, loss_fn: Any, task: Task,
+def evaluate(model: torch.nn.Module, loader: ShardLoader, objective: Objective, task: Task,
              label_state: dict[str, Any], precision: Precision,
              device: torch.device) -> dict[str, float]:
     """Exact validation metrics over all workers' shards (the task's sufficient statistics,
@@ -182,9 +203,8 @@ def evaluate(model: torch.nn.Module, loader: ShardLoader, loss_fn: Any, task: Ta
     loss_sums = np.zeros(2)
     for x, y in loader.epoch(0, shuffle=False):
         with precision.autocast():
-            output = model(x).float()
-        output = output.squeeze(1) if output.shape[1] == 1 else output
-        loss_sums += (float(loss_fn(output, y)) * len(y), len(y))
+            output, loss = objective.evaluate(model, x, y)
+        loss_sums += (loss, len(y))
         shard = task.sufficient_stats(output.cpu().numpy(), y.cpu().numpy(), label_state)
         stats = shard if stats is None else stats + shard
     if stats is None:  # an empty shard: zeros of the right shape, so the all-reduce matches
@@ -206,7 +226,7 @@ class Worker:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    loss_fn: Any
+    objective: Objective
     loaders: tuple[ShardLoader, ShardLoader]
     precision: Precision
     device: torch.device
@@ -223,14 +243,15 @@ def _worker(loop: LoopConfig) -> Worker:
     device = ray.train.torch.get_device()
     if device.type == "cpu":  # as many intra-op threads as CPUs the worker reserved
         torch.set_num_threads(max(1, int(train.cpus_per_worker)))
-    model = ray.train.torch.prepare_model(build_model(loop.architecture))
+    family = family_named(loop.architecture["family"])
+    model = ray.train.torch.prepare_model(family.network(loop.architecture))
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate * train.lr_factor,
                                   weight_decay=train.weight_decay)
     scheduler = make_scheduler(optimizer, train, loop.cfg.target_metric[1])
     run = checkpoints_of(loop.cfg, loop.run_name) if loop.run_name else None
     progress = restore(model, optimizer, scheduler, run)
     train_loader, valid_loader, loaded = shard_loaders(loop, device, rank)
-    return Worker(model, optimizer, scheduler, loop.task.torch_loss(),
+    return Worker(model, optimizer, scheduler, family.objective(loop),
                   (train_loader, valid_loader), Precision(train.precision, device), device,
                   progress, rank, loaded)
 
@@ -289,10 +310,10 @@ def run_epoch(w: Worker, epoch: int, loop: LoopConfig) -> dict[str, float]:
     """One epoch of training, then exact validation metrics."""
     train_loader, valid_loader = w.loaders
     started = time.perf_counter()
-    train_loss, samples = train_epoch(w.model, w.optimizer, w.loss_fn, train_loader, epoch,
+    train_loss, samples = train_epoch(w.model, w.optimizer, w.objective, train_loader, epoch,
                                       w.precision, w.device)
     seconds = time.perf_counter() - started
-    results = evaluate(w.model, valid_loader, w.loss_fn, loop.task, loop.label_state,
+    results = evaluate(w.model, valid_loader, w.objective, loop.task, loop.label_state,
                        w.precision, w.device)
     results.update(epoch=epoch + 1, train_loss=train_loss, lr=w.scheduler.get_last_lr()[0],
                    epoch_time_s=seconds, samples_per_s=samples / max(seconds, 1e-9))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rayops.errors import TrainingError
-from rayops.families import register_family
+from rayops.families import BUILT_IN_TASKS, register_family
 from rayops.models.family import Family
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ class XGBoostFamily(Family):
     (:mod:`rayops.models.xgboost_loop`)."""
 
     name = "xgboost"
-    tasks = ("classification", "regression", "forecasting")
+    tasks = BUILT_IN_TASKS["xgboost"]
     step = "round"
 
     def architecture(self, cfg: PipelineConfig, n_inputs: int, n_outputs: int,

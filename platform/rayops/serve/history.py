@@ -43,7 +43,7 @@ class CuratedHistory:
         failure: another model would not read it either."""
         try:
             version = self.latest()
-            rows = None if version is None else version.series_rows(dict(series or {}))
+            rows = None if version is None else version.rows_where(dict(series or {}))
         except Exception as exc:
             raise HistoryUnavailable(
                 f"history: none sent, and the curated dataset {self.dataset!r} could not be "

@@ -1,11 +1,13 @@
 """Tasks, looked up by name: ``classification`` and ``regression`` (:mod:`.tabular`) and
-``forecasting`` (:mod:`.forecasting`) are rayops' own; :func:`register_task` adds another
-(recommendation). See :class:`rayops.tasks.base.Task` for what a task decides."""
+``forecasting`` (:mod:`.forecasting`) and ``recommendation`` (:mod:`.recommendation`) are
+rayops' own; :func:`register_task` adds another. See :class:`rayops.tasks.base.Task` for
+what a task decides."""
 
 from __future__ import annotations
 
 from rayops.tasks.base import LOSSES, Mode, Scored, Task
 from rayops.tasks.forecasting import Forecasting
+from rayops.tasks.recommendation import Recommendation
 from rayops.tasks.tabular import Classification, Regression
 
 __all__ = ["LOSSES", "Mode", "Scored", "Task", "register_task", "task_names", "task_of"]
@@ -37,3 +39,4 @@ def task_of(name: str) -> Task:
 register_task(Classification())
 register_task(Regression())
 register_task(Forecasting())
+register_task(Recommendation())

@@ -53,9 +53,21 @@ class Task(ABC):
     probabilities: ClassVar[bool]  # models output a probability per class
     feedback_label: ClassVar[Any]  # the annotation of a true label in a /feedback body
     route: ClassVar[str] = "/predict"  # where a served model of this task answers
+    default_family: ClassVar[str] = "mlp"  # model.family when the config names none
     # A served record can be scored alone with its true label: the operate loop's window
     # gate scores a challenger and the champion on the labelled served records.
     scores_served_records: ClassVar[bool] = True
+
+    def metrics_for(self, data: Any) -> Mapping[str, Mode]:
+        """The metrics a run on the data section (a DataConfig) reports: :attr:`metrics`,
+        unless their names depend on the config (a recommender's cut-off k)."""
+        return self.metrics
+
+    def default_metric_for(self, data: Any) -> str:
+        return self.default_metric
+
+    def shown_metric_for(self, data: Any) -> str:
+        return self.shown_metric
 
     def label_error(self, label: str, label_type: str) -> str | None:
         """Why ``label`` of ``label_type`` cannot be this task's label, or None."""
@@ -72,8 +84,9 @@ class Task(ABC):
     def data_error(self, data: Any) -> str | None:
         """What the data section (a DataConfig) lacks or has too much of for this task,
         or None."""
-        if getattr(data, "forecast", None) is not None:
-            return f"data.forecast applies to data.task 'forecasting', not {self.name!r}"
+        for section, task in (("forecast", "forecasting"), ("recommend", "recommendation")):
+            if getattr(data, section, None) is not None and task != self.name:
+                return f"data.{section} applies to data.task {task!r}, not {self.name!r}"
         return None
 
     # ---------------------------------------------------------------- labels

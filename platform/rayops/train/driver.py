@@ -101,7 +101,7 @@ def load_inputs(version: DatasetVersion, local_rows: int = LOCAL_LOAD_ROWS) -> M
     run on a small table). A larger one is read by Ray Data across the cluster and
     materialized, so workers read shards without competing with a streaming read for CPUs."""
     state, pre = version.manifest.preprocessor, version.preprocessor
-    if sum(version.examples.values()) <= local_rows:
+    if sum(version.examples.values()) <= local_rows or pre.interactions is not None:
         return ModelInputs({}, {split: ray.put(model_inputs(
             pre.examples(version.table(pre.reads_from(split)), split), state))
             for split in ("train", "valid")})
@@ -324,12 +324,14 @@ def model_input(version: DatasetVersion) -> tuple[pd.DataFrame, dict[str, bool]]
     series (the label given where known, left empty at the steps to forecast)."""
     columns = version.manifest.columns
     label = version.preprocessor.label
+    if version.preprocessor.interactions is not None:
+        return _interactions_example(version)
     if version.preprocessor.series is None:
         return _input_example(version), {name: not spec["nullable"]
                                          for name, spec in columns.items() if name != label}
     layout = SeriesLayout.from_dict(version.preprocessor.series["layout"])
     first = version.table(version.preprocessor.reads_from("valid"), limit=1)
-    one = version.series_rows({s: first.column(s)[0].as_py() for s in layout.series})
+    one = version.rows_where({s: first.column(s)[0].as_py() for s in layout.series})
     # one series' last steps: enough history for its lags, and the step after them
     rows = one.sort_by(layout.timestamp).to_pandas().tail(layout.lookback + 1)
     rows = rows.reset_index(drop=True)
@@ -339,6 +341,19 @@ def model_input(version: DatasetVersion) -> tuple[pd.DataFrame, dict[str, bool]]
     rows.loc[rows.index[-1], label] = None  # the step to forecast
     return rows[list(columns)], {name: not spec["nullable"] and name != label
                                  for name, spec in columns.items()}
+
+
+def _interactions_example(version: DatasetVersion) -> tuple[pd.DataFrame, dict[str, bool]]:
+    """A recommender reads a user's interactions: one user's, as curated."""
+    columns = version.manifest.columns
+    user = version.preprocessor.layout.user
+    first = version.table(version.preprocessor.reads_from("valid"), limit=1)
+    rows = version.rows_where({user: first.column(user)[0].as_py()}).to_pandas()
+    for name, spec in columns.items():
+        if spec["type"] == "datetime":
+            rows[name] = rows[name].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rows[list(columns)].reset_index(drop=True), {
+        name: not spec["nullable"] for name, spec in columns.items()}
 
 
 def run_params(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:

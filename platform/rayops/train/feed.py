@@ -46,7 +46,8 @@ def epoch_line(cfg: PipelineConfig, metrics: dict[str, float]) -> str:
     """``epoch 3/8  loss 0.412 / 0.398  valid_f1 0.662  valid_accuracy 0.781  1.3 s``."""
     metric, _ = cfg.target_metric
     task, family = task_of(cfg.data.task), family_named(cfg.model.family)
-    shown = [m for m in dict.fromkeys([metric, task.shown_metric]) if m in task.metrics]
+    shown = [m for m in dict.fromkeys([metric, task.shown_metric_for(cfg.data)])
+             if m in cfg.metrics]
     scores = "  ".join(f"{m} {metrics[m]:.4f}" for m in shown if m in metrics)
     return (f"{family.step} {int(metrics['epoch'])}/{family.length(cfg)}  loss "
             f"{metrics.get('train_loss', float('nan')):.4f} / "

@@ -1,0 +1,227 @@
+"""Interactions of users with items, laid out for a recommender.
+
+The layout (:class:`InteractionLayout`) is fitted at ingest on every curated interaction
+and saved in the version's manifest, like a tabular dataset's preprocessing: the catalogue
+(every item seen, slot 1..n; slot 0 pads a sequence) and the users (slot 1..m; 0: unknown).
+
+Examples are built from interactions by :func:`interaction_examples`, the same way for
+training, the gate and evaluation (each model with its own layout):
+
+- each user's interactions in time order, an item the user met before dropped (a re-watch
+  is not news); a positive is an interaction rated at least ``min_rating`` (every one
+  without ratings);
+- a user with at least ``min_interactions`` positives has the last one held out for
+  validation; what came later is left out (it happened after it); the rest is training;
+- training examples: each user's positives as sequences of ``history + 1`` slots (the
+  latest first, left-padded), consecutive windows sharing one item, so each step from an
+  item to the next is learned once;
+- validation examples: the user, the last ``history`` training positives, every item met
+  in training (a model never ranks them), the held-out item's slot (-1 when the layout
+  does not know it: a miss) and its rank under the popularity baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rayops.errors import DataError
+from rayops.tasks.recommendation import POPULARITY_RANK, TARGET
+
+USER, SEQUENCE, HISTORY, SEEN = "_user", "_sequence", "_history", "_seen"
+
+
+@dataclass(frozen=True)
+class InteractionLayout:
+    """The columns' roles and the catalogue a model ranks."""
+
+    user: str
+    item: str
+    timestamp: str
+    rating: str | None
+    min_rating: float | None
+    k: int
+    history: int
+    min_interactions: int
+    users: list[str]  # slot i + 1 is users[i]
+    items: list[str]  # slot i + 1 is items[i]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Without the catalogue: the fitted label holds it (a model's answers name it)."""
+        return {k: v for k, v in asdict(self).items() if k != "items"}
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any], items: list[str]) -> InteractionLayout:
+        return cls(**state, items=list(items))
+
+    @classmethod
+    def fit(cls, rows: pa.Table, data: Any) -> InteractionLayout:
+        """The layout of ``data.recommend`` over every curated interaction in ``rows``."""
+        r = data.recommend
+        users = sorted(set(_ids(rows.column(r.user))))
+        items = sorted(set(_ids(rows.column(r.item))))
+        if not items:
+            raise DataError("no interactions to recommend from: the dataset is empty")
+        return cls(r.user, r.item, r.timestamp, r.rating, r.min_rating, r.k, r.history,
+                   r.min_interactions, users, items)
+
+    def slots(self, values: pa.ChunkedArray, known: list[str]) -> np.ndarray:
+        """1-based slots of ``values`` in ``known``; 0 for a value it does not hold."""
+        index = pc.index_in(pc.cast(values, pa.string()), value_set=pa.array(known, pa.string()))
+        return index.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
+
+
+def _ids(column: pa.ChunkedArray) -> list[str]:
+    return pc.cast(column, pa.string()).to_pylist()
+
+
+@dataclass(frozen=True)
+class _Histories:
+    """Each user's deduplicated interactions in time order, as slots, split."""
+
+    user: list[int]  # the user's slot
+    train: list[np.ndarray]  # item slots met in training, in time order (0: unknown)
+    positive: list[np.ndarray]  # which of them are positives
+    held_out: list[int | None]  # the held-out item's slot (0: unknown), or None
+    ids: list[str]  # the user's id
+
+
+def _histories(rows: pa.Table, layout: InteractionLayout, hold_out: bool = True
+               ) -> _Histories:
+    users = pc.cast(rows.column(layout.user), pa.string())
+    codes = pc.dictionary_encode(users).combine_chunks().indices.to_numpy()
+    times = pc.cast(rows.column(layout.timestamp), pa.int64()).to_numpy(zero_copy_only=False)
+    items = layout.slots(rows.column(layout.item), layout.items)
+    item_ids = pc.cast(rows.column(layout.item), pa.string()).to_numpy(zero_copy_only=False)
+    positive = np.ones(rows.num_rows, dtype=bool)
+    if layout.rating is not None and layout.min_rating is not None:
+        ratings = pc.cast(rows.column(layout.rating), pa.float64()).to_numpy(
+            zero_copy_only=False)
+        positive = np.nan_to_num(ratings, nan=-np.inf) >= layout.min_rating
+    user_slots = layout.slots(users, layout.users)
+    user_ids = users.to_numpy(zero_copy_only=False)
+    order = np.lexsort((np.arange(rows.num_rows), times, codes))
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    out = _Histories([], [], [], [], [])
+    for group_all in np.split(order, bounds) if len(order) else []:
+        group = group_all
+        _, first = np.unique(item_ids[group], return_index=True)
+        group = group[np.sort(first)]  # an item met again is not news
+        pos = positive[group]
+        held = None
+        if hold_out and pos.sum() >= layout.min_interactions:
+            last = int(np.flatnonzero(pos)[-1])
+            held, group, pos = int(items[group[last]]), group[:last], pos[:last]
+        out.user.append(int(user_slots[group[0]]) if len(group) else 0)
+        out.train.append(items[group])
+        out.positive.append(pos)
+        out.held_out.append(held)
+        out.ids.append(str(user_ids[group_all[0]]))
+    return out
+
+
+def _windows(sequence: np.ndarray, width: int) -> list[np.ndarray]:
+    """``sequence`` as windows of ``width`` slots from its end, sharing one slot with the
+    next, left-padded with 0."""
+    windows, end = [], len(sequence)
+    while end > 0:
+        start = max(0, end - width)
+        part = sequence[start:end]
+        windows.append(np.pad(part, (width - len(part), 0)))
+        if start == 0:
+            break
+        end = start + 1
+    return windows
+
+
+def popularity_order(h: _Histories, n_items: int) -> np.ndarray:
+    """Each item slot's position when the catalogue is sorted by training positives
+    (most first; ties by slot)."""
+    counts = np.zeros(n_items + 1, dtype=np.int64)
+    for items, pos in zip(h.train, h.positive, strict=True):
+        np.add.at(counts, items[pos], 1)
+    counts[0] = -1  # the padding slot ranks last
+    order = np.lexsort((np.arange(n_items + 1), -counts))
+    position = np.empty(n_items + 1, dtype=np.int64)
+    position[order] = np.arange(n_items + 1)
+    return position
+
+
+def interaction_examples(rows: pa.Table, layout: InteractionLayout, split: str) -> pa.Table:
+    """The examples of ``split`` (see the module's docstring)."""
+    h = _histories(rows, layout)
+    if split == "train":
+        users, sequences = [], []
+        for user, items, pos in zip(h.user, h.train, h.positive, strict=True):
+            known = items[pos & (items > 0)]
+            for window in _windows(known, layout.history + 1):
+                users.append(user)
+                sequences.append(window)
+        return pa.table({USER: pa.array(users, pa.int64()), SEQUENCE: pa.array(
+            sequences, pa.list_(pa.int64(), layout.history + 1))})
+    return _validation(h, layout)
+
+
+def _validation(h: _Histories, layout: InteractionLayout) -> pa.Table:
+    position = popularity_order(h, len(layout.items))
+    columns: dict[str, list[Any]] = {USER: [], HISTORY: [], SEEN: [], TARGET: [],
+                                     POPULARITY_RANK: []}
+    for user, items, pos, held in zip(h.user, h.train, h.positive, h.held_out, strict=True):
+        if held is None:
+            continue
+        seen = np.unique(items[items > 0])
+        recent = items[pos & (items > 0)][-layout.history:]
+        columns[USER].append(user)
+        columns[HISTORY].append(np.pad(recent, (layout.history - len(recent), 0)))
+        columns[SEEN].append(seen)
+        if held > 0:  # its rank among the items the user has not met, by popularity
+            rank = position[held] - int((position[seen] < position[held]).sum())
+        else:
+            rank = len(layout.items)
+        columns[TARGET].append(held if held > 0 else -1)
+        columns[POPULARITY_RANK].append(rank)
+    return pa.table({
+        USER: pa.array(columns[USER], pa.int64()),
+        HISTORY: pa.array(columns[HISTORY], pa.list_(pa.int64(), layout.history)),
+        SEEN: pa.array(columns[SEEN], pa.list_(pa.int64())),
+        TARGET: pa.array(columns[TARGET], pa.int64()),
+        POPULARITY_RANK: pa.array(columns[POPULARITY_RANK], pa.int64())})
+
+
+def inputs_of(table: pa.Table) -> np.ndarray:
+    """Examples -> the model's input rows: ``[user, sequence]`` for training,
+    ``[user, history, seen items (0-padded)]`` for validation."""
+    users = table.column(USER).to_numpy().astype(np.float32)[:, None]
+    if SEQUENCE in table.column_names:
+        return np.hstack([users, _matrix(table.column(SEQUENCE), None)])
+    history = _matrix(table.column(HISTORY), None)
+    return np.hstack([users, history, _matrix(table.column(SEEN), None)])
+
+
+def _matrix(column: pa.ChunkedArray, width: int | None) -> np.ndarray:
+    rows = column.to_pylist()
+    width = width if width is not None else max((len(r) for r in rows), default=0)
+    out = np.zeros((len(rows), max(width, 1)), dtype=np.float32)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
+def ranking_examples(rows: pa.Table, layout: InteractionLayout) -> pa.Table:
+    """What a model ranks for each user of ``rows`` (their interactions so far, nothing
+    held out): the user's id and slot, the last ``history`` positives, every item met."""
+    h = _histories(rows, layout, hold_out=False)
+    recent = [items[pos & (items > 0)][-layout.history:]
+              for items, pos in zip(h.train, h.positive, strict=True)]
+    return pa.table({
+        layout.user: pa.array(h.ids, pa.string()),
+        USER: pa.array(h.user, pa.int64()),
+        HISTORY: pa.array([np.pad(r, (layout.history - len(r), 0)) for r in recent],
+                          pa.list_(pa.int64(), layout.history)),
+        SEEN: pa.array([np.unique(items[items > 0]) for items in h.train],
+                       pa.list_(pa.int64()))})

@@ -1,0 +1,265 @@
+"""Recommenders: networks over user and item slots, trained with DDP by the same loop as
+the MLP (:mod:`rayops.models.torch_loop`), each computing its own loss.
+
+- ``bpr``: matrix factorization (a user embedding against every item's embedding and bias)
+  trained with the BPR loss, one uniformly drawn negative per positive (Rendle et al.
+  2009): the plain baseline.
+- ``sasrec``: self-attention over the user's recent items (Kang & McAuley 2018), causal,
+  trained to predict each next item with cross-entropy over the whole catalogue (the
+  loss Klenitskiy & Vasilev 2023 found to beat sampled negatives); it reads no user id,
+  so a new user's recent items are enough.
+
+Both score every item slot for a user and rank them with the user's seen items (and the
+padding slot) left out: :func:`top_k` gives the ``k`` best slots, then their scores, the
+task's outputs. Input rows are the examples of :mod:`rayops.data.interactions`:
+``[user, sequence of history + 1]`` in training, ``[user, history, seen...]`` otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rayops.families import BUILT_IN_TASKS, register_family
+from rayops.models.family import Family, LoopConfig
+from rayops.models.mlp import WEIGHTS, load_state_dict
+
+if TYPE_CHECKING:
+    from ray.train import Checkpoint
+
+    from rayops.config import PipelineConfig
+
+# Rows scored at once when ranking: keeps the score matrix near 64 Mi floats (256 MiB).
+SCORE_CELLS = 1 << 26
+
+
+def masked(scores: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """Scores with the padding slot and each row's seen slots at -inf."""
+    scores = scores.float().clone()
+    scores[:, 0] = -torch.inf
+    return scores.scatter_(1, seen.long(), -torch.inf)
+
+
+def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """``[slots of the k best, their scores]`` per row (fewer items than k: padded with
+    slot 0 at -inf)."""
+    k_here = min(k, scores.shape[1])
+    best = torch.topk(scores, k_here, dim=1)
+    slots, values = best.indices.float(), best.values
+    if k_here < k:
+        pad = k - k_here
+        slots = F.pad(slots, (0, pad))
+        values = F.pad(values, (0, pad), value=-torch.inf)
+    return torch.cat([slots, values], dim=1)
+
+
+class Recommender(nn.Module):
+    """What both networks share: the catalogue's embeddings and ranking."""
+
+    def __init__(self, n_items: int, dim: int, history: int, k: int) -> None:
+        super().__init__()
+        self.n_items, self.history, self.k = n_items, history, k
+        self.items = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        nn.init.normal_(self.items.weight, std=dim ** -0.5)
+        with torch.no_grad():
+            self.items.weight[0].zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training: the mean loss of the batch's sequences. Otherwise: every item slot's
+        score with the seen ones at -inf."""
+        if self.training:
+            return self.loss(x[:, 0].long(), x[:, 1:].long())
+        history = x[:, 1:1 + self.history].long()
+        return masked(self.scores(x[:, 0].long(), history), x[:, 1 + self.history:])
+
+    def loss(self, users: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def scores(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class BPR(Recommender):
+    """Matrix factorization with the BPR loss."""
+
+    def __init__(self, n_users: int, n_items: int, dim: int, history: int, k: int) -> None:
+        super().__init__(n_items, dim, history, k)
+        self.users = nn.Embedding(n_users + 1, dim)
+        nn.init.normal_(self.users.weight, std=dim ** -0.5)
+        self.bias = nn.Embedding(n_items + 1, 1)
+        nn.init.zeros_(self.bias.weight)
+
+    def _score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return (self.users(users) * self.items(items)).sum(-1) + self.bias(items).squeeze(-1)
+
+    def loss(self, users: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
+        """Every positive of the sequence against a uniformly drawn item."""
+        positive = sequences > 0
+        who = users[:, None].expand_as(sequences)[positive]
+        liked = sequences[positive]
+        other = torch.randint(1, self.n_items + 1, liked.shape, device=liked.device)
+        return -F.logsigmoid(self._score(who, liked) - self._score(who, other)).mean()
+
+    def scores(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return self.users(users) @ self.items.weight.T + self.bias.weight.T
+
+
+class SASRec(Recommender):
+    """Causal self-attention over the recent items; the last position scores the next."""
+
+    def __init__(self, n_items: int, dim: int, history: int, k: int, blocks: int,
+                 heads: int, dropout: float) -> None:
+        super().__init__(n_items, dim, history, k)
+        self.positions = nn.Embedding(history, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim * 2,
+                                           dropout=dropout, batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def encode(self, items: torch.Tensor) -> torch.Tensor:
+        """Hidden states of left-padded item sequences (``[rows, steps, dim]``)."""
+        steps = items.shape[1]
+        at = torch.arange(self.history - steps, self.history, device=items.device)
+        h = self.items(items) * self.items.embedding_dim ** 0.5 + self.positions(at)
+        h = self.dropout(h) * (items > 0).unsqueeze(-1)
+        causal = nn.Transformer.generate_square_subsequent_mask(steps, device=items.device)
+        return self.norm(self.blocks(h, mask=causal, is_causal=True))
+
+    def loss(self, users: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of each next item over the catalogue, where an item precedes it."""
+        inputs, targets = sequences[:, :-1], sequences[:, 1:]
+        h = self.encode(inputs)
+        keep = (inputs > 0) & (targets > 0)
+        logits = h[keep] @ self.items.weight.T
+        logits[:, 0] = -torch.inf
+        return F.cross_entropy(logits, targets[keep])
+
+    def scores(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return self.encode(history)[:, -1] @ self.items.weight.T
+
+
+def build_network(spec: dict[str, Any]) -> Recommender:
+    """A network from the ``architecture`` dict stored in bundles and checkpoints."""
+    if spec["family"] == "bpr":
+        return BPR(spec["n_users"], spec["n_items"], spec["dim"], spec["history"], spec["k"])
+    return SASRec(spec["n_items"], spec["dim"], spec["history"], spec["k"], spec["blocks"],
+                  spec["heads"], spec["dropout"])
+
+
+def rank_batches(network: Recommender, x: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`top_k` of every row, scored a few rows at a time (a large catalogue)."""
+    rows = max(1, SCORE_CELLS // max(network.n_items, 1))
+    return torch.cat([top_k(network(x[i:i + rows]), k) for i in range(0, len(x), rows)]) \
+        if len(x) else torch.zeros((0, 2 * k))
+
+
+class RankingObjective:
+    """How the loop trains and scores a recommender: the network's own loss; on
+    validation, the cross-entropy of the held-out item among the unseen ones and the
+    top-k slots the task's metrics read."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def train_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return model(x)
+
+    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[torch.Tensor, float]:
+        k = self.k
+        network = getattr(model, "module", model)  # DDP's wrapped network
+        rows = max(1, SCORE_CELLS // max(network.n_items, 1))
+        outputs, loss = [], 0.0
+        for at in range(0, len(x), rows):
+            scores = model(x[at:at + rows])
+            target = y[at:at + rows, 0].long()
+            known = target > 0
+            if known.any():
+                loss += float(F.cross_entropy(scores[known], target[known], reduction="sum"))
+            outputs.append(top_k(scores, k))
+        return torch.cat(outputs) if outputs else torch.zeros((0, 2 * k)), loss
+
+
+class RecommenderModel:
+    """A trained recommender as a :class:`rayops.models.family.Model`: its outputs are the
+    top-k slots and scores of each input row."""
+
+    def __init__(self, family: str, network: Recommender) -> None:
+        self.family = family
+        self.network = network.eval()
+
+    def save(self, folder: Path) -> None:
+        torch.save(self.network.state_dict(), folder / WEIGHTS)
+
+    @torch.inference_mode()
+    def outputs(self, x: np.ndarray, probabilities: bool) -> np.ndarray:
+        return rank_batches(self.network, torch.from_numpy(x), self.network.k).numpy()
+
+
+class RecommenderFamily(Family):
+    """A recommender trained by the MLP's loop (its objective: :class:`RankingObjective`)."""
+
+    tasks = BUILT_IN_TASKS["sasrec"]
+    step = "epoch"
+
+    def architecture(self, cfg: PipelineConfig, n_inputs: int, n_outputs: int,
+                     features: list[dict[str, Any]]) -> dict[str, Any]:
+        r, m = cfg.data.recommend, cfg.model.recommender
+        assert r is not None
+        ids = {f["name"]: f["ids"] for f in features if f["kind"] == "id"}
+        return {"family": self.name, "n_users": ids[r.user], "n_items": ids[r.item],
+                "history": r.history, "k": r.k, "dim": m.dim, "blocks": m.blocks,
+                "heads": m.heads, "dropout": m.dropout}
+
+    def length(self, cfg: PipelineConfig) -> int:
+        return cfg.train.epochs
+
+    def trainer(self) -> tuple[Any, Callable[[dict[str, Any]], None]]:
+        from ray.train.torch import TorchTrainer
+
+        from rayops.models.torch_loop import train_fn_per_worker
+
+        return TorchTrainer, train_fn_per_worker
+
+    def network(self, architecture: dict[str, Any]) -> nn.Module:
+        return build_network(architecture)
+
+    def objective(self, loop: LoopConfig) -> RankingObjective:
+        return RankingObjective(int(loop.label_state["k"]))
+
+    def trained_model(self, folder: Path, architecture: dict[str, Any]) -> RecommenderModel:
+        from rayops.models.checkpoints import CHECKPOINT_FILE
+
+        network = build_network(architecture)
+        network.load_state_dict(load_state_dict(folder / CHECKPOINT_FILE)["model"])
+        return RecommenderModel(self.name, network)
+
+    def history(self, cfg: PipelineConfig, run_name: str, newest: Checkpoint | None
+                ) -> list[dict[str, float]]:
+        from rayops.models.checkpoints import checkpoints_of, history_of, latest_state
+
+        return history_of(latest_state(checkpoints_of(cfg, run_name), newest))
+
+    def load(self, folder: Path, architecture: dict[str, Any]) -> RecommenderModel:
+        network = build_network(architecture)
+        network.load_state_dict(load_state_dict(folder / WEIGHTS))
+        return RecommenderModel(self.name, network)
+
+
+class BPRFamily(RecommenderFamily):
+    name = "bpr"
+
+
+class SASRecFamily(RecommenderFamily):
+    name = "sasrec"
+
+
+register_family(BPRFamily())
+register_family(SASRecFamily())
