@@ -96,7 +96,7 @@ def majority_accuracy(version: Any) -> float:
 
 def untrained_bundle(cfg: PipelineConfig, version: Any, run_id: str, folder: Path,
                      seed: int = 0) -> Path:
-    """The bundle a run of ``cfg`` on ``version`` saves, with seeded untrained MLP weights:
+    """The bundle a run of ``cfg`` on ``version`` saves, with seeded untrained weights:
     a registered model for tests of what happens around a model (the gate, the registry),
     without a training run."""
     import torch
@@ -105,5 +105,11 @@ def untrained_bundle(cfg: PipelineConfig, version: Any, run_id: str, folder: Pat
     from rayops.train.driver import architecture, bundle_of
 
     torch.manual_seed(seed)
-    model = MLPModel(build_model(architecture(cfg, version)))
+    shape = architecture(cfg, version)
+    if shape["family"] in ("bpr", "sasrec"):
+        from rayops.models.recommend import RecommenderModel, build_network
+
+        model: Any = RecommenderModel(shape["family"], build_network(shape))
+    else:
+        model = MLPModel(build_model(shape))
     return bundle_of(cfg, version, model, {}, run_id).save(folder)

@@ -12,8 +12,8 @@ from rayops.config import ServeConfig
 from rayops.errors import ModelFilesMissing
 from rayops.serve.aliases import AliasFollower, LoadedModel
 from rayops.serve.bodies import ModelInfo
-from rayops.serve.deployment import ModelFailed, ModelServer
-from rayops.serve.routing import route
+from rayops.serve.deployment import ModelServer
+from rayops.serve.routing import ModelFailed, route
 from rayops.serve.settings import ReplicaSettings
 
 

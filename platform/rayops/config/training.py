@@ -45,6 +45,10 @@ class RecommenderModelConfig(_Section):
                        "divide by it).")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="SASRec's dropout on the "
                            "embeddings and in each block.")
+    objective: Literal["softmax", "sampled"] = Field(
+        "softmax", description="How SASRec learns the next item. softmax: cross-entropy "
+        "over the whole catalogue; sampled: the original SASRec's, the next item against "
+        "one random item (binary cross-entropy), cheaper on a huge catalogue.")
 
     @model_validator(mode="after")
     def _heads(self) -> RecommenderModelConfig:

@@ -23,7 +23,7 @@ training, the gate and evaluation (each model with its own layout):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ from rayops.errors import DataError
 from rayops.tasks.recommendation import POPULARITY_RANK, TARGET
 
 USER, SEQUENCE, HISTORY, SEEN = "_user", "_sequence", "_history", "_seen"
+POPULAR = 1000  # the popular items kept for users a model cannot rank (the fallback)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class InteractionLayout:
     history: int
     min_interactions: int
     users: list[str]  # slot i + 1 is users[i]
+    popular: list[list[Any]]  # [item, positives] of the most popular items, most first
     items: list[str]  # slot i + 1 is items[i]
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,8 +69,15 @@ class InteractionLayout:
         items = sorted(set(_ids(rows.column(r.item))))
         if not items:
             raise DataError("no interactions to recommend from: the dataset is empty")
-        return cls(r.user, r.item, r.timestamp, r.rating, r.min_rating, r.k, r.history,
-                   r.min_interactions, users, items)
+        layout = cls(r.user, r.item, r.timestamp, r.rating, r.min_rating, r.k, r.history,
+                     r.min_interactions, users, [], items)
+        h = _histories(rows, layout, hold_out=False)
+        counts = np.zeros(len(items) + 1, dtype=np.int64)
+        for slots, pos in zip(h.train, h.positive, strict=True):
+            np.add.at(counts, slots[pos], 1)
+        order = np.lexsort((np.arange(len(counts)), -counts))[:POPULAR + 1]
+        popular = [[items[s - 1], int(counts[s])] for s in order if s > 0][:POPULAR]
+        return replace(layout, popular=popular)
 
     def slots(self, values: pa.ChunkedArray, known: list[str]) -> np.ndarray:
         """1-based slots of ``values`` in ``known``; 0 for a value it does not hold."""
@@ -101,8 +110,8 @@ def _histories(rows: pa.Table, layout: InteractionLayout, hold_out: bool = True
     positive = np.ones(rows.num_rows, dtype=bool)
     if layout.rating is not None and layout.min_rating is not None:
         ratings = pc.cast(rows.column(layout.rating), pa.float64()).to_numpy(
-            zero_copy_only=False)
-        positive = np.nan_to_num(ratings, nan=-np.inf) >= layout.min_rating
+            zero_copy_only=False)  # no rating (a click, a session's item): a positive
+        positive = np.isnan(ratings) | (np.nan_to_num(ratings) >= layout.min_rating)
     user_slots = layout.slots(users, layout.users)
     user_ids = users.to_numpy(zero_copy_only=False)
     order = np.lexsort((np.arange(rows.num_rows), times, codes))

@@ -8,5 +8,5 @@ WORKLOADS = {"classification": "churn", "forecasting": "demand"}
 
 
 def config_path(name: str = "churn") -> Path:
-    """Path of a packaged demo pipeline config (``churn`` or ``demand``)."""
+    """Path of a packaged demo pipeline config (``churn``, ``demand`` or ``watching``)."""
     return Path(str(resources.files("rayops.demo").joinpath(f"{name}.yaml")))

@@ -114,8 +114,9 @@ class SASRec(Recommender):
     """Causal self-attention over the recent items; the last position scores the next."""
 
     def __init__(self, n_items: int, dim: int, history: int, k: int, blocks: int,
-                 heads: int, dropout: float) -> None:
+                 heads: int, dropout: float, objective: str = "softmax") -> None:
         super().__init__(n_items, dim, history, k)
+        self.objective = objective
         self.positions = nn.Embedding(history, dim)
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim * 2,
                                            dropout=dropout, batch_first=True, norm_first=True)
@@ -137,6 +138,13 @@ class SASRec(Recommender):
         inputs, targets = sequences[:, :-1], sequences[:, 1:]
         h = self.encode(inputs)
         keep = (inputs > 0) & (targets > 0)
+        if self.objective == "sampled":  # the original SASRec: one random negative each
+            liked = targets[keep]
+            other = torch.randint(1, self.n_items + 1, liked.shape, device=liked.device)
+            state = h[keep]
+            good = (state * self.items(liked)).sum(-1)
+            bad = (state * self.items(other)).sum(-1)
+            return -(F.logsigmoid(good) + F.logsigmoid(-bad)).mean()
         logits = h[keep] @ self.items.weight.T
         logits[:, 0] = -torch.inf
         return F.cross_entropy(logits, targets[keep])
@@ -150,7 +158,7 @@ def build_network(spec: dict[str, Any]) -> Recommender:
     if spec["family"] == "bpr":
         return BPR(spec["n_users"], spec["n_items"], spec["dim"], spec["history"], spec["k"])
     return SASRec(spec["n_items"], spec["dim"], spec["history"], spec["k"], spec["blocks"],
-                  spec["heads"], spec["dropout"])
+                  spec["heads"], spec["dropout"], spec.get("objective", "softmax"))
 
 
 def rank_batches(network: Recommender, x: torch.Tensor, k: int) -> torch.Tensor:
@@ -198,9 +206,19 @@ class RecommenderModel:
     def save(self, folder: Path) -> None:
         torch.save(self.network.state_dict(), folder / WEIGHTS)
 
+    @property
+    def reads_user(self) -> bool:
+        """Whether it ranks by the user's id (a user it never saw cannot be ranked)."""
+        return isinstance(self.network, BPR)
+
     @torch.inference_mode()
     def outputs(self, x: np.ndarray, probabilities: bool) -> np.ndarray:
-        return rank_batches(self.network, torch.from_numpy(x), self.network.k).numpy()
+        return self.top(x, self.network.k)
+
+    @torch.inference_mode()
+    def top(self, x: np.ndarray, k: int) -> np.ndarray:
+        """The top ``k`` slots, then their scores, of each input row."""
+        return rank_batches(self.network, torch.from_numpy(x), k).numpy()
 
 
 class RecommenderFamily(Family):
@@ -216,7 +234,7 @@ class RecommenderFamily(Family):
         ids = {f["name"]: f["ids"] for f in features if f["kind"] == "id"}
         return {"family": self.name, "n_users": ids[r.user], "n_items": ids[r.item],
                 "history": r.history, "k": r.k, "dim": m.dim, "blocks": m.blocks,
-                "heads": m.heads, "dropout": m.dropout}
+                "heads": m.heads, "dropout": m.dropout, "objective": m.objective}
 
     def length(self, cfg: PipelineConfig) -> int:
         return cfg.train.epochs

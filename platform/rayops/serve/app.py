@@ -24,9 +24,12 @@ from rayops.serve.bodies import (
     ForecastResponse,
     Metadata,
     PredictResponse,
+    RecommendRequest,
+    RecommendResponse,
     feedback_model,
     request_model,
 )
+from rayops.tasks import task_of
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,9 @@ class Server(Protocol):
 
     async def forecast(self, body: dict[str, Any], request_id: str | None = None,
                        key: str | None = None) -> dict[str, Any]: ...
+
+    async def recommend(self, body: dict[str, Any], request_id: str | None = None,
+                        key: str | None = None) -> dict[str, Any]: ...
 
     async def feedback(self, labels: list[dict[str, Any]]) -> dict[str, int] | None: ...
 
@@ -82,7 +88,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 REQUEST_ID = "x-request-id"
 ROUTING_KEY = "x-rayops-key"  # sticky canary assignment (a user or session id)
-ROUTES = ("/predict", "/forecast", "/feedback", "/metadata", "/health", "/docs", "/openapi.json")
+ROUTES = ("/predict", "/forecast", "/recommend", "/feedback", "/metadata", "/health", "/docs",
+          "/openapi.json")
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -175,8 +182,11 @@ def create_app(server: Server) -> Any:
     async def metadata() -> dict[str, Any]:
         return server.metadata()
 
-    if server.forecast_body is not None:
+    served = task_of(server.task).route
+    if served == "/forecast":
         _forecast_route(app, server)
+    elif served == "/recommend":
+        _recommend_route(app, server)
     else:
         _predict_route(app, server)
 
@@ -235,6 +245,27 @@ def _forecast_route(app: FastAPI, server: Server) -> None:
                                            request.headers.get(ROUTING_KEY))
         except DataError as exc:
             where = str(exc).split(":", 1)[0].split("[", 1)[0].split(".", 1)[0]
+            return _error(422, [{"loc": ["body", where], "msg": str(exc),
+                                 "type": "value_error"}])
+        except HistoryUnavailable as exc:
+            return _error(503, str(exc), {"Retry-After": "1"})
+        return JSONResponse(result)
+
+
+def _recommend_route(app: FastAPI, server: Server) -> None:
+    """POST /recommend: a user (and the session's recent items) in, the top items out."""
+
+    @app.post("/recommend", response_model=RecommendResponse,
+              responses={401: {"description": "missing or wrong bearer token"},
+                         413: {"description": "body too large"},
+                         422: {"description": "invalid body (what and where named)"},
+                         503: {"description": "the curated data could not be read: retry"}})
+    async def recommend(body: RecommendRequest, request: Request) -> Any:
+        try:
+            result = await server.recommend(body.model_dump(), request.headers.get(REQUEST_ID),
+                                            request.headers.get(ROUTING_KEY))
+        except DataError as exc:
+            where = str(exc).split(":", 1)[0].split("[", 1)[0]
             return _error(422, [{"loc": ["body", where], "msg": str(exc),
                                  "type": "value_error"}])
         except HistoryUnavailable as exc:

@@ -98,6 +98,26 @@ class ForecastStep(BaseModel):
     quantiles: dict[str, float] = Field(description="P10, P50 and P90 (keys 0.1, 0.5, 0.9).")
 
 
+class RecommendRequest(BaseModel):
+    """The /recommend body."""
+
+    model_config = ConfigDict(extra="forbid")
+    user: str = Field(min_length=1, max_length=200, description="The user's id (a string "
+                      "whatever its type in the data).")
+    k: int | None = Field(None, ge=1, le=1000, description="How many items; default: "
+                          "data.recommend.k.")
+    recent_items: list[str] = Field(
+        default_factory=list, max_length=1000,
+        description="Items of the user's session since the data was curated, oldest "
+        "first: they count as interactions (never recommended back).")
+
+
+class RecommendedItem(BaseModel):
+    item: str = Field(description="The item's id.")
+    score: float = Field(description="The model's score (the fallback: the item's share "
+                         "of positives).")
+
+
 class FeedbackItem(BaseModel):
     """A true label for one served record (its type: the task's, see :func:`feedback_model`)."""
 
@@ -149,6 +169,15 @@ class ForecastResponse(BaseModel):
     request_id: str | None = None
 
 
+class RecommendResponse(BaseModel):
+    items: list[RecommendedItem]
+    fallback: bool = Field(description="True: the user could not be ranked (no "
+                           "interactions, or unknown to a model that reads user ids); these "
+                           "are the most popular items the user has not met.")
+    model: ModelInfo
+    request_id: str | None = None
+
+
 class AliasState(BaseModel):
     """Where the alias points, what this replica serves, and why they differ."""
 
@@ -174,7 +203,8 @@ class Metadata(BaseModel):
     model: ModelInfo
     alias_state: AliasState
     task: str
-    family: str = Field(description="The model family: mlp or xgboost.")
+    family: str = Field(description="The model family: mlp, xgboost, bpr, sasrec or a "
+                        "plugin's.")
     dataset: str | None
     target_metric: str | None
     metrics: dict[str, float]

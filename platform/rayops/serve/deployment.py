@@ -16,24 +16,23 @@ from typing import Any
 
 from ray import serve
 
-from rayops.errors import DataError, LabelsNotStored, ServeError, one_line
+from rayops.errors import LabelsNotStored, ServeError, one_line
 from rayops.families import import_plugins
-from rayops.forecast import (
-    Prepared,
-    answer,
-    layout_of,
-    prepare,
-    series_key,
-    step_records,
-)
-from rayops.predict import Predictor
 from rayops.serve.aliases import AliasFollower, LoadedModel
 from rayops.serve.app import create_app
-from rayops.serve.bodies import AliasState, Health, forecast_model, record_model
+from rayops.serve.bodies import (
+    AliasState,
+    Health,
+    RecommendRequest,
+    forecast_model,
+    record_model,
+)
+from rayops.serve.forecasting import Forecasting
 from rayops.serve.history import CuratedHistory
 from rayops.serve.prediction_log import AppendLog, PredictionLog, feedback_row
 from rayops.serve.prometheus import ServeMetrics
-from rayops.serve.routing import Mirror, fallback, in_share, route
+from rayops.serve.recommending import Recommending
+from rayops.serve.routing import Mirror, ModelFailed, fallback, in_share, route
 from rayops.serve.settings import ReplicaSettings, prediction_log, read_token
 
 logger = logging.getLogger(__name__)
@@ -43,15 +42,7 @@ logger = logging.getLogger(__name__)
 FEEDBACK_TIMEOUT_S = 30.0
 
 
-class ModelFailed(Exception):
-    """A model raised on valid input (not bad records): which model, and its error."""
-
-    def __init__(self, model: LoadedModel, error: Exception) -> None:
-        super().__init__(str(error))
-        self.model, self.error = model, error
-
-
-class ModelServer:
+class ModelServer(Forecasting, Recommending):
     """One replica: request handling over the models its :class:`AliasFollower` holds."""
 
     log: PredictionLog | None = None  # set in __init__ when the config keeps a log
@@ -71,6 +62,9 @@ class ModelServer:
         series = served.preprocessor.series  # a forecaster answers /forecast instead
         self.forecast_body = None if series is None else forecast_model(
             served.schema, series["layout"], serve_cfg.max_records_per_request)
+        self.request_body = self.forecast_body or (
+            RecommendRequest if served.preprocessor.interactions is not None
+            else self.record_model)
         self.history = CuratedHistory(self.settings.data_storage, self.settings.dataset,
                                       serve_cfg.model_poll_interval_s or 30.0)
         self.task = served.task  # fixed: a version of other inputs is refused
@@ -81,7 +75,7 @@ class ModelServer:
         self.log, self.labels = prediction_log(self.settings)
         if self.log is not None:
             self.mirror = Mirror(self.log, serve_cfg.max_mirror_in_flight, self.stats)
-        for batched in (self.predict_batch, self.forecast_batch):
+        for batched in (self.predict_batch, self.forecast_batch, self.recommend_batch):
             batched.set_max_batch_size(serve_cfg.max_batch_size)
             batched.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
         if serve_cfg.model_poll_interval_s > 0:
@@ -195,95 +189,6 @@ class ModelServer:
                             (time.perf_counter() - started) * 1e3, role, one_line(exc),
                             sampled=True)
 
-    # ------------------------------------------------------------------ forecasts
-
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def forecast_batch(self, items: list[tuple[LoadedModel, Prepared]]
-                             ) -> list[list[dict[str, Any]] | Exception]:
-        """One transform and model call per model for every forecast in the batch (a
-        request prepared with the model it was routed to is answered by that model)."""
-        self.metrics.batch_size.observe(len(items))
-        self.stats["forecast_batches"] += 1
-        groups: dict[int, list[int]] = {}
-        for i, (model, _) in enumerate(items):
-            groups.setdefault(id(model), []).append(i)
-        out: list[list[dict[str, Any]] | Exception] = [[] for _ in items]
-        for indexes in groups.values():
-            model = items[indexes[0]][0]
-            try:
-                answers = answer(model.predictor, [items[i][1] for i in indexes])
-            except Exception as exc:  # one model's failure is its requests' only
-                answers = [exc] * len(indexes)  # type: ignore[list-item]
-            for i, found in zip(indexes, answers, strict=True):
-                out[i] = found
-        return out
-
-    async def forecast(self, body: dict[str, Any], request_id: str | None = None,
-                       key: str | None = None) -> dict[str, Any]:
-        """The served model's forecast (the canary's, for a canary key) of the steps in
-        ``body["future"]``; without ``history`` the series' latest curated observations
-        are read. A DataError (unknown series, too short a history) is the caller's 422;
-        a model error is answered by the model served before, as for /predict. Each step
-        is a record of the prediction log (its ``record_index``, which feedback names)."""
-        started = time.perf_counter()
-        shadow = self.shadow
-        records = step_records(body)  # what the log keeps of it: one record per step
-        model, role = route(self.aliases, key or request_id)
-        try:
-            steps = await self._forecast(model, body, batched=role == "champion")
-        except ModelFailed as failure:
-            self._failed(failure.model, role, records, request_id, failure.error, started)
-            instead = fallback(self.aliases, failure.model)
-            if instead is None:
-                raise failure.error from None
-            model, role = instead, "fallback"
-            steps = await self._forecast(model, body, batched=False)
-        self.stats["forecasts"] += 1
-        if role != "champion":
-            self.stats[f"{role}_answers"] += 1
-        mirrored = (shadow is not None and role == "champion" and self.mirror is not None
-                    and in_share(None, self.settings.serve.mirror_fraction))
-        if self.log is not None:
-            self.log.record(request_id, model.info.name, model.info.version, records,
-                            [{"prediction": s["value"]} for s in steps],
-                            (time.perf_counter() - started) * 1e3, role,
-                            sampled=mirrored or None)
-        if mirrored:
-            assert shadow is not None and self.mirror is not None
-            self.mirror.send(shadow, records, request_id,
-                             lambda predictor: self._shadow_forecast(predictor, body))
-        return {"forecast": steps, "model": model.info.model_dump(), "request_id": request_id}
-
-    async def _forecast(self, model: LoadedModel, body: dict[str, Any], batched: bool
-                        ) -> list[dict[str, Any]]:
-        layout = layout_of(model.predictor)
-        history = body.get("history")
-        if history is None:  # a series the model knows (422 if not), then its curated rows
-            series_key(layout, body.get("series"))
-            history = await asyncio.to_thread(self.history.rows, layout, body.get("series"))
-        try:  # a bad request is the caller's (422); anything else is the model's
-            prepared = prepare(model.predictor, body.get("series"), history, body["future"])
-            if batched and self.in_flight > 1 and self.settings.serve.max_batch_size > 1:
-                result = await self.forecast_batch((model, prepared))
-            else:
-                result = answer(model.predictor, [prepared])[0]
-        except DataError:
-            raise
-        except Exception as exc:
-            result = exc
-        if isinstance(result, Exception):
-            raise ModelFailed(model, result)
-        return result
-
-    def _shadow_forecast(self, predictor: Predictor, body: dict[str, Any]
-                         ) -> list[dict[str, Any]]:
-        """The shadow's forecast of a mirrored request (in a thread, off the request)."""
-        history = body.get("history")
-        if history is None:
-            history = self.history.rows(layout_of(predictor), body.get("series"))
-        prepared = prepare(predictor, body.get("series"), history, body["future"])
-        return [{"prediction": s["value"]} for s in answer(predictor, [prepared])[0]]
-
     async def feedback(self, labels: list[dict[str, Any]]) -> dict[str, int] | None:
         """Store true labels in the feedback table; returns once they are stored (one commit
         shared by every request waiting then), so a 202 is never lost with the replica.
@@ -318,7 +223,7 @@ class ModelServer:
                 "dataset": meta.get("dataset"), "target_metric": meta.get("target_metric"),
                 "metrics": {k: v for k, v in meta.get("metrics", {}).items()
                             if k.startswith("valid_")},
-                "input_schema": (self.forecast_body or self.record_model).model_json_schema(),
+                "input_schema": self.request_body.model_json_schema(),
                 "shadow": self.shadow_state(),
                 "served": dict(self.stats) | self.log_counts()}
 

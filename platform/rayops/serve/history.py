@@ -1,6 +1,7 @@
-"""The latest curated observations of a series: the history of a /forecast request that
-sends none. The dataset's latest version is looked up at most every ``refresh_s`` seconds;
-a series' rows are read from it on each such request (one series, pushed down to Parquet).
+"""The latest curated rows of a series or a user: the history of a /forecast request that
+sends none, a user's interactions for /recommend. The dataset's latest version is looked up
+at most every ``refresh_s`` seconds; the rows are read from it on each such request (one
+series or user, pushed down to Parquet).
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ class CuratedHistory:
                                           self.dataset)
                 self._looked_at = time.monotonic()
             return self._version
+
+    def rows_of(self, where: Mapping[str, Any]) -> pa.Table:
+        """Every curated row with these columns' values (a user's interactions): none when
+        the dataset has no version yet. A store that cannot be read is a
+        HistoryUnavailable (the caller's 503)."""
+        try:
+            version = self.latest()
+            return pa.table({}) if version is None else version.rows_where(dict(where))
+        except Exception as exc:
+            raise HistoryUnavailable(
+                f"the curated dataset {self.dataset!r} could not be read ({one_line(exc)}): "
+                "retry") from None
 
     def rows(self, layout: SeriesLayout, series: Mapping[str, Any] | None) -> pa.Table:
         """The series' observations of the last ``lookback`` steps the data holds. A store

@@ -18,6 +18,14 @@ from rayops.serve.aliases import AliasFollower, LoadedModel
 from rayops.serve.prediction_log import PredictionLog
 
 
+class ModelFailed(Exception):
+    """A model raised on valid input (not bad records): which model, and its error."""
+
+    def __init__(self, model: LoadedModel, error: Exception) -> None:
+        super().__init__(str(error))
+        self.model, self.error = model, error
+
+
 def in_share(key: str | None, fraction: float) -> bool:
     """Whether a request falls in a share of traffic: by a stable hash of ``key`` (the same
     key always lands on the same side), at random without one."""
