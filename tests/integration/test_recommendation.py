@@ -12,6 +12,7 @@ import requests
 from rayops.config import load_config
 from rayops.data.ingest import file_source, ingest
 from rayops.demo import config_path, watching
+from rayops.errors import DataError
 from rayops.pipeline import train_and_register
 from tests.helpers import fresh_tracking_store
 
@@ -27,6 +28,7 @@ def cfg(tmp_path_factory, serve_port):
         "train.epochs=12", "data.recommend.history=20",
         "serve.access_log=false", f"serve.port={serve_port}",
         "serve.cpus_per_replica=0.1", "serve.model_poll_interval_s=0.5",
+        "serve.log_flush_interval_s=0.5",
         "serve.autoscaling.min_replicas=1", "serve.autoscaling.max_replicas=1"])
     frame = watching.generate(users=300, items=150, weeks=6, per_user=20)
     watching.write(frame, file_source(config).location)
@@ -113,3 +115,34 @@ def test_the_served_model_ranks_what_a_user_has_not_met(cfg, dataset, trained, u
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "k"]
     assert requests.post(f"{url}/predict", json={"records": [{}]}, timeout=30).status_code \
         == 404
+
+
+def test_clicks_sent_as_feedback_give_the_live_hit_rate(cfg, dataset, trained, url):
+    from rayops.monitor.feedback import live_metrics
+    from rayops.monitor.report import monitor_records, read_window
+    from tests.helpers import wait_for
+
+    version = str(trained.decision.champion.version)
+    answers = [requests.post(f"{url}/recommend", json={"user": user}, timeout=60,
+                             headers={"X-Request-ID": f"rec-{user}"})
+               for user in ("u00001", "u00002", "u00003", "u00004")]
+    assert all(a.status_code == 200 for a in answers)
+    clicks = [{"request_id": "rec-u00001", "label": answers[0].json()["items"][2]["item"]},
+              {"request_id": "rec-u00002", "label": answers[1].json()["items"][0]["item"]},
+              {"request_id": "rec-u00003", "label": "no-such-title"},
+              {"request_id": "rec-u00004", "label": "drama-999"}]
+    def logged() -> int:
+        try:
+            return len(read_window(cfg, 1.0))
+        except DataError:  # no log written yet
+            return 0
+
+    wait_for(lambda: logged() >= 4, 60, what="the answers in the log")
+    stored = requests.post(f"{url}/feedback", json={"labels": clicks}, timeout=60)
+    assert stored.status_code == 202 and stored.json()["accepted"] == 4
+    live = live_metrics(cfg)[version]
+    assert live["labelled"] == 4 and live["live_hit_rate"] == pytest.approx(0.5)
+    # popularity shift: the answered items against the training items
+    report = monitor_records(cfg, read_window(cfg, 1.0), log=False)
+    assert report.rejected == 0 and report.report.rows >= 40
+    assert [f.name for f in report.report.features] == ["prediction"]

@@ -197,7 +197,7 @@ def demo(
         "promotes.")] = False,
     workload: Annotated[str, typer.Option(
         help="classification: customer churn from CSV exports; forecasting: hourly demand "
-        "per city zone, a day ahead.")] = "classification",
+        "per city zone, a day ahead; recommendation: what to watch next.")] = "classification",
     overrides: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:

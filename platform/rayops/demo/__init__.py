@@ -4,7 +4,7 @@ churn (classification, ``churn``) and hourly demand per city zone (forecasting, 
 from importlib import resources
 from pathlib import Path
 
-WORKLOADS = {"classification": "churn", "forecasting": "demand"}
+WORKLOADS = {"classification": "churn", "forecasting": "demand", "recommendation": "watching"}
 
 
 def config_path(name: str = "churn") -> Path:

@@ -16,6 +16,7 @@ from rayops.config import PipelineConfig, load_config
 from rayops.data.ingest import file_source
 from rayops.demo import churn
 from rayops.demo import forecasting as demand_demo
+from rayops.demo import recommending as watching_demo
 from rayops.errors import ConfigError, ServeError
 from rayops.runtime import Output, connect
 
@@ -59,6 +60,9 @@ def _scenarios() -> dict[str, Scenario]:
         "forecasting": Scenario(
             "forecast", lambda raw, rows, seed: demand_demo.write_data(raw, seed),
             demand_demo.request, demand_demo.show, demand_demo.curl),
+        "recommendation": Scenario(
+            "recommend", lambda raw, rows, seed: watching_demo.write_data(raw, seed),
+            watching_demo.request, watching_demo.show, watching_demo.curl),
     }
 
 
@@ -66,7 +70,8 @@ def run_demo(rows: int, seed: int, port: int, keep_running: bool, overrides: lis
              output: Output | None = None, operate: bool = False,
              workload: str = "classification") -> None:
     """Run a packaged demo from the current directory (./lake, ./mlflow): the churn
-    classifier, or with ``workload="forecasting"`` the hourly demand forecaster; with
+    classifier, or with ``workload="forecasting"`` the hourly demand forecaster, with
+    ``workload="recommendation"`` the viewing recommender; with
     ``operate`` (churn), then one cycle of the operate loop on a later, shifted month."""
     from rayops.demo.operate import OPERATE_OVERRIDES, run_operate
     from rayops.pipeline import run_pipeline

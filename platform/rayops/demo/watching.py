@@ -24,14 +24,15 @@ DIM = 8
 
 
 def catalogue(items: int, weeks: int, rng: np.random.Generator) -> pd.DataFrame:
-    """Titles ``m0000``... with a genre, a taste vector near the genre's, a release week
+    """Titles ``drama-000``... (the genre in the id, for reading answers) with a taste
+    vector near the genre's, a release week
     (a third out from the start, the rest spread over the weeks) and a popularity."""
     centres = rng.normal(0, 1, (len(GENRES), DIM))
     genre = rng.integers(0, len(GENRES), items)
     vectors = centres[genre] + rng.normal(0, 0.6, (items, DIM))
     release = np.where(rng.random(items) < 0.35, 0, rng.integers(0, weeks, items))
     popularity = 1.0 / np.arange(1, items + 1) ** 0.8
-    return pd.DataFrame({"item": [f"m{i:04d}" for i in range(items)],
+    return pd.DataFrame({"item": [f"{GENRES[g]}-{i:03d}" for i, g in enumerate(genre)],
                          "genre": [GENRES[g] for g in genre], "release_week": release,
                          "popularity": rng.permutation(popularity),
                          "vector": list(vectors)})
@@ -93,12 +94,6 @@ def _corrupt(df: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     df.loc[bad[third:2 * third], "rating"] = 9
     df.loc[bad[2 * third:], "ts"] = "last tuesday"
     return df
-
-
-def items_table(items: int = 400, weeks: int = 12, seed: int = 11) -> pd.DataFrame:
-    """The catalogue's attributes (item_id, genre, release_week), as a team would keep them."""
-    titles = catalogue(items, weeks, np.random.default_rng(seed))
-    return titles[["item", "genre", "release_week"]].rename(columns={"item": "item_id"})
 
 
 def write(frame: pd.DataFrame, target: Location, first_week: int = 0,

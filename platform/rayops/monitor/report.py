@@ -101,9 +101,10 @@ def window_columns(records: pd.DataFrame, schema: dict[str, ColumnSpec], label: 
     part), and how many records the schema contract rejected; ``unmonitored`` columns are
     checked, not compared."""
     features = {n: s for n, s in schema.items() if n != label}
-    missing = [n for n in features if n not in records.columns]
+    missing = [n for n in features if n not in records.columns and n not in unmonitored]
     if missing:
         raise DataError(f"records lack the feature column(s) {missing}")
+    features = {n: s for n, s in features.items() if n in records.columns}
     typed = validate_frame(records[list(features)], features)
     good = typed.filter(pc.is_null(typed.column(ERROR)))
     columns: dict[str, list[Any]] = {}
@@ -133,8 +134,9 @@ def monitor_records(cfg: PipelineConfig, records: pd.DataFrame, alias: str = "ch
     label = cfg.data.label
     if label in profile:
         profile[PREDICTION] = profile[label]  # predictions against the training labels
-    columns, rejected = window_columns(records, schema, label,
-                                       task_of(cfg.data.task).unmonitored(cfg.data))
+    task = task_of(cfg.data.task)
+    columns, rejected = window_columns(task.served_records(records), schema, label,
+                                       task.unmonitored(cfg.data))
     report = dataset_drift(profile, columns, thresholds_of(cfg))
     result = MonitorResult(model, dataset, rejected, report)
     if log:

@@ -60,8 +60,8 @@ class Recommending:
         answered by the model served before, as for /predict."""
         started = time.perf_counter()
         shadow = self.shadow
-        records = [{"user": body["user"], "k": body.get("k"),
-                    "recent_items": list(body.get("recent_items") or [])}]
+        records = [{layout_of(self.aliases.model.predictor).user: body["user"],
+                    "k": body.get("k"), "recent_items": list(body.get("recent_items") or [])}]
         model, role = route(self.aliases, key or request_id)
         try:
             result = await self._recommend(model, body, batched=role == "champion")

@@ -81,6 +81,12 @@ class Task(ABC):
         are not meant to follow the training data's distribution."""
         return set()
 
+    def served_records(self, records: Any) -> Any:
+        """Served records (a DataFrame of the prediction log's window, the answer in
+        ``prediction``) as the drift monitor compares them with the training profile: one
+        row per record, or for a task whose answer is a list, one per answered item."""
+        return records
+
     def data_error(self, data: Any) -> str | None:
         """What the data section (a DataConfig) lacks or has too much of for this task,
         or None."""

@@ -83,8 +83,18 @@ class Recommendation(Task):
         return f"valid_recall_{data.recommend.k}" if data.recommend else self.shown_metric
 
     def unmonitored(self, data: Any) -> set[str]:
-        """The timestamp and the user: new times and users are expected."""
-        return {data.recommend.timestamp, data.recommend.user}
+        """All but the items answered: new times and users are expected, and a request
+        carries no rating. The answered items, compared with the training items, show a
+        shift in popularity."""
+        r = data.recommend
+        return {r.timestamp, r.user, *([r.rating] if r.rating else [])}
+
+    def served_records(self, records: Any) -> Any:
+        """One row per answered item (its place in the answer kept in ``rank``)."""
+        exploded = records.explode("prediction", ignore_index=True)
+        exploded["rank"] = exploded.groupby(["request_id", "record_index"]).cumcount() + 1 \
+            if "request_id" in exploded else 0
+        return exploded[exploded["prediction"].notna()].reset_index(drop=True)
 
     def data_error(self, data: Any) -> str | None:
         r = data.recommend
