@@ -28,7 +28,7 @@ def cfg(tmp_path_factory, serve_port):
         "train.epochs=12", "data.recommend.history=20",
         "serve.access_log=false", f"serve.port={serve_port}",
         "serve.cpus_per_replica=0.1", "serve.model_poll_interval_s=0.5",
-        "serve.log_flush_interval_s=0.5",
+        "serve.log_flush_interval_s=0.5", "serve.mirror_fraction=1.0",
         "serve.autoscaling.min_replicas=1", "serve.autoscaling.max_replicas=1"])
     frame = watching.generate(users=300, items=150, weeks=6, per_user=20)
     watching.write(frame, file_source(config).location)
@@ -146,3 +146,78 @@ def test_clicks_sent_as_feedback_give_the_live_hit_rate(cfg, dataset, trained, u
     report = monitor_records(cfg, read_window(cfg, 1.0), log=False)
     assert report.rejected == 0 and report.report.rows >= 40
     assert [f.name for f in report.report.features] == ["prediction"]
+
+
+def _weak_champion(cfg, dataset, folder) -> str:
+    """An untrained recommender made the champion (as if a bad one had shipped)."""
+    from rayops import tracking
+    from rayops.train.driver import log_bundle
+    from tests.helpers import untrained_bundle, wait_for
+
+    run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, "untrained",
+                                tags={tracking.DATASET_TAG: dataset.id})
+    uri = log_bundle(cfg, dataset, run_id, untrained_bundle(cfg, dataset, run_id, folder),
+                     "sasrec")
+    tracking.end_run(cfg.tracking, run_id)
+    version = tracking.register(cfg.tracking, cfg.model_name, uri, run_id).version
+    tracking.set_alias(cfg.tracking, cfg.model_name, tracking.CHAMPION, version)
+    url = f"http://127.0.0.1:{cfg.serve.port}"
+    wait_for(lambda: requests.get(f"{url}/metadata", timeout=10).json()["model"][
+        "version"] == str(version), 60, what="the weak champion served")
+    return str(version)
+
+
+def test_an_operate_cycle_retrains_on_the_clicks_shadows_and_promotes(cfg, dataset, trained,
+                                                                      url, tmp_path):
+    """One cycle of the loop on a recommender whose champion is weak, after the clicks
+    above: they retrain it, the gate compares on valid_ndcg_10 (the window gate does not
+    apply), the new model answers in shadow beside the champion (its lists judged by
+    their overlap), then serves."""
+    import threading
+    import time
+
+    from rayops.operate import Operator
+    from tests.helpers import wait_for
+
+    weak = _weak_champion(cfg, dataset, tmp_path)
+    operated = cfg.with_overrides({
+        "operate.sweep": False,
+        "operate.min_new_labels": 4, "operate.shadow.min_records": 20,
+        "operate.shadow.max_wait_s": 90, "operate.rollback.watch_s": 0,
+        "operate.shadow.min_agreement": 0.0, "operate.shadow.max_p95_latency_ratio": 10})
+    users = [f"u{n:05d}" for n in range(40)]
+    versions: dict[str, int] = {}
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with requests.Session() as session:
+            n = 0
+            while not stop.is_set():
+                answer = session.post(f"{url}/recommend", json={"user": users[n % 40]},
+                                      timeout=60)
+                assert answer.status_code == 200, answer.text
+                version = answer.json()["model"]["version"]
+                versions[version] = versions.get(version, 0) + 1
+                n += 1
+                time.sleep(0.05)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+
+    def say(line: str) -> None:
+        if "beside the champion" in line:
+            sender.start()
+
+    try:
+        facts = Operator(operated, say=say, poll_s=0.5).run(cycles=1).facts
+        challenger = facts.get("challenger")
+        assert facts["outcome"] == f"v{challenger} promoted to champion", facts
+        wait_for(lambda: versions.get(challenger, 0) > 0, 60, what="the promoted version")
+    finally:
+        stop.set()
+        if sender.is_alive():
+            sender.join(60)
+    assert facts["window_gate"].startswith("not applicable to recommendation"), facts
+    assert facts["champion"] == weak and facts["gate_passed"]
+    assert facts["challenger_score"] > facts["champion_score"]
+    assert facts["shadow"]["shadow"]["records"] >= 20 and facts["shadow"]["shadow"][
+        "errors"] == 0, facts["shadow"]

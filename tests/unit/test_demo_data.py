@@ -74,3 +74,23 @@ def test_every_operate_demo_brings_a_month_that_drifts_from_whatever_the_champio
         assert new not in set(pd.concat(seen)["payment_method"])
         write_month(cfg, 600, 10 + month, month)
         seen.append(churn.later_month(600, 10 + month, month))  # the champion learns it
+
+
+def test_viewing_is_deterministic_has_malformed_rows_and_a_popularity_skew(tmp_path):
+    from rayops.demo import watching
+
+    a = watching.generate(users=80, items=60, weeks=4, per_user=12, seed=2)
+    pd.testing.assert_frame_equal(a, watching.generate(users=80, items=60, weeks=4,
+                                                       per_user=12, seed=2))
+    cfg = load_config(config_path("watching"))
+    text = a.map(lambda v: "" if v is None or v != v else str(v))
+    checked = validate_frame(text, cfg.data.columns).to_pandas()
+    reasons = checked[ERROR].dropna()
+    assert {r.split(":")[0] for r in reasons} == {"user_id", "rating", "ts"}
+    good = checked[checked[ERROR].isna()]
+    assert not good.duplicated(["user_id", "item_id"]).any()  # a title once per viewer
+    counts = good["item_id"].value_counts()
+    assert counts.iloc[0] > 3 * counts.median() and counts.iloc[-1] < counts.median() / 3
+    by_user = good.sort_values("ts").groupby("user_id")["ts"]
+    assert (by_user.apply(lambda s: s.is_monotonic_increasing)).all()
+    assert len(watching.write(a, resolve(str(tmp_path)))) == 4  # a file per week
