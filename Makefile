@@ -57,8 +57,8 @@ BENCHMARKS := $(wildcard tests/benchmarks/bench_*.py)
 
 bench: install
 	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[dev,bench]" "$(XGBOOST_SPEC)"
-	# bench_forecast.py reads only these packages' data files: without their dependencies
-	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps "ISLP==0.6.0" "pmdarima==2.1.1"
+	# bench_forecast.py and bench_recommend.py read only these packages' data files: without their dependencies
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps "ISLP==0.6.0" "pmdarima==2.1.1" "recbole==1.2.1"
 	@test -n "$(BENCHMARKS)" || echo "no benchmark scripts in tests/benchmarks/ yet"
 	@for script in $(BENCHMARKS); do \
 		echo "== $$script"; $(BIN)/python $$script || exit 1; \
