@@ -14,6 +14,7 @@ from rayops.data.ingest import file_source, ingest
 from rayops.demo import config_path, watching
 from rayops.errors import DataError
 from rayops.pipeline import train_and_register
+from rayops.storage import resolve
 from tests.helpers import fresh_tracking_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,6 +33,9 @@ def cfg(tmp_path_factory, serve_port):
         "serve.autoscaling.min_replicas=1", "serve.autoscaling.max_replicas=1"])
     frame = watching.generate(users=300, items=150, weeks=6, per_user=20)
     watching.write(frame, file_source(config).location)
+    titles = watching.titles(items=150, weeks=6)
+    titles.loc[3, "release_week"] = -1  # breaks the table's contract: left out
+    watching.write_titles(titles, resolve(str(tmp / "lake" / "catalogue" / "titles.csv")))
     return config
 
 
@@ -60,6 +64,16 @@ def test_ingest_quarantines_malformed_interactions_and_keeps_every_user(dataset)
     assert any(r.startswith("ts:") for r in reasons), reasons
     layout = dataset.preprocessor.layout
     assert len(layout.users) == 300 and len(layout.items) <= 150
+    item = dataset.preprocessor.features[1]
+    genre, week = item["attributes"]
+    assert genre["name"] == "genre" and genre["size"] == len(watching.GENRES)
+    assert week["name"] == "release_week" and len(week["codes"]) == len(layout.items) + 1
+    broken = watching.titles(items=150, weeks=6)["item_id"][3]
+    slot = layout.items.index(broken) + 1 if broken in layout.items else None
+    codes = {genre["values"][c - 1] for c in genre["codes"][1:] if c}
+    assert codes == set(watching.GENRES)
+    if slot is not None:  # its row broke the contract: unknown attributes
+        assert genre["codes"][slot] == 0
     assert dataset.examples["valid"] > 250  # nearly every user has 5 positives
 
 

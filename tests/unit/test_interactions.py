@@ -146,3 +146,30 @@ def test_the_recommend_section_is_checked_against_the_columns():
     data["columns"]["genre"] = {"type": "categorical"}
     with pytest.raises(ConfigError, match=r"\['genre'\] are not data.recommend"):
         validate_config({"name": "rec", "data": data})
+
+
+def test_item_attributes_are_coded_per_catalogue_slot():
+    from rayops.config import ColumnSpec
+    from rayops.data.interactions import encode_attributes
+
+    table = pa.table({"i": ["b", "a", "zz"], "genre": ["drama", None, "comedy"],
+                      "year": [1990.0, 2001.0, 1950.0]})
+    columns = {"i": ColumnSpec(type="categorical", nullable=False),
+               "genre": ColumnSpec(type="categorical"), "year": ColumnSpec(type="integer")}
+    genre, year = encode_attributes(table, ["a", "b", "c"], "i", columns)
+    assert genre["values"] == ["comedy", "drama"] and genre["size"] == 2
+    # slots: a=1 (no genre), b=2 (drama), c=3 (not in the table); zz is not in the catalogue
+    assert genre["codes"] == [0, 0, 2, 0]
+    assert year["codes"][3] == 0 and year["codes"][1] > year["codes"][2] > 0
+
+
+def test_the_item_table_is_checked_where_the_config_loads():
+    data = _data(items={"source": "titles.csv",
+                        "columns": {"i": {"type": "categorical"}, "g": {"type": "text"}}})
+    with pytest.raises(ConfigError, match="must declare the item column 'i' with nullable"):
+        validate_config({"name": "rec", "data": data})
+    data = _data(items={"source": "titles.csv",
+                        "columns": {"i": {"type": "categorical", "nullable": False},
+                                    "out": {"type": "datetime"}}})
+    with pytest.raises(ConfigError, match=r"\['out'\]: datetime attributes are not read"):
+        validate_config({"name": "rec", "data": data})

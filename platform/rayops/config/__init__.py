@@ -6,7 +6,8 @@ names the key, the value and what is allowed.
 """
 
 from rayops.config.base import StorageConfig, is_uri
-from rayops.config.data import DATETIME_PARTS, ColumnSpec, ColumnType, DataConfig, DatetimePart
+from rayops.config.columns import DATETIME_PARTS, ColumnSpec, ColumnType, DatetimePart
+from rayops.config.data import DataConfig
 from rayops.config.forecast import ForecastConfig, duration_seconds
 from rayops.config.gate import GateConfig
 from rayops.config.loading import load_config, local_paths, parse_overrides, validate_config

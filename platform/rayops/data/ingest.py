@@ -30,7 +30,13 @@ from rayops.data import stats
 from rayops.data import table as delta
 from rayops.data.curate import PartSummary, describe, rows_schema, used_columns, write_part
 from rayops.data.manifest import Manifest
-from rayops.data.observations import fit_interactions, fit_series, observations, settled
+from rayops.data.observations import (
+    fit_interactions,
+    fit_series,
+    observations,
+    read_items,
+    settled,
+)
 from rayops.data.preprocess import Preprocessor, fit
 from rayops.data.sources import FileSource, Source
 from rayops.data.validate import SPLIT
@@ -67,6 +73,15 @@ def file_source(cfg: PipelineConfig) -> FileSource:
 # Settings that say how to ingest, not what the curated rows are: changing them rebuilds
 # nothing (and a setting added later leaves existing datasets' hash as it was).
 _NOT_HASHED = {"vanished_files"}
+
+
+def item_table(cfg: PipelineConfig) -> Any:
+    """The recommender's item table (``data.recommend.items``), or None."""
+    r = cfg.data.recommend
+    if r is None or r.items is None:
+        return None
+    return read_items(r.items, resolve_under(root_of(cfg.storage), r.items.source,
+                                             cfg.storage), r.item)
 
 
 def config_hash(data: DataConfig) -> str:
@@ -220,7 +235,8 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
     if cfg.data.forecast is not None:
         pre = fit_series(observations(result, existing, rows_location), cfg.data)
     elif cfg.data.recommend is not None:
-        pre = fit_interactions(observations(result, existing, rows_location), cfg.data)
+        pre = fit_interactions(observations(result, existing, rows_location), cfg.data,
+                               item_table(cfg))
     else:
         pre = fit(merged, cfg.data)
     version = _commit(cfg, source, table, previous, rebuild, result,

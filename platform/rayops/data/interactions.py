@@ -22,6 +22,7 @@ training, the gate and evaluation (each model with its own layout):
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -234,3 +235,44 @@ def ranking_examples(rows: pa.Table, layout: InteractionLayout) -> pa.Table:
                           pa.list_(pa.int64(), layout.history)),
         SEEN: pa.array([np.unique(items[items > 0]) for items in h.train],
                        pa.list_(pa.int64()))})
+
+
+MAX_VALUES = 1000  # an attribute's most frequent values kept; rarer ones share code 0
+BINS = 10  # a numeric attribute's quantile bins
+
+
+def encode_attributes(table: pa.Table, items: list[str], item: str,
+                      columns: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per attribute of the item table (valid rows, one per item), a code per catalogue
+    slot (0: unknown): categories by value, numbers by quantile bin. Each entry holds
+    ``name``, ``size`` (the codes besides 0), ``values`` or ``edges``, and ``codes``."""
+    slot_of = {name: n + 1 for n, name in enumerate(items)}
+    slots = np.array([slot_of.get(i, 0) for i in _ids(table.column(item))], dtype=np.int64)
+    out = []
+    for name, spec in columns.items():
+        if name == item:
+            continue
+        column = table.column(name)
+        entry: dict[str, Any] = {"name": name}
+        if spec.type in ("numeric", "integer"):
+            values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+            finite = values[np.isfinite(values)]
+            edges = np.unique(np.quantile(finite, np.linspace(0, 1, BINS + 1)[1:-1])) \
+                if len(finite) else np.zeros(0)
+            code = np.where(np.isfinite(values),
+                            np.searchsorted(edges, values, side="right") + 1, 0)
+            entry.update(edges=edges.tolist(), size=len(edges) + 1)
+        else:
+            text = pc.cast(column, pa.string()).to_pylist()
+            counts = Counter(t for t in text if t is not None)
+            kept = sorted(v for v, _ in counts.most_common(MAX_VALUES))
+            index = {v: n + 1 for n, v in enumerate(kept)}
+            code = np.array([index.get(t, 0) if t is not None else 0 for t in text],
+                            dtype=np.int64)
+            entry.update(values=kept, size=len(kept))
+        codes = np.zeros(len(items) + 1, dtype=np.int64)
+        known = slots > 0
+        codes[slots[known]] = code[known]
+        entry["codes"] = codes.tolist()
+        out.append(entry)
+    return out

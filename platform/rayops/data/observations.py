@@ -14,9 +14,11 @@ catalogue and the users) is fitted on every curated interaction (:func:`fit_inte
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
+from collections import Counter
 from dataclasses import replace
 from typing import Any
 
@@ -27,13 +29,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rayops.config import ColumnSpec, DataConfig
+from rayops.config.recommend import ItemTableConfig
 from rayops.data import stats
 from rayops.data import table as delta
 from rayops.data.curate import PartResult, PartSummary, quarantine_rows
-from rayops.data.interactions import InteractionLayout, interaction_examples
+from rayops.data.interactions import InteractionLayout, encode_attributes, interaction_examples
 from rayops.data.preprocess import Preprocessor, fit
 from rayops.data.series import SeriesLayout, all_examples, fit_layout
-from rayops.data.validate import ERROR, RAW, SOURCE_FILE, SOURCE_ROW
+from rayops.data.validate import ERROR, RAW, SOURCE_FILE, SOURCE_ROW, validate_frame
 from rayops.errors import DataError
 from rayops.storage import Location
 
@@ -209,9 +212,48 @@ def fit_series(observed: pa.Table, data: DataConfig) -> Preprocessor:
 MAX_SLOTS = 1 << 24
 
 
-def fit_interactions(observed: pa.Table, data: DataConfig) -> Preprocessor:
+def read_items(table: ItemTableConfig, location: Location, item: str) -> pa.Table:
+    """The item table's rows that keep its contract, one per item (the first of a
+    repeated id). Too many broken rows fail the ingest, naming the reasons."""
+    try:
+        with location.io("read the item table"):
+            raw = location.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"data.recommend.items.source: {location.uri} does not exist"
+                        ) from None
+    if table.format == "csv":
+        frame = pd.read_csv(io.BytesIO(raw), dtype=str)
+    elif table.format == "json":
+        frame = pd.read_json(io.BytesIO(raw), lines=True)
+    else:
+        frame = pd.read_parquet(io.BytesIO(raw))
+    missing = [c for c in table.columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"the item table {location.uri} lacks the column(s) {missing}")
+    frame = frame[list(table.columns)].astype(object).where(frame.notna(), None)
+    typed = validate_frame(frame, table.columns)
+    errors = typed.column(ERROR)
+    broken = len(errors) - errors.null_count
+    if broken:
+        reasons = Counter(e for e in errors.to_pylist() if e is not None)
+        first = reasons.most_common(1)[0][0]
+        logger.warning("item table: %d of %d row(s) break its contract and are left out "
+                       "(%s)", broken, len(frame), "; ".join(
+                           f"{n}x {r}" for r, n in reasons.most_common(3)))
+        if broken > table.max_quarantine_fraction * len(frame):
+            raise DataError(f"the item table {location.uri}: {broken} of {len(frame)} rows "
+                            "break its contract, more than items.max_quarantine_fraction "
+                            f"{table.max_quarantine_fraction} (e.g. {first})")
+    good = typed.filter(pc.is_null(errors)).select(list(table.columns))
+    ids = pc.cast(good.column(item), pa.string()).to_pandas()
+    return good.filter(pa.array(~ids.duplicated().to_numpy()))
+
+
+def fit_interactions(observed: pa.Table, data: DataConfig, items: pa.Table | None = None
+                     ) -> Preprocessor:
     """The layout of every curated interaction: the catalogue, the users, and about how
-    many training and validation examples they give."""
+    many training and validation examples they give; with the item table, each
+    attribute's code per catalogue slot."""
     layout = InteractionLayout.fit(observed, data)
     for name, ids in (("items", layout.items), ("users", layout.users)):
         if len(ids) >= MAX_SLOTS:
@@ -224,8 +266,11 @@ def fit_interactions(observed: pa.Table, data: DataConfig) -> Preprocessor:
     train = interaction_examples(observed, layout, "train").num_rows
     r = data.recommend
     assert r is not None
+    attributes = [] if items is None or r.items is None else encode_attributes(
+        items, layout.items, r.item, r.items.columns)
     features = [{"name": r.user, "kind": "id", "ids": len(layout.users)},
-                {"name": r.item, "kind": "id", "ids": len(layout.items)}]
+                {"name": r.item, "kind": "id", "ids": len(layout.items),
+                 "attributes": attributes}]
     return Preprocessor(data.task, data.label, features,
                         {"k": r.k, "items": layout.items, "history": r.history},
                         interactions={"layout": layout.to_dict(),

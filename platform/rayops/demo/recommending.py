@@ -11,14 +11,21 @@ from rayops.demo import watching
 if TYPE_CHECKING:
     from rayops.config import PipelineConfig
     from rayops.pipeline import PipelineResult
-    from rayops.storage import Location
 
 USERS, ITEMS = 600, 400
 
 
-def write_data(target: Location, seed: int) -> None:
-    """The raw weekly files of who watched what."""
-    watching.write(watching.generate(users=USERS, items=ITEMS, seed=seed), target)
+def write_data(cfg: PipelineConfig, seed: int) -> None:
+    """The raw weekly files of who watched what, and the catalogue's table."""
+    from rayops.data.ingest import file_source
+    from rayops.storage import resolve_under, root_of
+
+    watching.write(watching.generate(users=USERS, items=ITEMS, seed=seed),
+                   file_source(cfg).location)
+    items = cfg.data.recommend.items if cfg.data.recommend else None
+    if items is not None:
+        watching.write_titles(watching.titles(items=ITEMS, seed=seed), resolve_under(
+            root_of(cfg.storage), items.source, cfg.storage))
 
 
 def _viewer(result: PipelineResult) -> str:

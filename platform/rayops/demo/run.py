@@ -22,7 +22,6 @@ from rayops.runtime import Output, connect
 
 if TYPE_CHECKING:
     from rayops.pipeline import PipelineResult
-    from rayops.storage import Location
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ class Scenario:
     to the served model, and how the answer is shown."""
 
     route: str  # the served endpoint the demo calls
-    write: Callable[[Location, int, int], None]  # synthetic raw data: (where, rows, seed)
+    write: Callable[[PipelineConfig, int, int], None]  # synthetic raw data: (cfg, rows, seed)
     request: Callable[[PipelineResult, int], dict[str, Any]]  # the body sent
     show: Callable[[PipelineConfig, PipelineResult, dict[str, Any], dict[str, Any]], None]
     curl: Callable[[str, dict[str, Any]], str]  # the same request, for a shell
@@ -54,14 +53,16 @@ class Scenario:
 def _scenarios() -> dict[str, Scenario]:
     return {
         "classification": Scenario(
-            "predict", lambda raw, rows, seed: churn.write(churn.generate(rows, seed), raw),
+            "predict", lambda cfg, rows, seed: churn.write(churn.generate(rows, seed),
+                                                           file_source(cfg).location),
             lambda result, seed: {"records": SAMPLE_RECORDS}, _show,
             lambda url, body: _curl(url), operates=True),
         "forecasting": Scenario(
-            "forecast", lambda raw, rows, seed: demand_demo.write_data(raw, seed),
+            "forecast", lambda cfg, rows, seed: demand_demo.write_data(
+                file_source(cfg).location, seed),
             demand_demo.request, demand_demo.show, demand_demo.curl),
         "recommendation": Scenario(
-            "recommend", lambda raw, rows, seed: watching_demo.write_data(raw, seed),
+            "recommend", lambda cfg, rows, seed: watching_demo.write_data(cfg, seed),
             watching_demo.request, watching_demo.show, watching_demo.curl),
     }
 
@@ -87,7 +88,7 @@ def run_demo(rows: int, seed: int, port: int, keep_running: bool, overrides: lis
     raw = file_source(cfg).location
     if not raw.list_files():
         logger.info("Writing synthetic %s data to %s", workload, raw.uri)
-        scenario.write(raw, rows, seed)
+        scenario.write(cfg, rows, seed)
     connect(cfg, output)
     result = run_pipeline(cfg)
     assert result.url is not None

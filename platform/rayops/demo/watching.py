@@ -6,7 +6,8 @@ next title is drawn among those released by then, by the user's taste, the previ
 title's likeness (people binge alike) and the title's popularity (a skewed, Zipf-like
 pull). Ratings follow the match. A few malformed rows (no user, a rating off the scale, a
 date that is not one), as real exports have. Deterministic by seed; one CSV file per week,
-so later weeks arrive as new files.
+so later weeks arrive as new files; the catalogue's attributes (genre, release week) are
+a table of their own (:func:`titles`).
 """
 
 from __future__ import annotations
@@ -94,6 +95,20 @@ def _corrupt(df: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     df.loc[bad[third:2 * third], "rating"] = 9
     df.loc[bad[2 * third:], "ts"] = "last tuesday"
     return df
+
+
+def titles(items: int = 400, weeks: int = 12, seed: int = 11) -> pd.DataFrame:
+    """The catalogue as a team keeps it (``item_id, genre, release_week``): the titles of
+    :func:`generate` with the same arguments."""
+    shown = catalogue(items, weeks, np.random.default_rng(seed))
+    return pd.DataFrame({"item_id": shown["item"], "genre": shown["genre"],
+                         "release_week": shown["release_week"]})
+
+
+def write_titles(frame: pd.DataFrame, target: Location) -> str:
+    """The catalogue as one CSV file at ``target``; returns its URI."""
+    target.write_bytes(frame.to_csv(index=False).encode())
+    return target.uri
 
 
 def write(frame: pd.DataFrame, target: Location, first_week: int = 0,

@@ -62,13 +62,33 @@ def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
 class Recommender(nn.Module):
     """What both networks share: the catalogue's embeddings and ranking."""
 
-    def __init__(self, n_items: int, dim: int, history: int, k: int) -> None:
+    def __init__(self, n_items: int, dim: int, history: int, k: int,
+                 attributes: list[dict[str, Any]] | None = None) -> None:
         super().__init__()
         self.n_items, self.history, self.k = n_items, history, k
         self.items = nn.Embedding(n_items + 1, dim, padding_idx=0)
         nn.init.normal_(self.items.weight, std=dim ** -0.5)
         with torch.no_grad():
             self.items.weight[0].zero_()
+        # Each attribute's value (a genre, a decade) has a vector added to its items' own;
+        # the codes come with the architecture, so they are no part of the weights.
+        attributes = attributes or []
+        self.attributes = nn.ModuleList(nn.Embedding(a["size"] + 1, dim, padding_idx=0)
+                                        for a in attributes)
+        for table in self.attributes:
+            nn.init.normal_(table.weight, std=dim ** -0.5)
+            with torch.no_grad():
+                table.weight[0].zero_()
+        for i, a in enumerate(attributes):
+            self.register_buffer(f"codes_{i}", torch.tensor(a["codes"], dtype=torch.long),
+                                 persistent=False)
+
+    def item_vectors(self) -> torch.Tensor:
+        """Every item slot's vector: its own, plus its attributes' values'."""
+        vectors = self.items.weight
+        for i, table in enumerate(self.attributes):
+            vectors = vectors + table(getattr(self, f"codes_{i}"))
+        return vectors
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training: the mean loss of the batch's sequences. Otherwise: every item slot's
@@ -88,15 +108,17 @@ class Recommender(nn.Module):
 class BPR(Recommender):
     """Matrix factorization with the BPR loss."""
 
-    def __init__(self, n_users: int, n_items: int, dim: int, history: int, k: int) -> None:
-        super().__init__(n_items, dim, history, k)
+    def __init__(self, n_users: int, n_items: int, dim: int, history: int, k: int,
+                 attributes: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(n_items, dim, history, k, attributes)
         self.users = nn.Embedding(n_users + 1, dim)
         nn.init.normal_(self.users.weight, std=dim ** -0.5)
         self.bias = nn.Embedding(n_items + 1, 1)
         nn.init.zeros_(self.bias.weight)
 
-    def _score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return (self.users(users) * self.items(items)).sum(-1) + self.bias(items).squeeze(-1)
+    def _score(self, users: torch.Tensor, items: torch.Tensor, vectors: torch.Tensor
+               ) -> torch.Tensor:
+        return (self.users(users) * vectors[items]).sum(-1) + self.bias(items).squeeze(-1)
 
     def loss(self, users: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
         """Every positive of the sequence against a uniformly drawn item."""
@@ -104,18 +126,21 @@ class BPR(Recommender):
         who = users[:, None].expand_as(sequences)[positive]
         liked = sequences[positive]
         other = torch.randint(1, self.n_items + 1, liked.shape, device=liked.device)
-        return -F.logsigmoid(self._score(who, liked) - self._score(who, other)).mean()
+        vectors = self.item_vectors()
+        return -F.logsigmoid(self._score(who, liked, vectors)
+                             - self._score(who, other, vectors)).mean()
 
     def scores(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        return self.users(users) @ self.items.weight.T + self.bias.weight.T
+        return self.users(users) @ self.item_vectors().T + self.bias.weight.T
 
 
 class SASRec(Recommender):
     """Causal self-attention over the recent items; the last position scores the next."""
 
     def __init__(self, n_items: int, dim: int, history: int, k: int, blocks: int,
-                 heads: int, dropout: float, objective: str = "softmax") -> None:
-        super().__init__(n_items, dim, history, k)
+                 heads: int, dropout: float, objective: str = "softmax",
+                 attributes: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(n_items, dim, history, k, attributes)
         self.objective = objective
         self.positions = nn.Embedding(history, dim)
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim * 2,
@@ -124,11 +149,11 @@ class SASRec(Recommender):
         self.norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def encode(self, items: torch.Tensor) -> torch.Tensor:
+    def encode(self, items: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         """Hidden states of left-padded item sequences (``[rows, steps, dim]``)."""
         steps = items.shape[1]
         at = torch.arange(self.history - steps, self.history, device=items.device)
-        h = self.items(items) * self.items.embedding_dim ** 0.5 + self.positions(at)
+        h = vectors[items] * self.items.embedding_dim ** 0.5 + self.positions(at)
         h = self.dropout(h) * (items > 0).unsqueeze(-1)
         causal = nn.Transformer.generate_square_subsequent_mask(steps, device=items.device)
         return self.norm(self.blocks(h, mask=causal, is_causal=True))
@@ -136,29 +161,34 @@ class SASRec(Recommender):
     def loss(self, users: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of each next item over the catalogue, where an item precedes it."""
         inputs, targets = sequences[:, :-1], sequences[:, 1:]
-        h = self.encode(inputs)
+        vectors = self.item_vectors()
+        h = self.encode(inputs, vectors)
         keep = (inputs > 0) & (targets > 0)
         if self.objective == "sampled":  # the original SASRec: one random negative each
             liked = targets[keep]
             other = torch.randint(1, self.n_items + 1, liked.shape, device=liked.device)
             state = h[keep]
-            good = (state * self.items(liked)).sum(-1)
-            bad = (state * self.items(other)).sum(-1)
+            good = (state * vectors[liked]).sum(-1)
+            bad = (state * vectors[other]).sum(-1)
             return -(F.logsigmoid(good) + F.logsigmoid(-bad)).mean()
-        logits = h[keep] @ self.items.weight.T
+        logits = h[keep] @ vectors.T
         logits[:, 0] = -torch.inf
         return F.cross_entropy(logits, targets[keep])
 
     def scores(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        return self.encode(history)[:, -1] @ self.items.weight.T
+        vectors = self.item_vectors()
+        return self.encode(history, vectors)[:, -1] @ vectors.T
 
 
 def build_network(spec: dict[str, Any]) -> Recommender:
     """A network from the ``architecture`` dict stored in bundles and checkpoints."""
+    attributes = spec.get("attributes") or []
     if spec["family"] == "bpr":
-        return BPR(spec["n_users"], spec["n_items"], spec["dim"], spec["history"], spec["k"])
+        return BPR(spec["n_users"], spec["n_items"], spec["dim"], spec["history"], spec["k"],
+                   attributes)
     return SASRec(spec["n_items"], spec["dim"], spec["history"], spec["k"], spec["blocks"],
-                  spec["heads"], spec["dropout"], spec.get("objective", "softmax"))
+                  spec["heads"], spec["dropout"], spec.get("objective", "softmax"),
+                  attributes)
 
 
 def rank_batches(network: Recommender, x: torch.Tensor, k: int) -> torch.Tensor:
@@ -231,8 +261,11 @@ class RecommenderFamily(Family):
                      features: list[dict[str, Any]]) -> dict[str, Any]:
         r, m = cfg.data.recommend, cfg.model.recommender
         assert r is not None
-        ids = {f["name"]: f["ids"] for f in features if f["kind"] == "id"}
-        return {"family": self.name, "n_users": ids[r.user], "n_items": ids[r.item],
+        ids = {f["name"]: f for f in features if f["kind"] == "id"}
+        attributes = [{k: a[k] for k in ("name", "size", "codes")}
+                      for a in ids[r.item].get("attributes", [])]
+        return {"family": self.name, "n_users": ids[r.user]["ids"],
+                "n_items": ids[r.item]["ids"], "attributes": attributes,
                 "history": r.history, "k": r.k, "dim": m.dim, "blocks": m.blocks,
                 "heads": m.heads, "dropout": m.dropout, "objective": m.objective}
 
