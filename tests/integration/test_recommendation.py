@@ -6,6 +6,7 @@ rank."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import requests
 
@@ -36,7 +37,13 @@ def cfg(tmp_path_factory, serve_port):
     titles = watching.titles(items=150, weeks=6)
     titles.loc[3, "release_week"] = -1  # breaks the table's contract: left out
     watching.write_titles(titles, resolve(str(tmp / "lake" / "catalogue" / "titles.csv")))
-    return config
+    viewers = pd.DataFrame({"user_id": [f"u{n:05d}" for n in range(300)],
+                            "plan": ["family" if n % 3 else "single" for n in range(300)]})
+    (tmp / "lake" / "viewers.csv").write_text(viewers.to_csv(index=False))
+    return config.with_overrides({"data.recommend.users": {
+        "source": "viewers.csv", "columns": {"user_id": {"type": "categorical",
+                                                         "nullable": False},
+                                             "plan": {"type": "categorical"}}}})
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +71,9 @@ def test_ingest_quarantines_malformed_interactions_and_keeps_every_user(dataset)
     assert any(r.startswith("ts:") for r in reasons), reasons
     layout = dataset.preprocessor.layout
     assert len(layout.users) == 300 and len(layout.items) <= 150
-    item = dataset.preprocessor.features[1]
+    user, item = dataset.preprocessor.features
+    (plan,) = user["attributes"]
+    assert plan["values"] == ["family", "single"] and plan["codes"][1] == 2  # u00000
     genre, week = item["attributes"]
     assert genre["name"] == "genre" and genre["size"] == len(watching.GENRES)
     assert week["name"] == "release_week" and len(week["codes"]) == len(layout.items) + 1

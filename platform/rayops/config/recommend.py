@@ -14,16 +14,16 @@ from rayops.config.base import _Section
 from rayops.config.columns import ColumnSpec
 
 
-class ItemTableConfig(_Section):
-    """The catalogue's attributes: a table with one row per item."""
+class AttributeTableConfig(_Section):
+    """Attributes of the items (or the users): a table with one row per item (user)."""
 
     source: str = Field(description="Where the table is: a file under storage.root, or a "
                         "full URI (read whole at every ingest).")
     format: Literal["csv", "json", "parquet"] = Field(
         "csv", description="File format (json means JSON Lines).")
     columns: dict[str, ColumnSpec] = Field(
-        description="The table's contract: the item column (as data.recommend.item names "
-        "it) and each attribute (categorical, text, boolean, numeric, integer).")
+        description="The table's contract: the item (user) column, as data.recommend "
+        "names it, and each attribute (categorical, text, boolean, numeric, integer).")
     max_quarantine_fraction: float = Field(
         0.1, ge=0.0, le=1.0, description="Fail the ingest when a larger share of the "
         "table's rows breaks its contract (the others are left out, with their reasons "
@@ -51,10 +51,13 @@ class RecommendConfig(_Section):
         50, ge=2, le=1000,
         description="How many of a user's most recent items a sequential model reads (and "
         "the length of the training sequences).")
-    items: ItemTableConfig | None = Field(
-        None, description="Item attributes (genres, a year...): a sequential model adds "
-        "what it learns of each attribute value to the item's own vector, so items seen "
-        "rarely borrow from those alike.")
+    items: AttributeTableConfig | None = Field(
+        None, description="Item attributes (genres, a year...): the models add what they "
+        "learn of each attribute value to the item's own vector, so items seen rarely "
+        "borrow from those alike.")
+    users: AttributeTableConfig | None = Field(
+        None, description="User attributes (a country, an age band...): added to what a "
+        "model makes of the user (BPR's user vector, SASRec's reading of the history).")
     min_interactions: int = Field(
         5, ge=2, description="Users with fewer positives stay in training only; the others' "
         "last positive is held out for validation.")
@@ -64,19 +67,22 @@ class RecommendConfig(_Section):
         if self.min_rating is not None and self.rating is None:
             raise ValueError(f"min_rating {self.min_rating} needs a rating column "
                              "(data.recommend.rating)")
-        if self.items is not None:
-            spec = self.items.columns.get(self.item)
+        for key, column in (("items", self.item), ("users", self.user)):
+            table = getattr(self, key)
+            if table is None:
+                continue
+            spec = table.columns.get(column)
             if spec is None or spec.nullable:
-                raise ValueError(f"items.columns must declare the item column {self.item!r} "
-                                 "with nullable: false")
-            if self.items.columns[self.item].type not in ("categorical", "text", "integer"):
-                raise ValueError(f"items.columns.{self.item} must be categorical, text or "
-                                 "integer, as the item column is")
-            if len(self.items.columns) < 2:
-                raise ValueError("items.columns lists no attribute besides the item column")
-            dated = [n for n, c in self.items.columns.items() if c.type == "datetime"]
+                raise ValueError(f"{key}.columns must declare the column {column!r} with "
+                                 "nullable: false")
+            if spec.type not in ("categorical", "text", "integer"):
+                raise ValueError(f"{key}.columns.{column} must be categorical, text or "
+                                 "integer")
+            if len(table.columns) < 2:
+                raise ValueError(f"{key}.columns lists no attribute besides {column!r}")
+            dated = [n for n, c in table.columns.items() if c.type == "datetime"]
             if dated:
-                raise ValueError(f"items.columns {dated}: datetime attributes are not read; "
+                raise ValueError(f"{key}.columns {dated}: datetime attributes are not read; "
                                  "give a year or a number instead")
         return self
 

@@ -34,7 +34,7 @@ from rayops.data.observations import (
     fit_interactions,
     fit_series,
     observations,
-    read_items,
+    read_attributes,
     settled,
 )
 from rayops.data.preprocess import Preprocessor, fit
@@ -75,13 +75,15 @@ def file_source(cfg: PipelineConfig) -> FileSource:
 _NOT_HASHED = {"vanished_files"}
 
 
-def item_table(cfg: PipelineConfig) -> Any:
-    """The recommender's item table (``data.recommend.items``), or None."""
+def attribute_tables(cfg: PipelineConfig) -> dict[str, Any]:
+    """The recommender's attribute tables (``data.recommend.items``, ``users``) given."""
     r = cfg.data.recommend
-    if r is None or r.items is None:
-        return None
-    return read_items(r.items, resolve_under(root_of(cfg.storage), r.items.source,
-                                             cfg.storage), r.item)
+    if r is None:
+        return {}
+    return {key: read_attributes(table, resolve_under(root_of(cfg.storage), table.source,
+                                                      cfg.storage), column)
+            for key, table, column in (("items", r.items, r.item), ("users", r.users, r.user))
+            if table is not None}
 
 
 def config_hash(data: DataConfig) -> str:
@@ -236,7 +238,7 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
         pre = fit_series(observations(result, existing, rows_location), cfg.data)
     elif cfg.data.recommend is not None:
         pre = fit_interactions(observations(result, existing, rows_location), cfg.data,
-                               item_table(cfg))
+                               attribute_tables(cfg))
     else:
         pre = fit(merged, cfg.data)
     version = _commit(cfg, source, table, previous, rebuild, result,

@@ -241,16 +241,16 @@ MAX_VALUES = 1000  # an attribute's most frequent values kept; rarer ones share 
 BINS = 10  # a numeric attribute's quantile bins
 
 
-def encode_attributes(table: pa.Table, items: list[str], item: str,
+def encode_attributes(table: pa.Table, ids: list[str], key: str,
                       columns: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per attribute of the item table (valid rows, one per item), a code per catalogue
-    slot (0: unknown): categories by value, numbers by quantile bin. Each entry holds
+    """Per attribute of an item (user) table (valid rows, one per id), a code per slot of
+    ``ids`` (0: unknown): categories by value, numbers by quantile bin. Each entry holds
     ``name``, ``size`` (the codes besides 0), ``values`` or ``edges``, and ``codes``."""
-    slot_of = {name: n + 1 for n, name in enumerate(items)}
-    slots = np.array([slot_of.get(i, 0) for i in _ids(table.column(item))], dtype=np.int64)
+    slot_of = {name: n + 1 for n, name in enumerate(ids)}
+    slots = np.array([slot_of.get(i, 0) for i in _ids(table.column(key))], dtype=np.int64)
     out = []
     for name, spec in columns.items():
-        if name == item:
+        if name == key:
             continue
         column = table.column(name)
         entry: dict[str, Any] = {"name": name}
@@ -270,7 +270,7 @@ def encode_attributes(table: pa.Table, items: list[str], item: str,
             code = np.array([index.get(t, 0) if t is not None else 0 for t in text],
                             dtype=np.int64)
             entry.update(values=kept, size=len(kept))
-        codes = np.zeros(len(items) + 1, dtype=np.int64)
+        codes = np.zeros(len(ids) + 1, dtype=np.int64)
         known = slots > 0
         codes[slots[known]] = code[known]
         entry["codes"] = codes.tolist()

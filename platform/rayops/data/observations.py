@@ -19,6 +19,7 @@ import json
 import logging
 import math
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -29,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rayops.config import ColumnSpec, DataConfig
-from rayops.config.recommend import ItemTableConfig
+from rayops.config.recommend import AttributeTableConfig
 from rayops.data import stats
 from rayops.data import table as delta
 from rayops.data.curate import PartResult, PartSummary, quarantine_rows
@@ -212,14 +213,15 @@ def fit_series(observed: pa.Table, data: DataConfig) -> Preprocessor:
 MAX_SLOTS = 1 << 24
 
 
-def read_items(table: ItemTableConfig, location: Location, item: str) -> pa.Table:
-    """The item table's rows that keep its contract, one per item (the first of a
-    repeated id). Too many broken rows fail the ingest, naming the reasons."""
+def read_attributes(table: AttributeTableConfig, location: Location, key: str) -> pa.Table:
+    """An attribute table's rows that keep its contract, one per ``key`` value (the first
+    of a repeated id). Too many broken rows fail the ingest, naming the reasons."""
     try:
-        with location.io("read the item table"):
+        with location.io("read the attribute table"):
             raw = location.read_bytes()
     except FileNotFoundError:
-        raise DataError(f"data.recommend.items.source: {location.uri} does not exist"
+        raise DataError(f"the attribute table {location.uri} does not exist (data.recommend "
+                        "items or users, source)"
                         ) from None
     if table.format == "csv":
         frame = pd.read_csv(io.BytesIO(raw), dtype=str)
@@ -229,7 +231,7 @@ def read_items(table: ItemTableConfig, location: Location, item: str) -> pa.Tabl
         frame = pd.read_parquet(io.BytesIO(raw))
     missing = [c for c in table.columns if c not in frame.columns]
     if missing:
-        raise DataError(f"the item table {location.uri} lacks the column(s) {missing}")
+        raise DataError(f"the attribute table {location.uri} lacks the column(s) {missing}")
     frame = frame[list(table.columns)].astype(object).where(frame.notna(), None)
     typed = validate_frame(frame, table.columns)
     errors = typed.column(ERROR)
@@ -237,23 +239,23 @@ def read_items(table: ItemTableConfig, location: Location, item: str) -> pa.Tabl
     if broken:
         reasons = Counter(e for e in errors.to_pylist() if e is not None)
         first = reasons.most_common(1)[0][0]
-        logger.warning("item table: %d of %d row(s) break its contract and are left out "
-                       "(%s)", broken, len(frame), "; ".join(
+        logger.warning("%s: %d of %d row(s) break its contract and are left out (%s)",
+                       location.uri, broken, len(frame), "; ".join(
                            f"{n}x {r}" for r, n in reasons.most_common(3)))
         if broken > table.max_quarantine_fraction * len(frame):
-            raise DataError(f"the item table {location.uri}: {broken} of {len(frame)} rows "
-                            "break its contract, more than items.max_quarantine_fraction "
+            raise DataError(f"the attribute table {location.uri}: {broken} of {len(frame)} "
+                            "rows break its contract, more than its max_quarantine_fraction "
                             f"{table.max_quarantine_fraction} (e.g. {first})")
     good = typed.filter(pc.is_null(errors)).select(list(table.columns))
-    ids = pc.cast(good.column(item), pa.string()).to_pandas()
+    ids = pc.cast(good.column(key), pa.string()).to_pandas()
     return good.filter(pa.array(~ids.duplicated().to_numpy()))
 
 
-def fit_interactions(observed: pa.Table, data: DataConfig, items: pa.Table | None = None
-                     ) -> Preprocessor:
+def fit_interactions(observed: pa.Table, data: DataConfig,
+                     tables: Mapping[str, pa.Table] | None = None) -> Preprocessor:
     """The layout of every curated interaction: the catalogue, the users, and about how
-    many training and validation examples they give; with the item table, each
-    attribute's code per catalogue slot."""
+    many training and validation examples they give; with attribute tables (``items``,
+    ``users``), each attribute's code per item or user slot."""
     layout = InteractionLayout.fit(observed, data)
     for name, ids in (("items", layout.items), ("users", layout.users)):
         if len(ids) >= MAX_SLOTS:
@@ -266,11 +268,14 @@ def fit_interactions(observed: pa.Table, data: DataConfig, items: pa.Table | Non
     train = interaction_examples(observed, layout, "train").num_rows
     r = data.recommend
     assert r is not None
-    attributes = [] if items is None or r.items is None else encode_attributes(
-        items, layout.items, r.item, r.items.columns)
-    features = [{"name": r.user, "kind": "id", "ids": len(layout.users)},
-                {"name": r.item, "kind": "id", "ids": len(layout.items),
-                 "attributes": attributes}]
+    tables = tables or {}
+    features = []
+    for key, column, ids in (("users", r.user, layout.users), ("items", r.item, layout.items)):
+        spec = getattr(r, key)
+        attributes = [] if key not in tables or spec is None else encode_attributes(
+            tables[key], ids, column, spec.columns)
+        features.append({"name": column, "kind": "id", "ids": len(ids),
+                         "attributes": attributes})
     return Preprocessor(data.task, data.label, features,
                         {"k": r.k, "items": layout.items, "history": r.history},
                         interactions={"layout": layout.to_dict(),

@@ -63,25 +63,30 @@ class Recommender(nn.Module):
     """What both networks share: the catalogue's embeddings and ranking."""
 
     def __init__(self, n_items: int, dim: int, history: int, k: int,
-                 attributes: list[dict[str, Any]] | None = None) -> None:
+                 attributes: list[dict[str, Any]] | None = None,
+                 user_attributes: list[dict[str, Any]] | None = None) -> None:
         super().__init__()
         self.n_items, self.history, self.k = n_items, history, k
         self.items = nn.Embedding(n_items + 1, dim, padding_idx=0)
         nn.init.normal_(self.items.weight, std=dim ** -0.5)
         with torch.no_grad():
             self.items.weight[0].zero_()
-        # Each attribute's value (a genre, a decade) has a vector added to its items' own;
-        # the codes come with the architecture, so they are no part of the weights.
-        attributes = attributes or []
-        self.attributes = nn.ModuleList(nn.Embedding(a["size"] + 1, dim, padding_idx=0)
-                                        for a in attributes)
-        for table in self.attributes:
+        # Each attribute's value (a genre, a decade) has a vector added to its items' (its
+        # users') own; the codes come with the architecture: no part of the weights.
+        self.attributes = self._tables("codes", attributes or [], dim)
+        self.user_attributes = self._tables("user_codes", user_attributes or [], dim)
+
+    def _tables(self, prefix: str, attributes: list[dict[str, Any]], dim: int
+                ) -> nn.ModuleList:
+        tables = nn.ModuleList(nn.Embedding(a["size"] + 1, dim, padding_idx=0)
+                               for a in attributes)
+        for i, (table, a) in enumerate(zip(tables, attributes, strict=True)):
             nn.init.normal_(table.weight, std=dim ** -0.5)
             with torch.no_grad():
                 table.weight[0].zero_()
-        for i, a in enumerate(attributes):
-            self.register_buffer(f"codes_{i}", torch.tensor(a["codes"], dtype=torch.long),
+            self.register_buffer(f"{prefix}_{i}", torch.tensor(a["codes"], dtype=torch.long),
                                  persistent=False)
+        return tables
 
     def item_vectors(self) -> torch.Tensor:
         """Every item slot's vector: its own, plus its attributes' values'."""
@@ -89,6 +94,13 @@ class Recommender(nn.Module):
         for i, table in enumerate(self.attributes):
             vectors = vectors + table(getattr(self, f"codes_{i}"))
         return vectors
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor | float:
+        """What the users' attributes add (0 without a user table)."""
+        extra: torch.Tensor | float = 0.0
+        for i, table in enumerate(self.user_attributes):
+            extra = extra + table(getattr(self, f"user_codes_{i}")[users])
+        return extra
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training: the mean loss of the batch's sequences. Otherwise: every item slot's
@@ -109,8 +121,9 @@ class BPR(Recommender):
     """Matrix factorization with the BPR loss."""
 
     def __init__(self, n_users: int, n_items: int, dim: int, history: int, k: int,
-                 attributes: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(n_items, dim, history, k, attributes)
+                 attributes: list[dict[str, Any]] | None = None,
+                 user_attributes: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(n_items, dim, history, k, attributes, user_attributes)
         self.users = nn.Embedding(n_users + 1, dim)
         nn.init.normal_(self.users.weight, std=dim ** -0.5)
         self.bias = nn.Embedding(n_items + 1, 1)
@@ -118,7 +131,8 @@ class BPR(Recommender):
 
     def _score(self, users: torch.Tensor, items: torch.Tensor, vectors: torch.Tensor
                ) -> torch.Tensor:
-        return (self.users(users) * vectors[items]).sum(-1) + self.bias(items).squeeze(-1)
+        person = self.users(users) + self.user_vectors(users)
+        return (person * vectors[items]).sum(-1) + self.bias(items).squeeze(-1)
 
     def loss(self, users: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
         """Every positive of the sequence against a uniformly drawn item."""
@@ -131,7 +145,8 @@ class BPR(Recommender):
                              - self._score(who, other, vectors)).mean()
 
     def scores(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        return self.users(users) @ self.item_vectors().T + self.bias.weight.T
+        person = self.users(users) + self.user_vectors(users)
+        return person @ self.item_vectors().T + self.bias.weight.T
 
 
 class SASRec(Recommender):
@@ -139,8 +154,9 @@ class SASRec(Recommender):
 
     def __init__(self, n_items: int, dim: int, history: int, k: int, blocks: int,
                  heads: int, dropout: float, objective: str = "softmax",
-                 attributes: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(n_items, dim, history, k, attributes)
+                 attributes: list[dict[str, Any]] | None = None,
+                 user_attributes: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(n_items, dim, history, k, attributes, user_attributes)
         self.objective = objective
         self.positions = nn.Embedding(history, dim)
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim * 2,
@@ -162,7 +178,9 @@ class SASRec(Recommender):
         """Cross-entropy of each next item over the catalogue, where an item precedes it."""
         inputs, targets = sequences[:, :-1], sequences[:, 1:]
         vectors = self.item_vectors()
-        h = self.encode(inputs, vectors)
+        person = self.user_vectors(users)
+        h = self.encode(inputs, vectors) + (person[:, None, :] if isinstance(
+            person, torch.Tensor) else 0.0)
         keep = (inputs > 0) & (targets > 0)
         if self.objective == "sampled":  # the original SASRec: one random negative each
             liked = targets[keep]
@@ -177,18 +195,19 @@ class SASRec(Recommender):
 
     def scores(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         vectors = self.item_vectors()
-        return self.encode(history, vectors)[:, -1] @ vectors.T
+        return (self.encode(history, vectors)[:, -1] + self.user_vectors(users)) @ vectors.T
 
 
 def build_network(spec: dict[str, Any]) -> Recommender:
     """A network from the ``architecture`` dict stored in bundles and checkpoints."""
     attributes = spec.get("attributes") or []
+    users = spec.get("user_attributes") or []
     if spec["family"] == "bpr":
         return BPR(spec["n_users"], spec["n_items"], spec["dim"], spec["history"], spec["k"],
-                   attributes)
+                   attributes, users)
     return SASRec(spec["n_items"], spec["dim"], spec["history"], spec["k"], spec["blocks"],
                   spec["heads"], spec["dropout"], spec.get("objective", "softmax"),
-                  attributes)
+                  attributes, users)
 
 
 def rank_batches(network: Recommender, x: torch.Tensor, k: int) -> torch.Tensor:
@@ -262,10 +281,14 @@ class RecommenderFamily(Family):
         r, m = cfg.data.recommend, cfg.model.recommender
         assert r is not None
         ids = {f["name"]: f for f in features if f["kind"] == "id"}
-        attributes = [{k: a[k] for k in ("name", "size", "codes")}
-                      for a in ids[r.item].get("attributes", [])]
+
+        def attributes(column: str) -> list[dict[str, Any]]:
+            return [{k: a[k] for k in ("name", "size", "codes")}
+                    for a in ids[column].get("attributes", [])]
+
         return {"family": self.name, "n_users": ids[r.user]["ids"],
-                "n_items": ids[r.item]["ids"], "attributes": attributes,
+                "n_items": ids[r.item]["ids"], "attributes": attributes(r.item),
+                "user_attributes": attributes(r.user),
                 "history": r.history, "k": r.k, "dim": m.dim, "blocks": m.blocks,
                 "heads": m.heads, "dropout": m.dropout, "objective": m.objective}
 
