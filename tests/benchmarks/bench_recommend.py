@@ -127,7 +127,7 @@ def run(name: str, work: Path, epochs: int, runs: list[str]) -> dict[str, Any]:
         frame.to_csv(root / "lake" / "raw" / f"{name}.csv", index=False)
         titles.to_csv(root / "lake" / "titles.csv", index=False)
         with_items = {**data, "dataset": f"{name}-items", "recommend": {
-            **data["recommend"], "items": {"source": "titles.csv", **attributes}}}
+            **data["recommend"], "items": {**attributes, "source": "titles.csv"}}}
         versions: dict[bool, Any] = {}
         for run_name in runs:
             model, learning_rate = RUNS[run_name]

@@ -166,10 +166,29 @@ def test_item_attributes_are_coded_per_catalogue_slot():
 def test_the_item_table_is_checked_where_the_config_loads():
     data = _data(items={"source": "titles.csv",
                         "columns": {"i": {"type": "categorical"}, "g": {"type": "text"}}})
-    with pytest.raises(ConfigError, match="must declare the item column 'i' with nullable"):
+    with pytest.raises(ConfigError, match="items.columns must declare the column 'i' with nullable"):
         validate_config({"name": "rec", "data": data})
     data = _data(items={"source": "titles.csv",
                         "columns": {"i": {"type": "categorical", "nullable": False},
                                     "out": {"type": "datetime"}}})
     with pytest.raises(ConfigError, match=r"\['out'\]: datetime attributes are not read"):
         validate_config({"name": "rec", "data": data})
+
+
+def test_an_attribute_table_that_is_missing_or_broken_fails_the_ingest(tmp_path):
+    from rayops.config.recommend import AttributeTableConfig
+    from rayops.data.observations import read_attributes
+    from rayops.errors import DataError
+    from rayops.storage import resolve
+
+    table = AttributeTableConfig(source="t.csv", max_quarantine_fraction=0.5, columns={
+        "i": {"type": "categorical", "nullable": False}, "year": {"type": "integer"}})
+    with pytest.raises(DataError, match="t.csv does not exist"):
+        read_attributes(table, resolve(str(tmp_path / "t.csv")), "i")
+    (tmp_path / "t.csv").write_text("i,year\na,1990\nb,199x\na,2001\nc,2003\n")
+    kept = read_attributes(table, resolve(str(tmp_path / "t.csv")), "i")
+    assert kept.to_pydict() == {"i": ["a", "c"], "year": [1990, 2003]}  # b broken, a once
+    strict = table.model_copy(update={"max_quarantine_fraction": 0.1})
+    (tmp_path / "t.csv").write_text("i,year\na,1990\nb,199x\nc,20x3\n")
+    with pytest.raises(DataError, match="2 of 3 rows break its contract"):
+        read_attributes(strict, resolve(str(tmp_path / "t.csv")), "i")

@@ -216,13 +216,10 @@ MAX_SLOTS = 1 << 24
 def read_attributes(table: AttributeTableConfig, location: Location, key: str) -> pa.Table:
     """An attribute table's rows that keep its contract, one per ``key`` value (the first
     of a repeated id). Too many broken rows fail the ingest, naming the reasons."""
-    try:
-        with location.io("read the attribute table"):
-            raw = location.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"the attribute table {location.uri} does not exist (data.recommend "
-                        "items or users, source)"
-                        ) from None
+    if not location.exists():
+        raise DataError(f"the attribute table {location.uri} does not exist (its source in "
+                        "data.recommend.items or users)")
+    raw = location.read_bytes()
     if table.format == "csv":
         frame = pd.read_csv(io.BytesIO(raw), dtype=str)
     elif table.format == "json":
