@@ -166,7 +166,8 @@ def test_item_attributes_are_coded_per_catalogue_slot():
 def test_the_item_table_is_checked_where_the_config_loads():
     data = _data(items={"source": "titles.csv",
                         "columns": {"i": {"type": "categorical"}, "g": {"type": "text"}}})
-    with pytest.raises(ConfigError, match="items.columns must declare the column 'i' with nullable"):
+    with pytest.raises(ConfigError,
+                       match="items.columns must declare the column 'i' with nullable"):
         validate_config({"name": "rec", "data": data})
     data = _data(items={"source": "titles.csv",
                         "columns": {"i": {"type": "categorical", "nullable": False},
