@@ -73,8 +73,9 @@ def _process_setup_restored():
 # integration tests, then the unit tests: `make test` hands whole modules to two processes
 # (pytest-xdist, --dist loadfile) in this order, so the long ones do not start last.
 SLOWEST_FIRST = ("test_jobs", "test_serve", "test_families", "test_training",
-                 "test_simulated_cluster", "test_pipeline_local", "test_tables", "test_resume",
-                 "test_operate", "test_gcs_fault_tolerance")
+                 "test_simulated_cluster", "test_pipeline_local", "test_recommendation",
+                 "test_forecasting", "test_tables", "test_resume", "test_operate",
+                 "test_gcs_fault_tolerance")
 
 
 def _schedule_rank(item: pytest.Item) -> tuple[int, int]:

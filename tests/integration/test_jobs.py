@@ -142,7 +142,7 @@ def test_bad_config_fails_the_job_with_the_key_named(tmp_path, cluster):
     # The job's reason, not a traceback: the config error's list of invalid settings.
     last = _last_log_line(cluster, job_id)
     assert last == ("  data.task: Input should be 'classification' or 'forecasting' or "
-                    "'regression' (got 'guess')")
+                    "'recommendation' or 'regression' (got 'guess')")
 
 
 def test_a_forecasting_config_ingests_as_a_job(tmp_path, cluster):
