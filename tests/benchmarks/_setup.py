@@ -30,3 +30,14 @@ def demo_config(work: Path, *overrides: str) -> PipelineConfig:
     ``overrides`` (later ones win)."""
     return load_config(config_path(), [f"storage.root={work}/lake",
                                        f"tracking.uri=sqlite:///{work}/mlflow.db", *overrides])
+
+
+def package_dir(name: str) -> Path:
+    """Where an installed package's files are, without importing it (benchmarks read the
+    data files some packages ship)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"{name} is not installed: make bench (or pip install -e .[bench])")
+    return Path(spec.submodule_search_locations[0])

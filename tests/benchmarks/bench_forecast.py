@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 import json
 import tempfile
 import time
@@ -38,22 +37,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from _setup import start_bench
+from _setup import package_dir, start_bench
 
 from rayops.config import PipelineConfig, validate_config
 from rayops.data.ingest import ingest
 from rayops.train import run_training
 
 
-def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)  # its files, without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"{name} is not installed: make bench (or pip install -e .[bench])")
-    return Path(spec.submodule_search_locations[0])
-
-
 def bikeshare() -> tuple[pd.DataFrame, dict[str, Any]]:
-    raw = pd.read_csv(_package_dir("ISLP") / "data" / "Bikeshare.csv")
+    raw = pd.read_csv(package_dir("ISLP") / "data" / "Bikeshare.csv")
     ts = (pd.Timestamp("2011-01-01", tz="UTC") + pd.to_timedelta(raw["day"] - 1, unit="D")
           + pd.to_timedelta(raw["hr"].astype(int), unit="h"))
     frame = pd.DataFrame({"ts": ts.dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -73,7 +65,7 @@ def bikeshare() -> tuple[pd.DataFrame, dict[str, Any]]:
 
 
 def taylor() -> tuple[pd.DataFrame, dict[str, Any]]:
-    source = (_package_dir("pmdarima") / "datasets" / "taylor.py").read_text()
+    source = (package_dir("pmdarima") / "datasets" / "taylor.py").read_text()
     assigned = next(node for node in ast.walk(ast.parse(source)) if isinstance(
         node, ast.Assign) and getattr(node.targets[0], "id", "") == "rslt")
     values = ast.literal_eval(next(n for n in ast.walk(assigned) if isinstance(n, ast.List)))

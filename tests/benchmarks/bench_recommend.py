@@ -31,7 +31,6 @@ The last line printed is one JSON object with the per-dataset figures.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import tempfile
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from _setup import start_bench
+from _setup import package_dir, start_bench
 
 from rayops.config import PipelineConfig, validate_config
 from rayops.data.ingest import ingest
@@ -56,15 +55,8 @@ RUNS = {"bpr_lr0.001": ({"family": "bpr"}, 0.001),
         "sasrec_attributes": ({"family": "sasrec"}, 0.001)}  # with the item table, if any
 
 
-def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)  # its files, without importing it
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"{name} is not installed: make bench")
-    return Path(spec.submodule_search_locations[0])
-
-
 def ml100k() -> tuple[pd.DataFrame, dict[str, Any]]:
-    raw = pd.read_csv(_package_dir("recbole") / "dataset_example" / "ml-100k" /
+    raw = pd.read_csv(package_dir("recbole") / "dataset_example" / "ml-100k" /
                       "ml-100k.inter", sep="\t")
     raw.columns = [c.split(":")[0] for c in raw.columns]
     frame = pd.DataFrame({
@@ -77,7 +69,7 @@ def ml100k() -> tuple[pd.DataFrame, dict[str, Any]]:
                "rating": {"type": "integer", "min": 1, "max": 5}}
     recommend = {"user": "user_id", "item": "item_id", "timestamp": "ts",
                  "rating": "rating", "k": 10}
-    items = pd.read_csv(_package_dir("recbole") / "dataset_example" / "ml-100k" /
+    items = pd.read_csv(package_dir("recbole") / "dataset_example" / "ml-100k" /
                         "ml-100k.item", sep="\t")
     items.columns = [c.split(":")[0] for c in items.columns]
     titles = pd.DataFrame({"item_id": items["item_id"].astype(str),

@@ -41,12 +41,10 @@ class SlowStore(PredictionLog):
 def test_overload_drops_and_counts_and_never_blocks_a_request(tmp_path):
     log = SlowStore(resolve(str(tmp_path / "log")), max_queue=100, flush_rows=50,
                     flush_interval_s=0.05)
-    slowest = 0.0
     for i in range(5_000):
-        started = time.perf_counter()
         log.record(f"r{i}", "churn", "1", [RECORD], [{"prediction": "no"}], 1.0)
-        slowest = max(slowest, time.perf_counter() - started)
-    assert slowest < 0.05  # a full queue costs the request nothing
+    # A request never waits for the store: with the queue full its rows are dropped (a put
+    # that waited would drop none). No clock here: a busy machine stalls any call.
     assert log.counts["dropped"] > 4_000
     log.close()
     assert log.counts["sampled"] + log.counts["dropped"] == 5_000

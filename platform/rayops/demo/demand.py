@@ -10,11 +10,10 @@ arrive as new files.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pandas as pd
 
+from rayops.demo.files import write_weekly
 from rayops.storage import Location
 
 START = "2024-01-01T00:00:00Z"  # a Monday
@@ -85,17 +84,4 @@ def _corrupt(df: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
 def write(frame: pd.DataFrame, target: Location, first_week: int = 0,
           weeks: int | None = None) -> list[str]:
     """One CSV file per week (``week-0000.csv``...) from ``first_week``; returns the URIs."""
-    stamps = pd.to_datetime(frame["ts"], utc=True, format="ISO8601", errors="coerce")
-    week = ((stamps - pd.Timestamp(START)).dt.days // 7).fillna(0).astype(int)
-    last = int(week.max()) + 1 if weeks is None else first_week + weeks
-    written = []
-    for number in range(first_week, last):
-        chunk = frame[week == number]
-        if chunk.empty:
-            continue
-        buf = io.StringIO()
-        chunk.to_csv(buf, index=False)
-        name = f"week-{number:04d}.csv"
-        target.join(name).write_bytes(buf.getvalue().encode())
-        written.append(target.join(name).uri)
-    return written
+    return write_weekly(frame, target, pd.Timestamp(START), first_week, weeks)

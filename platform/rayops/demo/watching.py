@@ -12,11 +12,10 @@ a table of their own (:func:`titles`).
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pandas as pd
 
+from rayops.demo.files import write_weekly
 from rayops.storage import Location
 
 START = pd.Timestamp("2024-01-01T00:00:00Z")
@@ -114,17 +113,4 @@ def write_titles(frame: pd.DataFrame, target: Location) -> str:
 def write(frame: pd.DataFrame, target: Location, first_week: int = 0,
           weeks: int | None = None) -> list[str]:
     """One CSV file per week (``week-0000.csv``...) from ``first_week``; returns the URIs."""
-    stamps = pd.to_datetime(frame["ts"], utc=True, format="ISO8601", errors="coerce")
-    week = ((stamps - START).dt.days // 7).fillna(0).astype(int)
-    last = int(week.max()) + 1 if weeks is None else first_week + weeks
-    written = []
-    for number in range(first_week, last):
-        chunk = frame[week == number]
-        if chunk.empty:
-            continue
-        buf = io.StringIO()
-        chunk.to_csv(buf, index=False)
-        name = f"week-{number:04d}.csv"
-        target.join(name).write_bytes(buf.getvalue().encode())
-        written.append(target.join(name).uri)
-    return written
+    return write_weekly(frame, target, START, first_week, weeks)

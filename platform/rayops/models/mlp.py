@@ -124,12 +124,6 @@ class MLPModel:
     def __init__(self, network: MLP) -> None:
         self.network = network.eval()
 
-    @classmethod
-    def load(cls, folder: Path, spec: dict[str, Any]) -> MLPModel:
-        network = build_model(spec)
-        network.load_state_dict(load_state_dict(folder / WEIGHTS))
-        return cls(network)
-
     def save(self, folder: Path) -> None:
         torch.save(self.network.state_dict(), folder / WEIGHTS)
 
@@ -172,12 +166,16 @@ class MLPFamily(Family):
 
         return Objective(loop.task.torch_loss())
 
-    def trained_model(self, folder: Path, architecture: dict[str, Any]) -> MLPModel:
+    def wrap(self, network: nn.Module) -> Any:
+        """A trained network as the family's :class:`Model`."""
+        return MLPModel(network)  # type: ignore[arg-type]
+
+    def trained_model(self, folder: Path, architecture: dict[str, Any]) -> Any:
         from rayops.models.checkpoints import CHECKPOINT_FILE
 
-        network = build_model(architecture)
+        network = self.network(architecture)
         network.load_state_dict(load_state_dict(folder / CHECKPOINT_FILE)["model"])
-        return MLPModel(network)
+        return self.wrap(network)
 
     def history(self, cfg: PipelineConfig, run_name: str, newest: Checkpoint | None
                 ) -> list[dict[str, float]]:
@@ -185,8 +183,10 @@ class MLPFamily(Family):
 
         return history_of(latest_state(checkpoints_of(cfg, run_name), newest))
 
-    def load(self, folder: Path, architecture: dict[str, Any]) -> MLPModel:
-        return MLPModel.load(folder, architecture)
+    def load(self, folder: Path, architecture: dict[str, Any]) -> Any:
+        network = self.network(architecture)
+        network.load_state_dict(load_state_dict(folder / WEIGHTS))
+        return self.wrap(network)
 
 
 register_family(MLPFamily())

@@ -17,7 +17,6 @@ task's outputs. Input rows are the examples of :mod:`rayops.data.interactions`:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rayops.families import BUILT_IN_TASKS, register_family
-from rayops.models.family import Family, LoopConfig
-from rayops.models.mlp import WEIGHTS, load_state_dict
+from rayops.models.family import LoopConfig
+from rayops.models.mlp import WEIGHTS, MLPFamily
 
 if TYPE_CHECKING:
-    from ray.train import Checkpoint
 
     from rayops.config import PipelineConfig
 
@@ -270,11 +268,11 @@ class RecommenderModel:
         return rank_batches(self.network, torch.from_numpy(x), k).numpy()
 
 
-class RecommenderFamily(Family):
-    """A recommender trained by the MLP's loop (its objective: :class:`RankingObjective`)."""
+class RecommenderFamily(MLPFamily):
+    """A recommender trained by the MLP's loop (its objective: :class:`RankingObjective`);
+    its length, trainer, history and weights files are the MLP's."""
 
     tasks = BUILT_IN_TASKS["sasrec"]
-    step = "epoch"
 
     def architecture(self, cfg: PipelineConfig, n_inputs: int, n_outputs: int,
                      features: list[dict[str, Any]]) -> dict[str, Any]:
@@ -292,39 +290,14 @@ class RecommenderFamily(Family):
                 "history": r.history, "k": r.k, "dim": m.dim, "blocks": m.blocks,
                 "heads": m.heads, "dropout": m.dropout, "objective": m.objective}
 
-    def length(self, cfg: PipelineConfig) -> int:
-        return cfg.train.epochs
-
-    def trainer(self) -> tuple[Any, Callable[[dict[str, Any]], None]]:
-        from ray.train.torch import TorchTrainer
-
-        from rayops.models.torch_loop import train_fn_per_worker
-
-        return TorchTrainer, train_fn_per_worker
-
     def network(self, architecture: dict[str, Any]) -> nn.Module:
         return build_network(architecture)
 
     def objective(self, loop: LoopConfig) -> RankingObjective:
         return RankingObjective(int(loop.label_state["k"]))
 
-    def trained_model(self, folder: Path, architecture: dict[str, Any]) -> RecommenderModel:
-        from rayops.models.checkpoints import CHECKPOINT_FILE
-
-        network = build_network(architecture)
-        network.load_state_dict(load_state_dict(folder / CHECKPOINT_FILE)["model"])
-        return RecommenderModel(self.name, network)
-
-    def history(self, cfg: PipelineConfig, run_name: str, newest: Checkpoint | None
-                ) -> list[dict[str, float]]:
-        from rayops.models.checkpoints import checkpoints_of, history_of, latest_state
-
-        return history_of(latest_state(checkpoints_of(cfg, run_name), newest))
-
-    def load(self, folder: Path, architecture: dict[str, Any]) -> RecommenderModel:
-        network = build_network(architecture)
-        network.load_state_dict(load_state_dict(folder / WEIGHTS))
-        return RecommenderModel(self.name, network)
+    def wrap(self, network: nn.Module) -> RecommenderModel:
+        return RecommenderModel(self.name, network)  # type: ignore[arg-type]
 
 
 class BPRFamily(RecommenderFamily):
