@@ -47,8 +47,13 @@ class RecommenderModelConfig(_Section):
                            "embeddings and in each block.")
     objective: Literal["softmax", "sampled"] = Field(
         "softmax", description="How SASRec learns the next item. softmax: cross-entropy "
-        "over the whole catalogue; sampled: the original SASRec's, the next item against "
-        "one random item (binary cross-entropy), cheaper on a huge catalogue.")
+        "over the catalogue (see negatives); sampled: the original SASRec's, the next item "
+        "against one random item (binary cross-entropy).")
+    negatives: int | None = Field(
+        None, ge=1, description="softmax over the next item and this many random items "
+        "the batch shares, instead of the whole catalogue: training memory then grows with "
+        "it, not with the catalogue (null: the whole catalogue, exact; set it for "
+        "catalogues past about 100,000 items).")
 
     @model_validator(mode="after")
     def _heads(self) -> RecommenderModelConfig:

@@ -45,11 +45,12 @@ def masked(scores: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
 
 
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """``[slots of the k best, their scores]`` per row (fewer items than k: padded with
-    slot 0 at -inf)."""
+    """``[slots of the k best, their scores]`` per row (fewer unseen items than k: the
+    rest is slot 0 at -inf)."""
     k_here = min(k, scores.shape[1])
     best = torch.topk(scores, k_here, dim=1)
-    slots, values = best.indices.float(), best.values
+    values = best.values
+    slots = torch.where(torch.isfinite(values), best.indices, 0).float()  # none left: 0
     if k_here < k:
         pad = k - k_here
         slots = F.pad(slots, (0, pad))
@@ -86,11 +87,17 @@ class Recommender(nn.Module):
                                  persistent=False)
         return tables
 
-    def item_vectors(self) -> torch.Tensor:
-        """Every item slot's vector: its own, plus its attributes' values'."""
-        vectors = self.items.weight
+    def item_vectors(self, slots: torch.Tensor | None = None) -> torch.Tensor:
+        """The vectors of ``slots`` (None: every slot): each item's own, plus its
+        attributes' values'."""
+        if slots is None:
+            vectors = self.items.weight
+            for i, table in enumerate(self.attributes):
+                vectors = vectors + table(getattr(self, f"codes_{i}"))
+            return vectors
+        vectors = self.items(slots)
         for i, table in enumerate(self.attributes):
-            vectors = vectors + table(getattr(self, f"codes_{i}"))
+            vectors = vectors + table(getattr(self, f"codes_{i}")[slots])
         return vectors
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor | float:
@@ -130,7 +137,7 @@ class BPR(Recommender):
     def _score(self, users: torch.Tensor, items: torch.Tensor, vectors: torch.Tensor
                ) -> torch.Tensor:
         person = self.users(users) + self.user_vectors(users)
-        return (person * vectors[items]).sum(-1) + self.bias(items).squeeze(-1)
+        return (person * vectors).sum(-1) + self.bias(items).squeeze(-1)
 
     def loss(self, users: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
         """Every positive of the sequence against a uniformly drawn item."""
@@ -138,9 +145,8 @@ class BPR(Recommender):
         who = users[:, None].expand_as(sequences)[positive]
         liked = sequences[positive]
         other = torch.randint(1, self.n_items + 1, liked.shape, device=liked.device)
-        vectors = self.item_vectors()
-        return -F.logsigmoid(self._score(who, liked, vectors)
-                             - self._score(who, other, vectors)).mean()
+        return -F.logsigmoid(self._score(who, liked, self.item_vectors(liked))
+                             - self._score(who, other, self.item_vectors(other))).mean()
 
     def scores(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         person = self.users(users) + self.user_vectors(users)
@@ -153,9 +159,10 @@ class SASRec(Recommender):
     def __init__(self, n_items: int, dim: int, history: int, k: int, blocks: int,
                  heads: int, dropout: float, objective: str = "softmax",
                  attributes: list[dict[str, Any]] | None = None,
-                 user_attributes: list[dict[str, Any]] | None = None) -> None:
+                 user_attributes: list[dict[str, Any]] | None = None,
+                 negatives: int | None = None) -> None:
         super().__init__(n_items, dim, history, k, attributes, user_attributes)
-        self.objective = objective
+        self.objective, self.negatives = objective, negatives
         self.positions = nn.Embedding(history, dim)
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim * 2,
                                            dropout=dropout, batch_first=True, norm_first=True)
@@ -163,11 +170,11 @@ class SASRec(Recommender):
         self.norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def encode(self, items: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    def encode(self, items: torch.Tensor) -> torch.Tensor:
         """Hidden states of left-padded item sequences (``[rows, steps, dim]``)."""
         steps = items.shape[1]
         at = torch.arange(self.history - steps, self.history, device=items.device)
-        h = vectors[items] * self.items.embedding_dim ** 0.5 + self.positions(at)
+        h = self.item_vectors(items) * self.items.embedding_dim ** 0.5 + self.positions(at)
         h = self.dropout(h) * (items > 0).unsqueeze(-1)
         causal = nn.Transformer.generate_square_subsequent_mask(steps, device=items.device)
         return self.norm(self.blocks(h, mask=causal, is_causal=True))
@@ -175,25 +182,29 @@ class SASRec(Recommender):
     def loss(self, users: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of each next item over the catalogue, where an item precedes it."""
         inputs, targets = sequences[:, :-1], sequences[:, 1:]
-        vectors = self.item_vectors()
         person = self.user_vectors(users)
-        h = self.encode(inputs, vectors) + (person[:, None, :] if isinstance(
+        h = self.encode(inputs) + (person[:, None, :] if isinstance(
             person, torch.Tensor) else 0.0)
         keep = (inputs > 0) & (targets > 0)
+        state, liked = h[keep], targets[keep]
         if self.objective == "sampled":  # the original SASRec: one random negative each
-            liked = targets[keep]
             other = torch.randint(1, self.n_items + 1, liked.shape, device=liked.device)
-            state = h[keep]
-            good = (state * vectors[liked]).sum(-1)
-            bad = (state * vectors[other]).sum(-1)
+            good = (state * self.item_vectors(liked)).sum(-1)
+            bad = (state * self.item_vectors(other)).sum(-1)
             return -(F.logsigmoid(good) + F.logsigmoid(-bad)).mean()
-        logits = h[keep] @ vectors.T
+        if self.negatives:  # the next item against random items the batch shares
+            other = torch.randint(1, self.n_items + 1, (self.negatives,), device=liked.device)
+            good = (state * self.item_vectors(liked)).sum(-1, keepdim=True)
+            bad = (state @ self.item_vectors(other).T).masked_fill(
+                other[None, :] == liked[:, None], -torch.inf)  # a draw of the next item
+            logits = torch.cat([good, bad], dim=1)
+            return F.cross_entropy(logits, torch.zeros_like(liked))
+        logits = state @ self.item_vectors().T
         logits[:, 0] = -torch.inf
-        return F.cross_entropy(logits, targets[keep])
+        return F.cross_entropy(logits, liked)
 
     def scores(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        vectors = self.item_vectors()
-        return (self.encode(history, vectors)[:, -1] + self.user_vectors(users)) @ vectors.T
+        return (self.encode(history)[:, -1] + self.user_vectors(users)) @ self.item_vectors().T
 
 
 def build_network(spec: dict[str, Any]) -> Recommender:
@@ -205,7 +216,7 @@ def build_network(spec: dict[str, Any]) -> Recommender:
                    attributes, users)
     return SASRec(spec["n_items"], spec["dim"], spec["history"], spec["k"], spec["blocks"],
                   spec["heads"], spec["dropout"], spec.get("objective", "softmax"),
-                  attributes, users)
+                  attributes, users, spec.get("negatives"))
 
 
 def rank_batches(network: Recommender, x: torch.Tensor, k: int) -> torch.Tensor:
@@ -288,7 +299,8 @@ class RecommenderFamily(MLPFamily):
                 "n_items": ids[r.item]["ids"], "attributes": attributes(r.item),
                 "user_attributes": attributes(r.user),
                 "history": r.history, "k": r.k, "dim": m.dim, "blocks": m.blocks,
-                "heads": m.heads, "dropout": m.dropout, "objective": m.objective}
+                "heads": m.heads, "dropout": m.dropout, "objective": m.objective,
+                "negatives": m.negatives}
 
     def network(self, architecture: dict[str, Any]) -> nn.Module:
         return build_network(architecture)
