@@ -21,3 +21,15 @@ def test_no_dataset_is_the_callers_error_and_an_unreadable_store_a_retry(tmp_pat
     with pytest.raises(HistoryUnavailable, match=r"'demand' could not be read \(cannot "
                        r"open Delta table .*rows.*\): send the series' history, or retry"):
         history.rows(None, {"zone": "A"})  # type: ignore[arg-type]
+
+
+def test_a_users_rows_without_a_dataset_are_none_and_an_unreadable_store_a_retry(tmp_path):
+    storage = StorageConfig(root=str(tmp_path / "lake"))
+    history = CuratedHistory(storage, "watching", refresh_s=1.0)
+    assert history.rows_of("user_id", "u1").num_rows == 0  # a new deployment's first user
+    history = CuratedHistory(storage, "watching", refresh_s=1.0)
+    rows = Path(dataset_location(storage, "watching").uri) / "rows"
+    rows.parent.mkdir(parents=True)
+    rows.write_text("a file where the table's folder should be")
+    with pytest.raises(HistoryUnavailable, match=r"'watching' could not be read .*: retry"):
+        history.rows_of("user_id", "u1")

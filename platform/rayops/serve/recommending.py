@@ -47,7 +47,7 @@ class Recommending(Answering):
         never a model failure)."""
         layout = layout_of(predictor)
         user = id_value(predictor, layout.user, body["user"], "user")
-        return self.history.rows_of({layout.user: user})
+        return self.history.rows_of(layout.user, user)
 
     @staticmethod
     def _prepared(predictor: Predictor, body: dict[str, Any], curated: Any) -> Prepared:
