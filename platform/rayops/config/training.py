@@ -50,10 +50,11 @@ class RecommenderModelConfig(_Section):
         "over the catalogue (see negatives); sampled: the original SASRec's, the next item "
         "against one random item (binary cross-entropy).")
     negatives: int | None = Field(
-        None, ge=1, description="softmax over the next item and this many random items "
-        "the batch shares, instead of the whole catalogue: training memory then grows with "
-        "it, not with the catalogue (null: the whole catalogue, exact; set it for "
-        "catalogues past about 100,000 items).")
+        None, ge=1, description="softmax over the batch's next items and this many random "
+        "items (logQ-corrected), instead of the whole catalogue: training memory then grows "
+        "with the batch, not with the catalogue (null: the whole catalogue, exact; set it "
+        "for catalogues past about 100,000 items; on MovieLens 100K, 256 cost a third of "
+        "recall@10).")
 
     @model_validator(mode="after")
     def _heads(self) -> RecommenderModelConfig:

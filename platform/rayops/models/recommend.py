@@ -192,16 +192,31 @@ class SASRec(Recommender):
             good = (state * self.item_vectors(liked)).sum(-1)
             bad = (state * self.item_vectors(other)).sum(-1)
             return -(F.logsigmoid(good) + F.logsigmoid(-bad)).mean()
-        if self.negatives:  # the next item against random items the batch shares
-            other = torch.randint(1, self.n_items + 1, (self.negatives,), device=liked.device)
-            good = (state * self.item_vectors(liked)).sum(-1, keepdim=True)
-            bad = (state @ self.item_vectors(other).T).masked_fill(
-                other[None, :] == liked[:, None], -torch.inf)  # a draw of the next item
-            logits = torch.cat([good, bad], dim=1)
-            return F.cross_entropy(logits, torch.zeros_like(liked))
+        if self.negatives:
+            return self._sampled_softmax(state, liked)
         logits = state @ self.item_vectors().T
         logits[:, 0] = -torch.inf
         return F.cross_entropy(logits, liked)
+
+    def _sampled_softmax(self, state: torch.Tensor, liked: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of each next item among the batch's next items (drawn as often as
+        they are popular) and ``negatives`` random items, each score less the log of how
+        often its item was drawn (the logQ correction: a popular item is not penalised
+        merely for being in many batches)."""
+        assert self.negatives is not None
+        batch, seen = torch.unique(liked, return_counts=True)
+        uniform = torch.randint(1, self.n_items + 1, (self.negatives,), device=liked.device)
+        candidates = torch.cat([batch, uniform])
+        # how often each candidate is expected among the draws: its next-item count in the
+        # batch, plus what the uniform draws give every item
+        expected = torch.cat([seen.float(), torch.zeros(self.negatives, device=liked.device)])
+        expected += self.negatives / self.n_items
+        logits = state @ self.item_vectors(candidates).T - torch.log(expected)
+        target = torch.searchsorted(batch, liked)
+        # a random draw of a row's own next item is not a negative of it
+        logits[:, len(batch):] = logits[:, len(batch):].masked_fill(
+            uniform[None, :] == liked[:, None], -torch.inf)
+        return F.cross_entropy(logits, target)
 
     def scores(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         return (self.encode(history)[:, -1] + self.user_vectors(users)) @ self.item_vectors().T
