@@ -122,10 +122,23 @@ def test_demo_names_the_workloads_it_has_and_the_forecasting_config_loads():
     result = CliRunner().invoke(app, ["demo", "--workload", "weather"])
     assert result.exit_code == 2
     shown = " ".join(result.output.replace("│", " ").split())  # unboxed, unwrapped
-    assert "'weather'; use one of classification, forecasting" in shown
+    assert "'weather'; use one of classification, forecasting, recommendation" in shown
     refused = CliRunner().invoke(app, ["demo", "--workload", "forecasting", "--operate"])
     assert refused.exit_code != 0  # before any data is written or Ray starts
     assert "--operate runs on the churn demo, not forecasting" in str(refused.exception)
     cfg = load_config(config_path("demand"))
     assert cfg.data.task == "forecasting" and cfg.target_metric == ("valid_mae", "min")
     assert cfg.data.forecast.lookback == 168 and cfg.tune.enabled
+    cfg = load_config(config_path("watching"))
+    assert cfg.data.task == "recommendation" and cfg.target_metric == ("valid_ndcg_10", "max")
+
+
+def test_version_is_printed():
+    from importlib.metadata import version
+
+    from typer.testing import CliRunner
+
+    from rayops.cli import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"rayops {version('rayops')}"

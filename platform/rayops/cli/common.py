@@ -17,6 +17,21 @@ app = typer.Typer(help="rayops: raw files in object storage -> a model served by
                   no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
 
+def _version(shown: bool) -> None:
+    if shown:
+        from importlib.metadata import version
+
+        typer.echo(f"rayops {version('rayops')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="Print rayops' version and exit.")] = False) -> None:
+    """rayops: raw files in object storage -> a model served by Ray Serve."""
+
+
 ConfigArg = Annotated[Path, typer.Argument(help="Pipeline config YAML.", exists=False)]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a config key, e.g. --set train.epochs=3 (repeatable).")]
