@@ -65,20 +65,7 @@ class InteractionLayout:
     @classmethod
     def fit(cls, rows: pa.Table, data: Any) -> InteractionLayout:
         """The layout of ``data.recommend`` over every curated interaction in ``rows``."""
-        r = data.recommend
-        users = sorted(set(_ids(rows.column(r.user))))
-        items = sorted(set(_ids(rows.column(r.item))))
-        if not items:
-            raise DataError("no interactions to recommend from: the dataset is empty")
-        layout = cls(r.user, r.item, r.timestamp, r.rating, r.min_rating, r.k, r.history,
-                     r.min_interactions, users, [], items)
-        h = _histories(rows, layout, hold_out=False)
-        counts = np.zeros(len(items) + 1, dtype=np.int64)
-        for slots, pos in zip(h.train, h.positive, strict=True):
-            np.add.at(counts, slots[pos], 1)
-        order = np.lexsort((np.arange(len(counts)), -counts))[:POPULAR + 1]
-        popular = [[items[s - 1], int(counts[s])] for s in order if s > 0][:POPULAR]
-        return replace(layout, popular=popular)
+        return fit_interaction_layout(rows, data)[0]
 
     def slots(self, values: pa.ChunkedArray, known: list[str]) -> np.ndarray:
         """1-based slots of ``values`` in ``known``; 0 for a value it does not hold."""
@@ -149,17 +136,50 @@ def _windows(sequence: np.ndarray, width: int) -> list[np.ndarray]:
     return windows
 
 
-def popularity_order(h: _Histories, n_items: int) -> np.ndarray:
-    """Each item slot's position when the catalogue is sorted by training positives
-    (most first; ties by slot)."""
+def positive_counts(h: _Histories, n_items: int, held_out: bool = False) -> np.ndarray:
+    """Each item slot's positives in training (and, with ``held_out``, the held-out ones
+    too: every positive of the data)."""
     counts = np.zeros(n_items + 1, dtype=np.int64)
     for items, pos in zip(h.train, h.positive, strict=True):
         np.add.at(counts, items[pos], 1)
-    counts[0] = -1  # the padding slot ranks last
-    order = np.lexsort((np.arange(n_items + 1), -counts))
+    if held_out:
+        np.add.at(counts, [s for s in h.held_out if s], 1)
+    return counts
+
+
+def most_first(counts: np.ndarray) -> np.ndarray:
+    """Item slots by count, most first (ties by slot), the padding slot last."""
+    counts = counts.copy()
+    counts[0] = -1
+    return np.lexsort((np.arange(len(counts)), -counts))
+
+
+def popularity_order(h: _Histories, n_items: int) -> np.ndarray:
+    """Each item slot's position when the catalogue is sorted by training positives."""
     position = np.empty(n_items + 1, dtype=np.int64)
-    position[order] = np.arange(n_items + 1)
+    position[most_first(positive_counts(h, n_items))] = np.arange(n_items + 1)
     return position
+
+
+def fit_interaction_layout(rows: pa.Table, data: Any) -> tuple[InteractionLayout, dict[str, int]]:
+    """The layout of ``data.recommend`` over every curated interaction in ``rows``, and
+    how many training and validation examples they give, from one pass over each user's
+    history. The popular items count every positive (a held-out one is the user's last
+    positive: nothing it leaves out is one)."""
+    r = data.recommend
+    users = sorted(set(_ids(rows.column(r.user))))
+    items = sorted(set(_ids(rows.column(r.item))))
+    if not items:
+        raise DataError("no interactions to recommend from: the dataset is empty")
+    layout = InteractionLayout(r.user, r.item, r.timestamp, r.rating, r.min_rating, r.k,
+                               r.history, r.min_interactions, users, [], items)
+    h = _histories(rows, layout)
+    counts = positive_counts(h, len(items), held_out=True)
+    popular = [[items[s - 1], int(counts[s])] for s in most_first(counts)[:POPULAR] if s > 0]
+    examples = {"train": sum(len(_windows(items_[pos & (items_ > 0)], r.history + 1))
+                             for items_, pos in zip(h.train, h.positive, strict=True)),
+                "valid": sum(held is not None for held in h.held_out)}
+    return replace(layout, popular=popular), examples
 
 
 def interaction_examples(rows: pa.Table, layout: InteractionLayout, split: str) -> pa.Table:
@@ -184,10 +204,9 @@ def _validation(h: _Histories, layout: InteractionLayout) -> pa.Table:
     for user, items, pos, held in zip(h.user, h.train, h.positive, h.held_out, strict=True):
         if held is None:
             continue
-        seen = np.unique(items[items > 0])
-        recent = items[pos & (items > 0)][-layout.history:]
+        recent, seen = _ranked(items, pos, layout.history)
         columns[USER].append(user)
-        columns[HISTORY].append(np.pad(recent, (layout.history - len(recent), 0)))
+        columns[HISTORY].append(recent)
         columns[SEEN].append(seen)
         if held > 0:  # its rank among the items the user has not met, by popularity
             rank = position[held] - int((position[seen] < position[held]).sum())
@@ -201,6 +220,14 @@ def _validation(h: _Histories, layout: InteractionLayout) -> pa.Table:
         SEEN: pa.array(columns[SEEN], pa.list_(pa.int64())),
         TARGET: pa.array(columns[TARGET], pa.int64()),
         POPULARITY_RANK: pa.array(columns[POPULARITY_RANK], pa.int64())})
+
+
+def _ranked(items: np.ndarray, positive: np.ndarray, history: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """What a model reads of a user's training interactions: the last ``history``
+    positives (left-padded) and every item met (never ranked)."""
+    recent = items[positive & (items > 0)][-history:]
+    return np.pad(recent, (history - len(recent), 0)), np.unique(items[items > 0])
 
 
 def inputs_of(table: pa.Table) -> np.ndarray:
@@ -226,15 +253,13 @@ def ranking_examples(rows: pa.Table, layout: InteractionLayout) -> pa.Table:
     """What a model ranks for each user of ``rows`` (their interactions so far, nothing
     held out): the user's id and slot, the last ``history`` positives, every item met."""
     h = _histories(rows, layout, hold_out=False)
-    recent = [items[pos & (items > 0)][-layout.history:]
+    ranked = [_ranked(items, pos, layout.history)
               for items, pos in zip(h.train, h.positive, strict=True)]
     return pa.table({
         layout.user: pa.array(h.ids, pa.string()),
         USER: pa.array(h.user, pa.int64()),
-        HISTORY: pa.array([np.pad(r, (layout.history - len(r), 0)) for r in recent],
-                          pa.list_(pa.int64(), layout.history)),
-        SEEN: pa.array([np.unique(items[items > 0]) for items in h.train],
-                       pa.list_(pa.int64()))})
+        HISTORY: pa.array([r[0] for r in ranked], pa.list_(pa.int64(), layout.history)),
+        SEEN: pa.array([r[1] for r in ranked], pa.list_(pa.int64()))})
 
 
 MAX_VALUES = 1000  # an attribute's most frequent values kept; rarer ones share code 0

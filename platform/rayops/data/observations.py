@@ -8,8 +8,9 @@ Rows are checked one at a time by the streaming pass; two things need the whole 
   series' level and MASE scale) and the preprocessing of the examples are fitted on the
   version's observations, and saved in its manifest like a tabular dataset's preprocessing.
 
-Interactions need the whole dataset too: their layout (:class:`InteractionLayout`, the
-catalogue and the users) is fitted on every curated interaction (:func:`fit_interactions`).
+Interactions need the whole dataset too: their layout
+(:class:`rayops.data.interactions.InteractionLayout`, the catalogue and the users) is fitted
+on every curated interaction (:func:`fit_interactions`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from rayops.config.recommend import AttributeTableConfig
 from rayops.data import stats
 from rayops.data import table as delta
 from rayops.data.curate import PartResult, PartSummary, quarantine_rows
-from rayops.data.interactions import InteractionLayout, encode_attributes, interaction_examples
+from rayops.data.interactions import encode_attributes, fit_interaction_layout
 from rayops.data.preprocess import Preprocessor, fit
 from rayops.data.series import SeriesLayout, all_examples, fit_layout
 from rayops.data.validate import ERROR, RAW, SOURCE_FILE, SOURCE_ROW, validate_frame
@@ -253,16 +254,14 @@ def fit_interactions(observed: pa.Table, data: DataConfig,
     """The layout of every curated interaction: the catalogue, the users, and about how
     many training and validation examples they give; with attribute tables (``items``,
     ``users``), each attribute's code per item or user slot."""
-    layout = InteractionLayout.fit(observed, data)
+    layout, counts = fit_interaction_layout(observed, data)
     for name, ids in (("items", layout.items), ("users", layout.users)):
         if len(ids) >= MAX_SLOTS:
             raise DataError(f"{len(ids)} {name}: rayops ranks at most {MAX_SLOTS - 1:,}")
-    valid = interaction_examples(observed, layout, "valid").num_rows
-    if not valid:
+    if not counts["valid"]:
         raise DataError(
             f"no user has {layout.min_interactions} positive interactions "
             f"(data.recommend.min_interactions): nothing to validate a recommender on")
-    train = interaction_examples(observed, layout, "train").num_rows
     r = data.recommend
     assert r is not None
     tables = tables or {}
@@ -276,4 +275,4 @@ def fit_interactions(observed: pa.Table, data: DataConfig,
     return Preprocessor(data.task, data.label, features,
                         {"k": r.k, "items": layout.items, "history": r.history},
                         interactions={"layout": layout.to_dict(),
-                                      "examples": {"train": train, "valid": valid}})
+                                      "examples": counts})
