@@ -16,6 +16,13 @@ from rayops.config import PipelineConfig, load_config
 from rayops.demo import churn, config_path
 from rayops.storage import Location
 
+# A shadow judged on its failures only, as the integration tests' operate cycles need: a
+# better model's answers differ from the champion's, and on a CPU shared with the other
+# test worker a p95 of a few dozen requests is noise (a 260 ms stall was seen in CI). The
+# agreement and latency bounds themselves are proven in tests/unit/test_operate.py.
+SHADOW_ON_FAILURES = {"operate.shadow.min_agreement": 0.0,
+                      "operate.shadow.max_p95_latency_ratio": 1e6}
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -17,7 +17,7 @@ from rayops.errors import DataError
 from rayops.forecast import forecast
 from rayops.pipeline import train_and_register
 from rayops.predict import Predictor
-from tests.helpers import fresh_tracking_store
+from tests.helpers import SHADOW_ON_FAILURES, fresh_tracking_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -299,9 +299,7 @@ def test_an_operate_cycle_retrains_on_the_actuals_shadows_and_promotes(cfg, data
         "tune.search_space": {"model.xgboost.max_depth": {"type": "choice", "values": [4, 6]}},
         "operate.min_new_labels": 20, "operate.shadow.min_records": 48,
         "operate.shadow.max_wait_s": 90, "operate.rollback.watch_s": 0,
-        # a better model's forecasts differ from the champion's, and a shared CPU's latency
-        # is noise: the shadow is judged here on its failures
-        "operate.shadow.min_agreement": 0.0, "operate.shadow.max_p95_latency_ratio": 10})
+        **SHADOW_ON_FAILURES})
     history, future, _ = _history(cfg, dataset, "Z02")
     body = {"series": {"zone": "Z02"}, "history": history, "future": future}
     statuses: Counter[int] = Counter()

@@ -22,7 +22,7 @@ from rayops.demo.operate import (
 from rayops.operate import Operator
 from rayops.pipeline import run_pipeline
 from rayops.storage import Location
-from tests.helpers import demo_config, wait_for, write_demo_data
+from tests.helpers import SHADOW_ON_FAILURES, demo_config, wait_for, write_demo_data
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -44,7 +44,7 @@ def test_the_loop_retrains_on_drift_resumes_a_stopped_cycle_and_promotes(
         "operate.drift_windows": 1, "operate.min_new_labels": "null",
         "operate.window_min_labels": 30, "operate.window_tolerance": 0.1,
         "operate.shadow.min_records": 20, "operate.shadow.max_wait_s": 120,
-        "operate.shadow.min_agreement": 0.0, "operate.shadow.max_p95_latency_ratio": 10,
+        **SHADOW_ON_FAILURES,
         "operate.rollback.watch_s": 3, "operate.rollback.min_records": 5,
         "operate.lease_s": 10})
     source = file_source(cfg).location

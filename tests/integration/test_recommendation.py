@@ -16,7 +16,7 @@ from rayops.demo import config_path, watching
 from rayops.errors import DataError
 from rayops.pipeline import train_and_register
 from rayops.storage import resolve
-from tests.helpers import fresh_tracking_store
+from tests.helpers import SHADOW_ON_FAILURES, fresh_tracking_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -207,7 +207,7 @@ def test_an_operate_cycle_retrains_on_the_clicks_shadows_and_promotes(cfg, datas
         "operate.sweep": False,
         "operate.min_new_labels": 4, "operate.shadow.min_records": 20,
         "operate.shadow.max_wait_s": 90, "operate.rollback.watch_s": 0,
-        "operate.shadow.min_agreement": 0.0, "operate.shadow.max_p95_latency_ratio": 10})
+        **SHADOW_ON_FAILURES})
     users = [f"u{n:05d}" for n in range(40)]
     versions: dict[str, int] = {}
     stop = threading.Event()
