@@ -193,20 +193,25 @@ def _weak_champion(cfg, dataset, folder) -> str:
 def test_an_operate_cycle_retrains_on_the_clicks_shadows_and_promotes(cfg, dataset, trained,
                                                                       url, tmp_path):
     """One cycle of the loop on a recommender whose champion is weak, after the clicks
-    above: they retrain it, the gate compares on valid_ndcg_10 (the window gate does not
-    apply), the new model answers in shadow beside the champion (its lists judged by
-    their overlap), then serves."""
+    above: they retrain it (on two workers, the item table sharded between them), the gate
+    compares on valid_ndcg_10 (the window gate does not apply), the new model answers in
+    shadow beside the champion (its lists judged by their overlap), then serves."""
     import threading
     import time
 
+    import torch
+
+    from rayops import tracking
     from rayops.operate import Operator
+    from rayops.predict import Predictor
     from tests.helpers import wait_for
 
     weak = _weak_champion(cfg, dataset, tmp_path)
     operated = cfg.with_overrides({
-        "operate.sweep": False,
-        "operate.min_new_labels": 4, "operate.shadow.min_records": 20,
-        "operate.shadow.max_wait_s": 90, "operate.rollback.watch_s": 0,
+        "operate.sweep": False, "train.num_workers": 2,
+        "model.recommender.shard_tables": True, "operate.min_new_labels": 4,
+        "operate.shadow.min_records": 20, "operate.shadow.max_wait_s": 90,
+        "operate.rollback.watch_s": 0,
         **SHADOW_ON_FAILURES})
     users = [f"u{n:05d}" for n in range(40)]
     versions: dict[str, int] = {}
@@ -244,3 +249,9 @@ def test_an_operate_cycle_retrains_on_the_clicks_shadows_and_promotes(cfg, datas
     assert facts["challenger_score"] > facts["champion_score"]
     assert facts["shadow"]["shadow"]["records"] >= 20 and facts["shadow"]["shadow"][
         "errors"] == 0, facts["shadow"]
+    served = Predictor.from_registry(cfg.tracking, tracking.RegisteredModel(
+        cfg.model_name, challenger, "", "", ""))
+    architecture = served.bundle.meta["architecture"]  # trained sharded, served whole:
+    assert architecture["shard_tables"] is True and isinstance(
+        served.bundle.model.network.items, torch.nn.Embedding)
+    assert served.bundle.model.network.items.weight.shape[0] == architecture["n_items"] + 1

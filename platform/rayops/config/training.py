@@ -55,6 +55,16 @@ class RecommenderModelConfig(_Section):
         "with the batch, not with the catalogue (null: the whole catalogue, exact; set it "
         "for catalogues past about 100,000 items; on MovieLens 100K, 256 cost a third of "
         "recall@10).")
+    shard_tables: bool | Literal["auto"] = Field(
+        "auto", description="Shard the embedding tables (the items'; BPR's users' too) by "
+        "rows across the training workers: each holds its rows, their gradients and their "
+        "optimizer state, and the catalogue's softmax is computed where the rows are. "
+        "auto: when their training state (16 bytes a float) is over shard_above_mb and "
+        "train.num_workers > 1. Validation, checkpoints and serving hold the weights whole "
+        "(4 bytes a float).")
+    shard_above_mb: float = Field(
+        1024.0, gt=0.0, description="With shard_tables: auto, the tables' training state "
+        "(MiB) above which they are sharded.")
 
     @model_validator(mode="after")
     def _heads(self) -> RecommenderModelConfig:

@@ -26,6 +26,7 @@ from ray.train import Checkpoint
 from rayops.config import PipelineConfig
 from rayops.errors import RayopsError
 from rayops.models.mlp import load_state_dict
+from rayops.models.sharding import gathered_optimizer_state, own_optimizer_state, sharded_tables
 from rayops.storage import Location, root_of
 
 logger = logging.getLogger(__name__)
@@ -130,8 +131,9 @@ def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler:
     state = latest_state(run, ray.train.get_checkpoint())
     if state is None:
         return Progress()
-    _unwrap(model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    _unwrap(model).load_state_dict(state["model"])  # a sharded table keeps its rows
+    optimizer.load_state_dict(own_optimizer_state(_unwrap(model), optimizer,
+                                                  state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     logger.warning("Resumed from the checkpoint of epoch %d", state["epoch"])
@@ -149,12 +151,16 @@ def checkpoint_of(rank: int, model: torch.nn.Module, optimizer: torch.optim.Opti
                   scheduler: Any, progress: Progress, meta: dict[str, Any]
                   ) -> Iterator[Checkpoint | None]:
     """Rank 0 writes the checkpoint (weights, optimizer, scheduler, progress, RNG and the
-    preprocessing state); other ranks report metrics only."""
+    preprocessing state); other ranks report metrics only. Every rank calls it: sharded
+    tables' optimizer moments are gathered whole (their weights were, by validation)."""
+    sharded = any(True for _ in sharded_tables(_unwrap(model)))
+    moments = gathered_optimizer_state(_unwrap(model), optimizer) if sharded else None
     if rank != 0:
         yield None
         return
     with tempfile.TemporaryDirectory() as folder:
-        state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+        state = {"model": _unwrap(model).state_dict(),
+                 "optimizer": moments or optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "epoch": progress.epoch,
                  "best": progress.best, "stale_epochs": progress.stale_epochs,
                  "history": json.dumps(progress.history),

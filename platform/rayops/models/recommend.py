@@ -9,6 +9,9 @@ the MLP (:mod:`rayops.models.torch_loop`), each computing its own loss.
   loss Klenitskiy & Vasilev 2023 found to beat sampled negatives); it reads no user id,
   so a new user's recent items are enough.
 
+With ``shard_tables`` (and more than one worker) the item table, and BPR's user table, are
+split by rows across the training workers (:mod:`rayops.models.sharding`).
+
 Both score every item slot for a user and rank them with the user's seen items (and the
 padding slot) left out: :func:`top_k` gives the ``k`` best slots, then their scores, the
 task's outputs. Input rows are the examples of :mod:`rayops.data.interactions`:
@@ -28,6 +31,7 @@ from torch import nn
 from rayops.families import BUILT_IN_TASKS, register_family
 from rayops.models.family import LoopConfig
 from rayops.models.mlp import WEIGHTS, MLPFamily
+from rayops.models.sharding import ShardedTable, sharding_world
 
 if TYPE_CHECKING:
 
@@ -35,6 +39,24 @@ if TYPE_CHECKING:
 
 # Rows scored at once when ranking: keeps the score matrix near 64 Mi floats (256 MiB).
 SCORE_CELLS = 1 << 26
+# Training state of an embedding's float: the weight, its gradient and AdamW's two moments.
+TRAINING_BYTES_PER_FLOAT = 16
+
+
+def table(rows: int, dim: int, shard: bool, padding: bool = True) -> nn.Module:
+    """A ``rows x dim`` embedding (row 0 the padding, zero), initialised N(0, 1/dim):
+    sharded by rows across the training workers with ``shard`` (and more than one
+    worker; see :mod:`rayops.models.sharding`), whole otherwise."""
+    std = dim ** -0.5
+    rank, world = sharding_world()
+    if shard and world > 1:
+        return ShardedTable(rows, dim, std, rank, world, padding, seed=torch.initial_seed())
+    whole = nn.Embedding(rows, dim, padding_idx=0 if padding else None)
+    nn.init.normal_(whole.weight, std=std)
+    if padding:
+        with torch.no_grad():
+            whole.weight[0].zero_()
+    return whole
 
 
 def masked(scores: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
@@ -63,13 +85,11 @@ class Recommender(nn.Module):
 
     def __init__(self, n_items: int, dim: int, history: int, k: int,
                  attributes: list[dict[str, Any]] | None = None,
-                 user_attributes: list[dict[str, Any]] | None = None) -> None:
+                 user_attributes: list[dict[str, Any]] | None = None,
+                 shard: bool = False) -> None:
         super().__init__()
         self.n_items, self.history, self.k = n_items, history, k
-        self.items = nn.Embedding(n_items + 1, dim, padding_idx=0)
-        nn.init.normal_(self.items.weight, std=dim ** -0.5)
-        with torch.no_grad():
-            self.items.weight[0].zero_()
+        self.items = table(n_items + 1, dim, shard)
         # Each attribute's value (a genre, a decade) has a vector added to its items' (its
         # users') own; the codes come with the architecture: no part of the weights.
         self.attributes = self._tables("codes", attributes or [], dim)
@@ -100,6 +120,20 @@ class Recommender(nn.Module):
             vectors = vectors + table(getattr(self, f"codes_{i}")[slots])
         return vectors
 
+    def shard_vectors(self) -> torch.Tensor:
+        """A sharded item table's rows on this worker as the scores read them (their own
+        vectors plus their attributes')."""
+        items = self.items
+        assert isinstance(items, ShardedTable)
+        vectors = items.shard
+        for i, attribute in enumerate(self.attributes):
+            vectors = vectors + attribute(items.own(getattr(self, f"codes_{i}")))
+        return vectors
+
+    @property
+    def sharded(self) -> bool:
+        return isinstance(self.items, ShardedTable)
+
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor | float:
         """What the users' attributes add (0 without a user table)."""
         extra: torch.Tensor | float = 0.0
@@ -127,10 +161,10 @@ class BPR(Recommender):
 
     def __init__(self, n_users: int, n_items: int, dim: int, history: int, k: int,
                  attributes: list[dict[str, Any]] | None = None,
-                 user_attributes: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(n_items, dim, history, k, attributes, user_attributes)
-        self.users = nn.Embedding(n_users + 1, dim)
-        nn.init.normal_(self.users.weight, std=dim ** -0.5)
+                 user_attributes: list[dict[str, Any]] | None = None,
+                 shard: bool = False) -> None:
+        super().__init__(n_items, dim, history, k, attributes, user_attributes, shard)
+        self.users = table(n_users + 1, dim, shard, padding=False)
         self.bias = nn.Embedding(n_items + 1, 1)
         nn.init.zeros_(self.bias.weight)
 
@@ -160,8 +194,8 @@ class SASRec(Recommender):
                  heads: int, dropout: float, objective: str = "softmax",
                  attributes: list[dict[str, Any]] | None = None,
                  user_attributes: list[dict[str, Any]] | None = None,
-                 negatives: int | None = None) -> None:
-        super().__init__(n_items, dim, history, k, attributes, user_attributes)
+                 negatives: int | None = None, shard: bool = False) -> None:
+        super().__init__(n_items, dim, history, k, attributes, user_attributes, shard)
         self.objective, self.negatives = objective, negatives
         self.positions = nn.Embedding(history, dim)
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim * 2,
@@ -194,6 +228,8 @@ class SASRec(Recommender):
             return -(F.logsigmoid(good) + F.logsigmoid(-bad)).mean()
         if self.negatives:
             return self._sampled_softmax(state, liked)
+        if self.sharded:  # the catalogue's scores spread over the workers holding it
+            return self.items.cross_entropy(state, liked, self.shard_vectors())
         logits = state @ self.item_vectors().T
         logits[:, 0] = -torch.inf
         return F.cross_entropy(logits, liked)
@@ -226,12 +262,25 @@ def build_network(spec: dict[str, Any]) -> Recommender:
     """A network from the ``architecture`` dict stored in bundles and checkpoints."""
     attributes = spec.get("attributes") or []
     users = spec.get("user_attributes") or []
+    shard = bool(spec.get("shard_tables"))
     if spec["family"] == "bpr":
         return BPR(spec["n_users"], spec["n_items"], spec["dim"], spec["history"], spec["k"],
-                   attributes, users)
+                   attributes, users, shard)
     return SASRec(spec["n_items"], spec["dim"], spec["history"], spec["k"], spec["blocks"],
                   spec["heads"], spec["dropout"], spec.get("objective", "softmax"),
-                  attributes, users, spec.get("negatives"))
+                  attributes, users, spec.get("negatives"), shard)
+
+
+def shards_tables(cfg: PipelineConfig, rows: int) -> bool:
+    """Whether training shards the embedding tables (``rows`` in all) across its workers:
+    always, never, or (auto) when their training state is over
+    ``model.recommender.shard_above_mb``."""
+    m = cfg.model.recommender
+    if cfg.train.num_workers < 2 or m.shard_tables is False:
+        return False
+    if m.shard_tables is True:
+        return True
+    return rows * m.dim * TRAINING_BYTES_PER_FLOAT > m.shard_above_mb * 2 ** 20
 
 
 def rank_batches(network: Recommender, x: torch.Tensor, k: int) -> torch.Tensor:
@@ -310,12 +359,14 @@ class RecommenderFamily(MLPFamily):
             return [{k: a[k] for k in ("name", "size", "codes")}
                     for a in ids[column].get("attributes", [])]
 
+        # the item table, and BPR's user table (SASRec reads no user id)
+        tables = ids[r.item]["ids"] + 1 + (ids[r.user]["ids"] + 1 if self.name == "bpr" else 0)
         return {"family": self.name, "n_users": ids[r.user]["ids"],
                 "n_items": ids[r.item]["ids"], "attributes": attributes(r.item),
                 "user_attributes": attributes(r.user),
                 "history": r.history, "k": r.k, "dim": m.dim, "blocks": m.blocks,
                 "heads": m.heads, "dropout": m.dropout, "objective": m.objective,
-                "negatives": m.negatives}
+                "negatives": m.negatives, "shard_tables": shards_tables(cfg, tables)}
 
     def network(self, architecture: dict[str, Any]) -> nn.Module:
         return build_network(architecture)

@@ -28,6 +28,7 @@ from rayops.families import family_named
 from rayops.models.checkpoints import Progress, checkpoint_of, checkpoints_of, restore
 from rayops.models.family import LoopConfig
 from rayops.models.metrics_writer import MetricsWriter
+from rayops.models.sharding import ignore_in_ddp
 from rayops.tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -244,7 +245,9 @@ def _worker(loop: LoopConfig) -> Worker:
     if device.type == "cpu":  # as many intra-op threads as CPUs the worker reserved
         torch.set_num_threads(max(1, int(train.cpus_per_worker)))
     family = family_named(loop.architecture["family"])
-    model = ray.train.torch.prepare_model(family.network(loop.architecture))
+    network = family.network(loop.architecture)
+    ignore_in_ddp(network)  # a sharded table's rows are this worker's own
+    model = ray.train.torch.prepare_model(network)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate * train.lr_factor,
                                   weight_decay=train.weight_decay)
     scheduler = make_scheduler(optimizer, train, loop.cfg.target_metric[1])
