@@ -21,11 +21,18 @@ from rayops.tasks import task_names, task_of
 class DataConfig(_Section):
     source: str = Field(
         "raw",
-        description="Where the raw files are: a path under storage.root, or a full URI.",
+        description="Where the raw files are: a path under storage.root, or a full URI; or "
+        "a Kafka topic, kafka://HOST:PORT[,HOST:PORT]/TOPIC (client settings from "
+        "RAYOPS_KAFKA_* environment variables).",
     )
     format: Literal["csv", "json", "parquet"] = Field(
-        "csv", description="File format of the raw files (json means JSON Lines)."
+        "csv", description="File format of the raw files (json means JSON Lines); of a "
+        "topic's messages: json (an object each) or csv (a line of the declared columns)."
     )
+    max_lost_messages: int = Field(
+        0, ge=0, description="A topic's messages that may expire (retention) before an "
+        "ingest reads them: more fail the ingest, naming the lost offsets; fewer are "
+        "counted in the manifest.")
     label: str = Field(description="The column to predict (for a recommendation task, "
                        "data.recommend.item: it may be left out).")
     task: str = Field(description="What kind of model: classification, regression, "
@@ -114,6 +121,9 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_fields(self) -> DataConfig:
+        if self.source.startswith("kafka://") and self.format == "parquet":
+            raise ValueError("format 'parquet' is not a message format of a Kafka source "
+                             "(data.source: " + self.source + "): json or csv")
         declared = set(self.columns)
         if self.label not in declared:
             raise ValueError(

@@ -29,6 +29,8 @@ from rayops.config import DataConfig, PipelineConfig
 from rayops.data import stats
 from rayops.data import table as delta
 from rayops.data.curate import PartSummary, describe, rows_schema, used_columns, write_part
+from rayops.data.kafka import SCHEME as KAFKA
+from rayops.data.kafka import KafkaSource
 from rayops.data.manifest import Manifest
 from rayops.data.observations import (
     fit_interactions,
@@ -67,12 +69,19 @@ def file_source(cfg: PipelineConfig) -> FileSource:
     return FileSource(location, cfg.data.format)
 
 
+def source_of(cfg: PipelineConfig) -> Source:
+    """What ``data.source`` names: a Kafka topic (``kafka://``) or files."""
+    if cfg.data.source.startswith(KAFKA):
+        return KafkaSource.parse(cfg.data.source, cfg.data.format, list(cfg.data.columns))
+    return file_source(cfg)
+
+
 # --------------------------------------------------------------------------- planning
 
 
 # Settings that say how to ingest, not what the curated rows are: changing them rebuilds
 # nothing (and a setting added later leaves existing datasets' hash as it was).
-_NOT_HASHED = {"vanished_files"}
+_NOT_HASHED = {"vanished_files", "max_lost_messages"}
 
 
 def attribute_tables(cfg: PipelineConfig) -> dict[str, Any]:
@@ -131,6 +140,24 @@ def plan(previous: DatasetVersion | None, consumed: dict[str, dict[str, Any]],
     return [i for k, i in current.items() if k not in consumed], False
 
 
+def plan_stream(source: KafkaSource, previous: DatasetVersion | None,
+                consumed: dict[str, dict[str, Any]], items: list[dict[str, Any]],
+                data: DataConfig) -> tuple[list[dict[str, Any]], bool, int]:
+    """(partitions to read, whether the dataset is new, messages lost to retention) for a
+    topic: what follows the offsets the latest version committed. A topic is never read
+    again whole (its messages expire), so a changed data config is refused."""
+    if previous is not None and previous.manifest.config_hash != config_hash(data):
+        raise DataError(
+            f"the data config changed since {previous.id}, and a topic cannot be read again "
+            "whole (its messages expire): ingest it into a new dataset (data.dataset), or "
+            "restore the config; nothing was committed")
+    todo, lost = source.pending(consumed, items, data.max_lost_messages)
+    if previous is None and not todo:
+        raise DataError(f"topic {source.topic!r} at {source.servers} has no messages yet: "
+                        "nothing to ingest")
+    return todo, previous is None, lost
+
+
 # --------------------------------------------------------------------------- thresholds
 
 
@@ -158,7 +185,7 @@ def _check_thresholds(summary: PartSummary, data: DataConfig) -> None:
 def _manifest(cfg: PipelineConfig, source: Source, previous: DatasetVersion | None,
               rebuild: bool, summary: PartSummary, merged: dict[str, Any],
               pre: Preprocessor, quarantine_files: list[dict[str, Any]], state_name: str,
-              ingest_id: str) -> Manifest:
+              ingest_id: str, lost: int = 0) -> Manifest:
     """What the commit records: totals since the last rebuild, this ingest's accounting,
     the schema contract, the preprocessing fitted on every training row and the profile."""
     before = None if rebuild or previous is None else previous.manifest
@@ -184,7 +211,7 @@ def _manifest(cfg: PipelineConfig, source: Source, previous: DatasetVersion | No
         "preprocessor": pre.to_dict(),
         "profile": stats.profile(merged),
         "state": state_name,
-        "ingest": {"id": ingest_id, **summary.as_dict()},
+        "ingest": {"id": ingest_id, **summary.as_dict(), "lost_messages": lost},
         "quarantine_files": quarantine_files,
     })
 
@@ -200,7 +227,7 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
     root = dataset_root(cfg)
     ensure_bucket(root_of(cfg.storage))
     tracking.require_reachable(cfg.tracking)  # before anything is committed
-    source = source or file_source(cfg)
+    source = source or source_of(cfg)
     rows_location, quarantine_location = root.join(ROWS), root.join(QUARANTINE)
     # The version this ingest plans against is the one its commit is checked against: a
     # commit by anyone else in between makes this one fail whole (CommitConflict).
@@ -214,15 +241,19 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
         state = previous.state()
         consumed, earlier_stats = state["consumed"], [state["stats"]]
     items = source.snapshot()
-    todo, rebuild = plan(previous, consumed, items, config_hash(cfg.data),
-                         cfg.data.vanished_files)
+    lost = 0
+    if isinstance(source, KafkaSource):
+        todo, rebuild, lost = plan_stream(source, previous, consumed, items, cfg.data)
+    else:
+        todo, rebuild = plan(previous, consumed, items, config_hash(cfg.data),
+                             cfg.data.vanished_files)
     if previous is not None and not todo:
         logger.info("nothing new at %s: dataset %s is current", source.uri, previous.id)
         _track(cfg, previous)  # in case logging failed after the commit
         return previous
 
-    logger.info("ingesting %d %sfile(s) from %s", len(todo), "" if rebuild else "new ",
-                source.uri)
+    logger.info("ingesting %d %s%s from %s", len(todo), "" if rebuild else "new ",
+                "partition(s)" if isinstance(source, KafkaSource) else "file(s)", source.uri)
     result = write_part(source, todo, rows_location, quarantine_location, cfg.data)
     whole = cfg.data.forecast is not None or cfg.data.recommend is not None
     existing = None if rebuild or previous is None or not whole else previous.table("train")
@@ -244,14 +275,14 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
     version = _commit(cfg, source, table, previous, rebuild, result,
                       {**consumed, **{i["key"]: i for i in todo
                                       if i["path"] not in {f["path"] for f in summary.failed}}},
-                      merged, pre)
+                      merged, pre, lost)
     _after_commit(cfg, version, quarantine)
     return version
 
 
 def _commit(cfg: PipelineConfig, source: Source, table: Any, previous: DatasetVersion | None,
             rebuild: bool, result: Any, consumed: dict[str, dict[str, Any]],
-            merged: dict[str, Any], pre: Preprocessor) -> DatasetVersion:
+            merged: dict[str, Any], pre: Preprocessor, lost: int = 0) -> DatasetVersion:
     """Write this ingest's state file (merged statistics, consumed files), then commit the
     written rows with the manifest: one Delta commit, or none."""
     root = dataset_root(cfg)
@@ -259,7 +290,7 @@ def _commit(cfg: PipelineConfig, source: Source, table: Any, previous: DatasetVe
     state_name = f"{ingest_id}.json"
     root.join(STATE, state_name).write_json({"stats": merged, "consumed": consumed})
     manifest = _manifest(cfg, source, previous, rebuild, result.summary, merged, pre,
-                         result.quarantine_files, state_name, ingest_id)
+                         result.quarantine_files, state_name, ingest_id, lost)
     sequence = (table.transaction_version(delta.INGEST_APP) or 0) + 1
     number = delta.commit(
         root.join(ROWS), table, [delta.action_from_dict(a) for a in result.rows_files],

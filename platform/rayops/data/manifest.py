@@ -48,6 +48,7 @@ class IngestPart(_Record):
     unreadable: list[dict[str, str]]  # files that could not be parsed: path, reason
     failed: list[dict[str, str]]  # files that could not be fetched: read next time
     valid_labels: dict[str, int]
+    lost_messages: int = 0  # a topic's messages that expired before they were read
 
 
 class Manifest(_Record):

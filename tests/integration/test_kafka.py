@@ -1,0 +1,117 @@
+"""A Kafka topic ingested into versioned tables, exactly once, against a real broker (the
+Tansu binary, tests/integration/conftest.py) read by Ray Data tasks in other processes:
+every message's id lands in the table once across ingests, a malformed message is
+quarantined with its partition and offset, an ingest with nothing new commits nothing, and
+two ingests planned against the same version commit once."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from rayops.config import validate_config
+from rayops.data import table as delta
+from rayops.data.ingest import ingest, ingest_retrying
+from rayops.data.kafka import KafkaSource
+from tests.helpers import fresh_tracking_store
+
+pytestmark = [pytest.mark.integration]
+
+
+def _rides(start: int, count: int, partitions: int = 3) -> list[tuple[int, bytes]]:
+    """Rides ``start..start+count-1`` as JSON messages, ride n on partition n % 3."""
+    return [(n % partitions, json.dumps({
+        "ride_id": n, "distance_km": 1 + n % 17 / 2, "zone": f"Z{n % 4}",
+        "tipped": "yes" if n % 3 else "no"}).encode()) for n in range(start, start + count)]
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory, kafka_broker, ray_start_4_cpus):
+    """Only the required sections: the topic, its message format and the schema."""
+    tmp = tmp_path_factory.mktemp("kafka")
+    fresh_tracking_store(tmp / "mlflow.db")
+    topic = kafka_broker.create_topic("rides", 3)
+    return validate_config({
+        "name": "rides",
+        "storage": {"root": str(tmp / "lake")},
+        "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db"},
+        "data": {"source": f"kafka://{kafka_broker.servers}/{topic}", "format": "json",
+                 "label": "tipped", "task": "classification",
+                 "columns": {"ride_id": {"type": "integer", "nullable": False},
+                             "distance_km": {"type": "numeric", "min": 0},
+                             "zone": {"type": "categorical"},
+                             "tipped": {"type": "categorical", "nullable": False}}}})
+
+
+def _ids(version) -> list[int]:
+    return sorted(version.table("train").column("ride_id").to_pylist()
+                  + version.table("valid").column("ride_id").to_pylist())
+
+
+def test_messages_land_once_across_ingests_and_a_bad_one_is_quarantined(cfg, kafka_broker):
+    kafka_broker.produce("rides", [*_rides(0, 300), (1, b'{"ride_id": 300, "distan')])
+    first = ingest(cfg)
+    rows = first.manifest.rows
+    assert rows.read == 301 and rows.quarantine == 1 and rows.train + rows.valid == 300
+    bad = first.quarantine().to_pylist()  # where: the topic's partition and offset
+    assert len(bad) == 1 and bad[0]["source_file"] == "rides/1", bad
+    assert bad[0]["line"] == 100 and "malformed message" in bad[0]["reason"], bad
+    ends = {k: v["end"] for k, v in first.state()["consumed"].items()}
+    assert ends == {"rides/0": 100, "rides/1": 101, "rides/2": 100}  # the whole batches
+
+    kafka_broker.produce("rides", _rides(300, 200))  # one batch a partition
+    second = ingest(cfg)
+    assert second.version == first.version + 1 and second.manifest.rows.read == 500 + 1
+    assert second.manifest.ingest.rows.read == 200
+    assert _ids(second) == list(range(500))  # every message once
+    assert ingest(cfg).version == second.version  # nothing new: no commit
+
+
+def test_an_ingest_that_dies_before_its_commit_is_read_again(cfg, kafka_broker,
+                                                              monkeypatch):
+    """What a driver killed before the commit leaves: rows written, never committed, and
+    its offsets with them; the next ingest reads the same messages."""
+    before = ingest(cfg)
+    kafka_broker.produce("rides", _rides(500, 30))
+
+    def killed(*args, **kwargs):
+        raise SystemExit("the driver died before its commit")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(delta, "commit", killed)
+        with pytest.raises(SystemExit):
+            ingest(cfg)
+    again = ingest(cfg)
+    assert again.version == before.version + 1 and again.manifest.ingest.rows.read == 30
+    assert _ids(again) == list(range(530))
+
+
+def test_two_ingests_planned_together_commit_once(cfg, kafka_broker):
+    before = ingest(cfg)
+    kafka_broker.produce("rides", _rides(530, 60))
+    results: list[object] = []
+
+    def run() -> None:
+        try:
+            results.append(ingest(cfg))
+        except delta.CommitConflict as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    latest = ingest_retrying(cfg)
+    assert latest.version >= before.version + 1
+    assert _ids(latest) == list(range(590)), "a message was lost or read twice"
+
+
+def test_a_topic_that_does_not_exist_is_named(cfg, kafka_broker):
+    from rayops.errors import DataError
+
+    source = KafkaSource.parse(f"kafka://{kafka_broker.servers}/nope", "json", ["a"])
+    with pytest.raises(DataError, match="topic 'nope'"):
+        source.snapshot()
