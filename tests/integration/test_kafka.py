@@ -11,6 +11,7 @@ import threading
 
 import pytest
 
+from rayops import tracking
 from rayops.config import validate_config
 from rayops.data import table as delta
 from rayops.data.ingest import ingest, ingest_retrying
@@ -67,6 +68,17 @@ def test_messages_land_once_across_ingests_and_a_bad_one_is_quarantined(cfg, kaf
     assert second.manifest.ingest.rows.read == 200
     assert _ids(second) == list(range(500))  # every message once
     assert ingest(cfg).version == second.version  # nothing new: no commit
+    # how far behind the topic each partition was: in the manifest and in MLflow
+    lag = {p["partition"]: p for p in second.manifest.ingest.partitions}
+    assert {p: (q["start"], q["end"], q["lag_messages"]) for p, q in lag.items()} == {
+        0: (100, 167, 67), 1: (101, 168, 67), 2: (100, 166, 66)}
+    assert all(0 <= q["lag_s"] < 120 for q in lag.values()), lag
+    (run_id,) = tracking.runs_tagged(cfg.tracking, cfg.experiment_name, {
+        tracking.KIND_TAG: "ingest", tracking.DATASET_TAG: second.id})
+    logged = tracking.client(cfg.tracking).get_run(run_id).data.metrics
+    assert logged["lag_messages"] == 200 and logged["lag_messages.p1"] == 67
+    assert logged["lost_messages"] == 0 and logged["lag_s"] == max(
+        q["lag_s"] for q in lag.values())
 
 
 def test_an_ingest_that_dies_before_its_commit_is_read_again(cfg, kafka_broker,

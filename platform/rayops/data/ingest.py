@@ -142,10 +142,11 @@ def plan(previous: DatasetVersion | None, consumed: dict[str, dict[str, Any]],
 
 def plan_stream(source: KafkaSource, previous: DatasetVersion | None,
                 consumed: dict[str, dict[str, Any]], items: list[dict[str, Any]],
-                data: DataConfig) -> tuple[list[dict[str, Any]], bool, int]:
-    """(partitions to read, whether the dataset is new, messages lost to retention) for a
-    topic: what follows the offsets the latest version committed. A topic is never read
-    again whole (its messages expire), so a changed data config is refused."""
+                data: DataConfig) -> tuple[list[dict[str, Any]], bool, dict[str, Any]]:
+    """(partitions to read, whether the dataset is new, what the manifest records of the
+    plan: messages lost to retention, each partition's range and lag) for a topic: what
+    follows the offsets the latest version committed. A topic is never read again whole
+    (its messages expire), so a changed data config is refused."""
     if previous is not None and previous.manifest.config_hash != config_hash(data):
         raise DataError(
             f"the data config changed since {previous.id}, and a topic cannot be read again "
@@ -155,7 +156,12 @@ def plan_stream(source: KafkaSource, previous: DatasetVersion | None,
     if previous is None and not todo:
         raise DataError(f"topic {source.topic!r} at {source.servers} has no messages yet: "
                         "nothing to ingest")
-    return todo, previous is None, lost
+    partitions = source.lag(todo)
+    for p in partitions:
+        logger.info("partition %d: offsets %d..%d, %d message(s) behind%s", p["partition"],
+                    p["start"], p["end"] - 1, p["lag_messages"],
+                    "" if p["lag_s"] is None else f", the oldest {p['lag_s']:.1f} s old")
+    return todo, previous is None, {"lost_messages": lost, "partitions": partitions}
 
 
 # --------------------------------------------------------------------------- thresholds
@@ -185,7 +191,7 @@ def _check_thresholds(summary: PartSummary, data: DataConfig) -> None:
 def _manifest(cfg: PipelineConfig, source: Source, previous: DatasetVersion | None,
               rebuild: bool, summary: PartSummary, merged: dict[str, Any],
               pre: Preprocessor, quarantine_files: list[dict[str, Any]], state_name: str,
-              ingest_id: str, lost: int = 0) -> Manifest:
+              ingest_id: str, planned: dict[str, Any] | None = None) -> Manifest:
     """What the commit records: totals since the last rebuild, this ingest's accounting,
     the schema contract, the preprocessing fitted on every training row and the profile."""
     before = None if rebuild or previous is None else previous.manifest
@@ -211,7 +217,7 @@ def _manifest(cfg: PipelineConfig, source: Source, previous: DatasetVersion | No
         "preprocessor": pre.to_dict(),
         "profile": stats.profile(merged),
         "state": state_name,
-        "ingest": {"id": ingest_id, **summary.as_dict(), "lost_messages": lost},
+        "ingest": {"id": ingest_id, **summary.as_dict(), **(planned or {})},
         "quarantine_files": quarantine_files,
     })
 
@@ -241,9 +247,9 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
         state = previous.state()
         consumed, earlier_stats = state["consumed"], [state["stats"]]
     items = source.snapshot()
-    lost = 0
+    planned: dict[str, Any] = {}
     if isinstance(source, KafkaSource):
-        todo, rebuild, lost = plan_stream(source, previous, consumed, items, cfg.data)
+        todo, rebuild, planned = plan_stream(source, previous, consumed, items, cfg.data)
     else:
         todo, rebuild = plan(previous, consumed, items, config_hash(cfg.data),
                              cfg.data.vanished_files)
@@ -275,14 +281,15 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
     version = _commit(cfg, source, table, previous, rebuild, result,
                       {**consumed, **{i["key"]: i for i in todo
                                       if i["path"] not in {f["path"] for f in summary.failed}}},
-                      merged, pre, lost)
+                      merged, pre, planned)
     _after_commit(cfg, version, quarantine)
     return version
 
 
 def _commit(cfg: PipelineConfig, source: Source, table: Any, previous: DatasetVersion | None,
             rebuild: bool, result: Any, consumed: dict[str, dict[str, Any]],
-            merged: dict[str, Any], pre: Preprocessor, lost: int = 0) -> DatasetVersion:
+            merged: dict[str, Any], pre: Preprocessor, planned: dict[str, Any] | None = None
+            ) -> DatasetVersion:
     """Write this ingest's state file (merged statistics, consumed files), then commit the
     written rows with the manifest: one Delta commit, or none."""
     root = dataset_root(cfg)
@@ -290,7 +297,7 @@ def _commit(cfg: PipelineConfig, source: Source, table: Any, previous: DatasetVe
     state_name = f"{ingest_id}.json"
     root.join(STATE, state_name).write_json({"stats": merged, "consumed": consumed})
     manifest = _manifest(cfg, source, previous, rebuild, result.summary, merged, pre,
-                         result.quarantine_files, state_name, ingest_id, lost)
+                         result.quarantine_files, state_name, ingest_id, planned)
     sequence = (table.transaction_version(delta.INGEST_APP) or 0) + 1
     number = delta.commit(
         root.join(ROWS), table, [delta.action_from_dict(a) for a in result.rows_files],
@@ -388,6 +395,16 @@ def _track(cfg: PipelineConfig, version: DatasetVersion) -> None:
     }
     for reason, count in part.reasons.items():
         metrics[tracking.metric_name(f"quarantined.{reason}")] = count
+    if part.partitions:  # a topic: how far behind it each partition was
+        metrics["lost_messages"] = part.lost_messages
+        metrics["lag_messages"] = sum(p["lag_messages"] for p in part.partitions)
+        for p in part.partitions:
+            metrics[f"lag_messages.p{p['partition']}"] = p["lag_messages"]
+            if p["lag_s"] is not None:
+                metrics[f"lag_s.p{p['partition']}"] = p["lag_s"]
+        ages = [p["lag_s"] for p in part.partitions if p["lag_s"] is not None]
+        if ages:
+            metrics["lag_s"] = max(ages)
     run_id = tracking.start_run(
         cfg.tracking, cfg.experiment_name, f"{cfg.name}-ingest",
         params={"dataset_version": version.id, "source": version.manifest.source.uri,

@@ -140,6 +140,36 @@ class KafkaSource:
         and how many messages expired unread (a RetentionGap over ``max_lost``)."""
         return plan_offsets(self.topic, consumed, items, max_lost)
 
+    def lag(self, todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """How far behind the topic each partition's consumed offsets are at planning:
+        the messages this ingest reads (``lag_messages``) and the age of the oldest
+        (``lag_s``, from its timestamp; None when the broker gives none)."""
+        if not todo:
+            return []
+        kafka = _kafka()
+        consumer = self._consumer()
+        oldest: dict[int, float | None] = {}
+        try:
+            consumer.assign([kafka.TopicPartition(self.topic, int(i["partition"]),
+                                                  int(i["start"])) for i in todo])
+            deadline = time.monotonic() + TIMEOUT_S
+            while len(oldest) < len(todo) and time.monotonic() < deadline:
+                message = consumer.poll(0.2)
+                if message is None or message.error() is not None or \
+                        message.partition() in oldest:
+                    continue
+                kind, ms = message.timestamp()
+                oldest[message.partition()] = (
+                    None if kind == kafka.TIMESTAMP_NOT_AVAILABLE else ms / 1e3)
+        finally:
+            consumer.close()
+        now = time.time()
+        return [{"partition": int(i["partition"]), "start": int(i["start"]),
+                 "end": int(i["end"]), "lag_messages": int(i["end"]) - int(i["start"]),
+                 "lag_s": None if oldest.get(int(i["partition"])) is None else round(
+                     max(0.0, now - oldest[int(i["partition"])]), 3)}  # type: ignore[operator]
+                for i in todo]
+
     def read(self, items: Sequence[dict[str, Any]], columns: Sequence[str]) -> ray.data.Dataset:
         return ray.data.read_datasource(
             _PartitionsDatasource(self, list(items), list(columns)),

@@ -49,6 +49,8 @@ class IngestPart(_Record):
     failed: list[dict[str, str]]  # files that could not be fetched: read next time
     valid_labels: dict[str, int]
     lost_messages: int = 0  # a topic's messages that expired before they were read
+    # a topic's partitions read: offsets start..end-1, lag_messages, lag_s (the oldest's age)
+    partitions: list[dict[str, Any]] = []
 
 
 class Manifest(_Record):
