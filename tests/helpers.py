@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import functools
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from typing import Any
 
 from rayops.config import PipelineConfig, load_config
 from rayops.demo import churn, config_path
+from rayops.demo.broker import free_port as free_port  # a free 127.0.0.1 port, for tests
 from rayops.storage import Location
 
 # A shadow judged on its failures only, as the integration tests' operate cycles need: a
@@ -22,12 +22,6 @@ from rayops.storage import Location
 # agreement and latency bounds themselves are proven in tests/unit/test_operate.py.
 SHADOW_ON_FAILURES = {"operate.shadow.min_agreement": 0.0,
                       "operate.shadow.max_p95_latency_ratio": 1e6}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @functools.cache

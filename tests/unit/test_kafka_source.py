@@ -62,3 +62,8 @@ def test_the_uri_and_client_settings():
     assert client_settings({"RAYOPS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
                             "RAYOPS_KAFKA_SASL_PASSWORD": "s3cret", "HOME": "/root"}) == {
         "security.protocol": "SASL_SSL", "sasl.password": "s3cret"}
+
+
+def test_a_topic_created_again_is_refused_not_skipped():
+    with pytest.raises(DataError, match="deleted and created again"):
+        plan_offsets("ev", {"ev/0": {"end": 40}}, [_item(0, 0, 12)], max_lost=0)

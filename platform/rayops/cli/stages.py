@@ -198,6 +198,14 @@ def demo(
     workload: Annotated[str, typer.Option(
         help="classification: customer churn from CSV exports; forecasting: hourly demand "
         "per city zone, a day ahead; recommendation: what to watch next.")] = "classification",
+    stream: Annotated[bool, typer.Option(
+        "--stream", help="Instead: churn events produced to a local Kafka topic (--rate a "
+        "second for --seconds) and ingested every 5 s: versions, lag and row "
+        "accounting.")] = False,
+    seconds: Annotated[float, typer.Option(min=1, help="With --stream: how long events "
+                                           "are produced.")] = 30.0,
+    rate: Annotated[float, typer.Option(min=1, help="With --stream: events a "
+                                        "second.")] = 3000.0,
     overrides: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -207,6 +215,16 @@ def demo(
     if workload not in WORKLOADS:
         raise typer.BadParameter(f"{workload!r}; use one of {', '.join(WORKLOADS)}",
                                  param_hint="--workload")
+    if stream:
+        if workload != "classification" or operate:
+            raise typer.BadParameter("--stream runs on the churn events alone: leave out "
+                                     "--workload and --operate", param_hint="--stream")
+        from rayops.demo.streaming import run_stream_demo
+
+        output = setup_logging(verbose)
+        run_stream_demo(seconds, rate, 5.0, seed, overrides or [], output)
+        logs_line(output)
+        return
     from rayops.demo.run import run_demo
 
     output = setup_logging(verbose)

@@ -186,6 +186,12 @@ def plan_offsets(topic: str, consumed: Mapping[str, Mapping[str, Any]],
     for item in items:
         before = consumed.get(item["key"])
         start = int(before["end"]) if before else int(item["low"])
+        if start > item["end"]:  # never on one topic: offsets only grow
+            raise DataError(
+                f"topic {topic!r} partition {item['partition']} ends at offset {item['end']}, "
+                f"before the {start} already consumed: the topic was deleted and created "
+                "again (or data.source names another cluster); nothing was committed. "
+                "Ingest it into a new dataset (data.dataset)")
         if start < item["low"]:
             gaps.append(f"partition {item['partition']} offsets {start}..{item['low'] - 1}")
             lost += int(item["low"]) - start

