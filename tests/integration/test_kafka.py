@@ -11,13 +11,15 @@ import json
 import threading
 
 import pytest
+import ray
+import requests
 
 from rayops import tracking
 from rayops.config import validate_config
 from rayops.data import table as delta
 from rayops.data.ingest import ingest, ingest_retrying
 from rayops.data.kafka import KafkaSource
-from tests.helpers import fresh_tracking_store
+from tests.helpers import fresh_tracking_store, wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -80,6 +82,15 @@ def test_messages_land_once_across_ingests_and_a_bad_one_is_quarantined(cfg, kaf
     assert logged["lag_messages"] == 200 and logged["lag_messages.p1"] == 67
     assert logged["lost_messages"] == 0 and logged["lag_s"] == max(
         q["lag_s"] for q in lag.values())
+    # ... and as Prometheus gauges of Ray's metrics export (0: nothing new since)
+    port = ray._private.worker.global_worker.node.metrics_export_port
+
+    def exported() -> bool:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        return 'rayops_ingest_lag_messages{' in text and 'topic="rides"' in text and \
+            "rayops_ingest_lag_seconds{" in text
+
+    wait_for(exported, 60, what="the lag gauges")
 
 
 def test_an_ingest_that_dies_before_its_commit_is_read_again(cfg, kafka_broker,

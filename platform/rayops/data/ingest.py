@@ -30,7 +30,7 @@ from rayops.data import stats
 from rayops.data import table as delta
 from rayops.data.curate import PartSummary, describe, rows_schema, used_columns, write_part
 from rayops.data.kafka import SCHEME as KAFKA
-from rayops.data.kafka import KafkaSource
+from rayops.data.kafka import KafkaSource, export_lag
 from rayops.data.manifest import Manifest
 from rayops.data.observations import (
     fit_interactions,
@@ -142,7 +142,8 @@ def plan(previous: DatasetVersion | None, consumed: dict[str, dict[str, Any]],
 
 def plan_stream(source: KafkaSource, previous: DatasetVersion | None,
                 consumed: dict[str, dict[str, Any]], items: list[dict[str, Any]],
-                data: DataConfig) -> tuple[list[dict[str, Any]], bool, dict[str, Any]]:
+                data: DataConfig, dataset: str
+                ) -> tuple[list[dict[str, Any]], bool, dict[str, Any]]:
     """(partitions to read, whether the dataset is new, what the manifest records of the
     plan: messages lost to retention, each partition's range and lag) for a topic: what
     follows the offsets the latest version committed. A topic is never read again whole
@@ -157,6 +158,7 @@ def plan_stream(source: KafkaSource, previous: DatasetVersion | None,
         raise DataError(f"topic {source.topic!r} at {source.servers} has no messages yet: "
                         "nothing to ingest")
     partitions = source.lag(todo)
+    export_lag(dataset, source.topic, items, partitions)
     for p in partitions:
         logger.info("partition %d: offsets %d..%d, %d message(s) behind%s", p["partition"],
                     p["start"], p["end"] - 1, p["lag_messages"],
@@ -249,7 +251,8 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
     items = source.snapshot()
     planned: dict[str, Any] = {}
     if isinstance(source, KafkaSource):
-        todo, rebuild, planned = plan_stream(source, previous, consumed, items, cfg.data)
+        todo, rebuild, planned = plan_stream(source, previous, consumed, items, cfg.data,
+                                             cfg.dataset_name)
     else:
         todo, rebuild = plan(previous, consumed, items, config_hash(cfg.data),
                              cfg.data.vanished_files)

@@ -210,6 +210,36 @@ def plan_offsets(topic: str, consumed: Mapping[str, Mapping[str, Any]],
     return todo, lost
 
 
+_GAUGES: dict[str, Any] = {}  # made at the first export (never at import)
+
+
+def export_lag(dataset: str, topic: str, items: list[dict[str, Any]],
+               partitions: list[dict[str, Any]]) -> None:
+    """Each partition's lag at planning as Prometheus gauges (Ray's metrics export, from
+    the driver): ``rayops_ingest_lag_messages`` and ``rayops_ingest_lag_seconds``, tagged
+    with the dataset, topic and partition; 0 for a partition with nothing new."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    from ray.util import metrics
+
+    if not _GAUGES:
+        tags = ("dataset", "topic", "partition")
+        _GAUGES["messages"] = metrics.Gauge(
+            "rayops_ingest_lag_messages", "Messages of a topic's partition not yet in a "
+            "committed version, at the last ingest's planning.", tag_keys=tags)
+        _GAUGES["seconds"] = metrics.Gauge(
+            "rayops_ingest_lag_seconds", "Age of the oldest message of a partition not yet "
+            "in a committed version, at the last ingest's planning.", tag_keys=tags)
+    behind = {p["partition"]: p for p in partitions}
+    for item in items:
+        lag = behind.get(int(item["partition"]), {})
+        tags = {"dataset": dataset, "topic": topic, "partition": str(item["partition"])}
+        _GAUGES["messages"].set(float(lag.get("lag_messages") or 0), tags=tags)
+        _GAUGES["seconds"].set(float(lag.get("lag_s") or 0), tags=tags)
+
+
 def _ends(consumer: Any, kafka: Any, topic: str, marks: dict[int, tuple[int, int]]
           ) -> dict[int, int]:
     """Each partition's end: one past the last offset of its last batch (read from the
