@@ -6,6 +6,7 @@ import atexit
 import functools
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +72,30 @@ def wait_for(condition: Callable[[], object], timeout_s: float = 90, every_s: fl
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not met within {timeout_s:g}s")
         time.sleep(every_s)
+
+
+def ingest_at_once(cfg: PipelineConfig, count: int = 2) -> list[Any]:
+    """``count`` ingests started at the same moment (threads behind a barrier): each one's
+    version, or the CommitConflict that lost it the race."""
+    from rayops.data.ingest import ingest
+    from rayops.data.table import CommitConflict
+
+    outcomes: list[Any] = []
+    start = threading.Barrier(count)
+
+    def run() -> None:
+        start.wait()
+        try:
+            outcomes.append(ingest(cfg))
+        except CommitConflict as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    return outcomes
 
 
 def assert_resumed_once(client: Any, run_id: str, epochs: int) -> int:

@@ -25,6 +25,7 @@ from rayops.data.sources import FAILED, FileSource, _FilesDatasource
 from rayops.data.table import CommitConflict
 from rayops.data.versions import ROWS, dataset_root, latest_version
 from rayops.storage import Location
+from tests.helpers import ingest_at_once
 from tests.integration.test_ingest import (
     GOOD_ROWS,
     HEADER,
@@ -148,21 +149,7 @@ def test_two_ingests_started_at_the_same_moment(store, ray_start_4_cpus):  # noq
     raw = raw_dir(cfg)
     for i in range(4):
         raw.join(f"{i}.csv").write_bytes((HEADER + rows_with_ids(i * 40, 40)).encode())
-    outcomes: list[Any] = []
-    start = threading.Barrier(2)
-
-    def run() -> None:
-        start.wait()
-        try:
-            outcomes.append(ingest(cfg))
-        except CommitConflict as exc:
-            outcomes.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(240)
+    outcomes = ingest_at_once(cfg)
     assert len(outcomes) == 2
     committed = [o for o in outcomes if not isinstance(o, Exception)]
     assert committed, outcomes  # at least one commits; the other commits or conflicts
