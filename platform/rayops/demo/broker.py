@@ -81,6 +81,12 @@ class LocalBroker:
         """(partition, value) messages, sent in batches as a client does."""
         producer = self.producer()
         for partition, value in messages:
-            producer.produce(topic, value=value, partition=partition)
+            while True:
+                try:
+                    producer.produce(topic, value=value, partition=partition)
+                    break
+                except BufferError:  # the client's queue is full: let it send some
+                    producer.poll(0.1)
+            producer.poll(0)
         if producer.flush(30):
             raise RayopsError(f"messages to {topic} left unsent after 30 s")
