@@ -75,7 +75,7 @@ def _process_setup_restored():
 SLOWEST_FIRST = ("test_jobs", "test_serve", "test_families", "test_training",
                  "test_simulated_cluster", "test_pipeline_local", "test_recommendation",
                  "test_forecasting", "test_tables", "test_resume", "test_operate",
-                 "test_gcs_fault_tolerance")
+                 "test_gcs_fault_tolerance", "test_kafka")
 
 
 def _schedule_rank(item: pytest.Item) -> tuple[int, int]:

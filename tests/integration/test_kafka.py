@@ -187,8 +187,8 @@ def test_the_stream_demo_ingests_what_it_produces(tmp_path, monkeypatch, capsys,
 
     monkeypatch.chdir(tmp_path)
     fresh_tracking_store(tmp_path / "mlflow.db")
-    run_stream_demo(seconds=3, rate=1000, interval_s=1.0, seed=3,
+    run_stream_demo(seconds=2, rate=1000, interval_s=1.0, seed=3,
                     overrides=[f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])
     shown = capsys.readouterr().out
     assert "churn-stream/v000001: read " in shown and "behind the topic: p0 " in shown
-    assert "read 3,000 (each message once)" in shown, shown
+    assert "read 2,000 (each message once)" in shown, shown

@@ -154,13 +154,15 @@ def test_clicks_sent_as_feedback_give_the_live_hit_rate(cfg, dataset, trained, u
               {"request_id": "rec-u00002", "label": answers[1].json()["items"][0]["item"]},
               {"request_id": "rec-u00003", "label": "no-such-title"},
               {"request_id": "rec-u00004", "label": "drama-999"}]
-    def logged() -> int:
-        try:
-            return len(read_window(cfg, 1.0))
-        except DataError:  # no log written yet
-            return 0
+    asked = {f"rec-u0000{n}" for n in range(1, 5)}
 
-    wait_for(lambda: logged() >= 4, 60, what="the answers in the log")
+    def logged() -> bool:  # these four answers, not just any four (earlier tests' are there)
+        try:
+            return asked <= set(read_window(cfg, 1.0)["request_id"])
+        except DataError:  # no log written yet
+            return False
+
+    wait_for(logged, 60, what="the four answers in the log")
     stored = requests.post(f"{url}/feedback", json={"labels": clicks}, timeout=60)
     assert stored.status_code == 202 and stored.json()["accepted"] == 4
     live = live_metrics(cfg)[version]
