@@ -105,11 +105,11 @@ class KafkaSource:
     def uri(self) -> str:
         return f"{SCHEME}{self.servers}/{self.topic}"
 
-    def _consumer(self, **extra: Any) -> Any:
+    def _consumer(self) -> Any:
         kafka = _kafka()
         return kafka.Consumer({"bootstrap.servers": self.servers, "group.id": "rayops",
                                "enable.auto.commit": False, "enable.partition.eof": True,
-                               "auto.offset.reset": "error", **self.settings, **extra})
+                               "auto.offset.reset": "error", **self.settings})
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every partition with its earliest retained offset (``low``) and its end now."""
@@ -300,10 +300,10 @@ def read_partition(source: KafkaSource, item: dict[str, Any], columns: list[str]
                    ) -> pa.Table:
     """The rows of one partition's planned offsets, whole, or one *failed* marker row (the
     broker did not deliver them: nothing of the partition is consumed, it is read again
-    by the next ingest)."""
+    by the next ingest). Any other error is raised: never counted as the broker's."""
     try:
         values = _fetch(source, item)
-    except Exception as exc:
+    except (DataError, _kafka().KafkaException) as exc:
         return _marker(item["path"], f"{FAILED}: {one_line(exc)}")
     return parse_messages(values, source.fmt, columns, list(source.columns), item["path"])
 
