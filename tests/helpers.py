@@ -139,3 +139,38 @@ def untrained_bundle(cfg: PipelineConfig, version: Any, run_id: str, folder: Pat
     else:
         model = MLPModel(build_model(shape))
     return bundle_of(cfg, version, model, {}, run_id).save(folder)
+
+
+def killing_once(source: Any, marker: Path) -> Any:
+    """A copy of a message source (Kafka, Kinesis) whose read tasks, the first to have
+    read its partition's messages, die once (``marker`` on disk tells Ray's retry it
+    happened), so that Ray runs that task again."""
+    import dataclasses
+
+    import ray.data
+
+    from rayops.data.messages import _PartitionsDatasource
+
+    class KillOnce(_PartitionsDatasource):
+        def get_read_tasks(self, parallelism: int, **kwargs: Any) -> list[Any]:
+            from ray.data.datasource import ReadTask
+
+            def killing(inner: Any) -> Any:
+                def read() -> Any:
+                    import os
+
+                    tables = list(inner())
+                    if not os.path.exists(marker):
+                        marker.touch()
+                        os._exit(1)
+                    yield from tables
+                return read
+            return [ReadTask(killing(t.read_fn), t.metadata)
+                    for t in super().get_read_tasks(parallelism, **kwargs)]
+
+    class Killing(type(source)):  # type: ignore[misc]
+        def read(self, items: Any, columns: Any) -> Any:
+            return ray.data.read_datasource(KillOnce(self, list(items), list(columns)),
+                                            override_num_blocks=len(items))
+
+    return Killing(**{f.name: getattr(source, f.name) for f in dataclasses.fields(source)})

@@ -8,23 +8,18 @@ commit once, and the stream demo ingests every event it produced."""
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
 import ray
 import ray.data
 import requests
-from ray.data.datasource import ReadTask
 
 from rayops import tracking
 from rayops.config import validate_config
 from rayops.data import table as delta
 from rayops.data.ingest import ingest, ingest_retrying, source_of
-from rayops.data.kafka import KafkaSource, _PartitionsDatasource
-from tests.helpers import fresh_tracking_store, ingest_at_once, wait_for
+from rayops.data.kafka import KafkaSource
+from tests.helpers import fresh_tracking_store, ingest_at_once, killing_once, wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -117,47 +112,12 @@ def test_an_ingest_that_dies_before_its_commit_is_read_again(cfg, kafka_broker,
     assert _ids(again) == list(range(530))
 
 
-class _KillOnce(_PartitionsDatasource):
-    """Each partition's task; the first whose worker gets there dies once, after reading
-    its messages (``marker`` on disk: Ray's retry sees it)."""
-
-    def __init__(self, marker: str, *args: Any) -> None:
-        super().__init__(*args)
-        self._marker = marker
-
-    def get_read_tasks(self, parallelism: int, **kwargs: Any) -> list[ReadTask]:
-        marker = self._marker
-
-        def killing(inner: Any) -> Any:
-            def read() -> Any:
-                tables = list(inner())
-                if not os.path.exists(marker):
-                    Path(marker).touch()
-                    os._exit(1)
-                yield from tables
-            return read
-        return [ReadTask(killing(t.read_fn), t.metadata)
-                for t in super().get_read_tasks(parallelism, **kwargs)]
-
-
-@dataclass(frozen=True)
-class _KillingTopic(KafkaSource):
-    marker: str = ""
-
-    def read(self, items: Any, columns: Any) -> ray.data.Dataset:
-        return ray.data.read_datasource(
-            _KillOnce(self.marker, self, list(items), list(columns)),
-            override_num_blocks=len(items))
-
-
 def test_a_read_task_killed_and_retried_by_ray_reads_its_range_once(cfg, kafka_broker,
                                                                     tmp_path):
     before = ingest(cfg)
     kafka_broker.produce("rides", _rides(530, 30))
-    plain = source_of(cfg)
     marker = tmp_path / "killed"
-    after = ingest(cfg, _KillingTopic(plain.servers, plain.topic, plain.fmt, plain.columns,
-                                      plain.settings, str(marker)))
+    after = ingest(cfg, killing_once(source_of(cfg), marker))
     assert marker.exists()  # a worker did die mid-ingest
     assert after.version == before.version + 1 and after.manifest.ingest.rows.read == 30
     assert _ids(after) == list(range(560))

@@ -263,3 +263,20 @@ def test_relative_paths_inside_a_ray_job_copy_stop_the_job_with_the_key(tmp_path
     absolute = load_config(config_path(), [f"storage.root={tmp_path}/lake",
                                            f"tracking.uri=sqlite:///{tmp_path}/m.db"])
     assert absolute.storage.root == str(tmp_path / "lake")  # absolute paths are fine
+
+
+@pytest.mark.parametrize(("source", "fmt", "avro", "match"), [
+    ("kafka://h:1/t", "parquet", None, "'parquet' is not a message format"),
+    ("kinesis://s", "parquet", None, "'parquet' is not a message format"),
+    ("raw", "avro", {"schema": "r.avsc"}, "'avro' is a message format of a Kafka or Kinesis"),
+    ("kafka://h:1/t", "avro", None, "needs data.avro.schema"),
+    ("kafka://h:1/t", "json", {"schema": "r.avsc"}, "data.avro is only for format 'avro'"),
+])
+def test_message_formats_fit_their_source(source, fmt, avro, match):
+    raw = _raw()
+    raw["data"].update({"source": source, "format": fmt}, **({"avro": avro} if avro else {}))
+    with pytest.raises(ConfigError, match=match):
+        validate_config(raw)
+    raw["data"].update({"format": "avro", "avro": {"schema": "r.avsc"}})
+    if "://" in source:  # the same source with Avro and its schema is a valid config
+        assert validate_config(raw).data.avro.framing == "confluent"

@@ -3,15 +3,13 @@
 ingest naming the lost range, and a message that is not a record quarantined with its
 offset. Reading a real broker: tests/integration/test_kafka.py."""
 
+import json
+
 import pytest
 
-from rayops.data.kafka import (
-    KafkaSource,
-    RetentionGap,
-    client_settings,
-    parse_messages,
-    plan_offsets,
-)
+from rayops.data.kafka import KafkaSource, client_settings, plan_offsets
+from rayops.data.messages import RetentionGap, parse_messages
+from rayops.data.sources import _as_text
 from rayops.data.validate import ERROR, SOURCE_FILE, SOURCE_ROW
 from rayops.errors import DataError
 
@@ -51,6 +49,17 @@ def test_a_message_that_is_not_a_record_is_quarantined_with_its_offset():
     assert "expected one line of 2 fields, got 3" in lines.column(ERROR).to_pylist()[1]
 
 
+def test_values_become_the_same_text_whichever_json_types_a_column_mixes():
+    rows = [{"i": 1, "f": 2.0, "b": True, "s": "x", "m": 1, "o": {"k": [1]}, "n": None},
+            {"i": 2**70, "f": 0.1, "b": False, "s": None, "m": "y", "o": None, "n": None},
+            {"i": -3, "f": None, "b": None, "s": "7", "m": True, "o": [2], "n": None}]
+    columns = list(rows[0])
+    values = [(i, json.dumps(r).encode()) for i, r in enumerate(rows)]
+    table = parse_messages(values, "json", columns, columns, "ev/0")
+    assert table.select(columns).to_pylist() == [
+        {c: _as_text(r[c]) for c in columns} for r in rows]
+
+
 def test_the_uri_and_client_settings():
     source = KafkaSource.parse("kafka://127.0.0.1:9092,127.0.0.1:9093/rides", "json", ["a"])
     assert source.servers == "127.0.0.1:9092,127.0.0.1:9093" and source.topic == "rides"
@@ -67,3 +76,36 @@ def test_the_uri_and_client_settings():
 def test_a_topic_created_again_is_refused_not_skipped():
     with pytest.raises(DataError, match="deleted and created again"):
         plan_offsets("ev", {"ev/0": {"end": 40}}, [_item(0, 0, 12)], max_lost=0)
+
+
+def test_avro_messages_are_decoded_with_the_writers_schema_and_framing():
+    import io
+
+    import fastavro
+
+    from rayops.data.messages import AvroDecoder
+
+    schema = {"type": "record", "name": "Ride", "fields": [
+        {"name": "id", "type": "string"}, {"name": "x", "type": ["null", "double"]}]}
+    decoder = AvroDecoder.parse(json.dumps(schema).encode(), "confluent", "data.avro.schema")
+
+    def framed(record, header=b"\x00\x00\x00\x00\x07"):
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, fastavro.parse_schema(schema), record)
+        return header + out.getvalue()
+
+    values = [(0, framed({"id": "a", "x": 1.5})), (1, framed({"id": "b", "x": None})),
+              (2, framed({"id": "c", "x": 2.0}, header=b"")),  # no framing
+              (3, framed({"id": "d", "x": 1.0}) + b"\x01"), (4, b'{"id": "e"}')]
+    table = parse_messages(values, "avro", ["id", "x"], ["id", "x"], "ev/0", decoder)
+    assert [(r[SOURCE_ROW], r["id"], r["x"]) for r in table.to_pylist() if not r[ERROR]] == [
+        (0, "a", "1.5"), (1, "b", None)]
+    bad = {r[SOURCE_ROW]: r[ERROR] for r in table.to_pylist() if r[ERROR]}
+    assert set(bad) == {2, 3, 4} and "1 byte(s) after the Avro record" in bad[3], bad
+    assert "not Confluent's Avro framing" in bad[4]
+    bare = AvroDecoder.parse(json.dumps(schema).encode(), "bare", "s")
+    assert bare.decode(framed({"id": "f", "x": None}, header=b"")) == {"id": "f", "x": None}
+    with pytest.raises(DataError, match="data.avro.schema is not an Avro record schema"):
+        AvroDecoder.parse(b'"string"', "bare", "data.avro.schema")
+    with pytest.raises(DataError, match="is not an Avro schema"):
+        AvroDecoder.parse(b'{"type": "record"', "bare", "data.avro.schema")

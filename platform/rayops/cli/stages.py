@@ -43,8 +43,10 @@ def validate(config: ConfigArg, overrides: SetOpt = None, base_dir: BaseDirOpt =
 def ingest(
     config: ConfigArg,
     overrides: SetOpt = None,
-    watch: Annotated[bool, typer.Option(help="Keep polling the source for new files.")] = False,
-    interval: Annotated[float, typer.Option(min=1.0, help="Seconds between polls.")] = 30.0,
+    watch: Annotated[bool, typer.Option(
+        help="Keep polling the source for new files (or a topic's new messages).")] = False,
+    interval: Annotated[float | None, typer.Option(
+        min=1.0, help="Seconds between polls [default: data.watch_interval_s].")] = None,
     base_dir: BaseDirOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -64,9 +66,10 @@ def ingest(
         show(data_ingest.ingest(cfg))
         logs_line(output)
         return
-    typer.echo(f"watching {cfg.data.source} every {interval:.0f}s; Ctrl-C stops")
+    every = cfg.data.watch_interval_s if interval is None else interval
+    typer.echo(f"watching {cfg.data.source} every {every:g}s; Ctrl-C stops")
     with contextlib.suppress(KeyboardInterrupt):
-        data_ingest.watch(cfg, interval, on_version=show)
+        data_ingest.watch(cfg, every, on_version=show)
 
 
 def _train(config: Path, overrides: list[str] | None, base_dir: Path | None, verbose: bool,

@@ -18,21 +18,42 @@ from rayops.config.recommend import RecommendConfig
 from rayops.tasks import task_names, task_of
 
 
+class AvroConfig(_Section):
+    """How a topic's or stream's Avro messages are decoded (``data.format: avro``)."""
+
+    schema_path: str = Field(
+        alias="schema", description="The writer's schema (an .avsc JSON file): a path under "
+        "storage.root or a full URI. A Schema Registry is not consulted.")
+    framing: Literal["confluent", "bare"] = Field(
+        "confluent", description="confluent: each value is a zero byte, a 4-byte schema id "
+        "and the record (Confluent's serializers); bare: the record's Avro binary alone.")
+    model_config = {**_Section.model_config, "populate_by_name": True}
+
+
 class DataConfig(_Section):
     source: str = Field(
         "raw",
         description="Where the raw files are: a path under storage.root, or a full URI; or "
         "a Kafka topic, kafka://HOST:PORT[,HOST:PORT]/TOPIC (client settings from "
-        "RAYOPS_KAFKA_* environment variables).",
+        "RAYOPS_KAFKA_* environment variables); or a Kinesis data stream, kinesis://STREAM "
+        "(region, endpoint and credentials from the AWS environment).",
     )
-    format: Literal["csv", "json", "parquet"] = Field(
+    format: Literal["csv", "json", "parquet", "avro"] = Field(
         "csv", description="File format of the raw files (json means JSON Lines); of a "
-        "topic's messages: json (an object each) or csv (a line of the declared columns)."
+        "topic's messages or a stream's records: json (an object each), csv (a line of "
+        "the declared columns) or avro (a record each, see data.avro)."
     )
     max_lost_messages: int = Field(
         0, ge=0, description="A topic's messages that may expire (retention) before an "
         "ingest reads them: more fail the ingest, naming the lost offsets; fewer are "
         "counted in the manifest.")
+    avro: AvroConfig | None = Field(
+        None, description="data.format avro: the writer's schema and the framing of each "
+        "message.")
+    watch_interval_s: float = Field(
+        30.0, ge=1.0, description="`rayops ingest --watch`: seconds from the start of one "
+        "poll to the next (a version is committed when there is something new); "
+        "--interval overrides it.")
     label: str = Field(description="The column to predict (for a recommendation task, "
                        "data.recommend.item: it may be left out).")
     task: str = Field(description="What kind of model: classification, regression, "
@@ -121,9 +142,16 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_fields(self) -> DataConfig:
-        if self.source.startswith("kafka://") and self.format == "parquet":
-            raise ValueError("format 'parquet' is not a message format of a Kafka source "
-                             "(data.source: " + self.source + "): json or csv")
+        log = self.source.startswith(("kafka://", "kinesis://"))
+        if log and self.format == "parquet":
+            raise ValueError("format 'parquet' is not a message format of a Kafka or Kinesis "
+                             "source (data.source: " + self.source + "): json, csv or avro")
+        if self.format == "avro" and not log:
+            raise ValueError("format 'avro' is a message format of a Kafka or Kinesis source "
+                             f"(data.source: {self.source!r} is files: csv, json or parquet)")
+        if (self.format == "avro") != (self.avro is not None):
+            raise ValueError("format 'avro' needs data.avro.schema (the writer's schema), "
+                             "and data.avro is only for format 'avro'")
         declared = set(self.columns)
         if self.label not in declared:
             raise ValueError(

@@ -30,8 +30,11 @@ from rayops.data import stats
 from rayops.data import table as delta
 from rayops.data.curate import PartSummary, describe, rows_schema, used_columns, write_part
 from rayops.data.kafka import SCHEME as KAFKA
-from rayops.data.kafka import KafkaSource, export_lag
+from rayops.data.kafka import KafkaSource
+from rayops.data.kinesis import SCHEME as KINESIS
+from rayops.data.kinesis import KinesisSource
 from rayops.data.manifest import Manifest
+from rayops.data.messages import AvroDecoder, MessageSource, export_lag
 from rayops.data.observations import (
     fit_interactions,
     fit_series,
@@ -70,10 +73,22 @@ def file_source(cfg: PipelineConfig) -> FileSource:
 
 
 def source_of(cfg: PipelineConfig) -> Source:
-    """What ``data.source`` names: a Kafka topic (``kafka://``) or files."""
-    if cfg.data.source.startswith(KAFKA):
-        return KafkaSource.parse(cfg.data.source, cfg.data.format, list(cfg.data.columns))
+    """What ``data.source`` names: a Kafka topic (``kafka://``), a Kinesis stream
+    (``kinesis://``) or files."""
+    log = {KAFKA: KafkaSource, KINESIS: KinesisSource}
+    for scheme, kind in log.items():
+        if cfg.data.source.startswith(scheme):
+            source = kind.parse(cfg.data.source, cfg.data.format, list(cfg.data.columns))
+            return source.with_avro(avro_decoder(cfg)) if cfg.data.avro else source
     return file_source(cfg)
+
+
+def avro_decoder(cfg: PipelineConfig) -> AvroDecoder:
+    """The decoder of ``data.avro``: its schema read from the store and parsed."""
+    assert cfg.data.avro is not None
+    location = resolve_under(root_of(cfg.storage), cfg.data.avro.schema_path, cfg.storage)
+    return AvroDecoder.parse(location.read_bytes(), cfg.data.avro.framing,
+                             f"data.avro.schema ({location.uri})")
 
 
 # --------------------------------------------------------------------------- planning
@@ -81,7 +96,8 @@ def source_of(cfg: PipelineConfig) -> Source:
 
 # Settings that say how to ingest, not what the curated rows are: changing them rebuilds
 # nothing (and a setting added later leaves existing datasets' hash as it was).
-_NOT_HASHED = {"vanished_files", "max_lost_messages"}
+_NOT_HASHED = {"vanished_files", "max_lost_messages", "watch_interval_s"}
+_HASHED_WHEN_SET = ("avro",)  # added later: unset, a dataset's hash is as it was
 
 
 def attribute_tables(cfg: PipelineConfig) -> dict[str, Any]:
@@ -97,6 +113,9 @@ def attribute_tables(cfg: PipelineConfig) -> dict[str, Any]:
 
 def config_hash(data: DataConfig) -> str:
     described = data.model_dump(mode="json", exclude=_NOT_HASHED)
+    for key in _HASHED_WHEN_SET:
+        if described.get(key) is None:
+            described.pop(key, None)
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -140,14 +159,14 @@ def plan(previous: DatasetVersion | None, consumed: dict[str, dict[str, Any]],
     return [i for k, i in current.items() if k not in consumed], False
 
 
-def plan_stream(source: KafkaSource, previous: DatasetVersion | None,
+def plan_stream(source: MessageSource, previous: DatasetVersion | None,
                 consumed: dict[str, dict[str, Any]], items: list[dict[str, Any]],
                 data: DataConfig, dataset: str
                 ) -> tuple[list[dict[str, Any]], bool, dict[str, Any]]:
     """(partitions to read, whether the dataset is new, what the manifest records of the
-    plan: messages lost to retention, each partition's range and lag) for a topic: what
-    follows the offsets the latest version committed. A topic is never read again whole
-    (its messages expire), so a changed data config is refused."""
+    plan: messages lost to retention, each partition's range and lag) for a topic or
+    stream: what follows the positions the latest version committed. A log is never read
+    again whole (its messages expire), so a changed data config is refused."""
     if previous is not None and previous.manifest.config_hash != config_hash(data):
         raise DataError(
             f"the data config changed since {previous.id}, and a topic cannot be read again "
@@ -155,13 +174,11 @@ def plan_stream(source: KafkaSource, previous: DatasetVersion | None,
             "restore the config; nothing was committed")
     todo, lost = source.pending(consumed, items, data.max_lost_messages)
     if previous is None and not todo:
-        raise DataError(f"topic {source.topic!r} at {source.servers} has no messages yet: "
-                        "nothing to ingest")
+        raise DataError(f"{source.uri} has no messages yet: nothing to ingest")
     partitions = source.lag(todo)
-    export_lag(dataset, source.topic, items, partitions)
+    export_lag(dataset, source.name, items, partitions)
     for p in partitions:
-        logger.info("partition %d: offsets %d..%d, %d message(s) behind%s", p["partition"],
-                    p["start"], p["end"] - 1, p["lag_messages"],
+        logger.info("%s, %d message(s) behind%s", source.describe(p), p["lag_messages"],
                     "" if p["lag_s"] is None else f", the oldest {p['lag_s']:.1f} s old")
     return todo, previous is None, {"lost_messages": lost, "partitions": partitions}
 
@@ -250,7 +267,7 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
         consumed, earlier_stats = state["consumed"], [state["stats"]]
     items = source.snapshot()
     planned: dict[str, Any] = {}
-    if isinstance(source, KafkaSource):
+    if isinstance(source, MessageSource):
         todo, rebuild, planned = plan_stream(source, previous, consumed, items, cfg.data,
                                              cfg.dataset_name)
     else:
@@ -262,7 +279,7 @@ def ingest(cfg: PipelineConfig, source: Source | None = None) -> DatasetVersion:
         return previous
 
     logger.info("ingesting %d %s%s from %s", len(todo), "" if rebuild else "new ",
-                "partition(s)" if isinstance(source, KafkaSource) else "file(s)", source.uri)
+                f"{source.unit}(s)" if isinstance(source, MessageSource) else "file(s)", source.uri)
     result = write_part(source, todo, rows_location, quarantine_location, cfg.data)
     whole = cfg.data.forecast is not None or cfg.data.recommend is not None
     existing = None if rebuild or previous is None or not whole else previous.table("train")
@@ -437,23 +454,23 @@ def ingest_retrying(cfg: PipelineConfig, attempts: int = 3, wait_s: float = 1.0
 
 def watch(cfg: PipelineConfig, interval_s: float, polls: int | None = None,
           on_version: Callable[[DatasetVersion], None] | None = None) -> None:
-    """Poll the source and ingest each arrival (``polls`` bounds the loop for tests).
-    A poll that lost a commit race or could not fetch files commits nothing and is retried
-    at the next poll; any other error ends the watch."""
+    """Poll the source every ``interval_s`` (from the start of one poll to the next) and
+    ingest each arrival (``polls`` bounds the loop for tests). A poll that lost a commit
+    race or could not fetch files commits nothing and is retried at the next poll; any
+    other error ends the watch."""
     seen: int | None = None
     count = 0
     while polls is None or count < polls:
+        started = time.monotonic()
         try:
             version = ingest(cfg)
         except (delta.CommitConflict, FilesFailed) as exc:
             logger.warning("%s; trying again in %s s", exc, interval_s)
-            count += 1
-            time.sleep(interval_s)
-            continue
-        if version.version != seen:
+            version = None
+        if version is not None and version.version != seen:
             seen = version.version
             if on_version:
                 on_version(version)
         count += 1
         if polls is None or count < polls:
-            time.sleep(interval_s)
+            time.sleep(max(0.0, interval_s - (time.monotonic() - started)))

@@ -30,23 +30,14 @@ environment variables, never from the YAML: ``RAYOPS_KAFKA_SASL_PASSWORD`` sets
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-import ray.data
-from ray.data.block import BlockMetadata
-from ray.data.datasource import Datasource, ReadTask
-
-from rayops.data.sources import FAILED, _as_text, _marker
-from rayops.data.validate import ERROR, RAW, SOURCE_FILE, SOURCE_ROW
+from rayops.data.messages import AvroDecoder, MessageSource, RetentionGap, check_format
 from rayops.errors import DataError, one_line
 
 logger = logging.getLogger(__name__)
@@ -75,12 +66,8 @@ def _kafka() -> Any:
     return confluent_kafka
 
 
-class RetentionGap(DataError):
-    """Offsets expired before they were read, more than data.max_lost_messages allows."""
-
-
 @dataclass(frozen=True)
-class KafkaSource:
+class KafkaSource(MessageSource):
     """One topic of a Kafka cluster; items are its partitions with planned offsets."""
 
     servers: str
@@ -88,6 +75,7 @@ class KafkaSource:
     fmt: str
     columns: tuple[str, ...]  # the declared columns, in order: a CSV message's fields
     settings: dict[str, str] = field(default_factory=dict, repr=False)
+    avro: AvroDecoder | None = field(default=None, repr=False)
 
     @classmethod
     def parse(cls, uri: str, fmt: str, columns: Sequence[str]) -> KafkaSource:
@@ -95,15 +83,25 @@ class KafkaSource:
         servers, _, topic = rest.partition("/")
         if not servers or not topic or "/" in topic:
             raise DataError(f"data.source: {uri!r} is not kafka://HOST:PORT[,HOST:PORT]/TOPIC")
-        if fmt not in ("json", "csv"):
-            raise DataError(f"data.format: {fmt!r} is not a message format of a Kafka source "
-                            "(json: each message a JSON object; csv: a line of the declared "
-                            "columns)")
+        check_format(fmt, "Kafka")
         return cls(servers, topic, fmt, tuple(columns), client_settings())
 
     @property
-    def uri(self) -> str:
+    def uri(self) -> str:  # type: ignore[override]
         return f"{SCHEME}{self.servers}/{self.topic}"
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.topic
+
+    def describe(self, lag: Mapping[str, Any]) -> str:
+        return f"partition {lag['partition']}: offsets {lag['start']}..{lag['end'] - 1}"
+
+    def transient(self) -> tuple[type[BaseException], ...]:
+        return (DataError, _kafka().KafkaException)
+
+    def fetch(self, item: dict[str, Any]) -> list[tuple[int | str, bytes | None]]:
+        return _fetch(self, item)  # type: ignore[return-value]
 
     def _consumer(self) -> Any:
         kafka = _kafka()
@@ -170,11 +168,6 @@ class KafkaSource:
                      max(0.0, now - oldest[int(i["partition"])]), 3)}  # type: ignore[operator]
                 for i in todo]
 
-    def read(self, items: Sequence[dict[str, Any]], columns: Sequence[str]) -> ray.data.Dataset:
-        return ray.data.read_datasource(
-            _PartitionsDatasource(self, list(items), list(columns)),
-            override_num_blocks=max(1, len(items)))
-
 
 def plan_offsets(topic: str, consumed: Mapping[str, Mapping[str, Any]],
                  items: list[dict[str, Any]], max_lost: int
@@ -210,36 +203,6 @@ def plan_offsets(topic: str, consumed: Mapping[str, Mapping[str, Any]],
     return todo, lost
 
 
-_GAUGES: dict[str, Any] = {}  # made at the first export (never at import)
-
-
-def export_lag(dataset: str, topic: str, items: list[dict[str, Any]],
-               partitions: list[dict[str, Any]]) -> None:
-    """Each partition's lag at planning as Prometheus gauges (Ray's metrics export, from
-    the driver): ``rayops_ingest_lag_messages`` and ``rayops_ingest_lag_seconds``, tagged
-    with the dataset, topic and partition; 0 for a partition with nothing new."""
-    import ray
-
-    if not ray.is_initialized():
-        return
-    from ray.util import metrics
-
-    if not _GAUGES:
-        tags = ("dataset", "topic", "partition")
-        _GAUGES["messages"] = metrics.Gauge(
-            "rayops_ingest_lag_messages", "Messages of a topic's partition not yet in a "
-            "committed version, at the last ingest's planning.", tag_keys=tags)
-        _GAUGES["seconds"] = metrics.Gauge(
-            "rayops_ingest_lag_seconds", "Age of the oldest message of a partition not yet "
-            "in a committed version, at the last ingest's planning.", tag_keys=tags)
-    behind = {p["partition"]: p for p in partitions}
-    for item in items:
-        lag = behind.get(int(item["partition"]), {})
-        tags = {"dataset": dataset, "topic": topic, "partition": str(item["partition"])}
-        _GAUGES["messages"].set(float(lag.get("lag_messages") or 0), tags=tags)
-        _GAUGES["seconds"].set(float(lag.get("lag_s") or 0), tags=tags)
-
-
 def _ends(consumer: Any, kafka: Any, topic: str, marks: dict[int, tuple[int, int]]
           ) -> dict[int, int]:
     """Each partition's end: one past the last offset of its last batch (read from the
@@ -264,48 +227,6 @@ def _ends(consumer: Any, kafka: Any, topic: str, marks: dict[int, tuple[int, int
         quiet = time.monotonic()
     consumer.unassign()
     return ends
-
-
-# --------------------------------------------------------------------------- reading
-
-
-class _PartitionsDatasource(Datasource):
-    """One read task per partition, each reading exactly ``[start, end)``."""
-
-    def __init__(self, source: KafkaSource, items: list[dict[str, Any]],
-                 columns: list[str]) -> None:
-        super().__init__()
-        self._source, self._items, self._columns = source, items, columns
-
-    def estimate_inmemory_data_size(self) -> int | None:
-        return None
-
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                       data_context: Any = None) -> list[ReadTask]:
-        tasks = []
-        for item in self._items:
-            meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=[item["path"]],
-                                 exec_stats=None)
-            tasks.append(ReadTask(_partition_reader(self._source, item, self._columns), meta))
-        return tasks
-
-
-def _partition_reader(source: KafkaSource, item: dict[str, Any], columns: list[str]) -> Any:
-    def read() -> Iterator[pa.Table]:
-        yield read_partition(source, item, columns)
-    return read
-
-
-def read_partition(source: KafkaSource, item: dict[str, Any], columns: list[str]
-                   ) -> pa.Table:
-    """The rows of one partition's planned offsets, whole, or one *failed* marker row (the
-    broker did not deliver them: nothing of the partition is consumed, it is read again
-    by the next ingest). Any other error is raised: never counted as the broker's."""
-    try:
-        values = _fetch(source, item)
-    except (DataError, _kafka().KafkaException) as exc:
-        return _marker(item["path"], f"{FAILED}: {one_line(exc)}")
-    return parse_messages(values, source.fmt, columns, list(source.columns), item["path"])
 
 
 def _fetch(source: KafkaSource, item: dict[str, Any]) -> list[tuple[int, bytes | None]]:
@@ -345,44 +266,3 @@ def _fetch(source: KafkaSource, item: dict[str, Any]) -> list[tuple[int, bytes |
         return out
     finally:
         consumer.close()
-
-
-def parse_messages(values: list[tuple[int, bytes | None]], fmt: str, columns: list[str],
-                   declared: list[str], where: str) -> pa.Table:
-    """Rows of ``columns`` (text, cast later by the schema) from message values; a value
-    that is not one record is an ERROR row with its offset."""
-    records: list[dict[str, Any]] = []
-    for offset, value in values:
-        try:
-            fields = _record(value, fmt, declared)
-        except ValueError as exc:
-            raw = (value or b"")[:2000].decode("utf-8", "replace")
-            records.append({SOURCE_ROW: offset, RAW: raw, ERROR: f"malformed message: {exc}"})
-            continue
-        records.append({**{c: _as_text(fields.get(c)) for c in columns}, SOURCE_ROW: offset})
-    schema = pa.schema([(c, pa.string()) for c in columns] + [
-        (SOURCE_ROW, pa.int64()), (RAW, pa.string()), (ERROR, pa.string())])
-    table = pa.Table.from_pylist(records, schema=schema)
-    return table.append_column(SOURCE_FILE, pa.array([where] * table.num_rows, pa.string()))
-
-
-def _record(value: bytes | None, fmt: str, declared: list[str]) -> dict[str, Any]:
-    if value is None:
-        raise ValueError("no value (a tombstone)")
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError("not UTF-8") from None
-    if fmt == "json":
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(exc.msg) from None
-        if not isinstance(record, dict):
-            raise ValueError("not a JSON object")
-        return record
-    rows = list(csv.reader(io.StringIO(text)))
-    if len(rows) != 1 or len(rows[0]) != len(declared):
-        got = len(rows[0]) if len(rows) == 1 else f"{len(rows)} lines"
-        raise ValueError(f"expected one line of {len(declared)} fields, got {got}")
-    return dict(zip(declared, rows[0], strict=True))
