@@ -141,14 +141,17 @@ def test_a_topic_that_does_not_exist_is_named(cfg, kafka_broker):
         source.snapshot()
 
 
-def test_the_stream_demo_ingests_what_it_produces(tmp_path, monkeypatch, capsys,
+@pytest.mark.parametrize("workload", ["classification", "forecasting"])
+def test_the_stream_demo_ingests_what_it_produces(workload, tmp_path, monkeypatch, capsys,
                                                   ray_start_4_cpus):
-    from rayops.demo.streaming import run_stream_demo
+    from rayops.demo.streaming import STREAMS, run_stream_demo
 
     monkeypatch.chdir(tmp_path)
     fresh_tracking_store(tmp_path / "mlflow.db")
     run_stream_demo(seconds=2, rate=1000, interval_s=1.0, seed=3,
-                    overrides=[f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])
+                    overrides=[f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
+                    workload=workload)
     shown = capsys.readouterr().out
-    assert "churn-stream/v000001: read " in shown and "behind the topic: p0 " in shown
-    assert "read 2,000 (each message once)" in shown, shown
+    dataset = STREAMS[workload].dataset
+    assert f"{dataset}/v000001: read " in shown and "behind the topic: p0 " in shown
+    assert f"read {STREAMS[workload].backlog + 2000:,} (each message once)" in shown, shown

@@ -202,8 +202,9 @@ def demo(
         help="classification: customer churn from CSV exports; forecasting: hourly demand "
         "per city zone, a day ahead; recommendation: what to watch next.")] = "classification",
     stream: Annotated[bool, typer.Option(
-        "--stream", help="Instead: churn events produced to a local Kafka topic (--rate a "
-        "second for --seconds) and ingested every 5 s: versions, lag and row "
+        "--stream", help="Instead: the workload's events (churn customers, or hourly demand "
+        "observations with --workload forecasting) produced to a local Kafka topic (--rate "
+        "a second for --seconds) and ingested every 5 s: versions, lag and row "
         "accounting.")] = False,
     seconds: Annotated[float, typer.Option(min=1, help="With --stream: how long events "
                                            "are produced.")] = 30.0,
@@ -219,13 +220,13 @@ def demo(
         raise typer.BadParameter(f"{workload!r}; use one of {', '.join(WORKLOADS)}",
                                  param_hint="--workload")
     if stream:
-        if workload != "classification" or operate:
-            raise typer.BadParameter("--stream runs on the churn events alone: leave out "
-                                     "--workload and --operate", param_hint="--stream")
-        from rayops.demo.streaming import run_stream_demo
+        from rayops.demo.streaming import STREAMS, run_stream_demo
 
+        if workload not in STREAMS or operate:
+            raise typer.BadParameter(f"--stream streams the {' or '.join(STREAMS)} demo's "
+                                     "events, without --operate", param_hint="--stream")
         output = setup_logging(verbose)
-        run_stream_demo(seconds, rate, 5.0, seed, overrides or [], output)
+        run_stream_demo(seconds, rate, 5.0, seed, overrides or [], output, workload)
         logs_line(output)
         return
     from rayops.demo.run import run_demo

@@ -47,6 +47,8 @@ ENV_PREFIX = "RAYOPS_KAFKA_"
 TIMEOUT_S = 15.0  # metadata and watermark queries; a read waiting this long for its next
 # message, before its planned end, fails (the partition is read again next time)
 QUIET_S = 1.0  # at planning, no message for this long after the last batch: its end
+ENDS_S = 2.0  # ... and never longer than this (a live topic keeps sending: the end is then
+# the last message seen, which is there)
 
 
 def client_settings(env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -206,14 +208,16 @@ def plan_offsets(topic: str, consumed: Mapping[str, Mapping[str, Any]],
 def _ends(consumer: Any, kafka: Any, topic: str, marks: dict[int, tuple[int, int]]
           ) -> dict[int, int]:
     """Each partition's end: one past the last offset of its last batch (read from the
-    high watermark - 1 until the partition's end, or quiet)."""
+    high watermark - 1 until the partition's end, quiet, or ``ENDS_S``: messages still
+    arriving are not chased; the end is one past the last seen)."""
     ends = {p: high for p, (_, high) in marks.items()}
     filled = [p for p, (low, high) in marks.items() if high > low]
     if not filled:
         return ends
     consumer.assign([kafka.TopicPartition(topic, p, marks[p][1] - 1) for p in filled])
     waiting, quiet = set(filled), time.monotonic()
-    while waiting and time.monotonic() - quiet < QUIET_S:
+    stop = quiet + ENDS_S
+    while waiting and time.monotonic() - quiet < QUIET_S and time.monotonic() < stop:
         message = consumer.poll(0.1)
         if message is None:
             continue
