@@ -109,3 +109,27 @@ def test_avro_messages_are_decoded_with_the_writers_schema_and_framing():
         AvroDecoder.parse(b'"string"', "bare", "data.avro.schema")
     with pytest.raises(DataError, match="is not an Avro schema"):
         AvroDecoder.parse(b'{"type": "record"', "bare", "data.avro.schema")
+
+
+def test_watch_polls_again_when_the_broker_is_down_and_stops_on_a_retention_gap(monkeypatch):
+    from types import SimpleNamespace
+
+    from rayops.data import ingest as ingesting
+    from rayops.data.messages import SourceUnavailable
+
+    outcomes = [SourceUnavailable("cannot reach the Kafka cluster"), SimpleNamespace(version=1),
+                RetentionGap("12 message(s) expired")]
+    calls = []
+
+    def polled(cfg):
+        calls.append(cfg)
+        outcome = outcomes[len(calls) - 1]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(ingesting, "ingest", polled)
+    seen = []
+    with pytest.raises(RetentionGap):  # never skipped: the watch ends, naming the loss
+        ingesting.watch("cfg", interval_s=0.01, polls=5, on_version=seen.append)
+    assert len(calls) == 3 and [v.version for v in seen] == [1]

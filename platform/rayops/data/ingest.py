@@ -34,7 +34,7 @@ from rayops.data.kafka import KafkaSource
 from rayops.data.kinesis import SCHEME as KINESIS
 from rayops.data.kinesis import KinesisSource
 from rayops.data.manifest import Manifest
-from rayops.data.messages import AvroDecoder, MessageSource, export_lag
+from rayops.data.messages import AvroDecoder, MessageSource, SourceUnavailable, export_lag
 from rayops.data.observations import (
     fit_interactions,
     fit_series,
@@ -456,15 +456,15 @@ def watch(cfg: PipelineConfig, interval_s: float, polls: int | None = None,
           on_version: Callable[[DatasetVersion], None] | None = None) -> None:
     """Poll the source every ``interval_s`` (from the start of one poll to the next) and
     ingest each arrival (``polls`` bounds the loop for tests). A poll that lost a commit
-    race or could not fetch files commits nothing and is retried at the next poll; any
-    other error ends the watch."""
+    race, could not fetch files or could not reach the broker commits nothing and is
+    retried at the next poll; any other error ends the watch."""
     seen: int | None = None
     count = 0
     while polls is None or count < polls:
         started = time.monotonic()
         try:
             version = ingest(cfg)
-        except (delta.CommitConflict, FilesFailed) as exc:
+        except (delta.CommitConflict, FilesFailed, SourceUnavailable) as exc:
             logger.warning("%s; trying again in %s s", exc, interval_s)
             version = None
         if version is not None and version.version != seen:

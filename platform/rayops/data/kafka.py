@@ -37,7 +37,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rayops.data.messages import AvroDecoder, MessageSource, RetentionGap, check_format
+from rayops.data.messages import (
+    AvroDecoder,
+    MessageSource,
+    RetentionGap,
+    SourceUnavailable,
+    check_format,
+)
 from rayops.errors import DataError, one_line
 
 logger = logging.getLogger(__name__)
@@ -119,8 +125,8 @@ class KafkaSource(MessageSource):
             try:
                 meta = consumer.list_topics(self.topic, timeout=TIMEOUT_S)
             except kafka.KafkaException as exc:
-                raise DataError(f"data.source: cannot reach the Kafka cluster at "
-                                f"{self.servers}: {one_line(exc)}") from None
+                raise SourceUnavailable(f"data.source: cannot reach the Kafka cluster at "
+                                        f"{self.servers}: {one_line(exc)}") from None
             topic = meta.topics.get(self.topic)
             if topic is None or topic.error is not None or not topic.partitions:
                 why = topic.error if topic is not None and topic.error else "no partitions"

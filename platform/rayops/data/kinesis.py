@@ -40,7 +40,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rayops.data.messages import AvroDecoder, MessageSource, RetentionGap, check_format
+from rayops.data.messages import (
+    AvroDecoder,
+    MessageSource,
+    RetentionGap,
+    SourceUnavailable,
+    check_format,
+)
 from rayops.errors import DataError, one_line
 
 logger = logging.getLogger(__name__)
@@ -48,6 +54,8 @@ logger = logging.getLogger(__name__)
 SCHEME = "kinesis://"
 TIMEOUT_S = 30.0  # planning or reading one shard: longer fails (read again next time)
 PAGE = 10_000  # records per GetRecords call (Kinesis' maximum)
+THROTTLED = {"ProvisionedThroughputExceededException", "LimitExceededException",
+             "ThrottlingException", "KMSThrottlingException"}
 
 
 def _boto() -> tuple[Any, Any]:
@@ -116,14 +124,17 @@ class KinesisSource(MessageSource):
             return fn(StreamName=self.stream, **kwargs)
         except errors.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
+            if code in THROTTLED:
+                raise SourceUnavailable(f"data.source: {self.uri}: {what}: {code} (Kinesis "
+                                        "refused for now)") from None
             if code == "ResourceNotFoundException":
                 raise DataError(f"data.source: Kinesis stream {self.stream!r} does not exist"
                                 f"{'' if not self.endpoint_url else ' at ' + self.endpoint_url}"
                                 ) from None
             raise DataError(f"data.source: {self.uri}: {what}: {one_line(exc)}") from None
         except errors.BotoCoreError as exc:
-            raise DataError(f"data.source: cannot reach Kinesis for {self.uri}: "
-                            f"{one_line(exc)}") from None
+            raise SourceUnavailable(f"data.source: cannot reach Kinesis for {self.uri}: "
+                                    f"{one_line(exc)}") from None
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every shard the stream lists (open or closed), with the stream's retention."""
@@ -182,12 +193,18 @@ class KinesisSource(MessageSource):
         """The range that may have expired unread when the record at ``after`` is gone."""
         _, errors = _boto()
         try:
-            it = self._call("get shard iterator", client.get_shard_iterator, ShardId=shard,
-                            ShardIteratorType="AT_SEQUENCE_NUMBER",
-                            StartingSequenceNumber=after)["ShardIterator"]
+            it = client.get_shard_iterator(StreamName=self.stream, ShardId=shard,
+                                           ShardIteratorType="AT_SEQUENCE_NUMBER",
+                                           StartingSequenceNumber=after)["ShardIterator"]
             records = client.get_records(ShardIterator=it, Limit=1)["Records"]
-        except (DataError, errors.ClientError):
-            records = []
+        except errors.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in THROTTLED:
+                raise SourceUnavailable(f"data.source: {self.uri}: {code}") from None
+            records = []  # the sequence number is behind the trim horizon
+        except errors.BotoCoreError as exc:
+            raise SourceUnavailable(f"data.source: cannot reach Kinesis for {self.uri}: "
+                                    f"{one_line(exc)}") from None
         if records and records[0]["SequenceNumber"] == after:
             return None  # still there: so is everything after it
         return f"after sequence number {after} (expired; the last ingest planned longer " \
@@ -281,8 +298,8 @@ def _scan(source: KinesisSource, client: Any, shard: str, after: str | None
         try:
             page = client.get_records(ShardIterator=it, Limit=PAGE)
         except (errors.ClientError, errors.BotoCoreError) as exc:
-            raise DataError(f"data.source: {source.uri}: reading shard {shard}: "
-                            f"{one_line(exc)}") from None
+            raise SourceUnavailable(f"data.source: {source.uri}: reading shard {shard}: "
+                                    f"{one_line(exc)}") from None
         records = page["Records"]
         if records:
             count += len(records)

@@ -35,6 +35,11 @@ class RetentionGap(DataError):
     """Messages expired before they were read, more than data.max_lost_messages allows."""
 
 
+class SourceUnavailable(DataError):
+    """The broker (or Kinesis) could not be reached or refused for now (throttling):
+    nothing was planned or committed; ``--watch`` tries again at its next poll."""
+
+
 def check_format(fmt: str, kind: str) -> None:
     if fmt not in FORMATS:
         raise DataError(f"data.format: {fmt!r} is not a message format of a {kind} source "
