@@ -55,6 +55,7 @@ def demo_config(tmp: Path, **overrides: Any) -> PipelineConfig:
         "train.learning_rate": 0.005,
         "tune.enabled": False,
         "serve.access_log": False,  # thousands of requests: no line each in the test log
+        "checks": "{}",  # the demo's checks judge a well-trained model: tests declare theirs
     }
     base.update(overrides)
     return load_config(config_path(), [f"{k}={v}" for k, v in base.items()])
@@ -174,3 +175,31 @@ def killing_once(source: Any, marker: Path) -> Any:
                                             override_num_blocks=len(items))
 
     return Killing(**{f.name: getattr(source, f.name) for f in dataclasses.fields(source)})
+
+
+def fitted_bundle(cfg: PipelineConfig, version: Any, run_id: str, folder: Path,
+                  steps: int = 300, seed: int = 0) -> Path:
+    """The bundle a run of ``cfg`` on ``version`` saves, its MLP fitted here in a few
+    hundred full-batch Adam steps (a classifier of the curated training rows): a model with
+    learned behaviour for tests of checks, without a Ray Train run."""
+    import torch
+
+    from rayops.models import MLPModel, build_model
+    from rayops.train.driver import architecture, bundle_of
+
+    torch.manual_seed(seed)
+    network = build_model(architecture(cfg, version))
+    pre = version.preprocessor
+    train = version.table("train")
+    targets = pre.targets(train)
+    keep = pre.rules.known(targets)
+    x = torch.tensor(pre.transform(train)[keep], dtype=torch.float32)
+    y = torch.tensor(pre.rules.learned(targets)[keep], dtype=pre.rules.torch_label_dtype())
+    loss_fn, optimizer = pre.rules.torch_loss(), torch.optim.Adam(network.parameters(), 0.01)
+    network.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_fn(network(x), y).backward()
+        optimizer.step()
+    network.eval()
+    return bundle_of(cfg, version, MLPModel(network), {}, run_id).save(folder)

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from rayops import tracking
+from rayops.checks import CheckReport, failed_reason, record, run_checks
 from rayops.config import PipelineConfig
 from rayops.data.versions import DatasetVersion
 from rayops.errors import GateError, ModelFilesMissing, RayopsError
@@ -149,13 +151,23 @@ def _decide(cfg: PipelineConfig, challenger: tracking.RegisteredModel,
     metric, _ = cfg.gate_metric
     rows = version.scored_rows()
     mine = Predictor.from_registry(cfg.tracking, challenger)
-    ours, theirs, passed, reason = _scores(cfg, mine, previous, rows)
+    champion = None if previous is None else _champion(cfg, previous)
+    ours, theirs, passed, reason = _scores(cfg, mine, previous, champion, rows)
+    checked: dict[str, str] = {}
+    if cfg.checks.declared and cfg.checks.gate:  # whatever the metric: fail closed
+        report = _checked(cfg, challenger, mine, previous, champion, version)
+        checked = {tracking.CHECKS_TAG: "passed" if report.passed else "failed: " + ", ".join(
+            r.title for r in report.failed)}
+        if not report.passed:
+            passed, reason = False, f"{failed_reason(report)}; {reason}"
+        else:
+            reason = f"{reason}; checks: {report.summary()}"
     promoted = passed and promote
     tracking.tag_version(cfg.tracking, challenger.name, challenger.version, {
         tracking.GATE_DATASET_TAG: version.id, tracking.GATE_METRIC_TAG: metric,
         tracking.GATE_SCORE_TAG: f"{ours[metric]:.6f}",
         tracking.GATE_CHAMPION_SCORE_TAG: f"{theirs[metric]:.6f}" if theirs else "",
-        tracking.GATE_REASON_TAG: reason,
+        tracking.GATE_REASON_TAG: reason[:5000], **checked,
         # before @challenger moves: a replica canaries only a version tagged as passed
         tracking.PASSED_TAG: str(passed).lower()})
     champion_model = previous
@@ -176,13 +188,41 @@ def _decide(cfg: PipelineConfig, challenger: tracking.RegisteredModel,
                     theirs.get(metric), promoted, reason, ours, theirs, passed)
 
 
+def _checked(cfg: PipelineConfig, model: tracking.RegisteredModel, predictor: Predictor,
+             previous: tracking.RegisteredModel | None, champion: Predictor | None,
+             version: DatasetVersion, folder: Path | None = None) -> CheckReport:
+    """The declared checks of ``model`` on ``version`` (slices against the champion when
+    it can be scored on the same rows; drift against the data it trained on), reported
+    and logged with the model's run."""
+    rows = version.scored_rows()
+    if previous is not None and previous.version == model.version:
+        previous, champion = None, None  # the champion itself: nothing to compare with
+    comparable = champion if champion is not None and not_comparable(
+        predictor, champion, rows) is None else None
+    report = run_checks(cfg, predictor, version, f"{model.name} v{model.version}", comparable,
+                        None if previous is None else previous.tags.get(tracking.DATASET_TAG))
+    record(cfg, report, model.run_id or None, folder)
+    return report
+
+
+def check_model(cfg: PipelineConfig, model: tracking.RegisteredModel, version: DatasetVersion,
+                folder: Path | None = None) -> CheckReport:
+    """``rayops check``: the declared checks of a registered ``model`` on ``version``,
+    against the current champion; the JUnit and Markdown reports written into ``folder``
+    and logged with the model's run."""
+    predictor = Predictor.from_registry(cfg.tracking, model)
+    previous = tracking.alias_or_none(cfg.tracking, model.name, tracking.CHAMPION)
+    champion = None if previous is None else _champion(cfg, previous)
+    return _checked(cfg, model, predictor, previous, champion, version, folder)
+
+
 def _scores(cfg: PipelineConfig, mine: Predictor, previous: tracking.RegisteredModel | None,
-            rows: pa.Table) -> tuple[dict[str, float], dict[str, float], bool, str]:
+            champion: Predictor | None, rows: pa.Table
+            ) -> tuple[dict[str, float], dict[str, float], bool, str]:
     """(challenger's metrics, champion's on the same rows, passed, why)."""
     ours = score(mine, rows).metrics
     if previous is None:
         return ours, {}, True, "first champion"
-    champion = _champion(cfg, previous)
     if champion is None:
         return ours, {}, True, (f"champion v{previous.version} not comparable: its files "
                                 "are gone")

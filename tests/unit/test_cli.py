@@ -27,7 +27,7 @@ def test_validate_prints_defaults(tmp_path):
 
 VERBS = ("validate", "ingest", "train", "tune", "deploy", "promote", "rollback", "predict",
          "run", "demo", "quarantine", "schema", "k8s", "simulated-cluster",
-         "submit", "monitor", "feedback", "operate")
+         "submit", "monitor", "feedback", "operate", "check")
 
 
 def test_help_lists_every_verb_and_each_verb_has_help():

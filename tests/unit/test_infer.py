@@ -1,5 +1,8 @@
+import json
+
 import pyarrow as pa
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from rayops.cli import app
@@ -38,6 +41,13 @@ def test_schema_infer_writes_a_config_that_loads(tmp_path):
     assert types["contract"] == "categorical" and types["paperless_billing"] == "boolean"
     assert cfg.data.exclude == ["customer_id"] and cfg.data.task == "classification"
     assert cfg.data.columns["churned"].nullable is False
+    # checks proposed, commented out: a slice floor per low-cardinality categorical
+    proposed = out.read_text().split("# checks:\n", 1)[1]
+    assert "#     - {column: region, relative_floor: 0.8}" in proposed
+    assert "column: contract" in proposed and "customer_id" not in proposed  # excluded
+    kept = yaml.safe_load("checks:\n" + "\n".join(
+        line[2:] for line in proposed.splitlines() if line.startswith("#   ")))
+    assert load_config(out, [f"checks={json.dumps(kept['checks'])}"]).checks.slices
 
 
 def test_schema_infer_with_an_unknown_label_names_the_columns(tmp_path):

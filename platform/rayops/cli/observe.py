@@ -152,18 +152,20 @@ def schema_infer(
     import yaml
 
     from rayops.config import validate_config
-    from rayops.data.infer import propose_config
+    from rayops.data.infer import propose_config, proposed_checks, sample
     from rayops.data.sources import EXTENSIONS, FileSource
     from rayops.storage import resolve
 
     if fmt not in EXTENSIONS:
         raise typer.BadParameter(f"--format {fmt!r}: use one of {sorted(EXTENSIONS)}")
-    proposal = propose_config(FileSource(resolve(source, endpoint_url), fmt), name, label, root,
-                              sample_rows)
+    files = FileSource(resolve(source, endpoint_url), fmt)
+    rows = sample(files, sample_rows)
+    proposal = propose_config(files, name, label, root, sample_rows, rows)
     proposal["storage"]["endpoint_url"] = endpoint_url
     validate_config(proposal)  # what we propose must load
     text = "# Proposed by `rayops schema infer`: review types, nullability and exclusions.\n"
     text += yaml.safe_dump(proposal, sort_keys=False)
+    text += proposed_checks(proposal, rows)
     if output is None:
         typer.echo(text)
     else:

@@ -57,3 +57,62 @@ def rollback(
 
     version = tracking.rollback(_tracking(config, tracking_uri, base_dir), model, alias)
     typer.echo(f"{model}@{alias} -> v{version}")
+
+
+def parse_model(spec: str | None, default_name: str) -> tuple[str, str | None, str | None]:
+    """``[NAME@]ALIAS``, ``[NAME@]VERSION`` or ``NAME`` -> (name, alias, version); None:
+    the newest version of the config's model."""
+    if not spec:
+        return default_name, None, None
+    name, at, which = spec.rpartition("@")
+    if not at:
+        return (default_name, None, spec) if spec.isdigit() else (spec, None, None)
+    name = name or default_name
+    return (name, None, which) if which.isdigit() else (name, which, None)
+
+
+@app.command()
+def check(
+    config: Annotated[Path, typer.Argument(help="Pipeline config YAML (its checks: section).")],
+    model: Annotated[str | None, typer.Option(
+        help="NAME@ALIAS, NAME@VERSION, @ALIAS or VERSION (default: the newest registered "
+        "version of the config's model).")] = None,
+    dataset_version: Annotated[int | None, typer.Option(
+        min=1, help="Curated dataset version (default: latest).")] = None,
+    junit: Annotated[Path | None, typer.Option(help="Write JUnit XML here.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the Markdown report here.")
+                      ] = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a config key (repeatable).")] = None,
+    base_dir: BaseDirOpt = None,
+) -> None:
+    """Run the config's declared checks on a registered model: one line per check, the
+    JUnit XML and Markdown reports (also logged with the model's MLflow run). Exits 1
+    when a check fails."""
+    import shutil
+    import tempfile
+
+    from rayops import tracking
+    from rayops.checks import JUNIT, MARKDOWN
+    from rayops.data.versions import load_version
+    from rayops.gate import check_model
+
+    setup_logging(verbose=False)
+    cfg = load(config, overrides, base_dir)
+    if not cfg.checks.declared:
+        raise typer.BadParameter(f"{config} declares no checks (a checks: section)",
+                                 param_hint="CONFIG")
+    name, alias, version = parse_model(model, cfg.model_name)
+    chosen = tracking.resolve_alias(cfg.tracking, name, alias) if alias else \
+        tracking.registered_version(cfg.tracking, name, version)
+    dataset = load_version(cfg, dataset_version)
+    with tempfile.TemporaryDirectory(prefix="rayops-check-") as folder:
+        found = check_model(cfg, chosen, dataset, Path(folder))
+        for wanted, name_ in ((junit, JUNIT), (report, MARKDOWN)):
+            if wanted is not None:
+                wanted.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(Path(folder) / name_, wanted)
+    for line in found.lines():
+        typer.echo(line)
+    if not found.passed:
+        raise typer.Exit(1)

@@ -6,6 +6,7 @@ names the key, the value and what is allowed.
 """
 
 from rayops.config.base import StorageConfig, is_uri
+from rayops.config.checks import ChecksConfig
 from rayops.config.columns import DATETIME_PARTS, ColumnSpec, ColumnType, DatetimePart
 from rayops.config.data import DataConfig
 from rayops.config.forecast import ForecastConfig, duration_seconds
@@ -31,6 +32,7 @@ from rayops.config.training import (
 __all__ = [
     "DATETIME_PARTS",
     "AutoscalingConfig",
+    "ChecksConfig",
     "ChoiceDim",
     "ColumnSpec",
     "ColumnType",

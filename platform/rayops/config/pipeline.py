@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from rayops.config.base import _NAME_RE, StorageConfig, _Section
+from rayops.config.checks import ChecksConfig
 from rayops.config.data import DataConfig
 from rayops.config.gate import GateConfig
 from rayops.config.monitor import MonitorConfig
@@ -31,6 +32,9 @@ class PipelineConfig(_Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     operate: OperateConfig = Field(default_factory=OperateConfig)
+    checks: ChecksConfig = Field(
+        default_factory=ChecksConfig, description="Behavioural checks, slice floors and data "
+        "thresholds a model must pass: `rayops check`, and the gate before it promotes.")
 
     @field_validator("name")
     @classmethod
@@ -95,6 +99,50 @@ class PipelineConfig(_Section):
             raise ValueError(f"tune.mode {self.tune.mode!r} contradicts tune.metric "
                              f"{self.tune.metric!r}, which is better {better}; use mode "
                              f"{known[self.tune.metric]!r} or leave mode out")
+        return self
+
+    @model_validator(mode="after")
+    def _checks_fit(self) -> PipelineConfig:
+        """Checks name features, slice on declared columns, score task metrics, and ask
+        a classifier about its classes."""
+        checks, data = self.checks, self.data
+        if (checks.minimum or checks.invariance or checks.directional) and (
+                data.forecast is not None or data.recommend is not None):
+            raise ValueError(f"checks.minimum, invariance and directional judge a tabular "
+                             f"model's answers to records, not yet a {data.task} model's: "
+                             "use checks.slices and checks.data")
+        unknown = sorted(checks.columns() - set(data.feature_names))
+        if unknown:
+            raise ValueError(f"checks name {unknown}, not features of this pipeline; its "
+                             f"features: {', '.join(data.feature_names)}")
+        for i, cut in enumerate(checks.slices):
+            if cut.column not in data.columns:
+                raise ValueError(f"checks.slices[{i}].column {cut.column!r} is not a declared "
+                                 "column")
+            if cut.metric is not None and (cut.metric not in self.metrics or
+                                           not cut.metric.startswith("valid_")):
+                scored = sorted(m for m in self.metrics if m.startswith("valid_"))
+                raise ValueError(f"checks.slices[{i}].metric {cut.metric!r} is not a metric "
+                                 f"of a {data.task} model on rows; use one of "
+                                 f"{', '.join(scored)}")
+        probabilities = task_of(data.task).probabilities
+        values = data.columns[data.label].values
+        for i, d in enumerate(checks.directional):
+            if probabilities and d.of_class is None:
+                raise ValueError(f"checks.directional[{i}] ({d.name!r}) needs of_class: the "
+                                 "class whose probability must move")
+        named = [("directional", d.of_class) for d in checks.directional] + [
+            ("minimum", m.of_class) for m in checks.minimum] + [
+            ("minimum", m.expect_class) for m in checks.minimum]
+        for key, value in named:
+            if value is None:
+                continue
+            if not probabilities:
+                raise ValueError(f"checks.{key}: {value!r} names a class, but a {data.task} "
+                                 "model predicts a value (use expect_min/expect_max)")
+            if values and value not in [str(v) for v in values]:
+                raise ValueError(f"checks.{key}: {value!r} is not a value of the label "
+                                 f"{data.label!r} ({', '.join(map(str, values))})")
         return self
 
     def check_operate(self) -> None:

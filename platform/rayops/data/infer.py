@@ -74,9 +74,10 @@ def _id_like(name: str, values: pa.ChunkedArray) -> bool:
 
 
 def propose_config(source: FileSource, name: str, label: str | None, root: str,
-                   rows: int = 10_000) -> dict[str, Any]:
-    """A pipeline config (as a dict) for the source, ready to be written as YAML."""
-    table = sample(source, rows)
+                   rows: int = 10_000, table: pa.Table | None = None) -> dict[str, Any]:
+    """A pipeline config (as a dict) for the source, ready to be written as YAML (from
+    ``table`` when the caller sampled the source already)."""
+    table = sample(source, rows) if table is None else table
     names = [n for n in table.column_names if not n.startswith("_")]
     if label is not None and label not in names:
         raise DataError(f"--label {label!r} is not a column of {source.uri}; its columns: "
@@ -95,3 +96,32 @@ def propose_config(source: FileSource, name: str, label: str | None, root: str,
                  "task": "regression" if numeric_label else "classification",
                  "exclude": exclude, "columns": columns},
     }
+
+
+MAX_SLICE_VALUES = 12  # a categorical with more values makes slices too small to judge
+
+
+def proposed_checks(config: dict[str, Any], table: pa.Table) -> str:
+    """Checks for ``config``'s data, as commented-out YAML for the user to keep or drop: a
+    slice floor on each low-cardinality categorical feature, and an invariance check on
+    each id-named feature (an id should change nothing); '' when none fits."""
+    data = config["data"]
+    label, excluded = data["label"], set(data["exclude"])
+    features = [n for n in data["columns"] if n != label and n not in excluded]
+    slices = [n for n in features if data["columns"][n]["type"] == "categorical" and
+              2 <= len(pc.unique(table.column(n).drop_null())) <= MAX_SLICE_VALUES]
+    ids = [n for n in features if "id" in n.lower().split("_") or n.lower().endswith("id")]
+    if not slices and not ids:
+        return ""
+    lines = ["", "# Checks `rayops check` and the gate would run (README: Checks and CI): keep",
+             "# what holds for your data, drop the rest, add directional checks you expect.",
+             "# checks:"]
+    if slices:
+        lines.append("#   slices:")
+        lines += [f"#     - {{column: {n}, relative_floor: 0.8}}   # no {n} far behind "
+                  "the whole" for n in slices]
+    if ids:
+        lines.append("#   invariance:")
+        lines += [f"#     - {{name: {n} changes nothing, columns: [{n}], perturb: shuffle}}"
+                  for n in ids]
+    return "\n".join(lines) + "\n"

@@ -65,6 +65,12 @@ class DriftReport:
         return asdict(self)
 
 
+def thresholds_for(monitor: Any) -> DriftThresholds:
+    """The thresholds a config's ``monitor`` section sets."""
+    return DriftThresholds(monitor.psi_warn, monitor.psi_drift, monitor.min_rows,
+                           monitor.drifted_share, tuple(monitor.key_features))
+
+
 def psi(reference: np.ndarray, current: np.ndarray) -> float:
     """Population stability index of two distributions over the same bins."""
     p, q = _smoothed(reference), _smoothed(current)

@@ -29,7 +29,13 @@ from rayops.data.stats import numeric_columns
 from rayops.data.validate import ERROR, validate_frame
 from rayops.data.versions import load_version, version_number
 from rayops.errors import DataError
-from rayops.monitor.drift import VERDICT_CODES, DriftReport, DriftThresholds, dataset_drift
+from rayops.monitor.drift import (
+    VERDICT_CODES,
+    DriftReport,
+    DriftThresholds,
+    dataset_drift,
+    thresholds_for,
+)
 from rayops.monitor.feedback import prediction_table
 from rayops.serve.prediction_log import read_log
 from rayops.tasks import task_of
@@ -55,9 +61,7 @@ class MonitorResult:
 
 
 def thresholds_of(cfg: PipelineConfig) -> DriftThresholds:
-    m = cfg.monitor
-    return DriftThresholds(m.psi_warn, m.psi_drift, m.min_rows, m.drifted_share,
-                           tuple(m.key_features))
+    return thresholds_for(cfg.monitor)
 
 
 def read_records(path: Path, fmt: str) -> pd.DataFrame:

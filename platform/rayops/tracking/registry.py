@@ -80,6 +80,22 @@ def registered_version_of_run(tracking: TrackingConfig, name: str, run_id: str
     return RegisteredModel(name, str(first.version), "", run_id, first.source,
                            dict(first.tags or {}))
 
+def registered_version(tracking: TrackingConfig, name: str, version: str | None = None
+                       ) -> RegisteredModel:
+    """Version ``version`` of ``name`` (the newest when None); AliasNotFound when there is
+    none, TrackingError when the registry cannot be asked."""
+    found = _versions(tracking, name)
+    if version is not None:
+        found = [v for v in found if str(v.version) == str(version)]
+    if not found:
+        which = "no version" if version is None else f"no version {version}"
+        raise AliasNotFound(f"{which} of the model {name!r} is registered in "
+                            f"{redact(tracking.uri)}")
+    chosen = max(found, key=lambda v: int(v.version))
+    return RegisteredModel(name, str(chosen.version), "", chosen.run_id or "", chosen.source,
+                           dict(chosen.tags or {}))
+
+
 def trained_datasets(tracking: TrackingConfig, name: str) -> dict[str, str | None]:
     """``{model version: the dataset version it trained on}`` for every registered version
     of ``name`` (None where neither the version nor its run says): the dataset versions

@@ -33,6 +33,7 @@ GATE_METRIC_TAG = "rayops.gate.metric"
 GATE_SCORE_TAG = "rayops.gate.score"
 GATE_CHAMPION_SCORE_TAG = "rayops.gate.champion_score"
 GATE_REASON_TAG = "rayops.gate.reason"
+CHECKS_TAG = "rayops.gate.checks"  # passed, or failed: the failing checks' names
 WITHDRAWN_TAG = "rayops.withdrawn"
 PREVIOUS_TAG = "rayops.previous_champion"  # on the registered model: what rollback restores
 
