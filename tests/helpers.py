@@ -203,3 +203,20 @@ def fitted_bundle(cfg: PipelineConfig, version: Any, run_id: str, folder: Path,
         optimizer.step()
     network.eval()
     return bundle_of(cfg, version, MLPModel(network), {}, run_id).save(folder)
+
+
+def ingest_dying_before_commit(cfg: PipelineConfig, monkeypatch: Any) -> None:
+    """An ingest whose driver dies just before its Delta commit (what a killed driver
+    leaves: rows written, never committed, and the source's positions with them)."""
+    import pytest
+
+    from rayops.data import table as delta
+    from rayops.data.ingest import ingest
+
+    def killed(*args: Any, **kwargs: Any) -> None:
+        raise SystemExit("the driver died before its commit")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(delta, "commit", killed)
+        with pytest.raises(SystemExit):
+            ingest(cfg)

@@ -1,10 +1,11 @@
 """Declared checks against real models, stores and the registry: models fitted here on
 curated churn data (tests/helpers.fitted_bundle) whose behaviour the data decides. A model
 that reads an id fails an invariance check; one whose region ``west`` was trained on
-scrambled labels fails a slice floor while the whole looks fine; a directional check the
-model contradicts makes the gate refuse it (fail closed, even as the first model) with
-the check named on the version; ``rayops check`` exits 1 and writes a JUnit file with the
-failing cases, and 0 for a model that passes."""
+scrambled labels fails a slice floor while the whole looks fine; one trained where long
+contracts churn more fails the directional check that they churn less, and the gate
+refuses it (fail closed, even as the first model) with the check named on the version;
+``rayops check`` exits 1 and writes a JUnit file with the failing cases, and 0 for a
+check the model passes."""
 
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ CONTRACT_DOWN = {"name": "a two-year contract churns less", "column": "contract"
                  "min_share": 0.7, "tolerance": 0.05}
 CONTRACT_UP = {**CONTRACT_DOWN, "name": "a two-year contract churns more (reversed)",
                "expect": "up"}
+SUPPORT_UP = {"name": "more calls to support, more churn", "column": "support_calls",
+              "change": {"add": 3}, "expect": "up", "of_class": "yes", "min_share": 0.7,
+              "tolerance": 0.05}
 REGION_FLOOR = {"column": "region", "metric": "valid_accuracy", "relative_floor": 0.9,
                 "min_rows": 50}
 
@@ -62,8 +66,19 @@ def scrambled_west(tmp_path_factory, ray_start_4_cpus):
     west = (frame["region"] == "west").to_numpy()
     frame.loc[west, "churned"] = rng.choice(["yes", "no"], int(west.sum()))
     cfg, version = _dataset(tmp, frame)
-    uri, run_id = _logged(cfg, version, tmp / "model")
-    return cfg, version, uri, run_id, Predictor.load(tmp / "model")
+    return cfg, version, Predictor.load(fitted_bundle(cfg, version, "r", tmp / "model"))
+
+
+@pytest.fixture(scope="module")
+def reversed_contract(tmp_path_factory, ray_start_4_cpus):
+    """Churn data whose month-to-month and two-year contracts swapped places after the
+    labels were drawn (long contracts churn more), and a model fitted on it."""
+    tmp = tmp_path_factory.mktemp("reversed")
+    frame = churn.generate(2500, 9)
+    frame["contract"] = frame["contract"].replace(
+        {"month-to-month": "two-year", "two-year": "month-to-month"})
+    cfg, version = _dataset(tmp, frame)
+    return (cfg, version, *_logged(cfg, version, tmp / "model"))
 
 
 def test_an_invariance_check_catches_a_model_that_reads_an_id(tmp_path, ray_start_4_cpus):
@@ -90,7 +105,7 @@ def test_an_invariance_check_catches_a_model_that_reads_an_id(tmp_path, ray_star
 
 
 def test_a_slice_floor_and_a_directional_check_judge_a_fitted_model(scrambled_west):
-    cfg, version, _, _, predictor = scrambled_west
+    cfg, version, predictor = scrambled_west
     checked = cfg.with_overrides({"checks": {"directional": [CONTRACT_DOWN, CONTRACT_UP],
                                              "slices": [REGION_FLOOR]}})
     found = {r.name: r for r in run_checks(checked, predictor, version, "west").results}
@@ -102,12 +117,12 @@ def test_a_slice_floor_and_a_directional_check_judge_a_fitted_model(scrambled_we
 
 
 def test_the_gate_refuses_a_model_that_fails_a_check_and_rayops_check_says_so(
-        scrambled_west, tmp_path, capsys):
-    cfg, version, uri, run_id, _ = scrambled_west
-    strict = cfg.with_overrides({"checks": {"directional": [CONTRACT_UP]}})
+        reversed_contract, tmp_path, capsys):
+    cfg, version, uri, run_id = reversed_contract
+    strict = cfg.with_overrides({"checks": {"directional": [CONTRACT_DOWN]}})
     refused = register_and_gate(strict, uri, run_id, version)
     assert not refused.passed and not refused.promoted  # even the first model: fail closed
-    assert f"directional: {CONTRACT_UP['name']}" in refused.reason
+    assert f"directional: {CONTRACT_DOWN['name']}" in refused.reason
     tags = MlflowClient(cfg.tracking.uri).get_model_version(cfg.model_name, "1").tags
     assert tags["rayops.gate.passed"] == "false" and tags["rayops.gate.checks"].startswith(
         "failed: directional")
@@ -124,12 +139,12 @@ def test_the_gate_refuses_a_model_that_fails_a_check_and_rayops_check_says_so(
     suite = ET.parse(junit).getroot()
     assert suite.get("failures") == "1" and suite.get("tests") == "1"
     assert suite.find("testcase/failure") is not None
-    assert "FAIL  directional: a two-year contract churns more" in capsys.readouterr().out
+    assert "FAIL  directional: a two-year contract churns less" in capsys.readouterr().out
 
     config.write_text(yaml.safe_dump(cfg.with_overrides({"checks": {"directional": [
-        CONTRACT_DOWN]}}).model_dump(mode="json", by_alias=True)))
+        SUPPORT_UP]}}).model_dump(mode="json", by_alias=True)))
     with pytest.raises(SystemExit) as passing:
         main(["check", str(config), "--report", str(tmp_path / "out" / "checks.md")])
     assert passing.value.code == 0, capsys.readouterr().out
-    assert "| ✅ | directional: a two-year contract churns less |" in (
+    assert "| ✅ | directional: more calls to support, more churn |" in (
         tmp_path / "out" / "checks.md").read_text()

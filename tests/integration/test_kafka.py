@@ -16,10 +16,15 @@ import requests
 
 from rayops import tracking
 from rayops.config import validate_config
-from rayops.data import table as delta
 from rayops.data.ingest import ingest, ingest_retrying, source_of
 from rayops.data.kafka import KafkaSource
-from tests.helpers import fresh_tracking_store, ingest_at_once, killing_once, wait_for
+from tests.helpers import (
+    fresh_tracking_store,
+    ingest_at_once,
+    ingest_dying_before_commit,
+    killing_once,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -99,14 +104,7 @@ def test_an_ingest_that_dies_before_its_commit_is_read_again(cfg, kafka_broker,
     its offsets with them; the next ingest reads the same messages."""
     before = ingest(cfg)
     kafka_broker.produce("rides", _rides(500, 30))
-
-    def killed(*args, **kwargs):
-        raise SystemExit("the driver died before its commit")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(delta, "commit", killed)
-        with pytest.raises(SystemExit):
-            ingest(cfg)
+    ingest_dying_before_commit(cfg, monkeypatch)
     again = ingest(cfg)
     assert again.version == before.version + 1 and again.manifest.ingest.rows.read == 30
     assert _ids(again) == list(range(530))

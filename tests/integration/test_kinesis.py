@@ -16,9 +16,13 @@ import boto3
 import pytest
 
 from rayops.config import validate_config
-from rayops.data import table as delta
 from rayops.data.ingest import ingest, ingest_retrying, source_of
-from tests.helpers import fresh_tracking_store, ingest_at_once, killing_once
+from tests.helpers import (
+    fresh_tracking_store,
+    ingest_at_once,
+    ingest_dying_before_commit,
+    killing_once,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -114,14 +118,7 @@ def test_a_killed_read_task_a_dead_driver_and_two_ingests_lose_and_repeat_nothin
     assert after.version == before.version + 1 and after.manifest.ingest.rows.read == 30
 
     _put(stream, 530, 30)
-
-    def killed(*args, **kwargs):
-        raise SystemExit("the driver died before its commit")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(delta, "commit", killed)
-        with pytest.raises(SystemExit):
-            ingest(cfg)
+    ingest_dying_before_commit(cfg, monkeypatch)
     again = ingest(cfg)
     assert again.version == after.version + 1 and again.manifest.ingest.rows.read == 30
 
