@@ -144,6 +144,36 @@ def test_the_registered_model_forecasts_a_day_ahead(cfg, dataset, trained):
         forecast(predictor, {"zone": "Z01"}, history, future[1:])
 
 
+def test_checks_judge_forecast_steps_covariates_and_zones(cfg, dataset, trained):
+    from rayops import tracking
+    from rayops.checks import run_checks
+
+    model = tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion")
+    predictor = Predictor.from_registry(cfg.tracking, model)
+    history, future, ahead = _history(cfg, dataset, "Z01")
+    holiday = {"name": "a holiday lowers demand", "column": "holiday",
+               "change": {"set": True}, "expect": "down", "min_share": 0.5}
+    checked = cfg.with_overrides({"checks": {
+        "minimum": [{"name": "Z01's next day stays in range", "expect_min": 0,
+                     "expect_max": 5 * float(ahead["demand"].max()),
+                     "records": [{"zone": "Z01", **r} for r in history + future]}],
+        "directional": [holiday, {**holiday, "name": "a holiday raises demand (reversed)",
+                                  "expect": "up"}],
+        "invariance": [{"name": "a degree of noise on temp moves nothing much",
+                        "columns": ["temp"], "perturb": "noise", "scale": 0.01,
+                        "tolerance": 5.0}],
+        "slices": [{"column": "zone", "metric": "valid_mase", "relative_floor": 0.25}]}})
+    found = {r.name: r for r in run_checks(checked, predictor, dataset, "forecaster").results}
+    assert found["Z01's next day stays in range"].passed, found
+    assert "24 of 24 forecast step(s)" in found["Z01's next day stays in range"].detail
+    assert found["a holiday lowers demand"].passed, found["a holiday lowers demand"]
+    reversed_ = found["a holiday raises demand (reversed)"]
+    assert not reversed_.passed and "forecast step(s)" in reversed_.detail
+    assert found["a degree of noise on temp moves nothing much"].passed
+    zones = found["valid_mase by zone"]
+    assert zones.passed and "Z01" in zones.detail, zones
+
+
 def test_the_served_model_answers_forecasts_over_http(cfg, dataset, trained, url):
     import requests
 

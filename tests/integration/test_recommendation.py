@@ -140,6 +140,30 @@ def test_the_served_model_ranks_what_a_user_has_not_met(cfg, dataset, trained, u
         == 404
 
 
+def test_checks_judge_a_users_top_k(cfg, dataset, trained):
+    from rayops import tracking
+    from rayops.checks import run_checks
+    from rayops.predict import Predictor
+    from rayops.recommend import recommend_frame
+
+    model = tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion")
+    predictor = Predictor.from_registry(cfg.tracking, model)
+    curated = dataset.table("train").to_pandas()
+    user = curated["user_id"].value_counts().index[0]
+    mine = curated.loc[curated["user_id"] == user, ["user_id", "item_id", "ts"]]
+    records = [{"user_id": u, "item_id": i, "ts": t.isoformat()}
+               for u, i, t in mine.itertuples(index=False)]
+    first, second = recommend_frame(predictor, pd.DataFrame(records))["item"][:2]
+    checked = cfg.with_overrides({"checks": {"minimum": [
+        {"name": "their first pick", "records": records, "expect_in_top_k": first, "k": 1},
+        {"name": "their second pick at the top", "records": records,
+         "expect_in_top_k": second, "k": 1}]}})
+    found = {r.name: r for r in run_checks(checked, predictor, dataset, "watching").results}
+    assert found["their first pick"].passed, found["their first pick"]
+    missed = found["their second pick at the top"]
+    assert not missed.passed and missed.examples == [{"user_id": user, "top": [first]}]
+
+
 def test_clicks_sent_as_feedback_give_the_live_hit_rate(cfg, dataset, trained, url):
     from rayops.monitor.feedback import live_metrics
     from rayops.monitor.report import monitor_records, read_window

@@ -114,7 +114,7 @@ def _config(task: str = "classification", **checks) -> dict:
 
 @pytest.mark.parametrize(("task", "checks", "match"), [
     ("classification", {"invariance": [{"name": "i", "columns": ["id"]}]},
-     r"checks name \['id'\], not features"),
+     r"checks change \['id'\], not features of this pipeline"),
     ("classification", {"directional": [{"name": "d", "column": "x", "change": {"add": 1},
                                          "expect": "up"}]}, "needs of_class"),
     ("classification", {"directional": [{"name": "d", "column": "x", "change": {"add": 1},
@@ -134,13 +134,29 @@ def test_checks_that_cannot_mean_anything_are_refused_naming_the_key(task, check
         validate_config(_config(task, **checks))
 
 
-def test_behavioural_checks_are_refused_for_a_forecaster():
-    raw = {"name": "d", "data": {"label": "demand", "task": "forecasting", "columns": {
-        "ts": {"type": "datetime", "nullable": False}, "demand": {"type": "numeric"}},
-        "forecast": {"timestamp": "ts", "frequency": "1h", "horizon": 24}},
+def test_a_forecaster_is_checked_on_covariates_and_a_recommender_on_its_top_k():
+    forecasting = {"name": "d", "data": {"label": "demand", "task": "forecasting", "columns": {
+        "ts": {"type": "datetime", "nullable": False}, "temp": {"type": "numeric"},
+        "demand": {"type": "numeric"}}, "forecast": {
+            "timestamp": "ts", "frequency": "1h", "horizon": 24, "known_in_advance": ["temp"]}},
         "checks": {"invariance": [{"name": "i", "columns": ["demand"]}]}}
-    with pytest.raises(ConfigError, match="not yet a forecasting model's"):
-        validate_config(raw)
+    with pytest.raises(ConfigError, match=r"checks change \['demand'\], not covariates"):
+        validate_config(forecasting)
+    forecasting["checks"] = {"directional": [{"name": "warmer, more demand", "column": "temp",
+                                              "change": {"add": 10}, "expect": "up"}]}
+    assert validate_config(forecasting).checks.directional[0].column == "temp"
+    watching = {"name": "w", "data": {"task": "recommendation", "columns": {
+        "user": {"type": "categorical", "nullable": False},
+        "item": {"type": "categorical", "nullable": False},
+        "ts": {"type": "datetime", "nullable": False}},
+        "recommend": {"user": "user", "item": "item", "timestamp": "ts"}},
+        "checks": {"invariance": [{"name": "i", "columns": ["item"]}]}}
+    with pytest.raises(ConfigError, match="not yet a recommendation model's"):
+        validate_config(watching)
+    watching["checks"] = {"minimum": [{"name": "m", "records": [{"user": "u"}],
+                                       "expect_class": "x"}]}
+    with pytest.raises(ConfigError, match="expect_in_top_k is for a recommendation model"):
+        validate_config(watching)
 
 
 def test_check_without_checks_or_without_a_model_ends_in_one_line(tmp_path, capsys):

@@ -99,12 +99,19 @@ def invariance(predictor: Predictor, check: InvarianceCheck, frame: pd.DataFrame
         moved = np.abs(outputs(predictor, changed) - outputs(predictor, frame)).max(axis=1)
     except (DataError, PredictionError, ValueError) as exc:
         return _broken("invariance", check.name, exc)
+    return invariance_result(check, moved, changed, examples)
+
+
+def invariance_result(check: InvarianceCheck, moved: np.ndarray, changed: pd.DataFrame,
+                      examples: int, unit: str = "record") -> CheckResult:
+    """The verdict on how far each answer moved (``changed``: the perturbed records, one
+    per answer)."""
     beyond = moved > check.tolerance
     share = float(beyond.mean()) if len(moved) else 0.0
     worst = np.argsort(-moved)[:examples] if beyond.any() else []
     shown = [{**_record(changed, int(i), check.columns), "moved": round(float(moved[i]), 4)}
              for i in worst if beyond[i]]
-    detail = (f"{int(beyond.sum())} of {len(moved)} record(s) moved more than "
+    detail = (f"{int(beyond.sum())} of {len(moved)} {unit}(s) moved more than "
               f"{check.tolerance:g} when {check.perturb} {', '.join(check.columns)} "
               f"(largest {float(moved.max()) if len(moved) else 0.0:.4f}; at most "
               f"{check.max_share:.0%} may)")
@@ -113,22 +120,28 @@ def invariance(predictor: Predictor, check: InvarianceCheck, frame: pd.DataFrame
 
 def changed(frame: pd.DataFrame, check: DirectionalCheck) -> pd.DataFrame:
     """The records whose value the change moves, changed (a ``set`` to the value a record
-    has already moves nothing, so it is left out)."""
-    change = check.change
+    has already moves nothing, a missing number cannot be added to: both are left out)."""
     values = frame[check.column]
+    if check.change.set is not None:
+        out = frame[(values.astype(str) != str(check.change.set)).to_numpy()].copy()
+    else:
+        out = frame[pd.to_numeric(values, errors="coerce").notna().to_numpy()].copy()
+    out[check.column] = changed_values(out[check.column], check)
+    return out
+
+
+def changed_values(values: pd.Series, check: DirectionalCheck) -> list[Any] | pd.Series:
+    """``values`` after the check's change (whole numbers stay whole)."""
+    change = check.change
     if change.set is not None:
-        keep = values.astype(str) != str(change.set)
-        out = frame[keep.to_numpy()].copy()
-        out[check.column] = [change.set] * len(out)
-        return out
+        return [change.set] * len(values)
     numbers = pd.to_numeric(values, errors="coerce")
-    out = frame[numbers.notna().to_numpy()].copy()
-    kept = numbers[numbers.notna()]
-    out[check.column] = kept + change.add if change.add is not None else \
-        kept * float(change.multiply)  # type: ignore[arg-type]
-    if pd.api.types.is_integer_dtype(values.dtype) or all(
-            float(v).is_integer() for v in kept):
-        out[check.column] = out[check.column].round().astype("int64")
+    out = numbers + change.add if change.add is not None else \
+        numbers * float(change.multiply)  # type: ignore[arg-type]
+    known = numbers.dropna()
+    if pd.api.types.is_integer_dtype(values.dtype) or (
+            len(known) and all(float(v).is_integer() for v in known)):
+        out = out.round().astype("int64" if out.notna().all() else "Int64")
     return out
 
 
@@ -151,13 +164,20 @@ def directional(predictor: Predictor, check: DirectionalCheck, frame: pd.DataFra
             _of(predictor, outputs(predictor, before), check.of_class)
     except (DataError, PredictionError, ValueError) as exc:
         return _broken("directional", check.name, exc)
+    what = f"P({check.of_class})" if check.of_class else "the prediction"
+    return directional_result(check, delta, before, after, what, examples)
+
+
+def directional_result(check: DirectionalCheck, delta: np.ndarray, before: pd.DataFrame,
+                       after: pd.DataFrame, what: str, examples: int,
+                       unit: str = "record") -> CheckResult:
+    """The verdict on how each answer moved (``before``/``after``: one record per answer)."""
     sign = 1.0 if check.expect == "up" else -1.0
     against = sign * delta < -check.tolerance
     share = 1.0 - float(against.mean())
     mean = float(delta.mean())
-    what = f"P({check.of_class})" if check.of_class else "the prediction"
     detail = (f"{what} moved by {mean:+.4f} on average (expected {check.expect}); "
-              f"{share:.0%} of {len(delta)} record(s) did not move the other way "
+              f"{share:.0%} of {len(delta)} {unit}(s) did not move the other way "
               f"(needs {check.min_share:.0%})")
     shown = [{**_record(before, i, [check.column]), "changed_to":
               plain(after.iloc[i][check.column]), "moved": round(float(delta[i]), 4)}

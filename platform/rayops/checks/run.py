@@ -8,9 +8,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from rayops import tracking
-from rayops.checks import behaviour
+from rayops.checks import behaviour, workloads
 from rayops.checks.results import CheckReport, CheckResult
 from rayops.checks.slices import slice_check
 from rayops.config import PipelineConfig
@@ -34,15 +35,7 @@ def run_checks(cfg: PipelineConfig, predictor: Predictor, version: DatasetVersio
     results: list[CheckResult] = []
     rows = version.scored_rows()
     if checks.minimum or checks.invariance or checks.directional:
-        rng = np.random.default_rng(cfg.data.seed)
-        picked = np.sort(rng.choice(rows.num_rows, min(checks.sample_rows, rows.num_rows),
-                                    replace=False))
-        frame = rows.take(picked).to_pandas()[predictor.features].reset_index(drop=True)
-        results += [behaviour.minimum(predictor, c, checks.examples) for c in checks.minimum]
-        results += [behaviour.invariance(predictor, c, frame, rng, checks.examples)
-                    for c in checks.invariance]
-        results += [behaviour.directional(predictor, c, frame, checks.examples)
-                    for c in checks.directional]
+        results += behavioural(cfg, predictor, rows)
     directions = cfg.metrics
     for check in checks.slices:
         metric = check.metric or cfg.gate_metric[0]
@@ -52,6 +45,34 @@ def run_checks(cfg: PipelineConfig, predictor: Predictor, version: DatasetVersio
     report = CheckReport(model, version.id, results)
     logger.info("checks of %s on %s: %s", model, version.id, report.summary())
     return report
+
+
+def behavioural(cfg: PipelineConfig, predictor: Predictor, rows: pa.Table
+                ) -> list[CheckResult]:
+    """Minimum, invariance and directional checks, by what the model answers: records
+    (tabular), forecast steps of windows cut from the rows, or a user's top k."""
+    checks, n = cfg.checks, cfg.checks.examples
+    rng = np.random.default_rng(cfg.data.seed)
+    pre = predictor.preprocessor
+    if pre.interactions is not None:
+        return [workloads.recommend_minimum(predictor, c, n) for c in checks.minimum]
+    if pre.series is not None:
+        out = [workloads.forecast_minimum(predictor, c, n) for c in checks.minimum]
+        if checks.invariance or checks.directional:
+            horizon = workloads.layout_of(predictor).horizon
+            frame = workloads.windows(predictor, rows, max(1, checks.sample_rows // horizon),
+                                      rng)
+            out += [workloads.forecast_invariance(predictor, c, frame, rng, n)
+                    for c in checks.invariance]
+            out += [workloads.forecast_directional(predictor, c, frame, n)
+                    for c in checks.directional]
+        return out
+    picked = np.sort(rng.choice(rows.num_rows, min(checks.sample_rows, rows.num_rows),
+                                replace=False))
+    frame = rows.take(picked).to_pandas()[predictor.features].reset_index(drop=True)
+    return ([behaviour.minimum(predictor, c, n) for c in checks.minimum]
+            + [behaviour.invariance(predictor, c, frame, rng, n) for c in checks.invariance]
+            + [behaviour.directional(predictor, c, frame, n) for c in checks.directional])
 
 
 def data_checks(cfg: PipelineConfig, version: DatasetVersion, champion_dataset: str | None

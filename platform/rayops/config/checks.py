@@ -17,22 +17,29 @@ class MinimumCheck(_Section):
 
     name: str = Field(description="What the check shows, in words (reports name it).")
     records: list[dict[str, Any]] = Field(
-        min_length=1, description="Feature values of each record (as a request sends them).")
+        min_length=1, description="Feature values of each record (as a request sends them); "
+        "forecasting: a series' observations (with the label: history; without: the steps "
+        "to forecast); recommendation: a user's interactions.")
     expect_class: str | None = Field(
         None, description="Classification: the class every record must be predicted.")
     expect_min: float | None = Field(
-        None, description="The lowest prediction allowed: the value (regression), or the "
-        "probability of `of_class` (classification).")
+        None, description="The lowest prediction allowed: the value (regression, each "
+        "forecast step), or the probability of `of_class` (classification).")
     expect_max: float | None = Field(None, description="The highest (see expect_min).")
     of_class: str | None = Field(
         None, description="Classification with expect_min/expect_max: the class whose "
         "probability they bound.")
+    expect_in_top_k: str | None = Field(
+        None, description="Recommendation: an item each of the records' users must find in "
+        "their top `k` (records: the user's interactions).")
+    k: int = Field(10, ge=1, description="Recommendation: how many items are asked for.")
 
     @model_validator(mode="after")
     def _something_expected(self) -> MinimumCheck:
-        if self.expect_class is None and self.expect_min is None and self.expect_max is None:
-            raise ValueError(f"check {self.name!r} expects nothing: set expect_class, or "
-                             "expect_min/expect_max")
+        if self.expect_class is None and self.expect_min is None and \
+                self.expect_max is None and self.expect_in_top_k is None:
+            raise ValueError(f"check {self.name!r} expects nothing: set expect_class, "
+                             "expect_min/expect_max or expect_in_top_k")
         return self
 
 
@@ -40,7 +47,8 @@ class InvarianceCheck(_Section):
     """A perturbation of named columns that must not move predictions."""
 
     name: str = Field(description="What the check shows, in words.")
-    columns: list[str] = Field(min_length=1, description="The columns perturbed.")
+    columns: list[str] = Field(min_length=1, description="The columns perturbed (features; "
+                               "for a forecaster, covariates known in advance).")
     perturb: Literal["shuffle", "set", "replace", "noise"] = Field(
         "shuffle", description="shuffle: the columns' values among the records; set: to "
         "`value`; replace: each value by `mapping`'s; noise: add Gaussian noise of "
@@ -142,9 +150,11 @@ class ChecksConfig(_Section):
         return bool(self.minimum or self.invariance or self.directional or self.slices or
                     d.max_quarantine_fraction is not None or d.max_drifted_features is not None)
 
-    def columns(self) -> set[str]:
-        """Every column the checks name (each must be a feature, or the slice's column)."""
-        named = {c for i in self.invariance for c in i.columns}
-        named |= {d.column for d in self.directional}
-        named |= {k for m in self.minimum for r in m.records for k in r}
-        return named
+    def perturbed(self) -> set[str]:
+        """The columns invariance and directional checks change."""
+        return {c for i in self.invariance for c in i.columns} | {
+            d.column for d in self.directional}
+
+    def recorded(self) -> set[str]:
+        """The columns minimum-functionality records give."""
+        return {k for m in self.minimum for r in m.records for k in r}

@@ -106,15 +106,29 @@ class PipelineConfig(_Section):
         """Checks name features, slice on declared columns, score task metrics, and ask
         a classifier about its classes."""
         checks, data = self.checks, self.data
-        if (checks.minimum or checks.invariance or checks.directional) and (
-                data.forecast is not None or data.recommend is not None):
-            raise ValueError(f"checks.minimum, invariance and directional judge a tabular "
-                             f"model's answers to records, not yet a {data.task} model's: "
-                             "use checks.slices and checks.data")
-        unknown = sorted(checks.columns() - set(data.feature_names))
+        if (checks.invariance or checks.directional) and data.recommend is not None:
+            raise ValueError("checks.invariance and directional judge answers to records or "
+                             "forecast steps, not yet a recommendation model's: use "
+                             "checks.minimum (expect_in_top_k), slices and data")
+        if data.forecast is not None:  # the future steps' covariates are what can change
+            changeable, kind = set(data.forecast.known_in_advance), "covariates known in " \
+                "advance (data.forecast.known_in_advance)"
+        else:
+            changeable, kind = set(data.feature_names), "features of this pipeline"
+        unknown = sorted(checks.perturbed() - changeable)
         if unknown:
-            raise ValueError(f"checks name {unknown}, not features of this pipeline; its "
-                             f"features: {', '.join(data.feature_names)}")
+            raise ValueError(f"checks change {unknown}, not {kind}: "
+                             f"{', '.join(sorted(changeable)) or 'none'}")
+        recordable = set(data.columns) if data.forecast or data.recommend else set(
+            data.feature_names)
+        unknown = sorted(checks.recorded() - recordable)
+        if unknown:
+            raise ValueError(f"checks.minimum records name {unknown}, not "
+                             f"{'declared columns' if data.forecast or data.recommend else kind}")
+        for m in checks.minimum:
+            if (m.expect_in_top_k is not None) != (data.recommend is not None):
+                raise ValueError(f"checks.minimum {m.name!r}: expect_in_top_k is for a "
+                                 "recommendation model, and the only answer one checks")
         for i, cut in enumerate(checks.slices):
             if cut.column not in data.columns:
                 raise ValueError(f"checks.slices[{i}].column {cut.column!r} is not a declared "
