@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 # Ray Data's and Serve's get their console handlers when first imported.
 _LIBRARIES = ("ray", "ray.data", "ray.serve", "ray.tune", "ray.train", "mlflow", "alembic",
               "urllib3", "optuna", "py.warnings", "filelock")
+KEEP_LOGS = 50  # a command's log files beyond the newest this many are removed
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,9 @@ def setup_logging(verbose: bool = True) -> Output:
 
     folder = Path(os.environ.get("RAYOPS_LOG_DIR", "~/.rayops/logs")).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
+    prune_logs(folder, KEEP_LOGS - 1)
     log_file = folder / f"rayops-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    handler = logging.FileHandler(log_file)
+    handler = logging.FileHandler(log_file, delay=True)  # no file until something is said
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in _LIBRARIES:
         library = logging.getLogger(name)
@@ -69,6 +71,18 @@ def setup_logging(verbose: bool = True) -> Output:
     logging.captureWarnings(True)
     ours.addHandler(handler)
     return Output(False, log_file)
+
+
+def prune_logs(folder: Path, keep: int) -> list[Path]:
+    """Remove all but the newest ``keep`` of the commands' log files in ``folder``; returns
+    those removed (one another process still writes to is left alone on error)."""
+    logs = sorted(folder.glob("rayops-*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
+    removed = []
+    for old in logs[keep:]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+            removed.append(old)
+    return removed
 
 
 def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:

@@ -27,6 +27,25 @@ def test_quiet_mode_sends_library_messages_to_the_log_file(tmp_path, monkeypatch
     assert console_enabled()
 
 
+def test_log_files_are_made_only_when_something_is_said_and_the_oldest_removed(
+        tmp_path, monkeypatch):
+    import os
+
+    from rayops.runtime import KEEP_LOGS
+
+    monkeypatch.setenv("RAYOPS_LOG_DIR", str(tmp_path))
+    for i in range(KEEP_LOGS + 5):
+        old = tmp_path / f"rayops-2026010{i:03d}.log"
+        old.write_text("x")
+        os.utime(old, (1_000_000 + i, 1_000_000 + i))
+    output = setup_logging(verbose=False)
+    assert output.log_file is not None and not output.log_file.exists()  # nothing said yet
+    left = sorted(p.name for p in tmp_path.glob("rayops-*.log"))
+    assert len(left) == KEEP_LOGS - 1 and "rayops-2026010000.log" not in left
+    logging.getLogger("ray.data").info("something")
+    assert output.log_file.exists()
+
+
 def test_verbose_mode_keeps_everything_on_the_console(capsys):
     output = setup_logging(verbose=True)
     assert output.log_file is None

@@ -20,7 +20,6 @@ from rayops.models.sharding import (
     ignore_in_ddp,
     own_optimizer_state,
 )
-from tests.helpers import free_port
 
 GENRE = {"name": "genre", "size": 3, "codes": [0] + [1 + i % 3 for i in range(37)]}
 PLAN = {"name": "plan", "size": 2, "codes": [0] + [1 + i % 2 for i in range(12)]}
@@ -90,11 +89,11 @@ def _train_both(rank: int, spec: dict[str, Any]) -> None:
     _step_both(rank, 3, pair, optimizers)  # checkpointing left the training as it was
 
 
-def _worker(rank: int, port: int, specs: list[dict[str, Any]]) -> None:
+def _worker(rank: int, store: str, specs: list[dict[str, Any]]) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=2)
+    # a file, not a port: a free port found here can be taken by a test beside this one
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         for spec in specs:
             _train_both(rank, spec)
@@ -102,11 +101,11 @@ def _worker(rank: int, port: int, specs: list[dict[str, Any]]) -> None:
         dist.destroy_process_group()
 
 
-def test_sharded_tables_train_checkpoint_and_score_as_the_whole_tables_do():
+def test_sharded_tables_train_checkpoint_and_score_as_the_whole_tables_do(tmp_path):
     specs = [{**SPEC, "family": "sasrec"},  # the catalogue's softmax, sharded
              {**SPEC, "family": "sasrec", "negatives": 6},  # lookups only
              {**SPEC, "family": "bpr", "user_attributes": [PLAN]}]  # users sharded too
-    mp.spawn(_worker, args=(free_port(), specs), nprocs=2, join=True)
+    mp.spawn(_worker, args=(str(tmp_path / "store"), specs), nprocs=2, join=True)
 
 
 def test_auto_shards_tables_whose_training_state_is_over_the_bound():

@@ -65,7 +65,7 @@ def start(config: Path, overrides: list[str] | None, base_dir: Path | None, verb
 
 def logs_line(output: Output) -> None:
     """Where the libraries' messages went, for the end of a long command."""
-    if output.log_file is not None:
+    if output.log_file is not None and output.log_file.exists():  # nothing said: no file
         typer.echo(f"logs: {output.log_file} (Ray workers: {_ray_logs()})", err=True)
 
 
