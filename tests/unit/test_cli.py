@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 
 def _rayops(*args: str) -> subprocess.CompletedProcess:
     code = "from rayops.cli import main; main()"
@@ -142,3 +144,32 @@ def test_version_is_printed():
 
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"rayops {version('rayops')}"
+
+
+def test_bad_files_urls_and_a_server_that_is_down_end_in_one_line(tmp_path, capsys,
+                                                                   monkeypatch):
+    from rayops.cli import main
+    from rayops.serve import client
+    from tests.helpers import free_port
+
+    monkeypatch.setattr(client, "BACKOFF_S", 0.01)
+    records = tmp_path / "r.csv"
+    records.write_text("a,b\n1,2\n")
+    (tmp_path / "latin.jsonl").write_bytes(b'{"a": "\xe9"}\n')
+    (tmp_path / "bad.yaml").write_bytes(b"\xff\xfe")
+    down = f"http://127.0.0.1:{free_port()}"
+    cases = [
+        (["predict", str(tmp_path / "missing.csv"), "--url", down], "does not exist"),
+        (["predict", str(tmp_path), "--url", down], "is a folder"),
+        (["predict", str(tmp_path / "latin.jsonl"), "--url", down], "is not UTF-8 text"),
+        (["predict", str(records), "--url", "127.0.0.1:8000"], "is not an http(s) URL"),
+        (["predict", str(records), "--url", down], "cannot reach"),
+        (["validate", str(tmp_path)], "is a folder"),
+        (["validate", str(tmp_path / "bad.yaml")], "is not UTF-8 text"),
+    ]
+    for args, said in cases:
+        with pytest.raises(SystemExit) as ended:
+            main(args)
+        err = capsys.readouterr().err
+        assert ended.value.code == 2 and said in err and "Traceback" not in err, (args, err)
+        assert len(err.strip().splitlines()) == 1, err
