@@ -40,8 +40,10 @@ def predict(
 def quarantine(
     config: ConfigArg,
     overrides: SetOpt = None,
-    version: Annotated[int | None, typer.Option(help="Dataset version (default: latest).")
-                       ] = None,
+    version: Annotated[int | None, typer.Option(
+        "--dataset-version", "--version", min=1,
+        help="Curated dataset version (default: latest); --version is its old name.")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, help="Rows to show.")] = 20,
     base_dir: BaseDirOpt = None,
 ) -> None:
