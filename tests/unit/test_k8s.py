@@ -147,7 +147,11 @@ def test_versions_images_and_groups_match_the_pins_and_cluster_yaml(generated):
 @pytest.mark.parametrize("override, message", [
     ("storage.root=/data/lake", r"storage.root '/data/lake' is a local folder"),
     ("tracking.uri=sqlite:////data/mlflow.db", r"tracking.uri .* is not an MLflow server"),
-    ("serve.auth_token_env=null", r"host '0.0.0.0' is reachable from other machines"),
+    ("serve.auth_token_env=null", r"requests must carry a bearer token: set "
+                                  r"serve.auth_token_env"),
+    ("tracking.uri=http://127.0.0.1:5000", r"tracking.uri is 'http://127.0.0.1:5000' .* "
+                                           r"inside a pod that address is the pod itself"),
+    ("storage.endpoint_url=http://localhost:9000", r"inside a pod that address is the pod"),
 ])
 def test_what_cannot_run_on_kubernetes_is_refused(override, message):
     key = override.split("=")[0]

@@ -11,6 +11,7 @@ in Redis (``gcsFaultToleranceOptions``), so a restarted head pod finds its appli
 from __future__ import annotations
 
 import copy
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,22 @@ def _check_portable(cfg: PipelineConfig) -> None:
     if not cfg.tracking.uri.startswith(("http://", "https://")):
         raise ConfigError(f"tracking.uri {cfg.tracking.uri!r} is not an MLflow server: pods "
                           "on Kubernetes need one (http://mlflow.<namespace>:5000)")
+    for key, uri in (("tracking.uri", cfg.tracking.uri),
+                     ("storage.endpoint_url", cfg.storage.endpoint_url)):
+        host = urllib.parse.urlsplit(uri or "").hostname or ""
+        if host in ("127.0.0.1", "localhost", "::1") or host.startswith("127."):
+            raise ConfigError(
+                f"{key} is {uri!r} (after ${{...}} references were resolved here): inside a "
+                "pod that address is the pod itself. Give the cluster's address, e.g. "
+                f"--set {key}=http://mlflow.<namespace>:5000" if key == "tracking.uri" else
+                f"{key} is {uri!r}: inside a pod that address is the pod itself; give the "
+                f"object store's address in the cluster, e.g. --set {key}=http://minio:9000")
+    if cfg.serve.auth_token_env is None and cfg.serve.auth_token_file is None:
+        raise ConfigError(
+            "serve: on Kubernetes Serve listens on the pod's address (KubeRay's Service "
+            "routes to it), so requests must carry a bearer token: set serve.auth_token_env "
+            f"(the RayService reads it from the Secret {cfg.name}-serve-token), e.g. --set "
+            "serve.auth_token_env=RAYOPS_SERVE_TOKEN")
 
 
 def _with_serve_token(spec: dict[str, Any], cfg: PipelineConfig) -> None:
