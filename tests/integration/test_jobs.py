@@ -69,7 +69,8 @@ class Session:
 def session(tmp_path_factory, ray_start_4_cpus) -> Iterator[Session]:
     folder = tmp_path_factory.mktemp("clone") / "rayops"
     shutil.copytree(REPO / "jobs", folder / "jobs")
-    shutil.copy(REPO / ".gitignore", folder)  # Ray leaves ignored files out of a working dir
+    for ignore in (".gitignore", ".rayignore"):  # what Ray leaves out of a working dir
+        shutil.copy(REPO / ignore, folder)
     (folder / ".venv").symlink_to(BIN.parent)
     # What `make demo` leaves: raw files in the lake and the version its ingest made.
     cfg = load_config(folder / "jobs" / "configs" / "churn.yaml", base_dir=folder)
@@ -115,8 +116,9 @@ def test_the_readme_job_session_runs_as_written(session):
 
     # The ingest job read the lake the CLI wrote: nothing new, the same version.
     assert f"dataset {session.made_by_the_cli} (" in out
-    # The train job trained on it and logged to the MLflow store the CLI uses.
-    assert "epoch 2/2" in out
+    # The train job trained on it and logged to the MLflow store the CLI uses; its log was
+    # written into the working dir while Ray packed it (.rayignore leaves it out).
+    assert "epoch 2/2" in out and "epoch 2/2" in (session.folder / "train.log").read_text()
     client = MlflowClient(cfg.tracking.uri)
     champion = client.get_model_version_by_alias(cfg.model_name, "champion")
     run_data = client.get_run(champion.run_id).data
