@@ -173,3 +173,8 @@ def test_bad_files_urls_and_a_server_that_is_down_end_in_one_line(tmp_path, caps
         err = capsys.readouterr().err
         assert ended.value.code == 2 and said in err and "Traceback" not in err, (args, err)
         assert len(err.strip().splitlines()) == 1, err
+
+
+def test_shell_completion_is_there_to_install():
+    shown = _rayops("--show-completion", "bash")
+    assert shown.returncode == 0 and "_rayops_completion" in shown.stdout, shown.stderr

@@ -14,7 +14,7 @@ from rayops.config import PipelineConfig, load_config
 from rayops.runtime import Output, connect, setup_logging
 
 app = typer.Typer(help="rayops: raw files in object storage -> a model served by Ray Serve.",
-                  no_args_is_help=True, add_completion=False,
+                  no_args_is_help=True, add_completion=True,
                   pretty_exceptions_enable=False)
 
 def _version(shown: bool) -> None:
