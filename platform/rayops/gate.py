@@ -155,7 +155,7 @@ def _decide(cfg: PipelineConfig, challenger: tracking.RegisteredModel,
     ours, theirs, passed, reason = _scores(cfg, mine, previous, champion, rows)
     checked: dict[str, str] = {}
     if cfg.checks.declared and cfg.checks.gate:  # whatever the metric: fail closed
-        report = _checked(cfg, challenger, mine, previous, champion, version)
+        report = _checked(cfg, challenger, mine, previous, champion, version, rows)
         checked = {tracking.CHECKS_TAG: "passed" if report.passed else "failed: " + ", ".join(
             r.title for r in report.failed)}
         if not report.passed:
@@ -190,17 +190,16 @@ def _decide(cfg: PipelineConfig, challenger: tracking.RegisteredModel,
 
 def _checked(cfg: PipelineConfig, model: tracking.RegisteredModel, predictor: Predictor,
              previous: tracking.RegisteredModel | None, champion: Predictor | None,
-             version: DatasetVersion, folder: Path | None = None) -> CheckReport:
-    """The declared checks of ``model`` on ``version`` (slices against the champion when
-    it can be scored on the same rows; drift against the data it trained on), reported
-    and logged with the model's run."""
-    rows = version.scored_rows()
-    if previous is not None and previous.version == model.version:
-        previous, champion = None, None  # the champion itself: nothing to compare with
+             version: DatasetVersion, rows: pa.Table, folder: Path | None = None
+             ) -> CheckReport:
+    """The declared checks of ``model`` on ``version`` (its scored ``rows``; slices against
+    the champion when it can be scored on them; drift against the data it trained on),
+    reported and logged with the model's run."""
     comparable = champion if champion is not None and not_comparable(
         predictor, champion, rows) is None else None
     report = run_checks(cfg, predictor, version, f"{model.name} v{model.version}", comparable,
-                        None if previous is None else previous.tags.get(tracking.DATASET_TAG))
+                        None if previous is None else previous.tags.get(tracking.DATASET_TAG),
+                        rows)
     record(cfg, report, model.run_id or None, folder)
     return report
 
@@ -212,8 +211,11 @@ def check_model(cfg: PipelineConfig, model: tracking.RegisteredModel, version: D
     and logged with the model's run."""
     predictor = Predictor.from_registry(cfg.tracking, model)
     previous = tracking.alias_or_none(cfg.tracking, model.name, tracking.CHAMPION)
+    if previous is not None and previous.version == model.version:
+        previous = None  # the champion itself: nothing to compare with
     champion = None if previous is None else _champion(cfg, previous)
-    return _checked(cfg, model, predictor, previous, champion, version, folder)
+    return _checked(cfg, model, predictor, previous, champion, version,
+                    version.scored_rows(), folder)
 
 
 def _scores(cfg: PipelineConfig, mine: Predictor, previous: tracking.RegisteredModel | None,

@@ -27,13 +27,15 @@ MARKDOWN = "checks.md"
 
 def run_checks(cfg: PipelineConfig, predictor: Predictor, version: DatasetVersion,
                model: str, champion: Predictor | None = None,
-               champion_dataset: str | None = None) -> CheckReport:
+               champion_dataset: str | None = None, rows: pa.Table | None = None
+               ) -> CheckReport:
     """Every declared check of ``cfg.checks`` on ``predictor`` and ``version``'s validation
-    rows: behavioural checks on a seeded sample, slices on all of them (against
-    ``champion`` when it can be scored on them), then the data checks."""
+    rows (``rows`` when the caller read them already): behavioural checks on a seeded
+    sample, slices on all of them (against ``champion`` when it can be scored on them),
+    then the data checks."""
     checks = cfg.checks
     results: list[CheckResult] = []
-    rows = version.scored_rows()
+    rows = version.scored_rows() if rows is None else rows
     if checks.minimum or checks.invariance or checks.directional:
         results += behavioural(cfg, predictor, rows)
     directions = cfg.metrics
