@@ -139,7 +139,10 @@ def commit(location: Location, table: DeltaTable, actions: list[AddAction], *, m
             commit_properties=CommitProperties(custom_metadata=dict(metadata),
                                                app_transactions=[transaction]))
     except CommitFailedError as exc:
-        if not any(word in str(exc).lower() for word in ("concurrent", "conflict", "exists")):
+        # delta-rs' conflict checker: "Concurrent append", "Metadata changed since last
+        # commit" (both created the table), "Protocol changed ...", "version ... exists"
+        if not any(word in str(exc).lower() for word in (
+                "concurrent", "conflict", "exists", "changed since last commit")):
             raise _storage_error(location, "commit to", exc) from None
         raise CommitConflict(
             f"another ingest committed to {location.uri} after version {planned} while this "
