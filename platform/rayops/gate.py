@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -190,8 +189,7 @@ def _decide(cfg: PipelineConfig, challenger: tracking.RegisteredModel,
 
 def _checked(cfg: PipelineConfig, model: tracking.RegisteredModel, predictor: Predictor,
              previous: tracking.RegisteredModel | None, champion: Predictor | None,
-             version: DatasetVersion, rows: pa.Table, folder: Path | None = None
-             ) -> CheckReport:
+             version: DatasetVersion, rows: pa.Table) -> CheckReport:
     """The declared checks of ``model`` on ``version`` (its scored ``rows``; slices against
     the champion when it can be scored on them; drift against the data it trained on),
     reported and logged with the model's run."""
@@ -200,22 +198,22 @@ def _checked(cfg: PipelineConfig, model: tracking.RegisteredModel, predictor: Pr
     report = run_checks(cfg, predictor, version, f"{model.name} v{model.version}", comparable,
                         None if previous is None else previous.tags.get(tracking.DATASET_TAG),
                         rows)
-    record(cfg, report, model.run_id or None, folder)
+    record(cfg, report, model.run_id or None)
     return report
 
 
-def check_model(cfg: PipelineConfig, model: tracking.RegisteredModel, version: DatasetVersion,
-                folder: Path | None = None) -> CheckReport:
+def check_model(cfg: PipelineConfig, model: tracking.RegisteredModel, version: DatasetVersion
+                ) -> CheckReport:
     """``rayops check``: the declared checks of a registered ``model`` on ``version``,
-    against the current champion; the JUnit and Markdown reports written into ``folder``
-    and logged with the model's run."""
+    against the current champion; the JUnit and Markdown reports logged with the model's
+    run."""
     predictor = Predictor.from_registry(cfg.tracking, model)
     previous = tracking.alias_or_none(cfg.tracking, model.name, tracking.CHAMPION)
     if previous is not None and previous.version == model.version:
         previous = None  # the champion itself: nothing to compare with
     champion = None if previous is None else _champion(cfg, previous)
     return _checked(cfg, model, predictor, previous, champion, version,
-                    version.scored_rows(), folder)
+                    version.scored_rows())
 
 
 def _scores(cfg: PipelineConfig, mine: Predictor, previous: tracking.RegisteredModel | None,

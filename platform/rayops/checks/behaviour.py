@@ -41,7 +41,8 @@ def _of(predictor: Predictor, values: np.ndarray, of_class: str | None) -> np.nd
     return values[:, classes.index(str(of_class))]
 
 
-def _broken(kind: str, name: str, exc: Exception) -> CheckResult:
+def broken(kind: str, name: str, exc: Exception) -> CheckResult:
+    """A check that could not be run: failed, with the model's (or the data's) error."""
     return CheckResult(kind, name, False, f"could not be run: {exc}")
 
 
@@ -51,7 +52,7 @@ def minimum(predictor: Predictor, check: MinimumCheck, examples: int) -> CheckRe
     try:
         answers = predictor.predict(frame)
     except (DataError, PredictionError) as exc:
-        return _broken("minimum", check.name, exc)
+        return broken("minimum", check.name, exc)
     wrong = []
     for i, (record, answer) in enumerate(zip(check.records, answers, strict=True)):
         got = answer["prediction"] if check.of_class is None else \
@@ -98,7 +99,7 @@ def invariance(predictor: Predictor, check: InvarianceCheck, frame: pd.DataFrame
         changed = perturbed(frame, check, rng)
         moved = np.abs(outputs(predictor, changed) - outputs(predictor, frame)).max(axis=1)
     except (DataError, PredictionError, ValueError) as exc:
-        return _broken("invariance", check.name, exc)
+        return broken("invariance", check.name, exc)
     return invariance_result(check, moved, changed, examples)
 
 
@@ -163,7 +164,7 @@ def directional(predictor: Predictor, check: DirectionalCheck, frame: pd.DataFra
         delta = _of(predictor, outputs(predictor, after), check.of_class) - \
             _of(predictor, outputs(predictor, before), check.of_class)
     except (DataError, PredictionError, ValueError) as exc:
-        return _broken("directional", check.name, exc)
+        return broken("directional", check.name, exc)
     what = f"P({check.of_class})" if check.of_class else "the prediction"
     return directional_result(check, delta, before, after, what, examples)
 

@@ -116,21 +116,15 @@ def _drift(cfg: PipelineConfig, version: DatasetVersion, champion_dataset: str |
                         if f.name in drifted][:cfg.checks.examples])
 
 
-def record(cfg: PipelineConfig, report: CheckReport, run_id: str | None,
-           folder: Path | None = None) -> list[Path]:
-    """Write the JUnit and Markdown reports (into ``folder`` when given) and log both as
-    artifacts of the model's run (``checks/``)."""
-    paths = []
+def record(cfg: PipelineConfig, report: CheckReport, run_id: str | None) -> None:
+    """Log the JUnit and Markdown reports as artifacts of the model's run (``checks/``)."""
+    if not run_id:
+        return
     with tempfile.TemporaryDirectory(prefix="rayops-checks-") as tmp:
-        target = folder or Path(tmp)
-        target.mkdir(parents=True, exist_ok=True)
         for name, text in ((JUNIT, report.junit()), (MARKDOWN, report.markdown())):
-            path = target / name
+            path = Path(tmp) / name
             path.write_text(text)
-            paths.append(path)
-            if run_id:
-                tracking.log_artifact(cfg.tracking, run_id, path, "checks")
-    return paths if folder else []
+            tracking.log_artifact(cfg.tracking, run_id, path, "checks")
 
 
 def failed_reason(report: CheckReport) -> str:

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from rayops.checks.behaviour import (
+    broken,
     changed_values,
     directional_result,
     invariance_result,
@@ -40,7 +41,7 @@ def forecast_minimum(predictor: Predictor, check: MinimumCheck, examples: int) -
     try:
         answers = forecast_frame(predictor, pd.DataFrame(check.records))
     except FAILS as exc:
-        return CheckResult("minimum", check.name, False, f"could not be run: {exc}")
+        return broken("minimum", check.name, exc)
     low = -math.inf if check.expect_min is None else check.expect_min
     high = math.inf if check.expect_max is None else check.expect_max
     outside = answers[(answers["value"] < low) | (answers["value"] > high)]
@@ -58,7 +59,7 @@ def recommend_minimum(predictor: Predictor, check: MinimumCheck, examples: int
     try:
         answers = recommend_frame(predictor, pd.DataFrame(check.records))
     except FAILS as exc:
-        return CheckResult("minimum", check.name, False, f"could not be run: {exc}")
+        return broken("minimum", check.name, exc)
     user = interactions_of(predictor).user
     users = sorted({str(r[user]) for r in check.records if user in r})
     missing = []
@@ -123,7 +124,7 @@ def forecast_invariance(predictor: Predictor, check: InvarianceCheck, frame: pd.
             check.columns].to_numpy()
         moved = np.abs(_values(predictor, changed) - _values(predictor, frame))
     except FAILS as exc:
-        return CheckResult("invariance", check.name, False, f"could not be run: {exc}")
+        return broken("invariance", check.name, exc)
     return invariance_result(check, moved, changed.loc[future].reset_index(drop=True),
                              examples, unit="forecast step")
 
@@ -140,7 +141,7 @@ def forecast_directional(predictor: Predictor, check: DirectionalCheck, frame: p
                                                                  check))
         delta = _values(predictor, changed) - _values(predictor, frame)
     except FAILS as exc:
-        return CheckResult("directional", check.name, False, f"could not be run: {exc}")
+        return broken("directional", check.name, exc)
     return directional_result(check, delta, frame.loc[future].reset_index(drop=True),
                               changed.loc[future].reset_index(drop=True), "the forecast",
                               examples, unit="forecast step")

@@ -89,11 +89,7 @@ def check(
     """Run the config's declared checks on a registered model: one line per check, the
     JUnit XML and Markdown reports (also logged with the model's MLflow run). Exits 1
     when a check fails."""
-    import shutil
-    import tempfile
-
     from rayops import tracking
-    from rayops.checks import JUNIT, MARKDOWN
     from rayops.data.versions import load_version
     from rayops.gate import check_model
 
@@ -106,12 +102,11 @@ def check(
     chosen = tracking.resolve_alias(cfg.tracking, name, alias) if alias else \
         tracking.registered_version(cfg.tracking, name, version)
     dataset = load_version(cfg, dataset_version)
-    with tempfile.TemporaryDirectory(prefix="rayops-check-") as folder:
-        found = check_model(cfg, chosen, dataset, Path(folder))
-        for wanted, name_ in ((junit, JUNIT), (report, MARKDOWN)):
-            if wanted is not None:
-                wanted.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(Path(folder) / name_, wanted)
+    found = check_model(cfg, chosen, dataset)
+    for wanted, text in ((junit, found.junit), (report, found.markdown)):
+        if wanted is not None:
+            wanted.parent.mkdir(parents=True, exist_ok=True)
+            wanted.write_text(text())
     for line in found.lines():
         typer.echo(line)
     if not found.passed:

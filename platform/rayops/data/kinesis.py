@@ -31,12 +31,13 @@ A malformed record is quarantined with its shard and sequence number (``source_f
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 import time
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,11 +118,14 @@ class KinesisSource(MessageSource):
             raise DataError(f"data.source: {self.uri} needs a region: set AWS_REGION or "
                             "add ?region=... to the URI") from None
 
-    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
-        """One Kinesis call; its errors as a DataError naming the stream."""
+    @contextlib.contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        """Kinesis' errors as rayops': throttling and an endpoint that cannot be reached
+        SourceUnavailable (tried again at the next poll), a missing stream named, any
+        other a DataError naming the stream and ``what`` was being done."""
         _, errors = _boto()
         try:
-            return fn(StreamName=self.stream, **kwargs)
+            yield
         except errors.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in THROTTLED:
@@ -136,6 +140,11 @@ class KinesisSource(MessageSource):
             raise SourceUnavailable(f"data.source: cannot reach Kinesis for {self.uri}: "
                                     f"{one_line(exc)}") from None
 
+    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        """One call about the stream (its name given), errors translated."""
+        with self._translated(what):
+            return fn(StreamName=self.stream, **kwargs)
+
     def snapshot(self) -> list[dict[str, Any]]:
         """Every shard the stream lists (open or closed), with the stream's retention."""
         client = self._client()
@@ -144,8 +153,11 @@ class KinesisSource(MessageSource):
         shards: list[dict[str, Any]] = []
         token: str | None = None
         while True:
-            page = (self._call("list shards", client.list_shards) if token is None else
-                    _list_more(client, token))
+            if token is None:
+                page = self._call("list shards", client.list_shards)
+            else:  # a later page: named by its token alone
+                with self._translated("list shards"):
+                    page = client.list_shards(NextToken=token)
             shards += page["Shards"]
             token = page.get("NextToken")
             if not token:
@@ -191,20 +203,16 @@ class KinesisSource(MessageSource):
 
     def _gap(self, client: Any, shard: str, after: str) -> str | None:
         """The range that may have expired unread when the record at ``after`` is gone."""
-        _, errors = _boto()
         try:
-            it = client.get_shard_iterator(StreamName=self.stream, ShardId=shard,
-                                           ShardIteratorType="AT_SEQUENCE_NUMBER",
-                                           StartingSequenceNumber=after)["ShardIterator"]
-            records = client.get_records(ShardIterator=it, Limit=1)["Records"]
-        except errors.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in THROTTLED:
-                raise SourceUnavailable(f"data.source: {self.uri}: {code}") from None
+            it = self._call("find the consumed record", client.get_shard_iterator,
+                            ShardId=shard, ShardIteratorType="AT_SEQUENCE_NUMBER",
+                            StartingSequenceNumber=after)["ShardIterator"]
+            with self._translated("find the consumed record"):
+                records = client.get_records(ShardIterator=it, Limit=1)["Records"]
+        except SourceUnavailable:
+            raise
+        except DataError:
             records = []  # the sequence number is behind the trim horizon
-        except errors.BotoCoreError as exc:
-            raise SourceUnavailable(f"data.source: cannot reach Kinesis for {self.uri}: "
-                                    f"{one_line(exc)}") from None
         if records and records[0]["SequenceNumber"] == after:
             return None  # still there: so is everything after it
         return f"after sequence number {after} (expired; the last ingest planned longer " \
@@ -272,10 +280,6 @@ def _driver_credentials() -> dict[str, str]:
     if frozen.token:
         out["aws_session_token"] = frozen.token
     return out
-
-
-def _list_more(client: Any, token: str) -> Any:
-    return client.list_shards(NextToken=token)
 
 
 def _iterator(source: KinesisSource, client: Any, shard: str, after: str | None) -> Any:
