@@ -3,31 +3,47 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.install-stamp
-# The exact pin takes the CPU wheel; a looser spec pulls a multi-GB CUDA build.
-# GPU users: see README ("GPU machines") and set TORCH_SPEC to the CUDA build they need.
+# Every dependency is pinned in requirements.lock (`make lock` refreshes it), but torch:
+# its build depends on the machine, so it is pinned here and comes from the CPU index
+# (about 200 MB instead of a multi-GB CUDA build). GPU machines: see docs/cluster.md
+# ("GPU machines"): TORCH_INDEX=https://pypi.org/simple and XGBOOST_SPEC=xgboost==3.2.0.
 TORCH_SPEC ?= torch==2.13.0
-# The xgboost model family. xgboost-cpu is 6 MB; GPU users set XGBOOST_SPEC=xgboost (CUDA,
-# with NCCL: about 500 MB).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# The xgboost model family: the CPU-only wheel (6 MB), the version the lock holds.
 XGBOOST_SPEC ?= xgboost-cpu==3.2.0
+LOCK := requirements.lock
+# Where `make lock` finds torch's CPU build: this machine's wheel folder, else the CPU index.
+TORCH_WHEELS ?= $(if $(wildcard /opt/wheels/torch-*),/opt/wheels,$(TORCH_INDEX)/torch)
 
-.PHONY: install lint test test-fast demo bench image clean
+.PHONY: install lint lock test test-fast demo docs bench image clean
 
 install: $(STAMP)
 
-# pip takes torch (it reads this machine's pip settings, which point at the CPU wheel on
-# disk); uv installs the rest and compiles it on both cores: about 60 s instead of pip's 160.
+# pip takes torch (it also reads this machine's pip settings, which may hold the CPU wheel
+# on disk); uv installs the rest at the locked versions and compiles it on both cores.
 PURELIB := import sysconfig; print(sysconfig.get_paths()["purelib"])
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip uv
-	$(BIN)/python -m pip install -q --no-compile "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q --no-compile --extra-index-url "$(TORCH_INDEX)" "$(TORCH_SPEC)"
 	$(BIN)/python -m compileall -q -j 0 -x '/py31[2-9]_' "$$($(BIN)/python -c '$(PURELIB)')/torch" > /dev/null
-	$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode -e ".[dev]" "$(XGBOOST_SPEC)"
+	$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode -c $(LOCK) -e ".[dev]" "$(XGBOOST_SPEC)"
 	touch $(STAMP)
+
+# Resolves every extra for Python 3.11 on every platform; torch's CPU build stands in for
+# torch so that no CUDA package is locked (torch itself is pinned above, not in the lock).
+lock:
+	test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/python -m pip install -q uv; }
+	echo "$(TORCH_SPEC)+cpu" > $(VENV)/torch-override.txt
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra xgboost --extra bench --universal \
+		--python-version 3.11 --find-links "$(TORCH_WHEELS)" \
+		--override $(VENV)/torch-override.txt --no-emit-package torch --upgrade -q -o $(LOCK)
 
 lint: install
 	$(BIN)/ruff check platform jobs tests
+	$(BIN)/ruff format --check platform jobs tests
+	$(BIN)/mypy
 
 # Two processes (pytest-xdist), each with its own Ray cluster and services; whole modules
 # go to one process, so module fixtures are made once. TEST_WORKERS=0 runs in one process.
@@ -56,7 +72,7 @@ image:
 BENCHMARKS := $(wildcard tests/benchmarks/bench_*.py)
 
 bench: install
-	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[dev,bench]" "$(XGBOOST_SPEC)"
+	$(BIN)/uv pip install -q --python $(BIN)/python -c $(LOCK) -e ".[dev,bench]" "$(XGBOOST_SPEC)"
 	# bench_forecast.py and bench_recommend.py read only these packages' data files: without their dependencies
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps "ISLP==0.6.0" "pmdarima==2.1.1" "recbole==1.2.1"
 	@test -n "$(BENCHMARKS)" || echo "no benchmark scripts in tests/benchmarks/ yet"

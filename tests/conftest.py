@@ -41,10 +41,27 @@ def run_dir() -> Path:
     return _RUN_DIR
 
 
-_LOGGERS = ("rayops", "ray", "ray.data", "ray.serve", "ray.tune", "ray.train", "mlflow",
-            "alembic", "urllib3", "optuna", "py.warnings", "filelock")
-_ENV = ("MLFLOW_CONFIGURE_LOGGING", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "RAY_AIR_NEW_OUTPUT",
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+_LOGGERS = (
+    "rayops",
+    "ray",
+    "ray.data",
+    "ray.serve",
+    "ray.tune",
+    "ray.train",
+    "mlflow",
+    "alembic",
+    "urllib3",
+    "optuna",
+    "py.warnings",
+    "filelock",
+)
+_ENV = (
+    "MLFLOW_CONFIGURE_LOGGING",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+    "RAY_AIR_NEW_OUTPUT",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +70,11 @@ def _process_setup_restored():
     file; put the loggers and variables back so the next test sees a library process."""
     import logging
 
-    saved = {name: (lg.handlers[:], lg.propagate, lg.level)
-             for name in _LOGGERS if (lg := logging.getLogger(name))}
+    saved = {
+        name: (lg.handlers[:], lg.propagate, lg.level)
+        for name in _LOGGERS
+        if (lg := logging.getLogger(name))
+    }
     env = {key: os.environ.get(key) for key in _ENV}
     yield
     for name, (handlers, propagate, level) in saved.items():
@@ -72,10 +92,21 @@ def _process_setup_restored():
 # The slowest modules first (as `--durations` measures them), then the rest of the
 # integration tests, then the unit tests: `make test` hands whole modules to two processes
 # (pytest-xdist, --dist loadfile) in this order, so the long ones do not start last.
-SLOWEST_FIRST = ("test_jobs", "test_serve", "test_families", "test_training",
-                 "test_simulated_cluster", "test_pipeline_local", "test_recommendation",
-                 "test_forecasting", "test_tables", "test_resume", "test_operate",
-                 "test_gcs_fault_tolerance", "test_kafka")
+SLOWEST_FIRST = (
+    "test_jobs",
+    "test_serve",
+    "test_families",
+    "test_training",
+    "test_simulated_cluster",
+    "test_pipeline_local",
+    "test_recommendation",
+    "test_forecasting",
+    "test_tables",
+    "test_resume",
+    "test_operate",
+    "test_gcs_fault_tolerance",
+    "test_kafka",
+)
 
 
 def _schedule_rank(item: pytest.Item) -> tuple[int, int]:

@@ -21,8 +21,10 @@ from rayops.storage import Location
 # better model's answers differ from the champion's, and on a CPU shared with the other
 # test worker a p95 of a few dozen requests is noise (a 260 ms stall was seen in CI). The
 # agreement and latency bounds themselves are proven in tests/unit/test_operate.py.
-SHADOW_ON_FAILURES = {"operate.shadow.min_agreement": 0.0,
-                      "operate.shadow.max_p95_latency_ratio": 1e6}
+SHADOW_ON_FAILURES = {
+    "operate.shadow.min_agreement": 0.0,
+    "operate.shadow.max_p95_latency_ratio": 1e6,
+}
 
 
 @functools.cache
@@ -65,8 +67,12 @@ def write_demo_data(target: Location, rows: int = 3000, seed: int = 7, files: in
     churn.write(churn.generate(rows, seed), target, files=files)
 
 
-def wait_for(condition: Callable[[], object], timeout_s: float = 90, every_s: float = 0.25,
-             what: str = "condition") -> None:
+def wait_for(
+    condition: Callable[[], object],
+    timeout_s: float = 90,
+    every_s: float = 0.25,
+    what: str = "condition",
+) -> None:
     """Poll ``condition`` until it is truthy; TimeoutError naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -106,8 +112,9 @@ def assert_resumed_once(client: Any, run_id: str, epochs: int) -> int:
     ``resumed_from_epoch`` k, so the first new epoch is k + 1. Returns k."""
     steps = [m.step for m in client.get_metric_history(run_id, "epoch")]
     assert sorted(steps) == list(range(1, epochs + 1)), steps
-    resumed = {m.step: int(m.value) for m in client.get_metric_history(
-        run_id, "resumed_from_epoch")}
+    resumed = {
+        m.step: int(m.value) for m in client.get_metric_history(run_id, "resumed_from_epoch")
+    }
     k = max(resumed.values())
     assert 0 < k < epochs, resumed
     assert resumed == {e: 0 if e <= k else k for e in range(1, epochs + 1)}, resumed
@@ -121,8 +128,9 @@ def majority_accuracy(version: Any) -> float:
     return max(counts.values()) / sum(counts.values())
 
 
-def untrained_bundle(cfg: PipelineConfig, version: Any, run_id: str, folder: Path,
-                     seed: int = 0) -> Path:
+def untrained_bundle(
+    cfg: PipelineConfig, version: Any, run_id: str, folder: Path, seed: int = 0
+) -> Path:
     """The bundle a run of ``cfg`` on ``version`` saves, with seeded untrained weights:
     a registered model for tests of what happens around a model (the gate, the registry),
     without a training run."""
@@ -165,20 +173,26 @@ def killing_once(source: Any, marker: Path) -> Any:
                         marker.touch()
                         os._exit(1)
                     yield from tables
+
                 return read
-            return [ReadTask(killing(t.read_fn), t.metadata)
-                    for t in super().get_read_tasks(parallelism, **kwargs)]
+
+            return [
+                ReadTask(killing(t.read_fn), t.metadata)
+                for t in super().get_read_tasks(parallelism, **kwargs)
+            ]
 
     class Killing(type(source)):  # type: ignore[misc]
         def read(self, items: Any, columns: Any) -> Any:
-            return ray.data.read_datasource(KillOnce(self, list(items), list(columns)),
-                                            override_num_blocks=len(items))
+            return ray.data.read_datasource(
+                KillOnce(self, list(items), list(columns)), override_num_blocks=len(items)
+            )
 
     return Killing(**{f.name: getattr(source, f.name) for f in dataclasses.fields(source)})
 
 
-def fitted_bundle(cfg: PipelineConfig, version: Any, run_id: str, folder: Path,
-                  steps: int = 300, seed: int = 0) -> Path:
+def fitted_bundle(
+    cfg: PipelineConfig, version: Any, run_id: str, folder: Path, steps: int = 300, seed: int = 0
+) -> Path:
     """The bundle a run of ``cfg`` on ``version`` saves, its MLP fitted here in a few
     hundred full-batch Adam steps (a classifier of the curated training rows): a model with
     learned behaviour for tests of checks, without a Ray Train run."""

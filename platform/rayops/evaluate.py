@@ -58,10 +58,16 @@ def _figures(scores: Scored, history: dict[str, list[tuple[int, float]]]) -> dic
         ax.imshow(matrix, cmap="Blues")
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, int(matrix[i, j]), ha="center", va="center")
-        ax.set(xticks=range(n), yticks=range(n), xticklabels=scores.classes,
-               yticklabels=scores.classes, xlabel="predicted", ylabel="actual",
-               title="Confusion matrix (validation)")
+                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center")
+        ax.set(
+            xticks=range(n),
+            yticks=range(n),
+            xticklabels=scores.classes,
+            yticklabels=scores.classes,
+            xlabel="predicted",
+            ylabel="actual",
+            title="Confusion matrix (validation)",
+        )
         figures["plots/confusion_matrix.png"] = fig
     elif len(scores.actual):  # a recommender's ranks have no predicted-vs-actual
         ax.scatter(scores.actual, scores.predicted, s=4, alpha=0.4)

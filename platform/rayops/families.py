@@ -19,20 +19,28 @@ Family = Any
 
 _FAMILIES: dict[str, Family] = {}
 # rayops' own, imported when first asked for (xgboost is an optional dependency).
-_BUILT_IN = {"mlp": "rayops.models.mlp", "xgboost": "rayops.models.xgboost",
-             "bpr": "rayops.models.recommend", "sasrec": "rayops.models.recommend"}
+_BUILT_IN = {
+    "mlp": "rayops.models.mlp",
+    "xgboost": "rayops.models.xgboost",
+    "bpr": "rayops.models.recommend",
+    "sasrec": "rayops.models.recommend",
+}
 # The tasks each of rayops' own families learns, known without importing it.
-BUILT_IN_TASKS = {"mlp": ("classification", "regression", "forecasting"),
-                  "xgboost": ("classification", "regression", "forecasting"),
-                  "bpr": ("recommendation",), "sasrec": ("recommendation",)}
+BUILT_IN_TASKS = {
+    "mlp": ("classification", "regression", "forecasting"),
+    "xgboost": ("classification", "regression", "forecasting"),
+    "bpr": ("recommendation",),
+    "sasrec": ("recommendation",),
+}
 
 
 def register_family(family: Family) -> Family:
     """Make ``family`` known by its name (another family under a known name is refused)."""
     known = _FAMILIES.get(family.name)
     if known is not None and type(known) is not type(family):
-        raise ValueError(f"model family {family.name!r} is registered already "
-                         f"({type(known).__name__})")
+        raise ValueError(
+            f"model family {family.name!r} is registered already ({type(known).__name__})"
+        )
     _FAMILIES[family.name] = family
     return family
 
@@ -60,9 +68,11 @@ def family_named(name: str) -> Family:
     try:
         return _FAMILIES[name]
     except KeyError:
-        raise ConfigError(f"unknown model family {name!r} (known: "
-                          f"{', '.join(family_names())}); a plugin's family is known once "
-                          "its module is imported (model.plugins)") from None
+        raise ConfigError(
+            f"unknown model family {name!r} (known: "
+            f"{', '.join(family_names())}); a plugin's family is known once "
+            "its module is imported (model.plugins)"
+        ) from None
 
 
 def import_plugins(modules: Sequence[str]) -> None:

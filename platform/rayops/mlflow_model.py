@@ -12,13 +12,14 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from rayops.forecast import forecast_frame
 from rayops.predict import Predictor
 from rayops.recommend import recommend_frame
 
 
-class RayopsModel(mlflow.pyfunc.PythonModel):
+class RayopsModel(PythonModel):
     """Raw records (a DataFrame of feature columns) in, predictions out; for a forecaster,
     observations of series in, forecasts out (:func:`rayops.forecast.forecast_frame`); for
     a recommender, users' interactions in, their top items out
@@ -33,11 +34,15 @@ class RayopsModel(mlflow.pyfunc.PythonModel):
         if self.predictor.preprocessor.interactions is not None:  # a user's, top items out
             return recommend_frame(self.predictor, model_input)
         rows = self.predictor.predict(model_input)
-        return pd.DataFrame([
-            {"prediction": r["prediction"],
-             **{f"probability_{c}": p for c, p in r.get("probabilities", {}).items()}}
-            for r in rows
-        ])
+        return pd.DataFrame(
+            [
+                {
+                    "prediction": r["prediction"],
+                    **{f"probability_{c}": p for c, p in r.get("probabilities", {}).items()},
+                }
+                for r in rows
+            ]
+        )
 
 
 mlflow.models.set_model(RayopsModel())

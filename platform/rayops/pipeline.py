@@ -42,10 +42,15 @@ class PipelineResult:
     url: str | None
 
 
-def train_and_register(cfg: PipelineConfig, version: DatasetVersion | None = None,
-                       sweep: bool | None = None, resume: bool = False,
-                       dataset_version: int | None = None, promote: bool = True,
-                       record_name: str | None = None) -> ModelResult:
+def train_and_register(
+    cfg: PipelineConfig,
+    version: DatasetVersion | None = None,
+    sweep: bool | None = None,
+    resume: bool = False,
+    dataset_version: int | None = None,
+    promote: bool = True,
+    record_name: str | None = None,
+) -> ModelResult:
     """A training run (or a sweep, when tune.enabled) registered and gated: if it beats the
     current champion on the same validation data it becomes ``challenger``, and
     ``champion`` when ``promote``. It trains on ``version``, else on ``dataset_version``
@@ -54,8 +59,10 @@ def train_and_register(cfg: PipelineConfig, version: DatasetVersion | None = Non
     ``version`` if it never began)."""
     if version is None and dataset_version is not None:
         if resume:
-            raise ConfigError("--resume continues on the dataset version the run started "
-                              f"on; drop --dataset-version {dataset_version}")
+            raise ConfigError(
+                "--resume continues on the dataset version the run started "
+                f"on; drop --dataset-version {dataset_version}"
+            )
         version = load_version(cfg, dataset_version)
     if cfg.tune.enabled if sweep is None else sweep:
         swept = _continued(run_sweep, cfg, version, resume, record_name)
@@ -63,9 +70,13 @@ def train_and_register(cfg: PipelineConfig, version: DatasetVersion | None = Non
         trained_on = swept.dataset_version
         if cfg.tune.final_model == "retrain":
             final = f"{record_name}-final" if record_name else None
-            retrained = _continued(run_training, cfg.with_overrides(swept.best_config),
-                                   version or load_version(cfg, trained_on),
-                                   resume and final is not None, final)
+            retrained = _continued(
+                run_training,
+                cfg.with_overrides(swept.best_config),
+                version or load_version(cfg, trained_on),
+                resume and final is not None,
+                final,
+            )
             run_id, metrics, model_uri = retrained.run_id, retrained.metrics, retrained.model_uri
             trained_on = retrained.dataset_version
     else:
@@ -78,8 +89,13 @@ def train_and_register(cfg: PipelineConfig, version: DatasetVersion | None = Non
     return ModelResult(run_id, metrics, decision, version.id)
 
 
-def _continued(run: Callable[..., Any], cfg: PipelineConfig, version: DatasetVersion | None,
-               resume: bool, record_name: str | None) -> Any:
+def _continued(
+    run: Callable[..., Any],
+    cfg: PipelineConfig,
+    version: DatasetVersion | None,
+    resume: bool,
+    record_name: str | None,
+) -> Any:
     """``run`` (a training run or a sweep) resumed, or new. A named run that never began
     (its caller stopped before it) starts now, under that name."""
     if not resume:
@@ -97,15 +113,15 @@ def run_pipeline(cfg: PipelineConfig, deploy: bool = True) -> PipelineResult:
     from rayops import serve
 
     steps = 3 + int(deploy)
-    logger.info("[1/%d] ingest: %s -> curated dataset %r", steps, cfg.data.source,
-                cfg.dataset_name)
+    logger.info("[1/%d] ingest: %s -> curated dataset %r", steps, cfg.data.source, cfg.dataset_name)
     version = ingest(cfg)
     logger.info("[2/%d] %s on %s", steps, "sweep" if cfg.tune.enabled else "train", version.id)
     model = train_and_register(cfg, version)
     logger.info("[3/%d] %s", steps, model.decision.summary())
     url = None
     if deploy:
-        logger.info("[4/%d] deploy %s@%s with Ray Serve", steps, cfg.model_name,
-                    cfg.serve.model_alias)
+        logger.info(
+            "[4/%d] deploy %s@%s with Ray Serve", steps, cfg.model_name, cfg.serve.model_alias
+        )
         url = serve.deploy(cfg)
     return PipelineResult(version, model, url)

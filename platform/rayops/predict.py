@@ -67,8 +67,9 @@ class Predictor:
         out = self.bundle.model.outputs(x, self.preprocessor.rules.probabilities)
         if not np.isfinite(out).all():  # a diverged model: fail, never answer NaN
             bad = int((~np.isfinite(out)).any(axis=1).sum())
-            raise PredictionError(f"the model gave non-finite outputs for {bad} of "
-                                  f"{len(out)} record(s)")
+            raise PredictionError(
+                f"the model gave non-finite outputs for {bad} of {len(out)} record(s)"
+            )
         return out
 
     def predict_matrix(self, x: np.ndarray) -> list[dict[str, Any]]:
@@ -87,5 +88,4 @@ class Predictor:
 
     def predict_records(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """:meth:`predict` for records as a request carries them (dicts of feature values)."""
-        return self.predict_matrix(self._checked(validate_records(records,
-                                                                  self.feature_specs)))
+        return self.predict_matrix(self._checked(validate_records(records, self.feature_specs)))

@@ -41,8 +41,9 @@ def id_value(predictor: Predictor, column: str, value: str, where: str) -> Any:
     try:
         return int(value)
     except ValueError:
-        raise DataError(f"{where}: {value!r} is not an id of this model's {column} "
-                        "(integers)") from None
+        raise DataError(
+            f"{where}: {value!r} is not an id of this model's {column} (integers)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ class Prepared:
     seen: frozenset[str]  # the items the user has met: never answered
 
 
-def prepare(predictor: Predictor, user: str, curated: pa.Table | None,
-            recent_items: Sequence[str], k: int) -> Prepared:
+def prepare(
+    predictor: Predictor, user: str, curated: pa.Table | None, recent_items: Sequence[str], k: int
+) -> Prepared:
     """A request for ``user``'s top ``k``: ``curated`` holds the user's interactions in the
     data (None or empty: none), ``recent_items`` those of the session since."""
     layout = layout_of(predictor)
@@ -64,9 +66,9 @@ def prepare(predictor: Predictor, user: str, curated: pa.Table | None,
     seen = frozenset(str(i) for i in rows.column(layout.item).to_pylist())
     examples = ranking_examples(rows, layout) if rows.num_rows else None
     known = examples is not None and (
-        examples.column(USER)[0].as_py() > 0 or not _reads_user(predictor))
-    row = predictor.preprocessor.transform(examples)[0] if known and examples is not None \
-        else None
+        examples.column(USER)[0].as_py() > 0 or not _reads_user(predictor)
+    )
+    row = predictor.preprocessor.transform(examples)[0] if known and examples is not None else None
     return Prepared(user, k, row, seen)
 
 
@@ -74,8 +76,13 @@ def _reads_user(predictor: Predictor) -> bool:
     return bool(getattr(predictor.bundle.model, "reads_user", False))
 
 
-def _interactions(predictor: Predictor, layout: InteractionLayout, user: str,
-                  curated: pa.Table | None, recent: Sequence[str]) -> pa.Table:
+def _interactions(
+    predictor: Predictor,
+    layout: InteractionLayout,
+    user: str,
+    curated: pa.Table | None,
+    recent: Sequence[str],
+) -> pa.Table:
     """The user's curated interactions, then the recent items one microsecond apart after
     them (and after now), typed by the model's column contract."""
     columns = [c for c in (layout.user, layout.item, layout.timestamp, layout.rating) if c]
@@ -84,10 +91,14 @@ def _interactions(predictor: Predictor, layout: InteractionLayout, user: str,
     start = dt.datetime.now(dt.UTC)
     if parts:
         start = max(start, pc.max(parts[0].column(layout.timestamp)).as_py())
-    records = [{layout.user: id_value(predictor, layout.user, user, "user"),
-                layout.item: id_value(predictor, layout.item, item, f"recent_items[{i}]"),
-                layout.timestamp: (start + dt.timedelta(microseconds=i + 1)).isoformat()}
-               for i, item in enumerate(recent)]
+    records = [
+        {
+            layout.user: id_value(predictor, layout.user, user, "user"),
+            layout.item: id_value(predictor, layout.item, item, f"recent_items[{i}]"),
+            layout.timestamp: (start + dt.timedelta(microseconds=i + 1)).isoformat(),
+        }
+        for i, item in enumerate(recent)
+    ]
     typed = validate_records(records, specs)
     bad = first_error(typed)
     if bad is not None:
@@ -106,21 +117,24 @@ def answer(predictor: Predictor, requests: Sequence[Prepared]) -> list[dict[str,
         width = max(len(r.row) for r in ranked)  # type: ignore[arg-type]
         x = np.zeros((len(ranked), width), dtype=np.float32)
         for i, r in enumerate(ranked):
-            x[i, :len(r.row)] = r.row  # type: ignore[arg-type]
+            x[i, : len(r.row)] = r.row  # type: ignore[arg-type]
         k = max(r.k for r in ranked)
         outputs = predictor.bundle.model.top(x, k)  # type: ignore[attr-defined]
         answers = pre.rules.answers(outputs, {**pre.label_state, "k": k})
         for r, a in zip(ranked, answers, strict=True):
-            found[id(r)] = {"items": a["items"][:r.k], "fallback": False}
+            found[id(r)] = {"items": a["items"][: r.k], "fallback": False}
     return [found.get(id(r)) or popular(layout, r) for r in requests]
 
 
 def popular(layout: InteractionLayout, request: Prepared) -> dict[str, Any]:
     """The most popular items the user has not met, scored by their share of positives."""
     total = sum(count for _, count in layout.popular) or 1
-    items = [{"item": item, "score": round(count / total, 6)}
-             for item, count in layout.popular if item not in request.seen]
-    return {"items": items[:request.k], "fallback": True}
+    items = [
+        {"item": item, "score": round(count / total, 6)}
+        for item, count in layout.popular
+        if item not in request.seen
+    ]
+    return {"items": items[: request.k], "fallback": True}
 
 
 def recommend_frame(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
@@ -131,11 +145,11 @@ def recommend_frame(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
     examples = ranking_examples(typed, layout)
     pre = predictor.preprocessor
     answers = pre.rules.answers(predictor.outputs(pre.transform(examples)), pre.label_state)
-    out = [{layout.user: user, "rank": rank + 1, "item": entry["item"],
-            "score": entry["score"]}
-           for user, answer in zip(examples.column(layout.user).to_pylist(), answers,
-                                   strict=True)
-           for rank, entry in enumerate(answer["items"])]
+    out = [
+        {layout.user: user, "rank": rank + 1, "item": entry["item"], "score": entry["score"]}
+        for user, answer in zip(examples.column(layout.user).to_pylist(), answers, strict=True)
+        for rank, entry in enumerate(answer["items"])
+    ]
     return pd.DataFrame(out, columns=[layout.user, "rank", "item", "score"])
 
 

@@ -22,8 +22,19 @@ logger = logging.getLogger(__name__)
 
 # Loggers of the libraries under rayops; quiet mode sends them to the log file. Ray's,
 # Ray Data's and Serve's get their console handlers when first imported.
-_LIBRARIES = ("ray", "ray.data", "ray.serve", "ray.tune", "ray.train", "mlflow", "alembic",
-              "urllib3", "optuna", "py.warnings", "filelock")
+_LIBRARIES = (
+    "ray",
+    "ray.data",
+    "ray.serve",
+    "ray.tune",
+    "ray.train",
+    "mlflow",
+    "alembic",
+    "urllib3",
+    "optuna",
+    "py.warnings",
+    "filelock",
+)
 KEEP_LOGS = 50  # a command's log files beyond the newest this many are removed
 
 
@@ -46,8 +57,9 @@ def setup_logging(verbose: bool = True) -> Output:
     ours.handlers, ours.propagate = [console], False
     ours.setLevel(logging.INFO)
     if verbose:
-        logging.basicConfig(level=logging.WARNING,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         return Output(True, None)
     # MLflow and Ray configure their own loggers when first imported: ask MLflow not to,
     # and import Ray now so that its handlers can be replaced.
@@ -93,8 +105,7 @@ def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    options: dict[str, Any] = {"logging_level": logging.WARNING,
-                               "log_to_driver": log_to_driver}
+    options: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": log_to_driver}
     if address:
         ray.init(address=address, **options)
     else:
@@ -107,8 +118,12 @@ def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:
         # kept on a terminal, where it redraws in place; off in logs and pipes.
         ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
     resources = ray.cluster_resources()
-    logger.info("Ray: %s CPUs, %s GPUs (%s)", f"{resources.get('CPU', 0):g}",
-                f"{resources.get('GPU', 0):g}", address or "local")
+    logger.info(
+        "Ray: %s CPUs, %s GPUs (%s)",
+        f"{resources.get('CPU', 0):g}",
+        f"{resources.get('GPU', 0):g}",
+        address or "local",
+    )
 
 
 def connect(cfg: PipelineConfig, output: Output | None = None) -> None:
@@ -152,8 +167,11 @@ def say_how_to_resume_when_stopped(command: Sequence[str] | None = None) -> None
     again = [a for a in again if a != "--resume"] + ["--resume"]
 
     def stopped(signum: int, frame: Any) -> None:
-        print(f"stopped: the run is resumable; submit it again with --resume: "
-              f"{' '.join(again)}", file=sys.stderr, flush=True)
+        print(
+            f"stopped: the run is resumable; submit it again with --resume: {' '.join(again)}",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stopped)

@@ -47,8 +47,13 @@ class Location:
         """A location of this filesystem from a full path or URI delta-rs reports."""
         for prefix in ("s3://", "file://"):
             path = path.removeprefix(prefix)
-        return Location(self.fs, path, ("s3://" + path) if not self.is_local else path,
-                        self.endpoint, self.options)
+        return Location(
+            self.fs,
+            path,
+            ("s3://" + path) if not self.is_local else path,
+            self.endpoint,
+            self.options,
+        )
 
     @property
     def is_local(self) -> bool:
@@ -60,12 +65,18 @@ class Location:
             self.fs,
             posixpath.join(self.path, *clean) if clean else self.path,
             "/".join([self.uri.rstrip("/"), *clean]) if clean else self.uri,
-            self.endpoint, self.options,
+            self.endpoint,
+            self.options,
         )
 
     def parent(self) -> Location:
-        return Location(self.fs, posixpath.dirname(self.path), self.uri.rsplit("/", 1)[0],
-                        self.endpoint, self.options)
+        return Location(
+            self.fs,
+            posixpath.dirname(self.path),
+            self.uri.rsplit("/", 1)[0],
+            self.endpoint,
+            self.options,
+        )
 
     @contextlib.contextmanager
     def io(self, operation: str) -> Iterator[None]:
@@ -77,8 +88,7 @@ class Location:
             raise
         except OSError as exc:
             where = f" on endpoint {self.endpoint}" if self.endpoint else ""
-            raise StorageError(f"cannot {operation} {self.uri}{where}: {one_line(exc)}"
-                               ) from None
+            raise StorageError(f"cannot {operation} {self.uri}{where}: {one_line(exc)}") from None
 
     def exists(self) -> bool:
         with self.io("look up"):
@@ -140,11 +150,9 @@ class Location:
             return _link_if_absent(self, data)
         bucket, _, key = self.path.partition("/")
         try:
-            _s3_client(self.options).put_object(Bucket=bucket, Key=key, Body=data,
-                                                IfNoneMatch="*")
+            _s3_client(self.options).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
         except Exception as exc:
-            status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get(
-                "HTTPStatusCode")
+            status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
             # 412: the object exists; 409: another conditional write of it is in flight
             if status in (409, 412):
                 return False
@@ -169,16 +177,24 @@ class Location:
         """Copy everything under this location into a local folder."""
         dest.mkdir(parents=True, exist_ok=True)
         with self.io("download"):
-            pafs.copy_files(self.path, str(dest), source_filesystem=self.fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+            pafs.copy_files(
+                self.path,
+                str(dest),
+                source_filesystem=self.fs,
+                destination_filesystem=pafs.LocalFileSystem(),
+            )
         return dest
 
     def upload_dir(self, src: Path) -> None:
         """Copy a local folder's contents to this location."""
         self.makedirs()
         with self.io("upload to"):
-            pafs.copy_files(str(src), self.path, source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=self.fs)
+            pafs.copy_files(
+                str(src),
+                self.path,
+                source_filesystem=pafs.LocalFileSystem(),
+                destination_filesystem=self.fs,
+            )
 
 
 def _link_if_absent(location: Location, data: bytes) -> bool:
@@ -204,15 +220,19 @@ def _s3_client(options: dict[str, str]) -> Any:
     from botocore.config import Config
 
     return boto3.client(
-        "s3", endpoint_url=options.get("AWS_ENDPOINT_URL"),
+        "s3",
+        endpoint_url=options.get("AWS_ENDPOINT_URL"),
         region_name=options.get("AWS_REGION"),
         aws_access_key_id=options.get("AWS_ACCESS_KEY_ID"),
         aws_secret_access_key=options.get("AWS_SECRET_ACCESS_KEY"),
         aws_session_token=options.get("AWS_SESSION_TOKEN"),
-        config=Config(retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
-                      connect_timeout=S3_CONNECT_TIMEOUT_S, read_timeout=S3_REQUEST_TIMEOUT_S,
-                      s3={"addressing_style": "path"} if "AWS_ENDPOINT_URL" in options
-                      else None))
+        config=Config(
+            retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+            connect_timeout=S3_CONNECT_TIMEOUT_S,
+            read_timeout=S3_REQUEST_TIMEOUT_S,
+            s3={"addressing_style": "path"} if "AWS_ENDPOINT_URL" in options else None,
+        ),
+    )
 
 
 # Transient S3 errors (throttling, resets, 5xx, a restarting endpoint) are retried with
@@ -223,14 +243,19 @@ S3_CONNECT_TIMEOUT_S = 5.0
 S3_REQUEST_TIMEOUT_S = 60.0
 
 
-def s3_filesystem(endpoint_url: str | None = None, region: str | None = None,
-                  credentials: dict[str, str] | None = None) -> pafs.S3FileSystem:
+def s3_filesystem(
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    credentials: dict[str, str] | None = None,
+) -> pafs.S3FileSystem:
     """pyarrow's S3 client; credentials from ``credentials`` or else the environment."""
     # ensure_bucket creates a missing bucket (never deletes one).
     kwargs: dict[str, Any] = {
-        **(credentials or {}), "allow_bucket_creation": True,
+        **(credentials or {}),
+        "allow_bucket_creation": True,
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
-        "connect_timeout": S3_CONNECT_TIMEOUT_S, "request_timeout": S3_REQUEST_TIMEOUT_S,
+        "connect_timeout": S3_CONNECT_TIMEOUT_S,
+        "request_timeout": S3_REQUEST_TIMEOUT_S,
     }
     if endpoint_url:
         parsed = urlparse(endpoint_url)
@@ -246,12 +271,18 @@ def s3_filesystem(endpoint_url: str | None = None, region: str | None = None,
     return pafs.S3FileSystem(**kwargs)
 
 
-def delta_options(endpoint_url: str | None = None, region: str | None = None,
-                  credentials: dict[str, str] | None = None) -> dict[str, str]:
+def delta_options(
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    credentials: dict[str, str] | None = None,
+) -> dict[str, str]:
     """delta-rs storage options for the same S3 place :func:`s3_filesystem` reaches.
     Commits use S3's conditional writes (no lock service)."""
-    names = {"access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_ACCESS_KEY",
-             "session_token": "AWS_SESSION_TOKEN"}
+    names = {
+        "access_key": "AWS_ACCESS_KEY_ID",
+        "secret_key": "AWS_SECRET_ACCESS_KEY",
+        "session_token": "AWS_SESSION_TOKEN",
+    }
     options = {names[k]: v for k, v in (credentials or {}).items() if k in names}
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if endpoint_url:
@@ -264,22 +295,33 @@ def delta_options(endpoint_url: str | None = None, region: str | None = None,
     return options
 
 
-def resolve(uri: str, endpoint_url: str | None = None, region: str | None = None,
-            credentials: dict[str, str] | None = None) -> Location:
+def resolve(
+    uri: str,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    credentials: dict[str, str] | None = None,
+) -> Location:
     """Turn a URI or local path into a :class:`Location`."""
     if uri.startswith("s3://"):
         path = uri[len("s3://") :].strip("/")
         if not path:
             raise StorageError(f"storage URI {uri!r} names no bucket")
-        return Location(s3_filesystem(endpoint_url, region, credentials), path, "s3://" + path,
-                        endpoint_url, delta_options(endpoint_url, region, credentials))
+        return Location(
+            s3_filesystem(endpoint_url, region, credentials),
+            path,
+            "s3://" + path,
+            endpoint_url,
+            delta_options(endpoint_url, region, credentials),
+        )
     if uri.startswith("file://"):
         local = urlparse(uri).path
         return Location(pafs.LocalFileSystem(), local, "file://" + local)
     if "://" in uri:
         scheme = uri.split("://", 1)[0]
-        raise StorageError(f"storage URI {uri!r}: scheme {scheme!r} is not supported; use s3://, "
-                           "file:// or a local path")
+        raise StorageError(
+            f"storage URI {uri!r}: scheme {scheme!r} is not supported; use s3://, "
+            "file:// or a local path"
+        )
     local = str(Path(uri).expanduser().resolve())
     return Location(pafs.LocalFileSystem(), local, local)
 
@@ -304,10 +346,16 @@ def ensure_bucket(location: Location) -> None:
 
 
 def _credentials(storage: StorageConfig) -> dict[str, str]:
-    names = {"access_key_id": "access_key", "secret_access_key": "secret_key",
-             "session_token": "session_token"}
-    return {arg: secret.get_secret_value() for field, arg in names.items()
-            if (secret := getattr(storage, field)) is not None}
+    names = {
+        "access_key_id": "access_key",
+        "secret_access_key": "secret_key",
+        "session_token": "session_token",
+    }
+    return {
+        arg: secret.get_secret_value()
+        for field, arg in names.items()
+        if (secret := getattr(storage, field)) is not None
+    }
 
 
 def root_of(storage: StorageConfig) -> Location:

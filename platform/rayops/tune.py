@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 # The trial's own process only waits on its TorchTrainer; it must still ask for some
 # resource, so it asks for a little memory instead of a CPU the workers need.
-TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
+TRIAL_DRIVER_RESOURCES: dict[str, float] = {"CPU": 0, "memory": 256 * 1024**2}
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,7 @@ def search_space(cfg: PipelineConfig) -> dict[str, Any]:
     return {key: _distribution(dim, grid) for key, dim in cfg.tune.search_space.items()}
 
 
-def _search_algorithm(cfg: PipelineConfig, told: list[tracking.TrialRun] | None = None
-                      ) -> Any:
+def _search_algorithm(cfg: PipelineConfig, told: list[tracking.TrialRun] | None = None) -> Any:
     """Optuna's TPE (told the results of ``told`` trials, when a sweep resumes), or None
     for random and grid search (Tune's own variant generator)."""
     if cfg.tune.search != "optuna":
@@ -90,9 +89,13 @@ def _search_algorithm(cfg: PipelineConfig, told: list[tracking.TrialRun] | None 
 
     metric, mode = cfg.target_metric
     known = [t for t in told or [] if metric in t.best and t.config]
-    searcher = OptunaSearch(metric=metric, mode=mode, seed=cfg.train.seed,
-                            points_to_evaluate=[t.config for t in known] or None,
-                            evaluated_rewards=[t.best[metric] for t in known] or None)
+    searcher = OptunaSearch(
+        metric=metric,
+        mode=mode,
+        seed=cfg.train.seed,
+        points_to_evaluate=[t.config for t in known] or None,
+        evaluated_rewards=[t.best[metric] for t in known] or None,
+    )
     return ConcurrencyLimiter(searcher, max_concurrent=cfg.tune.max_concurrent_trials)
 
 
@@ -103,9 +106,12 @@ def _scheduler(cfg: PipelineConfig) -> Any:
     # model is logged) is the one that reaches it, so ASHA never cuts a finishing trial.
     boost = cfg.model.xgboost  # a sweep across families: the longer of the two
     reports = max(cfg.train.epochs, boost.max_rounds // boost.report_every + 1)
-    return ASHAScheduler(time_attr="training_iteration", max_t=reports + 1,
-                         grace_period=min(cfg.tune.scheduler.grace_period, reports),
-                         reduction_factor=cfg.tune.scheduler.reduction_factor)
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=reports + 1,
+        grace_period=min(cfg.tune.scheduler.grace_period, reports),
+        reduction_factor=cfg.tune.scheduler.reduction_factor,
+    )
 
 
 # What a trial gets beside its sampled values when a sweep resumes: the id and values of a
@@ -124,22 +130,39 @@ def sampled_values(config: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     return None, {**values, **config.get(POINT_KEY, {})}
 
 
-def _trial_run(cfg: PipelineConfig, version: DatasetVersion, sampled: dict[str, Any],
-               parent_run_id: str, trial_id: str) -> str:
+def _trial_run(
+    cfg: PipelineConfig,
+    version: DatasetVersion,
+    sampled: dict[str, Any],
+    parent_run_id: str,
+    trial_id: str,
+) -> str:
     """The trial's MLflow run: the one an earlier attempt left, or a new one."""
     existing = tracking.trial_runs(cfg.tracking, cfg.experiment_name, parent_run_id)
     if trial_id in existing:
         return existing[trial_id]
     return tracking.start_run(
-        cfg.tracking, cfg.experiment_name, f"trial-{trial_id}",
-        params={**run_params(cfg, version), "sampled": sampled}, parent_run_id=parent_run_id,
-        tags={tracking.TRIAL_TAG: trial_id, tracking.DATASET_TAG: version.id,
-              tracking.TRIAL_CONFIG_TAG: json.dumps(sampled, sort_keys=True)},
+        cfg.tracking,
+        cfg.experiment_name,
+        f"trial-{trial_id}",
+        params={**run_params(cfg, version), "sampled": sampled},
+        parent_run_id=parent_run_id,
+        tags={
+            tracking.TRIAL_TAG: trial_id,
+            tracking.DATASET_TAG: version.id,
+            tracking.TRIAL_CONFIG_TAG: json.dumps(sampled, sort_keys=True),
+        },
     )
 
 
-def run_trial(config: dict[str, Any], *, base: PipelineConfig, version: DatasetVersion,
-              inputs: ModelInputs, parent_run_id: str) -> None:
+def run_trial(
+    config: dict[str, Any],
+    *,
+    base: PipelineConfig,
+    version: DatasetVersion,
+    inputs: ModelInputs,
+    parent_run_id: str,
+) -> None:
     """One trial: the base config with the sampled values, trained by the shared driver."""
     resumed, sampled = sampled_values(config)
     cfg = base.with_overrides(sampled)
@@ -152,8 +175,9 @@ def run_trial(config: dict[str, Any], *, base: PipelineConfig, version: DatasetV
     tracking.reopen_run(cfg.tracking, run_id)
     try:
         # The same trainer name on a restarted trial lets Ray Train resume its checkpoint.
-        outcome = fit_and_log(cfg, version, inputs, run_id, f"{cfg.name}-{trial_id}",
-                              callbacks=[TuneReportCallback()])
+        outcome = fit_and_log(
+            cfg, version, inputs, run_id, f"{cfg.name}-{trial_id}", callbacks=[TuneReportCallback()]
+        )
     except BaseException:
         with contextlib.suppress(Exception):  # MLflow may be what failed
             tracking.end_run(cfg.tracking, run_id, status="FAILED")
@@ -165,9 +189,13 @@ def run_trial(config: dict[str, Any], *, base: PipelineConfig, version: DatasetV
 
 
 def _trainable(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str) -> Any:
-    trainable = tune.with_parameters(run_trial, base=cfg, version=version,
-                                     inputs=load_inputs(version),
-                                     parent_run_id=parent_run_id)
+    trainable = tune.with_parameters(
+        run_trial,
+        base=cfg,
+        version=version,
+        inputs=load_inputs(version),
+        parent_run_id=parent_run_id,
+    )
     return tune.with_resources(trainable, TRIAL_DRIVER_RESOURCES)
 
 
@@ -182,8 +210,7 @@ def search_record(searcher: Any) -> dict[str, str]:
     from optuna.trial import TrialState
 
     told = sum(t.state == TrialState.COMPLETE for t in study.trials)
-    return {tracking.SAMPLER_TAG: type(study.sampler).__name__,
-            tracking.TRIALS_TOLD_TAG: str(told)}
+    return {tracking.SAMPLER_TAG: type(study.sampler).__name__, tracking.TRIALS_TOLD_TAG: str(told)}
 
 
 class TrialLines(tune.Callback):
@@ -192,92 +219,138 @@ class TrialLines(tune.Callback):
     def __init__(self, cfg: PipelineConfig) -> None:
         self.cfg = cfg
 
-    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any,
-                          **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         metric, _ = self.cfg.target_metric
         result = trial.last_result or {}
         value = result.get(metric)
         shown = "n/a" if value is None else f"{value:.4f}"
         resumed, values = sampled_values(trial.config)
-        sampled = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                            for k, v in values.items())
-        logger.info("trial %s: best %s %s at epoch %d  (%s)", resumed or trial.trial_id,
-                    metric, shown, int(result.get("epoch", 0)), sampled)
+        sampled = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()
+        )
+        logger.info(
+            "trial %s: best %s %s at epoch %d  (%s)",
+            resumed or trial.trial_id,
+            metric,
+            shown,
+            int(result.get("epoch", 0)),
+            sampled,
+        )
 
-    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any,
-                       **info: Any) -> None:
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         logger.warning("trial %s failed (details: %s)", trial.trial_id, trial.error_file)
 
 
-def _tuner(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str, name: str,
-           searcher: Any, param_space: dict[str, Any], samples: int) -> tune.Tuner:
+def _tuner(
+    cfg: PipelineConfig,
+    version: DatasetVersion,
+    parent_run_id: str,
+    name: str,
+    searcher: Any,
+    param_space: dict[str, Any],
+    samples: int,
+) -> tune.Tuner:
     metric, mode = cfg.target_metric
     storage = root_of(cfg.storage).join("tune")
     return tune.Tuner(
         _trainable(cfg, version, parent_run_id),
         param_space=param_space,
-        tune_config=tune.TuneConfig(metric=metric, mode=mode, num_samples=samples,
-                                    max_concurrent_trials=cfg.tune.max_concurrent_trials,
-                                    search_alg=searcher,
-                                    scheduler=_scheduler(cfg),
-                                    # one trial process serves trial after trial: no new
-                                    # process (and imports) per trial
-                                    reuse_actors=True),
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode=mode,
+            num_samples=samples,
+            max_concurrent_trials=cfg.tune.max_concurrent_trials,
+            search_alg=searcher,
+            scheduler=_scheduler(cfg),
+            # one trial process serves trial after trial: no new
+            # process (and imports) per trial
+            reuse_actors=True,
+        ),
         run_config=tune.RunConfig(
-            name=name, verbose=0, callbacks=[TrialLines(cfg)],
+            name=name,
+            verbose=0,
+            callbacks=[TrialLines(cfg)],
             storage_path=storage.uri if storage.is_local else storage.path,
             storage_filesystem=None if storage.is_local else storage.fs,
         ),
     )
 
 
-def _fresh(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str, name: str
-           ) -> tuple[tune.Tuner, Any]:
+def _fresh(
+    cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str, name: str
+) -> tuple[tune.Tuner, Any]:
     """The tuner of a new sweep, and its search algorithm."""
     searcher = _search_algorithm(cfg)
     samples = 1 if cfg.tune.search == "grid" else cfg.tune.num_samples  # grid: each once
-    return _tuner(cfg, version, parent_run_id, name, searcher, search_space(cfg),
-                  samples), searcher
+    return _tuner(cfg, version, parent_run_id, name, searcher, search_space(cfg), samples), searcher
 
 
 def grid_points(cfg: PipelineConfig) -> list[dict[str, Any]]:
     """Every combination of a grid search's choices (the other dimensions are sampled)."""
-    choices = {k: d.values for k, d in cfg.tune.search_space.items()
-               if isinstance(d, ChoiceDim)}
-    return [dict(zip(choices, combo, strict=True))
-            for combo in itertools.product(*choices.values())]
+    choices = {k: d.values for k, d in cfg.tune.search_space.items() if isinstance(d, ChoiceDim)}
+    return [
+        dict(zip(choices, combo, strict=True)) for combo in itertools.product(*choices.values())
+    ]
 
 
-def _resumed(cfg: PipelineConfig, version: DatasetVersion, record: RunRecord
-             ) -> list[tuple[tune.Tuner, Any]]:
+def _resumed(
+    cfg: PipelineConfig, version: DatasetVersion, record: RunRecord
+) -> list[tuple[tune.Tuner, Any]]:
     """The tuners that finish a sweep from what MLflow holds: one runs the trials that did
     not finish again (each as itself, from its checkpoints), one the trials never started."""
     parent = record.run_id
     trials = tracking.sweep_trials(cfg.tracking, cfg.experiment_name, parent)
     if any(not t.config for t in trials if not t.finished):
-        raise TrainingError(f"sweep {record.name} was started by an older rayops whose "
-                            "trials did not record their values; start a new sweep")
+        raise TrainingError(
+            f"sweep {record.name} was started by an older rayops whose "
+            "trials did not record their values; start a new sweep"
+        )
     tuners, suffix = [], uuid.uuid4().hex[:6]
     again = [{"trial": t.trial_id, "config": t.config} for t in trials if not t.finished]
     if again:
-        logger.info("running %d unfinished trial(s) again: %s", len(again),
-                    ", ".join(p["trial"] for p in again))
+        logger.info(
+            "running %d unfinished trial(s) again: %s",
+            len(again),
+            ", ".join(str(p["trial"]) for p in again),
+        )
         space = {RESUME_KEY: tune.grid_search(again)}
-        tuners.append((_tuner(cfg, version, parent, f"{record.name}-again-{suffix}", None,
-                              space, 1), None))
+        tuners.append(
+            (_tuner(cfg, version, parent, f"{record.name}-again-{suffix}", None, space, 1), None)
+        )
     if cfg.tune.search == "grid":
-        todo = [p for p in grid_points(cfg) if not any(
-            all(t.config.get(k) == v for k, v in p.items()) for t in trials)]
+        todo = [
+            p
+            for p in grid_points(cfg)
+            if not any(all(t.config.get(k) == v for k, v in p.items()) for t in trials)
+        ]
         if todo:
-            space = {**{k: v for k, v in search_space(cfg).items()
-                        if not isinstance(cfg.tune.search_space[k], ChoiceDim)},
-                     POINT_KEY: tune.grid_search(todo)}
-            tuners.append((_tuner(cfg, version, parent, f"{record.name}-rest-{suffix}",
-                                  None, space, 1), None))
+            space = {
+                **{
+                    k: v
+                    for k, v in search_space(cfg).items()
+                    if not isinstance(cfg.tune.search_space[k], ChoiceDim)
+                },
+                POINT_KEY: tune.grid_search(todo),
+            }
+            tuners.append(
+                (_tuner(cfg, version, parent, f"{record.name}-rest-{suffix}", None, space, 1), None)
+            )
     elif (left := cfg.tune.num_samples - len(trials)) > 0:
         searcher = _search_algorithm(cfg, [t for t in trials if t.finished])
-        tuners.append((_tuner(cfg, version, parent, f"{record.name}-rest-{suffix}",
-                              searcher, search_space(cfg), left), searcher))
+        tuners.append(
+            (
+                _tuner(
+                    cfg,
+                    version,
+                    parent,
+                    f"{record.name}-rest-{suffix}",
+                    searcher,
+                    search_space(cfg),
+                    left,
+                ),
+                searcher,
+            )
+        )
     return tuners
 
 
@@ -288,24 +361,31 @@ def _best(cfg: PipelineConfig, parent_run_id: str) -> tuple[tracking.TrialRun, i
     trials = tracking.sweep_trials(cfg.tracking, cfg.experiment_name, parent_run_id)
     scored = [t for t in trials if t.model_uri and metric in t.best]
     if not scored:
-        raise TrainingError(f"no trial of the sweep finished with a model; trials: "
-                            f"{sorted((t.trial_id, t.status) for t in trials)}")
+        raise TrainingError(
+            f"no trial of the sweep finished with a model; trials: "
+            f"{sorted((t.trial_id, t.status) for t in trials)}"
+        )
     pick = max if mode == "max" else min
     return pick(scored, key=lambda t: t.best[metric]), len(trials)
 
 
-def _start(cfg: PipelineConfig, version: DatasetVersion, name: str | None
-           ) -> RunRecord:
+def _start(cfg: PipelineConfig, version: DatasetVersion, name: str | None) -> RunRecord:
     parent = tracking.start_run(
-        cfg.tracking, cfg.experiment_name, f"{cfg.name}-sweep",
+        cfg.tracking,
+        cfg.experiment_name,
+        f"{cfg.name}-sweep",
         params={"tune": cfg.tune.model_dump(mode="json"), **run_params(cfg, version)},
         tags={tracking.DATASET_TAG: version.id, tracking.KIND_TAG: "sweep"},
     )
     return new_record(name or f"{cfg.name}-sweep-{parent[:8]}", parent, version)
 
 
-def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
-              resume: bool = False, record_name: str | None = None) -> SweepOutcome:
+def run_sweep(
+    cfg: PipelineConfig,
+    version: DatasetVersion | None = None,
+    resume: bool = False,
+    record_name: str | None = None,
+) -> SweepOutcome:
     """A tracked sweep; returns the best trial's config, metrics and logged model.
     ``resume`` finishes the last sweep that did not finish (``record_name``: that sweep,
     and its outcome if it finished already); a new sweep takes ``record_name`` as its
@@ -317,7 +397,7 @@ def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
     if resume:
         record, version = resumable(cfg, "sweep", record_name)
         if record.finished:
-            return _outcome(*_best(cfg, record.run_id), record.run_id)
+            return _outcome(*_best(cfg, record.run_id), record.run_id, version)
         tuners = _resumed(cfg, version, record)
     else:
         version = version or load_version(cfg)
@@ -325,7 +405,7 @@ def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
         tuners = [_fresh(cfg, version, record.run_id, record.name)]
     parent = record.run_id
     try:
-        results = [result for tuner, _ in tuners for result in tuner.fit()]
+        results = [result for tuner, _ in tuners for result in tuner.fit()]  # type: ignore[attr-defined]
         best, trials = _best(cfg, parent)
     except (KeyboardInterrupt, SystemExit):  # stopped, not failed: `--resume` picks it up
         raise
@@ -337,8 +417,7 @@ def run_sweep(cfg: PipelineConfig, version: DatasetVersion | None = None,
     outcome = _finish(cfg, results, best, trials, parent, version)
     searchers = [searcher for _, searcher in tuners if searcher is not None]
     if searchers or not resume:  # a resume that sampled nothing keeps the sweep's tags
-        tracking.set_tags(cfg.tracking, parent,
-                          search_record(searchers[-1] if searchers else None))
+        tracking.set_tags(cfg.tracking, parent, search_record(searchers[-1] if searchers else None))
     write_record(folder, record, status="finished")
     return outcome
 
@@ -354,27 +433,45 @@ def _ended(results: list[Any]) -> set[str]:
     return ended
 
 
-def _finish(cfg: PipelineConfig, results: list[Any], best: tracking.TrialRun, trials: int,
-            parent: str, version: DatasetVersion) -> SweepOutcome:
-    stopped = tracking.close_unfinished_children(cfg.tracking, cfg.experiment_name, parent,
-                                                 _ended(results))
+def _finish(
+    cfg: PipelineConfig,
+    results: list[Any],
+    best: tracking.TrialRun,
+    trials: int,
+    parent: str,
+    version: DatasetVersion,
+) -> SweepOutcome:
+    stopped = tracking.close_unfinished_children(
+        cfg.tracking, cfg.experiment_name, parent, _ended(results)
+    )
     outcome = _outcome(best, trials, parent, version)
-    tracking.log_metrics(cfg.tracking, parent,
-                         {f"best_{k}": v for k, v in outcome.metrics.items()}, step=0)
-    tracking.set_tags(cfg.tracking, parent, {tracking.BEST_RUN_TAG: best.run_id,
-                                             tracking.MODEL_URI_TAG: best.model_uri})
+    tracking.log_metrics(
+        cfg.tracking, parent, {f"best_{k}": v for k, v in outcome.metrics.items()}, step=0
+    )
+    tracking.set_tags(
+        cfg.tracking,
+        parent,
+        {tracking.BEST_RUN_TAG: best.run_id, tracking.MODEL_URI_TAG: outcome.model_uri},
+    )
     tracking.log_params(cfg.tracking, parent, {f"best.{k}": v for k, v in best.config.items()})
     tracking.end_run(cfg.tracking, parent)
     metric, _ = cfg.target_metric
-    logger.info("sweep done: %d trial(s), %d stopped early; best %s %.4f (trial %s)",
-                outcome.trials, stopped, metric, outcome.metrics.get(metric, float("nan")),
-                best.trial_id)
+    logger.info(
+        "sweep done: %d trial(s), %d stopped early; best %s %.4f (trial %s)",
+        outcome.trials,
+        stopped,
+        metric,
+        outcome.metrics.get(metric, float("nan")),
+        best.trial_id,
+    )
     return outcome
 
 
-def _outcome(best: tracking.TrialRun, trials: int, parent: str, version: DatasetVersion
-             ) -> SweepOutcome:
+def _outcome(
+    best: tracking.TrialRun, trials: int, parent: str, version: DatasetVersion
+) -> SweepOutcome:
     numbers = {k: float(v) for k, v in best.best.items() if k.startswith(("valid_", "train_"))}
     assert best.model_uri is not None
-    return SweepOutcome(parent, best.run_id, dict(best.config), numbers, best.model_uri,
-                        trials, version.version)
+    return SweepOutcome(
+        parent, best.run_id, dict(best.config), numbers, best.model_uri, trials, version.version
+    )

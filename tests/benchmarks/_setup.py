@@ -19,8 +19,15 @@ def start_bench(name: str, **ray_options: Any) -> Path:
     import ray
 
     work = Path(tempfile.mkdtemp(prefix=f"rayops-{name}-"))
-    ray.init(**{"num_cpus": os.cpu_count(), "_node_ip_address": "127.0.0.1",
-                "include_dashboard": False, "logging_level": logging.WARNING, **ray_options})
+    ray.init(
+        **{
+            "num_cpus": os.cpu_count(),
+            "_node_ip_address": "127.0.0.1",
+            "include_dashboard": False,
+            "logging_level": logging.WARNING,
+            **ray_options,
+        }
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
     return work
 
@@ -28,8 +35,10 @@ def start_bench(name: str, **ray_options: Any) -> Path:
 def demo_config(work: Path, *overrides: str) -> PipelineConfig:
     """The demo config with ``storage.root`` and ``tracking.uri`` under ``work``, then
     ``overrides`` (later ones win)."""
-    return load_config(config_path(), [f"storage.root={work}/lake",
-                                       f"tracking.uri=sqlite:///{work}/mlflow.db", *overrides])
+    return load_config(
+        config_path(),
+        [f"storage.root={work}/lake", f"tracking.uri=sqlite:///{work}/mlflow.db", *overrides],
+    )
 
 
 def package_dir(name: str) -> Path:

@@ -102,9 +102,16 @@ def baseline(cfg: PipelineConfig, out: Location) -> int:
     fit(stats.merge([summary.stats]), cfg.data)
     schema = rows_schema(cfg.data)
     table = delta.ensure_table(rows_table, schema, [SPLIT])
-    delta.commit(rows_table, table, [delta.action_from_dict(a) for a in written],
-                 mode="append", schema=schema, partition_by=[SPLIT], metadata={},
-                 transaction=delta.Transaction("bench", 1))
+    delta.commit(
+        rows_table,
+        table,
+        [delta.action_from_dict(a) for a in written],
+        mode="append",
+        schema=schema,
+        partition_by=[SPLIT],
+        metadata={},
+        transaction=delta.Transaction("bench", 1),
+    )
     return summary.read
 
 
@@ -113,12 +120,18 @@ def measure(name: str, fn: Any) -> dict[str, Any]:
         start = time.perf_counter()
         rows = fn()
         seconds = time.perf_counter() - start
-    figures = {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
-               "peak_rss_mb": round(memory.peak_tree / 2**20),
-               "peak_driver_rss_mb": round(memory.peak_self / 2**20)}
-    print(f"{name:28s} {rows:>9,} rows in {seconds:7.1f}s = {figures['rows_per_s']:>9,} rows/s"
-          f"  peak RSS {figures['peak_rss_mb']:,} MB (driver {figures['peak_driver_rss_mb']} MB)",
-          flush=True)
+    figures = {
+        "rows": rows,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(rows / seconds),
+        "peak_rss_mb": round(memory.peak_tree / 2**20),
+        "peak_driver_rss_mb": round(memory.peak_self / 2**20),
+    }
+    print(
+        f"{name:28s} {rows:>9,} rows in {seconds:7.1f}s = {figures['rows_per_s']:>9,} rows/s"
+        f"  peak RSS {figures['peak_rss_mb']:,} MB (driver {figures['peak_driver_rss_mb']} MB)",
+        flush=True,
+    )
     return figures
 
 
@@ -135,10 +148,14 @@ def run_store(label: str, cfg: PipelineConfig, rows: int, files: int) -> dict[st
     warm_up(cfg)
     start = time.perf_counter()
     written = generate(file_source(cfg).location, rows, files)
-    print(f"[{label}] generated {written:,} rows in {files} CSV files "
-          f"({time.perf_counter() - start:.0f}s)", flush=True)
-    base = measure(f"[{label}] pyarrow baseline", lambda: baseline(
-        cfg, root_of(cfg.storage).join("baseline")))
+    print(
+        f"[{label}] generated {written:,} rows in {files} CSV files "
+        f"({time.perf_counter() - start:.0f}s)",
+        flush=True,
+    )
+    base = measure(
+        f"[{label}] pyarrow baseline", lambda: baseline(cfg, root_of(cfg.storage).join("baseline"))
+    )
     ray_figs = measure(f"[{label}] rayops ingest", lambda: ingest(cfg).manifest.rows.read)
     ratio = ray_figs["rows_per_s"] / base["rows_per_s"]
     print(f"[{label}] ratio rayops/baseline = {ratio:.2f}", flush=True)
@@ -151,30 +168,42 @@ def incremental(cfg: PipelineConfig, arrivals: int, rows_per_file: int) -> dict[
     location = file_source(cfg).location
     seconds = []
     for i in range(arrivals):
-        churn.write(churn.generate(rows_per_file, seed=5000 + i), location.join(f"a{i:04d}"),
-                    files=1)
+        churn.write(
+            churn.generate(rows_per_file, seed=5000 + i), location.join(f"a{i:04d}"), files=1
+        )
         start = time.perf_counter()
         version = ingest(cfg)
         seconds.append(time.perf_counter() - start)
         if i in (0, arrivals - 1) or (i + 1) % 10 == 0:
-            print(f"  arrival {i + 1:3d}: {seconds[-1]:.2f}s (version {version.version})",
-                  flush=True)
-    figures = {"arrivals": arrivals, "first_s": round(seconds[0], 3),
-               "last_s": round(seconds[-1], 3),
-               "median_first_10_s": round(sorted(seconds[:10])[5], 3),
-               "median_last_10_s": round(sorted(seconds[-10:])[5], 3),
-               "last_over_first": round(seconds[-1] / seconds[0], 3)}
+            print(
+                f"  arrival {i + 1:3d}: {seconds[-1]:.2f}s (version {version.version})", flush=True
+            )
+    figures = {
+        "arrivals": arrivals,
+        "first_s": round(seconds[0], 3),
+        "last_s": round(seconds[-1], 3),
+        "median_first_10_s": round(sorted(seconds[:10])[5], 3),
+        "median_last_10_s": round(sorted(seconds[-10:])[5], 3),
+        "last_over_first": round(seconds[-1] / seconds[0], 3),
+    }
     figures["median_last_over_first_10"] = round(
-        figures["median_last_10_s"] / figures["median_first_10_s"], 3)
-    print(f"incremental: {arrivals} arrivals of {rows_per_file} rows, first {seconds[0]:.2f}s, "
-          f"last {seconds[-1]:.2f}s, ratio {figures['last_over_first']:.2f} (medians of 10: "
-          f"{figures['median_last_over_first_10']:.2f})", flush=True)
+        figures["median_last_10_s"] / figures["median_first_10_s"], 3
+    )
+    print(
+        f"incremental: {arrivals} arrivals of {rows_per_file} rows, first {seconds[0]:.2f}s, "
+        f"last {seconds[-1]:.2f}s, ratio {figures['last_over_first']:.2f} (medians of 10: "
+        f"{figures['median_last_over_first_10']:.2f})",
+        flush=True,
+    )
     return figures
 
 
 def start_moto(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     import requests
 
     for _ in range(100):
@@ -190,8 +219,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--files", type=int, default=50)
-    parser.add_argument("--object-store-mb", type=int, default=256,
-                        help="Ray object store size; below the data size on purpose.")
+    parser.add_argument(
+        "--object-store-mb",
+        type=int,
+        default=256,
+        help="Ray object store size; below the data size on purpose.",
+    )
     parser.add_argument("--skip-s3", action="store_true")
     parser.add_argument("--arrivals", type=int, default=50)
     parser.add_argument("--arrival-rows", type=int, default=2000)
@@ -203,15 +236,18 @@ def main() -> None:
 
     work = start_bench("bench-etl", object_store_memory=args.object_store_mb * 2**20)
     quarantine = "data.max_quarantine_fraction=0.5"
-    results = {"local": run_store("local", demo_config(work, quarantine), args.rows,
-                                  args.files)}
+    results = {"local": run_store("local", demo_config(work, quarantine), args.rows, args.files)}
     steps = incremental(demo_config(work, quarantine), args.arrivals, args.arrival_rows)
     if not args.skip_s3:
         port = 5599
         moto = start_moto(port)
         try:
-            cfg = demo_config(work, quarantine, "storage.root=s3://bench/lake",
-                              f"storage.endpoint_url=http://127.0.0.1:{port}")
+            cfg = demo_config(
+                work,
+                quarantine,
+                "storage.root=s3://bench/lake",
+                f"storage.endpoint_url=http://127.0.0.1:{port}",
+            )
             results["s3"] = run_store("s3", cfg, args.rows, args.files)
         finally:
             moto.terminate()
@@ -228,11 +264,16 @@ def main() -> None:
         "incremental_median_last_over_first_10": steps["median_last_over_first_10"],
         "incremental_first_s": steps["first_s"],
         "incremental_last_s": steps["last_s"],
-        **({"s3_rayops_rows_per_s": results["s3"]["rayops"]["rows_per_s"],
-            "s3_baseline_rows_per_s": results["s3"]["baseline"]["rows_per_s"],
-            "s3_ratio": results["s3"]["ratio"],
-            "s3_peak_rss_mb": results["s3"]["rayops"]["peak_rss_mb"]} if "s3" in results
-           else {}),
+        **(
+            {
+                "s3_rayops_rows_per_s": results["s3"]["rayops"]["rows_per_s"],
+                "s3_baseline_rows_per_s": results["s3"]["baseline"]["rows_per_s"],
+                "s3_ratio": results["s3"]["ratio"],
+                "s3_peak_rss_mb": results["s3"]["rayops"]["peak_rss_mb"],
+            }
+            if "s3" in results
+            else {}
+        ),
     }
     ray.shutdown()
     shutil.rmtree(work, ignore_errors=True)

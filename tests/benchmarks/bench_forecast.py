@@ -46,33 +46,57 @@ from rayops.train import run_training
 
 def bikeshare() -> tuple[pd.DataFrame, dict[str, Any]]:
     raw = pd.read_csv(package_dir("ISLP") / "data" / "Bikeshare.csv")
-    ts = (pd.Timestamp("2011-01-01", tz="UTC") + pd.to_timedelta(raw["day"] - 1, unit="D")
-          + pd.to_timedelta(raw["hr"].astype(int), unit="h"))
-    frame = pd.DataFrame({"ts": ts.dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                          "holiday": raw["holiday"], "workingday": raw["workingday"],
-                          "weathersit": raw["weathersit"], "temp": raw["temp"],
-                          "hum": raw["hum"], "windspeed": raw["windspeed"],
-                          "bikers": raw["bikers"]})
-    columns = {"ts": {"type": "datetime", "nullable": False},
-               "holiday": {"type": "boolean"}, "workingday": {"type": "boolean"},
-               "weathersit": {"type": "categorical"}, "temp": {"type": "numeric"},
-               "hum": {"type": "numeric"}, "windspeed": {"type": "numeric"},
-               "bikers": {"type": "integer", "min": 0}}
-    forecast = {"timestamp": "ts", "frequency": "1h", "horizon": 24, "validation": "8w",
-                "known_in_advance": ["holiday", "workingday", "weathersit", "temp", "hum",
-                                     "windspeed"]}
+    ts = (
+        pd.Timestamp("2011-01-01", tz="UTC")
+        + pd.to_timedelta(raw["day"] - 1, unit="D")
+        + pd.to_timedelta(raw["hr"].astype(int), unit="h")
+    )
+    frame = pd.DataFrame(
+        {
+            "ts": ts.dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "holiday": raw["holiday"],
+            "workingday": raw["workingday"],
+            "weathersit": raw["weathersit"],
+            "temp": raw["temp"],
+            "hum": raw["hum"],
+            "windspeed": raw["windspeed"],
+            "bikers": raw["bikers"],
+        }
+    )
+    columns = {
+        "ts": {"type": "datetime", "nullable": False},
+        "holiday": {"type": "boolean"},
+        "workingday": {"type": "boolean"},
+        "weathersit": {"type": "categorical"},
+        "temp": {"type": "numeric"},
+        "hum": {"type": "numeric"},
+        "windspeed": {"type": "numeric"},
+        "bikers": {"type": "integer", "min": 0},
+    }
+    forecast = {
+        "timestamp": "ts",
+        "frequency": "1h",
+        "horizon": 24,
+        "validation": "8w",
+        "known_in_advance": ["holiday", "workingday", "weathersit", "temp", "hum", "windspeed"],
+    }
     return frame, {"label": "bikers", "columns": columns, "forecast": forecast}
 
 
 def taylor() -> tuple[pd.DataFrame, dict[str, Any]]:
     source = (package_dir("pmdarima") / "datasets" / "taylor.py").read_text()
-    assigned = next(node for node in ast.walk(ast.parse(source)) if isinstance(
-        node, ast.Assign) and getattr(node.targets[0], "id", "") == "rslt")
+    assigned = next(
+        node
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "rslt"
+    )
     values = ast.literal_eval(next(n for n in ast.walk(assigned) if isinstance(n, ast.List)))
     ts = pd.date_range("2000-06-05", periods=len(values), freq="30min", tz="UTC")
     frame = pd.DataFrame({"ts": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "demand": values})
-    columns = {"ts": {"type": "datetime", "nullable": False},
-               "demand": {"type": "numeric", "min": 0}}
+    columns = {
+        "ts": {"type": "datetime", "nullable": False},
+        "demand": {"type": "numeric", "min": 0},
+    }
     forecast = {"timestamp": "ts", "frequency": "30min", "horizon": 48, "validation": "2w"}
     return frame, {"label": "demand", "columns": columns, "forecast": forecast}
 
@@ -92,12 +116,16 @@ DATASETS = {"bikeshare": bikeshare, "taylor": taylor, "generated": generated}
 
 
 def _config(root: Path, name: str, data: dict[str, Any], family: str) -> PipelineConfig:
-    return validate_config({
-        "name": name, "storage": {"root": str(root / "lake")},
-        "data": {"task": "forecasting", "source": "raw", **data},
-        "model": {"family": family},
-        "train": {"num_workers": 1, "cpus_per_worker": 2},
-        "tracking": {"uri": f"sqlite:///{root}/mlflow.db"}})
+    return validate_config(
+        {
+            "name": name,
+            "storage": {"root": str(root / "lake")},
+            "data": {"task": "forecasting", "source": "raw", **data},
+            "model": {"family": family},
+            "train": {"num_workers": 1, "cpus_per_worker": 2},
+            "tracking": {"uri": f"sqlite:///{root}/mlflow.db"},
+        }
+    )
 
 
 def baseline(version: Any) -> dict[str, float]:
@@ -115,8 +143,11 @@ def baseline(version: Any) -> dict[str, float]:
     errors = np.abs(predicted - actual)
     naive = np.abs(y_valid[:, 2] * level - actual).mean()
     scaled = y_valid[:, 3] > 0
-    return {"mae": float(errors.mean()), "naive_mae": float(naive),
-            "mase": float((errors[scaled] / y_valid[scaled, 3]).mean())}
+    return {
+        "mae": float(errors.mean()),
+        "naive_mae": float(naive),
+        "mase": float((errors[scaled] / y_valid[scaled, 3]).mean()),
+    }
 
 
 def run(name: str, work: Path) -> dict[str, Any]:
@@ -131,15 +162,19 @@ def run(name: str, work: Path) -> dict[str, Any]:
             version = ingest(cfg)
             started = time.perf_counter()
             metrics = run_training(cfg, version).metrics
-            out[family] = {"mae": metrics["valid_mae"], "mase": metrics["valid_mase"],
-                           "naive_mae": metrics["valid_naive_mae"],
-                           "coverage_80": metrics["valid_coverage_80"],
-                           "seconds": round(time.perf_counter() - started, 1)}
+            out[family] = {
+                "mae": metrics["valid_mae"],
+                "mase": metrics["valid_mase"],
+                "naive_mae": metrics["valid_naive_mae"],
+                "coverage_80": metrics["valid_coverage_80"],
+                "seconds": round(time.perf_counter() - started, 1),
+            }
         out["hist_gradient_boosting"] = baseline(version)
     naive = out["xgboost"]["naive_mae"]
     out["naive_mae"] = naive
-    out["mae_over_naive"] = {k: round(out[k]["mae"] / naive, 3)
-                             for k in ("xgboost", "mlp", "hist_gradient_boosting")}
+    out["mae_over_naive"] = {
+        k: round(out[k]["mae"] / naive, 3) for k in ("xgboost", "mlp", "hist_gradient_boosting")
+    }
     print(name, json.dumps(out))
     return out
 

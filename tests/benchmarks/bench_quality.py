@@ -78,16 +78,18 @@ def inferred_config(work: Path, name: str, frame: pd.DataFrame, label: str) -> P
     raw = work / name / "raw"
     raw.mkdir(parents=True)
     frame.to_csv(raw / f"{name}.csv", index=False)
-    proposal = propose_config(FileSource(resolve(str(raw)), "csv"), name, label,
-                              str(work / name / "lake"))
+    proposal = propose_config(
+        FileSource(resolve(str(raw)), "csv"), name, label, str(work / name / "lake")
+    )
     proposal["tracking"] = {"uri": f"sqlite:///{work}/mlflow.db", "experiment": name}
     # Resources, not tuning: half a CPU per worker leaves room for Ray Data on 2 cores.
     proposal["train"] = {"cpus_per_worker": 0.5}
     return validate_config(proposal)
 
 
-def _frame(table: pa.Table, version: DatasetVersion, cfg: PipelineConfig,
-           categories: dict[str, list[str]]) -> pd.DataFrame:
+def _frame(
+    table: pa.Table, version: DatasetVersion, cfg: PipelineConfig, categories: dict[str, list[str]]
+) -> pd.DataFrame:
     columns = {}
     for name in cfg.data.feature_names:
         kind = cfg.data.columns[name].type
@@ -107,9 +109,11 @@ def baseline(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, float]:
 
     pre = version.preprocessor
     train, valid = version.table("train"), version.table("valid")
-    categories = {n: sorted({v for v in train.column(n).to_pylist() if v is not None})
-                  for n in cfg.data.feature_names
-                  if cfg.data.columns[n].type in ("categorical", "text")}
+    categories = {
+        n: sorted({v for v in train.column(n).to_pylist() if v is not None})
+        for n in cfg.data.feature_names
+        if cfg.data.columns[n].type in ("categorical", "text")
+    }
     y_train = pre.encode_label(train.column(pre.label))
     y_valid = pre.encode_label(valid.column(pre.label))
     task = pre.rules
@@ -118,11 +122,13 @@ def baseline(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, float]:
     x_valid = _frame(valid, version, cfg, categories)[keep]
     # The task's own scoring, on what gradient boosting outputs: class probabilities, or
     # the standardized value as one column.
-    learner = (HistGradientBoostingClassifier if task.probabilities
-               else HistGradientBoostingRegressor)
+    learner = (
+        HistGradientBoostingClassifier if task.probabilities else HistGradientBoostingRegressor
+    )
     fitted = learner(categorical_features="from_dtype", random_state=0).fit(x_train, y_train)
-    outputs = (fitted.predict_proba(x_valid) if task.probabilities
-               else fitted.predict(x_valid)[:, None])
+    outputs = (
+        fitted.predict_proba(x_valid) if task.probabilities else fitted.predict(x_valid)[:, None]
+    )
     return task.score(outputs, y_valid[keep], pre.label_state).metrics
 
 
@@ -139,39 +145,53 @@ def run_dataset(work: Path, name: str) -> dict[str, Any]:
     version = ingest(cfg)
     metric, _ = cfg.target_metric
     second = "valid_accuracy" if cfg.data.task == "classification" else "valid_r2"
-    figures: dict[str, Any] = {"rows": version.manifest.rows.train
-                               + version.manifest.rows.valid,
-                               "task": cfg.data.task, "metric": metric}
+    figures: dict[str, Any] = {
+        "rows": version.manifest.rows.train + version.manifest.rows.valid,
+        "task": cfg.data.task,
+        "metric": metric,
+    }
     started = time.perf_counter()
     theirs = baseline(cfg, version)
-    figures["baseline"] = {"metric": theirs[metric], second: theirs[second],
-                           "seconds": round(time.perf_counter() - started, 1)}
+    figures["baseline"] = {
+        "metric": theirs[metric],
+        second: theirs[second],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     for family in ("mlp", "xgboost"):
         started = time.perf_counter()
         outcome = run_training(cfg.with_overrides({"model.family": family}), version)
         mine = outcome.metrics
-        figures[family] = {"metric": mine[metric], second: mine[second],
-                           "steps": int(mine["epoch"]),
-                           "seconds": round(time.perf_counter() - started, 1),
-                           "ratio": ratio(cfg, mine[metric], theirs[metric])}
+        figures[family] = {
+            "metric": mine[metric],
+            second: mine[second],
+            "steps": int(mine["epoch"]),
+            "seconds": round(time.perf_counter() - started, 1),
+            "ratio": ratio(cfg, mine[metric], theirs[metric]),
+        }
     figures["ratio_best_family"] = max(figures["mlp"]["ratio"], figures["xgboost"]["ratio"])
     return figures
 
 
 def show(name: str, f: dict[str, Any]) -> None:
     second = "valid_accuracy" if f["task"] == "classification" else "valid_r2"
-    print(f"{name:10s} {f['task']:14s} {f['rows']:6d} rows  {f['metric']}: "
-          f"baseline {f['baseline']['metric']:.4f}  mlp {f['mlp']['metric']:.4f} "
-          f"(x{f['mlp']['ratio']:.3f}, {f['mlp']['steps']} epochs)  xgboost "
-          f"{f['xgboost']['metric']:.4f} (x{f['xgboost']['ratio']:.3f}, "
-          f"{f['xgboost']['steps']} rounds)  |  {second}: {f['baseline'][second]:.4f} / "
-          f"{f['mlp'][second]:.4f} / {f['xgboost'][second]:.4f}", flush=True)
+    print(
+        f"{name:10s} {f['task']:14s} {f['rows']:6d} rows  {f['metric']}: "
+        f"baseline {f['baseline']['metric']:.4f}  mlp {f['mlp']['metric']:.4f} "
+        f"(x{f['mlp']['ratio']:.3f}, {f['mlp']['steps']} epochs)  xgboost "
+        f"{f['xgboost']['metric']:.4f} (x{f['xgboost']['ratio']:.3f}, "
+        f"{f['xgboost']['steps']} rounds)  |  {second}: {f['baseline'][second]:.4f} / "
+        f"{f['mlp'][second]:.4f} / {f['xgboost'][second]:.4f}",
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", default=",".join(DATASETS),
-                        help=f"comma-separated, from {', '.join(DATASETS)}")
+    parser.add_argument(
+        "--datasets",
+        default=",".join(DATASETS),
+        help=f"comma-separated, from {', '.join(DATASETS)}",
+    )
     args = parser.parse_args()
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     unknown = sorted(set(names) - set(DATASETS))
@@ -182,11 +202,15 @@ def main() -> None:
     for name in names:
         results[name] = run_dataset(work, name)
         show(name, results[name])
-    print(json.dumps({
-        "datasets": results,
-        "worst_ratio_best_family": min(r["ratio_best_family"] for r in results.values()),
-        "worst_ratio_mlp": min(r["mlp"]["ratio"] for r in results.values()),
-    }))
+    print(
+        json.dumps(
+            {
+                "datasets": results,
+                "worst_ratio_best_family": min(r["ratio_best_family"] for r in results.values()),
+                "worst_ratio_mlp": min(r["mlp"]["ratio"] for r in results.values()),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

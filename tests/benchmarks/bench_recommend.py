@@ -47,41 +47,64 @@ from rayops.train import run_training
 
 # name: (model section, learning rate). BPR gets three learning rates and is reported at
 # its best: a baseline that is merely under-tuned would flatter the others.
-RUNS = {"bpr_lr0.001": ({"family": "bpr"}, 0.001),
-        "bpr_lr0.003": ({"family": "bpr"}, 0.003),
-        "bpr_lr0.01": ({"family": "bpr"}, 0.01),
-        "sasrec_sampled": ({"family": "sasrec", "recommender": {"objective": "sampled"}},
-                           0.001),
-        "sasrec": ({"family": "sasrec"}, 0.001),
-        "sasrec_256_negatives": ({"family": "sasrec", "recommender": {"negatives": 256}},
-                                 0.001),
-        "sasrec_attributes": ({"family": "sasrec"}, 0.001)}  # with the item table, if any
+RUNS = {
+    "bpr_lr0.001": ({"family": "bpr"}, 0.001),
+    "bpr_lr0.003": ({"family": "bpr"}, 0.003),
+    "bpr_lr0.01": ({"family": "bpr"}, 0.01),
+    "sasrec_sampled": ({"family": "sasrec", "recommender": {"objective": "sampled"}}, 0.001),
+    "sasrec": ({"family": "sasrec"}, 0.001),
+    "sasrec_256_negatives": ({"family": "sasrec", "recommender": {"negatives": 256}}, 0.001),
+    "sasrec_attributes": ({"family": "sasrec"}, 0.001),
+}  # with the item table, if any
 
 
 def ml100k() -> tuple[pd.DataFrame, dict[str, Any]]:
-    raw = pd.read_csv(package_dir("recbole") / "dataset_example" / "ml-100k" /
-                      "ml-100k.inter", sep="\t")
+    raw = pd.read_csv(
+        package_dir("recbole") / "dataset_example" / "ml-100k" / "ml-100k.inter", sep="\t"
+    )
     raw.columns = [c.split(":")[0] for c in raw.columns]
-    frame = pd.DataFrame({
-        "user_id": raw["user_id"].astype(str), "item_id": raw["item_id"].astype(str),
-        "ts": pd.to_datetime(raw["timestamp"], unit="s", utc=True).dt.strftime(
-            "%Y-%m-%dT%H:%M:%SZ"), "rating": raw["rating"].astype(int)})
-    columns = {"user_id": {"type": "categorical", "nullable": False},
-               "item_id": {"type": "categorical", "nullable": False},
-               "ts": {"type": "datetime", "nullable": False},
-               "rating": {"type": "integer", "min": 1, "max": 5}}
-    recommend = {"user": "user_id", "item": "item_id", "timestamp": "ts",
-                 "rating": "rating", "k": 10}
-    items = pd.read_csv(package_dir("recbole") / "dataset_example" / "ml-100k" /
-                        "ml-100k.item", sep="\t")
+    frame = pd.DataFrame(
+        {
+            "user_id": raw["user_id"].astype(str),
+            "item_id": raw["item_id"].astype(str),
+            "ts": pd.to_datetime(raw["timestamp"], unit="s", utc=True).dt.strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            ),
+            "rating": raw["rating"].astype(int),
+        }
+    )
+    columns = {
+        "user_id": {"type": "categorical", "nullable": False},
+        "item_id": {"type": "categorical", "nullable": False},
+        "ts": {"type": "datetime", "nullable": False},
+        "rating": {"type": "integer", "min": 1, "max": 5},
+    }
+    recommend = {
+        "user": "user_id",
+        "item": "item_id",
+        "timestamp": "ts",
+        "rating": "rating",
+        "k": 10,
+    }
+    items = pd.read_csv(
+        package_dir("recbole") / "dataset_example" / "ml-100k" / "ml-100k.item", sep="\t"
+    )
     items.columns = [c.split(":")[0] for c in items.columns]
-    titles = pd.DataFrame({"item_id": items["item_id"].astype(str),
-                           "genre": items["class"].str.split(" ").str[0],  # the first listed
-                           "year": pd.to_numeric(items["release_year"], errors="coerce")})
-    attributes = {"columns": {"item_id": {"type": "categorical", "nullable": False},
-                              "genre": {"type": "categorical"}, "year": {"type": "integer"}}}
-    return frame, {"columns": columns, "recommend": recommend,
-                   "_items": (titles, attributes)}
+    titles = pd.DataFrame(
+        {
+            "item_id": items["item_id"].astype(str),
+            "genre": items["class"].str.split(" ").str[0],  # the first listed
+            "year": pd.to_numeric(items["release_year"], errors="coerce"),
+        }
+    )
+    attributes = {
+        "columns": {
+            "item_id": {"type": "categorical", "nullable": False},
+            "genre": {"type": "categorical"},
+            "year": {"type": "integer"},
+        }
+    }
+    return frame, {"columns": columns, "recommend": recommend, "_items": (titles, attributes)}
 
 
 def generated() -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -92,24 +115,45 @@ def generated() -> tuple[pd.DataFrame, dict[str, Any]]:
     data = yaml.safe_load(config_path("watching").read_text())["data"]
     recommend = dict(data["recommend"])
     attributes = recommend.pop("items")
-    return watching.generate(), {"columns": data["columns"], "recommend": recommend,
-                                 "_items": (watching.titles(), attributes)}
+    return watching.generate(), {
+        "columns": data["columns"],
+        "recommend": recommend,
+        "_items": (watching.titles(), attributes),
+    }
 
 
 DATASETS = {"ml100k": ml100k, "generated": generated}
 
 
-def _config(root: Path, name: str, data: dict[str, Any], model: dict[str, Any],
-            learning_rate: float, epochs: int) -> PipelineConfig:
-    return validate_config({
-        "name": name, "storage": {"root": str(root / "lake")},
-        "data": {"task": "recommendation", "source": "raw", "max_quarantine_fraction": 0.5,
-                 **data},
-        "model": model,
-        "train": {"num_workers": 1, "cpus_per_worker": 2, "epochs": epochs,
-                  "learning_rate": learning_rate,
-                  "early_stopping_patience": 10},
-        "tracking": {"uri": f"sqlite:///{root}/mlflow.db"}})
+def _config(
+    root: Path,
+    name: str,
+    data: dict[str, Any],
+    model: dict[str, Any],
+    learning_rate: float,
+    epochs: int,
+) -> PipelineConfig:
+    return validate_config(
+        {
+            "name": name,
+            "storage": {"root": str(root / "lake")},
+            "data": {
+                "task": "recommendation",
+                "source": "raw",
+                "max_quarantine_fraction": 0.5,
+                **data,
+            },
+            "model": model,
+            "train": {
+                "num_workers": 1,
+                "cpus_per_worker": 2,
+                "epochs": epochs,
+                "learning_rate": learning_rate,
+                "early_stopping_patience": 10,
+            },
+            "tracking": {"uri": f"sqlite:///{root}/mlflow.db"},
+        }
+    )
 
 
 def run(name: str, work: Path, epochs: int, runs: list[str]) -> dict[str, Any]:
@@ -121,30 +165,41 @@ def run(name: str, work: Path, epochs: int, runs: list[str]) -> dict[str, Any]:
         (root / "lake" / "raw").mkdir(parents=True)
         frame.to_csv(root / "lake" / "raw" / f"{name}.csv", index=False)
         titles.to_csv(root / "lake" / "titles.csv", index=False)
-        with_items = {**data, "dataset": f"{name}-items", "recommend": {
-            **data["recommend"], "items": {**attributes, "source": "titles.csv"}}}
+        with_items = {
+            **data,
+            "dataset": f"{name}-items",
+            "recommend": {**data["recommend"], "items": {**attributes, "source": "titles.csv"}},
+        }
         versions: dict[bool, Any] = {}
         for run_name in runs:
             model, learning_rate = RUNS[run_name]
             has_items = run_name.endswith("_attributes")
-            cfg = _config(root, name, with_items if has_items else data, model,
-                          learning_rate, epochs)
+            cfg = _config(
+                root, name, with_items if has_items else data, model, learning_rate, epochs
+            )
             version = versions.get(has_items) or versions.setdefault(has_items, ingest(cfg))
             started = time.perf_counter()
             m = run_training(cfg, version).metrics
-            out[run_name] = {"recall_10": round(m["valid_recall_10"], 4),
-                             "ndcg_10": round(m["valid_ndcg_10"], 4),
-                             "epoch": int(m.get("epoch", 0)),
-                             "seconds": round(time.perf_counter() - started, 1)}
-            out["popularity"] = {"recall_10": round(m["valid_popularity_recall_10"], 4),
-                                 "ndcg_10": round(m["valid_popularity_ndcg_10"], 4)}
+            out[run_name] = {
+                "recall_10": round(m["valid_recall_10"], 4),
+                "ndcg_10": round(m["valid_ndcg_10"], 4),
+                "epoch": int(m.get("epoch", 0)),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+            out["popularity"] = {
+                "recall_10": round(m["valid_popularity_recall_10"], 4),
+                "ndcg_10": round(m["valid_popularity_ndcg_10"], 4),
+            }
             print(name, run_name, json.dumps(out[run_name]), flush=True)
     bprs = [out[k] for k in runs if k.startswith("bpr")]
     if bprs:
         out["bpr"] = max(bprs, key=lambda r: r["recall_10"])
         bpr = out["bpr"]["recall_10"]
-        out["recall_over_bpr"] = {k: round(out[k]["recall_10"] / bpr, 2) if bpr else None
-                                  for k in ("bpr", *runs, "popularity") if k in out}
+        out["recall_over_bpr"] = {
+            k: round(out[k]["recall_10"] / bpr, 2) if bpr else None
+            for k in ("bpr", *runs, "popularity")
+            if k in out
+        }
     print(name, json.dumps(out))
     return out
 
@@ -167,8 +222,7 @@ def ranking_latency() -> dict[str, float]:
             started = time.perf_counter()
             for _ in range(10):
                 model.top(x, 10)
-            out[f"{items}_items_batch_{batch}_ms"] = round(
-                (time.perf_counter() - started) * 100, 1)
+            out[f"{items}_items_batch_{batch}_ms"] = round((time.perf_counter() - started) * 100, 1)
     print("latency", json.dumps(out, sort_keys=True), f"({torch.get_num_threads()} threads)")
     return out
 
@@ -181,8 +235,9 @@ def main() -> None:
     args = parser.parse_args()
     work = start_bench("recommend")
     runs = [r for r in args.runs.split(",") if r]
-    results: dict[str, Any] = {name: run(name, work, args.epochs, runs)
-                               for name in args.datasets.split(",") if name}
+    results: dict[str, Any] = {
+        name: run(name, work, args.epochs, runs) for name in args.datasets.split(",") if name
+    }
     results["exact_ranking"] = ranking_latency()
     print(json.dumps({"bench": "recommend", **results}))
 

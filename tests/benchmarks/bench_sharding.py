@@ -34,25 +34,46 @@ def _state_mb(network: torch.nn.Module, optimizer: torch.optim.Optimizer, name: 
     """MiB this worker holds for one table: its parameter, gradient and optimizer moments."""
     param = dict(network.named_parameters())[name]
     held = param.numel() * param.element_size() * (2 if param.grad is not None else 1)
-    held += sum(v.numel() * v.element_size() for v in optimizer.state[param].values()
-                if torch.is_tensor(v) and v.dim() > 0)
-    return held / 2 ** 20
+    held += sum(
+        v.numel() * v.element_size()
+        for v in optimizer.state[param].values()
+        if torch.is_tensor(v) and v.dim() > 0
+    )
+    return held / 2**20
 
 
-def _case(rank: int, items: int, negatives: int | None, shard: bool, steps: int
-          ) -> dict[str, float]:
-    spec = {"family": "sasrec", "n_users": 10, "n_items": items, "dim": DIM,
-            "history": HISTORY, "k": 10, "blocks": 2, "heads": 1, "dropout": 0.0,
-            "negatives": negatives, "shard_tables": shard}
+def _case(
+    rank: int, items: int, negatives: int | None, shard: bool, steps: int
+) -> dict[str, float]:
+    spec = {
+        "family": "sasrec",
+        "n_users": 10,
+        "n_items": items,
+        "dim": DIM,
+        "history": HISTORY,
+        "k": 10,
+        "blocks": 2,
+        "heads": 1,
+        "dropout": 0.0,
+        "negatives": negatives,
+        "shard_tables": shard,
+    }
     torch.manual_seed(0)
     network = build_network(spec)
     ignore_in_ddp(network)
     model = torch.nn.parallel.DistributedDataParallel(network)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(rank)
-    batches = [torch.cat([torch.ones(BATCH, 1), torch.randint(
-        1, items + 1, (BATCH, HISTORY + 1), generator=g).float()], dim=1)
-        for _ in range(steps + 1)]
+    batches = [
+        torch.cat(
+            [
+                torch.ones(BATCH, 1),
+                torch.randint(1, items + 1, (BATCH, HISTORY + 1), generator=g).float(),
+            ],
+            dim=1,
+        )
+        for _ in range(steps + 1)
+    ]
     model.train()
     took = []
     for x in batches:
@@ -63,18 +84,21 @@ def _case(rank: int, items: int, negatives: int | None, shard: bool, steps: int
         optimizer.step()
         took.append(time.perf_counter() - started)
     name = "items.shard" if shard else "items.weight"
-    return {"state_mb": _state_mb(network, optimizer, name),
-            "step_ms": 1e3 * sorted(took[1:])[len(took[1:]) // 2]}  # the first warms up
+    return {
+        "state_mb": _state_mb(network, optimizer, name),
+        "step_ms": 1e3 * sorted(took[1:])[len(took[1:]) // 2],
+    }  # the first warms up
 
 
 def _worker(rank: int, port: int, args: Any, out: Any) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=2)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         figures = {}
-        for label, items, negatives in (("negatives_256", args.items, 256),
-                                        ("softmax", args.softmax_items, None)):
+        for label, items, negatives in (
+            ("negatives_256", args.items, 256),
+            ("softmax", args.softmax_items, None),
+        ):
             for shard in (False, True):
                 key = f"{label}_{'sharded' if shard else 'replicated'}"
                 figures[key] = _case(rank, items, negatives, shard, args.steps)
@@ -96,9 +120,15 @@ def main() -> None:
     out = context.SimpleQueue()
     mp.spawn(_worker, args=(free_port(), args, out), nprocs=2, join=True)
     figures = out.get()
-    summary: dict[str, Any] = {"workers": 2, "dim": DIM, "batch": BATCH, "history": HISTORY,
-                               "items": args.items, "softmax_items": args.softmax_items,
-                               **figures}
+    summary: dict[str, Any] = {
+        "workers": 2,
+        "dim": DIM,
+        "batch": BATCH,
+        "history": HISTORY,
+        "items": args.items,
+        "softmax_items": args.softmax_items,
+        **figures,
+    }
     for label in ("negatives_256", "softmax"):
         whole, sharded = figures[f"{label}_replicated"], figures[f"{label}_sharded"]
         summary[f"{label}_state_ratio"] = round(sharded["state_mb"] / whole["state_mb"], 3)

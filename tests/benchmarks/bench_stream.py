@@ -46,22 +46,28 @@ def _messages(count: int, seed: int) -> list[bytes]:
     return [json.dumps(r).encode() for r in frame.to_dict(orient="records")]
 
 
-def _plain_consumer(servers: str, topic: str, partitions: int, start: int, total: int,
-                    out: Path) -> float:
+def _plain_consumer(
+    servers: str, topic: str, partitions: int, start: int, total: int, out: Path
+) -> float:
     """Seconds a single-process consumer takes to read ``total`` messages (from offset
     ``start`` of each partition), parse each and write one Parquet file."""
     from confluent_kafka import Consumer, TopicPartition
 
     started = time.perf_counter()
-    consumer = Consumer({"bootstrap.servers": servers, "group.id": "plain",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {"bootstrap.servers": servers, "group.id": "plain", "enable.auto.commit": False}
+    )
     consumer.assign([TopicPartition(topic, p, start) for p in range(partitions)])
     records: list[dict[str, Any]] = []
     while len(records) < total:
         for message in consumer.consume(10_000, timeout=1.0):
             if message.error() is None:  # values kept as text (the exports mix types)
-                records.append({k: None if v is None else str(v)
-                                for k, v in json.loads(message.value()).items()})
+                records.append(
+                    {
+                        k: None if v is None else str(v)
+                        for k, v in json.loads(message.value()).items()
+                    }
+                )
     consumer.close()
     pq.write_table(pa.Table.from_pylist(records), out)
     return time.perf_counter() - started
@@ -72,26 +78,38 @@ def _throughput(work: Path, broker: LocalBroker, args: Any) -> dict[str, float]:
     start and import rayops, the MLflow store is created) and again once they have (the
     steady state of ``rayops ingest --watch``), each against the plain consumer."""
     topic = broker.create_topic("bulk", args.partitions)
-    cfg = demo_config(work / "bulk", f"data.source=kafka://{broker.servers}/{topic}",
-                      "data.format=json")
+    cfg = demo_config(
+        work / "bulk", f"data.source=kafka://{broker.servers}/{topic}", "data.format=json"
+    )
     figures: dict[str, float] = {"messages": args.messages}
     for phase, seed in (("cold", 7), ("steady", 8)):
         values = _messages(args.messages, seed)
         start = 0 if phase == "cold" else args.messages // args.partitions
         broker.produce(topic, [(i % args.partitions, v) for i, v in enumerate(values)])
-        plain_s = _plain_consumer(broker.servers, topic, args.partitions, start, len(values),
-                                  work / f"plain-{phase}.parquet")
+        plain_s = _plain_consumer(
+            broker.servers,
+            topic,
+            args.partitions,
+            start,
+            len(values),
+            work / f"plain-{phase}.parquet",
+        )
         started = time.perf_counter()
         version = ingest(cfg)
         rayops_s = time.perf_counter() - started
         assert version.manifest.ingest.rows.read == len(values), version.manifest.ingest.rows
-        print(f"{phase}: plain consumer {plain_s:.2f} s, rayops ingest {rayops_s:.2f} s",
-              flush=True)
+        print(
+            f"{phase}: plain consumer {plain_s:.2f} s, rayops ingest {rayops_s:.2f} s", flush=True
+        )
         name = "" if phase == "steady" else "cold_"
-        figures.update({f"{name}plain_consumer_s": round(plain_s, 2),
-                        f"{name}rayops_s": round(rayops_s, 2),
-                        f"{name}rayops_msgs_per_s": round(len(values) / rayops_s),
-                        f"{name}throughput_ratio": round(plain_s / rayops_s, 3)})
+        figures.update(
+            {
+                f"{name}plain_consumer_s": round(plain_s, 2),
+                f"{name}rayops_s": round(rayops_s, 2),
+                f"{name}rayops_msgs_per_s": round(len(values) / rayops_s),
+                f"{name}throughput_ratio": round(plain_s / rayops_s, 3),
+            }
+        )
     return figures
 
 
@@ -114,8 +132,9 @@ def _freshness(work: Path, broker: LocalBroker, args: Any) -> dict[str, float]:
         producer.flush(30)
         done.set()
 
-    cfg = demo_config(work / "steady", f"data.source=kafka://{broker.servers}/{topic}",
-                      "data.format=json")
+    cfg = demo_config(
+        work / "steady", f"data.source=kafka://{broker.servers}/{topic}", "data.format=json"
+    )
     thread = threading.Thread(target=produce, daemon=True)
     thread.start()
     time.sleep(args.interval)
@@ -135,18 +154,26 @@ def _freshness(work: Path, broker: LocalBroker, args: Any) -> dict[str, float]:
             seen.add(version.version)
             versions += 1
             for p in version.manifest.ingest.partitions:  # the offsets it committed
-                ages += [committed - sent[o * args.partitions + p["partition"]]
-                         for o in range(p["start"], p["end"])]
-            print(f"{version.id}: {version.manifest.ingest.rows.read} messages in "
-                  f"{time.perf_counter() - started:.1f} s")
+                ages += [
+                    committed - sent[o * args.partitions + p["partition"]]
+                    for o in range(p["start"], p["end"])
+                ]
+            print(
+                f"{version.id}: {version.manifest.ingest.rows.read} messages in "
+                f"{time.perf_counter() - started:.1f} s"
+            )
         if finished and version is not None and version.manifest.rows.read >= len(values):
             break
         time.sleep(max(0.0, args.interval - (time.perf_counter() - started)))
     thread.join()
-    return {"rate_msgs_per_s": args.rate, "interval_s": args.interval, "versions": versions,
-            "freshness_p50_s": round(float(np.percentile(ages, 50)), 2),
-            "freshness_p95_s": round(float(np.percentile(ages, 95)), 2),
-            "messages_committed": len(ages)}
+    return {
+        "rate_msgs_per_s": args.rate,
+        "interval_s": args.interval,
+        "versions": versions,
+        "freshness_p50_s": round(float(np.percentile(ages, 50)), 2),
+        "freshness_p95_s": round(float(np.percentile(ages, 95)), 2),
+        "messages_committed": len(ages),
+    }
 
 
 def main() -> None:

@@ -52,7 +52,7 @@ def plain_pytorch(cfg: PipelineConfig, version: DatasetVersion) -> tuple[list[fl
         model.train()
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch))
         for start in range(0, len(x), batch):
-            index = order[start:start + batch]
+            index = order[start : start + batch]
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x[index]), y[index])
             loss.backward()
@@ -61,8 +61,7 @@ def plain_pytorch(cfg: PipelineConfig, version: DatasetVersion) -> tuple[list[fl
     return seconds, time.perf_counter() - begun
 
 
-def rayops_training(cfg: PipelineConfig, version: DatasetVersion
-                    ) -> tuple[list[float], float]:
+def rayops_training(cfg: PipelineConfig, version: DatasetVersion) -> tuple[list[float], float]:
     """(seconds of each training epoch, wall seconds of the whole run: trainer start, data
     loading, checkpoints, MLflow logging, the logged model)."""
     started = time.perf_counter()
@@ -88,38 +87,63 @@ def main() -> None:
 
     work = start_bench("bench-train")
     cfg = demo_config(
-        work, f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}",
-        "train.num_workers=1", "train.cpus_per_worker=1", "train.data_loading=memory",
-        "train.lr_scaling=none", "train.lr_schedule=constant", "train.checkpoints_to_keep=1")
+        work,
+        f"train.epochs={args.epochs}",
+        f"train.batch_size={args.batch_size}",
+        "train.num_workers=1",
+        "train.cpus_per_worker=1",
+        "train.data_loading=memory",
+        "train.lr_scaling=none",
+        "train.lr_schedule=constant",
+        "train.checkpoints_to_keep=1",
+    )
     churn.write(churn.generate(args.rows, seed=3), file_source(cfg).location, files=4)
     version = ingest(cfg)
     rows = version.manifest.rows.train
-    print(f"{rows:,} training rows, {args.epochs} epochs, batch {args.batch_size}, "
-          f"1 thread per process", flush=True)
+    print(
+        f"{rows:,} training rows, {args.epochs} epochs, batch {args.batch_size}, "
+        f"1 thread per process",
+        flush=True,
+    )
 
     base_epochs, base_wall = plain_pytorch(cfg, version)
     baseline, base_steady = rate(rows, base_epochs), rate(rows, base_epochs, skip=1)
-    print(f"plain PyTorch loop        {baseline:>10,.0f} samples/s  ({base_steady:,.0f} "
-          f"without epoch 1; run wall {base_wall:.1f}s)", flush=True)
+    print(
+        f"plain PyTorch loop        {baseline:>10,.0f} samples/s  ({base_steady:,.0f} "
+        f"without epoch 1; run wall {base_wall:.1f}s)",
+        flush=True,
+    )
     epochs, wall_one = rayops_training(cfg, version)
     one, one_steady = rate(rows, epochs), rate(rows, epochs, skip=1)
-    print(f"rayops, 1 worker          {one:>10,.0f} samples/s  ({one_steady:,.0f} without "
-          f"epoch 1; run wall {wall_one:.1f}s)", flush=True)
-    epochs_two, wall_two = rayops_training(cfg.with_overrides({"train.num_workers": 2}),
-                                              version)
+    print(
+        f"rayops, 1 worker          {one:>10,.0f} samples/s  ({one_steady:,.0f} without "
+        f"epoch 1; run wall {wall_one:.1f}s)",
+        flush=True,
+    )
+    epochs_two, wall_two = rayops_training(cfg.with_overrides({"train.num_workers": 2}), version)
     two, two_steady = rate(rows, epochs_two), rate(rows, epochs_two, skip=1)
-    print(f"rayops, 2 workers (DDP)   {two:>10,.0f} samples/s  ({two_steady:,.0f} without "
-          f"epoch 1; run wall {wall_two:.1f}s)", flush=True)
+    print(
+        f"rayops, 2 workers (DDP)   {two:>10,.0f} samples/s  ({two_steady:,.0f} without "
+        f"epoch 1; run wall {wall_two:.1f}s)",
+        flush=True,
+    )
     ray.shutdown()
     shutil.rmtree(work, ignore_errors=True)
-    summary = {"rayops_samples_per_s": round(one), "baseline_samples_per_s": round(baseline),
-               "ratio": round(one / baseline, 3),
-               "ratio_without_epoch_1": round(one_steady / base_steady, 3),
-               "run_wall_s": round(wall_one, 1), "baseline_wall_s": round(base_wall, 1),
-               "wall_ratio": round(wall_one / base_wall, 3),
-               "scaling_2_workers": round(two / one, 3),
-               "rayops_2_workers_samples_per_s": round(two), "rows": rows,
-               "epochs": args.epochs, "batch_size": args.batch_size, "cpus": os.cpu_count()}
+    summary = {
+        "rayops_samples_per_s": round(one),
+        "baseline_samples_per_s": round(baseline),
+        "ratio": round(one / baseline, 3),
+        "ratio_without_epoch_1": round(one_steady / base_steady, 3),
+        "run_wall_s": round(wall_one, 1),
+        "baseline_wall_s": round(base_wall, 1),
+        "wall_ratio": round(wall_one / base_wall, 3),
+        "scaling_2_workers": round(two / one, 3),
+        "rayops_2_workers_samples_per_s": round(two),
+        "rows": rows,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "cpus": os.cpu_count(),
+    }
     print(json.dumps(summary))
 
 

@@ -38,10 +38,16 @@ def main() -> None:
     work = start_bench("bench-tune")
     cpus = os.cpu_count() or 2
     cfg = demo_config(
-        work, f"train.epochs={args.epochs}", "train.num_workers=1",
-        f"train.cpus_per_worker={cpus / args.concurrency}", "train.checkpoints_to_keep=1",
-        "tune.enabled=true", f"tune.num_samples={args.trials}",
-        f"tune.max_concurrent_trials={args.concurrency}", "tune.scheduler.type=fifo")
+        work,
+        f"train.epochs={args.epochs}",
+        "train.num_workers=1",
+        f"train.cpus_per_worker={cpus / args.concurrency}",
+        "train.checkpoints_to_keep=1",
+        "tune.enabled=true",
+        f"tune.num_samples={args.trials}",
+        f"tune.max_concurrent_trials={args.concurrency}",
+        "tune.scheduler.type=fifo",
+    )
     churn.write(churn.generate(5000, seed=5), file_source(cfg).location, files=2)
     version = ingest(cfg)
     # The baseline: one trial's work as a plain training run, alone on the cluster (the
@@ -55,15 +61,26 @@ def main() -> None:
     tracking.end_run(cfg.tracking, record.run_id)
     trials = sum(1 for r in results if r.metrics)
     ideal = alone * trials / args.concurrency
-    print(f"{trials} trials, concurrency {args.concurrency}: wall {wall:.1f}s; one trial "
-          f"alone {alone:.1f}s x {trials} / {args.concurrency} = ideal {ideal:.1f}s",
-          flush=True)
+    print(
+        f"{trials} trials, concurrency {args.concurrency}: wall {wall:.1f}s; one trial "
+        f"alone {alone:.1f}s x {trials} / {args.concurrency} = ideal {ideal:.1f}s",
+        flush=True,
+    )
     ray.shutdown()
     shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"wall_s": round(wall, 2), "ideal_s": round(ideal, 2),
-                      "one_trial_alone_s": round(alone, 2), "ratio": round(wall / ideal, 3),
-                      "trials": trials, "concurrency": args.concurrency,
-                      "epochs": args.epochs}))
+    print(
+        json.dumps(
+            {
+                "wall_s": round(wall, 2),
+                "ideal_s": round(ideal, 2),
+                "one_trial_alone_s": round(alone, 2),
+                "ratio": round(wall / ideal, 3),
+                "trials": trials,
+                "concurrency": args.concurrency,
+                "epochs": args.epochs,
+            }
+        )
+    )
 
 
 def _timed(work: Callable[[], object]) -> float:

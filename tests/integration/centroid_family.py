@@ -75,8 +75,9 @@ class CentroidFamily(Family):
     tasks = ("classification",)
     step = "epoch"
 
-    def architecture(self, cfg: Any, n_inputs: int, n_outputs: int,
-                     features: list[dict[str, Any]]) -> dict[str, Any]:
+    def architecture(
+        self, cfg: Any, n_inputs: int, n_outputs: int, features: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         return {"family": self.name, "n_inputs": n_inputs, "n_outputs": n_outputs}
 
     def length(self, cfg: Any) -> int:
@@ -90,8 +91,7 @@ class CentroidFamily(Family):
     def trained_model(self, folder: Path, architecture: dict[str, Any]) -> CentroidModel:
         return self.load(folder, architecture)
 
-    def history(self, cfg: Any, run_name: str, newest: Checkpoint | None
-                ) -> list[dict[str, float]]:
+    def history(self, cfg: Any, run_name: str, newest: Checkpoint | None) -> list[dict[str, float]]:
         if newest is None:
             return []
         with newest.as_directory() as folder:

@@ -62,13 +62,18 @@ def ray_start_4_cpus() -> Iterator[None]:
     """A local Ray cluster for the session (4 logical CPUs on a 2-core machine)."""
     import ray
 
-    ray.init(address="local", num_cpus=4, object_store_memory=1_500 * 1024**2,
-             _node_ip_address="127.0.0.1",
-             include_dashboard=False, logging_level=logging.WARNING,
-             # Workers' output stays in the session's logs (under RAY_TMPDIR): streamed to
-             # this process it cost CPU and filled the log between tests; errors still
-             # arrive with their tracebacks.
-             log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=4,
+        object_store_memory=1_500 * 1024**2,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        # Workers' output stays in the session's logs (under RAY_TMPDIR): streamed to
+        # this process it cost CPU and filled the log between tests; errors still
+        # arrive with their tracebacks.
+        log_to_driver=False,
+    )
     yield
     from ray import serve
 
@@ -103,9 +108,11 @@ class MotoServer:
 
     def start(self) -> MotoServer:
         with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                                          "-p", str(self.port)], stdout=log,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         wait_http(self.url, 60, self.proc)
         return self
 
@@ -166,8 +173,11 @@ def list_keys(s3_endpoint: str, bucket: str, prefix: str = "") -> list[str]:
     import boto3
 
     paginator = boto3.client("s3", endpoint_url=s3_endpoint).get_paginator("list_objects_v2")
-    return [o["Key"] for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
-            for o in page.get("Contents", [])]
+    return [
+        o["Key"]
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
+        for o in page.get("Contents", [])
+    ]
 
 
 @contextlib.contextmanager
@@ -186,8 +196,10 @@ def _database() -> Iterator[str]:
         cur.execute(f"CREATE DATABASE {name}")
     try:
         # SQLAlchemy (MLflow's store) is told the driver explicitly: psycopg2.
-        yield POSTGRES_DSN.replace("postgresql://", "postgresql+psycopg2://").rsplit(
-            "/", 1)[0] + f"/{name}"
+        yield (
+            POSTGRES_DSN.replace("postgresql://", "postgresql+psycopg2://").rsplit("/", 1)[0]
+            + f"/{name}"
+        )
     finally:
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -198,8 +210,9 @@ class MlflowServer:
     """`mlflow server` on a fixed port of 127.0.0.1, which a test may stop and start again
     (its runs live in the backend store, so a restart keeps them)."""
 
-    def __init__(self, backend: str, artifacts: str, log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, backend: str, artifacts: str, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.backend, self.artifacts, self.log_path = backend, artifacts, log_path
         # MLflow's job runner (huey consumers, for its GenAI jobs) is not what tests serve.
         self.env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
@@ -210,10 +223,24 @@ class MlflowServer:
     def start(self) -> MlflowServer:
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
-                [str(BIN / "mlflow"), "server", "--backend-store-uri", self.backend,
-                 "--artifacts-destination", self.artifacts, "--host", "127.0.0.1",
-                 "--port", self.uri.rsplit(":", 1)[1], "--workers", "1"],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env)
+                [
+                    str(BIN / "mlflow"),
+                    "server",
+                    "--backend-store-uri",
+                    self.backend,
+                    "--artifacts-destination",
+                    self.artifacts,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    self.uri.rsplit(":", 1)[1],
+                    "--workers",
+                    "1",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
         wait_http(f"{self.uri}/health", 180, self.proc)
         return self
 
@@ -233,8 +260,12 @@ def mlflow_server(tmp_path: Path, s3_endpoint: str) -> Iterator[MlflowServer]:
     bucket = f"mlflow-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
     with _database() as backend:
-        server = MlflowServer(backend, f"s3://{bucket}/artifacts", tmp_path / "mlflow.log",
-                              {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint})
+        server = MlflowServer(
+            backend,
+            f"s3://{bucket}/artifacts",
+            tmp_path / "mlflow.log",
+            {"MLFLOW_S3_ENDPOINT_URL": s3_endpoint},
+        )
         server.bucket = bucket
         try:
             yield server.start()
@@ -274,17 +305,30 @@ def job_dir(tmp_path: Path, cfg: Any) -> Path:
     return workdir
 
 
-def submit_job(address: str, workdir: Path | None, *job: str,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def submit_job(
+    address: str, workdir: Path | None, *job: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """`ray job submit` (waits for the end), retried while a new cluster's job agent is
     still starting; without ``workdir``, no working directory travels."""
     deadline = time.monotonic() + 120
     sent = ["--working-dir", str(workdir)] if workdir is not None else []
     while True:
         result = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", address, *sent, "--",
-             sys.executable, *job],
-            capture_output=True, text=True, timeout=600, env=env,
+            [
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                address,
+                *sent,
+                "--",
+                sys.executable,
+                *job,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
         )
         if "No available agent" not in result.stderr or time.monotonic() > deadline:
             return result

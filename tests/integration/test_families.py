@@ -21,8 +21,12 @@ from tests.integration.conftest import wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-FAST_TREES = {"model.xgboost.max_rounds": 200, "model.xgboost.learning_rate": 0.3,
-              "model.xgboost.early_stopping_rounds": 5, "model.xgboost.report_every": 10}
+FAST_TREES = {
+    "model.xgboost.max_rounds": 200,
+    "model.xgboost.learning_rate": 0.3,
+    "model.xgboost.early_stopping_rounds": 5,
+    "model.xgboost.report_every": 10,
+}
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +34,25 @@ def regression(tmp_path_factory, ray_start_4_cpus, serve_port):
     """Total charges from the churn exports (tenure x monthly charges, with noise), swept
     across both families, one trial each."""
     tmp = tmp_path_factory.mktemp("regression")
-    cfg = demo_config(tmp, **{
-        "data.label": "total_charges", "data.task": "regression",
-        "tracking.registered_model": "charges", "serve.port": serve_port,
-        "serve.app_name": "charges", "serve.route_prefix": "/charges",
-        "serve.model_poll_interval_s": 1, "tune.enabled": True, "tune.search": "grid",
-        "train.num_workers": 1,  # two workers at once: the classifier's XGBoost below
-        "tune.max_concurrent_trials": 2, "tune.scheduler.type": "fifo",
-        "tune.search_space": {"model.family": {"type": "choice",
-                                               "values": ["mlp", "xgboost"]}},
-        **FAST_TREES})
+    cfg = demo_config(
+        tmp,
+        **{
+            "data.label": "total_charges",
+            "data.task": "regression",
+            "tracking.registered_model": "charges",
+            "serve.port": serve_port,
+            "serve.app_name": "charges",
+            "serve.route_prefix": "/charges",
+            "serve.model_poll_interval_s": 1,
+            "tune.enabled": True,
+            "tune.search": "grid",
+            "train.num_workers": 1,  # two workers at once: the classifier's XGBoost below
+            "tune.max_concurrent_trials": 2,
+            "tune.scheduler.type": "fifo",
+            "tune.search_space": {"model.family": {"type": "choice", "values": ["mlp", "xgboost"]}},
+            **FAST_TREES,
+        },
+    )
     write_demo_data(file_source(cfg).location, rows=2000)
     version = ingest(cfg)
     return cfg, version, train_and_register(cfg, version)
@@ -54,8 +67,10 @@ def _served(cfg) -> str:
 
 
 # The regression's inputs: churned is a feature there, total charges the label.
-CUSTOMERS = [{**{k: v for k, v in r.items() if k != "total_charges"}, "churned": churned}
-             for r, churned in zip(SAMPLE_RECORDS, ("yes", "no"), strict=True)]
+CUSTOMERS = [
+    {**{k: v for k, v in r.items() if k != "total_charges"}, "churned": churned}
+    for r, churned in zip(SAMPLE_RECORDS, ("yes", "no"), strict=True)
+]
 
 
 def _answer(url: str, records: list[dict]) -> dict:
@@ -73,8 +88,10 @@ def test_a_sweep_across_families_records_the_winner_and_both_serve_over_http(reg
     client = MlflowClient(cfg.tracking.uri)
     parent = client.get_run(client.get_run(result.run_id).data.tags["mlflow.parentRunId"])
     trials = tracking.trial_models(cfg.tracking, cfg.experiment_name, parent.info.run_id)
-    family_of = {client.get_run(run_id).data.params["model.family"]: (run_id, uri)
-                 for run_id, uri in trials.values()}
+    family_of = {
+        client.get_run(run_id).data.params["model.family"]: (run_id, uri)
+        for run_id, uri in trials.values()
+    }
     assert set(family_of) == {"mlp", "xgboost"}
     winner = client.get_run(result.run_id).data.params["model.family"]
     assert parent.data.params["best.model.family"] == winner
@@ -98,26 +115,37 @@ def test_a_sweep_across_families_records_the_winner_and_both_serve_over_http(reg
     # The other family's model becomes champion: the replica swaps it in and answers.
     other = "xgboost" if winner == "mlp" else "mlp"
     run_id, uri = family_of[other]
-    swapped = tracking.register(cfg.tracking, cfg.model_name, uri, run_id,
-                                alias=tracking.CHAMPION)
-    wait_for(lambda: requests.get(f"{url}/metadata", timeout=10).json()["family"] == other,
-             60, what=f"the {other} model served")
+    swapped = tracking.register(cfg.tracking, cfg.model_name, uri, run_id, alias=tracking.CHAMPION)
+    wait_for(
+        lambda: requests.get(f"{url}/metadata", timeout=10).json()["family"] == other,
+        60,
+        what=f"the {other} model served",
+    )
     body = _answer(url, CUSTOMERS)
     assert body["model"]["version"] == swapped.version
     local = Predictor.from_registry(cfg.tracking, swapped).predict_records(CUSTOMERS)
     assert _values(body["predictions"]) == pytest.approx(_values(local), rel=1e-5)
     if other == "xgboost":
-        assert Predictor.from_registry(cfg.tracking, swapped).bundle.model.booster \
-            .num_boosted_rounds() == boosted["best_kept_rounds"]
+        assert (
+            Predictor.from_registry(cfg.tracking, swapped).bundle.model.booster.num_boosted_rounds()
+            == boosted["best_kept_rounds"]
+        )
 
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory, regression, serve_port):
     """An XGBoost churn classifier, the champion of its registered model."""
     tmp = tmp_path_factory.mktemp("classifier")
-    cfg = demo_config(tmp, **{"model.family": "xgboost", "serve.port": serve_port,
-                              "serve.app_name": "churn", "serve.route_prefix": "/churn",
-                              **FAST_TREES})
+    cfg = demo_config(
+        tmp,
+        **{
+            "model.family": "xgboost",
+            "serve.port": serve_port,
+            "serve.app_name": "churn",
+            "serve.route_prefix": "/churn",
+            **FAST_TREES,
+        },
+    )
     write_demo_data(file_source(cfg).location, rows=2000)
     version = ingest(cfg)
     return cfg, version, train_and_register(cfg, version, sweep=False)
@@ -137,10 +165,12 @@ def test_an_xgboost_classifier_is_gated_and_served(classifier):
     # The registered model loads as an MLflow pyfunc (no rayops server) and agrees.
     tracking.client(cfg.tracking)  # points MLflow's registry at this test's store
     frame = mlflow.pyfunc.load_model(f"models:/{cfg.model_name}@champion").predict(
-        pd.DataFrame(SAMPLE_RECORDS))
+        pd.DataFrame(SAMPLE_RECORDS)
+    )
     assert list(frame["prediction"]) == [p["prediction"] for p in body["predictions"]]
     assert frame["probability_yes"].tolist() == pytest.approx(
-        [p["probabilities"]["yes"] for p in body["predictions"]], abs=1e-5)
+        [p["probabilities"]["yes"] for p in body["predictions"]], abs=1e-5
+    )
 
 
 PLUGIN = "tests.integration.centroid_family"
@@ -150,9 +180,16 @@ def test_a_family_registered_by_a_plugin_is_trained_gated_and_served(classifier)
     """A family rayops has never heard of (it lives in this test suite) trains on Ray
     Train, is gated against the XGBoost champion on the same rows, and is served."""
     cfg, version, _ = classifier
-    mine = cfg.with_overrides({"model.family": "centroid", "model.plugins": [PLUGIN],
-                               "train.num_workers": 2, "serve.model_alias": "centroid",
-                               "serve.app_name": "centroid", "serve.route_prefix": "/centroid"})
+    mine = cfg.with_overrides(
+        {
+            "model.family": "centroid",
+            "model.plugins": [PLUGIN],
+            "train.num_workers": 2,
+            "serve.model_alias": "centroid",
+            "serve.app_name": "centroid",
+            "serve.route_prefix": "/centroid",
+        }
+    )
     result = train_and_register(mine, version, sweep=False)
     decision = result.decision
     assert 0.0 < result.metrics["valid_accuracy"] <= 1.0
@@ -170,5 +207,6 @@ def test_a_family_registered_by_a_plugin_is_trained_gated_and_served(classifier)
     assert sum(risky["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     local = Predictor.from_registry(cfg.tracking, decision.challenger)
     assert [p["prediction"] for p in body["predictions"]] == [
-        p["prediction"] for p in local.predict_records(SAMPLE_RECORDS)]
+        p["prediction"] for p in local.predict_records(SAMPLE_RECORDS)
+    ]
     assert risky["probabilities"]["yes"] > loyal["probabilities"]["yes"]

@@ -28,14 +28,24 @@ ZONES, WEEKS = 6, 5
 def cfg(tmp_path_factory, serve_port):
     tmp = tmp_path_factory.mktemp("forecasting")
     fresh_tracking_store(tmp / "mlflow" / "mlflow.db")
-    config = load_config(config_path("demand"), [
-        f"storage.root={tmp / 'lake'}", f"tracking.uri=sqlite:///{tmp}/mlflow/mlflow.db",
-        "data.forecast.validation=1w", "model.family=xgboost",
-        "model.xgboost.max_rounds=150",
-        "serve.access_log=false", f"serve.port={serve_port}",
-        "serve.cpus_per_replica=0.1", "serve.mirror_fraction=1.0",
-        "serve.model_poll_interval_s=0.5", "serve.log_flush_interval_s=0.5",
-        "serve.autoscaling.min_replicas=1", "serve.autoscaling.max_replicas=1"])
+    config = load_config(
+        config_path("demand"),
+        [
+            f"storage.root={tmp / 'lake'}",
+            f"tracking.uri=sqlite:///{tmp}/mlflow/mlflow.db",
+            "data.forecast.validation=1w",
+            "model.family=xgboost",
+            "model.xgboost.max_rounds=150",
+            "serve.access_log=false",
+            f"serve.port={serve_port}",
+            "serve.cpus_per_replica=0.1",
+            "serve.mirror_fraction=1.0",
+            "serve.model_poll_interval_s=0.5",
+            "serve.log_flush_interval_s=0.5",
+            "serve.autoscaling.min_replicas=1",
+            "serve.autoscaling.max_replicas=1",
+        ],
+    )
     demand.write(demand.generate(zone_count=ZONES, weeks=WEEKS), file_source(config).location)
     return config
 
@@ -72,7 +82,8 @@ def test_ingest_quarantines_repeated_and_off_grid_observations(dataset):
     layout = dataset.preprocessor.series["layout"]
     assert len(layout["levels"]) == ZONES
     assert pd.Timestamp(layout["validation_start"]) == observed["ts"].max() - pd.Timedelta(
-        hours=167)
+        hours=167
+    )
 
 
 def test_examples_built_by_ray_data_match_those_built_here(dataset):
@@ -84,7 +95,8 @@ def test_examples_built_by_ray_data_match_those_built_here(dataset):
     keys = ["zone", "_ts"]
     np.testing.assert_allclose(
         pre.transform(pa.Table.from_pandas(there.sort_values(keys), preserve_index=False)),
-        pre.transform(here.sort_by([(k, "ascending") for k in keys])))
+        pre.transform(here.sort_by([(k, "ascending") for k in keys])),
+    )
 
 
 def test_the_forecaster_beats_the_seasonal_naive_forecast(trained):
@@ -95,8 +107,7 @@ def test_the_forecaster_beats_the_seasonal_naive_forecast(trained):
     assert trained.decision.metric == "valid_mae" and trained.decision.promoted
 
 
-def test_a_second_model_is_gated_on_valid_mae_against_the_champion(cfg, dataset, trained,
-                                                                    tmp_path):
+def test_a_second_model_is_gated_on_valid_mae_against_the_champion(cfg, dataset, trained, tmp_path):
     from rayops import tracking
     from rayops.gate import register_and_gate
     from rayops.train.driver import log_bundle
@@ -104,8 +115,7 @@ def test_a_second_model_is_gated_on_valid_mae_against_the_champion(cfg, dataset,
 
     mlp = cfg.with_overrides({"model.family": "mlp"})  # an untrained network of the same inputs
     run_id = tracking.start_run(mlp.tracking, mlp.experiment_name, f"{mlp.name}-train")
-    uri = log_bundle(mlp, dataset, run_id, untrained_bundle(mlp, dataset, run_id, tmp_path),
-                     "mlp")
+    uri = log_bundle(mlp, dataset, run_id, untrained_bundle(mlp, dataset, run_id, tmp_path), "mlp")
     d = register_and_gate(mlp, uri, run_id, dataset)
     assert d.metric == "valid_mae" and not d.promoted
     assert d.champion_score == pytest.approx(trained.metrics["valid_mae"], rel=1e-6)
@@ -116,10 +126,14 @@ def _history(cfg, dataset, zone: str) -> tuple[list[dict], list[dict], pd.DataFr
     observed = dataset.table("train").to_pandas()
     series = observed[observed["zone"] == zone].sort_values("ts")
     past, ahead = series.iloc[:-24], series.iloc[-24:]
-    history = [{"ts": t.isoformat(), "demand": int(d)}
-               for t, d in zip(past["ts"], past["demand"], strict=True)]
-    future = [{"ts": t.isoformat(), "temp": float(x), "holiday": bool(h)}
-              for t, x, h in zip(ahead["ts"], ahead["temp"], ahead["holiday"], strict=True)]
+    history = [
+        {"ts": t.isoformat(), "demand": int(d)}
+        for t, d in zip(past["ts"], past["demand"], strict=True)
+    ]
+    future = [
+        {"ts": t.isoformat(), "temp": float(x), "holiday": bool(h)}
+        for t, x, h in zip(ahead["ts"], ahead["temp"], ahead["holiday"], strict=True)
+    ]
     return history, future, ahead
 
 
@@ -151,18 +165,41 @@ def test_checks_judge_forecast_steps_covariates_and_zones(cfg, dataset, trained)
     model = tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion")
     predictor = Predictor.from_registry(cfg.tracking, model)
     history, future, ahead = _history(cfg, dataset, "Z01")
-    holiday = {"name": "a holiday lowers demand", "column": "holiday",
-               "change": {"set": True}, "expect": "down", "min_share": 0.5}
-    checked = cfg.with_overrides({"checks": {
-        "minimum": [{"name": "Z01's next day stays in range", "expect_min": 0,
-                     "expect_max": 5 * float(ahead["demand"].max()),
-                     "records": [{"zone": "Z01", **r} for r in history + future]}],
-        "directional": [holiday, {**holiday, "name": "a holiday raises demand (reversed)",
-                                  "expect": "up"}],
-        "invariance": [{"name": "a degree of noise on temp moves nothing much",
-                        "columns": ["temp"], "perturb": "noise", "scale": 0.01,
-                        "tolerance": 5.0}],
-        "slices": [{"column": "zone", "metric": "valid_mase", "relative_floor": 0.25}]}})
+    holiday = {
+        "name": "a holiday lowers demand",
+        "column": "holiday",
+        "change": {"set": True},
+        "expect": "down",
+        "min_share": 0.5,
+    }
+    checked = cfg.with_overrides(
+        {
+            "checks": {
+                "minimum": [
+                    {
+                        "name": "Z01's next day stays in range",
+                        "expect_min": 0,
+                        "expect_max": 5 * float(ahead["demand"].max()),
+                        "records": [{"zone": "Z01", **r} for r in history + future],
+                    }
+                ],
+                "directional": [
+                    holiday,
+                    {**holiday, "name": "a holiday raises demand (reversed)", "expect": "up"},
+                ],
+                "invariance": [
+                    {
+                        "name": "a degree of noise on temp moves nothing much",
+                        "columns": ["temp"],
+                        "perturb": "noise",
+                        "scale": 0.01,
+                        "tolerance": 5.0,
+                    }
+                ],
+                "slices": [{"column": "zone", "metric": "valid_mase", "relative_floor": 0.25}],
+            }
+        }
+    )
     found = {r.name: r for r in run_checks(checked, predictor, dataset, "forecaster").results}
     assert found["Z01's next day stays in range"].passed, found
     assert "24 of 24 forecast step(s)" in found["Z01's next day stays in range"].detail
@@ -189,14 +226,18 @@ def test_the_served_model_answers_forecasts_over_http(cfg, dataset, trained, url
     # no history: the series' latest curated observations, which end where ``future`` starts
     # in this dataset only for the last day; send the day after the data instead
     last = pd.Timestamp(ahead["ts"].max())
-    tomorrow = [{"ts": (last + pd.Timedelta(hours=h)).isoformat(), "temp": 10.0,
-                 "holiday": False} for h in range(1, 25)]
-    curated = requests.post(f"{url}/forecast", json={"series": {"zone": "Z02"},
-                                                      "future": tomorrow}, timeout=60)
+    tomorrow = [
+        {"ts": (last + pd.Timedelta(hours=h)).isoformat(), "temp": 10.0, "holiday": False}
+        for h in range(1, 25)
+    ]
+    curated = requests.post(
+        f"{url}/forecast", json={"series": {"zone": "Z02"}, "future": tomorrow}, timeout=60
+    )
     assert curated.status_code == 200, curated.text
     assert len(curated.json()["forecast"]) == 24
-    unknown = requests.post(f"{url}/forecast", json={"series": {"zone": "Q9"},
-                                                      "future": tomorrow}, timeout=60)
+    unknown = requests.post(
+        f"{url}/forecast", json={"series": {"zone": "Q9"}, "future": tomorrow}, timeout=60
+    )
     assert unknown.status_code == 422 and "unknown series zone='Q9'" in unknown.text
 
     def refused(change: dict) -> dict:
@@ -237,8 +278,9 @@ def _diverged(cfg, dataset, folder) -> str:
     return version
 
 
-def test_served_forecasts_are_mirrored_logged_labelled_and_monitored(cfg, dataset, trained,
-                                                                       url, tmp_path):
+def test_served_forecasts_are_mirrored_logged_labelled_and_monitored(
+    cfg, dataset, trained, url, tmp_path
+):
     """Each served step is a record of the prediction log: the shadow's forecasts land
     beside it, a model that fails is answered for by the one before, actuals sent as
     feedback give live metrics, and the monitor compares the steps' inputs with the
@@ -261,12 +303,16 @@ def test_served_forecasts_are_mirrored_logged_labelled_and_monitored(cfg, datase
     def metadata() -> dict:
         return requests.get(f"{url}/metadata", timeout=10).json()
 
-    wait_for(lambda: (metadata()["shadow"] or {}).get("model", {}).get("version") == broken,
-             60, what="the diverged challenger loaded as the shadow")
+    wait_for(
+        lambda: (metadata()["shadow"] or {}).get("model", {}).get("version") == broken,
+        60,
+        what="the diverged challenger loaded as the shadow",
+    )
     history, future, ahead = _history(cfg, dataset, "Z02")
     body = {"series": {"zone": "Z02"}, "history": history, "future": future}
-    served = requests.post(f"{url}/forecast", json=body, timeout=60,
-                           headers={"X-Request-ID": "fc-mirrored"})
+    served = requests.post(
+        f"{url}/forecast", json=body, timeout=60, headers={"X-Request-ID": "fc-mirrored"}
+    )
     assert served.status_code == 200, served.text
     assert served.json()["model"]["version"] == champion
 
@@ -288,8 +334,10 @@ def test_served_forecasts_are_mirrored_logged_labelled_and_monitored(cfg, datase
     wait_for(lambda: metadata()["model"]["version"] == champion, 60, what="the swap back")
 
     actual = ahead["demand"].to_numpy()
-    labels = [{"request_id": "fc-mirrored", "record_index": i, "label": float(a)}
-              for i, a in enumerate(actual)]
+    labels = [
+        {"request_id": "fc-mirrored", "record_index": i, "label": float(a)}
+        for i, a in enumerate(actual)
+    ]
     stored = requests.post(f"{url}/feedback", json={"labels": labels}, timeout=60)
     assert stored.status_code == 202 and stored.json()["accepted"] == 24
     live = live_metrics(cfg)[champion]
@@ -301,13 +349,10 @@ def test_served_forecasts_are_mirrored_logged_labelled_and_monitored(cfg, datase
     assert len(window) >= 48  # the two forecasts; the shadow's failures are not served
     report = monitor_records(cfg, window, log=False)
     assert report.rejected == 0
-    assert {f.name for f in report.report.features} == {"zone", "temp", "holiday",
-                                                        "prediction"}
+    assert {f.name for f in report.report.features} == {"zone", "temp", "holiday", "prediction"}
 
 
-
-def test_an_operate_cycle_retrains_on_the_actuals_shadows_and_promotes(cfg, dataset,
-                                                                       trained, url):
+def test_an_operate_cycle_retrains_on_the_actuals_shadows_and_promotes(cfg, dataset, trained, url):
     """One cycle of the loop on the forecaster: the actuals sent as feedback
     retrain it with a sweep ranked on valid_mae, the gate compares on valid_mae (the window
     gate does not apply), the new model forecasts in shadow beside the champion, then
@@ -323,13 +368,19 @@ def test_an_operate_cycle_retrains_on_the_actuals_shadows_and_promotes(cfg, data
     from tests.helpers import wait_for
 
     champion = str(trained.decision.champion.version)
-    operated = cfg.with_overrides({
-        "model.xgboost.max_rounds": 300,  # more rounds than the champion's 150: it improves
-        "operate.sweep": True, "tune.max_concurrent_trials": 2,  # a sweep, on valid_mae
-        "tune.search_space": {"model.xgboost.max_depth": {"type": "choice", "values": [4, 6]}},
-        "operate.min_new_labels": 20, "operate.shadow.min_records": 48,
-        "operate.shadow.max_wait_s": 90, "operate.rollback.watch_s": 0,
-        **SHADOW_ON_FAILURES})
+    operated = cfg.with_overrides(
+        {
+            "model.xgboost.max_rounds": 300,  # more rounds than the champion's 150: it improves
+            "operate.sweep": True,
+            "tune.max_concurrent_trials": 2,  # a sweep, on valid_mae
+            "tune.search_space": {"model.xgboost.max_depth": {"type": "choice", "values": [4, 6]}},
+            "operate.min_new_labels": 20,
+            "operate.shadow.min_records": 48,
+            "operate.shadow.max_wait_s": 90,
+            "operate.rollback.watch_s": 0,
+            **SHADOW_ON_FAILURES,
+        }
+    )
     history, future, _ = _history(cfg, dataset, "Z02")
     body = {"series": {"zone": "Z02"}, "history": history, "future": future}
     statuses: Counter[int] = Counter()
@@ -371,10 +422,13 @@ def test_an_operate_cycle_retrains_on_the_actuals_shadows_and_promotes(cfg, data
     assert set(statuses) == {200}, statuses
     client = tracking.client(cfg.tracking)
     best = client.get_run(facts["train_run_id"])
-    trials = client.search_runs([best.info.experiment_id], "tags.mlflow.parentRunId = "
-                                f"'{best.data.tags['mlflow.parentRunId']}'")
-    lowest = {t.info.run_id: min(m.value for m in client.get_metric_history(t.info.run_id,
-                                                                            "valid_mae"))
-              for t in trials}
+    trials = client.search_runs(
+        [best.info.experiment_id],
+        f"tags.mlflow.parentRunId = '{best.data.tags['mlflow.parentRunId']}'",
+    )
+    lowest = {
+        t.info.run_id: min(m.value for m in client.get_metric_history(t.info.run_id, "valid_mae"))
+        for t in trials
+    }
     assert len(lowest) == 2 and lowest[best.info.run_id] == min(lowest.values())
     assert facts["challenger_score"] == pytest.approx(lowest[best.info.run_id], rel=1e-4)

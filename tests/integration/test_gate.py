@@ -26,12 +26,17 @@ def _dataset(cfg):
 
 
 def test_gate_fails_closed_in_an_outage_then_replaces_a_champion_whose_files_are_gone(
-        tmp_path, ray_start_4_cpus, s3_server, monkeypatch):
+    tmp_path, ray_start_4_cpus, s3_server, monkeypatch
+):
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server.url)
     bucket = s3_server.create_bucket()
     local = demo_config(tmp_path)
-    on_s3 = local.with_overrides({"tracking.experiment": "artifacts-on-s3",
-                                  "tracking.artifact_location": f"s3://{bucket}/artifacts"})
+    on_s3 = local.with_overrides(
+        {
+            "tracking.experiment": "artifacts-on-s3",
+            "tracking.artifact_location": f"s3://{bucket}/artifacts",
+        }
+    )
     version = _dataset(local)
     # the champion's files live on the endpoint, the challenger's are local
     first = register_and_gate(on_s3, *_logged(on_s3, version, tmp_path / "v1", 0), version)
@@ -70,7 +75,8 @@ def _logged(cfg, version, folder: Path, seed: int) -> tuple[str, str]:
     ``cfg``'s experiment, as training logs one (the gate scores it like any other).
     Returns its model URI and run id."""
     run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, f"{cfg.name}-train")
-    uri = log_bundle(cfg, version, run_id,
-                     untrained_bundle(cfg, version, run_id, folder, seed), cfg.model.family)
+    uri = log_bundle(
+        cfg, version, run_id, untrained_bundle(cfg, version, run_id, folder, seed), cfg.model.family
+    )
     tracking.end_run(cfg.tracking, run_id)
     return uri, run_id

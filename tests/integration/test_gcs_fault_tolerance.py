@@ -85,41 +85,74 @@ def redis_namespace():
         service_missing(f"Redis not reachable at {REDIS[0]}:{REDIS[1]}: {exc}")
     namespace = f"rayops-test-{uuid.uuid4().hex[:8]}"
     yield namespace
-    keys = [line.decode() for line in _redis_command("KEYS", f"*{namespace}*").split(b"\r\n")
-            if line and line[:1] not in b"*$"]
+    keys = [
+        line.decode()
+        for line in _redis_command("KEYS", f"*{namespace}*").split(b"\r\n")
+        if line and line[:1] not in b"*$"
+    ]
     for key in keys:
         _redis_command("DEL", key)
 
 
 def _gcs_server(temp: Path) -> psutil.Process:
     for proc in psutil.process_iter(["name", "cmdline"]):
-        if proc.info["name"] == "gcs_server" and str(temp) in " ".join(
-                proc.info["cmdline"] or []):
+        if proc.info["name"] == "gcs_server" and str(temp) in " ".join(proc.info["cmdline"] or []):
             return proc
     raise AssertionError(f"no gcs_server of {temp}")
 
 
 def test_serve_keeps_answering_while_the_gcs_is_down_and_state_survives_its_restart(
-        redis_namespace, run_dir):
+    redis_namespace, run_dir
+):
     temp = Path(f"/tmp/rayops-gcsft-{uuid.uuid4().hex[:6]}")
     gcs_port, http_port = free_port(), free_port()
-    env = {**os.environ, "RAY_REDIS_ADDRESS": f"{REDIS[0]}:{REDIS[1]}",
-           "RAY_external_storage_namespace": redis_namespace,
-           "RAY_gcs_rpc_server_reconnect_timeout_s": "120"}
+    env = {
+        **os.environ,
+        "RAY_REDIS_ADDRESS": f"{REDIS[0]}:{REDIS[1]}",
+        "RAY_external_storage_namespace": redis_namespace,
+        "RAY_gcs_rpc_server_reconnect_timeout_s": "120",
+    }
     address = f"127.0.0.1:{gcs_port}"
     try:
         subprocess.run(
-            [str(BIN / "ray"), "start", "--head", "--port", str(gcs_port),
-             "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--include-dashboard",
-             "false", "--ray-client-server-port", str(free_port()),
-             "--dashboard-agent-listen-port", str(free_port()),
-             "--dashboard-agent-grpc-port", str(free_port()),
-             "--runtime-env-agent-port", str(free_port()),
-             "--metrics-export-port", str(free_port()),
-             "--temp-dir", str(temp), "--disable-usage-stats"],
-            check=True, capture_output=True, timeout=180, env=env)
-        ready = subprocess.run([sys.executable, "-c", BEFORE, address, str(http_port)],
-                               capture_output=True, text=True, timeout=180, env=env)
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--port",
+                str(gcs_port),
+                "--node-ip-address",
+                "127.0.0.1",
+                "--num-cpus",
+                "2",
+                "--include-dashboard",
+                "false",
+                "--ray-client-server-port",
+                str(free_port()),
+                "--dashboard-agent-listen-port",
+                str(free_port()),
+                "--dashboard-agent-grpc-port",
+                str(free_port()),
+                "--runtime-env-agent-port",
+                str(free_port()),
+                "--metrics-export-port",
+                str(free_port()),
+                "--temp-dir",
+                str(temp),
+                "--disable-usage-stats",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=180,
+            env=env,
+        )
+        ready = subprocess.run(
+            [sys.executable, "-c", BEFORE, address, str(http_port)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+        )
         assert "ready" in ready.stdout, ready.stderr[-3000:]
         url = f"http://127.0.0.1:{http_port}/echo"
         wait_http(url, 60)
@@ -145,16 +178,26 @@ def test_serve_keeps_answering_while_the_gcs_is_down_and_state_survives_its_rest
         before_outage = sum(codes.values())
         time.sleep(5)  # the GCS is down: Serve's proxy and replica keep answering
         during_outage = sum(codes.values()) - before_outage
-        subprocess.Popen(command, env=gcs_env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
+        subprocess.Popen(
+            command,
+            env=gcs_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         time.sleep(5)
         stop.set()
         sender.join(30)
         assert set(codes) == {200}, dict(codes)  # not one request lost
         assert during_outage > 50, dict(codes)
 
-        after = subprocess.run([sys.executable, "-c", AFTER, address], capture_output=True,
-                               text=True, timeout=180, env=env)
+        after = subprocess.run(
+            [sys.executable, "-c", AFTER, address],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+        )
         assert after.returncode == 0, after.stderr[-3000:]
         apps, count, kept = after.stdout.strip().splitlines()[-1].rsplit(" ", 2)
         assert "'echo': 'RUNNING'" in apps or "ApplicationStatus.RUNNING" in apps, apps

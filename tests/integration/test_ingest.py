@@ -47,17 +47,29 @@ def store(request, tmp_path, s3_endpoint) -> dict:
 
 
 def make_config(store: dict, fmt: str = "csv", **data: object) -> PipelineConfig:
-    columns = {"x": {"type": "numeric", "min": 0}, "n": {"type": "integer", "nullable": False},
-               "c": {"type": "categorical", "values": ["a", "b"]},
-               "y": {"type": "categorical", "nullable": False}}
-    return validate_config({
-        "name": "t",
-        "storage": {"root": store["root"], "endpoint_url": store["endpoint_url"]},
-        "data": {"source": "raw", "format": fmt, "label": "y", "task": "classification",
-                 "columns": columns, "valid_fraction": 0.3, "max_quarantine_fraction": 0.5,
-                 **data},
-        "tracking": {"uri": f"sqlite:///{store['tmp']}/mlflow/mlflow.db"},
-    })
+    columns = {
+        "x": {"type": "numeric", "min": 0},
+        "n": {"type": "integer", "nullable": False},
+        "c": {"type": "categorical", "values": ["a", "b"]},
+        "y": {"type": "categorical", "nullable": False},
+    }
+    return validate_config(
+        {
+            "name": "t",
+            "storage": {"root": store["root"], "endpoint_url": store["endpoint_url"]},
+            "data": {
+                "source": "raw",
+                "format": fmt,
+                "label": "y",
+                "task": "classification",
+                "columns": columns,
+                "valid_fraction": 0.3,
+                "max_quarantine_fraction": 0.5,
+                **data,
+            },
+            "tracking": {"uri": f"sqlite:///{store['tmp']}/mlflow/mlflow.db"},
+        }
+    )
 
 
 def raw_dir(cfg: PipelineConfig) -> Location:
@@ -76,8 +88,11 @@ def counted_in_tables(version) -> dict[str, int]:
     quarantine = delta_table(version, QUARANTINE).to_pyarrow_table().to_pandas()
     mine = quarantine[quarantine["dataset_version"].between(version.base, version.version)]
     counts = rows["rayops_split"].value_counts().to_dict()
-    return {"train": counts.get("train", 0), "valid": counts.get("valid", 0),
-            "quarantine": len(mine)}
+    return {
+        "train": counts.get("train", 0),
+        "valid": counts.get("valid", 0),
+        "quarantine": len(mine),
+    }
 
 
 def assert_accounting(version, lines_in_files: int | None = None) -> None:
@@ -88,8 +103,11 @@ def assert_accounting(version, lines_in_files: int | None = None) -> None:
     assert sum(version.manifest.quarantine_reasons.values()) == rows.quarantine
     counted = counted_in_tables(version)
     unreadable = len(version.manifest.unreadable)
-    assert counted == {"train": rows.train, "valid": rows.valid,
-                       "quarantine": rows.quarantine + unreadable}
+    assert counted == {
+        "train": rows.train,
+        "valid": rows.valid,
+        "quarantine": rows.quarantine + unreadable,
+    }
     if lines_in_files is not None:
         assert rows.read == lines_in_files
 
@@ -110,8 +128,9 @@ def test_corrupt_file_is_quarantined_whole_and_the_rest_is_kept(store, ray_start
     raw = raw_dir(cfg)
     raw.join("good.csv").write_bytes((HEADER + GOOD_ROWS).encode())
     raw.join("good2.csv.gz").write_bytes(gzip.compress((HEADER + GOOD_ROWS).encode()))
-    raw.join("truncated.csv.gz").write_bytes(gzip.compress((HEADER + GOOD_ROWS * 50).encode()
-                                                           )[:-60])
+    raw.join("truncated.csv.gz").write_bytes(
+        gzip.compress((HEADER + GOOD_ROWS * 50).encode())[:-60]
+    )
     version = ingest(cfg)
     assert_accounting(version)
     assert version.manifest.rows.read == 80
@@ -125,8 +144,14 @@ def test_corrupt_parquet_among_good_ones(tmp_path, ray_start_4_cpus):
     store = {"root": str(tmp_path / "lake"), "endpoint_url": None, "tmp": tmp_path}
     cfg = make_config(store, fmt="parquet")
     raw = raw_dir(cfg)
-    table = pa.table({"x": [float(i) for i in range(-1, 29)], "n": list(range(30)),
-                      "c": ["a", "b", "a"] * 10, "y": ["y", "n"] * 15})
+    table = pa.table(
+        {
+            "x": [float(i) for i in range(-1, 29)],
+            "n": list(range(30)),
+            "c": ["a", "b", "a"] * 10,
+            "y": ["y", "n"] * 15,
+        }
+    )
     buf = io.BytesIO()
     pq.write_table(table, buf)
     raw.join("good.parquet").write_bytes(buf.getvalue())
@@ -138,24 +163,30 @@ def test_corrupt_parquet_among_good_ones(tmp_path, ray_start_4_cpus):
     assert version.manifest.unreadable[0]["path"].endswith("corrupt.parquet")
 
 
-def test_every_kind_of_violation_is_quarantined_with_file_line_and_reason(tmp_path,
-                                                                           ray_start_4_cpus):
+def test_every_kind_of_violation_is_quarantined_with_file_line_and_reason(
+    tmp_path, ray_start_4_cpus
+):
     store = {"root": str(tmp_path / "lake"), "endpoint_url": None, "tmp": tmp_path}
     cfg = make_config(store)
-    bad = ("abc,1,a,y\n"      # line 42: x not a number
-           "-3,1,a,y\n"       # 43: below min
-           "1,1.5,a,y\n"      # 44: not an integer
-           "1,,a,y\n"         # 45: null in a non-nullable column
-           "1,1,zz,y\n"       # 46: unknown category
-           "1,1,a,\n"         # 47: missing label
-           "1,1,a,y,extra\n"  # 48: malformed line
-           ",7,,n\n")         # 49: nullable nulls: kept
+    bad = (
+        "abc,1,a,y\n"  # line 42: x not a number
+        "-3,1,a,y\n"  # 43: below min
+        "1,1.5,a,y\n"  # 44: not an integer
+        "1,,a,y\n"  # 45: null in a non-nullable column
+        "1,1,zz,y\n"  # 46: unknown category
+        "1,1,a,\n"  # 47: missing label
+        "1,1,a,y,extra\n"  # 48: malformed line
+        ",7,,n\n"
+    )  # 49: nullable nulls: kept
     raw_dir(cfg).join("data.csv").write_bytes((HEADER + GOOD_ROWS + bad).encode())
     version = ingest(cfg)
     assert_accounting(version)
     assert version.manifest.quarantine_reasons == {
-        "x: not a finite number": 1, "x: below min 0.0": 1, "n: not an integer": 1,
-        "n: missing value (column is not nullable)": 1, "c: unknown category": 1,
+        "x: not a finite number": 1,
+        "x: below min 0.0": 1,
+        "n: not an integer": 1,
+        "n: missing value (column is not nullable)": 1,
+        "c: unknown category": 1,
         "y: missing label (column is not nullable)": 1,
         "malformed line: expected 4 fields, got 5": 1,
     }
@@ -196,9 +227,12 @@ def test_new_files_make_a_new_version_that_includes_them(store, ray_start_4_cpus
     assert old.manifest.rows.read == 40
     assert len(old.table("train")) + len(old.table("valid")) == 40 - old.manifest.rows.quarantine
     assert delta_table(second, at=1).to_pyarrow_table().num_rows == len(old.table("train")) + len(
-        old.table("valid"))
-    assert second.manifest.profile["c"]["frequencies"]["b"] > first.manifest.profile[
-        "c"]["frequencies"]["b"]
+        old.table("valid")
+    )
+    assert (
+        second.manifest.profile["c"]["frequencies"]["b"]
+        > first.manifest.profile["c"]["frequencies"]["b"]
+    )
     with pytest.raises(DataError, match="has no version 9; versions: 1 to 2"):
         load_version(cfg, 9)
 
@@ -215,9 +249,12 @@ def test_a_vanished_source_file_never_silently_shrinks_the_dataset(tmp_path, ray
     kept = first.manifest.rows.kept
     os.remove(raw.join("day1.csv").path)
     raw.join("day3.csv").write_bytes((HEADER + GOOD_ROWS).encode())
-    with pytest.raises(SourceFilesVanished, match=r"1 source file\(s\) that t/v000001 "
-                                                  r"consumed are gone .*day1\.csv.*nothing "
-                                                  r"was committed.*vanished_files: keep"):
+    with pytest.raises(
+        SourceFilesVanished,
+        match=r"1 source file\(s\) that t/v000001 "
+        r"consumed are gone .*day1\.csv.*nothing "
+        r"was committed.*vanished_files: keep",
+    ):
         ingest(cfg)
     assert latest_version(cfg).version == 1
     keep = cfg.with_overrides({"data.vanished_files": "keep"})
@@ -239,7 +276,8 @@ def test_rerun_on_unchanged_input_reuses_the_version(tmp_path, ray_start_4_cpus)
     assert again.id == first.id and delta_table(again).version() == 1
     runs = MlflowClient(cfg.tracking.uri).search_runs(
         [MlflowClient(cfg.tracking.uri).get_experiment_by_name("t").experiment_id],
-        "tags.`rayops.kind` = 'ingest'")
+        "tags.`rayops.kind` = 'ingest'",
+    )
     assert len(runs) == 1
     assert runs[0].data.metrics["rows_read"] == 40 and runs[0].data.metrics["files_read"] == 1
     # An ingest whose logging failed after the commit is logged by the next one.
@@ -252,8 +290,9 @@ def test_rerun_on_unchanged_input_reuses_the_version(tmp_path, ray_start_4_cpus)
     assert relogged[0].data.metrics["rows_read"] == 40
 
 
-def test_crash_between_data_write_and_commit_leaves_nothing_visible(store, ray_start_4_cpus,
-                                                                    monkeypatch):
+def test_crash_between_data_write_and_commit_leaves_nothing_visible(
+    store, ray_start_4_cpus, monkeypatch
+):
     cfg = make_config(store)
     raw_dir(cfg).join("a.csv").write_bytes((HEADER + GOOD_ROWS).encode())
 
@@ -293,26 +332,47 @@ def delta_table_rows(cfg: PipelineConfig) -> int:
     location = dataset_root(cfg).join(ROWS)
     if not DeltaTable.is_deltatable(location.table_uri, location.options or None):
         return 0
-    return DeltaTable(location.table_uri, storage_options=location.options or None
-                      ).to_pyarrow_table().num_rows
+    return (
+        DeltaTable(location.table_uri, storage_options=location.options or None)
+        .to_pyarrow_table()
+        .num_rows
+    )
 
 
 def test_hive_partitioned_parquet_with_dates_and_jsonl(tmp_path, ray_start_4_cpus):
     store = {"root": str(tmp_path / "lake"), "endpoint_url": None, "tmp": tmp_path}
-    columns = {"x": {"type": "numeric"}, "when": {"type": "datetime", "expand": ["month"]},
-               "region": {"type": "categorical", "values": ["eu", "us"]},
-               "y": {"type": "boolean", "nullable": False}}
-    cfg = validate_config({**make_config(store, fmt="parquet").model_dump(mode="json"),
-                           "data": {"source": "raw", "format": "parquet", "label": "y",
-                                    "task": "classification", "columns": columns,
-                                    "max_quarantine_fraction": 0.5}})
+    columns = {
+        "x": {"type": "numeric"},
+        "when": {"type": "datetime", "expand": ["month"]},
+        "region": {"type": "categorical", "values": ["eu", "us"]},
+        "y": {"type": "boolean", "nullable": False},
+    }
+    cfg = validate_config(
+        {
+            **make_config(store, fmt="parquet").model_dump(mode="json"),
+            "data": {
+                "source": "raw",
+                "format": "parquet",
+                "label": "y",
+                "task": "classification",
+                "columns": columns,
+                "max_quarantine_fraction": 0.5,
+            },
+        }
+    )
     raw = raw_dir(cfg)
     for region in ("eu", "us"):
         buf = io.BytesIO()
-        pq.write_table(pa.table({"x": [1.0, 2.0, 3.0, 4.0],
-                                 "when": ["2024-01-05T10:00:00", "2024-02-01T00:00:00Z",
-                                          "2024-03-01", "soon"],
-                                 "y": [True, False, True, False]}), buf)
+        pq.write_table(
+            pa.table(
+                {
+                    "x": [1.0, 2.0, 3.0, 4.0],
+                    "when": ["2024-01-05T10:00:00", "2024-02-01T00:00:00Z", "2024-03-01", "soon"],
+                    "y": [True, False, True, False],
+                }
+            ),
+            buf,
+        )
         raw.join(f"region={region}", "data.parquet").write_bytes(buf.getvalue())
     version = ingest(cfg)
     assert_accounting(version)
@@ -321,17 +381,20 @@ def test_hive_partitioned_parquet_with_dates_and_jsonl(tmp_path, ray_start_4_cpu
     assert set(version.manifest.profile["region"]["frequencies"]) == {"eu", "us"}
     assert "when.month" in version.preprocessor.output_columns
 
-    json_cfg = cfg.with_overrides({"data.format": "json", "data.source": "raw-json",
-                                   "data.dataset": "t-json"})
-    lines = ['{"x": 1, "when": "2024-01-01", "region": "eu", "y": true}',
-             '{"x": "2.5", "when": "2024-01-02", "region": "us", "y": "false"}',
-             '{"x": 3, "when": null, "region": "eu", "y": 1}', "not json"]
+    json_cfg = cfg.with_overrides(
+        {"data.format": "json", "data.source": "raw-json", "data.dataset": "t-json"}
+    )
+    lines = [
+        '{"x": 1, "when": "2024-01-01", "region": "eu", "y": true}',
+        '{"x": "2.5", "when": "2024-01-02", "region": "us", "y": "false"}',
+        '{"x": 3, "when": null, "region": "eu", "y": 1}',
+        "not json",
+    ]
     raw_dir(json_cfg).join("a.jsonl").write_bytes("\n".join(lines * 3).encode())
     json_version = ingest(json_cfg)
     assert_accounting(json_version)
     assert json_version.manifest.rows.read == 12
-    assert json_version.manifest.quarantine_reasons == {
-        "malformed line: Expecting value": 3}
+    assert json_version.manifest.quarantine_reasons == {"malformed line: Expecting value": 3}
 
 
 def test_watch_ingests_each_arrival(tmp_path, ray_start_4_cpus):

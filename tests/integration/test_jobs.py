@@ -90,20 +90,22 @@ def session(tmp_path_factory, ray_start_4_cpus) -> Iterator[Session]:
                 f" --dashboard-agent-listen-port {free_port()}"
                 f" --dashboard-agent-grpc-port {free_port()}"
                 f" --runtime-env-agent-port {free_port()}"
-                f" --metrics-export-port {free_port()} --disable-usage-stats")
+                f" --metrics-export-port {free_port()} --disable-usage-stats"
+            )
         lines.append(line)
     script = "set -ex\n" + "\n".join(lines) + "\n"
     # A user's shell after `make demo`: a token in ~/.ray/auth_token (the test's HOME has one
     # from the session's ray.init()), none of Ray's variables that this process has set.
     assert (Path.home() / ".ray" / "auth_token").exists()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_"))}
     try:
-        run = subprocess.run(["bash", "-c", script], cwd=folder, env=env,
-                             capture_output=True, text=True, timeout=900)
+        run = subprocess.run(
+            ["bash", "-c", script], cwd=folder, env=env, capture_output=True, text=True, timeout=900
+        )
         address = f"http://127.0.0.1:{dashboard}"
-        yield Session(folder, cfg, made_by_the_cli, run, address,
-                      {**os.environ, "RAY_AUTH_MODE": "token"})
+        yield Session(
+            folder, cfg, made_by_the_cli, run, address, {**os.environ, "RAY_AUTH_MODE": "token"}
+        )
     finally:
         _kill_processes_mentioning([str(temp), f":{gcs}"])
         shutil.rmtree(temp, ignore_errors=True)
@@ -143,8 +145,10 @@ def test_bad_config_fails_the_job_with_the_key_named(tmp_path, cluster):
     job_id = re.search(r"Job '(raysubmit_\w+)' failed", result.stdout + result.stderr)[1]
     # The job's reason, not a traceback: the config error's list of invalid settings.
     last = _last_log_line(cluster, job_id)
-    assert last == ("  data.task: Input should be 'classification' or 'forecasting' or "
-                    "'recommendation' or 'regression' (got 'guess')")
+    assert last == (
+        "  data.task: Input should be 'classification' or 'forecasting' or "
+        "'recommendation' or 'regression' (got 'guess')"
+    )
 
 
 def test_a_forecasting_config_ingests_as_a_job(tmp_path, cluster):
@@ -157,16 +161,21 @@ def test_a_forecasting_config_ingests_as_a_job(tmp_path, cluster):
     from tests.helpers import fresh_tracking_store
 
     fresh_tracking_store(tmp_path / "mlflow.db")
-    cfg = load_config(REPO / "jobs" / "configs" / "demand.yaml", [
-        f"storage.root={tmp_path / 'lake'}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])
+    cfg = load_config(
+        REPO / "jobs" / "configs" / "demand.yaml",
+        [f"storage.root={tmp_path / 'lake'}", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
+    )
     demand.write(demand.generate(zone_count=3, weeks=4), file_source(cfg).location)
-    result = submit_job(cluster.address, job_dir(tmp_path, cfg), "jobs/ingest.py",
-                        "pipeline.yaml", env=cluster.env)
+    result = submit_job(
+        cluster.address, job_dir(tmp_path, cfg), "jobs/ingest.py", "pipeline.yaml", env=cluster.env
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-5000:]
     assert "dataset demand/v000001 (" in out
-    for reason in ("ts: duplicate of an observation of the same series and step",
-                   "ts: not on the 1h grid of steps"):
+    for reason in (
+        "ts: duplicate of an observation of the same series and step",
+        "ts: not on the 1h grid of steps",
+    ):
         assert reason in out
     layout = load_version(cfg, 1).preprocessor.series["layout"]
     assert len(layout["levels"]) == 3 and layout["horizon"] == 24
@@ -177,9 +186,26 @@ def _start(cluster: Session, workdir: Path, submission_id: str, *job: str) -> No
     deadline = time.monotonic() + 120
     while True:
         result = subprocess.run(
-            [RAY, "job", "submit", "--address", cluster.address, "--working-dir", str(workdir),
-             "--submission-id", submission_id, "--no-wait", "--", sys.executable, *job],
-            capture_output=True, text=True, timeout=120, env=cluster.env)
+            [
+                RAY,
+                "job",
+                "submit",
+                "--address",
+                cluster.address,
+                "--working-dir",
+                str(workdir),
+                "--submission-id",
+                submission_id,
+                "--no-wait",
+                "--",
+                sys.executable,
+                *job,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=cluster.env,
+        )
         if result.returncode == 0:
             return
         if "No available agent" not in result.stderr or time.monotonic() > deadline:
@@ -190,8 +216,12 @@ def _start(cluster: Session, workdir: Path, submission_id: str, *job: str) -> No
 def _jobs_api(cluster: Session, method: str, path: str) -> dict:
     """Ray's job REST API (what `ray job logs` and `ray job stop` call), with the token."""
     token = (Path.home() / ".ray" / "auth_token").read_text().strip()
-    reply = requests.request(method, f"{cluster.address}/api/jobs/{path}", timeout=30,
-                             headers={"Authorization": f"Bearer {token}"})
+    reply = requests.request(
+        method,
+        f"{cluster.address}/api/jobs/{path}",
+        timeout=30,
+        headers={"Authorization": f"Bearer {token}"},
+    )
     reply.raise_for_status()
     return reply.json()
 
@@ -217,13 +247,19 @@ def test_sweep_driver_killed_mid_trial_then_resumed(tmp_path, cluster):
 
     first, epochs = 2, 16  # the second trial's: enough that the stop lands mid-trial (an
     # epoch here takes 0.3-1 s); the first trial only has to finish
-    cfg = demo_config(tmp_path, **{"train.epochs": epochs, "train.num_workers": 1,
-                                   "train.early_stopping_patience": "null",
-                                   "tune.enabled": True, "tune.search": "grid",
-                                   "tune.search_space": {"train.epochs": {
-                                       "type": "choice", "values": [first, epochs]}},
-                                   "tune.max_concurrent_trials": 1,
-                                   "tune.scheduler.type": "fifo"})
+    cfg = demo_config(
+        tmp_path,
+        **{
+            "train.epochs": epochs,
+            "train.num_workers": 1,
+            "train.early_stopping_patience": "null",
+            "tune.enabled": True,
+            "tune.search": "grid",
+            "tune.search_space": {"train.epochs": {"type": "choice", "values": [first, epochs]}},
+            "tune.max_concurrent_trials": 1,
+            "tune.scheduler.type": "fifo",
+        },
+    )
     write_demo_data(file_source(cfg).location, rows=1500, files=1)
     ingest(cfg)  # here: the ingest job has its own test; this one is about the sweep job
     workdir = job_dir(tmp_path, cfg)
@@ -239,18 +275,28 @@ def test_sweep_driver_killed_mid_trial_then_resumed(tmp_path, cluster):
 
     def second_trial_checkpointed() -> bool:
         done = {r.data.tags[tracking.TRIAL_TAG] for r in finished_trials()}
-        started = {info.path.split("/checkpoints/", 1)[1].split("/", 1)[0]
-                   for info in checkpoints.list_files() if info.path.endswith(".pt")}
+        started = {
+            info.path.split("/checkpoints/", 1)[1].split("/", 1)[0]
+            for info in checkpoints.list_files()
+            if info.path.endswith(".pt")
+        }
         return len(done) == 1 and any(not name.endswith(tuple(done)) for name in started)
 
     _start(cluster, workdir, "tune-1", "jobs/tune.py", "pipeline.yaml")
-    wait_for(second_trial_checkpointed, timeout_s=300, every_s=0.2,
-             what="a finished trial and a checkpoint of the second")
+    wait_for(
+        second_trial_checkpointed,
+        timeout_s=300,
+        every_s=0.2,
+        what="a finished trial and a checkpoint of the second",
+    )
     _stop(cluster, "tune-1")  # the driver dies mid-trial
-    wait_for(lambda: "resumable" in _last_log_line(cluster, "tune-1"), timeout_s=30, every_s=1,
-             what="the stopped job's last line")
-    assert _last_log_line(cluster, "tune-1").endswith(
-        "python jobs/tune.py pipeline.yaml --resume")
+    wait_for(
+        lambda: "resumable" in _last_log_line(cluster, "tune-1"),
+        timeout_s=30,
+        every_s=1,
+        what="the stopped job's last line",
+    )
+    assert _last_log_line(cluster, "tune-1").endswith("python jobs/tune.py pipeline.yaml --resume")
     done_before = {r.data.tags[tracking.TRIAL_TAG]: r.info.run_id for r in finished_trials()}
     # Any code that can write the bucket plants payloads in Tune's pickled experiment
     # state (tuner.pkl, the searcher's): resuming must not unpickle them.
@@ -258,11 +304,14 @@ def test_sweep_driver_killed_mid_trial_then_resumed(tmp_path, cluster):
     planted = _plant_payloads(root_of(cfg.storage).join("tune"), marker)
     assert any(p.endswith("tuner.pkl") for p in planted), planted
 
-    resumed = submit_job(cluster.address, workdir, "jobs/tune.py", "pipeline.yaml",
-                         "--resume", env=cluster.env)
+    resumed = submit_job(
+        cluster.address, workdir, "jobs/tune.py", "pipeline.yaml", "--resume", env=cluster.env
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    sweeps = client.search_runs([client.get_experiment_by_name(cfg.experiment_name)
-                                 .experiment_id], "tags.`rayops.kind` = 'sweep'")
+    sweeps = client.search_runs(
+        [client.get_experiment_by_name(cfg.experiment_name).experiment_id],
+        "tags.`rayops.kind` = 'sweep'",
+    )
     assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED"
     trials = tracking.trial_runs(cfg.tracking, cfg.experiment_name, sweeps[0].info.run_id)
     assert len(trials) == 2

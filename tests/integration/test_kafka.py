@@ -31,9 +31,20 @@ pytestmark = [pytest.mark.integration]
 
 def _rides(start: int, count: int, partitions: int = 3) -> list[tuple[int, bytes]]:
     """Rides ``start..start+count-1`` as JSON messages, ride n on partition n % 3."""
-    return [(n % partitions, json.dumps({
-        "ride_id": n, "distance_km": 1 + n % 17 / 2, "zone": f"Z{n % 4}",
-        "tipped": "yes" if n % 3 else "no"}).encode()) for n in range(start, start + count)]
+    return [
+        (
+            n % partitions,
+            json.dumps(
+                {
+                    "ride_id": n,
+                    "distance_km": 1 + n % 17 / 2,
+                    "zone": f"Z{n % 4}",
+                    "tipped": "yes" if n % 3 else "no",
+                }
+            ).encode(),
+        )
+        for n in range(start, start + count)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -42,21 +53,32 @@ def cfg(tmp_path_factory, kafka_broker, ray_start_4_cpus):
     tmp = tmp_path_factory.mktemp("kafka")
     fresh_tracking_store(tmp / "mlflow.db")
     topic = kafka_broker.create_topic("rides", 3)
-    return validate_config({
-        "name": "rides",
-        "storage": {"root": str(tmp / "lake")},
-        "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db"},
-        "data": {"source": f"kafka://{kafka_broker.servers}/{topic}", "format": "json",
-                 "label": "tipped", "task": "classification",
-                 "columns": {"ride_id": {"type": "integer", "nullable": False},
-                             "distance_km": {"type": "numeric", "min": 0},
-                             "zone": {"type": "categorical"},
-                             "tipped": {"type": "categorical", "nullable": False}}}})
+    return validate_config(
+        {
+            "name": "rides",
+            "storage": {"root": str(tmp / "lake")},
+            "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db"},
+            "data": {
+                "source": f"kafka://{kafka_broker.servers}/{topic}",
+                "format": "json",
+                "label": "tipped",
+                "task": "classification",
+                "columns": {
+                    "ride_id": {"type": "integer", "nullable": False},
+                    "distance_km": {"type": "numeric", "min": 0},
+                    "zone": {"type": "categorical"},
+                    "tipped": {"type": "categorical", "nullable": False},
+                },
+            },
+        }
+    )
 
 
 def _ids(version) -> list[int]:
-    return sorted(version.table("train").column("ride_id").to_pylist()
-                  + version.table("valid").column("ride_id").to_pylist())
+    return sorted(
+        version.table("train").column("ride_id").to_pylist()
+        + version.table("valid").column("ride_id").to_pylist()
+    )
 
 
 def test_messages_land_once_across_ingests_and_a_bad_one_is_quarantined(cfg, kafka_broker):
@@ -79,27 +101,34 @@ def test_messages_land_once_across_ingests_and_a_bad_one_is_quarantined(cfg, kaf
     # how far behind the topic each partition was: in the manifest and in MLflow
     lag = {p["partition"]: p for p in second.manifest.ingest.partitions}
     assert {p: (q["start"], q["end"], q["lag_messages"]) for p, q in lag.items()} == {
-        0: (100, 167, 67), 1: (101, 168, 67), 2: (100, 166, 66)}
+        0: (100, 167, 67),
+        1: (101, 168, 67),
+        2: (100, 166, 66),
+    }
     assert all(0 <= q["lag_s"] < 120 for q in lag.values()), lag
-    (run_id,) = tracking.runs_tagged(cfg.tracking, cfg.experiment_name, {
-        tracking.KIND_TAG: "ingest", tracking.DATASET_TAG: second.id})
+    (run_id,) = tracking.runs_tagged(
+        cfg.tracking,
+        cfg.experiment_name,
+        {tracking.KIND_TAG: "ingest", tracking.DATASET_TAG: second.id},
+    )
     logged = tracking.client(cfg.tracking).get_run(run_id).data.metrics
     assert logged["lag_messages"] == 200 and logged["lag_messages.p1"] == 67
-    assert logged["lost_messages"] == 0 and logged["lag_s"] == max(
-        q["lag_s"] for q in lag.values())
+    assert logged["lost_messages"] == 0 and logged["lag_s"] == max(q["lag_s"] for q in lag.values())
     # ... and as Prometheus gauges of Ray's metrics export (0: nothing new since)
     port = ray._private.worker.global_worker.node.metrics_export_port
 
     def exported() -> bool:
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        return 'rayops_ingest_lag_messages{' in text and 'topic="rides"' in text and \
-            "rayops_ingest_lag_seconds{" in text
+        return (
+            "rayops_ingest_lag_messages{" in text
+            and 'topic="rides"' in text
+            and "rayops_ingest_lag_seconds{" in text
+        )
 
     wait_for(exported, 60, what="the lag gauges")
 
 
-def test_an_ingest_that_dies_before_its_commit_is_read_again(cfg, kafka_broker,
-                                                              monkeypatch):
+def test_an_ingest_that_dies_before_its_commit_is_read_again(cfg, kafka_broker, monkeypatch):
     """What a driver killed before the commit leaves: rows written, never committed, and
     its offsets with them; the next ingest reads the same messages."""
     before = ingest(cfg)
@@ -110,8 +139,7 @@ def test_an_ingest_that_dies_before_its_commit_is_read_again(cfg, kafka_broker,
     assert _ids(again) == list(range(530))
 
 
-def test_a_read_task_killed_and_retried_by_ray_reads_its_range_once(cfg, kafka_broker,
-                                                                    tmp_path):
+def test_a_read_task_killed_and_retried_by_ray_reads_its_range_once(cfg, kafka_broker, tmp_path):
     before = ingest(cfg)
     kafka_broker.produce("rides", _rides(530, 30))
     marker = tmp_path / "killed"
@@ -140,15 +168,21 @@ def test_a_topic_that_does_not_exist_is_named(cfg, kafka_broker):
 
 
 @pytest.mark.parametrize("workload", ["classification", "forecasting"])
-def test_the_stream_demo_ingests_what_it_produces(workload, tmp_path, monkeypatch, capsys,
-                                                  ray_start_4_cpus):
+def test_the_stream_demo_ingests_what_it_produces(
+    workload, tmp_path, monkeypatch, capsys, ray_start_4_cpus
+):
     from rayops.demo.streaming import STREAMS, run_stream_demo
 
     monkeypatch.chdir(tmp_path)
     fresh_tracking_store(tmp_path / "mlflow.db")
-    run_stream_demo(seconds=2, rate=1000, interval_s=1.0, seed=3,
-                    overrides=[f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
-                    workload=workload)
+    run_stream_demo(
+        seconds=2,
+        rate=1000,
+        interval_s=1.0,
+        seed=3,
+        overrides=[f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"],
+        workload=workload,
+    )
     shown = capsys.readouterr().out
     dataset = STREAMS[workload].dataset
     assert f"{dataset}/v000001: read " in shown and "behind the topic: p0 " in shown

@@ -41,26 +41,42 @@ def cfg(tmp_path_factory, stream, s3_endpoint, ray_start_4_cpus):
     """Only the required sections: the stream (with its endpoint), the format, the schema."""
     tmp = tmp_path_factory.mktemp("kinesis")
     fresh_tracking_store(tmp / "mlflow.db")
-    return validate_config({
-        "name": "rides",
-        "storage": {"root": str(tmp / "lake")},
-        "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db"},
-        "data": {"source": f"kinesis://{stream[1]}?endpoint_url={s3_endpoint}",
-                 "format": "json", "label": "tipped", "task": "classification",
-                 "columns": {"ride_id": {"type": "integer", "nullable": False},
-                             "distance_km": {"type": "numeric", "min": 0},
-                             "tipped": {"type": "categorical", "nullable": False}}}})
+    return validate_config(
+        {
+            "name": "rides",
+            "storage": {"root": str(tmp / "lake")},
+            "tracking": {"uri": f"sqlite:///{tmp}/mlflow.db"},
+            "data": {
+                "source": f"kinesis://{stream[1]}?endpoint_url={s3_endpoint}",
+                "format": "json",
+                "label": "tipped",
+                "task": "classification",
+                "columns": {
+                    "ride_id": {"type": "integer", "nullable": False},
+                    "distance_km": {"type": "numeric", "min": 0},
+                    "tipped": {"type": "categorical", "nullable": False},
+                },
+            },
+        }
+    )
 
 
 def _put(stream, start: int, count: int, extra: list[bytes] = ()) -> None:
     client, name = stream
-    values = [json.dumps({"ride_id": n, "distance_km": 1 + n % 17 / 2,
-                          "tipped": "yes" if n % 3 else "no"}).encode()
-              for n in range(start, start + count)] + list(extra)
+    values = [
+        json.dumps(
+            {"ride_id": n, "distance_km": 1 + n % 17 / 2, "tipped": "yes" if n % 3 else "no"}
+        ).encode()
+        for n in range(start, start + count)
+    ] + list(extra)
     for i in range(0, len(values), 500):
-        client.put_records(StreamName=name, Records=[
-            {"Data": v, "PartitionKey": str(start + i + j)}
-            for j, v in enumerate(values[i:i + 500])])
+        client.put_records(
+            StreamName=name,
+            Records=[
+                {"Data": v, "PartitionKey": str(start + i + j)}
+                for j, v in enumerate(values[i : i + 500])
+            ],
+        )
 
 
 def _in_stream(stream) -> list[int]:
@@ -68,8 +84,9 @@ def _in_stream(stream) -> list[int]:
     client, name = stream
     ids = []
     for shard in client.list_shards(StreamName=name)["Shards"]:
-        it = client.get_shard_iterator(StreamName=name, ShardId=shard["ShardId"],
-                                       ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        it = client.get_shard_iterator(
+            StreamName=name, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
         while it:
             page = client.get_records(ShardIterator=it, Limit=10_000)
             for record in page["Records"]:
@@ -80,8 +97,10 @@ def _in_stream(stream) -> list[int]:
 
 
 def _ids(version) -> list[int]:
-    return sorted(version.table("train").column("ride_id").to_pylist()
-                  + version.table("valid").column("ride_id").to_pylist())
+    return sorted(
+        version.table("train").column("ride_id").to_pylist()
+        + version.table("valid").column("ride_id").to_pylist()
+    )
 
 
 def test_records_land_once_across_ingests_and_a_split(cfg, stream):
@@ -98,8 +117,11 @@ def test_records_land_once_across_ingests_and_a_split(cfg, stream):
     client, name = stream  # split a shard: its children are read as well
     shard = client.list_shards(StreamName=name)["Shards"][0]
     keys = shard["HashKeyRange"]
-    client.split_shard(StreamName=name, ShardToSplit=shard["ShardId"], NewStartingHashKey=str(
-        (int(keys["StartingHashKey"]) + int(keys["EndingHashKey"])) // 2))
+    client.split_shard(
+        StreamName=name,
+        ShardToSplit=shard["ShardId"],
+        NewStartingHashKey=str((int(keys["StartingHashKey"]) + int(keys["EndingHashKey"])) // 2),
+    )
     _put(stream, 300, 200)
     second = ingest(cfg)
     assert second.version == first.version + 1 and second.manifest.ingest.rows.read == 200
@@ -109,7 +131,8 @@ def test_records_land_once_across_ingests_and_a_split(cfg, stream):
 
 
 def test_a_killed_read_task_a_dead_driver_and_two_ingests_lose_and_repeat_nothing(
-        cfg, stream, tmp_path, monkeypatch):
+    cfg, stream, tmp_path, monkeypatch
+):
     before = ingest(cfg)
     _put(stream, 500, 30)
     marker = tmp_path / "killed"
@@ -138,9 +161,15 @@ def test_avro_records_decoded_in_the_read_tasks(cfg, stream, s3_endpoint):
     client, _ = stream
     name = f"avro-{uuid.uuid4().hex[:6]}"
     client.create_stream(StreamName=name, ShardCount=1)
-    schema = {"type": "record", "name": "Ride", "fields": [
-        {"name": "ride_id", "type": "long"}, {"name": "distance_km", "type": "double"},
-        {"name": "tipped", "type": "string"}]}
+    schema = {
+        "type": "record",
+        "name": "Ride",
+        "fields": [
+            {"name": "ride_id", "type": "long"},
+            {"name": "distance_km", "type": "double"},
+            {"name": "tipped", "type": "string"},
+        ],
+    }
     root = cfg.storage.root
     (Path(root) / "schemas").mkdir(parents=True, exist_ok=True)
     (Path(root) / "schemas" / "ride.avsc").write_text(json.dumps(schema))
@@ -148,17 +177,30 @@ def test_avro_records_decoded_in_the_read_tasks(cfg, stream, s3_endpoint):
     def framed(n: int) -> bytes:
         out = io.BytesIO(b"\x00\x00\x00\x00\x01")
         out.seek(5)
-        fastavro.schemaless_writer(out, fastavro.parse_schema(schema), {
-            "ride_id": n, "distance_km": n / 10, "tipped": "yes" if n % 2 else "no"})
+        fastavro.schemaless_writer(
+            out,
+            fastavro.parse_schema(schema),
+            {"ride_id": n, "distance_km": n / 10, "tipped": "yes" if n % 2 else "no"},
+        )
         return out.getvalue()
 
-    client.put_records(StreamName=name, Records=[
-        {"Data": framed(n), "PartitionKey": str(n)} for n in range(40)] + [
-        {"Data": b"\x00\x00\x00\x00\x01\xff", "PartitionKey": "x"}])
-    avro_cfg = validate_config({**cfg.model_dump(mode="json", by_alias=True), "data": {
-        **cfg.data.model_dump(mode="json", by_alias=True), "dataset": "avro",
-        "source": f"kinesis://{name}?endpoint_url={s3_endpoint}", "format": "avro",
-        "avro": {"schema": "schemas/ride.avsc"}}})
+    client.put_records(
+        StreamName=name,
+        Records=[{"Data": framed(n), "PartitionKey": str(n)} for n in range(40)]
+        + [{"Data": b"\x00\x00\x00\x00\x01\xff", "PartitionKey": "x"}],
+    )
+    avro_cfg = validate_config(
+        {
+            **cfg.model_dump(mode="json", by_alias=True),
+            "data": {
+                **cfg.data.model_dump(mode="json", by_alias=True),
+                "dataset": "avro",
+                "source": f"kinesis://{name}?endpoint_url={s3_endpoint}",
+                "format": "avro",
+                "avro": {"schema": "schemas/ride.avsc"},
+            },
+        }
+    )
     version = ingest(avro_cfg)
     assert version.manifest.ingest.rows.read == 41 and version.manifest.rows.quarantine == 1
     assert _ids(version) == list(range(40))

@@ -31,22 +31,34 @@ class Stopped(BaseException):
     """The operator stopped from outside (what a killed driver leaves behind)."""
 
 
-def test_the_loop_retrains_on_drift_resumes_a_stopped_cycle_and_promotes(
-        tmp_path, serve_port):
-    cfg = demo_config(tmp_path, **{
-        # v1 barely learns (one epoch at a tiny rate): the retrained model beats it on any
-        # draw of the data, so the gates' verdicts are not what this test leaves to chance
-        "train.epochs": 1, "train.learning_rate": 1e-6, "train.num_workers": 1,
-        "serve.port": serve_port,
-        "serve.cpus_per_replica": 0.1, "serve.model_poll_interval_s": 0.5,
-        "serve.mirror_fraction": 1.0, "serve.autoscaling.min_replicas": 1,
-        "serve.autoscaling.max_replicas": 1, "monitor.min_rows": 40,
-        "operate.drift_windows": 1, "operate.min_new_labels": "null",
-        "operate.window_min_labels": 30, "operate.window_tolerance": 0.1,
-        "operate.shadow.min_records": 20, "operate.shadow.max_wait_s": 120,
-        **SHADOW_ON_FAILURES,
-        "operate.rollback.watch_s": 3, "operate.rollback.min_records": 5,
-        "operate.lease_s": 10})
+def test_the_loop_retrains_on_drift_resumes_a_stopped_cycle_and_promotes(tmp_path, serve_port):
+    cfg = demo_config(
+        tmp_path,
+        **{
+            # v1 barely learns (one epoch at a tiny rate): the retrained model beats it on any
+            # draw of the data, so the gates' verdicts are not what this test leaves to chance
+            "train.epochs": 1,
+            "train.learning_rate": 1e-6,
+            "train.num_workers": 1,
+            "serve.port": serve_port,
+            "serve.cpus_per_replica": 0.1,
+            "serve.model_poll_interval_s": 0.5,
+            "serve.mirror_fraction": 1.0,
+            "serve.autoscaling.min_replicas": 1,
+            "serve.autoscaling.max_replicas": 1,
+            "monitor.min_rows": 40,
+            "operate.drift_windows": 1,
+            "operate.min_new_labels": "null",
+            "operate.window_min_labels": 30,
+            "operate.window_tolerance": 0.1,
+            "operate.shadow.min_records": 20,
+            "operate.shadow.max_wait_s": 120,
+            **SHADOW_ON_FAILURES,
+            "operate.rollback.watch_s": 3,
+            "operate.rollback.min_records": 5,
+            "operate.lease_s": 10,
+        },
+    )
     source = file_source(cfg).location
     write_demo_data(source, rows=2000, files=1)
     first = run_pipeline(cfg)  # v1: one epoch on the first month, served
@@ -64,6 +76,7 @@ def test_the_loop_retrains_on_drift_resumes_a_stopped_cycle_and_promotes(
             lines.append(line)
             if words in line:
                 raise Stopped(line)
+
         return say
 
     with Traffic(first.url, records, labels) as traffic:
@@ -94,19 +107,23 @@ def test_the_loop_retrains_on_drift_resumes_a_stopped_cycle_and_promotes(
         assert final.facts["shadow"]["shadow"]["errors"] == 0
         print("\n".join([*lines, *resumed]))  # the loop's story, under pytest -s
         before = traffic.versions[challenger]
-        wait_for(lambda: traffic.versions[challenger] > before + 10, 60,
-                 what="answers from the promoted version")
+        wait_for(
+            lambda: traffic.versions[challenger] > before + 10,
+            60,
+            what="answers from the promoted version",
+        )
     assert set(traffic.statuses) <= {200, 202}, traffic.statuses
-    assert tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion").version == \
-        challenger
+    assert tracking.resolve_alias(cfg.tracking, cfg.model_name, "champion").version == challenger
     runs = tracking.client(cfg.tracking).search_runs(
         [tracking.experiment_id(cfg.tracking, cfg.experiment_name)],
-        "tags.`rayops.kind` = 'operate'")
+        "tags.`rayops.kind` = 'operate'",
+    )
     (run,) = runs
     assert run.info.status == "FINISHED"
     assert run.data.tags["rayops.operate.outcome"] == f"v{challenger} promoted to champion"
     every = tracking.client(cfg.tracking).search_runs(
-        [tracking.experiment_id(cfg.tracking, cfg.experiment_name)])
+        [tracking.experiment_id(cfg.tracking, cfg.experiment_name)]
+    )
     # v1, v2 and the person's run, which no operator continued
     assert [r.info.run_name for r in every].count(f"{cfg.name}-train") == 3
 
@@ -124,8 +141,12 @@ def _unfinished_manual_run(cfg, version) -> Location:
     its MLflow run and its record, the newest of the pipeline's unfinished ones."""
     from rayops.train.records import new_record, runs_folder, write_record
 
-    run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, f"{cfg.name}-train",
-                                tags={tracking.DATASET_TAG: version.id})
+    run_id = tracking.start_run(
+        cfg.tracking,
+        cfg.experiment_name,
+        f"{cfg.name}-train",
+        tags={tracking.DATASET_TAG: version.id},
+    )
     folder = runs_folder(cfg, "train")
     write_record(folder, new_record(f"{cfg.name}-train-by-hand", run_id, version))
     return folder.join(f"{cfg.name}-train-by-hand.json")

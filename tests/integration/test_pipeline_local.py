@@ -20,8 +20,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory, ray_start_4_cpus):
     tmp = tmp_path_factory.mktemp("local")
-    config = demo_config(tmp, **{"serve.port": free_port(), "train.epochs": 4,
-                                 "tune.num_samples": 2})
+    config = demo_config(
+        tmp, **{"serve.port": free_port(), "train.epochs": 4, "tune.num_samples": 2}
+    )
     write_demo_data(file_source(config).location, rows=4000)
     return config
 
@@ -39,10 +40,11 @@ def trained(cfg, dataset):
 def test_ingest_accounts_for_every_row_and_keeps_rejects(cfg, dataset):
     rows = dataset.manifest.rows
     sources = file_source(cfg).location
-    in_sources = sum(len(sources.join(name).read_bytes().splitlines()) - 1  # header
-                     for name in sources.list_dir())
-    on_disk = {split: dataset.table(split).num_rows for split in ("train", "valid",
-                                                                  "quarantine")}
+    in_sources = sum(
+        len(sources.join(name).read_bytes().splitlines()) - 1  # header
+        for name in sources.list_dir()
+    )
+    on_disk = {split: dataset.table(split).num_rows for split in ("train", "valid", "quarantine")}
     assert in_sources == 4000 == rows.read
     assert in_sources == on_disk["train"] + on_disk["valid"] + on_disk["quarantine"]
     assert on_disk == {k: getattr(rows, k) for k in on_disk}
@@ -91,15 +93,21 @@ def test_training_beats_baselines_and_registers_champion(cfg, dataset, trained):
 
 
 def test_optuna_sweep_on_an_earlier_version_logs_nested_trials_and_gates_the_best(
-        cfg, dataset, trained):
+    cfg, dataset, trained
+):
     """Optuna TPE, two trials at once (one worker each), each a nested MLflow run; after new rows
     arrive (version 2), --dataset-version 1 sweeps on version 1's rows and records it."""
     write_demo_data(file_source(cfg).location.join("later"), rows=600, seed=3)
     newer = ingest(cfg)
     assert newer.version == 2 and newer.manifest.rows.read == 4600
-    swept_cfg = cfg.with_overrides({"tune.enabled": True, "tune.search": "optuna",
-                                    "tune.max_concurrent_trials": 2,
-                                    "train.num_workers": 1})
+    swept_cfg = cfg.with_overrides(
+        {
+            "tune.enabled": True,
+            "tune.search": "optuna",
+            "tune.max_concurrent_trials": 2,
+            "train.num_workers": 1,
+        }
+    )
     result = train_and_register(swept_cfg, dataset_version=1)
     client = MlflowClient(cfg.tracking.uri)
     best = client.get_run(result.run_id)
@@ -107,8 +115,9 @@ def test_optuna_sweep_on_an_earlier_version_logs_nested_trials_and_gates_the_bes
     assert best.data.params["data.dataset_uri"].endswith("curated/churn/rows@v1")
     assert best.data.params["dataset_rows.read"] == "4000"
     parent_id = best.data.tags["mlflow.parentRunId"]
-    children = client.search_runs([best.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{parent_id}'")
+    children = client.search_runs(
+        [best.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
     assert len(children) == 2
     assert all(tracking.TRIAL_TAG in r.data.tags for r in children)
     assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
@@ -133,8 +142,7 @@ def test_optuna_sweep_on_an_earlier_version_logs_nested_trials_and_gates_the_bes
         assert challenger.version != decision.challenger.version
 
 
-def test_monitor_flags_a_shifted_window_against_the_champions_training_data(
-        cfg, trained, tmp_path):
+def test_monitor_flags_a_shifted_window_against_the_champions_training_data(cfg, trained, tmp_path):
     """A month of exports whose prices and contracts moved: `rayops monitor` names exactly
     those features, an unshifted month passes, and the report is in MLflow."""
     import yaml
@@ -152,18 +160,33 @@ def test_monitor_flags_a_shifted_window_against_the_champions_training_data(
     assert same.report.verdict == "ok", [(f.name, f.psi) for f in same.report.features]
     assert same.rejected > 0  # the generator's malformed values: counted, not judged
     shifted = month(12)
-    shifted["monthly_charges"] = [None if v is None or isinstance(v, str) else float(v) + 40
-                                  for v in shifted["monthly_charges"]]
+    shifted["monthly_charges"] = [
+        None if v is None or isinstance(v, str) else float(v) + 40
+        for v in shifted["monthly_charges"]
+    ]
     shifted["contract"] = "month-to-month"
     shifted.to_csv(tmp_path / "month.csv", index=False)
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    result = CliRunner().invoke(app, ["monitor", str(tmp_path / "pipeline.yaml"), "--records",
-                                      str(tmp_path / "month.csv"), "--output",
-                                      str(tmp_path / "report"), "--fail-on-drift",
-                                      "--set", "monitor.key_features=[contract]"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "monitor",
+            str(tmp_path / "pipeline.yaml"),
+            "--records",
+            str(tmp_path / "month.csv"),
+            "--output",
+            str(tmp_path / "report"),
+            "--fail-on-drift",
+            "--set",
+            "monitor.key_features=[contract]",
+        ],
+    )
     assert result.exit_code == 3, result.output  # 2 of 10 is below 30%, but a key feature
-    verdicts = {line.split()[0]: line.split()[1] for line in result.output.splitlines()[2:]
-                if line.split() and line.split()[0] in churn.generate(1, 0).columns}
+    verdicts = {
+        line.split()[0]: line.split()[1]
+        for line in result.output.splitlines()[2:]
+        if line.split() and line.split()[0] in churn.generate(1, 0).columns
+    }
     drifted = sorted(name for name, verdict in verdicts.items() if verdict == "drift")
     assert drifted == ["contract", "monthly_charges"], result.output
     report = json.loads((tmp_path / "report" / "drift_report.json").read_text())
@@ -171,9 +194,13 @@ def test_monitor_flags_a_shifted_window_against_the_champions_training_data(
     assert report["reasons"] == ["key feature(s) drifted: contract"]
     assert "<svg" in (tmp_path / "report" / "drift_report.html").read_text()
     client = MlflowClient(cfg.tracking.uri)
-    (run,) = client.search_runs([tracking.experiment_id(cfg.tracking, cfg.experiment_name)],
-                                "tags.`rayops.kind` = 'monitor'")
+    (run,) = client.search_runs(
+        [tracking.experiment_id(cfg.tracking, cfg.experiment_name)],
+        "tags.`rayops.kind` = 'monitor'",
+    )
     assert run.data.tags["rayops.drift_verdict"] == "drift"
     assert run.data.metrics["psi.contract"] > 0.25 > run.data.metrics["psi.age"]
     assert {a.path for a in client.list_artifacts(run.info.run_id, "drift")} == {
-        "drift/drift_report.json", "drift/drift_report.html"}
+        "drift/drift_report.json",
+        "drift/drift_report.html",
+    }

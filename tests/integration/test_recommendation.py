@@ -25,25 +25,46 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def cfg(tmp_path_factory, serve_port):
     tmp = tmp_path_factory.mktemp("recommendation")
     fresh_tracking_store(tmp / "mlflow" / "mlflow.db")
-    config = load_config(config_path("watching"), [
-        f"storage.root={tmp / 'lake'}", f"tracking.uri=sqlite:///{tmp}/mlflow/mlflow.db",
-        "train.epochs=12", "data.recommend.history=20",
-        "serve.access_log=false", f"serve.port={serve_port}",
-        "serve.cpus_per_replica=0.1", "serve.model_poll_interval_s=0.5",
-        "serve.log_flush_interval_s=0.5", "serve.mirror_fraction=1.0",
-        "serve.autoscaling.min_replicas=1", "serve.autoscaling.max_replicas=1"])
+    config = load_config(
+        config_path("watching"),
+        [
+            f"storage.root={tmp / 'lake'}",
+            f"tracking.uri=sqlite:///{tmp}/mlflow/mlflow.db",
+            "train.epochs=12",
+            "data.recommend.history=20",
+            "serve.access_log=false",
+            f"serve.port={serve_port}",
+            "serve.cpus_per_replica=0.1",
+            "serve.model_poll_interval_s=0.5",
+            "serve.log_flush_interval_s=0.5",
+            "serve.mirror_fraction=1.0",
+            "serve.autoscaling.min_replicas=1",
+            "serve.autoscaling.max_replicas=1",
+        ],
+    )
     frame = watching.generate(users=300, items=150, weeks=6, per_user=20)
     watching.write(frame, file_source(config).location)
     titles = watching.titles(items=150, weeks=6)
     titles.loc[3, "release_week"] = -1  # breaks the table's contract: left out
     watching.write_titles(titles, resolve(str(tmp / "lake" / "catalogue" / "titles.csv")))
-    viewers = pd.DataFrame({"user_id": [f"u{n:05d}" for n in range(300)],
-                            "plan": ["family" if n % 3 else "single" for n in range(300)]})
+    viewers = pd.DataFrame(
+        {
+            "user_id": [f"u{n:05d}" for n in range(300)],
+            "plan": ["family" if n % 3 else "single" for n in range(300)],
+        }
+    )
     (tmp / "lake" / "viewers.csv").write_text(viewers.to_csv(index=False))
-    return config.with_overrides({"data.recommend.users": {
-        "source": "viewers.csv", "columns": {"user_id": {"type": "categorical",
-                                                         "nullable": False},
-                                             "plan": {"type": "categorical"}}}})
+    return config.with_overrides(
+        {
+            "data.recommend.users": {
+                "source": "viewers.csv",
+                "columns": {
+                    "user_id": {"type": "categorical", "nullable": False},
+                    "plan": {"type": "categorical"},
+                },
+            }
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +114,7 @@ def test_the_sweep_beats_popularity_and_is_gated_on_ndcg(trained):
     assert trained.decision.metric == "valid_ndcg_10" and trained.decision.promoted
 
 
-def test_a_second_model_is_gated_on_ndcg_against_the_champion(cfg, dataset, trained,
-                                                              tmp_path):
+def test_a_second_model_is_gated_on_ndcg_against_the_champion(cfg, dataset, trained, tmp_path):
     from rayops import tracking
     from rayops.gate import register_and_gate
     from rayops.train.driver import log_bundle
@@ -102,8 +122,7 @@ def test_a_second_model_is_gated_on_ndcg_against_the_champion(cfg, dataset, trai
 
     bpr = cfg.with_overrides({"model.family": "bpr"})  # untrained: ranks at random
     run_id = tracking.start_run(bpr.tracking, bpr.experiment_name, f"{bpr.name}-train")
-    uri = log_bundle(bpr, dataset, run_id, untrained_bundle(bpr, dataset, run_id, tmp_path),
-                     "bpr")
+    uri = log_bundle(bpr, dataset, run_id, untrained_bundle(bpr, dataset, run_id, tmp_path), "bpr")
     d = register_and_gate(bpr, uri, run_id, dataset)
     assert d.metric == "valid_ndcg_10" and not d.promoted
     assert d.champion_score == pytest.approx(trained.metrics["valid_ndcg_10"], rel=1e-6)
@@ -124,8 +143,9 @@ def test_the_served_model_ranks_what_a_user_has_not_met(cfg, dataset, trained, u
     scores = [i["score"] for i in body["items"]]
     assert scores == sorted(scores, reverse=True)
     # the session's clicks count before the next retrain: never answered back
-    session = requests.post(f"{url}/recommend", json={"user": user, "k": 25,
-                                                      "recent_items": items[:3]}, timeout=60)
+    session = requests.post(
+        f"{url}/recommend", json={"user": user, "k": 25, "recent_items": items[:3]}, timeout=60
+    )
     assert session.status_code == 200, session.text
     again = [i["item"] for i in session.json()["items"]]
     assert len(again) == 25 and not (set(items[:3]) | met) & set(again)
@@ -136,8 +156,7 @@ def test_the_served_model_ranks_what_a_user_has_not_met(cfg, dataset, trained, u
     assert {i["item"] for i in new.json()["items"]} <= set(popular)
     bad = requests.post(f"{url}/recommend", json={"user": user, "k": 0}, timeout=60)
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "k"]
-    assert requests.post(f"{url}/predict", json={"records": [{}]}, timeout=30).status_code \
-        == 404
+    assert requests.post(f"{url}/predict", json={"records": [{}]}, timeout=30).status_code == 404
 
 
 def test_checks_judge_a_users_top_k(cfg, dataset, trained):
@@ -151,13 +170,31 @@ def test_checks_judge_a_users_top_k(cfg, dataset, trained):
     curated = dataset.table("train").to_pandas()
     user = curated["user_id"].value_counts().index[0]
     mine = curated.loc[curated["user_id"] == user, ["user_id", "item_id", "ts"]]
-    records = [{"user_id": u, "item_id": i, "ts": t.isoformat()}
-               for u, i, t in mine.itertuples(index=False)]
+    records = [
+        {"user_id": u, "item_id": i, "ts": t.isoformat()}
+        for u, i, t in mine.itertuples(index=False)
+    ]
     first, second = recommend_frame(predictor, pd.DataFrame(records))["item"][:2]
-    checked = cfg.with_overrides({"checks": {"minimum": [
-        {"name": "their first pick", "records": records, "expect_in_top_k": first, "k": 1},
-        {"name": "their second pick at the top", "records": records,
-         "expect_in_top_k": second, "k": 1}]}})
+    checked = cfg.with_overrides(
+        {
+            "checks": {
+                "minimum": [
+                    {
+                        "name": "their first pick",
+                        "records": records,
+                        "expect_in_top_k": first,
+                        "k": 1,
+                    },
+                    {
+                        "name": "their second pick at the top",
+                        "records": records,
+                        "expect_in_top_k": second,
+                        "k": 1,
+                    },
+                ]
+            }
+        }
+    )
     found = {r.name: r for r in run_checks(checked, predictor, dataset, "watching").results}
     assert found["their first pick"].passed, found["their first pick"]
     missed = found["their second pick at the top"]
@@ -170,14 +207,22 @@ def test_clicks_sent_as_feedback_give_the_live_hit_rate(cfg, dataset, trained, u
     from tests.helpers import wait_for
 
     version = str(trained.decision.champion.version)
-    answers = [requests.post(f"{url}/recommend", json={"user": user}, timeout=60,
-                             headers={"X-Request-ID": f"rec-{user}"})
-               for user in ("u00001", "u00002", "u00003", "u00004")]
+    answers = [
+        requests.post(
+            f"{url}/recommend",
+            json={"user": user},
+            timeout=60,
+            headers={"X-Request-ID": f"rec-{user}"},
+        )
+        for user in ("u00001", "u00002", "u00003", "u00004")
+    ]
     assert all(a.status_code == 200 for a in answers)
-    clicks = [{"request_id": "rec-u00001", "label": answers[0].json()["items"][2]["item"]},
-              {"request_id": "rec-u00002", "label": answers[1].json()["items"][0]["item"]},
-              {"request_id": "rec-u00003", "label": "no-such-title"},
-              {"request_id": "rec-u00004", "label": "drama-999"}]
+    clicks = [
+        {"request_id": "rec-u00001", "label": answers[0].json()["items"][2]["item"]},
+        {"request_id": "rec-u00002", "label": answers[1].json()["items"][0]["item"]},
+        {"request_id": "rec-u00003", "label": "no-such-title"},
+        {"request_id": "rec-u00004", "label": "drama-999"},
+    ]
     asked = {f"rec-u0000{n}" for n in range(1, 5)}
 
     def logged() -> bool:  # these four answers, not just any four (earlier tests' are there)
@@ -203,21 +248,27 @@ def _weak_champion(cfg, dataset, folder) -> str:
     from rayops.train.driver import log_bundle
     from tests.helpers import untrained_bundle, wait_for
 
-    run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, "untrained",
-                                tags={tracking.DATASET_TAG: dataset.id})
-    uri = log_bundle(cfg, dataset, run_id, untrained_bundle(cfg, dataset, run_id, folder),
-                     "sasrec")
+    run_id = tracking.start_run(
+        cfg.tracking, cfg.experiment_name, "untrained", tags={tracking.DATASET_TAG: dataset.id}
+    )
+    uri = log_bundle(cfg, dataset, run_id, untrained_bundle(cfg, dataset, run_id, folder), "sasrec")
     tracking.end_run(cfg.tracking, run_id)
     version = tracking.register(cfg.tracking, cfg.model_name, uri, run_id).version
     tracking.set_alias(cfg.tracking, cfg.model_name, tracking.CHAMPION, version)
     url = f"http://127.0.0.1:{cfg.serve.port}"
-    wait_for(lambda: requests.get(f"{url}/metadata", timeout=10).json()["model"][
-        "version"] == str(version), 60, what="the weak champion served")
+    wait_for(
+        lambda: (
+            requests.get(f"{url}/metadata", timeout=10).json()["model"]["version"] == str(version)
+        ),
+        60,
+        what="the weak champion served",
+    )
     return str(version)
 
 
-def test_an_operate_cycle_retrains_on_the_clicks_shadows_and_promotes(cfg, dataset, trained,
-                                                                      url, tmp_path):
+def test_an_operate_cycle_retrains_on_the_clicks_shadows_and_promotes(
+    cfg, dataset, trained, url, tmp_path
+):
     """One cycle of the loop on a recommender whose champion is weak, after the clicks
     above: they retrain it (on two workers, the item table sharded between them), the gate
     compares on valid_ndcg_10 (the window gate does not apply), the new model answers in
@@ -233,12 +284,18 @@ def test_an_operate_cycle_retrains_on_the_clicks_shadows_and_promotes(cfg, datas
     from tests.helpers import wait_for
 
     weak = _weak_champion(cfg, dataset, tmp_path)
-    operated = cfg.with_overrides({
-        "operate.sweep": False, "train.num_workers": 2,
-        "model.recommender.shard_tables": True, "operate.min_new_labels": 4,
-        "operate.shadow.min_records": 20, "operate.shadow.max_wait_s": 90,
-        "operate.rollback.watch_s": 0,
-        **SHADOW_ON_FAILURES})
+    operated = cfg.with_overrides(
+        {
+            "operate.sweep": False,
+            "train.num_workers": 2,
+            "model.recommender.shard_tables": True,
+            "operate.min_new_labels": 4,
+            "operate.shadow.min_records": 20,
+            "operate.shadow.max_wait_s": 90,
+            "operate.rollback.watch_s": 0,
+            **SHADOW_ON_FAILURES,
+        }
+    )
     users = [f"u{n:05d}" for n in range(40)]
     versions: dict[str, int] = {}
     stop = threading.Event()
@@ -247,8 +304,7 @@ def test_an_operate_cycle_retrains_on_the_clicks_shadows_and_promotes(cfg, datas
         with requests.Session() as session:
             n = 0
             while not stop.is_set():
-                answer = session.post(f"{url}/recommend", json={"user": users[n % 40]},
-                                      timeout=60)
+                answer = session.post(f"{url}/recommend", json={"user": users[n % 40]}, timeout=60)
                 assert answer.status_code == 200, answer.text
                 version = answer.json()["model"]["version"]
                 versions[version] = versions.get(version, 0) + 1
@@ -273,11 +329,14 @@ def test_an_operate_cycle_retrains_on_the_clicks_shadows_and_promotes(cfg, datas
     assert facts["window_gate"].startswith("not applicable to recommendation"), facts
     assert facts["champion"] == weak and facts["gate_passed"]
     assert facts["challenger_score"] > facts["champion_score"]
-    assert facts["shadow"]["shadow"]["records"] >= 20 and facts["shadow"]["shadow"][
-        "errors"] == 0, facts["shadow"]
-    served = Predictor.from_registry(cfg.tracking, tracking.RegisteredModel(
-        cfg.model_name, challenger, "", "", ""))
+    assert (
+        facts["shadow"]["shadow"]["records"] >= 20 and facts["shadow"]["shadow"]["errors"] == 0
+    ), facts["shadow"]
+    served = Predictor.from_registry(
+        cfg.tracking, tracking.RegisteredModel(cfg.model_name, challenger, "", "", "")
+    )
     architecture = served.bundle.meta["architecture"]  # trained sharded, served whole:
     assert architecture["shard_tables"] is True and isinstance(
-        served.bundle.model.network.items, torch.nn.Embedding)
+        served.bundle.model.network.items, torch.nn.Embedding
+    )
     assert served.bundle.model.network.items.weight.shape[0] == architecture["n_items"] + 1

@@ -28,24 +28,38 @@ EPOCHS = 4
 
 def _checkpoint_epochs(cfg) -> dict[str, int]:
     """Every checkpoint file in storage and the epoch it holds."""
-    files = [i.path for i in root_of(cfg.storage).join("checkpoints").list_files()
-             if i.path.endswith("checkpoint.pt")]
+    files = [
+        i.path
+        for i in root_of(cfg.storage).join("checkpoints").list_files()
+        if i.path.endswith("checkpoint.pt")
+    ]
     return {path: int(load_state_dict(path)["epoch"]) for path in files}
 
 
 def test_mlflow_outage_stalls_no_worker_and_resume_logs_every_epoch(
-        tmp_path, ray_start_4_cpus, mlflow_server, s3_endpoint):
+    tmp_path, ray_start_4_cpus, mlflow_server, s3_endpoint
+):
     server = mlflow_server
-    cfg = demo_config(tmp_path, **{"tracking.uri": server.uri, "train.epochs": EPOCHS,
-                                   "train.num_workers": 1,
-                                   "tracking.experiment": "outage"})
+    cfg = demo_config(
+        tmp_path,
+        **{
+            "tracking.uri": server.uri,
+            "train.epochs": EPOCHS,
+            "train.num_workers": 1,
+            "tracking.experiment": "outage",
+        },
+    )
     write_demo_data(file_source(cfg).location, rows=2000, files=2)
     version = ingest(cfg)
     runs = root_of(cfg.storage).join("checkpoints")
 
     def outage() -> None:  # MLflow goes down as soon as the trainer starts
-        wait_for(lambda: bool(runs.list_dir()), timeout_s=300, every_s=0.1,
-                 what="the trainer's storage folder")
+        wait_for(
+            lambda: bool(runs.list_dir()),
+            timeout_s=300,
+            every_s=0.1,
+            what="the trainer's storage folder",
+        )
         server.stop()
 
     stopper = threading.Thread(target=outage, daemon=True)
@@ -80,8 +94,7 @@ def test_mlflow_outage_stalls_no_worker_and_resume_logs_every_epoch(
 
     # The run, the model and the alias live in the server (PostgreSQL backend, artifacts
     # proxied to S3): MLflow's own pyfunc loads the champion from there and predicts.
-    assert any("bundle.json" in key for key in
-               list_keys(s3_endpoint, server.bucket, "artifacts/"))
+    assert any("bundle.json" in key for key in list_keys(s3_endpoint, server.bucket, "artifacts/"))
     mlflow.set_tracking_uri(server.uri)
     model = mlflow.pyfunc.load_model(f"models:/{cfg.model_name}@champion")
     predictions = model.predict(pd.DataFrame(SAMPLE_RECORDS))

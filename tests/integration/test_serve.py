@@ -31,15 +31,22 @@ def trained(tmp_path_factory, serve_port):
     """Two registered versions of one model: v1 champion, v2 registered beside it (the same
     trained model registered again: what differs between them here is the version)."""
     tmp = tmp_path_factory.mktemp("serve")
-    cfg = demo_config(tmp, **{"train.epochs": 2, "train.num_workers": 1,
-                              "serve.port": serve_port, "serve.cpus_per_replica": 0.1,
-                              "serve.model_poll_interval_s": 0.5})
+    cfg = demo_config(
+        tmp,
+        **{
+            "train.epochs": 2,
+            "train.num_workers": 1,
+            "serve.port": serve_port,
+            "serve.cpus_per_replica": 0.1,
+            "serve.model_poll_interval_s": 0.5,
+        },
+    )
     write_demo_data(file_source(cfg).location, rows=2000, files=1)
     version = ingest(cfg)
     first = train_and_register(cfg, version)
-    second = tracking.register(cfg.tracking, cfg.model_name, first.decision.challenger.source,
-                               first.run_id,
-                               version.id)
+    second = tracking.register(
+        cfg.tracking, cfg.model_name, first.decision.challenger.source, first.run_id, version.id
+    )
     assert first.decision.promoted
     return cfg, first.decision.challenger.version, second.version
 
@@ -88,8 +95,9 @@ class Load:
         session = requests.Session()
         while not self._stop.is_set():
             try:
-                response = session.post(f"{self.url}/predict", json={"records": self.records},
-                                        timeout=30)
+                response = session.post(
+                    f"{self.url}/predict", json={"records": self.records}, timeout=30
+                )
             except requests.RequestException:
                 self.statuses[-1] += 1
                 continue
@@ -109,8 +117,12 @@ class Load:
 
 
 # One replica that batches: the next two tests share it.
-ONE_REPLICA = {"serve.max_batch_size": 16, "serve.batch_wait_timeout_s": 0.05,
-               "serve.autoscaling.min_replicas": 1, "serve.autoscaling.max_replicas": 1}
+ONE_REPLICA = {
+    "serve.max_batch_size": 16,
+    "serve.batch_wait_timeout_s": 0.05,
+    "serve.autoscaling.min_replicas": 1,
+    "serve.autoscaling.max_replicas": 1,
+}
 
 
 def test_batching_forms_batches_larger_than_one(trained):
@@ -142,8 +154,9 @@ def other_inputs(trained, tmp_path_factory):
     (bundle / BUNDLE).write_text(json.dumps(meta))
     example = pd.DataFrame([{k: v for k, v in SAMPLE_RECORDS[0].items() if k != "region"}])
     run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, f"{cfg.name}-no-region")
-    uri = tracking.log_model(cfg.tracking, run_id, bundle, example,
-                             dict.fromkeys(example.columns, False))
+    uri = tracking.log_model(
+        cfg.tracking, run_id, bundle, example, dict.fromkeys(example.columns, False)
+    )
     tracking.end_run(cfg.tracking, run_id)
     return tracking.register(cfg.tracking, cfg.model_name, uri, run_id).version
 
@@ -181,13 +194,18 @@ def test_a_version_with_other_inputs_is_refused_once_and_reported(trained, other
 def test_autoscaling_goes_up_under_load_and_back_down(trained):
     cfg, _, _ = trained
     name = f"{cfg.name}-model"
-    url = _deploy(cfg, **{"serve.autoscaling.min_replicas": 1,
-                          "serve.autoscaling.max_replicas": 2,
-                          "serve.autoscaling.target_ongoing_requests": 1,
-                          "serve.autoscaling.upscale_delay_s": 0.5,
-                          "serve.autoscaling.downscale_delay_s": 2,
-                          "serve.autoscaling.look_back_period_s": 2,
-                          "serve.batch_wait_timeout_s": 0.02})
+    url = _deploy(
+        cfg,
+        **{
+            "serve.autoscaling.min_replicas": 1,
+            "serve.autoscaling.max_replicas": 2,
+            "serve.autoscaling.target_ongoing_requests": 1,
+            "serve.autoscaling.upscale_delay_s": 0.5,
+            "serve.autoscaling.downscale_delay_s": 2,
+            "serve.autoscaling.look_back_period_s": 2,
+            "serve.batch_wait_timeout_s": 0.02,
+        },
+    )
     wait_for(lambda: _replicas(name) == 1)
     with Load(url, clients=8) as load:
         wait_for(lambda: _replicas(name) == 2)
@@ -197,10 +215,17 @@ def test_autoscaling_goes_up_under_load_and_back_down(trained):
 
 def test_overload_is_refused_fast_and_the_service_stays_healthy(trained):
     cfg, _, _ = trained
-    url = _deploy(cfg, **{"serve.max_ongoing_requests": 1, "serve.max_batch_size": 1,
-                          "serve.max_queued_requests": 1, "serve.batch_wait_timeout_s": 0.0,
-                          "serve.autoscaling.min_replicas": 1,
-                          "serve.autoscaling.max_replicas": 1})
+    url = _deploy(
+        cfg,
+        **{
+            "serve.max_ongoing_requests": 1,
+            "serve.max_batch_size": 1,
+            "serve.max_queued_requests": 1,
+            "serve.batch_wait_timeout_s": 0.0,
+            "serve.autoscaling.min_replicas": 1,
+            "serve.autoscaling.max_replicas": 1,
+        },
+    )
     big = SAMPLE_RECORDS * 500  # 1000 records: each request takes a while
 
     def timed(_: int) -> tuple[int, float]:
@@ -220,14 +245,18 @@ def test_overload_is_refused_fast_and_the_service_stays_healthy(trained):
 
 # ------------------------------------------------- the default settings, one deployment
 
-@pytest.mark.parametrize(("records", "status", "field"), [
-    ([{**SAMPLE_RECORDS[0], "age": "old"}], 422, "age"),
-    ([{**SAMPLE_RECORDS[0], "age": 300}], 422, "age"),
-    ([{**SAMPLE_RECORDS[0], "surprise": 1}], 422, "surprise"),
-    ([{k: v for k, v in SAMPLE_RECORDS[0].items() if k != "contract"}], 422, "contract"),
-    ([{**SAMPLE_RECORDS[0], "paperless_billing": "yes"}], 422, "paperless_billing"),
-    (SAMPLE_RECORDS * 600, 422, None),  # over max_records_per_request (1000)
-])
+
+@pytest.mark.parametrize(
+    ("records", "status", "field"),
+    [
+        ([{**SAMPLE_RECORDS[0], "age": "old"}], 422, "age"),
+        ([{**SAMPLE_RECORDS[0], "age": 300}], 422, "age"),
+        ([{**SAMPLE_RECORDS[0], "surprise": 1}], 422, "surprise"),
+        ([{k: v for k, v in SAMPLE_RECORDS[0].items() if k != "contract"}], 422, "contract"),
+        ([{**SAMPLE_RECORDS[0], "paperless_billing": "yes"}], 422, "paperless_billing"),
+        (SAMPLE_RECORDS * 600, 422, None),  # over max_records_per_request (1000)
+    ],
+)
 def test_bad_input_gets_4xx_naming_the_field(trained, records, status, field):
     response = _post(_deploy(trained[0]), records)
     assert response.status_code == status
@@ -244,10 +273,12 @@ def test_metrics_and_the_predict_client(trained, tmp_path):
     cfg, _, _ = trained
     url = _deploy(cfg)
     records = tmp_path / "records.csv"
-    records.write_text("age,tenure_months,monthly_charges,total_charges,contract,"
-                       "internet_service,payment_method,support_calls,paperless_billing,region\n"
-                       "29,2,99.5,199.0,month-to-month,fiber,electronic_check,4,true,north\n"
-                       "58,64,45.2,2893.0,two-year,dsl,credit_card,0,false,\n")
+    records.write_text(
+        "age,tenure_months,monthly_charges,total_charges,contract,"
+        "internet_service,payment_method,support_calls,paperless_billing,region\n"
+        "29,2,99.5,199.0,month-to-month,fiber,electronic_check,4,true,north\n"
+        "58,64,45.2,2893.0,two-year,dsl,credit_card,0,false,\n"
+    )
     # Written to a file: Ray forwards replica logs to this process's stdout at any moment.
     out = tmp_path / "predictions.jsonl"
     result = CliRunner().invoke(app, ["predict", str(records), "--url", url, "--output", str(out)])
@@ -273,12 +304,14 @@ def test_fuzzed_requests_never_get_a_5xx(trained, mode):
     url = _deploy(cfg)
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
     strategy = schema["/predict"]["POST"].as_strategy(
-        generation_mode=schemathesis.GenerationMode(mode))
+        generation_mode=schemathesis.GenerationMode(mode)
+    )
     statuses: Counter[int] = Counter()
     session = requests.Session()
 
-    @settings(max_examples=150, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(case=strategy)
     def check(case) -> None:
         response = case.call(base_url=url, session=session, timeout=30)
@@ -303,12 +336,17 @@ def test_the_emitted_config_deploys_beside_it_and_answers(trained):
 
     cfg, first, _ = trained
     url = _deploy(cfg)
-    emitted = serve_config(cfg.with_overrides({"serve.app_name": "emitted",
-                                               "serve.route_prefix": "/emitted"}))
+    emitted = serve_config(
+        cfg.with_overrides({"serve.app_name": "emitted", "serve.route_prefix": "/emitted"})
+    )
     (application,) = ServeDeploySchema.parse_obj(emitted).applications
     assert application.import_path == "rayops.serve:build_app"
-    serve.run(build_app(AppArgs.model_validate(application.args)), name=application.name,
-              route_prefix=application.route_prefix, blocking=False)
+    serve.run(
+        build_app(AppArgs.model_validate(application.args)),
+        name=application.name,
+        route_prefix=application.route_prefix,
+        blocking=False,
+    )
     try:
         wait_ready(f"{url}/emitted")
         answer = _post(f"{url}/emitted")
@@ -345,7 +383,8 @@ def test_served_requests_land_in_the_prediction_log_and_ten_rows_are_not_a_verdi
     wait_for(lambda: len(logged()) == 10, 30, what="10 logged records")
     window = logged().sort_values(["request_id", "record_index"])
     assert window[["age", "contract"]].to_dict("records")[:2] == [
-        {"age": r["age"], "contract": r["contract"]} for r in SAMPLE_RECORDS]
+        {"age": r["age"], "contract": r["contract"]} for r in SAMPLE_RECORDS
+    ]
     assert set(window["prediction"]) <= {"yes", "no"}
     metadata = requests.get(f"{url}/metadata", timeout=10).json()
     assert metadata["served"]["log_sampled"] >= 2 and "log_dropped" not in metadata["served"]
@@ -353,16 +392,18 @@ def test_served_requests_land_in_the_prediction_log_and_ten_rows_are_not_a_verdi
     assert result.report.verdict == "insufficient data"
 
     # Their true labels come back through the API and join the log by request id.
-    truth = [{"request_id": r, "record_index": i, "label": "yes" if i == 0 else "no"}
-             for r in ids for i in range(2)]
+    truth = [
+        {"request_id": r, "record_index": i, "label": "yes" if i == 0 else "no"}
+        for r in ids
+        for i in range(2)
+    ]
     response = requests.post(f"{url}/feedback", json={"labels": truth}, timeout=30)
     assert response.status_code == 202 and response.json() == {"accepted": 10}
     # the replica dies right after its 202: the labels were stored before it answered
     _kill_replicas(f"{cfg.name}-model")
     _deployment_gone()
     assert sum(v["labelled"] for v in live_metrics(cfg, hours=1).values()) == 10
-    expected = sum(p == t["label"] for p, t in zip(
-        window["prediction"], truth, strict=True))
+    expected = sum(p == t["label"] for p, t in zip(window["prediction"], truth, strict=True))
     (metrics,) = live_metrics(cfg, hours=1).values()  # one version served them
     assert metrics["live_accuracy"] == pytest.approx(expected / 10)
 
@@ -386,8 +427,12 @@ AUTHORIZED = {"Authorization": "Bearer t0ken-value"}
 def test_non_finite_numbers_and_huge_bodies(trained, guarded):
     url = _deploy(trained[0], **guarded)
     body = '{"records": [{"age": 30, "tenure_months": NaN}]}'
-    response = requests.post(f"{url}/predict", data=body, timeout=10,
-                             headers={"content-type": "application/json", **AUTHORIZED})
+    response = requests.post(
+        f"{url}/predict",
+        data=body,
+        timeout=10,
+        headers={"content-type": "application/json", **AUTHORIZED},
+    )
     assert response.status_code == 422
     assert any(d["loc"][-1] == "tenure_months" for d in response.json()["detail"])
     assert _post(url, SAMPLE_RECORDS * 60, headers=AUTHORIZED).status_code == 413
@@ -402,8 +447,12 @@ def test_bearer_token_is_enforced(trained, guarded):
 
 # --------------------------------------------------- two replicas, one deployment
 
-TWO_REPLICAS = {"serve.autoscaling.min_replicas": 2, "serve.autoscaling.max_replicas": 2,
-                "serve.max_ongoing_requests": 8, "serve.max_batch_size": 8}
+TWO_REPLICAS = {
+    "serve.autoscaling.min_replicas": 2,
+    "serve.autoscaling.max_replicas": 2,
+    "serve.max_ongoing_requests": 8,
+    "serve.max_batch_size": 8,
+}
 
 
 def test_promotion_under_load_has_no_failed_requests_and_rollback(trained):
@@ -428,8 +477,7 @@ def _kill_replicas(deployment: str) -> None:
 
     for actor in ray.util.list_named_actors(all_namespaces=True):
         if actor["name"].startswith(f"SERVE_REPLICA::{APP}#{deployment}"):
-            ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]),
-                     no_restart=True)
+            ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
 
 
 def test_killed_replica_recovers(trained):
@@ -442,13 +490,15 @@ def test_killed_replica_recovers(trained):
     wait_for(lambda: _replicas(name) == 2, what="2 running replicas")
 
     def replicas() -> dict[str, str]:
-        return {a["name"]: a["namespace"] for a in ray.util.list_named_actors(all_namespaces=True)
-                if a["name"].startswith(f"SERVE_REPLICA::{APP}#{name}")}
+        return {
+            a["name"]: a["namespace"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(f"SERVE_REPLICA::{APP}#{name}")
+        }
 
     def recovered() -> bool:
         app = serve.status().applications[APP]
-        return (victim not in replicas() and _replicas(name) == 2
-                and app.status == "RUNNING")
+        return victim not in replicas() and _replicas(name) == 2 and app.status == "RUNNING"
 
     with Load(url, clients=4) as load:
         time.sleep(1)
@@ -464,6 +514,7 @@ def test_killed_replica_recovers(trained):
 
 
 # --------------------------------------------------------------------------- shadow, canary
+
 
 def _log_rows(cfg, since):
     from rayops.monitor.feedback import prediction_table, read_frame
@@ -486,10 +537,16 @@ def test_a_shadow_sees_mirrored_traffic_and_a_canary_key_sticks(trained):
     cfg, first, second = trained
     _as_challenger(cfg, second)
     since = dt.datetime.now(dt.UTC)
-    url = _deploy(cfg, **{"serve.mirror_fraction": 1.0, "serve.canary_fraction": 0.3,
-                          "serve.autoscaling.min_replicas": 1,
-                          "serve.autoscaling.max_replicas": 1,
-                          "serve.log_flush_interval_s": 600})  # only shutdown writes
+    url = _deploy(
+        cfg,
+        **{
+            "serve.mirror_fraction": 1.0,
+            "serve.canary_fraction": 0.3,
+            "serve.autoscaling.min_replicas": 1,
+            "serve.autoscaling.max_replicas": 1,
+            "serve.log_flush_interval_s": 600,
+        },
+    )  # only shutdown writes
     assert _shadow_version(url) == second
     answered = {}
     for i in range(40):
@@ -498,8 +555,7 @@ def test_a_shadow_sees_mirrored_traffic_and_a_canary_key_sticks(trained):
         assert response.status_code == 200
         answered[i] = response.json()["model"]["version"]
     # each key's side is fixed by its hash: 20 keys, each asked twice, same answer both times
-    assert answered == {i: second if in_share(f"user-{i % 20}", 0.3) else first
-                        for i in range(40)}
+    assert answered == {i: second if in_share(f"user-{i % 20}", 0.3) else first for i in range(40)}
     canary = sum(v == second for v in answered.values())
     assert 0 < canary < 40
 
@@ -531,16 +587,21 @@ def _diverged(cfg, source: str) -> str:
 
     with tempfile.TemporaryDirectory() as folder:
         model = tracking.RegisteredModel(cfg.model_name, source, "", "", "")
-        predictor = Predictor.load(tracking.download_bundle(cfg.tracking, model,
-                                                            Path(folder) / "in"))
+        predictor = Predictor.load(
+            tracking.download_bundle(cfg.tracking, model, Path(folder) / "in")
+        )
         with torch.no_grad():
             for weights in predictor.bundle.model.network.parameters():
                 weights.fill_(float("nan"))
         bundle_dir = predictor.bundle.save(Path(folder) / "nan")
         run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, "diverged")
-        uri = tracking.log_model(cfg.tracking, run_id, bundle_dir,
-                                 pd.DataFrame(SAMPLE_RECORDS),
-                                 {n: False for n in predictor.features})
+        uri = tracking.log_model(
+            cfg.tracking,
+            run_id,
+            bundle_dir,
+            pd.DataFrame(SAMPLE_RECORDS),
+            {n: False for n in predictor.features},
+        )
         tracking.end_run(cfg.tracking, run_id)
     registered = tracking.register(cfg.tracking, cfg.model_name, uri, run_id)
     # as if it had passed the gate (a diverged model scores NaN and would fail it)
@@ -572,8 +633,11 @@ def test_a_failing_shadow_and_champion_cost_no_request_and_are_rolled_back(train
     cfg, first, second = trained
     broken = _diverged(cfg, first)
     since = dt.datetime.now(dt.UTC)
-    settings = {"serve.mirror_fraction": 1.0, "serve.autoscaling.min_replicas": 1,
-                "serve.autoscaling.max_replicas": 1}
+    settings = {
+        "serve.mirror_fraction": 1.0,
+        "serve.autoscaling.min_replicas": 1,
+        "serve.autoscaling.max_replicas": 1,
+    }
     url = _deploy(cfg, **settings)
     assert _shadow_version(url) == broken
     for i in range(10):
@@ -587,17 +651,18 @@ def test_a_failing_shadow_and_champion_cost_no_request_and_are_rolled_back(train
     wait_for(shadowed, 30, what="the shadow's rows")
     stats = shadow_stats(_log_rows(cfg, since), broken, "classification", 0.1)
     assert stats.shadow.errors == stats.shadow.records == 20
-    passed, why = shadow_verdict(cfg.operate.shadow.model_copy(update={"min_records": 20}),
-                                 stats)
+    passed, why = shadow_verdict(cfg.operate.shadow.model_copy(update={"min_records": 20}), stats)
     assert not passed and "failed on 100.0%" in why
 
-    operated = cfg.with_overrides({**settings, "operate.rollback.watch_s": 60,
-                                   "operate.rollback.min_records": 10})
+    operated = cfg.with_overrides(
+        {**settings, "operate.rollback.watch_s": 60, "operate.rollback.min_records": 10}
+    )
     operator = Operator(operated, poll_s=0.5)
     with Load(url, clients=4) as load:
         tracking.promote(cfg.tracking, cfg.model_name, broken)
-        state = CycleState(1, "watch", None, {"champion": first, "challenger": broken,
-                                              "promoted_at": now_iso()})
+        state = CycleState(
+            1, "watch", None, {"champion": first, "challenger": broken, "promoted_at": now_iso()}
+        )
         assert operator._watch(state) == "done"
         assert "rolled back to v" + first in state.facts["outcome"]
         served = load.versions[first]

@@ -89,24 +89,36 @@ class Simulated:
     def launched(self, monitor_log: Path | None = None) -> list[str]:
         """Node types the autoscaler added, in order (its event summary lines), from its
         log now or from a copy of it taken earlier."""
-        return [t for n, t in re.findall(r"Adding (\d+) node\(s\) of type (\S+)\.",
-                                         self._monitor(monitor_log)) for _ in range(int(n))]
+        return [
+            t
+            for n, t in re.findall(
+                r"Adding (\d+) node\(s\) of type (\S+)\.", self._monitor(monitor_log)
+            )
+            for _ in range(int(n))
+        ]
 
     def removed(self) -> list[str]:
-        return [t for n, t in re.findall(r"Removing (\d+) nodes of type (\S+) \(idle\)",
-                                         self._monitor()) for _ in range(int(n))]
+        return [
+            t
+            for n, t in re.findall(r"Removing (\d+) nodes of type (\S+) \(idle\)", self._monitor())
+            for _ in range(int(n))
+        ]
 
     def alive_nodes(self) -> list[dict]:
-        reply = requests.get(f"{self.address}/api/v0/nodes?detail=1", timeout=10,
-                             headers={"Authorization": f"Bearer {self.token}"})
+        reply = requests.get(
+            f"{self.address}/api/v0/nodes?detail=1",
+            timeout=10,
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
         reply.raise_for_status()
         return [n for n in reply.json()["data"]["result"]["result"] if n["state"] == "ALIVE"]
 
     def _monitor(self, monitor_log: Path | None = None) -> str:
         """The autoscaler's event summaries (one line per event in its own log)."""
         text = (monitor_log or self.logs / "monitor.log").read_text(errors="replace")
-        return "\n".join(ln.split(":event_summary:", 1)[1] for ln in text.splitlines()
-                         if ":event_summary:" in ln)
+        return "\n".join(
+            ln.split(":event_summary:", 1)[1] for ln in text.splitlines() if ":event_summary:" in ln
+        )
 
 
 @pytest.fixture(scope="module")
@@ -117,17 +129,30 @@ def simulated_cluster(tmp_path_factory) -> Iterator[Simulated]:
     config = tmp_path_factory.mktemp("simulated") / "autoscaling.yaml"
     config.write_text(yaml.safe_dump(simulated_config(shape, gcs, IDLE_TIMEOUT_MINUTES)))
     token = secrets.token_hex(32)
-    env = {**os.environ, **SIMULATED_ENV, "RAY_AUTH_TOKEN": token,
-           "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+    env = {
+        **os.environ,
+        **SIMULATED_ENV,
+        "RAY_AUTH_TOKEN": token,
+        "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+    }
     command = simulated_start_command(shape, config, gcs, dashboard)
     command[0] = str(BIN / "ray")
     # Its own agent ports: the session's cluster already holds Ray's defaults.
-    command += ["--ray-client-server-port", str(free_port()),
-                "--dashboard-agent-listen-port", str(free_port()),
-                "--dashboard-agent-grpc-port", str(free_port()),
-                "--runtime-env-agent-port", str(free_port()),
-                "--metrics-export-port", str(free_port()),
-                "--temp-dir", str(temp), "--disable-usage-stats"]
+    command += [
+        "--ray-client-server-port",
+        str(free_port()),
+        "--dashboard-agent-listen-port",
+        str(free_port()),
+        "--dashboard-agent-grpc-port",
+        str(free_port()),
+        "--runtime-env-agent-port",
+        str(free_port()),
+        "--metrics-export-port",
+        str(free_port()),
+        "--temp-dir",
+        str(temp),
+        "--disable-usage-stats",
+    ]
     try:
         subprocess.run(command, check=True, capture_output=True, timeout=180, env=env)
         address = f"http://127.0.0.1:{dashboard}"
@@ -140,15 +165,19 @@ def simulated_cluster(tmp_path_factory) -> Iterator[Simulated]:
 
 
 def test_the_simulation_has_cluster_yaml_shape_and_refuses_requests_without_the_token(
-        simulated_cluster):
+    simulated_cluster,
+):
     reply = requests.get(f"{simulated_cluster.address}/api/v0/nodes", timeout=10)
     assert reply.status_code == 401
     (head,) = simulated_cluster.alive_nodes()  # min_workers 0 everywhere: the head alone
     assert head["resources_total"]["CPU"] == 4  # cluster.yaml's head
     denied = subprocess.run(
         [str(BIN / "ray"), "job", "list", "--address", simulated_cluster.address],
-        capture_output=True, text=True, timeout=120,
-        env={**simulated_cluster.env, "RAY_AUTH_TOKEN": "not-the-token" + "0" * 20})
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**simulated_cluster.env, "RAY_AUTH_TOKEN": "not-the-token" + "0" * 20},
+    )
     assert denied.returncode != 0
 
 
@@ -161,15 +190,17 @@ def _workers(folder: Path) -> list[dict]:
 
 
 def test_trainers_launch_only_the_node_types_they_need_and_idle_nodes_go(
-        tmp_path, simulated_cluster):
+    tmp_path, simulated_cluster
+):
     sim = simulated_cluster
     # No --working-dir: simulated nodes share this machine's disk and one Ray session
     # folder, where a node's runtime-env agent deletes a working dir once its own workers
     # are done with it, under a driver still using it.
     script = tmp_path / "ddp_job.py"
     script.write_text(DDP_JOB)
-    job = submit_job(sim.address, None, str(script), str(tmp_path),
-                     str(sim.logs / "monitor.log"), env=sim.env)
+    job = submit_job(
+        sim.address, None, str(script), str(tmp_path), str(sim.logs / "monitor.log"), env=sim.env
+    )
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
 
     for node in _workers(tmp_path / "cpu"):
@@ -184,6 +215,9 @@ def test_trainers_launch_only_the_node_types_they_need_and_idle_nodes_go(
     assert sim.launched().count("gpu_worker") == 1  # 2 workers x 1 GPU: one 4-GPU node
 
     # The node goes first; the autoscaler's log says so at its next update.
-    wait_for(lambda: len(sim.alive_nodes()) == 1
-             and sorted(sim.removed()) == sorted(sim.launched()), timeout_s=120, every_s=1,
-             what="idle workers removed, and the autoscaler's log saying so")
+    wait_for(
+        lambda: len(sim.alive_nodes()) == 1 and sorted(sim.removed()) == sorted(sim.launched()),
+        timeout_s=120,
+        every_s=1,
+        what="idle workers removed, and the autoscaler's log saying so",
+    )

@@ -41,8 +41,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def rows_with_ids(first: int, count: int) -> str:
     """CSV rows whose n column is a unique id, so duplicates and losses show."""
-    return "".join(f"{i * 0.5},{i},{'ab'[i % 2]},{'yn'[i % 3 == 0]}\n"
-                   for i in range(first, first + count))
+    return "".join(
+        f"{i * 0.5},{i},{'ab'[i % 2]},{'yn'[i % 3 == 0]}\n" for i in range(first, first + count)
+    )
 
 
 def ids_in_table(version) -> list[int]:
@@ -57,7 +58,10 @@ def ids_in_table(version) -> list[int]:
 
 
 def test_two_ingests_planned_on_the_same_version_one_commits_the_other_conflicts(
-        store, ray_start_4_cpus, monkeypatch):  # noqa: F811
+    store,  # noqa: F811
+    ray_start_4_cpus,
+    monkeypatch,
+):
     cfg = make_config(store)
     raw = raw_dir(cfg)
     raw.join("a.csv").write_bytes((HEADER + rows_with_ids(0, 40)).encode())
@@ -113,7 +117,10 @@ def test_two_ingests_planned_on_the_same_version_one_commits_the_other_conflicts
 
 
 def test_the_operate_loop_plans_again_after_losing_a_commit_race(
-        store, ray_start_4_cpus, monkeypatch):  # noqa: F811
+    store,  # noqa: F811
+    ray_start_4_cpus,
+    monkeypatch,
+):
     """`ingest --watch` beside `rayops operate` (a documented pairing): the watch commits
     between the operator's plan and its commit; the operator's ingest step plans again
     instead of ending the loop."""
@@ -179,6 +186,7 @@ class _KillOnce(_FilesDatasource):
                     Path(marker).touch()
                     os._exit(1)  # the first file's rows are written by now
                 yield table
+
         return [ReadTask(read, task.metadata)]
 
 
@@ -190,11 +198,15 @@ class _KillingSource(FileSource):
     def read(self, items, columns):
         return ray.data.read_datasource(
             _KillOnce(self.marker, self.location, self.fmt, list(items), list(columns)),
-            override_num_blocks=1)
+            override_num_blocks=1,
+        )
 
 
-def test_a_write_task_killed_and_retried_never_duplicates_rows(store, tmp_path,  # noqa: F811
-                                                               ray_start_4_cpus):
+def test_a_write_task_killed_and_retried_never_duplicates_rows(
+    store,  # noqa: F811
+    tmp_path,
+    ray_start_4_cpus,
+):
     cfg = make_config(store)
     raw = raw_dir(cfg)
     for i in range(3):
@@ -208,8 +220,7 @@ def test_a_write_task_killed_and_retried_never_duplicates_rows(store, tmp_path, 
     finally:
         context.target_max_block_size = block_size
     assert marker.exists()  # the worker did die
-    on_disk = [i for i in dataset_root(cfg).join(ROWS).list_files()
-               if i.path.endswith(".parquet")]
+    on_disk = [i for i in dataset_root(cfg).join(ROWS).list_files() if i.path.endswith(".parquet")]
     committed = counted_in_tables(version)
     assert ids_in_table(version) == list(range(120))  # every row exactly once
     assert_accounting(version, 120)
@@ -289,18 +300,21 @@ class _FlakyHandler(pafs.FileSystemHandler):
 
 
 def test_a_file_that_cannot_be_fetched_is_failed_not_consumed_and_read_next_time(
-        tmp_path, ray_start_4_cpus, monkeypatch):
+    tmp_path, ray_start_4_cpus, monkeypatch
+):
     monkeypatch.setattr("rayops.data.sources.FETCH_BACKOFF_S", 0.01)
-    cfg = make_config({"root": str(tmp_path / "lake"), "endpoint_url": None, "tmp": tmp_path},
-                      max_failed_files=1)
+    cfg = make_config(
+        {"root": str(tmp_path / "lake"), "endpoint_url": None, "tmp": tmp_path}, max_failed_files=1
+    )
     raw = raw_dir(cfg)
     for i in range(3):
         raw.join(f"{i}.csv").write_bytes((HEADER + rows_with_ids(i * 40, 40)).encode())
     state = tmp_path / "flaky"
     state.mkdir()
     (state / "fail").write_text("1.csv")
-    flaky = FileSource(Location(pafs.PyFileSystem(_FlakyHandler(str(state))), raw.path,
-                                raw.uri), "csv")
+    flaky = FileSource(
+        Location(pafs.PyFileSystem(_FlakyHandler(str(state))), raw.path, raw.uri), "csv"
+    )
 
     first = ingest(cfg, flaky)
     (failed,) = first.manifest.ingest.failed
@@ -321,8 +335,11 @@ def test_a_file_that_cannot_be_fetched_is_failed_not_consumed_and_read_next_time
     raw.join("3.csv").write_bytes((HEADER + rows_with_ids(120, 40)).encode())
     raw.join("4.csv").write_bytes((HEADER + rows_with_ids(160, 40)).encode())
     (state / "fail").write_text("3.csv 4.csv")
-    with pytest.raises(FilesFailed, match=r"2 of 2 file\(s\) could not be read .*"
-                                          r"max_failed_files=1 allows 1\).*reads them again"):
+    with pytest.raises(
+        FilesFailed,
+        match=r"2 of 2 file\(s\) could not be read .*"
+        r"max_failed_files=1 allows 1\).*reads them again",
+    ):
         ingest(cfg, flaky)
     assert latest_version(cfg).version == second.version
 
@@ -330,10 +347,10 @@ def test_a_file_that_cannot_be_fetched_is_failed_not_consumed_and_read_next_time
 # --------------------------------------------------------------------------- clean-up
 
 
-def test_clean_up_keeps_young_files_and_removes_old_unreferenced_ones(tmp_path,
-                                                                      ray_start_4_cpus):
-    cfg = make_config({"root": str(tmp_path / "lake"), "endpoint_url": None, "tmp": tmp_path},
-                      retention_hours=1)
+def test_clean_up_keeps_young_files_and_removes_old_unreferenced_ones(tmp_path, ray_start_4_cpus):
+    cfg = make_config(
+        {"root": str(tmp_path / "lake"), "endpoint_url": None, "tmp": tmp_path}, retention_hours=1
+    )
     raw_dir(cfg).join("a.csv").write_bytes((HEADER + GOOD_ROWS).encode())
     version = ingest(cfg)
     folder = Path(dataset_root(cfg).join(ROWS).path, "rayops_split=train")
@@ -362,8 +379,7 @@ def _age(folder: Path, days: float = 40) -> None:
             os.utime(path, (then, then))
 
 
-def test_a_version_a_registered_model_trained_on_outlives_log_retention(tmp_path,
-                                                                      ray_start_4_cpus):
+def test_a_version_a_registered_model_trained_on_outlives_log_retention(tmp_path, ray_start_4_cpus):
     """The champion trained on v1; a month later the data was rebuilt (v1's files are
     superseded) and ten arrivals made checkpoints. v1 still reads back (delta-rs no longer
     deletes old log entries at a checkpoint; clean-up keeps the versions registered models
@@ -378,22 +394,23 @@ def test_a_version_a_registered_model_trained_on_outlives_log_retention(tmp_path
     trained_rows = ids_in_table(first)
     client = tracking.client(cfg.tracking)
     client.create_registered_model(cfg.model_name)
-    client.create_model_version(cfg.model_name, source="file:///champion",
-                                tags={tracking.DATASET_TAG: first.id})
+    client.create_model_version(
+        cfg.model_name, source="file:///champion", tags={tracking.DATASET_TAG: first.id}
+    )
     raw.join("a.csv").write_bytes((HEADER + rows_with_ids(1000, 40)).encode())  # replaced
     assert ingest(cfg).manifest.base is None  # v2 rebuilt: v1's files are removed there
     table = Path(dataset_root(cfg).path)
     _age(table)
     for i in range(9):  # nine arrivals: a checkpoint, and the clean-up at the tenth version
-        raw.join(f"new-{i}.csv").write_bytes((HEADER + rows_with_ids(2000 + i * 40, 40)
-                                              ).encode())
+        raw.join(f"new-{i}.csv").write_bytes((HEADER + rows_with_ids(2000 + i * 40, 40)).encode())
         latest = ingest(cfg)
     _age(table)
     ingest_module.clean_up(cfg, latest)  # everything is old now: only v1 protects
     old = load_version(cfg, 1)
     assert old.manifest.rows == first.manifest.rows
-    ids = sorted(old.table("train").column("n").to_pylist()
-                 + old.table("valid").column("n").to_pylist())
+    ids = sorted(
+        old.table("train").column("n").to_pylist() + old.table("valid").column("n").to_pylist()
+    )
     assert ids == trained_rows  # its data files, superseded a month ago, are still there
     assert load_version(cfg, latest.version).manifest.rows.read == 40 * 10
 
@@ -434,16 +451,23 @@ def test_duckdb_reads_a_curated_version_without_rayops(store, ray_start_4_cpus):
     ingest(cfg)
     location = first.root.join(ROWS)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-c", DUCKDB_QUERY, location.table_uri, "1",
-                          json.dumps(location.options)], capture_output=True, text=True,
-                         env=env, cwd="/", timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", DUCKDB_QUERY, location.table_uri, "1", json.dumps(location.options)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout)
     assert seen["modules"] == []  # rayops was never imported
     rows = first.manifest.rows
     assert seen["rows"] == rows.model_dump()
     assert dict((split, n) for split, n, _ in seen["counts"]) == {
-        "train": rows.train, "valid": rows.valid}
+        "train": rows.train,
+        "valid": rows.valid,
+    }
     assert rows.kept == 40 and rows.quarantine == 1
 
 
@@ -452,14 +476,16 @@ def test_duckdb_reads_a_curated_version_without_rayops(store, ray_start_4_cpus):
 ARRIVALS = 21  # two checkpoints behind the last ingest: history it must not read
 
 
-def test_the_metadata_one_ingest_reads_does_not_grow_with_history(s3_server,
-                                                                  ray_start_4_cpus, tmp_path):
+def test_the_metadata_one_ingest_reads_does_not_grow_with_history(
+    s3_server, ray_start_4_cpus, tmp_path
+):
     """Counted from the S3 endpoint's own request log: the log entries, checkpoints, log
     listings and state files one ingest GETs, after 10, ARRIVALS - 10 and ARRIVALS
     arrivals ingested one by one (about 20 s)."""
     bucket = s3_server.create_bucket()
-    cfg = make_config({"root": f"s3://{bucket}/lake", "endpoint_url": s3_server.url,
-                       "tmp": tmp_path})
+    cfg = make_config(
+        {"root": f"s3://{bucket}/lake", "endpoint_url": s3_server.url, "tmp": tmp_path}
+    )
     raw = raw_dir(cfg)
     reads: dict[int, list[str]] = {}
     for i in range(ARRIVALS):
@@ -468,21 +494,32 @@ def test_the_metadata_one_ingest_reads_does_not_grow_with_history(s3_server,
         version = ingest(cfg)
         with open(s3_server.log_path) as log:
             log.seek(before)
-            reads[i + 1] = [m.group(1) for m in re.finditer(
-                r'"(?:\x1b\[[0-9;]*m)*GET /[^ ]*?/curated/t/((?:rows|quarantine)/_delta_log/'
-                r'[^ ?&]+|state/[^ ?]+) HTTP', log.read())]
+            reads[i + 1] = [
+                m.group(1)
+                for m in re.finditer(
+                    r'"(?:\x1b\[[0-9;]*m)*GET /[^ ]*?/curated/t/((?:rows|quarantine)/_delta_log/'
+                    r"[^ ?&]+|state/[^ ?]+) HTTP",
+                    log.read(),
+                )
+            ]
     assert version.version == ARRIVALS
     assert ids_in_table(version) == list(range(ARRIVALS * 40))
     # A checkpoint every 10 versions: an ingest reads the newest checkpoint and the log
     # entries after it, of both tables, and one state file, so the last ingest reads what
     # the one ten before it read (as far past a checkpoint), not more, and nothing older.
     last, same_phase, early = reads[ARRIVALS], reads[ARRIVALS - 10], reads[10]
-    print(f"metadata GETs of ingest 10: {len(early)}, {ARRIVALS - 10}: {len(same_phase)}, "
-          f"{ARRIVALS}: {len(last)}")
-    numbers = [int(m.group(1)) for p in last
-               if (m := re.search(r"rows/_delta_log/(\d{20})\.json$", p))]
-    checkpoints = [int(m.group(1)) for p in last
-                   if (m := re.search(r"rows/_delta_log/(\d{20})\.checkpoint", p))]
+    print(
+        f"metadata GETs of ingest 10: {len(early)}, {ARRIVALS - 10}: {len(same_phase)}, "
+        f"{ARRIVALS}: {len(last)}"
+    )
+    numbers = [
+        int(m.group(1)) for p in last if (m := re.search(r"rows/_delta_log/(\d{20})\.json$", p))
+    ]
+    checkpoints = [
+        int(m.group(1))
+        for p in last
+        if (m := re.search(r"rows/_delta_log/(\d{20})\.checkpoint", p))
+    ]
     assert checkpoints and min(numbers) >= max(checkpoints) >= ARRIVALS - 10, last
     assert len(last) <= len(same_phase) + 2, (same_phase, last)
     assert len(last) <= len(early) + 2, (early, last)  # no more than after 10 arrivals

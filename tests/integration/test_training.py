@@ -79,21 +79,34 @@ class WorkerKiller(threading.Thread):
 
 
 def test_killed_worker_resumes_from_s3_checkpoint(
-        tmp_path, ray_start_4_cpus, s3_endpoint, s3_bucket):
-    cfg = demo_config(tmp_path, **{"storage.root": f"s3://{s3_bucket}/lake",
-                                   "storage.endpoint_url": s3_endpoint, "train.epochs": 5,
-                                   "train.max_failures": 1, "train.cpus_per_worker": 0.5})
+    tmp_path, ray_start_4_cpus, s3_endpoint, s3_bucket
+):
+    cfg = demo_config(
+        tmp_path,
+        **{
+            "storage.root": f"s3://{s3_bucket}/lake",
+            "storage.endpoint_url": s3_endpoint,
+            "train.epochs": 5,
+            "train.max_failures": 1,
+            "train.cpus_per_worker": 0.5,
+        },
+    )
     version = _dataset(cfg)
     # Raw files, the curated version and its state all live in the bucket.
     assert sorted(list_keys(s3_endpoint, s3_bucket, "lake/raw/")) == [
-        "lake/raw/churn/part-0000.csv", "lake/raw/churn/part-0001.csv"]
+        "lake/raw/churn/part-0000.csv",
+        "lake/raw/churn/part-0001.csv",
+    ]
     assert version.uri == f"s3://{s3_bucket}/lake/curated/churn/rows@v1"
     keys = list_keys(s3_endpoint, s3_bucket, "lake/curated/churn/")
     assert "lake/curated/churn/rows/_delta_log/00000000000000000001.json" in keys
-    assert any(k.startswith("lake/curated/churn/rows/rayops_split=train/")
-               and k.endswith(".parquet") for k in keys)
-    assert any(k.startswith("lake/curated/churn/quarantine/") and k.endswith(".parquet")
-               for k in keys)
+    assert any(
+        k.startswith("lake/curated/churn/rows/rayops_split=train/") and k.endswith(".parquet")
+        for k in keys
+    )
+    assert any(
+        k.startswith("lake/curated/churn/quarantine/") and k.endswith(".parquet") for k in keys
+    )
     assert sum(k.startswith("lake/curated/churn/state/") for k in keys) == 1
     assert version.manifest.rows.read == 3000
     killer = WorkerKiller(cfg, after=2)  # after the second epoch of this run
@@ -116,19 +129,29 @@ def test_failures_beyond_max_failures_fail_the_run(local):
     base, version = local
     # The kill lands after the first epoch; the epochs after it are there so that it
     # lands before the end even on a slow machine (an epoch here can take 0.1 s).
-    cfg = base.with_overrides({"tracking.experiment": "max-failures", "train.epochs": 300,
-                               "train.max_failures": 0, "train.cpus_per_worker": 0.5})
+    cfg = base.with_overrides(
+        {
+            "tracking.experiment": "max-failures",
+            "train.epochs": 300,
+            "train.max_failures": 0,
+            "train.cpus_per_worker": 0.5,
+        }
+    )
     killer = WorkerKiller(cfg, after=1)
     killer.start()
     with pytest.raises(Exception) as failure:
         run_training(cfg, version)
     killer.done.set()
     assert killer.killed is not None
-    assert "RayTrainWorker" in str(failure.value) or "died" in str(failure.value).lower() or (
-        "fail" in str(failure.value).lower())
+    assert (
+        "RayTrainWorker" in str(failure.value)
+        or "died" in str(failure.value).lower()
+        or ("fail" in str(failure.value).lower())
+    )
     runs = MlflowClient(cfg.tracking.uri).search_runs(
         [tracking.experiment_id(cfg.tracking, cfg.experiment_name)],
-        "attributes.run_name = 'churn-train'")
+        "attributes.run_name = 'churn-train'",
+    )
     assert [r.info.status for r in runs] == ["FAILED"]
 
 
@@ -145,8 +168,15 @@ def _in_this_process(cfg, version) -> dict[str, float]:
     loop = loop_config(cfg, version, load_inputs(version), run_name=None, run_id=None)
     threads = torch.get_num_threads()  # the loop sets the worker's
     try:
-        return trainer(loop_per_worker, train_loop_config=loop.for_ray(),
-                       scaling_config=ScalingConfig(num_workers=0)).fit().metrics
+        return (
+            trainer(
+                loop_per_worker,
+                train_loop_config=loop.for_ray(),
+                scaling_config=ScalingConfig(num_workers=0),
+            )
+            .fit()
+            .metrics
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -157,17 +187,26 @@ def test_same_seed_same_metrics_bf16_and_early_stopping(local, capsys):
     after its best one and keeps the best epoch's model, not the last; in bf16 on the CPU
     it still learns."""
     base, version = local
-    cfg = base.with_overrides({"tracking.experiment": "seed", "train.num_workers": 1,
-                               "train.epochs": 12, "train.data_loading": "memory",
-                               "train.precision": "bf16", "train.learning_rate": 0.05,
-                               "train.early_stopping_patience": 2,
-                               "train.lr_schedule": "constant"})
+    cfg = base.with_overrides(
+        {
+            "tracking.experiment": "seed",
+            "train.num_workers": 1,
+            "train.epochs": 12,
+            "train.data_loading": "memory",
+            "train.precision": "bf16",
+            "train.learning_rate": 0.05,
+            "train.early_stopping_patience": 2,
+            "train.lr_schedule": "constant",
+        }
+    )
     setup_logging(verbose=True)  # a console, as the CLI sets up: epoch lines are shown
     capsys.readouterr()
     first = run_training(cfg, version)
     shown = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch")]
-    f1 = {int(m.step): m.value for m in MlflowClient(cfg.tracking.uri).get_metric_history(
-        first.run_id, "valid_f1")}
+    f1 = {
+        int(m.step): m.value
+        for m in MlflowClient(cfg.tracking.uri).get_metric_history(first.run_id, "valid_f1")
+    }
     assert [line.split()[1] for line in shown] == [f"{e}/12" for e in sorted(f1)], shown
     assert all("valid_f1" in line and "valid_accuracy" in line for line in shown)
     best = max(f1, key=lambda epoch: (f1[epoch], -epoch))
@@ -176,8 +215,10 @@ def test_same_seed_same_metrics_bf16_and_early_stopping(local, capsys):
     # bf16 autocast on the CPU learns: better than always answering the majority class
     assert first.metrics["valid_accuracy"] > majority_accuracy(version) + 0.02
     # The same loop and seed again: it stops at the same epoch with the same numbers.
-    loss = {int(m.step): m.value for m in MlflowClient(cfg.tracking.uri).get_metric_history(
-        first.run_id, "valid_loss")}
+    loss = {
+        int(m.step): m.value
+        for m in MlflowClient(cfg.tracking.uri).get_metric_history(first.run_id, "valid_loss")
+    }
     again = _in_this_process(cfg, version)
     assert int(again["epoch"]) == max(f1)
     assert again["valid_loss"] == pytest.approx(loss[max(f1)], abs=1e-4)
@@ -204,8 +245,15 @@ def test_ddp_on_gpus_with_bf16_learns(tmp_path, ray_start_4_cpus):
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus < 1:
         pytest.skip("the Ray cluster has no GPU")
-    cfg = demo_config(tmp_path, **{"train.use_gpu": True, "train.precision": "bf16",
-                                   "train.num_workers": min(gpus, 2), "train.epochs": 4})
+    cfg = demo_config(
+        tmp_path,
+        **{
+            "train.use_gpu": True,
+            "train.precision": "bf16",
+            "train.num_workers": min(gpus, 2),
+            "train.epochs": 4,
+        },
+    )
     version = _dataset(cfg)
     outcome = run_training(cfg, version)
     assert outcome.metrics["valid_accuracy"] > majority_accuracy(version)

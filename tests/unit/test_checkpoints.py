@@ -36,8 +36,7 @@ def test_the_registered_checkpoint_when_storage_has_nothing_newer(tmp_path):
     run = tmp_path / "run"
     registered = _write(run / "checkpoint_b", 2)
     _write(run / "checkpoint_a", 1)
-    assert latest_state(resolve(str(run)), Checkpoint.from_directory(str(registered)))[
-        "epoch"] == 2
+    assert latest_state(resolve(str(run)), Checkpoint.from_directory(str(registered)))["epoch"] == 2
     assert latest_state(resolve(str(tmp_path / "empty")), None) is None
     assert history_of(None) == []
 

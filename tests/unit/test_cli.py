@@ -6,8 +6,9 @@ import pytest
 
 def _rayops(*args: str) -> subprocess.CompletedProcess:
     code = "from rayops.cli import main; main()"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_invalid_config_fails_with_one_clear_line(tmp_path):
@@ -27,9 +28,27 @@ def test_validate_prints_defaults(tmp_path):
     assert '"epochs": 2' in result.stdout and '"host": "127.0.0.1"' in result.stdout
 
 
-VERBS = ("validate", "ingest", "train", "tune", "deploy", "promote", "rollback", "predict",
-         "run", "demo", "quarantine", "schema", "k8s", "simulated-cluster",
-         "submit", "monitor", "feedback", "operate", "check")
+VERBS = (
+    "validate",
+    "ingest",
+    "train",
+    "tune",
+    "deploy",
+    "promote",
+    "rollback",
+    "predict",
+    "run",
+    "demo",
+    "quarantine",
+    "schema",
+    "k8s",
+    "simulated-cluster",
+    "submit",
+    "monitor",
+    "feedback",
+    "operate",
+    "check",
+)
 
 
 def test_help_lists_every_verb_and_each_verb_has_help():
@@ -67,8 +86,7 @@ def test_an_object_store_that_is_down_ends_the_command_in_one_line(tmp_path):
     from tests.helpers import free_port
 
     endpoint = f"http://127.0.0.1:{free_port()}"
-    config = _config_with(tmp_path, storage={"root": "s3://lake/rayops",
-                                             "endpoint_url": endpoint})
+    config = _config_with(tmp_path, storage={"root": "s3://lake/rayops", "endpoint_url": endpoint})
     result = _rayops("ingest", config)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -81,8 +99,7 @@ def test_a_tracking_server_that_is_down_ends_the_command_in_one_line(tmp_path):
     from tests.helpers import free_port
 
     uri = f"http://127.0.0.1:{free_port()}"
-    config = _config_with(tmp_path, storage={"root": str(tmp_path / "lake")},
-                          tracking={"uri": uri})
+    config = _config_with(tmp_path, storage={"root": str(tmp_path / "lake")}, tracking={"uri": uri})
     result = _rayops("train", config)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"error: MLflow at {uri} does not answer")
@@ -90,12 +107,17 @@ def test_a_tracking_server_that_is_down_ends_the_command_in_one_line(tmp_path):
 
 
 # Each job with an option of another stage's: refused, not silently ignored.
-FOREIGN = {"ingest": "--cycles=3", "train": "--watch", "tune": "--cycles=3",
-           "deploy": "--resume", "operate": "--dataset-version=2", "pipeline": "--resume"}
+FOREIGN = {
+    "ingest": "--cycles=3",
+    "train": "--watch",
+    "tune": "--cycles=3",
+    "deploy": "--resume",
+    "operate": "--dataset-version=2",
+    "pipeline": "--resume",
+}
 
 
-def test_each_job_runs_its_stage_and_rejects_options_that_are_not_its_own(
-        monkeypatch, capsys):
+def test_each_job_runs_its_stage_and_rejects_options_that_are_not_its_own(monkeypatch, capsys):
     import runpy
     from pathlib import Path
 
@@ -146,8 +168,7 @@ def test_version_is_printed():
     assert result.exit_code == 0 and result.output.strip() == f"rayops {version('rayops')}"
 
 
-def test_bad_files_urls_and_a_server_that_is_down_end_in_one_line(tmp_path, capsys,
-                                                                   monkeypatch):
+def test_bad_files_urls_and_a_server_that_is_down_end_in_one_line(tmp_path, capsys, monkeypatch):
     from rayops.cli import main
     from rayops.serve import client
     from tests.helpers import free_port
@@ -180,5 +201,8 @@ def test_shell_completion_is_there_to_install():
     # second command keeps bash from replacing itself with the first)
     shown = subprocess.run(
         ["bash", "-c", f"'{sys.executable}' -m rayops --show-completion; exit $?"],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert shown.returncode == 0 and "complete" in shown.stdout, shown.stderr

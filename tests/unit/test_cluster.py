@@ -31,7 +31,9 @@ def test_the_simulation_has_every_node_type_of_cluster_yaml():
         assert simulated.pop("object_store_memory") > 0
         assert simulated == node["resources"]  # GPU counts included
         assert (types[name]["min_workers"], types[name]["max_workers"]) == (
-            node.get("min_workers", 0), node["max_workers"])
+            node.get("min_workers", 0),
+            node["max_workers"],
+        )
 
 
 def test_a_cluster_file_without_node_types_names_the_problem(tmp_path):
@@ -43,8 +45,10 @@ def test_a_cluster_file_without_node_types_names_the_problem(tmp_path):
 
 def test_simulated_cluster_command_writes_the_config_and_the_start_line(tmp_path):
     output = tmp_path / "simulated.yaml"
-    result = CliRunner().invoke(app, ["simulated-cluster", "--cluster", str(CLUSTER),
-                                      "--port", "6391", "--output", str(output)])
+    result = CliRunner().invoke(
+        app,
+        ["simulated-cluster", "--cluster", str(CLUSTER), "--port", "6391", "--output", str(output)],
+    )
     assert result.exit_code == 0, result.output
     assert yaml.safe_load(output.read_text())["provider"]["type"] == "fake_multinode"
     start = next(ln for ln in result.output.splitlines() if "ray start --head" in ln)

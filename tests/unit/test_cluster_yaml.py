@@ -45,8 +45,9 @@ def test_every_node_runs_the_rayops_image_of_this_version():
     gpu_image = config["available_node_types"]["gpu_worker"]["docker"]["worker_image"]
     assert cpu_image.endswith(f"/rayops:{_version()}-cpu")
     assert gpu_image.endswith(f"/rayops:{_version()}-gpu")
-    assert "--gpus all" in config["available_node_types"]["gpu_worker"]["docker"][
-        "worker_run_options"]
+    assert (
+        "--gpus all" in config["available_node_types"]["gpu_worker"]["docker"]["worker_run_options"]
+    )
     assert not config["setup_commands"]  # nothing installed at start-up: the image has it
 
 
@@ -63,24 +64,34 @@ def test_nothing_is_public_but_ssh_from_one_cidr():
 
 def test_instance_profiles_are_least_privilege():
     nodes = _config()["available_node_types"]
-    profiles = {name: n["node_config"]["IamInstanceProfile"]["Arn"] for name, n in
-                nodes.items()}
+    profiles = {name: n["node_config"]["IamInstanceProfile"]["Arn"] for name, n in nodes.items()}
     assert profiles["head"].endswith("instance-profile/rayops-head")
     assert profiles["cpu_worker"] == profiles["gpu_worker"]
     assert profiles["cpu_worker"].endswith("instance-profile/rayops-worker")
-    policies = {who: json.loads((ROOT / "deploy/aws" / f"{who}-policy.json").read_text())
-                for who in ("head", "worker")}
+    policies = {
+        who: json.loads((ROOT / "deploy/aws" / f"{who}-policy.json").read_text())
+        for who in ("head", "worker")
+    }
     for who, policy in policies.items():
-        actions = {a for s in policy["Statement"] for a in (
-            s["Action"] if isinstance(s["Action"], list) else [s["Action"]])}
+        actions = {
+            a
+            for s in policy["Statement"]
+            for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
+        }
         assert not any(a.endswith(":*") or a == "*" for a in actions), who
-        s3 = [s for s in policy["Statement"] if any(
-            a.startswith("s3:") for a in s["Action"])]
+        s3 = [s for s in policy["Statement"] if any(a.startswith("s3:") for a in s["Action"])]
         assert all("RAYOPS_BUCKET" in s["Resource"] for s in s3), who
-    pull = {"ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
-            "ecr:BatchCheckLayerAvailability", "ecr:GetAuthorizationToken"}
-    worker_actions = {a for s in policies["worker"]["Statement"] for a in (
-        s["Action"] if isinstance(s["Action"], list) else [s["Action"]])}
+    pull = {
+        "ecr:BatchGetImage",
+        "ecr:GetDownloadUrlForLayer",
+        "ecr:BatchCheckLayerAvailability",
+        "ecr:GetAuthorizationToken",
+    }
+    worker_actions = {
+        a
+        for s in policies["worker"]["Statement"]
+        for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
+    }
     assert all(a.startswith("s3:") or a in pull for a in worker_actions)  # no EC2, no IAM
     for policy in policies.values():  # both pull rayops' image, and only that one
         (image,) = [s for s in policy["Statement"] if s["Sid"] == "PullTheImage"]
@@ -88,8 +99,11 @@ def test_instance_profiles_are_least_privilege():
     registry = _config()["docker"]["image"].split("/")[0]
     login = " ".join(_config()["initialization_commands"])  # before Docker pulls
     assert f"docker login --username AWS --password-stdin {registry}" in login
-    head_actions = {a for s in policies["head"]["Statement"] for a in (
-        s["Action"] if isinstance(s["Action"], list) else [s["Action"]])}
+    head_actions = {
+        a
+        for s in policies["head"]["Statement"]
+        for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
+    }
     assert "ec2:RunInstances" in head_actions and "iam:PassRole" in head_actions
 
 
@@ -111,8 +125,9 @@ def test_jobs_on_the_head_learn_where_its_mlflow_server_listens():
     # Exported in the `ray start` command itself: the raylet and the job drivers it starts
     # inherit it (each command of the list runs in its own shell).
     probe = start.split("ray start")[0] + 'echo "$RAYOPS_MLFLOW_URI"'
-    uri = subprocess.run(["bash", "-c", probe], capture_output=True, text=True,
-                         timeout=30).stdout.strip()
+    uri = subprocess.run(
+        ["bash", "-c", probe], capture_output=True, text=True, timeout=30
+    ).stdout.strip()
     assert re.fullmatch(rf"http://[0-9a-f.:]+:{port}", uri), uri
     example = (ROOT / "jobs" / "configs" / "churn-s3.yaml").read_text()
     assert "uri: ${RAYOPS_MLFLOW_URI" in example

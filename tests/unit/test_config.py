@@ -94,7 +94,9 @@ def test_overrides_are_typed_and_revalidated():
     cfg = validate_config(_raw()).with_overrides({"train.epochs": 2, "model.hidden_sizes": [8]})
     assert cfg.train.epochs == 2 and cfg.model.hidden_sizes == [8]
     assert parse_overrides(["train.use_gpu=true", "train.learning_rate=0.01"]) == {
-        "train.use_gpu": True, "train.learning_rate": 0.01}
+        "train.use_gpu": True,
+        "train.learning_rate": 0.01,
+    }
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_overrides(["train.epochs"])
     with pytest.raises(ConfigError, match="train.epochs"):
@@ -139,8 +141,11 @@ def test_fp16_needs_a_gpu_and_says_so_before_anything_runs():
 def test_an_unknown_family_or_plugin_is_named_with_its_key():
     raw = _raw()
     raw["model"] = {"family": "forest"}
-    with pytest.raises(ConfigError, match=r"model.family: 'forest' is not a known family; "
-                                          r"known: bpr, mlp, sasrec, xgboost"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.family: 'forest' is not a known family; "
+        r"known: bpr, mlp, sasrec, xgboost",
+    ):
         validate_config(raw)
     raw["model"] = {"family": "centroid", "plugins": ["no_such_plugin"]}
     with pytest.raises(ConfigError, match=r"model.plugins: cannot import 'no_such_plugin'"):
@@ -149,18 +154,21 @@ def test_an_unknown_family_or_plugin_is_named_with_its_key():
 
 def test_grid_search_takes_choices_only():
     raw = _raw()
-    raw["tune"] = {"search": "grid",
-                   "search_space": {"train.learning_rate": {"type": "uniform", "low": 0,
-                                                            "high": 1}}}
+    raw["tune"] = {
+        "search": "grid",
+        "search_space": {"train.learning_rate": {"type": "uniform", "low": 0, "high": 1}},
+    }
     with pytest.raises(ConfigError, match="grid.*choice"):
         validate_config(raw)
 
 
-@pytest.mark.parametrize(("rule", "workers", "factor"), [
-    ("none", 4, 1.0), ("linear", 4, 4.0), ("sqrt", 4, 2.0)])
+@pytest.mark.parametrize(
+    ("rule", "workers", "factor"), [("none", 4, 1.0), ("linear", 4, 4.0), ("sqrt", 4, 2.0)]
+)
 def test_learning_rate_scaling_rule(rule, workers, factor):
-    cfg = validate_config(_raw()).with_overrides({"train.lr_scaling": rule,
-                                                  "train.num_workers": workers})
+    cfg = validate_config(_raw()).with_overrides(
+        {"train.lr_scaling": rule, "train.num_workers": workers}
+    )
     assert cfg.train.lr_factor == factor
 
 
@@ -171,16 +179,21 @@ def test_defaults_are_resolved_like_written_values(tmp_path, monkeypatch):
     assert cfg.storage.root == str(tmp_path / "lake")
     assert cfg.tracking.uri == f"sqlite:///{tmp_path}/mlflow/mlflow.db"
     assert cfg.tracking.artifact_location == str(tmp_path / "mlflow" / "artifacts")
-    spelled = _raw() | {"tracking": {"uri": "sqlite:///mlflow/mlflow.db"},
-                        "storage": {"root": "./lake"}}
+    spelled = _raw() | {
+        "tracking": {"uri": "sqlite:///mlflow/mlflow.db"},
+        "storage": {"root": "./lake"},
+    }
     assert validate_config(spelled) == cfg
 
 
-@pytest.mark.parametrize(("section", "value", "key"), [
-    ({"tune": {"metric": "valid_f2"}}, "'valid_f2'", "tune.metric"),
-    ({"gate": {"metric": "valid_rmse"}}, "'valid_rmse'", "gate.metric"),
-    ({"gate": {"max_regression": {"recall": 0.1}}}, "'recall'", "gate.max_regression.recall"),
-])
+@pytest.mark.parametrize(
+    ("section", "value", "key"),
+    [
+        ({"tune": {"metric": "valid_f2"}}, "'valid_f2'", "tune.metric"),
+        ({"gate": {"metric": "valid_rmse"}}, "'valid_rmse'", "gate.metric"),
+        ({"gate": {"max_regression": {"recall": 0.1}}}, "'recall'", "gate.max_regression.recall"),
+    ],
+)
 def test_metric_names_are_checked_against_the_task(section, value, key):
     with pytest.raises(ConfigError) as err:
         validate_config(_raw() | section)
@@ -208,8 +221,11 @@ def test_gate_thresholds_are_validated():
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.0.3.7", "::", "serve.internal"])
 def test_serving_beyond_loopback_requires_a_bearer_token(host):
-    with pytest.raises(ConfigError, match=rf"serve: .*host '{host}' is reachable from other "
-                                          r"machines: set auth_token_env or auth_token_file"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"serve: .*host '{host}' is reachable from other "
+        r"machines: set auth_token_env or auth_token_file",
+    ):
         validate_config(_raw() | {"serve": {"host": host}})
     cfg = validate_config(_raw() | {"serve": {"host": host, "auth_token_env": "API_TOKEN"}})
     assert cfg.serve.host == host
@@ -253,25 +269,32 @@ def test_relative_paths_inside_a_ray_job_copy_stop_the_job_with_the_key(tmp_path
     copy = tmp_path / "session" / "runtime_resources" / "working_dir_files" / "_ray_pkg_1a2b"
     copy.mkdir(parents=True)
     monkeypatch.chdir(copy)
-    with pytest.raises(ConfigError, match=r"storage\.root resolves to .*_ray_pkg_1a2b/lake, "
-                                          r"inside Ray's temporary copy.*--base-dir"):
+    with pytest.raises(
+        ConfigError,
+        match=r"storage\.root resolves to .*_ray_pkg_1a2b/lake, "
+        r"inside Ray's temporary copy.*--base-dir",
+    ):
         load_config(config_path())
     base = tmp_path / "checkout"
     cfg = load_config(config_path(), base_dir=base)  # what the job's --base-dir says
     assert cfg.storage.root == str(base / "lake")
     assert cfg.tracking.uri == f"sqlite:///{base}/mlflow/mlflow.db"
-    absolute = load_config(config_path(), [f"storage.root={tmp_path}/lake",
-                                           f"tracking.uri=sqlite:///{tmp_path}/m.db"])
+    absolute = load_config(
+        config_path(), [f"storage.root={tmp_path}/lake", f"tracking.uri=sqlite:///{tmp_path}/m.db"]
+    )
     assert absolute.storage.root == str(tmp_path / "lake")  # absolute paths are fine
 
 
-@pytest.mark.parametrize(("source", "fmt", "avro", "match"), [
-    ("kafka://h:1/t", "parquet", None, "'parquet' is not a message format"),
-    ("kinesis://s", "parquet", None, "'parquet' is not a message format"),
-    ("raw", "avro", {"schema": "r.avsc"}, "'avro' is a message format of a Kafka or Kinesis"),
-    ("kafka://h:1/t", "avro", None, "needs data.avro.schema"),
-    ("kafka://h:1/t", "json", {"schema": "r.avsc"}, "data.avro is only for format 'avro'"),
-])
+@pytest.mark.parametrize(
+    ("source", "fmt", "avro", "match"),
+    [
+        ("kafka://h:1/t", "parquet", None, "'parquet' is not a message format"),
+        ("kinesis://s", "parquet", None, "'parquet' is not a message format"),
+        ("raw", "avro", {"schema": "r.avsc"}, "'avro' is a message format of a Kafka or Kinesis"),
+        ("kafka://h:1/t", "avro", None, "needs data.avro.schema"),
+        ("kafka://h:1/t", "json", {"schema": "r.avsc"}, "data.avro is only for format 'avro'"),
+    ],
+)
 def test_message_formats_fit_their_source(source, fmt, avro, match):
     raw = _raw()
     raw["data"].update({"source": source, "format": fmt}, **({"avro": avro} if avro else {}))

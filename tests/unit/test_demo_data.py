@@ -45,8 +45,7 @@ def _typed(cfg, frame):
     return typed.filter(pc.is_null(typed.column(ERROR))), columns
 
 
-def test_every_operate_demo_brings_a_month_that_drifts_from_whatever_the_champion_saw(
-        tmp_path):
+def test_every_operate_demo_brings_a_month_that_drifts_from_whatever_the_champion_saw(tmp_path):
     """`rayops demo --operate` in a lake where it ran before: the next month is new (its
     prices higher again) and the monitor's verdict on it is drift, against a champion that
     trained on the first month and every later month so far (it sat on the threshold)."""
@@ -61,8 +60,7 @@ def test_every_operate_demo_brings_a_month_that_drifts_from_whatever_the_champio
     for month in (1, 2, 3):
         assert next_month(cfg) == month
         typed, columns = _typed(cfg, pd.concat(seen))
-        profile = stats.profile(stats.table_stats(typed, columns, cfg.data.label,
-                                                  cfg.data.task))
+        profile = stats.profile(stats.table_stats(typed, columns, cfg.data.label, cfg.data.task))
         records, _ = later_month_records(cfg, 600, 10 + month, month)
         window, _ = window_columns(pd.DataFrame(records), columns, cfg.data.label)
         report = dataset_drift(profile, window, thresholds_of(cfg))
@@ -80,8 +78,9 @@ def test_viewing_is_deterministic_has_malformed_rows_and_a_popularity_skew(tmp_p
     from rayops.demo import watching
 
     a = watching.generate(users=80, items=60, weeks=4, per_user=12, seed=2)
-    pd.testing.assert_frame_equal(a, watching.generate(users=80, items=60, weeks=4,
-                                                       per_user=12, seed=2))
+    pd.testing.assert_frame_equal(
+        a, watching.generate(users=80, items=60, weeks=4, per_user=12, seed=2)
+    )
     cfg = load_config(config_path("watching"))
     text = a.map(lambda v: "" if v is None or v != v else str(v))
     checked = validate_frame(text, cfg.data.columns).to_pandas()

@@ -6,22 +6,30 @@ from rayops.config import ColumnSpec
 from rayops.data import stats
 from rayops.monitor.drift import DriftThresholds, dataset_drift, js_distance, psi
 
-COLUMNS = {"x": ColumnSpec(type="numeric"), "price": ColumnSpec(type="numeric"),
-           "plan": ColumnSpec(type="categorical")}
+COLUMNS = {
+    "x": ColumnSpec(type="numeric"),
+    "price": ColumnSpec(type="numeric"),
+    "plan": ColumnSpec(type="categorical"),
+}
 PLANS = ["basic", "plus", "pro"]
 
 
 def _table(rows: int, seed: int, shift: float = 0.0, plans=(0.6, 0.3, 0.1)) -> pa.Table:
     rng = np.random.default_rng(seed)
-    return pa.table({"x": rng.normal(50 + shift, 10, rows),
-                     "price": rng.lognormal(3, 1, rows),
-                     "plan": rng.choice(PLANS, rows, p=list(plans))})
+    return pa.table(
+        {
+            "x": rng.normal(50 + shift, 10, rows),
+            "price": rng.lognormal(3, 1, rows),
+            "plan": rng.choice(PLANS, rows, p=list(plans)),
+        }
+    )
 
 
 def _profile(table: pa.Table) -> dict:
     # as ingest builds it: statistics per block, merged, then the profile
-    blocks = [stats.table_stats(table.slice(i, 10_000), COLUMNS)
-              for i in range(0, table.num_rows, 10_000)]
+    blocks = [
+        stats.table_stats(table.slice(i, 10_000), COLUMNS) for i in range(0, table.num_rows, 10_000)
+    ]
     return stats.profile(stats.merge(blocks))
 
 
@@ -48,8 +56,9 @@ def test_a_planted_shift_is_flagged_on_exactly_the_shifted_features(reference):
     assert report.verdict == "drift" and sorted(report.drifted) == ["plan", "x"]
     assert "2 of 3 features drifted" in report.reasons[0]
     plan = next(f for f in report.features if f.name == "plan")
-    assert plan.bins[-1] == "__other__" and plan.current[plan.bins.index("pro")] == \
-        pytest.approx(0.5, abs=0.02)
+    assert plan.bins[-1] == "__other__" and plan.current[plan.bins.index("pro")] == pytest.approx(
+        0.5, abs=0.02
+    )
 
 
 def test_one_drifted_key_feature_is_enough_and_unseen_values_count(reference):

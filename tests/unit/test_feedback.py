@@ -8,11 +8,18 @@ from rayops.serve.prediction_log import PredictionLog
 
 
 def _cfg(tmp_path, task="classification"):
-    label = {"type": "categorical", "values": ["no", "yes"]} if task == "classification" \
+    label = (
+        {"type": "categorical", "values": ["no", "yes"]}
+        if task == "classification"
         else {"type": "numeric"}
-    return validate_config({"name": "t", "storage": {"root": str(tmp_path / "lake")},
-                            "data": {"label": "y", "task": task,
-                                     "columns": {"x": {"type": "numeric"}, "y": label}}})
+    )
+    return validate_config(
+        {
+            "name": "t",
+            "storage": {"root": str(tmp_path / "lake")},
+            "data": {"label": "y", "task": task, "columns": {"x": {"type": "numeric"}, "y": label}},
+        }
+    )
 
 
 def _served(cfg, version: str, answers: list, first: int = 0) -> None:
@@ -27,12 +34,17 @@ def test_labels_join_the_prediction_log_per_model_version(tmp_path):
     assert live_metrics(cfg) == {}  # nothing served, nothing labelled yet
     _served(cfg, "1", ["yes", "yes", "no", "no"])
     _served(cfg, "2", ["yes", "no"], first=4)
-    labels = pd.DataFrame({"request_id": ["r0", "r1", "r2", "r3", "r4", "r9"],
-                           "label": ["yes", "no", "no", "no", "yes", "yes"]})
+    labels = pd.DataFrame(
+        {
+            "request_id": ["r0", "r1", "r2", "r3", "r4", "r9"],
+            "label": ["yes", "no", "no", "no", "yes", "yes"],
+        }
+    )
     assert append_feedback(cfg, labels) == 6
     # a corrected label for r1 arrives later: the newest one counts
-    append_feedback(cfg, pd.DataFrame({"request_id": ["r1"], "label": ["yes"],
-                                       "record_index": [0]}))
+    append_feedback(
+        cfg, pd.DataFrame({"request_id": ["r1"], "label": ["yes"], "record_index": [0]})
+    )
     live = live_metrics(cfg)
     assert set(live) == {"1", "2"}  # r9 was never served: no version to credit
     assert live["1"]["labelled"] == 4 and live["1"]["live_accuracy"] == 1.0
@@ -61,8 +73,11 @@ def test_one_string_label_of_a_regression_model_does_not_stop_its_live_metrics(t
 
     cfg = _cfg(tmp_path, "regression")
     _served(cfg, "3", [10.0, 20.0, 30.0])
-    append_rows(feedback_table(cfg), [feedback_row("r0", 0, 12.0), feedback_row("r1", 0, "n/a"),
-                                      feedback_row("r2", 0, True)], FEEDBACK_SCHEMA)
+    append_rows(
+        feedback_table(cfg),
+        [feedback_row("r0", 0, 12.0), feedback_row("r1", 0, "n/a"), feedback_row("r2", 0, True)],
+        FEEDBACK_SCHEMA,
+    )
     live = live_metrics(cfg)["3"]
     assert live["labelled"] == 1 and live["live_mae"] == pytest.approx(2.0)
     with pytest.raises(DataError, match=r"feedback row 1 \(r1\): label 'n/a' is not a number"):

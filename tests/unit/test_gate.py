@@ -13,14 +13,17 @@ def _cfg(**gate):
     return validate_config(_raw() | {"gate": gate})
 
 
-@pytest.mark.parametrize(("gate", "f1", "promoted", "why"), [
-    ({}, 0.7001, True, "improved by +0.0001"),
-    ({}, 0.70, False, "needs more than 0"),
-    ({"min_improvement": 0.02}, 0.715, False, "at least 0.0200"),
-    ({"min_improvement": 0.02}, 0.73, True, "improved by +0.0300"),
-    ({"min_relative_improvement": 0.05}, 0.73, False, "at least 0.0350"),
-    ({"min_relative_improvement": 0.05}, 0.74, True, "improved"),
-])
+@pytest.mark.parametrize(
+    ("gate", "f1", "promoted", "why"),
+    [
+        ({}, 0.7001, True, "improved by +0.0001"),
+        ({}, 0.70, False, "needs more than 0"),
+        ({"min_improvement": 0.02}, 0.715, False, "at least 0.0200"),
+        ({"min_improvement": 0.02}, 0.73, True, "improved by +0.0300"),
+        ({"min_relative_improvement": 0.05}, 0.73, False, "at least 0.0350"),
+        ({"min_relative_improvement": 0.05}, 0.74, True, "improved"),
+    ],
+)
 def test_the_target_metric_must_improve_by_the_margins(gate, f1, promoted, why):
     ok, reason = verdict(_cfg(**gate), {**CHAMPION, "valid_f1": f1}, CHAMPION)
     assert ok is promoted and why in reason
@@ -78,13 +81,15 @@ def churn():
     pre = fit(table_stats(typed, columns, cfg.data.label, cfg.data.task), cfg.data)
     narrow = cfg.data.model_copy(update={"exclude": [*cfg.data.exclude, "region"]})
     fewer = {n: s for n, s in columns.items() if n != "region"}
-    without_region = fit(table_stats(typed.drop_columns(["region"]), fewer, cfg.data.label,
-                                     cfg.data.task), narrow)
+    without_region = fit(
+        table_stats(typed.drop_columns(["region"]), fewer, cfg.data.label, cfg.data.task), narrow
+    )
     return columns, typed, pre, without_region
 
 
-def _logged(cfg, churn, tmp_path, seed: int = 0, schema_changes=None, drop=(),
-            classes=None) -> tuple:
+def _logged(
+    cfg, churn, tmp_path, seed: int = 0, schema_changes=None, drop=(), classes=None
+) -> tuple:
     """An MLP bundle with seeded weights logged to the config's MLflow store: (uri, run);
     ``classes``: a classifier that knows these classes instead."""
     import pandas as pd
@@ -98,22 +103,31 @@ def _logged(cfg, churn, tmp_path, seed: int = 0, schema_changes=None, drop=(),
     pre = without_region if "region" in drop else pre
     if classes is not None:
         state = pre.to_dict()
-        pre = Preprocessor.from_dict({**state, "label_state": {
-            "classes": classes, "counts": dict.fromkeys(classes, 1)}})
+        pre = Preprocessor.from_dict(
+            {**state, "label_state": {"classes": classes, "counts": dict.fromkeys(classes, 1)}}
+        )
     schema = {n: s.model_dump() for n, s in columns.items() if n not in drop}
     for name, change in (schema_changes or {}).items():
         schema[name] = {**schema[name], **change}
     torch.manual_seed(seed)
     model = MLPModel(MLP(pre.n_features, pre.n_outputs, [8]))
-    meta = {"architecture": {"n_inputs": pre.n_features, "n_outputs": pre.n_outputs,
-                             "hidden_sizes": [8]},
-            "preprocessor": pre.to_dict(), "schema": schema}
+    meta = {
+        "architecture": {
+            "n_inputs": pre.n_features,
+            "n_outputs": pre.n_outputs,
+            "hidden_sizes": [8],
+        },
+        "preprocessor": pre.to_dict(),
+        "schema": schema,
+    }
     folder = Bundle(model, meta).save(
-        tmp_path / f"bundle-{seed}-{len(schema_changes or {})}-{len(drop)}-{pre.n_outputs}")
+        tmp_path / f"bundle-{seed}-{len(schema_changes or {})}-{len(drop)}-{pre.n_outputs}"
+    )
     run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, "test")
     example = pd.DataFrame(typed.slice(0, 1).to_pylist())
-    uri = tracking.log_model(cfg.tracking, run_id, folder, example,
-                             {n: False for n in schema if n != cfg.data.label})
+    uri = tracking.log_model(
+        cfg.tracking, run_id, folder, example, {n: False for n in schema if n != cfg.data.label}
+    )
     tracking.end_run(cfg.tracking, run_id)
     return uri, run_id
 
@@ -146,24 +160,27 @@ def test_models_of_slightly_other_schemas_are_scored_on_the_same_rows(tmp_path, 
     cfg = demo_config(tmp_path)
     version = _Version(churn[1])
     register_and_gate(cfg, *_logged(cfg, churn, tmp_path, seed=0), version)
-    widened = {"monthly_charges": {"max": 10_000.0}, "region": {"nullable": False},
-               "contract": {"values": ["month-to-month", "one-year", "two-year", "weekly"]}}
+    widened = {
+        "monthly_charges": {"max": 10_000.0},
+        "region": {"nullable": False},
+        "contract": {"values": ["month-to-month", "one-year", "two-year", "weekly"]},
+    }
     decision = register_and_gate(
-        cfg, *_logged(cfg, churn, tmp_path, seed=0, schema_changes=widened), version)
+        cfg, *_logged(cfg, churn, tmp_path, seed=0, schema_changes=widened), version
+    )
     assert decision.champion_score is not None
     assert decision.champion_score == pytest.approx(decision.challenger_score)
     assert not decision.promoted and "needs more than 0" in decision.reason
     # a feature the champion reads is gone from the rows: truly not comparable
     narrower = _Version(churn[1].drop_columns(["region"]))
     decision = register_and_gate(
-        cfg, *_logged(cfg, churn, tmp_path, seed=1, drop=("region",)), narrower)
+        cfg, *_logged(cfg, churn, tmp_path, seed=1, drop=("region",)), narrower
+    )
     assert decision.promoted and decision.champion_score is None
-    assert "champion reads feature(s) ['region'], which the validation rows lack" in \
-        decision.reason
+    assert "champion reads feature(s) ['region'], which the validation rows lack" in decision.reason
 
 
-def test_classifiers_that_know_other_classes_are_scored_on_the_rows_both_know(tmp_path,
-                                                                              churn):
+def test_classifiers_that_know_other_classes_are_scored_on_the_rows_both_know(tmp_path, churn):
     """A new class ("paused") appears in the labels: the challenger knows it, the champion
     never saw it. Both are scored on the rows whose class both know, not the champion on
     fewer rows than the challenger."""
@@ -176,13 +193,17 @@ def test_classifiers_that_know_other_classes_are_scored_on_the_rows_both_know(tm
     rows = churn[1]
     label = rows.column("churned")
     paused = pa.array([i % 10 == 0 for i in range(rows.num_rows)])
-    rows = rows.set_column(rows.schema.get_field_index("churned"), "churned",
-                           pc.if_else(paused, "paused", label))
+    rows = rows.set_column(
+        rows.schema.get_field_index("churned"), "churned", pc.if_else(paused, "paused", label)
+    )
     version = _Version(rows)
     register_and_gate(cfg, *_logged(cfg, churn, tmp_path, seed=0), version)
-    decision = register_and_gate(cfg, *_logged(cfg, churn, tmp_path, seed=0,
-                                               classes=["no", "paused", "yes"]), version)
+    decision = register_and_gate(
+        cfg, *_logged(cfg, churn, tmp_path, seed=0, classes=["no", "paused", "yes"]), version
+    )
     assert decision.champion_score is not None
     kept = rows.num_rows - sum(paused.to_pylist())
-    assert f"on the {kept} of {rows.num_rows} validation rows whose class both models know" \
+    assert (
+        f"on the {kept} of {rows.num_rows} validation rows whose class both models know"
         in decision.reason
+    )

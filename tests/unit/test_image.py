@@ -9,8 +9,22 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
-INSTRUCTIONS = {"FROM", "ARG", "ENV", "WORKDIR", "COPY", "RUN", "USER", "LABEL", "CMD",
-                "ENTRYPOINT", "EXPOSE", "ADD", "SHELL", "HEALTHCHECK"}
+INSTRUCTIONS = {
+    "FROM",
+    "ARG",
+    "ENV",
+    "WORKDIR",
+    "COPY",
+    "RUN",
+    "USER",
+    "LABEL",
+    "CMD",
+    "ENTRYPOINT",
+    "EXPOSE",
+    "ADD",
+    "SHELL",
+    "HEALTHCHECK",
+}
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -54,7 +68,9 @@ def test_base_image_is_rays_for_the_pinned_version_and_python_311():
 def test_install_matches_pyproject_and_the_makefiles_torch_and_xgboost_pins():
     (run,) = [a for w, a in instructions() if w == "RUN"]
     assert '"${TORCH_SPEC}"' in run
-    assert run.rstrip().endswith('pip install --no-cache-dir . "${XGBOOST_SPEC}"')
+    assert run.rstrip().endswith(
+        'pip install --no-cache-dir -c requirements.lock . "${XGBOOST_SPEC}"'
+    )
     for arg in ("TORCH_SPEC", "XGBOOST_SPEC"):
         pin = re.search(rf"^{arg} \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M)
         assert pin and arg_defaults()[arg] == pin.group(1), arg

@@ -12,14 +12,17 @@ from rayops.demo import churn
 from rayops.storage import resolve
 
 
-@pytest.mark.parametrize(("values", "expected"), [
-    (["1", "2", None, "x"] + ["3"] * 96, "integer"),
-    (["1.5", "2"], "numeric"),
-    (["yes", "No", ""], "boolean"),
-    (["2024-01-01", "2024-02-03T10:00:00Z"], "datetime"),
-    (["a", "b", "a"], "categorical"),
-    ([f"free text {i}" for i in range(500)], "text"),
-])
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (["1", "2", None, "x"] + ["3"] * 96, "integer"),
+        (["1.5", "2"], "numeric"),
+        (["yes", "No", ""], "boolean"),
+        (["2024-01-01", "2024-02-03T10:00:00Z"], "datetime"),
+        (["a", "b", "a"], "categorical"),
+        ([f"free text {i}" for i in range(500)], "text"),
+    ],
+)
 def test_infer_column_from_text(values, expected):
     assert infer_column(pa.chunked_array([pa.array(values, pa.string())]))["type"] == expected
 
@@ -32,8 +35,20 @@ def test_infer_typed_columns():
 def test_schema_infer_writes_a_config_that_loads(tmp_path):
     churn.write(churn.generate(3000, 5), resolve(str(tmp_path / "raw")), files=2)
     out = tmp_path / "proposed.yaml"
-    result = CliRunner().invoke(app, ["schema", "infer", str(tmp_path / "raw"), "--label",
-                                      "churned", "--name", "churn", "--output", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "schema",
+            "infer",
+            str(tmp_path / "raw"),
+            "--label",
+            "churned",
+            "--name",
+            "churn",
+            "--output",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     cfg = load_config(out)
     types = {n: s.type for n, s in cfg.data.columns.items()}
@@ -45,8 +60,10 @@ def test_schema_infer_writes_a_config_that_loads(tmp_path):
     proposed = out.read_text().split("# checks:\n", 1)[1]
     assert "#     - {column: region, relative_floor: 0.8}" in proposed
     assert "column: contract" in proposed and "customer_id" not in proposed  # excluded
-    kept = yaml.safe_load("checks:\n" + "\n".join(
-        line[2:] for line in proposed.splitlines() if line.startswith("#   ")))
+    kept = yaml.safe_load(
+        "checks:\n"
+        + "\n".join(line[2:] for line in proposed.splitlines() if line.startswith("#   "))
+    )
     assert load_config(out, [f"checks={json.dumps(kept['checks'])}"]).checks.slices
 
 

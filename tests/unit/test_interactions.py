@@ -22,13 +22,16 @@ from rayops.tasks.recommendation import POPULARITY_RANK, TARGET, ranking_sums
 
 
 def _data(**recommend) -> dict:
-    return {"task": "recommendation",
-            "columns": {"u": {"type": "categorical", "nullable": False},
-                        "i": {"type": "categorical", "nullable": False},
-                        "ts": {"type": "datetime", "nullable": False},
-                        "r": {"type": "integer"}},
-            "recommend": {"user": "u", "item": "i", "timestamp": "ts", "rating": "r",
-                          **recommend}}
+    return {
+        "task": "recommendation",
+        "columns": {
+            "u": {"type": "categorical", "nullable": False},
+            "i": {"type": "categorical", "nullable": False},
+            "ts": {"type": "datetime", "nullable": False},
+            "r": {"type": "integer"},
+        },
+        "recommend": {"user": "u", "item": "i", "timestamp": "ts", "rating": "r", **recommend},
+    }
 
 
 def _config(**recommend):
@@ -39,8 +42,7 @@ def _rows(events: list[tuple[str, str, int, int]]) -> pa.Table:
     """(user, item, hour, rating) -> typed interactions, deliberately out of time order."""
     frame = pd.DataFrame(events[::-1], columns=["u", "i", "hour", "r"])
     ts = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(frame["hour"], unit="h")
-    return pa.table({"u": frame["u"], "i": frame["i"], "ts": pa.array(ts),
-                     "r": frame["r"]})
+    return pa.table({"u": frame["u"], "i": frame["i"], "ts": pa.array(ts), "r": frame["r"]})
 
 
 def _layout(rows: pa.Table, **recommend) -> InteractionLayout:
@@ -85,8 +87,14 @@ def test_low_ratings_are_seen_but_neither_learned_nor_held_out():
 def test_the_popularity_rank_counts_only_unseen_items_more_popular():
     events = [(u, "hit", 0, 5) for u in "bcd"] + [(u, "mid", 1, 5) for u in "bc"]
     events += [("b", "x", 2, 5)]
-    events += [("a", "hit", 0, 5), ("a", "q", 1, 5), ("a", "r", 2, 5), ("a", "s", 3, 5),
-               ("a", "mid", 4, 5), ("a", "x", 5, 5)]  # a holds out x
+    events += [
+        ("a", "hit", 0, 5),
+        ("a", "q", 1, 5),
+        ("a", "r", 2, 5),
+        ("a", "s", 3, 5),
+        ("a", "mid", 4, 5),
+        ("a", "x", 5, 5),
+    ]  # a holds out x
     rows = _rows(events)
     layout = _layout(rows, min_interactions=5)
     (a,) = interaction_examples(rows, layout, "valid").to_pylist()
@@ -112,8 +120,7 @@ def test_ranking_metrics_are_recall_and_ndcg_of_the_held_out_item():
 
 def test_an_item_the_layout_does_not_know_is_a_miss_and_users_are_ranked_whole():
     rows = _rows([("a", f"m{h}", h, 5) for h in range(6)])
-    layout = InteractionLayout.fit(_rows([("a", f"m{h}", h, 5) for h in range(5)]),
-                                   _config().data)
+    layout = InteractionLayout.fit(_rows([("a", f"m{h}", h, 5) for h in range(5)]), _config().data)
     (a,) = interaction_examples(rows, layout, "valid").to_pylist()
     assert a[TARGET] == -1 and a[POPULARITY_RANK] == len(layout.items)
     (ranked,) = ranking_examples(rows, layout).to_pylist()
@@ -136,8 +143,9 @@ def test_the_recommend_section_is_checked_against_the_columns():
         validate_config(raw)
     data = _data()
     data["columns"]["ts"] = {"type": "numeric", "nullable": False}
-    with pytest.raises(ConfigError, match="data.recommend.timestamp 'ts' must be declared "
-                                          "datetime"):
+    with pytest.raises(
+        ConfigError, match="data.recommend.timestamp 'ts' must be declared datetime"
+    ):
         validate_config({"name": "rec", "data": data})
     data = _data(rating=None, min_rating=3)
     with pytest.raises(ConfigError, match="min_rating 3.0 needs a rating column"):
@@ -152,10 +160,18 @@ def test_item_attributes_are_coded_per_catalogue_slot():
     from rayops.config import ColumnSpec
     from rayops.data.interactions import encode_attributes
 
-    table = pa.table({"i": ["b", "a", "zz"], "genre": ["drama", None, "comedy"],
-                      "year": [1990.0, 2001.0, 1950.0]})
-    columns = {"i": ColumnSpec(type="categorical", nullable=False),
-               "genre": ColumnSpec(type="categorical"), "year": ColumnSpec(type="integer")}
+    table = pa.table(
+        {
+            "i": ["b", "a", "zz"],
+            "genre": ["drama", None, "comedy"],
+            "year": [1990.0, 2001.0, 1950.0],
+        }
+    )
+    columns = {
+        "i": ColumnSpec(type="categorical", nullable=False),
+        "genre": ColumnSpec(type="categorical"),
+        "year": ColumnSpec(type="integer"),
+    }
     genre, year = encode_attributes(table, ["a", "b", "c"], "i", columns)
     assert genre["values"] == ["comedy", "drama"] and genre["size"] == 2
     # slots: a=1 (no genre), b=2 (drama), c=3 (not in the table); zz is not in the catalogue
@@ -164,14 +180,25 @@ def test_item_attributes_are_coded_per_catalogue_slot():
 
 
 def test_the_item_table_is_checked_where_the_config_loads():
-    data = _data(items={"source": "titles.csv",
-                        "columns": {"i": {"type": "categorical"}, "g": {"type": "text"}}})
-    with pytest.raises(ConfigError,
-                       match="items.columns must declare the column 'i' with nullable"):
+    data = _data(
+        items={
+            "source": "titles.csv",
+            "columns": {"i": {"type": "categorical"}, "g": {"type": "text"}},
+        }
+    )
+    with pytest.raises(
+        ConfigError, match="items.columns must declare the column 'i' with nullable"
+    ):
         validate_config({"name": "rec", "data": data})
-    data = _data(items={"source": "titles.csv",
-                        "columns": {"i": {"type": "categorical", "nullable": False},
-                                    "out": {"type": "datetime"}}})
+    data = _data(
+        items={
+            "source": "titles.csv",
+            "columns": {
+                "i": {"type": "categorical", "nullable": False},
+                "out": {"type": "datetime"},
+            },
+        }
+    )
     with pytest.raises(ConfigError, match=r"\['out'\]: datetime attributes are not read"):
         validate_config({"name": "rec", "data": data})
 
@@ -182,8 +209,11 @@ def test_an_attribute_table_that_is_missing_or_broken_fails_the_ingest(tmp_path)
     from rayops.errors import DataError
     from rayops.storage import resolve
 
-    table = AttributeTableConfig(source="t.csv", max_quarantine_fraction=0.5, columns={
-        "i": {"type": "categorical", "nullable": False}, "year": {"type": "integer"}})
+    table = AttributeTableConfig(
+        source="t.csv",
+        max_quarantine_fraction=0.5,
+        columns={"i": {"type": "categorical", "nullable": False}, "year": {"type": "integer"}},
+    )
     with pytest.raises(DataError, match="t.csv does not exist"):
         read_attributes(table, resolve(str(tmp_path / "t.csv")), "i")
     (tmp_path / "t.csv").write_text("i,year\na,1990\nb,199x\na,2001\nc,2003\n")

@@ -22,58 +22,130 @@ from rayops.launch.kuberay import RAY_VERSION, manifests
 ROOT = Path(__file__).parents[2]
 CLUSTER = ROOT / "cluster.yaml"
 IMAGE = "registry.example/rayops:0.1.0"
-PORTABLE = ["storage.root=s3://lake-bucket/rayops", "tracking.uri=http://mlflow.ml:5000",
-            "serve.auth_token_env=RAYOPS_SERVE_TOKEN"]
+PORTABLE = [
+    "storage.root=s3://lake-bucket/rayops",
+    "tracking.uri=http://mlflow.ml:5000",
+    "serve.auth_token_env=RAYOPS_SERVE_TOKEN",
+]
 
 
 def _strict(properties: dict, required: list[str] | None = None) -> dict:
-    return {"type": "object", "additionalProperties": False, "properties": properties,
-            "required": required if required is not None else list(properties)}
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": properties,
+        "required": required if required is not None else list(properties),
+    }
 
 
 STRING, INT, BOOL = {"type": "string"}, {"type": "integer", "minimum": 0}, {"type": "boolean"}
 STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
-SECRET_REF = _strict({"valueFrom": _strict({"secretKeyRef": _strict({"name": STRING,
-                                                                       "key": STRING})})})
-CONTAINER = _strict({
-    "name": STRING, "image": STRING,
-    "resources": _strict({"requests": STRING_MAP, "limits": STRING_MAP}),
-    "volumeMounts": {"type": "array", "items": _strict({"name": STRING, "mountPath": STRING})},
-    "ports": {"type": "array", "items": _strict({"name": STRING, "containerPort": INT})},
-    "env": {"type": "array", "items": _strict({"name": STRING, "valueFrom":
-                                               SECRET_REF["properties"]["valueFrom"]})},
-}, required=["name", "image", "resources"])
-TEMPLATE = _strict({"spec": _strict({
-    "containers": {"type": "array", "minItems": 1, "items": CONTAINER},
-    "volumes": {"type": "array", "items": _strict({"name": STRING,
-                                                   "configMap": _strict({"name": STRING})})},
-})})
-CLUSTER_SPEC = _strict({
-    "rayVersion": {"const": RAY_VERSION},
-    "enableInTreeAutoscaling": BOOL,
-    "authOptions": _strict({"mode": {"enum": ["token"]}}),
-    "headGroupSpec": _strict({"rayStartParams": STRING_MAP, "template": TEMPLATE}),
-    "workerGroupSpecs": {"type": "array", "items": _strict({
-        "groupName": {"type": "string", "pattern": "^[a-z0-9-]+$"}, "replicas": INT,
-        "minReplicas": INT, "maxReplicas": INT, "rayStartParams": STRING_MAP,
-        "template": TEMPLATE})},
-    "gcsFaultToleranceOptions": _strict({"redisAddress": STRING, "redisPassword": SECRET_REF,
-                                         "externalStorageNamespace": STRING}),
-}, required=["rayVersion", "enableInTreeAutoscaling", "authOptions", "headGroupSpec",
-             "workerGroupSpecs"])
+SECRET_REF = _strict(
+    {"valueFrom": _strict({"secretKeyRef": _strict({"name": STRING, "key": STRING})})}
+)
+CONTAINER = _strict(
+    {
+        "name": STRING,
+        "image": STRING,
+        "resources": _strict({"requests": STRING_MAP, "limits": STRING_MAP}),
+        "volumeMounts": {"type": "array", "items": _strict({"name": STRING, "mountPath": STRING})},
+        "ports": {"type": "array", "items": _strict({"name": STRING, "containerPort": INT})},
+        "env": {
+            "type": "array",
+            "items": _strict({"name": STRING, "valueFrom": SECRET_REF["properties"]["valueFrom"]}),
+        },
+    },
+    required=["name", "image", "resources"],
+)
+TEMPLATE = _strict(
+    {
+        "spec": _strict(
+            {
+                "containers": {"type": "array", "minItems": 1, "items": CONTAINER},
+                "volumes": {
+                    "type": "array",
+                    "items": _strict({"name": STRING, "configMap": _strict({"name": STRING})}),
+                },
+            }
+        )
+    }
+)
+CLUSTER_SPEC = _strict(
+    {
+        "rayVersion": {"const": RAY_VERSION},
+        "enableInTreeAutoscaling": BOOL,
+        "authOptions": _strict({"mode": {"enum": ["token"]}}),
+        "headGroupSpec": _strict({"rayStartParams": STRING_MAP, "template": TEMPLATE}),
+        "workerGroupSpecs": {
+            "type": "array",
+            "items": _strict(
+                {
+                    "groupName": {"type": "string", "pattern": "^[a-z0-9-]+$"},
+                    "replicas": INT,
+                    "minReplicas": INT,
+                    "maxReplicas": INT,
+                    "rayStartParams": STRING_MAP,
+                    "template": TEMPLATE,
+                }
+            ),
+        },
+        "gcsFaultToleranceOptions": _strict(
+            {
+                "redisAddress": STRING,
+                "redisPassword": SECRET_REF,
+                "externalStorageNamespace": STRING,
+            }
+        ),
+    },
+    required=[
+        "rayVersion",
+        "enableInTreeAutoscaling",
+        "authOptions",
+        "headGroupSpec",
+        "workerGroupSpecs",
+    ],
+)
 METADATA = _strict({"name": {"type": "string", "pattern": "^[a-z0-9-]+$"}})
 SCHEMAS = {
-    "ConfigMap": _strict({"apiVersion": {"const": "v1"}, "kind": {"const": "ConfigMap"},
-                          "metadata": METADATA, "data": STRING_MAP}),
-    "RayCluster": _strict({"apiVersion": {"const": "ray.io/v1"}, "kind": {"const": "RayCluster"},
-                           "metadata": METADATA, "spec": CLUSTER_SPEC}),
-    "RayJob": _strict({"apiVersion": {"const": "ray.io/v1"}, "kind": {"const": "RayJob"},
-                       "metadata": METADATA, "spec": _strict({
-                           "entrypoint": STRING, "shutdownAfterJobFinishes": {"const": True},
-                           "ttlSecondsAfterFinished": INT, "rayClusterSpec": CLUSTER_SPEC})}),
-    "RayService": _strict({"apiVersion": {"const": "ray.io/v1"}, "kind": {"const": "RayService"},
-                           "metadata": METADATA, "spec": _strict({
-                               "serveConfigV2": STRING, "rayClusterConfig": CLUSTER_SPEC})}),
+    "ConfigMap": _strict(
+        {
+            "apiVersion": {"const": "v1"},
+            "kind": {"const": "ConfigMap"},
+            "metadata": METADATA,
+            "data": STRING_MAP,
+        }
+    ),
+    "RayCluster": _strict(
+        {
+            "apiVersion": {"const": "ray.io/v1"},
+            "kind": {"const": "RayCluster"},
+            "metadata": METADATA,
+            "spec": CLUSTER_SPEC,
+        }
+    ),
+    "RayJob": _strict(
+        {
+            "apiVersion": {"const": "ray.io/v1"},
+            "kind": {"const": "RayJob"},
+            "metadata": METADATA,
+            "spec": _strict(
+                {
+                    "entrypoint": STRING,
+                    "shutdownAfterJobFinishes": {"const": True},
+                    "ttlSecondsAfterFinished": INT,
+                    "rayClusterSpec": CLUSTER_SPEC,
+                }
+            ),
+        }
+    ),
+    "RayService": _strict(
+        {
+            "apiVersion": {"const": "ray.io/v1"},
+            "kind": {"const": "RayService"},
+            "metadata": METADATA,
+            "spec": _strict({"serveConfigV2": STRING, "rayClusterConfig": CLUSTER_SPEC}),
+        }
+    ),
 }
 
 
@@ -106,21 +178,25 @@ def test_serve_config_v2_is_a_valid_serve_config_with_the_pipeline_inline(cfg, g
     assert options["redisAddress"] == "redis:6379" and options["externalStorageNamespace"]
     for template in _templates(service["rayClusterConfig"]):
         (container,) = template["spec"]["containers"]
-        assert {"name": "RAYOPS_SERVE_TOKEN", "valueFrom": {"secretKeyRef": {
-            "name": "churn-serve-token", "key": "token"}}} in container["env"]
+        assert {
+            "name": "RAYOPS_SERVE_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "churn-serve-token", "key": "token"}},
+        } in container["env"]
 
 
 def _templates(spec: dict) -> list[dict]:
-    return [spec["headGroupSpec"]["template"], *(g["template"] for g in
-                                                 spec["workerGroupSpecs"])]
+    return [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"])]
 
 
 def test_versions_images_and_groups_match_the_pins_and_cluster_yaml(generated):
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert f"ray[data,train,tune,serve]=={RAY_VERSION}" in deps
     nodes = yaml.safe_load(CLUSTER.read_text())["available_node_types"]
-    for kind, key in (("RayCluster", "spec"), ("RayJob", "rayClusterSpec"),
-                      ("RayService", "rayClusterConfig")):
+    for kind, key in (
+        ("RayCluster", "spec"),
+        ("RayJob", "rayClusterSpec"),
+        ("RayService", "rayClusterConfig"),
+    ):
         spec = generated[kind]["spec"] if key == "spec" else generated[kind]["spec"][key]
         groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
         assert set(groups) == {"cpu-worker", "gpu-worker"}
@@ -130,29 +206,43 @@ def test_versions_images_and_groups_match_the_pins_and_cluster_yaml(generated):
             gpus = node["resources"].get("GPU", 0)
             assert container["image"] == f"{IMAGE}-{'gpu' if gpus else 'cpu'}"
             assert container["resources"]["limits"].get("nvidia.com/gpu") == (
-                str(gpus) if gpus else None)
+                str(gpus) if gpus else None
+            )
             # a node type's CPUs but one (the kubelet's): the pod fits on its node
             assert container["resources"]["limits"]["cpu"] == str(node["resources"]["CPU"] - 1)
             assert (group["minReplicas"], group["maxReplicas"]) == (
-                node["min_workers"], node["max_workers"])
+                node["min_workers"],
+                node["max_workers"],
+            )
         (head,) = spec["headGroupSpec"]["template"]["spec"]["containers"]
         assert head["image"] == f"{IMAGE}-cpu"
     job = generated["RayJob"]["spec"]
-    assert job["entrypoint"] == ("python -m rayops ingest /home/ray/pipeline/pipeline.yaml && "
-                                 "python -m rayops train /home/ray/pipeline/pipeline.yaml")
+    assert job["entrypoint"] == (
+        "python -m rayops ingest /home/ray/pipeline/pipeline.yaml && "
+        "python -m rayops train /home/ray/pipeline/pipeline.yaml"
+    )
     pipeline = yaml.safe_load(generated["ConfigMap"]["data"]["pipeline.yaml"])
     assert pipeline["storage"]["root"] == "s3://lake-bucket/rayops"
 
 
-@pytest.mark.parametrize("override, message", [
-    ("storage.root=/data/lake", r"storage.root '/data/lake' is a local folder"),
-    ("tracking.uri=sqlite:////data/mlflow.db", r"tracking.uri .* is not an MLflow server"),
-    ("serve.auth_token_env=null", r"requests must carry a bearer token: set "
-                                  r"serve.auth_token_env"),
-    ("tracking.uri=http://127.0.0.1:5000", r"tracking.uri is 'http://127.0.0.1:5000' .* "
-                                           r"inside a pod that address is the pod itself"),
-    ("storage.endpoint_url=http://localhost:9000", r"inside a pod that address is the pod"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("storage.root=/data/lake", r"storage.root '/data/lake' is a local folder"),
+        ("tracking.uri=sqlite:////data/mlflow.db", r"tracking.uri .* is not an MLflow server"),
+        (
+            "serve.auth_token_env=null",
+            r"requests must carry a bearer token: set "
+            r"serve.auth_token_env",
+        ),
+        (
+            "tracking.uri=http://127.0.0.1:5000",
+            r"tracking.uri is 'http://127.0.0.1:5000' .* "
+            r"inside a pod that address is the pod itself",
+        ),
+        ("storage.endpoint_url=http://localhost:9000", r"inside a pod that address is the pod"),
+    ],
+)
 def test_what_cannot_run_on_kubernetes_is_refused(override, message):
     key = override.split("=")[0]
     overrides = [o for o in PORTABLE if not o.startswith(key)] + [override]
@@ -161,8 +251,16 @@ def test_what_cannot_run_on_kubernetes_is_refused(override, message):
 
 
 def test_the_command_writes_the_four_manifests(tmp_path):
-    args = ["k8s", str(config_path()), "--image", IMAGE, "--cluster", str(CLUSTER),
-            "--output", str(tmp_path)]
+    args = [
+        "k8s",
+        str(config_path()),
+        "--image",
+        IMAGE,
+        "--cluster",
+        str(CLUSTER),
+        "--output",
+        str(tmp_path),
+    ]
     for override in PORTABLE:
         args += ["--set", override]
     result = CliRunner().invoke(app, args)

@@ -15,8 +15,14 @@ from rayops.errors import DataError
 
 
 def _item(partition: int, low: int, end: int) -> dict:
-    return {"key": f"ev/{partition}", "path": f"ev/{partition}", "partition": partition,
-            "low": low, "end": end, "size": 0}
+    return {
+        "key": f"ev/{partition}",
+        "path": f"ev/{partition}",
+        "partition": partition,
+        "low": low,
+        "end": end,
+        "size": 0,
+    }
 
 
 def test_each_partition_reads_from_where_the_last_version_stopped():
@@ -36,11 +42,18 @@ def test_expired_offsets_fail_naming_the_range_unless_allowed():
 
 
 def test_a_message_that_is_not_a_record_is_quarantined_with_its_offset():
-    values = [(5, b'{"id": "a", "x": 1.5}'), (6, b"{not json"), (7, b"[1, 2]"), (8, None),
-              (9, b'{"id": "b", "extra": true}')]
+    values = [
+        (5, b'{"id": "a", "x": 1.5}'),
+        (6, b"{not json"),
+        (7, b"[1, 2]"),
+        (8, None),
+        (9, b'{"id": "b", "extra": true}'),
+    ]
     table = parse_messages(values, "json", ["id", "x"], ["id", "x"], "ev/2").to_pylist()
     assert [(r[SOURCE_ROW], r["id"], r["x"]) for r in table if not r[ERROR]] == [
-        (5, "a", "1.5"), (9, "b", None)]
+        (5, "a", "1.5"),
+        (9, "b", None),
+    ]
     bad = {r[SOURCE_ROW]: r[ERROR] for r in table if r[ERROR]}
     assert set(bad) == {6, 7, 8} and bad[7] == "malformed message: not a JSON object"
     assert {r[SOURCE_FILE] for r in table} == {"ev/2"}
@@ -50,14 +63,15 @@ def test_a_message_that_is_not_a_record_is_quarantined_with_its_offset():
 
 
 def test_values_become_the_same_text_whichever_json_types_a_column_mixes():
-    rows = [{"i": 1, "f": 2.0, "b": True, "s": "x", "m": 1, "o": {"k": [1]}, "n": None},
-            {"i": 2**70, "f": 0.1, "b": False, "s": None, "m": "y", "o": None, "n": None},
-            {"i": -3, "f": None, "b": None, "s": "7", "m": True, "o": [2], "n": None}]
+    rows = [
+        {"i": 1, "f": 2.0, "b": True, "s": "x", "m": 1, "o": {"k": [1]}, "n": None},
+        {"i": 2**70, "f": 0.1, "b": False, "s": None, "m": "y", "o": None, "n": None},
+        {"i": -3, "f": None, "b": None, "s": "7", "m": True, "o": [2], "n": None},
+    ]
     columns = list(rows[0])
     values = [(i, json.dumps(r).encode()) for i, r in enumerate(rows)]
     table = parse_messages(values, "json", columns, columns, "ev/0")
-    assert table.select(columns).to_pylist() == [
-        {c: _as_text(r[c]) for c in columns} for r in rows]
+    assert table.select(columns).to_pylist() == [{c: _as_text(r[c]) for c in columns} for r in rows]
 
 
 def test_the_uri_and_client_settings():
@@ -68,9 +82,13 @@ def test_the_uri_and_client_settings():
         KafkaSource.parse("kafka://127.0.0.1:9092", "json", ["a"])
     with pytest.raises(DataError, match="data.format: 'parquet'"):
         KafkaSource.parse("kafka://h:1/t", "parquet", ["a"])
-    assert client_settings({"RAYOPS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
-                            "RAYOPS_KAFKA_SASL_PASSWORD": "s3cret", "HOME": "/root"}) == {
-        "security.protocol": "SASL_SSL", "sasl.password": "s3cret"}
+    assert client_settings(
+        {
+            "RAYOPS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "RAYOPS_KAFKA_SASL_PASSWORD": "s3cret",
+            "HOME": "/root",
+        }
+    ) == {"security.protocol": "SASL_SSL", "sasl.password": "s3cret"}
 
 
 def test_a_topic_created_again_is_refused_not_skipped():
@@ -85,8 +103,11 @@ def test_avro_messages_are_decoded_with_the_writers_schema_and_framing():
 
     from rayops.data.messages import AvroDecoder
 
-    schema = {"type": "record", "name": "Ride", "fields": [
-        {"name": "id", "type": "string"}, {"name": "x", "type": ["null", "double"]}]}
+    schema = {
+        "type": "record",
+        "name": "Ride",
+        "fields": [{"name": "id", "type": "string"}, {"name": "x", "type": ["null", "double"]}],
+    }
     decoder = AvroDecoder.parse(json.dumps(schema).encode(), "confluent", "data.avro.schema")
 
     def framed(record, header=b"\x00\x00\x00\x00\x07"):
@@ -94,12 +115,18 @@ def test_avro_messages_are_decoded_with_the_writers_schema_and_framing():
         fastavro.schemaless_writer(out, fastavro.parse_schema(schema), record)
         return header + out.getvalue()
 
-    values = [(0, framed({"id": "a", "x": 1.5})), (1, framed({"id": "b", "x": None})),
-              (2, framed({"id": "c", "x": 2.0}, header=b"")),  # no framing
-              (3, framed({"id": "d", "x": 1.0}) + b"\x01"), (4, b'{"id": "e"}')]
+    values = [
+        (0, framed({"id": "a", "x": 1.5})),
+        (1, framed({"id": "b", "x": None})),
+        (2, framed({"id": "c", "x": 2.0}, header=b"")),  # no framing
+        (3, framed({"id": "d", "x": 1.0}) + b"\x01"),
+        (4, b'{"id": "e"}'),
+    ]
     table = parse_messages(values, "avro", ["id", "x"], ["id", "x"], "ev/0", decoder)
     assert [(r[SOURCE_ROW], r["id"], r["x"]) for r in table.to_pylist() if not r[ERROR]] == [
-        (0, "a", "1.5"), (1, "b", None)]
+        (0, "a", "1.5"),
+        (1, "b", None),
+    ]
     bad = {r[SOURCE_ROW]: r[ERROR] for r in table.to_pylist() if r[ERROR]}
     assert set(bad) == {2, 3, 4} and "1 byte(s) after the Avro record" in bad[3], bad
     assert "not Confluent's Avro framing" in bad[4]
@@ -117,8 +144,11 @@ def test_watch_polls_again_when_the_broker_is_down_and_stops_on_a_retention_gap(
     from rayops.data import ingest as ingesting
     from rayops.data.messages import SourceUnavailable
 
-    outcomes = [SourceUnavailable("cannot reach the Kafka cluster"), SimpleNamespace(version=1),
-                RetentionGap("12 message(s) expired")]
+    outcomes = [
+        SourceUnavailable("cannot reach the Kafka cluster"),
+        SimpleNamespace(version=1),
+        RetentionGap("12 message(s) expired"),
+    ]
     calls = []
 
     def polled(cfg):

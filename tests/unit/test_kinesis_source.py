@@ -14,14 +14,21 @@ def test_the_uri_names_the_stream_and_optionally_region_and_endpoint(monkeypatch
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     plain = KinesisSource.parse("kinesis://plays", "json", ["a"])
     assert (plain.stream, plain.region, plain.endpoint_url, plain.uri) == (
-        "plays", "eu-west-1", None, "kinesis://plays")
-    local = KinesisSource.parse("kinesis://plays?region=us-east-2&endpoint_url=http://"
-                                "127.0.0.1:5000", "csv", ["a"])
+        "plays",
+        "eu-west-1",
+        None,
+        "kinesis://plays",
+    )
+    local = KinesisSource.parse(
+        "kinesis://plays?region=us-east-2&endpoint_url=http://127.0.0.1:5000", "csv", ["a"]
+    )
     assert (local.region, local.endpoint_url) == ("us-east-2", "http://127.0.0.1:5000")
     assert "secret" not in repr(local).lower()  # credentials are never shown
-    for bad, match in [("kinesis://", "is not kinesis://STREAM"),
-                       ("kinesis://a/b", "is not kinesis://STREAM"),
-                       ("kinesis://a?token=x", "unknown token")]:
+    for bad, match in [
+        ("kinesis://", "is not kinesis://STREAM"),
+        ("kinesis://a/b", "is not kinesis://STREAM"),
+        ("kinesis://a?token=x", "unknown token"),
+    ]:
         with pytest.raises(DataError, match=match):
             KinesisSource.parse(bad, "json", ["a"])
     with pytest.raises(DataError, match="data.format: 'parquet'"):

@@ -13,8 +13,15 @@ from rayops.models.xgboost import MODEL_FILE, XGBoostModel
 
 def test_bundle_round_trip(tmp_path):
     model = MLP(5, 2, [8, 4], dropout=0.0)
-    meta = {"architecture": {"n_inputs": 5, "n_outputs": 2, "hidden_sizes": [8, 4],
-                             "dropout": 0.0, "activation": "relu"}}
+    meta = {
+        "architecture": {
+            "n_inputs": 5,
+            "n_outputs": 2,
+            "hidden_sizes": [8, 4],
+            "dropout": 0.0,
+            "activation": "relu",
+        }
+    }
     Bundle(MLPModel(model), meta).save(tmp_path)
     loaded = Bundle.load(tmp_path)
     x = torch.randn(3, 5)
@@ -54,10 +61,12 @@ def test_folder_without_bundle_is_rejected(tmp_path):
 
 def test_wide_categoricals_get_embeddings_and_hidden_sizes_follow_the_inputs():
     cities = [f"c{i}" for i in range(40)]
-    features = [{"name": "a", "kind": "numeric"},
-                {"name": "city", "kind": "categorical", "categories": cities},
-                {"name": "when", "kind": "datetime", "parts": [{"part": "month"}] * 2},
-                {"name": "plan", "kind": "categorical", "categories": ["x", "y"]}]
+    features = [
+        {"name": "a", "kind": "numeric"},
+        {"name": "city", "kind": "categorical", "categories": cities},
+        {"name": "when", "kind": "datetime", "parts": [{"part": "month"}] * 2},
+        {"name": "plan", "kind": "categorical", "categories": ["x", "y"]},
+    ]
     assert embeddings_for(features, 16) == [[1, 41, embedding_dim(41)]] == [[1, 41, 13]]
     assert embeddings_for(features, None) == []
     assert auto_hidden_sizes(10) == [256, 256] and auto_hidden_sizes(300) == [1024, 1024]

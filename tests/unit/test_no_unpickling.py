@@ -20,7 +20,8 @@ FORBIDDEN = {
     r"allow_pickle\s*=\s*True": "numpy unpickles object arrays",
     r"weights_only\s*=\s*False": "torch.load unpickles arbitrary objects",
     r"\b(Tuner|Trainer|TorchTrainer|XGBoostTrainer)\.restore\(": (
-        "Ray restores a pickled experiment (tuner.pkl, searcher state)"),
+        "Ray restores a pickled experiment (tuner.pkl, searcher state)"
+    ),
     r"\.restore_from_dir\(": "Tune searchers restore pickled state",
 }
 
@@ -44,8 +45,7 @@ def test_the_package_never_unpickles_stored_data():
         for number, line in _code_lines(path):
             for pattern, why in FORBIDDEN.items():
                 if re.search(pattern, line):
-                    found.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()} "
-                                 f"({why})")
+                    found.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()} ({why})")
     assert not found, "\n".join(found)
 
 
@@ -59,9 +59,14 @@ def test_every_torch_load_is_weights_only():
 def test_the_scan_finds_what_it_looks_for(tmp_path):
     """The patterns match the calls they are meant to catch (a scan that cannot fail is
     no test)."""
-    samples = ["state = pickle.loads(blob)", "tuner = tune.Tuner.restore(path, fn)",
-               "obj = cloudpickle.load(f)", "np.load(p, allow_pickle=True)",
-               "torch.load(f, weights_only=False)", "df = pd.read_pickle(p)"]
+    samples = [
+        "state = pickle.loads(blob)",
+        "tuner = tune.Tuner.restore(path, fn)",
+        "obj = cloudpickle.load(f)",
+        "np.load(p, allow_pickle=True)",
+        "torch.load(f, weights_only=False)",
+        "df = pd.read_pickle(p)",
+    ]
     for sample in samples:
         assert any(re.search(p, sample) for p in FORBIDDEN), sample
     assert not any(re.search(p, "json.loads(text)") for p in FORBIDDEN)

@@ -22,14 +22,18 @@ from rayops.storage import resolve
 
 
 def _signals(**changes) -> Signals:
-    base = {"drift": "ok", "drift_streak": 0, "new_labels": 0, "live_metric": None,
-            "cycles_since_retrain": 0}
+    base = {
+        "drift": "ok",
+        "drift_streak": 0,
+        "new_labels": 0,
+        "live_metric": None,
+        "cycles_since_retrain": 0,
+    }
     return Signals(**(base | changes))
 
 
 def test_each_signal_alone_retrains_and_none_does_not():
-    cfg = OperateConfig(drift_windows=2, min_new_labels=500, min_live_metric=0.6,
-                        retrain_every=4)
+    cfg = OperateConfig(drift_windows=2, min_new_labels=500, min_live_metric=0.6, retrain_every=4)
     assert decide(cfg, "valid_f1", "max", _signals()) == []
     assert decide(cfg, "valid_f1", "max", _signals(drift="drift", drift_streak=1)) == []
     (why,) = decide(cfg, "valid_f1", "max", _signals(drift="drift", drift_streak=2))
@@ -48,8 +52,18 @@ def test_each_signal_alone_retrains_and_none_does_not():
 
 def _log(rows: list[tuple]) -> pd.DataFrame:
     """Prediction-log rows: (request, index, version, role, prediction, error, latency)."""
-    return pd.DataFrame(rows, columns=["request_id", "record_index", "model_version", "role",
-                                       "prediction", "error", "latency_ms"])
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "request_id",
+            "record_index",
+            "model_version",
+            "role",
+            "prediction",
+            "error",
+            "latency_ms",
+        ],
+    )
 
 
 def _mirrored(n: int, shadow_answer, error=None, latency=5.0, champion_latency=4.0):
@@ -57,14 +71,16 @@ def _mirrored(n: int, shadow_answer, error=None, latency=5.0, champion_latency=4
     for i in range(n):
         rows.append((f"r{i}", 0, "1", "champion", json.dumps("yes"), None, champion_latency))
         answer = shadow_answer(i)
-        rows.append((f"r{i}", 0, "2", "shadow", None if error else json.dumps(answer), error,
-                     latency))
+        rows.append(
+            (f"r{i}", 0, "2", "shadow", None if error else json.dumps(answer), error, latency)
+        )
     return _log(rows)
 
 
 def test_a_shadow_that_fails_on_every_request_is_not_promoted():
-    stats = shadow_stats(_mirrored(300, lambda i: None, error="PredictionError: nan"), "2",
-                         "classification", 0.1)
+    stats = shadow_stats(
+        _mirrored(300, lambda i: None, error="PredictionError: nan"), "2", "classification", 0.1
+    )
     assert stats.shadow.records == 300 and stats.shadow.errors == 300
     passed, why = shadow_verdict(ShadowGateConfig(), stats)
     assert not passed and "failed on 100.0% of mirrored records" in why
@@ -72,28 +88,34 @@ def test_a_shadow_that_fails_on_every_request_is_not_promoted():
 
 def test_shadow_agreement_latency_and_too_little_traffic():
     cfg = ShadowGateConfig(min_records=100, min_agreement=0.8, max_p95_latency_ratio=2.0)
-    agreeing = shadow_stats(_mirrored(200, lambda i: "yes" if i % 10 else "no"), "2",
-                            "classification", 0.1)
+    agreeing = shadow_stats(
+        _mirrored(200, lambda i: "yes" if i % 10 else "no"), "2", "classification", 0.1
+    )
     assert agreeing.agreement == pytest.approx(0.9) and agreeing.compared == 200
     assert shadow_verdict(cfg, agreeing)[0]
-    disagreeing = shadow_stats(_mirrored(200, lambda i: "no" if i % 2 else "yes"), "2",
-                               "classification", 0.1)
+    disagreeing = shadow_stats(
+        _mirrored(200, lambda i: "no" if i % 2 else "yes"), "2", "classification", 0.1
+    )
     passed, why = shadow_verdict(cfg, disagreeing)
     assert not passed and "agrees with the champion on 50.0%" in why
-    slow = shadow_stats(_mirrored(200, lambda i: "yes", latency=50.0), "2", "classification",
-                        0.1)
+    slow = shadow_stats(_mirrored(200, lambda i: "yes", latency=50.0), "2", "classification", 0.1)
     passed, why = shadow_verdict(cfg, slow)
     assert not passed and "12.5x the champion's" in why
-    passed, why = shadow_verdict(cfg, shadow_stats(_mirrored(20, lambda i: "yes"), "2",
-                                                   "classification", 0.1))
+    passed, why = shadow_verdict(
+        cfg, shadow_stats(_mirrored(20, lambda i: "yes"), "2", "classification", 0.1)
+    )
     assert not passed and "saw 20 mirrored record(s), fewer than" in why
 
 
 def test_regression_agreement_is_within_a_relative_tolerance():
-    rows = _log([("a", 0, "1", "champion", "100.0", None, 1.0),
-                 ("a", 0, "2", "shadow", "109.0", None, 1.0),
-                 ("b", 0, "1", "champion", "100.0", None, 1.0),
-                 ("b", 0, "2", "shadow", "120.0", None, 1.0)])
+    rows = _log(
+        [
+            ("a", 0, "1", "champion", "100.0", None, 1.0),
+            ("a", 0, "2", "shadow", "109.0", None, 1.0),
+            ("b", 0, "1", "champion", "100.0", None, 1.0),
+            ("b", 0, "2", "shadow", "120.0", None, 1.0),
+        ]
+    )
     assert shadow_stats(rows, "2", "regression", 0.1).agreement == pytest.approx(0.5)
 
 
@@ -105,8 +127,7 @@ def test_rollback_on_errors_or_latency_once_enough_records_are_served():
     few = _log([(f"r{i}", 0, "3", "champion", None, "nan", 2.0) for i in range(5)])
     assert rollback_breach(cfg, served_stats(few, "3", ("champion",))) is None
     slow = _log([(f"r{i}", 0, "3", "champion", '"yes"', None, 500.0) for i in range(30)])
-    assert "p95 latency 500.0 ms" in rollback_breach(cfg, served_stats(slow, "3",
-                                                                        ("champion",)))
+    assert "p95 latency 500.0 ms" in rollback_breach(cfg, served_stats(slow, "3", ("champion",)))
     healthy = _log([(f"r{i}", 0, "3", "champion", '"yes"', None, 5.0) for i in range(30)])
     assert rollback_breach(cfg, served_stats(healthy, "3", ("champion",))) is None
 
@@ -114,8 +135,15 @@ def test_rollback_on_errors_or_latency_once_enough_records_are_served():
 def test_state_survives_a_restart(tmp_path):
     store = StateStore(resolve(str(tmp_path)))
     assert store.load().finished and store.load().cycle == 0
-    state = CycleState(3, "shadow", "run-1", {"challenger": "5", "champion": "4"}, 2, 0,
-                       "2026-11-27T10:00:00+00:00")
+    state = CycleState(
+        3,
+        "shadow",
+        "run-1",
+        {"challenger": "5", "champion": "4"},
+        2,
+        0,
+        "2026-11-27T10:00:00+00:00",
+    )
     store.save(state)
     assert StateStore(resolve(str(tmp_path))).load() == state
 
@@ -159,11 +187,13 @@ def test_the_loop_says_what_it_needs_from_serve(tmp_path):
     check_config(demo_config(tmp_path, **{"serve.mirror_fraction": 0.01}))
     check_config(demo_config(tmp_path, **{"operate.shadow.enabled": "false"}))
     with pytest.raises(ConfigError, match="shadow_alias"):
-        check_config(demo_config(tmp_path, **{"serve.mirror_fraction": 0.01,
-                                              "serve.shadow_alias": "staging"}))
+        check_config(
+            demo_config(
+                tmp_path, **{"serve.mirror_fraction": 0.01, "serve.shadow_alias": "staging"}
+            )
+        )
     with pytest.raises(ConfigError, match="mirror_fraction 0.5 needs log_predictions"):
-        demo_config(tmp_path, **{"serve.mirror_fraction": 0.5,
-                                 "serve.log_predictions": "false"})
+        demo_config(tmp_path, **{"serve.mirror_fraction": 0.5, "serve.log_predictions": "false"})
 
 
 def test_canary_share_is_sticky_by_key_and_near_its_fraction():
@@ -186,14 +216,14 @@ def _registry(tmp_path, versions: int = 3):
     from rayops import tracking
     from tests.helpers import demo_config
 
-    cfg = demo_config(tmp_path, **{"serve.mirror_fraction": 0.1,
-                                   "operate.rollback.watch_s": 0})
+    cfg = demo_config(tmp_path, **{"serve.mirror_fraction": 0.1, "operate.rollback.watch_s": 0})
     client = tracking.client(cfg.tracking)
     client.create_registered_model(cfg.model_name)
     for i in range(versions):
         client.create_model_version(cfg.model_name, source=f"file:///models/{i}")
-        tracking.tag_version(cfg.tracking, cfg.model_name, str(i + 1),
-                             {tracking.PASSED_TAG: "true"})
+        tracking.tag_version(
+            cfg.tracking, cfg.model_name, str(i + 1), {tracking.PASSED_TAG: "true"}
+        )
     tracking.promote(cfg.tracking, cfg.model_name, "1")
     tracking.set_alias(cfg.tracking, cfg.model_name, tracking.CHALLENGER, "2")
     return cfg
@@ -203,15 +233,15 @@ def _resumed_at(cfg, step: str, **facts):
     from rayops.operate import Operator
     from rayops.operate.state import now_iso
 
-    state = CycleState(1, step, None, {"champion": "1", "challenger": "2",
-                                       "shadow_started_at": now_iso(), **facts})
+    state = CycleState(
+        1, step, None, {"champion": "1", "challenger": "2", "shadow_started_at": now_iso(), **facts}
+    )
     Operator(cfg).store.save(state)
     lines: list[str] = []
     return Operator(cfg, say=lines.append, poll_s=0.05).run(cycles=1), lines
 
 
-def test_an_alias_moved_during_a_shadow_ends_the_cycle_instead_of_failing_every_resume(
-        tmp_path):
+def test_an_alias_moved_during_a_shadow_ends_the_cycle_instead_of_failing_every_resume(tmp_path):
     """Someone runs `rayops train` during the shadow: its model passes and becomes
     @challenger. The resumed cycle ends, nothing promoted, saying why; the next cycle is
     free to start (before, every restart failed its alias check again)."""
@@ -247,8 +277,7 @@ def test_a_cycle_abandoned_by_hand_withdraws_its_challenger(tmp_path):
     from rayops.operate import Operator
 
     cfg = _registry(tmp_path)
-    Operator(cfg).store.save(CycleState(1, "shadow", None, {"champion": "1",
-                                                            "challenger": "2"}))
+    Operator(cfg).store.save(CycleState(1, "shadow", None, {"champion": "1", "challenger": "2"}))
     lines: list[str] = []
     state = Operator(cfg, say=lines.append).abandon()
     assert state.finished and Operator(cfg).store.load().finished

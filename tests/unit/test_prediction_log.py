@@ -17,15 +17,22 @@ def _rows(folder) -> list[dict]:
 def test_served_rows_reach_the_table_and_a_clean_close_writes_what_is_queued(tmp_path):
     log = PredictionLog(resolve(str(tmp_path / "log")), flush_interval_s=60)
     for i in range(3):
-        log.record(f"req-{i}", "churn", "4", [RECORD, {**RECORD, "age": 40 + i}],
-                   [{"prediction": "yes"}, {"prediction": "no"}], 2.5)
+        log.record(
+            f"req-{i}",
+            "churn",
+            "4",
+            [RECORD, {**RECORD, "age": 40 + i}],
+            [{"prediction": "yes"}, {"prediction": "no"}],
+            2.5,
+        )
     log.close()  # long before the 60 s flush: close writes the queue
     rows = _rows(tmp_path / "log")
     assert [r["request_id"] for r in rows] == ["req-0"] * 2 + ["req-1"] * 2 + ["req-2"] * 2
     assert json.loads(rows[0]["record"]) == RECORD or json.loads(rows[1]["record"]) == RECORD
     assert {json.loads(r["prediction"]) for r in rows} == {"yes", "no"}
     assert {(r["model_name"], r["model_version"], r["latency_ms"]) for r in rows} == {
-        ("churn", "4", 2.5)}
+        ("churn", "4", 2.5)
+    }
     assert log.counts == {"sampled": 6, "written": 6}
     table = DeltaTable(str(tmp_path / "log"))
     assert table.metadata().partition_columns == ["date"]
@@ -39,8 +46,9 @@ class SlowStore(PredictionLog):
 
 
 def test_overload_drops_and_counts_and_never_blocks_a_request(tmp_path):
-    log = SlowStore(resolve(str(tmp_path / "log")), max_queue=100, flush_rows=50,
-                    flush_interval_s=0.05)
+    log = SlowStore(
+        resolve(str(tmp_path / "log")), max_queue=100, flush_rows=50, flush_interval_s=0.05
+    )
     for i in range(5_000):
         log.record(f"r{i}", "churn", "1", [RECORD], [{"prediction": "no"}], 1.0)
     # A request never waits for the store: with the queue full its rows are dropped (a put
@@ -72,18 +80,21 @@ def test_labels_put_to_be_stored_are_in_the_table_when_their_future_completes(tm
     from rayops.errors import StorageError
     from rayops.serve.prediction_log import FEEDBACK_SCHEMA, AppendLog, feedback_row
 
-    labels = AppendLog(resolve(str(tmp_path / "feedback")), FEEDBACK_SCHEMA,
-                       flush_interval_s=60)  # only a stored put wakes the writer
-    futures = [labels.put_stored([feedback_row(f"r{i}", 0, "yes"), feedback_row(f"r{i}", 1,
-                                                                                  "no")])
-               for i in range(3)]
+    labels = AppendLog(
+        resolve(str(tmp_path / "feedback")), FEEDBACK_SCHEMA, flush_interval_s=60
+    )  # only a stored put wakes the writer
+    futures = [
+        labels.put_stored([feedback_row(f"r{i}", 0, "yes"), feedback_row(f"r{i}", 1, "no")])
+        for i in range(3)
+    ]
     wait(futures, timeout=30)
     assert [f.result() for f in futures] == [2, 2, 2]
     assert len(_rows(tmp_path / "feedback")) == 6  # stored before anyone was told so
     labels.close()
     (tmp_path / "blocked").write_text("a file where the table's folder should be")
-    failing = AppendLog(resolve(str(tmp_path / "blocked" / "feedback")), FEEDBACK_SCHEMA,
-                        flush_interval_s=60)
+    failing = AppendLog(
+        resolve(str(tmp_path / "blocked" / "feedback")), FEEDBACK_SCHEMA, flush_interval_s=60
+    )
     refused = failing.put_stored([feedback_row("r", 0, "yes")])
     wait([refused], timeout=30)
     assert isinstance(refused.exception(), StorageError)

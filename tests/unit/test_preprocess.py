@@ -9,27 +9,39 @@ from rayops.errors import DataError
 
 
 def _data(task="classification", label_type="categorical", scaling="standard"):
-    return validate_config({
-        "name": "t",
-        "data": {"label": "y", "task": task, "scaling": scaling, "columns": {
-            "num": {"type": "numeric"}, "cat": {"type": "categorical"},
-            "flag": {"type": "boolean"},
-            "when": {"type": "datetime", "expand": ["hour", "month"]},
-            "y": {"type": label_type}}},
-    }).data
+    return validate_config(
+        {
+            "name": "t",
+            "data": {
+                "label": "y",
+                "task": task,
+                "scaling": scaling,
+                "columns": {
+                    "num": {"type": "numeric"},
+                    "cat": {"type": "categorical"},
+                    "flag": {"type": "boolean"},
+                    "when": {"type": "datetime", "expand": ["hour", "month"]},
+                    "y": {"type": label_type},
+                },
+            },
+        }
+    ).data
 
 
 def _table(n=100, seed=0) -> pa.Table:
     rng = np.random.default_rng(seed)
-    when = (np.datetime64("2024-01-01T00:00") + rng.integers(0, 365 * 24, n).astype(
-        "timedelta64[h]")).astype("datetime64[us]")
-    return pa.table({
-        "num": rng.normal(10, 2, n),
-        "cat": rng.choice(["a", "b", "c"], n),
-        "flag": rng.integers(0, 2, n).astype(bool),
-        "when": pa.array(when, pa.timestamp("us", tz="UTC")),
-        "y": rng.choice(["no", "yes"], n),
-    })
+    when = (
+        np.datetime64("2024-01-01T00:00") + rng.integers(0, 365 * 24, n).astype("timedelta64[h]")
+    ).astype("datetime64[us]")
+    return pa.table(
+        {
+            "num": rng.normal(10, 2, n),
+            "cat": rng.choice(["a", "b", "c"], n),
+            "flag": rng.integers(0, 2, n).astype(bool),
+            "when": pa.array(when, pa.timestamp("us", tz="UTC")),
+            "y": rng.choice(["no", "yes"], n),
+        }
+    )
 
 
 def _columns(data):
@@ -43,10 +55,12 @@ def _fit(data, table):
 def test_merged_block_stats_equal_whole_table_stats():
     data, table = _data(), _table()
     whole = stats.table_stats(table, _columns(data), "y", "classification")
-    parts = stats.merge([stats.table_stats(table.slice(0, 37), _columns(data), "y",
-                                           "classification"),
-                         stats.table_stats(table.slice(37), _columns(data), "y",
-                                           "classification")])
+    parts = stats.merge(
+        [
+            stats.table_stats(table.slice(0, 37), _columns(data), "y", "classification"),
+            stats.table_stats(table.slice(37), _columns(data), "y", "classification"),
+        ]
+    )
     for key in ("num", "when.hour", "flag"):
         assert stats.mean_std(parts[key]) == pytest.approx(stats.mean_std(whole[key]))
     assert parts["cat"]["counts"] == whole["cat"]["counts"]
@@ -57,16 +71,29 @@ def test_merged_block_stats_equal_whole_table_stats():
 def test_transform_standardizes_one_hots_expands_dates_and_imputes():
     data, table = _data(), _table()
     pre = _fit(data, table)
-    assert pre.output_columns == ["num", "cat=a", "cat=b", "cat=c", f"cat={OTHER}", "flag",
-                                  "when.hour", "when.month"]
+    assert pre.output_columns == [
+        "num",
+        "cat=a",
+        "cat=b",
+        "cat=c",
+        f"cat={OTHER}",
+        "flag",
+        "when.hour",
+        "when.month",
+    ]
     x = pre.transform(table)
     assert x.dtype == np.float32 and x.shape == (100, 8)
     assert abs(x[:, 0].mean()) < 1e-5 and x[:, 0].std() == pytest.approx(1.0, rel=1e-4)
     assert (x[:, 1:5].sum(axis=1) == 1).all()
     assert abs(x[:, 6].mean()) < 1e-5
-    unseen = pa.table({"num": pa.array([None], pa.float64()), "cat": ["zzz"],
-                       "flag": pa.array([None], pa.bool_()),
-                       "when": pa.array([None], pa.timestamp("us", tz="UTC"))})
+    unseen = pa.table(
+        {
+            "num": pa.array([None], pa.float64()),
+            "cat": ["zzz"],
+            "flag": pa.array([None], pa.bool_()),
+            "when": pa.array([None], pa.timestamp("us", tz="UTC")),
+        }
+    )
     row = pre.transform(unseen)[0]
     assert row[0] == 0.0 and row[4] == 1.0 and row[6] == 0.0  # mean-imputed, OTHER
 
@@ -87,8 +114,7 @@ def test_labels_encode_and_regression_decodes():
     table = table.set_column(4, "y", pa.array(np.asarray(table["num"]) * 3))
     rpre = _fit(reg, table)
     encoded = rpre.encode_label(table.column("y"))
-    np.testing.assert_allclose(rpre.rules.decode(rpre.label_state, encoded), table["y"],
-                               rtol=1e-5)
+    np.testing.assert_allclose(rpre.rules.decode(rpre.label_state, encoded), table["y"], rtol=1e-5)
 
 
 def test_single_class_is_rejected():
@@ -101,10 +127,13 @@ def test_single_class_is_rejected():
 def test_profile_has_quantiles_histogram_frequencies_and_null_rates():
     data = _data()
     table = _table(2000)
-    table = table.set_column(0, "num", pa.array([None] * 200 + list(
-        np.asarray(table["num"])[200:])))
-    merged = stats.merge(stats.table_stats(table.slice(i, 500), _columns(data), "y",
-                                           "classification") for i in range(0, 2000, 500))
+    table = table.set_column(
+        0, "num", pa.array([None] * 200 + list(np.asarray(table["num"])[200:]))
+    )
+    merged = stats.merge(
+        stats.table_stats(table.slice(i, 500), _columns(data), "y", "classification")
+        for i in range(0, 2000, 500)
+    )
     profile = stats.profile(merged)
     num = profile["num"]
     assert num["null_rate"] == pytest.approx(0.1)
@@ -117,8 +146,14 @@ def test_profile_has_quantiles_histogram_frequencies_and_null_rates():
 def test_extreme_values_are_clipped_to_finite_inputs():
     data, table = _data(), _table()
     pre = _fit(data, table)
-    extreme = pa.table({"num": [1e308, -1e308], "cat": ["a", "b"], "flag": [True, False],
-                        "when": pa.array([None, None], pa.timestamp("us", tz="UTC"))})
+    extreme = pa.table(
+        {
+            "num": [1e308, -1e308],
+            "cat": ["a", "b"],
+            "flag": [True, False],
+            "when": pa.array([None, None], pa.timestamp("us", tz="UTC")),
+        }
+    )
     x = pre.transform(extreme)
     assert np.isfinite(x).all() and x[0, 0] == 1e4 and x[1, 0] == -1e4
 
@@ -166,15 +201,28 @@ def test_the_request_path_transform_equals_validation_then_transform():
     assert "num.missing" in pre.output_columns and "num.z" in pre.output_columns
     schema = _columns(data)
     record = record_model(schema, "y")
-    raw = [{"num": float(v) if rng.uniform() > 0.2 else None,
-            "cat": str(rng.choice(["a", "b", "c", "never seen", None])) if rng.uniform() > 0.1
+    raw = [
+        {
+            "num": float(v) if rng.uniform() > 0.2 else None,
+            "cat": str(rng.choice(["a", "b", "c", "never seen", None]))
+            if rng.uniform() > 0.1
             else None,
             "flag": bool(rng.integers(0, 2)) if rng.uniform() > 0.1 else None,
-            "when": rng.choice(["2024-03-01T05:30:00", "2024-12-31T23:59:59+00:00",
-                                "2024-06-15T12:00:00+02:00", None])}
-           for v in rng.lognormal(0, 3, 200)]
-    raw += [{"num": 0, "cat": "a", "flag": True, "when": "2024-01-01T00:00:00Z"},  # an int
-            {"num": 1e308, "cat": None, "flag": False, "when": None}]  # clipped
+            "when": rng.choice(
+                [
+                    "2024-03-01T05:30:00",
+                    "2024-12-31T23:59:59+00:00",
+                    "2024-06-15T12:00:00+02:00",
+                    None,
+                ]
+            ),
+        }
+        for v in rng.lognormal(0, 3, 200)
+    ]
+    raw += [
+        {"num": 0, "cat": "a", "flag": True, "when": "2024-01-01T00:00:00Z"},  # an int
+        {"num": 1e308, "cat": None, "flag": False, "when": None},
+    ]  # clipped
     typed = [record.model_validate(r).model_dump() for r in raw]
     arrow = pre.transform(validate_records(raw, {n: schema[n] for n in data.feature_names}))
     fast = pre.transform_rows(typed)

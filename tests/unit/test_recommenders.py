@@ -17,8 +17,9 @@ def _cycles(rows: int, items: int, length: int, seed: int = 0) -> torch.Tensor:
     return torch.tensor(np.hstack([np.arange(1, rows + 1)[:, None], seq]), dtype=torch.float32)
 
 
-@pytest.mark.parametrize("objective, negatives", [("softmax", None), ("softmax", 8),
-                                                  ("sampled", None)])
+@pytest.mark.parametrize(
+    "objective, negatives", [("softmax", None), ("softmax", 8), ("sampled", None)]
+)
 def test_each_objective_learns_what_comes_next(objective, negatives):
     torch.manual_seed(0)
     items, history = 30, 6
@@ -32,7 +33,7 @@ def test_each_objective_learns_what_comes_next(objective, negatives):
         optimizer.step()
     # ranked after the history 3, 4, 5, 6, 7, 8 (slots): 9 comes first
     row = np.zeros((1, 1 + history + 1), dtype=np.float32)
-    row[0, 1:1 + history] = np.arange(3, 3 + history)
+    row[0, 1 : 1 + history] = np.arange(3, 3 + history)
     top = RecommenderModel("sasrec", net).top(row, 5)
     assert top[0, 0] == 3 + history, top
 

@@ -21,14 +21,19 @@ def test_quiet_mode_sends_library_messages_to_the_log_file(tmp_path, monkeypatch
     assert err == "epoch 1/3 ...\n"  # our line, as is; nothing of Ray's or MLflow's
     assert output.log_file is not None and output.log_file.parent == tmp_path
     logged = output.log_file.read_text()
-    for line in ("Starting execution", "Creating initial MLflow", "existing Serve app",
-                 "epoch 1/3"):
+    for line in (
+        "Starting execution",
+        "Creating initial MLflow",
+        "existing Serve app",
+        "epoch 1/3",
+    ):
         assert line in logged
     assert console_enabled()
 
 
 def test_log_files_are_made_only_when_something_is_said_and_the_oldest_removed(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     import os
 
     from rayops.runtime import KEEP_LOGS
@@ -55,11 +60,21 @@ def test_verbose_mode_keeps_everything_on_the_console(capsys):
 
 def test_an_epoch_line_shows_the_losses_and_the_metrics_that_matter():
     cfg = load_config(config_path(), ["train.epochs=8"])
-    line = epoch_line(cfg, {"epoch": 3, "train_loss": 0.41234, "valid_loss": 0.39876,
-                            "valid_f1": 0.66213, "valid_accuracy": 0.78111,
-                            "valid_recall": 0.5, "epoch_time_s": 1.27})
-    assert line == ("epoch 3/8  loss 0.4123 / 0.3988  valid_f1 0.6621  valid_accuracy 0.7811"
-                    "  1.3 s")
+    line = epoch_line(
+        cfg,
+        {
+            "epoch": 3,
+            "train_loss": 0.41234,
+            "valid_loss": 0.39876,
+            "valid_f1": 0.66213,
+            "valid_accuracy": 0.78111,
+            "valid_recall": 0.5,
+            "epoch_time_s": 1.27,
+        },
+    )
+    assert line == (
+        "epoch 3/8  loss 0.4123 / 0.3988  valid_f1 0.6621  valid_accuracy 0.7811  1.3 s"
+    )
 
 
 JOB = """
@@ -82,15 +97,19 @@ def _job(*args, env=None):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-c", JOB, *args], capture_output=True, text=True,
-                          timeout=60, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-c", JOB, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_a_failed_job_ends_with_its_reason_on_one_line():
     result = _job("fail")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
-        "error: no csv files at /lake/raw/churn")
+    assert result.stderr.strip().splitlines()[-1] == ("error: no csv files at /lake/raw/churn")
 
 
 def test_a_stopped_training_job_says_it_is_resumable_and_how():
@@ -98,6 +117,7 @@ def test_a_stopped_training_job_says_it_is_resumable_and_how():
     assert stopped.returncode == 143  # 128 + SIGTERM, as the signal itself would end it
     assert stopped.stderr.strip().splitlines()[-1] == (
         "stopped: the run is resumable; submit it again with --resume: "
-        "python -c stop --config c.yaml --resume")
+        "python -c stop --config c.yaml --resume"
+    )
     outside_a_job = _job("stop")  # a terminal's Ctrl-C/kill keeps its usual meaning
     assert outside_a_job.returncode == -15 and "resumable" not in outside_a_job.stderr

@@ -28,7 +28,8 @@ def test_summed_shards_equal_whole():
     actual, predicted = rng.integers(0, 2, 300), rng.integers(0, 2, 300)
     whole = confusion_matrix(predicted, actual, 2)
     parts = confusion_matrix(predicted[:100], actual[:100], 2) + confusion_matrix(
-        predicted[100:], actual[100:], 2)
+        predicted[100:], actual[100:], 2
+    )
     np.testing.assert_array_equal(whole, parts)
 
 
@@ -42,8 +43,10 @@ def test_regression_matches_sklearn_and_shards_add_up():
     rng = np.random.default_rng(1)
     actual = rng.normal(5, 2, 400)
     predicted = actual + rng.normal(0, 0.5, 400)
-    got = regression_metrics(regression_sums(predicted[:150], actual[:150])
-                             + regression_sums(predicted[150:], actual[150:]))
+    got = regression_metrics(
+        regression_sums(predicted[:150], actual[:150])
+        + regression_sums(predicted[150:], actual[150:])
+    )
     assert got["rmse"] == pytest.approx(np.sqrt(sk.mean_squared_error(actual, predicted)))
     assert got["mae"] == pytest.approx(sk.mean_absolute_error(actual, predicted))
     assert got["r2"] == pytest.approx(sk.r2_score(actual, predicted))

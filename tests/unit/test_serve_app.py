@@ -32,29 +32,42 @@ class _Server:
         self.observed: list[tuple[str, int]] = []
 
     async def predict(self, records, request_id=None, key=None):
-        return {"model": {"name": "m", "version": "1", "alias": "champion", "run_id": "r"},
-                "predictions": self.predictor.predict_records(records),
-                "request_id": request_id}
+        return {
+            "model": {"name": "m", "version": "1", "alias": "champion", "run_id": "r"},
+            "predictions": self.predictor.predict_records(records),
+            "request_id": request_id,
+        }
 
     async def feedback(self, labels):
         if getattr(self, "store_down", False):
             from rayops.errors import LabelsNotStored
 
-            raise LabelsNotStored(f"{len(labels)} label(s) not stored: the store is down; "
-                                  "send them again")
+            raise LabelsNotStored(
+                f"{len(labels)} label(s) not stored: the store is down; send them again"
+            )
         self.labels = labels
         return {"accepted": len(labels)}
 
     def metadata(self):
-        return {"model": {"name": "m", "version": "1", "alias": "champion", "run_id": "r"},
-                "alias_state": {"alias": "champion", "target_version": "1",
-                                "served_version": "1", "not_served": {},
-                                "registry_reachable": True, "registry_checked_s_ago": 0.5,
-                                "registry_error": None},
-                "task": "classification", "family": "mlp", "dataset": "d/v000001",
-                "target_metric": "valid_f1",
-                "metrics": {}, "input_schema": self.record_model.model_json_schema(),
-                "served": {}}
+        return {
+            "model": {"name": "m", "version": "1", "alias": "champion", "run_id": "r"},
+            "alias_state": {
+                "alias": "champion",
+                "target_version": "1",
+                "served_version": "1",
+                "not_served": {},
+                "registry_reachable": True,
+                "registry_checked_s_ago": 0.5,
+                "registry_error": None,
+            },
+            "task": "classification",
+            "family": "mlp",
+            "dataset": "d/v000001",
+            "target_metric": "valid_f1",
+            "metrics": {},
+            "input_schema": self.record_model.model_json_schema(),
+            "served": {},
+        }
 
     def health(self):
         return {"status": "ok"}
@@ -73,8 +86,11 @@ def predictor(tmp_path_factory) -> Predictor:
     typed = typed.filter(pc.is_null(typed.column(ERROR)))
     pre = fit(table_stats(typed, columns, cfg.data.label, cfg.data.task), cfg.data)
     arch = {"n_inputs": pre.n_features, "n_outputs": 2, "hidden_sizes": [4]}
-    meta = {"architecture": arch, "preprocessor": pre.to_dict(),
-            "schema": {n: cfg.data.columns[n].model_dump() for n in used}}
+    meta = {
+        "architecture": arch,
+        "preprocessor": pre.to_dict(),
+        "schema": {n: cfg.data.columns[n].model_dump() for n in used},
+    }
     model = MLPModel(MLP(pre.n_features, 2, [4]))
     folder = Bundle(model, meta).save(tmp_path_factory.mktemp("b"))
     return Predictor.load(folder)
@@ -85,10 +101,18 @@ def client(predictor) -> TestClient:
     return TestClient(create_app(_Server(predictor)))
 
 
-GOOD = {"age": 30, "tenure_months": 3, "monthly_charges": 80.5, "total_charges": 240.0,
-        "contract": "month-to-month", "internet_service": "fiber",
-        "payment_method": "electronic_check", "support_calls": 2, "paperless_billing": True,
-        "region": "north"}
+GOOD = {
+    "age": 30,
+    "tenure_months": 3,
+    "monthly_charges": 80.5,
+    "total_charges": 240.0,
+    "contract": "month-to-month",
+    "internet_service": "fiber",
+    "payment_method": "electronic_check",
+    "support_calls": 2,
+    "paperless_billing": True,
+    "region": "north",
+}
 
 
 def test_predict_returns_class_and_probabilities(client):
@@ -106,15 +130,18 @@ def test_health(client):
     assert client.get("/health").json()["status"] == "ok"
 
 
-@pytest.mark.parametrize(("record", "field"), [
-    ({**GOOD, "age": "thirty"}, "age"),
-    ({**GOOD, "age": 12}, "age"),
-    ({**GOOD, "monthly_charges": "NaN"}, "monthly_charges"),
-    ({**GOOD, "contract": "weekly"}, "contract"),
-    ({**GOOD, "surprise": 1}, "surprise"),
-    ({k: v for k, v in GOOD.items() if k != "tenure_months"}, "tenure_months"),
-    ({**GOOD, "paperless_billing": "maybe"}, "paperless_billing"),
-])
+@pytest.mark.parametrize(
+    ("record", "field"),
+    [
+        ({**GOOD, "age": "thirty"}, "age"),
+        ({**GOOD, "age": 12}, "age"),
+        ({**GOOD, "monthly_charges": "NaN"}, "monthly_charges"),
+        ({**GOOD, "contract": "weekly"}, "contract"),
+        ({**GOOD, "surprise": 1}, "surprise"),
+        ({k: v for k, v in GOOD.items() if k != "tenure_months"}, "tenure_months"),
+        ({**GOOD, "paperless_billing": "maybe"}, "paperless_billing"),
+    ],
+)
 def test_invalid_record_is_422_naming_index_and_field(client, record, field):
     response = client.post("/predict", json={"records": [GOOD, record]})
     assert response.status_code == 422
@@ -132,8 +159,11 @@ def test_whole_numbers_written_as_floats_are_integers(client):
 
 
 def test_non_finite_number_is_422(client):
-    body = '{"records": [' + str(GOOD).replace("'", '"').replace("True", "true").replace(
-        "80.5", "Infinity") + "]}"
+    body = (
+        '{"records": ['
+        + str(GOOD).replace("'", '"').replace("True", "true").replace("80.5", "Infinity")
+        + "]}"
+    )
     response = client.post("/predict", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422
 
@@ -151,21 +181,24 @@ def test_body_too_large_is_413_and_missing_length_411(client):
     def chunks():
         yield b'{"records": []}'
 
-    chunked = client.post("/predict", content=chunks(),
-                          headers={"content-type": "application/json"})
+    chunked = client.post(
+        "/predict", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert chunked.status_code == 411
 
 
 def test_bearer_token_is_required_except_for_health(predictor):
     secured = TestClient(create_app(_Server(predictor, token=TOKEN)))
     assert secured.post("/predict", json={"records": [GOOD]}).status_code == 401
-    wrong = secured.post("/predict", json={"records": [GOOD]},
-                         headers={"Authorization": "Bearer nope"})
+    wrong = secured.post(
+        "/predict", json={"records": [GOOD]}, headers={"Authorization": "Bearer nope"}
+    )
     assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"] == "Bearer"
     assert secured.get("/metadata").status_code == 401
     assert secured.get("/health").status_code == 200
-    ok = secured.post("/predict", json={"records": [GOOD]},
-                      headers={"Authorization": f"Bearer {TOKEN}"})
+    ok = secured.post(
+        "/predict", json={"records": [GOOD]}, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     assert ok.status_code == 200
 
 
@@ -176,7 +209,8 @@ class _Broken(_Server):
 
 def test_unexpected_errors_are_500_referencing_the_request_id(predictor):
     response = TestClient(create_app(_Broken(predictor)), raise_server_exceptions=False).post(
-        "/predict", json={"records": [GOOD]})
+        "/predict", json={"records": [GOOD]}
+    )
     assert response.status_code == 500
     request_id = response.headers["X-Request-ID"]
     assert len(request_id) == 32
@@ -184,7 +218,8 @@ def test_unexpected_errors_are_500_referencing_the_request_id(predictor):
     assert "secret" not in response.text and "Traceback" not in response.text
     # Behind Serve's proxy the request already carries an id: that one is the reference.
     given = TestClient(create_app(_Broken(predictor)), raise_server_exceptions=False).post(
-        "/predict", json={"records": [GOOD]}, headers={"X-Request-ID": "abc123"})
+        "/predict", json={"records": [GOOD]}, headers={"X-Request-ID": "abc123"}
+    )
     assert given.json()["detail"] == "internal error (reference abc123)"
     assert "x-request-id" not in given.headers  # the proxy adds it to the response
 
@@ -206,10 +241,17 @@ def test_every_response_is_counted_by_route_and_status(predictor):
     secured.get("/nowhere", headers=auth)
     broken = _Broken(predictor)
     TestClient(create_app(broken), raise_server_exceptions=False).post(
-        "/predict", json={"records": [GOOD]})
-    assert server.observed == [("/predict", 200), ("/predict", 401), ("/predict", 422),
-                               ("/predict", 413), ("/predict", 411), ("/health", 200),
-                               ("other", 404)]
+        "/predict", json={"records": [GOOD]}
+    )
+    assert server.observed == [
+        ("/predict", 200),
+        ("/predict", 401),
+        ("/predict", 422),
+        ("/predict", 413),
+        ("/predict", 411),
+        ("/health", 200),
+        ("other", 404),
+    ]
     assert broken.observed == [("/predict", 500)]
 
 
@@ -243,10 +285,21 @@ def test_emitted_serve_config_is_valid_for_serve_deploy(tmp_path):
     from rayops.serve import AppArgs, build_app
 
     out = tmp_path / "serve.yaml"
-    result = CliRunner().invoke(app, ["deploy", str(config_path()), "--emit", str(out),
-                                      "--set", "serve.max_queued_requests=7",
-                                      "--set", "serve.access_log=false",
-                                      "--set", "serve.autoscaling.look_back_period_s=5"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "deploy",
+            str(config_path()),
+            "--emit",
+            str(out),
+            "--set",
+            "serve.max_queued_requests=7",
+            "--set",
+            "serve.access_log=false",
+            "--set",
+            "serve.autoscaling.look_back_period_s=15",
+        ],
+    )
     assert result.exit_code == 0, result.output
     emitted = yaml.safe_load(out.read_text())
     parsed = ServeDeploySchema.parse_obj(emitted)
@@ -258,15 +311,20 @@ def test_emitted_serve_config_is_valid_for_serve_deploy(tmp_path):
     inline = AppArgs.model_validate(application.args)
     from rayops.config import validate_config
 
-    expected = load_config(config_path(), ["serve.max_queued_requests=7",
-                                           "serve.access_log=false",
-                                           "serve.autoscaling.look_back_period_s=5"])
+    expected = load_config(
+        config_path(),
+        [
+            "serve.max_queued_requests=7",
+            "serve.access_log=false",
+            "serve.autoscaling.look_back_period_s=15",
+        ],
+    )
     assert validate_config(inline.pipeline) == expected
     assert isinstance(build_app(inline), Application)
     (deployment,) = application.deployments
     assert deployment.max_queued_requests == 7
     assert deployment.autoscaling_config["max_replicas"] == 2
-    assert deployment.autoscaling_config["look_back_period_s"] == 5
+    assert deployment.autoscaling_config["look_back_period_s"] == 15
     assert deployment.logging_config.enable_access_log is False
     assert parsed.http_options.host == "127.0.0.1"
 
@@ -274,8 +332,10 @@ def test_emitted_serve_config_is_valid_for_serve_deploy(tmp_path):
 def test_feedback_is_accepted_with_202_and_bad_labels_are_422(client, predictor):
     answer = client.post("/predict", json={"records": [GOOD]}, headers={"X-Request-ID": "r-1"})
     assert answer.json()["request_id"] == "r-1"
-    labels = [{"request_id": "r-1", "label": "yes"}, {"request_id": "r-2", "record_index": 3,
-                                                       "label": 12.5}]
+    labels = [
+        {"request_id": "r-1", "label": "yes"},
+        {"request_id": "r-2", "record_index": 3, "label": 12.5},
+    ]
     response = client.post("/feedback", json={"labels": labels})
     assert response.status_code == 202 and response.json() == {"accepted": 2}
     assert client.app.server.labels == [{**labels[0], "record_index": 0}, labels[1]]
@@ -284,10 +344,12 @@ def test_feedback_is_accepted_with_202_and_bad_labels_are_422(client, predictor)
     client.app.server.store_down = False
     assert refused.status_code == 503 and "2 label(s) not stored" in refused.json()["detail"]
     assert refused.headers["retry-after"] == "1"
-    for bad, field in (({"request_id": "", "label": "yes"}, "request_id"),
-                       ({"request_id": "r", "label": None}, "label"),
-                       ({"request_id": "r", "label": "yes", "record_index": -1}, "record_index"),
-                       ({"request_id": "r", "label": "yes", "extra": 1}, "extra")):
+    for bad, field in (
+        ({"request_id": "", "label": "yes"}, "request_id"),
+        ({"request_id": "r", "label": None}, "label"),
+        ({"request_id": "r", "label": "yes", "record_index": -1}, "record_index"),
+        ({"request_id": "r", "label": "yes", "extra": 1}, "extra"),
+    ):
         refused = client.post("/feedback", json={"labels": [bad]})
         assert refused.status_code == 422, bad
         assert field in refused.json()["detail"][0]["loc"], refused.json()
@@ -314,8 +376,9 @@ def test_a_huge_integer_is_a_422_naming_the_field_not_a_500():
     from rayops.config import ColumnSpec
     from rayops.serve.bodies import request_model
 
-    record = record_model({"calls": ColumnSpec(type="integer"),
-                           "y": ColumnSpec(type="categorical")}, "y")
+    record = record_model(
+        {"calls": ColumnSpec(type="integer"), "y": ColumnSpec(type="categorical")}, "y"
+    )
     app = FastAPI()
 
     @app.post("/p")
@@ -324,8 +387,11 @@ def test_a_huge_integer_is_a_422_naming_the_field_not_a_500():
 
     client = TestClient(app)
     assert client.post("/p", json={"records": [{"calls": -(2**53)}]}).status_code == 200
-    response = client.post("/p", content='{"records": [{"calls": 1}, {"calls": ' + "9" * 400
-                           + "}]}", headers={"content-type": "application/json"})
+    response = client.post(
+        "/p",
+        content='{"records": [{"calls": 1}, {"calls": ' + "9" * 400 + "}]}",
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == 422
     (detail,) = response.json()["detail"]
     assert detail["loc"] == ["body", "records", 1, "calls"]
@@ -336,8 +402,10 @@ def test_a_regression_models_feedback_takes_numbers_only(predictor):
     server = _Server(predictor)
     server.task = "regression"
     client = TestClient(create_app(server))
-    ok = client.post("/feedback", json={"labels": [{"request_id": "r", "label": 12},
-                                                   {"request_id": "s", "label": 3.5}]})
+    ok = client.post(
+        "/feedback",
+        json={"labels": [{"request_id": "r", "label": 12}, {"request_id": "s", "label": 3.5}]},
+    )
     assert ok.status_code == 202
     assert [item["label"] for item in server.labels] == [12.0, 3.5]
     for bad in ("12", "high", True, None):

@@ -18,8 +18,11 @@ def test_no_dataset_is_the_callers_error_and_an_unreadable_store_a_retry(tmp_pat
     rows = Path(dataset_location(storage, "demand").uri) / "rows"
     rows.parent.mkdir(parents=True)
     rows.write_text("a file where the table's folder should be")  # a store gone wrong
-    with pytest.raises(HistoryUnavailable, match=r"'demand' could not be read \(cannot "
-                       r"open Delta table .*rows.*\): send the series' history, or retry"):
+    with pytest.raises(
+        HistoryUnavailable,
+        match=r"'demand' could not be read \(cannot "
+        r"open Delta table .*rows.*\): send the series' history, or retry",
+    ):
         history.rows(None, {"zone": "A"})  # type: ignore[arg-type]
 
 

@@ -29,10 +29,17 @@ class Replica:
     """A ModelServer whose alias follower's registry look-up and download are scripted."""
 
     def __init__(self, served: str = "1", stale_after_s: float = 60.0) -> None:
-        settings = ReplicaSettings(model_name="m", serve=ServeConfig(
-            max_records_per_request=5, max_batch_size=1, batch_wait_timeout_s=0.0,
-            max_body_bytes=1024, model_poll_interval_s=1.0,
-            registry_stale_after_s=stale_after_s))
+        settings = ReplicaSettings(
+            model_name="m",
+            serve=ServeConfig(
+                max_records_per_request=5,
+                max_batch_size=1,
+                batch_wait_timeout_s=0.0,
+                max_body_bytes=1024,
+                model_poll_interval_s=1.0,
+                registry_stale_after_s=stale_after_s,
+            ),
+        )
         self.server = object.__new__(ModelServer)
         self.server.settings, self.server.stats = settings, Counter()
         self.aliases = self.server.aliases = AliasFollower(settings, self.server.stats)
@@ -55,8 +62,7 @@ class Replica:
         self.aliases.alias_target = self.target
         return _registered(self.target)
 
-    def _load(self, registered: tracking.RegisteredModel, alias: str | None = None
-              ) -> LoadedModel:
+    def _load(self, registered: tracking.RegisteredModel, alias: str | None = None) -> LoadedModel:
         self.downloads.append(registered.version)
         if self.failure is not None:
             raise self.failure
@@ -100,8 +106,10 @@ def test_a_registry_that_stops_answering_shows_in_health():
     replica = Replica(stale_after_s=30)
     assert replica.server.health()["alias"]["registry_reachable"] is True
     replica.aliases.registry_ok_at = time.monotonic() - 31
-    replica.aliases.registry_error = ("cannot read m@champion from the registry at "
-                                     "https://ops:hunter2@mlflow.internal:5000: timed out")
+    replica.aliases.registry_error = (
+        "cannot read m@champion from the registry at "
+        "https://ops:hunter2@mlflow.internal:5000: timed out"
+    )
     health = replica.server.health()
     assert health["status"] == "degraded"
     assert health["alias"]["registry_reachable"] is False
@@ -148,8 +156,7 @@ def test_one_failing_request_does_not_fail_the_others_in_its_batch():
     replica.aliases.model = LoadedModel(model, _info("1"))
     server.metrics = SimpleNamespace(batch_size=SimpleNamespace(observe=lambda n: None))
     # the batch Serve's queue hands over: three requests of one record each
-    batch = ModelServer.predict_batch.__wrapped__(server, [[{"x": 1}], [{"x": "bad"}],
-                                                           [{"x": 3}]])
+    batch = ModelServer.predict_batch.__wrapped__(server, [[{"x": 1}], [{"x": "bad"}], [{"x": 3}]])
     good, failed, other = asyncio.run(batch)
     assert model.calls[0] == 3  # one model call for the batch, which failed
     assert good["predictions"] == [{"prediction": 1}]

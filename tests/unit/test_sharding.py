@@ -23,8 +23,17 @@ from rayops.models.sharding import (
 
 GENRE = {"name": "genre", "size": 3, "codes": [0] + [1 + i % 3 for i in range(37)]}
 PLAN = {"name": "plan", "size": 2, "codes": [0] + [1 + i % 2 for i in range(12)]}
-SPEC = {"n_users": 12, "n_items": 37, "dim": 8, "history": 5, "k": 4, "blocks": 1,
-        "heads": 1, "dropout": 0.0, "attributes": [GENRE]}
+SPEC = {
+    "n_users": 12,
+    "n_items": 37,
+    "dim": 8,
+    "history": 5,
+    "k": 4,
+    "blocks": 1,
+    "heads": 1,
+    "dropout": 0.0,
+    "attributes": [GENRE],
+}
 
 
 def _batch(rank: int, step: int) -> torch.Tensor:
@@ -40,8 +49,9 @@ def _moment(optimizer: torch.optim.Optimizer, param: torch.Tensor, key: str) -> 
     return optimizer.state[param][key]
 
 
-def _step_both(rank: int, step: int, pair: list[torch.nn.Module],
-               optimizers: list[torch.optim.Optimizer]) -> None:
+def _step_both(
+    rank: int, step: int, pair: list[torch.nn.Module], optimizers: list[torch.optim.Optimizer]
+) -> None:
     losses = []
     for model, optimizer in zip(pair, optimizers, strict=True):
         model.train()
@@ -61,8 +71,10 @@ def _train_both(rank: int, spec: dict[str, Any]) -> None:
     assert isinstance(sharded.items, ShardedTable) and sharded.items.per == 19
     sharded.load_state_dict(whole.state_dict())  # the same start: its rows of each table
     ignore_in_ddp(sharded)
-    pair = [torch.nn.parallel.DistributedDataParallel(whole),
-            torch.nn.parallel.DistributedDataParallel(sharded)]
+    pair = [
+        torch.nn.parallel.DistributedDataParallel(whole),
+        torch.nn.parallel.DistributedDataParallel(sharded),
+    ]
     optimizers = [torch.optim.AdamW(m.parameters(), lr=0.05) for m in pair]
     for step in range(3):
         _step_both(rank, step, pair, optimizers)
@@ -76,16 +88,21 @@ def _train_both(rank: int, spec: dict[str, Any]) -> None:
     assert state.keys() == whole.state_dict().keys()
     moments = gathered_optimizer_state(sharded, optimizers[1])
     index = [id(p) for p in sharded.parameters()].index(id(sharded.items.shard))
-    assert torch.allclose(moments["state"][index]["exp_avg_sq"],
-                          _moment(optimizers[0], whole.items.weight, "exp_avg_sq"), atol=1e-6)
+    assert torch.allclose(
+        moments["state"][index]["exp_avg_sq"],
+        _moment(optimizers[0], whole.items.weight, "exp_avg_sq"),
+        atol=1e-6,
+    )
     # ... loads back into a fresh sharded network (its rows, its moments)
     again = build_network({**spec, "shard_tables": True})
     again.load_state_dict(state)
     optimizer = torch.optim.AdamW(again.parameters(), lr=0.05)
     optimizer.load_state_dict(own_optimizer_state(again, optimizer, moments))
     assert torch.equal(again.items.shard, sharded.items.shard)
-    assert torch.equal(_moment(optimizer, again.items.shard, "exp_avg"),
-                       _moment(optimizers[1], sharded.items.shard, "exp_avg"))
+    assert torch.equal(
+        _moment(optimizer, again.items.shard, "exp_avg"),
+        _moment(optimizers[1], sharded.items.shard, "exp_avg"),
+    )
     _step_both(rank, 3, pair, optimizers)  # checkpointing left the training as it was
 
 
@@ -102,9 +119,11 @@ def _worker(rank: int, store: str, specs: list[dict[str, Any]]) -> None:
 
 
 def test_sharded_tables_train_checkpoint_and_score_as_the_whole_tables_do(tmp_path):
-    specs = [{**SPEC, "family": "sasrec"},  # the catalogue's softmax, sharded
-             {**SPEC, "family": "sasrec", "negatives": 6},  # lookups only
-             {**SPEC, "family": "bpr", "user_attributes": [PLAN]}]  # users sharded too
+    specs = [
+        {**SPEC, "family": "sasrec"},  # the catalogue's softmax, sharded
+        {**SPEC, "family": "sasrec", "negatives": 6},  # lookups only
+        {**SPEC, "family": "bpr", "user_attributes": [PLAN]},
+    ]  # users sharded too
     mp.spawn(_worker, args=(str(tmp_path / "store"), specs), nprocs=2, join=True)
 
 
@@ -120,5 +139,7 @@ def test_auto_shards_tables_whose_training_state_is_over_the_bound():
     assert shards_tables(cfg.with_overrides({"model.recommender.dim": 128}), rows) is True
     assert shards_tables(cfg, 10) is False
     assert shards_tables(cfg.with_overrides({"model.recommender.shard_tables": True}), 10)
-    assert not shards_tables(cfg.with_overrides({"model.recommender.shard_tables": True,
-                                                 "train.num_workers": 1}), rows * 10)
+    assert not shards_tables(
+        cfg.with_overrides({"model.recommender.shard_tables": True, "train.num_workers": 1}),
+        rows * 10,
+    )

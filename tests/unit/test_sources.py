@@ -91,8 +91,9 @@ def test_glob_and_single_file(tmp_path):
     _tree(tmp_path)
     glob = FileSource(resolve(str(tmp_path / "raw" / "day=*-02" / "*.csv")), "csv").snapshot()
     assert len(glob) == 1 and glob[0]["path"].endswith("day=2024-01-02/part-0.csv")
-    single = FileSource(resolve(str(tmp_path / "raw" / "day=2024-01-01" / "part-0.csv")),
-                        "csv").snapshot()
+    single = FileSource(
+        resolve(str(tmp_path / "raw" / "day=2024-01-01" / "part-0.csv")), "csv"
+    ).snapshot()
     assert len(single) == 1 and single[0]["size"] > 0
 
 
@@ -115,7 +116,8 @@ class _Flaky:
 
 
 def test_a_raw_file_that_cannot_be_fetched_is_retried_then_failed_not_quarantined(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     """Storage failures are retried with backoff; one that outlasts the retries marks the
     file failed (read again next time), never 'unreadable'; bad content is unreadable."""
     monkeypatch.setattr("rayops.data.sources.FETCH_BACKOFF_S", 0.01)

@@ -38,17 +38,24 @@ def test_resolve_under_keeps_full_uris(tmp_path):
 
 
 def test_credentials_from_config_are_used_but_never_shown():
-    storage = StorageConfig(root="s3://b/p", endpoint_url="http://127.0.0.1:9",
-                            access_key_id="AKIDSECRET", secret_access_key="VERYSECRET")
+    storage = StorageConfig(
+        root="s3://b/p",
+        endpoint_url="http://127.0.0.1:9",
+        access_key_id="AKIDSECRET",
+        secret_access_key="VERYSECRET",
+    )
     assert isinstance(root_of(storage).fs, pafs.S3FileSystem)
     shown = repr(storage) + storage.model_dump_json()
     assert "VERYSECRET" not in shown and "AKIDSECRET" not in shown
 
 
-@pytest.mark.parametrize(("uri", "message"), [
-    ("gs://bucket/x", "scheme 'gs' is not supported"),
-    ("s3://", "names no bucket"),
-])
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("gs://bucket/x", "scheme 'gs' is not supported"),
+        ("s3://", "names no bucket"),
+    ],
+)
 def test_unsupported_or_empty_uris(uri, message):
     with pytest.raises(StorageError, match=message):
         resolve(uri)

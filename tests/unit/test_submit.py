@@ -51,8 +51,13 @@ def test_a_cluster_is_this_machine_only_if_every_node_is():
 def test_a_relative_path_is_refused_for_another_address_before_anything_is_sent():
     client = RecordingClient()
     with pytest.raises(ConfigError, match=r"storage\.root is a relative path .* s3://"):
-        submit("train", config_path(), address="http://127.0.0.1:8265", on_this_machine=False,
-               client=client)
+        submit(
+            "train",
+            config_path(),
+            address="http://127.0.0.1:8265",
+            on_this_machine=False,
+            client=client,
+        )
     assert client.calls == []
 
 
@@ -60,8 +65,14 @@ def test_absolute_paths_and_uris_travel_to_another_address(tmp_path):
     client = RecordingClient()
     overrides = [f"storage.root={tmp_path}/lake", "tracking.uri=http://10.0.3.7:5000"]
     assert relative_keys(config_path(), overrides) == {}
-    sent = submit("tune", config_path(), overrides, address="http://10.0.3.7:8265",
-                  on_this_machine=False, client=client)
+    sent = submit(
+        "tune",
+        config_path(),
+        overrides,
+        address="http://10.0.3.7:8265",
+        on_this_machine=False,
+        client=client,
+    )
     (call,) = client.calls
     assert call["files"] == ["pipeline.yaml"]  # only the config travels
     assert call["pipeline"]["name"] == "churn"
@@ -75,11 +86,18 @@ def test_absolute_paths_and_uris_travel_to_another_address(tmp_path):
 
 
 def test_a_local_cluster_runs_this_interpreter_with_this_folder_as_the_base():
-    command = entrypoint("pipeline", local=True, overrides=["train.epochs=2"], resume=False,
-                         dataset_version=None)
+    command = entrypoint(
+        "pipeline", local=True, overrides=["train.epochs=2"], resume=False, dataset_version=None
+    )
     assert command[:3] == [sys.executable, "-m", "rayops"]
-    assert command[3:] == ["run", "pipeline.yaml", "--base-dir", os.getcwd(), "--set",
-                           "train.epochs=2"]
+    assert command[3:] == [
+        "run",
+        "pipeline.yaml",
+        "--base-dir",
+        os.getcwd(),
+        "--set",
+        "train.epochs=2",
+    ]
     assert entrypoint("deploy", True, [], False, None)[3:5] == ["deploy", "pipeline.yaml"]
 
 

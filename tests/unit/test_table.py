@@ -25,15 +25,26 @@ class _Refusing:
         raise CommitFailedError(self.message)
 
 
-@pytest.mark.parametrize(("message", "kind"), [
-    ("Metadata changed since last commit", delta.CommitConflict),  # both created the table
-    ("Concurrent append failed", delta.CommitConflict),
-    ("Version 4 already exists", delta.CommitConflict),
-    ("Invalid JSON in log record", StorageError),
-])
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        ("Metadata changed since last commit", delta.CommitConflict),  # both created the table
+        ("Concurrent append failed", delta.CommitConflict),
+        ("Version 4 already exists", delta.CommitConflict),
+        ("Invalid JSON in log record", StorageError),
+    ],
+)
 def test_another_writer_first_is_a_conflict_anything_else_an_error(tmp_path, message, kind):
-    with pytest.raises(kind, match="after version 3" if kind is delta.CommitConflict else
-                       "cannot commit to"):
-        delta.commit(resolve(str(tmp_path)), _Refusing(message), [], mode="append",
-                     schema=pa.schema([("x", pa.int64())]), partition_by=[], metadata={},
-                     transaction=Transaction("rayops", 1))
+    with pytest.raises(
+        kind, match="after version 3" if kind is delta.CommitConflict else "cannot commit to"
+    ):
+        delta.commit(
+            resolve(str(tmp_path)),
+            _Refusing(message),
+            [],
+            mode="append",
+            schema=pa.schema([("x", pa.int64())]),
+            partition_by=[],
+            metadata={},
+            transaction=Transaction("rayops", 1),
+        )

@@ -10,29 +10,44 @@ from rayops.tune import search_space
 
 
 def _cfg(search: str):
-    return validate_config({
-        "name": "t",
-        "data": {"label": "y", "task": "classification",
-                 "columns": {"x": {"type": "numeric"}, "y": {"type": "categorical"}}},
-        "tune": {"search": search, "search_space": {
-            "model.hidden_sizes": {"type": "choice", "values": [[8], [16, 8]]}}},
-    })
+    return validate_config(
+        {
+            "name": "t",
+            "data": {
+                "label": "y",
+                "task": "classification",
+                "columns": {"x": {"type": "numeric"}, "y": {"type": "categorical"}},
+            },
+            "tune": {
+                "search": search,
+                "search_space": {
+                    "model.hidden_sizes": {"type": "choice", "values": [[8], [16, 8]]}
+                },
+            },
+        }
+    )
 
 
 def test_grid_search_enumerates_choices_and_random_samples_them():
     assert search_space(_cfg("grid"))["model.hidden_sizes"] == tune.grid_search([[8], [16, 8]])
-    assert isinstance(search_space(_cfg("random"))["model.hidden_sizes"], tune.search.sample
-                      .Categorical)
+    assert isinstance(
+        search_space(_cfg("random"))["model.hidden_sizes"], tune.search.sample.Categorical
+    )
 
 
 def test_learning_rate_warmup_then_cosine_and_step():
-    train = _cfg("random").with_overrides({"train.epochs": 10, "train.warmup_epochs": 2,
-                                           "train.lr_schedule": "cosine"}).train
+    train = (
+        _cfg("random")
+        .with_overrides(
+            {"train.epochs": 10, "train.warmup_epochs": 2, "train.lr_schedule": "cosine"}
+        )
+        .train
+    )
     factor = lr_multiplier(train)
     assert factor(0) == 0.1 and factor(1) == 0.55 and factor(2) == 1.0
     assert factor(9) < 0.05
     step = lr_multiplier(train.model_copy(update={"lr_schedule": "step", "warmup_epochs": 0}))
-    assert [step(e) for e in (0, 5, 8)] == [1.0, 0.1, 0.1 ** 2]
+    assert [step(e) for e in (0, 5, 8)] == [1.0, 0.1, 0.1**2]
 
 
 def test_early_stopping_progress_counts_stale_epochs():
@@ -61,10 +76,16 @@ def test_plateau_schedule_halves_the_rate_when_the_metric_stalls_and_refuses_war
 
 
 def test_search_space_may_name_nested_settings_and_families():
-    cfg = _cfg("random").with_overrides({"tune.search_space": {
-        "model.family": {"type": "choice", "values": ["mlp", "xgboost"]},
-        "model.xgboost.max_depth": {"type": "randint", "low": 3, "high": 9}}})
+    cfg = _cfg("random").with_overrides(
+        {
+            "tune.search_space": {
+                "model.family": {"type": "choice", "values": ["mlp", "xgboost"]},
+                "model.xgboost.max_depth": {"type": "randint", "low": 3, "high": 9},
+            }
+        }
+    )
     assert set(search_space(cfg)) == {"model.family", "model.xgboost.max_depth"}
     with pytest.raises(ConfigError, match="model.xgboost.max_depth"):
-        _cfg("random").with_overrides({"tune.search_space": {
-            "model.xgboost.depth": {"type": "choice", "values": [3]}}})
+        _cfg("random").with_overrides(
+            {"tune.search_space": {"model.xgboost.depth": {"type": "choice", "values": [3]}}}
+        )

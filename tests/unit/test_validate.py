@@ -24,8 +24,15 @@ SPECS = {
     "note": ColumnSpec(type="text"),
     "label": ColumnSpec(type="categorical"),
 }
-GOOD = {"age": "30", "charges": "1.5", "plan": "a", "paperless": "yes",
-        "signup": "2024-03-05T10:30:00Z", "note": "hi", "label": "y"}
+GOOD = {
+    "age": "30",
+    "charges": "1.5",
+    "plan": "a",
+    "paperless": "yes",
+    "signup": "2024-03-05T10:30:00Z",
+    "note": "hi",
+    "label": "y",
+}
 
 
 def _row(**cols) -> dict:
@@ -41,19 +48,22 @@ def test_good_text_row_is_typed():
     assert row["plan"] == "a" and row["note"] == "hi"
 
 
-@pytest.mark.parametrize(("values", "reason"), [
-    ({"age": "abc"}, "age: not a finite number ('abc')"),
-    ({"age": "12"}, "age: below min 18.0 ('12')"),
-    ({"age": "200"}, "age: above max 110.0 ('200')"),
-    ({"age": "31.5"}, "age: not an integer ('31.5')"),
-    ({"age": ""}, "age: missing value (column is not nullable)"),
-    ({"charges": "inf"}, "charges: not a finite number ('inf')"),
-    ({"charges": "1,234.50"}, "charges: not a finite number ('1,234.50')"),
-    ({"plan": "z"}, "plan: unknown category ('z')"),
-    ({"paperless": "maybe"}, "paperless: not a boolean ('maybe')"),
-    ({"signup": "yesterday"}, "signup: not an ISO 8601 datetime ('yesterday')"),
-    ({"label": "N/A"}, "label: missing label (column is not nullable)"),
-])
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        ({"age": "abc"}, "age: not a finite number ('abc')"),
+        ({"age": "12"}, "age: below min 18.0 ('12')"),
+        ({"age": "200"}, "age: above max 110.0 ('200')"),
+        ({"age": "31.5"}, "age: not an integer ('31.5')"),
+        ({"age": ""}, "age: missing value (column is not nullable)"),
+        ({"charges": "inf"}, "charges: not a finite number ('inf')"),
+        ({"charges": "1,234.50"}, "charges: not a finite number ('1,234.50')"),
+        ({"plan": "z"}, "plan: unknown category ('z')"),
+        ({"paperless": "maybe"}, "paperless: not a boolean ('maybe')"),
+        ({"signup": "yesterday"}, "signup: not an ISO 8601 datetime ('yesterday')"),
+        ({"label": "N/A"}, "label: missing label (column is not nullable)"),
+    ],
+)
 def test_each_violation_names_column_and_value(values, reason):
     assert _row(**values)[ERROR] == reason
 
@@ -71,9 +81,17 @@ def test_nullable_values_become_null_not_errors():
 
 
 def test_typed_inputs_from_parquet_or_json():
-    table = pa.table({"age": [40, 17], "charges": [2.0, float("nan")], "plan": ["b", "a"],
-                      "paperless": [False, None], "signup": pa.array([None, None], pa.string()),
-                      "note": [1, 2], "label": ["n", "y"]})
+    table = pa.table(
+        {
+            "age": [40, 17],
+            "charges": [2.0, float("nan")],
+            "plan": ["b", "a"],
+            "paperless": [False, None],
+            "signup": pa.array([None, None], pa.string()),
+            "note": [1, 2],
+            "label": ["n", "y"],
+        }
+    )
     rows = validate_table(table, SPECS, "label").to_pylist()
     assert rows[0][ERROR] is None and rows[0]["paperless"] is False and rows[0]["note"] == "1"
     assert rows[1][ERROR] == "age: below min 18.0 ('17')"
@@ -117,19 +135,46 @@ def test_split_is_deterministic_order_free_and_near_fraction():
 def test_records_validate_as_their_dataframe_does():
     """The serving path skips the DataFrame; it must judge every record the same way."""
     records = [
-        {"age": 30, "charges": 1.5, "plan": "a", "paperless": True, "signup": "2024-03-05",
-         "note": "hi", "label": "y"},
-        {"age": 31.0, "charges": 2, "plan": "c", "paperless": None, "signup": None,
-         "note": None, "label": "n"},                      # int/float mixes, unknown plan
-        {"age": "abc", "charges": -1.0, "plan": None, "paperless": "yes",
-         "signup": "soon", "note": 5, "label": "y"},       # text in numbers, below min
-        {"charges": 3.0, "plan": "b", "label": "y"},       # keys missing: age not nullable
-        {"age": 200, "charges": None, "plan": "b", "paperless": False,
-         "signup": "2024-01-01T00:00:00Z", "note": "x", "label": None},
+        {
+            "age": 30,
+            "charges": 1.5,
+            "plan": "a",
+            "paperless": True,
+            "signup": "2024-03-05",
+            "note": "hi",
+            "label": "y",
+        },
+        {
+            "age": 31.0,
+            "charges": 2,
+            "plan": "c",
+            "paperless": None,
+            "signup": None,
+            "note": None,
+            "label": "n",
+        },  # int/float mixes, unknown plan
+        {
+            "age": "abc",
+            "charges": -1.0,
+            "plan": None,
+            "paperless": "yes",
+            "signup": "soon",
+            "note": 5,
+            "label": "y",
+        },  # text in numbers, below min
+        {"charges": 3.0, "plan": "b", "label": "y"},  # keys missing: age not nullable
+        {
+            "age": 200,
+            "charges": None,
+            "plan": "b",
+            "paperless": False,
+            "signup": "2024-01-01T00:00:00Z",
+            "note": "x",
+            "label": None,
+        },
     ]
     direct = validate_records(records, SPECS, "label")
-    framed = validate_frame(pd.DataFrame.from_records(records, columns=list(SPECS)), SPECS,
-                            "label")
+    framed = validate_frame(pd.DataFrame.from_records(records, columns=list(SPECS)), SPECS, "label")
     assert direct.column(ERROR).to_pylist() == framed.column(ERROR).to_pylist()
     for name in SPECS:
         assert direct.column(name).to_pylist() == framed.column(name).to_pylist(), name
@@ -141,15 +186,28 @@ def test_integers_beyond_64_bits_are_refused_by_name_not_an_overflow():
     when served), never an OverflowError that fails the whole batch."""
     specs = {"calls": ColumnSpec(type="integer"), "amount": ColumnSpec(type="numeric")}
     huge = int("9" * 400)
-    table = validate_table(pa.Table.from_pylist([
-        {"calls": str(huge), "amount": "1"}, {"calls": str(2**53 + 2), "amount": "1"},
-        {"calls": str(-(2**53)), "amount": "9" * 400}, {"calls": "-5", "amount": "2"}]),
-        specs, None)
+    table = validate_table(
+        pa.Table.from_pylist(
+            [
+                {"calls": str(huge), "amount": "1"},
+                {"calls": str(2**53 + 2), "amount": "1"},
+                {"calls": str(-(2**53)), "amount": "9" * 400},
+                {"calls": "-5", "amount": "2"},
+            ]
+        ),
+        specs,
+        None,
+    )
     assert [e and e.split(" (")[0] for e in table.column(ERROR).to_pylist()] == [
-        "calls: not a finite number", "calls: beyond +-9007199254740992",
-        "amount: not a finite number", None]
-    records = validate_records([{"calls": huge, "amount": 1.0}, {"calls": 3, "amount": 2.0},
-                                {"calls": 1, "amount": huge}], specs)
+        "calls: not a finite number",
+        "calls: beyond +-9007199254740992",
+        "amount: not a finite number",
+        None,
+    ]
+    records = validate_records(
+        [{"calls": huge, "amount": 1.0}, {"calls": 3, "amount": 2.0}, {"calls": 1, "amount": huge}],
+        specs,
+    )
     assert records.column("calls").to_pylist()[1] == 3
     errors = records.column(ERROR).to_pylist()
     assert errors[0].startswith("calls: not a finite number") and errors[1] is None

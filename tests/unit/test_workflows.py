@@ -23,8 +23,7 @@ def _load(path: Path) -> dict:
 
 
 def _runs(flow: dict) -> list[str]:
-    return [step["run"] for job in flow["jobs"].values() for step in job["steps"]
-            if "run" in step]
+    return [step["run"] for job in flow["jobs"].values() for step in job["steps"] if "run" in step]
 
 
 def test_a_pull_request_lints_tests_trains_checks_and_reports():
@@ -37,8 +36,7 @@ def test_a_pull_request_lints_tests_trains_checks_and_reports():
     assert "rayops demo --rows" in runs and "rayops submit pipeline" in runs
     assert "rayops check jobs/configs/churn.yaml --junit reports/checks.xml" in runs
     assert "gh pr comment" in runs
-    uploads = [s for s in check["steps"] if s.get("uses", "").startswith(
-        "actions/upload-artifact")]
+    uploads = [s for s in check["steps"] if s.get("uses", "").startswith("actions/upload-artifact")]
     assert uploads and uploads[0]["if"] == "always()"
 
 
@@ -66,6 +64,7 @@ def test_every_command_a_workflow_runs_exists(path):
 
 @pytest.mark.skipif(shutil.which("actionlint") is None, reason="actionlint not installed")
 def test_actionlint_finds_nothing():
-    done = subprocess.run(["actionlint", *map(str, WORKFLOWS)], capture_output=True,
-                          text=True, cwd=ROOT)
+    done = subprocess.run(
+        ["actionlint", *map(str, WORKFLOWS)], capture_output=True, text=True, cwd=ROOT
+    )
     assert done.returncode == 0, done.stdout + done.stderr

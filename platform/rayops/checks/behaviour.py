@@ -20,8 +20,9 @@ from rayops.predict import Predictor
 
 
 def _classes(predictor: Predictor) -> list[str] | None:
-    return list(predictor.preprocessor.classes) if predictor.preprocessor.rules.probabilities \
-        else None
+    return (
+        list(predictor.preprocessor.classes) if predictor.preprocessor.rules.probabilities else None
+    )
 
 
 def outputs(predictor: Predictor, frame: pd.DataFrame) -> np.ndarray:
@@ -55,26 +56,33 @@ def minimum(predictor: Predictor, check: MinimumCheck, examples: int) -> CheckRe
         return broken("minimum", check.name, exc)
     wrong = []
     for i, (record, answer) in enumerate(zip(check.records, answers, strict=True)):
-        got = answer["prediction"] if check.of_class is None else \
-            answer["probabilities"].get(check.of_class)
-        bad = (check.expect_class is not None and str(answer["prediction"]) !=
-               check.expect_class)
+        got = (
+            answer["prediction"]
+            if check.of_class is None
+            else answer["probabilities"].get(check.of_class)
+        )
+        bad = check.expect_class is not None and str(answer["prediction"]) != check.expect_class
         if check.expect_min is not None or check.expect_max is not None:
             value = float(got)
-            bad = bad or (check.expect_min is not None and value < check.expect_min) or \
-                (check.expect_max is not None and value > check.expect_max)
+            bad = (
+                bad
+                or (check.expect_min is not None and value < check.expect_min)
+                or (check.expect_max is not None and value > check.expect_max)
+            )
         if bad:
             wrong.append({"record": i, **record, "got": got})
-    expected = (f"class {check.expect_class!r}" if check.expect_class is not None else
-                f"{check.of_class or 'a prediction'} in [{check.expect_min}, "
-                f"{check.expect_max}]")
-    detail = (f"{len(check.records) - len(wrong)} of {len(check.records)} record(s) got "
-              f"{expected}")
+    expected = (
+        f"class {check.expect_class!r}"
+        if check.expect_class is not None
+        else f"{check.of_class or 'a prediction'} in [{check.expect_min}, {check.expect_max}]"
+    )
+    detail = f"{len(check.records) - len(wrong)} of {len(check.records)} record(s) got {expected}"
     return CheckResult("minimum", check.name, not wrong, detail, wrong[:examples])
 
 
-def perturbed(frame: pd.DataFrame, check: InvarianceCheck, rng: np.random.Generator
-              ) -> pd.DataFrame:
+def perturbed(
+    frame: pd.DataFrame, check: InvarianceCheck, rng: np.random.Generator
+) -> pd.DataFrame:
     """``frame`` with the check's columns perturbed."""
     out = frame.copy()
     for column in check.columns:
@@ -92,8 +100,13 @@ def perturbed(frame: pd.DataFrame, check: InvarianceCheck, rng: np.random.Genera
     return out
 
 
-def invariance(predictor: Predictor, check: InvarianceCheck, frame: pd.DataFrame,
-               rng: np.random.Generator, examples: int) -> CheckResult:
+def invariance(
+    predictor: Predictor,
+    check: InvarianceCheck,
+    frame: pd.DataFrame,
+    rng: np.random.Generator,
+    examples: int,
+) -> CheckResult:
     """No prediction may move by more than the tolerance (beyond ``max_share`` of them)."""
     try:
         changed = perturbed(frame, check, rng)
@@ -103,19 +116,29 @@ def invariance(predictor: Predictor, check: InvarianceCheck, frame: pd.DataFrame
     return invariance_result(check, moved, changed, examples)
 
 
-def invariance_result(check: InvarianceCheck, moved: np.ndarray, changed: pd.DataFrame,
-                      examples: int, unit: str = "record") -> CheckResult:
+def invariance_result(
+    check: InvarianceCheck,
+    moved: np.ndarray,
+    changed: pd.DataFrame,
+    examples: int,
+    unit: str = "record",
+) -> CheckResult:
     """The verdict on how far each answer moved (``changed``: the perturbed records, one
     per answer)."""
     beyond = moved > check.tolerance
     share = float(beyond.mean()) if len(moved) else 0.0
-    worst = np.argsort(-moved)[:examples] if beyond.any() else []
-    shown = [{**_record(changed, int(i), check.columns), "moved": round(float(moved[i]), 4)}
-             for i in worst if beyond[i]]
-    detail = (f"{int(beyond.sum())} of {len(moved)} {unit}(s) moved more than "
-              f"{check.tolerance:g} when {check.perturb} {', '.join(check.columns)} "
-              f"(largest {float(moved.max()) if len(moved) else 0.0:.4f}; at most "
-              f"{check.max_share:.0%} may)")
+    worst: Any = np.argsort(-moved)[:examples] if beyond.any() else []
+    shown = [
+        {**_record(changed, int(i), check.columns), "moved": round(float(moved[i]), 4)}
+        for i in worst
+        if beyond[i]
+    ]
+    detail = (
+        f"{int(beyond.sum())} of {len(moved)} {unit}(s) moved more than "
+        f"{check.tolerance:g} when {check.perturb} {', '.join(check.columns)} "
+        f"(largest {float(moved.max()) if len(moved) else 0.0:.4f}; at most "
+        f"{check.max_share:.0%} may)"
+    )
     return CheckResult("invariance", check.name, share <= check.max_share, detail, shown)
 
 
@@ -137,54 +160,77 @@ def changed_values(values: pd.Series, check: DirectionalCheck) -> list[Any] | pd
     if change.set is not None:
         return [change.set] * len(values)
     numbers = pd.to_numeric(values, errors="coerce")
-    out = numbers + change.add if change.add is not None else \
-        numbers * float(change.multiply)  # type: ignore[arg-type]
+    out = numbers + change.add if change.add is not None else numbers * float(change.multiply)  # type: ignore[arg-type]
     known = numbers.dropna()
     if pd.api.types.is_integer_dtype(values.dtype) or (
-            len(known) and all(float(v).is_integer() for v in known)):
+        len(known) and all(float(v).is_integer() for v in known)
+    ):
         out = out.round().astype("int64" if out.notna().all() else "Int64")
     return out
 
 
-def directional(predictor: Predictor, check: DirectionalCheck, frame: pd.DataFrame,
-                examples: int) -> CheckResult:
+def directional(
+    predictor: Predictor, check: DirectionalCheck, frame: pd.DataFrame, examples: int
+) -> CheckResult:
     """The mean must move the expected way, and at least ``min_share`` of the records
     must not move the other way by more than the tolerance."""
     if _classes(predictor) is not None and (
-            check.of_class is None or check.of_class not in _classes(predictor)):  # type: ignore[operator]
-        return CheckResult("directional", check.name, False,
-                           f"of_class {check.of_class!r} is not a class of the model "
-                           f"({', '.join(_classes(predictor) or [])})")
+        check.of_class is None or check.of_class not in _classes(predictor)  # type: ignore[operator]
+    ):
+        return CheckResult(
+            "directional",
+            check.name,
+            False,
+            f"of_class {check.of_class!r} is not a class of the model "
+            f"({', '.join(_classes(predictor) or [])})",
+        )
     after = changed(frame, check)
     if after.empty:
-        return CheckResult("directional", check.name, False,
-                           f"no record has a {check.column} the change moves")
+        return CheckResult(
+            "directional", check.name, False, f"no record has a {check.column} the change moves"
+        )
     before = frame.loc[after.index]
     try:
-        delta = _of(predictor, outputs(predictor, after), check.of_class) - \
-            _of(predictor, outputs(predictor, before), check.of_class)
+        delta = _of(predictor, outputs(predictor, after), check.of_class) - _of(
+            predictor, outputs(predictor, before), check.of_class
+        )
     except (DataError, PredictionError, ValueError) as exc:
         return broken("directional", check.name, exc)
     what = f"P({check.of_class})" if check.of_class else "the prediction"
     return directional_result(check, delta, before, after, what, examples)
 
 
-def directional_result(check: DirectionalCheck, delta: np.ndarray, before: pd.DataFrame,
-                       after: pd.DataFrame, what: str, examples: int,
-                       unit: str = "record") -> CheckResult:
+def directional_result(
+    check: DirectionalCheck,
+    delta: np.ndarray,
+    before: pd.DataFrame,
+    after: pd.DataFrame,
+    what: str,
+    examples: int,
+    unit: str = "record",
+) -> CheckResult:
     """The verdict on how each answer moved (``before``/``after``: one record per answer)."""
     sign = 1.0 if check.expect == "up" else -1.0
     against = sign * delta < -check.tolerance
     share = 1.0 - float(against.mean())
     mean = float(delta.mean())
-    detail = (f"{what} moved by {mean:+.4f} on average (expected {check.expect}); "
-              f"{share:.0%} of {len(delta)} {unit}(s) did not move the other way "
-              f"(needs {check.min_share:.0%})")
-    shown = [{**_record(before, i, [check.column]), "changed_to":
-              plain(after.iloc[i][check.column]), "moved": round(float(delta[i]), 4)}
-             for i in np.argsort(sign * delta)[:examples] if against[i]]
-    return CheckResult("directional", check.name, sign * mean > 0 and share >= check.min_share,
-                       detail, shown)
+    detail = (
+        f"{what} moved by {mean:+.4f} on average (expected {check.expect}); "
+        f"{share:.0%} of {len(delta)} {unit}(s) did not move the other way "
+        f"(needs {check.min_share:.0%})"
+    )
+    shown = [
+        {
+            **_record(before, i, [check.column]),
+            "changed_to": plain(after.iloc[i][check.column]),
+            "moved": round(float(delta[i]), 4),
+        }
+        for i in np.argsort(sign * delta)[:examples]
+        if against[i]
+    ]
+    return CheckResult(
+        "directional", check.name, sign * mean > 0 and share >= check.min_share, detail, shown
+    )
 
 
 def _record(frame: pd.DataFrame, i: int, first: list[str]) -> dict[str, Any]:

@@ -44,8 +44,9 @@ class CheckReport:
         failed = self.failed
         if not failed:
             return f"all {len(self.results)} check(s) passed"
-        return (f"{len(failed)} of {len(self.results)} check(s) failed: "
-                + "; ".join(f"{r.title} ({r.detail})" for r in failed))
+        return f"{len(failed)} of {len(self.results)} check(s) failed: " + "; ".join(
+            f"{r.title} ({r.detail})" for r in failed
+        )
 
     def lines(self) -> list[str]:
         """The console's: one line per check, then the failing examples indented."""
@@ -60,30 +61,54 @@ class CheckReport:
         """JUnit XML: a test suite of one test case per check (failures with examples)."""
         cases = []
         for r in self.results:
-            body = "" if r.passed else (
-                f"<failure message={quoteattr(r.detail)}>"
-                + escape("\n".join([r.detail, *(_short(e) for e in r.examples)]))
-                + "</failure>")
-            cases.append(f'  <testcase classname={quoteattr("rayops.checks." + r.kind)} '
-                         f'name={quoteattr(r.name)} time="0">{body}</testcase>')
-        return ('<?xml version="1.0" encoding="UTF-8"?>\n'
-                f'<testsuite name={quoteattr("rayops check " + self.model)} '
-                f'tests="{len(self.results)}" failures="{len(self.failed)}" errors="0">\n'
-                + "\n".join(cases) + "\n</testsuite>\n")
+            body = (
+                ""
+                if r.passed
+                else (
+                    f"<failure message={quoteattr(r.detail)}>"
+                    + escape("\n".join([r.detail, *(_short(e) for e in r.examples)]))
+                    + "</failure>"
+                )
+            )
+            cases.append(
+                f"  <testcase classname={quoteattr('rayops.checks.' + r.kind)} "
+                f'name={quoteattr(r.name)} time="0">{body}</testcase>'
+            )
+        return (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            f"<testsuite name={quoteattr('rayops check ' + self.model)} "
+            f'tests="{len(self.results)}" failures="{len(self.failed)}" errors="0">\n'
+            + "\n".join(cases)
+            + "\n</testsuite>\n"
+        )
 
     def markdown(self) -> str:
         """A report for a pull request: a table of the checks, then each failure's
         examples."""
         head = "passed" if self.passed else "**failed**"
-        out = [f"### rayops check: {self.model} on {self.dataset}: {head}", "",
-               f"{self.summary()}", "", "| | check | result |", "| --- | --- | --- |"]
-        out += [f"| {'✅' if r.passed else '❌'} | {r.title} | {_cell(r.detail)} |"
-                for r in self.results]
+        out = [
+            f"### rayops check: {self.model} on {self.dataset}: {head}",
+            "",
+            f"{self.summary()}",
+            "",
+            "| | check | result |",
+            "| --- | --- | --- |",
+        ]
+        out += [
+            f"| {'✅' if r.passed else '❌'} | {r.title} | {_cell(r.detail)} |"
+            for r in self.results
+        ]
         for r in self.failed:
             if r.examples:
-                out += ["", f"<details><summary>{escape(r.title)}: examples</summary>", "",
-                        "```json", *(json.dumps(e, default=str) for e in r.examples),
-                        "```", "</details>"]
+                out += [
+                    "",
+                    f"<details><summary>{escape(r.title)}: examples</summary>",
+                    "",
+                    "```json",
+                    *(json.dumps(e, default=str) for e in r.examples),
+                    "```",
+                    "</details>",
+                ]
         return "\n".join(out) + "\n"
 
 

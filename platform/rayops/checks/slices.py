@@ -27,14 +27,20 @@ def slices(rows: pa.Table, check: SliceCheck) -> Iterator[tuple[str, pa.Table]]:
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
         values = column.to_numpy(zero_copy_only=False).astype(float)
         known = values[~np.isnan(values)]
-        edges = np.unique(np.quantile(known, np.linspace(0, 1, check.bins + 1))) \
-            if known.size else np.array([])
+        edges = (
+            np.unique(np.quantile(known, np.linspace(0, 1, check.bins + 1)))
+            if known.size
+            else np.array([])
+        )
         for i in range(len(edges) - 1):
             last = i == len(edges) - 2
-            inside = (values >= edges[i]) & ((values <= edges[i + 1]) if last else
-                                             (values < edges[i + 1]))
-            yield (f"[{edges[i]:g}, {edges[i + 1]:g}{']' if last else ')'}",
-                   rows.filter(pa.array(inside)))
+            inside = (values >= edges[i]) & (
+                (values <= edges[i + 1]) if last else (values < edges[i + 1])
+            )
+            yield (
+                f"[{edges[i]:g}, {edges[i + 1]:g}{']' if last else ')'}",
+                rows.filter(pa.array(inside)),
+            )
         nulls = np.isnan(values)
     else:
         text = pc.cast(column, pa.string())
@@ -45,8 +51,15 @@ def slices(rows: pa.Table, check: SliceCheck) -> Iterator[tuple[str, pa.Table]]:
         yield NULL, rows.filter(pa.array(nulls))
 
 
-def slice_check(predictor: Predictor, champion: Predictor | None, check: SliceCheck,
-                rows: pa.Table, metric: str, mode: str, examples: int) -> CheckResult:
+def slice_check(
+    predictor: Predictor,
+    champion: Predictor | None,
+    check: SliceCheck,
+    rows: pa.Table,
+    metric: str,
+    mode: str,
+    examples: int,
+) -> CheckResult:
     """Every slice judged against the floors (and the champion, when given)."""
     whole = score(predictor, rows).metrics[metric]
     worse = (lambda a, b: a < b) if mode == "max" else (lambda a, b: a > b)
@@ -54,8 +67,9 @@ def slice_check(predictor: Predictor, champion: Predictor | None, check: SliceCh
     if check.floor is not None:
         floors.append(check.floor)
     if check.relative_floor is not None:
-        floors.append(whole * check.relative_floor if mode == "max" else
-                      whole / check.relative_floor)
+        floors.append(
+            whole * check.relative_floor if mode == "max" else whole / check.relative_floor
+        )
     floor = (max(floors) if mode == "max" else min(floors)) if floors else None
     shown: list[str] = []
     failing: list[dict[str, Any]] = []
@@ -66,8 +80,11 @@ def slice_check(predictor: Predictor, champion: Predictor | None, check: SliceCh
         value = score(predictor, part).metrics[metric]
         why = []
         if floor is not None and worse(value, floor):
-            why.append(f"below the floor {floor:.4f}" if mode == "max" else
-                       f"above the ceiling {floor:.4f}")
+            why.append(
+                f"below the floor {floor:.4f}"
+                if mode == "max"
+                else f"above the ceiling {floor:.4f}"
+            )
         if champion is not None and check.max_regression is not None:
             theirs = score(champion, part).metrics[metric]
             loss = (theirs - value) if mode == "max" else (value - theirs)
@@ -75,12 +92,20 @@ def slice_check(predictor: Predictor, champion: Predictor | None, check: SliceCh
                 why.append(f"{loss:.4f} worse than the champion's {theirs:.4f}")
         shown.append(f"{name} {value:.4f}")
         if why:
-            failing.append({"slice": f"{check.column}={name}", "rows": part.num_rows,
-                            metric: round(value, 4), "why": "; ".join(why)})
-    detail = (f"whole {whole:.4f}"
-              + ("" if floor is None else f", {'floor' if mode == 'max' else 'ceiling'} "
-                                          f"{floor:.4f}")
-              + f"; {', '.join(shown)}"
-              + (f"; failing: {', '.join(f['slice'] for f in failing)}" if failing else ""))
-    return CheckResult("slices", f"{metric} by {check.column}", not failing, detail,
-                       failing[:examples])
+            failing.append(
+                {
+                    "slice": f"{check.column}={name}",
+                    "rows": part.num_rows,
+                    metric: round(value, 4),
+                    "why": "; ".join(why),
+                }
+            )
+    detail = (
+        f"whole {whole:.4f}"
+        + ("" if floor is None else f", {'floor' if mode == 'max' else 'ceiling'} {floor:.4f}")
+        + f"; {', '.join(shown)}"
+        + (f"; failing: {', '.join(f['slice'] for f in failing)}" if failing else "")
+    )
+    return CheckResult(
+        "slices", f"{metric} by {check.column}", not failing, detail, failing[:examples]
+    )

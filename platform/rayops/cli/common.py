@@ -13,9 +13,13 @@ import typer
 from rayops.config import PipelineConfig, load_config
 from rayops.runtime import Output, connect, setup_logging
 
-app = typer.Typer(help="rayops: raw files in object storage -> a model served by Ray Serve.",
-                  no_args_is_help=True, add_completion=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="rayops: raw files in object storage -> a model served by Ray Serve.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+)
+
 
 def _version(shown: bool) -> None:
     if shown:
@@ -26,35 +30,56 @@ def _version(shown: bool) -> None:
 
 
 @app.callback()
-def _options(version: Annotated[bool, typer.Option(
-        "--version", callback=_version, is_eager=True,
-        help="Print rayops' version and exit.")] = False) -> None:
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print rayops' version and exit."
+        ),
+    ] = False,
+) -> None:
     """rayops: raw files in object storage -> a model served by Ray Serve."""
 
 
 ConfigArg = Annotated[Path, typer.Argument(help="Pipeline config YAML.", exists=False)]
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="Override a config key, e.g. --set train.epochs=3 (repeatable).")]
-BaseDirOpt = Annotated[Path | None, typer.Option(
-    help="Resolve the config's relative paths against this folder instead of the working "
-    "directory (a Ray job runs in a copy of its working dir: --base-dir \"$PWD\").")]
-VerboseOpt = Annotated[bool, typer.Option(
-    "--verbose", "-v", help="Show Ray's and MLflow's own messages here instead of in a log "
-    "file.")]
-ResumeOpt = Annotated[bool, typer.Option(
-    help="Continue the last run of this pipeline whose driver died.")]
-DatasetVersionOpt = Annotated[int | None, typer.Option(
-    min=1, help="Curated dataset version (a Delta table version) to train on; default: "
-    "the latest.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key, e.g. --set train.epochs=3 (repeatable)."),
+]
+BaseDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Resolve the config's relative paths against this folder instead of the working "
+        'directory (a Ray job runs in a copy of its working dir: --base-dir "$PWD").'
+    ),
+]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        "-v",
+        help="Show Ray's and MLflow's own messages here instead of in a log file.",
+    ),
+]
+ResumeOpt = Annotated[
+    bool, typer.Option(help="Continue the last run of this pipeline whose driver died.")
+]
+DatasetVersionOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Curated dataset version (a Delta table version) to train on; default: the latest.",
+    ),
+]
 
 
-def load(config: Path, overrides: list[str] | None, base_dir: Path | None = None
-         ) -> PipelineConfig:
+def load(config: Path, overrides: list[str] | None, base_dir: Path | None = None) -> PipelineConfig:
     return load_config(config, overrides or [], base_dir=base_dir)
 
 
-def start(config: Path, overrides: list[str] | None, base_dir: Path | None, verbose: bool
-          ) -> tuple[PipelineConfig, Output]:
+def start(
+    config: Path, overrides: list[str] | None, base_dir: Path | None, verbose: bool
+) -> tuple[PipelineConfig, Output]:
     """Logging, the config, then Ray and the services it names: what a command that
     runs a stage does first."""
     output = setup_logging(verbose)

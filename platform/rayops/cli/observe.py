@@ -18,11 +18,13 @@ FormatOpt = Annotated[str, typer.Option("--format", help="csv, json (lines) or p
 def predict(
     file: Annotated[Path, typer.Argument(help="Records: .csv, .jsonl or a .json array.")],
     url: Annotated[str, typer.Option(help="Base URL of the API, e.g. http://127.0.0.1:8000")],
-    output: Annotated[Path | None, typer.Option(help="Write JSON lines here (default: stdout).")
-                      ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write JSON lines here (default: stdout).")
+    ] = None,
     chunk: Annotated[int, typer.Option(min=1, help="Records per request.")] = 500,
-    token_env: Annotated[str | None, typer.Option(
-        help="Environment variable holding the bearer token.")] = None,
+    token_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the bearer token.")
+    ] = None,
 ) -> None:
     """Send a file of records to a running deployment and print or write the predictions."""
     from rayops.serve.client import predict_file
@@ -40,9 +42,14 @@ def predict(
 def quarantine(
     config: ConfigArg,
     overrides: SetOpt = None,
-    version: Annotated[int | None, typer.Option(
-        "--dataset-version", "--version", min=1,
-        help="Curated dataset version (default: latest); --version is its old name.")
+    version: Annotated[
+        int | None,
+        typer.Option(
+            "--dataset-version",
+            "--version",
+            min=1,
+            help="Curated dataset version (default: latest); --version is its old name.",
+        ),
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="Rows to show.")] = 20,
     base_dir: BaseDirOpt = None,
@@ -53,31 +60,41 @@ def quarantine(
     setup_logging(verbose=False)
     chosen = load_version(load(config, overrides, base_dir), version)
     rows = chosen.quarantine(limit)
-    typer.echo(f"{chosen.id}: {chosen.manifest.rows.quarantine} quarantined row(s), "
-               f"{len(chosen.manifest.unreadable)} unreadable file(s) "
-               f"(table {chosen.root.join('quarantine').uri})")
+    typer.echo(
+        f"{chosen.id}: {chosen.manifest.rows.quarantine} quarantined row(s), "
+        f"{len(chosen.manifest.unreadable)} unreadable file(s) "
+        f"(table {chosen.root.join('quarantine').uri})"
+    )
     for row in rows.to_pylist():
-        typer.echo(f"{row['source_file']}:{row['line'] or '-'}  {row['reason']}  "
-                   f"{row['raw'] or ''}")
+        typer.echo(
+            f"{row['source_file']}:{row['line'] or '-'}  {row['reason']}  {row['raw'] or ''}"
+        )
 
 
 @app.command()
 def monitor(
     config: ConfigArg,
-    records: Annotated[Path | None, typer.Option(
-        help="Records to judge: a CSV, JSON Lines or Parquet file of feature columns (and "
-        "optionally a 'prediction' column). Default: the prediction log's last window.")
+    records: Annotated[
+        Path | None,
+        typer.Option(
+            help="Records to judge: a CSV, JSON Lines or Parquet file of feature columns (and "
+            "optionally a 'prediction' column). Default: the prediction log's last window."
+        ),
     ] = None,
-    window_hours: Annotated[float, typer.Option(
-        min=0.01, help="The prediction log's window, in hours.")] = 24.0,
+    window_hours: Annotated[
+        float, typer.Option(min=0.01, help="The prediction log's window, in hours.")
+    ] = 24.0,
     fmt: FormatOpt = "csv",
     overrides: SetOpt = None,
-    alias: Annotated[str, typer.Option(help="The model whose training data is the "
-                                            "reference.")] = "champion",
-    output: Annotated[Path | None, typer.Option(help="Also write drift_report.json and "
-                                                     ".html here.")] = None,
-    fail_on_drift: Annotated[bool, typer.Option(help="Exit with status 3 when the window "
-                                                     "has drifted (for schedulers).")] = False,
+    alias: Annotated[
+        str, typer.Option(help="The model whose training data is the reference.")
+    ] = "champion",
+    output: Annotated[
+        Path | None, typer.Option(help="Also write drift_report.json and .html here.")
+    ] = None,
+    fail_on_drift: Annotated[
+        bool, typer.Option(help="Exit with status 3 when the window has drifted (for schedulers).")
+    ] = False,
     base_dir: BaseDirOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -93,8 +110,7 @@ def monitor(
 
     setup_logging(verbose)
     cfg = load(config, overrides, base_dir)
-    window = (read_window(cfg, window_hours) if records is None
-              else read_records(records, fmt))
+    window = read_window(cfg, window_hours) if records is None else read_records(records, fmt)
     result = monitor_records(cfg, window, alias)
     for line in table_lines(result):
         typer.echo(line)
@@ -109,13 +125,21 @@ def monitor(
 @app.command()
 def feedback(
     config: ConfigArg,
-    labels: Annotated[Path, typer.Argument(help="True labels: a CSV, JSON Lines or Parquet "
-                                                "file with request_id, label and optionally "
-                                                "record_index.")],
+    labels: Annotated[
+        Path,
+        typer.Argument(
+            help="True labels: a CSV, JSON Lines or Parquet "
+            "file with request_id, label and optionally "
+            "record_index."
+        ),
+    ],
     fmt: FormatOpt = "csv",
     overrides: SetOpt = None,
-    window_hours: Annotated[float | None, typer.Option(
-        help="Live metrics over the records served in this many hours (default: all).")
+    window_hours: Annotated[
+        float | None,
+        typer.Option(
+            help="Live metrics over the records served in this many hours (default: all)."
+        ),
     ] = None,
     base_dir: BaseDirOpt = None,
     verbose: VerboseOpt = False,
@@ -147,8 +171,9 @@ def schema_infer(
     root: Annotated[str, typer.Option(help="storage.root of the proposed config.")] = "./lake",
     endpoint_url: Annotated[str | None, typer.Option(help="S3-compatible endpoint.")] = None,
     sample_rows: Annotated[int, typer.Option(min=10, help="Rows to look at.")] = 10_000,
-    output: Annotated[Path | None, typer.Option(help="Write the YAML here (default: stdout).")
-                      ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write the YAML here (default: stdout).")
+    ] = None,
 ) -> None:
     """Propose a pipeline config with a schema contract inferred from a sample."""
     import yaml

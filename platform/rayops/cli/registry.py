@@ -11,19 +11,21 @@ from rayops.cli.common import BaseDirOpt, app, load
 from rayops.config import TrackingConfig
 from rayops.runtime import setup_logging
 
-StoreConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", help="Pipeline config (its MLflow store).")]
+StoreConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="Pipeline config (its MLflow store).")
+]
 TrackingUriOpt = Annotated[str | None, typer.Option(help="MLflow tracking URI.")]
 
 
-def _tracking(config: Path | None, tracking_uri: str | None, base_dir: Path | None
-              ) -> TrackingConfig:
+def _tracking(
+    config: Path | None, tracking_uri: str | None, base_dir: Path | None
+) -> TrackingConfig:
     setup_logging(verbose=False)
     if config is not None:
         return load(config, None, base_dir).tracking
     if tracking_uri is None:
         raise typer.BadParameter("give --config CONFIG or --tracking-uri URI")
-    return TrackingConfig(uri=tracking_uri)
+    return TrackingConfig.model_validate({"uri": tracking_uri})
 
 
 @app.command()
@@ -38,8 +40,7 @@ def promote(
     """Point the alias at a version; running deployments switch to it without downtime."""
     from rayops import tracking
 
-    previous = tracking.promote(_tracking(config, tracking_uri, base_dir), model, version,
-                                alias)
+    previous = tracking.promote(_tracking(config, tracking_uri, base_dir), model, version, alias)
     was = f" (was v{previous.version})" if previous else ""
     typer.echo(f"{model}@{alias} -> v{version}{was}")
 
@@ -74,16 +75,21 @@ def parse_model(spec: str | None, default_name: str) -> tuple[str, str | None, s
 @app.command()
 def check(
     config: Annotated[Path, typer.Argument(help="Pipeline config YAML (its checks: section).")],
-    model: Annotated[str | None, typer.Option(
-        help="NAME@ALIAS, NAME@VERSION, @ALIAS or VERSION (default: the newest registered "
-        "version of the config's model).")] = None,
-    dataset_version: Annotated[int | None, typer.Option(
-        min=1, help="Curated dataset version (default: latest).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="NAME@ALIAS, NAME@VERSION, @ALIAS or VERSION (default: the newest registered "
+            "version of the config's model)."
+        ),
+    ] = None,
+    dataset_version: Annotated[
+        int | None, typer.Option(min=1, help="Curated dataset version (default: latest).")
+    ] = None,
     junit: Annotated[Path | None, typer.Option(help="Write JUnit XML here.")] = None,
-    report: Annotated[Path | None, typer.Option(help="Write the Markdown report here.")
-                      ] = None,
-    overrides: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override a config key (repeatable).")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the Markdown report here.")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key (repeatable).")
+    ] = None,
     base_dir: BaseDirOpt = None,
 ) -> None:
     """Run the config's declared checks on a registered model: one line per check, the
@@ -96,11 +102,15 @@ def check(
     setup_logging(verbose=False)
     cfg = load(config, overrides, base_dir)
     if not cfg.checks.declared:
-        raise typer.BadParameter(f"{config} declares no checks (a checks: section)",
-                                 param_hint="CONFIG")
+        raise typer.BadParameter(
+            f"{config} declares no checks (a checks: section)", param_hint="CONFIG"
+        )
     name, alias, version = parse_model(model, cfg.model_name)
-    chosen = tracking.resolve_alias(cfg.tracking, name, alias) if alias else \
-        tracking.registered_version(cfg.tracking, name, version)
+    chosen = (
+        tracking.resolve_alias(cfg.tracking, name, alias)
+        if alias
+        else tracking.registered_version(cfg.tracking, name, version)
+    )
     dataset = load_version(cfg, dataset_version)
     found = check_model(cfg, chosen, dataset)
     for wanted, text in ((junit, found.junit), (report, found.markdown)):

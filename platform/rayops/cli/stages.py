@@ -43,10 +43,14 @@ def validate(config: ConfigArg, overrides: SetOpt = None, base_dir: BaseDirOpt =
 def ingest(
     config: ConfigArg,
     overrides: SetOpt = None,
-    watch: Annotated[bool, typer.Option(
-        help="Keep polling the source for new files (or a topic's new messages).")] = False,
-    interval: Annotated[float | None, typer.Option(
-        min=1.0, help="Seconds between polls [default: data.watch_interval_s].")] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(help="Keep polling the source for new files (or a topic's new messages)."),
+    ] = False,
+    interval: Annotated[
+        float | None,
+        typer.Option(min=1.0, help="Seconds between polls [default: data.watch_interval_s]."),
+    ] = None,
     base_dir: BaseDirOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -56,11 +60,15 @@ def ingest(
     cfg, output = start(config, overrides, base_dir, verbose)
 
     def show(version: Any) -> None:
-        echo_json(f"dataset {version.id} ({version.uri})",
-                  {"rows": version.manifest.rows.model_dump(),
-                   "quarantine_reasons": version.manifest.quarantine_reasons,
-                   "unreadable": version.manifest.unreadable,
-                   "failed_this_ingest": version.manifest.ingest.failed})
+        echo_json(
+            f"dataset {version.id} ({version.uri})",
+            {
+                "rows": version.manifest.rows.model_dump(),
+                "quarantine_reasons": version.manifest.quarantine_reasons,
+                "unreadable": version.manifest.unreadable,
+                "failed_this_ingest": version.manifest.ingest.failed,
+            },
+        )
 
     if not watch:
         show(data_ingest.ingest(cfg))
@@ -72,46 +80,86 @@ def ingest(
         data_ingest.watch(cfg, every, on_version=show)
 
 
-def _train(config: Path, overrides: list[str] | None, base_dir: Path | None, verbose: bool,
-           sweep: bool, resume: bool, dataset_version: int | None) -> None:
+def _train(
+    config: Path,
+    overrides: list[str] | None,
+    base_dir: Path | None,
+    verbose: bool,
+    sweep: bool,
+    resume: bool,
+    dataset_version: int | None,
+) -> None:
     from rayops.pipeline import train_and_register
 
     cfg, output = start(config, overrides, base_dir, verbose)
     submitted_as = os.environ.get(SUBMITTED_AS_ENV)
     say_how_to_resume_when_stopped(shlex.split(submitted_as) if submitted_as else None)
-    typer.echo(train_and_register(cfg, sweep=sweep, resume=resume,
-                                  dataset_version=dataset_version).summary())
+    typer.echo(
+        train_and_register(
+            cfg, sweep=sweep, resume=resume, dataset_version=dataset_version
+        ).summary()
+    )
     logs_line(output)
 
 
 @app.command()
-def train(config: ConfigArg, overrides: SetOpt = None, resume: ResumeOpt = False,
-          dataset_version: DatasetVersionOpt = None, base_dir: BaseDirOpt = None,
-          verbose: VerboseOpt = False) -> None:
+def train(
+    config: ConfigArg,
+    overrides: SetOpt = None,
+    resume: ResumeOpt = False,
+    dataset_version: DatasetVersionOpt = None,
+    base_dir: BaseDirOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
     """Train on the latest dataset version (or --dataset-version N); the model becomes
     challenger, and champion if it beats the current one on the same validation data."""
-    _train(config, overrides, base_dir, verbose, sweep=False, resume=resume,
-           dataset_version=dataset_version)
+    _train(
+        config,
+        overrides,
+        base_dir,
+        verbose,
+        sweep=False,
+        resume=resume,
+        dataset_version=dataset_version,
+    )
 
 
 @app.command()
-def tune(config: ConfigArg, overrides: SetOpt = None, resume: ResumeOpt = False,
-         dataset_version: DatasetVersionOpt = None, base_dir: BaseDirOpt = None,
-         verbose: VerboseOpt = False) -> None:
+def tune(
+    config: ConfigArg,
+    overrides: SetOpt = None,
+    resume: ResumeOpt = False,
+    dataset_version: DatasetVersionOpt = None,
+    base_dir: BaseDirOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
     """Sweep hyperparameters; the best model is gated against the champion like `train`."""
-    _train(config, overrides, base_dir, verbose, sweep=True, resume=resume,
-           dataset_version=dataset_version)
+    _train(
+        config,
+        overrides,
+        base_dir,
+        verbose,
+        sweep=True,
+        resume=resume,
+        dataset_version=dataset_version,
+    )
 
 
 @app.command()
 def deploy(
     config: ConfigArg,
     overrides: SetOpt = None,
-    block: Annotated[bool | None, typer.Option(
-        help="Keep serving until Ctrl-C (default: yes, except in a Ray job, whose Serve "
-        "application outlives it).")] = None,
-    emit: Annotated[Path | None, typer.Option(
-        help="Write a Serve config file (for `serve deploy`/`serve run`) instead.")] = None,
+    block: Annotated[
+        bool | None,
+        typer.Option(
+            help="Keep serving until Ctrl-C (default: yes, except in a Ray job, whose Serve "
+            "application outlives it)."
+        ),
+    ] = None,
+    emit: Annotated[
+        Path | None,
+        typer.Option(help="Write a Serve config file (for `serve deploy`/`serve run`) instead."),
+    ] = None,
     base_dir: BaseDirOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -129,17 +177,22 @@ def deploy(
     url = serve.deploy(cfg)
     from rayops.tasks import task_of
 
-    typer.echo(f"serving {cfg.model_name}@{cfg.serve.model_alias} at "
-               f"{url}{task_of(cfg.data.task).route}")
+    typer.echo(
+        f"serving {cfg.model_name}@{cfg.serve.model_alias} at {url}{task_of(cfg.data.task).route}"
+    )
     if (not in_ray_job()) if block is None else block:
         wait_forever()
 
 
 @app.command()
-def run(config: ConfigArg, overrides: SetOpt = None,
-        serve: Annotated[bool, typer.Option(help="Deploy at the end.")] = True,
-        block: Annotated[bool, typer.Option(help="Keep serving until Ctrl-C.")] = False,
-        base_dir: BaseDirOpt = None, verbose: VerboseOpt = False) -> None:
+def run(
+    config: ConfigArg,
+    overrides: SetOpt = None,
+    serve: Annotated[bool, typer.Option(help="Deploy at the end.")] = True,
+    block: Annotated[bool, typer.Option(help="Keep serving until Ctrl-C.")] = False,
+    base_dir: BaseDirOpt = None,
+    verbose: VerboseOpt = False,
+) -> None:
     """The whole pipeline: ingest -> train or sweep -> register -> deploy."""
     from rayops.pipeline import run_pipeline
     from rayops.tasks import task_of
@@ -158,14 +211,26 @@ def run(config: ConfigArg, overrides: SetOpt = None,
 def operate(
     config: ConfigArg,
     overrides: SetOpt = None,
-    cycles: Annotated[int | None, typer.Option(
-        min=1, help="Stop after this many cycles (default: run until stopped).")] = None,
-    abandon: Annotated[bool, typer.Option(
-        "--abandon", help="End the unfinished cycle where it stands (nothing promoted; its "
-        "challenger, if not promoted, withdrawn from @challenger), then exit.")] = False,
-    restart_cycle: Annotated[bool, typer.Option(
-        "--restart-cycle", help="Abandon the unfinished cycle, then run cycles as usual "
-        "(the next one starts fresh).")] = False,
+    cycles: Annotated[
+        int | None,
+        typer.Option(min=1, help="Stop after this many cycles (default: run until stopped)."),
+    ] = None,
+    abandon: Annotated[
+        bool,
+        typer.Option(
+            "--abandon",
+            help="End the unfinished cycle where it stands (nothing promoted; its "
+            "challenger, if not promoted, withdrawn from @challenger), then exit.",
+        ),
+    ] = False,
+    restart_cycle: Annotated[
+        bool,
+        typer.Option(
+            "--restart-cycle",
+            help="Abandon the unfinished cycle, then run cycles as usual "
+            "(the next one starts fresh).",
+        ),
+    ] = False,
     base_dir: BaseDirOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -183,8 +248,7 @@ def operate(
     cfg, output = start(config, overrides, base_dir, verbose)
     with contextlib.suppress(KeyboardInterrupt):
         state = run_loop(cfg, cycles, say=typer.echo)
-        typer.echo(f"stopped after cycle {state.cycle}: "
-                   f"{state.facts.get('outcome', 'no retrain')}")
+        typer.echo(f"stopped after cycle {state.cycle}: {state.facts.get('outcome', 'no retrain')}")
     logs_line(output)
 
 
@@ -194,22 +258,36 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the data generator.")] = 7,
     port: Annotated[int, typer.Option(help="HTTP port of Ray Serve.")] = 8000,
     keep_running: Annotated[bool, typer.Option(help="Keep serving until Ctrl-C.")] = False,
-    operate: Annotated[bool, typer.Option(
-        "--operate", help="Then a later month with a shift arrives and is served with "
-        "feedback; one operate cycle finds the drift, retrains, gates, shadows and "
-        "promotes.")] = False,
-    workload: Annotated[str, typer.Option(
-        help="classification: customer churn from CSV exports; forecasting: hourly demand "
-        "per city zone, a day ahead; recommendation: what to watch next.")] = "classification",
-    stream: Annotated[bool, typer.Option(
-        "--stream", help="Instead: the workload's events (churn customers, or hourly demand "
-        "observations with --workload forecasting) produced to a local Kafka topic (--rate "
-        "a second for --seconds) and ingested every 5 s: versions, lag and row "
-        "accounting.")] = False,
-    seconds: Annotated[float, typer.Option(min=1, help="With --stream: how long events "
-                                           "are produced.")] = 30.0,
-    rate: Annotated[float, typer.Option(min=1, help="With --stream: events a "
-                                        "second.")] = 3000.0,
+    operate: Annotated[
+        bool,
+        typer.Option(
+            "--operate",
+            help="Then a later month with a shift arrives and is served with "
+            "feedback; one operate cycle finds the drift, retrains, gates, shadows and "
+            "promotes.",
+        ),
+    ] = False,
+    workload: Annotated[
+        str,
+        typer.Option(
+            help="classification: customer churn from CSV exports; forecasting: hourly demand "
+            "per city zone, a day ahead; recommendation: what to watch next."
+        ),
+    ] = "classification",
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="Instead: the workload's events (churn customers, or hourly demand "
+            "observations with --workload forecasting) produced to a local Kafka topic (--rate "
+            "a second for --seconds) and ingested every 5 s: versions, lag and row "
+            "accounting.",
+        ),
+    ] = False,
+    seconds: Annotated[
+        float, typer.Option(min=1, help="With --stream: how long events are produced.")
+    ] = 30.0,
+    rate: Annotated[float, typer.Option(min=1, help="With --stream: events a second.")] = 3000.0,
     overrides: SetOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -217,14 +295,17 @@ def demo(
     from rayops.demo import WORKLOADS
 
     if workload not in WORKLOADS:
-        raise typer.BadParameter(f"{workload!r}; use one of {', '.join(WORKLOADS)}",
-                                 param_hint="--workload")
+        raise typer.BadParameter(
+            f"{workload!r}; use one of {', '.join(WORKLOADS)}", param_hint="--workload"
+        )
     if stream:
         from rayops.demo.streaming import STREAMS, run_stream_demo
 
         if workload not in STREAMS or operate:
-            raise typer.BadParameter(f"--stream streams the {' or '.join(STREAMS)} demo's "
-                                     "events, without --operate", param_hint="--stream")
+            raise typer.BadParameter(
+                f"--stream streams the {' or '.join(STREAMS)} demo's events, without --operate",
+                param_hint="--stream",
+            )
         output = setup_logging(verbose)
         run_stream_demo(seconds, rate, 5.0, seed, overrides or [], output, workload)
         logs_line(output)
@@ -232,6 +313,14 @@ def demo(
     from rayops.demo.run import run_demo
 
     output = setup_logging(verbose)
-    run_demo(rows=rows, seed=seed, port=port, keep_running=keep_running,
-             overrides=overrides or [], output=output, operate=operate, workload=workload)
+    run_demo(
+        rows=rows,
+        seed=seed,
+        port=port,
+        keep_running=keep_running,
+        overrides=overrides or [],
+        output=output,
+        operate=operate,
+        workload=workload,
+    )
     logs_line(output)

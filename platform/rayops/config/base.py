@@ -59,7 +59,8 @@ class StorageConfig(_Section):
     )
     region: str | None = Field(None, description="S3 region; the endpoint's default when unset.")
     access_key_id: SecretStr | None = Field(
-        None, description="S3 access key. Prefer AWS_ACCESS_KEY_ID in the environment; a value "
+        None,
+        description="S3 access key. Prefer AWS_ACCESS_KEY_ID in the environment; a value "
         "here is never printed, logged or sent to MLflow.",
     )
     secret_access_key: SecretStr | None = Field(None, description="S3 secret key (see above).")

@@ -26,8 +26,10 @@ class ColumnSpec(_Section):
         None, description="Allowed categories (categorical); anything else is rejected."
     )
     expand: list[DatetimePart] | None = Field(
-        None, description="Calendar features of a datetime column; default: all of "
-        + ", ".join(DATETIME_PARTS) + "."
+        None,
+        description="Calendar features of a datetime column; default: all of "
+        + ", ".join(DATETIME_PARTS)
+        + ".",
     )
 
     @model_validator(mode="after")

@@ -22,11 +22,15 @@ class AvroConfig(_Section):
     """How a topic's or stream's Avro messages are decoded (``data.format: avro``)."""
 
     schema_path: str = Field(
-        alias="schema", description="The writer's schema (an .avsc JSON file): a path under "
-        "storage.root or a full URI. A Schema Registry is not consulted.")
+        alias="schema",
+        description="The writer's schema (an .avsc JSON file): a path under "
+        "storage.root or a full URI. A Schema Registry is not consulted.",
+    )
     framing: Literal["confluent", "bare"] = Field(
-        "confluent", description="confluent: each value is a zero byte, a 4-byte schema id "
-        "and the record (Confluent's serializers); bare: the record's Avro binary alone.")
+        "confluent",
+        description="confluent: each value is a zero byte, a 4-byte schema id "
+        "and the record (Confluent's serializers); bare: the record's Avro binary alone.",
+    )
     model_config = {**_Section.model_config, "populate_by_name": True}
 
 
@@ -39,25 +43,36 @@ class DataConfig(_Section):
         "(region, endpoint and credentials from the AWS environment).",
     )
     format: Literal["csv", "json", "parquet", "avro"] = Field(
-        "csv", description="File format of the raw files (json means JSON Lines); of a "
+        "csv",
+        description="File format of the raw files (json means JSON Lines); of a "
         "topic's messages or a stream's records: json (an object each), csv (a line of "
-        "the declared columns) or avro (a record each, see data.avro)."
+        "the declared columns) or avro (a record each, see data.avro).",
     )
     max_lost_messages: int = Field(
-        0, ge=0, description="A topic's messages that may expire (retention) before an "
+        0,
+        ge=0,
+        description="A topic's messages that may expire (retention) before an "
         "ingest reads them: more fail the ingest, naming the lost offsets; fewer are "
-        "counted in the manifest.")
+        "counted in the manifest.",
+    )
     avro: AvroConfig | None = Field(
-        None, description="data.format avro: the writer's schema and the framing of each "
-        "message.")
+        None, description="data.format avro: the writer's schema and the framing of each message."
+    )
     watch_interval_s: float = Field(
-        30.0, ge=1.0, description="`rayops ingest --watch`: seconds from the start of one "
+        30.0,
+        ge=1.0,
+        description="`rayops ingest --watch`: seconds from the start of one "
         "poll to the next (a version is committed when there is something new); "
-        "--interval overrides it.")
-    label: str = Field(description="The column to predict (for a recommendation task, "
-                       "data.recommend.item: it may be left out).")
-    task: str = Field(description="What kind of model: classification, regression, "
-                      "forecasting or recommendation (or a task a plugin registers).")
+        "--interval overrides it.",
+    )
+    label: str = Field(
+        description="The column to predict (for a recommendation task, "
+        "data.recommend.item: it may be left out)."
+    )
+    task: str = Field(
+        description="What kind of model: classification, regression, "
+        "forecasting or recommendation (or a task a plugin registers)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -74,8 +89,9 @@ class DataConfig(_Section):
     def _known_task(cls, task: str) -> str:
         if task not in task_names():
             expected = " or ".join(repr(name) for name in task_names())
-            raise PydanticCustomError("literal_error", "Input should be {expected}",
-                                      {"expected": expected})
+            raise PydanticCustomError(
+                "literal_error", "Input should be {expected}", {"expected": expected}
+            )
         return task
 
     columns: dict[str, ColumnSpec] = Field(
@@ -107,18 +123,22 @@ class DataConfig(_Section):
     )
     seed: int = Field(42, description="Seed of the deterministic train/validation split.")
     max_quarantine_fraction: float = Field(
-        0.1, ge=0.0, le=1.0,
+        0.1,
+        ge=0.0,
+        le=1.0,
         description="Fail the ingest, committing nothing, when a larger share of the rows "
         "read breaks the schema.",
     )
     max_failed_files: float = Field(
-        0, ge=0,
+        0,
+        ge=0,
         description="Files that may fail to be read (storage errors that outlast the retries) "
         "before the ingest fails, committing nothing: a count (1, 2, ...) or, below 1, a "
         "share of the files read. A failed file is not consumed: the next ingest reads it.",
     )
     retention_hours: int = Field(
-        168, ge=1,
+        168,
+        ge=1,
         description="Clean-up never removes a curated file younger than this: data of old "
         "versions (time travel) and files of ingests that failed or are still writing.",
     )
@@ -126,12 +146,16 @@ class DataConfig(_Section):
         None, description="Name of the curated dataset; default: the pipeline name."
     )
     forecast: ForecastConfig | None = Field(
-        None, description="The series of a forecasting task (data.task: forecasting): "
-        "timestamp, series, frequency, horizon... (see the README's Forecasting section).")
+        None,
+        description="The series of a forecasting task (data.task: forecasting): "
+        "timestamp, series, frequency, horizon... (see the README's Forecasting section).",
+    )
     recommend: RecommendConfig | None = Field(
-        None, description="The interactions of a recommendation task (data.task: "
+        None,
+        description="The interactions of a recommendation task (data.task: "
         "recommendation): user, item, timestamp, rating, k... (see the README's "
-        "Recommendations section).")
+        "Recommendations section).",
+    )
     vanished_files: Literal["fail", "keep", "drop"] = Field(
         "fail",
         description="A source file an earlier version consumed is gone (lifecycle expiry, "
@@ -144,14 +168,20 @@ class DataConfig(_Section):
     def _cross_fields(self) -> DataConfig:
         log = self.source.startswith(("kafka://", "kinesis://"))
         if log and self.format == "parquet":
-            raise ValueError("format 'parquet' is not a message format of a Kafka or Kinesis "
-                             "source (data.source: " + self.source + "): json, csv or avro")
+            raise ValueError(
+                "format 'parquet' is not a message format of a Kafka or Kinesis "
+                "source (data.source: " + self.source + "): json, csv or avro"
+            )
         if self.format == "avro" and not log:
-            raise ValueError("format 'avro' is a message format of a Kafka or Kinesis source "
-                             f"(data.source: {self.source!r} is files: csv, json or parquet)")
+            raise ValueError(
+                "format 'avro' is a message format of a Kafka or Kinesis source "
+                f"(data.source: {self.source!r} is files: csv, json or parquet)"
+            )
         if (self.format == "avro") != (self.avro is not None):
-            raise ValueError("format 'avro' needs data.avro.schema (the writer's schema), "
-                             "and data.avro is only for format 'avro'")
+            raise ValueError(
+                "format 'avro' needs data.avro.schema (the writer's schema), "
+                "and data.avro is only for format 'avro'"
+            )
         declared = set(self.columns)
         if self.label not in declared:
             raise ValueError(
@@ -168,8 +198,7 @@ class DataConfig(_Section):
         if not self.feature_names:
             raise ValueError("no feature columns left after features/exclude")
         task = task_of(self.task)
-        wrong = task.label_error(self.label, self.columns[self.label].type) or \
-            task.data_error(self)
+        wrong = task.label_error(self.label, self.columns[self.label].type) or task.data_error(self)
         if wrong:
             raise ValueError(wrong)
         return self

@@ -21,43 +21,62 @@ def duration_seconds(text: str) -> int:
     """``"1h"`` -> 3600; a ValueError names what is allowed."""
     match = _DURATION_RE.match(str(text))
     if not match or int(match.group(1)) == 0:
-        raise ValueError(f"{text!r} is not a duration: use a positive number and a unit, "
-                         "min, h, d or w (15min, 1h, 1d, 8w)")
+        raise ValueError(
+            f"{text!r} is not a duration: use a positive number and a unit, "
+            "min, h, d or w (15min, 1h, 1d, 8w)"
+        )
     return int(match.group(1)) * _UNIT_S[match.group(2)]
 
 
 class ForecastConfig(_Section):
-    timestamp: str = Field(description="The timestamp column (declared datetime, "
-                           "nullable: false): when each observation was made.")
+    timestamp: str = Field(
+        description="The timestamp column (declared datetime, "
+        "nullable: false): when each observation was made."
+    )
     series: list[str] = Field(
         default_factory=list,
         description="Columns that identify a series (e.g. [zone]); none: the data is one "
-        "series. Declared categorical, text or integer, nullable: false.")
-    frequency: str = Field("1h", description="The series' step (15min, 1h, 1d, 1w); every "
-                           "timestamp must fall on it.")
-    horizon: int = Field(24, ge=1, le=10_000,
-                         description="Steps forecast from each origin (24 at 1h: a day).")
+        "series. Declared categorical, text or integer, nullable: false.",
+    )
+    frequency: str = Field(
+        "1h", description="The series' step (15min, 1h, 1d, 1w); every timestamp must fall on it."
+    )
+    horizon: int = Field(
+        24, ge=1, le=10_000, description="Steps forecast from each origin (24 at 1h: a day)."
+    )
     season: int | None = Field(
-        None, ge=2,
+        None,
+        ge=2,
         description="The seasonal-naive lag in steps; default from the frequency: a week "
-        "(168 at 1h, 7 at 1d), 52 at 1w.")
+        "(168 at 1h, 7 at 1d), 52 at 1w.",
+    )
     known_in_advance: list[str] = Field(
         default_factory=list,
         description="Covariates known for future steps (a forecast temperature, a holiday): "
         "the model reads them at the step it forecasts, a request sends them in 'future'. "
-        "Calendar features of the step are added automatically.")
+        "Calendar features of the step are added automatically.",
+    )
     validation: str = Field(
-        "8w", description="The last part of the data held out for validation (8w: eight "
+        "8w",
+        description="The last part of the data held out for validation (8w: eight "
         "weeks). It is forecast from origins every `horizon` steps, each seeing only the "
-        "data up to its origin.")
-    lags: int = Field(6, ge=1, le=1000,
-                      description="How many of the latest values at the origin the model "
-                      "reads (besides the same step a day and a season earlier and the "
-                      "means over a day and a season).")
+        "data up to its origin.",
+    )
+    lags: int = Field(
+        6,
+        ge=1,
+        le=1000,
+        description="How many of the latest values at the origin the model "
+        "reads (besides the same step a day and a season earlier and the "
+        "means over a day and a season).",
+    )
     origin_every: int = Field(
-        1, ge=1, description="Training examples start at every n-th step (1: every step). "
+        1,
+        ge=1,
+        description="Training examples start at every n-th step (1: every step). "
         "Each origin gives `horizon` examples; a larger value trains on fewer, for long "
-        "histories. Validation origins are always every `horizon` steps.")
+        "histories. Validation origins are always every `horizon` steps.",
+    )
 
     @field_validator("frequency", "validation")
     @classmethod
@@ -69,15 +88,20 @@ class ForecastConfig(_Section):
     def _fits_the_step(self) -> ForecastConfig:
         step, held = self.step_s, duration_seconds(self.validation)
         if held % step:
-            raise ValueError(f"validation {self.validation!r} is not a whole number of "
-                             f"{self.frequency!r} steps")
+            raise ValueError(
+                f"validation {self.validation!r} is not a whole number of {self.frequency!r} steps"
+            )
         if held // step < self.horizon:
-            raise ValueError(f"validation {self.validation!r} holds {held // step} step(s), "
-                             f"fewer than one horizon ({self.horizon}); hold out at least "
-                             "one horizon")
+            raise ValueError(
+                f"validation {self.validation!r} holds {held // step} step(s), "
+                f"fewer than one horizon ({self.horizon}); hold out at least "
+                "one horizon"
+            )
         if self.default_season is None and self.season is None:
-            raise ValueError(f"no default season for frequency {self.frequency!r}: set "
-                             "data.forecast.season (the seasonal-naive lag in steps)")
+            raise ValueError(
+                f"no default season for frequency {self.frequency!r}: set "
+                "data.forecast.season (the seasonal-naive lag in steps)"
+            )
         return self
 
     @property

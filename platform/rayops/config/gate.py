@@ -14,19 +14,25 @@ class GateConfig(_Section):
     scored on the same validation rows at gate time."""
 
     metric: str | None = Field(
-        None, description="Metric the challenger must improve; default: the target metric "
+        None,
+        description="Metric the challenger must improve; default: the target metric "
         "(tune.metric, else valid_f1 for classification, valid_rmse for regression).",
     )
     min_improvement: float = Field(
-        0.0, ge=0.0, description="Smallest absolute improvement over the champion, in the "
+        0.0,
+        ge=0.0,
+        description="Smallest absolute improvement over the champion, in the "
         "metric's units (0: any strict improvement).",
     )
     min_relative_improvement: float = Field(
-        0.0, ge=0.0, description="Smallest improvement as a fraction of the champion's "
+        0.0,
+        ge=0.0,
+        description="Smallest improvement as a fraction of the champion's "
         "value (0.01: one percent better).",
     )
     max_regression: dict[str, float] = Field(
-        default_factory=dict, description="Other metrics the challenger may not worsen by "
+        default_factory=dict,
+        description="Other metrics the challenger may not worsen by "
         "more than this absolute amount, e.g. {valid_recall: 0.02}.",
     )
 

@@ -55,8 +55,9 @@ def validate_config(raw: Any, source: str = "config") -> PipelineConfig:
         raise ConfigError(_format_validation_error(exc, source)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None,
-                base_dir: str | Path | None = None) -> PipelineConfig:
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, base_dir: str | Path | None = None
+) -> PipelineConfig:
     """Read and validate a pipeline config file, applying ``KEY=VALUE`` overrides; relative
     local paths resolve against ``base_dir`` (default: the working directory)."""
     path = Path(path)
@@ -65,11 +66,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None,
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
     except IsADirectoryError:
-        raise ConfigError(f"config file {str(path)!r} is a folder: give the YAML file in it"
-                          ) from None
+        raise ConfigError(
+            f"config file {str(path)!r} is a folder: give the YAML file in it"
+        ) from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}): "
-                          "is it the YAML file?") from None
+        raise ConfigError(
+            f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}): is it the YAML file?"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
@@ -96,7 +99,7 @@ def local_paths(cfg: PipelineConfig) -> dict[str, str]:
     if not is_uri(cfg.storage.root):
         paths["storage.root"] = cfg.storage.root
     if cfg.tracking.uri.startswith("sqlite:///"):
-        paths["tracking.uri"] = cfg.tracking.uri[len("sqlite:///"):]
+        paths["tracking.uri"] = cfg.tracking.uri[len("sqlite:///") :]
     if cfg.tracking.artifact_location and not is_uri(cfg.tracking.artifact_location):
         paths["tracking.artifact_location"] = cfg.tracking.artifact_location
     return paths
@@ -122,7 +125,8 @@ def _refuse_paths_into_a_job_copy(cfg: PipelineConfig) -> None:
                 "directory, which does not hold your data and goes away with the job: add "
                 '--base-dir "$PWD" to the job\'s command (relative paths then mean the folder '
                 "you submit from, on a cluster on this machine), submit with `rayops submit`, "
-                "or write an s3:// URI or an absolute path every node shares")
+                "or write an s3:// URI or an absolute path every node shares"
+            )
 
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -145,8 +149,10 @@ def _interpolate(value: Any, key: str) -> Any:
             return os.environ.get(name) or default
         if name in os.environ:
             return os.environ[name]
-        raise ConfigError(f"{key}: {value!r} names the environment variable {name}, which "
-                          f"is not set here; set it or write ${{{name}:-default}}")
+        raise ConfigError(
+            f"{key}: {value!r} names the environment variable {name}, which "
+            f"is not set here; set it or write ${{{name}:-default}}"
+        )
 
     return _ENV_REFERENCE.sub(resolve, value)
 

@@ -15,18 +15,26 @@ class MonitorConfig(_Section):
     psi_warn: float = Field(0.1, gt=0.0, description="PSI from which a feature warns.")
     psi_drift: float = Field(0.25, gt=0.0, description="PSI from which a feature drifted.")
     min_rows: int = Field(
-        200, ge=1, description="Fewest non-null values of a feature for a verdict; a smaller "
-        "window says 'insufficient data' (a handful of requests is not a distribution).")
+        200,
+        ge=1,
+        description="Fewest non-null values of a feature for a verdict; a smaller "
+        "window says 'insufficient data' (a handful of requests is not a distribution).",
+    )
     drifted_share: float = Field(
-        0.3, gt=0.0, le=1.0,
-        description="Share of drifted features from which the whole window has drifted.")
+        0.3,
+        gt=0.0,
+        le=1.0,
+        description="Share of drifted features from which the whole window has drifted.",
+    )
     key_features: list[str] = Field(
         default_factory=list,
-        description="Features whose drift alone marks the whole window as drifted.")
+        description="Features whose drift alone marks the whole window as drifted.",
+    )
 
     @model_validator(mode="after")
     def _bands(self) -> MonitorConfig:
         if self.psi_warn >= self.psi_drift:
-            raise ValueError(f"psi_warn ({self.psi_warn}) must be below psi_drift "
-                             f"({self.psi_drift})")
+            raise ValueError(
+                f"psi_warn ({self.psi_warn}) must be below psi_drift ({self.psi_drift})"
+            )
         return self

@@ -33,8 +33,10 @@ class PipelineConfig(_Section):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     operate: OperateConfig = Field(default_factory=OperateConfig)
     checks: ChecksConfig = Field(
-        default_factory=ChecksConfig, description="Behavioural checks, slice floors and data "
-        "thresholds a model must pass: `rayops check`, and the gate before it promotes.")
+        default_factory=ChecksConfig,
+        description="Behavioural checks, slice floors and data "
+        "thresholds a model must pass: `rayops check`, and the gate before it promotes.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -47,8 +49,10 @@ class PipelineConfig(_Section):
     def _search_space_keys(self) -> PipelineConfig:
         for key in self.tune.search_space:
             if not _tunable(key):
-                allowed = [*_setting_keys("model", ModelConfig),
-                           *_setting_keys("train", TrainConfig)]
+                allowed = [
+                    *_setting_keys("model", ModelConfig),
+                    *_setting_keys("train", TrainConfig),
+                ]
                 raise ValueError(
                     f"tune.search_space key {key!r} is not a tunable setting; "
                     f"allowed: {', '.join(allowed)}"
@@ -59,8 +63,10 @@ class PipelineConfig(_Section):
     def _key_features(self) -> PipelineConfig:
         unknown = [f for f in self.monitor.key_features if f not in self.data.feature_names]
         if unknown:
-            raise ValueError(f"monitor.key_features {unknown} are not features of this "
-                             f"pipeline; its features: {', '.join(self.data.feature_names)}")
+            raise ValueError(
+                f"monitor.key_features {unknown} are not features of this "
+                f"pipeline; its features: {', '.join(self.data.feature_names)}"
+            )
         return self
 
     @model_validator(mode="before")
@@ -79,8 +85,10 @@ class PipelineConfig(_Section):
     def _family_fits_the_task(self) -> PipelineConfig:
         tasks = tasks_of(self.model.family)
         if tasks is not None and self.data.task not in tasks:
-            raise ValueError(f"model.family {self.model.family!r} learns "
-                             f"{', '.join(tasks)}, not data.task {self.data.task!r}")
+            raise ValueError(
+                f"model.family {self.model.family!r} learns "
+                f"{', '.join(tasks)}, not data.task {self.data.task!r}"
+            )
         return self
 
     @model_validator(mode="after")
@@ -92,13 +100,17 @@ class PipelineConfig(_Section):
         named |= {f"gate.max_regression.{m}": m for m in self.gate.max_regression}
         for key, metric in named.items():
             if metric is not None and metric not in known:
-                raise ValueError(f"{key} {metric!r} is not a metric of a {self.data.task} "
-                                 f"run; use one of {', '.join(sorted(known))}")
+                raise ValueError(
+                    f"{key} {metric!r} is not a metric of a {self.data.task} "
+                    f"run; use one of {', '.join(sorted(known))}"
+                )
         if self.tune.metric and self.tune.mode and self.tune.mode != known[self.tune.metric]:
             better = "higher" if known[self.tune.metric] == "max" else "lower"
-            raise ValueError(f"tune.mode {self.tune.mode!r} contradicts tune.metric "
-                             f"{self.tune.metric!r}, which is better {better}; use mode "
-                             f"{known[self.tune.metric]!r} or leave mode out")
+            raise ValueError(
+                f"tune.mode {self.tune.mode!r} contradicts tune.metric "
+                f"{self.tune.metric!r}, which is better {better}; use mode "
+                f"{known[self.tune.metric]!r} or leave mode out"
+            )
         return self
 
     @model_validator(mode="after")
@@ -107,56 +119,78 @@ class PipelineConfig(_Section):
         a classifier about its classes."""
         checks, data = self.checks, self.data
         if (checks.invariance or checks.directional) and data.recommend is not None:
-            raise ValueError("checks.invariance and directional judge answers to records or "
-                             "forecast steps, not yet a recommendation model's: use "
-                             "checks.minimum (expect_in_top_k), slices and data")
+            raise ValueError(
+                "checks.invariance and directional judge answers to records or "
+                "forecast steps, not yet a recommendation model's: use "
+                "checks.minimum (expect_in_top_k), slices and data"
+            )
         if data.forecast is not None:  # the future steps' covariates are what can change
-            changeable, kind = set(data.forecast.known_in_advance), "covariates known in " \
-                "advance (data.forecast.known_in_advance)"
+            changeable, kind = (
+                set(data.forecast.known_in_advance),
+                "covariates known in advance (data.forecast.known_in_advance)",
+            )
         else:
             changeable, kind = set(data.feature_names), "features of this pipeline"
         unknown = sorted(checks.perturbed() - changeable)
         if unknown:
-            raise ValueError(f"checks change {unknown}, not {kind}: "
-                             f"{', '.join(sorted(changeable)) or 'none'}")
-        recordable = set(data.columns) if data.forecast or data.recommend else set(
-            data.feature_names)
+            raise ValueError(
+                f"checks change {unknown}, not {kind}: {', '.join(sorted(changeable)) or 'none'}"
+            )
+        recordable = (
+            set(data.columns) if data.forecast or data.recommend else set(data.feature_names)
+        )
         unknown = sorted(checks.recorded() - recordable)
         if unknown:
-            raise ValueError(f"checks.minimum records name {unknown}, not "
-                             f"{'declared columns' if data.forecast or data.recommend else kind}")
+            raise ValueError(
+                f"checks.minimum records name {unknown}, not "
+                f"{'declared columns' if data.forecast or data.recommend else kind}"
+            )
         for m in checks.minimum:
             if (m.expect_in_top_k is not None) != (data.recommend is not None):
-                raise ValueError(f"checks.minimum {m.name!r}: expect_in_top_k is for a "
-                                 "recommendation model, and the only answer one checks")
+                raise ValueError(
+                    f"checks.minimum {m.name!r}: expect_in_top_k is for a "
+                    "recommendation model, and the only answer one checks"
+                )
         for i, cut in enumerate(checks.slices):
             if cut.column not in data.columns:
-                raise ValueError(f"checks.slices[{i}].column {cut.column!r} is not a declared "
-                                 "column")
-            if cut.metric is not None and (cut.metric not in self.metrics or
-                                           not cut.metric.startswith("valid_")):
+                raise ValueError(
+                    f"checks.slices[{i}].column {cut.column!r} is not a declared column"
+                )
+            if cut.metric is not None and (
+                cut.metric not in self.metrics or not cut.metric.startswith("valid_")
+            ):
                 scored = sorted(m for m in self.metrics if m.startswith("valid_"))
-                raise ValueError(f"checks.slices[{i}].metric {cut.metric!r} is not a metric "
-                                 f"of a {data.task} model on rows; use one of "
-                                 f"{', '.join(scored)}")
+                raise ValueError(
+                    f"checks.slices[{i}].metric {cut.metric!r} is not a metric "
+                    f"of a {data.task} model on rows; use one of "
+                    f"{', '.join(scored)}"
+                )
         probabilities = task_of(data.task).probabilities
         values = data.columns[data.label].values
         for i, d in enumerate(checks.directional):
             if probabilities and d.of_class is None:
-                raise ValueError(f"checks.directional[{i}] ({d.name!r}) needs of_class: the "
-                                 "class whose probability must move")
-        named = [("directional", d.of_class) for d in checks.directional] + [
-            ("minimum", m.of_class) for m in checks.minimum] + [
-            ("minimum", m.expect_class) for m in checks.minimum]
+                raise ValueError(
+                    f"checks.directional[{i}] ({d.name!r}) needs of_class: the "
+                    "class whose probability must move"
+                )
+        named = (
+            [("directional", d.of_class) for d in checks.directional]
+            + [("minimum", m.of_class) for m in checks.minimum]
+            + [("minimum", m.expect_class) for m in checks.minimum]
+        )
         for key, value in named:
             if value is None:
                 continue
             if not probabilities:
-                raise ValueError(f"checks.{key}: {value!r} names a class, but a {data.task} "
-                                 "model predicts a value (use expect_min/expect_max)")
+                raise ValueError(
+                    f"checks.{key}: {value!r} names a class, but a {data.task} "
+                    "model predicts a value (use expect_min/expect_max)"
+                )
             if values and value not in [str(v) for v in values]:
-                raise ValueError(f"checks.{key}: {value!r} is not a value of the label "
-                                 f"{data.label!r} ({', '.join(map(str, values))})")
+                raise ValueError(
+                    f"checks.{key}: {value!r} is not a value of the label "
+                    f"{data.label!r} ({', '.join(map(str, values))})"
+                )
         return self
 
     def check_operate(self) -> None:
@@ -167,17 +201,23 @@ class PipelineConfig(_Section):
         if op.shadow.enabled and serve.mirror_fraction == 0:
             # a canary's answers alone cannot be compared with the champion's: only mirrored
             # records give the agreement the shadow gate needs
-            raise ConfigError("operate.shadow.enabled needs serve.mirror_fraction > 0 (the "
-                              "share of requests the challenger sees in shadow), e.g. 0.01, "
-                              "also beside a canary_fraction; or set operate.shadow.enabled: "
-                              "false")
+            raise ConfigError(
+                "operate.shadow.enabled needs serve.mirror_fraction > 0 (the "
+                "share of requests the challenger sees in shadow), e.g. 0.01, "
+                "also beside a canary_fraction; or set operate.shadow.enabled: "
+                "false"
+            )
         if (op.shadow.enabled or op.rollback.watch_s > 0) and not serve.log_predictions:
-            raise ConfigError("operate.shadow and operate.rollback read the prediction log: "
-                              "set serve.log_predictions: true")
+            raise ConfigError(
+                "operate.shadow and operate.rollback read the prediction log: "
+                "set serve.log_predictions: true"
+            )
         if serve.shadow_alias != CHALLENGER:
-            raise ConfigError(f"serve.shadow_alias is {serve.shadow_alias!r}, but the loop "
-                              f"registers new models as {CHALLENGER!r}: the replicas would "
-                              "never shadow them")
+            raise ConfigError(
+                f"serve.shadow_alias is {serve.shadow_alias!r}, but the loop "
+                f"registers new models as {CHALLENGER!r}: the replicas would "
+                "never shadow them"
+            )
 
     @property
     def dataset_name(self) -> str:
@@ -232,5 +272,3 @@ def _setting_keys(prefix: str, section: type[_Section]) -> list[str]:
 
 def _tunable(key: str) -> bool:
     return key in _setting_keys("model", ModelConfig) + _setting_keys("train", TrainConfig)
-
-

@@ -61,8 +61,11 @@ class AutoscalingConfig(_Section):
     upscale_delay_s: float = Field(10.0, ge=0.0)
     downscale_delay_s: float = Field(60.0, ge=0.0)
     look_back_period_s: float = Field(
-        30.0, gt=0.0, description="Window over which replicas' ongoing requests are averaged "
-        "before a scaling decision (Serve's default: 30 s).")
+        30.0,
+        gt=0.0,
+        description="Window over which replicas' ongoing requests are averaged "
+        "before a scaling decision (Serve's default: 30 s).",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingConfig:
@@ -97,57 +100,86 @@ class ServeConfig(_Section):
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, description="Wait to fill a batch.")
     max_records_per_request: int = Field(1000, ge=1, description="Records one request may send.")
     max_queued_requests: int = Field(
-        200, ge=-1,
+        200,
+        ge=-1,
         description="Requests waiting for a replica beyond which new ones get 503 at once "
         "(-1: unbounded).",
     )
     request_timeout_s: float = Field(30.0, gt=0.0, description="End-to-end HTTP timeout (408).")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body (413).")
     access_log: bool = Field(
-        True, description="Each replica logs a line per request (Ray Serve's access log); "
-        "off spares the log pipeline at high request rates.")
+        True,
+        description="Each replica logs a line per request (Ray Serve's access log); "
+        "off spares the log pipeline at high request rates.",
+    )
     model_poll_interval_s: float = Field(
-        5.0, ge=0.0,
+        5.0,
+        ge=0.0,
         description="How often replicas check where model_alias points; a move switches them "
         "to the new version without dropping requests (0: never).",
     )
     log_predictions: bool = Field(
-        True, description="Append served records and answers to the prediction log, "
-        "{storage.root}/predictions/{name} (a Delta table), off the request path.")
+        True,
+        description="Append served records and answers to the prediction log, "
+        "{storage.root}/predictions/{name} (a Delta table), off the request path.",
+    )
     log_sample_rate: float = Field(
-        1.0, ge=0.0, le=1.0, description="Share of requests the prediction log keeps.")
+        1.0, ge=0.0, le=1.0, description="Share of requests the prediction log keeps."
+    )
     log_queue_rows: int = Field(
-        10_000, ge=1, description="Rows a replica holds for the prediction log; beyond, "
-        "rows are dropped and counted, never a request slowed or failed.")
+        10_000,
+        ge=1,
+        description="Rows a replica holds for the prediction log; beyond, "
+        "rows are dropped and counted, never a request slowed or failed.",
+    )
     log_flush_interval_s: float = Field(
-        5.0, gt=0.0, description="How often a replica appends its queued log rows to the "
+        5.0,
+        gt=0.0,
+        description="How often a replica appends its queued log rows to the "
         "table (each append is one commit, ~20-80 ms of CPU); a clean shutdown writes the "
-        "rest.")
+        "rest.",
+    )
     shadow_alias: str = Field(
-        CHALLENGER, description="Registry alias of the model that shadows (and, with "
+        CHALLENGER,
+        description="Registry alias of the model that shadows (and, with "
         "canary_fraction, partly serves) beside model_alias's, when it names another "
-        "version.")
+        "version.",
+    )
     mirror_fraction: float = Field(
-        0.0, ge=0.0, le=1.0, description="Share of requests also sent to the shadow model "
-        "after the answer: its answers go to the prediction log, never to the client.")
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of requests also sent to the shadow model "
+        "after the answer: its answers go to the prediction log, never to the client.",
+    )
     canary_fraction: float = Field(
-        0.0, ge=0.0, le=1.0, description="Share of request keys the shadow model answers "
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of request keys the shadow model answers "
         "(sticky: a hash of the X-Rayops-Key header, else of the request id); on an error "
-        "the model_alias model answers instead.")
+        "the model_alias model answers instead.",
+    )
     max_mirror_in_flight: int = Field(
-        4, ge=1, description="Mirrored requests a replica works on at once; beyond, a mirror "
-        "is skipped and counted.")
+        4,
+        ge=1,
+        description="Mirrored requests a replica works on at once; beyond, a mirror "
+        "is skipped and counted.",
+    )
     registry_stale_after_s: float = Field(
-        60.0, gt=0.0,
+        60.0,
+        gt=0.0,
         description="A replica whose alias look-ups have failed for this long reports "
         "status 'degraded' in /health (it keeps serving its model).",
     )
     auth_token_env: str | None = Field(
-        None, description="Name of an environment variable holding a bearer token to require "
+        None,
+        description="Name of an environment variable holding a bearer token to require "
         "(the token itself never goes in this file).",
     )
     auth_token_file: str | None = Field(
-        None, description="Path of a file holding the bearer token (read by each replica).",
+        None,
+        description="Path of a file holding the bearer token (read by each replica).",
     )
 
     @field_validator("route_prefix")
@@ -172,11 +204,15 @@ class ServeConfig(_Section):
     @model_validator(mode="after")
     def _shadow(self) -> ServeConfig:
         if self.shadow_alias == self.model_alias:
-            raise ValueError(f"shadow_alias {self.shadow_alias!r} is model_alias: the shadow "
-                             "must be another alias")
+            raise ValueError(
+                f"shadow_alias {self.shadow_alias!r} is model_alias: the shadow "
+                "must be another alias"
+            )
         if self.mirror_fraction > 0 and not self.log_predictions:
-            raise ValueError(f"mirror_fraction {self.mirror_fraction} needs log_predictions: "
-                             "true (a mirror's answers go only to the prediction log)")
+            raise ValueError(
+                f"mirror_fraction {self.mirror_fraction} needs log_predictions: "
+                "true (a mirror's answers go only to the prediction log)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -21,50 +21,74 @@ class BoostingConfig(_Section):
     max_depth: int = Field(6, ge=0, le=64, description="Deepest tree (0: no limit).")
     min_child_weight: float = Field(1.0, ge=0.0, description="Smallest hessian in a leaf.")
     subsample: float = Field(0.8, gt=0.0, le=1.0, description="Rows sampled per tree.")
-    colsample_bytree: float = Field(0.8, gt=0.0, le=1.0,
-                                    description="Columns sampled per tree.")
+    colsample_bytree: float = Field(0.8, gt=0.0, le=1.0, description="Columns sampled per tree.")
     reg_lambda: float = Field(1.0, ge=0.0, description="L2 penalty on leaf weights.")
     max_bin: int = Field(256, ge=2, description="Histogram bins per feature.")
-    max_rounds: int = Field(2000, ge=1, le=100_000,
-                            description="Most boosting rounds; early stopping usually ends "
-                            "far sooner.")
+    max_rounds: int = Field(
+        2000,
+        ge=1,
+        le=100_000,
+        description="Most boosting rounds; early stopping usually ends far sooner.",
+    )
     early_stopping_rounds: int | None = Field(
-        50, ge=1, description="Stop after this many rounds without a lower validation loss "
-        "and keep the best round (null: run max_rounds).")
-    report_every: int = Field(25, ge=1, description="Rounds between reports (metrics, a "
-                              "checkpoint, a step for Tune's scheduler).")
+        50,
+        ge=1,
+        description="Stop after this many rounds without a lower validation loss "
+        "and keep the best round (null: run max_rounds).",
+    )
+    report_every: int = Field(
+        25,
+        ge=1,
+        description="Rounds between reports (metrics, a checkpoint, a step for Tune's scheduler).",
+    )
 
 
 class RecommenderModelConfig(_Section):
     """The recommenders' networks (model.family: bpr or sasrec)."""
 
-    dim: int = Field(64, ge=2, le=4096, description="Width of the user and item "
-                     "embeddings (and of SASRec's attention).")
+    dim: int = Field(
+        64,
+        ge=2,
+        le=4096,
+        description="Width of the user and item embeddings (and of SASRec's attention).",
+    )
     blocks: int = Field(2, ge=1, le=24, description="SASRec's self-attention blocks.")
-    heads: int = Field(1, ge=1, le=64, description="SASRec's attention heads (dim must "
-                       "divide by it).")
-    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="SASRec's dropout on the "
-                           "embeddings and in each block.")
+    heads: int = Field(
+        1, ge=1, le=64, description="SASRec's attention heads (dim must divide by it)."
+    )
+    dropout: float = Field(
+        0.2, ge=0.0, lt=1.0, description="SASRec's dropout on the embeddings and in each block."
+    )
     objective: Literal["softmax", "sampled"] = Field(
-        "softmax", description="How SASRec learns the next item. softmax: cross-entropy "
+        "softmax",
+        description="How SASRec learns the next item. softmax: cross-entropy "
         "over the catalogue (see negatives); sampled: the original SASRec's, the next item "
-        "against one random item (binary cross-entropy).")
+        "against one random item (binary cross-entropy).",
+    )
     negatives: int | None = Field(
-        None, ge=1, description="softmax over the batch's next items and this many random "
+        None,
+        ge=1,
+        description="softmax over the batch's next items and this many random "
         "items (logQ-corrected), instead of the whole catalogue: training memory then grows "
         "with the batch, not with the catalogue (null: the whole catalogue, exact; set it "
         "for catalogues past about 100,000 items; on MovieLens 100K, 256 cost a third of "
-        "recall@10).")
+        "recall@10).",
+    )
     shard_tables: bool | Literal["auto"] = Field(
-        "auto", description="Shard the embedding tables (the items'; BPR's users' too) by "
+        "auto",
+        description="Shard the embedding tables (the items'; BPR's users' too) by "
         "rows across the training workers: each holds its rows, their gradients and their "
         "optimizer state, and the catalogue's softmax is computed where the rows are. "
         "auto: when their training state (16 bytes a float) is over shard_above_mb and "
         "train.num_workers > 1. Validation, checkpoints and serving hold the weights whole "
-        "(4 bytes a float).")
+        "(4 bytes a float).",
+    )
     shard_above_mb: float = Field(
-        1024.0, gt=0.0, description="With shard_tables: auto, the tables' training state "
-        "(MiB) above which they are sharded.")
+        1024.0,
+        gt=0.0,
+        description="With shard_tables: auto, the tables' training state "
+        "(MiB) above which they are sharded.",
+    )
 
     @model_validator(mode="after")
     def _heads(self) -> RecommenderModelConfig:
@@ -76,25 +100,38 @@ class RecommenderModelConfig(_Section):
 class ModelConfig(_Section):
     # plugins come first: they are imported before family is checked against the registry
     plugins: list[str] = Field(
-        default_factory=list, description="Python modules that register more model families "
+        default_factory=list,
+        description="Python modules that register more model families "
         "(rayops.families.register_family); imported wherever the config is validated and "
-        "in every replica.")
+        "in every replica.",
+    )
     family: str = Field(
-        "mlp", description="mlp: a PyTorch network trained with DDP; xgboost: gradient-"
+        "mlp",
+        description="mlp: a PyTorch network trained with DDP; xgboost: gradient-"
         "boosted trees with Ray Train's XGBoostTrainer; for recommendation (its default: "
-        "sasrec) bpr or sasrec; or a family a plugin registers.")
+        "sasrec) bpr or sasrec; or a family a plugin registers.",
+    )
     hidden_sizes: list[Annotated[int, Field(ge=1, le=8192)]] | None = Field(
-        None, min_length=1, description="Width of each hidden layer of the MLP; null sizes "
-        "them from the number of inputs (two layers, 256 to 1024 wide).")
+        None,
+        min_length=1,
+        description="Width of each hidden layer of the MLP; null sizes "
+        "them from the number of inputs (two layers, 256 to 1024 wide).",
+    )
     dropout: float = Field(
-        0.0, ge=0.0, lt=1.0,
+        0.0,
+        ge=0.0,
+        lt=1.0,
         description="Dropout after each hidden layer. Off by default: early stopping already "
-        "keeps the best epoch, and on txhousing dropout 0.1 cost 1.5% RMSE.")
+        "keeps the best epoch, and on txhousing dropout 0.1 cost 1.5% RMSE.",
+    )
     activation: Literal["relu", "gelu", "tanh"] = Field("relu", description="Hidden activation.")
     embedding_min_categories: int | None = Field(
-        16, ge=2, description="Categorical columns with at least this many values (the "
+        16,
+        ge=2,
+        description="Categorical columns with at least this many values (the "
         "'other' slot included) get a learned embedding in the MLP instead of entering "
-        "one-hot; null: one-hot only.")
+        "one-hot; null: one-hot only.",
+    )
     xgboost: BoostingConfig = Field(default_factory=BoostingConfig)
     recommender: RecommenderModelConfig = Field(default_factory=RecommenderModelConfig)
 
@@ -111,9 +148,11 @@ class ModelConfig(_Section):
     @classmethod
     def _known_family(cls, family: str) -> str:
         if family not in family_names():
-            raise ValueError(f"{family!r} is not a known family; known: "
-                             f"{', '.join(family_names())} (a plugin's: list its module in "
-                             "model.plugins)")
+            raise ValueError(
+                f"{family!r} is not a known family; known: "
+                f"{', '.join(family_names())} (a plugin's: list its module in "
+                "model.plugins)"
+            )
         return family
 
 
@@ -131,11 +170,15 @@ class TrainConfig(_Section):
         "accelerator resource; CPU and GPU come from cpus_per_worker and use_gpu.",
     )
     epochs: int = Field(
-        100, ge=1, le=10_000,
+        100,
+        ge=1,
+        le=10_000,
         description="Most passes over the training data (MLP); early stopping usually ends "
-        "a run far sooner.")
+        "a run far sooner.",
+    )
     batch_size: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="Rows per batch on each worker; the global batch is batch_size x workers. "
         "null: from the training rows, about 32 steps per epoch on each worker, between 16 "
         "and 256 rows (a small table still takes enough steps per epoch to learn).",
@@ -153,7 +196,8 @@ class TrainConfig(_Section):
         description="plateau: halve the rate when the target metric has not improved for a "
         "third of early_stopping_patience epochs (suits runs whose length early stopping "
         "decides); cosine, step (x0.1 at 50% and 75%) and constant follow the epochs, "
-        "after warmup.")
+        "after warmup.",
+    )
     warmup_epochs: int = Field(0, ge=0, description="Epochs of linear warmup from lr/10.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
@@ -161,7 +205,8 @@ class TrainConfig(_Section):
         description="bf16 autocast (CPU or GPU) or fp16 autocast with a grad scaler (GPU).",
     )
     early_stopping_patience: int | None = Field(
-        10, ge=1,
+        10,
+        ge=1,
         description="Stop after this many epochs without a better target metric (the best "
         "epoch's checkpoint is the model); null: train every epoch.",
     )
@@ -182,15 +227,19 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _precision(self) -> TrainConfig:
         if self.precision == "fp16" and not self.use_gpu:
-            raise ValueError("precision 'fp16' needs use_gpu: true (its gradient scaler is "
-                             "CUDA's); use 'bf16' on CPUs")
+            raise ValueError(
+                "precision 'fp16' needs use_gpu: true (its gradient scaler is "
+                "CUDA's); use 'bf16' on CPUs"
+            )
         return self
 
     @model_validator(mode="after")
     def _schedule(self) -> TrainConfig:
         if self.lr_schedule == "plateau" and self.warmup_epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) needs an lr_schedule that "
-                             "follows the epochs (cosine, step or constant), not 'plateau'")
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) needs an lr_schedule that "
+                "follows the epochs (cosine, step or constant), not 'plateau'"
+            )
         return self
 
     def batch_for(self, train_rows: int) -> int:
@@ -208,8 +257,11 @@ class TrainConfig(_Section):
     @property
     def lr_factor(self) -> float:
         """Learning-rate multiplier for the global batch of num_workers x batch_size."""
-        return {"none": 1.0, "linear": float(self.num_workers),
-                "sqrt": float(self.num_workers) ** 0.5}[self.lr_scaling]
+        return {
+            "none": 1.0,
+            "linear": float(self.num_workers),
+            "sqrt": float(self.num_workers) ** 0.5,
+        }[self.lr_scaling]
 
 
 class _Dim(_Section):
@@ -261,12 +313,14 @@ class TuneConfig(_Section):
     num_samples: int = Field(4, ge=1, description="Trials to run.")
     max_concurrent_trials: int = Field(1, ge=1, description="Trials running at the same time.")
     metric: str | None = Field(
-        None, description="Metric that ranks trials and checkpoints and drives early "
+        None,
+        description="Metric that ranks trials and checkpoints and drives early "
         "stopping; default valid_f1 (classification), valid_rmse (regression), valid_mae "
         "(forecasting).",
     )
     mode: Literal["min", "max"] | None = Field(
-        None, description="Direction of the metric; default: the direction in which it "
+        None,
+        description="Direction of the metric; default: the direction in which it "
         "gets better (max for f1, min for rmse).",
     )
     search_space: dict[str, SearchDim] = Field(
@@ -288,6 +342,8 @@ class TuneConfig(_Section):
         if self.search == "grid":
             ranged = [k for k, d in self.search_space.items() if not isinstance(d, ChoiceDim)]
             if ranged:
-                raise ValueError(f"search 'grid' needs choice dimensions only; {ranged} are "
-                                 "ranges (use search 'random' or 'optuna')")
+                raise ValueError(
+                    f"search 'grid' needs choice dimensions only; {ranged} are "
+                    "ranges (use search 'random' or 'optuna')"
+                )
         return self

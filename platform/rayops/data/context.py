@@ -25,8 +25,7 @@ RAYOPS_SETTINGS: dict[str, Any] = {
 
 
 @contextmanager
-def data_context(preserve_order: bool = False, **overrides: Any
-                 ) -> Iterator[ray.data.DataContext]:
+def data_context(preserve_order: bool = False, **overrides: Any) -> Iterator[ray.data.DataContext]:
     """Temporarily apply :data:`RAYOPS_SETTINGS` (and ``overrides``) to the current context.
     ``preserve_order`` keeps blocks in input order (a seeded run then sees the same data
     order every time)."""

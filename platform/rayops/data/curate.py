@@ -48,15 +48,23 @@ def used_columns(data: DataConfig) -> dict[str, ColumnSpec]:
 def _output_schema(columns: Mapping[str, ColumnSpec]) -> pa.Schema:
     return pa.schema(
         [(n, schema.ARROW_TYPES[s.type]) for n, s in columns.items()]
-        + [(schema.SOURCE_FILE, pa.string()), (schema.SOURCE_ROW, pa.int64()),
-           (schema.RAW, pa.string()), (schema.ERROR, pa.string()), (schema.SPLIT, pa.string())]
+        + [
+            (schema.SOURCE_FILE, pa.string()),
+            (schema.SOURCE_ROW, pa.int64()),
+            (schema.RAW, pa.string()),
+            (schema.ERROR, pa.string()),
+            (schema.SPLIT, pa.string()),
+        ]
     )
 
 
 def _raw_json(raw: pa.Table, typed: pa.Table, columns: list[str]) -> pa.ChunkedArray:
     """RAW, filled for rejected rows that lack it with their original values as JSON."""
-    existing = typed.column(schema.RAW) if schema.RAW in typed.column_names else (
-        pa.chunked_array([pa.nulls(typed.num_rows, pa.string())]))
+    existing = (
+        typed.column(schema.RAW)
+        if schema.RAW in typed.column_names
+        else (pa.chunked_array([pa.nulls(typed.num_rows, pa.string())]))
+    )
     missing = pc.and_(pc.is_valid(typed.column(schema.ERROR)), pc.is_null(existing))
     picked = np.flatnonzero(missing.to_numpy(zero_copy_only=False))
     present = [c for c in columns if c in raw.column_names]
@@ -89,8 +97,7 @@ def validate_batch(raw: pa.Table, data: DataConfig) -> pa.Table:
     typed = typed.set_column(typed.column_names.index(schema.ERROR), schema.ERROR, error)
     out = {n: typed.column(n) for n in columns}
     for name in (schema.SOURCE_FILE, schema.SOURCE_ROW):
-        out[name] = typed.column(name) if name in typed.column_names else pa.nulls(
-            typed.num_rows)
+        out[name] = typed.column(name) if name in typed.column_names else pa.nulls(typed.num_rows)
     out[schema.RAW] = _raw_json(raw, typed, list(columns))
     out[schema.ERROR] = error
     out[schema.SPLIT] = pa.array(split, pa.string())
@@ -102,13 +109,13 @@ def _off_grid(typed: pa.Table, data: DataConfig, error: pa.ChunkedArray) -> pa.C
     f = data.forecast
     assert f is not None
     stamps = typed.column(f.timestamp)
-    bad = pa.array(off_grid(stamps, f.step_s) & pc.is_valid(stamps).to_numpy(
-        zero_copy_only=False))
+    bad = pa.array(off_grid(stamps, f.step_s) & pc.is_valid(stamps).to_numpy(zero_copy_only=False))
     if not bad.true_count:
         return error
     shown = pc.strftime(stamps, format="%Y-%m-%dT%H:%M:%S")
     reason = pc.binary_join_element_wise(
-        f"{f.timestamp}: not on the {f.frequency} grid of steps ('", shown, "')", "")
+        f"{f.timestamp}: not on the {f.frequency} grid of steps ('", shown, "')", ""
+    )
     return pc.if_else(pc.and_(bad, pc.is_null(error)), reason, error)
 
 
@@ -121,24 +128,36 @@ def block_summary(table: pa.Table, data: DataConfig) -> dict[str, Any]:
     """Counts by split and reason, unreadable files and training statistics of one block."""
     failing = _is_failed(table)
     failed_rows = table.filter(failing)
-    failed = [{"path": f, "reason": e} for f, e in zip(
-        failed_rows.column(schema.SOURCE_FILE).to_pylist(),
-        failed_rows.column(schema.ERROR).to_pylist(), strict=True)]
+    failed = [
+        {"path": f, "reason": e}
+        for f, e in zip(
+            failed_rows.column(schema.SOURCE_FILE).to_pylist(),
+            failed_rows.column(schema.ERROR).to_pylist(),
+            strict=True,
+        )
+    ]
     table = table.filter(pc.invert(failing))
     split = table.column(schema.SPLIT)
     rejected = table.filter(pc.equal(split, "quarantine"))
     errors = rejected.column(schema.ERROR).to_pylist()
     files = rejected.column(schema.SOURCE_FILE).to_pylist()
-    unreadable = [{"path": f, "reason": e} for f, e in zip(files, errors, strict=True)
-                  if e.startswith(UNREADABLE)]
+    unreadable = [
+        {"path": f, "reason": e}
+        for f, e in zip(files, errors, strict=True)
+        if e.startswith(UNREADABLE)
+    ]
     train = table.filter(pc.equal(split, "train"))
     valid = table.filter(pc.equal(split, "valid"))
     labels = pc.value_counts(label_strings(valid.column(data.label))).to_pylist()
     return {
-        "rows": {"train": train.num_rows, "valid": valid.num_rows,
-                 "quarantine": len(errors) - len(unreadable)},
-        "reasons": dict(Counter(schema.error_kind(e) for e in errors
-                                if not e.startswith(UNREADABLE))),
+        "rows": {
+            "train": train.num_rows,
+            "valid": valid.num_rows,
+            "quarantine": len(errors) - len(unreadable),
+        },
+        "reasons": dict(
+            Counter(schema.error_kind(e) for e in errors if not e.startswith(UNREADABLE))
+        ),
         "unreadable": unreadable,
         "failed": failed,
         "valid_labels": {v["values"]: v["counts"] for v in labels},
@@ -163,9 +182,14 @@ class PartSummary:
         return self.rows["read"]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"files": self.files, "rows": self.rows, "reasons": self.reasons,
-                "unreadable": self.unreadable, "failed": self.failed,
-                "valid_labels": self.valid_labels}
+        return {
+            "files": self.files,
+            "rows": self.rows,
+            "reasons": self.reasons,
+            "unreadable": self.unreadable,
+            "failed": self.failed,
+            "valid_labels": self.valid_labels,
+        }
 
 
 def merge_summaries(parts: Iterable[Mapping[str, Any]], files: int) -> PartSummary:
@@ -180,25 +204,33 @@ def merge_summaries(parts: Iterable[Mapping[str, Any]], files: int) -> PartSumma
     rows["read"] = sum(rows.values())
     if sum(reasons.values()) != rows["quarantine"]:
         raise DataError(f"row accounting does not add up: {rows} vs reasons {dict(reasons)}")
-    return PartSummary(files, rows, dict(reasons.most_common()),
-                       [u for p in parts for u in p["unreadable"]],
-                       [f for p in parts for f in p["failed"]], dict(labels),
-                       stats.merge(p["stats"] for p in parts))
+    return PartSummary(
+        files,
+        rows,
+        dict(reasons.most_common()),
+        [u for p in parts for u in p["unreadable"]],
+        [f for p in parts for f in p["failed"]],
+        dict(labels),
+        stats.merge(p["stats"] for p in parts),
+    )
 
 
 def quarantine_rows(rejected: pa.Table) -> pa.Table:
     """Rejected rows as the quarantine table stores them (its partition column comes with
     the commit)."""
-    return pa.table({
-        "source_file": rejected.column(schema.SOURCE_FILE),
-        "line": rejected.column(schema.SOURCE_ROW),
-        "reason": rejected.column(schema.ERROR),
-        "raw": rejected.column(schema.RAW),
-    })
+    return pa.table(
+        {
+            "source_file": rejected.column(schema.SOURCE_FILE),
+            "line": rejected.column(schema.SOURCE_ROW),
+            "reason": rejected.column(schema.ERROR),
+            "raw": rejected.column(schema.RAW),
+        }
+    )
 
 
-def write_block(table: pa.Table, rows: Location, quarantine: Location
-                ) -> dict[str, list[dict[str, Any]]]:
+def write_block(
+    table: pa.Table, rows: Location, quarantine: Location
+) -> dict[str, list[dict[str, Any]]]:
     """The block's kept rows into the curated table's folder, its rejects into the
     quarantine table's; returns the uncommitted files (add actions as dicts)."""
     table = table.filter(pc.invert(_is_failed(table)))
@@ -208,12 +240,14 @@ def write_block(table: pa.Table, rows: Location, quarantine: Location
         kept = table.filter(pc.equal(split, name))
         if kept.num_rows:
             kept = kept.drop_columns([schema.SPLIT, schema.RAW, schema.ERROR])
-            written["rows"].append(delta.action_to_dict(
-                delta.write_file(rows, kept, {schema.SPLIT: name})))
+            written["rows"].append(
+                delta.action_to_dict(delta.write_file(rows, kept, {schema.SPLIT: name}))
+            )
     rejected = table.filter(pc.equal(split, "quarantine"))
     if rejected.num_rows:
-        written["quarantine"].append(delta.action_to_dict(
-            delta.write_file(quarantine, quarantine_rows(rejected))))
+        written["quarantine"].append(
+            delta.action_to_dict(delta.write_file(quarantine, quarantine_rows(rejected)))
+        )
     return written
 
 
@@ -237,8 +271,12 @@ class PartSink(Datasink[list[dict[str, Any]]]):
         out = []
         for block in blocks:
             table = block if isinstance(block, pa.Table) else pa.Table.from_pandas(block)
-            out.append({"files": write_block(table, self.rows, self.quarantine),
-                        "summary": block_summary(table, self.data)})
+            out.append(
+                {
+                    "files": write_block(table, self.rows, self.quarantine),
+                    "summary": block_summary(table, self.data),
+                }
+            )
         return out
 
     def on_write_complete(self, write_result: Any) -> None:
@@ -251,34 +289,50 @@ def rows_schema(data: DataConfig) -> pa.Schema:
     return pa.schema([f for f in full if f.name not in (schema.RAW, schema.ERROR)])
 
 
-def write_part(source: Source, items: list[dict[str, Any]], rows: Location,
-               quarantine: Location, data: DataConfig) -> PartResult:
+def write_part(
+    source: Source,
+    items: list[dict[str, Any]],
+    rows: Location,
+    quarantine: Location,
+    data: DataConfig,
+) -> PartResult:
     """The single streaming pass over ``items``: read, validate, write, summarize."""
     with data_context():
         raw = source.read(items, list(used_columns(data)))
-        validated = raw.map_batches(validate_batch, batch_format="pyarrow", batch_size=None,
-                                    fn_kwargs={"data": data})
+        validated = raw.map_batches(
+            validate_batch,  # type: ignore[arg-type]
+            batch_format="pyarrow",
+            batch_size=None,
+            fn_kwargs={"data": data},
+        )
     sink = PartSink(rows, quarantine, data)
     validated.write_datasink(sink)
-    return PartResult(merge_summaries([r["summary"] for r in sink.results], len(items)),
-                      [f for r in sink.results for f in r["files"]["rows"]],
-                      [f for r in sink.results for f in r["files"]["quarantine"]])
+    return PartResult(
+        merge_summaries([r["summary"] for r in sink.results], len(items)),
+        [f for r in sink.results for f in r["files"]["rows"]],
+        [f for r in sink.results for f in r["files"]["quarantine"]],
+    )
 
 
 def describe(summary: PartSummary, reasons: int | None = None) -> str:
     """The part's row accounting, its ``reasons`` most common quarantine reasons (all when
     None) and every unreadable file."""
     r = summary.rows
-    lines = [f"files read: {summary.files - len(summary.failed)} of {summary.files} "
-             f"({len(summary.unreadable)} unreadable, {len(summary.failed)} failed); rows "
-             f"read: {r['read']} = kept {r['train'] + r['valid']} + quarantined "
-             f"{r['quarantine']}"]
+    lines = [
+        f"files read: {summary.files - len(summary.failed)} of {summary.files} "
+        f"({len(summary.unreadable)} unreadable, {len(summary.failed)} failed); rows "
+        f"read: {r['read']} = kept {r['train'] + r['valid']} + quarantined "
+        f"{r['quarantine']}"
+    ]
     shown = list(summary.reasons.items())[:reasons]
     lines += [f"  quarantined {n}: {reason}" for reason, n in shown]
     if len(shown) < len(summary.reasons):
-        lines.append(f"  ... {len(summary.reasons) - len(shown)} more reason(s): "
-                     "`rayops quarantine CONFIG` lists the rows")
+        lines.append(
+            f"  ... {len(summary.reasons) - len(shown)} more reason(s): "
+            "`rayops quarantine CONFIG` lists the rows"
+        )
     lines += [f"  unreadable file {u['path']}: {u['reason']}" for u in summary.unreadable]
-    lines += [f"  failed file {f['path']} (read again next time): {f['reason']}"
-              for f in summary.failed]
+    lines += [
+        f"  failed file {f['path']} (read again next time): {f['reason']}" for f in summary.failed
+    ]
     return "\n".join(lines)

@@ -69,32 +69,45 @@ def infer_column(values: pa.ChunkedArray) -> dict[str, Any]:
 
 def _id_like(name: str, values: pa.ChunkedArray) -> bool:
     distinct = len(pc.unique(values.drop_null()))
-    return distinct > 0.95 * max(len(values), 1) and ("id" in name.lower().split("_")
-                                                       or name.lower().endswith("id"))
+    return distinct > 0.95 * max(len(values), 1) and (
+        "id" in name.lower().split("_") or name.lower().endswith("id")
+    )
 
 
-def propose_config(source: FileSource, name: str, label: str | None, root: str,
-                   rows: int = 10_000, table: pa.Table | None = None) -> dict[str, Any]:
+def propose_config(
+    source: FileSource,
+    name: str,
+    label: str | None,
+    root: str,
+    rows: int = 10_000,
+    table: pa.Table | None = None,
+) -> dict[str, Any]:
     """A pipeline config (as a dict) for the source, ready to be written as YAML (from
     ``table`` when the caller sampled the source already)."""
     table = sample(source, rows) if table is None else table
     names = [n for n in table.column_names if not n.startswith("_")]
     if label is not None and label not in names:
-        raise DataError(f"--label {label!r} is not a column of {source.uri}; its columns: "
-                        f"{', '.join(names)}")
+        raise DataError(
+            f"--label {label!r} is not a column of {source.uri}; its columns: {', '.join(names)}"
+        )
     columns = {n: infer_column(table.column(n)) for n in names}
     chosen = label if label is not None else names[-1]
     columns[chosen]["nullable"] = False
     numeric_label = columns[chosen]["type"] in ("numeric",) or (
-        columns[chosen]["type"] == "integer"
-        and len(pc.unique(table.column(chosen))) > 20)
+        columns[chosen]["type"] == "integer" and len(pc.unique(table.column(chosen))) > 20
+    )
     exclude = [n for n in names if n != chosen and _id_like(n, table.column(n))]
     return {
         "name": name,
         "storage": {"root": root},
-        "data": {"source": source.uri, "format": source.fmt, "label": chosen,
-                 "task": "regression" if numeric_label else "classification",
-                 "exclude": exclude, "columns": columns},
+        "data": {
+            "source": source.uri,
+            "format": source.fmt,
+            "label": chosen,
+            "task": "regression" if numeric_label else "classification",
+            "exclude": exclude,
+            "columns": columns,
+        },
     }
 
 
@@ -108,20 +121,30 @@ def proposed_checks(config: dict[str, Any], table: pa.Table) -> str:
     data = config["data"]
     label, excluded = data["label"], set(data["exclude"])
     features = [n for n in data["columns"] if n != label and n not in excluded]
-    slices = [n for n in features if data["columns"][n]["type"] == "categorical" and
-              2 <= len(pc.unique(table.column(n).drop_null())) <= MAX_SLICE_VALUES]
+    slices = [
+        n
+        for n in features
+        if data["columns"][n]["type"] == "categorical"
+        and 2 <= len(pc.unique(table.column(n).drop_null())) <= MAX_SLICE_VALUES
+    ]
     ids = [n for n in features if "id" in n.lower().split("_") or n.lower().endswith("id")]
     if not slices and not ids:
         return ""
-    lines = ["", "# Checks `rayops check` and the gate would run (README: Checks and CI): keep",
-             "# what holds for your data, drop the rest, add directional checks you expect.",
-             "# checks:"]
+    lines = [
+        "",
+        "# Checks `rayops check` and the gate would run (README: Checks and CI): keep",
+        "# what holds for your data, drop the rest, add directional checks you expect.",
+        "# checks:",
+    ]
     if slices:
         lines.append("#   slices:")
-        lines += [f"#     - {{column: {n}, relative_floor: 0.8}}   # no {n} far behind "
-                  "the whole" for n in slices]
+        lines += [
+            f"#     - {{column: {n}, relative_floor: 0.8}}   # no {n} far behind the whole"
+            for n in slices
+        ]
     if ids:
         lines.append("#   invariance:")
-        lines += [f"#     - {{name: {n} changes nothing, columns: [{n}], perturb: shuffle}}"
-                  for n in ids]
+        lines += [
+            f"#     - {{name: {n} changes nothing, columns: [{n}], perturb: shuffle}}" for n in ids
+        ]
     return "\n".join(lines) + "\n"

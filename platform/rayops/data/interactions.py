@@ -88,8 +88,7 @@ class _Histories:
     ids: list[str]  # the user's id
 
 
-def _histories(rows: pa.Table, layout: InteractionLayout, hold_out: bool = True
-               ) -> _Histories:
+def _histories(rows: pa.Table, layout: InteractionLayout, hold_out: bool = True) -> _Histories:
     users = pc.cast(rows.column(layout.user), pa.string())
     codes = pc.dictionary_encode(users).combine_chunks().indices.to_numpy()
     times = pc.cast(rows.column(layout.timestamp), pa.int64()).to_numpy(zero_copy_only=False)
@@ -98,7 +97,8 @@ def _histories(rows: pa.Table, layout: InteractionLayout, hold_out: bool = True
     positive = np.ones(rows.num_rows, dtype=bool)
     if layout.rating is not None and layout.min_rating is not None:
         ratings = pc.cast(rows.column(layout.rating), pa.float64()).to_numpy(
-            zero_copy_only=False)  # no rating (a click, a session's item): a positive
+            zero_copy_only=False
+        )  # no rating (a click, a session's item): a positive
         positive = np.isnan(ratings) | (np.nan_to_num(ratings) >= layout.min_rating)
     user_slots = layout.slots(users, layout.users)
     user_ids = users.to_numpy(zero_copy_only=False)
@@ -171,14 +171,29 @@ def fit_interaction_layout(rows: pa.Table, data: Any) -> tuple[InteractionLayout
     items = sorted(set(_ids(rows.column(r.item))))
     if not items:
         raise DataError("no interactions to recommend from: the dataset is empty")
-    layout = InteractionLayout(r.user, r.item, r.timestamp, r.rating, r.min_rating, r.k,
-                               r.history, r.min_interactions, users, [], items)
+    layout = InteractionLayout(
+        r.user,
+        r.item,
+        r.timestamp,
+        r.rating,
+        r.min_rating,
+        r.k,
+        r.history,
+        r.min_interactions,
+        users,
+        [],
+        items,
+    )
     h = _histories(rows, layout)
     counts = positive_counts(h, len(items), held_out=True)
     popular = [[items[s - 1], int(counts[s])] for s in most_first(counts)[:POPULAR] if s > 0]
-    examples = {"train": sum(len(_windows(items_[pos & (items_ > 0)], r.history + 1))
-                             for items_, pos in zip(h.train, h.positive, strict=True)),
-                "valid": sum(held is not None for held in h.held_out)}
+    examples = {
+        "train": sum(
+            len(_windows(items_[pos & (items_ > 0)], r.history + 1))
+            for items_, pos in zip(h.train, h.positive, strict=True)
+        ),
+        "valid": sum(held is not None for held in h.held_out),
+    }
     return replace(layout, popular=popular), examples
 
 
@@ -192,15 +207,24 @@ def interaction_examples(rows: pa.Table, layout: InteractionLayout, split: str) 
             for window in _windows(known, layout.history + 1):
                 users.append(user)
                 sequences.append(window)
-        return pa.table({USER: pa.array(users, pa.int64()), SEQUENCE: pa.array(
-            sequences, pa.list_(pa.int64(), layout.history + 1))})
+        return pa.table(
+            {
+                USER: pa.array(users, pa.int64()),
+                SEQUENCE: pa.array(sequences, pa.list_(pa.int64(), layout.history + 1)),
+            }
+        )
     return _validation(h, layout)
 
 
 def _validation(h: _Histories, layout: InteractionLayout) -> pa.Table:
     position = popularity_order(h, len(layout.items))
-    columns: dict[str, list[Any]] = {USER: [], HISTORY: [], SEEN: [], TARGET: [],
-                                     POPULARITY_RANK: []}
+    columns: dict[str, list[Any]] = {
+        USER: [],
+        HISTORY: [],
+        SEEN: [],
+        TARGET: [],
+        POPULARITY_RANK: [],
+    }
     for user, items, pos, held in zip(h.user, h.train, h.positive, h.held_out, strict=True):
         if held is None:
             continue
@@ -214,16 +238,18 @@ def _validation(h: _Histories, layout: InteractionLayout) -> pa.Table:
             rank = len(layout.items)
         columns[TARGET].append(held if held > 0 else -1)
         columns[POPULARITY_RANK].append(rank)
-    return pa.table({
-        USER: pa.array(columns[USER], pa.int64()),
-        HISTORY: pa.array(columns[HISTORY], pa.list_(pa.int64(), layout.history)),
-        SEEN: pa.array(columns[SEEN], pa.list_(pa.int64())),
-        TARGET: pa.array(columns[TARGET], pa.int64()),
-        POPULARITY_RANK: pa.array(columns[POPULARITY_RANK], pa.int64())})
+    return pa.table(
+        {
+            USER: pa.array(columns[USER], pa.int64()),
+            HISTORY: pa.array(columns[HISTORY], pa.list_(pa.int64(), layout.history)),
+            SEEN: pa.array(columns[SEEN], pa.list_(pa.int64())),
+            TARGET: pa.array(columns[TARGET], pa.int64()),
+            POPULARITY_RANK: pa.array(columns[POPULARITY_RANK], pa.int64()),
+        }
+    )
 
 
-def _ranked(items: np.ndarray, positive: np.ndarray, history: int
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _ranked(items: np.ndarray, positive: np.ndarray, history: int) -> tuple[np.ndarray, np.ndarray]:
     """What a model reads of a user's training interactions: the last ``history``
     positives (left-padded) and every item met (never ranked)."""
     recent = items[positive & (items > 0)][-history:]
@@ -245,7 +271,7 @@ def _matrix(column: pa.ChunkedArray, width: int | None) -> np.ndarray:
     width = width if width is not None else max((len(r) for r in rows), default=0)
     out = np.zeros((len(rows), max(width, 1)), dtype=np.float32)
     for i, row in enumerate(rows):
-        out[i, :len(row)] = row
+        out[i, : len(row)] = row
     return out
 
 
@@ -253,21 +279,26 @@ def ranking_examples(rows: pa.Table, layout: InteractionLayout) -> pa.Table:
     """What a model ranks for each user of ``rows`` (their interactions so far, nothing
     held out): the user's id and slot, the last ``history`` positives, every item met."""
     h = _histories(rows, layout, hold_out=False)
-    ranked = [_ranked(items, pos, layout.history)
-              for items, pos in zip(h.train, h.positive, strict=True)]
-    return pa.table({
-        layout.user: pa.array(h.ids, pa.string()),
-        USER: pa.array(h.user, pa.int64()),
-        HISTORY: pa.array([r[0] for r in ranked], pa.list_(pa.int64(), layout.history)),
-        SEEN: pa.array([r[1] for r in ranked], pa.list_(pa.int64()))})
+    ranked = [
+        _ranked(items, pos, layout.history) for items, pos in zip(h.train, h.positive, strict=True)
+    ]
+    return pa.table(
+        {
+            layout.user: pa.array(h.ids, pa.string()),
+            USER: pa.array(h.user, pa.int64()),
+            HISTORY: pa.array([r[0] for r in ranked], pa.list_(pa.int64(), layout.history)),
+            SEEN: pa.array([r[1] for r in ranked], pa.list_(pa.int64())),
+        }
+    )
 
 
 MAX_VALUES = 1000  # an attribute's most frequent values kept; rarer ones share code 0
 BINS = 10  # a numeric attribute's quantile bins
 
 
-def encode_attributes(table: pa.Table, ids: list[str], key: str,
-                      columns: Mapping[str, Any]) -> list[dict[str, Any]]:
+def encode_attributes(
+    table: pa.Table, ids: list[str], key: str, columns: Mapping[str, Any]
+) -> list[dict[str, Any]]:
     """Per attribute of an item (user) table (valid rows, one per id), a code per slot of
     ``ids`` (0: unknown): categories by value, numbers by quantile bin. Each entry holds
     ``name``, ``size`` (the codes besides 0), ``values`` or ``edges``, and ``codes``."""
@@ -282,18 +313,21 @@ def encode_attributes(table: pa.Table, ids: list[str], key: str,
         if spec.type in ("numeric", "integer"):
             values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
             finite = values[np.isfinite(values)]
-            edges = np.unique(np.quantile(finite, np.linspace(0, 1, BINS + 1)[1:-1])) \
-                if len(finite) else np.zeros(0)
-            code = np.where(np.isfinite(values),
-                            np.searchsorted(edges, values, side="right") + 1, 0)
+            edges = (
+                np.unique(np.quantile(finite, np.linspace(0, 1, BINS + 1)[1:-1]))
+                if len(finite)
+                else np.zeros(0)
+            )
+            code = np.where(
+                np.isfinite(values), np.searchsorted(edges, values, side="right") + 1, 0
+            )
             entry.update(edges=edges.tolist(), size=len(edges) + 1)
         else:
             text = pc.cast(column, pa.string()).to_pylist()
             counts = Counter(t for t in text if t is not None)
             kept = sorted(v for v, _ in counts.most_common(MAX_VALUES))
             index = {v: n + 1 for n, v in enumerate(kept)}
-            code = np.array([index.get(t, 0) if t is not None else 0 for t in text],
-                            dtype=np.int64)
+            code = np.array([index.get(t, 0) if t is not None else 0 for t in text], dtype=np.int64)
             entry.update(values=kept, size=len(kept))
         codes = np.zeros(len(ids) + 1, dtype=np.int64)
         known = slots > 0

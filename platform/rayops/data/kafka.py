@@ -61,16 +61,21 @@ def client_settings(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """librdkafka settings from ``RAYOPS_KAFKA_*`` variables: the rest of the name,
     lower-cased, ``_`` for ``.`` (``RAYOPS_KAFKA_SECURITY_PROTOCOL=SASL_SSL``)."""
     env = os.environ if env is None else env
-    return {k[len(ENV_PREFIX):].lower().replace("_", "."): v for k, v in env.items()
-            if k.startswith(ENV_PREFIX) and len(k) > len(ENV_PREFIX)}
+    return {
+        k[len(ENV_PREFIX) :].lower().replace("_", "."): v
+        for k, v in env.items()
+        if k.startswith(ENV_PREFIX) and len(k) > len(ENV_PREFIX)
+    }
 
 
 def _kafka() -> Any:
     try:
         import confluent_kafka
     except ImportError:  # a dependency: only a broken install lacks it
-        raise DataError("data.source is a Kafka topic but confluent-kafka is not "
-                        "installed: pip install confluent-kafka") from None
+        raise DataError(
+            "data.source is a Kafka topic but confluent-kafka is not "
+            "installed: pip install confluent-kafka"
+        ) from None
     return confluent_kafka
 
 
@@ -87,7 +92,7 @@ class KafkaSource(MessageSource):
 
     @classmethod
     def parse(cls, uri: str, fmt: str, columns: Sequence[str]) -> KafkaSource:
-        rest = uri[len(SCHEME):]
+        rest = uri[len(SCHEME) :]
         servers, _, topic = rest.partition("/")
         if not servers or not topic or "/" in topic:
             raise DataError(f"data.source: {uri!r} is not kafka://HOST:PORT[,HOST:PORT]/TOPIC")
@@ -113,9 +118,16 @@ class KafkaSource(MessageSource):
 
     def _consumer(self) -> Any:
         kafka = _kafka()
-        return kafka.Consumer({"bootstrap.servers": self.servers, "group.id": "rayops",
-                               "enable.auto.commit": False, "enable.partition.eof": True,
-                               "auto.offset.reset": "error", **self.settings})
+        return kafka.Consumer(
+            {
+                "bootstrap.servers": self.servers,
+                "group.id": "rayops",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "error",
+                **self.settings,
+            }
+        )
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every partition with its earliest retained offset (``low``) and its end now."""
@@ -125,23 +137,38 @@ class KafkaSource(MessageSource):
             try:
                 meta = consumer.list_topics(self.topic, timeout=TIMEOUT_S)
             except kafka.KafkaException as exc:
-                raise SourceUnavailable(f"data.source: cannot reach the Kafka cluster at "
-                                        f"{self.servers}: {one_line(exc)}") from None
+                raise SourceUnavailable(
+                    f"data.source: cannot reach the Kafka cluster at "
+                    f"{self.servers}: {one_line(exc)}"
+                ) from None
             topic = meta.topics.get(self.topic)
             if topic is None or topic.error is not None or not topic.partitions:
                 why = topic.error if topic is not None and topic.error else "no partitions"
                 raise DataError(f"data.source: topic {self.topic!r} at {self.servers}: {why}")
-            marks = {p: consumer.get_watermark_offsets(
-                kafka.TopicPartition(self.topic, p), timeout=TIMEOUT_S)
-                for p in sorted(topic.partitions)}
+            marks = {
+                p: consumer.get_watermark_offsets(
+                    kafka.TopicPartition(self.topic, p), timeout=TIMEOUT_S
+                )
+                for p in sorted(topic.partitions)
+            }
             ends = _ends(consumer, kafka, self.topic, marks)
         finally:
             consumer.close()
-        return [{"key": f"{self.topic}/{p}", "path": f"{self.topic}/{p}", "partition": p,
-                 "low": low, "end": ends[p], "size": 0} for p, (low, _) in marks.items()]
+        return [
+            {
+                "key": f"{self.topic}/{p}",
+                "path": f"{self.topic}/{p}",
+                "partition": p,
+                "low": low,
+                "end": ends[p],
+                "size": 0,
+            }
+            for p, (low, _) in marks.items()
+        ]
 
-    def pending(self, consumed: Mapping[str, Mapping[str, Any]], items: list[dict[str, Any]],
-                max_lost: int) -> tuple[list[dict[str, Any]], int]:
+    def pending(
+        self, consumed: Mapping[str, Mapping[str, Any]], items: list[dict[str, Any]], max_lost: int
+    ) -> tuple[list[dict[str, Any]], int]:
         """The partitions with messages past what was consumed (each with its ``start``),
         and how many messages expired unread (a RetentionGap over ``max_lost``)."""
         return plan_offsets(self.topic, consumed, items, max_lost)
@@ -156,30 +183,44 @@ class KafkaSource(MessageSource):
         consumer = self._consumer()
         oldest: dict[int, float | None] = {}
         try:
-            consumer.assign([kafka.TopicPartition(self.topic, int(i["partition"]),
-                                                  int(i["start"])) for i in todo])
+            consumer.assign(
+                [
+                    kafka.TopicPartition(self.topic, int(i["partition"]), int(i["start"]))
+                    for i in todo
+                ]
+            )
             deadline = time.monotonic() + TIMEOUT_S
             while len(oldest) < len(todo) and time.monotonic() < deadline:
                 message = consumer.poll(0.2)
-                if message is None or message.error() is not None or \
-                        message.partition() in oldest:
+                if message is None or message.error() is not None or message.partition() in oldest:
                     continue
                 kind, ms = message.timestamp()
                 oldest[message.partition()] = (
-                    None if kind == kafka.TIMESTAMP_NOT_AVAILABLE else ms / 1e3)
+                    None if kind == kafka.TIMESTAMP_NOT_AVAILABLE else ms / 1e3
+                )
         finally:
             consumer.close()
         now = time.time()
-        return [{"partition": int(i["partition"]), "start": int(i["start"]),
-                 "end": int(i["end"]), "lag_messages": int(i["end"]) - int(i["start"]),
-                 "lag_s": None if oldest.get(int(i["partition"])) is None else round(
-                     max(0.0, now - oldest[int(i["partition"])]), 3)}  # type: ignore[operator]
-                for i in todo]
+        return [
+            {
+                "partition": int(i["partition"]),
+                "start": int(i["start"]),
+                "end": int(i["end"]),
+                "lag_messages": int(i["end"]) - int(i["start"]),
+                "lag_s": None
+                if oldest.get(int(i["partition"])) is None
+                else round(max(0.0, now - oldest[int(i["partition"])]), 3),  # type: ignore[operator]
+            }
+            for i in todo
+        ]
 
 
-def plan_offsets(topic: str, consumed: Mapping[str, Mapping[str, Any]],
-                 items: list[dict[str, Any]], max_lost: int
-                 ) -> tuple[list[dict[str, Any]], int]:
+def plan_offsets(
+    topic: str,
+    consumed: Mapping[str, Mapping[str, Any]],
+    items: list[dict[str, Any]],
+    max_lost: int,
+) -> tuple[list[dict[str, Any]], int]:
     """What to read of each partition: from the consumed end (a partition never read: its
     earliest offset) to its planned end. Expired offsets are counted; more than
     ``max_lost`` of them fail the plan, naming each lost range."""
@@ -192,7 +233,8 @@ def plan_offsets(topic: str, consumed: Mapping[str, Mapping[str, Any]],
                 f"topic {topic!r} partition {item['partition']} ends at offset {item['end']}, "
                 f"before the {start} already consumed: the topic was deleted and created "
                 "again (or data.source names another cluster); nothing was committed. "
-                "Ingest it into a new dataset (data.dataset)")
+                "Ingest it into a new dataset (data.dataset)"
+            )
         if start < item["low"]:
             gaps.append(f"partition {item['partition']} offsets {start}..{item['low'] - 1}")
             lost += int(item["low"]) - start
@@ -203,16 +245,23 @@ def plan_offsets(topic: str, consumed: Mapping[str, Mapping[str, Any]],
         raise RetentionGap(
             f"{lost} message(s) of topic {topic!r} expired before they were read ("
             f"{'; '.join(gaps)}): more than data.max_lost_messages ({max_lost}); nothing "
-            "was committed. Raise it to accept the loss (counted in the manifest)")
+            "was committed. Raise it to accept the loss (counted in the manifest)"
+        )
     if lost:
-        logger.warning("%d message(s) of topic %r expired before they were read (%s): "
-                       "accepted by data.max_lost_messages (%d)", lost, topic,
-                       "; ".join(gaps), max_lost)
+        logger.warning(
+            "%d message(s) of topic %r expired before they were read (%s): "
+            "accepted by data.max_lost_messages (%d)",
+            lost,
+            topic,
+            "; ".join(gaps),
+            max_lost,
+        )
     return todo, lost
 
 
-def _ends(consumer: Any, kafka: Any, topic: str, marks: dict[int, tuple[int, int]]
-          ) -> dict[int, int]:
+def _ends(
+    consumer: Any, kafka: Any, topic: str, marks: dict[int, tuple[int, int]]
+) -> dict[int, int]:
     """Each partition's end: one past the last offset of its last batch (read from the
     high watermark - 1 until the partition's end, quiet, or ``ENDS_S``: messages still
     arriving are not chased; the end is one past the last seen)."""
@@ -246,7 +295,8 @@ def _fetch(source: KafkaSource, item: dict[str, Any]) -> list[tuple[int, bytes |
     consumer = source._consumer()
     try:
         low, _ = consumer.get_watermark_offsets(
-            kafka.TopicPartition(source.topic, partition), timeout=TIMEOUT_S)
+            kafka.TopicPartition(source.topic, partition), timeout=TIMEOUT_S
+        )
         if low > start:  # expired between planning and reading: never read past it
             raise DataError(f"offsets {start}..{low - 1} expired before they were read")
         consumer.assign([kafka.TopicPartition(source.topic, partition, start)])
@@ -257,8 +307,9 @@ def _fetch(source: KafkaSource, item: dict[str, Any]) -> list[tuple[int, bytes |
             if message is None:
                 if time.monotonic() - waited > TIMEOUT_S:
                     got = out[-1][0] + 1 if out else start
-                    raise DataError(f"no message for {TIMEOUT_S:.0f} s at offset {got} of "
-                                    f"{start}..{end - 1}")
+                    raise DataError(
+                        f"no message for {TIMEOUT_S:.0f} s at offset {got} of {start}..{end - 1}"
+                    )
                 continue
             error = message.error()
             if error is not None:

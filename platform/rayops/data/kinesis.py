@@ -55,8 +55,12 @@ logger = logging.getLogger(__name__)
 SCHEME = "kinesis://"
 TIMEOUT_S = 30.0  # planning or reading one shard: longer fails (read again next time)
 PAGE = 10_000  # records per GetRecords call (Kinesis' maximum)
-THROTTLED = {"ProvisionedThroughputExceededException", "LimitExceededException",
-             "ThrottlingException", "KMSThrottlingException"}
+THROTTLED = {
+    "ProvisionedThroughputExceededException",
+    "LimitExceededException",
+    "ThrottlingException",
+    "KMSThrottlingException",
+}
 
 
 def _boto() -> tuple[Any, Any]:
@@ -87,13 +91,20 @@ class KinesisSource(MessageSource):
         unknown = set(query) - {"region", "endpoint_url"}
         if not stream or parts.path.strip("/") or unknown:
             why = f" (unknown {', '.join(sorted(unknown))})" if unknown else ""
-            raise DataError(f"data.source: {uri!r} is not kinesis://STREAM[?region=R&"
-                            f"endpoint_url=URL]{why}")
+            raise DataError(
+                f"data.source: {uri!r} is not kinesis://STREAM[?region=R&endpoint_url=URL]{why}"
+            )
         check_format(fmt, "Kinesis")
-        region = query.get("region") or os.environ.get("AWS_REGION") or os.environ.get(
-            "AWS_DEFAULT_REGION")
-        endpoint = query.get("endpoint_url") or os.environ.get(
-            "AWS_ENDPOINT_URL_KINESIS") or os.environ.get("AWS_ENDPOINT_URL")
+        region = (
+            query.get("region")
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+        )
+        endpoint = (
+            query.get("endpoint_url")
+            or os.environ.get("AWS_ENDPOINT_URL_KINESIS")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
         return cls(stream, fmt, tuple(columns), region, endpoint, _driver_credentials())
 
     @property
@@ -109,14 +120,22 @@ class KinesisSource(MessageSource):
         from botocore.config import Config
 
         try:
-            return boto3.client("kinesis", region_name=self.region,
-                                endpoint_url=self.endpoint_url, **self.credentials,
-                                config=Config(connect_timeout=5, read_timeout=15,
-                                              retries={"mode": "standard",
-                                                       "max_attempts": 5}))
+            return boto3.client(
+                "kinesis",
+                region_name=self.region,
+                endpoint_url=self.endpoint_url,
+                **self.credentials,
+                config=Config(
+                    connect_timeout=5,
+                    read_timeout=15,
+                    retries={"mode": "standard", "max_attempts": 5},
+                ),
+            )
         except errors.NoRegionError:
-            raise DataError(f"data.source: {self.uri} needs a region: set AWS_REGION or "
-                            "add ?region=... to the URI") from None
+            raise DataError(
+                f"data.source: {self.uri} needs a region: set AWS_REGION or "
+                "add ?region=... to the URI"
+            ) from None
 
     @contextlib.contextmanager
     def _translated(self, what: str) -> Iterator[None]:
@@ -129,16 +148,19 @@ class KinesisSource(MessageSource):
         except errors.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in THROTTLED:
-                raise SourceUnavailable(f"data.source: {self.uri}: {what}: {code} (Kinesis "
-                                        "refused for now)") from None
+                raise SourceUnavailable(
+                    f"data.source: {self.uri}: {what}: {code} (Kinesis refused for now)"
+                ) from None
             if code == "ResourceNotFoundException":
-                raise DataError(f"data.source: Kinesis stream {self.stream!r} does not exist"
-                                f"{'' if not self.endpoint_url else ' at ' + self.endpoint_url}"
-                                ) from None
+                raise DataError(
+                    f"data.source: Kinesis stream {self.stream!r} does not exist"
+                    f"{'' if not self.endpoint_url else ' at ' + self.endpoint_url}"
+                ) from None
             raise DataError(f"data.source: {self.uri}: {what}: {one_line(exc)}") from None
         except errors.BotoCoreError as exc:
-            raise SourceUnavailable(f"data.source: cannot reach Kinesis for {self.uri}: "
-                                    f"{one_line(exc)}") from None
+            raise SourceUnavailable(
+                f"data.source: cannot reach Kinesis for {self.uri}: {one_line(exc)}"
+            ) from None
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
         """One call about the stream (its name given), errors translated."""
@@ -163,50 +185,79 @@ class KinesisSource(MessageSource):
             if not token:
                 break
         planned_at = time.time()
-        return [{"key": f"{self.stream}/{s['ShardId']}", "path": f"{self.stream}/{s['ShardId']}",
-                 "partition": s["ShardId"], "size": 0, "retention_h": retention,
-                 "planned_at": planned_at} for s in shards]
+        return [
+            {
+                "key": f"{self.stream}/{s['ShardId']}",
+                "path": f"{self.stream}/{s['ShardId']}",
+                "partition": s["ShardId"],
+                "size": 0,
+                "retention_h": retention,
+                "planned_at": planned_at,
+            }
+            for s in shards
+        ]
 
-    def pending(self, consumed: Mapping[str, Mapping[str, Any]], items: list[dict[str, Any]],
-                max_lost: int) -> tuple[list[dict[str, Any]], int]:
+    def pending(
+        self, consumed: Mapping[str, Mapping[str, Any]], items: list[dict[str, Any]], max_lost: int
+    ) -> tuple[list[dict[str, Any]], int]:
         """The shards with records after what was consumed, each with the first and last
         sequence numbers to read and how many; a possible retention gap fails the plan
         unless ``max_lost`` >= 1. Kinesis cannot count expired records: 0 are counted."""
         client = self._client()
-        last_planned = max((float(c.get("planned_at", 0)) for c in consumed.values()),
-                           default=None)
+        last_planned = max((float(c.get("planned_at", 0)) for c in consumed.values()), default=None)
         todo, gaps = [], []
         for item in items:
             before = consumed.get(item["key"])
             after = None if before is None else str(before["last"])
             gap = None
-            if after is not None and last_planned is not None and expired_unread(
-                    last_planned, float(item["retention_h"]), time.time()):
+            if (
+                after is not None
+                and last_planned is not None
+                and expired_unread(last_planned, float(item["retention_h"]), time.time())
+            ):
                 gap = self._gap(client, item["partition"], after)
                 if gap:
                     gaps.append(f"shard {item['partition']} {gap}")
             count, first, last, oldest = _scan(self, client, item["partition"], after)
             if count:
-                todo.append({**item, "after": after, "first": first, "last": last,
-                             "count": count, "oldest": oldest,
-                             **({"expired_unread": gap} if gap else {})})
+                todo.append(
+                    {
+                        **item,
+                        "after": after,
+                        "first": first,
+                        "last": last,
+                        "count": count,
+                        "oldest": oldest,
+                        **({"expired_unread": gap} if gap else {}),
+                    }
+                )
         if gaps and max_lost < 1:
             raise RetentionGap(
                 f"records of Kinesis stream {self.stream!r} may have expired before they "
                 f"were read ({'; '.join(gaps)}): Kinesis cannot say how many; nothing was "
                 "committed. data.max_lost_messages >= 1 accepts the gap (recorded in the "
-                "manifest)")
+                "manifest)"
+            )
         if gaps:
-            logger.warning("records of %s may have expired unread (%s): accepted by "
-                           "data.max_lost_messages (%d)", self.uri, "; ".join(gaps), max_lost)
+            logger.warning(
+                "records of %s may have expired unread (%s): accepted by "
+                "data.max_lost_messages (%d)",
+                self.uri,
+                "; ".join(gaps),
+                max_lost,
+            )
         return todo, 0
 
     def _gap(self, client: Any, shard: str, after: str) -> str | None:
         """The range that may have expired unread when the record at ``after`` is gone."""
         try:
-            it = self._call("find the consumed record", client.get_shard_iterator,
-                            ShardId=shard, ShardIteratorType="AT_SEQUENCE_NUMBER",
-                            StartingSequenceNumber=after)["ShardIterator"]
+            it = self._call(
+                "find the consumed record",
+                client.get_shard_iterator,
+                ShardId=shard,
+                ShardIteratorType="AT_SEQUENCE_NUMBER",
+                StartingSequenceNumber=after,
+            )["ShardIterator"]
             with self._translated("find the consumed record"):
                 records = client.get_records(ShardIterator=it, Limit=1)["Records"]
         except SourceUnavailable:
@@ -215,17 +266,26 @@ class KinesisSource(MessageSource):
             records = []  # the sequence number is behind the trim horizon
         if records and records[0]["SequenceNumber"] == after:
             return None  # still there: so is everything after it
-        return f"after sequence number {after} (expired; the last ingest planned longer " \
-               "ago than the stream's retention period)"
+        return (
+            f"after sequence number {after} (expired; the last ingest planned longer "
+            "ago than the stream's retention period)"
+        )
 
     def lag(self, todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
         now = time.time()
-        return [{"partition": i["partition"], "start": i["first"], "end": i["last"],
-                 "lag_messages": int(i["count"]),
-                 "lag_s": None if i["oldest"] is None else round(
-                     max(0.0, now - float(i["oldest"])), 3),
-                 **({"expired_unread": i["expired_unread"]} if "expired_unread" in i else {})}
-                for i in todo]
+        return [
+            {
+                "partition": i["partition"],
+                "start": i["first"],
+                "end": i["last"],
+                "lag_messages": int(i["count"]),
+                "lag_s": None
+                if i["oldest"] is None
+                else round(max(0.0, now - float(i["oldest"])), 3),
+                **({"expired_unread": i["expired_unread"]} if "expired_unread" in i else {}),
+            }
+            for i in todo
+        ]
 
     def describe(self, lag: Mapping[str, Any]) -> str:
         return f"shard {lag['partition']}: sequence numbers {lag['start']}..{lag['end']}"
@@ -246,19 +306,23 @@ class KinesisSource(MessageSource):
             page = client.get_records(ShardIterator=it, Limit=PAGE)
             for record in page["Records"]:
                 if not out and record["SequenceNumber"] != first:
-                    raise DataError(f"records from sequence number {first} expired before "
-                                    "they were read")
+                    raise DataError(
+                        f"records from sequence number {first} expired before they were read"
+                    )
                 if int(record["SequenceNumber"]) > last:
                     return out
                 out.append((record["SequenceNumber"], record["Data"]))
             if out and int(out[-1][0]) >= last:
                 return out
             it = page.get("NextShardIterator")
-            if (not page["Records"] and page.get("MillisBehindLatest", 0) == 0) or \
-                    time.monotonic() > deadline:
+            if (
+                not page["Records"] and page.get("MillisBehindLatest", 0) == 0
+            ) or time.monotonic() > deadline:
                 break
-        raise DataError(f"shard {item['partition']} ended before sequence number {last}, "
-                        f"planned (read {len(out)} of {item['count']} records)")
+        raise DataError(
+            f"shard {item['partition']} ended before sequence number {last}, "
+            f"planned (read {len(out)} of {item['count']} records)"
+        )
 
 
 def expired_unread(last_planned: float, retention_h: float, now: float) -> bool:
@@ -283,15 +347,19 @@ def _driver_credentials() -> dict[str, str]:
 
 
 def _iterator(source: KinesisSource, client: Any, shard: str, after: str | None) -> Any:
-    kind: dict[str, Any] = ({"ShardIteratorType": "TRIM_HORIZON"} if after is None else
-                            {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER",
-                             "StartingSequenceNumber": after})
-    return source._call("get shard iterator", client.get_shard_iterator, ShardId=shard,
-                        **kind)["ShardIterator"]
+    kind: dict[str, Any] = (
+        {"ShardIteratorType": "TRIM_HORIZON"}
+        if after is None
+        else {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "StartingSequenceNumber": after}
+    )
+    return source._call("get shard iterator", client.get_shard_iterator, ShardId=shard, **kind)[
+        "ShardIterator"
+    ]
 
 
-def _scan(source: KinesisSource, client: Any, shard: str, after: str | None
-          ) -> tuple[int, str | None, str | None, float | None]:
+def _scan(
+    source: KinesisSource, client: Any, shard: str, after: str | None
+) -> tuple[int, str | None, str | None, float | None]:
     """(how many, first and last sequence numbers, the first's arrival time) of the
     records after ``after`` (None: the trim horizon) up to the shard's tip."""
     _, errors = _boto()
@@ -302,8 +370,9 @@ def _scan(source: KinesisSource, client: Any, shard: str, after: str | None
         try:
             page = client.get_records(ShardIterator=it, Limit=PAGE)
         except (errors.ClientError, errors.BotoCoreError) as exc:
-            raise SourceUnavailable(f"data.source: {source.uri}: reading shard {shard}: "
-                                    f"{one_line(exc)}") from None
+            raise SourceUnavailable(
+                f"data.source: {source.uri}: reading shard {shard}: {one_line(exc)}"
+            ) from None
         records = page["Records"]
         if records:
             count += len(records)
@@ -316,6 +385,8 @@ def _scan(source: KinesisSource, client: Any, shard: str, after: str | None
         if not records and page.get("MillisBehindLatest", 0) == 0:
             break
         if time.monotonic() > deadline:
-            raise DataError(f"data.source: {source.uri}: shard {shard} still had records "
-                            f"after {TIMEOUT_S:.0f} s of planning ({count} so far)")
+            raise DataError(
+                f"data.source: {source.uri}: shard {shard} still had records "
+                f"after {TIMEOUT_S:.0f} s of planning ({count} so far)"
+            )
     return count, first, last, oldest

@@ -42,9 +42,11 @@ class SourceUnavailable(DataError):
 
 def check_format(fmt: str, kind: str) -> None:
     if fmt not in FORMATS:
-        raise DataError(f"data.format: {fmt!r} is not a message format of a {kind} source "
-                        "(json: each message a JSON object; csv: a line of the declared "
-                        "columns; avro: a record of data.avro.schema)")
+        raise DataError(
+            f"data.format: {fmt!r} is not a message format of a {kind} source "
+            "(json: each message a JSON object; csv: a line of the declared "
+            "columns; avro: a record of data.avro.schema)"
+        )
 
 
 @dataclass(frozen=True)
@@ -71,18 +73,21 @@ class AvroDecoder:
         body = value
         if self.framing == "confluent":
             if len(value) < 5 or value[0] != 0:
-                raise ValueError("not Confluent's Avro framing (a zero byte and a 4-byte "
-                                 "schema id before the record)")
+                raise ValueError(
+                    "not Confluent's Avro framing (a zero byte and a 4-byte "
+                    "schema id before the record)"
+                )
             body = value[5:]
         buffer = io.BytesIO(body)
         try:
             record = _fastavro().schemaless_reader(buffer, self.schema)
         except (EOFError, ValueError, IndexError, KeyError, TypeError, OverflowError) as exc:
-            raise ValueError(f"not a record of the Avro schema ({type(exc).__name__}: "
-                             f"{str(exc)[:200]})") from None
+            raise ValueError(
+                f"not a record of the Avro schema ({type(exc).__name__}: {str(exc)[:200]})"
+            ) from None
         if buffer.tell() != len(body):
             raise ValueError(f"{len(body) - buffer.tell()} byte(s) after the Avro record")
-        return record  # type: ignore[return-value]
+        return record
 
 
 def _fastavro() -> Any:
@@ -90,8 +95,9 @@ def _fastavro() -> Any:
         import fastavro
         import fastavro.schema
     except ImportError:  # a dependency: only a broken install lacks it
-        raise DataError("data.format is avro but fastavro is not installed: "
-                        "pip install fastavro") from None
+        raise DataError(
+            "data.format is avro but fastavro is not installed: pip install fastavro"
+        ) from None
     return fastavro
 
 
@@ -113,8 +119,9 @@ class MessageSource:
     def snapshot(self) -> list[dict[str, Any]]:
         raise NotImplementedError
 
-    def pending(self, consumed: Mapping[str, Mapping[str, Any]], items: list[dict[str, Any]],
-                max_lost: int) -> tuple[list[dict[str, Any]], int]:
+    def pending(
+        self, consumed: Mapping[str, Mapping[str, Any]], items: list[dict[str, Any]], max_lost: int
+    ) -> tuple[list[dict[str, Any]], int]:
         """The partitions with messages past what was consumed, and how many messages
         expired unread (a RetentionGap over ``max_lost``)."""
         raise NotImplementedError
@@ -138,15 +145,18 @@ class MessageSource:
         return (DataError,)
 
     def read(self, items: Sequence[dict[str, Any]], columns: Sequence[str]) -> ray.data.Dataset:
-        return ray.data.read_datasource(_PartitionsDatasource(self, list(items), list(columns)),
-                                        override_num_blocks=max(1, len(items)))
+        return ray.data.read_datasource(
+            _PartitionsDatasource(self, list(items), list(columns)),
+            override_num_blocks=max(1, len(items)),
+        )
 
 
 _GAUGES: dict[str, Any] = {}  # made at the first export (never at import)
 
 
-def export_lag(dataset: str, name: str, items: list[dict[str, Any]],
-               partitions: list[dict[str, Any]]) -> None:
+def export_lag(
+    dataset: str, name: str, items: list[dict[str, Any]], partitions: list[dict[str, Any]]
+) -> None:
     """Each partition's lag at planning as Prometheus gauges (Ray's metrics export, from
     the driver): ``rayops_ingest_lag_messages`` and ``rayops_ingest_lag_seconds``, tagged
     with the dataset, the topic (or stream) and the partition (or shard); 0 for a
@@ -160,17 +170,23 @@ def export_lag(dataset: str, name: str, items: list[dict[str, Any]],
     if not _GAUGES:
         tags = ("dataset", "topic", "partition")
         _GAUGES["messages"] = metrics.Gauge(
-            "rayops_ingest_lag_messages", "Messages of a topic's partition not yet in a "
-            "committed version, at the last ingest's planning.", tag_keys=tags)
+            "rayops_ingest_lag_messages",
+            "Messages of a topic's partition not yet in a "
+            "committed version, at the last ingest's planning.",
+            tag_keys=tags,
+        )
         _GAUGES["seconds"] = metrics.Gauge(
-            "rayops_ingest_lag_seconds", "Age of the oldest message of a partition not yet "
-            "in a committed version, at the last ingest's planning.", tag_keys=tags)
+            "rayops_ingest_lag_seconds",
+            "Age of the oldest message of a partition not yet "
+            "in a committed version, at the last ingest's planning.",
+            tag_keys=tags,
+        )
     behind = {str(p["partition"]): p for p in partitions}
     for item in items:
         lag = behind.get(str(item["partition"]), {})
-        tags = {"dataset": dataset, "topic": name, "partition": str(item["partition"])}
-        _GAUGES["messages"].set(float(lag.get("lag_messages") or 0), tags=tags)
-        _GAUGES["seconds"].set(float(lag.get("lag_s") or 0), tags=tags)
+        values = {"dataset": dataset, "topic": name, "partition": str(item["partition"])}
+        _GAUGES["messages"].set(float(lag.get("lag_messages") or 0), tags=values)
+        _GAUGES["seconds"].set(float(lag.get("lag_s") or 0), tags=values)
 
 
 # --------------------------------------------------------------------------- reading
@@ -179,33 +195,35 @@ def export_lag(dataset: str, name: str, items: list[dict[str, Any]],
 class _PartitionsDatasource(Datasource):
     """One read task per partition, each reading exactly its planned range."""
 
-    def __init__(self, source: MessageSource, items: list[dict[str, Any]],
-                 columns: list[str]) -> None:
+    def __init__(
+        self, source: MessageSource, items: list[dict[str, Any]], columns: list[str]
+    ) -> None:
         super().__init__()
         self._source, self._items, self._columns = source, items, columns
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                       data_context: Any = None) -> list[ReadTask]:
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+    ) -> list[ReadTask]:
         tasks = []
         for item in self._items:
-            meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=[item["path"]],
-                                 exec_stats=None)
+            meta = BlockMetadata(
+                num_rows=None, size_bytes=None, input_files=(item["path"],), exec_stats=None
+            )
             tasks.append(ReadTask(_partition_reader(self._source, item, self._columns), meta))
         return tasks
 
 
-def _partition_reader(source: MessageSource, item: dict[str, Any], columns: list[str]
-                      ) -> Any:
+def _partition_reader(source: MessageSource, item: dict[str, Any], columns: list[str]) -> Any:
     def read() -> Iterator[pa.Table]:
         yield read_partition(source, item, columns)
+
     return read
 
 
-def read_partition(source: MessageSource, item: dict[str, Any], columns: list[str]
-                   ) -> pa.Table:
+def read_partition(source: MessageSource, item: dict[str, Any], columns: list[str]) -> pa.Table:
     """The rows of one partition's planned range, whole, or one *failed* marker row (the
     log did not deliver them: nothing of the partition is consumed, it is read again by
     the next ingest). Any other error is raised: never counted as the log's."""
@@ -213,13 +231,19 @@ def read_partition(source: MessageSource, item: dict[str, Any], columns: list[st
         values = source.fetch(item)
     except source.transient() as exc:
         return _marker(item["path"], f"{FAILED}: {one_line(exc)}")
-    return parse_messages(values, source.fmt, columns, list(source.columns), item["path"],
-                          source.avro)
+    return parse_messages(
+        values, source.fmt, columns, list(source.columns), item["path"], source.avro
+    )
 
 
-def parse_messages(values: list[tuple[int | str, bytes | None]], fmt: str,
-                   columns: list[str], declared: list[str], where: str,
-                   avro: AvroDecoder | None = None) -> pa.Table:
+def parse_messages(
+    values: list[tuple[int | str, bytes | None]],
+    fmt: str,
+    columns: list[str],
+    declared: list[str],
+    where: str,
+    avro: AvroDecoder | None = None,
+) -> pa.Table:
     """Rows of ``columns`` (text, cast later by the schema) from message values; a value
     that is not one record is an ERROR row with its position: a Kafka offset in
     SOURCE_ROW, a Kinesis sequence number (too long for an integer) after ``where:``.
@@ -233,21 +257,34 @@ def parse_messages(values: list[tuple[int | str, bytes | None]], fmt: str,
             record = _record(value, fmt, declared, avro)
         except ValueError as exc:
             raw = (value or b"")[:2000].decode("utf-8", "replace")
-            row, at = (position, where) if isinstance(position, int) else (
-                None, f"{where}:{position}")
-            bad.append({SOURCE_ROW: row, RAW: raw, ERROR: f"malformed message: {exc}",
-                        SOURCE_FILE: at})
+            row, at = (
+                (position, where) if isinstance(position, int) else (None, f"{where}:{position}")
+            )
+            bad.append(
+                {SOURCE_ROW: row, RAW: raw, ERROR: f"malformed message: {exc}", SOURCE_FILE: at}
+            )
             continue
         positions.append(position if isinstance(position, int) else None)
         records.append(record)
-    schema = pa.schema([(c, pa.string()) for c in columns] + [
-        (SOURCE_ROW, pa.int64()), (RAW, pa.string()), (ERROR, pa.string()),
-        (SOURCE_FILE, pa.string())])
+    schema = pa.schema(
+        [(c, pa.string()) for c in columns]
+        + [
+            (SOURCE_ROW, pa.int64()),
+            (RAW, pa.string()),
+            (ERROR, pa.string()),
+            (SOURCE_FILE, pa.string()),
+        ]
+    )
     good = pa.Table.from_arrays(
-        [_text_column([r.get(c) for r in records]) for c in columns] + [
-            pa.array(positions, pa.int64()), pa.nulls(len(records), pa.string()),
-            pa.nulls(len(records), pa.string()), pa.array([where] * len(records),
-                                                          pa.string())], schema=schema)
+        [_text_column([r.get(c) for r in records]) for c in columns]
+        + [
+            pa.array(positions, pa.int64()),
+            pa.nulls(len(records), pa.string()),
+            pa.nulls(len(records), pa.string()),
+            pa.array([where] * len(records), pa.string()),
+        ],
+        schema=schema,
+    )
     return pa.concat_tables([good, pa.Table.from_pylist(bad, schema=schema)]) if bad else good
 
 
@@ -258,14 +295,19 @@ def _text_column(values: list[Any]) -> pa.Array:
         array = pa.array(values)
     except (pa.ArrowException, OverflowError, TypeError, ValueError):
         array = None
-    if array is not None and (pa.types.is_string(array.type) or pa.types.is_integer(
-            array.type) or pa.types.is_boolean(array.type) or pa.types.is_null(array.type)):
+    if array is not None and (
+        pa.types.is_string(array.type)
+        or pa.types.is_integer(array.type)
+        or pa.types.is_boolean(array.type)
+        or pa.types.is_null(array.type)
+    ):
         return array.cast(pa.string())
     return pa.array([_as_text(v) for v in values], pa.string())
 
 
-def _record(value: bytes | None, fmt: str, declared: list[str],
-            avro: AvroDecoder | None = None) -> Mapping[str, Any]:
+def _record(
+    value: bytes | None, fmt: str, declared: list[str], avro: AvroDecoder | None = None
+) -> Mapping[str, Any]:
     if value is None:
         raise ValueError("no value (a tombstone)")
     if fmt == "avro":

@@ -60,8 +60,11 @@ def _keys(table: pa.Table, data: DataConfig) -> pd.Series:
     assert f is not None
     parts = [pc.cast(table.column(s), pa.string()).to_pandas() for s in f.series]
     parts.append(pc.cast(table.column(f.timestamp), pa.int64()).to_pandas().astype(str))
-    return pd.Series(["\x1f".join(v) for v in zip(*parts, strict=True)], dtype=object) \
-        if parts else pd.Series([], dtype=object)
+    return (
+        pd.Series(["\x1f".join(v) for v in zip(*parts, strict=True)], dtype=object)
+        if parts
+        else pd.Series([], dtype=object)
+    )
 
 
 def _describe(row: dict[str, Any], data: DataConfig) -> str:
@@ -71,17 +74,23 @@ def _describe(row: dict[str, Any], data: DataConfig) -> str:
     return ", ".join(named)
 
 
-def _duplicates(existing: pa.Table | None, parts: list[pa.Table], data: DataConfig
-                ) -> list[np.ndarray]:
+def _duplicates(
+    existing: pa.Table | None, parts: list[pa.Table], data: DataConfig
+) -> list[np.ndarray]:
     """Per part, the rows that repeat an observation of the dataset or of an earlier row
     (by source file and line) of this ingest."""
     seen = set(_keys(existing, data)) if existing is not None and existing.num_rows else set()
     order = []
     for i, part in enumerate(parts):
-        frame = pd.DataFrame({"file": part.column(SOURCE_FILE).to_pandas(),
-                              "line": part.column(SOURCE_ROW).to_pandas(),
-                              "key": _keys(part, data), "part": i,
-                              "row": np.arange(part.num_rows)})
+        frame = pd.DataFrame(
+            {
+                "file": part.column(SOURCE_FILE).to_pandas(),
+                "line": part.column(SOURCE_ROW).to_pandas(),
+                "key": _keys(part, data),
+                "part": i,
+                "row": np.arange(part.num_rows),
+            }
+        )
         order.append(frame)
     marks = [np.zeros(p.num_rows, dtype=bool) for p in parts]
     if not order:
@@ -97,16 +106,29 @@ def _quarantined(rows: pa.Table, data: DataConfig) -> pa.Table:
     f = data.forecast
     assert f is not None
     records = rows.to_pylist()
-    reasons = [f"{f.timestamp}: duplicate of an observation of the same series and step "
-               f"('{_describe(r, data)}')" for r in records]
-    raw = [json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, default=str)
-           for r in records]
-    return quarantine_rows(rows.append_column(RAW, pa.array(raw, pa.string()))
-                           .append_column(ERROR, pa.array(reasons, pa.string())))
+    reasons = [
+        f"{f.timestamp}: duplicate of an observation of the same series and step "
+        f"('{_describe(r, data)}')"
+        for r in records
+    ]
+    raw = [
+        json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, default=str)
+        for r in records
+    ]
+    return quarantine_rows(
+        rows.append_column(RAW, pa.array(raw, pa.string())).append_column(
+            ERROR, pa.array(reasons, pa.string())
+        )
+    )
 
 
-def drop_duplicates(result: PartResult, existing: pa.Table | None, rows: Location,
-                    quarantine: Location, data: DataConfig) -> PartResult:
+def drop_duplicates(
+    result: PartResult,
+    existing: pa.Table | None,
+    rows: Location,
+    quarantine: Location,
+    data: DataConfig,
+) -> PartResult:
     """The part with every repeated observation moved to the quarantine: files that hold
     one are written again without it (the first files, never committed, are left to the
     clean-up)."""
@@ -122,26 +144,42 @@ def drop_duplicates(result: PartResult, existing: pa.Table | None, rows: Locatio
             continue
         kept = part.filter(pa.array(~mark))
         if kept.num_rows:
-            files.append(delta.action_to_dict(delta.write_file(
-                rows, kept, action["partition_values"])))
-        quarantined.append(delta.action_to_dict(delta.write_file(
-            quarantine, _quarantined(part.filter(pa.array(mark)), data))))
+            files.append(
+                delta.action_to_dict(delta.write_file(rows, kept, action["partition_values"]))
+            )
+        quarantined.append(
+            delta.action_to_dict(
+                delta.write_file(quarantine, _quarantined(part.filter(pa.array(mark)), data))
+            )
+        )
     s = result.summary
     counts = dict(s.rows)
     counts["train"] -= moved
     counts["quarantine"] += moved
     reasons = dict(s.reasons)
-    kind = f"{data.forecast.timestamp}: duplicate of an observation of the same series " \
-        "and step"  # type: ignore[union-attr]
+    assert data.forecast is not None
+    kind = f"{data.forecast.timestamp}: duplicate of an observation of the same series and step"
     reasons[kind] = reasons.get(kind, 0) + moved
     logger.info("quarantined %d repeated observation(s) (same series and step)", moved)
-    summary = PartSummary(s.files, counts, dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
-                          s.unreadable, s.failed, s.valid_labels, s.stats)
+    summary = PartSummary(
+        s.files,
+        counts,
+        dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        s.unreadable,
+        s.failed,
+        s.valid_labels,
+        s.stats,
+    )
     return replace(result, summary=summary, rows_files=files, quarantine_files=quarantined)
 
 
-def settled(result: PartResult, existing: pa.Table | None, rows: Location,
-            quarantine: Location, data: DataConfig) -> PartResult:
+def settled(
+    result: PartResult,
+    existing: pa.Table | None,
+    rows: Location,
+    quarantine: Location,
+    data: DataConfig,
+) -> PartResult:
     """The part, with what needs whole series done: for series, observations that repeat
     a step moved to the quarantine (:func:`drop_duplicates`); other data as it is."""
     if data.forecast is None:
@@ -149,8 +187,7 @@ def settled(result: PartResult, existing: pa.Table | None, rows: Location,
     return drop_duplicates(result, existing, rows, quarantine, data)
 
 
-def observations(result: PartResult, existing: pa.Table | None, rows: Location
-                 ) -> pa.Table:
+def observations(result: PartResult, existing: pa.Table | None, rows: Location) -> pa.Table:
     """The version's observations: those kept before and this part's."""
     tables = _read(rows, result.rows_files)  # a part's files hold no split column
     if existing is not None and existing.num_rows:
@@ -187,27 +224,38 @@ def fit_series(observed: pa.Table, data: DataConfig) -> Preprocessor:
     layout = fit_layout(observed, data)
     per_origin = layout.horizon / layout.origin_every
     factor = max(1, math.ceil(observed.num_rows * per_origin / FIT_EXAMPLES))
-    sample = replace(layout, origin_every=_sparser(layout.origin_every, layout.periods,
-                                                   factor) if factor > 1 else
-                     layout.origin_every)
+    sample = replace(
+        layout,
+        origin_every=_sparser(layout.origin_every, layout.periods, factor)
+        if factor > 1
+        else layout.origin_every,
+    )
     train = all_examples(observed, sample, "train")
     if not train.num_rows:
         raise DataError(
             f"no training examples: each series needs {layout.lookback} steps of history "
             f"before its first origin and a target before the validation period (from "
-            f"{layout.validation_start}); the data spans too little time")
+            f"{layout.validation_start}); the data spans too little time"
+        )
     specs = {n: ColumnSpec.model_validate(s) for n, s in layout.feature_specs().items()}
-    specs[data.label] = ColumnSpec(type="numeric")
+    specs[data.label] = ColumnSpec.model_validate({"type": "numeric"})
     merged = _shared_scale(stats.table_stats(train, specs, data.label, data.task), layout)
     examples = DataConfig.model_construct(
-        label=data.label, task=data.task, columns=specs, features=None, exclude=[],
-        null_strategy="impute", scaling=data.scaling)
+        label=data.label,
+        task=data.task,
+        columns=specs,
+        features=None,
+        exclude=[],
+        null_strategy="impute",
+        scaling=data.scaling,
+    )
     pre = fit(merged, examples)
     scale = sample.origin_every / layout.origin_every
-    counts = {"train": int(train.num_rows * scale),
-              "valid": len(layout.levels) * data.forecast.validation_steps}  # type: ignore[union-attr]
+    counts = {
+        "train": int(train.num_rows * scale),
+        "valid": len(layout.levels) * data.forecast.validation_steps,  # type: ignore[union-attr]
+    }
     return replace(pre, series={"layout": layout.to_dict(), "examples": counts})
-
 
 
 # Slots travel to the model as float32, exact up to 2**24.
@@ -218,8 +266,10 @@ def read_attributes(table: AttributeTableConfig, location: Location, key: str) -
     """An attribute table's rows that keep its contract, one per ``key`` value (the first
     of a repeated id). Too many broken rows fail the ingest, naming the reasons."""
     if not location.exists():
-        raise DataError(f"the attribute table {location.uri} does not exist (its source in "
-                        "data.recommend.items or users)")
+        raise DataError(
+            f"the attribute table {location.uri} does not exist (its source in "
+            "data.recommend.items or users)"
+        )
     raw = location.read_bytes()
     if table.format == "csv":
         frame = pd.read_csv(io.BytesIO(raw), dtype=str)
@@ -237,20 +287,27 @@ def read_attributes(table: AttributeTableConfig, location: Location, key: str) -
     if broken:
         reasons = Counter(e for e in errors.to_pylist() if e is not None)
         first = reasons.most_common(1)[0][0]
-        logger.warning("%s: %d of %d row(s) break its contract and are left out (%s)",
-                       location.uri, broken, len(frame), "; ".join(
-                           f"{n}x {r}" for r, n in reasons.most_common(3)))
+        logger.warning(
+            "%s: %d of %d row(s) break its contract and are left out (%s)",
+            location.uri,
+            broken,
+            len(frame),
+            "; ".join(f"{n}x {r}" for r, n in reasons.most_common(3)),
+        )
         if broken > table.max_quarantine_fraction * len(frame):
-            raise DataError(f"the attribute table {location.uri}: {broken} of {len(frame)} "
-                            "rows break its contract, more than its max_quarantine_fraction "
-                            f"{table.max_quarantine_fraction} (e.g. {first})")
+            raise DataError(
+                f"the attribute table {location.uri}: {broken} of {len(frame)} "
+                "rows break its contract, more than its max_quarantine_fraction "
+                f"{table.max_quarantine_fraction} (e.g. {first})"
+            )
     good = typed.filter(pc.is_null(errors)).select(list(table.columns))
     ids = pc.cast(good.column(key), pa.string()).to_pandas()
     return good.filter(pa.array(~ids.duplicated().to_numpy()))
 
 
-def fit_interactions(observed: pa.Table, data: DataConfig,
-                     tables: Mapping[str, pa.Table] | None = None) -> Preprocessor:
+def fit_interactions(
+    observed: pa.Table, data: DataConfig, tables: Mapping[str, pa.Table] | None = None
+) -> Preprocessor:
     """The layout of every curated interaction: the catalogue, the users, and about how
     many training and validation examples they give; with attribute tables (``items``,
     ``users``), each attribute's code per item or user slot."""
@@ -261,18 +318,24 @@ def fit_interactions(observed: pa.Table, data: DataConfig,
     if not counts["valid"]:
         raise DataError(
             f"no user has {layout.min_interactions} positive interactions "
-            f"(data.recommend.min_interactions): nothing to validate a recommender on")
+            f"(data.recommend.min_interactions): nothing to validate a recommender on"
+        )
     r = data.recommend
     assert r is not None
     tables = tables or {}
     features = []
     for key, column, ids in (("users", r.user, layout.users), ("items", r.item, layout.items)):
         spec = getattr(r, key)
-        attributes = [] if key not in tables or spec is None else encode_attributes(
-            tables[key], ids, column, spec.columns)
-        features.append({"name": column, "kind": "id", "ids": len(ids),
-                         "attributes": attributes})
-    return Preprocessor(data.task, data.label, features,
-                        {"k": r.k, "items": layout.items, "history": r.history},
-                        interactions={"layout": layout.to_dict(),
-                                      "examples": counts})
+        attributes = (
+            []
+            if key not in tables or spec is None
+            else encode_attributes(tables[key], ids, column, spec.columns)
+        )
+        features.append({"name": column, "kind": "id", "ids": len(ids), "attributes": attributes})
+    return Preprocessor(
+        data.task,
+        data.label,
+        features,
+        {"k": r.k, "items": layout.items, "history": r.history},
+        interactions={"layout": layout.to_dict(), "examples": counts},
+    )

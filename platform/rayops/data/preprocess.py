@@ -64,8 +64,7 @@ class Preprocessor:
     def layout(self) -> InteractionLayout:
         """A recommendation dataset's layout."""
         assert self.interactions is not None
-        return InteractionLayout.from_dict(self.interactions["layout"],
-                                           self.label_state["items"])
+        return InteractionLayout.from_dict(self.interactions["layout"], self.label_state["items"])
 
     @property
     def rules(self) -> Task:
@@ -81,16 +80,27 @@ class Preprocessor:
         return list(self.label_state.get("classes", []))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "label": self.label, "features": self.features,
-                "label_state": self.label_state, "output_columns": self.output_columns,
-                "series": self.series, "interactions": self.interactions}
+        return {
+            "task": self.task,
+            "label": self.label,
+            "features": self.features,
+            "label_state": self.label_state,
+            "output_columns": self.output_columns,
+            "series": self.series,
+            "interactions": self.interactions,
+        }
 
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> Preprocessor:
-        return cls(task=state["task"], label=state["label"], features=list(state["features"]),
-                   label_state=dict(state["label_state"]),
-                   output_columns=list(state["output_columns"]),
-                   series=state.get("series"), interactions=state.get("interactions"))
+        return cls(
+            task=state["task"],
+            label=state["label"],
+            features=list(state["features"]),
+            label_state=dict(state["label_state"]),
+            output_columns=list(state["output_columns"]),
+            series=state.get("series"),
+            interactions=state.get("interactions"),
+        )
 
     def reads_from(self, split: str) -> str:
         """The curated split whose rows give ``split``'s examples: itself, or for series
@@ -117,8 +127,10 @@ class Preprocessor:
         """:meth:`examples` of a Ray Dataset of curated rows, built by Ray Data (for series:
         one task per group of series)."""
         if self.interactions is not None:
-            raise DataError("interactions are laid out in memory (each user's history "
-                            "whole): load_inputs reads them on the driver")
+            raise DataError(
+                "interactions are laid out in memory (each user's history "
+                "whole): load_inputs reads them on the driver"
+            )
         if self.series is None:
             return rows
         return example_dataset(rows, SeriesLayout.from_dict(self.series["layout"]), split)
@@ -133,10 +145,14 @@ class Preprocessor:
         for feat, at, codes, scales in self._plan:
             col = table.column(feat["name"])
             if codes is not None:  # one-hot; a null or an unknown category is OTHER
-                index = pc.index_in(pc.cast(col, pa.string()),
-                                    value_set=pa.array(feat["categories"], pa.string()))
-                work[everyone, at + index.fill_null(len(codes)).to_numpy(
-                    zero_copy_only=False).astype(np.int64)] = 1.0
+                index = pc.index_in(
+                    pc.cast(col, pa.string()), value_set=pa.array(feat["categories"], pa.string())
+                )
+                work[
+                    everyone,
+                    at
+                    + index.fill_null(len(codes)).to_numpy(zero_copy_only=False).astype(np.int64),
+                ] = 1.0
             elif feat["kind"] == "datetime":
                 for i, (part, scale) in enumerate(zip(feat["parts"], scales, strict=True)):
                     work[:, at + i] = scale(_floats(calendar(col, part["part"])))
@@ -159,16 +175,24 @@ class Preprocessor:
             values = [row.get(feat["name"]) for row in rows]
             if codes is not None:  # one-hot; a null or an unknown category is OTHER
                 other = len(codes)
-                work[everyone, at + np.array([codes.get(v, other) for v in values],
-                                             dtype=np.int64)] = 1.0
+                work[
+                    everyone,
+                    at
+                    + np.array(
+                        [codes.get(v, other) for v in values],  # type: ignore[arg-type]
+                        dtype=np.int64,
+                    ),
+                ] = 1.0
             elif feat["kind"] == "datetime":
-                stamps = pa.chunked_array([pa.array([_utc(v) for v in values],
-                                                    ARROW_TYPES["datetime"])])
+                stamps = pa.chunked_array(
+                    [pa.array([_utc(v) for v in values], ARROW_TYPES["datetime"])]
+                )
                 for i, (part, scale) in enumerate(zip(feat["parts"], scales, strict=True)):
                     work[:, at + i] = scale(_floats(calendar(stamps, part["part"])))
             else:
-                raw = np.array([np.nan if v is None else float(v) for v in values],
-                               dtype=np.float64)
+                raw = np.array(
+                    [np.nan if v is None else float(v) for v in values], dtype=np.float64
+                )
                 for i, scale in enumerate(scales):
                     work[:, at + i] = scale(raw)
                 if feat.get("missing"):
@@ -180,7 +204,8 @@ class Preprocessor:
         """Per feature, for both transforms: its first output column, its one-hot
         codes (category -> offset) or the scalings of its columns (raw float64 -> scaled,
         before the clip that :func:`_finish` applies to all)."""
-        plan, at = [], 0
+        plan: list[tuple[dict[str, Any], int, dict[str, int] | None, list[Any]]] = []
+        at = 0
         for feat in self.features:
             if feat["kind"] in ("categorical", "text"):
                 codes = {c: i for i, c in enumerate(feat["categories"])}
@@ -241,8 +266,7 @@ def _scale_state(stats: Mapping[str, Any], key: str) -> dict[str, float]:
     return {"mean": mean, "std": std}
 
 
-def quantile_state(entry: Mapping[str, Any], knots: int = QUANTILE_KNOTS
-                   ) -> dict[str, list[float]]:
+def quantile_state(entry: Mapping[str, Any], knots: int = QUANTILE_KNOTS) -> dict[str, list[float]]:
     """Knots mapping a column's training distribution (its weighted sample in the merged
     statistics) onto standard-normal scores; empty when the column barely varies. Tied
     knots (a column with few distinct values) share the mean of their scores."""
@@ -264,8 +288,9 @@ def quantile_state(entry: Mapping[str, Any], knots: int = QUANTILE_KNOTS
     return {"knots": unique.tolist(), "scores": shared.tolist()}
 
 
-def _numeric_state(stats: Mapping[str, Any], name: str, kind: str, data: DataConfig
-                   ) -> dict[str, Any]:
+def _numeric_state(
+    stats: Mapping[str, Any], name: str, kind: str, data: DataConfig
+) -> dict[str, Any]:
     entry = stats.get(name, {})
     state: dict[str, Any] = {"name": name, "kind": kind, **_scale_state(stats, name)}
     if kind != "boolean" and data.scaling in ("quantile", "both"):
@@ -298,7 +323,10 @@ def fit(stats: Mapping[str, Any], data: DataConfig) -> Preprocessor:
         else:
             features.append(_numeric_state(stats, name, spec.type, data))
             state = features[-1]
-            output += [name, *([f"{name}.z"] if state.get("also_standard") else []),
-                       *([f"{name}.missing"] if state.get("missing") else [])]
+            output += [
+                name,
+                *([f"{name}.z"] if state.get("also_standard") else []),
+                *([f"{name}.missing"] if state.get("missing") else []),
+            ]
     label_state = task_of(data.task).fit_label(data.label, label_entry)
     return Preprocessor(data.task, data.label, features, label_state, output)

@@ -111,8 +111,7 @@ class SeriesLayout:
         for name in self.value_features:
             specs[name] = {"type": "numeric"}
         for name, kind in self.known.items():
-            specs[name] = {"type": "categorical" if kind in ("categorical", "text")
-                           else "numeric"}
+            specs[name] = {"type": "categorical" if kind in ("categorical", "text") else "numeric"}
         return specs
 
     @property
@@ -176,8 +175,7 @@ def panel(rows: pa.Table, layout: SeriesLayout) -> Panel:
         column = rows.column(name)
         if kind in ("categorical", "text"):
             known[name] = np.full(size, None, dtype=object)
-            known[name][index] = np.asarray(pc.cast(column, pa.string()).to_pylist(),
-                                            dtype=object)
+            known[name][index] = np.asarray(pc.cast(column, pa.string()).to_pylist(), dtype=object)
         else:
             known[name] = np.full(size, np.nan)
             known[name][index] = _floats(pc.cast(column, pa.float64()))
@@ -209,13 +207,17 @@ def _window_means(values: np.ndarray, ends: np.ndarray, width: int) -> np.ndarra
 
 def _calendar(micros: np.ndarray, layout: SeriesLayout) -> dict[str, list[str]]:
     stamps = pd.to_datetime(micros, unit="us", utc=True)
-    parts = {"slot": (stamps.hour * 3600 + stamps.minute * 60 + stamps.second) // layout.step_s,
-             "weekday": stamps.weekday, "month": stamps.month}
+    parts = {
+        "slot": (stamps.hour * 3600 + stamps.minute * 60 + stamps.second) // layout.step_s,
+        "weekday": stamps.day_of_week,
+        "month": stamps.month,
+    }
     return {f"{PREFIX}{p}": [str(v) for v in parts[p]] for p in layout.calendar}
 
 
-def examples(p: Panel, series_values: Sequence[Any], origins: np.ndarray, steps: int,
-             layout: SeriesLayout) -> dict[str, Any]:
+def examples(
+    p: Panel, series_values: Sequence[Any], origins: np.ndarray, steps: int, layout: SeriesLayout
+) -> dict[str, Any]:
     """Columns of the examples of ``origins`` (grid indices) for steps 1..``steps``."""
     key = layout.key(series_values)
     level = layout.levels[key]
@@ -223,8 +225,9 @@ def examples(p: Panel, series_values: Sequence[Any], origins: np.ndarray, steps:
     h = np.tile(np.arange(1, steps + 1, dtype=np.int64), len(origins))
     target = o + h
     y = p.values / level
-    out: dict[str, Any] = {name: [str(v)] * len(o)
-                           for name, v in zip(layout.series, series_values, strict=True)}
+    out: dict[str, Any] = {
+        name: [str(v)] * len(o) for name, v in zip(layout.series, series_values, strict=True)
+    }
     out |= _calendar(p.start_us + target * layout.step_us, layout)
     out[f"{PREFIX}ahead"] = h
     for j in range(layout.lags):
@@ -238,10 +241,12 @@ def examples(p: Panel, series_values: Sequence[Any], origins: np.ndarray, steps:
             with np.errstate(invalid="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all missing: NaN
                 out[f"{PREFIX}phase_{period}"] = np.nanmean(
-                    [_at(y, latest - period * k) for k in range(cycles)], axis=0)
+                    [_at(y, latest - period * k) for k in range(cycles)], axis=0
+                )
     for name, values in p.known.items():
-        out[name] = (list(_at_objects(values, target)) if values.dtype == object
-                     else _at(values, target))
+        out[name] = (
+            list(_at_objects(values, target)) if values.dtype == object else _at(values, target)
+        )
     out[layout.label] = _at(y, target)
     out[LEVEL] = np.full(len(o), level)
     out[NAIVE] = _at(y, target - layout.season * -(-h // layout.season))
@@ -299,10 +304,24 @@ def example_schema(layout: SeriesLayout) -> pa.Schema:
     fields = []
     for name, spec in layout.feature_specs().items():
         kind = spec["type"]
-        fields.append((name, pa.string() if kind == "categorical" else
-                       pa.int64() if kind == "integer" else pa.float64()))
-    fields += [(layout.label, pa.float64()), (LEVEL, pa.float64()), (NAIVE, pa.float64()),
-               (SCALE, pa.float64()), (ORIGIN, _TS), (TARGET, _TS)]
+        fields.append(
+            (
+                name,
+                pa.string()
+                if kind == "categorical"
+                else pa.int64()
+                if kind == "integer"
+                else pa.float64(),
+            )
+        )
+    fields += [
+        (layout.label, pa.float64()),
+        (LEVEL, pa.float64()),
+        (NAIVE, pa.float64()),
+        (SCALE, pa.float64()),
+        (ORIGIN, _TS),
+        (TARGET, _TS),
+    ]
     return pa.schema(fields)
 
 
@@ -349,8 +368,12 @@ def example_dataset(rows: Any, layout: SeriesLayout, split: str) -> Any:
     grouped = rows.groupby(layout.series) if layout.series else rows.repartition(1)
     build = grouped.map_groups if layout.series else grouped.map_batches
     options = {} if layout.series else {"batch_size": None}
-    return build(series_examples, batch_format="pyarrow",
-                 fn_kwargs={"layout": layout, "split": split}, **options)
+    return build(
+        series_examples,
+        batch_format="pyarrow",
+        fn_kwargs={"layout": layout, "split": split},
+        **options,
+    )
 
 
 # --------------------------------------------------------------------------- fitting
@@ -365,24 +388,36 @@ def fit_layout(observations: pa.Table, data: DataConfig) -> SeriesLayout:
         raise DataError("data.forecast is not set: this is not a forecasting dataset")
     if not observations.num_rows:
         raise DataError("no observations to forecast from")
-    micros = pc.cast(observations.column(f.timestamp), pa.int64()).to_numpy(
-        zero_copy_only=False)
+    micros = pc.cast(observations.column(f.timestamp), pa.int64()).to_numpy(zero_copy_only=False)
     start = int(micros.max()) - (f.validation_steps - 1) * f.step_s * _US
     layout = SeriesLayout(
-        timestamp=f.timestamp, series=list(f.series), label=data.label,
-        known={k: data.columns[k].type for k in f.known_in_advance}, step_s=f.step_s,
-        horizon=f.horizon, season=f.season_steps, periods=list(f.periods), lags=f.lags,
-        origin_every=f.origin_every, validation_start=_iso(start), levels={}, scales={})
+        timestamp=f.timestamp,
+        series=list(f.series),
+        label=data.label,
+        known={k: data.columns[k].type for k in f.known_in_advance},
+        step_s=f.step_s,
+        horizon=f.horizon,
+        season=f.season_steps,
+        periods=list(f.periods),
+        lags=f.lags,
+        origin_every=f.origin_every,
+        validation_start=_iso(start),
+        levels={},
+        scales={},
+    )
     levels, scales = {}, {}
     for rows in groups(observations, layout):
         key = layout.key([rows.column(s)[0].as_py() for s in layout.series])
         p = panel(rows, layout)
-        before = p.values[:max(0, min(len(p), (start - p.start_us) // layout.step_us))]
+        before = p.values[: max(0, min(len(p), (start - p.start_us) // layout.step_us))]
         known = before[np.isfinite(before)]
         mean = float(np.mean(np.abs(known))) if known.size else 0.0
         levels[key] = mean if mean > 0 else 1.0
-        diffs = np.abs(before[layout.season:] - before[:-layout.season]) if (
-            len(before) > layout.season) else np.zeros(0)
+        diffs = (
+            np.abs(before[layout.season :] - before[: -layout.season])
+            if (len(before) > layout.season)
+            else np.zeros(0)
+        )
         diffs = diffs[np.isfinite(diffs)]
         scales[key] = float(diffs.mean()) if diffs.size else 0.0
     return SeriesLayout(**{**layout.to_dict(), "levels": levels, "scales": scales})

@@ -88,25 +88,36 @@ class FileSource:
         for i, part in enumerate(parts):
             if _GLOB_CHARS & set(part):
                 base = "/".join(parts[:i])
-                return (Location(self.location.fs, base, self.location.uri.split(part)[0]),
-                        "/".join(parts[i:]))
+                return (
+                    Location(self.location.fs, base, self.location.uri.split(part)[0]),
+                    "/".join(parts[i:]),
+                )
         return self.location, None
 
     def snapshot(self) -> list[dict[str, Any]]:
         base, pattern = self._base_and_pattern()
         items = []
         for info in base.list_files():
-            rel = posixpath.relpath(info.path, base.path) if info.path != base.path else (
-                posixpath.basename(info.path))
+            rel = (
+                posixpath.relpath(info.path, base.path)
+                if info.path != base.path
+                else (posixpath.basename(info.path))
+            )
             name = posixpath.basename(info.path)
             if name.startswith((".", "_")) or not name.lower().endswith(EXTENSIONS[self.fmt]):
                 continue
             if pattern is not None and not fnmatch.fnmatchcase(rel, pattern):
                 continue
             partitions = dict(p.split("=", 1) for p in rel.split("/")[:-1] if "=" in p)
-            items.append({"key": info.path, "path": info.path, "size": info.size,
-                          "mtime": info.mtime.isoformat() if info.mtime else None,
-                          "partitions": partitions})
+            items.append(
+                {
+                    "key": info.path,
+                    "path": info.path,
+                    "size": info.size,
+                    "mtime": info.mtime.isoformat() if info.mtime else None,
+                    "partitions": partitions,
+                }
+            )
         if not items:
             raise DataError(
                 f"no {self.fmt} files ({', '.join(EXTENSIONS[self.fmt])}) at {self.uri}; "
@@ -119,7 +130,8 @@ class FileSource:
         # per file instead of splitting blocks and shipping raw rows between tasks.
         return ray.data.read_datasource(
             _FilesDatasource(self.location, self.fmt, list(items), list(columns)),
-            override_num_blocks=max(1, len(items)))
+            override_num_blocks=max(1, len(items)),
+        )
 
 
 # --------------------------------------------------------------------------- reading
@@ -128,8 +140,9 @@ class FileSource:
 class _FilesDatasource(Datasource):
     """One read task per group of files; each file read whole, failures become rows."""
 
-    def __init__(self, location: Location, fmt: str, items: list[dict[str, Any]],
-                 columns: list[str]) -> None:
+    def __init__(
+        self, location: Location, fmt: str, items: list[dict[str, Any]], columns: list[str]
+    ) -> None:
         super().__init__()
         self._fs, self._fmt, self._items, self._columns = location.fs, fmt, items, columns
         self._endpoint = location.endpoint
@@ -137,31 +150,45 @@ class _FilesDatasource(Datasource):
     def estimate_inmemory_data_size(self) -> int | None:
         return sum(int(i["size"] or 0) for i in self._items) * 2
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                       data_context: Any = None) -> list[ReadTask]:
-        groups: list[list[dict[str, Any]]] = [[] for _ in range(max(1, min(parallelism,
-                                                                          len(self._items))))]
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+    ) -> list[ReadTask]:
+        groups: list[list[dict[str, Any]]] = [
+            [] for _ in range(max(1, min(parallelism, len(self._items))))
+        ]
         for i, item in enumerate(sorted(self._items, key=lambda it: -int(it["size"] or 0))):
             groups[i % len(groups)].append(item)
         tasks = []
         for group in groups:
-            meta = BlockMetadata(num_rows=None, size_bytes=sum(int(i["size"] or 0) for i in group),
-                                 input_files=[i["path"] for i in group], exec_stats=None)
-            tasks.append(ReadTask(_reader(self._fs, self._fmt, group, self._columns,
-                                          self._endpoint), meta))
+            meta = BlockMetadata(
+                num_rows=None,
+                size_bytes=sum(int(i["size"] or 0) for i in group),
+                input_files=tuple(i["path"] for i in group),
+                exec_stats=None,
+            )
+            tasks.append(
+                ReadTask(_reader(self._fs, self._fmt, group, self._columns, self._endpoint), meta)
+            )
         return tasks
 
 
-def _reader(fs: Any, fmt: str, group: list[dict[str, Any]], columns: list[str],
-            endpoint: str | None) -> Any:
+def _reader(
+    fs: Any, fmt: str, group: list[dict[str, Any]], columns: list[str], endpoint: str | None
+) -> Any:
     def read() -> Iterator[pa.Table]:
         for item in group:
             yield read_file(fs, fmt, item, columns, endpoint)
+
     return read
 
 
-def _fetch(fs: Any, path: str, endpoint: str | None, attempts: int = FETCH_ATTEMPTS,
-           backoff_s: float = FETCH_BACKOFF_S) -> bytes:
+def _fetch(
+    fs: Any,
+    path: str,
+    endpoint: str | None,
+    attempts: int = FETCH_ATTEMPTS,
+    backoff_s: float = FETCH_BACKOFF_S,
+) -> bytes:
     """The file's bytes, retried with backoff; StorageError when every attempt failed."""
     for attempt in range(1, attempts + 1):
         try:
@@ -172,16 +199,23 @@ def _fetch(fs: Any, path: str, endpoint: str | None, attempts: int = FETCH_ATTEM
         except OSError as exc:
             if attempt == attempts:
                 where = f" on endpoint {endpoint}" if endpoint else ""
-                raise StorageError(f"cannot read raw file {path}{where} after {attempts} "
-                                   f"attempts: {one_line(exc)}") from None
-            logger.warning("reading %s failed (attempt %d of %d), retrying: %s", path, attempt,
-                           attempts, one_line(exc))
+                raise StorageError(
+                    f"cannot read raw file {path}{where} after {attempts} attempts: {one_line(exc)}"
+                ) from None
+            logger.warning(
+                "reading %s failed (attempt %d of %d), retrying: %s",
+                path,
+                attempt,
+                attempts,
+                one_line(exc),
+            )
             time.sleep(backoff_s * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
 
 
-def read_file(fs: Any, fmt: str, item: dict[str, Any], columns: list[str] | None,
-              endpoint: str | None = None) -> pa.Table:
+def read_file(
+    fs: Any, fmt: str, item: dict[str, Any], columns: list[str] | None, endpoint: str | None = None
+) -> pa.Table:
     """All rows of one file (``columns`` of it, or every column when None), with
     provenance; an unreadable file is one ERROR row."""
     path = item["path"]
@@ -209,8 +243,14 @@ def read_file(fs: Any, fmt: str, item: dict[str, Any], columns: list[str] | None
 
 def _marker(path: str, message: str) -> pa.Table:
     """One row standing for a whole file that gave no rows."""
-    return pa.table({SOURCE_FILE: [path], SOURCE_ROW: pa.array([None], pa.int64()),
-                     RAW: pa.array([None], pa.string()), ERROR: [message]})
+    return pa.table(
+        {
+            SOURCE_FILE: [path],
+            SOURCE_ROW: pa.array([None], pa.int64()),
+            RAW: pa.array([None], pa.string()),
+            ERROR: [message],
+        }
+    )
 
 
 def _decompress(path: str, data: bytes) -> bytes:
@@ -231,15 +271,22 @@ def _parquet(f: Any, columns: list[str] | None) -> pa.Table:
 def _csv(data: bytes, columns: list[str] | None) -> pa.Table:
     bad: list[dict[str, Any]] = []
     if columns is None:  # every column of the header
-        header = pacsv.open_csv(io.BytesIO(data), read_options=pacsv.ReadOptions(
-            use_threads=False), parse_options=pacsv.ParseOptions(
-            invalid_row_handler=lambda row: "skip"))
+        header = pacsv.open_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(use_threads=False),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=lambda row: "skip"),
+        )
         columns = header.schema.names
 
     def on_invalid(row: Any) -> str:
-        bad.append({SOURCE_ROW: row.number, RAW: str(row.text)[:2000],
-                    ERROR: f"malformed line: expected {row.expected_columns} fields, "
-                           f"got {row.actual_columns}"})
+        bad.append(
+            {
+                SOURCE_ROW: row.number,
+                RAW: str(row.text)[:2000],
+                ERROR: f"malformed line: expected {row.expected_columns} fields, "
+                f"got {row.actual_columns}",
+            }
+        )
         return "skip"
 
     # Every declared column as text (we cast and judge it); one missing from the file
@@ -249,8 +296,11 @@ def _csv(data: bytes, columns: list[str] | None) -> pa.Table:
         read_options=pacsv.ReadOptions(use_threads=False),
         parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
         convert_options=pacsv.ConvertOptions(
-            include_columns=columns, include_missing_columns=True,
-            column_types=dict.fromkeys(columns, pa.string()), strings_can_be_null=False),
+            include_columns=columns,
+            include_missing_columns=True,
+            column_types=dict.fromkeys(columns, pa.string()),
+            strings_can_be_null=False,
+        ),
     )
     lines = _good_line_numbers(table.num_rows, [b[SOURCE_ROW] for b in bad])
     table = table.append_column(SOURCE_ROW, pa.array(lines, pa.int64()))
@@ -269,8 +319,7 @@ def _good_line_numbers(good: int, bad_lines: list[int | None]) -> np.ndarray:
 def _jsonl(data: bytes, columns: list[str] | None) -> pa.Table:
     try:  # fast path: consistent types on every line
         table = pajson.read_json(io.BytesIO(data))
-        table = table.select([c for c in columns or table.column_names
-                              if c in table.column_names])
+        table = table.select([c for c in columns or table.column_names if c in table.column_names])
         return table.append_column(SOURCE_ROW, pa.array(range(1, table.num_rows + 1), pa.int64()))
     except pa.ArrowInvalid:
         pass
@@ -283,7 +332,7 @@ def _jsonl(data: bytes, columns: list[str] | None) -> pa.Table:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             value = None
-            problem = f"malformed line: {exc.msg}"
+            problem: str | None = f"malformed line: {exc.msg}"
         else:
             problem = None if isinstance(value, dict) else "malformed line: not a JSON object"
         if problem:
@@ -293,8 +342,10 @@ def _jsonl(data: bytes, columns: list[str] | None) -> pa.Table:
             records.append({**{c: _as_text(value.get(c)) for c in keys}, SOURCE_ROW: number})
     if columns is None:
         columns = list(dict.fromkeys(k for r in records for k in r if not k.startswith("_")))
-    schema = pa.schema([(c, pa.string()) for c in columns] + [
-        (SOURCE_ROW, pa.int64()), (RAW, pa.string()), (ERROR, pa.string())])
+    schema = pa.schema(
+        [(c, pa.string()) for c in columns]
+        + [(SOURCE_ROW, pa.int64()), (RAW, pa.string()), (ERROR, pa.string())]
+    )
     return pa.Table.from_pylist(records, schema=schema)
 
 

@@ -38,8 +38,9 @@ def calendar(values: pa.ChunkedArray, part: str) -> pa.ChunkedArray:
     return pc.cast(_CALENDAR[part](values), pa.float64())
 
 
-def numeric_columns(name: str, spec: ColumnSpec, column: pa.ChunkedArray
-                    ) -> list[tuple[str, pa.ChunkedArray]]:
+def numeric_columns(
+    name: str, spec: ColumnSpec, column: pa.ChunkedArray
+) -> list[tuple[str, pa.ChunkedArray]]:
     """The numeric signals a typed column carries: itself, or its calendar features."""
     if spec.type == "datetime":
         return [(f"{name}.{part}", calendar(column, part)) for part in spec.parts]
@@ -53,28 +54,41 @@ def _numeric(values: pa.ChunkedArray, rows: int) -> dict[str, Any]:
     if data.size > SAMPLE_PER_BLOCK:
         sample = np.random.default_rng(data.size).choice(data, SAMPLE_PER_BLOCK, replace=False)
     return {
-        "kind": "numeric", "rows": rows, "n": int(data.size),
-        "sum": float(data.sum()), "sumsq": float(np.square(data).sum()),
+        "kind": "numeric",
+        "rows": rows,
+        "n": int(data.size),
+        "sum": float(data.sum()),
+        "sumsq": float(np.square(data).sum()),
         "min": float(data.min()) if data.size else None,
         "max": float(data.max()) if data.size else None,
-        "sample": sample.tolist(), "weight": [data.size / max(sample.size, 1)] * sample.size,
+        "sample": sample.tolist(),
+        "weight": [data.size / max(sample.size, 1)] * sample.size,
     }
 
 
 def _categorical(values: pa.ChunkedArray, rows: int) -> dict[str, Any]:
     counts = pc.value_counts(values.drop_null()).to_pylist()
-    return {"kind": "categorical", "rows": rows, "n": int(len(values) - values.null_count),
-            "counts": {c["values"]: int(c["counts"]) for c in counts}}
+    return {
+        "kind": "categorical",
+        "rows": rows,
+        "n": int(len(values) - values.null_count),
+        "counts": {c["values"]: int(c["counts"]) for c in counts},
+    }
 
 
-def table_stats(table: pa.Table, columns: Mapping[str, ColumnSpec],
-                label: str | None = None, task: str | None = None) -> dict[str, Any]:
+def table_stats(
+    table: pa.Table,
+    columns: Mapping[str, ColumnSpec],
+    label: str | None = None,
+    task: str | None = None,
+) -> dict[str, Any]:
     """Statistics of every column in ``columns`` (datetime columns by calendar feature)."""
     out: dict[str, Any] = {}
     for name, spec in columns.items():
         col = table.column(name)
         as_categories = spec.type in ("categorical", "text") or (
-            name == label and task is not None and task_of(task).categorical_label)
+            name == label and task is not None and task_of(task).categorical_label
+        )
         if as_categories:
             text = label_strings(col) if name == label else pc.cast(col, pa.string())
             out[name] = _categorical(text, table.num_rows)
@@ -102,9 +116,10 @@ def merge(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         for key, entry in part.items():
             target = merged.get(key)
             if target is None:
-                merged[key] = {k: (dict(v) if isinstance(v, dict) else
-                                   list(v) if isinstance(v, list) else v)
-                               for k, v in entry.items()}
+                merged[key] = {
+                    k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+                    for k, v in entry.items()
+                }
                 continue
             for field in ("rows", "n"):
                 target[field] += entry[field]
@@ -130,8 +145,11 @@ def profile(merged: Mapping[str, Any], top: int = 50, bins: int = 10) -> dict[st
     out: dict[str, Any] = {}
     for key, entry in merged.items():
         rows = entry["rows"]
-        summary: dict[str, Any] = {"kind": entry["kind"], "rows": rows,
-                                   "null_rate": 1.0 - entry["n"] / rows if rows else 0.0}
+        summary: dict[str, Any] = {
+            "kind": entry["kind"],
+            "rows": rows,
+            "null_rate": 1.0 - entry["n"] / rows if rows else 0.0,
+        }
         if entry["kind"] == "categorical":
             counts = Counter(entry["counts"])
             n = max(entry["n"], 1)
@@ -142,13 +160,26 @@ def profile(merged: Mapping[str, Any], top: int = 50, bins: int = 10) -> dict[st
             weights = np.asarray(entry["weight"])
             mean, std = mean_std(entry)
             qs = np.quantile(sample, QUANTILES, method="inverted_cdf", weights=weights)
-            edges = np.unique(np.quantile(sample, np.linspace(0, 1, bins + 1),
-                                          method="inverted_cdf", weights=weights))
-            hist, _ = np.histogram(sample, bins=edges, weights=weights) if edges.size > 1 else (
-                np.array([weights.sum()]), edges)
-            summary.update(mean=mean, std=std, min=entry["min"], max=entry["max"],
-                           quantiles=dict(zip(map(str, QUANTILES), qs.tolist(), strict=True)),
-                           histogram={"edges": edges.tolist(),
-                                      "fractions": (hist / max(hist.sum(), 1e-12)).tolist()})
+            edges = np.unique(
+                np.quantile(
+                    sample, np.linspace(0, 1, bins + 1), method="inverted_cdf", weights=weights
+                )
+            )
+            hist, _ = (
+                np.histogram(sample, bins=edges, weights=weights)
+                if edges.size > 1
+                else (np.array([weights.sum()]), edges)
+            )
+            summary.update(
+                mean=mean,
+                std=std,
+                min=entry["min"],
+                max=entry["max"],
+                quantiles=dict(zip(map(str, QUANTILES), qs.tolist(), strict=True)),
+                histogram={
+                    "edges": edges.tolist(),
+                    "fractions": (hist / max(hist.sum(), 1e-12)).tolist(),
+                },
+            )
         out[key] = summary
     return out

@@ -46,21 +46,22 @@ class CommitConflict(DataError):
 
 def _storage_error(location: Location, operation: str, exc: Exception) -> StorageError:
     where = f" on endpoint {location.endpoint}" if location.endpoint else ""
-    return StorageError(f"cannot {operation} Delta table {location.uri}{where}: "
-                        f"{one_line(exc)}")
+    return StorageError(f"cannot {operation} Delta table {location.uri}{where}: {one_line(exc)}")
 
 
 def open_table(location: Location, version: int | None = None) -> DeltaTable | None:
     """The table (at ``version``; latest when None), or None when there is none yet."""
     try:
-        return DeltaTable(location.table_uri, version=version,
-                          storage_options=location.options or None)
+        return DeltaTable(
+            location.table_uri, version=version, storage_options=location.options or None
+        )
     except TableNotFoundError:
         return None
     except Exception as exc:  # delta-rs raises OSError / DeltaError for storage failures
         if version is not None and "version" in str(exc).lower():
-            raise DataError(f"Delta table {location.uri} has no version {version}: "
-                            f"{one_line(exc)}") from None
+            raise DataError(
+                f"Delta table {location.uri} has no version {version}: {one_line(exc)}"
+            ) from None
         raise _storage_error(location, "open", exc) from None
 
 
@@ -70,9 +71,14 @@ def ensure_table(location: Location, schema: pa.Schema, partition_by: list[str])
     if table is not None:
         return _own_log_cleanup(location, table)
     try:
-        DeltaTable.create(location.table_uri, schema, mode="ignore", partition_by=partition_by,
-                          configuration=TABLE_CONFIGURATION,
-                          storage_options=location.options or None)
+        DeltaTable.create(
+            location.table_uri,
+            schema,
+            mode="ignore",
+            partition_by=partition_by,
+            configuration=TABLE_CONFIGURATION,
+            storage_options=location.options or None,
+        )
     except Exception as exc:
         # Another writer created it at the same moment: use theirs.
         if (table := open_table(location)) is not None:
@@ -99,8 +105,9 @@ def _own_log_cleanup(location: Location, table: DeltaTable) -> DeltaTable:
     return table
 
 
-def write_file(location: Location, rows: pa.Table, partition: Mapping[str, str] | None = None
-               ) -> AddAction:
+def write_file(
+    location: Location, rows: pa.Table, partition: Mapping[str, str] | None = None
+) -> AddAction:
     """One Parquet file under the table (in its hive folder), not yet part of any version."""
     partition = dict(partition or {})
     folder = "/".join(f"{k}={v}" for k, v in partition.items())
@@ -110,39 +117,70 @@ def write_file(location: Location, rows: pa.Table, partition: Mapping[str, str] 
     with target.io("write curated rows to"):
         pq.write_table(rows, target.path, filesystem=target.fs)
         size = target.fs.get_file_info(target.path).size
-    return AddAction(relative, int(size), partition, int(time.time() * 1000), True,
-                     json.dumps({"numRecords": rows.num_rows}))
+    return AddAction(
+        relative,
+        int(size),
+        partition,
+        int(time.time() * 1000),
+        True,
+        json.dumps({"numRecords": rows.num_rows}),
+    )
 
 
 def action_to_dict(action: AddAction) -> dict[str, Any]:
-    return {"path": action.path, "size": action.size,
-            "partition_values": dict(action.partition_values),
-            "modification_time": action.modification_time, "stats": action.stats}
+    return {
+        "path": action.path,
+        "size": action.size,
+        "partition_values": dict(action.partition_values),
+        "modification_time": action.modification_time,
+        "stats": action.stats,
+    }
 
 
-def action_from_dict(value: Mapping[str, Any], partition: Mapping[str, str] | None = None
-                     ) -> AddAction:
-    return AddAction(value["path"], value["size"], {**value["partition_values"],
-                                                    **(partition or {})},
-                     value["modification_time"], True, value["stats"])
+def action_from_dict(
+    value: Mapping[str, Any], partition: Mapping[str, str] | None = None
+) -> AddAction:
+    return AddAction(
+        value["path"],
+        value["size"],
+        {**value["partition_values"], **(partition or {})},
+        value["modification_time"],
+        True,
+        value["stats"],
+    )
 
 
-def commit(location: Location, table: DeltaTable, actions: list[AddAction], *, mode: str,
-           schema: pa.Schema, partition_by: list[str], metadata: Mapping[str, str],
-           transaction: Transaction) -> int:
+def commit(
+    location: Location,
+    table: DeltaTable,
+    actions: list[AddAction],
+    *,
+    mode: str,
+    schema: pa.Schema,
+    partition_by: list[str],
+    metadata: Mapping[str, str],
+    transaction: Transaction,
+) -> int:
     """Make ``actions`` visible in one new version of ``table`` (read at the version the
     caller planned against); returns the new version number."""
     planned = table.version()
     try:
         table.create_write_transaction(
-            actions, mode, schema, partition_by,
-            commit_properties=CommitProperties(custom_metadata=dict(metadata),
-                                               app_transactions=[transaction]))
+            actions,  # type: ignore[arg-type]
+            mode,
+            schema,
+            partition_by,
+            commit_properties=CommitProperties(
+                custom_metadata=dict(metadata), app_transactions=[transaction]
+            ),
+        )
     except CommitFailedError as exc:
         # delta-rs' conflict checker: "Concurrent append", "Metadata changed since last
         # commit" (both created the table), "Protocol changed ...", "version ... exists"
-        if not any(word in str(exc).lower() for word in (
-                "concurrent", "conflict", "exists", "changed since last commit")):
+        if not any(
+            word in str(exc).lower()
+            for word in ("concurrent", "conflict", "exists", "changed since last commit")
+        ):
             raise _storage_error(location, "commit to", exc) from None
         raise CommitConflict(
             f"another ingest committed to {location.uri} after version {planned} while this "
@@ -155,8 +193,9 @@ def commit(location: Location, table: DeltaTable, actions: list[AddAction], *, m
     return table.version()
 
 
-def vacuum(location: Location, retention_hours: int, keep_versions: Sequence[int] = ()
-           ) -> list[str]:
+def vacuum(
+    location: Location, retention_hours: int, keep_versions: Sequence[int] = ()
+) -> list[str]:
     """Delete files no version within the retention window (nor any of ``keep_versions``)
     needs, and files no version ever named (failed or retried writes) once they are older
     than the window."""
@@ -165,9 +204,13 @@ def vacuum(location: Location, retention_hours: int, keep_versions: Sequence[int
         return []
     try:
         # The window is the user's (data.retention_hours), not the table's default week.
-        return table.vacuum(retention_hours=retention_hours, dry_run=False, full=True,
-                            enforce_retention_duration=False,
-                            keep_versions=sorted(keep_versions) or None)
+        return table.vacuum(
+            retention_hours=retention_hours,
+            dry_run=False,
+            full=True,
+            enforce_retention_duration=False,
+            keep_versions=sorted(keep_versions) or None,
+        )
     except Exception as exc:
         raise _storage_error(location, "clean up", exc) from None
 
@@ -184,8 +227,11 @@ def _log_files(location: Location) -> list[tuple[int, str, pafs.FileInfo]]:
 
 def first_young_version(location: Location, cutoff: float) -> int | None:
     """The oldest version whose log entry was written after ``cutoff`` (a Unix time)."""
-    young = [v for v, kind, info in _log_files(location)
-             if kind == "json" and info.mtime is not None and info.mtime.timestamp() >= cutoff]
+    young = [
+        v
+        for v, kind, info in _log_files(location)
+        if kind == "json" and info.mtime is not None and info.mtime.timestamp() >= cutoff
+    ]
     return min(young, default=None)
 
 

@@ -65,13 +65,15 @@ def _reason(mask: pa.ChunkedArray, name: str, problem: str, shown: pa.ChunkedArr
     mask = pc.fill_null(mask, False)
     if not pc.any(mask).as_py():  # the common case: skip building strings for every row
         return pa.nulls(len(mask), pa.string())
-    text = pc.binary_join_element_wise(f"{name}: {problem} ('", pc.cast(shown, pa.string()),
-                                       "')", "")
+    text = pc.binary_join_element_wise(
+        f"{name}: {problem} ('", pc.cast(shown, pa.string()), "')", ""
+    )
     return pc.if_else(mask, text, _NULL_STR)
 
 
-def _cast_numeric(name: str, raw: pa.ChunkedArray, spec: ColumnSpec
-                  ) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+def _cast_numeric(
+    name: str, raw: pa.ChunkedArray, spec: ColumnSpec
+) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
     if _is_text(raw) or pa.types.is_null(raw.type):
         shown = text_values(raw)
         ok = pc.match_substring_regex(shown, NUMBER_RE)
@@ -94,14 +96,19 @@ def _cast_numeric(name: str, raw: pa.ChunkedArray, spec: ColumnSpec
         fraction = pc.not_equal(values, pc.floor(values))
         reason = pc.coalesce(reason, _reason(fraction, name, "not an integer", shown))
         outside = pc.greater(pc.abs(values), float(MAX_INTEGER))
-        reason = pc.coalesce(reason, _reason(outside, name, f"beyond +-{MAX_INTEGER} (2**53, "
-                                             "where integers lose digits)", shown))
+        reason = pc.coalesce(
+            reason,
+            _reason(
+                outside, name, f"beyond +-{MAX_INTEGER} (2**53, where integers lose digits)", shown
+            ),
+        )
     good = pc.if_else(pc.is_null(reason), values, pa.scalar(None, pa.float64()))
     return pc.cast(good, ARROW_TYPES[spec.type]), reason
 
 
-def _range_reason(name: str, values: pa.ChunkedArray, spec: ColumnSpec,
-                  shown: pa.ChunkedArray) -> pa.Array:
+def _range_reason(
+    name: str, values: pa.ChunkedArray, spec: ColumnSpec, shown: pa.ChunkedArray
+) -> pa.Array:
     reason = pa.nulls(len(values), pa.string())
     if spec.min is not None:
         reason = _reason(pc.less(values, spec.min), name, f"below min {spec.min}", shown)
@@ -111,8 +118,9 @@ def _range_reason(name: str, values: pa.ChunkedArray, spec: ColumnSpec,
     return reason
 
 
-def _cast_categorical(name: str, raw: pa.ChunkedArray, spec: ColumnSpec
-                      ) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+def _cast_categorical(
+    name: str, raw: pa.ChunkedArray, spec: ColumnSpec
+) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
     values = text_values(raw)
     reason = pa.nulls(len(values), pa.string())
     if spec.values is not None:
@@ -122,20 +130,24 @@ def _cast_categorical(name: str, raw: pa.ChunkedArray, spec: ColumnSpec
     return values, reason
 
 
-def _cast_boolean(name: str, raw: pa.ChunkedArray, spec: ColumnSpec
-                  ) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+def _cast_boolean(
+    name: str, raw: pa.ChunkedArray, spec: ColumnSpec
+) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
     if pa.types.is_boolean(raw.type):
         return raw, pa.nulls(len(raw), pa.string())
     text = pc.utf8_lower(text_values(raw))
-    true, false = pc.is_in(text, value_set=pa.array(_TRUE)), pc.is_in(text, value_set=pa.array(
-        _FALSE))
+    true, false = (
+        pc.is_in(text, value_set=pa.array(_TRUE)),
+        pc.is_in(text, value_set=pa.array(_FALSE)),
+    )
     values = pc.if_else(true, True, pc.if_else(false, False, pa.scalar(None, pa.bool_())))
     bad = pc.and_(pc.is_valid(text), pc.is_null(values))
     return values, _reason(bad, name, "not a boolean", text)
 
 
-def _cast_datetime(name: str, raw: pa.ChunkedArray, spec: ColumnSpec
-                   ) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+def _cast_datetime(
+    name: str, raw: pa.ChunkedArray, spec: ColumnSpec
+) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
     target = ARROW_TYPES["datetime"]
     if pa.types.is_timestamp(raw.type):
         values = raw if raw.type.tz else pc.assume_timezone(raw, "UTC")
@@ -165,8 +177,9 @@ def _column(table: pa.Table, name: str) -> pa.ChunkedArray:
     return pa.chunked_array([pa.nulls(table.num_rows, pa.string())])
 
 
-def validate_table(table: pa.Table, columns: Mapping[str, ColumnSpec], label: str | None
-                   ) -> pa.Table:
+def validate_table(
+    table: pa.Table, columns: Mapping[str, ColumnSpec], label: str | None
+) -> pa.Table:
     """Typed columns in declared order, the provenance columns present, and :data:`ERROR`.
 
     ERROR is null where the row is good and holds the row's first problem otherwise.
@@ -193,8 +206,9 @@ def validate_table(table: pa.Table, columns: Mapping[str, ColumnSpec], label: st
     return pa.table(out)
 
 
-def validate_frame(frame: pd.DataFrame, columns: Mapping[str, ColumnSpec],
-                   label: str | None = None) -> pa.Table:
+def validate_frame(
+    frame: pd.DataFrame, columns: Mapping[str, ColumnSpec], label: str | None = None
+) -> pa.Table:
     """:func:`validate_table` for records that arrive as a DataFrame (serving, tests)."""
     arrays = {}
     for name in frame.columns:
@@ -205,8 +219,11 @@ def validate_frame(frame: pd.DataFrame, columns: Mapping[str, ColumnSpec],
     return validate_table(pa.table(arrays), columns, label)
 
 
-def validate_records(records: Sequence[Mapping[str, Any]], columns: Mapping[str, ColumnSpec],
-                     label: str | None = None) -> pa.Table:
+def validate_records(
+    records: Sequence[Mapping[str, Any]],
+    columns: Mapping[str, ColumnSpec],
+    label: str | None = None,
+) -> pa.Table:
     """:func:`validate_table` for records as a request carries them (dicts), without a
     DataFrame in between: for one or two records, building and indexing the DataFrame cost
     more than validating. A column mixing types is judged as text, as in
@@ -256,8 +273,10 @@ def _column_keys(arr: pa.ChunkedArray) -> np.ndarray:
     """A uint64 per value, equal for equal values in any process (no Python hash())."""
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
         encoded = pc.dictionary_encode(arr).combine_chunks()
-        words = [int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little")
-                 for v in encoded.dictionary.to_pylist()]
+        words = [
+            int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "little")
+            for v in encoded.dictionary.to_pylist()
+        ]
         table = np.array([*words, 0x5BD1E995], dtype=np.uint64)  # last slot: null
         idx = encoded.indices.fill_null(len(words)).to_numpy(zero_copy_only=False)
         return table[idx]
@@ -268,8 +287,9 @@ def _column_keys(arr: pa.ChunkedArray) -> np.ndarray:
     return values.view(np.uint64)
 
 
-def assign_split(table: pa.Table, columns: Sequence[str], valid_fraction: float, seed: int
-                 ) -> np.ndarray:
+def assign_split(
+    table: pa.Table, columns: Sequence[str], valid_fraction: float, seed: int
+) -> np.ndarray:
     """'train' or 'valid' per row from a hash of its values: deterministic, order-free.
 
     Identical rows always land in the same split, so duplicates cannot leak across it.

@@ -50,9 +50,15 @@ STATE = "state"
 MANIFEST_KEY = "rayops.manifest"
 QUARANTINE_APP = "rayops.quarantine"
 DATASET_VERSION = "dataset_version"
-QUARANTINE_SCHEMA = pa.schema([("source_file", pa.string()), ("line", pa.int64()),
-                               ("reason", pa.string()), ("raw", pa.string()),
-                               (DATASET_VERSION, pa.int64())])
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("source_file", pa.string()),
+        ("line", pa.int64()),
+        ("reason", pa.string()),
+        ("raw", pa.string()),
+        (DATASET_VERSION, pa.int64()),
+    ]
+)
 _HISTORY_SCAN = 50  # maintenance commits (vacuum) between two ingest commits, at most
 
 
@@ -86,8 +92,9 @@ class DatasetVersion:
     def examples(self) -> dict[str, int]:
         """About how many examples each split gives a model: its rows, or for series the
         count estimated when the preprocessing was fitted."""
-        built = self.manifest.preprocessor.get("series") or \
-            self.manifest.preprocessor.get("interactions")
+        built = self.manifest.preprocessor.get("series") or self.manifest.preprocessor.get(
+            "interactions"
+        )
         if built:
             return dict(built["examples"])
         return {"train": self.manifest.rows.train, "valid": self.manifest.rows.valid}
@@ -115,8 +122,7 @@ class DatasetVersion:
         for name, value in series.items():
             test = pads.field(name) == value
             where = test if where is None else where & test
-        dataset = pads.dataset([f.path for f in files], filesystem=files[0].fs,
-                               format="parquet")
+        dataset = pads.dataset([f.path for f in files], filesystem=files[0].fs, format="parquet")
         with files[0].io("read"):
             return dataset.to_table(filter=where)
 
@@ -137,8 +143,7 @@ class DatasetVersion:
         files = self.split_files(split)
         if not files:
             return pa.table({})
-        dataset = pads.dataset([f.path for f in files], filesystem=files[0].fs,
-                               format="parquet")
+        dataset = pads.dataset([f.path for f in files], filesystem=files[0].fs, format="parquet")
         with files[0].io("read"):
             return dataset.head(limit) if limit is not None else dataset.to_table()
 
@@ -155,8 +160,7 @@ class DatasetVersion:
         raw, dataset_version."""
         table = complete_quarantine(self)
         low, high = self.base, self.version
-        since_rebuild = ((pads.field(DATASET_VERSION) >= low)
-                         & (pads.field(DATASET_VERSION) <= high))
+        since_rebuild = (pads.field(DATASET_VERSION) >= low) & (pads.field(DATASET_VERSION) <= high)
         with self.root.join(QUARANTINE).io("read"):
             scanner = table.to_pyarrow_dataset().scanner(filter=since_rebuild)
             return scanner.head(limit) if limit is not None else scanner.to_table()
@@ -214,15 +218,21 @@ def load_version(cfg: PipelineConfig, version: int | None = None) -> DatasetVers
         )
     if version is not None and version != latest.version():
         if not 1 <= version <= latest.version():
-            raise DataError(f"dataset {cfg.dataset_name!r} has no version {version}; "
-                            f"versions: 1 to {found[0]} (latest)")
+            raise DataError(
+                f"dataset {cfg.dataset_name!r} has no version {version}; "
+                f"versions: 1 to {found[0]} (latest)"
+            )
         at = delta.open_table(rows, version)
         found = _ingest_commit(rows, at) if at is not None else None
         if found is None:
             raise DataError(f"dataset {cfg.dataset_name!r} has no version {version}")
         if found[0] != version:
-            logger.info("version %d of %s is maintenance: its data is version %d's",
-                        version, rows.uri, found[0])
+            logger.info(
+                "version %d of %s is maintenance: its data is version %d's",
+                version,
+                rows.uri,
+                found[0],
+            )
     number, manifest = found
     return DatasetVersion(cfg.dataset_name, number, root, manifest)
 
@@ -247,8 +257,7 @@ def version_of(cfg: PipelineConfig, table: DeltaTable) -> DatasetVersion | None:
     return DatasetVersion(cfg.dataset_name, found[0], dataset_root(cfg), found[1])
 
 
-def complete_quarantine(version: DatasetVersion, table: DeltaTable | None = None
-                        ) -> DeltaTable:
+def complete_quarantine(version: DatasetVersion, table: DeltaTable | None = None) -> DeltaTable:
     """Append the version's rejected rows to the quarantine table (``table``, opened here
     when None) unless that is done (exactly once: the append carries the version as its
     transaction id)."""
@@ -256,13 +265,21 @@ def complete_quarantine(version: DatasetVersion, table: DeltaTable | None = None
     table = table or delta.ensure_table(location, QUARANTINE_SCHEMA, [DATASET_VERSION])
     if (table.transaction_version(QUARANTINE_APP) or 0) >= version.version:
         return table
-    actions = [delta.action_from_dict(a, {DATASET_VERSION: str(version.version)})
-               for a in version.manifest.quarantine_files]
+    actions = [
+        delta.action_from_dict(a, {DATASET_VERSION: str(version.version)})
+        for a in version.manifest.quarantine_files
+    ]
     try:
-        delta.commit(location, table, actions, mode="append", schema=QUARANTINE_SCHEMA,
-                     partition_by=[DATASET_VERSION],
-                     metadata={DATASET_TAG: str(version.version)},
-                     transaction=Transaction(QUARANTINE_APP, version.version))
+        delta.commit(
+            location,
+            table,
+            actions,
+            mode="append",
+            schema=QUARANTINE_SCHEMA,
+            partition_by=[DATASET_VERSION],
+            metadata={DATASET_TAG: str(version.version)},
+            transaction=Transaction(QUARANTINE_APP, version.version),
+        )
     except delta.CommitConflict:
         table.update_incremental()  # someone else completed it at the same moment
         if (table.transaction_version(QUARANTINE_APP) or 0) < version.version:

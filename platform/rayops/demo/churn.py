@@ -20,8 +20,9 @@ PAYMENTS = ["electronic_check", "mailed_check", "bank_transfer", "credit_card"]
 REGIONS = ["north", "south", "east", "west"]
 
 
-def _churn_probability(df: pd.DataFrame, rng: np.random.Generator,
-                       extra: np.ndarray | float = 0.0) -> np.ndarray:
+def _churn_probability(
+    df: pd.DataFrame, rng: np.random.Generator, extra: np.ndarray | float = 0.0
+) -> np.ndarray:
     logit = extra + (
         -1.2
         + 1.6 * (df["contract"] == "month-to-month")
@@ -76,19 +77,21 @@ def later_month(rows: int, seed: int = 11, month: int = 1) -> pd.DataFrame:
 def _customers(rows: int, seed: int, rng: np.random.Generator) -> pd.DataFrame:
     tenure = rng.integers(0, 73, rows)
     monthly = np.round(rng.uniform(18, 120, rows), 2)
-    df = pd.DataFrame({
-        "customer_id": [f"C{seed:02d}{i:07d}" for i in range(rows)],
-        "age": rng.integers(18, 81, rows),
-        "tenure_months": tenure,
-        "monthly_charges": monthly,
-        "total_charges": np.round(tenure * monthly * rng.uniform(0.9, 1.1, rows), 2),
-        "contract": rng.choice(CONTRACTS, rows, p=[0.55, 0.25, 0.20]),
-        "internet_service": rng.choice(INTERNET, rows, p=[0.35, 0.45, 0.20]),
-        "payment_method": rng.choice(PAYMENTS, rows),
-        "support_calls": rng.poisson(1.3, rows),
-        "paperless_billing": rng.choice(["yes", "no"], rows, p=[0.6, 0.4]),
-        "region": rng.choice(REGIONS, rows),
-    })
+    df = pd.DataFrame(
+        {
+            "customer_id": [f"C{seed:02d}{i:07d}" for i in range(rows)],
+            "age": rng.integers(18, 81, rows),
+            "tenure_months": tenure,
+            "monthly_charges": monthly,
+            "total_charges": np.round(tenure * monthly * rng.uniform(0.9, 1.1, rows), 2),
+            "contract": rng.choice(CONTRACTS, rows, p=[0.55, 0.25, 0.20]),
+            "internet_service": rng.choice(INTERNET, rows, p=[0.35, 0.45, 0.20]),
+            "payment_method": rng.choice(PAYMENTS, rows),
+            "support_calls": rng.poisson(1.3, rows),
+            "paperless_billing": rng.choice(["yes", "no"], rows, p=[0.6, 0.4]),
+            "region": rng.choice(REGIONS, rows),
+        }
+    )
     return df
 
 

@@ -41,10 +41,14 @@ def weather(hours: pd.DatetimeIndex, seed: int) -> np.ndarray:
 
 def _profile(hours: pd.DatetimeIndex, holiday: np.ndarray) -> np.ndarray:
     """Expected demand of a zone of size 1 at each hour."""
-    hour, weekday = np.asarray(hours.hour), np.asarray(hours.weekday)
+    hour, weekday = np.asarray(hours.hour), np.asarray(hours.day_of_week)
     weekend = (weekday >= 5) | (holiday == 1)
-    working = (1.0 + 1.6 * np.exp(-((hour - 8) ** 2) / 3) + 1.3 * np.exp(-((hour - 18) ** 2) / 4)
-               + 0.4 * np.exp(-((hour - 13) ** 2) / 6))
+    working = (
+        1.0
+        + 1.6 * np.exp(-((hour - 8) ** 2) / 3)
+        + 1.3 * np.exp(-((hour - 18) ** 2) / 4)
+        + 0.4 * np.exp(-((hour - 13) ** 2) / 6)
+    )
     resting = 0.8 + 1.2 * np.exp(-((hour - 14) ** 2) / 10) + 0.9 * np.exp(-((hour - 22) ** 2) / 4)
     night = 0.25 + 0.75 * (1 - np.exp(-((hour - 3) ** 2) / 6))
     return np.where(weekend, resting, working) * night * np.where(weekday == 4, 1.15, 1.0)
@@ -63,8 +67,17 @@ def generate(zone_count: int = 36, weeks: int = 12, seed: int = 5) -> pd.DataFra
         heat = rng.uniform(0.01, 0.04)  # demand rises as it gets warmer (or colder)
         expected = size * profile * (1 + heat * np.abs(temp - 15)) * np.where(holiday, 0.8, 1)
         demand = rng.poisson(np.maximum(expected, 0.1)).astype(object)
-        frames.append(pd.DataFrame({"ts": hours.strftime("%Y-%m-%dT%H:%M:%SZ"), "zone": zone,
-                                    "temp": temp, "holiday": holiday, "demand": demand}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "ts": hours.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "zone": zone,
+                    "temp": temp,
+                    "holiday": holiday,
+                    "demand": demand,
+                }
+            )
+        )
     return _corrupt(pd.concat(frames, ignore_index=True), rng)
 
 
@@ -76,12 +89,13 @@ def _corrupt(df: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     bad = rng.choice(np.setdiff1d(np.arange(n), gone), size=max(3, n // 2000), replace=False)
     third = len(bad) // 3
     df.loc[bad[:third], "ts"] = df.loc[bad[:third], "ts"].str.replace(":00:00Z", ":30:00Z")
-    df.loc[bad[third:2 * third], "demand"] = "n/a?"
-    repeated = df.loc[bad[2 * third:]]
+    df.loc[bad[third : 2 * third], "demand"] = "n/a?"
+    repeated = df.loc[bad[2 * third :]]
     return pd.concat([df.drop(index=gone), repeated], ignore_index=True)
 
 
-def write(frame: pd.DataFrame, target: Location, first_week: int = 0,
-          weeks: int | None = None) -> list[str]:
+def write(
+    frame: pd.DataFrame, target: Location, first_week: int = 0, weeks: int | None = None
+) -> list[str]:
     """One CSV file per week (``week-0000.csv``...) from ``first_week``; returns the URIs."""
     return write_weekly(frame, target, pd.Timestamp(START), first_week, weeks)

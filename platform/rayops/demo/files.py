@@ -10,8 +10,13 @@ import pandas as pd
 from rayops.storage import Location
 
 
-def write_weekly(frame: pd.DataFrame, target: Location, start: pd.Timestamp,
-                 first_week: int = 0, weeks: int | None = None) -> list[str]:
+def write_weekly(
+    frame: pd.DataFrame,
+    target: Location,
+    start: pd.Timestamp,
+    first_week: int = 0,
+    weeks: int | None = None,
+) -> list[str]:
     """One CSV file per week of ``frame["ts"]`` after ``start`` (``week-0000.csv``...),
     from ``first_week``; a row whose timestamp cannot be read goes with the first week.
     Returns the URIs written."""

@@ -36,39 +36,58 @@ def request(result: PipelineResult, seed: int) -> dict[str, Any]:
     days = pd.date_range(start, hours[-1], freq="h")
     temp = dict(zip(days, demand.weather(days, seed), strict=True))
     holiday = dict(zip(days, demand.holidays(days), strict=True))
-    return {"series": {"zone": ZONE},
-            "future": [{"ts": h.strftime("%Y-%m-%dT%H:%M:%SZ"), "temp": float(temp[h]),
-                        "holiday": bool(holiday[h])} for h in hours]}
+    return {
+        "series": {"zone": ZONE},
+        "future": [
+            {
+                "ts": h.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "temp": float(temp[h]),
+                "holiday": bool(holiday[h]),
+            }
+            for h in hours
+        ],
+    }
 
 
-def show(cfg: PipelineConfig, result: PipelineResult, body: dict[str, Any],
-         answer: dict[str, Any]) -> None:
+def show(
+    cfg: PipelineConfig, result: PipelineResult, body: dict[str, Any], answer: dict[str, Any]
+) -> None:
     """The story: data, model against seasonal naive, gate, the served forecast."""
     rows, metrics = result.dataset.manifest.rows, result.model.metrics
     champion = result.model.decision.champion
     observed = result.dataset.rows_where({"zone": ZONE}).to_pandas().set_index("ts")
     print("\n=== rayops demo: forecasting ===")
-    print(f"data:     {result.dataset.id}: {rows.train:,} hourly observations of {ZONES} "
-          f"zones, {rows.quarantine:,} quarantined (see `rayops quarantine`)")
-    print(f"model:    valid_mae={metrics['valid_mae']:.2f} vs seasonal naive "
-          f"{metrics['valid_naive_mae']:.2f}, MASE {metrics['valid_mase']:.3f}, sMAPE "
-          f"{metrics['valid_smape']:.1f}%, P10-P90 coverage "
-          f"{metrics['valid_coverage_80']:.2f}")
+    print(
+        f"data:     {result.dataset.id}: {rows.train:,} hourly observations of {ZONES} "
+        f"zones, {rows.quarantine:,} quarantined (see `rayops quarantine`)"
+    )
+    print(
+        f"model:    valid_mae={metrics['valid_mae']:.2f} vs seasonal naive "
+        f"{metrics['valid_naive_mae']:.2f}, MASE {metrics['valid_mase']:.3f}, sMAPE "
+        f"{metrics['valid_smape']:.1f}%, P10-P90 coverage "
+        f"{metrics['valid_coverage_80']:.2f}"
+    )
     print(f"gate:     {result.model.decision.summary()}")
     print(f"serving:  {champion.name} v{champion.version} @champion at {result.url}/forecast")
-    print(f"request:  POST /forecast, zone {ZONE}, the next 24 hours -> HTTP 200, answered "
-          f"by v{answer['model']['version']}")
+    print(
+        f"request:  POST /forecast, zone {ZONE}, the next 24 hours -> HTTP 200, answered "
+        f"by v{answer['model']['version']}"
+    )
     print("  hour (UTC)         forecast   P10 - P90    seasonal naive (a week before)")
     for step in answer["forecast"]:
         ts = pd.Timestamp(step["ts"])
         naive = observed["demand"].get(ts - pd.Timedelta(weeks=1))
         q = step["quantiles"]
-        print(f"  {ts:%Y-%m-%d %H:%M}  {step['value']:8.1f}   {q['0.1']:5.1f} - "
-              f"{q['0.9']:5.1f}   {'-' if naive is None else f'{naive:.0f}':>5}")
+        print(
+            f"  {ts:%Y-%m-%d %H:%M}  {step['value']:8.1f}   {q['0.1']:5.1f} - "
+            f"{q['0.9']:5.1f}   {'-' if naive is None else f'{naive:.0f}':>5}"
+        )
     print(f"MLflow:   mlflow ui --backend-store-uri {cfg.tracking.uri}")
 
 
 def curl(url: str, body: dict[str, Any]) -> str:
     short = {**body, "future": body["future"][:2]}
-    return (f"curl -s -X POST {url}/forecast -H 'content-type: application/json' "
-            f"-d '{json.dumps(short)}'")
+    return (
+        f"curl -s -X POST {url}/forecast -H 'content-type: application/json' "
+        f"-d '{json.dumps(short)}'"
+    )

@@ -26,10 +26,16 @@ from rayops.demo import churn
 # five customers churn much more): the shadow's agreement bound, a sanity check, is 50%
 # (a champion that never saw the month agreed 65-80% with its retrained challenger).
 OPERATE_OVERRIDES = [
-    "serve.mirror_fraction=0.2", "operate.drift_windows=1", "operate.min_new_labels=null",
-    "operate.window_hours=1", "operate.window_min_labels=100",
-    "operate.shadow.min_records=100", "operate.shadow.max_wait_s=300",
-    "operate.shadow.min_agreement=0.5", "operate.rollback.watch_s=10", "tune.enabled=false",
+    "serve.mirror_fraction=0.2",
+    "operate.drift_windows=1",
+    "operate.min_new_labels=null",
+    "operate.window_hours=1",
+    "operate.window_min_labels=100",
+    "operate.shadow.min_records=100",
+    "operate.shadow.max_wait_s=300",
+    "operate.shadow.min_agreement=0.5",
+    "operate.rollback.watch_s=10",
+    "tune.enabled=false",
     "monitor.key_features=[monthly_charges]",
 ]
 MONTH_FOLDER = "month-{}"  # each later month's export, beside the first month's files
@@ -42,8 +48,9 @@ def next_month(cfg: PipelineConfig) -> int:
     return 1 + sum(name.startswith(MONTH_FOLDER.format("")) for name in names)
 
 
-def later_month_records(cfg: PipelineConfig, rows: int, seed: int, month: int = 1
-                        ) -> tuple[list[dict[str, Any]], list[Any]]:
+def later_month_records(
+    cfg: PipelineConfig, rows: int, seed: int, month: int = 1
+) -> tuple[list[dict[str, Any]], list[Any]]:
     """The later month's customers as an API client sends them (records the schema
     contract accepts, JSON types) and their true labels."""
     frame = churn.later_month(rows, seed, month)
@@ -57,19 +64,22 @@ def later_month_records(cfg: PipelineConfig, rows: int, seed: int, month: int = 
     return records.to_dict("records"), list(good[cfg.data.label])
 
 
-def write_later_month(cfg: PipelineConfig, rows: int, seed: int, month: int = 1
-                      ) -> list[str]:
+def write_later_month(cfg: PipelineConfig, rows: int, seed: int, month: int = 1) -> list[str]:
     """The later month's export, beside the first month's raw files."""
-    return churn.write(churn.later_month(rows, seed, month), file_source(cfg).location.join(
-        MONTH_FOLDER.format(month)), files=1)
+    return churn.write(
+        churn.later_month(rows, seed, month),
+        file_source(cfg).location.join(MONTH_FOLDER.format(month)),
+        files=1,
+    )
 
 
 class Traffic:
     """A client sending records one per request (each with an X-Request-ID) and each true
     label right after its answer; counts status codes and the versions that answered."""
 
-    def __init__(self, url: str, records: list[dict[str, Any]], labels: list[Any],
-                 prefix: str = "demo") -> None:
+    def __init__(
+        self, url: str, records: list[dict[str, Any]], labels: list[Any], prefix: str = "demo"
+    ) -> None:
         self.url, self.records, self.labels, self.prefix = url, records, labels, prefix
         self.statuses: Counter[int] = Counter()
         self.versions: Counter[str] = Counter()
@@ -82,13 +92,20 @@ class Traffic:
             n = i % len(self.records)
             request_id = f"{self.prefix}-{i}"
             try:
-                answer = session.post(f"{self.url}/predict", json={"records": [
-                    self.records[n]]}, headers={"X-Request-ID": request_id}, timeout=30)
+                answer = session.post(
+                    f"{self.url}/predict",
+                    json={"records": [self.records[n]]},
+                    headers={"X-Request-ID": request_id},
+                    timeout=30,
+                )
                 self.statuses[answer.status_code] += 1
                 if answer.status_code == 200:
                     self.versions[answer.json()["model"]["version"]] += 1
-                    told = session.post(f"{self.url}/feedback", timeout=30, json={
-                        "labels": [{"request_id": request_id, "label": self.labels[n]}]})
+                    told = session.post(
+                        f"{self.url}/feedback",
+                        timeout=30,
+                        json={"labels": [{"request_id": request_id, "label": self.labels[n]}]},
+                    )
                     self.statuses[told.status_code] += 1
             except requests.RequestException:
                 self.statuses[-1] += 1  # no answer at all: counted as a failure
@@ -126,8 +143,9 @@ def wait_logged(cfg: PipelineConfig, rows: int, timeout_s: float = 60.0) -> None
             return
         if time.monotonic() > deadline:
             found = 0 if table is None else table.num_rows
-            raise TimeoutError(f"the prediction log holds {found} rows after {timeout_s:.0f} "
-                               f"s, not {rows}")
+            raise TimeoutError(
+                f"the prediction log holds {found} rows after {timeout_s:.0f} s, not {rows}"
+            )
         time.sleep(0.5)
 
 
@@ -141,15 +159,19 @@ def run_operate(cfg: PipelineConfig, url: str, rows: int) -> None:
     records, labels = later_month_records(cfg, rows, 10 + month, month)
     written = write_later_month(cfg, rows, 10 + month, month)
     print(f"\n=== operate: later month {month} arrives ({rows:,} customers, {written[0]}) ===")
-    print(f"shift: prices up by {40 * month}, most customers on month-to-month contracts, a "
-          f"new payment method {churn.new_payment(month)!r} whose customers churn more")
+    print(
+        f"shift: prices up by {40 * month}, most customers on month-to-month contracts, a "
+        f"new payment method {churn.new_payment(month)!r} whose customers churn more"
+    )
     with Traffic(url, records, labels) as traffic:
         needed = max(cfg.monitor.min_rows, cfg.operate.window_min_labels) + 50
         while traffic.answered < needed:
             time.sleep(0.5)
         wait_logged(cfg, needed)
-        print(f"traffic: {traffic.answered} requests of the new month answered, labels sent "
-              "back; the loop runs one cycle:")
+        print(
+            f"traffic: {traffic.answered} requests of the new month answered, labels sent "
+            "back; the loop runs one cycle:"
+        )
         before = dict(traffic.versions)
         state = Operator(cfg, say=print).run(cycles=1)
         promoted = state.facts.get("challenger") if "promoted_at" in state.facts else None
@@ -159,7 +181,9 @@ def run_operate(cfg: PipelineConfig, url: str, rows: int) -> None:
             while traffic.versions[promoted] < seen + 20 and time.monotonic() < deadline:
                 time.sleep(0.5)
     after = {v: n - before.get(v, 0) for v, n in traffic.versions.items()}
-    print(f"served during the cycle: {', '.join(f'v{v}: {n}' for v, n in sorted(after.items()))}"
-          f" requests; {traffic.failed} non-2xx of {sum(traffic.statuses.values())} "
-          "responses (predictions and feedback)")
+    print(
+        f"served during the cycle: {', '.join(f'v{v}: {n}' for v, n in sorted(after.items()))}"
+        f" requests; {traffic.failed} non-2xx of {sum(traffic.statuses.values())} "
+        "responses (predictions and feedback)"
+    )
     print(f"outcome:  {state.facts.get('outcome', 'no retrain')}")

@@ -31,8 +31,10 @@ ZONES = 24  # the forecasting events' series
 
 
 def _churn_events(rows: int, seed: int) -> list[tuple[int, bytes]]:
-    return [(i % PARTITIONS, json.dumps(r).encode())
-            for i, r in enumerate(churn.generate(rows, seed).to_dict(orient="records"))]
+    return [
+        (i % PARTITIONS, json.dumps(r).encode())
+        for i, r in enumerate(churn.generate(rows, seed).to_dict(orient="records"))
+    ]
 
 
 def _demand_events(rows: int, seed: int) -> list[tuple[int, bytes]]:
@@ -40,8 +42,10 @@ def _demand_events(rows: int, seed: int) -> list[tuple[int, bytes]]:
     weeks = math.ceil(rows / (ZONES * 7 * 24)) + 1
     frame = demand.generate(ZONES, weeks, seed).sort_values("ts", kind="stable").head(rows)
     zones = {z: i % PARTITIONS for i, z in enumerate(demand.zones(ZONES))}
-    return [(zones.get(r["zone"], 0), json.dumps(r, default=str).encode())
-            for r in frame.to_dict(orient="records")]
+    return [
+        (zones.get(r["zone"], 0), json.dumps(r, default=str).encode())
+        for r in frame.to_dict(orient="records")
+    ]
 
 
 @dataclass(frozen=True)
@@ -57,16 +61,27 @@ class _Stream:
 
 
 STREAMS = {
-    "classification": _Stream("churn", "churn-events", "churn-stream", "churn events",
-                              _churn_events),
-    "forecasting": _Stream("demand", "demand-events", "demand-stream",
-                           f"hourly demand observations of {ZONES} zones", _demand_events,
-                           backlog=ZONES * 24 * 7 * 4),  # 4 weeks: 2 of history, 2 to validate
+    "classification": _Stream(
+        "churn", "churn-events", "churn-stream", "churn events", _churn_events
+    ),
+    "forecasting": _Stream(
+        "demand",
+        "demand-events",
+        "demand-stream",
+        f"hourly demand observations of {ZONES} zones",
+        _demand_events,
+        backlog=ZONES * 24 * 7 * 4,
+    ),  # 4 weeks: 2 of history, 2 to validate
 }
 
 
-def _producer(broker: LocalBroker, topic: str, events: list[tuple[int, bytes]], rate: float,
-              done: threading.Event) -> threading.Thread:
+def _producer(
+    broker: LocalBroker,
+    topic: str,
+    events: list[tuple[int, bytes]],
+    rate: float,
+    done: threading.Event,
+) -> threading.Thread:
     """Sends ``events`` (partition, value) at ``rate`` a second (a tenth of a second's
     worth at a time), then sets ``done``."""
 
@@ -89,16 +104,26 @@ def _producer(broker: LocalBroker, topic: str, events: list[tuple[int, bytes]], 
 def _line(version: DatasetVersion) -> str:
     part = version.manifest.ingest
     rows = part.rows
-    lag = ", ".join(f"p{p['partition']} {p['lag_messages']:,}"
-                    + ("" if p["lag_s"] is None else f" ({p['lag_s']:.1f} s)")
-                    for p in part.partitions)
-    return (f"{version.id}: read {rows.read:,} = kept {rows.train + rows.valid:,} + "
-            f"quarantined {rows.quarantine:,}; behind the topic: {lag}")
+    lag = ", ".join(
+        f"p{p['partition']} {p['lag_messages']:,}"
+        + ("" if p["lag_s"] is None else f" ({p['lag_s']:.1f} s)")
+        for p in part.partitions
+    )
+    return (
+        f"{version.id}: read {rows.read:,} = kept {rows.train + rows.valid:,} + "
+        f"quarantined {rows.quarantine:,}; behind the topic: {lag}"
+    )
 
 
-def run_stream_demo(seconds: float, rate: float, interval_s: float, seed: int,
-                    overrides: list[str], output: Output | None = None,
-                    workload: str = "classification") -> None:
+def run_stream_demo(
+    seconds: float,
+    rate: float,
+    interval_s: float,
+    seed: int,
+    overrides: list[str],
+    output: Output | None = None,
+    workload: str = "classification",
+) -> None:
     """Produce for ``seconds`` at ``rate`` events/s while ingesting every ``interval_s``."""
     stream = STREAMS[workload]
     events = stream.events(stream.backlog + int(seconds * rate), seed)
@@ -106,22 +131,29 @@ def run_stream_demo(seconds: float, rate: float, interval_s: float, seed: int,
     try:
         broker.create_topic(stream.topic, PARTITIONS)
         if stream.backlog:
-            broker.produce(stream.topic, events[:stream.backlog])
-        cfg: PipelineConfig = load_config(demo.config_path(stream.config), [
-            f"data.source=kafka://{broker.servers}/{stream.topic}", "data.format=json",
-            f"data.dataset={stream.dataset}", *overrides])
+            broker.produce(stream.topic, events[: stream.backlog])
+        cfg: PipelineConfig = load_config(
+            demo.config_path(stream.config),
+            [
+                f"data.source=kafka://{broker.servers}/{stream.topic}",
+                "data.format=json",
+                f"data.dataset={stream.dataset}",
+                *overrides,
+            ],
+        )
         connect(cfg, output)
         old = dataset_root(cfg)
         if old.exists():  # an earlier run's: its topic died with its broker
             old.fs.delete_dir(old.path)
         done = threading.Event()
-        print("=== rayops demo: streaming ===\n"
-              + (f"{stream.backlog:,} earlier {stream.what} on the topic; " if stream.backlog
-                 else "") +
-              f"producing {len(events) - stream.backlog:,} {stream.what} to "
-              f"kafka://{broker.servers}/{stream.topic} ({PARTITIONS} partitions) at "
-              f"{rate:,.0f}/s; ingesting every {interval_s:g} s")
-        _producer(broker, stream.topic, events[stream.backlog:], rate, done).start()
+        print(
+            "=== rayops demo: streaming ===\n"
+            + (f"{stream.backlog:,} earlier {stream.what} on the topic; " if stream.backlog else "")
+            + f"producing {len(events) - stream.backlog:,} {stream.what} to "
+            f"kafka://{broker.servers}/{stream.topic} ({PARTITIONS} partitions) at "
+            f"{rate:,.0f}/s; ingesting every {interval_s:g} s"
+        )
+        _producer(broker, stream.topic, events[stream.backlog :], rate, done).start()
         time.sleep(interval_s)  # the first events are on the topic
         shown: int | None = None
         while True:
@@ -141,9 +173,13 @@ def run_stream_demo(seconds: float, rate: float, interval_s: float, seed: int,
 
 def _summary(version: DatasetVersion, total: int) -> None:
     rows = version.manifest.rows
-    print(f"produced {total:,} events in all; {version.id} read {rows.read:,} (each message once) "
-          f"= {rows.train + rows.valid:,} rows kept + {rows.quarantine:,} quarantined "
-          "(`rayops quarantine` lists them with their partition and offset)")
-    print("Ingest a topic of yours with data.source: kafka://HOST:PORT/TOPIC (README: "
-          "Kafka topics and Kinesis streams); rayops ingest CONFIG --watch with "
-          "data.watch_interval_s: 5 does what this loop did")
+    print(
+        f"produced {total:,} events in all; {version.id} read {rows.read:,} (each message once) "
+        f"= {rows.train + rows.valid:,} rows kept + {rows.quarantine:,} quarantined "
+        "(`rayops quarantine` lists them with their partition and offset)"
+    )
+    print(
+        "Ingest a topic of yours with data.source: kafka://HOST:PORT/TOPIC (README: "
+        "Kafka topics and Kinesis streams); rayops ingest CONFIG --watch with "
+        "data.watch_interval_s: 5 does what this loop did"
+    )

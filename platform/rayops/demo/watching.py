@@ -32,14 +32,20 @@ def catalogue(items: int, weeks: int, rng: np.random.Generator) -> pd.DataFrame:
     vectors = centres[genre] + rng.normal(0, 0.6, (items, DIM))
     release = np.where(rng.random(items) < 0.35, 0, rng.integers(0, weeks, items))
     popularity = 1.0 / np.arange(1, items + 1) ** 0.8
-    return pd.DataFrame({"item": [f"{GENRES[g]}-{i:03d}" for i, g in enumerate(genre)],
-                         "genre": [GENRES[g] for g in genre], "release_week": release,
-                         "popularity": rng.permutation(popularity),
-                         "vector": list(vectors)})
+    return pd.DataFrame(
+        {
+            "item": [f"{GENRES[g]}-{i:03d}" for i, g in enumerate(genre)],
+            "genre": [GENRES[g] for g in genre],
+            "release_week": release,
+            "popularity": rng.permutation(popularity),
+            "vector": list(vectors),
+        }
+    )
 
 
-def _sessions(user: np.ndarray, titles: pd.DataFrame, count: int, weeks: int,
-              rng: np.random.Generator) -> list[tuple[int, float, int]]:
+def _sessions(
+    user: np.ndarray, titles: pd.DataFrame, count: int, weeks: int, rng: np.random.Generator
+) -> list[tuple[int, float, int]]:
     """``count`` (title, when in weeks from the start, rating) of one user, in order."""
     vectors = np.stack(titles["vector"].to_numpy())
     log_pop = np.log(titles["popularity"].to_numpy())
@@ -52,8 +58,9 @@ def _sessions(user: np.ndarray, titles: pd.DataFrame, count: int, weeks: int,
     for step in range(count):
         when = start + (step + rng.random() * 0.9) * pace
         week = min(weeks - 1, int(when))
-        taste = vectors @ user + (0.8 * vectors @ vectors[previous] if previous is not None
-                                  else 0.0)
+        taste = vectors @ user + (
+            0.8 * vectors @ vectors[previous] if previous is not None else 0.0
+        )
         logits = 1.2 * taste / np.sqrt(DIM) + log_pop
         logits[seen | (release > week)] = -np.inf
         if not np.isfinite(logits).any():
@@ -68,8 +75,9 @@ def _sessions(user: np.ndarray, titles: pd.DataFrame, count: int, weeks: int,
     return watched
 
 
-def generate(users: int = 600, items: int = 400, weeks: int = 12, per_user: int = 30,
-             seed: int = 11) -> pd.DataFrame:
+def generate(
+    users: int = 600, items: int = 400, weeks: int = 12, per_user: int = 30, seed: int = 11
+) -> pd.DataFrame:
     """Interactions ``user_id, item_id, ts, rating`` over ``weeks``, corrupted like exports."""
     rng = np.random.default_rng(seed)
     titles = catalogue(items, weeks, rng)
@@ -91,8 +99,8 @@ def _corrupt(df: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     bad = rng.choice(len(df), size=max(3, len(df) // 1500), replace=False)
     third = len(bad) // 3
     df.loc[bad[:third], "user_id"] = None
-    df.loc[bad[third:2 * third], "rating"] = 9
-    df.loc[bad[2 * third:], "ts"] = "last tuesday"
+    df.loc[bad[third : 2 * third], "rating"] = 9
+    df.loc[bad[2 * third :], "ts"] = "last tuesday"
     return df
 
 
@@ -100,8 +108,9 @@ def titles(items: int = 400, weeks: int = 12, seed: int = 11) -> pd.DataFrame:
     """The catalogue as a team keeps it (``item_id, genre, release_week``): the titles of
     :func:`generate` with the same arguments."""
     shown = catalogue(items, weeks, np.random.default_rng(seed))
-    return pd.DataFrame({"item_id": shown["item"], "genre": shown["genre"],
-                         "release_week": shown["release_week"]})
+    return pd.DataFrame(
+        {"item_id": shown["item"], "genre": shown["genre"], "release_week": shown["release_week"]}
+    )
 
 
 def write_titles(frame: pd.DataFrame, target: Location) -> str:
@@ -110,7 +119,8 @@ def write_titles(frame: pd.DataFrame, target: Location) -> str:
     return target.uri
 
 
-def write(frame: pd.DataFrame, target: Location, first_week: int = 0,
-          weeks: int | None = None) -> list[str]:
+def write(
+    frame: pd.DataFrame, target: Location, first_week: int = 0, weeks: int | None = None
+) -> list[str]:
     """One CSV file per week (``week-0000.csv``...) from ``first_week``; returns the URIs."""
     return write_weekly(frame, target, START, first_week, weeks)

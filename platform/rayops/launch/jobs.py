@@ -32,8 +32,11 @@ from rayops.errors import ConfigError, RayopsError, one_line
 
 # The CLI command each stage runs in its job.
 STAGES: dict[str, list[str]] = {
-    "ingest": ["ingest"], "train": ["train"], "tune": ["tune"],
-    "deploy": ["deploy"], "pipeline": ["run"],
+    "ingest": ["ingest"],
+    "train": ["train"],
+    "tune": ["tune"],
+    "deploy": ["deploy"],
+    "pipeline": ["run"],
     "operate": ["operate"],  # runs until stopped; resubmitted, it resumes its cycle
 }
 RESUMABLE = ("train", "tune")
@@ -61,8 +64,7 @@ def is_loopback(address: str) -> bool:
 def this_machines_addresses() -> set[str]:
     import psutil
 
-    return {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values()
-            for a in addrs}
+    return {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
 
 
 def use_the_token_if_there_is_one() -> None:
@@ -72,7 +74,7 @@ def use_the_token_if_there_is_one() -> None:
     if "RAY_AUTH_MODE" in os.environ:
         return
     from ray._private.authentication.authentication_token_setup import _enable_token_auth
-    from ray._raylet import AuthenticationTokenLoader
+    from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
 
     if AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
         _enable_token_auth()
@@ -86,11 +88,13 @@ def cluster_is_this_machine(address: str) -> bool:
     from ray.util.state import list_nodes
 
     try:
-        nodes = list_nodes(address=address, filters=[("state", "=", "ALIVE")],
-                           raise_on_missing_output=False)
+        nodes = list_nodes(
+            address=address, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False
+        )
     except Exception as exc:  # any failure: the dashboard did not answer
-        raise RayopsError(f"cannot ask the Ray cluster at {address} for its nodes: "
-                         f"{one_line(exc)}") from None
+        raise RayopsError(
+            f"cannot ask the Ray cluster at {address} for its nodes: {one_line(exc)}"
+        ) from None
     return all_on_this_machine([n.node_ip for n in nodes])
 
 
@@ -98,8 +102,9 @@ def all_on_this_machine(node_ips: list[str]) -> bool:
     return bool(node_ips) and set(node_ips) <= this_machines_addresses()
 
 
-def relative_keys(config: Path, overrides: list[str], loaded: PipelineConfig | None = None
-                  ) -> dict[str, str]:
+def relative_keys(
+    config: Path, overrides: list[str], loaded: PipelineConfig | None = None
+) -> dict[str, str]:
     """Keys whose value is a relative local path: they resolve differently from two
     folders. Values as they resolve from the working directory (``loaded``: the config
     already loaded from there)."""
@@ -108,16 +113,22 @@ def relative_keys(config: Path, overrides: list[str], loaded: PipelineConfig | N
     return {key: value for key, value in here.items() if elsewhere.get(key) != value}
 
 
-def entrypoint(stage: str, local: bool, overrides: list[str], resume: bool,
-               dataset_version: int | None) -> list[str]:
+def entrypoint(
+    stage: str, local: bool, overrides: list[str], resume: bool, dataset_version: int | None
+) -> list[str]:
     if stage not in STAGES:
         raise ConfigError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
     if resume and stage not in RESUMABLE:
         raise ConfigError(f"--resume continues a train or tune run, not {stage!r}")
     # A cluster on this machine runs this very interpreter (and its venv): `python` on the
     # PATH of whoever started Ray may be another one. A cluster's nodes run the image's.
-    command = [sys.executable if local else "python", "-m", "rayops", *STAGES[stage],
-               "pipeline.yaml"]
+    command = [
+        sys.executable if local else "python",
+        "-m",
+        "rayops",
+        *STAGES[stage],
+        "pipeline.yaml",
+    ]
     if local:
         command += ["--base-dir", os.getcwd()]
     for override in overrides:
@@ -129,11 +140,18 @@ def entrypoint(stage: str, local: bool, overrides: list[str], resume: bool,
     return command
 
 
-def submit(stage: str, config: Path, overrides: list[str] | None = None,
-           address: str = DEFAULT_ADDRESS, resume: bool = False,
-           dataset_version: int | None = None, driver_cpus: float = DRIVER_CPUS,
-           env: dict[str, str] | None = None, on_this_machine: bool | None = None,
-           client: Any = None) -> Submission:
+def submit(
+    stage: str,
+    config: Path,
+    overrides: list[str] | None = None,
+    address: str = DEFAULT_ADDRESS,
+    resume: bool = False,
+    dataset_version: int | None = None,
+    driver_cpus: float = DRIVER_CPUS,
+    env: dict[str, str] | None = None,
+    on_this_machine: bool | None = None,
+    client: Any = None,
+) -> Submission:
     """Validate, then submit ``stage`` of ``config`` to the Ray cluster at ``address``
     (``on_this_machine``: whether its nodes run here; default: ask the cluster)."""
     overrides = list(overrides or [])
@@ -145,14 +163,19 @@ def submit(stage: str, config: Path, overrides: list[str] | None = None,
             raise ConfigError(
                 f"{key} is a relative path (here: {value}), which means nothing on the cluster "
                 f"at {address}, whose nodes are not this machine: use an s3:// URI, or an "
-                "absolute path every node shares")
+                "absolute path every node shares"
+            )
     command = entrypoint(stage, local, overrides, resume, dataset_version)
     text = config.read_bytes() + "\n".join(overrides).encode()
-    metadata = {"rayops.pipeline": cfg.name, "rayops.stage": stage,
-                "rayops.config": str(config),
-                "rayops.config_sha256": hashlib.sha256(text).hexdigest()[:16]}
-    submission_id = (f"rayops-{cfg.name}-{stage}-{time.strftime('%Y%m%d-%H%M%S')}-"
-                     f"{secrets.token_hex(2)}")
+    metadata = {
+        "rayops.pipeline": cfg.name,
+        "rayops.stage": stage,
+        "rayops.config": str(config),
+        "rayops.config_sha256": hashlib.sha256(text).hexdigest()[:16],
+    }
+    submission_id = (
+        f"rayops-{cfg.name}-{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    )
     workdir = Path(tempfile.mkdtemp(prefix="rayops-submit-"))
     try:
         shutil.copyfile(config, workdir / "pipeline.yaml")
@@ -160,11 +183,13 @@ def submit(stage: str, config: Path, overrides: list[str] | None = None,
             from ray.job_submission import JobSubmissionClient
 
             client = JobSubmissionClient(address)
-        client.submit_job(entrypoint=shlex.join(command), submission_id=submission_id,
-                          runtime_env={"working_dir": str(workdir),
-                                       "env_vars": dict(env or {})},
-                          metadata=metadata,
-                          entrypoint_num_cpus=driver_cpus)
+        client.submit_job(
+            entrypoint=shlex.join(command),
+            submission_id=submission_id,
+            runtime_env={"working_dir": str(workdir), "env_vars": dict(env or {})},
+            metadata=metadata,
+            entrypoint_num_cpus=driver_cpus,
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return Submission(submission_id, address, shlex.join(command), metadata)

@@ -59,5 +59,16 @@ class Bundle:
         return cls(family.load(folder, spec), meta)
 
 
-__all__ = ["BUNDLE", "MLP", "WEIGHTS", "Bundle", "Family", "LoopConfig", "MLPModel", "Model",
-           "build_model", "family_of", "load_state_dict"]
+__all__ = [
+    "BUNDLE",
+    "MLP",
+    "WEIGHTS",
+    "Bundle",
+    "Family",
+    "LoopConfig",
+    "MLPModel",
+    "Model",
+    "build_model",
+    "family_of",
+    "load_state_dict",
+]

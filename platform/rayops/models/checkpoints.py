@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 PROGRESS_FILE = "progress.json"
 
+
 @dataclass
 class Progress:
     """What resuming needs besides weights: where we are, how early stopping stands, and
@@ -47,8 +48,7 @@ class Progress:
     def update(self, results: dict[str, float], metric: str, mode: str) -> None:
         value = results[metric]
         better = self.best is None or (value > self.best if mode == "max" else value < self.best)
-        self.best, self.stale_epochs = (value, 0) if better else (self.best,
-                                                                   self.stale_epochs + 1)
+        self.best, self.stale_epochs = (value, 0) if better else (self.best, self.stale_epochs + 1)
         self.epoch = int(results["epoch"])
         self.history.append(dict(results))
 
@@ -56,9 +56,8 @@ class Progress:
         return patience is not None and self.stale_epochs >= patience
 
 
-
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
+    return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
 
 
 def checkpoints_of(cfg: PipelineConfig, run_name: str | None = None) -> Location:
@@ -85,9 +84,12 @@ def set_aside_broken_snapshot(run: Location) -> bool:
         aside = run.join(f"{SNAPSHOT_FILE}.broken-{int(time.time())}")
         with run.io("set aside the broken snapshot in"):
             run.fs.move(snapshot.path, aside.path)
-        logger.warning("Ray Train's snapshot %s was cut short (its driver died while writing "
-                       "it); set aside as %s, resuming from the newest stored checkpoint",
-                       snapshot.uri, aside.uri)
+        logger.warning(
+            "Ray Train's snapshot %s was cut short (its driver died while writing "
+            "it); set aside as %s, resuming from the newest stored checkpoint",
+            snapshot.uri,
+            aside.uri,
+        )
         return True
 
 
@@ -114,31 +116,35 @@ def latest_state(run: Location | None, registered: Checkpoint | None) -> dict[st
     if registered is not None:
         with registered.as_directory() as folder:
             state = load_state_dict(Path(folder) / CHECKPOINT_FILE)
-    for epoch, folder in _stored(run) if run is not None else []:
+    for epoch, place in _stored(run) if run is not None else []:
         if state is not None and epoch <= int(state["epoch"]):
             break
-        target = folder.join(CHECKPOINT_FILE)
+        stored = place.join(CHECKPOINT_FILE)
         try:
-            return load_state_dict(target.read_bytes(), target.uri)
+            return load_state_dict(stored.read_bytes(), stored.uri)
         except RayopsError:  # an upload cut short: an older checkpoint will do
             continue
     return state
 
 
-def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-            run: Location | None) -> Progress:
+def restore(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, run: Location | None
+) -> Progress:
     """Resume from the newest checkpoint (after a failure or a driver restart)."""
     state = latest_state(run, ray.train.get_checkpoint())
     if state is None:
         return Progress()
     _unwrap(model).load_state_dict(state["model"])  # a sharded table keeps its rows
-    optimizer.load_state_dict(own_optimizer_state(_unwrap(model), optimizer,
-                                                  state["optimizer"]))
+    optimizer.load_state_dict(own_optimizer_state(_unwrap(model), optimizer, state["optimizer"]))
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     logger.warning("Resumed from the checkpoint of epoch %d", state["epoch"])
-    return Progress(int(state["epoch"]), state["best"], int(state["stale_epochs"]),
-                    json.loads(state.get("history", "[]")))
+    return Progress(
+        int(state["epoch"]),
+        state["best"],
+        int(state["stale_epochs"]),
+        json.loads(state.get("history", "[]")),
+    )
 
 
 def history_of(state: dict[str, Any] | None) -> list[dict[str, float]]:
@@ -147,9 +153,14 @@ def history_of(state: dict[str, Any] | None) -> list[dict[str, float]]:
 
 
 @contextlib.contextmanager
-def checkpoint_of(rank: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                  scheduler: Any, progress: Progress, meta: dict[str, Any]
-                  ) -> Iterator[Checkpoint | None]:
+def checkpoint_of(
+    rank: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    progress: Progress,
+    meta: dict[str, Any],
+) -> Iterator[Checkpoint | None]:
     """Rank 0 writes the checkpoint (weights, optimizer, scheduler, progress, RNG and the
     preprocessing state); other ranks report metrics only. Every rank calls it: sharded
     tables' optimizer moments are gathered whole (their weights were, by validation)."""
@@ -159,12 +170,17 @@ def checkpoint_of(rank: int, model: torch.nn.Module, optimizer: torch.optim.Opti
         yield None
         return
     with tempfile.TemporaryDirectory() as folder:
-        state = {"model": _unwrap(model).state_dict(),
-                 "optimizer": moments or optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "epoch": progress.epoch,
-                 "best": progress.best, "stale_epochs": progress.stale_epochs,
-                 "history": json.dumps(progress.history),
-                 "rng": torch.get_rng_state(), "meta": json.dumps(meta)}
+        state = {
+            "model": _unwrap(model).state_dict(),
+            "optimizer": moments or optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": progress.epoch,
+            "best": progress.best,
+            "stale_epochs": progress.stale_epochs,
+            "history": json.dumps(progress.history),
+            "rng": torch.get_rng_state(),
+            "meta": json.dumps(meta),
+        }
         torch.save(state, Path(folder) / CHECKPOINT_FILE)
         # Written last, read first: finding the newest checkpoint reads only this.
         (Path(folder) / PROGRESS_FILE).write_text(json.dumps({"epoch": progress.epoch}))

@@ -94,8 +94,10 @@ class LoopConfig:
         batches = list(shard.iter_batches(batch_size=None, batch_format="numpy"))
         if not batches:
             return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.float32)
-        return (np.concatenate([b["features"] for b in batches]),
-                np.concatenate([b["label"] for b in batches]))
+        return (
+            np.concatenate([b["features"] for b in batches]),
+            np.concatenate([b["label"] for b in batches]),
+        )
 
 
 class Family(ABC):
@@ -107,8 +109,9 @@ class Family(ABC):
     step: ClassVar[str] = "epoch"  # what one report of progress is (an epoch, a round)
 
     @abstractmethod
-    def architecture(self, cfg: PipelineConfig, n_inputs: int, n_outputs: int,
-                     features: list[dict[str, Any]]) -> dict[str, Any]:
+    def architecture(
+        self, cfg: PipelineConfig, n_inputs: int, n_outputs: int, features: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         """The model's shape, stored with checkpoints and bundles (with ``family``)."""
 
     @abstractmethod
@@ -125,8 +128,9 @@ class Family(ABC):
         """The model a checkpoint folder holds."""
 
     @abstractmethod
-    def history(self, cfg: PipelineConfig, run_name: str, newest: Checkpoint | None
-                ) -> list[dict[str, float]]:
+    def history(
+        self, cfg: PipelineConfig, run_name: str, newest: Checkpoint | None
+    ) -> list[dict[str, float]]:
         """Every report's metrics up to the run's newest checkpoint, oldest first."""
 
     @abstractmethod

@@ -28,8 +28,14 @@ _STOP = None
 class MetricsWriter:
     """A bounded queue of ``(step, metrics)`` and the thread that drains it."""
 
-    def __init__(self, tracking_cfg: TrackingConfig, run_id: str, maxsize: int = 1024,
-                 attempts: int = 5, backoff_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        tracking_cfg: TrackingConfig,
+        run_id: str,
+        maxsize: int = 1024,
+        attempts: int = 5,
+        backoff_s: float = 0.25,
+    ) -> None:
         # This process only trains: MLflow's own HTTP retries (minutes against a server
         # that is down) would hold the thread, so the retries here are the only ones.
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
@@ -65,8 +71,12 @@ class MetricsWriter:
                 return True
             except Exception as exc:
                 if attempt == self.attempts - 1:
-                    logger.warning("Epoch %d metrics not sent to MLflow (%s); the driver "
-                                   "logs them from the checkpoint history", step, exc)
+                    logger.warning(
+                        "Epoch %d metrics not sent to MLflow (%s); the driver "
+                        "logs them from the checkpoint history",
+                        step,
+                        exc,
+                    )
                     return False
                 time.sleep(self.backoff_s * 2**attempt)
         return False

@@ -32,7 +32,7 @@ _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 def embedding_dim(slots: int) -> int:
     """Width of a learned embedding for a categorical column with ``slots`` values: fast.ai's
     rule of thumb (1.6 n^0.56), at most 32."""
-    return min(32, max(2, round(1.6 * slots ** 0.56)))
+    return min(32, max(2, round(1.6 * slots**0.56)))
 
 
 def auto_hidden_sizes(n_inputs: int) -> list[int]:
@@ -44,8 +44,7 @@ def auto_hidden_sizes(n_inputs: int) -> list[int]:
     return [width, width]
 
 
-def embeddings_for(features: list[dict[str, Any]], min_slots: int | None
-                   ) -> list[list[int]]:
+def embeddings_for(features: list[dict[str, Any]], min_slots: int | None) -> list[list[int]]:
     """``[start, slots, dim]`` of each one-hot block (in the preprocessed matrix) that the MLP
     learns an embedding for: categorical columns with at least ``min_slots`` values (the
     OTHER slot included)."""
@@ -70,13 +69,18 @@ class MLP(nn.Module):
     """Embeddings replace the one-hot blocks named in ``embeddings`` (the index of the hot
     slot is looked up), the rest of the matrix passes through; then the hidden blocks."""
 
-    def __init__(self, n_inputs: int, n_outputs: int, hidden_sizes: list[int],
-                 dropout: float = 0.0, activation: str = "relu",
-                 embeddings: list[list[int]] | None = None) -> None:
+    def __init__(
+        self,
+        n_inputs: int,
+        n_outputs: int,
+        hidden_sizes: list[int],
+        dropout: float = 0.0,
+        activation: str = "relu",
+        embeddings: list[list[int]] | None = None,
+    ) -> None:
         super().__init__()
         self.blocks = [tuple(e) for e in embeddings or []]
-        self.embeddings = nn.ModuleList(nn.Embedding(slots, dim)
-                                        for _, slots, dim in self.blocks)
+        self.embeddings = nn.ModuleList(nn.Embedding(slots, dim) for _, slots, dim in self.blocks)
         width = n_inputs + sum(dim - slots for _, slots, dim in self.blocks)
         layers: list[nn.Module] = []
         for size in hidden_sizes:
@@ -91,7 +95,7 @@ class MLP(nn.Module):
         pieces, at = [], 0
         for (start, slots, _), embedding in zip(self.blocks, self.embeddings, strict=True):
             pieces.append(x[:, at:start])
-            pieces.append(embedding(x[:, start:start + slots].argmax(dim=1)))
+            pieces.append(embedding(x[:, start : start + slots].argmax(dim=1)))
             at = start + slots
         pieces.append(x[:, at:])
         return self.net(torch.cat(pieces, dim=1))
@@ -99,9 +103,14 @@ class MLP(nn.Module):
 
 def build_model(spec: dict[str, Any]) -> MLP:
     """An MLP from the ``architecture`` dict stored in bundles and checkpoints."""
-    return MLP(spec["n_inputs"], spec["n_outputs"], list(spec["hidden_sizes"]),
-               spec.get("dropout", 0.0), spec.get("activation", "relu"),
-               spec.get("embeddings"))
+    return MLP(
+        spec["n_inputs"],
+        spec["n_outputs"],
+        list(spec["hidden_sizes"]),
+        spec.get("dropout", 0.0),
+        spec.get("activation", "relu"),
+        spec.get("embeddings"),
+    )
 
 
 def load_state_dict(source: Path | bytes, name: str | None = None) -> dict[str, Any]:
@@ -112,8 +121,9 @@ def load_state_dict(source: Path | bytes, name: str | None = None) -> dict[str, 
         return torch.load(opened, map_location="cpu", weights_only=True)
     except Exception as exc:  # the unpickler raises several types for a tampered file
         shown = name or str(source)
-        raise TrainingError(f"refusing to load {shown!r}: not a plain weights file ({exc})"
-                            ) from None
+        raise TrainingError(
+            f"refusing to load {shown!r}: not a plain weights file ({exc})"
+        ) from None
 
 
 class MLPModel:
@@ -140,13 +150,19 @@ class MLPFamily(Family):
     tasks = BUILT_IN_TASKS["mlp"]
     step = "epoch"
 
-    def architecture(self, cfg: PipelineConfig, n_inputs: int, n_outputs: int,
-                     features: list[dict[str, Any]]) -> dict[str, Any]:
+    def architecture(
+        self, cfg: PipelineConfig, n_inputs: int, n_outputs: int, features: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         model = cfg.model
-        return {"family": self.name, "n_inputs": n_inputs, "n_outputs": n_outputs,
-                "hidden_sizes": list(model.hidden_sizes or auto_hidden_sizes(n_inputs)),
-                "dropout": model.dropout, "activation": model.activation,
-                "embeddings": embeddings_for(features, model.embedding_min_categories)}
+        return {
+            "family": self.name,
+            "n_inputs": n_inputs,
+            "n_outputs": n_outputs,
+            "hidden_sizes": list(model.hidden_sizes or auto_hidden_sizes(n_inputs)),
+            "dropout": model.dropout,
+            "activation": model.activation,
+            "embeddings": embeddings_for(features, model.embedding_min_categories),
+        }
 
     def length(self, cfg: PipelineConfig) -> int:
         return cfg.train.epochs
@@ -177,8 +193,9 @@ class MLPFamily(Family):
         network.load_state_dict(load_state_dict(folder / CHECKPOINT_FILE)["model"])
         return self.wrap(network)
 
-    def history(self, cfg: PipelineConfig, run_name: str, newest: Checkpoint | None
-                ) -> list[dict[str, float]]:
+    def history(
+        self, cfg: PipelineConfig, run_name: str, newest: Checkpoint | None
+    ) -> list[dict[str, float]]:
         from rayops.models.checkpoints import checkpoints_of, history_of, latest_state
 
         return history_of(latest_state(checkpoints_of(cfg, run_name), newest))

@@ -34,7 +34,6 @@ from rayops.models.mlp import WEIGHTS, MLPFamily
 from rayops.models.sharding import ShardedTable, sharding_world
 
 if TYPE_CHECKING:
-
     from rayops.config import PipelineConfig
 
 # Rows scored at once when ranking: keeps the score matrix near 64 Mi floats (256 MiB).
@@ -47,7 +46,7 @@ def table(rows: int, dim: int, shard: bool, padding: bool = True) -> nn.Module:
     """A ``rows x dim`` embedding (row 0 the padding, zero), initialised N(0, 1/dim):
     sharded by rows across the training workers with ``shard`` (and more than one
     worker; see :mod:`rayops.models.sharding`), whole otherwise."""
-    std = dim ** -0.5
+    std = dim**-0.5
     rank, world = sharding_world()
     if shard and world > 1:
         return ShardedTable(rows, dim, std, rank, world, padding, seed=torch.initial_seed())
@@ -83,10 +82,16 @@ def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
 class Recommender(nn.Module):
     """What both networks share: the catalogue's embeddings and ranking."""
 
-    def __init__(self, n_items: int, dim: int, history: int, k: int,
-                 attributes: list[dict[str, Any]] | None = None,
-                 user_attributes: list[dict[str, Any]] | None = None,
-                 shard: bool = False) -> None:
+    def __init__(
+        self,
+        n_items: int,
+        dim: int,
+        history: int,
+        k: int,
+        attributes: list[dict[str, Any]] | None = None,
+        user_attributes: list[dict[str, Any]] | None = None,
+        shard: bool = False,
+    ) -> None:
         super().__init__()
         self.n_items, self.history, self.k = n_items, history, k
         self.items = table(n_items + 1, dim, shard)
@@ -95,16 +100,15 @@ class Recommender(nn.Module):
         self.attributes = self._tables("codes", attributes or [], dim)
         self.user_attributes = self._tables("user_codes", user_attributes or [], dim)
 
-    def _tables(self, prefix: str, attributes: list[dict[str, Any]], dim: int
-                ) -> nn.ModuleList:
-        tables = nn.ModuleList(nn.Embedding(a["size"] + 1, dim, padding_idx=0)
-                               for a in attributes)
+    def _tables(self, prefix: str, attributes: list[dict[str, Any]], dim: int) -> nn.ModuleList:
+        tables = nn.ModuleList(nn.Embedding(a["size"] + 1, dim, padding_idx=0) for a in attributes)
         for i, (table, a) in enumerate(zip(tables, attributes, strict=True)):
-            nn.init.normal_(table.weight, std=dim ** -0.5)
+            nn.init.normal_(table.weight, std=dim**-0.5)
             with torch.no_grad():
                 table.weight[0].zero_()
-            self.register_buffer(f"{prefix}_{i}", torch.tensor(a["codes"], dtype=torch.long),
-                                 persistent=False)
+            self.register_buffer(
+                f"{prefix}_{i}", torch.tensor(a["codes"], dtype=torch.long), persistent=False
+            )
         return tables
 
     def item_vectors(self, slots: torch.Tensor | None = None) -> torch.Tensor:
@@ -146,8 +150,8 @@ class Recommender(nn.Module):
         score with the seen ones at -inf."""
         if self.training:
             return self.loss(x[:, 0].long(), x[:, 1:].long())
-        history = x[:, 1:1 + self.history].long()
-        return masked(self.scores(x[:, 0].long(), history), x[:, 1 + self.history:])
+        history = x[:, 1 : 1 + self.history].long()
+        return masked(self.scores(x[:, 0].long(), history), x[:, 1 + self.history :])
 
     def loss(self, users: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -159,17 +163,25 @@ class Recommender(nn.Module):
 class BPR(Recommender):
     """Matrix factorization with the BPR loss."""
 
-    def __init__(self, n_users: int, n_items: int, dim: int, history: int, k: int,
-                 attributes: list[dict[str, Any]] | None = None,
-                 user_attributes: list[dict[str, Any]] | None = None,
-                 shard: bool = False) -> None:
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        dim: int,
+        history: int,
+        k: int,
+        attributes: list[dict[str, Any]] | None = None,
+        user_attributes: list[dict[str, Any]] | None = None,
+        shard: bool = False,
+    ) -> None:
         super().__init__(n_items, dim, history, k, attributes, user_attributes, shard)
         self.users = table(n_users + 1, dim, shard, padding=False)
         self.bias = nn.Embedding(n_items + 1, 1)
         nn.init.zeros_(self.bias.weight)
 
-    def _score(self, users: torch.Tensor, items: torch.Tensor, vectors: torch.Tensor
-               ) -> torch.Tensor:
+    def _score(
+        self, users: torch.Tensor, items: torch.Tensor, vectors: torch.Tensor
+    ) -> torch.Tensor:
         person = self.users(users) + self.user_vectors(users)
         return (person * vectors).sum(-1) + self.bias(items).squeeze(-1)
 
@@ -179,8 +191,10 @@ class BPR(Recommender):
         who = users[:, None].expand_as(sequences)[positive]
         liked = sequences[positive]
         other = torch.randint(1, self.n_items + 1, liked.shape, device=liked.device)
-        return -F.logsigmoid(self._score(who, liked, self.item_vectors(liked))
-                             - self._score(who, other, self.item_vectors(other))).mean()
+        return -F.logsigmoid(
+            self._score(who, liked, self.item_vectors(liked))
+            - self._score(who, other, self.item_vectors(other))
+        ).mean()
 
     def scores(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         person = self.users(users) + self.user_vectors(users)
@@ -190,16 +204,27 @@ class BPR(Recommender):
 class SASRec(Recommender):
     """Causal self-attention over the recent items; the last position scores the next."""
 
-    def __init__(self, n_items: int, dim: int, history: int, k: int, blocks: int,
-                 heads: int, dropout: float, objective: str = "softmax",
-                 attributes: list[dict[str, Any]] | None = None,
-                 user_attributes: list[dict[str, Any]] | None = None,
-                 negatives: int | None = None, shard: bool = False) -> None:
+    def __init__(
+        self,
+        n_items: int,
+        dim: int,
+        history: int,
+        k: int,
+        blocks: int,
+        heads: int,
+        dropout: float,
+        objective: str = "softmax",
+        attributes: list[dict[str, Any]] | None = None,
+        user_attributes: list[dict[str, Any]] | None = None,
+        negatives: int | None = None,
+        shard: bool = False,
+    ) -> None:
         super().__init__(n_items, dim, history, k, attributes, user_attributes, shard)
         self.objective, self.negatives = objective, negatives
         self.positions = nn.Embedding(history, dim)
-        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim * 2,
-                                           dropout=dropout, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, dim_feedforward=dim * 2, dropout=dropout, batch_first=True, norm_first=True
+        )
         self.blocks = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
@@ -208,7 +233,7 @@ class SASRec(Recommender):
         """Hidden states of left-padded item sequences (``[rows, steps, dim]``)."""
         steps = items.shape[1]
         at = torch.arange(self.history - steps, self.history, device=items.device)
-        h = self.item_vectors(items) * self.items.embedding_dim ** 0.5 + self.positions(at)
+        h = self.item_vectors(items) * self.items.embedding_dim**0.5 + self.positions(at)
         h = self.dropout(h) * (items > 0).unsqueeze(-1)
         causal = nn.Transformer.generate_square_subsequent_mask(steps, device=items.device)
         return self.norm(self.blocks(h, mask=causal, is_causal=True))
@@ -217,8 +242,7 @@ class SASRec(Recommender):
         """Cross-entropy of each next item over the catalogue, where an item precedes it."""
         inputs, targets = sequences[:, :-1], sequences[:, 1:]
         person = self.user_vectors(users)
-        h = self.encode(inputs) + (person[:, None, :] if isinstance(
-            person, torch.Tensor) else 0.0)
+        h = self.encode(inputs) + (person[:, None, :] if isinstance(person, torch.Tensor) else 0.0)
         keep = (inputs > 0) & (targets > 0)
         state, liked = h[keep], targets[keep]
         if self.objective == "sampled":  # the original SASRec: one random negative each
@@ -250,8 +274,9 @@ class SASRec(Recommender):
         logits = state @ self.item_vectors(candidates).T - torch.log(expected)
         target = torch.searchsorted(batch, liked)
         # a random draw of a row's own next item is not a negative of it
-        logits[:, len(batch):] = logits[:, len(batch):].masked_fill(
-            uniform[None, :] == liked[:, None], -torch.inf)
+        logits[:, len(batch) :] = logits[:, len(batch) :].masked_fill(
+            uniform[None, :] == liked[:, None], -torch.inf
+        )
         return F.cross_entropy(logits, target)
 
     def scores(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
@@ -264,11 +289,30 @@ def build_network(spec: dict[str, Any]) -> Recommender:
     users = spec.get("user_attributes") or []
     shard = bool(spec.get("shard_tables"))
     if spec["family"] == "bpr":
-        return BPR(spec["n_users"], spec["n_items"], spec["dim"], spec["history"], spec["k"],
-                   attributes, users, shard)
-    return SASRec(spec["n_items"], spec["dim"], spec["history"], spec["k"], spec["blocks"],
-                  spec["heads"], spec["dropout"], spec.get("objective", "softmax"),
-                  attributes, users, spec.get("negatives"), shard)
+        return BPR(
+            spec["n_users"],
+            spec["n_items"],
+            spec["dim"],
+            spec["history"],
+            spec["k"],
+            attributes,
+            users,
+            shard,
+        )
+    return SASRec(
+        spec["n_items"],
+        spec["dim"],
+        spec["history"],
+        spec["k"],
+        spec["blocks"],
+        spec["heads"],
+        spec["dropout"],
+        spec.get("objective", "softmax"),
+        attributes,
+        users,
+        spec.get("negatives"),
+        shard,
+    )
 
 
 def shards_tables(cfg: PipelineConfig, rows: int) -> bool:
@@ -280,14 +324,17 @@ def shards_tables(cfg: PipelineConfig, rows: int) -> bool:
         return False
     if m.shard_tables is True:
         return True
-    return rows * m.dim * TRAINING_BYTES_PER_FLOAT > m.shard_above_mb * 2 ** 20
+    return rows * m.dim * TRAINING_BYTES_PER_FLOAT > m.shard_above_mb * 2**20
 
 
 def rank_batches(network: Recommender, x: torch.Tensor, k: int) -> torch.Tensor:
     """:func:`top_k` of every row, scored a few rows at a time (a large catalogue)."""
     rows = max(1, SCORE_CELLS // max(network.n_items, 1))
-    return torch.cat([top_k(network(x[i:i + rows]), k) for i in range(0, len(x), rows)]) \
-        if len(x) else torch.zeros((0, 2 * k))
+    return (
+        torch.cat([top_k(network(x[i : i + rows]), k) for i in range(0, len(x), rows)])
+        if len(x)
+        else torch.zeros((0, 2 * k))
+    )
 
 
 class RankingObjective:
@@ -301,15 +348,16 @@ class RankingObjective:
     def train_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return model(x)
 
-    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[torch.Tensor, float]:
+    def evaluate(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, float]:
         k = self.k
         network = getattr(model, "module", model)  # DDP's wrapped network
         rows = max(1, SCORE_CELLS // max(network.n_items, 1))
         outputs, loss = [], 0.0
         for at in range(0, len(x), rows):
-            scores = model(x[at:at + rows])
-            target = y[at:at + rows, 0].long()
+            scores = model(x[at : at + rows])
+            target = y[at : at + rows, 0].long()
             known = target > 0
             if known.any():
                 loss += float(F.cross_entropy(scores[known], target[known], reduction="sum"))
@@ -349,24 +397,37 @@ class RecommenderFamily(MLPFamily):
 
     tasks = BUILT_IN_TASKS["sasrec"]
 
-    def architecture(self, cfg: PipelineConfig, n_inputs: int, n_outputs: int,
-                     features: list[dict[str, Any]]) -> dict[str, Any]:
+    def architecture(
+        self, cfg: PipelineConfig, n_inputs: int, n_outputs: int, features: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         r, m = cfg.data.recommend, cfg.model.recommender
         assert r is not None
         ids = {f["name"]: f for f in features if f["kind"] == "id"}
 
         def attributes(column: str) -> list[dict[str, Any]]:
-            return [{k: a[k] for k in ("name", "size", "codes")}
-                    for a in ids[column].get("attributes", [])]
+            return [
+                {k: a[k] for k in ("name", "size", "codes")}
+                for a in ids[column].get("attributes", [])
+            ]
 
         # the item table, and BPR's user table (SASRec reads no user id)
         tables = ids[r.item]["ids"] + 1 + (ids[r.user]["ids"] + 1 if self.name == "bpr" else 0)
-        return {"family": self.name, "n_users": ids[r.user]["ids"],
-                "n_items": ids[r.item]["ids"], "attributes": attributes(r.item),
-                "user_attributes": attributes(r.user),
-                "history": r.history, "k": r.k, "dim": m.dim, "blocks": m.blocks,
-                "heads": m.heads, "dropout": m.dropout, "objective": m.objective,
-                "negatives": m.negatives, "shard_tables": shards_tables(cfg, tables)}
+        return {
+            "family": self.name,
+            "n_users": ids[r.user]["ids"],
+            "n_items": ids[r.item]["ids"],
+            "attributes": attributes(r.item),
+            "user_attributes": attributes(r.user),
+            "history": r.history,
+            "k": r.k,
+            "dim": m.dim,
+            "blocks": m.blocks,
+            "heads": m.heads,
+            "dropout": m.dropout,
+            "objective": m.objective,
+            "negatives": m.negatives,
+            "shard_tables": shards_tables(cfg, tables),
+        }
 
     def network(self, architecture: dict[str, Any]) -> nn.Module:
         return build_network(architecture)
@@ -375,7 +436,7 @@ class RecommenderFamily(MLPFamily):
         return RankingObjective(int(loop.label_state["k"]))
 
     def wrap(self, network: nn.Module) -> RecommenderModel:
-        return RecommenderModel(self.name, network)  # type: ignore[arg-type]
+        return RecommenderModel(self.name, network)
 
 
 class BPRFamily(RecommenderFamily):

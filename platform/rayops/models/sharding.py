@@ -46,7 +46,7 @@ def _gather_rows(x: torch.Tensor, world: int) -> tuple[torch.Tensor, int]:
     dist.all_reduce(length, op=dist.ReduceOp.MAX)
     longest = int(length)
     padded = torch.zeros((longest, *x.shape[1:]), dtype=x.dtype, device=x.device)
-    padded[:len(x)] = x
+    padded[: len(x)] = x
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded.contiguous())
     return torch.cat(parts), longest
@@ -73,8 +73,13 @@ class _ShardedCrossEntropy(torch.autograd.Function):
     worker's rows; scores are computed in float32."""
 
     @staticmethod
-    def forward(ctx: Any, states: torch.Tensor, targets: torch.Tensor, vectors: torch.Tensor,
-                table: ShardedTable) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        states: torch.Tensor,
+        targets: torch.Tensor,
+        vectors: torch.Tensor,
+        table: ShardedTable,
+    ) -> torch.Tensor:
         with torch.autocast(states.device.type, enabled=False):
             every, longest = _gather_rows(states.float(), table.world)
             goals, _ = _gather_rows(targets.long(), table.world)
@@ -86,18 +91,18 @@ class _ShardedCrossEntropy(torch.autograd.Function):
             exp = (logits - top[:, None]).exp()
             total = exp.sum(dim=1)
             dist.all_reduce(total)
-            mine = (goals >= table.lo) & (goals < table.lo + table.per) & (
-                goals >= table.first)
+            mine = (goals >= table.lo) & (goals < table.lo + table.per) & (goals >= table.first)
             local = (goals - table.lo).clamp(0, table.per - 1)
-            picked = torch.where(mine, logits.gather(1, local[:, None]).squeeze(1),
-                                 torch.zeros_like(top))
+            picked = torch.where(
+                mine, logits.gather(1, local[:, None]).squeeze(1), torch.zeros_like(top)
+            )
             dist.all_reduce(picked)
             losses = total.log() + top - picked
         ctx.save_for_backward(every, weights, exp / total[:, None], mine, local)
         ctx.table, ctx.longest, ctx.rows = table, longest, len(states)
         ctx.dtypes = (states.dtype, vectors.dtype)
         start = table.rank * longest
-        return losses[start:start + len(states)]
+        return losses[start : start + len(states)]
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
@@ -112,7 +117,7 @@ class _ShardedCrossEntropy(torch.autograd.Function):
             grad_states = g @ weights
             dist.all_reduce(grad_states)
         start = table.rank * ctx.longest
-        own = grad_states[start:start + ctx.rows]
+        own = grad_states[start : start + ctx.rows]
         return own.to(ctx.dtypes[0]), None, grad_vectors.to(ctx.dtypes[1]), None
 
 
@@ -120,8 +125,16 @@ class ShardedTable(nn.Module):
     """Rows ``[lo, lo + per)`` of a ``rows x dim`` table; with ``padding``, row 0 is the
     padding (always zero)."""
 
-    def __init__(self, rows: int, dim: int, std: float, rank: int, world: int,
-                 padding: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self,
+        rows: int,
+        dim: int,
+        std: float,
+        rank: int,
+        world: int,
+        padding: bool = True,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.rows, self.embedding_dim, self.rank, self.world = rows, dim, rank, world
         self.first = 1 if padding else 0  # the first row a lookup or a score reads
@@ -130,8 +143,7 @@ class ShardedTable(nn.Module):
         generator = torch.Generator().manual_seed(seed * 7919 + rank)
         self.shard = nn.Parameter(torch.randn(self.per, dim, generator=generator) * std)
         slots = torch.arange(self.lo, self.lo + self.per)
-        self.register_buffer("valid", (slots >= self.first) & (slots < rows),
-                             persistent=False)
+        self.register_buffer("valid", (slots >= self.first) & (slots < rows), persistent=False)
         with torch.no_grad():
             self.shard[~self.valid] = 0.0
         # The workers' losses' summed gradient, made their mean (what DDP gives the rest).
@@ -141,15 +153,18 @@ class ShardedTable(nn.Module):
         self.register_load_state_dict_pre_hook(_own_rows)
 
     def extra_repr(self) -> str:
-        return (f"rows={self.rows}, dim={self.embedding_dim}, rows {self.lo}.."
-                f"{min(self.lo + self.per, self.rows) - 1} of {self.world} workers'")
+        return (
+            f"rows={self.rows}, dim={self.embedding_dim}, rows {self.lo}.."
+            f"{min(self.lo + self.per, self.rows) - 1} of {self.world} workers'"
+        )
 
     def own(self, whole: torch.Tensor) -> torch.Tensor:
         """This worker's rows of a whole table (padded past the last row)."""
-        part = whole[self.lo:self.lo + self.per]
+        part = whole[self.lo : self.lo + self.per]
         if len(part) < self.per:
-            pad = torch.zeros((self.per - len(part), *whole.shape[1:]), dtype=whole.dtype,
-                              device=whole.device)
+            pad = torch.zeros(
+                (self.per - len(part), *whole.shape[1:]), dtype=whole.dtype, device=whole.device
+            )
             part = torch.cat([part, pad])
         return part
 
@@ -160,7 +175,7 @@ class ShardedTable(nn.Module):
         part = (self.shard if shard is None else shard).detach().contiguous()
         parts = [torch.empty_like(part) for _ in range(self.world)]
         dist.all_gather(parts, part)
-        return torch.cat(parts)[:self.rows]
+        return torch.cat(parts)[: self.rows]
 
     def train(self, mode: bool = True) -> ShardedTable:
         self.full = None if mode else self.gather()
@@ -183,20 +198,23 @@ class ShardedTable(nn.Module):
         local = self.shard[(every - self.lo).clamp(0, self.per - 1)] * mine[:, None]
         vectors = _SumOverWorkers.apply(local)
         start = self.rank * longest
-        return vectors[start:start + len(flat)].reshape(*slots.shape, self.embedding_dim)
+        return vectors[start : start + len(flat)].reshape(*slots.shape, self.embedding_dim)
 
-    def cross_entropy(self, states: torch.Tensor, targets: torch.Tensor,
-                      vectors: torch.Tensor | None = None) -> torch.Tensor:
+    def cross_entropy(
+        self, states: torch.Tensor, targets: torch.Tensor, vectors: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The mean cross-entropy of each state's target slot among every slot of the
         table; ``vectors``: this worker's rows as the scores read them (the shard plus
         what item attributes add; the shard itself by default)."""
         losses = _ShardedCrossEntropy.apply(
-            states, targets, self.shard if vectors is None else vectors, self)
+            states, targets, self.shard if vectors is None else vectors, self
+        )
         return losses.mean()
 
 
-def _whole_table(module: ShardedTable, state: dict[str, Any], prefix: str,
-                 local_metadata: Any) -> None:
+def _whole_table(
+    module: ShardedTable, state: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
     """A state dict holds the whole table as ``{prefix}weight`` (the unsharded network's
     key), gathered by the last :meth:`ShardedTable.train` ``(False)``."""
     state.pop(prefix + "shard")
@@ -220,11 +238,11 @@ def sharded_tables(model: nn.Module) -> Iterator[tuple[str, ShardedTable]]:
 def ignore_in_ddp(network: nn.Module) -> None:
     """Keep DDP off the sharded tables (their rows and which of them are real): no
     broadcast from rank 0, no gradient averaging."""
-    names = [f"{name}.{part}" for name, _ in sharded_tables(network)
-             for part in ("shard", "valid")]
+    names = [f"{name}.{part}" for name, _ in sharded_tables(network) for part in ("shard", "valid")]
     if names:
         nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            network, names)
+            network, names
+        )
 
 
 def _moments(optimizer: torch.optim.Optimizer) -> dict[int, int]:
@@ -233,8 +251,7 @@ def _moments(optimizer: torch.optim.Optimizer) -> dict[int, int]:
     return {id(p): i for i, p in enumerate(params)}
 
 
-def gathered_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
-                             ) -> dict[str, Any]:
+def gathered_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The optimizer's state dict with each sharded table's moments whole (every worker
     calls it; each gets the same)."""
     state = optimizer.state_dict()
@@ -243,14 +260,17 @@ def gathered_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
         at = index[id(table.shard)]
         if at in state["state"]:  # a copy: the live state stays this worker's rows
             state["state"][at] = {
-                key: table.gather(value) if torch.is_tensor(value) and
-                value.shape == table.shard.shape else value
-                for key, value in state["state"][at].items()}
+                key: table.gather(value)
+                if torch.is_tensor(value) and value.shape == table.shard.shape
+                else value
+                for key, value in state["state"][at].items()
+            }
     return state
 
 
-def own_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
-                        state: dict[str, Any]) -> dict[str, Any]:
+def own_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> dict[str, Any]:
     """A checkpoint's optimizer state with each sharded table's whole moments cut to this
     worker's rows."""
     index = _moments(optimizer)

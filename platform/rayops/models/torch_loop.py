@@ -47,6 +47,7 @@ def all_reduce(values: np.ndarray, device: torch.device) -> np.ndarray:
 
 def lr_multiplier(train: TrainConfig) -> Any:
     """Per-epoch factor on the scaled learning rate: warmup from 1/10, then the schedule."""
+
     def factor(epoch: int) -> float:
         if epoch < train.warmup_epochs:
             return 0.1 + 0.9 * epoch / train.warmup_epochs
@@ -56,6 +57,7 @@ def lr_multiplier(train: TrainConfig) -> Any:
         if train.lr_schedule == "step":
             return 0.1 ** (int(done >= 0.5) + int(done >= 0.75))
         return 1.0
+
     return factor
 
 
@@ -63,7 +65,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, mode: s
     """The learning-rate schedule: on a plateau of the target metric, or per epoch."""
     if train.lr_schedule == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=mode, factor=0.5, patience=train.plateau_patience - 1)
+            optimizer,
+            mode="max" if mode == "max" else "min",
+            factor=0.5,
+            patience=train.plateau_patience - 1,
+        )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(train))
 
 
@@ -81,7 +87,8 @@ class Precision:
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.device_type = device.type
         self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=precision == "fp16" and device.type == "cuda")
+            "cuda", enabled=precision == "fp16" and device.type == "cuda"
+        )
 
     def autocast(self) -> Any:
         if self.dtype is None:
@@ -101,8 +108,15 @@ class ShardLoader:
     shuffles them in place, which is what a hand-written PyTorch loop does and keeps the
     accelerator fed. Without it every epoch streams through Ray Data with prefetching."""
 
-    def __init__(self, shard: Any, batch_size: int, device: torch.device,
-                 label_dtype: torch.dtype, cache: bool, seed: int) -> None:
+    def __init__(
+        self,
+        shard: Any,
+        batch_size: int,
+        device: torch.device,
+        label_dtype: torch.dtype,
+        cache: bool,
+        seed: int,
+    ) -> None:
         self.shard, self.batch_size, self.device = shard, batch_size, device
         self.label_dtype, self.seed = label_dtype, seed
         self.cache = cache or isinstance(shard, tuple)
@@ -111,7 +125,9 @@ class ShardLoader:
 
     def _batches(self, batch_size: int | None, shuffle_seed: int | None) -> Iterator[Any]:
         return self.shard.iter_torch_batches(
-            batch_size=batch_size, device=self.device, prefetch_batches=4,
+            batch_size=batch_size,
+            device=self.device,
+            prefetch_batches=4,
             dtypes={"features": torch.float32, "label": self.label_dtype},
             local_shuffle_buffer_size=self.batch_size * 8 if shuffle_seed is not None else None,
             local_shuffle_seed=shuffle_seed,
@@ -121,12 +137,16 @@ class ShardLoader:
         started = time.perf_counter()
         if isinstance(self.shard, tuple):
             x, y = self.shard  # views of read-only object-store buffers: copied here
-            self.cached = (torch.tensor(x, dtype=torch.float32, device=self.device),
-                           torch.tensor(y, dtype=self.label_dtype, device=self.device))
+            self.cached = (
+                torch.tensor(x, dtype=torch.float32, device=self.device),
+                torch.tensor(y, dtype=self.label_dtype, device=self.device),
+            )
         else:
             blocks = list(self._batches(None, None))
-            self.cached = (torch.cat([b["features"] for b in blocks]),
-                           torch.cat([b["label"] for b in blocks]))
+            self.cached = (
+                torch.cat([b["features"] for b in blocks]),
+                torch.cat([b["label"] for b in blocks]),
+            )
         self.load_seconds = time.perf_counter() - started
         return self.cached
 
@@ -137,16 +157,20 @@ class ShardLoader:
         for batch in self._batches(self.batch_size, self.seed + epoch if shuffle else None):
             yield batch["features"], batch["label"]
 
-    def _from_cache(self, data: tuple[torch.Tensor, torch.Tensor], epoch: int, shuffle: bool
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _from_cache(
+        self, data: tuple[torch.Tensor, torch.Tensor], epoch: int, shuffle: bool
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = data
         order = None
         if shuffle:
             generator = torch.Generator().manual_seed(self.seed * 1000 + epoch)
             order = torch.randperm(len(x), generator=generator).to(x.device)
         for start in range(0, len(x), self.batch_size):
-            index = order[start:start + self.batch_size] if order is not None else slice(
-                start, start + self.batch_size)
+            index = (
+                order[start : start + self.batch_size]
+                if order is not None
+                else slice(start, start + self.batch_size)
+            )
             yield x[index], y[index]
 
 
@@ -161,12 +185,12 @@ class Objective:
     def _flat(output: torch.Tensor) -> torch.Tensor:
         return output.squeeze(1) if output.shape[1] == 1 else output
 
-    def train_loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
-                   ) -> torch.Tensor:
+    def train_loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(self._flat(model(x)), y)
 
-    def evaluate(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[torch.Tensor, float]:
+    def evaluate(
+        self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, float]:
         """The outputs the task's metrics read, and the batch's summed loss."""
         output = self._flat(model(x).float())
         return output, float(self.loss_fn(output, y)) * len(y)
@@ -175,9 +199,15 @@ class Objective:
 # --------------------------------------------------------------------------- epochs
 
 
-def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                objective: Objective, loader: ShardLoader, epoch: int, precision: Precision,
-                device: torch.device) -> tuple[float, float]:
+def train_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    objective: Objective,
+    loader: ShardLoader,
+    epoch: int,
+    precision: Precision,
+    device: torch.device,
+) -> tuple[float, float]:
     """Mean training loss and the global number of samples seen this epoch."""
     model.train()
     loss_total = torch.zeros((), dtype=torch.float32, device=device)
@@ -194,9 +224,15 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: ShardLoader, objective: Objective, task: Task,
-             label_state: dict[str, Any], precision: Precision,
-             device: torch.device) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module,
+    loader: ShardLoader,
+    objective: Objective,
+    task: Task,
+    label_state: dict[str, Any],
+    precision: Precision,
+    device: torch.device,
+) -> dict[str, float]:
     """Exact validation metrics over all workers' shards (the task's sufficient statistics,
     summed over workers before they become metrics)."""
     model.eval()
@@ -209,8 +245,9 @@ def evaluate(model: torch.nn.Module, loader: ShardLoader, objective: Objective, 
         shard = task.sufficient_stats(output.cpu().numpy(), y.cpu().numpy(), label_state)
         stats = shard if stats is None else stats + shard
     if stats is None:  # an empty shard: zeros of the right shape, so the all-reduce matches
-        stats = task.sufficient_stats(np.zeros((0, task.n_outputs(label_state))),
-                                      np.zeros(0), label_state)
+        stats = task.sufficient_stats(
+            np.zeros((0, task.n_outputs(label_state))), np.zeros(0), label_state
+        )
     stats, loss_sums = all_reduce(stats, device), all_reduce(loss_sums, device)
     result = task.metrics_of(stats, label_state)
     result["valid_loss"] = float(loss_sums[0] / max(loss_sums[1], 1))
@@ -248,15 +285,27 @@ def _worker(loop: LoopConfig) -> Worker:
     network = family.network(loop.architecture)
     ignore_in_ddp(network)  # a sharded table's rows are this worker's own
     model = ray.train.torch.prepare_model(network)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate * train.lr_factor,
-                                  weight_decay=train.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=train.learning_rate * train.lr_factor,
+        weight_decay=train.weight_decay,
+    )
     scheduler = make_scheduler(optimizer, train, loop.cfg.target_metric[1])
     run = checkpoints_of(loop.cfg, loop.run_name) if loop.run_name else None
     progress = restore(model, optimizer, scheduler, run)
     train_loader, valid_loader, loaded = shard_loaders(loop, device, rank)
-    return Worker(model, optimizer, scheduler, family.objective(loop),
-                  (train_loader, valid_loader), Precision(train.precision, device), device,
-                  progress, rank, loaded)
+    return Worker(
+        model,
+        optimizer,
+        scheduler,
+        family.objective(loop),
+        (train_loader, valid_loader),
+        Precision(train.precision, device),
+        device,
+        progress,
+        rank,
+        loaded,
+    )
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
@@ -265,8 +314,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     train, (metric, mode) = loop.cfg.train, loop.cfg.target_metric
     w = _worker(loop)
     resumed_from = w.progress.epoch
-    writer = MetricsWriter(loop.cfg.tracking, loop.run_id) if (
-        w.rank == 0 and loop.run_id) else None
+    writer = (
+        MetricsWriter(loop.cfg.tracking, loop.run_id) if (w.rank == 0 and loop.run_id) else None
+    )
     try:
         for epoch in range(w.progress.epoch, train.epochs):
             if w.progress.stopped_early(train.early_stopping_patience):
@@ -277,31 +327,40 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             results["resumed_from_epoch"] = resumed_from  # proves no epoch is trained twice
             w.progress.update(results, metric, mode)
             step_schedule(w.scheduler, results, metric)
-            with checkpoint_of(w.rank, w.model, w.optimizer, w.scheduler, w.progress,
-                               loop.meta) as ckpt:
+            with checkpoint_of(
+                w.rank, w.model, w.optimizer, w.scheduler, w.progress, loop.meta
+            ) as ckpt:
                 ray.train.report(results, checkpoint=ckpt)
             if writer is not None:
                 writer.put(epoch + 1, results)
             if w.rank == 0 and loop.feed is not None:
                 loop.feed.put.remote(results)  # console line; never waited on
             if w.rank == 0 and w.progress.stopped_early(train.early_stopping_patience):
-                logger.warning("Early stop after epoch %d: %s did not improve for %d epochs",
-                               epoch + 1, metric, train.early_stopping_patience)
+                logger.warning(
+                    "Early stop after epoch %d: %s did not improve for %d epochs",
+                    epoch + 1,
+                    metric,
+                    train.early_stopping_patience,
+                )
     finally:
         if writer is not None:
             writer.close()
 
 
-def shard_loaders(loop: LoopConfig, device: torch.device, rank: int
-                  ) -> tuple[ShardLoader, ShardLoader, float]:
+def shard_loaders(
+    loop: LoopConfig, device: torch.device, rank: int
+) -> tuple[ShardLoader, ShardLoader, float]:
     """This worker's train and validation loaders, and the seconds spent pulling cached
     shards (before the clock starts: that is data loading, not training)."""
     train, label_dtype = loop.cfg.train, loop.task.torch_label_dtype()
+    assert train.batch_size is not None  # resolved when the config was loaded
     seed = train.seed + 7919 * rank
-    train_loader = ShardLoader(loop.shard("train"), train.batch_size, device, label_dtype,
-                               loop.cache, seed)
-    valid_loader = ShardLoader(loop.shard("valid"), train.batch_size * 4, device, label_dtype,
-                               loop.cache, seed)
+    train_loader = ShardLoader(
+        loop.shard("train"), train.batch_size, device, label_dtype, loop.cache, seed
+    )
+    valid_loader = ShardLoader(
+        loop.shard("valid"), train.batch_size * 4, device, label_dtype, loop.cache, seed
+    )
     if not train_loader.cache:
         return train_loader, valid_loader, 0.0
     train_loader.load()
@@ -313,13 +372,20 @@ def run_epoch(w: Worker, epoch: int, loop: LoopConfig) -> dict[str, float]:
     """One epoch of training, then exact validation metrics."""
     train_loader, valid_loader = w.loaders
     started = time.perf_counter()
-    train_loss, samples = train_epoch(w.model, w.optimizer, w.objective, train_loader, epoch,
-                                      w.precision, w.device)
+    train_loss, samples = train_epoch(
+        w.model, w.optimizer, w.objective, train_loader, epoch, w.precision, w.device
+    )
     seconds = time.perf_counter() - started
-    results = evaluate(w.model, valid_loader, w.objective, loop.task, loop.label_state,
-                       w.precision, w.device)
-    results.update(epoch=epoch + 1, train_loss=train_loss, lr=w.scheduler.get_last_lr()[0],
-                   epoch_time_s=seconds, samples_per_s=samples / max(seconds, 1e-9))
+    results = evaluate(
+        w.model, valid_loader, w.objective, loop.task, loop.label_state, w.precision, w.device
+    )
+    results.update(
+        epoch=epoch + 1,
+        train_loss=train_loss,
+        lr=w.scheduler.get_last_lr()[0],
+        epoch_time_s=seconds,
+        samples_per_s=samples / max(seconds, 1e-9),
+    )
     if w.device.type == "cuda":
         results["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated(w.device) / 2**20
     return results

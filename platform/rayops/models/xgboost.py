@@ -35,7 +35,8 @@ def require_xgboost() -> Any:
     except ImportError:
         raise TrainingError(
             "model.family 'xgboost' needs the xgboost package: pip install xgboost-cpu "
-            "(CPU only, small) or xgboost (with CUDA, for use_gpu)") from None
+            "(CPU only, small) or xgboost (with CUDA, for use_gpu)"
+        ) from None
     return xgboost
 
 
@@ -55,15 +56,18 @@ def pip_requirements() -> list[str]:
 def load_booster(raw: bytes, name: str) -> xgboost.Booster:
     """A booster from the bytes of a JSON/UBJSON model file; refuses anything else."""
     if not raw.startswith(_DOCUMENT_START):
-        raise TrainingError(f"refusing to load {name!r}: not an XGBoost JSON/UBJSON model "
-                            f"(starts with {raw[:4]!r}; pickled models are never loaded)")
+        raise TrainingError(
+            f"refusing to load {name!r}: not an XGBoost JSON/UBJSON model "
+            f"(starts with {raw[:4]!r}; pickled models are never loaded)"
+        )
     xgb = require_xgboost()
     booster = xgb.Booster()
     try:
         booster.load_model(bytearray(raw))
     except xgb.core.XGBoostError as exc:
-        raise TrainingError(f"refusing to load {name!r}: not a valid XGBoost model "
-                            f"({str(exc).splitlines()[0]})") from None
+        raise TrainingError(
+            f"refusing to load {name!r}: not a valid XGBoost model ({str(exc).splitlines()[0]})"
+        ) from None
     return booster
 
 
@@ -100,10 +104,15 @@ class XGBoostFamily(Family):
     tasks = BUILT_IN_TASKS["xgboost"]
     step = "round"
 
-    def architecture(self, cfg: PipelineConfig, n_inputs: int, n_outputs: int,
-                     features: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"family": self.name, "n_inputs": n_inputs, "n_outputs": n_outputs,
-                **cfg.model.xgboost.model_dump()}
+    def architecture(
+        self, cfg: PipelineConfig, n_inputs: int, n_outputs: int, features: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        return {
+            "family": self.name,
+            "n_inputs": n_inputs,
+            "n_outputs": n_outputs,
+            **cfg.model.xgboost.model_dump(),
+        }
 
     def length(self, cfg: PipelineConfig) -> int:
         return cfg.model.xgboost.max_rounds
@@ -119,8 +128,9 @@ class XGBoostFamily(Family):
     def trained_model(self, folder: Path, architecture: dict[str, Any]) -> XGBoostModel:
         return XGBoostModel.load(folder, architecture)  # a checkpoint holds model.ubj too
 
-    def history(self, cfg: PipelineConfig, run_name: str, newest: Checkpoint | None
-                ) -> list[dict[str, float]]:
+    def history(
+        self, cfg: PipelineConfig, run_name: str, newest: Checkpoint | None
+    ) -> list[dict[str, float]]:
         from rayops.models.xgboost_loop import history_of
 
         return history_of(newest)

@@ -39,13 +39,19 @@ PROGRESS_FILE = "progress.json"
 
 # Per task: XGBoost's objective and eval metric, and the power that turns the eval metric
 # into the loss the MLP reports (log loss as is; RMSE squared, the MLP's MSE).
-OBJECTIVES: dict[str, tuple[dict[str, str], float]] = {
+OBJECTIVES: dict[str, tuple[dict[str, Any], float]] = {
     # softprob for two classes too: one output layout (probabilities per class) for all
     "classification": ({"objective": "multi:softprob", "eval_metric": "mlogloss"}, 1.0),
     "regression": ({"objective": "reg:squarederror", "eval_metric": "rmse"}, 2.0),
     # one output per quantile, each learned with its pinball loss (the MLP's loss)
-    "forecasting": ({"objective": "reg:quantileerror", "eval_metric": "quantile",
-                     "quantile_alpha": list(QUANTILES)}, 1.0),
+    "forecasting": (
+        {
+            "objective": "reg:quantileerror",
+            "eval_metric": "quantile",
+            "quantile_alpha": list(QUANTILES),
+        },
+        1.0,
+    ),
 }
 
 
@@ -53,11 +59,16 @@ def booster_params(cfg: PipelineConfig, n_outputs: int) -> dict[str, Any]:
     """XGBoost's parameters from ``model.xgboost`` and the task."""
     boost = cfg.model.xgboost
     params: dict[str, Any] = {
-        "tree_method": "hist", "device": "cuda" if cfg.train.use_gpu else "cpu",
-        "nthread": max(1, int(cfg.train.cpus_per_worker)), "seed": cfg.train.seed,
-        "eta": boost.learning_rate, "max_depth": boost.max_depth,
-        "min_child_weight": boost.min_child_weight, "subsample": boost.subsample,
-        "colsample_bytree": boost.colsample_bytree, "lambda": boost.reg_lambda,
+        "tree_method": "hist",
+        "device": "cuda" if cfg.train.use_gpu else "cpu",
+        "nthread": max(1, int(cfg.train.cpus_per_worker)),
+        "seed": cfg.train.seed,
+        "eta": boost.learning_rate,
+        "max_depth": boost.max_depth,
+        "min_child_weight": boost.min_child_weight,
+        "subsample": boost.subsample,
+        "colsample_bytree": boost.colsample_bytree,
+        "lambda": boost.reg_lambda,
         "max_bin": boost.max_bin,
     }
     objective, _ = OBJECTIVES[cfg.data.task]
@@ -85,8 +96,9 @@ class Stopping:
             self.best_loss, self.best_round = loss, rounds
 
     def to_json(self) -> str:
-        return json.dumps({"best_loss": self.best_loss, "best_round": self.best_round,
-                           "history": self.history})
+        return json.dumps(
+            {"best_loss": self.best_loss, "best_round": self.best_round, "history": self.history}
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Stopping:
@@ -98,16 +110,22 @@ class Reporter:
     """An XGBoost callback: early stopping on the validation loss, and every
     ``report_every`` rounds a report (metrics + checkpoint) to Ray Train."""
 
-    def __init__(self, loop: LoopConfig, valid: tuple[np.ndarray, np.ndarray],
-                 stopping: Stopping) -> None:
+    def __init__(
+        self, loop: LoopConfig, valid: tuple[np.ndarray, np.ndarray], stopping: Stopping
+    ) -> None:
         xgb = require_xgboost()
         self.cfg, self.loop, self.valid, self.stopping = loop.cfg, loop, valid, stopping
         self.rank = ray.train.get_context().get_world_rank()
-        self.writer = MetricsWriter(self.cfg.tracking, loop.run_id) if (
-            self.rank == 0 and loop.run_id) else None
-        self.callback = type("RayopsReport", (xgb.callback.TrainingCallback,), {
-            "after_iteration": lambda _, model, epoch, log: self.after_round(model, epoch,
-                                                                              log)})()
+        self.writer = (
+            MetricsWriter(self.cfg.tracking, loop.run_id)
+            if (self.rank == 0 and loop.run_id)
+            else None
+        )
+        self.callback = type(
+            "RayopsReport",
+            (xgb.callback.TrainingCallback,),
+            {"after_iteration": lambda _, model, epoch, log: self.after_round(model, epoch, log)},
+        )()
 
     def after_round(self, model: Any, epoch: int, log: dict[str, Any]) -> bool:
         """True stops training."""
@@ -120,12 +138,22 @@ class Reporter:
             self.report(model, rounds, _last(log, "train"), _last(log, "valid"))
         return stop
 
-    def report(self, model: Any, rounds: int, train_loss: float, valid_loss: float,
-               extra: dict[str, float] | None = None) -> None:
+    def report(
+        self,
+        model: Any,
+        rounds: int,
+        train_loss: float,
+        valid_loss: float,
+        extra: dict[str, float] | None = None,
+    ) -> None:
         _, square = OBJECTIVES[self.cfg.data.task]
         results = self.metrics(model)
-        results.update(epoch=rounds, train_loss=train_loss ** square,
-                       valid_loss=valid_loss ** square, **(extra or {}))
+        results.update(
+            epoch=rounds,
+            train_loss=train_loss**square,
+            valid_loss=valid_loss**square,
+            **(extra or {}),
+        )
         self.stopping.history.append(dict(results))
         with self._checkpoint(model, rounds) as checkpoint:
             ray.train.report(results, checkpoint=checkpoint)
@@ -144,8 +172,7 @@ class Reporter:
         return task.metrics_of(_all_reduce(stats.astype(np.float64)), state)
 
     def _checkpoint(self, model: Any, rounds: int) -> Any:
-        return (_saved(model, rounds, self.stopping) if self.rank == 0
-                else contextlib.nullcontext())
+        return _saved(model, rounds, self.stopping) if self.rank == 0 else contextlib.nullcontext()
 
     def close(self) -> None:
         if self.writer is not None:
@@ -209,15 +236,25 @@ def xgboost_fn_per_worker(config: dict[str, Any]) -> None:
     reporter = Reporter(loop, (valid_x, valid_y), stopping)
     done = booster.num_boosted_rounds() if booster is not None else 0
     try:
-        model = xgb.train(booster_params(cfg, loop.architecture["n_outputs"]), dtrain,
-                          num_boost_round=max(boost.max_rounds - done, 0),
-                          evals=[(dtrain, "train"), (dvalid, "valid")], xgb_model=booster,
-                          callbacks=[reporter.callback], verbose_eval=False)
+        model = xgb.train(
+            booster_params(cfg, loop.architecture["n_outputs"]),
+            dtrain,
+            num_boost_round=max(boost.max_rounds - done, 0),
+            evals=[(dtrain, "train"), (dvalid, "valid")],
+            xgb_model=booster,
+            callbacks=[reporter.callback],
+            verbose_eval=False,
+        )
         rounds = model.num_boosted_rounds()
         best = model[: stopping.best_round] if stopping.best_round else model
         history = {d: _last_loss(best, m, d) for d, m in (("train", dtrain), ("valid", dvalid))}
-        reporter.report(best, rounds, history["train"], history["valid"],
-                        {"kept_rounds": float(stopping.best_round or rounds)})
+        reporter.report(
+            best,
+            rounds,
+            history["train"],
+            history["valid"],
+            {"kept_rounds": float(stopping.best_round or rounds)},
+        )
     finally:
         reporter.close()
 

@@ -67,8 +67,13 @@ class DriftReport:
 
 def thresholds_for(monitor: Any) -> DriftThresholds:
     """The thresholds a config's ``monitor`` section sets."""
-    return DriftThresholds(monitor.psi_warn, monitor.psi_drift, monitor.min_rows,
-                           monitor.drifted_share, tuple(monitor.key_features))
+    return DriftThresholds(
+        monitor.psi_warn,
+        monitor.psi_drift,
+        monitor.min_rows,
+        monitor.drifted_share,
+        tuple(monitor.key_features),
+    )
 
 
 def psi(reference: np.ndarray, current: np.ndarray) -> float:
@@ -90,8 +95,9 @@ def _smoothed(fractions: np.ndarray) -> np.ndarray:
     return f / f.sum()
 
 
-def _numeric_bins(summary: Mapping[str, Any], values: np.ndarray
-                  ) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _numeric_bins(
+    summary: Mapping[str, Any], values: np.ndarray
+) -> tuple[list[str], np.ndarray, np.ndarray]:
     edges = np.asarray(summary["histogram"]["edges"], dtype=np.float64)
     reference = np.asarray(summary["histogram"]["fractions"], dtype=np.float64)
     if edges.size < 2:  # a constant reference: one bin, "the value" against "anything else"
@@ -105,8 +111,9 @@ def _numeric_bins(summary: Mapping[str, Any], values: np.ndarray
     return names, reference, counts
 
 
-def _categorical_bins(summary: Mapping[str, Any], values: Sequence[Any]
-                      ) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _categorical_bins(
+    summary: Mapping[str, Any], values: Sequence[Any]
+) -> tuple[list[str], np.ndarray, np.ndarray]:
     frequencies: Mapping[str, float] = summary["frequencies"]
     names = [*frequencies, OTHER_BUCKET]
     reference = np.array([*frequencies.values(), max(summary.get("other_rate", 0.0), 0.0)])
@@ -117,8 +124,12 @@ def _categorical_bins(summary: Mapping[str, Any], values: Sequence[Any]
     return names, reference, counts
 
 
-def feature_drift(name: str, summary: Mapping[str, Any], values: Sequence[Any],
-                  thresholds: DriftThresholds = DriftThresholds()) -> FeatureDrift:
+def feature_drift(
+    name: str,
+    summary: Mapping[str, Any],
+    values: Sequence[Any],
+    thresholds: DriftThresholds = DriftThresholds(),
+) -> FeatureDrift:
     """One feature's drift: ``values`` are the window's raw values (None for a null)."""
     present = [v for v in values if v is not None and v == v]  # drops None and NaN
     rows = len(values)
@@ -126,44 +137,74 @@ def feature_drift(name: str, summary: Mapping[str, Any], values: Sequence[Any],
     if summary["kind"] == "categorical":
         bins, reference, counts = _categorical_bins(summary, present)
     else:
-        bins, reference, counts = _numeric_bins(
-            summary, np.asarray(present, dtype=np.float64))
-    base = dict(name=name, kind=summary["kind"], rows=rows, null_rate=null_rate,
-                reference_null_rate=float(summary.get("null_rate", 0.0)), bins=bins,
-                reference=[float(r) for r in reference])
+        bins, reference, counts = _numeric_bins(summary, np.asarray(present, dtype=np.float64))
+    base = dict(
+        name=name,
+        kind=summary["kind"],
+        rows=rows,
+        null_rate=null_rate,
+        reference_null_rate=float(summary.get("null_rate", 0.0)),
+        bins=bins,
+        reference=[float(r) for r in reference],
+    )
     if len(present) < thresholds.min_rows:
-        return FeatureDrift(**base, psi=None, js_distance=None, verdict="insufficient data",
-                            current=[])
+        return FeatureDrift(
+            **base, psi=None, js_distance=None, verdict="insufficient data", current=[]
+        )
     current = counts / counts.sum()
     value = psi(reference, current)
-    verdict: Verdict = ("drift" if value >= thresholds.psi_drift else
-                        "warn" if value >= thresholds.psi_warn else "ok")
-    return FeatureDrift(**base, psi=value, js_distance=js_distance(reference, current),
-                        verdict=verdict, current=[float(c) for c in current])
+    verdict: Verdict = (
+        "drift"
+        if value >= thresholds.psi_drift
+        else "warn"
+        if value >= thresholds.psi_warn
+        else "ok"
+    )
+    return FeatureDrift(
+        **base,
+        psi=value,
+        js_distance=js_distance(reference, current),
+        verdict=verdict,
+        current=[float(c) for c in current],
+    )
 
 
-def dataset_drift(profile: Mapping[str, Mapping[str, Any]],
-                  columns: Mapping[str, Sequence[Any]],
-                  thresholds: DriftThresholds = DriftThresholds()) -> DriftReport:
+def dataset_drift(
+    profile: Mapping[str, Mapping[str, Any]],
+    columns: Mapping[str, Sequence[Any]],
+    thresholds: DriftThresholds = DriftThresholds(),
+) -> DriftReport:
     """Every profiled column of ``columns`` (name -> the window's values), and the verdict:
     drift when at least ``drifted_share`` of the features drifted or any key feature did."""
-    features = [feature_drift(name, profile[name], values, thresholds)
-                for name, values in columns.items() if name in profile]
+    features = [
+        feature_drift(name, profile[name], values, thresholds)
+        for name, values in columns.items()
+        if name in profile
+    ]
     rows = max((f.rows for f in features), default=0)
     judged = [f for f in features if f.verdict != "insufficient data"]
     drifted = [f.name for f in judged if f.verdict == "drift"]
     if not judged:
-        return DriftReport(rows, "insufficient data", [], features,
-                           [f"{rows} row(s) in the window; at least {thresholds.min_rows} "
-                            "non-null values per feature are needed for a verdict"])
+        return DriftReport(
+            rows,
+            "insufficient data",
+            [],
+            features,
+            [
+                f"{rows} row(s) in the window; at least {thresholds.min_rows} "
+                "non-null values per feature are needed for a verdict"
+            ],
+        )
     reasons = []
     keys = [name for name in drifted if name in thresholds.key_features]
     if keys:
         reasons.append(f"key feature(s) drifted: {', '.join(keys)}")
     share = len(drifted) / len(judged)
     if share >= thresholds.drifted_share:
-        reasons.append(f"{len(drifted)} of {len(judged)} features drifted ({share:.0%} >= "
-                       f"{thresholds.drifted_share:.0%})")
+        reasons.append(
+            f"{len(drifted)} of {len(judged)} features drifted ({share:.0%} >= "
+            f"{thresholds.drifted_share:.0%})"
+        )
     warned = any(f.verdict in ("warn", "drift") for f in judged)
     verdict: Verdict = "drift" if reasons else "warn" if warned else "ok"
     return DriftReport(rows, verdict, drifted, features, reasons)

@@ -51,8 +51,10 @@ def append_feedback(cfg: PipelineConfig, labels: pd.DataFrame) -> int:
     row is checked first, so a bad file appends nothing. Returns the rows appended."""
     missing = {"request_id", "label"} - set(labels.columns)
     if missing:
-        raise DataError(f"feedback lacks the column(s) {sorted(missing)}; it needs "
-                        "request_id, label and optionally record_index")
+        raise DataError(
+            f"feedback lacks the column(s) {sorted(missing)}; it needs "
+            "request_id, label and optionally record_index"
+        )
     now = dt.datetime.now(dt.UTC)
     task = task_of(cfg.data.task)
     rows = []
@@ -62,16 +64,18 @@ def append_feedback(cfg: PipelineConfig, labels: pd.DataFrame) -> int:
         if request_id is None or not str(request_id).strip():
             raise DataError(f"feedback row {line}: request_id is empty")
         if label is None or (isinstance(label, float) and not np.isfinite(label)):
-            raise DataError(f"feedback row {line} ({request_id}): label is missing "
-                            f"(got {label!r})")
+            raise DataError(f"feedback row {line} ({request_id}): label is missing (got {label!r})")
         if task.true_label(_plain(label)) is None:
-            raise DataError(f"feedback row {line} ({request_id}): label {label!r} is not a "
-                            f"number, which a {cfg.data.task} model's labels are")
+            raise DataError(
+                f"feedback row {line} ({request_id}): label {label!r} is not a "
+                f"number, which a {cfg.data.task} model's labels are"
+            )
         try:
             index = 0 if index is None else int(index)
         except (TypeError, ValueError):
-            raise DataError(f"feedback row {line} ({request_id}): record_index {index!r} "
-                            "is not an integer") from None
+            raise DataError(
+                f"feedback row {line} ({request_id}): record_index {index!r} is not an integer"
+            ) from None
         rows.append(feedback_row(str(request_id), index, _plain(label), now))
     if not rows:
         return 0
@@ -83,8 +87,9 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def read_frame(location: Location, columns: list[str], since: dt.datetime | None = None
-               ) -> pd.DataFrame:
+def read_frame(
+    location: Location, columns: list[str], since: dt.datetime | None = None
+) -> pd.DataFrame:
     """:func:`read_log` as a DataFrame; empty (with the columns) before the first append."""
     rows = read_log(location, columns, since)
     if rows is None:  # nothing served (or labelled) yet
@@ -95,8 +100,7 @@ def read_frame(location: Location, columns: list[str], since: dt.datetime | None
 _KEYS = ["request_id", "record_index"]  # what a label names: the request and the record
 
 
-def _labelled(cfg: PipelineConfig, columns: list[str], since: dt.datetime | None
-              ) -> pd.DataFrame:
+def _labelled(cfg: PipelineConfig, columns: list[str], since: dt.datetime | None) -> pd.DataFrame:
     """Served records (``columns`` of the log, since ``since``) that have a true label,
     joined with the newest label sent for each; records the model failed on are left out."""
     served = read_frame(prediction_table(cfg), [*_KEYS, *columns], since)
@@ -106,8 +110,7 @@ def _labelled(cfg: PipelineConfig, columns: list[str], since: dt.datetime | None
     return served.drop(columns="time").merge(labels.drop(columns="time"), on=_KEYS)
 
 
-def live_metrics(cfg: PipelineConfig, hours: float | None = None
-                 ) -> dict[str, dict[str, float]]:
+def live_metrics(cfg: PipelineConfig, hours: float | None = None) -> dict[str, dict[str, float]]:
     """Each served model version's metrics on the labelled records of the window (all
     time when ``hours`` is None), keyed by version."""
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours) if hours else None
@@ -116,22 +119,27 @@ def live_metrics(cfg: PipelineConfig, hours: float | None = None
     joined["label"] = [task.true_label(json.loads(a)) for a in joined["label"]]
     unusable = joined["label"].isna()
     if unusable.any():  # a label that cannot be this task's: left out, never a crash
-        logger.warning("%d label(s) of %s are not %s labels and are left out of the live "
-                       "metrics (e.g. request %s)", int(unusable.sum()), cfg.name,
-                       cfg.data.task, joined.loc[unusable, "request_id"].iloc[0])
+        logger.warning(
+            "%d label(s) of %s are not %s labels and are left out of the live "
+            "metrics (e.g. request %s)",
+            int(unusable.sum()),
+            cfg.name,
+            cfg.data.task,
+            joined.loc[unusable, "request_id"].iloc[0],
+        )
         joined = joined[~unusable]
     out = {}
     for version, rows in joined.groupby("model_version"):
         predicted = [json.loads(p) for p in rows["prediction"]]
         actual = list(rows["label"])
-        out[str(version)] = {"labelled": float(len(rows)),
-                             **task.live_metrics(predicted, actual,
-                                                 cfg.data.columns[cfg.data.label].values)}
+        out[str(version)] = {
+            "labelled": float(len(rows)),
+            **task.live_metrics(predicted, actual, cfg.data.columns[cfg.data.label].values),
+        }
     return out
 
 
-def labelled_window(cfg: PipelineConfig, schema: dict[str, ColumnSpec], hours: float
-                    ) -> pa.Table:
+def labelled_window(cfg: PipelineConfig, schema: dict[str, ColumnSpec], hours: float) -> pa.Table:
     """The served records of the last ``hours`` that have a true label, typed by
     ``schema`` (features and label), one row per record: what the gate scores a challenger
     and the champion on, beside the validation rows. Records the schema rejects are left
@@ -140,7 +148,9 @@ def labelled_window(cfg: PipelineConfig, schema: dict[str, ColumnSpec], hours: f
     joined = _labelled(cfg, ["record", "prediction", "role"], since)
     joined = joined[joined["role"].fillna("champion") != "shadow"].drop_duplicates(_KEYS)
     label = cfg.data.label
-    records = [{**json.loads(r), label: json.loads(v)}
-               for r, v in zip(joined["record"], joined["label"], strict=True)]
+    records = [
+        {**json.loads(r), label: json.loads(v)}
+        for r, v in zip(joined["record"], joined["label"], strict=True)
+    ]
     typed = validate_records(records, schema, label)
     return typed.filter(pc.is_null(typed.column(ERROR))).drop_columns([ERROR])

@@ -15,16 +15,22 @@ class DriftGauges:
         from ray.util import metrics
 
         self.psi = metrics.Gauge(
-            "rayops_drift_psi", "Population stability index of a feature (or the "
+            "rayops_drift_psi",
+            "Population stability index of a feature (or the "
             "predictions) in the last monitored window against the training reference.",
-            tag_keys=("pipeline", "feature"))
+            tag_keys=("pipeline", "feature"),
+        )
         self.js = metrics.Gauge(
-            "rayops_drift_js_distance", "Jensen-Shannon distance of a feature in the last "
-            "monitored window.", tag_keys=("pipeline", "feature"))
+            "rayops_drift_js_distance",
+            "Jensen-Shannon distance of a feature in the last monitored window.",
+            tag_keys=("pipeline", "feature"),
+        )
         self.verdict = metrics.Gauge(
-            "rayops_drift_verdict", "The last window's verdict: -1 insufficient data, 0 ok, "
+            "rayops_drift_verdict",
+            "The last window's verdict: -1 insufficient data, 0 ok, "
             "1 warn, 2 drift (per feature, and 'all' for the window).",
-            tag_keys=("pipeline", "feature"))
+            tag_keys=("pipeline", "feature"),
+        )
 
     def set(self, pipeline: str, report: DriftReport) -> None:
         for feature in report.features:
@@ -34,8 +40,9 @@ class DriftGauges:
             if feature.js_distance is not None:
                 self.js.set(feature.js_distance, tags=tags)
             self.verdict.set(VERDICT_CODES[feature.verdict], tags=tags)
-        self.verdict.set(VERDICT_CODES[report.verdict],
-                         tags={"pipeline": pipeline, "feature": "all"})
+        self.verdict.set(
+            VERDICT_CODES[report.verdict], tags={"pipeline": pipeline, "feature": "all"}
+        )
 
 
 def drift_gauges() -> Any:

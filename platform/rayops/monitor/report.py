@@ -54,10 +54,17 @@ class MonitorResult:
     run_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": {"name": self.model.name, "version": self.model.version,
-                          "alias": self.model.alias, "run_id": self.model.run_id},
-                "dataset": self.dataset, "rejected_records": self.rejected,
-                **self.report.to_dict()}
+        return {
+            "model": {
+                "name": self.model.name,
+                "version": self.model.version,
+                "alias": self.model.alias,
+                "run_id": self.model.run_id,
+            },
+            "dataset": self.dataset,
+            "rejected_records": self.rejected,
+            **self.report.to_dict(),
+        }
 
 
 def thresholds_of(cfg: PipelineConfig) -> DriftThresholds:
@@ -66,8 +73,11 @@ def thresholds_of(cfg: PipelineConfig) -> DriftThresholds:
 
 def read_records(path: Path, fmt: str) -> pd.DataFrame:
     """Records from a CSV, JSON Lines or Parquet file, nulls as None."""
-    readers = {"csv": pd.read_csv, "json": lambda p: pd.read_json(p, lines=True),
-               "parquet": pd.read_parquet}
+    readers = {
+        "csv": pd.read_csv,
+        "json": lambda p: pd.read_json(p, lines=True),
+        "parquet": pd.read_parquet,
+    }
     if fmt not in readers:
         raise DataError(f"--format {fmt!r}: use one of {', '.join(readers)}")
     if not path.exists():
@@ -82,15 +92,23 @@ def read_window(cfg: PipelineConfig, hours: float) -> pd.DataFrame:
     ``model_version``."""
     location = prediction_table(cfg)
     since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours)
-    rows = read_log(location, ["record", "prediction", "request_id", "record_index",
-                               "model_version", "role"], since)
+    rows = read_log(
+        location,
+        ["record", "prediction", "request_id", "record_index", "model_version", "role"],
+        since,
+    )
     if rows is None:
-        raise DataError(f"no prediction log at {location.uri} yet: serve the model (with "
-                        "serve.log_predictions: true) or pass --records FILE")
+        raise DataError(
+            f"no prediction log at {location.uri} yet: serve the model (with "
+            "serve.log_predictions: true) or pass --records FILE"
+        )
     # what clients got: a shadow's answers and failed records are not served traffic
-    rows = rows.filter(pc.and_(pc.invert(pc.fill_null(pc.equal(rows["role"], "shadow"),
-                                                      False)),
-                               pc.is_valid(rows["prediction"])))
+    rows = rows.filter(
+        pc.and_(
+            pc.invert(pc.fill_null(pc.equal(rows["role"], "shadow"), False)),
+            pc.is_valid(rows["prediction"]),
+        )
+    )
     frame = pd.DataFrame.from_records([json.loads(r) for r in rows["record"].to_pylist()])
     frame[PREDICTION] = [json.loads(p) for p in rows["prediction"].to_pylist()]
     for column in ("request_id", "record_index", "model_version"):
@@ -98,9 +116,12 @@ def read_window(cfg: PipelineConfig, hours: float) -> pd.DataFrame:
     return frame.astype(object).where(frame.notna(), None)
 
 
-def window_columns(records: pd.DataFrame, schema: dict[str, ColumnSpec], label: str,
-                   unmonitored: set[str] | frozenset[str] = frozenset()
-                   ) -> tuple[dict[str, list[Any]], int]:
+def window_columns(
+    records: pd.DataFrame,
+    schema: dict[str, ColumnSpec],
+    label: str,
+    unmonitored: set[str] | frozenset[str] = frozenset(),
+) -> tuple[dict[str, list[Any]], int]:
     """The window's values keyed as the profile keys them (datetime features by calendar
     part), and how many records the schema contract rejected; ``unmonitored`` columns are
     checked, not compared."""
@@ -119,16 +140,18 @@ def window_columns(records: pd.DataFrame, schema: dict[str, ColumnSpec], label: 
         if spec.type in ("categorical", "text"):
             columns[name] = pc.cast(column, pa.string()).to_pylist()
         else:
-            columns.update((key, values.to_pylist())
-                           for key, values in numeric_columns(name, spec, column))
+            columns.update(
+                (key, values.to_pylist()) for key, values in numeric_columns(name, spec, column)
+            )
     if PREDICTION in records.columns:
         kept = pc.is_null(typed.column(ERROR)).to_numpy(zero_copy_only=False)
         columns[PREDICTION] = list(records[PREDICTION][kept])
     return columns, typed.num_rows - good.num_rows
 
 
-def monitor_records(cfg: PipelineConfig, records: pd.DataFrame, alias: str = "champion",
-                    log: bool = True) -> MonitorResult:
+def monitor_records(
+    cfg: PipelineConfig, records: pd.DataFrame, alias: str = "champion", log: bool = True
+) -> MonitorResult:
     """Drift of ``records`` against the training profile of the model ``alias`` names."""
     model = tracking.resolve_alias(cfg.tracking, cfg.model_name, alias)
     dataset = tracking.run_tags(cfg.tracking, model.run_id)[tracking.DATASET_TAG]
@@ -139,8 +162,9 @@ def monitor_records(cfg: PipelineConfig, records: pd.DataFrame, alias: str = "ch
     if label in profile:
         profile[PREDICTION] = profile[label]  # predictions against the training labels
     task = task_of(cfg.data.task)
-    columns, rejected = window_columns(task.served_records(records), schema, label,
-                                       task.unmonitored(cfg.data))
+    columns, rejected = window_columns(
+        task.served_records(records), schema, label, task.unmonitored(cfg.data)
+    )
     report = dataset_drift(profile, columns, thresholds_of(cfg))
     result = MonitorResult(model, dataset, rejected, report)
     if log:
@@ -150,12 +174,21 @@ def monitor_records(cfg: PipelineConfig, records: pd.DataFrame, alias: str = "ch
 
 def _log(cfg: PipelineConfig, result: MonitorResult) -> str:
     run_id = tracking.start_run(
-        cfg.tracking, cfg.experiment_name, f"{cfg.name}-monitor",
-        params={"model_version": result.model.version, "dataset": result.dataset,
-                "rows": result.report.rows, "monitor": cfg.monitor.model_dump()},
-        tags={tracking.KIND_TAG: "monitor", tracking.DRIFT_VERDICT_TAG: result.report.verdict})
-    metrics = {"drift_verdict": VERDICT_CODES[result.report.verdict],
-               "rejected_records": float(result.rejected)}
+        cfg.tracking,
+        cfg.experiment_name,
+        f"{cfg.name}-monitor",
+        params={
+            "model_version": result.model.version,
+            "dataset": result.dataset,
+            "rows": result.report.rows,
+            "monitor": cfg.monitor.model_dump(),
+        },
+        tags={tracking.KIND_TAG: "monitor", tracking.DRIFT_VERDICT_TAG: result.report.verdict},
+    )
+    metrics = {
+        "drift_verdict": VERDICT_CODES[result.report.verdict],
+        "rejected_records": float(result.rejected),
+    }
     metrics |= {f"psi.{f.name}": f.psi for f in result.report.features if f.psi is not None}
     tracking.log_metrics(cfg.tracking, run_id, metrics, step=0)
     with tempfile.TemporaryDirectory(prefix="rayops-monitor-") as folder:
@@ -177,10 +210,12 @@ def write_reports(result: MonitorResult, folder: Path) -> list[Path]:
 def table_lines(result: MonitorResult) -> list[str]:
     """The per-feature table shown on screen."""
     report = result.report
-    lines = [f"{result.model.name} v{result.model.version} (@{result.model.alias}), trained "
-             f"on {result.dataset}: {report.rows} record(s) judged, {result.rejected} "
-             "rejected by the schema contract",
-             f"{'feature':24s} {'verdict':18s} {'psi':>7s} {'js':>6s} {'nulls':>13s}"]
+    lines = [
+        f"{result.model.name} v{result.model.version} (@{result.model.alias}), trained "
+        f"on {result.dataset}: {report.rows} record(s) judged, {result.rejected} "
+        "rejected by the schema contract",
+        f"{'feature':24s} {'verdict':18s} {'psi':>7s} {'js':>6s} {'nulls':>13s}",
+    ]
     for f in report.features:
         psi = "-" if f.psi is None else f"{f.psi:.3f}"
         js = "-" if f.js_distance is None else f"{f.js_distance:.3f}"
@@ -199,9 +234,11 @@ def _bars(bins: list[str], reference: list[float], current: list[float]) -> str:
         for offset, values, colour in ((2, reference, "#999"), (12, current, "#2a6fdb")):
             if i < len(values):
                 h = height * values[i] / top
-                parts.append(f'<rect x="{24 * i + offset}" y="{height - h:.1f}" width="9" '
-                             f'height="{h:.1f}" fill="{colour}"><title>{html.escape(name)}: '
-                             f'{values[i]:.3f}</title></rect>')
+                parts.append(
+                    f'<rect x="{24 * i + offset}" y="{height - h:.1f}" width="9" '
+                    f'height="{h:.1f}" fill="{colour}"><title>{html.escape(name)}: '
+                    f"{values[i]:.3f}</title></rect>"
+                )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -210,9 +247,11 @@ def html_report(result: MonitorResult) -> str:
     rows = []
     for f in result.report.features:
         psi = "-" if f.psi is None else f"{f.psi:.3f}"
-        rows.append(f"<tr><td>{html.escape(f.name)}</td><td class='{f.verdict.split()[0]}'>"
-                    f"{f.verdict}</td><td>{psi}</td><td>{f.null_rate:.1%}</td>"
-                    f"<td>{_bars(f.bins, f.reference, f.current)}</td></tr>")
+        rows.append(
+            f"<tr><td>{html.escape(f.name)}</td><td class='{f.verdict.split()[0]}'>"
+            f"{f.verdict}</td><td>{psi}</td><td>{f.null_rate:.1%}</td>"
+            f"<td>{_bars(f.bins, f.reference, f.current)}</td></tr>"
+        )
     heading = html.escape(table_lines(result)[0])
     return (
         "<!doctype html><meta charset='utf-8'><title>rayops drift report</title>"
@@ -222,4 +261,5 @@ def html_report(result: MonitorResult) -> str:
         f"<p>{html.escape('; '.join(result.report.reasons))}</p>"
         "<p>Bars: reference (grey) and this window (blue), per reference bin.</p>"
         "<table><tr><th>feature</th><th>verdict</th><th>PSI</th><th>nulls</th>"
-        f"<th>histogram</th></tr>{''.join(rows)}</table>")
+        f"<th>histogram</th></tr>{''.join(rows)}</table>"
+    )

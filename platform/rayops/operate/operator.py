@@ -45,11 +45,13 @@ from rayops.tasks import task_of
 
 logger = logging.getLogger(__name__)
 
+
 class Operator(Proving):
     """Runs a pipeline's cycles; ``say`` prints its progress lines."""
 
-    def __init__(self, cfg: PipelineConfig, say: Callable[[str], None] | None = None,
-                 poll_s: float = 2.0) -> None:
+    def __init__(
+        self, cfg: PipelineConfig, say: Callable[[str], None] | None = None, poll_s: float = 2.0
+    ) -> None:
         self.cfg = cfg
         folder = root_of(cfg.storage).join("operate", cfg.name)
         self.store = StateStore(folder)
@@ -89,8 +91,13 @@ class Operator(Proving):
             try:
                 state.step = getattr(self, f"_{step}")(state)
             except BaseException as exc:  # the cycle stays at this step, for a resume
-                self._tag(state, {tracking.STOPPED_AT_TAG: step,
-                                  tracking.ERROR_TAG: f"{type(exc).__name__}: {exc}"[:500]})
+                self._tag(
+                    state,
+                    {
+                        tracking.STOPPED_AT_TAG: step,
+                        tracking.ERROR_TAG: f"{type(exc).__name__}: {exc}"[:500],
+                    },
+                )
                 raise
             self.store.save(state)
             self._tag(state, {tracking.STEP_TAG: state.step})
@@ -100,12 +107,21 @@ class Operator(Proving):
     def _start(self, previous: CycleState) -> CycleState:
         number = previous.cycle + 1
         run_id = tracking.start_run(
-            self.cfg.tracking, self.cfg.experiment_name, f"{self.cfg.name}-operate-{number}",
+            self.cfg.tracking,
+            self.cfg.experiment_name,
+            f"{self.cfg.name}-operate-{number}",
             params={"operate": self.cfg.operate.model_dump(mode="json")},
-            tags={tracking.KIND_TAG: "operate", tracking.CYCLE_TAG: str(number)})
-        state = CycleState(number, "ingest", run_id, {"started_at": now_iso()},
-                           previous.drift_streak, previous.cycles_since_retrain,
-                           previous.last_retrain_at)
+            tags={tracking.KIND_TAG: "operate", tracking.CYCLE_TAG: str(number)},
+        )
+        state = CycleState(
+            number,
+            "ingest",
+            run_id,
+            {"started_at": now_iso()},
+            previous.drift_streak,
+            previous.cycles_since_retrain,
+            previous.last_retrain_at,
+        )
         self.store.save(state)
         self.say(f"[cycle {number}] started (MLflow run {run_id})")
         return state
@@ -116,13 +132,20 @@ class Operator(Proving):
         self.say(f"[cycle {state.cycle}] {outcome}")
         if state.run_id is None or facts.get("logged"):
             return
-        numbers = {k: float(v) for k, v in facts.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numbers = {
+            k: float(v)
+            for k, v in facts.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         tracking.log_metrics(self.cfg.tracking, state.run_id, numbers, step=state.cycle)
         tracking.log_dict(self.cfg.tracking, state.run_id, facts, "operate/cycle.json")
-        self._tag(state, {tracking.OUTCOME_TAG: outcome[:500],
-                          tracking.REASONS_TAG: "; ".join(
-                              facts.get("reasons", []))[:500] or "none"})
+        self._tag(
+            state,
+            {
+                tracking.OUTCOME_TAG: outcome[:500],
+                tracking.REASONS_TAG: "; ".join(facts.get("reasons", []))[:500] or "none",
+            },
+        )
         tracking.end_run(self.cfg.tracking, state.run_id)
         facts["logged"] = True
         self.store.save(state)
@@ -136,8 +159,10 @@ class Operator(Proving):
     def _ingest(self, state: CycleState) -> str:
         version = ingest_retrying(self.cfg)  # beside `ingest --watch`, a lost race is normal
         state.facts["dataset"] = version.id
-        self.say(f"[cycle {state.cycle}] ingest: dataset {version.id} "
-                 f"({version.manifest.rows.train} training rows)")
+        self.say(
+            f"[cycle {state.cycle}] ingest: dataset {version.id} "
+            f"({version.manifest.rows.train} training rows)"
+        )
         return "monitor"
 
     def _monitor(self, state: CycleState) -> str:
@@ -151,9 +176,11 @@ class Operator(Proving):
             else:
                 result = monitor_records(self.cfg, window)
                 verdict = result.report.verdict
-                detail = (f"{result.report.rows} records, drifted: "
-                          f"{', '.join(result.report.drifted) or 'none'} "
-                          f"(MLflow run {result.run_id})")
+                detail = (
+                    f"{result.report.rows} records, drifted: "
+                    f"{', '.join(result.report.drifted) or 'none'} "
+                    f"(MLflow run {result.run_id})"
+                )
                 state.facts["monitor_run_id"] = result.run_id
                 if self.gauges is not None:
                     self.gauges.set(self.cfg.name, result.report)
@@ -163,20 +190,25 @@ class Operator(Proving):
             state.drift_streak = 0
         state.facts["drift"] = verdict or "no traffic"
         state.facts["drift_streak"] = state.drift_streak
-        self.say(f"[cycle {state.cycle}] monitor: {verdict or 'no traffic'} ({detail}); "
-                 f"drifted windows in a row: {state.drift_streak}")
+        self.say(
+            f"[cycle {state.cycle}] monitor: {verdict or 'no traffic'} ({detail}); "
+            f"drifted windows in a row: {state.drift_streak}"
+        )
         return "decide"
 
     def _decide(self, state: CycleState) -> str:
-        champion = tracking.alias_or_none(self.cfg.tracking, self.cfg.model_name,
-                                          tracking.CHAMPION)
+        champion = tracking.alias_or_none(self.cfg.tracking, self.cfg.model_name, tracking.CHAMPION)
         live = None
         if champion is not None:
-            values = live_metrics(self.cfg, self.cfg.operate.window_hours).get(
-                champion.version, {})
+            values = live_metrics(self.cfg, self.cfg.operate.window_hours).get(champion.version, {})
             live = values.get(f"live_{self.metric.removeprefix('valid_')}")
-        signals = Signals(state.facts.get("drift"), state.drift_streak,
-                          self._new_labels(state), live, state.cycles_since_retrain)
+        signals = Signals(
+            state.facts.get("drift"),
+            state.drift_streak,
+            self._new_labels(state),
+            live,
+            state.cycles_since_retrain,
+        )
         reasons = decide(self.cfg.operate, self.metric, self.mode, signals)
         if champion is None:
             reasons.append("no champion yet")
@@ -186,15 +218,16 @@ class Operator(Proving):
         if not reasons:
             state.cycles_since_retrain += 1
             state.facts["outcome"] = "no retrain: no signal"
-            self.say(f"[cycle {state.cycle}] decide: no retrain ({signals.new_labels} new "
-                     f"labels, live metric {'n/a' if live is None else f'{live:.4f}'})")
+            self.say(
+                f"[cycle {state.cycle}] decide: no retrain ({signals.new_labels} new "
+                f"labels, live metric {'n/a' if live is None else f'{live:.4f}'})"
+            )
             return "done"
         self.say(f"[cycle {state.cycle}] decide: retrain, because " + "; ".join(reasons))
         return "retrain"
 
     def _new_labels(self, state: CycleState) -> int:
-        since = (dt.datetime.fromisoformat(state.last_retrain_at)
-                 if state.last_retrain_at else None)
+        since = dt.datetime.fromisoformat(state.last_retrain_at) if state.last_retrain_at else None
         rows = read_log(feedback_table(self.cfg), ["request_id"], since)
         return 0 if rows is None else rows.num_rows
 
@@ -203,30 +236,44 @@ class Operator(Proving):
         resume = "retrain_record" in facts
         if not resume:  # this cycle's own run, named before it starts: a resume finds it
             facts["retrain_started_at"] = now_iso()
-            previous = tracking.alias_or_none(self.cfg.tracking, self.cfg.model_name,
-                                              tracking.CHAMPION)
+            previous = tracking.alias_or_none(
+                self.cfg.tracking, self.cfg.model_name, tracking.CHAMPION
+            )
             facts["champion"] = previous.version if previous else None
-            facts["retrain_record"] = f"{self.cfg.name}-operate-{state.cycle}-" \
-                                      f"{uuid.uuid4().hex[:6]}"
+            facts["retrain_record"] = (
+                f"{self.cfg.name}-operate-{state.cycle}-{uuid.uuid4().hex[:6]}"
+            )
             self.store.save(state)
         version = load_version(self.cfg, version_number(facts["dataset"]))
         kind = "sweep" if self.cfg.operate.sweep else "training"
-        self.say(f"[cycle {state.cycle}] retrain: {kind} on {version.id}"
-                 + (f" (continuing {facts['retrain_record']})" if resume else ""))
-        result = train_and_register(self.cfg, version, sweep=self.cfg.operate.sweep,
-                                    resume=resume, promote=False,
-                                    record_name=facts["retrain_record"])
+        self.say(
+            f"[cycle {state.cycle}] retrain: {kind} on {version.id}"
+            + (f" (continuing {facts['retrain_record']})" if resume else "")
+        )
+        result = train_and_register(
+            self.cfg,
+            version,
+            sweep=self.cfg.operate.sweep,
+            resume=resume,
+            promote=False,
+            record_name=facts["retrain_record"],
+        )
         decision = result.decision
         state.cycles_since_retrain, state.last_retrain_at = 0, facts["retrain_started_at"]
-        facts.update(challenger=decision.challenger.version, train_run_id=result.run_id,
-                     gate_passed=decision.passed, gate_reason=decision.reason,
-                     challenger_score=decision.challenger_score)
+        facts.update(
+            challenger=decision.challenger.version,
+            train_run_id=result.run_id,
+            gate_passed=decision.passed,
+            gate_reason=decision.reason,
+            challenger_score=decision.challenger_score,
+        )
         if decision.champion_score is not None:
             facts["champion_score"] = decision.champion_score
         self.say(f"[cycle {state.cycle}] gate: {decision.summary()}")
         if not decision.passed:
-            facts["outcome"] = (f"v{decision.challenger.version} refused by the gate: "
-                                f"{decision.reason}")
+            facts["outcome"] = (
+                f"v{decision.challenger.version} refused by the gate: {decision.reason}"
+            )
             return "done"
         return "gate" if facts["champion"] else "promote"  # a first model: nothing to shadow
 
@@ -236,23 +283,29 @@ class Operator(Proving):
         if (moved := self._world_moved(state, "window gate")) is not None:
             return moved
         if not task_of(self.cfg.data.task).scores_served_records:
-            facts["window_gate"] = (f"not applicable to {self.cfg.data.task}: the gate "
-                                    "scored both models on the newest validation period")
+            facts["window_gate"] = (
+                f"not applicable to {self.cfg.data.task}: the gate "
+                "scored both models on the newest validation period"
+            )
             self.say(f"[cycle {state.cycle}] window gate {facts['window_gate']}")
             return "shadow"
         champion = self._predictor(facts["champion"])
         rows = labelled_window(self.cfg, champion.schema, self.cfg.operate.window_hours)
         if rows.num_rows < self.cfg.operate.window_min_labels:
-            facts["window_gate"] = (f"skipped: {rows.num_rows} labelled served record(s), "
-                                    f"fewer than operate.window_min_labels "
-                                    f"({self.cfg.operate.window_min_labels})")
+            facts["window_gate"] = (
+                f"skipped: {rows.num_rows} labelled served record(s), "
+                f"fewer than operate.window_min_labels "
+                f"({self.cfg.operate.window_min_labels})"
+            )
             self.say(f"[cycle {state.cycle}] window gate {facts['window_gate']}")
             return "shadow"
         passed, reason, scores = window_verdict(
-            self.cfg, self._predictor(facts["challenger"]), champion, rows)
+            self.cfg, self._predictor(facts["challenger"]), champion, rows
+        )
         facts.update(scores, window_gate=reason)
-        self.say(f"[cycle {state.cycle}] window gate: {'passed' if passed else 'refused'}, "
-                 f"{reason}")
+        self.say(
+            f"[cycle {state.cycle}] window gate: {'passed' if passed else 'refused'}, {reason}"
+        )
         if not passed:
             return self._refused(state, f"refused on the labelled window: {reason}")
         return "shadow"
@@ -271,22 +324,29 @@ class Operator(Proving):
                 return state
             step, facts = state.step, state.facts
             facts["outcome"] = f"{why} at step {step!r}"
-            if facts.get("challenger") and step in ("gate", "shadow", "promote") and \
-                    self._alias(tracking.CHAMPION) != facts["challenger"]:
-                tracking.withdraw(self.cfg.tracking, self.cfg.model_name, facts["challenger"],
-                                  f"its operate cycle {state.cycle} was {why}")
+            if (
+                facts.get("challenger")
+                and step in ("gate", "shadow", "promote")
+                and self._alias(tracking.CHAMPION) != facts["challenger"]
+            ):
+                tracking.withdraw(
+                    self.cfg.tracking,
+                    self.cfg.model_name,
+                    facts["challenger"],
+                    f"its operate cycle {state.cycle} was {why}",
+                )
                 facts["outcome"] += f"; v{facts['challenger']} withdrawn"
             state.step = "done"
             self.store.save(state)
-            self._tag(state, {tracking.STEP_TAG: "done",
-                              tracking.ABANDONED_AT_TAG: step})
+            self._tag(state, {tracking.STEP_TAG: "done", tracking.ABANDONED_AT_TAG: step})
             self._finish(state)
             return state
         finally:
             self.lease.release()
 
 
-def operate(cfg: PipelineConfig, cycles: int | None = None,
-            say: Callable[[str], None] | None = None) -> CycleState:
+def operate(
+    cfg: PipelineConfig, cycles: int | None = None, say: Callable[[str], None] | None = None
+) -> CycleState:
     """Run the loop on the connected Ray cluster (``cycles`` None: until stopped)."""
     return Operator(cfg, say).run(cycles)

@@ -16,8 +16,15 @@ from rayops.operate.state import CycleState, Lease, OperateError, StateStore, no
 from rayops.predict import Predictor
 
 # The prediction log's columns the shadow and the watch read.
-LOG_COLUMNS = ["request_id", "record_index", "model_version", "role", "prediction", "error",
-               "latency_ms"]
+LOG_COLUMNS = [
+    "request_id",
+    "record_index",
+    "model_version",
+    "role",
+    "prediction",
+    "error",
+    "latency_ms",
+]
 
 
 class Proving:
@@ -33,8 +40,9 @@ class Proving:
         """End the cycle on a challenger refused after the gate: it leaves @challenger, so
         no canary or shadow serves it again."""
         version = state.facts["challenger"]
-        tracking.withdraw(self.cfg.tracking, self.cfg.model_name, version,
-                          f"{why} (operate cycle {state.cycle})")
+        tracking.withdraw(
+            self.cfg.tracking, self.cfg.model_name, version, f"{why} (operate cycle {state.cycle})"
+        )
         state.facts["outcome"] = f"v{version} {why}"
         return "done"
 
@@ -53,8 +61,10 @@ class Proving:
             why = f"@champion moved to v{champion} since the gate"
         else:
             return None
-        facts["outcome"] = (f"v{facts['challenger']} not promoted: {why} (before the {step}; "
-                            "another operator or a person); the next cycle judges again")
+        facts["outcome"] = (
+            f"v{facts['challenger']} not promoted: {why} (before the {step}; "
+            "another operator or a person); the next cycle judges again"
+        )
         self.say(f"[cycle {state.cycle}] {facts['outcome']}")
         return "done"
 
@@ -76,21 +86,29 @@ class Proving:
             self.store.save(state)  # a resumed step starts from it
         started = dt.datetime.fromisoformat(facts["shadow_started_at"])
         deadline = started + dt.timedelta(seconds=cfg.max_wait_s)
-        self.say(f"[cycle {state.cycle}] shadow: v{challenger} beside the champion "
-                 f"v{facts['champion']} until {cfg.min_records} mirrored records (at most "
-                 f"until {deadline:%H:%M:%S} UTC)")
+        self.say(
+            f"[cycle {state.cycle}] shadow: v{challenger} beside the champion "
+            f"v{facts['champion']} until {cfg.min_records} mirrored records (at most "
+            f"until {deadline:%H:%M:%S} UTC)"
+        )
         said = time.monotonic()
         while True:
             if (moved := self._world_moved(state, "shadow")) is not None:
                 return moved
-            stats = shadow_stats(read_frame(prediction_table(self.cfg), LOG_COLUMNS, started),
-                                 challenger, self.cfg.data.task, cfg.regression_tolerance)
+            stats = shadow_stats(
+                read_frame(prediction_table(self.cfg), LOG_COLUMNS, started),
+                challenger,
+                self.cfg.data.task,
+                cfg.regression_tolerance,
+            )
             over = dt.datetime.now(dt.UTC) >= deadline
             if stats.shadow.records >= cfg.min_records or over:
                 break
             if time.monotonic() - said > 30:
-                self.say(f"[cycle {state.cycle}] shadow: {stats.shadow.records} of "
-                         f"{cfg.min_records} mirrored records")
+                self.say(
+                    f"[cycle {state.cycle}] shadow: {stats.shadow.records} of "
+                    f"{cfg.min_records} mirrored records"
+                )
                 said = time.monotonic()
             time.sleep(self.poll_s)
         passed, reason = shadow_verdict(cfg, stats)
@@ -103,20 +121,22 @@ class Proving:
     def _promote(self, state: CycleState) -> str:
         facts = state.facts
         if not self.lease.held():
-            raise OperateError(f"this operator lost its lease ({self.lease.location.uri}); "
-                               "nothing promoted")
+            raise OperateError(
+                f"this operator lost its lease ({self.lease.location.uri}); nothing promoted"
+            )
         if self._alias(tracking.CHAMPION) == facts["challenger"]:
             # moved before the state was saved (this operator died in between), or by a
             # person: either way the challenger serves now, and the watch follows
-            self.say(f"[cycle {state.cycle}] promote: v{facts['challenger']} is champion "
-                     "already")
+            self.say(f"[cycle {state.cycle}] promote: v{facts['challenger']} is champion already")
         else:
             if (moved := self._world_moved(state, "promotion")) is not None:
                 return moved
             tracking.promote(self.cfg.tracking, self.cfg.model_name, facts["challenger"])
-            self.say(f"[cycle {state.cycle}] promote: {self.cfg.model_name} "
-                     f"v{facts['challenger']} is champion (was "
-                     f"{'v' + facts['champion'] if facts['champion'] else 'none'})")
+            self.say(
+                f"[cycle {state.cycle}] promote: {self.cfg.model_name} "
+                f"v{facts['challenger']} is champion (was "
+                f"{'v' + facts['champion'] if facts['champion'] else 'none'})"
+            )
         facts.setdefault("promoted_at", now_iso())
         state.drift_streak = 0
         facts["outcome"] = f"v{facts['challenger']} promoted to champion"
@@ -130,30 +150,45 @@ class Proving:
         version = facts["challenger"]
         promoted = dt.datetime.fromisoformat(facts["promoted_at"])
         until = promoted + dt.timedelta(seconds=cfg.watch_s)
-        self.say(f"[cycle {state.cycle}] watch: v{version}'s served traffic until "
-                 f"{until:%H:%M:%S} UTC")
+        self.say(
+            f"[cycle {state.cycle}] watch: v{version}'s served traffic until {until:%H:%M:%S} UTC"
+        )
         while True:
             if (now := self._alias(tracking.CHAMPION)) != version:  # rolled back, or moved
-                facts["outcome"] = (f"v{version} promoted; @champion is "
-                                    f"{'v' + now if now else 'unset'} since (a rollback "
-                                    "before this operator stopped, or a person): watch ended")
+                facts["outcome"] = (
+                    f"v{version} promoted; @champion is "
+                    f"{'v' + now if now else 'unset'} since (a rollback "
+                    "before this operator stopped, or a person): watch ended"
+                )
                 self.say(f"[cycle {state.cycle}] {facts['outcome']}")
                 return "done"
-            stats = served_stats(read_frame(prediction_table(self.cfg), LOG_COLUMNS, promoted),
-                                 version, ("champion",))
+            stats = served_stats(
+                read_frame(prediction_table(self.cfg), LOG_COLUMNS, promoted),
+                version,
+                ("champion",),
+            )
             breach = rollback_breach(cfg, stats)
             if breach is not None:
-                back = tracking.rollback(self.cfg.tracking, self.cfg.model_name,
-                                         why=f"rolled back by operate cycle {state.cycle}: "
-                                             f"{breach}")
-                facts.update(rolled_back=breach, outcome=f"v{version} promoted, then rolled "
-                             f"back to v{back}: {breach}")
+                back = tracking.rollback(
+                    self.cfg.tracking,
+                    self.cfg.model_name,
+                    why=f"rolled back by operate cycle {state.cycle}: {breach}",
+                )
+                facts.update(
+                    rolled_back=breach,
+                    outcome=f"v{version} promoted, then rolled back to v{back}: {breach}",
+                )
                 self.say(f"[cycle {state.cycle}] rollback: {breach}; champion is v{back} again")
                 return "done"
             if dt.datetime.now(dt.UTC) >= until:
-                facts["watched"] = {"records": stats.records, "errors": stats.errors,
-                                    "p95_ms": stats.p95_ms}
-                self.say(f"[cycle {state.cycle}] watch: v{version} held up on "
-                         f"{stats.records} served records ({stats.errors} failed)")
+                facts["watched"] = {
+                    "records": stats.records,
+                    "errors": stats.errors,
+                    "p95_ms": stats.p95_ms,
+                }
+                self.say(
+                    f"[cycle {state.cycle}] watch: v{version} held up on "
+                    f"{stats.records} served records ({stats.errors} failed)"
+                )
                 return "done"
             time.sleep(self.poll_s)

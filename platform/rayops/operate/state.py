@@ -23,8 +23,7 @@ from rayops.storage import Location
 logger = logging.getLogger(__name__)
 
 # The steps of a cycle, in order; "done" ends it.
-STEPS = ("ingest", "monitor", "decide", "retrain", "gate", "shadow", "promote", "watch",
-         "done")
+STEPS = ("ingest", "monitor", "decide", "retrain", "gate", "shadow", "promote", "watch", "done")
 
 
 class OperateError(RayopsError):
@@ -100,16 +99,21 @@ class Lease:
 
     def _newest(self) -> tuple[int, dict[str, Any]]:
         """The newest record's number and content; (0, {}) before the first."""
-        numbers = [int(n[:-5]) for n in self.location.list_dir()
-                   if n.endswith(".json") and n[:-5].isdigit()]
+        numbers = [
+            int(n[:-5])
+            for n in self.location.list_dir()
+            if n.endswith(".json") and n[:-5].isdigit()
+        ]
         if not numbers:
             return 0, {}
         newest = max(numbers)
         try:
             return newest, self._record(newest).read_json()
         except ValueError as exc:  # written whole or not at all: this is not ours
-            raise OperateError(f"the lease record {self._record(newest).uri} is not JSON "
-                               f"({exc}); remove it if no operator runs") from None
+            raise OperateError(
+                f"the lease record {self._record(newest).uri} is not JSON "
+                f"({exc}); remove it if no operator runs"
+            ) from None
 
     def _record(self, number: int) -> Location:
         return self.location.join(f"{number:020d}.json")
@@ -126,8 +130,11 @@ class Lease:
         return True
 
     def _live_holder(self, record: dict[str, Any]) -> bool:
-        return bool(record) and record.get("owner") != self.owner and \
-            record.get("expires", 0) > time.time()
+        return (
+            bool(record)
+            and record.get("owner") != self.owner
+            and record.get("expires", 0) > time.time()
+        )
 
     def acquire(self, wait_s: float = 0.0) -> None:
         """Take the lease, waiting up to ``wait_s`` for another operator's to expire."""
@@ -144,10 +151,14 @@ class Lease:
                 raise OperateError(
                     f"another operator ({held['owner']}) runs this pipeline: its lease at "
                     f"{self.location.uri} lasts {left:.0f} s more; stop it, or, if it "
-                    "crashed, start again once the lease has expired")
+                    "crashed, start again once the lease has expired"
+                )
             if not said:
-                logger.info("Waiting %.0f s for the lease of %s (a stopped operator's) to "
-                            "expire", left, held["owner"])
+                logger.info(
+                    "Waiting %.0f s for the lease of %s (a stopped operator's) to expire",
+                    left,
+                    held["owner"],
+                )
                 said = True
             time.sleep(min(max(left, 0.1), 1.0))
         self._thread = threading.Thread(target=self._renew, name="rayops-lease", daemon=True)
@@ -157,8 +168,7 @@ class Lease:
         while not self._stop.wait(self.lease_s / 3):
             try:
                 number, _ = self._newest()
-                if number != self.number or not self._claim(number,
-                                                             time.time() + self.lease_s):
+                if number != self.number or not self._claim(number, time.time() + self.lease_s):
                     logger.warning("This operator lost its lease at %s", self.location.uri)
                     return
             except Exception as exc:  # confirmed before promoting: a lost lease stops it
@@ -167,8 +177,11 @@ class Lease:
     def held(self) -> bool:
         """Whether the newest record is this operator's own, unexpired."""
         number, record = self._newest()
-        return number == self.number and record.get("owner") == self.owner and \
-            record.get("expires", 0) > time.time()
+        return (
+            number == self.number
+            and record.get("owner") == self.owner
+            and record.get("expires", 0) > time.time()
+        )
 
     def release(self) -> None:
         """Give the lease up at once (a record that expired when written)."""

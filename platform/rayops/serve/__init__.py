@@ -15,8 +15,15 @@ from rayops.config import PipelineConfig, load_config, parse_overrides, validate
 from rayops.serve.deployment import ModelServer, wait_ready
 from rayops.serve.settings import replica_settings
 
-__all__ = ["AppArgs", "ModelServer", "build_app", "build_application", "deploy",
-           "serve_config", "wait_ready"]
+__all__ = [
+    "AppArgs",
+    "ModelServer",
+    "build_app",
+    "build_application",
+    "deploy",
+    "serve_config",
+    "wait_ready",
+]
 
 
 def deployment_options(cfg: PipelineConfig) -> dict[str, Any]:
@@ -43,7 +50,7 @@ def deployment_options(cfg: PipelineConfig) -> dict[str, Any]:
 def build_application(cfg: PipelineConfig) -> Application:
     """The Serve application for a pipeline config."""
     deployment = serve.deployment(serve.ingress()(ModelServer), **deployment_options(cfg))
-    return deployment.bind(replica_settings(cfg))
+    return deployment.bind(replica_settings(cfg))  # type: ignore[attr-defined]
 
 
 class AppArgs(BaseModel):
@@ -59,8 +66,9 @@ class AppArgs(BaseModel):
     @model_validator(mode="after")
     def _one_source(self) -> "AppArgs":
         if (self.pipeline is None) == (self.config is None):
-            raise ValueError("give exactly one of 'pipeline' (the config inline) and 'config' "
-                             "(a path)")
+            raise ValueError(
+                "give exactly one of 'pipeline' (the config inline) and 'config' (a path)"
+            )
         return self
 
 
@@ -68,8 +76,9 @@ def build_app(args: AppArgs) -> Application:
     """Import path for ``serve run`` / ``serve deploy``."""
     if args.pipeline is not None:
         cfg = validate_config(args.pipeline, "serve application args 'pipeline'")
-        return build_application(cfg.with_overrides(parse_overrides(args.overrides))
-                                 if args.overrides else cfg)
+        return build_application(
+            cfg.with_overrides(parse_overrides(args.overrides)) if args.overrides else cfg
+        )
     assert args.config is not None
     return build_application(load_config(args.config, args.overrides))
 
@@ -77,20 +86,28 @@ def build_app(args: AppArgs) -> Application:
 def inline_config(cfg: PipelineConfig) -> dict[str, Any]:
     """The validated config as plain data for another machine: credentials left out (they
     come from that machine's environment), every default written out."""
-    return cfg.model_dump(mode="json", exclude={"storage": {
-        "access_key_id", "secret_access_key", "session_token"}})
+    return cfg.model_dump(
+        mode="json", exclude={"storage": {"access_key_id", "secret_access_key", "session_token"}}
+    )
 
 
 def _http_options(cfg: PipelineConfig) -> dict[str, Any]:
-    return {"host": cfg.serve.host, "port": cfg.serve.port,
-            "request_timeout_s": cfg.serve.request_timeout_s}
+    return {
+        "host": cfg.serve.host,
+        "port": cfg.serve.port,
+        "request_timeout_s": cfg.serve.request_timeout_s,
+    }
 
 
 def deploy(cfg: PipelineConfig) -> str:
     """Run the app on the connected Ray cluster; returns the base URL of the API."""
     serve.start(http_options=_http_options(cfg))
-    serve.run(build_application(cfg), name=cfg.serve.app_name,
-              route_prefix=cfg.serve.route_prefix, blocking=False)
+    serve.run(
+        build_application(cfg),
+        name=cfg.serve.app_name,
+        route_prefix=cfg.serve.route_prefix,
+        blocking=False,
+    )
     host = "127.0.0.1" if cfg.serve.host in ("0.0.0.0", "::") else cfg.serve.host
     return f"http://{host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}"
 
@@ -103,11 +120,13 @@ def serve_config(cfg: PipelineConfig) -> dict[str, Any]:
     return {
         "proxy_location": "EveryNode",
         "http_options": _http_options(cfg),
-        "applications": [{
-            "name": cfg.serve.app_name,
-            "route_prefix": cfg.serve.route_prefix,
-            "import_path": "rayops.serve:build_app",
-            "args": {"pipeline": inline_config(cfg)},
-            "deployments": [{"name": name, **options}],
-        }],
+        "applications": [
+            {
+                "name": cfg.serve.app_name,
+                "route_prefix": cfg.serve.route_prefix,
+                "import_path": "rayops.serve:build_app",
+                "args": {"pipeline": inline_config(cfg)},
+                "deployments": [{"name": name, **options}],
+            }
+        ],
     }

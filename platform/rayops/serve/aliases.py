@@ -61,9 +61,9 @@ class AliasFollower:
     def resolve(self) -> tracking.RegisteredModel:
         """Where the alias points now; remembers when the registry last answered."""
         try:
-            registered = tracking.resolve_alias(self.settings.tracking,
-                                                self.settings.model_name,
-                                                self.serve.model_alias)
+            registered = tracking.resolve_alias(
+                self.settings.tracking, self.settings.model_name, self.serve.model_alias
+            )
         except Exception as exc:
             self.registry_error = str(exc)
             raise
@@ -71,12 +71,15 @@ class AliasFollower:
         self.alias_target = registered.version
         return registered
 
-    def load(self, registered: tracking.RegisteredModel, alias: str | None = None
-             ) -> LoadedModel:
+    def load(self, registered: tracking.RegisteredModel, alias: str | None = None) -> LoadedModel:
         self.stats["model_downloads"] += 1
         predictor = Predictor.from_registry(self.settings.tracking, registered)
-        info = ModelInfo(name=registered.name, version=registered.version,
-                         alias=alias or self.serve.model_alias, run_id=registered.run_id)
+        info = ModelInfo(
+            name=registered.name,
+            version=registered.version,
+            alias=alias or self.serve.model_alias,
+            run_id=registered.run_id,
+        )
         return LoadedModel(predictor, info)
 
     async def watch(self) -> None:
@@ -90,8 +93,13 @@ class AliasFollower:
                 await asyncio.to_thread(self.refresh)
             except Exception as exc:
                 if not failing:
-                    logger.warning("Checking %s@%s failed; still serving v%s until it "
-                                   "answers: %s", name, alias, self.model.info.version, exc)
+                    logger.warning(
+                        "Checking %s@%s failed; still serving v%s until it answers: %s",
+                        name,
+                        alias,
+                        self.model.info.version,
+                        exc,
+                    )
             else:
                 if failing:
                     logger.info("The registry answers again (%s@%s)", name, alias)
@@ -119,8 +127,7 @@ class AliasFollower:
         # One assignment: in-flight batches keep the old model, which stays loaded as the
         # fallback while the new one proves itself.
         self.previous, self.model = self.model, candidate
-        logger.info("Now serving %s v%s (@%s)", registered.name, version,
-                    self.serve.model_alias)
+        logger.info("Now serving %s v%s (@%s)", registered.name, version, self.serve.model_alias)
         return True
 
     def refresh_shadow(self) -> None:
@@ -129,8 +136,9 @@ class AliasFollower:
         Never fails the served model."""
         alias = self.serve.shadow_alias
         try:
-            registered = tracking.alias_or_none(self.settings.tracking,
-                                                self.settings.model_name, alias)
+            registered = tracking.alias_or_none(
+                self.settings.tracking, self.settings.model_name, alias
+            )
         except Exception as exc:  # the registry's outage is reported by the served alias
             logger.debug("Cannot read %s@%s: %s", self.settings.model_name, alias, exc)
             return
@@ -141,39 +149,55 @@ class AliasFollower:
             self._ungated(registered, alias)
             return
         version = registered.version
-        if (self.shadow is not None and self.shadow.info.version == version) or \
-                version in self.refused:
+        if (
+            self.shadow is not None and self.shadow.info.version == version
+        ) or version in self.refused:
             return
         try:
             candidate = self._candidate(registered, alias)
         except Exception as exc:
-            logger.warning("Cannot load the shadow %s v%s (@%s), tried again at the next "
-                           "poll: %s", registered.name, version, alias, exc)
+            logger.warning(
+                "Cannot load the shadow %s v%s (@%s), tried again at the next poll: %s",
+                registered.name,
+                version,
+                alias,
+                exc,
+            )
             return
         if candidate is not None:
             self.shadow = candidate
-            logger.info("Shadow %s v%s (@%s) beside v%s: mirror %.0f%%, canary %.0f%%",
-                        registered.name, version, alias, self.model.info.version,
-                        100 * self.serve.mirror_fraction, 100 * self.serve.canary_fraction)
+            logger.info(
+                "Shadow %s v%s (@%s) beside v%s: mirror %.0f%%, canary %.0f%%",
+                registered.name,
+                version,
+                alias,
+                self.model.info.version,
+                100 * self.serve.mirror_fraction,
+                100 * self.serve.canary_fraction,
+            )
 
     def _ungated(self, registered: tracking.RegisteredModel, alias: str) -> None:
         if registered.version not in self.ungated:
             self.ungated.add(registered.version)
-            logger.error("No shadow or canary traffic for %s v%s (@%s points to it): the "
-                         "gate did not pass it, or it was withdrawn since",
-                         registered.name, registered.version, alias)
+            logger.error(
+                "No shadow or canary traffic for %s v%s (@%s points to it): the "
+                "gate did not pass it, or it was withdrawn since",
+                registered.name,
+                registered.version,
+                alias,
+            )
         self.shadow = None
 
-    def _candidate(self, registered: tracking.RegisteredModel, alias: str
-                   ) -> LoadedModel | None:
+    def _candidate(self, registered: tracking.RegisteredModel, alias: str) -> LoadedModel | None:
         """``registered`` loaded to serve as ``alias`` (the shadow's model when the shadow
         is promoted: no download), or None when this replica refuses it, once: its files
         gone, not a rayops bundle, or other inputs than the served model's. A store that
         does not answer raises: tried again at the next poll."""
         version, shadow = registered.version, self.shadow
         if shadow is not None and shadow.info.version == version:
-            candidate = LoadedModel(shadow.predictor,
-                                    shadow.info.model_copy(update={"alias": alias}))
+            candidate = LoadedModel(
+                shadow.predictor, shadow.info.model_copy(update={"alias": alias})
+            )
         else:
             try:
                 candidate = self.load(registered, alias)
@@ -181,22 +205,34 @@ class AliasFollower:
                 self._refuse(version, str(exc))
                 return None
         if candidate.predictor.schema != self.model.predictor.schema:
-            self._refuse(version, f"expects other inputs than v{self.model.info.version}; "
-                                  "redeploy to serve it")
+            self._refuse(
+                version,
+                f"expects other inputs than v{self.model.info.version}; redeploy to serve it",
+            )
             return None
         return candidate
 
     def _refuse(self, version: str, reason: str) -> None:
         self.refused[version] = reason
-        logger.error("Not serving %s v%s (@%s points to it): %s; still serving v%s",
-                     self.settings.model_name, version, self.serve.model_alias, reason,
-                     self.model.info.version)
+        logger.error(
+            "Not serving %s v%s (@%s points to it): %s; still serving v%s",
+            self.settings.model_name,
+            version,
+            self.serve.model_alias,
+            reason,
+            self.model.info.version,
+        )
 
     def alias_state(self) -> AliasState:
         checked = self.registry_ok_at
         ago = None if checked is None else round(time.monotonic() - checked, 1)
         stale = ago is None or ago > self.serve.registry_stale_after_s
-        return AliasState(alias=self.serve.model_alias, target_version=self.alias_target,
-                          served_version=self.model.info.version, not_served=self.refused,
-                          registry_reachable=not stale, registry_checked_s_ago=ago,
-                          registry_error=self.registry_error and redact(self.registry_error))
+        return AliasState(
+            alias=self.serve.model_alias,
+            target_version=self.alias_target,
+            served_version=self.model.info.version,
+            not_served=self.refused,
+            registry_reachable=not stale,
+            registry_checked_s_ago=ago,
+            registry_error=self.registry_error and redact(self.registry_error),
+        )

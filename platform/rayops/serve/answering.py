@@ -27,8 +27,9 @@ class Routed:
     counter: str  # the stats key counting these requests
 
 
-def by_model(items: Sequence[tuple[LoadedModel, Any]],
-             answer: Callable[[Predictor, list[Any]], list[Any]]) -> list[Any]:
+def by_model(
+    items: Sequence[tuple[LoadedModel, Any]], answer: Callable[[Predictor, list[Any]], list[Any]]
+) -> list[Any]:
     """A batch's answers: one call per model for the requests routed to it (a model's
     failure is its requests' only, returned in their places)."""
     groups: dict[int, list[int]] = {}
@@ -60,8 +61,9 @@ class Answering:
     shadow: Any
     _failed: Any
 
-    async def routed(self, request: Routed, request_id: str | None, key: str | None
-                     ) -> tuple[Any, LoadedModel]:
+    async def routed(
+        self, request: Routed, request_id: str | None, key: str | None
+    ) -> tuple[Any, LoadedModel]:
         """The answer of the model the request is routed to (the canary's, for a canary
         key), and that model. A model error is answered by the model served before it (the
         champion, for a canary), as for /predict; a mirror to the shadow runs after."""
@@ -71,8 +73,7 @@ class Answering:
         try:
             result = await request.answer(model, role == "champion")
         except ModelFailed as failure:
-            self._failed(failure.model, role, request.records, request_id, failure.error,
-                         started)
+            self._failed(failure.model, role, request.records, request_id, failure.error, started)
             instead = fallback(self.aliases, failure.model)
             if instead is None:
                 raise failure.error from None
@@ -81,21 +82,36 @@ class Answering:
         self.stats[request.counter] += 1
         if role != "champion":
             self.stats[f"{role}_answers"] += 1
-        mirrored = (shadow is not None and role == "champion" and self.mirror is not None
-                    and in_share(None, self.settings.serve.mirror_fraction))
+        mirrored = (
+            shadow is not None
+            and role == "champion"
+            and self.mirror is not None
+            and in_share(None, self.settings.serve.mirror_fraction)
+        )
         if self.log is not None:
-            self.log.record(request_id, model.info.name, model.info.version, request.records,
-                            request.predictions(result), (time.perf_counter() - started) * 1e3,
-                            role, sampled=mirrored or None)
+            self.log.record(
+                request_id,
+                model.info.name,
+                model.info.version,
+                request.records,
+                request.predictions(result),
+                (time.perf_counter() - started) * 1e3,
+                role,
+                sampled=mirrored or None,
+            )
         if mirrored:
             assert shadow is not None and self.mirror is not None
             self.mirror.send(shadow, request.records, request_id, request.shadow)
         return result, model
 
-    async def called(self, model: LoadedModel, prepare: Callable[[], Any],
-                     batch: Callable[[tuple[LoadedModel, Any]], Awaitable[Any]],
-                     answer: Callable[[Predictor, list[Any]], list[Any]], batched: bool
-                     ) -> Any:
+    async def called(
+        self,
+        model: LoadedModel,
+        prepare: Callable[[], Any],
+        batch: Callable[[tuple[LoadedModel, Any]], Awaitable[Any]],
+        answer: Callable[[Predictor, list[Any]], list[Any]],
+        batched: bool,
+    ) -> Any:
         """``model``'s answer to a request ``prepare`` readies for it: through the route's
         ``batch`` when other requests are in flight, else alone. A bad request (a
         DataError) is the caller's 422; any other error is the model's (ModelFailed)."""

@@ -30,14 +30,13 @@ def field_type(spec: ColumnSpec) -> Any:
         # without bounds a 400-digit number would pass and overflow float() in the model
         low = -MAX_INTEGER if spec.min is None else max(spec.min, -MAX_INTEGER)
         high = MAX_INTEGER if spec.max is None else min(spec.max, MAX_INTEGER)
-        return Annotated[int, Field(strict=True, ge=low, le=high),
-                         BeforeValidator(_whole_number)]
+        return Annotated[int, Field(strict=True, ge=low, le=high), BeforeValidator(_whole_number)]
     if spec.type == "boolean":
         return Annotated[bool, Field(strict=True)]
     if spec.type == "datetime":
         return dt.datetime  # ISO 8601 text in JSON
     if spec.values:
-        return Literal[tuple(spec.values)]  # type: ignore[valid-type]
+        return Literal[tuple(spec.values)]
     return Annotated[str, Field(strict=True, max_length=512)]
 
 
@@ -54,7 +53,8 @@ def record_model(schema: dict[str, ColumnSpec], label: str) -> type[BaseModel]:
 
 def request_model(record: type[BaseModel], max_records: int) -> type[BaseModel]:
     return create_model(
-        "PredictRequest", __config__=ConfigDict(extra="forbid"),
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid"),
         records=(list[record], Field(min_length=1, max_length=max_records)),  # type: ignore[valid-type]
     )
 
@@ -63,31 +63,58 @@ def _optional(kind: Any) -> tuple[Any, Any]:
     return (Optional[kind], None)  # noqa: UP045
 
 
-def forecast_model(schema: dict[str, ColumnSpec], layout: dict[str, Any], max_history: int
-                   ) -> type[BaseModel]:
+def forecast_model(
+    schema: dict[str, ColumnSpec], layout: dict[str, Any], max_history: int
+) -> type[BaseModel]:
     """The /forecast body of a forecaster trained with ``layout``: the series (its columns,
     typed), the history (timestamp, label, known covariates; optional: without it the
     latest curated data is read) and the future steps with their known covariates."""
     ts, label, known = layout["timestamp"], layout["label"], list(layout["known"])
-    history = create_model(
-        "HistoryStep", __config__=ConfigDict(extra="forbid"),
-        **{ts: (dt.datetime, ...), label: _optional(field_type(schema[label])),
-           **{k: _optional(field_type(schema[k])) for k in known}})
-    future = create_model(
-        "FutureStep", __config__=ConfigDict(extra="forbid"), **{ts: (dt.datetime, ...)},
-        **{k: _optional(field_type(schema[k])) if schema[k].nullable
-           else (field_type(schema[k]), ...) for k in known})
+    history = create_model(  # type: ignore[call-overload]
+        "HistoryStep",
+        __config__=ConfigDict(extra="forbid"),
+        **{
+            ts: (dt.datetime, ...),
+            label: _optional(field_type(schema[label])),
+            **{k: _optional(field_type(schema[k])) for k in known},
+        },
+    )
+    future = create_model(  # type: ignore[call-overload]
+        "FutureStep",
+        __config__=ConfigDict(extra="forbid"),
+        **{ts: (dt.datetime, ...)},
+        **{
+            k: _optional(field_type(schema[k]))
+            if schema[k].nullable
+            else (field_type(schema[k]), ...)
+            for k in known
+        },
+    )
     fields: dict[str, Any] = {
-        "history": (Optional[list[history]], Field(  # type: ignore[valid-type]  # noqa: UP045
-            None, max_length=max_history, description="The series' latest observations, "
-            "oldest first; omitted: the latest curated data")),
-        "future": (list[future], Field(  # type: ignore[valid-type]
-            min_length=1, max_length=int(layout["horizon"]),
-            description="The steps to forecast, each with its covariates known in advance")),
+        "history": (
+            Optional[list[history]],  # noqa: UP045
+            Field(
+                None,
+                max_length=max_history,
+                description="The series' latest observations, "
+                "oldest first; omitted: the latest curated data",
+            ),
+        ),
+        "future": (
+            list[future],
+            Field(
+                min_length=1,
+                max_length=int(layout["horizon"]),
+                description="The steps to forecast, each with its covariates known in advance",
+            ),
+        ),
     }
     if layout["series"]:
-        series = create_model("Series", __config__=ConfigDict(extra="forbid"),
-                              **{c: (field_type(schema[c]), ...) for c in layout["series"]})
+        series = create_model(
+            "Series",
+            __config__=ConfigDict(extra="forbid"),  # type: ignore[call-overload]
+            **{c: (field_type(schema[c]), ...) for c in layout["series"]},
+        )
         fields["series"] = (series, ...)
     return create_model("ForecastRequest", __config__=ConfigDict(extra="forbid"), **fields)
 
@@ -102,45 +129,59 @@ class RecommendRequest(BaseModel):
     """The /recommend body."""
 
     model_config = ConfigDict(extra="forbid")
-    user: str = Field(min_length=1, max_length=200, description="The user's id (a string "
-                      "whatever its type in the data).")
-    k: int | None = Field(None, ge=1, le=1000, description="How many items; default: "
-                          "data.recommend.k.")
+    user: str = Field(
+        min_length=1,
+        max_length=200,
+        description="The user's id (a string whatever its type in the data).",
+    )
+    k: int | None = Field(
+        None, ge=1, le=1000, description="How many items; default: data.recommend.k."
+    )
     recent_items: list[str] = Field(
-        default_factory=list, max_length=1000,
+        default_factory=list,
+        max_length=1000,
         description="Items of the user's session since the data was curated, oldest "
-        "first: they count as interactions (never recommended back).")
+        "first: they count as interactions (never recommended back).",
+    )
 
 
 class RecommendedItem(BaseModel):
     item: str = Field(description="The item's id.")
-    score: float = Field(description="The model's score (the fallback: the item's share "
-                         "of positives).")
+    score: float = Field(
+        description="The model's score (the fallback: the item's share of positives)."
+    )
 
 
 class FeedbackItem(BaseModel):
     """A true label for one served record (its type: the task's, see :func:`feedback_model`)."""
 
     model_config = ConfigDict(extra="forbid")
-    request_id: str = Field(min_length=1, max_length=200,
-                            description="The X-Request-ID the prediction was answered under.")
+    request_id: str = Field(
+        min_length=1,
+        max_length=200,
+        description="The X-Request-ID the prediction was answered under.",
+    )
     record_index: int = Field(0, ge=0, description="The record's place in that request.")
 
 
 def feedback_model(max_labels: int, task: str = "classification") -> type[BaseModel]:
     """The /feedback body: labels of the type the ``task`` reads (a regression model's must
     be finite numbers: text would stop its metrics)."""
-    item = create_model("FeedbackLabel", __base__=FeedbackItem,
-                        label=(task_of(task).feedback_label, ...))
+    item = create_model(
+        "FeedbackLabel", __base__=FeedbackItem, label=(task_of(task).feedback_label, ...)
+    )
     return create_model(
-        "FeedbackRequest", __config__=ConfigDict(extra="forbid"),
-        labels=(list[item], Field(min_length=1, max_length=max_labels)),  # type: ignore[valid-type]
+        "FeedbackRequest",
+        __config__=ConfigDict(extra="forbid"),
+        labels=(list[item], Field(min_length=1, max_length=max_labels)),
     )
 
 
 class FeedbackResponse(BaseModel):
-    accepted: int = Field(description="Labels stored in the feedback table (the answer comes "
-                         "once they are: a 202 is never lost with a replica).")
+    accepted: int = Field(
+        description="Labels stored in the feedback table (the answer comes "
+        "once they are: a 202 is never lost with a replica)."
+    )
 
 
 class ModelInfo(BaseModel):
@@ -159,8 +200,9 @@ class PredictResponse(BaseModel):
     model: ModelInfo
     predictions: list[Prediction]
     request_id: str | None = Field(
-        None, description="This request's X-Request-ID: the key its records have in the "
-        "prediction log.")
+        None,
+        description="This request's X-Request-ID: the key its records have in the prediction log.",
+    )
 
 
 class ForecastResponse(BaseModel):
@@ -171,9 +213,11 @@ class ForecastResponse(BaseModel):
 
 class RecommendResponse(BaseModel):
     items: list[RecommendedItem]
-    fallback: bool = Field(description="True: the user could not be ranked (no "
-                           "interactions, or unknown to a model that reads user ids); these "
-                           "are the most popular items the user has not met.")
+    fallback: bool = Field(
+        description="True: the user could not be ranked (no "
+        "interactions, or unknown to a model that reads user ids); these "
+        "are the most popular items the user has not met."
+    )
     model: ModelInfo
     request_id: str | None = None
 
@@ -182,14 +226,18 @@ class AliasState(BaseModel):
     """Where the alias points, what this replica serves, and why they differ."""
 
     alias: str
-    target_version: str | None = Field(description="Version the alias pointed to at the "
-                                       "replica's last successful look-up.")
+    target_version: str | None = Field(
+        description="Version the alias pointed to at the replica's last successful look-up."
+    )
     served_version: str
-    not_served: dict[str, str] = Field(description="Versions this replica refused, with the "
-                                       "reason (each is refused once, never re-downloaded).")
+    not_served: dict[str, str] = Field(
+        description="Versions this replica refused, with the "
+        "reason (each is refused once, never re-downloaded)."
+    )
     registry_reachable: bool
-    registry_checked_s_ago: float | None = Field(description="Seconds since the registry "
-                                                 "last answered.")
+    registry_checked_s_ago: float | None = Field(
+        description="Seconds since the registry last answered."
+    )
     registry_error: str | None
 
 
@@ -203,13 +251,14 @@ class Metadata(BaseModel):
     model: ModelInfo
     alias_state: AliasState
     task: str
-    family: str = Field(description="The model family: mlp, xgboost, bpr, sasrec or a "
-                        "plugin's.")
+    family: str = Field(description="The model family: mlp, xgboost, bpr, sasrec or a plugin's.")
     dataset: str | None
     target_metric: str | None
     metrics: dict[str, float]
     input_schema: dict[str, Any]
     shadow: dict[str, Any] | None = Field(
-        None, description="The model beside the served one (serve.shadow_alias) and the "
-        "share of traffic mirrored to it or answered by it.")
+        None,
+        description="The model beside the served one (serve.shadow_alias) and the "
+        "share of traffic mirrored to it or answered by it.",
+    )
     served: dict[str, int]

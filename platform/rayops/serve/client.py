@@ -31,8 +31,10 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     try:
         if path.suffix == ".csv":
             frame = pd.read_csv(path, keep_default_na=True)
-            return [{k: (None if pd.isna(v) else v) for k, v in row.items()}
-                    for row in frame.astype(object).to_dict(orient="records")]
+            return [
+                {k: (None if pd.isna(v) else v) for k, v in row.items()}
+                for row in frame.astype(object).to_dict(orient="records")
+            ]
         text = path.read_text()
         if path.suffix == ".json" and text.lstrip().startswith("["):
             return list(json.loads(text))
@@ -40,8 +42,9 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     except UnicodeDecodeError as exc:
         raise DataError(f"{str(path)!r} is not UTF-8 text (byte {exc.start})") from None
     except (ValueError, pd.errors.ParserError) as exc:
-        raise DataError(f"{str(path)!r} is not {path.suffix or 'JSON Lines'} records: "
-                        f"{str(exc)[:300]}") from None
+        raise DataError(
+            f"{str(path)!r} is not {path.suffix or 'JSON Lines'} records: {str(exc)[:300]}"
+        ) from None
 
 
 def _checked_url(url: str) -> str:
@@ -51,8 +54,7 @@ def _checked_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def _post(url: str, body: dict[str, Any], headers: dict[str, str], what: str
-          ) -> requests.Response:
+def _post(url: str, body: dict[str, Any], headers: dict[str, str], what: str) -> requests.Response:
     """One chunk, retried on a 503 or a refused connection with backoff."""
     wait = BACKOFF_S
     for attempt in range(1, ATTEMPTS + 1):
@@ -60,8 +62,9 @@ def _post(url: str, body: dict[str, Any], headers: dict[str, str], what: str
             response = requests.post(url, json=body, headers=headers, timeout=60)
         except requests.ConnectionError as exc:
             if attempt == ATTEMPTS:
-                raise ServeError(f"{what}: cannot reach {url} after {ATTEMPTS} attempts: "
-                                 f"{type(exc).__name__}") from None
+                raise ServeError(
+                    f"{what}: cannot reach {url} after {ATTEMPTS} attempts: {type(exc).__name__}"
+                ) from None
         except requests.Timeout:
             raise ServeError(f"{what}: {url} did not answer within 60 s") from None
         else:
@@ -85,7 +88,7 @@ def predict_file(path: Path, url: str, chunk: int, token_env: str | None) -> lis
     records = read_records(path)
     lines: list[str] = []
     for start in range(0, len(records), chunk):
-        body = {"records": records[start:start + chunk]}
+        body = {"records": records[start : start + chunk]}
         what = f"records {start}-{start + len(body['records']) - 1}"
         response = _post(endpoint, body, headers, what)
         if response.status_code != 200:

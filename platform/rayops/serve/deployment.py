@@ -49,7 +49,7 @@ class ModelServer(Forecasting, Recommending):
     labels: AppendLog | None = None  # the feedback table's queue, beside the log
     mirror: Mirror | None = None  # requests copied to the shadow (with a log only)
 
-    async def __init__(self, settings: dict[str, Any]) -> None:
+    async def __init__(self, settings: dict[str, Any]) -> None:  # type: ignore[misc]
         self.settings = ReplicaSettings.model_validate(settings)
         import_plugins(self.settings.plugins)  # their families, before a model loads
         serve_cfg = self.settings.serve
@@ -60,13 +60,19 @@ class ModelServer(Forecasting, Recommending):
         served = self.aliases.model.predictor
         self.record_model = record_model(served.schema, served.preprocessor.label)
         series = served.preprocessor.series  # a forecaster answers /forecast instead
-        self.forecast_body = None if series is None else forecast_model(
-            served.schema, series["layout"], serve_cfg.max_records_per_request)
+        self.forecast_body = (
+            None
+            if series is None
+            else forecast_model(served.schema, series["layout"], serve_cfg.max_records_per_request)
+        )
         self.request_body = self.forecast_body or (
-            RecommendRequest if served.preprocessor.interactions is not None
-            else self.record_model)
-        self.history = CuratedHistory(self.settings.data_storage, self.settings.dataset,
-                                      serve_cfg.model_poll_interval_s or 30.0)
+            RecommendRequest if served.preprocessor.interactions is not None else self.record_model
+        )
+        self.history = CuratedHistory(
+            self.settings.data_storage,
+            self.settings.dataset,
+            serve_cfg.model_poll_interval_s or 30.0,
+        )
         self.task = served.task  # fixed: a version of other inputs is refused
         self.max_records = serve_cfg.max_records_per_request
         self.max_body_bytes = serve_cfg.max_body_bytes
@@ -76,12 +82,16 @@ class ModelServer(Forecasting, Recommending):
         if self.log is not None:
             self.mirror = Mirror(self.log, serve_cfg.max_mirror_in_flight, self.stats)
         for batched in (self.predict_batch, self.forecast_batch, self.recommend_batch):
-            batched.set_max_batch_size(serve_cfg.max_batch_size)
-            batched.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)
+            batched.set_max_batch_size(serve_cfg.max_batch_size)  # type: ignore[union-attr]
+            batched.set_batch_wait_timeout_s(serve_cfg.batch_wait_timeout_s)  # type: ignore[union-attr]
         if serve_cfg.model_poll_interval_s > 0:
             self._watcher = asyncio.get_running_loop().create_task(self.aliases.watch())
-        logger.info("Replica serving %s v%s (@%s)", self.model.info.name,
-                    self.model.info.version, serve_cfg.model_alias)
+        logger.info(
+            "Replica serving %s v%s (@%s)",
+            self.model.info.name,
+            self.model.info.version,
+            serve_cfg.model_alias,
+        )
 
     @property
     def model(self) -> LoadedModel:
@@ -98,8 +108,9 @@ class ModelServer(Forecasting, Recommending):
     # ------------------------------------------------------------------ predictions
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def predict_batch(self, requests: list[list[dict[str, Any]]]
-                            ) -> list[dict[str, Any] | ModelFailed]:
+    async def predict_batch(
+        self, requests: list[list[dict[str, Any]]]
+    ) -> list[dict[str, Any] | ModelFailed]:
         """One transform and model call for every request in the batch (the records were
         validated by the request schema: nothing here refuses a record)."""
         model = self.model
@@ -108,7 +119,8 @@ class ModelServer(Forecasting, Recommending):
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(requests))
         try:
             predictions = model.predictor.predict_valid(
-                list(itertools.chain.from_iterable(requests)))
+                list(itertools.chain.from_iterable(requests))
+            )
         except Exception:
             # One request's records must not fail the others batched with it (nor count as
             # their model errors): each is answered alone, and only the failing one fails.
@@ -118,21 +130,23 @@ class ModelServer(Forecasting, Recommending):
         out: list[dict[str, Any] | ModelFailed] = []
         start = 0
         for records in requests:
-            out.append({"model": info, "predictions": predictions[start:start + len(records)]})
+            out.append({"model": info, "predictions": predictions[start : start + len(records)]})
             start += len(records)
         return out
 
     @staticmethod
-    def _one(model: LoadedModel, records: list[dict[str, Any]]
-             ) -> dict[str, Any] | ModelFailed:
+    def _one(model: LoadedModel, records: list[dict[str, Any]]) -> dict[str, Any] | ModelFailed:
         try:
-            return {"model": model.info.model_dump(),
-                    "predictions": model.predictor.predict_valid(records)}
+            return {
+                "model": model.info.model_dump(),
+                "predictions": model.predictor.predict_valid(records),
+            }
         except Exception as exc:
             return ModelFailed(model, exc)
 
-    async def predict(self, records: list[dict[str, Any]], request_id: str | None = None,
-                      key: str | None = None) -> dict[str, Any]:
+    async def predict(
+        self, records: list[dict[str, Any]], request_id: str | None = None, key: str | None = None
+    ) -> dict[str, Any]:
         """The served model's answer (the canary's, for a canary key). A model error other
         than bad input is answered by the model served before (the previous champion after
         a swap, the champion for a canary) and logged; a mirror to the shadow runs after
@@ -143,8 +157,9 @@ class ModelServer(Forecasting, Recommending):
         # A request alone in the replica is answered at once: a batch would only wait
         # batch_wait_timeout_s for company that is not coming.
         try:
-            result = await self._answer(model, records,
-                                        batched=role == "champion" and self.in_flight > 1)
+            result = await self._answer(
+                model, records, batched=role == "champion" and self.in_flight > 1
+            )
         except ModelFailed as failure:  # the model that failed (a batch's may be newer)
             failed = failure.model
             self._failed(failed, role, records, request_id, failure.error, started)
@@ -157,20 +172,32 @@ class ModelServer(Forecasting, Recommending):
         self.stats["records"] += len(records)
         if role != "champion":
             self.stats[f"{role}_answers"] += 1
-        mirrored = (shadow is not None and role == "champion" and self.mirror is not None
-                    and in_share(None, self.settings.serve.mirror_fraction))
+        mirrored = (
+            shadow is not None
+            and role == "champion"
+            and self.mirror is not None
+            and in_share(None, self.settings.serve.mirror_fraction)
+        )
         if self.log is not None:
             info = result["model"]
-            self.log.record(request_id, info["name"], info["version"], records,
-                            result["predictions"], (time.perf_counter() - started) * 1e3,
-                            role, sampled=mirrored or None)
+            self.log.record(
+                request_id,
+                info["name"],
+                info["version"],
+                records,
+                result["predictions"],
+                (time.perf_counter() - started) * 1e3,
+                role,
+                sampled=mirrored or None,
+            )
         if mirrored:
             assert shadow is not None and self.mirror is not None
             self.mirror.send(shadow, records, request_id)
         return {**result, "request_id": request_id}
 
-    async def _answer(self, model: LoadedModel, records: list[dict[str, Any]],
-                      batched: bool) -> dict[str, Any]:
+    async def _answer(
+        self, model: LoadedModel, records: list[dict[str, Any]], batched: bool
+    ) -> dict[str, Any]:
         if batched and self.settings.serve.max_batch_size > 1:
             result = await self.predict_batch(records)
         else:  # batching off, or a model other than the served one: no queue hop
@@ -179,15 +206,36 @@ class ModelServer(Forecasting, Recommending):
             raise result
         return result
 
-    def _failed(self, model: LoadedModel, role: str, records: list[dict[str, Any]],
-                request_id: str | None, exc: Exception, started: float) -> None:
+    def _failed(
+        self,
+        model: LoadedModel,
+        role: str,
+        records: list[dict[str, Any]],
+        request_id: str | None,
+        exc: Exception,
+        started: float,
+    ) -> None:
         self.stats[f"{role}_errors"] += 1
-        logger.error("%s v%s (%s) failed on request %s: %s", model.info.name,
-                     model.info.version, role, request_id, one_line(exc))
+        logger.error(
+            "%s v%s (%s) failed on request %s: %s",
+            model.info.name,
+            model.info.version,
+            role,
+            request_id,
+            one_line(exc),
+        )
         if self.log is not None:
-            self.log.record(request_id, model.info.name, model.info.version, records, None,
-                            (time.perf_counter() - started) * 1e3, role, one_line(exc),
-                            sampled=True)
+            self.log.record(
+                request_id,
+                model.info.name,
+                model.info.version,
+                records,
+                None,
+                (time.perf_counter() - started) * 1e3,
+                role,
+                one_line(exc),
+                sampled=True,
+            )
 
     async def feedback(self, labels: list[dict[str, Any]]) -> dict[str, int] | None:
         """Store true labels in the feedback table; returns once they are stored (one commit
@@ -196,14 +244,19 @@ class ModelServer(Forecasting, Recommending):
         if self.labels is None:
             return None
         now = dt.datetime.now(dt.UTC)
-        rows = [feedback_row(item["request_id"], item["record_index"], item["label"], now)
-                for item in labels]
+        rows = [
+            feedback_row(item["request_id"], item["record_index"], item["label"], now)
+            for item in labels
+        ]
         try:
-            stored = await asyncio.wait_for(asyncio.wrap_future(self.labels.put_stored(rows)),
-                                            FEEDBACK_TIMEOUT_S)
+            stored = await asyncio.wait_for(
+                asyncio.wrap_future(self.labels.put_stored(rows)), FEEDBACK_TIMEOUT_S
+            )
         except Exception as exc:
-            raise LabelsNotStored(f"{len(rows)} label(s) not stored: {one_line(exc)}; "
-                                  "send them again (a label sent twice counts once)") from None
+            raise LabelsNotStored(
+                f"{len(rows)} label(s) not stored: {one_line(exc)}; "
+                "send them again (a label sent twice counts once)"
+            ) from None
         return {"accepted": stored}
 
     def __del__(self) -> None:
@@ -218,23 +271,29 @@ class ModelServer(Forecasting, Recommending):
     def metadata(self) -> dict[str, Any]:
         model = self.model
         meta = model.predictor.bundle.meta
-        return {"model": model.info.model_dump(), "alias_state": self.alias_state(),
-                "task": model.predictor.task, "family": model.predictor.bundle.family,
-                "dataset": meta.get("dataset"), "target_metric": meta.get("target_metric"),
-                "metrics": {k: v for k, v in meta.get("metrics", {}).items()
-                            if k.startswith("valid_")},
-                "input_schema": self.request_body.model_json_schema(),
-                "shadow": self.shadow_state(),
-                "served": dict(self.stats) | self.log_counts()}
+        return {
+            "model": model.info.model_dump(),
+            "alias_state": self.alias_state(),
+            "task": model.predictor.task,
+            "family": model.predictor.bundle.family,
+            "dataset": meta.get("dataset"),
+            "target_metric": meta.get("target_metric"),
+            "metrics": {k: v for k, v in meta.get("metrics", {}).items() if k.startswith("valid_")},
+            "input_schema": self.request_body.model_json_schema(),
+            "shadow": self.shadow_state(),
+            "served": dict(self.stats) | self.log_counts(),
+        }
 
     def shadow_state(self) -> dict[str, Any] | None:
         """The model beside the served one, and the share of traffic it sees."""
         shadow = self.shadow
         if shadow is None:
             return None
-        return {"model": shadow.info.model_dump(),
-                "mirror_fraction": self.settings.serve.mirror_fraction,
-                "canary_fraction": self.settings.serve.canary_fraction}
+        return {
+            "model": shadow.info.model_dump(),
+            "mirror_fraction": self.settings.serve.mirror_fraction,
+            "canary_fraction": self.settings.serve.canary_fraction,
+        }
 
     def log_counts(self) -> dict[str, int]:
         """The prediction log's rows: queued (sampled), dropped, written, failed writes."""
@@ -257,10 +316,14 @@ class ModelServer(Forecasting, Recommending):
         state = self.alias_state()
         behind = state.target_version != state.served_version
         status = "degraded" if behind or not state.registry_reachable else "ok"
-        shown = state.model_copy(update={
-            "not_served": dict.fromkeys(state.not_served, "refused: see /metadata"),
-            "registry_error": None if state.registry_error is None else (
-                "the registry did not answer: see /metadata or the replica's log")})
+        shown = state.model_copy(
+            update={
+                "not_served": dict.fromkeys(state.not_served, "refused: see /metadata"),
+                "registry_error": None
+                if state.registry_error is None
+                else ("the registry did not answer: see /metadata or the replica's log"),
+            }
+        )
         return Health(status=status, model=self.model.info, alias=shown).model_dump()
 
     def observe(self, route: str, status: int, seconds: float) -> None:

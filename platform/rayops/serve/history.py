@@ -39,9 +39,11 @@ class CuratedHistory:
     def latest(self) -> DatasetVersion | None:
         with self._lock:
             if self.storage is not None and (
-                    self._version is None or time.monotonic() - self._looked_at > self.refresh_s):
-                self._version = latest_at(dataset_location(self.storage, self.dataset),
-                                          self.dataset)
+                self._version is None or time.monotonic() - self._looked_at > self.refresh_s
+            ):
+                self._version = latest_at(
+                    dataset_location(self.storage, self.dataset), self.dataset
+                )
                 self._looked_at = time.monotonic()
             return self._version
 
@@ -61,19 +63,17 @@ class CuratedHistory:
             return table.take(pa.array(index.get(value, []), pa.int64()))
         except Exception as exc:
             raise HistoryUnavailable(
-                f"the curated dataset {self.dataset!r} could not be read ({one_line(exc)}): "
-                "retry") from None
+                f"the curated dataset {self.dataset!r} could not be read ({one_line(exc)}): retry"
+            ) from None
 
-    def _indexed(self, version: DatasetVersion, column: str
-                 ) -> tuple[pa.Table, dict[Any, Any]]:
+    def _indexed(self, version: DatasetVersion, column: str) -> tuple[pa.Table, dict[Any, Any]]:
         """The version's rows and, per value of ``column``, where they are (built once per
         version)."""
         with self._index_lock:
             if self._index is None or self._index[0] != (version.id, column):
                 table = version.table("train")
                 keys = table.column(column).to_pandas()
-                self._index = ((version.id, column), table,
-                               keys.groupby(keys, sort=False).indices)
+                self._index = ((version.id, column), table, keys.groupby(keys, sort=False).indices)
             return self._index[1], self._index[2]
 
     def rows(self, layout: SeriesLayout, series: Mapping[str, Any] | None) -> pa.Table:
@@ -86,13 +86,18 @@ class CuratedHistory:
         except Exception as exc:
             raise HistoryUnavailable(
                 f"history: none sent, and the curated dataset {self.dataset!r} could not be "
-                f"read ({one_line(exc)}): send the series' history, or retry") from None
+                f"read ({one_line(exc)}): send the series' history, or retry"
+            ) from None
         if version is None or rows is None:
-            raise DataError(f"history: none sent, and the curated dataset {self.dataset!r} "
-                            "has no version to read it from: send the series' history")
+            raise DataError(
+                f"history: none sent, and the curated dataset {self.dataset!r} "
+                "has no version to read it from: send the series' history"
+            )
         if not rows.num_rows:
-            raise DataError(f"history: none sent, and {version.id} holds no observation of "
-                            "this series: send its history")
+            raise DataError(
+                f"history: none sent, and {version.id} holds no observation of "
+                "this series: send its history"
+            )
         micros = pc.cast(rows.column(layout.timestamp), pa.int64())
         since = pc.max(micros).as_py() - (layout.lookback - 1) * layout.step_us
         return rows.filter(pc.greater_equal(micros, since))

@@ -33,47 +33,57 @@ from rayops.storage import Location
 
 logger = logging.getLogger(__name__)
 
-FEEDBACK_SCHEMA = pa.schema([
-    ("time", pa.timestamp("us", tz="UTC")),
-    ("date", pa.string()),
-    ("request_id", pa.string()),
-    ("record_index", pa.int32()),
-    ("label", pa.string()),        # the true label, JSON
-])
-SCHEMA = pa.schema([
-    ("time", pa.timestamp("us", tz="UTC")),
-    ("date", pa.string()),
-    ("request_id", pa.string()),
-    ("record_index", pa.int32()),  # the record's place in its request (feedback names it)
-    ("model_name", pa.string()),
-    ("model_version", pa.string()),
-    ("record", pa.string()),       # the raw record as the client sent it, JSON
-    ("prediction", pa.string()),   # the answer's prediction, JSON
-    ("latency_ms", pa.float64()),
-    # who answered: "champion", "canary" (a canary share's answer), "fallback" (the previous
-    # champion, after the current one failed), "shadow" (mirrored, never returned)
-    ("role", pa.string()),
-    ("error", pa.string()),        # why the model failed on this record (prediction null)
-])
+FEEDBACK_SCHEMA = pa.schema(
+    [
+        ("time", pa.timestamp("us", tz="UTC")),
+        ("date", pa.string()),
+        ("request_id", pa.string()),
+        ("record_index", pa.int32()),
+        ("label", pa.string()),  # the true label, JSON
+    ]
+)
+SCHEMA = pa.schema(
+    [
+        ("time", pa.timestamp("us", tz="UTC")),
+        ("date", pa.string()),
+        ("request_id", pa.string()),
+        ("record_index", pa.int32()),  # the record's place in its request (feedback names it)
+        ("model_name", pa.string()),
+        ("model_version", pa.string()),
+        ("record", pa.string()),  # the raw record as the client sent it, JSON
+        ("prediction", pa.string()),  # the answer's prediction, JSON
+        ("latency_ms", pa.float64()),
+        # who answered: "champion", "canary" (a canary share's answer), "fallback" (the previous
+        # champion, after the current one failed), "shadow" (mirrored, never returned)
+        ("role", pa.string()),
+        ("error", pa.string()),  # why the model failed on this record (prediction null)
+    ]
+)
 ROLES = ("champion", "canary", "fallback", "shadow")
 
 
-def append_rows(location: Location, rows: Sequence[tuple[Any, ...]], schema: pa.Schema
-                ) -> None:
+def append_rows(location: Location, rows: Sequence[tuple[Any, ...]], schema: pa.Schema) -> None:
     """Append rows (tuples in the schema's column order) to the day-partitioned Delta table
     at ``location``; a table written by an older rayops gains the new columns."""
     from deltalake import write_deltalake
 
     columns = list(zip(*rows, strict=True))  # column-wise: a quarter of from_pylist's time
-    table = pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(columns, schema,
-                                                                     strict=True)],
-                                 schema=schema)
-    write_deltalake(location.table_uri, table, mode="append", partition_by=["date"],
-                    schema_mode="merge", storage_options=location.options or None)
+    table = pa.Table.from_arrays(
+        [pa.array(c, f.type) for c, f in zip(columns, schema, strict=True)], schema=schema
+    )
+    write_deltalake(
+        location.table_uri,
+        table,
+        mode="append",
+        partition_by=["date"],
+        schema_mode="merge",
+        storage_options=location.options or None,
+    )
 
 
-def read_log(location: Location, columns: Sequence[str], since: dt.datetime | None = None
-             ) -> pa.Table | None:
+def read_log(
+    location: Location, columns: Sequence[str], since: dt.datetime | None = None
+) -> pa.Table | None:
     """The rows of a log table since ``since`` (all when None), only ``columns`` (and
     ``time``); None when nothing was ever written there."""
     from rayops.data.table import open_table
@@ -114,18 +124,23 @@ class AppendLog:
     put with :meth:`put_stored` wake it at once, and their future completes only when the
     commit holding them has landed (every sender waiting then shares one commit)."""
 
-    def __init__(self, location: Location, schema: pa.Schema, max_queue: int = 10_000,
-                 flush_rows: int = 2_000, flush_interval_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        location: Location,
+        schema: pa.Schema,
+        max_queue: int = 10_000,
+        flush_rows: int = 2_000,
+        flush_interval_s: float = 2.0,
+    ) -> None:
         self.location, self.schema = location, schema
         self.max_queue, self.flush_rows = max_queue, flush_rows
         self.flush_interval_s = flush_interval_s
         self.counts: Counter[str] = Counter()  # sampled, dropped, written, failed_writes
-        self._rows: deque[tuple[Any, ...]] = deque()  # queued by requests
+        self._rows: deque[tuple[Any, ...] | _Waiting] = deque()  # queued by requests
         self._pending: list[tuple[Any, ...]] = []  # taken by the writer, not yet written
         self._due = threading.Event()  # write now: flush_rows are waiting, or closing
         self._closing = False
-        self._thread = threading.Thread(target=self._run, name="rayops-append-log",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="rayops-append-log", daemon=True)
         self._thread.start()
 
     def put(self, row: tuple[Any, ...]) -> bool:
@@ -145,8 +160,9 @@ class AppendLog:
         sender may send them again)."""
         stored: Future[int] = Future()
         if self._closing or len(self._rows) + len(rows) > self.max_queue:
-            stored.set_exception(StorageError(f"the queue for {self.location.uri} is full "
-                                              "or closing"))
+            stored.set_exception(
+                StorageError(f"the queue for {self.location.uri} is full or closing")
+            )
             return stored
         self._rows.append(_Waiting(rows, stored))
         self.counts["sampled"] += len(rows)
@@ -176,11 +192,16 @@ class AppendLog:
             append_rows(self.location, self._pending, self.schema)
         except Exception as exc:  # kept for the next batch, up to the queue's size
             self.counts["failed_writes"] += 1
-            logger.warning("Could not append %d row(s) to %s (kept for the next attempt): "
-                           "%s", len(self._pending), self.location.uri, one_line(exc))
+            logger.warning(
+                "Could not append %d row(s) to %s (kept for the next attempt): %s",
+                len(self._pending),
+                self.location.uri,
+                one_line(exc),
+            )
             for item in waiting:  # their senders are told; a second send counts once
-                item.stored.set_exception(StorageError(
-                    f"cannot append to {self.location.uri}: {one_line(exc)}"))
+                item.stored.set_exception(
+                    StorageError(f"cannot append to {self.location.uri}: {one_line(exc)}")
+                )
             overflow = len(self._pending) - self.max_queue
             if overflow > 0:
                 self.counts["dropped"] += overflow
@@ -205,15 +226,29 @@ class AppendLog:
 class PredictionLog(AppendLog):
     """The served records and answers of one replica (a share of requests, if sampled)."""
 
-    def __init__(self, location: Location, sample_rate: float = 1.0, max_queue: int = 10_000,
-                 flush_rows: int = 2_000, flush_interval_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        location: Location,
+        sample_rate: float = 1.0,
+        max_queue: int = 10_000,
+        flush_rows: int = 2_000,
+        flush_interval_s: float = 2.0,
+    ) -> None:
         super().__init__(location, SCHEMA, max_queue, flush_rows, flush_interval_s)
         self.sample_rate = sample_rate
 
-    def record(self, request_id: str | None, model_name: str, model_version: str,
-               records: Sequence[dict[str, Any]], predictions: Sequence[dict[str, Any]] | None,
-               latency_ms: float, role: str = "champion", error: str | None = None,
-               sampled: bool | None = None) -> None:
+    def record(
+        self,
+        request_id: str | None,
+        model_name: str,
+        model_version: str,
+        records: Sequence[dict[str, Any]],
+        predictions: Sequence[dict[str, Any]] | None,
+        latency_ms: float,
+        role: str = "champion",
+        error: str | None = None,
+        sampled: bool | None = None,
+    ) -> None:
         """Queue one request's rows (if sampled; ``sampled`` decides it for the caller);
         ``predictions`` None with the ``error`` that stopped the model. Never blocks, never
         raises."""
@@ -224,10 +259,21 @@ class PredictionLog(AppendLog):
             date = now.date().isoformat()
             for index, record in enumerate(records):
                 answer = predictions[index].get("prediction") if predictions else None
-                self.put((now, date, request_id, index, model_name, model_version,
-                          json.dumps(record, default=str),
-                          None if predictions is None else json.dumps(answer, default=str),
-                          latency_ms, role, error))
+                self.put(
+                    (
+                        now,
+                        date,
+                        request_id,
+                        index,
+                        model_name,
+                        model_version,
+                        json.dumps(record, default=str),
+                        None if predictions is None else json.dumps(answer, default=str),
+                        latency_ms,
+                        role,
+                        error,
+                    )
+                )
         except Exception:  # logging must never fail a request
             self.counts["dropped"] += len(records)
 
@@ -236,8 +282,9 @@ class PredictionLog(AppendLog):
         return self.sample_rate >= 1.0 or random.random() < self.sample_rate
 
 
-def feedback_row(request_id: str, record_index: int, label: Any,
-                 now: dt.datetime | None = None) -> tuple[Any, ...]:
+def feedback_row(
+    request_id: str, record_index: int, label: Any, now: dt.datetime | None = None
+) -> tuple[Any, ...]:
     """One true label, as :data:`FEEDBACK_SCHEMA` stores it."""
     now = now or dt.datetime.now(dt.UTC)
     return (now, now.date().isoformat(), request_id, record_index, json.dumps(label))

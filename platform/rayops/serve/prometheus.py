@@ -3,8 +3,8 @@
 
 from ray.util import metrics
 
-LATENCY_BUCKETS_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
-BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+LATENCY_BUCKETS_MS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0]
+BATCH_BUCKETS = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]
 
 
 class ServeMetrics:
@@ -12,17 +12,24 @@ class ServeMetrics:
 
     def __init__(self) -> None:
         self.requests = metrics.Counter(
-            "rayops_requests", "HTTP requests answered, by route and status code.",
-            tag_keys=("route", "status"))
+            "rayops_requests",
+            "HTTP requests answered, by route and status code.",
+            tag_keys=("route", "status"),
+        )
         self.errors = metrics.Counter(
-            "rayops_request_errors", "Requests answered with a 4xx or 5xx, by route and status.",
-            tag_keys=("route", "status"))
+            "rayops_request_errors",
+            "Requests answered with a 4xx or 5xx, by route and status.",
+            tag_keys=("route", "status"),
+        )
         self.latency = metrics.Histogram(
-            "rayops_request_latency_ms", "Time to answer a request in the replica.",
-            boundaries=LATENCY_BUCKETS_MS, tag_keys=("route",))
+            "rayops_request_latency_ms",
+            "Time to answer a request in the replica.",
+            boundaries=LATENCY_BUCKETS_MS,
+            tag_keys=("route",),
+        )
         self.batch_size = metrics.Histogram(
-            "rayops_batch_size", "Requests merged into one model call.",
-            boundaries=BATCH_BUCKETS)
+            "rayops_batch_size", "Requests merged into one model call.", boundaries=BATCH_BUCKETS
+        )
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         tags = {"route": route, "status": str(status)}

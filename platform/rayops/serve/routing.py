@@ -69,9 +69,13 @@ class Mirror:
         self.log, self.max_in_flight, self.stats = log, max_in_flight, stats
         self.running: set[asyncio.Task[None]] = set()
 
-    def send(self, shadow: LoadedModel, records: list[dict[str, Any]],
-             request_id: str | None,
-             answers: Callable[[Predictor], list[dict[str, Any]]] | None = None) -> None:
+    def send(
+        self,
+        shadow: LoadedModel,
+        records: list[dict[str, Any]],
+        request_id: str | None,
+        answers: Callable[[Predictor], list[dict[str, Any]]] | None = None,
+    ) -> None:
         """Skipped (and counted) when ``max_in_flight`` mirrors are running already.
         ``answers``: how the shadow answers the request (a forecast's steps), one answer
         per record; its predictions of ``records`` by default."""
@@ -79,21 +83,32 @@ class Mirror:
             self.stats["mirror_skipped"] += 1
             return
         call = answers or (lambda predictor: predictor.predict_valid(records))
-        task = asyncio.get_running_loop().create_task(
-            self._call(shadow, records, request_id, call))
+        task = asyncio.get_running_loop().create_task(self._call(shadow, records, request_id, call))
         self.running.add(task)
         task.add_done_callback(self.running.discard)
 
-    async def _call(self, shadow: LoadedModel, records: list[dict[str, Any]],
-                    request_id: str | None,
-                    answers: Callable[[Predictor], list[dict[str, Any]]]) -> None:
+    async def _call(
+        self,
+        shadow: LoadedModel,
+        records: list[dict[str, Any]],
+        request_id: str | None,
+        answers: Callable[[Predictor], list[dict[str, Any]]],
+    ) -> None:
         predictions, error, took_ms = None, None, 0.0
         try:
-            predictions, took_ms = await asyncio.to_thread(
-                timed, answers, shadow.predictor)
+            predictions, took_ms = await asyncio.to_thread(timed, answers, shadow.predictor)
         except Exception as exc:  # a shadow's failure is data for the gate, not an outage
             error = one_line(exc)
             self.stats["shadow_errors"] += 1
         self.stats["mirrored"] += 1
-        self.log.record(request_id, shadow.info.name, shadow.info.version, records,
-                        predictions, took_ms, "shadow", error, sampled=True)
+        self.log.record(
+            request_id,
+            shadow.info.name,
+            shadow.info.version,
+            records,
+            predictions,
+            took_ms,
+            "shadow",
+            error,
+            sampled=True,
+        )

@@ -26,11 +26,14 @@ class ReplicaSettings(BaseModel):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     model_name: str
     log_storage: StorageConfig | None = Field(
-        None, description="Where the prediction log is (no credentials); None: no log.")
+        None, description="Where the prediction log is (no credentials); None: no log."
+    )
     log_table: str = Field("", description="The log's table name (the pipeline's).")
     data_storage: StorageConfig | None = Field(
-        None, description="Where the curated dataset is (no credentials): a forecast "
-        "request without history reads the series' latest observations there.")
+        None,
+        description="Where the curated dataset is (no credentials): a forecast "
+        "request without history reads the series' latest observations there.",
+    )
     dataset: str = Field("", description="The curated dataset's name.")
     plugins: list[str] = Field(default_factory=list, description="model.plugins")
 
@@ -39,10 +42,15 @@ def replica_settings(cfg: PipelineConfig) -> dict[str, Any]:
     """The settings of ``cfg``'s replicas, as plain data."""
     storage = StorageConfig.model_validate(cfg.storage.model_dump(exclude=SECRETS))
     return ReplicaSettings(
-        serve=cfg.serve, tracking=cfg.tracking, model_name=cfg.model_name,
-        log_storage=storage if cfg.serve.log_predictions else None, log_table=cfg.name,
-        data_storage=storage, dataset=cfg.dataset_name,
-        plugins=list(cfg.model.plugins)).model_dump(mode="json")
+        serve=cfg.serve,
+        tracking=cfg.tracking,
+        model_name=cfg.model_name,
+        log_storage=storage if cfg.serve.log_predictions else None,
+        log_table=cfg.name,
+        data_storage=storage,
+        dataset=cfg.dataset_name,
+        plugins=list(cfg.model.plugins),
+    ).model_dump(mode="json")
 
 
 def read_token(serve: ServeConfig) -> str | None:
@@ -50,8 +58,10 @@ def read_token(serve: ServeConfig) -> str | None:
     if serve.auth_token_env:
         token = os.environ.get(serve.auth_token_env, "").strip()
         if not token:
-            raise ServeError(f"serve.auth_token_env names {serve.auth_token_env!r}, which "
-                             "is unset or empty on this node")
+            raise ServeError(
+                f"serve.auth_token_env names {serve.auth_token_env!r}, which "
+                "is unset or empty on this node"
+            )
         return token
     if serve.auth_token_file:
         token = Path(serve.auth_token_file).read_text().strip()
@@ -61,14 +71,16 @@ def read_token(serve: ServeConfig) -> str | None:
     return None
 
 
-def prediction_log(settings: ReplicaSettings
-                   ) -> tuple[PredictionLog | None, AppendLog | None]:
+def prediction_log(settings: ReplicaSettings) -> tuple[PredictionLog | None, AppendLog | None]:
     """The replica's prediction log and feedback queue, when the config keeps a log."""
     if settings.log_storage is None:
         return None, None
     predictions, feedback = log_locations(root_of(settings.log_storage), settings.log_table)
     serve = settings.serve
     every = serve.log_flush_interval_s
-    return (PredictionLog(predictions, serve.log_sample_rate, serve.log_queue_rows,
-                          flush_interval_s=every),
-            AppendLog(feedback, FEEDBACK_SCHEMA, serve.log_queue_rows, flush_interval_s=every))
+    return (
+        PredictionLog(
+            predictions, serve.log_sample_rate, serve.log_queue_rows, flush_interval_s=every
+        ),
+        AppendLog(feedback, FEEDBACK_SCHEMA, serve.log_queue_rows, flush_interval_s=every),
+    )

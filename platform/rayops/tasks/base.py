@@ -73,8 +73,7 @@ class Task(ABC):
         """Why ``label`` of ``label_type`` cannot be this task's label, or None."""
         if label_type in self.label_types:
             return None
-        return (f"task {self.name!r} needs a {self.label_kinds} label; {label!r} is "
-                f"{label_type!r}")
+        return f"task {self.name!r} needs a {self.label_kinds} label; {label!r} is {label_type!r}"
 
     def unmonitored(self, data: Any) -> set[str]:
         """Feature columns the drift monitor leaves out (a DataConfig's): served values that
@@ -127,8 +126,9 @@ class Task(ABC):
     # ---------------------------------------------------------------- metrics
 
     @abstractmethod
-    def sufficient_stats(self, outputs: np.ndarray, encoded: np.ndarray,
-                         state: Mapping[str, Any]) -> np.ndarray:
+    def sufficient_stats(
+        self, outputs: np.ndarray, encoded: np.ndarray, state: Mapping[str, Any]
+    ) -> np.ndarray:
         """Float64 statistics of a shard that sum across workers to the whole set's."""
 
     @abstractmethod
@@ -136,8 +136,13 @@ class Task(ABC):
         """``valid_*`` metrics from statistics summed over every shard."""
 
     @abstractmethod
-    def score(self, outputs: np.ndarray, encoded: np.ndarray, state: Mapping[str, Any],
-              classes: list[str] | None = None) -> Scored:
+    def score(
+        self,
+        outputs: np.ndarray,
+        encoded: np.ndarray,
+        state: Mapping[str, Any],
+        classes: list[str] | None = None,
+    ) -> Scored:
         """Metrics of outputs against encoded labels on one machine (``classes``: count
         over these, a superset of the model's, so models that know other classes are
         measured alike)."""
@@ -153,8 +158,9 @@ class Task(ABC):
         """A true label as the task reads it, or None when it cannot be one."""
 
     @abstractmethod
-    def live_metrics(self, predicted: list[Any], actual: list[Any],
-                     declared: list[str] | None) -> dict[str, float]:
+    def live_metrics(
+        self, predicted: list[Any], actual: list[Any], declared: list[str] | None
+    ) -> dict[str, float]:
         """``live_*`` metrics of served answers against true labels."""
 
     @abstractmethod

@@ -30,8 +30,20 @@ MEDIAN = QUANTILES.index(0.5)
 # The columns an example carries beside its features and label (never model inputs).
 LEVEL, NAIVE, SCALE = "_level", "_naive", "_mase_scale"
 # Sufficient statistics, in this order: summed over shards, then turned into metrics.
-_STATS = ("n", "abs", "sq", "smape", "n_mase", "scaled_abs", "naive_abs", "inside",
-          "below_lo", "below_mid", "below_hi", "pinball")
+_STATS = (
+    "n",
+    "abs",
+    "sq",
+    "smape",
+    "n_mase",
+    "scaled_abs",
+    "naive_abs",
+    "inside",
+    "below_lo",
+    "below_mid",
+    "below_hi",
+    "pinball",
+)
 # Reported for reading, never ranked: how often the actual value fell inside / below.
 COVERAGE = ("valid_coverage_80", "valid_below_p10", "valid_below_p50", "valid_below_p90")
 
@@ -48,21 +60,32 @@ def pinball(quantiles: np.ndarray, actual: np.ndarray) -> np.ndarray:
     return np.maximum(levels * diff, (levels - 1) * diff).mean(axis=1)
 
 
-def forecast_sums(quantiles: np.ndarray, actual: np.ndarray, naive: np.ndarray,
-                  scale: np.ndarray) -> np.ndarray:
+def forecast_sums(
+    quantiles: np.ndarray, actual: np.ndarray, naive: np.ndarray, scale: np.ndarray
+) -> np.ndarray:
     """The statistics of :data:`_STATS` for forecasts in the series' own units."""
     point = quantiles[:, MEDIAN]
     err = np.abs(point - actual)
     denominator = np.abs(actual) + np.abs(point)
     smape = np.divide(200.0 * err, denominator, out=np.zeros_like(err), where=denominator > 0)
     has_scale = scale > 0
-    return np.array([
-        len(actual), err.sum(), np.square(err).sum(), smape.sum(), has_scale.sum(),
-        (err[has_scale] / scale[has_scale]).sum(), np.abs(naive - actual).sum(),
-        ((actual >= quantiles[:, 0]) & (actual <= quantiles[:, -1])).sum(),
-        (actual < quantiles[:, 0]).sum(), (actual < quantiles[:, MEDIAN]).sum(),
-        (actual < quantiles[:, -1]).sum(), pinball(quantiles, actual).sum(),
-    ], dtype=np.float64)
+    return np.array(
+        [
+            len(actual),
+            err.sum(),
+            np.square(err).sum(),
+            smape.sum(),
+            has_scale.sum(),
+            (err[has_scale] / scale[has_scale]).sum(),
+            np.abs(naive - actual).sum(),
+            ((actual >= quantiles[:, 0]) & (actual <= quantiles[:, -1])).sum(),
+            (actual < quantiles[:, 0]).sum(),
+            (actual < quantiles[:, MEDIAN]).sum(),
+            (actual < quantiles[:, -1]).sum(),
+            pinball(quantiles, actual).sum(),
+        ],
+        dtype=np.float64,
+    )
 
 
 def forecast_metrics(sums: np.ndarray) -> dict[str, float]:
@@ -71,15 +94,18 @@ def forecast_metrics(sums: np.ndarray) -> dict[str, float]:
     s = dict(zip(_STATS, (float(v) for v in sums), strict=True))
     n = s["n"]
     if n == 0:
-        return {m: float("nan") for m in (*Forecasting.metrics, *COVERAGE)
-                if m not in LOSSES}
+        return {m: float("nan") for m in (*Forecasting.metrics, *COVERAGE) if m not in LOSSES}
     return {
-        "valid_mae": s["abs"] / n, "valid_rmse": float(np.sqrt(s["sq"] / n)),
+        "valid_mae": s["abs"] / n,
+        "valid_rmse": float(np.sqrt(s["sq"] / n)),
         "valid_smape": s["smape"] / n,
         "valid_mase": s["scaled_abs"] / s["n_mase"] if s["n_mase"] else float("nan"),
-        "valid_naive_mae": s["naive_abs"] / n, "valid_pinball": s["pinball"] / n,
-        "valid_coverage_80": s["inside"] / n, "valid_below_p10": s["below_lo"] / n,
-        "valid_below_p50": s["below_mid"] / n, "valid_below_p90": s["below_hi"] / n,
+        "valid_naive_mae": s["naive_abs"] / n,
+        "valid_pinball": s["pinball"] / n,
+        "valid_coverage_80": s["inside"] / n,
+        "valid_below_p10": s["below_lo"] / n,
+        "valid_below_p50": s["below_mid"] / n,
+        "valid_below_p90": s["below_hi"] / n,
     }
 
 
@@ -87,9 +113,15 @@ class Forecasting(Task):
     """Future values of series; the model gives P10, P50 and P90 of each step."""
 
     name = "forecasting"
-    metrics = {"valid_mae": "min", "valid_rmse": "min", "valid_smape": "min",
-               "valid_mase": "min", "valid_naive_mae": "min", "valid_pinball": "min",
-               **LOSSES}
+    metrics = {
+        "valid_mae": "min",
+        "valid_rmse": "min",
+        "valid_smape": "min",
+        "valid_mase": "min",
+        "valid_naive_mae": "min",
+        "valid_pinball": "min",
+        **LOSSES,
+    }
     default_metric = "valid_mae"
     shown_metric = "valid_mase"
     label_types = ("numeric", "integer")
@@ -109,35 +141,48 @@ class Forecasting(Task):
     def data_error(self, data: Any) -> str | None:
         f = data.forecast
         if f is None:
-            return ("data.task 'forecasting' needs a data.forecast section (at least "
-                    "timestamp: the timestamp column)")
+            return (
+                "data.task 'forecasting' needs a data.forecast section (at least "
+                "timestamp: the timestamp column)"
+            )
         declared, used = data.columns, set(data.feature_names)
-        roles = {"timestamp": [f.timestamp], "series": f.series,
-                 "known_in_advance": f.known_in_advance}
+        roles = {
+            "timestamp": [f.timestamp],
+            "series": f.series,
+            "known_in_advance": f.known_in_advance,
+        }
         for key, names in roles.items():
             for name in names:
                 if name not in declared or name == data.label:
-                    return (f"data.forecast.{key} {name!r} is not a declared column other "
-                            f"than the label; declared: {sorted(declared)}")
+                    return (
+                        f"data.forecast.{key} {name!r} is not a declared column other "
+                        f"than the label; declared: {sorted(declared)}"
+                    )
                 if name not in used:
                     return f"data.forecast.{key} {name!r} is excluded from the features"
-        for key, names, types in (("timestamp", [f.timestamp], ("datetime",)),
-                                  ("series", f.series, ("categorical", "text", "integer"))):
+        for key, names, types in (
+            ("timestamp", [f.timestamp], ("datetime",)),
+            ("series", f.series, ("categorical", "text", "integer")),
+        ):
             for name in names:
                 spec = declared[name]
                 if spec.type not in types or spec.nullable:
-                    return (f"data.forecast.{key} {name!r} must be declared "
-                            f"{' or '.join(types)} with nullable: false (it is "
-                            f"{spec.type}, nullable: {str(spec.nullable).lower()})")
+                    return (
+                        f"data.forecast.{key} {name!r} must be declared "
+                        f"{' or '.join(types)} with nullable: false (it is "
+                        f"{spec.type}, nullable: {str(spec.nullable).lower()})"
+                    )
         listed = {n for names in roles.values() for n in names}
         if len(listed) < sum(len(n) for n in roles.values()):
             return "a column has two roles in data.forecast (timestamp, series, known_in_advance)"
         other = sorted(used - listed)
         if other:
-            return (f"column(s) {other} are neither data.forecast.timestamp, series nor "
-                    "known_in_advance: a forecast cannot read them at future steps. List "
-                    "them under known_in_advance if they are known ahead, or under "
-                    "data.exclude")
+            return (
+                f"column(s) {other} are neither data.forecast.timestamp, series nor "
+                "known_in_advance: a forecast cannot read them at future steps. List "
+                "them under known_in_advance if they are known ahead, or under "
+                "data.exclude"
+            )
         return None
 
     def fit_label(self, label: str, entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -162,22 +207,29 @@ class Forecasting(Task):
     def n_outputs(self, state: Mapping[str, Any]) -> int:
         return len(QUANTILES)
 
-    def _in_units(self, outputs: np.ndarray, encoded: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _in_units(
+        self, outputs: np.ndarray, encoded: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         encoded = encoded.reshape(-1, 4).astype(np.float64)
         level = encoded[:, 1]
         quantiles = sorted_quantiles(outputs.astype(np.float64)) * level[:, None]
         return quantiles, encoded[:, 0] * level, encoded[:, 2] * level, encoded[:, 3]
 
-    def sufficient_stats(self, outputs: np.ndarray, encoded: np.ndarray,
-                         state: Mapping[str, Any]) -> np.ndarray:
+    def sufficient_stats(
+        self, outputs: np.ndarray, encoded: np.ndarray, state: Mapping[str, Any]
+    ) -> np.ndarray:
         return forecast_sums(*self._in_units(outputs, encoded))
 
     def metrics_of(self, stats: np.ndarray, state: Mapping[str, Any]) -> dict[str, float]:
         return forecast_metrics(stats)
 
-    def score(self, outputs: np.ndarray, encoded: np.ndarray, state: Mapping[str, Any],
-              classes: list[str] | None = None) -> Scored:
+    def score(
+        self,
+        outputs: np.ndarray,
+        encoded: np.ndarray,
+        state: Mapping[str, Any],
+        classes: list[str] | None = None,
+    ) -> Scored:
         quantiles, actual, naive, scale = self._in_units(outputs, encoded)
         metrics = forecast_metrics(forecast_sums(quantiles, actual, naive, scale))
         return Scored(metrics, actual, quantiles[:, MEDIAN], [])
@@ -185,10 +237,15 @@ class Forecasting(Task):
     def answers(self, outputs: np.ndarray, state: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Per step, from quantiles already in the series' units: the forecast (the
         median) and every quantile."""
-        return [{"value": round(float(row[MEDIAN]), 6),
-                 "quantiles": {f"{q:g}": round(float(v), 6)
-                               for q, v in zip(QUANTILES, row, strict=True)}}
-                for row in sorted_quantiles(outputs)]
+        return [
+            {
+                "value": round(float(row[MEDIAN]), 6),
+                "quantiles": {
+                    f"{q:g}": round(float(v), 6) for q, v in zip(QUANTILES, row, strict=True)
+                },
+            }
+            for row in sorted_quantiles(outputs)
+        ]
 
     # a forecast's served value is a number, judged like a regression's
     true_label = Regression.true_label

@@ -26,9 +26,13 @@ _STATS = ("n", "hits", "ndcg", "pop_hits", "pop_ndcg")
 
 
 def metric_names(k: int) -> dict[str, Mode]:
-    return {f"valid_ndcg_{k}": "max", f"valid_recall_{k}": "max",
-            f"valid_popularity_ndcg_{k}": "max", f"valid_popularity_recall_{k}": "max",
-            **LOSSES}
+    return {
+        f"valid_ndcg_{k}": "max",
+        f"valid_recall_{k}": "max",
+        f"valid_popularity_ndcg_{k}": "max",
+        f"valid_popularity_recall_{k}": "max",
+        **LOSSES,
+    }
 
 
 def ranking_sums(top: np.ndarray, encoded: np.ndarray, k: int) -> np.ndarray:
@@ -43,18 +47,27 @@ def ranking_sums(top: np.ndarray, encoded: np.ndarray, k: int) -> np.ndarray:
     hit = found.any(axis=1)
     pop_rank = encoded[:, 1]
     pop_hit = pop_rank < k
-    return np.array([
-        len(encoded), hit.sum(), (hit / np.log2(position + 2.0)).sum(), pop_hit.sum(),
-        (pop_hit / np.log2(np.where(pop_hit, pop_rank, 0) + 2.0)).sum(),
-    ], dtype=np.float64)
+    return np.array(
+        [
+            len(encoded),
+            hit.sum(),
+            (hit / np.log2(position + 2.0)).sum(),
+            pop_hit.sum(),
+            (pop_hit / np.log2(np.where(pop_hit, pop_rank, 0) + 2.0)).sum(),
+        ],
+        dtype=np.float64,
+    )
 
 
 def ranking_metrics(sums: np.ndarray, k: int) -> dict[str, float]:
     s = dict(zip(_STATS, (float(v) for v in sums), strict=True))
     n = s["n"] or float("nan")
-    return {f"valid_recall_{k}": s["hits"] / n, f"valid_ndcg_{k}": s["ndcg"] / n,
-            f"valid_popularity_recall_{k}": s["pop_hits"] / n,
-            f"valid_popularity_ndcg_{k}": s["pop_ndcg"] / n}
+    return {
+        f"valid_recall_{k}": s["hits"] / n,
+        f"valid_ndcg_{k}": s["ndcg"] / n,
+        f"valid_popularity_recall_{k}": s["pop_hits"] / n,
+        f"valid_popularity_ndcg_{k}": s["pop_ndcg"] / n,
+    }
 
 
 class Recommendation(Task):
@@ -92,40 +105,57 @@ class Recommendation(Task):
     def served_records(self, records: Any) -> Any:
         """One row per answered item (its place in the answer kept in ``rank``)."""
         exploded = records.explode("prediction", ignore_index=True)
-        exploded["rank"] = exploded.groupby(["request_id", "record_index"]).cumcount() + 1 \
-            if "request_id" in exploded else 0
+        exploded["rank"] = (
+            exploded.groupby(["request_id", "record_index"]).cumcount() + 1
+            if "request_id" in exploded
+            else 0
+        )
         return exploded[exploded["prediction"].notna()].reset_index(drop=True)
 
     def data_error(self, data: Any) -> str | None:
         r = data.recommend
         if r is None:
-            return ("data.task 'recommendation' needs a data.recommend section (at least "
-                    "user, item and timestamp columns)")
+            return (
+                "data.task 'recommendation' needs a data.recommend section (at least "
+                "user, item and timestamp columns)"
+            )
         roles = {"user": r.user, "item": r.item, "timestamp": r.timestamp}
         if r.rating is not None:
             roles["rating"] = r.rating
         if r.item != data.label:
-            return (f"data.label {data.label!r} must be data.recommend.item {r.item!r} (a "
-                    "recommender predicts the item; leave data.label out)")
-        types = {"user": ("categorical", "text", "integer"), "item": self.label_types,
-                 "timestamp": ("datetime",), "rating": ("numeric", "integer")}
+            return (
+                f"data.label {data.label!r} must be data.recommend.item {r.item!r} (a "
+                "recommender predicts the item; leave data.label out)"
+            )
+        types = {
+            "user": ("categorical", "text", "integer"),
+            "item": self.label_types,
+            "timestamp": ("datetime",),
+            "rating": ("numeric", "integer"),
+        }
         for key, name in roles.items():
             spec = data.columns.get(name)
             if spec is None:
-                return (f"data.recommend.{key} {name!r} is not a declared column; declared: "
-                        f"{sorted(data.columns)}")
+                return (
+                    f"data.recommend.{key} {name!r} is not a declared column; declared: "
+                    f"{sorted(data.columns)}"
+                )
             if spec.type not in types[key] or (key != "rating" and spec.nullable):
-                return (f"data.recommend.{key} {name!r} must be declared "
-                        f"{' or '.join(types[key])}"
-                        + (" with nullable: false" if key != "rating" else "")
-                        + f" (it is {spec.type}, nullable: {str(spec.nullable).lower()})")
+                return (
+                    f"data.recommend.{key} {name!r} must be declared "
+                    f"{' or '.join(types[key])}"
+                    + (" with nullable: false" if key != "rating" else "")
+                    + f" (it is {spec.type}, nullable: {str(spec.nullable).lower()})"
+                )
         if len(set(roles.values())) < len(roles):
             return f"a column has two roles in data.recommend: {roles}"
         other = sorted(set(data.feature_names) - set(roles.values()))
         if other:
-            return (f"column(s) {other} are not data.recommend.user, timestamp or rating: "
-                    "an interaction's other columns are not read; list them under "
-                    "data.exclude")
+            return (
+                f"column(s) {other} are not data.recommend.user, timestamp or rating: "
+                "an interaction's other columns are not read; list them under "
+                "data.exclude"
+            )
         return None
 
     # ---------------------------------------------------------------- labels
@@ -141,25 +171,31 @@ class Recommendation(Task):
         a training example has none)."""
         if TARGET not in table.column_names:
             return np.full((table.num_rows, 2), -1.0, dtype=np.float32)
-        return np.stack([self.encode_label(state, table.column(c))
-                         for c in (TARGET, POPULARITY_RANK)], axis=1).reshape(-1, 2)
+        return np.stack(
+            [self.encode_label(state, table.column(c)) for c in (TARGET, POPULARITY_RANK)], axis=1
+        ).reshape(-1, 2)
 
     def n_outputs(self, state: Mapping[str, Any]) -> int:
         return 2 * int(state["k"])  # the top k item slots, then their scores
 
     # ---------------------------------------------------------------- metrics
 
-    def sufficient_stats(self, outputs: np.ndarray, encoded: np.ndarray,
-                         state: Mapping[str, Any]) -> np.ndarray:
+    def sufficient_stats(
+        self, outputs: np.ndarray, encoded: np.ndarray, state: Mapping[str, Any]
+    ) -> np.ndarray:
         return ranking_sums(outputs, encoded, int(state["k"]))
 
     def metrics_of(self, stats: np.ndarray, state: Mapping[str, Any]) -> dict[str, float]:
         return ranking_metrics(stats, int(state["k"]))
 
-    def score(self, outputs: np.ndarray, encoded: np.ndarray, state: Mapping[str, Any],
-              classes: list[str] | None = None) -> Scored:
-        metrics = ranking_metrics(self.sufficient_stats(outputs, encoded, state),
-                                  int(state["k"]))
+    def score(
+        self,
+        outputs: np.ndarray,
+        encoded: np.ndarray,
+        state: Mapping[str, Any],
+        classes: list[str] | None = None,
+    ) -> Scored:
+        metrics = ranking_metrics(self.sufficient_stats(outputs, encoded, state), int(state["k"]))
         empty = np.zeros(0)
         return Scored(metrics, empty, empty, [])
 
@@ -170,21 +206,28 @@ class Recommendation(Task):
         items, k = state["items"], int(state["k"])
         answers = []
         for row in outputs.reshape(len(outputs), -1):
-            slots, scores = row[:k].astype(np.int64), row[k:2 * k]
-            answers.append({"items": [{"item": items[s - 1], "score": round(float(v), 6)}
-                                      for s, v in zip(slots, scores, strict=True)
-                                      if 0 < s <= len(items) and np.isfinite(v)]})
+            slots, scores = row[:k].astype(np.int64), row[k : 2 * k]
+            answers.append(
+                {
+                    "items": [
+                        {"item": items[s - 1], "score": round(float(v), 6)}
+                        for s, v in zip(slots, scores, strict=True)
+                        if 0 < s <= len(items) and np.isfinite(v)
+                    ]
+                }
+            )
         return answers
 
     def true_label(self, value: Any) -> Any:
-        return str(value) if isinstance(value, (str, int)) and not isinstance(
-            value, bool) else None
+        return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
 
-    def live_metrics(self, predicted: list[Any], actual: list[Any],
-                     declared: list[str] | None) -> dict[str, float]:
+    def live_metrics(
+        self, predicted: list[Any], actual: list[Any], declared: list[str] | None
+    ) -> dict[str, float]:
         """The share of clicks that were on an item the answer listed."""
-        hits = [str(a) in {str(i) for i in (p or [])} for p, a in zip(predicted, actual,
-                                                                       strict=True)]
+        hits = [
+            str(a) in {str(i) for i in (p or [])} for p, a in zip(predicted, actual, strict=True)
+        ]
         return {"live_hit_rate": float(np.mean(hits)) if hits else float("nan")}
 
     def agree(self, shadow: Any, champion: Any, tolerance: float) -> bool:

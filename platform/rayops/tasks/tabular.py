@@ -23,22 +23,30 @@ class Classification(Task):
     """A class per row; the model gives a probability per class."""
 
     name = "classification"
-    metrics = {"valid_accuracy": "max", "valid_precision": "max", "valid_recall": "max",
-               "valid_f1": "max", **LOSSES}
+    metrics = {
+        "valid_accuracy": "max",
+        "valid_precision": "max",
+        "valid_recall": "max",
+        "valid_f1": "max",
+        **LOSSES,
+    }
     default_metric = "valid_f1"
     shown_metric = "valid_accuracy"
     label_types = ("categorical", "text", "boolean", "integer")
     label_kinds = "categorical, boolean or integer"
     categorical_label = True
     probabilities = True
-    feedback_label = StrictStr | StrictBool | StrictInt | Annotated[
-        float, Field(allow_inf_nan=False)]
+    feedback_label = (
+        StrictStr | StrictBool | StrictInt | Annotated[float, Field(allow_inf_nan=False)]
+    )
 
     def fit_label(self, label: str, entry: Mapping[str, Any]) -> dict[str, Any]:
         classes = sorted(entry.get("counts", {}))
         if len(classes) < 2:
-            raise DataError(f"label {label!r} has {len(classes)} class(es) in the training "
-                            f"data ({classes}); classification needs at least 2")
+            raise DataError(
+                f"label {label!r} has {len(classes)} class(es) in the training "
+                f"data ({classes}); classification needs at least 2"
+            )
         return {"classes": classes, "counts": dict(entry["counts"])}
 
     def encode_label(self, state: Mapping[str, Any], labels: pa.ChunkedArray) -> np.ndarray:
@@ -51,8 +59,9 @@ class Classification(Task):
     def known(self, encoded: np.ndarray) -> np.ndarray:
         return encoded >= 0
 
-    def sufficient_stats(self, outputs: np.ndarray, encoded: np.ndarray,
-                         state: Mapping[str, Any]) -> np.ndarray:
+    def sufficient_stats(
+        self, outputs: np.ndarray, encoded: np.ndarray, state: Mapping[str, Any]
+    ) -> np.ndarray:
         n = self.n_outputs(state)
         predicted = outputs.reshape(len(encoded), n).argmax(axis=1)
         return scoring.confusion_matrix(predicted, encoded.astype(np.int64), n).ravel()
@@ -61,34 +70,44 @@ class Classification(Task):
         n = self.n_outputs(state)
         return _named(scoring.classification_metrics(stats.reshape(n, n)))
 
-    def score(self, outputs: np.ndarray, encoded: np.ndarray, state: Mapping[str, Any],
-              classes: list[str] | None = None) -> Scored:
+    def score(
+        self,
+        outputs: np.ndarray,
+        encoded: np.ndarray,
+        state: Mapping[str, Any],
+        classes: list[str] | None = None,
+    ) -> Scored:
         classes = classes or list(state["classes"])
         to_common = np.array([classes.index(c) for c in state["classes"]], dtype=np.int64)
         predicted, actual = to_common[outputs.argmax(axis=1)], to_common[encoded]
         matrix = scoring.confusion_matrix(predicted, actual, len(classes))
-        return Scored(_named(scoring.classification_metrics(matrix)), actual, predicted,
-                      classes)
+        return Scored(_named(scoring.classification_metrics(matrix)), actual, predicted, classes)
 
     def answers(self, outputs: np.ndarray, state: Mapping[str, Any]) -> list[dict[str, Any]]:
         classes = state["classes"]
-        return [{"prediction": classes[int(row.argmax())],
-                 "probabilities": {c: round(float(p), 6)
-                                   for c, p in zip(classes, row, strict=True)}}
-                for row in outputs]
+        return [
+            {
+                "prediction": classes[int(row.argmax())],
+                "probabilities": {c: round(float(p), 6) for c, p in zip(classes, row, strict=True)},
+            }
+            for row in outputs
+        ]
 
     def true_label(self, value: Any) -> Any:
         return None if value is None else str(value)
 
-    def live_metrics(self, predicted: list[Any], actual: list[Any],
-                     declared: list[str] | None) -> dict[str, float]:
+    def live_metrics(
+        self, predicted: list[Any], actual: list[Any], declared: list[str] | None
+    ) -> dict[str, float]:
         """``declared`` classes keep a binary task's positive class the one training used
         even when a window holds one class only."""
         classes = sorted({*(declared or []), *(str(v) for v in [*predicted, *actual])})
         index = {c: i for i, c in enumerate(classes)}
-        confusion = scoring.confusion_matrix(np.array([index[str(p)] for p in predicted]),
-                                             np.array([index[str(a)] for a in actual]),
-                                             len(classes))
+        confusion = scoring.confusion_matrix(
+            np.array([index[str(p)] for p in predicted]),
+            np.array([index[str(a)] for a in actual]),
+            len(classes),
+        )
         return {f"live_{k}": v for k, v in scoring.classification_metrics(confusion).items()}
 
     def agree(self, shadow: Any, champion: Any, tolerance: float) -> bool:
@@ -132,16 +151,23 @@ class Regression(Task):
     def n_outputs(self, state: Mapping[str, Any]) -> int:
         return 1
 
-    def sufficient_stats(self, outputs: np.ndarray, encoded: np.ndarray,
-                         state: Mapping[str, Any]) -> np.ndarray:
-        return scoring.regression_sums(self.decode(state, outputs.reshape(-1)),
-                                       self.decode(state, encoded))
+    def sufficient_stats(
+        self, outputs: np.ndarray, encoded: np.ndarray, state: Mapping[str, Any]
+    ) -> np.ndarray:
+        return scoring.regression_sums(
+            self.decode(state, outputs.reshape(-1)), self.decode(state, encoded)
+        )
 
     def metrics_of(self, stats: np.ndarray, state: Mapping[str, Any]) -> dict[str, float]:
         return _named(scoring.regression_metrics(stats))
 
-    def score(self, outputs: np.ndarray, encoded: np.ndarray, state: Mapping[str, Any],
-              classes: list[str] | None = None) -> Scored:
+    def score(
+        self,
+        outputs: np.ndarray,
+        encoded: np.ndarray,
+        state: Mapping[str, Any],
+        classes: list[str] | None = None,
+    ) -> Scored:
         predicted = self.decode(state, outputs[:, 0])
         actual = self.decode(state, encoded)
         values = scoring.regression_metrics(scoring.regression_sums(predicted, actual))
@@ -156,10 +182,14 @@ class Regression(Task):
             return None
         return float(value) if np.isfinite(value) else None
 
-    def live_metrics(self, predicted: list[Any], actual: list[Any],
-                     declared: list[str] | None) -> dict[str, float]:
-        values = scoring.regression_metrics(scoring.regression_sums(
-            np.asarray(predicted, dtype=np.float64), np.asarray(actual, dtype=np.float64)))
+    def live_metrics(
+        self, predicted: list[Any], actual: list[Any], declared: list[str] | None
+    ) -> dict[str, float]:
+        values = scoring.regression_metrics(
+            scoring.regression_sums(
+                np.asarray(predicted, dtype=np.float64), np.asarray(actual, dtype=np.float64)
+            )
+        )
         return {f"live_{k}": v for k, v in values.items()}
 
     def agree(self, shadow: Any, champion: Any, tolerance: float) -> bool:

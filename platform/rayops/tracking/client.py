@@ -12,6 +12,7 @@ from rayops.errors import TrackingError, one_line, redact
 
 logger = logging.getLogger(__name__)
 
+
 def client(tracking: TrackingConfig) -> Any:
     """An MlflowClient for the configured store (the global URI is set too, for log_model)."""
     import mlflow
@@ -21,6 +22,7 @@ def client(tracking: TrackingConfig) -> Any:
         Path(tracking.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking.uri)
     return MlflowClient(tracking_uri=tracking.uri)
+
 
 def experiment_id(tracking: TrackingConfig, name: str) -> str:
     """The id of experiment ``name``, created (with the configured artifact root) if missing."""
@@ -40,6 +42,7 @@ def experiment_id(tracking: TrackingConfig, name: str) -> str:
             raise
         return found.experiment_id
 
+
 def require_reachable(tracking: TrackingConfig, timeout_s: float = 5.0) -> None:
     """Fail fast, in one line, when an MLflow server does not answer (MLflow's own retries
     would take minutes). Local stores always answer."""
@@ -48,12 +51,12 @@ def require_reachable(tracking: TrackingConfig, timeout_s: float = 5.0) -> None:
     import requests
 
     try:
-        requests.get(f"{tracking.uri.rstrip('/')}/health", timeout=timeout_s
-                     ).raise_for_status()
+        requests.get(f"{tracking.uri.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
     except requests.RequestException as exc:
-        raise TrackingError(f"MLflow at {redact(tracking.uri)} does not answer: "
-                            f"{one_line(exc)}"
-                            ) from None
+        raise TrackingError(
+            f"MLflow at {redact(tracking.uri)} does not answer: {one_line(exc)}"
+        ) from None
+
 
 def not_found(exc: Exception) -> bool:
     """MLflow's way of saying a model, version, alias or artifact does not exist."""

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 _MODEL_CODE = Path(__file__).parents[1] / "mlflow_model.py"
 
+
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": "3"}`` for MLflow params."""
     flat: dict[str, str] = {}
@@ -42,9 +43,15 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
             flat[name] = str(value)[:6000]
     return flat
 
-def start_run(tracking: TrackingConfig, experiment: str, run_name: str,
-              params: Mapping[str, Any] | None = None, parent_run_id: str | None = None,
-              tags: Mapping[str, str] | None = None) -> str:
+
+def start_run(
+    tracking: TrackingConfig,
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, Any] | None = None,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
     """Create a run (nested under ``parent_run_id`` if given) and log its params."""
     from mlflow.entities import Param
 
@@ -52,8 +59,9 @@ def start_run(tracking: TrackingConfig, experiment: str, run_name: str,
     all_tags = {"mlflow.runName": run_name, VERSION_TAG: __version__, **(tags or {})}
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    run = mlflow_client.create_run(experiment_id(tracking, experiment), tags=all_tags,
-                                   run_name=run_name)
+    run = mlflow_client.create_run(
+        experiment_id(tracking, experiment), tags=all_tags, run_name=run_name
+    )
     run_id = run.info.run_id
     flat = flatten(params or {})
     items = [Param(k, v) for k, v in flat.items()]
@@ -61,47 +69,71 @@ def start_run(tracking: TrackingConfig, experiment: str, run_name: str,
         mlflow_client.log_batch(run_id, params=items[start : start + 100])
     return run_id
 
-def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
-def log_metrics(tracking: TrackingConfig, run_id: str, metrics: Mapping[str, float],
-                step: int, attempts: int = 5) -> None:
+def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def log_metrics(
+    tracking: TrackingConfig,
+    run_id: str,
+    metrics: Mapping[str, float],
+    step: int,
+    attempts: int = 5,
+) -> None:
     """Log numeric metrics at ``step``; retried because sqlite can be briefly locked."""
     log_history(tracking, run_id, {step: metrics}, attempts)
 
-def log_history(tracking: TrackingConfig, run_id: str,
-                history: Mapping[int, Mapping[str, float]], attempts: int = 5) -> None:
+
+def log_history(
+    tracking: TrackingConfig,
+    run_id: str,
+    history: Mapping[int, Mapping[str, float]],
+    attempts: int = 5,
+) -> None:
     """Log several steps' metrics in batches of at most 1000 values (MLflow's limit)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    batch = [Metric(k, v, now, step) for step, metrics in history.items()
-             for k, v in _numeric(metrics).items()]
+    batch = [
+        Metric(k, v, now, step)
+        for step, metrics in history.items()
+        for k, v in _numeric(metrics).items()
+    ]
     for start in range(0, len(batch), 1000):
         for attempt in range(attempts):
             try:
-                client(tracking).log_batch(run_id, metrics=batch[start:start + 1000])
+                client(tracking).log_batch(run_id, metrics=batch[start : start + 1000])
                 break
             except Exception:
                 if attempt == attempts - 1:
                     raise
                 time.sleep(0.2 * (attempt + 1))
 
+
 def logged_steps(tracking: TrackingConfig, run_id: str, key: str = "epoch") -> list[int]:
     """The steps at which ``key`` was logged on the run, in logging order."""
     return [m.step for m in client(tracking).get_metric_history(run_id, key)]
+
 
 def metric_name(text: str) -> str:
     """A string MLflow accepts as a metric key (letters, digits, _ - . / and spaces)."""
     return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", text)[:250]
 
-def log_dict(tracking: TrackingConfig, run_id: str, value: Mapping[str, Any],
-             artifact_file: str) -> None:
+
+def log_dict(
+    tracking: TrackingConfig, run_id: str, value: Mapping[str, Any], artifact_file: str
+) -> None:
     client(tracking).log_dict(run_id, dict(value), artifact_file)
+
 
 def end_run(tracking: TrackingConfig, run_id: str, status: str = "FINISHED") -> None:
     client(tracking).set_terminated(run_id, status=status)
+
 
 def input_signature(columns: Mapping[str, bool]) -> Any:
     """The MLflow signature: feature names and whether each is required (non-nullable).
@@ -112,13 +144,21 @@ def input_signature(columns: Mapping[str, bool]) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, Schema
 
-    return ModelSignature(inputs=Schema(
-        [ColSpec(AnyType(), name, required=required) for name, required in columns.items()]
-    ))
+    return ModelSignature(
+        inputs=Schema(
+            [ColSpec(AnyType(), name, required=required) for name, required in columns.items()]
+        )
+    )
 
-def log_model(tracking: TrackingConfig, run_id: str, bundle_dir: Path,
-              input_example: pd.DataFrame, required: Mapping[str, bool],
-              requirements: Sequence[str] = ()) -> str:
+
+def log_model(
+    tracking: TrackingConfig,
+    run_id: str,
+    bundle_dir: Path,
+    input_example: pd.DataFrame,
+    required: Mapping[str, bool],
+    requirements: Sequence[str] = (),
+) -> str:
     """Log a bundle as an MLflow pyfunc model on ``run_id``; returns the model URI.
 
     ``required`` maps each input column to whether it must be present (non-nullable);
@@ -136,22 +176,23 @@ def log_model(tracking: TrackingConfig, run_id: str, bundle_dir: Path,
             artifacts={"bundle": str(bundle_dir)},
             input_example=input_example,
             signature=input_signature(required),
-            pip_requirements=[f"rayops=={__version__}", f"torch=={torch_version}",
-                              *requirements],
+            pip_requirements=[f"rayops=={__version__}", f"torch=={torch_version}", *requirements],
         )
     client(tracking).set_tag(run_id, MODEL_URI_TAG, info.model_uri)
     return info.model_uri
+
 
 def logged_model_uri(tracking: TrackingConfig, run_id: str) -> str | None:
     """The model a run already logged (a resumed run does not log it twice)."""
     return client(tracking).get_run(run_id).data.tags.get(MODEL_URI_TAG)
 
-def runs_tagged(tracking: TrackingConfig, experiment: str, tags: Mapping[str, str]
-                ) -> list[str]:
+
+def runs_tagged(tracking: TrackingConfig, experiment: str, tags: Mapping[str, str]) -> list[str]:
     """Ids of the experiment's runs that carry every one of ``tags``."""
     clauses = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     runs = client(tracking).search_runs([experiment_id(tracking, experiment)], clauses)
     return [r.info.run_id for r in runs]
+
 
 @dataclass(frozen=True)
 class TrialRun:
@@ -169,26 +210,38 @@ class TrialRun:
     def finished(self) -> bool:
         return self.status == "FINISHED" and self.model_uri is not None
 
-def sweep_trials(tracking: TrackingConfig, experiment: str, parent_run_id: str
-                 ) -> list[TrialRun]:
+
+def sweep_trials(tracking: TrackingConfig, experiment: str, parent_run_id: str) -> list[TrialRun]:
     """The sweep's trial runs."""
     runs = client(tracking).search_runs(
         [experiment_id(tracking, experiment)],
         filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
     )
-    return [TrialRun(run.data.tags[TRIAL_TAG], run.info.run_id, run.info.status,
-                     json.loads(run.data.tags.get(TRIAL_CONFIG_TAG, "{}")),
-                     run.data.tags.get(MODEL_URI_TAG), _best_metrics(run))
-            for run in runs if TRIAL_TAG in run.data.tags]
+    return [
+        TrialRun(
+            run.data.tags[TRIAL_TAG],
+            run.info.run_id,
+            run.info.status,
+            json.loads(run.data.tags.get(TRIAL_CONFIG_TAG, "{}")),
+            run.data.tags.get(MODEL_URI_TAG),
+            _best_metrics(run),
+        )
+        for run in runs
+        if TRIAL_TAG in run.data.tags
+    ]
+
 
 def _best_metrics(run: Any) -> dict[str, float]:
     """The best epoch's metrics a run logged (``best_valid_f1`` -> ``valid_f1``)."""
-    return {k.removeprefix("best_"): v for k, v in run.data.metrics.items()
-            if k.startswith("best_")}
+    return {
+        k.removeprefix("best_"): v for k, v in run.data.metrics.items() if k.startswith("best_")
+    }
+
 
 def trial_runs(tracking: TrackingConfig, experiment: str, parent_run_id: str) -> dict[str, str]:
     """``{trial_id: run_id}`` of the sweep's trial runs."""
     return {t.trial_id: t.run_id for t in sweep_trials(tracking, experiment, parent_run_id)}
+
 
 def finished_with_model(tracking: TrackingConfig, run_id: str) -> dict[str, float] | None:
     """A FINISHED run's best metrics if it logged a model, else None."""
@@ -197,14 +250,24 @@ def finished_with_model(tracking: TrackingConfig, run_id: str) -> dict[str, floa
         return None
     return _best_metrics(run)
 
-def trial_models(tracking: TrackingConfig, experiment: str,
-                 parent_run_id: str) -> dict[str, tuple[str, str]]:
-    """``{trial_id: (run_id, model_uri)}`` for the sweep's trials that logged a model."""
-    return {t.trial_id: (t.run_id, t.model_uri)
-            for t in sweep_trials(tracking, experiment, parent_run_id) if t.model_uri}
 
-def close_unfinished_children(tracking: TrackingConfig, experiment: str,
-                              parent_run_id: str, stopped_trials: set[str] | None = None) -> int:
+def trial_models(
+    tracking: TrackingConfig, experiment: str, parent_run_id: str
+) -> dict[str, tuple[str, str]]:
+    """``{trial_id: (run_id, model_uri)}`` for the sweep's trials that logged a model."""
+    return {
+        t.trial_id: (t.run_id, t.model_uri)
+        for t in sweep_trials(tracking, experiment, parent_run_id)
+        if t.model_uri
+    }
+
+
+def close_unfinished_children(
+    tracking: TrackingConfig,
+    experiment: str,
+    parent_run_id: str,
+    stopped_trials: set[str] | None = None,
+) -> int:
     """Mark trial runs the scheduler stopped as KILLED: those still RUNNING, and those in
     ``stopped_trials`` (Tune ended them without error) that an interrupted fit left FAILED.
     Returns how many."""
@@ -213,8 +276,12 @@ def close_unfinished_children(tracking: TrackingConfig, experiment: str,
         [experiment_id(tracking, experiment)],
         filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
     )
-    runs = [r for r in children if r.info.status == "RUNNING" or (
-        r.info.status == "FAILED" and r.data.tags.get(TRIAL_TAG) in (stopped_trials or set()))]
+    runs = [
+        r
+        for r in children
+        if r.info.status == "RUNNING"
+        or (r.info.status == "FAILED" and r.data.tags.get(TRIAL_TAG) in (stopped_trials or set()))
+    ]
     for run in runs:
         mlflow_client.set_tag(run.info.run_id, STOPPED_TAG, "early-stopped by the scheduler")
         mlflow_client.set_terminated(run.info.run_id, status="KILLED")
@@ -243,12 +310,15 @@ def run_tags(tracking: TrackingConfig, run_id: str) -> dict[str, str]:
     return dict(client(tracking).get_run(run_id).data.tags)
 
 
-def metric_history(tracking: TrackingConfig, run_id: str, keys: Sequence[str]
-                   ) -> dict[str, list[tuple[int, float]]]:
+def metric_history(
+    tracking: TrackingConfig, run_id: str, keys: Sequence[str]
+) -> dict[str, list[tuple[int, float]]]:
     """Every logged (step, value) of each metric in ``keys``."""
     mlflow_client = client(tracking)
-    return {key: [(m.step, m.value) for m in mlflow_client.get_metric_history(run_id, key)]
-            for key in keys}
+    return {
+        key: [(m.step, m.value) for m in mlflow_client.get_metric_history(run_id, key)]
+        for key in keys
+    }
 
 
 def log_figure(tracking: TrackingConfig, run_id: str, figure: Any, name: str) -> None:

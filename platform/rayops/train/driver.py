@@ -102,21 +102,32 @@ def load_inputs(version: DatasetVersion, local_rows: int = LOCAL_LOAD_ROWS) -> M
     materialized, so workers read shards without competing with a streaming read for CPUs."""
     state, pre = version.manifest.preprocessor, version.preprocessor
     if sum(version.examples.values()) <= local_rows or pre.interactions is not None:
-        return ModelInputs({}, {split: ray.put(model_inputs(
-            pre.examples(version.table(pre.reads_from(split)), split), state))
-            for split in ("train", "valid")})
+        return ModelInputs(
+            {},
+            {
+                split: ray.put(
+                    model_inputs(pre.examples(version.table(pre.reads_from(split)), split), state)
+                )
+                for split in ("train", "valid")
+            },
+        )
     with data_context(preserve_order=True):
-        return ModelInputs({split: pre.example_dataset(
-            version.read(pre.reads_from(split)), split).map_batches(
-            model_inputs, batch_format="pyarrow", fn_kwargs={"state": state}).materialize()
-            for split in ("train", "valid")})
+        return ModelInputs(
+            {
+                split: pre.example_dataset(version.read(pre.reads_from(split)), split)
+                .map_batches(model_inputs, batch_format="pyarrow", fn_kwargs={"state": state})
+                .materialize()
+                for split in ("train", "valid")
+            }
+        )
 
 
 def architecture(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:
     """The model's shape, stored with checkpoints and bundles (``family`` says which)."""
     pre = version.preprocessor
-    return family_named(cfg.model.family).architecture(cfg, pre.n_features, pre.n_outputs,
-                                                       pre.features)
+    return family_named(cfg.model.family).architecture(
+        cfg, pre.n_features, pre.n_outputs, pre.features
+    )
 
 
 def length_of(cfg: PipelineConfig) -> tuple[int, str]:
@@ -133,21 +144,43 @@ def _cache_shards(cfg: PipelineConfig, version: DatasetVersion) -> bool:
     return per_shard < CACHE_LIMIT_BYTES
 
 
-def loop_config(cfg: PipelineConfig, version: DatasetVersion, inputs: ModelInputs,
-                run_name: str | None, run_id: str | None, feed: Any = None) -> LoopConfig:
+def loop_config(
+    cfg: PipelineConfig,
+    version: DatasetVersion,
+    inputs: ModelInputs,
+    run_name: str | None,
+    run_id: str | None,
+    feed: Any = None,
+) -> LoopConfig:
     """What every worker's loop gets: the config, the model's shape, the fitted label and
     preprocessing, where its checkpoints and metrics go (None: nowhere) and its inputs."""
     shape = architecture(cfg, version)
-    return LoopConfig(cfg, shape, version.preprocessor.label_state,
-                      meta={"dataset": version.id, "architecture": shape,
-                            "preprocessor": version.manifest.preprocessor},
-                      run_id=run_id, run_name=run_name, cache=_cache_shards(cfg, version),
-                      feed=feed, in_memory=inputs.in_memory)
+    return LoopConfig(
+        cfg,
+        shape,
+        version.preprocessor.label_state,
+        meta={
+            "dataset": version.id,
+            "architecture": shape,
+            "preprocessor": version.manifest.preprocessor,
+        },
+        run_id=run_id,
+        run_name=run_name,
+        cache=_cache_shards(cfg, version),
+        feed=feed,
+        in_memory=inputs.in_memory,
+    )
 
 
-def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
-                  inputs: ModelInputs, run_name: str, run_id: str | None,
-                  callbacks: Sequence[Any] = (), feed: Any = None) -> DataParallelTrainer:
+def build_trainer(
+    cfg: PipelineConfig,
+    version: DatasetVersion,
+    inputs: ModelInputs,
+    run_name: str,
+    run_id: str | None,
+    callbacks: Sequence[Any] = (),
+    feed: Any = None,
+) -> DataParallelTrainer:
     """The trainer for one training run: a TorchTrainer (mlp) or an XGBoostTrainer."""
     metric, mode = cfg.target_metric
     checkpoints = checkpoints_of(cfg)
@@ -162,15 +195,20 @@ def build_trainer(cfg: PipelineConfig, version: DatasetVersion,
     return trainer(
         loop_per_worker,
         train_loop_config=loop.for_ray(),
-        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                     resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker=resources,
+        ),
         run_config=RunConfig(
             name=run_name,
             storage_path=checkpoints.path if not checkpoints.is_local else checkpoints.uri,
             storage_filesystem=None if checkpoints.is_local else checkpoints.fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep,
-                                               checkpoint_score_attribute=metric,
-                                               checkpoint_score_order=mode),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.train.checkpoints_to_keep,
+                checkpoint_score_attribute=metric,
+                checkpoint_score_order=mode,
+            ),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             callbacks=list(callbacks),
         ),
@@ -188,8 +226,11 @@ def without_dataset_manager(trainer: type[DataParallelTrainer]) -> type[DataPara
 
     class Trainer(trainer):  # type: ignore[misc, valid-type]
         def _create_default_callbacks(self) -> list[Any]:
-            return [c for c in super()._create_default_callbacks()
-                    if not isinstance(c, DatasetsCallback)]
+            return [
+                c
+                for c in super()._create_default_callbacks()
+                if not isinstance(c, DatasetsCallback)
+            ]
 
     Trainer.__name__ = Trainer.__qualname__ = trainer.__name__
     return Trainer
@@ -228,26 +269,42 @@ def _input_example(version: DatasetVersion) -> pd.DataFrame:
     return pd.DataFrame([row])
 
 
-def _trained_model(cfg: PipelineConfig, version: DatasetVersion, checkpoint: Checkpoint
-                   ) -> Model:
+def _trained_model(cfg: PipelineConfig, version: DatasetVersion, checkpoint: Checkpoint) -> Model:
     with checkpoint.as_directory() as folder:
-        return family_named(cfg.model.family).trained_model(Path(folder),
-                                                            architecture(cfg, version))
+        return family_named(cfg.model.family).trained_model(
+            Path(folder), architecture(cfg, version)
+        )
 
 
-def bundle_of(cfg: PipelineConfig, version: DatasetVersion, model: Model,
-              metrics: dict[str, float], run_id: str) -> Bundle:
+def bundle_of(
+    cfg: PipelineConfig,
+    version: DatasetVersion,
+    model: Model,
+    metrics: dict[str, float],
+    run_id: str,
+) -> Bundle:
     """``model`` as the bundle a run of ``cfg`` on ``version`` saves."""
-    meta = {"architecture": architecture(cfg, version),
-            "preprocessor": version.manifest.preprocessor,
-            "schema": version.manifest.columns, "dataset": version.id, "metrics": metrics,
-            "run_id": run_id, "pipeline": cfg.name, "target_metric": cfg.target_metric[0]}
+    meta = {
+        "architecture": architecture(cfg, version),
+        "preprocessor": version.manifest.preprocessor,
+        "schema": version.manifest.columns,
+        "dataset": version.id,
+        "metrics": metrics,
+        "run_id": run_id,
+        "pipeline": cfg.name,
+        "target_metric": cfg.target_metric[0],
+    }
     return Bundle(model, meta)
 
 
-def fit_and_log(cfg: PipelineConfig, version: DatasetVersion,
-                inputs: ModelInputs, run_id: str, run_name: str,
-                callbacks: Sequence[Any] = ()) -> TrainOutcome:
+def fit_and_log(
+    cfg: PipelineConfig,
+    version: DatasetVersion,
+    inputs: ModelInputs,
+    run_id: str,
+    run_name: str,
+    callbacks: Sequence[Any] = (),
+) -> TrainOutcome:
     """Train, pick the best checkpoint, save its model bundle to storage, then complete the
     MLflow run: every epoch's metrics it lacks, the model, the plots.
 
@@ -260,11 +317,13 @@ def fit_and_log(cfg: PipelineConfig, version: DatasetVersion,
         rows = version.examples["train"]
         cfg = cfg.with_overrides({"train.batch_size": cfg.train.batch_for(rows)})
     with epoch_feed(cfg) as feed:
-        result = build_trainer(cfg, version, inputs, run_name, run_id, callbacks,
-                               feed).fit()
+        result = build_trainer(cfg, version, inputs, run_name, run_id, callbacks, feed).fit()
     checkpoint, best = _best_checkpoint(result, metric, mode)
-    numbers = {k: float(v) for k, v in best.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numbers = {
+        k: float(v)
+        for k, v in best.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     bundle = bundle_of(cfg, version, _trained_model(cfg, version, checkpoint), numbers, run_id)
     # The newest checkpoint holds every epoch's metrics so far.
     history = family_named(cfg.model.family).history(cfg, run_name, result.checkpoint)
@@ -279,17 +338,25 @@ def fit_and_log(cfg: PipelineConfig, version: DatasetVersion,
     return TrainOutcome(run_id, numbers, model_uri, checkpoint.path, version.version)
 
 
-def _not_logged(cfg: PipelineConfig, run_name: str, epochs: int, saved: str,
-                exc: Exception) -> TrackingError:
+def _not_logged(
+    cfg: PipelineConfig, run_name: str, epochs: int, saved: str, exc: Exception
+) -> TrackingError:
     return TrackingError(
         f"{run_name} trained {epochs} epoch(s); its checkpoints and model bundle ({saved}) "
         f"are in storage, but MLflow at {redact(cfg.tracking.uri)} failed ({one_line(exc)}): "
         "the epoch metrics it lacks, the model and its plots are not logged. Once MLflow "
-        "answers, `--resume` logs them without retraining.")
+        "answers, `--resume` logs them without retraining."
+    )
 
 
-def _complete_run(cfg: PipelineConfig, version: DatasetVersion, run_id: str, bundle: Bundle,
-                  bundle_dir: Path, history: list[dict[str, float]]) -> str:
+def _complete_run(
+    cfg: PipelineConfig,
+    version: DatasetVersion,
+    run_id: str,
+    bundle: Bundle,
+    bundle_dir: Path,
+    history: list[dict[str, float]],
+) -> str:
     """Log what the MLflow run lacks; returns the model URI."""
     from rayops import evaluate
 
@@ -297,25 +364,33 @@ def _complete_run(cfg: PipelineConfig, version: DatasetVersion, run_id: str, bun
     logged = set(tracking.logged_steps(cfg.tracking, run_id))
     missing = {int(h["epoch"]): h for h in history if int(h["epoch"]) not in logged}
     if missing:
-        logger.info("Logging %d epoch(s) of metrics MLflow did not get during training",
-                    len(missing))
+        logger.info(
+            "Logging %d epoch(s) of metrics MLflow did not get during training", len(missing)
+        )
         tracking.log_history(cfg.tracking, run_id, missing)
-    model_uri = tracking.logged_model_uri(cfg.tracking, run_id) or \
-        log_bundle(cfg, version, run_id, bundle_dir, bundle.family)
+    model_uri = tracking.logged_model_uri(cfg.tracking, run_id) or log_bundle(
+        cfg, version, run_id, bundle_dir, bundle.family
+    )
     numbers = bundle.meta["metrics"]
-    tracking.log_metrics(cfg.tracking, run_id, {f"best_{k}": v for k, v in numbers.items()},
-                         step=int(numbers.get("epoch", 0)))
+    tracking.log_metrics(
+        cfg.tracking,
+        run_id,
+        {f"best_{k}": v for k, v in numbers.items()},
+        step=int(numbers.get("epoch", 0)),
+    )
     evaluate.log_plots(cfg, run_id, bundle, version)
     return model_uri
 
 
-def log_bundle(cfg: PipelineConfig, version: DatasetVersion, run_id: str, bundle_dir: Path,
-               family: str) -> str:
+def log_bundle(
+    cfg: PipelineConfig, version: DatasetVersion, run_id: str, bundle_dir: Path, family: str
+) -> str:
     """Log a saved bundle as the MLflow model of ``run_id``: its input signature and example
     from ``version``, the family's pip requirements. Returns the model URI."""
     example, required = model_input(version)
-    return tracking.log_model(cfg.tracking, run_id, bundle_dir, example, required,
-                              family_named(family).pip_requirements())
+    return tracking.log_model(
+        cfg.tracking, run_id, bundle_dir, example, required, family_named(family).pip_requirements()
+    )
 
 
 def model_input(version: DatasetVersion) -> tuple[pd.DataFrame, dict[str, bool]]:
@@ -327,8 +402,9 @@ def model_input(version: DatasetVersion) -> tuple[pd.DataFrame, dict[str, bool]]
     if version.preprocessor.interactions is not None:
         return _interactions_example(version)
     if version.preprocessor.series is None:
-        return _input_example(version), {name: not spec["nullable"]
-                                         for name, spec in columns.items() if name != label}
+        return _input_example(version), {
+            name: not spec["nullable"] for name, spec in columns.items() if name != label
+        }
     layout = SeriesLayout.from_dict(version.preprocessor.series["layout"])
     first = version.table(version.preprocessor.reads_from("valid"), limit=1)
     one = version.rows_where({s: first.column(s)[0].as_py() for s in layout.series})
@@ -339,8 +415,9 @@ def model_input(version: DatasetVersion) -> tuple[pd.DataFrame, dict[str, bool]]
         if spec["type"] == "datetime":
             rows[name] = rows[name].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     rows.loc[rows.index[-1], label] = None  # the step to forecast
-    return rows[list(columns)], {name: not spec["nullable"] and name != label
-                                 for name, spec in columns.items()}
+    return rows[list(columns)], {
+        name: not spec["nullable"] and name != label for name, spec in columns.items()
+    }
 
 
 def _interactions_example(version: DatasetVersion) -> tuple[pd.DataFrame, dict[str, bool]]:
@@ -353,20 +430,32 @@ def _interactions_example(version: DatasetVersion) -> tuple[pd.DataFrame, dict[s
         if spec["type"] == "datetime":
             rows[name] = rows[name].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     return rows[list(columns)].reset_index(drop=True), {
-        name: not spec["nullable"] for name, spec in columns.items()}
+        name: not spec["nullable"] for name, spec in columns.items()
+    }
 
 
 def run_params(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:
     """What a training run logs as MLflow params (flattened later)."""
-    return {"model": cfg.model.model_dump(), "train": cfg.train.model_dump(),
-            "data": {"dataset_version": version.id, "dataset_uri": version.uri,
-                     "task": cfg.data.task,
-                     "label": cfg.data.label, "features": ",".join(cfg.data.feature_names)},
-            "dataset_rows": version.manifest.rows.model_dump()}
+    return {
+        "model": cfg.model.model_dump(),
+        "train": cfg.train.model_dump(),
+        "data": {
+            "dataset_version": version.id,
+            "dataset_uri": version.uri,
+            "task": cfg.data.task,
+            "label": cfg.data.label,
+            "features": ",".join(cfg.data.feature_names),
+        },
+        "dataset_rows": version.manifest.rows.model_dump(),
+    }
 
 
-def run_training(cfg: PipelineConfig, version: DatasetVersion | None = None,
-                 resume: bool = False, record_name: str | None = None) -> TrainOutcome:
+def run_training(
+    cfg: PipelineConfig,
+    version: DatasetVersion | None = None,
+    resume: bool = False,
+    record_name: str | None = None,
+) -> TrainOutcome:
     """One tracked training run; ``resume`` continues the last one that did not finish
     (``record_name``: that run, and its outcome if it finished already). A new run takes
     ``record_name`` as its name when given."""
@@ -378,16 +467,25 @@ def run_training(cfg: PipelineConfig, version: DatasetVersion | None = None,
             return _finished_outcome(cfg, record)
     else:
         version = version or load_version(cfg)
-        run_id = tracking.start_run(cfg.tracking, cfg.experiment_name, f"{cfg.name}-train",
-                                    params=run_params(cfg, version),
-                                    tags={tracking.DATASET_TAG: version.id})
+        run_id = tracking.start_run(
+            cfg.tracking,
+            cfg.experiment_name,
+            f"{cfg.name}-train",
+            params=run_params(cfg, version),
+            tags={tracking.DATASET_TAG: version.id},
+        )
         name = record_name or f"{cfg.name}-train-{run_id[:8]}-{uuid.uuid4().hex[:4]}"
         record = write_record(folder, new_record(name, run_id, version))
-    logger.info("training %s: %s, %d worker(s), up to %d %s, %s", record.name,
-                cfg.model.family, cfg.train.num_workers, *length_of(cfg), version.id)
+    logger.info(
+        "training %s: %s, %d worker(s), up to %d %s, %s",
+        record.name,
+        cfg.model.family,
+        cfg.train.num_workers,
+        *length_of(cfg),
+        version.id,
+    )
     try:
-        outcome = fit_and_log(cfg, version, load_inputs(version), record.run_id,
-                              record.name)
+        outcome = fit_and_log(cfg, version, load_inputs(version), record.run_id, record.name)
     except (KeyboardInterrupt, SystemExit):  # stopped, not failed: `--resume` picks it up
         raise
     except BaseException:
@@ -404,7 +502,7 @@ def _finished_outcome(cfg: PipelineConfig, record: RunRecord) -> TrainOutcome:
     metrics = tracking.finished_with_model(cfg.tracking, run_id)
     model_uri = tracking.logged_model_uri(cfg.tracking, run_id)
     if metrics is None or model_uri is None:
-        raise TrainingError(f"run {record.name} is recorded as finished but MLflow run "
-                            f"{run_id} holds no model")
-    return TrainOutcome(run_id, metrics, model_uri, "",
-                        version_number(record.dataset_version))
+        raise TrainingError(
+            f"run {record.name} is recorded as finished but MLflow run {run_id} holds no model"
+        )
+    return TrainOutcome(run_id, metrics, model_uri, "", version_number(record.dataset_version))

@@ -46,13 +46,16 @@ def epoch_line(cfg: PipelineConfig, metrics: dict[str, float]) -> str:
     """``epoch 3/8  loss 0.412 / 0.398  valid_f1 0.662  valid_accuracy 0.781  1.3 s``."""
     metric, _ = cfg.target_metric
     task, family = task_of(cfg.data.task), family_named(cfg.model.family)
-    shown = [m for m in dict.fromkeys([metric, task.shown_metric_for(cfg.data)])
-             if m in cfg.metrics]
+    shown = [
+        m for m in dict.fromkeys([metric, task.shown_metric_for(cfg.data)]) if m in cfg.metrics
+    ]
     scores = "  ".join(f"{m} {metrics[m]:.4f}" for m in shown if m in metrics)
-    return (f"{family.step} {int(metrics['epoch'])}/{family.length(cfg)}  loss "
-            f"{metrics.get('train_loss', float('nan')):.4f} / "
-            f"{metrics.get('valid_loss', float('nan')):.4f}  {scores}  "
-            f"{metrics.get('epoch_time_s', 0.0):.1f} s")
+    return (
+        f"{family.step} {int(metrics['epoch'])}/{family.length(cfg)}  loss "
+        f"{metrics.get('train_loss', float('nan')):.4f} / "
+        f"{metrics.get('valid_loss', float('nan')):.4f}  {scores}  "
+        f"{metrics.get('epoch_time_s', 0.0):.1f} s"
+    )
 
 
 @contextmanager
@@ -68,7 +71,7 @@ def epoch_feed(cfg: PipelineConfig) -> Iterator[Any]:
     done = threading.Event()
 
     def show() -> None:
-        for item in ray.get(mailbox.take.remote(), timeout=30):
+        for item in ray.get(mailbox.take.remote(), timeout=30):  # type: ignore[attr-defined]
             logger.info(epoch_line(cfg, item))
 
     def pump() -> None:
@@ -88,4 +91,4 @@ def epoch_feed(cfg: PipelineConfig) -> Iterator[Any]:
         try:
             show()
         finally:
-            ray.kill(mailbox)
+            ray.kill(mailbox)  # type: ignore[arg-type]

@@ -39,8 +39,7 @@ class RunRecord:
     run_id: str  # the MLflow run (a sweep's parent run)
     dataset_version: str  # a DatasetVersion.id
     status: Status = "running"
-    started_at: str = dataclasses.field(
-        default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
+    started_at: str = dataclasses.field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
 
     @property
     def finished(self) -> bool:
@@ -67,16 +66,20 @@ def read_record(location: Location) -> RunRecord:
     except ValueError as exc:
         raise BadRecord(f"run record {location.uri} is not JSON ({exc})") from exc
     if not isinstance(data, dict):
-        raise BadRecord(f"run record {location.uri} is not a JSON object (got "
-                        f"{type(data).__name__})")
+        raise BadRecord(
+            f"run record {location.uri} is not a JSON object (got {type(data).__name__})"
+        )
     missing = [key for key in _REQUIRED if not isinstance(data.get(key), str)]
     if missing:
-        raise BadRecord(f"run record {location.uri} lacks {', '.join(missing)} "
-                        f"(has: {', '.join(sorted(data)) or 'nothing'})")
+        raise BadRecord(
+            f"run record {location.uri} lacks {', '.join(missing)} "
+            f"(has: {', '.join(sorted(data)) or 'nothing'})"
+        )
     status = data.get("status", "running")
     if status not in ("running", "failed", "finished"):
-        raise BadRecord(f"run record {location.uri}: status {status!r} is not one of "
-                        "running, failed, finished")
+        raise BadRecord(
+            f"run record {location.uri}: status {status!r} is not one of running, failed, finished"
+        )
     return RunRecord.from_dict(data)
 
 
@@ -84,8 +87,7 @@ def new_record(name: str, run_id: str, version: DatasetVersion) -> RunRecord:
     return RunRecord(name, run_id, version.id)
 
 
-def write_record(folder: Location, record: RunRecord, status: Status | None = None
-                 ) -> RunRecord:
+def write_record(folder: Location, record: RunRecord, status: Status | None = None) -> RunRecord:
     """Store ``record`` (with ``status`` when given) as ``{name}.json``; returns it."""
     updated = dataclasses.replace(record, status=status or record.status)
     folder.join(f"{record.name}.json").write_json(dataclasses.asdict(updated))
@@ -96,8 +98,9 @@ class NothingToResume(TrainingError):
     """No run of this kind stopped unfinished."""
 
 
-def resumable(cfg: PipelineConfig, kind: str, name: str | None = None
-              ) -> tuple[RunRecord, DatasetVersion]:
+def resumable(
+    cfg: PipelineConfig, kind: str, name: str | None = None
+) -> tuple[RunRecord, DatasetVersion]:
     """The run record ``name`` (a caller that named its run, like the operate loop: it
     continues its own run, never another), or else the newest ``kind`` record if it did
     not finish; its dataset version; its MLflow run marked RUNNING again when it did not
@@ -106,24 +109,29 @@ def resumable(cfg: PipelineConfig, kind: str, name: str | None = None
     if name is not None:
         location = folder.join(f"{name}.json")
         if not location.exists():
-            raise NothingToResume(f"nothing to resume: no {kind} run {name!r} under "
-                                  f"{folder.uri}")
+            raise NothingToResume(f"nothing to resume: no {kind} run {name!r} under {folder.uri}")
         record = read_record(location)
     else:
-        records = [read_record(folder.join(n))
-                   for n in folder.list_dir() if n.endswith(".json")]
+        records = [read_record(folder.join(n)) for n in folder.list_dir() if n.endswith(".json")]
         if not records:
-            raise NothingToResume(f"nothing to resume: no {kind} run of {cfg.name!r} under "
-                                  f"{folder.uri}")
+            raise NothingToResume(
+                f"nothing to resume: no {kind} run of {cfg.name!r} under {folder.uri}"
+            )
         record = max(records, key=lambda r: r.started_at)
         if record.finished:
-            raise NothingToResume(f"nothing to resume: the last {kind} run of {cfg.name!r} "
-                                  f"({record.name}) finished")
+            raise NothingToResume(
+                f"nothing to resume: the last {kind} run of {cfg.name!r} ({record.name}) finished"
+            )
     version = load_version(cfg, version_number(record.dataset_version))
     if not record.finished:
         tracking.reopen_run(cfg.tracking, record.run_id)
-        logger.info("Resuming %s (MLflow run %s, %s) on %s", record.name,
-                    record.run_id, record.status, version.id)
+        logger.info(
+            "Resuming %s (MLflow run %s, %s) on %s",
+            record.name,
+            record.run_id,
+            record.status,
+            version.id,
+        )
     return record, version
 
 
