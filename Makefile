@@ -15,7 +15,7 @@ LOCK := requirements.lock
 # Where `make lock` finds torch's CPU build: this machine's wheel folder, else the CPU index.
 TORCH_WHEELS ?= $(if $(wildcard /opt/wheels/torch-*),/opt/wheels,$(TORCH_INDEX)/torch)
 
-.PHONY: install lint lock test test-fast demo docs bench image clean
+.PHONY: install lint lock test test-fast demo docs docs-serve bench image clean
 
 install: $(STAMP)
 
@@ -41,16 +41,17 @@ lock:
 		--override $(VENV)/torch-override.txt --no-emit-package torch --upgrade -q -o $(LOCK)
 
 lint: install
-	$(BIN)/ruff check platform jobs tests
-	$(BIN)/ruff format --check platform jobs tests
+	$(BIN)/ruff check platform jobs tests docs
+	$(BIN)/ruff format --check platform jobs tests docs
 	$(BIN)/mypy
 
 # Two processes (pytest-xdist), each with its own Ray cluster and services; whole modules
 # go to one process, so module fixtures are made once. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 
+# Coverage of platform/ in the test processes (Ray's worker processes are not traced).
 test: install lint
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --cov=rayops --cov-report=term:skip-covered
 
 # The inner loop: unit and contract tests, no Ray cluster, no services (under 3 minutes).
 test-fast: install lint
@@ -81,4 +82,11 @@ bench: install
 	done
 
 clean:
-	rm -rf lake mlflow .pytest_cache .ruff_cache
+	rm -rf lake mlflow site .pytest_cache .ruff_cache .mypy_cache .coverage
+
+# The docs site (MkDocs, Material theme) into site/; the reference pages are generated.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001

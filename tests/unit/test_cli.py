@@ -206,3 +206,156 @@ def test_shell_completion_is_there_to_install():
         timeout=60,
     )
     assert shown.returncode == 0 and "complete" in shown.stdout, shown.stderr
+
+
+BAD_CONFIGS = {
+    "missing": ("missing.yaml", None, "does not exist"),
+    "folder": ("folder", None, "is a folder"),
+    "latin-1": ("latin.yaml", b"name: caf\xe9\n", "is not UTF-8 text"),
+    "not YAML": ("broken.yaml", b"name: [unclosed\n", "yaml"),
+    "not a mapping": ("list.yaml", b"- a\n- b\n", "expected a mapping"),
+    "invalid": ("invalid.yaml", b"name: x\ndata: {task: nonsense}\n", "data.task"),
+}
+
+
+def _argv(command, bad: str, good_file: str) -> list[str]:
+    """The command's required arguments, the config among them (argument or --config) bad."""
+    names = {"stage": "ingest", "model": "m", "version": "1", "source": good_file}
+    args = []
+    for param in command.params:
+        if param.param_type_name == "argument" and param.required:
+            args.append(bad if param.name == "config" else names.get(param.name, good_file))
+        elif param.param_type_name == "option" and param.name == "config":
+            args += ["--config", bad]
+        elif param.param_type_name == "option" and param.required:
+            args += [param.opts[0], "registry.example/rayops:1"]
+    return args
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_every_command_that_reads_a_config_ends_in_one_line_on_a_bad_one(case, tmp_path, capsys):
+    """Fuzz-style: each command given a config that is missing, a folder, not UTF-8, not
+    YAML, not a mapping or invalid ends with exit status 2 and one line, no traceback."""
+    import typer
+
+    from rayops.cli import app, main
+
+    name, content, said = BAD_CONFIGS[case]
+    bad = tmp_path / name
+    if content is None and name == "folder":
+        bad.mkdir()
+    elif content is not None:
+        bad.write_bytes(content)
+    good_file = tmp_path / "records.csv"
+    good_file.write_text("a,b\n1,2\n")
+    root = typer.main.get_command(app)
+    tried = []
+    for path, command in _leaf_commands(root):
+        argv = _argv(command, str(bad), str(good_file))
+        if str(bad) not in argv:
+            continue  # reads no config
+        tried.append(path)
+        with pytest.raises(SystemExit) as ended:
+            main([*path.split(), *argv])
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert ended.value.code == 2 and "Traceback" not in err, (path, err)
+        assert lines[0].startswith("error: ") and said.lower() in err.lower(), (path, err)
+        # one line, or for an invalid config one more per invalid setting
+        assert len(lines) == 1 or (case == "invalid" and lines[0].endswith("setting(s):"))
+    assert {"ingest", "train", "tune", "deploy", "run", "check", "feedback", "k8s"} <= set(tried)
+    assert {"promote", "rollback", "submit", "operate", "monitor", "quarantine"} <= set(tried)
+
+
+def _leaf_commands(command, path=""):
+    if hasattr(command, "commands"):
+        for name, sub in command.commands.items():
+            yield from _leaf_commands(sub, f"{path} {name}".strip())
+    else:
+        yield path, command
+
+
+@pytest.mark.parametrize(
+    ("argv", "job", "blocks"),
+    [
+        ([], False, True),
+        ([], True, False),
+        (["--no-block"], False, False),
+        (["--block"], True, True),
+    ],
+)
+def test_run_keeps_serving_like_deploy_unless_in_a_job(argv, job, blocks, monkeypatch, tmp_path):
+    """`rayops run` serves from a Ray cluster the command owns: it blocks (as `deploy` does)
+    unless it runs in a Ray job, whose Serve application outlives it."""
+    from types import SimpleNamespace
+
+    from rayops import pipeline
+    from rayops.cli import main, stages
+    from rayops.config import load_config
+    from rayops.demo import config_path
+    from rayops.runtime import Output
+
+    cfg = load_config(config_path())
+    waited = []
+    monkeypatch.setattr(stages, "start", lambda *a: (cfg, Output(False, None)))
+    model = SimpleNamespace(summary=lambda: "run r1 on churn/v000001")
+    monkeypatch.setattr(
+        pipeline,
+        "run_pipeline",
+        lambda cfg, deploy: SimpleNamespace(model=model, url="http://127.0.0.1:8000"),
+    )
+    monkeypatch.setattr(stages, "wait_forever", lambda: waited.append(True))
+    if job:
+        monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    else:
+        monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    with pytest.raises(SystemExit) as ended:
+        main(["run", str(tmp_path / "unused.yaml"), *argv])
+    assert ended.value.code == 0
+    assert waited == ([True] if blocks else [])
+
+
+def test_predict_writes_each_answer_as_it_comes_and_keeps_them_when_a_later_one_fails(
+    tmp_path, capsys
+):
+    """A server that answers the first chunk and fails the second: the first chunk's
+    predictions are in the output file, with progress on stderr and one line naming both."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from rayops.cli import main
+
+    class Handler(BaseHTTPRequestHandler):
+        calls = 0
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            Handler.calls += 1
+            status = 200 if Handler.calls == 1 else 500
+            answer = {"predictions": [{"prediction": r["a"]} for r in body["records"]]}
+            data = json.dumps(answer if status == 200 else {"detail": "boom"}).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    records = tmp_path / "r.csv"
+    records.write_text("a,b\n" + "".join(f"{i},{i}\n" for i in range(5)))
+    out = tmp_path / "out.jsonl"
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(SystemExit) as ended:
+            main(["predict", str(records), "--url", url, "--chunk", "3", "--output", str(out)])
+    finally:
+        server.shutdown()
+    err = capsys.readouterr().err
+    assert ended.value.code == 2
+    assert [json.loads(x)["prediction"] for x in out.read_text().splitlines()] == [0, 1, 2]
+    assert "predicted 3 of 5 records" in err
+    assert "records 3-4: HTTP 500" in err and f"the first 3 predictions are in {out}" in err

@@ -303,3 +303,25 @@ def test_message_formats_fit_their_source(source, fmt, avro, match):
     raw["data"].update({"format": "avro", "avro": {"schema": "r.avsc"}})
     if "://" in source:  # the same source with Avro and its schema is a valid config
         assert validate_config(raw).data.avro.framing == "confluent"
+
+
+def test_a_check_across_keys_names_them_without_dumping_the_section():
+    raw = _raw()
+    raw["serve"] = {"autoscaling": {"min_replicas": 5, "max_replicas": 2}}
+    with pytest.raises(ConfigError) as err:
+        validate_config(raw)
+    (line,) = [x for x in str(err.value).splitlines() if "min_replicas" in x]
+    assert line.strip() == "serve.autoscaling: min_replicas (5) exceeds max_replicas (2)"
+    raw = _raw()
+    raw["tune"] = {"metric": "valid_rmse"}
+    with pytest.raises(ConfigError) as err:
+        validate_config(raw)
+    assert "tune.metric 'valid_rmse' is not a metric of a classification run" in str(err.value)
+    assert "{'name'" not in str(err.value)
+
+
+@pytest.mark.parametrize("written", ["asha", "fifo"])
+def test_the_scheduler_can_be_named_alone(written):
+    raw = _raw()
+    raw["tune"] = {"scheduler": written}
+    assert validate_config(raw).tune.scheduler.type == written

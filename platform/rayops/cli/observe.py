@@ -27,15 +27,28 @@ def predict(
     ] = None,
 ) -> None:
     """Send a file of records to a running deployment and print or write the predictions."""
+    import sys
+
+    from rayops.errors import ServeError
     from rayops.serve.client import predict_file
 
-    lines = predict_file(file, url, chunk, token_env)
-    if output is None:
-        for line in lines:
-            typer.echo(line)
-    else:
-        output.write_text("".join(f"{line}\n" for line in lines))
-        typer.echo(f"wrote {len(lines)} predictions to {output}")
+    done, sink = 0, sys.stdout if output is None else None
+    try:
+        for lines, done, total in predict_file(file, url, chunk, token_env):
+            sink = sink or output.open("w")  # type: ignore[union-attr]  # the first answer
+            sink.write("".join(f"{line}\n" for line in lines))
+            sink.flush()  # written as it goes: a later chunk that fails keeps these
+            if total > chunk:
+                typer.echo(f"predicted {done:,} of {total:,} records", err=True)
+    except ServeError as exc:
+        if done and output is not None:
+            raise ServeError(f"{exc} (the first {done:,} predictions are in {output})") from None
+        raise
+    finally:
+        if output is not None and sink is not None:
+            sink.close()
+    if output is not None:
+        typer.echo(f"wrote {done:,} predictions to {output}")
 
 
 @app.command()

@@ -90,6 +90,7 @@ def _train(
     dataset_version: int | None,
 ) -> None:
     from rayops.pipeline import train_and_register
+    from rayops.tracking import where_to_look
 
     cfg, output = start(config, overrides, base_dir, verbose)
     submitted_as = os.environ.get(SUBMITTED_AS_ENV)
@@ -99,6 +100,7 @@ def _train(
             cfg, sweep=sweep, resume=resume, dataset_version=dataset_version
         ).summary()
     )
+    typer.echo(where_to_look(cfg.tracking))
     logs_line(output)
 
 
@@ -164,16 +166,18 @@ def deploy(
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve the aliased model with Ray Serve."""
-    from rayops import serve
-
     if emit is not None:
         import yaml
 
         cfg = load(config, overrides, base_dir)
+        from rayops import serve
+
         emit.write_text(yaml.safe_dump(serve.serve_config(cfg), sort_keys=False))
         typer.echo(f"wrote {emit}: serve deploy {emit}  (or: serve run {emit})")
         return
     cfg, _ = start(config, overrides, base_dir, verbose)
+    from rayops import serve
+
     url = serve.deploy(cfg)
     from rayops.tasks import task_of
 
@@ -189,21 +193,29 @@ def run(
     config: ConfigArg,
     overrides: SetOpt = None,
     serve: Annotated[bool, typer.Option(help="Deploy at the end.")] = True,
-    block: Annotated[bool, typer.Option(help="Keep serving until Ctrl-C.")] = False,
+    block: Annotated[
+        bool | None,
+        typer.Option(
+            help="Keep serving until Ctrl-C, as `deploy` does (default: yes, except in a Ray "
+            "job, whose Serve application outlives it)."
+        ),
+    ] = None,
     base_dir: BaseDirOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """The whole pipeline: ingest -> train or sweep -> register -> deploy."""
     from rayops.pipeline import run_pipeline
     from rayops.tasks import task_of
+    from rayops.tracking import where_to_look
 
     cfg, output = start(config, overrides, base_dir, verbose)
     result = run_pipeline(cfg, deploy=serve)
     typer.echo(result.model.summary())
+    typer.echo(where_to_look(cfg.tracking))
     logs_line(output)
     if result.url:
         typer.echo(f"serving at {result.url}{task_of(cfg.data.task).route}")
-        if block:
+        if (not in_ray_job()) if block is None else block:
             wait_forever()
 
 

@@ -76,7 +76,9 @@ def load_config(
     except OSError as exc:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        raise ConfigError(
+            f"config file {str(path)!r} is not valid YAML: {_yaml_problem(exc)}"
+        ) from None
     if raw is None:
         raise ConfigError(f"config file {str(path)!r} is empty")
     if isinstance(raw, dict):
@@ -167,6 +169,10 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
             lines.append(f"  {loc}: unknown key{hint}")
             continue
         msg = err["msg"].removeprefix("Value error, ")
+        if isinstance(err.get("input"), dict) and err["type"] == "value_error":
+            # a check across the keys of a section: the message names the keys and values
+            lines.append(f"  {loc if err['loc'] else 'config'}: {msg}")
+            continue
         shown = repr(err.get("input"))
         if len(shown) > 80:
             shown = shown[:77] + "..."
@@ -207,3 +213,12 @@ def _unwrap(annotation: Any) -> Any:
             annotation = args[0]
         else:
             return annotation
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: what is wrong and where."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return (
+        problem if mark is None else f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    )

@@ -55,11 +55,17 @@ class TrackingConfig(_Section):
 
 
 class AutoscalingConfig(_Section):
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(2, ge=1)
-    target_ongoing_requests: float = Field(2.0, gt=0.0)
-    upscale_delay_s: float = Field(10.0, ge=0.0)
-    downscale_delay_s: float = Field(60.0, ge=0.0)
+    min_replicas: int = Field(1, ge=0, description="Replicas kept when traffic is low.")
+    max_replicas: int = Field(2, ge=1, description="Most replicas under load.")
+    target_ongoing_requests: float = Field(
+        2.0, gt=0.0, description="Requests in flight per replica that Serve scales towards."
+    )
+    upscale_delay_s: float = Field(
+        10.0, ge=0.0, description="How long load must stay high before a replica is added."
+    )
+    downscale_delay_s: float = Field(
+        60.0, ge=0.0, description="How long load must stay low before a replica is removed."
+    )
     look_back_period_s: float = Field(
         30.0,
         gt=0.0,

@@ -297,12 +297,21 @@ SearchDim = Annotated[
 
 
 class SchedulerConfig(_Section):
+    """Which trials stop early: ASHA (after ``grace_period`` epochs) or none (``fifo``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
     type: Literal["asha", "fifo"] = Field("asha", description="asha stops weak trials early.")
     grace_period: int = Field(2, ge=1, description="Epochs every trial runs before it can stop.")
     reduction_factor: float = Field(2.0, gt=1.0, description="ASHA's halving rate.")
 
 
 class TuneConfig(_Section):
+    """A sweep over the training code: trials, their search space and early stopping."""
+
     enabled: bool = Field(False, description="Run a sweep instead of a single training run.")
     search: Literal["random", "grid", "optuna"] = Field(
         "random",
@@ -327,7 +336,11 @@ class TuneConfig(_Section):
         default_factory=dict,
         description="Dotted config keys under model. or train. mapped to a distribution.",
     )
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    scheduler: SchedulerConfig = Field(
+        default_factory=SchedulerConfig,
+        description="Early stopping of trials: `asha` or `fifo` (none), or a mapping with "
+        "`type`, `grace_period` and `reduction_factor`.",
+    )
     final_model: Literal["reuse", "retrain"] = Field(
         "reuse",
         description="reuse the best trial's model, or retrain the best configuration once "

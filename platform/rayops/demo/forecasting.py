@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from rayops import tracking
 from rayops.demo import demand
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ def show(
             f"  {ts:%Y-%m-%d %H:%M}  {step['value']:8.1f}   {q['0.1']:5.1f} - "
             f"{q['0.9']:5.1f}   {'-' if naive is None else f'{naive:.0f}':>5}"
         )
-    print(f"MLflow:   mlflow ui --backend-store-uri {cfg.tracking.uri}")
+    print(tracking.where_to_look(cfg.tracking))
 
 
 def curl(url: str, body: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from rayops import tracking
 from rayops.demo import watching
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ def show(
     for n, (item, other) in enumerate(zip(answer["items"], popular, strict=False), 1):
         shown = f"{item['item']} ({item['score']:.2f})"
         print(f"  {n:<3} {shown:<26} {other}")
-    print(f"MLflow:   mlflow ui --backend-store-uri {cfg.tracking.uri}")
+    print(tracking.where_to_look(cfg.tracking))
 
 
 def curl(url: str, body: dict[str, Any]) -> str:

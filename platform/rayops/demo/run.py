@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from rayops import demo
+from rayops import demo, tracking
 from rayops.config import PipelineConfig, load_config
 from rayops.data.ingest import file_source
 from rayops.demo import churn
@@ -189,7 +189,7 @@ def _show(
             f"  {record['contract']:>14}, {record['tenure_months']:>2} months: churn "
             f"{answer['prediction']:<3} (p(yes)={answer['probabilities']['yes']:.2f})"
         )
-    print(f"MLflow:   mlflow ui --backend-store-uri {cfg.tracking.uri}")
+    print(tracking.where_to_look(cfg.tracking))
 
 
 def _curl(url: str) -> str:

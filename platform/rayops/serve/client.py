@@ -7,6 +7,7 @@ import logging
 import os
 import time
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,12 @@ def _post(url: str, body: dict[str, Any], headers: dict[str, str], what: str) ->
     raise AssertionError("unreachable")
 
 
-def predict_file(path: Path, url: str, chunk: int, token_env: str | None) -> list[str]:
-    """POST the file's records in chunks; one JSON line per prediction, in input order."""
+def predict_file(
+    path: Path, url: str, chunk: int, token_env: str | None
+) -> Iterator[tuple[list[str], int, int]]:
+    """POST the file's records in chunks; per chunk, one JSON line per prediction (in input
+    order), the records answered so far and the records in all, so that the caller writes
+    each chunk as it arrives: a chunk that fails ends the file after what was answered."""
     headers = {}
     if token_env:
         token = os.environ.get(token_env)
@@ -86,12 +91,11 @@ def predict_file(path: Path, url: str, chunk: int, token_env: str | None) -> lis
         headers["Authorization"] = f"Bearer {token}"
     endpoint = f"{_checked_url(url)}/predict"
     records = read_records(path)
-    lines: list[str] = []
     for start in range(0, len(records), chunk):
         body = {"records": records[start : start + chunk]}
         what = f"records {start}-{start + len(body['records']) - 1}"
         response = _post(endpoint, body, headers, what)
         if response.status_code != 200:
             raise ServeError(f"{what}: HTTP {response.status_code}: {response.text[:500]}")
-        lines += [json.dumps(p) for p in response.json()["predictions"]]
-    return lines
+        lines = [json.dumps(p) for p in response.json()["predictions"]]
+        yield lines, start + len(lines), len(records)

@@ -8,12 +8,14 @@ the whole validation set, not averages of per-worker values.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+if TYPE_CHECKING:  # pandas costs a command that only reads a config 0.4 s to import
+    import pandas as pd
 
 
 def confusion_matrix(predicted: np.ndarray, actual: np.ndarray, n_classes: int) -> np.ndarray:
@@ -79,7 +81,7 @@ def mean_std(entry: Mapping[str, Any]) -> tuple[float, float]:
 
 def label_strings(labels: pa.ChunkedArray | pa.Array | pd.Series) -> pa.ChunkedArray:
     """Class labels as text; integral numbers print without a trailing '.0'."""
-    if isinstance(labels, pd.Series):
+    if not isinstance(labels, pa.Array | pa.ChunkedArray):  # a pandas Series
         labels = pa.chunked_array([pa.array(labels, from_pandas=True)])
     if isinstance(labels, pa.Array):
         labels = pa.chunked_array([labels])

@@ -9,6 +9,7 @@ from rayops.tracking.client import (
     experiment_id,
     not_found,
     require_reachable,
+    where_to_look,
 )
 from rayops.tracking.registry import (
     AliasNotFound,
@@ -161,5 +162,6 @@ __all__ = [
     "trained_datasets",
     "trial_models",
     "trial_runs",
+    "where_to_look",
     "withdraw",
 ]

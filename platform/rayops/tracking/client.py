@@ -64,3 +64,11 @@ def not_found(exc: Exception) -> bool:
     if code == "RESOURCE_DOES_NOT_EXIST":
         return True
     return code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc)
+
+
+def where_to_look(tracking: TrackingConfig) -> str:
+    """How a user opens what a command logged: the server's address, or the command that
+    starts MLflow's UI on a local store (only 127.0.0.1)."""
+    if tracking.uri.startswith(("http://", "https://")):
+        return f"MLflow:   {tracking.uri}"
+    return f"MLflow:   mlflow ui --backend-store-uri {tracking.uri}  (then http://127.0.0.1:5000)"
