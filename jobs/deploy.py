@@ -8,7 +8,7 @@ The Serve application outlives the job.
 
 import sys
 
-from rayops.cli import main
+from rayops.cli import console
 
 if __name__ == "__main__":
-    main(["deploy", *sys.argv[1:]])
+    console(["deploy", *sys.argv[1:]])

@@ -6,7 +6,7 @@
 
 import sys
 
-from rayops.cli import main
+from rayops.cli import console
 
 if __name__ == "__main__":
-    main(["ingest", *sys.argv[1:]])
+    console(["ingest", *sys.argv[1:]])

@@ -8,7 +8,7 @@ Resubmitted, it resumes its unfinished cycle.
 
 import sys
 
-from rayops.cli import main
+from rayops.cli import console
 
 if __name__ == "__main__":
-    main(["operate", *sys.argv[1:]])
+    console(["operate", *sys.argv[1:]])

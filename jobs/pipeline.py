@@ -8,7 +8,7 @@ Every stage, then serve.
 
 import sys
 
-from rayops.cli import main
+from rayops.cli import console
 
 if __name__ == "__main__":
-    main(["run", *sys.argv[1:]])
+    console(["run", *sys.argv[1:]])

@@ -6,7 +6,7 @@
 
 import sys
 
-from rayops.cli import main
+from rayops.cli import console
 
 if __name__ == "__main__":
-    main(["train", *sys.argv[1:]])
+    console(["train", *sys.argv[1:]])

@@ -1,6 +1,6 @@
 """``python -m rayops``: the command line (what a submitted job runs)."""
 
-from rayops.cli import main
+from rayops.cli import console
 
 if __name__ == "__main__":
-    main()
+    console()

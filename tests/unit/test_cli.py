@@ -123,6 +123,9 @@ def test_each_job_runs_its_stage_and_rejects_options_that_are_not_its_own(monkey
 
     import pytest
 
+    from rayops import cli
+
+    monkeypatch.setattr(cli, "_exit", sys.exit)  # the jobs' hard exit, as SystemExit here
     jobs = Path(__file__).parents[2] / "jobs"
     assert {p.stem for p in jobs.glob("*.py")} == set(FOREIGN)  # no job untested
     for job, option in FOREIGN.items():
@@ -359,3 +362,37 @@ def test_predict_writes_each_answer_as_it_comes_and_keeps_them_when_a_later_one_
     assert [json.loads(x)["prediction"] for x in out.read_text().splitlines()] == [0, 1, 2]
     assert "predicted 3 of 5 records" in err
     assert "records 3-4: HTTP 500" in err and f"the first 3 predictions are in {out}" in err
+
+
+def test_unreachable_and_malformed_urls_and_bad_input_files_end_in_one_line(
+    tmp_path, capsys, monkeypatch
+):
+    """Fuzz-style, the other inputs: tracking servers and cluster addresses that are
+    malformed or down, and data files that are missing, folders or not UTF-8."""
+    from rayops.cli import main
+    from rayops.demo import config_path
+    from tests.helpers import free_port
+
+    monkeypatch.setenv("RAYOPS_LOG_DIR", str(tmp_path / "logs"))
+    down = f"http://127.0.0.1:{free_port()}"
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b"a,b\n\xe9,1\n")
+    cfg = str(config_path())
+    cases = [
+        (["promote", "m", "1", "--tracking-uri", "ftp:/nowhere"], "tracking"),
+        (["promote", "m", "1", "--tracking-uri", down], "127.0.0.1"),
+        (["rollback", "m", "--tracking-uri", down], "127.0.0.1"),
+        (["submit", "ingest", cfg, "--address", "not a url"], "address"),
+        (["submit", "ingest", cfg, "--address", down], "127.0.0.1"),
+        (["schema", "infer", str(tmp_path / "missing")], "missing"),
+        (["schema", "infer", str(latin)], "latin.csv"),
+        (["feedback", cfg, str(tmp_path / "missing.csv")], "missing.csv"),
+        (["feedback", cfg, str(latin)], "latin.csv"),
+    ]
+    for args, said in cases:
+        with pytest.raises(SystemExit) as ended:
+            main(args)
+        err = capsys.readouterr().err
+        assert ended.value.code == 2, (args, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, (args, err)
+        assert err.startswith("error: ") and said in err, (args, err)

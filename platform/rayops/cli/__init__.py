@@ -7,17 +7,48 @@ traffic (``cli.observe``) and clusters (``cli.cluster``). ``python -m rayops STA
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
+import threading
 from collections.abc import Sequence
+from typing import NoReturn
 
 from rayops.cli import cluster, observe, registry, stages  # noqa: F401  (they add commands)
 from rayops.cli.common import app
 from rayops.runtime import errors_in_one_line
 
-__all__ = ["app", "main"]
+__all__ = ["app", "console", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point (``argv``: the arguments, default the process's): library
-    errors become one clear line and exit code 2."""
+    """The command line (``argv``: the arguments, default the process's): library errors
+    become one clear line and exit code 2; ends with SystemExit."""
     with errors_in_one_line():
         app(args=list(argv) if argv is not None else None, prog_name="rayops")
+
+
+def console(argv: Sequence[str] | None = None) -> NoReturn:
+    """The ``rayops`` executable, ``python -m rayops`` and the jobs: :func:`main`, then an
+    exit that skips C++ static destructors. pyarrow's thread pool, torn down there beside
+    deltalake's runtime, sometimes aborts ("terminate called without an active
+    exception", status 134) after a command has done its work; Python's own shutdown
+    (threads joined, atexit handlers: Ray's shutdown, log files) still runs first."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    _exit(code)
+
+
+def _exit(code: int) -> NoReturn:
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -9,6 +9,7 @@ import typer
 
 from rayops.cli.common import BaseDirOpt, app, load
 from rayops.config import TrackingConfig
+from rayops.errors import ConfigError
 from rayops.runtime import setup_logging
 
 StoreConfigOpt = Annotated[
@@ -22,10 +23,21 @@ def _tracking(
 ) -> TrackingConfig:
     setup_logging(verbose=False)
     if config is not None:
-        return load(config, None, base_dir).tracking
-    if tracking_uri is None:
+        found = load(config, None, base_dir).tracking
+    elif tracking_uri is None:
         raise typer.BadParameter("give --config CONFIG or --tracking-uri URI")
-    return TrackingConfig.model_validate({"uri": tracking_uri})
+    else:
+        try:
+            found = TrackingConfig.model_validate({"uri": tracking_uri})
+        except ValueError as exc:  # pydantic's ValidationError
+            reason = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+            raise ConfigError(
+                f"--tracking-uri {tracking_uri!r}: {reason.removeprefix('Value error, ')}"
+            ) from None
+    from rayops import tracking
+
+    tracking.require_reachable(found)  # a server that is down: one line, not minutes of retries
+    return found
 
 
 @app.command()

@@ -25,14 +25,20 @@ _DATETIME_RE = r"^\d{4}-\d{2}-\d{2}([T ][\d:.]+)?(Z|[+-][\d:]+)?$"
 def sample(source: FileSource, rows: int) -> pa.Table:
     """Up to ``rows`` rows from the first files of the source (read on this machine)."""
     tables: list[pa.Table] = []
+    problems: list[str] = []
     for item in source.snapshot():
         table = read_file(source.location.fs, source.fmt, item, columns=None)
         if ERROR in table.column_names:  # drop malformed lines and unreadable files
+            problems += [str(e) for e in table.column(ERROR).drop_null().to_pylist()[:1]]
             table = table.filter(pc.is_null(table.column(ERROR)))
         tables.append(table)
         if sum(t.num_rows for t in tables) >= rows:
             break
-    return pa.concat_tables(tables, promote_options="permissive").slice(0, rows)
+    found = pa.concat_tables(tables, promote_options="permissive").slice(0, rows)
+    if found.num_rows == 0:
+        why = f": {problems[0]}" if problems else ""
+        raise DataError(f"no readable {source.fmt} rows in {source.uri}{why}")
+    return found
 
 
 def infer_column(values: pa.ChunkedArray) -> dict[str, Any]:

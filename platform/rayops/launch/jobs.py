@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -154,6 +155,11 @@ def submit(
 ) -> Submission:
     """Validate, then submit ``stage`` of ``config`` to the Ray cluster at ``address``
     (``on_this_machine``: whether its nodes run here; default: ask the cluster)."""
+    if not re.match(r"^(https?|ray)://[^\s/:]+(:\d+)?/?$", address):
+        raise ConfigError(
+            f"--address {address!r} is not a cluster address such as http://127.0.0.1:8265 "
+            "(the head's dashboard)"
+        )
     overrides = list(overrides or [])
     cfg = load_config(config, overrides)  # a bad config fails here, before anything travels
     use_the_token_if_there_is_one()

@@ -82,7 +82,14 @@ def read_records(path: Path, fmt: str) -> pd.DataFrame:
         raise DataError(f"--format {fmt!r}: use one of {', '.join(readers)}")
     if not path.exists():
         raise DataError(f"{str(path)!r} does not exist")
-    frame = readers[fmt](path)
+    if path.is_dir():
+        raise DataError(f"{str(path)!r} is a folder: give a {fmt} file")
+    try:
+        frame = readers[fmt](path)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{str(path)!r} is not UTF-8 text (byte {exc.start})") from None
+    except (ValueError, OSError, pd.errors.ParserError) as exc:  # pyarrow's errors included
+        raise DataError(f"{str(path)!r} is not {fmt} records: {str(exc)[:300]}") from None
     return frame.astype(object).where(frame.notna(), None)
 
 
