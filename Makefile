@@ -15,7 +15,7 @@ LOCK := requirements.lock
 # Where `make lock` finds torch's CPU build: this machine's wheel folder, else the CPU index.
 TORCH_WHEELS ?= $(if $(wildcard /opt/wheels/torch-*),/opt/wheels,$(TORCH_INDEX)/torch)
 
-.PHONY: install lint lock test test-fast demo docs docs-serve bench image clean
+.PHONY: install lint lock test test-fast coverage demo docs docs-serve bench image clean
 
 install: $(STAMP)
 
@@ -49,8 +49,14 @@ lint: install
 # go to one process, so module fixtures are made once. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 
-# Coverage of platform/ in the test processes (Ray's worker processes are not traced).
+# The unit tests first, with their coverage of platform/ printed (traced, the integration
+# tests would take about a third longer: their coverage is `make coverage`), then the rest.
 test: install lint
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile tests/unit --cov=rayops --cov-report=term:skip-covered
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile tests/integration
+
+# Coverage of the whole suite (Ray's worker processes are not traced).
+coverage: install
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --cov=rayops --cov-report=term:skip-covered
 
 # The inner loop: unit and contract tests, no Ray cluster, no services (under 3 minutes).

@@ -45,9 +45,9 @@ def console(argv: Sequence[str] | None = None) -> NoReturn:
 
 
 def _exit(code: int) -> NoReturn:
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    # What the interpreter does first when it exits: threading's exit hooks (thread pool
+    # executors told to stop), then the other threads joined; then the atexit handlers.
+    threading._shutdown()  # type: ignore[attr-defined]
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
