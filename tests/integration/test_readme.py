@@ -36,7 +36,7 @@ def test_a_runnable_readme_block_runs_as_written(index, tmp_path):
     demo = load_config(folder / "jobs" / "configs" / "churn.yaml", base_dir=folder)
     write_demo_data(file_source(demo).location, rows=2000, files=2)  # ./lake/raw/churn
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env |= {"RAY_ADDRESS": "local", "RAYOPS_LOG_DIR": str(tmp_path / "logs"), "HOME": env["HOME"]}
+    env |= {"RAY_ADDRESS": "local", "RAYOPS_LOG_DIR": str(tmp_path / "logs")}
     block = runnable_blocks()[index]
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", block],

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 
 from rayops import tracking
 from rayops.config import ColumnSpec, PipelineConfig
+from rayops.data.record_files import reading
 from rayops.data.stats import numeric_columns
 from rayops.data.validate import ERROR, validate_frame
 from rayops.data.versions import load_version, version_number
@@ -80,16 +81,8 @@ def read_records(path: Path, fmt: str) -> pd.DataFrame:
     }
     if fmt not in readers:
         raise DataError(f"--format {fmt!r}: use one of {', '.join(readers)}")
-    if not path.exists():
-        raise DataError(f"{str(path)!r} does not exist")
-    if path.is_dir():
-        raise DataError(f"{str(path)!r} is a folder: give a {fmt} file")
-    try:
+    with reading(path, fmt, f"a {fmt} file"):
         frame = readers[fmt](path)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{str(path)!r} is not UTF-8 text (byte {exc.start})") from None
-    except (ValueError, OSError, pd.errors.ParserError) as exc:  # pyarrow's errors included
-        raise DataError(f"{str(path)!r} is not {fmt} records: {str(exc)[:300]}") from None
     return frame.astype(object).where(frame.notna(), None)
 
 

@@ -14,7 +14,8 @@ from typing import Any
 import pandas as pd
 import requests
 
-from rayops.errors import DataError, ServeError
+from rayops.data.record_files import reading
+from rayops.errors import ServeError
 
 logger = logging.getLogger(__name__)
 
@@ -25,11 +26,7 @@ BACKOFF_S = 1.0  # doubled each time: about 15 s in all
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Records from CSV (empty cells are nulls), JSON Lines or a JSON array; a DataError
     naming the file when it cannot be read as one."""
-    if not path.exists():
-        raise DataError(f"{str(path)!r} does not exist")
-    if path.is_dir():
-        raise DataError(f"{str(path)!r} is a folder: give a .csv, .jsonl or .json file")
-    try:
+    with reading(path, path.suffix or "JSON Lines", "a .csv, .jsonl or .json file"):
         if path.suffix == ".csv":
             frame = pd.read_csv(path, keep_default_na=True)
             return [
@@ -40,12 +37,6 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         if path.suffix == ".json" and text.lstrip().startswith("["):
             return list(json.loads(text))
         return [json.loads(line) for line in text.splitlines() if line.strip()]
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{str(path)!r} is not UTF-8 text (byte {exc.start})") from None
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise DataError(
-            f"{str(path)!r} is not {path.suffix or 'JSON Lines'} records: {str(exc)[:300]}"
-        ) from None
 
 
 def _checked_url(url: str) -> str:
