@@ -49,11 +49,11 @@ lint: install
 # go to one process, so module fixtures are made once. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 
-# The unit tests first, with their coverage of platform/ printed (traced, the integration
-# tests would take about a third longer: their coverage is `make coverage`), then the rest.
+# One run: the integration modules longest first, the unit tests filling the end, and the
+# unit tests' coverage of platform/ printed (tests/unit_coverage.py traces only them: the
+# traced integration tests take about a third longer; `make coverage` traces everything).
 test: install lint
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile tests/unit --cov=rayops --cov-report=term:skip-covered
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile tests/integration
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --unit-coverage
 
 # Coverage of the whole suite (Ray's worker processes are not traced).
 coverage: install

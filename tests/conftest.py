@@ -95,15 +95,16 @@ def _process_setup_restored():
 SLOWEST_FIRST = (
     "test_jobs",
     "test_serve",
+    "test_recommendation",
     "test_families",
     "test_training",
-    "test_simulated_cluster",
-    "test_pipeline_local",
-    "test_recommendation",
     "test_forecasting",
     "test_tables",
-    "test_resume",
     "test_operate",
+    "test_readme",
+    "test_simulated_cluster",
+    "test_pipeline_local",
+    "test_resume",
     "test_gcs_fault_tolerance",
     "test_kafka",
 )
@@ -113,6 +114,21 @@ def _schedule_rank(item: pytest.Item) -> tuple[int, int]:
     module = item.path.stem
     rank = SLOWEST_FIRST.index(module) if module in SLOWEST_FIRST else len(SLOWEST_FIRST)
     return rank, "unit" in item.path.parts
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--unit-coverage",
+        action="store_true",
+        help="print the unit tests' coverage of platform/rayops (tests/unit_coverage.py)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--unit-coverage"):
+        from tests.unit_coverage import UnitCoverage
+
+        config.pluginmanager.register(UnitCoverage(config), "rayops-unit-coverage")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
