@@ -21,12 +21,14 @@ install: $(STAMP)
 
 # pip takes torch (it also reads this machine's pip settings, which may hold the CPU wheel
 # on disk); uv installs the rest at the locked versions and compiles it on both cores.
+# One retry per index: on a machine with the wheels on disk and no internet, pip's default
+# (five, with backoff, for torch and each of its dependencies) spent 80 s on the CPU index.
 PURELIB := import sysconfig; print(sysconfig.get_paths()["purelib"])
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip uv
-	$(BIN)/python -m pip install -q --no-compile --extra-index-url "$(TORCH_INDEX)" "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q --no-compile --retries 1 --extra-index-url "$(TORCH_INDEX)" "$(TORCH_SPEC)"
 	$(BIN)/python -m compileall -q -j 0 -x '/py31[2-9]_' "$$($(BIN)/python -c '$(PURELIB)')/torch" > /dev/null
 	$(BIN)/uv pip install -q --python $(BIN)/python --compile-bytecode -c $(LOCK) -e ".[dev]" "$(XGBOOST_SPEC)"
 	touch $(STAMP)
