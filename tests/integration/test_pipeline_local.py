@@ -5,6 +5,7 @@ Serving the champion over HTTP (and the config `deploy --emit` writes) is test_s
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 from mlflow import MlflowClient
@@ -34,7 +35,12 @@ def dataset(cfg):
 
 @pytest.fixture(scope="module")
 def trained(cfg, dataset):
-    return train_and_register(cfg, dataset, sweep=False)
+    ctrl_c = signal.getsignal(signal.SIGINT)
+    result = train_and_register(cfg, dataset, sweep=False)
+    # Ray Train's fit() leaves its own Ctrl-C handler (abort the run) installed: with it,
+    # Ctrl-C no longer stopped `rayops run` or `deploy` serving after their training run
+    assert signal.getsignal(signal.SIGINT) is ctrl_c
+    return result
 
 
 def test_ingest_accounts_for_every_row_and_keeps_rejects(cfg, dataset):

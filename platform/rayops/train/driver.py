@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -316,7 +319,7 @@ def fit_and_log(
     if cfg.train.batch_size is None:
         rows = version.examples["train"]
         cfg = cfg.with_overrides({"train.batch_size": cfg.train.batch_for(rows)})
-    with epoch_feed(cfg) as feed:
+    with epoch_feed(cfg) as feed, _ctrl_c_restored():
         result = build_trainer(cfg, version, inputs, run_name, run_id, callbacks, feed).fit()
     checkpoint, best = _best_checkpoint(result, metric, mode)
     numbers = {
@@ -336,6 +339,21 @@ def fit_and_log(
         except Exception as exc:
             raise _not_logged(cfg, run_name, len(history), saved.uri, exc) from exc
     return TrainOutcome(run_id, numbers, model_uri, checkpoint.path, version.version)
+
+
+@contextmanager
+def _ctrl_c_restored() -> Iterator[None]:
+    """The process's SIGINT handler put back after a run. Ray Train's ``fit()`` installs its
+    own (Ctrl-C aborts the run) and leaves it there: afterwards Ctrl-C in a command that goes
+    on (``run`` and ``deploy`` serving, ``operate`` looping) asked a finished run to abort
+    and the command kept running."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _not_logged(
