@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit_coverage import UnitCoverage, is_unit
+
 _RUN_DIR = Path(tempfile.mkdtemp(prefix="rayops-test-"))
 (_RUN_DIR / "home").mkdir()
 os.environ["HOME"] = str(_RUN_DIR / "home")
@@ -113,7 +115,7 @@ SLOWEST_FIRST = (
 def _schedule_rank(item: pytest.Item) -> tuple[int, int]:
     module = item.path.stem
     rank = SLOWEST_FIRST.index(module) if module in SLOWEST_FIRST else len(SLOWEST_FIRST)
-    return rank, "unit" in item.path.parts
+    return rank, is_unit(item)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -126,8 +128,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--unit-coverage"):
-        from tests.unit_coverage import UnitCoverage
-
         config.pluginmanager.register(UnitCoverage(config), "rayops-unit-coverage")
 
 

@@ -21,6 +21,7 @@ import pytest
 
 
 def is_unit(item: pytest.Item) -> bool:
+    """A test under tests/unit (no Ray cluster, no services)."""
     return "unit" in item.path.parts
 
 
@@ -28,22 +29,22 @@ class UnitCoverage:
     """Registered by ``tests/conftest.py`` when ``--unit-coverage`` is given."""
 
     def __init__(self, config: pytest.Config) -> None:
-        self.root = Path(config.rootpath)
-        self.settings = str(self.root / "pyproject.toml")
+        root = Path(config.rootpath)
+        self.settings, self.data_file = str(root / "pyproject.toml"), str(root / ".coverage")
         # What coverage's .pth hook reads in a subprocess: start, with these settings
         # (parallel: a data file of its own), writing beside ours.
         self.subprocess_env = {
             "COVERAGE_PROCESS_START": self.settings,
-            "COVERAGE_FILE": str(self.root / ".coverage"),
+            "COVERAGE_FILE": self.data_file,
         }
         self.worker = hasattr(config, "workerinput")  # an xdist worker, not the controller
-        self.runs_tests = self.worker or config.getoption("numprocesses", None) in (None, 0)
+        runs_tests = self.worker or config.getoption("numprocesses", None) in (None, 0)
         if not self.worker:
-            coverage.Coverage(data_file=str(self.root / ".coverage")).erase()
+            coverage.Coverage(data_file=self.data_file).erase()
         self.cov: coverage.Coverage | None = None
-        if self.runs_tests:
+        if runs_tests:
             self.cov = coverage.Coverage(
-                data_file=str(self.root / ".coverage"), data_suffix=True, config_file=self.settings
+                data_file=self.data_file, data_suffix=True, config_file=self.settings
             )
             self.cov.start()  # the test modules' imports: rayops' module-level lines
 
@@ -71,9 +72,7 @@ class UnitCoverage:
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         if self.worker:
             return
-        combined = coverage.Coverage(
-            data_file=str(self.root / ".coverage"), config_file=self.settings
-        )
+        combined = coverage.Coverage(data_file=self.data_file, config_file=self.settings)
         terminalreporter.write_sep("-", "coverage of platform/rayops by the unit tests")
         try:
             combined.combine(keep=False, strict=True)

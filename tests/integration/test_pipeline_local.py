@@ -38,7 +38,7 @@ def trained(cfg, dataset):
     ctrl_c = signal.getsignal(signal.SIGINT)
     result = train_and_register(cfg, dataset, sweep=False)
     # Ray Train's fit() leaves its own Ctrl-C handler (abort the run) installed: with it,
-    # Ctrl-C no longer stopped `rayops run` or `deploy` serving after their training run
+    # Ctrl-C no longer stopped `rayops run` serving after its training run
     assert signal.getsignal(signal.SIGINT) is ctrl_c
     return result
 

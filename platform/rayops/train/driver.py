@@ -345,8 +345,8 @@ def fit_and_log(
 def _ctrl_c_restored() -> Iterator[None]:
     """The process's SIGINT handler put back after a run. Ray Train's ``fit()`` installs its
     own (Ctrl-C aborts the run) and leaves it there: afterwards Ctrl-C in a command that goes
-    on (``run`` and ``deploy`` serving, ``operate`` looping) asked a finished run to abort
-    and the command kept running."""
+    on (``run`` serving, ``demo --keep-running``, ``operate`` looping) asked a finished run
+    to abort and the command kept running."""
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if main else None
     try:
