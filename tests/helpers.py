@@ -57,6 +57,7 @@ def demo_config(tmp: Path, **overrides: Any) -> PipelineConfig:
         "train.learning_rate": 0.005,
         "tune.enabled": False,
         "serve.access_log": False,  # thousands of requests: no line each in the test log
+        "serve.mirror_fraction": 0,  # a test that shadows says so
         "checks": "{}",  # the demo's checks judge a well-trained model: tests declare theirs
     }
     base.update(overrides)

@@ -113,11 +113,10 @@ def verdict(
     metric, mode = cfg.gate_metric
     gain = _improvement(challenger[metric], champion[metric], mode)
     needed = max(gate.min_improvement, gate.min_relative_improvement * abs(champion[metric]))
-    if gain <= 0 or gain < needed:
-        return False, (
-            f"{metric} improved by {gain:+.4f}, needs more than 0"
-            + (f" and at least {needed:.4f}" if needed > 0 else "")
-        )
+    if gain <= 0:
+        return False, f"{metric} did not improve ({gain:+.4f})"
+    if gain < needed:
+        return False, f"{metric} improved by {gain:+.4f}, needs at least {needed:.4f}"
     directions = cfg.metrics
     for other, allowance in gate.max_regression.items():
         loss = -_improvement(challenger[other], champion[other], directions[other])

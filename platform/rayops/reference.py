@@ -37,7 +37,7 @@ def cli_reference() -> str:
 
     root = typer.main.get_command(app)
     out: list[str] = []
-    for path, command in _commands(root, "rayops"):
+    for path, command in commands(root):
         out.append(f"## `{path}`\n")
         if command.help:
             out.append(_clean(command.help) + "\n")
@@ -52,15 +52,16 @@ def cli_reference() -> str:
     return "\n".join(out)
 
 
-def _commands(command: Any, path: str) -> list[tuple[str, Any]]:
-    """Typer's commands (its click may be its own copy: duck-typed)."""
+def commands(command: Any, path: str = "rayops", hidden: bool = False) -> list[tuple[str, Any]]:
+    """``(path, command)`` for the root and every leaf command of a Typer app's click command
+    (Typer's click may be its own copy: duck-typed); hidden commands only if asked."""
     group = hasattr(command, "commands")
     found = [(path, command)] if not group or path == "rayops" else []
     if group:
         for name in sorted(command.commands):
             sub = command.commands[name]
-            if not sub.hidden:
-                found.extend(_commands(sub, f"{path} {name}"))
+            if hidden or not sub.hidden:
+                found.extend(commands(sub, f"{path} {name}", hidden))
     return found
 
 

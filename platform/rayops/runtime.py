@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -155,6 +156,21 @@ def errors_in_one_line() -> Iterator[None]:
             raise
         print(f"error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+@contextlib.contextmanager
+def ctrl_c_restored() -> Iterator[None]:
+    """The process's SIGINT handler put back after a run or a sweep. Ray Train's and Ray
+    Tune's ``fit()`` install their own (Ctrl-C aborts the run) and leave it there: afterwards
+    Ctrl-C in a command that goes on (``run`` serving, ``demo --keep-running``, ``operate``
+    looping) asked a finished run to abort and the command kept running."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def say_how_to_resume_when_stopped(command: Sequence[str] | None = None) -> None:

@@ -33,6 +33,7 @@ from rayops import tracking
 from rayops.config import ChoiceDim, LogUniformDim, PipelineConfig, RandIntDim, UniformDim
 from rayops.data.versions import DatasetVersion, load_version
 from rayops.errors import TrainingError
+from rayops.runtime import ctrl_c_restored
 from rayops.storage import root_of
 from rayops.train import ModelInputs, fit_and_log, load_inputs, run_params
 from rayops.train.records import (
@@ -405,7 +406,8 @@ def run_sweep(
         tuners = [_fresh(cfg, version, record.run_id, record.name)]
     parent = record.run_id
     try:
-        results = [result for tuner, _ in tuners for result in tuner.fit()]  # type: ignore[attr-defined]
+        with ctrl_c_restored():
+            results = [result for tuner, _ in tuners for result in tuner.fit()]  # type: ignore[attr-defined]
         best, trials = _best(cfg, parent)
     except (KeyboardInterrupt, SystemExit):  # stopped, not failed: `--resume` picks it up
         raise

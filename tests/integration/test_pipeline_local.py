@@ -114,7 +114,9 @@ def test_optuna_sweep_on_an_earlier_version_logs_nested_trials_and_gates_the_bes
             "train.num_workers": 1,
         }
     )
+    ctrl_c = signal.getsignal(signal.SIGINT)
     result = train_and_register(swept_cfg, dataset_version=1)
+    assert signal.getsignal(signal.SIGINT) is ctrl_c  # Ray Tune's fit() leaves its own, too
     client = MlflowClient(cfg.tracking.uri)
     best = client.get_run(result.run_id)
     assert result.dataset == dataset.id == best.data.tags["rayops.dataset_version"]

@@ -264,29 +264,42 @@ def test_bad_input_gets_4xx_naming_the_field(trained, records, status, field):
         assert any(d["loc"][-1] == field for d in response.json()["detail"])
 
 
-def test_metrics_and_the_predict_client(trained, tmp_path):
+def test_metrics_and_the_predict_client(trained, tmp_path, capsys):
     import ray
     from typer.testing import CliRunner
 
-    from rayops.cli import app
+    from rayops.cli import app, main
 
     cfg, _, _ = trained
     url = _deploy(cfg)
+    # as the raw exports have them: an id, the label, yes/no booleans, NA for a null
+    header = (
+        "customer_id,age,tenure_months,monthly_charges,total_charges,contract,"
+        "internet_service,payment_method,support_calls,paperless_billing,region,churned\n"
+    )
     records = tmp_path / "records.csv"
     records.write_text(
-        "age,tenure_months,monthly_charges,total_charges,contract,"
-        "internet_service,payment_method,support_calls,paperless_billing,region\n"
-        "29,2,99.5,199.0,month-to-month,fiber,electronic_check,4,true,north\n"
-        "58,64,45.2,2893.0,two-year,dsl,credit_card,0,false,\n"
+        header + "C1,29,2,99.5,199.0,month-to-month,fiber,electronic_check,4,yes,north,yes\n"
+        "C2,58,64,45.2,2893.0,two-year,dsl,credit_card,0,no,NA,no\n"
     )
     # Written to a file: Ray forwards replica logs to this process's stdout at any moment.
     out = tmp_path / "predictions.jsonl"
     result = CliRunner().invoke(app, ["predict", str(records), "--url", url, "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert "wrote 2 predictions" in result.output
+    assert "not sent: churned, customer_id (not inputs of the served model)" in result.output
     answers = [json.loads(line) for line in out.read_text().splitlines()]
     assert [sorted(a["probabilities"]) for a in answers] == [["no", "yes"]] * 2
     assert all(a["prediction"] in ("no", "yes") for a in answers)
+    assert [a["record_index"] for a in answers] == [0, 1] and answers[0]["request_id"]
+    # a value the model refuses: the field, the value and the record, in one line
+    records.write_text(header + "C3,29,2,99.5,199.0,monthly,fiber,cash,4,maybe,north,no\n")
+    with pytest.raises(SystemExit) as ended:
+        main(["predict", str(records), "--url", url])
+    err = capsys.readouterr().err
+    assert ended.value.code == 2
+    assert "HTTP 422: record 0 contract: Input should be" in err
+    assert "(got 'monthly'); record 0 paperless_billing" in err
     port = ray._private.worker.global_worker.node.metrics_export_port
 
     def exported() -> bool:

@@ -61,6 +61,8 @@ def test_help_lists_every_verb_and_each_verb_has_help():
     assert result.returncode == 0, result.stderr
     assert set(typer.main.get_command(app).commands) == set(VERBS)  # no verb untested
     assert all(f"│ {verb} " in result.stdout for verb in VERBS), result.stdout
+    # each summary is one paragraph rewrapped, not the docstring's line breaks
+    assert "the model becomes challenger" in result.stdout, result.stdout
     runner = CliRunner()
     for verb in VERBS:
         verb_help = runner.invoke(app, [verb, "--help"])
@@ -242,6 +244,7 @@ def test_every_command_that_reads_a_config_ends_in_one_line_on_a_bad_one(case, t
     import typer
 
     from rayops.cli import app, main
+    from rayops.reference import commands
 
     name, content, said = BAD_CONFIGS[case]
     bad = tmp_path / name
@@ -253,7 +256,8 @@ def test_every_command_that_reads_a_config_ends_in_one_line_on_a_bad_one(case, t
     good_file.write_text("a,b\n1,2\n")
     root = typer.main.get_command(app)
     tried = []
-    for path, command in _leaf_commands(root):
+    for full_path, command in commands(root, hidden=True)[1:]:  # [0]: the root
+        path = full_path.removeprefix("rayops ")
         argv = _argv(command, str(bad), str(good_file))
         if str(bad) not in argv:
             continue  # reads no config
@@ -268,14 +272,6 @@ def test_every_command_that_reads_a_config_ends_in_one_line_on_a_bad_one(case, t
         assert len(lines) == 1 or (case == "invalid" and lines[0].endswith("setting(s):"))
     assert {"ingest", "train", "tune", "deploy", "run", "check", "feedback", "k8s"} <= set(tried)
     assert {"promote", "rollback", "submit", "operate", "monitor", "quarantine"} <= set(tried)
-
-
-def _leaf_commands(command, path=""):
-    if hasattr(command, "commands"):
-        for name, sub in command.commands.items():
-            yield from _leaf_commands(sub, f"{path} {name}".strip())
-    else:
-        yield path, command
 
 
 @pytest.mark.parametrize(

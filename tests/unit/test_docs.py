@@ -70,3 +70,85 @@ def test_the_config_reference_shows_types_and_defaults():
     assert "| `train.num_workers` | int | `2` |" in text
     assert "| `tune.search` | `random` / `grid` / `optuna` | `random` |" in text
     assert "| `name` | str |  | **required.**" in text
+
+
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+STOP = {"&&", "||", "|", ";", ">", ">>", "2>&1", "&", ")"}
+
+
+def _documented_rayops_commands() -> list[tuple[str, list[str]]]:
+    """Every ``rayops …`` command line in the README's and docs' shell blocks and inline code
+    (``where``, the arguments after ``rayops``), up to the first shell operator."""
+    import re
+    import shlex
+
+    found = []
+    for page in DOC_FILES:
+        text = page.read_text()
+        where = str(page.relative_to(ROOT))
+        chunks = [
+            line
+            for block in re.findall(r"```(?:bash|sh)\n(.*?)```", text, re.S)
+            for line in block.replace("\\\n", " ").splitlines()
+            if "rayops " in line
+        ]
+        chunks += [" ".join(span.split()) for span in re.findall(r"(?<!`)`(rayops [^`]+)`", text)]
+        for chunk in chunks:
+            lexer = shlex.shlex(chunk, posix=True, punctuation_chars="|&;>")
+            lexer.whitespace_split = True
+            lexer.commenters = "#"
+            try:
+                words = list(lexer)
+            except ValueError as exc:
+                raise AssertionError(f"{where}: {chunk!r}: {exc}") from None
+            for start, word in enumerate(words):
+                if word in ("rayops", ".venv/bin/rayops"):
+                    argv = []
+                    for arg in words[start + 1 :]:
+                        if arg in STOP or arg.startswith(("2>", ">")):
+                            break
+                        argv.append(arg)
+                    found.append((where, argv))
+    return found
+
+
+def test_every_documented_rayops_command_exists_with_the_options_it_shows():
+    """Each ``rayops`` line in the README and the docs names a command that exists, only
+    options that command has, and ``--set`` keys the config has (loaded when the line names
+    a config in the repository), so a renamed option or command cannot leave the docs behind.
+    Placeholders in capitals (CONFIG, FILE) and ``...`` stand for a value."""
+    import typer
+
+    from rayops.cli import app
+    from rayops.config import load_config
+
+    root = typer.main.get_command(app)
+    documented = _documented_rayops_commands()
+    assert len(documented) > 80, len(documented)
+    problems = []
+    for where, argv in documented:
+        line = f"{where}: rayops {' '.join(argv)}"
+        command, args = root, list(argv)
+        while hasattr(command, "commands") and args and not args[0].startswith("-"):
+            if args[0] not in command.commands:
+                if args[0] not in ("COMMAND", "STAGE"):
+                    problems.append(f"{line}: no command {args[0]!r}")
+                command = None
+                break
+            command = command.commands[args.pop(0)]
+        if command is None:
+            continue
+        options = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+        options |= {"--help"} | (
+            {"--install-completion", "--show-completion"} if command is root else set()
+        )
+        overrides = []
+        for i, arg in enumerate(args):
+            if arg.startswith("--") and arg.split("=")[0] not in options:
+                problems.append(f"{line}: {arg.split('=')[0]} is not an option of this command")
+            if arg == "--set" and i + 1 < len(args) and "=" in args[i + 1]:
+                overrides.append(args[i + 1])
+        configs = [a for a in args if a.endswith(".yaml") and (ROOT / a).is_file()]
+        if overrides and configs:
+            load_config(ROOT / configs[0], overrides, base_dir=ROOT)  # ConfigError names the key
+    assert not problems, "\n".join(problems)

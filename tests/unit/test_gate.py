@@ -17,8 +17,9 @@ def _cfg(**gate):
     ("gate", "f1", "promoted", "why"),
     [
         ({}, 0.7001, True, "improved by +0.0001"),
-        ({}, 0.70, False, "needs more than 0"),
-        ({"min_improvement": 0.02}, 0.715, False, "at least 0.0200"),
+        ({}, 0.70, False, "valid_f1 did not improve (+0.0000)"),
+        ({}, 0.69, False, "valid_f1 did not improve (-0.0100)"),
+        ({"min_improvement": 0.02}, 0.715, False, "improved by +0.0150, needs at least 0.0200"),
         ({"min_improvement": 0.02}, 0.73, True, "improved by +0.0300"),
         ({"min_relative_improvement": 0.05}, 0.73, False, "at least 0.0350"),
         ({"min_relative_improvement": 0.05}, 0.74, True, "improved"),
@@ -144,7 +145,7 @@ def test_a_refused_challenger_never_becomes_challenger(tmp_path, churn):
     first = register_and_gate(cfg, *_logged(cfg, churn, tmp_path, seed=0), version)
     assert first.promoted and first.passed
     same = register_and_gate(cfg, *_logged(cfg, churn, tmp_path, seed=0), version)
-    assert not same.passed and "needs more than 0" in same.reason
+    assert not same.passed and "did not improve (+0.0000)" in same.reason
     assert tracking.resolve_alias(cfg.tracking, cfg.model_name, "challenger").version == "1"
     refused = tracking.client(cfg.tracking).get_model_version(cfg.model_name, "2")
     assert refused.tags[tracking.PASSED_TAG] == "false"
@@ -170,7 +171,7 @@ def test_models_of_slightly_other_schemas_are_scored_on_the_same_rows(tmp_path, 
     )
     assert decision.champion_score is not None
     assert decision.champion_score == pytest.approx(decision.challenger_score)
-    assert not decision.promoted and "needs more than 0" in decision.reason
+    assert not decision.promoted and "did not improve" in decision.reason
     # a feature the champion reads is gone from the rows: truly not comparable
     narrower = _Version(churn[1].drop_columns(["region"]))
     decision = register_and_gate(

@@ -174,6 +174,8 @@ def test_one_operator_per_pipeline_and_a_crashed_ones_lease_expires(tmp_path):
 
 
 def test_the_loop_says_what_it_needs_from_serve(tmp_path):
+    from rayops.config import load_config
+    from rayops.demo import config_path
     from rayops.errors import ConfigError
     from tests.helpers import demo_config
 
@@ -181,7 +183,7 @@ def test_the_loop_says_what_it_needs_from_serve(tmp_path):
         cfg.check_operate()
 
     with pytest.raises(ConfigError, match=r"needs serve.mirror_fraction > 0"):
-        check_config(demo_config(tmp_path))
+        check_config(demo_config(tmp_path))  # tests serve without mirroring
     with pytest.raises(ConfigError, match=r"needs serve.mirror_fraction > 0"):
         check_config(demo_config(tmp_path, **{"serve.canary_fraction": 0.1}))
     check_config(demo_config(tmp_path, **{"serve.mirror_fraction": 0.01}))
@@ -194,6 +196,8 @@ def test_the_loop_says_what_it_needs_from_serve(tmp_path):
         )
     with pytest.raises(ConfigError, match="mirror_fraction 0.5 needs log_predictions"):
         demo_config(tmp_path, **{"serve.mirror_fraction": 0.5, "serve.log_predictions": "false"})
+    # the shipped config: the README's `rayops deploy` then `rayops operate` run as written
+    check_config(load_config(config_path()))
 
 
 def test_canary_share_is_sticky_by_key_and_near_its_fraction():

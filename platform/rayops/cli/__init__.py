@@ -8,17 +8,35 @@ traffic (``cli.observe``) and clusters (``cli.cluster``). ``python -m rayops STA
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
 import sys
 import threading
 from collections.abc import Sequence
 from typing import NoReturn
 
+import typer
+
 from rayops.cli import cluster, observe, registry, stages  # noqa: F401  (they add commands)
 from rayops.cli.common import app
 from rayops.runtime import errors_in_one_line
 
 __all__ = ["app", "console", "main"]
+
+
+def _summaries(typer_app: typer.Typer) -> None:
+    """Each command's line in ``rayops --help``: its docstring's first paragraph on one
+    line (Typer's rich help keeps a docstring's line breaks there, mid-sentence)."""
+    for info in typer_app.registered_commands:
+        if info.short_help is None and info.callback is not None and info.callback.__doc__:
+            first = inspect.cleandoc(info.callback.__doc__).split("\n\n")[0]
+            info.short_help = " ".join(first.split())
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _summaries(group.typer_instance)
+
+
+_summaries(app)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

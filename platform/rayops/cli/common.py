@@ -3,10 +3,9 @@ each command, and the few steps around a command (logging, loading, connecting).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -100,10 +99,6 @@ def _ray_logs() -> str:
     if not ray.is_initialized():
         return "not started"
     return str(Path(ray._private.worker.global_worker.node.get_logs_dir_path()))
-
-
-def echo_json(title: str, payload: dict[str, Any]) -> None:
-    typer.echo(f"{title}\n{json.dumps(payload, indent=2, default=str)}")
 
 
 def wait_forever() -> None:

@@ -34,7 +34,8 @@ def predict(
 
     done, sink = 0, sys.stdout if output is None else None
     try:
-        for lines, done, total in predict_file(file, url, chunk, token_env):
+        say = lambda text: typer.echo(text, err=True)  # noqa: E731
+        for lines, done, total in predict_file(file, url, chunk, token_env, note=say):
             sink = sink or output.open("w")  # type: ignore[union-attr]  # the first answer
             sink.write("".join(f"{line}\n" for line in lines))
             sink.flush()  # written as it goes: a later chunk that fails keeps these

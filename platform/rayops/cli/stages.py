@@ -20,13 +20,12 @@ from rayops.cli.common import (
     SetOpt,
     VerboseOpt,
     app,
-    echo_json,
     load,
     logs_line,
     start,
     wait_forever,
 )
-from rayops.runtime import in_ray_job, say_how_to_resume_when_stopped, setup_logging
+from rayops.runtime import connect, in_ray_job, say_how_to_resume_when_stopped, setup_logging
 
 # The `rayops submit` command line a job came from (to say how to resume it).
 SUBMITTED_AS_ENV = "RAYOPS_SUBMITTED_AS"
@@ -59,15 +58,11 @@ def ingest(
 
     cfg, output = start(config, overrides, base_dir, verbose)
 
-    def show(version: Any) -> None:
-        echo_json(
-            f"dataset {version.id} ({version.uri})",
-            {
-                "rows": version.manifest.rows.model_dump(),
-                "quarantine_reasons": version.manifest.quarantine_reasons,
-                "unreadable": version.manifest.unreadable,
-                "failed_this_ingest": version.manifest.ingest.failed,
-            },
+    def show(version: Any) -> None:  # the breakdown by file and reason is said above
+        rows = version.manifest.rows
+        typer.echo(
+            f"dataset {version.id} ({version.uri}): {rows.train:,} train + {rows.valid:,} "
+            f"valid rows of {rows.read:,} read, {rows.quarantine:,} quarantined"
         )
 
     if not watch:
@@ -257,7 +252,10 @@ def operate(
         Operator(load(config, overrides, base_dir), say=typer.echo).abandon()
         if abandon:
             return
-    cfg, output = start(config, overrides, base_dir, verbose)
+    output = setup_logging(verbose)
+    cfg = load(config, overrides, base_dir)
+    cfg.check_operate()  # before Ray starts: what the loop needs from the serve section
+    connect(cfg, output)
     with contextlib.suppress(KeyboardInterrupt):
         state = run_loop(cfg, cycles, say=typer.echo)
         typer.echo(f"stopped after cycle {state.cycle}: {state.facts.get('outcome', 'no retrain')}")

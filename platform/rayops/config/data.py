@@ -148,13 +148,13 @@ class DataConfig(_Section):
     forecast: ForecastConfig | None = Field(
         None,
         description="The series of a forecasting task (data.task: forecasting): "
-        "timestamp, series, frequency, horizon... (see the README's Forecasting section).",
+        "timestamp, series, frequency, horizon... (see docs/forecasting.md).",
     )
     recommend: RecommendConfig | None = Field(
         None,
         description="The interactions of a recommendation task (data.task: "
-        "recommendation): user, item, timestamp, rating, k... (see the README's "
-        "Recommendations section).",
+        "recommendation): user, item, timestamp, rating, k... (see "
+        "docs/recommendations.md).",
     )
     vanished_files: Literal["fail", "keep", "drop"] = Field(
         "fail",

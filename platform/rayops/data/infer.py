@@ -138,7 +138,7 @@ def proposed_checks(config: dict[str, Any], table: pa.Table) -> str:
         return ""
     lines = [
         "",
-        "# Checks `rayops check` and the gate would run (README: Checks and CI): keep",
+        "# Checks `rayops check` and the gate would run (docs/checks.md): keep",
         "# what holds for your data, drop the rest, add directional checks you expect.",
         "# checks:",
     ]

@@ -179,7 +179,7 @@ def _summary(version: DatasetVersion, total: int) -> None:
         "(`rayops quarantine` lists them with their partition and offset)"
     )
     print(
-        "Ingest a topic of yours with data.source: kafka://HOST:PORT/TOPIC (README: "
-        "Kafka topics and Kinesis streams); rayops ingest CONFIG --watch with "
+        "Ingest a topic of yours with data.source: kafka://HOST:PORT/TOPIC "
+        "(docs/streaming.md); rayops ingest CONFIG --watch with "
         "data.watch_interval_s: 5 does what this loop did"
     )

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import tempfile
-import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +42,7 @@ from rayops.errors import TrackingError, TrainingError, one_line, redact
 from rayops.families import family_named
 from rayops.models import Bundle, LoopConfig, Model
 from rayops.models.checkpoints import checkpoints_of, set_aside_broken_snapshot
+from rayops.runtime import ctrl_c_restored
 from rayops.storage import root_of
 from rayops.train.feed import epoch_feed
 from rayops.train.records import (
@@ -319,7 +317,7 @@ def fit_and_log(
     if cfg.train.batch_size is None:
         rows = version.examples["train"]
         cfg = cfg.with_overrides({"train.batch_size": cfg.train.batch_for(rows)})
-    with epoch_feed(cfg) as feed, _ctrl_c_restored():
+    with epoch_feed(cfg) as feed, ctrl_c_restored():
         result = build_trainer(cfg, version, inputs, run_name, run_id, callbacks, feed).fit()
     checkpoint, best = _best_checkpoint(result, metric, mode)
     numbers = {
@@ -339,21 +337,6 @@ def fit_and_log(
         except Exception as exc:
             raise _not_logged(cfg, run_name, len(history), saved.uri, exc) from exc
     return TrainOutcome(run_id, numbers, model_uri, checkpoint.path, version.version)
-
-
-@contextmanager
-def _ctrl_c_restored() -> Iterator[None]:
-    """The process's SIGINT handler put back after a run. Ray Train's ``fit()`` installs its
-    own (Ctrl-C aborts the run) and leaves it there: afterwards Ctrl-C in a command that goes
-    on (``run`` serving, ``demo --keep-running``, ``operate`` looping) asked a finished run
-    to abort and the command kept running."""
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGINT) if main else None
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
 
 
 def _not_logged(
