@@ -152,3 +152,50 @@ def test_every_documented_rayops_command_exists_with_the_options_it_shows():
         if overrides and configs:
             load_config(ROOT / configs[0], overrides, base_dir=ROOT)  # ConfigError names the key
     assert not problems, "\n".join(problems)
+
+
+def _merged(base: dict, snippet: dict) -> dict:
+    """``base`` with each of ``snippet``'s sections updated key by key (a key's value,
+    such as a search space or a column list, replaced whole)."""
+    return {
+        **base,
+        **{k: {**base.get(k, {}), **v} if isinstance(v, dict) else v for k, v in snippet.items()},
+    }
+
+
+def test_every_config_snippet_in_the_docs_is_a_valid_config():
+    """Each YAML block of the docs is a part of a pipeline config: on top of the shipped
+    config of its workload (a ``data:`` section with its own columns stands for a whole
+    pipeline) it validates, so a renamed key or a refused value cannot stay in the docs."""
+    import re
+
+    import yaml
+
+    from rayops.config import validate_config
+    from rayops.demo import config_path
+
+    snippets = [
+        (str(page.relative_to(ROOT)), yaml.safe_load(block))
+        for page in DOC_FILES
+        for block in re.findall(r"```yaml\n(.*?)```", page.read_text(), re.S)
+    ]
+    assert len(snippets) >= 7, snippets
+    shipped = {
+        workload: yaml.safe_load(config_path(name).read_text())
+        for workload, name in (
+            ("tabular", "churn"),
+            ("forecasting", "demand"),
+            ("recommendation", "watching"),
+        )
+    }
+    for where, snippet in snippets:
+        task = snippet.get("data", {}).get("task", "classification")
+        workload = task if task in shipped else "tabular"
+        if "columns" in snippet.get("data", {}) and workload == "tabular":
+            raw = {"name": "doc", **snippet}  # a pipeline of its own
+        else:
+            raw = _merged(shipped[workload], snippet)
+        try:
+            validate_config(raw, where)
+        except Exception as exc:
+            raise AssertionError(f"{where}: {snippet}\n{exc}") from None
