@@ -96,9 +96,10 @@ def logs_line(output: Output) -> None:
 def _ray_logs() -> str:
     import ray
 
-    if not ray.is_initialized():
+    node = ray._private.worker.global_worker.node if ray.is_initialized() else None
+    if node is None:  # a client of a remote cluster has no node of its own
         return "not started"
-    return str(Path(ray._private.worker.global_worker.node.get_logs_dir_path()))
+    return str(Path(node.get_logs_dir_path()))
 
 
 def wait_forever() -> None:
