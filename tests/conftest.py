@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit_coverage import UnitCoverage, is_unit
+from tests.unit_coverage import is_unit, pytest_addoption, pytest_configure  # noqa: F401 (hooks)
 
 _RUN_DIR = Path(tempfile.mkdtemp(prefix="rayops-test-"))
 (_RUN_DIR / "home").mkdir()
@@ -116,19 +116,6 @@ def _schedule_rank(item: pytest.Item) -> tuple[int, int]:
     module = item.path.stem
     rank = SLOWEST_FIRST.index(module) if module in SLOWEST_FIRST else len(SLOWEST_FIRST)
     return rank, is_unit(item)
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption(
-        "--unit-coverage",
-        action="store_true",
-        help="print the unit tests' coverage of platform/rayops (tests/unit_coverage.py)",
-    )
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    if config.getoption("--unit-coverage"):
-        config.pluginmanager.register(UnitCoverage(config), "rayops-unit-coverage")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

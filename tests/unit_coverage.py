@@ -20,13 +20,27 @@ import coverage
 import pytest
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--unit-coverage",
+        action="store_true",
+        help="print the unit tests' coverage of platform/rayops (tests/unit_coverage.py)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--unit-coverage"):
+        config.pluginmanager.register(UnitCoverage(config), "rayops-unit-coverage")
+
+
 def is_unit(item: pytest.Item) -> bool:
     """A test under tests/unit (no Ray cluster, no services)."""
     return "unit" in item.path.parts
 
 
 class UnitCoverage:
-    """Registered by ``tests/conftest.py`` when ``--unit-coverage`` is given."""
+    """Registered when ``--unit-coverage`` is given (``tests/conftest.py`` imports the hooks
+    above)."""
 
     def __init__(self, config: pytest.Config) -> None:
         root = Path(config.rootpath)
