@@ -4,6 +4,7 @@ each command, and the few steps around a command (logging, loading, connecting).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -77,12 +78,18 @@ def load(config: Path, overrides: list[str] | None, base_dir: Path | None = None
 
 
 def start(
-    config: Path, overrides: list[str] | None, base_dir: Path | None, verbose: bool
+    config: Path,
+    overrides: list[str] | None,
+    base_dir: Path | None,
+    verbose: bool,
+    check: Callable[[PipelineConfig], None] | None = None,
 ) -> tuple[PipelineConfig, Output]:
-    """Logging, the config, then Ray and the services it names: what a command that
-    runs a stage does first."""
+    """Logging, the config (and ``check`` of it, before anything starts), then Ray and the
+    services it names: what a command that runs a stage does first."""
     output = setup_logging(verbose)
     cfg = load(config, overrides, base_dir)
+    if check is not None:
+        check(cfg)
     connect(cfg, output)
     return cfg, output
 

@@ -25,7 +25,8 @@ from rayops.cli.common import (
     start,
     wait_forever,
 )
-from rayops.runtime import connect, in_ray_job, say_how_to_resume_when_stopped, setup_logging
+from rayops.config import PipelineConfig
+from rayops.runtime import in_ray_job, say_how_to_resume_when_stopped, setup_logging
 
 # The `rayops submit` command line a job came from (to say how to resume it).
 SUBMITTED_AS_ENV = "RAYOPS_SUBMITTED_AS"
@@ -252,10 +253,8 @@ def operate(
         Operator(load(config, overrides, base_dir), say=typer.echo).abandon()
         if abandon:
             return
-    output = setup_logging(verbose)
-    cfg = load(config, overrides, base_dir)
-    cfg.check_operate()  # before Ray starts: what the loop needs from the serve section
-    connect(cfg, output)
+    # what the loop needs from the serve section, checked before Ray starts
+    cfg, output = start(config, overrides, base_dir, verbose, check=PipelineConfig.check_operate)
     with contextlib.suppress(KeyboardInterrupt):
         state = run_loop(cfg, cycles, say=typer.echo)
         typer.echo(f"stopped after cycle {state.cycle}: {state.facts.get('outcome', 'no retrain')}")

@@ -8,6 +8,7 @@ a refused connection is retried with backoff."""
 import json
 import logging
 import os
+import re
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ import pandas as pd
 import requests
 
 from rayops.data.record_files import reading
-from rayops.data.validate import BOOLEAN_WORDS, NULL_STRINGS
+from rayops.data.validate import BOOLEAN_WORDS, NULL_STRINGS, NUMBER_RE
 from rayops.errors import ServeError
 
 logger = logging.getLogger(__name__)
@@ -155,10 +156,9 @@ def _typed(value: Any, kind: str) -> Any:
     if kind == "boolean":
         return BOOLEAN_WORDS.get(text.lower(), value)
     if kind in ("integer", "number"):
-        try:
-            number = float(text)
-        except ValueError:
+        if not re.fullmatch(NUMBER_RE, text):  # ingest's numbers: no 'inf', no '1,234'
             return value
+        number = float(text)
         return int(number) if kind == "integer" and number.is_integer() else number
     return value
 
