@@ -27,6 +27,7 @@ def predict(
     ] = None,
 ) -> None:
     """Send a file of records to a running deployment and print or write the predictions."""
+    import functools
     import sys
 
     from rayops.errors import ServeError
@@ -34,8 +35,8 @@ def predict(
 
     done, sink = 0, sys.stdout if output is None else None
     try:
-        say = lambda text: typer.echo(text, err=True)  # noqa: E731
-        for lines, done, total in predict_file(file, url, chunk, token_env, note=say):
+        notes = functools.partial(typer.echo, err=True)  # columns not sent, on stderr
+        for lines, done, total in predict_file(file, url, chunk, token_env, note=notes):
             sink = sink or output.open("w")  # type: ignore[union-attr]  # the first answer
             sink.write("".join(f"{line}\n" for line in lines))
             sink.flush()  # written as it goes: a later chunk that fails keeps these
