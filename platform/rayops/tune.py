@@ -1,9 +1,11 @@
 """Hyperparameter sweeps with Ray Tune over the very same training driver.
 
-Each trial is a Tune function trainable that calls :func:`rayops.train.fit_and_log` with a
-``TuneReportCallback`` (Train V2 cannot be passed to ``Tuner`` directly); a trial may itself
-be a multi-worker TorchTrainer. Trials are nested MLflow runs under the sweep's parent run,
-each tagged with the values it sampled; ASHA stops weak trials early. The experiment lives
+Each trial is a Tune function trainable that calls :func:`rayops.train.fit_and_log`. A trial
+of one worker runs the training loop in its own process (:mod:`rayops.train.in_process`:
+no worker group of its own, each report to Tune); a trial of several workers starts a
+TorchTrainer with a ``TuneReportCallback`` (Train V2 cannot be passed to ``Tuner``).
+Trials are nested MLflow runs under the sweep's parent run, each tagged with the values it
+sampled; ASHA stops weak trials early. The experiment lives
 under ``{storage.root}/tune/`` and a record under ``{storage.root}/runs/{pipeline}/sweep/``.
 
 ``rayops tune CONFIG --resume`` finishes a sweep whose driver died without rerunning
@@ -18,6 +20,7 @@ finished trial's result), and the best trial is picked from every trial's logged
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -35,7 +38,7 @@ from rayops.data.versions import DatasetVersion, load_version
 from rayops.errors import TrainingError
 from rayops.runtime import ctrl_c_restored
 from rayops.storage import root_of
-from rayops.train import ModelInputs, fit_and_log, load_inputs, run_params
+from rayops.train import ModelInputs, fit_and_log, load_inputs, run_params, trains_in_process
 from rayops.train.records import (
     RunRecord,
     mark_failed,
@@ -47,8 +50,9 @@ from rayops.train.records import (
 
 logger = logging.getLogger(__name__)
 
-# The trial's own process only waits on its TorchTrainer; it must still ask for some
-# resource, so it asks for a little memory instead of a CPU the workers need.
+# A trial that starts a worker group (several workers) only waits on it in its own process;
+# it must still ask for some resource, so it asks for a little memory, not a CPU the workers
+# need. A trial of one worker trains in its own process, which asks for the worker's.
 TRIAL_DRIVER_RESOURCES: dict[str, float] = {"CPU": 0, "memory": 256 * 1024**2}
 
 
@@ -174,11 +178,19 @@ def run_trial(
         tune.report(finished)
         return
     tracking.reopen_run(cfg.tracking, run_id)
+    # The same run name on a restarted trial resumes it from its stored checkpoints.
+    name = f"{cfg.name}-{trial_id}"
     try:
-        # The same trainer name on a restarted trial lets Ray Train resume its checkpoint.
-        outcome = fit_and_log(
-            cfg, version, inputs, run_id, f"{cfg.name}-{trial_id}", callbacks=[TuneReportCallback()]
-        )
+        if trains_in_process(cfg, inputs):  # this process holds the worker's resources
+            outcome = fit_and_log(cfg, version, inputs, run_id, name, in_process=tune.report)
+        else:
+            outcome = fit_and_log(
+                cfg, version, inputs, run_id, name, callbacks=[TuneReportCallback()]
+            )
+    except SystemExit:  # Tune stopped the trial (ASHA) inside one of its reports
+        with contextlib.suppress(Exception):
+            tracking.end_run(cfg.tracking, run_id, status="KILLED")
+        raise
     except BaseException:
         with contextlib.suppress(Exception):  # MLflow may be what failed
             tracking.end_run(cfg.tracking, run_id, status="FAILED")
@@ -189,15 +201,30 @@ def run_trial(
     tune.report(outcome.metrics)
 
 
+def trial_resources(base: PipelineConfig, inputs: ModelInputs, config: dict[str, Any]) -> Any:
+    """What a trial's own process asks for: a trial that trains in it (one worker), the
+    worker's resources; one that starts a worker group, only a little memory."""
+    from ray.tune import PlacementGroupFactory
+
+    cfg = base.with_overrides(sampled_values(config)[1])
+    if not trains_in_process(cfg, inputs):
+        return PlacementGroupFactory([TRIAL_DRIVER_RESOURCES])
+    resources = {**cfg.train.resources_per_worker, "CPU": cfg.train.cpus_per_worker}
+    if cfg.train.use_gpu:
+        resources["GPU"] = 1
+    return PlacementGroupFactory([resources])
+
+
 def _trainable(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str) -> Any:
+    inputs = load_inputs(version)
     trainable = tune.with_parameters(
         run_trial,
         base=cfg,
         version=version,
-        inputs=load_inputs(version),
+        inputs=inputs,
         parent_run_id=parent_run_id,
     )
-    return tune.with_resources(trainable, TRIAL_DRIVER_RESOURCES)
+    return tune.with_resources(trainable, functools.partial(trial_resources, cfg, inputs))
 
 
 def search_record(searcher: Any) -> dict[str, str]:

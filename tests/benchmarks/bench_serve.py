@@ -58,9 +58,11 @@ INFO = {"name": "bench", "version": "1", "alias": "champion", "run_id": "-"}
 
 class Direct:
     record_model = record_model(predictor.schema, predictor.preprocessor.label)
+    forecast_body, task = None, predictor.task
     max_records, max_body_bytes, token, in_flight = 1000, 1 << 20, None, 0
     async def predict(self, records, request_id=None, key=None):
         return {"model": INFO, "predictions": predictor.predict_valid(records)}
+    async def feedback(self, labels): return None
     def metadata(self): return {}
     def health(self): return {"status": "ok"}
     def observe(self, route, status, seconds): pass

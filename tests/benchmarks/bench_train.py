@@ -63,12 +63,27 @@ def plain_pytorch(cfg: PipelineConfig, version: DatasetVersion) -> tuple[list[fl
 
 def rayops_training(cfg: PipelineConfig, version: DatasetVersion) -> tuple[list[float], float]:
     """(seconds of each training epoch, wall seconds of the whole run: trainer start, data
-    loading, checkpoints, MLflow logging, the logged model)."""
+    loading, checkpoints, MLflow logging, the logged model). Prints where the time went."""
     started = time.perf_counter()
     outcome = run_training(cfg, version)
     wall = time.perf_counter() - started
     client = MlflowClient(cfg.tracking.uri)
-    return [m.value for m in client.get_metric_history(outcome.run_id, "epoch_time_s")], wall
+    epochs = [m.value for m in client.get_metric_history(outcome.run_id, "epoch_time_s")]
+    parts = dict(outcome.seconds)
+    parts["epochs"] = sum(epochs)
+    # the fit beyond its training epochs: workers starting, shards, validation, checkpoints
+    parts["train"] -= parts["epochs"]
+    parts["run record"] = wall - sum(parts.values())  # MLflow run start, records
+    shown = ", ".join(
+        f"{name} {parts[name]:.1f}s"
+        for name in ("run record", "inputs", "train", "epochs", "model", "mlflow", "plots")
+    )
+    print(f"  where {wall:.1f}s went: {shown} ('train': the fit beyond its epochs)", flush=True)
+    PARTS[cfg.train.num_workers] = parts
+    return epochs, wall
+
+
+PARTS: dict[int, dict[str, float]] = {}  # workers -> where a run's time went
 
 
 def rate(samples: float, seconds: list[float], skip: int = 0) -> float:
@@ -142,6 +157,8 @@ def main() -> None:
         "rows": rows,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
+        "parts_1_worker_s": {k: round(v, 2) for k, v in PARTS[1].items()},
+        "parts_2_workers_s": {k: round(v, 2) for k, v in PARTS[2].items()},
         "cpus": os.cpu_count(),
     }
     print(json.dumps(summary))

@@ -45,9 +45,10 @@ def local(tmp_path_factory, ray_start_4_cpus):
 
 
 class WorkerKiller(threading.Thread):
-    """Kills one Ray Train worker process (SIGKILL) of this test process's Ray cluster (its
-    working directory is under that cluster's temp dir: the other test process trains too)
-    once `after` new checkpoints exist."""
+    """Kills one training worker process (SIGKILL: a Ray Train worker, or the Ray task a run
+    of one worker trains in) of this test process's Ray cluster (its working directory is
+    under that cluster's temp dir: the other test process trains too) once `after` new
+    checkpoints exist."""
 
     def __init__(self, cfg, after: int = 2) -> None:
         super().__init__(daemon=True)
@@ -66,7 +67,8 @@ class WorkerKiller(threading.Thread):
             time.sleep(0.2)
         ours = os.environ["RAY_TMPDIR"]  # tests/conftest.py: one per test process
         for proc in psutil.process_iter(["cmdline"]):
-            if not any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
+            titles = proc.info["cmdline"] or []
+            if not any(t.startswith(("ray::RayTrainWorker", "ray::train:")) for t in titles):
                 continue
             try:
                 if not proc.cwd().startswith(ours):
@@ -88,6 +90,7 @@ def test_killed_worker_resumes_from_s3_checkpoint(
             "storage.endpoint_url": s3_endpoint,
             "train.epochs": 5,
             "train.max_failures": 1,
+            "train.num_workers": 1,  # trains in one Ray task: its process is the one killed
             "train.cpus_per_worker": 0.5,
         },
     )

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ray.train
 import torch
 from ray.train import Checkpoint
 
 from rayops.config import PipelineConfig
 from rayops.errors import RayopsError
+from rayops.models import session
 from rayops.models.mlp import load_state_dict
 from rayops.models.sharding import gathered_optimizer_state, own_optimizer_state, sharded_tables
 from rayops.storage import Location, root_of
@@ -93,7 +93,7 @@ def set_aside_broken_snapshot(run: Location) -> bool:
         return True
 
 
-def _stored(run: Location) -> list[tuple[int, Location]]:
+def stored_checkpoints(run: Location) -> list[tuple[int, Location]]:
     """(epoch, folder) of every checkpoint rank 0 wrote for the run, newest first, whether
     or not Ray Train registered it."""
     found = []
@@ -116,7 +116,7 @@ def latest_state(run: Location | None, registered: Checkpoint | None) -> dict[st
     if registered is not None:
         with registered.as_directory() as folder:
             state = load_state_dict(Path(folder) / CHECKPOINT_FILE)
-    for epoch, place in _stored(run) if run is not None else []:
+    for epoch, place in stored_checkpoints(run) if run is not None else []:
         if state is not None and epoch <= int(state["epoch"]):
             break
         stored = place.join(CHECKPOINT_FILE)
@@ -131,7 +131,7 @@ def restore(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, run: Location | None
 ) -> Progress:
     """Resume from the newest checkpoint (after a failure or a driver restart)."""
-    state = latest_state(run, ray.train.get_checkpoint())
+    state = latest_state(run, session.latest_checkpoint())
     if state is None:
         return Progress()
     _unwrap(model).load_state_dict(state["model"])  # a sharded table keeps its rows

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
+from rayops.models import session
 from rayops.tasks import Task, task_of
 
 if TYPE_CHECKING:
@@ -79,8 +80,7 @@ class LoopConfig:
 
         if self.in_memory is None:
             return ray.train.get_dataset_shard(split)
-        context = ray.train.get_context()
-        rank, world = context.get_world_rank(), context.get_world_size()
+        rank, world = session.world()
         columns = ray.get(self.in_memory[split])
         rows = len(columns["label"])
         end = rows // world * world if split == "train" else rows
@@ -107,6 +107,10 @@ class Family(ABC):
     name: ClassVar[str]
     tasks: ClassVar[tuple[str, ...]]  # the tasks it can learn
     step: ClassVar[str] = "epoch"  # what one report of progress is (an epoch, a round)
+    # Whether a run of one worker may run the loop in its caller's process (a sweep's
+    # trial does: rayops.train.in_process). Only a loop that reports, checkpoints and asks
+    # its rank through rayops.models.session, never ray.train directly, can.
+    in_process: ClassVar[bool] = False
 
     @abstractmethod
     def architecture(

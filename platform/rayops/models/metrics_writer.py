@@ -23,6 +23,8 @@ from rayops.config import TrackingConfig
 logger = logging.getLogger(__name__)
 
 _STOP = None
+# What a writer sets in its process's environment (see MetricsWriter.__init__).
+ENVIRONMENT = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
 
 
 class MetricsWriter:

@@ -149,6 +149,7 @@ class MLPFamily(Family):
     name = "mlp"
     tasks = BUILT_IN_TASKS["mlp"]
     step = "epoch"
+    in_process = True
 
     def architecture(
         self, cfg: PipelineConfig, n_inputs: int, n_outputs: int, features: list[dict[str, Any]]

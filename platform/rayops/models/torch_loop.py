@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import ray.train
-import ray.train.torch
 import torch
 import torch.distributed as dist
 
 from rayops.config import TrainConfig
 from rayops.families import family_named
+from rayops.models import session
 from rayops.models.checkpoints import Progress, checkpoint_of, checkpoints_of, restore
 from rayops.models.family import LoopConfig
 from rayops.models.metrics_writer import MetricsWriter
@@ -276,15 +275,15 @@ class Worker:
 def _worker(loop: LoopConfig) -> Worker:
     """Build the model (DDP), restore the newest checkpoint, and open the shards."""
     train = loop.cfg.train
-    rank = ray.train.get_context().get_world_rank()
+    rank, _ = session.world()
     torch.manual_seed(train.seed)
-    device = ray.train.torch.get_device()
+    device = _device()
     if device.type == "cpu":  # as many intra-op threads as CPUs the worker reserved
         torch.set_num_threads(max(1, int(train.cpus_per_worker)))
     family = family_named(loop.architecture["family"])
     network = family.network(loop.architecture)
     ignore_in_ddp(network)  # a sharded table's rows are this worker's own
-    model = ray.train.torch.prepare_model(network)
+    model = _prepared(network, device)
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=train.learning_rate * train.lr_factor,
@@ -306,6 +305,27 @@ def _worker(loop: LoopConfig) -> Worker:
         rank,
         loaded,
     )
+
+
+def _device() -> torch.device:
+    """The worker's device: Ray Train's pick on its workers; in this process, the GPU Ray
+    gave it (``CUDA_VISIBLE_DEVICES`` holds only that one) or the CPU."""
+    local = session.local()
+    if local is None:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    return torch.device("cuda", 0) if local.use_gpu else torch.device("cpu")
+
+
+def _prepared(network: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The network on its device, wrapped in DDP by Ray Train when there are several workers
+    (a loop in this process is the only worker: nothing to wrap)."""
+    if session.local() is not None:
+        return network.to(device)
+    import ray.train.torch
+
+    return ray.train.torch.prepare_model(network)
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
@@ -330,7 +350,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             with checkpoint_of(
                 w.rank, w.model, w.optimizer, w.scheduler, w.progress, loop.meta
             ) as ckpt:
-                ray.train.report(results, checkpoint=ckpt)
+                session.report(results, ckpt)
             if writer is not None:
                 writer.put(epoch + 1, results)
             if w.rank == 0 and loop.feed is not None:

@@ -103,6 +103,7 @@ class XGBoostFamily(Family):
     name = "xgboost"
     tasks = BUILT_IN_TASKS["xgboost"]
     step = "round"
+    in_process = True
 
     def architecture(
         self, cfg: PipelineConfig, n_inputs: int, n_outputs: int, features: list[dict[str, Any]]

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray.train
 from ray.train import Checkpoint
 
 from rayops.config import PipelineConfig
+from rayops.models import session
 from rayops.models.family import LoopConfig
 from rayops.models.metrics_writer import MetricsWriter
 from rayops.models.xgboost import MODEL_FILE, load_booster, require_xgboost
@@ -115,7 +115,7 @@ class Reporter:
     ) -> None:
         xgb = require_xgboost()
         self.cfg, self.loop, self.valid, self.stopping = loop.cfg, loop, valid, stopping
-        self.rank = ray.train.get_context().get_world_rank()
+        self.rank, _ = session.world()
         self.writer = (
             MetricsWriter(self.cfg.tracking, loop.run_id)
             if (self.rank == 0 and loop.run_id)
@@ -156,7 +156,7 @@ class Reporter:
         )
         self.stopping.history.append(dict(results))
         with self._checkpoint(model, rounds) as checkpoint:
-            ray.train.report(results, checkpoint=checkpoint)
+            session.report(results, checkpoint)
         if self.writer is not None:
             self.writer.put(rounds, results)
         if self.rank == 0 and self.loop.feed is not None:
@@ -232,7 +232,7 @@ def xgboost_fn_per_worker(config: dict[str, Any]) -> None:
     valid_x, valid_y = _arrays(loop, "valid")
     dtrain = xgb.DMatrix(train_x, label=loop.task.learned(train_y))
     dvalid = xgb.DMatrix(valid_x, label=loop.task.learned(valid_y))
-    booster, stopping = restored(ray.train.get_checkpoint())
+    booster, stopping = restored(session.latest_checkpoint())
     reporter = Reporter(loop, (valid_x, valid_y), stopping)
     done = booster.num_boosted_rounds() if booster is not None else 0
     try:

@@ -8,12 +8,14 @@ not finish: same run name (Ray Train reloads its checkpoint list), same MLflow r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
+import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from rayops.models.checkpoints import checkpoints_of, set_aside_broken_snapshot
 from rayops.runtime import ctrl_c_restored
 from rayops.storage import root_of
 from rayops.train.feed import epoch_feed
+from rayops.train.in_process import Report, fit_in_process
 from rayops.train.records import (
     RunRecord,
     mark_failed,
@@ -74,6 +77,11 @@ class TrainOutcome:
     model_uri: str
     checkpoint_path: str
     dataset_version: int  # the curated table version it trained on
+    # Where the run's time went, in seconds: "inputs" (the curated rows read as model
+    # inputs, by run_training), "train" (the trainer's fit: workers, data,
+    # epochs, checkpoints), "model" (the best checkpoint's bundle into storage), "mlflow"
+    # (the metrics MLflow lacked and the logged model), "plots". Empty when not measured.
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def model_inputs(table: pa.Table, state: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -121,6 +129,17 @@ def load_inputs(version: DatasetVersion, local_rows: int = LOCAL_LOAD_ROWS) -> M
                 for split in ("train", "valid")
             }
         )
+
+
+def trains_in_process(cfg: PipelineConfig, inputs: ModelInputs) -> bool:
+    """Whether a run of ``cfg`` can train in its caller's process (see
+    :mod:`rayops.train.in_process`): one worker, reading inputs from the object store, of
+    a family whose loop can."""
+    return (
+        cfg.train.num_workers == 1
+        and inputs.in_memory is not None
+        and family_named(cfg.model.family).in_process
+    )
 
 
 def architecture(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:
@@ -305,9 +324,14 @@ def fit_and_log(
     run_id: str,
     run_name: str,
     callbacks: Sequence[Any] = (),
+    in_process: Report | None = None,
 ) -> TrainOutcome:
     """Train, pick the best checkpoint, save its model bundle to storage, then complete the
     MLflow run: every epoch's metrics it lacks, the model, the plots.
+
+    ``in_process`` given (a run of one worker whose inputs travel in the object store, see
+    :func:`trains_in_process`): the loop runs in this process instead of on a Ray Train
+    worker group, and each of its reports also goes to ``in_process``.
 
     Training never waits on MLflow; when MLflow fails after training, the error says what
     was not logged and ``--resume`` logs it without retraining (the trainer's name is
@@ -317,26 +341,82 @@ def fit_and_log(
     if cfg.train.batch_size is None:
         rows = version.examples["train"]
         cfg = cfg.with_overrides({"train.batch_size": cfg.train.batch_for(rows)})
-    with epoch_feed(cfg) as feed, ctrl_c_restored():
-        result = build_trainer(cfg, version, inputs, run_name, run_id, callbacks, feed).fit()
+    seconds: dict[str, float] = {}
+    with timed(seconds, "train"):
+        if in_process is not None:
+            loop = loop_config(cfg, version, inputs, run_name, run_id).for_ray()
+            result: Any = fit_in_process(cfg, loop, run_name, in_process)
+        elif trains_in_process(cfg, inputs):
+            result = _fit_in_a_task(cfg, version, inputs, run_name, run_id)
+        else:
+            with epoch_feed(cfg) as feed, ctrl_c_restored():
+                trainer = build_trainer(cfg, version, inputs, run_name, run_id, callbacks, feed)
+                result = trainer.fit()
     checkpoint, best = _best_checkpoint(result, metric, mode)
     numbers = {
         k: float(v)
         for k, v in best.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
-    bundle = bundle_of(cfg, version, _trained_model(cfg, version, checkpoint), numbers, run_id)
-    # The newest checkpoint holds every epoch's metrics so far.
-    history = family_named(cfg.model.family).history(cfg, run_name, result.checkpoint)
     saved = root_of(cfg.storage).join("models", run_name)
     with tempfile.TemporaryDirectory(prefix="rayops-") as folder:
-        bundle_dir = bundle.save(Path(folder) / "bundle")
-        saved.upload_dir(bundle_dir)
+        with timed(seconds, "model"):
+            model = _trained_model(cfg, version, checkpoint)
+            bundle = bundle_of(cfg, version, model, numbers, run_id)
+            # The newest checkpoint holds every epoch's metrics so far.
+            history = family_named(cfg.model.family).history(cfg, run_name, result.checkpoint)
+            bundle_dir = bundle.save(Path(folder) / "bundle")
+            saved.upload_dir(bundle_dir)
         try:
-            model_uri = _complete_run(cfg, version, run_id, bundle, bundle_dir, history)
+            model_uri = _complete_run(cfg, version, run_id, bundle, bundle_dir, history, seconds)
         except Exception as exc:
             raise _not_logged(cfg, run_name, len(history), saved.uri, exc) from exc
-    return TrainOutcome(run_id, numbers, model_uri, checkpoint.path, version.version)
+    return TrainOutcome(run_id, numbers, model_uri, checkpoint.path, version.version, seconds)
+
+
+def _fit_in_a_task(
+    cfg: PipelineConfig,
+    version: DatasetVersion,
+    inputs: ModelInputs,
+    run_name: str,
+    run_id: str | None,
+) -> Any:
+    """A run of one worker: its loop in one Ray task holding the worker's resources (no
+    controller, placement group or worker group to start). A task whose process dies runs
+    again and continues from the run's newest stored checkpoint, ``train.max_failures``
+    times; a loop that fails, the same (:func:`fit_in_process`)."""
+    resources = dict(cfg.train.resources_per_worker)
+    train = ray.remote(fit_in_process).options(
+        num_cpus=cfg.train.cpus_per_worker,
+        num_gpus=1 if cfg.train.use_gpu else 0,
+        resources=resources or None,
+        max_retries=cfg.train.max_failures,
+        retry_exceptions=False,
+        name=f"train:{run_name}",
+    )
+    with epoch_feed(cfg) as feed, ctrl_c_restored():
+        loop = loop_config(cfg, version, inputs, run_name, run_id, feed).for_ray()
+        done = train.remote(cfg, loop, run_name, None)
+        try:
+            return ray.get(done)
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
+            raise TrainingError(
+                f"training failed: its worker process died beyond train.max_failures "
+                f"({cfg.train.max_failures}): {one_line(exc)}"
+            ) from exc
+        except BaseException:
+            ray.cancel(done, force=True)  # stopped here (Ctrl-C) or failed: never left running
+            raise
+
+
+@contextlib.contextmanager
+def timed(seconds: dict[str, float], part: str) -> Iterator[None]:
+    """Add the block's wall time to ``seconds[part]``."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[part] = seconds.get(part, 0.0) + time.perf_counter() - started
 
 
 def _not_logged(
@@ -357,29 +437,33 @@ def _complete_run(
     bundle: Bundle,
     bundle_dir: Path,
     history: list[dict[str, float]],
+    seconds: dict[str, float],
 ) -> str:
-    """Log what the MLflow run lacks; returns the model URI."""
+    """Log what the MLflow run lacks; returns the model URI (``seconds``: where the time
+    went, see :class:`TrainOutcome`)."""
     from rayops import evaluate
 
-    tracking.require_reachable(cfg.tracking)
-    logged = set(tracking.logged_steps(cfg.tracking, run_id))
-    missing = {int(h["epoch"]): h for h in history if int(h["epoch"]) not in logged}
-    if missing:
-        logger.info(
-            "Logging %d epoch(s) of metrics MLflow did not get during training", len(missing)
+    with timed(seconds, "mlflow"):
+        tracking.require_reachable(cfg.tracking)
+        logged = set(tracking.logged_steps(cfg.tracking, run_id))
+        missing = {int(h["epoch"]): h for h in history if int(h["epoch"]) not in logged}
+        if missing:
+            logger.info(
+                "Logging %d epoch(s) of metrics MLflow did not get during training", len(missing)
+            )
+            tracking.log_history(cfg.tracking, run_id, missing)
+        model_uri = tracking.logged_model_uri(cfg.tracking, run_id) or log_bundle(
+            cfg, version, run_id, bundle_dir, bundle.family
         )
-        tracking.log_history(cfg.tracking, run_id, missing)
-    model_uri = tracking.logged_model_uri(cfg.tracking, run_id) or log_bundle(
-        cfg, version, run_id, bundle_dir, bundle.family
-    )
-    numbers = bundle.meta["metrics"]
-    tracking.log_metrics(
-        cfg.tracking,
-        run_id,
-        {f"best_{k}": v for k, v in numbers.items()},
-        step=int(numbers.get("epoch", 0)),
-    )
-    evaluate.log_plots(cfg, run_id, bundle, version)
+        numbers = bundle.meta["metrics"]
+        tracking.log_metrics(
+            cfg.tracking,
+            run_id,
+            {f"best_{k}": v for k, v in numbers.items()},
+            step=int(numbers.get("epoch", 0)),
+        )
+    with timed(seconds, "plots"):
+        evaluate.log_plots(cfg, run_id, bundle, version)
     return model_uri
 
 
@@ -486,7 +570,11 @@ def run_training(
         version.id,
     )
     try:
-        outcome = fit_and_log(cfg, version, load_inputs(version), record.run_id, record.name)
+        loading = time.perf_counter()
+        inputs = load_inputs(version)
+        loaded = time.perf_counter() - loading
+        outcome = fit_and_log(cfg, version, inputs, record.run_id, record.name)
+        outcome.seconds["inputs"] = loaded
     except (KeyboardInterrupt, SystemExit):  # stopped, not failed: `--resume` picks it up
         raise
     except BaseException:
