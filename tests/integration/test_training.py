@@ -44,11 +44,14 @@ def local(tmp_path_factory, ray_start_4_cpus):
     return cfg, _dataset(cfg, rows=2000)
 
 
+EPOCHS = 30  # of the run whose worker is killed
+
+
 class WorkerKiller(threading.Thread):
     """Kills one training worker process (SIGKILL: a Ray Train worker, or the Ray task a run
-    of one worker trains in) of this test process's Ray cluster (its working directory is
-    under that cluster's temp dir: the other test process trains too) once `after` new
-    checkpoints exist."""
+    of one worker trains in) of this test process's Ray cluster (its environment names that
+    cluster's temp dir: the other test process trains too) once `after` new checkpoints
+    exist."""
 
     def __init__(self, cfg, after: int = 2) -> None:
         super().__init__(daemon=True)
@@ -71,7 +74,7 @@ class WorkerKiller(threading.Thread):
             if not any(t.startswith(("ray::RayTrainWorker", "ray::train:")) for t in titles):
                 continue
             try:
-                if not proc.cwd().startswith(ours):
+                if proc.environ().get("RAY_TMPDIR") != ours:
                     continue
             except psutil.Error:  # gone, or not ours to read
                 continue
@@ -88,7 +91,9 @@ def test_killed_worker_resumes_from_s3_checkpoint(
         **{
             "storage.root": f"s3://{s3_bucket}/lake",
             "storage.endpoint_url": s3_endpoint,
-            "train.epochs": 5,
+            # epochs enough for the kill to land mid-run (one takes ~0.1 s here)
+            "train.epochs": EPOCHS,
+            "train.early_stopping_patience": "null",
             "train.max_failures": 1,
             "train.num_workers": 1,  # trains in one Ray task: its process is the one killed
             "train.cpus_per_worker": 0.5,
@@ -120,7 +125,7 @@ def test_killed_worker_resumes_from_s3_checkpoint(
         killer.done.set()
     assert killer.killed is not None, "no training worker was killed"
     # all epochs, each once, the ones after the failure resumed from the last checkpoint
-    assert assert_resumed_once(MlflowClient(cfg.tracking.uri), failed_over.run_id, 5) >= 2
+    assert assert_resumed_once(MlflowClient(cfg.tracking.uri), failed_over.run_id, EPOCHS) >= 2
     # what the restored model and optimizer went on to learn: better than the majority
     assert failed_over.metrics["valid_accuracy"] > majority_accuracy(version) + 0.02
     assert failed_over.checkpoint_path.startswith(f"{s3_bucket}/lake/checkpoints/")
