@@ -85,8 +85,8 @@ class StoredReports:
     def _prune(self) -> None:
         """Delete the checkpoints beyond the best ``keep`` (never the newest)."""
         sign = 1 if self.mode == "max" else -1
-        ranked = sorted(self.kept, key=lambda cm: sign * cm[1].get(self.metric, float("nan")))
-        ranked = [cm for cm in ranked if cm[1].get(self.metric) is not None]
+        scored = [cm for cm in self.kept if self.metric in cm[1]]
+        ranked = sorted(scored, key=lambda cm: sign * cm[1][self.metric])  # worst first
         drop = {id(c) for c, _ in ranked[: max(len(ranked) - self.keep, 0)]} - {id(self.newest)}
         for checkpoint, _ in [cm for cm in self.kept if id(cm[0]) in drop]:
             self.run.child(checkpoint.path).delete_dir()
