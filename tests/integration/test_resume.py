@@ -23,7 +23,10 @@ from tests.integration.conftest import list_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.postgres]
 
-EPOCHS = 4
+# Enough epochs that the outage (stopping the server takes a moment) lands while the run
+# still trains: a run of one worker starts at once, and 4 epochs ended before the server was
+# down, so the driver's logging met the outage mid-call, inside MLflow's minutes of retries.
+EPOCHS = 30
 
 
 def _checkpoint_epochs(cfg) -> dict[str, int]:
@@ -45,6 +48,7 @@ def test_mlflow_outage_stalls_no_worker_and_resume_logs_every_epoch(
         **{
             "tracking.uri": server.uri,
             "train.epochs": EPOCHS,
+            "train.early_stopping_patience": "null",
             "train.num_workers": 1,
             "tracking.experiment": "outage",
         },

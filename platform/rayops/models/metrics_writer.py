@@ -49,27 +49,37 @@ class MetricsWriter:
         # that has one CPU. Building a client sends nothing to the server.
         tracking.client(tracking_cfg)
         self.unsent: list[int] = []
-        self._queue: queue.Queue[tuple[int, dict[str, float]] | None] = queue.Queue(maxsize)
+        # Set by close(): the thread sends nothing more. A run of one worker trains in a Ray
+        # task whose process outlives it; a thread still retrying there would log an epoch
+        # after the driver has logged it from the checkpoint history (twice in MLflow).
+        self._closed = threading.Event()
+        self._queue: queue.Queue[tuple[int, dict[str, float], int] | None] = queue.Queue(maxsize)
         self._thread = threading.Thread(target=self._drain, name="rayops-metrics", daemon=True)
         self._thread.start()
 
     def put(self, step: int, metrics: Mapping[str, float]) -> None:
         """Queue one epoch's metrics; never blocks."""
         try:
-            self._queue.put_nowait((step, dict(metrics)))
+            # One timestamp for every send of this step: a retry after an answer that was
+            # lost (the server stopping mid-request) is then stored once, not twice.
+            self._queue.put_nowait((step, dict(metrics), int(time.time() * 1000)))
         except queue.Full:
             self.unsent.append(step)
 
     def _drain(self) -> None:
         while (item := self._queue.get()) is not _STOP:
-            step, metrics = item
-            if not self._send(step, metrics):
+            step, metrics, stamp = item
+            if self._closed.is_set() or not self._send(step, metrics, stamp):
                 self.unsent.append(step)
 
-    def _send(self, step: int, metrics: dict[str, float]) -> bool:
+    def _send(self, step: int, metrics: dict[str, float], stamp: int) -> bool:
         for attempt in range(self.attempts):
+            if attempt and self._closed.is_set():
+                return False
             try:
-                tracking.log_metrics(self.tracking, self.run_id, metrics, step, attempts=1)
+                tracking.log_metrics(
+                    self.tracking, self.run_id, metrics, step, attempts=1, timestamp_ms=stamp
+                )
                 return True
             except Exception as exc:
                 if attempt == self.attempts - 1:
@@ -90,6 +100,7 @@ class MetricsWriter:
         with contextlib.suppress(queue.Full):
             self._queue.put(_STOP, timeout=timeout_s)
         self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._closed.set()
         pending: list[int] = []
         while True:
             try:

@@ -84,9 +84,12 @@ def log_metrics(
     metrics: Mapping[str, float],
     step: int,
     attempts: int = 5,
+    timestamp_ms: int | None = None,
 ) -> None:
-    """Log numeric metrics at ``step``; retried because sqlite can be briefly locked."""
-    log_history(tracking, run_id, {step: metrics}, attempts)
+    """Log numeric metrics at ``step``; retried because sqlite can be briefly locked.
+    A caller that sends the same metrics again gives the same ``timestamp_ms``: MLflow then
+    stores them once, also when the first send landed and only its answer was lost."""
+    log_history(tracking, run_id, {step: metrics}, attempts, timestamp_ms)
 
 
 def log_history(
@@ -94,11 +97,13 @@ def log_history(
     run_id: str,
     history: Mapping[int, Mapping[str, float]],
     attempts: int = 5,
+    timestamp_ms: int | None = None,
 ) -> None:
-    """Log several steps' metrics in batches of at most 1000 values (MLflow's limit)."""
+    """Log several steps' metrics in batches of at most 1000 values (MLflow's limit), at
+    ``timestamp_ms`` (default: now)."""
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
+    now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
     batch = [
         Metric(k, v, now, step)
         for step, metrics in history.items()
