@@ -39,6 +39,7 @@ from rayops.errors import TrainingError
 from rayops.runtime import ctrl_c_restored
 from rayops.storage import root_of
 from rayops.train import ModelInputs, fit_and_log, load_inputs, run_params, trains_in_process
+from rayops.train.driver import worker_resources
 from rayops.train.records import (
     RunRecord,
     mark_failed,
@@ -209,10 +210,7 @@ def trial_resources(base: PipelineConfig, inputs: ModelInputs, config: dict[str,
     cfg = base.with_overrides(sampled_values(config)[1])
     if not trains_in_process(cfg, inputs):
         return PlacementGroupFactory([TRIAL_DRIVER_RESOURCES])
-    resources = {**cfg.train.resources_per_worker, "CPU": cfg.train.cpus_per_worker}
-    if cfg.train.use_gpu:
-        resources["GPU"] = 1
-    return PlacementGroupFactory([resources])
+    return PlacementGroupFactory([worker_resources(cfg)])
 
 
 def _trainable(cfg: PipelineConfig, version: DatasetVersion, parent_run_id: str) -> Any:

@@ -131,6 +131,15 @@ def load_inputs(version: DatasetVersion, local_rows: int = LOCAL_LOAD_ROWS) -> M
         )
 
 
+def worker_resources(cfg: PipelineConfig) -> dict[str, float]:
+    """What one training worker holds: its CPUs, a GPU when ``use_gpu``, and any custom
+    resources (``train.resources_per_worker``)."""
+    resources = {**cfg.train.resources_per_worker, "CPU": cfg.train.cpus_per_worker}
+    if cfg.train.use_gpu:
+        resources["GPU"] = 1
+    return resources
+
+
 def trains_in_process(cfg: PipelineConfig, inputs: ModelInputs) -> bool:
     """Whether a run of ``cfg`` can train in its caller's process (see
     :mod:`rayops.train.in_process`): one worker, reading inputs from the object store, of
@@ -205,9 +214,7 @@ def build_trainer(
     metric, mode = cfg.target_metric
     checkpoints = checkpoints_of(cfg)
     set_aside_broken_snapshot(checkpoints.join(run_name))
-    resources = {**cfg.train.resources_per_worker, "CPU": cfg.train.cpus_per_worker}
-    if cfg.train.use_gpu:
-        resources["GPU"] = 1
+    resources = worker_resources(cfg)
     loop = loop_config(cfg, version, inputs, run_name, run_id, feed)
     trainer, loop_per_worker = family_named(cfg.model.family).trainer()
     if not inputs.datasets:
@@ -385,10 +392,10 @@ def _fit_in_a_task(
     controller, placement group or worker group to start). A task whose process dies runs
     again and continues from the run's newest stored checkpoint, ``train.max_failures``
     times; a loop that fails, the same (:func:`fit_in_process`)."""
-    resources = dict(cfg.train.resources_per_worker)
+    resources = worker_resources(cfg)
     train = ray.remote(fit_in_process).options(
-        num_cpus=cfg.train.cpus_per_worker,
-        num_gpus=1 if cfg.train.use_gpu else 0,
+        num_cpus=resources.pop("CPU"),
+        num_gpus=resources.pop("GPU", 0),
         resources=resources or None,
         max_retries=cfg.train.max_failures,
         retry_exceptions=False,
