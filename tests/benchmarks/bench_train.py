@@ -5,7 +5,9 @@ per process. Samples/s count the training epochs only (validation excluded on bo
 rayops' first epoch includes streaming the shard through Ray Data. The steady-state ratio
 drops epoch 1 on both sides. Next to the loop's throughput it reports each side's whole-run
 wall time (for rayops: trainer start, data loading, checkpoints, MLflow logging and the
-logged model). Also measures the scaling from 1 to 2 workers.
+logged model). Also measures the scaling from 1 to 2 workers, with the default
+``accumulate_grad_batches`` (4 for 2 CPU workers: one all-reduce per 4 batches), and each
+run's validation metric, so that speed is never bought with quality.
 
     .venv/bin/python tests/benchmarks/bench_train.py [--rows 200000] [--epochs 8]
 
@@ -80,10 +82,15 @@ def rayops_training(cfg: PipelineConfig, version: DatasetVersion) -> tuple[list[
     )
     print(f"  where {wall:.1f}s went: {shown} ('train': the fit beyond its epochs)", flush=True)
     PARTS[cfg.train.num_workers] = parts
+    metric = cfg.target_metric[0]
+    QUALITY[cfg.train.num_workers] = outcome.metrics[metric]
+    used = client.get_run(outcome.run_id).data.params["train.accumulate_grad_batches"]
+    print(f"  best {metric} {outcome.metrics[metric]:.4f}; {used} batch(es) a step", flush=True)
     return epochs, wall
 
 
 PARTS: dict[int, dict[str, float]] = {}  # workers -> where a run's time went
+QUALITY: dict[int, float] = {}  # workers -> the run's best validation metric
 
 
 def rate(samples: float, seconds: list[float], skip: int = 0) -> float:
@@ -154,6 +161,8 @@ def main() -> None:
         "wall_ratio": round(wall_one / base_wall, 3),
         "scaling_2_workers": round(two / one, 3),
         "rayops_2_workers_samples_per_s": round(two),
+        "valid_metric_1_worker": round(QUALITY[1], 4),
+        "valid_metric_2_workers": round(QUALITY[2], 4),
         "rows": rows,
         "epochs": args.epochs,
         "batch_size": args.batch_size,

@@ -92,6 +92,12 @@ def test_training_beats_baselines_and_registers_champion(cfg, dataset, trained):
     run = client.get_run(trained.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["train.num_workers"] == "2"
+    # what the rows decided is logged, not null: 2 CPU workers with ~50 batches an epoch
+    # keep one all-reduce per batch (accumulating 4 would leave them 12 steps)
+    assert run.data.params["train.batch_size"] == str(
+        cfg.train.batch_for(dataset.manifest.rows.train)
+    )
+    assert run.data.params["train.accumulate_grad_batches"] == "1"
     assert run.data.tags["rayops.dataset_version"] == dataset.id
     history = client.get_metric_history(trained.run_id, "valid_f1")
     assert [m.step for m in history] == [1, 2, 3, 4]

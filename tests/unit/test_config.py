@@ -172,6 +172,35 @@ def test_learning_rate_scaling_rule(rule, workers, factor):
     assert cfg.train.lr_factor == factor
 
 
+@pytest.mark.parametrize(
+    ("workers", "gpu", "rows", "configured", "expected"),
+    [
+        (2, False, 160_000, None, 4),  # 312 batches a worker: 78 steps left after 4
+        (2, False, 3_200, None, 1),  # the demo's 50 batches: accumulation would leave 12
+        (1, False, 160_000, None, 1),  # nothing to all-reduce
+        (2, True, 160_000, None, 1),  # NCCL on GPUs: the all-reduce is cheap
+        (2, False, 3_200, 3, 3),  # a written value wins
+    ],
+)
+def test_accumulation_defaults_to_4_only_for_several_cpu_workers_with_steps_to_spare(
+    workers, gpu, rows, configured, expected
+):
+    train = (
+        validate_config(_raw())
+        .with_overrides(
+            {
+                "train.num_workers": workers,
+                "train.use_gpu": gpu,
+                "train.accumulate_grad_batches": configured,
+            }
+        )
+        .train
+    )
+    assert train.accumulation_for(rows) == expected
+    resolved = train.model_copy(update={"accumulate_grad_batches": expected})
+    assert resolved.lr_factor == pytest.approx((workers * expected) ** 0.5)  # sqrt rule
+
+
 def test_defaults_are_resolved_like_written_values(tmp_path, monkeypatch):
     """Only name, storage and data: the tracking section's defaults become absolute too."""
     monkeypatch.chdir(tmp_path)

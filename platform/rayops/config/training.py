@@ -156,6 +156,10 @@ class ModelConfig(_Section):
         return family
 
 
+AUTO_ACCUMULATE = 4  # batches per step for several CPU workers (tests/benchmarks/bench_train.py)
+AUTO_MIN_STEPS = 32  # optimizer steps an epoch that accumulation must leave each worker
+
+
 class TrainConfig(_Section):
     num_workers: int = Field(2, ge=1, description="Data-parallel (DDP) training workers.")
     use_gpu: bool = Field(False, description="One GPU per worker; NCCL instead of gloo.")
@@ -183,12 +187,23 @@ class TrainConfig(_Section):
         "null: from the training rows, about 32 steps per epoch on each worker, between 16 "
         "and 256 rows (a small table still takes enough steps per epoch to learn).",
     )
+    accumulate_grad_batches: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Batches each worker adds up before one optimizer step. With several "
+        "workers their gradients are all-reduced once per step instead of once per batch "
+        "(DDP no_sync), which is what lets a small model scale over CPU workers; the "
+        "global batch is batch_size x workers x this. null: 4 when several workers train "
+        "on CPUs and each still takes 32 or more optimizer steps an epoch, else 1.",
+    )
     learning_rate: float = Field(
         1e-3, gt=0.0, lt=10.0, description="AdamW learning rate for a single worker."
     )
     lr_scaling: Literal["none", "linear", "sqrt"] = Field(
         "sqrt",
-        description="How the learning rate grows with the global batch (x workers): sqrt "
+        description="How the learning rate grows with the global batch (x workers x "
+        "accumulate_grad_batches): sqrt "
         "suits Adam-type optimizers, linear is the SGD rule (use with warmup_epochs).",
     )
     lr_schedule: Literal["plateau", "constant", "cosine", "step"] = Field(
@@ -249,6 +264,17 @@ class TrainConfig(_Section):
         per_worker = train_rows / self.num_workers / 32
         return int(min(256, max(16, 2 ** math.floor(math.log2(max(per_worker, 1))))))
 
+    def accumulation_for(self, train_rows: int) -> int:
+        """Batches per optimizer step: the configured number, or (null) ``AUTO_ACCUMULATE``
+        where several CPU workers would otherwise all-reduce a small model's gradients after
+        every batch, and each still takes ``AUTO_MIN_STEPS`` steps an epoch."""
+        if self.accumulate_grad_batches is not None:
+            return self.accumulate_grad_batches
+        if self.num_workers == 1 or self.use_gpu:
+            return 1
+        batches = train_rows / self.num_workers / self.batch_for(train_rows)
+        return AUTO_ACCUMULATE if batches >= AUTO_ACCUMULATE * AUTO_MIN_STEPS else 1
+
     @property
     def plateau_patience(self) -> int:
         """Stale epochs before a plateau schedule halves the learning rate."""
@@ -256,12 +282,10 @@ class TrainConfig(_Section):
 
     @property
     def lr_factor(self) -> float:
-        """Learning-rate multiplier for the global batch of num_workers x batch_size."""
-        return {
-            "none": 1.0,
-            "linear": float(self.num_workers),
-            "sqrt": float(self.num_workers) ** 0.5,
-        }[self.lr_scaling]
+        """Learning-rate multiplier for the global batch of num_workers x batch_size x
+        accumulate_grad_batches."""
+        growth = float(self.num_workers * (self.accumulate_grad_batches or 1))
+        return {"none": 1.0, "linear": growth, "sqrt": growth**0.5}[self.lr_scaling]
 
 
 class _Dim(_Section):

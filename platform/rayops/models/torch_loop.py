@@ -94,8 +94,10 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
-    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
         self.scaler.step(optimizer)
         self.scaler.update()
 
@@ -206,20 +208,48 @@ def train_epoch(
     epoch: int,
     precision: Precision,
     device: torch.device,
+    accumulate: int = 1,
 ) -> tuple[float, float]:
-    """Mean training loss and the global number of samples seen this epoch."""
+    """Mean training loss and the global number of samples seen this epoch. The optimizer
+    steps once every ``accumulate`` batches (and after the last); under DDP the batches in
+    between add to the local gradients only, so the workers all-reduce once per step."""
     model.train()
     loss_total = torch.zeros((), dtype=torch.float32, device=device)
     count = 0
-    for x, y in loader.epoch(epoch, shuffle=True):
-        optimizer.zero_grad(set_to_none=True)
-        with precision.autocast():
-            loss = objective.train_loss(model, x, y)
-        precision.step(loss, optimizer)
+    optimizer.zero_grad(set_to_none=True)
+    for index, last, (x, y) in _marked(loader.epoch(epoch, shuffle=True)):
+        steps = last or (index + 1) % accumulate == 0
+        with _gradient_sync(model, steps):  # forward and backward both inside no_sync
+            with precision.autocast():
+                loss = objective.train_loss(model, x, y)
+            precision.backward(loss / accumulate)
+        if steps:
+            precision.step(optimizer)
+            optimizer.zero_grad(set_to_none=True)
         loss_total.add_(loss.detach(), alpha=len(y))  # one op, no host sync per batch
         count += len(y)
     total = all_reduce(np.array([loss_total.item(), count], dtype=np.float64), device)
     return float(total[0] / max(total[1], 1)), float(total[1])
+
+
+def _marked(batches: Iterator[Any]) -> Iterator[tuple[int, bool, Any]]:
+    """Each batch with its index and whether it is the epoch's last (one batch of lookahead:
+    a streamed shard has no length)."""
+    pending: Any = None
+    index = -1
+    for index, batch in enumerate(batches):
+        if index:
+            yield index - 1, False, pending
+        pending = batch
+    if index >= 0:
+        yield index, True, pending
+
+
+def _gradient_sync(model: torch.nn.Module, sync: bool) -> Any:
+    """DDP's all-reduce on this backward pass, or (accumulating) none."""
+    if sync or not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
 
 
 @torch.no_grad()
@@ -393,7 +423,14 @@ def run_epoch(w: Worker, epoch: int, loop: LoopConfig) -> dict[str, float]:
     train_loader, valid_loader = w.loaders
     started = time.perf_counter()
     train_loss, samples = train_epoch(
-        w.model, w.optimizer, w.objective, train_loader, epoch, w.precision, w.device
+        w.model,
+        w.optimizer,
+        w.objective,
+        train_loader,
+        epoch,
+        w.precision,
+        w.device,
+        loop.cfg.train.accumulate_grad_batches or 1,  # resolved when the run started
     )
     seconds = time.perf_counter() - started
     results = evaluate(

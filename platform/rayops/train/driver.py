@@ -345,9 +345,7 @@ def fit_and_log(
     the same, so Ray Train finds the finished checkpoints and trains no further)."""
     metric, mode = cfg.target_metric
     os.environ.setdefault(POLL_ENV, POLL_INTERVAL_S)
-    if cfg.train.batch_size is None:
-        rows = version.examples["train"]
-        cfg = cfg.with_overrides({"train.batch_size": cfg.train.batch_for(rows)})
+    cfg = sized_for(cfg, version)
     seconds: dict[str, float] = {}
     with timed(seconds, "train"):
         if in_process is not None:
@@ -526,11 +524,27 @@ def _interactions_example(version: DatasetVersion) -> tuple[pd.DataFrame, dict[s
     }
 
 
+def sized_for(cfg: PipelineConfig, version: DatasetVersion) -> PipelineConfig:
+    """``cfg`` with what the training rows decide when left out written in: the batch size
+    and the batches per optimizer step."""
+    train = cfg.train
+    if train.batch_size is not None and train.accumulate_grad_batches is not None:
+        return cfg
+    rows = version.examples["train"]
+    return cfg.with_overrides(
+        {
+            "train.batch_size": train.batch_for(rows),
+            "train.accumulate_grad_batches": train.accumulation_for(rows),
+        }
+    )
+
+
 def run_params(cfg: PipelineConfig, version: DatasetVersion) -> dict[str, Any]:
-    """What a training run logs as MLflow params (flattened later)."""
+    """What a training run logs as MLflow params (flattened later), with the batch size and
+    batches per step this run's rows decide."""
     return {
         "model": cfg.model.model_dump(),
-        "train": cfg.train.model_dump(),
+        "train": sized_for(cfg, version).train.model_dump(),
         "data": {
             "dataset_version": version.id,
             "dataset_uri": version.uri,
