@@ -11,6 +11,7 @@ from typing import Any
 
 from rayops.config import PipelineConfig, load_config
 from rayops.demo import config_path
+from rayops.serve.ingress import use_haproxy_for_a_new_cluster
 
 
 def start_bench(name: str, **ray_options: Any) -> Path:
@@ -19,6 +20,7 @@ def start_bench(name: str, **ray_options: Any) -> Path:
     import ray
 
     work = Path(tempfile.mkdtemp(prefix=f"rayops-{name}-"))
+    use_haproxy_for_a_new_cluster()  # the ingress rayops gives a local cluster
     ray.init(
         **{
             "num_cpus": os.cpu_count(),

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 
+from rayops.serve.ingress import use_haproxy_for_a_new_cluster
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
@@ -62,6 +63,7 @@ def ray_start_4_cpus() -> Iterator[None]:
     """A local Ray cluster for the session (4 logical CPUs on a 2-core machine)."""
     import ray
 
+    use_haproxy_for_a_new_cluster()  # Serve's ingress as rayops starts it
     ray.init(
         address="local",
         num_cpus=4,

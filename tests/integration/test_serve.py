@@ -309,6 +309,49 @@ def test_metrics_and_the_predict_client(trained, tmp_path, capsys):
     wait_for(exported, timeout_s=60)
 
 
+def test_the_ingress_is_haproxy_listening_on_loopback_only(trained):
+    """Serve's ingress on a cluster rayops starts: HAProxy answers the API's port, and it,
+    its stats page, its metrics and the replicas' own servers listen on 127.0.0.1 only."""
+    import os
+
+    import psutil
+
+    cfg, _, _ = trained
+    url = _deploy(cfg)
+    assert _post(url).status_code == 200
+    folder = os.path.dirname(os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]) + "/"
+    ours = [  # Ray puts the config in {folder}/{node id}/
+        p
+        for p in psutil.process_iter(["name", "cmdline"])
+        if p.info["name"] == "haproxy"
+        and any(arg.startswith(folder) for arg in p.info["cmdline"] or [])
+    ]
+    assert ours, "no HAProxy runs this cluster's config"
+    listening = {
+        c.laddr
+        for p in ours
+        for c in p.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    }
+    ports = {
+        cfg.serve.port,
+        int(os.environ["RAY_SERVE_HAPROXY_STATS_PORT"]),
+        int(os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"]),
+    }
+    assert {a.port for a in listening} == ports
+    assert {a.ip for a in listening} == {"127.0.0.1"}
+    replicas = [
+        p for p in psutil.process_iter(["name"]) if p.info["name"].startswith("ray::ServeRepli")
+    ]
+    direct = {
+        c.laddr
+        for p in replicas
+        for c in p.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and 30_000 <= c.laddr.port < 31_000
+    }
+    assert direct and {a.ip for a in direct} == {"127.0.0.1"}  # HAProxy's backends
+
+
 @pytest.mark.parametrize("mode", ["positive", "negative"])
 def test_fuzzed_requests_never_get_a_5xx(trained, mode):
     """Requests generated from the served OpenAPI spec: valid ones (positive) and ones that
