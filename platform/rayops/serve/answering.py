@@ -5,6 +5,7 @@ route mixins (:mod:`.forecasting`, :mod:`.recommending`)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,17 @@ class Answering:
     in_flight: int
     shadow: Any
     _failed: Any
+
+    async def has_company(self) -> bool:
+        """Whether other requests are in this replica now (batching on): a batch would
+        otherwise only wait ``batch_wait_timeout_s`` for company that is not coming. One
+        turn of the event loop first: requests that arrive together each run to their
+        first await before the next starts (Serve's direct ingress hands them over so), and
+        without that turn each would find itself alone and none would be batched."""
+        if self.settings.serve.max_batch_size <= 1:
+            return False
+        await asyncio.sleep(0)
+        return self.in_flight > 1
 
     async def routed(
         self, request: Routed, request_id: str | None, key: str | None
@@ -117,7 +129,7 @@ class Answering:
         DataError) is the caller's 422; any other error is the model's (ModelFailed)."""
         try:
             prepared = prepare()
-            if batched and self.in_flight > 1 and self.settings.serve.max_batch_size > 1:
+            if batched and await self.has_company():
                 result = await batch((model, prepared))
             else:
                 result = answer(model.predictor, [prepared])[0]

@@ -116,6 +116,7 @@ class ModelServer(Forecasting, Recommending):
         model = self.model
         self.metrics.batch_size.observe(len(requests))
         self.stats["batches"] += 1
+        self.stats["batched_requests"] += len(requests)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(requests))
         try:
             predictions = model.predictor.predict_valid(
@@ -154,11 +155,10 @@ class ModelServer(Forecasting, Recommending):
         started = time.perf_counter()
         shadow = self.shadow
         model, role = route(self.aliases, key or request_id)
-        # A request alone in the replica is answered at once: a batch would only wait
-        # batch_wait_timeout_s for company that is not coming.
+        # A request alone in the replica is answered at once (see has_company).
         try:
             result = await self._answer(
-                model, records, batched=role == "champion" and self.in_flight > 1
+                model, records, batched=role == "champion" and await self.has_company()
             )
         except ModelFailed as failure:  # the model that failed (a batch's may be newer)
             failed = failure.model
@@ -198,7 +198,7 @@ class ModelServer(Forecasting, Recommending):
     async def _answer(
         self, model: LoadedModel, records: list[dict[str, Any]], batched: bool
     ) -> dict[str, Any]:
-        if batched and self.settings.serve.max_batch_size > 1:
+        if batched:  # has_company: batching is on and others are in flight
             result = await self.predict_batch(records)
         else:  # batching off, or a model other than the served one: no queue hop
             result = self._one(model, records)
