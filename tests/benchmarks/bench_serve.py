@@ -7,7 +7,9 @@ Serve config, the production default: batching on, every request in the predicti
 1% mirrored to a challenger. A Ray Serve echo deployment (no model) gives Serve's floor:
 ``p50_over_echo_ms_c1`` is what rayops adds to it at concurrency 1, and
 ``logging_throughput_ratio_c64`` the throughput with the log and the mirror over none.
-Every response must be 2xx, or the run fails.
+Every response must be 2xx, or the run fails. Serve's ingress is what rayops gives a
+cluster it starts (HAProxy, see docs/serving.md); ``RAY_SERVE_ENABLE_HA_PROXY=0`` measures
+Serve's proxy instead.
 A bounded load generator on 127.0.0.1 sends requests of 2 records at concurrency 1, 16
 and 64. A second, heavy model (two 4096-wide layers: each call reads ~130 MB of weights, so
 the per-call cost dominates) measures what batching gains.
@@ -263,7 +265,8 @@ def _only_the_new_replica(cfg: PipelineConfig, timeout_s: float = 120.0) -> None
 
 
 def _serve_processes() -> int:
-    """Live Serve actors (controller, proxy, replicas): each is its own process."""
+    """Live Serve actors (controller, proxy or HAProxy's manager and the fallback proxy,
+    replicas): each is its own process."""
     import ray
 
     return sum(
@@ -378,9 +381,10 @@ def main() -> None:
     heavy_on = measure("heavy model, batching on", serve_model(cfg, "bench-heavy", 32))
     serve_processes = _serve_processes()
     print(
-        f"processes: bare FastAPI 1 (uvicorn); Ray Serve {serve_processes} (HTTP proxy, "
-        "controller and one replica; the controller is off the request path). The load "
-        "generator shares the same cores.",
+        f"processes: bare FastAPI 1 (uvicorn); Ray Serve {serve_processes} actors "
+        "(controller, ingress, one replica; with HAProxy as the ingress, HAProxy is one "
+        "process more and the request path is HAProxy -> the replica). The load generator "
+        "shares the same cores.",
         flush=True,
     )
     serve.shutdown()

@@ -222,7 +222,7 @@ def train_epoch(
         with _gradient_sync(model, steps):  # forward and backward both inside no_sync
             with precision.autocast():
                 loss = objective.train_loss(model, x, y)
-            precision.backward(loss / accumulate)
+            precision.backward(loss / accumulate if accumulate > 1 else loss)
         if steps:
             precision.step(optimizer)
             optimizer.zero_grad(set_to_none=True)
