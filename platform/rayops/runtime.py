@@ -112,10 +112,10 @@ def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:
     else:
         # A new local cluster: keep Ray's services on the loopback interface, and Serve's
         # ingress is HAProxy on loopback (RAY_SERVE_ENABLE_HA_PROXY=0: Serve's proxy).
-        from rayops.serve.ingress import use_haproxy_for_a_new_cluster
+        from rayops.serve.ingress import ingress_for_a_new_cluster
 
-        use_haproxy_for_a_new_cluster()
-        ray.init(_node_ip_address="127.0.0.1", **options)
+        with ingress_for_a_new_cluster():
+            ray.init(_node_ip_address="127.0.0.1", **options)
     if not log_to_driver:
         import ray.data
 

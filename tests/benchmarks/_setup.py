@@ -11,7 +11,7 @@ from typing import Any
 
 from rayops.config import PipelineConfig, load_config
 from rayops.demo import config_path
-from rayops.serve.ingress import use_haproxy_for_a_new_cluster
+from rayops.serve.ingress import ingress_for_a_new_cluster
 
 
 def start_bench(name: str, **ray_options: Any) -> Path:
@@ -20,16 +20,16 @@ def start_bench(name: str, **ray_options: Any) -> Path:
     import ray
 
     work = Path(tempfile.mkdtemp(prefix=f"rayops-{name}-"))
-    use_haproxy_for_a_new_cluster()  # the ingress rayops gives a local cluster
-    ray.init(
-        **{
-            "num_cpus": os.cpu_count(),
-            "_node_ip_address": "127.0.0.1",
-            "include_dashboard": False,
-            "logging_level": logging.WARNING,
-            **ray_options,
-        }
-    )
+    with ingress_for_a_new_cluster():  # the ingress rayops gives a local cluster
+        ray.init(
+            **{
+                "num_cpus": os.cpu_count(),
+                "_node_ip_address": "127.0.0.1",
+                "include_dashboard": False,
+                "logging_level": logging.WARNING,
+                **ray_options,
+            }
+        )
     ray.data.DataContext.get_current().enable_progress_bars = False
     return work
 

