@@ -409,8 +409,13 @@ def _fit_in_a_task(
                 f"training failed: its worker process died beyond train.max_failures "
                 f"({cfg.train.max_failures}): {one_line(exc)}"
             ) from exc
-        except BaseException:
-            ray.cancel(done, force=True)  # stopped here (Ctrl-C) or failed: never left running
+        except (KeyboardInterrupt, SystemExit):
+            # Stopped here (Ctrl-C): the task is never left running. Only then: Ray 2.60
+            # crashes this process when a cancel races the task's own end or retry
+            # ("Tried to complete task that was not pending", ray#54527), so any other
+            # error leaves the task to Ray, and one that has just ended is not cancelled.
+            if not ray.wait([done], timeout=0)[0]:
+                ray.cancel(done, force=True)
             raise
 
 
