@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,20 @@ def prune_logs(folder: Path, keep: int) -> list[Path]:
             old.unlink()
             removed.append(old)
     return removed
+
+
+@contextlib.contextmanager
+def environment_kept(names: Iterable[str]) -> Iterator[None]:
+    """Put these environment variables back as they were when the block ends."""
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def init_ray(address: str | None = None, log_to_driver: bool = True) -> None:

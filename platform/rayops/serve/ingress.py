@@ -1,18 +1,20 @@
 """Serve's ingress on a Ray cluster rayops starts itself: HAProxy in front of the replicas'
 own HTTP servers (Ray 2.60's direct ingress) instead of Serve's Python proxy.
 
-Measured with ``tests/benchmarks/bench_serve.py`` on 2 cores (docs/serving.md): a Serve
-echo answers in about 1.2 ms at one client instead of 5.5 ms, and rayops about 700 instead
-of 310 requests/s at 64. Ray's HAProxy has four defaults a local cluster cannot keep:
+Measured with ``tests/benchmarks/bench_serve.py`` on 2 cores (docs/serving.md,
+docs/benchmarks.md): a Serve echo answers one client in about 1.1 ms instead of 5.5 ms,
+and rayops about 1,200 instead of 335 requests/s at 64. Ray's HAProxy has defaults a
+local cluster cannot keep:
 
 - its stats page and Prometheus endpoint bind every interface (``*:8404``, ``:9101``), and
-  its template has no setting for that: the HAProxy that rayops hands Ray is a two-line
+  its template has no setting for that: the HAProxy that rayops hands Ray is a short
   script that moves those two binds to 127.0.0.1 before it runs the real binary;
 - its admin socket (mode 666: anyone on the machine could disable servers), config and
   state live in ``/tmp/haproxy-serve``, shared by every cluster on the machine: here they
   live in a folder of this cluster's own, readable by its user only;
 - those two ports and the fallback proxy's (8500, 9500) are fixed, so a second cluster on
   the machine could not start its own: here they are free ports;
+- a stopping replica drains for 30 s, sized for load balancers on other machines: here 3 s;
 - on macOS and Windows ``ray[serve]`` ships no HAProxy: there Serve's proxy stays.
 
 ``RAY_SERVE_ENABLE_HA_PROXY=0`` in the environment keeps Serve's proxy (the switch back);
@@ -34,6 +36,8 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from rayops.runtime import environment_kept
 
 logger = logging.getLogger(__name__)
 
@@ -132,13 +136,6 @@ def ingress_for_a_new_cluster() -> Iterator[dict[str, str]]:
     restored after, so that another cluster started from this process (``ray start`` in
     a subprocess) gets its own ports and folder, or none."""
     settings = haproxy_settings()
-    saved = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    try:
+    with environment_kept(settings):
+        os.environ.update(settings)
         yield settings
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value

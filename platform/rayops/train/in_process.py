@@ -18,11 +18,9 @@ for a run, this does the same way, so a trial stops, resumes and is read back li
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +34,7 @@ from rayops.families import family_named
 from rayops.models import session
 from rayops.models.checkpoints import checkpoints_of, stored_checkpoints
 from rayops.models.metrics_writer import ENVIRONMENT
+from rayops.runtime import environment_kept
 from rayops.storage import Location
 
 logger = logging.getLogger(__name__)
@@ -118,20 +117,6 @@ def _reports(cfg: PipelineConfig, run_name: str, on_report: Report) -> StoredRep
     return reports
 
 
-@contextlib.contextmanager
-def _environment_kept(names: Sequence[str]) -> Iterator[None]:
-    """Put these environment variables back as they were when the block ends."""
-    saved = {name: os.environ.get(name) for name in names}
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def fit_in_process(
     cfg: PipelineConfig, loop: dict[str, Any], run_name: str, on_report: Report | None
 ) -> Result:
@@ -149,7 +134,7 @@ def fit_in_process(
         try:
             # The loop's metrics writer turns MLflow's retries off for its process: this
             # one goes on to log the model (a trial), so it gets them back.
-            with session.running(reports), _environment_kept(ENVIRONMENT):
+            with session.running(reports), environment_kept(ENVIRONMENT):
                 loop_per_worker(loop)
             return reports.result()
         except Exception as exc:
