@@ -3,7 +3,7 @@ own HTTP servers (Ray 2.60's direct ingress) instead of Serve's Python proxy.
 
 Measured with ``tests/benchmarks/bench_serve.py`` on 2 cores (docs/serving.md,
 docs/benchmarks.md): a Serve echo answers one client in about 1.1 ms instead of 5.5 ms,
-and rayops about 1,200 instead of 335 requests/s at 64. Ray's HAProxy has defaults a
+and rayops about 1,100 instead of 335 requests/s at 64. Ray's HAProxy has defaults a
 local cluster cannot keep:
 
 - its stats page and Prometheus endpoint bind every interface (``*:8404``, ``:9101``), and
