@@ -2,7 +2,6 @@
 their rows together, and DDP workers that accumulate still end each step in agreement."""
 
 import os
-import socket
 
 import numpy as np
 import torch
@@ -10,6 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from rayops.models.torch_loop import Objective, Precision, ShardLoader, train_epoch
+from tests.helpers import free_port
 
 CPU = torch.device("cpu")
 
@@ -83,9 +83,7 @@ def _ddp_rank(rank: int, port: int, out) -> None:  # type: ignore[no-untyped-def
 def test_ddp_workers_that_accumulate_all_reduce_each_step_and_agree():
     """Two gloo workers, 8 rows each in 2 batches, accumulate 2: one all-reduced step, the
     same as one process stepping once on all 16 rows."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     context = mp.get_context("spawn")
     out = context.Queue()
     procs = [context.Process(target=_ddp_rank, args=(r, port, out)) for r in range(2)]

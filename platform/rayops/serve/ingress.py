@@ -31,12 +31,12 @@ import logging
 import os
 import shlex
 import shutil
-import socket
 import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from rayops.demo.broker import free_port
 from rayops.runtime import environment_kept
 
 logger = logging.getLogger(__name__)
@@ -77,12 +77,6 @@ def _short_temp_dir() -> str:
     puts the sockets in ``{folder}/{node id, 56 characters}/``."""
     temp = tempfile.gettempdir()
     return temp if len(temp) + len("/rayops-haproxy-12345678") <= MAX_FOLDER else "/tmp"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def haproxy_environment(folder: Path, binary: str) -> dict[str, str]:
