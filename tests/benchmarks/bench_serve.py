@@ -2,19 +2,26 @@
 
 The same model bundle is served (a) by a bare FastAPI app under uvicorn (one process) that
 calls the model directly, with rayops' own routes and validation, and (b) by rayops on Ray
-Serve (one replica), with batching off and on; the ratios compare the bare app with one
-Serve config, the production default: batching on, every request in the prediction log,
-1% mirrored to a challenger. A Ray Serve echo deployment (no model) gives Serve's floor:
-``p50_over_echo_ms_c1`` is what rayops adds to it at concurrency 1, and
+Serve (one replica per config), with batching off and on; the ratios compare the bare app
+with one Serve config, the production default: batching on, every request in the
+prediction log, 1% mirrored to a challenger. A Ray Serve echo deployment (no model) gives
+Serve's floor: ``p50_over_echo_ms_c1`` is what rayops adds to it at concurrency 1, and
 ``logging_throughput_ratio_c64`` the throughput with the log and the mirror over none.
 Every response must be 2xx, or the run fails. Serve's ingress is what rayops gives a
 cluster it starts (HAProxy, see docs/serving.md); ``RAY_SERVE_ENABLE_HA_PROXY=0`` measures
 Serve's proxy instead.
+
+Side by side: every server runs at once and they are measured in turns, ``--rounds``
+times, the order turning each round; each ratio is the median of its rounds' ratios. (A
+first version measured them one after another, minutes apart: the same code gave the
+bare app 764 to 1,635 req/s, and the ratios swung with it.) What running beside Serve
+costs the bare app is printed too: its rate once Serve is shut down, and Serve's
+processes' CPU at idle.
 A bounded load generator on 127.0.0.1 sends requests of 2 records at concurrency 1, 16
 and 64. A second, heavy model (two 4096-wide layers: each call reads ~130 MB of weights, so
 the per-call cost dominates) measures what batching gains.
 
-    .venv/bin/python tests/benchmarks/bench_serve.py
+    .venv/bin/python tests/benchmarks/bench_serve.py          # ~3 minutes
 
 The last line printed is one JSON object with the figures.
 """
@@ -45,9 +52,18 @@ from rayops.data.versions import DatasetVersion
 from rayops.demo import churn
 from rayops.demo.run import SAMPLE_RECORDS
 from rayops.models import MLP, Bundle, MLPModel
-from rayops.serve import wait_ready
+from rayops.serve import USER_CODE_THREAD, wait_ready
 
-LEVELS = {1: 300, 16: 1600, 64: 3200}  # concurrency -> requests sent
+LEVELS = {1: 60, 16: 320, 64: 1600}  # concurrency -> requests sent a round
+LABELS = {
+    "bare": "bare FastAPI (uvicorn)",
+    "echo": "Ray Serve echo (no model)",
+    "serve": "rayops Serve, batching off",
+    "serve_no_log": "rayops Serve, batching on, no log",
+    "serve_batched": "rayops Serve, log 100% + 1% mirror",
+    "heavy_off": "heavy model, batching off",
+    "heavy_on": "heavy model, batching on",
+}
 
 BARE_APP = """
 import sys
@@ -146,21 +162,78 @@ async def _load(url: str, concurrency: int, total: int) -> dict[str, Any]:
     }
 
 
-def measure(
-    label: str, url: str, levels: tuple[int, ...] = tuple(LEVELS)
-) -> dict[int, dict[str, float]]:
-    asyncio.run(_load(url, 4, 100))  # warm-up
-    figures = {}
-    for concurrency in levels:
-        total = LEVELS[concurrency]
-        figures[concurrency] = f = asyncio.run(_load(url, concurrency, total))
-        del f["latencies"]
+def side_by_side(
+    urls: dict[str, str], levels: dict[int, int], rounds: int
+) -> dict[str, dict[int, dict[str, Any]]]:
+    """Every server at every concurrency in ``levels`` (-> requests a round), ``rounds``
+    times, the order turning each round: a slower minute of this shared machine falls on
+    all of them instead of on one. Percentiles pool every round's latencies; ``rps`` is the
+    median round and ``rounds_rps`` each round's (ratios pair servers round by round)."""
+    for url in urls.values():
+        asyncio.run(_load(url, 4, 100))  # warm-up
+    latencies: dict[tuple[str, int], list[float]] = {}
+    rates: dict[tuple[str, int], list[float]] = {}
+    names = list(urls)
+    for turn in range(rounds):
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            for concurrency, total in levels.items():
+                f = asyncio.run(_load(urls[name], concurrency, total))
+                latencies.setdefault((name, concurrency), []).extend(f["latencies"])
+                rates.setdefault((name, concurrency), []).append(f["rps"])
+    figures: dict[str, dict[int, dict[str, Any]]] = {}
+    for (name, concurrency), seconds in latencies.items():
+        ms = np.array(seconds) * 1000
+        figures.setdefault(name, {})[concurrency] = f = {
+            "p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "rps": round(float(np.median(rates[name, concurrency])), 1),
+            "rounds_rps": rates[name, concurrency],
+        }
         print(
-            f"{label:34s} c={concurrency:<3d} p50 {f['p50_ms']:7.2f} ms  p99 "
-            f"{f['p99_ms']:7.2f} ms  {f['rps']:8.1f} req/s  (all 2xx)",
+            f"{LABELS[name]:34s} c={concurrency:<3d} p50 {f['p50_ms']:7.2f} ms  p99 "
+            f"{f['p99_ms']:7.2f} ms  {f['rps']:8.1f} req/s (median of {rounds} rounds; "
+            "all 2xx)",
             flush=True,
         )
     return figures
+
+
+def paired(figures: dict[str, dict[int, dict[str, Any]]], a: str, b: str) -> list[float]:
+    """``a``'s rate at c=64 over ``b``'s, round by round (measured seconds apart)."""
+    return [
+        round(x / y, 3)
+        for x, y in zip(figures[a][64]["rounds_rps"], figures[b][64]["rounds_rps"], strict=True)
+    ]
+
+
+def serve_idle_cpu(seconds: float = 5.0) -> float:
+    """Cores that Serve's own processes (controller, ingress, replicas, HAProxy) use while
+    no request comes: a cost the bare app, sharing these cores, pays too."""
+    import psutil
+
+    def serve_processes() -> dict[int, psutil.Process]:
+        found = {}
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if cmd.startswith(("ray::Serve", "ray::HAProxy", "ray::Proxy")) or "haproxy" in cmd:
+                found[p.pid] = p
+        return found
+
+    def used(procs: dict[int, psutil.Process]) -> dict[int, float]:
+        out = {}
+        for pid, p in procs.items():
+            try:
+                t = p.cpu_times()
+                out[pid] = t.user + t.system
+            except psutil.Error:
+                pass
+        return out
+
+    procs = serve_processes()
+    before = used(procs)
+    time.sleep(seconds)
+    after = used(procs)
+    return round(sum(after[p] - before[p] for p in after if p in before) / seconds, 3)
 
 
 def bare_fastapi(bundle: Path, work: Path, port: int) -> subprocess.Popen:
@@ -195,7 +268,10 @@ def serve_floor(port: int) -> str:
 
     echo = FastAPI()
 
-    @serve.deployment(max_ongoing_requests=128, ray_actor_options={"num_cpus": 0.1})
+    # the replica runs its code as rayops' replicas do (serve.user_code_thread's default)
+    options = {"num_cpus": 0.1, "runtime_env": {"env_vars": {USER_CODE_THREAD: "0"}}}
+
+    @serve.deployment(max_ongoing_requests=128, ray_actor_options=options)
     @serve.ingress(echo)
     class Echo:
         @echo.post("/predict")
@@ -276,64 +352,10 @@ def _serve_processes() -> int:
     )
 
 
-def goals(cfg: PipelineConfig, port: int, rounds: int = 10) -> None:
-    """The two goal figures alone. The echo and rayops with and without the log run side
-    by side and are measured in turns (``rounds`` times each), so a slower minute of this
-    shared machine falls on all of them instead of on one."""
-
-    def app(name: str) -> PipelineConfig:
-        return cfg.with_overrides({"serve.app_name": name, "serve.route_prefix": f"/{name}"})
-
-    urls = {
-        "echo": serve_floor(port),
-        "plain": serve_model(app("plain"), "bench-light", 32, log=False, cpus=0.5),
-        "logged": serve_model(app("logged"), "bench-light", 32, mirror=0.01, cpus=0.5),
-    }
-    for url in urls.values():
-        asyncio.run(_load(url, 4, 100))  # warm-up
-    c1: dict[str, list[float]] = {name: [] for name in urls}
-    rps: dict[str, list[float]] = {"plain": [], "logged": []}
-    for _ in range(rounds):
-        for name, url in urls.items():
-            c1[name] += asyncio.run(_load(url, 1, 60))["latencies"]
-        for name in rps:
-            rps[name].append(asyncio.run(_load(urls[name], 64, 640))["rps"])
-    p50 = {name: float(np.percentile(np.array(v) * 1000, 50)) for name, v in c1.items()}
-    for name in urls:
-        print(
-            f"{name:8s} c=1 p50 {p50[name]:6.2f} ms over {len(c1[name])} requests"
-            + (
-                f"; c=64 {np.median(rps[name]):6.1f} req/s (median of {rounds} rounds)"
-                if name in rps
-                else ""
-            ),
-            flush=True,
-        )
-    print(
-        json.dumps(
-            {
-                "p50_over_echo_ms_c1": round(p50["logged"] - p50["echo"], 2),
-                "p50_no_log_over_echo_ms_c1": round(p50["plain"] - p50["echo"], 2),
-                # each round's logged rate over the plain rate measured just before it
-                "logging_throughput_ratio_c64": round(
-                    float(np.median(np.array(rps["logged"]) / np.array(rps["plain"]))), 3
-                ),
-                "logging_throughput_ratios_c64": [
-                    round(a / b, 3) for a, b in zip(rps["logged"], rps["plain"], strict=True)
-                ],
-                "rounds": rounds,
-            }
-        )
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--goals",
-        action="store_true",
-        help="only the issue's two goal "
-        "figures (the echo, rayops with and without the log): ~3 minutes",
+        "--rounds", type=int, default=6, help="turns of every server at every concurrency"
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -355,59 +377,71 @@ def main() -> None:
     register(cfg, make_bundle(version, [64, 32], work / "light-2"), "bench-light", "challenger")
     register(cfg, heavy, "bench-heavy")
 
-    results: dict[str, Any] = {}
-    if args.goals:
-        goals(cfg, port)
-        return
+    def app(name: str) -> PipelineConfig:
+        return cfg.with_overrides({"serve.app_name": name, "serve.route_prefix": f"/{name}"})
+
     bare = bare_fastapi(light, work, 8766)
     try:
         wait_ready("http://127.0.0.1:8766")
-        results["bare"] = measure("bare FastAPI (uvicorn)", "http://127.0.0.1:8766")
+        # Every server runs from here on, each replica on a quarter of a logical CPU (a
+        # reservation only: 7 replicas on 2 CPUs), and they are measured in turns.
+        light_urls = {
+            "bare": "http://127.0.0.1:8766",
+            "echo": serve_floor(port),
+            "serve": serve_model(app("off"), "bench-light", 1, cpus=0.25),
+            "serve_no_log": serve_model(app("nolog"), "bench-light", 32, log=False, cpus=0.25),
+            "serve_batched": serve_model(app("logged"), "bench-light", 32, mirror=0.01, cpus=0.25),
+        }
+        heavy_urls = {
+            "heavy_off": serve_model(app("heavy-off"), "bench-heavy", 1, cpus=0.25),
+            "heavy_on": serve_model(app("heavy-on"), "bench-heavy", 32, cpus=0.25),
+        }
+        idle_cores = serve_idle_cpu()
+        print(f"Serve's processes at idle: {idle_cores:.3f} cores", flush=True)
+        results = side_by_side(light_urls, LEVELS, args.rounds)
+        heavy = side_by_side(heavy_urls, {64: 640}, args.rounds)
+        serve_processes = _serve_processes()
+        print(
+            f"processes: bare FastAPI 1 (uvicorn); Ray Serve {serve_processes} actors "
+            "(controller, ingress, a replica per config; with HAProxy as the ingress, "
+            "HAProxy is one process more and the request path is HAProxy -> the replica). "
+            "The load generator shares the same cores.",
+            flush=True,
+        )
+        serve.shutdown()
+        # the bare app once Serve is gone: what running beside Serve cost it
+        alone = [asyncio.run(_load(light_urls["bare"], 64, 1600))["rps"] for _ in range(3)]
+        print(f"bare FastAPI, Serve shut down: c=64 {np.median(alone):.1f} req/s", flush=True)
     finally:
         bare.terminate()
         bare.wait()
-    floor = measure("Ray Serve echo (no model)", serve_floor(port), levels=(1,))
-    serve.delete("echo")
-    results["serve"] = measure("rayops Serve, batching off", serve_model(cfg, "bench-light", 1))
-    results["serve_no_log"] = measure(
-        "rayops Serve, batching on, no log",
-        serve_model(cfg, "bench-light", 32, log=False),
-        levels=(1, 64),
-    )
-    results["serve_batched"] = measure(
-        "rayops Serve, log 100% + 1% mirror", serve_model(cfg, "bench-light", 32, mirror=0.01)
-    )
-    heavy_off = measure("heavy model, batching off", serve_model(cfg, "bench-heavy", 1))
-    heavy_on = measure("heavy model, batching on", serve_model(cfg, "bench-heavy", 32))
-    serve_processes = _serve_processes()
-    print(
-        f"processes: bare FastAPI 1 (uvicorn); Ray Serve {serve_processes} actors "
-        "(controller, ingress, one replica; with HAProxy as the ingress, HAProxy is one "
-        "process more and the request path is HAProxy -> the replica). The load generator "
-        "shares the same cores.",
-        flush=True,
-    )
-    serve.shutdown()
     ray.shutdown()
     shutil.rmtree(work, ignore_errors=True)
 
-    # One Serve config against one bare config: the production default (batching on).
-    served = results["serve_batched"]
+    # One Serve config against the bare app: the production default (batching on, the
+    # prediction log keeping every request, 1% mirrored to the challenger).
+    served, bare_figures = results["serve_batched"], results["bare"]
+    throughput = paired(results, "serve_batched", "bare")
+    logging_cost = paired(results, "serve_batched", "serve_no_log")
     summary: dict[str, Any] = {
-        "p50_overhead_ms_c1": round(served[1]["p50_ms"] - results["bare"][1]["p50_ms"], 2),
-        "serve_floor_c1_p50_ms": floor[1]["p50_ms"],
-        # the goal: rayops within 1.5 ms of Serve's own floor, logging on, 1% mirrored
-        "p50_over_echo_ms_c1": round(served[1]["p50_ms"] - floor[1]["p50_ms"], 2),
-        "logging_throughput_ratio_c64": round(
-            served[64]["rps"] / results["serve_no_log"][64]["rps"], 3
-        ),
-        "throughput_ratio_c64": round(served[64]["rps"] / results["bare"][64]["rps"], 3),
+        "p50_overhead_ms_c1": round(served[1]["p50_ms"] - bare_figures[1]["p50_ms"], 2),
+        "serve_floor_c1_p50_ms": results["echo"][1]["p50_ms"],
+        "p50_over_echo_ms_c1": round(served[1]["p50_ms"] - results["echo"][1]["p50_ms"], 2),
+        "logging_throughput_ratio_c64": float(np.median(logging_cost)),
+        "logging_throughput_ratios_c64": logging_cost,
+        "throughput_ratio_c64": float(np.median(throughput)),
+        "throughput_ratios_c64": throughput,
+        "batching_gain": float(np.median(paired(heavy, "heavy_on", "heavy_off"))),
+        # the bare app after Serve shut down, and Serve's own idle load: what running side
+        # by side costs the bare app
+        "bare_c64_rps_without_serve": float(np.median(alone)),
+        "serve_idle_cpu_cores": idle_cores,
         "processes_bare": 1,
         "processes_serve": serve_processes,
-        "batching_gain": round(heavy_on[64]["rps"] / heavy_off[64]["rps"], 2),
+        "rounds": args.rounds,
         "cpus": os.cpu_count(),
     }
-    for name, figures in [*results.items(), ("heavy_off", heavy_off), ("heavy_on", heavy_on)]:
+    for name, figures in [*results.items(), *heavy.items()]:
         for concurrency, f in figures.items():
             for key in ("p50_ms", "p99_ms", "rps"):
                 summary[f"{name}_c{concurrency}_{key}"] = f[key]

@@ -282,7 +282,7 @@ def test_emitted_serve_config_is_valid_for_serve_deploy(tmp_path):
     from typer.testing import CliRunner
 
     from rayops.cli import app
-    from rayops.serve import AppArgs, build_app
+    from rayops.serve import AppArgs, build_app, deployment_options
 
     out = tmp_path / "serve.yaml"
     result = CliRunner().invoke(
@@ -326,6 +326,13 @@ def test_emitted_serve_config_is_valid_for_serve_deploy(tmp_path):
     assert deployment.autoscaling_config["max_replicas"] == 2
     assert deployment.autoscaling_config["look_back_period_s"] == 15
     assert deployment.logging_config.enable_access_log is False
+    # the app's code shares the replica's loop unless serve.user_code_thread says otherwise
+    env = deployment.ray_actor_options.runtime_env["env_vars"]
+    assert env == {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+    own = deployment_options(expected.with_overrides({"serve.user_code_thread": True}))
+    assert own["ray_actor_options"]["runtime_env"]["env_vars"] == {
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1"
+    }
     assert parsed.http_options.host == "127.0.0.1"
 
 

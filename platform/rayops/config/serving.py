@@ -118,6 +118,14 @@ class ServeConfig(_Section):
         description="Each replica logs a line per request (Ray Serve's access log); "
         "off spares the log pipeline at high request rates.",
     )
+    user_code_thread: bool = Field(
+        False,
+        description="Run the app's code on a thread of its own in each replica (Ray "
+        "Serve's default), beside the loop that takes requests. Off (rayops' default), both "
+        "share one loop: no hand-off between two threads and the GIL per request (1.3-1.5x "
+        "the requests a second on a small model, bench_serve.py). On for a model whose "
+        "calls take seconds, so that a replica answers Serve's health checks meanwhile.",
+    )
     model_poll_interval_s: float = Field(
         5.0,
         ge=0.0,
@@ -133,10 +141,11 @@ class ServeConfig(_Section):
         1.0, ge=0.0, le=1.0, description="Share of requests the prediction log keeps."
     )
     log_queue_rows: int = Field(
-        10_000,
-        ge=1,
+        20_000,
+        ge=2,
         description="Rows a replica holds for the prediction log; beyond, "
-        "rows are dropped and counted, never a request slowed or failed.",
+        "rows are dropped and counted, never a request slowed or failed. Half of them "
+        "waiting are appended at once, without waiting for log_flush_interval_s.",
     )
     log_flush_interval_s: float = Field(
         5.0,

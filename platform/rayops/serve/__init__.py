@@ -16,6 +16,7 @@ from rayops.serve.deployment import ModelServer, wait_ready
 from rayops.serve.settings import replica_settings
 
 __all__ = [
+    "USER_CODE_THREAD",
     "AppArgs",
     "ModelServer",
     "build_app",
@@ -26,12 +27,21 @@ __all__ = [
 ]
 
 
+# Ray Serve's switch for where a replica runs the app's code (serve.user_code_thread)
+USER_CODE_THREAD = "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"
+
+
 def deployment_options(cfg: PipelineConfig) -> dict[str, Any]:
-    """Replica resources, concurrency, queue limit and autoscaling, from the config."""
+    """Replica resources, concurrency, queue limit, autoscaling and where the app's code
+    runs, from the config."""
     s = cfg.serve
     return {
         "name": f"{cfg.name}-model",
-        "ray_actor_options": {"num_cpus": s.cpus_per_replica},
+        "ray_actor_options": {
+            "num_cpus": s.cpus_per_replica,
+            # read by Serve in the replica's process (the job's own env_vars are kept)
+            "runtime_env": {"env_vars": {USER_CODE_THREAD: "1" if s.user_code_thread else "0"}},
+        },
         "max_ongoing_requests": s.max_ongoing_requests,
         "max_queued_requests": s.max_queued_requests,
         "logging_config": {"enable_access_log": s.access_log},

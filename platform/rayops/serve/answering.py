@@ -132,6 +132,7 @@ class Answering:
             if batched and await self.has_company():
                 result = await batch((model, prepared))
             else:
+                self.metrics.batch_size.observe(1)  # a model call too, of one request
                 result = answer(model.predictor, [prepared])[0]
         except DataError:
             raise

@@ -201,6 +201,7 @@ class ModelServer(Forecasting, Recommending):
         if batched:  # has_company: batching is on and others are in flight
             result = await self.predict_batch(records)
         else:  # batching off, or a model other than the served one: no queue hop
+            self.metrics.batch_size.observe(1)  # a model call too, of one request
             result = self._one(model, records)
         if isinstance(result, ModelFailed):
             raise result
