@@ -142,7 +142,7 @@ class ServeConfig(_Section):
     )
     log_queue_rows: int = Field(
         20_000,
-        ge=2,
+        ge=1,
         description="Rows a replica holds for the prediction log; beyond, "
         "rows are dropped and counted, never a request slowed or failed. Half of them "
         "waiting are appended at once, without waiting for log_flush_interval_s.",
