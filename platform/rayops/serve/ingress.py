@@ -2,9 +2,10 @@
 own HTTP servers (Ray 2.60's direct ingress) instead of Serve's Python proxy.
 
 Measured with ``tests/benchmarks/bench_serve.py`` on 2 cores (docs/serving.md,
-docs/benchmarks.md): a Serve echo answers one client in about 1.1 ms instead of 5.5 ms,
-and rayops about 1,100 instead of 335 requests/s at 64. Ray's HAProxy has defaults a
-local cluster cannot keep:
+docs/benchmarks.md): a Serve echo answers one client in about 1 ms instead of 5.5 ms,
+and rayops at 64 clients went from 335 to about 1,100 requests/s (about 1,500 once the
+app's code also shared the replica's loop, ``serve.user_code_thread``). Ray's HAProxy
+has defaults a local cluster cannot keep:
 
 - its stats page and Prometheus endpoint bind every interface (``*:8404``, ``:9101``), and
   its template has no setting for that: the HAProxy that rayops hands Ray is a short
